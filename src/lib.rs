@@ -1,0 +1,1 @@
+//! frostgrad: tensors and reverse-mode autograd that skip every gradient no trainable parameter needs.

@@ -1,0 +1,157 @@
+//! The backward pass.
+//!
+//! 1. Walk the graph from the root once to count, for every node, how many
+//!    recorded edges point at it (its consumers).
+//! 2. Start from the root with dL/dL = 1 and run nodes in dependency order:
+//!    a node runs only after all its consumers have handed it their
+//!    gradient contribution, so its incoming gradient is complete.
+//! 3. Each node gets the mask of inputs that need a gradient (fixed when the
+//!    op was recorded) and computes only those. Leaves accumulate into
+//!    `.grad`. Every input slot is counted as computed or skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::grad_mode::NoGradGuard;
+use super::graph::{Edge, Node};
+use super::stats::BackwardStats;
+use crate::backend::BackendStorage;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+fn node_key(node: &Arc<Node>) -> usize {
+    Arc::as_ptr(node) as usize
+}
+
+/// Runs backward from a one-element tensor. See [`Tensor::backward`].
+pub fn backward(root: &Tensor) -> Result<BackwardStats> {
+    if root.numel() != 1 {
+        return Err(Error::Autograd(format!(
+            "backward() needs a one-element tensor (a loss), got shape {:?}",
+            root.shape()
+        )));
+    }
+    if !root.requires_grad() {
+        return Err(Error::Autograd(
+            "backward(): the tensor does not require a gradient and has no grad_fn; \
+             is every parameter frozen, or was it computed under no_grad?"
+                .into(),
+        ));
+    }
+    let _no_grad = NoGradGuard::new();
+    let seed = Tensor::ones(root.shape(), root.device())?;
+    let mut stats = BackwardStats::default();
+
+    let Some(root_node) = root.grad_fn_node() else {
+        // A leaf that requires a gradient: d(root)/d(root) = 1.
+        root.accumulate_grad(seed)?;
+        return Ok(stats);
+    };
+
+    // Pass 1: consumer counts.
+    let mut consumers: HashMap<usize, usize> = HashMap::new();
+    let mut stack = vec![root_node.clone()];
+    consumers.insert(node_key(root_node), 0);
+    while let Some(node) = stack.pop() {
+        for edge in node.edges.iter().flatten() {
+            if let Edge::Node(next) = edge {
+                let count = consumers.entry(node_key(next)).or_insert(0);
+                if *count == 0 {
+                    stack.push(next.clone());
+                }
+                *count += 1;
+            }
+        }
+    }
+
+    // Pass 2: run nodes whose incoming gradient is complete.
+    let mut pending_grads: HashMap<usize, Tensor> = HashMap::new();
+    pending_grads.insert(node_key(root_node), seed);
+    let mut ready = vec![root_node.clone()];
+    while let Some(node) = ready.pop() {
+        let key = node_key(&node);
+        let grad_output = pending_grads
+            .remove(&key)
+            .ok_or_else(|| Error::Autograd(format!("{} ran without an incoming gradient", node.name)))?;
+        let op = node
+            .op
+            .lock()
+            .map_err(|_| Error::Autograd("a backward node's lock was poisoned".into()))?
+            .take()
+            .ok_or_else(|| {
+                Error::Autograd(format!(
+                    "{} has already run: trying to backward through the graph a second time \
+                     (its saved tensors were freed); run the forward pass again",
+                    node.name
+                ))
+            })?;
+        let needs = node.needs();
+        let (op_name, input_names) = (op.op(), op.input_names());
+        for (name, &needed) in input_names.iter().zip(&needs) {
+            stats.count(op_name, name, needed);
+        }
+        stats.nodes += 1;
+
+        let grads = op.backward(&grad_output, &needs)?;
+        drop(grad_output);
+        if grads.len() != needs.len() {
+            return Err(Error::Autograd(format!(
+                "{} returned {} gradients for {} inputs",
+                node.name,
+                grads.len(),
+                needs.len()
+            )));
+        }
+        for ((edge, grad), name) in node.edges.iter().zip(grads).zip(input_names) {
+            match (edge, grad) {
+                (None, None) => {}
+                (None, Some(_)) => {
+                    return Err(Error::Autograd(format!(
+                        "{} computed a gradient for `{name}` that nothing needs",
+                        node.name
+                    )))
+                }
+                (Some(_), None) => {
+                    return Err(Error::Autograd(format!(
+                        "{} did not compute the needed gradient for `{name}`",
+                        node.name
+                    )))
+                }
+                (Some(Edge::Leaf(leaf)), Some(g)) => {
+                    check_grad_shape(node.name, name, leaf, &g)?;
+                    leaf.accumulate_grad(g)?;
+                }
+                (Some(Edge::Node(next)), Some(g)) => {
+                    let next_key = node_key(next);
+                    let sum = match pending_grads.remove(&next_key) {
+                        None => g,
+                        Some(acc) => {
+                            let s = acc.storage().add(&g.storage())?;
+                            Tensor::from_storage(s, acc.shape().to_vec())?
+                        }
+                    };
+                    pending_grads.insert(next_key, sum);
+                    let count = consumers
+                        .get_mut(&next_key)
+                        .ok_or_else(|| Error::Autograd("graph changed during backward".into()))?;
+                    *count -= 1;
+                    if *count == 0 {
+                        ready.push(next.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
+
+fn check_grad_shape(node: &str, input: &str, leaf: &Tensor, g: &Tensor) -> Result<()> {
+    if g.shape() != leaf.shape() {
+        return Err(Error::Autograd(format!(
+            "{node} produced a gradient of shape {:?} for `{input}` of shape {:?}",
+            g.shape(),
+            leaf.shape()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! The backward graph: what an op leaves behind for the backward pass.
+//!
+//! The rule that makes frozen layers free is in [`record`]: an op builds a
+//! node only if some input requires a gradient (and grad mode is on). It
+//! tells the op *which* inputs do, so the op saves only what those
+//! gradients need. A frozen prefix of a network therefore records nothing
+//! and keeps no activations alive; a frozen conv after a trainable one
+//! saves its weight (for the input gradient) but not its input (which only
+//! the weight gradient would need).
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::tensor::{Storage, Tensor};
+
+use super::grad_mode::is_grad_enabled;
+
+/// One op's backward: its saved state and how to turn dL/d(output) into
+/// dL/d(input) for the inputs that need it.
+///
+/// Each op writes one such struct with the tensors it saved as fields
+/// (`Option`s, filled only when a needed gradient uses them).
+pub trait BackwardOp: Send + Sync {
+    /// The name PyTorch prints for `grad_fn`, e.g. `"ConvolutionBackward0"`.
+    fn name(&self) -> &'static str;
+    /// The op's name in backward statistics, e.g. `"conv2d"`.
+    fn op(&self) -> &'static str;
+    /// One name per input, in the order the op recorded them, e.g.
+    /// `["input", "weight"]`; statistics report `conv2d.weight` etc.
+    fn input_names(&self) -> &'static [&'static str];
+    /// Computes the gradients of the inputs with `needs[i]` set and returns
+    /// `None` for the others (the engine checks this). Consumes the saved
+    /// state: once a node has run, what it saved is freed.
+    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// Where an input's gradient goes.
+pub(crate) enum Edge {
+    /// A leaf that requires a gradient: accumulate into its `.grad`.
+    Leaf(Tensor),
+    /// An intermediate result: hand the gradient to the node that made it.
+    Node(Arc<Node>),
+}
+
+/// A recorded op in the backward graph.
+pub struct Node {
+    pub(crate) name: &'static str,
+    /// `None` once the backward pass has run this node.
+    pub(crate) op: Mutex<Option<Box<dyn BackwardOp>>>,
+    /// One entry per input; `None` where no gradient is needed.
+    pub(crate) edges: Vec<Option<Edge>>,
+}
+
+impl Node {
+    /// The mask of inputs whose gradient this node must compute.
+    pub(crate) fn needs(&self) -> Vec<bool> {
+        self.edges.iter().map(Option::is_some).collect()
+    }
+}
+
+/// What an input contributes to the graph: `None` when no gradient is
+/// needed for it (it does not require one, or it is absent).
+fn edge_for(input: Option<&Tensor>) -> Option<Edge> {
+    let t = input?;
+    if !t.requires_grad() {
+        return None;
+    }
+    Some(match t.grad_fn_node() {
+        Some(node) => Edge::Node(node.clone()),
+        None => Edge::Leaf(t.clone()),
+    })
+}
+
+/// Wraps an op's output, recording a backward node only when needed.
+///
+/// `inputs` lists the op's differentiable inputs in the order of its
+/// [`BackwardOp::input_names`] (`None` for an absent optional input, such as
+/// a missing bias). `make_backward` is called only when a node is recorded,
+/// with the mask of inputs that need a gradient and the output itself
+/// (detached, for ops such as ReLU whose backward uses it), so the op saves
+/// only what those gradients use. When no input needs one, the output is a
+/// plain tensor and nothing the op computed is kept alive.
+pub fn record(
+    output: Storage,
+    shape: Vec<usize>,
+    inputs: &[Option<&Tensor>],
+    make_backward: impl FnOnce(&[bool], &Tensor) -> Box<dyn BackwardOp>,
+) -> Result<Tensor> {
+    let plain = Tensor::from_storage(output, shape)?;
+    if !is_grad_enabled() || !inputs.iter().flatten().any(|t| t.requires_grad()) {
+        return Ok(plain);
+    }
+    let edges: Vec<Option<Edge>> = inputs.iter().map(|t| edge_for(*t)).collect();
+    let needs: Vec<bool> = edges.iter().map(Option::is_some).collect();
+    let op = make_backward(&needs, &plain);
+    if op.input_names().len() != edges.len() {
+        return Err(Error::Autograd(format!(
+            "{} names {} inputs but {} were recorded",
+            op.name(),
+            op.input_names().len(),
+            edges.len()
+        )));
+    }
+    let node = Node {
+        name: op.name(),
+        op: Mutex::new(Some(op)),
+        edges,
+    };
+    Ok(plain.view_with(plain.shape().to_vec(), Some(Arc::new(node))))
+}
+
+/// Like [`record`] for ops whose output shares the input's storage (reshape,
+/// flatten): the view gets a node only when the input requires a gradient.
+pub fn record_view(
+    input: &Tensor,
+    shape: Vec<usize>,
+    make_backward: impl FnOnce() -> Box<dyn BackwardOp>,
+) -> Tensor {
+    if !is_grad_enabled() || !input.requires_grad() {
+        return input.view_with(shape, None);
+    }
+    let op = make_backward();
+    let node = Node {
+        name: op.name(),
+        op: Mutex::new(Some(op)),
+        edges: vec![edge_for(Some(input))],
+    };
+    input.view_with(shape, Some(Arc::new(node)))
+}
+
+/// A handle on a tensor's `grad_fn`, for printing and walking the graph.
+#[derive(Clone)]
+pub struct GradFn {
+    node: Arc<Node>,
+}
+
+impl GradFn {
+    pub(crate) fn new(node: Arc<Node>) -> Self {
+        GradFn { node }
+    }
+
+    /// PyTorch's printed name, e.g. `ConvolutionBackward0`.
+    pub fn name(&self) -> &'static str {
+        self.node.name
+    }
+
+    /// PyTorch's `grad_fn.next_functions`, by name: for each input, the node
+    /// its gradient flows to (`"AccumulateGrad"` for a leaf), or `None` when
+    /// that input needs no gradient.
+    pub fn next_functions(&self) -> Vec<Option<NextFunction>> {
+        self.node
+            .edges
+            .iter()
+            .map(|e| {
+                e.as_ref().map(|e| match e {
+                    Edge::Leaf(t) => NextFunction::AccumulateGrad(t.clone()),
+                    Edge::Node(n) => NextFunction::Node(GradFn::new(n.clone())),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether this node still holds its saved state (false after backward).
+    pub fn is_pending(&self) -> bool {
+        self.node.op.lock().map(|o| o.is_some()).unwrap_or(false)
+    }
+}
+
+impl std::fmt::Debug for GradFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{}>", self.name())
+    }
+}
+
+impl std::fmt::Display for GradFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where one input of a node sends its gradient.
+#[derive(Clone, Debug)]
+pub enum NextFunction {
+    /// Into the `.grad` of this leaf.
+    AccumulateGrad(Tensor),
+    Node(GradFn),
+}
+
+impl NextFunction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NextFunction::AccumulateGrad(_) => "AccumulateGrad",
+            NextFunction::Node(g) => g.name(),
+        }
+    }
+}

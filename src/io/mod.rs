@@ -1,0 +1,9 @@
+//! Weight files: named host tensors in and out.
+//!
+//! [`StateDict`] is the format-neutral middle: readers (safetensors, and
+//! PyTorch's `.pth`) produce one, `nn::Module::load_state_dict` consumes
+//! it, and writers take one.
+
+mod state_dict;
+
+pub use state_dict::{HostTensor, StateDict};

@@ -1,0 +1,175 @@
+//! Batch normalisation over the channel axis of `[N, C, ...]`.
+//!
+//! Training mode normalises with the batch's mean and biased variance and
+//! updates the running statistics in place (momentum, unbiased variance),
+//! exactly as `model.train()` does in PyTorch, frozen affine parameters or
+//! not. Eval mode normalises with the running statistics.
+//!
+//! Backward: dγ needs x̂ (so the input), dβ needs only dL/dy, dx needs γ and
+//! (in training) x̂ again. Each is computed only when its mask bit is set.
+
+use crate::autograd::{record, BackwardOp};
+use crate::backend::{BackendStorage, BatchNormGeometry};
+use crate::error::{Error, Result};
+use crate::ops::{grad_tensor, same_device, saved};
+use crate::tensor::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormOptions {
+    /// Batch statistics (and running-stat updates) when true.
+    pub training: bool,
+    /// PyTorch's default 0.1: `running = (1 - m) running + m batch`.
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+impl Default for BatchNormOptions {
+    fn default() -> Self {
+        Self { training: true, momentum: 0.1, eps: 1e-5 }
+    }
+}
+
+/// `F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)`.
+/// `running_mean`/`running_var` are updated in place in training mode;
+/// in eval mode they are required.
+pub fn batch_norm(
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: Option<&Tensor>,
+    running_var: Option<&Tensor>,
+    opts: BatchNormOptions,
+) -> Result<Tensor> {
+    let shape = input.shape().to_vec();
+    if shape.len() < 2 {
+        return Err(Error::shape("batch_norm", format!("expected [N, C, ...], got {shape:?}")));
+    }
+    let g = BatchNormGeometry {
+        batch: shape[0],
+        channels: shape[1],
+        spatial: shape[2..].iter().product(),
+    };
+    for (what, t) in [("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)] {
+        if let Some(t) = t {
+            same_device("batch_norm", input, t)?;
+            if t.shape() != [g.channels] {
+                return Err(Error::shape(
+                    "batch_norm",
+                    format!("{what} has shape {:?}, expected [{}] for input {shape:?}", t.shape(), g.channels),
+                ));
+            }
+        }
+    }
+    if running_mean.is_some() != running_var.is_some() {
+        return Err(Error::invalid("batch_norm", "give both running_mean and running_var, or neither"));
+    }
+
+    let x = input.storage();
+    let w = weight.map(|t| t.storage());
+    let b = bias.map(|t| t.storage());
+    let (out, mean, invstd) = if opts.training {
+        if g.count() < 2 {
+            return Err(Error::invalid(
+                "batch_norm",
+                format!("expected more than 1 value per channel when training, got input {shape:?}"),
+            ));
+        }
+        let r = x.batch_norm_train(w.as_deref(), b.as_deref(), &g, opts.eps)?;
+        if let (Some(rm), Some(rv)) = (running_mean, running_var) {
+            let mut rv_storage = rv.storage_mut();
+            rm.storage_mut().update_running_stats(&mut rv_storage, &r.mean, &r.var, opts.momentum, g.count())?;
+        }
+        (r.output, r.mean, r.invstd)
+    } else {
+        let (Some(rm), Some(rv)) = (running_mean, running_var) else {
+            return Err(Error::invalid("batch_norm", "eval mode needs running_mean and running_var"));
+        };
+        let (rm, rv) = (rm.storage(), rv.storage());
+        let out = x.batch_norm_eval(w.as_deref(), b.as_deref(), &rm, &rv, &g, opts.eps)?;
+        // Snapshot the statistics: a later training forward may update them in place.
+        (out, rm.try_clone()?, rv.inv_std(opts.eps)?)
+    };
+    drop((x, w, b));
+
+    let c = [g.channels];
+    record(out, shape, &[Some(input), weight, bias], |needs, _| {
+        let need_dw = weight.is_some() && needs[1];
+        let needs_xhat = need_dw || (needs[0] && opts.training);
+        Box::new(NativeBatchNormBackward {
+            geometry: g,
+            training: opts.training,
+            input: needs_xhat.then(|| input.detach()),
+            weight: if needs[0] { weight.map(Tensor::detach) } else { None },
+            mean: Tensor::from_storage(mean, c.to_vec()).ok(),
+            invstd: Tensor::from_storage(invstd, c.to_vec()).ok(),
+            has_weight: weight.is_some(),
+            has_bias: bias.is_some(),
+        })
+    })
+}
+
+struct NativeBatchNormBackward {
+    geometry: BatchNormGeometry,
+    training: bool,
+    input: Option<Tensor>,
+    weight: Option<Tensor>,
+    mean: Option<Tensor>,
+    invstd: Option<Tensor>,
+    has_weight: bool,
+    has_bias: bool,
+}
+
+impl BackwardOp for NativeBatchNormBackward {
+    fn name(&self) -> &'static str {
+        "NativeBatchNormBackward0"
+    }
+    fn op(&self) -> &'static str {
+        "batch_norm"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        match (self.has_weight, self.has_bias) {
+            (true, true) => &["input", "weight", "bias"],
+            (true, false) => &["input", "weight"],
+            (false, true) => &["input", "bias"],
+            (false, false) => &["input"],
+        }
+    }
+    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        // Map the recorded slots back onto [input, weight, bias].
+        let need_dx = needs[0];
+        let need_dw = self.has_weight && needs[1];
+        let need_db = self.has_bias && needs[if self.has_weight { 2 } else { 1 }];
+        let g = &self.geometry;
+        let name = "NativeBatchNormBackward0";
+        let mean = saved(&self.mean, name, "mean")?.storage();
+        let invstd = saved(&self.invstd, name, "invstd")?.storage();
+        // x̂ is needed for dγ always and for dx in training mode; in eval
+        // mode dx is γ·invstd·dy and needs no input. Pass something of the
+        // right size when the input was not saved: the kernel ignores it.
+        let input_tensor = match &self.input {
+            Some(t) => t.clone(),
+            None => grad_output.clone(),
+        };
+        let x = input_tensor.storage();
+        let w = self.weight.as_ref().map(|t| t.storage());
+        let [dx, dw, db] = grad_output.storage().batch_norm_backward(
+            &x,
+            w.as_deref(),
+            &mean,
+            &invstd,
+            g,
+            self.training,
+            [need_dx, need_dw, need_db],
+        )?;
+        let c = [g.channels];
+        let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(needs.len());
+        grads.push(dx.map(|s| grad_tensor(s, grad_output.shape())).transpose()?);
+        if self.has_weight {
+            grads.push(dw.map(|s| grad_tensor(s, &c)).transpose()?);
+        }
+        if self.has_bias {
+            grads.push(db.map(|s| grad_tensor(s, &c)).transpose()?);
+        }
+        Ok(grads)
+    }
+}

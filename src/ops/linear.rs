@@ -1,0 +1,93 @@
+//! `y = x Wᵀ + b` for `x [N, in]`, `W [out, in]`, `b [out]`.
+//!
+//! dL/dx = dy W needs W; dL/dW = dyᵀ x needs x; dL/db = Σ_rows dy needs
+//! neither. As in conv2d, each is saved only when its gradient is needed:
+//! a transfer-learning `fc` keeps its input (for dW) but never needs W.
+
+use crate::autograd::{record, BackwardOp};
+use crate::backend::BackendStorage;
+use crate::error::{Error, Result};
+use crate::ops::{grad_tensor, same_device, saved};
+use crate::tensor::Tensor;
+
+pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let [rows, in_features] = input.dims2("linear")?;
+    let [out_features, w_in] = weight.dims2("linear")?;
+    if w_in != in_features {
+        return Err(Error::shape(
+            "linear",
+            format!("input {:?} does not match weight {:?}", input.shape(), weight.shape()),
+        ));
+    }
+    same_device("linear", input, weight)?;
+    if let Some(b) = bias {
+        same_device("linear", input, b)?;
+        if b.shape() != [out_features] {
+            return Err(Error::shape("linear", format!("bias shape {:?} != [{out_features}]", b.shape())));
+        }
+    }
+    let out = {
+        let xw = input.storage().matmul(&weight.storage(), rows, in_features, out_features, false, true)?;
+        match bias {
+            Some(b) => xw.add_row_vector(&b.storage(), rows, out_features)?,
+            None => xw,
+        }
+    };
+    record(out, vec![rows, out_features], &[Some(input), Some(weight), bias], |needs, _| {
+        Box::new(LinearBackward {
+            rows,
+            in_features,
+            out_features,
+            input: needs[1].then(|| input.detach()),
+            weight: needs[0].then(|| weight.detach()),
+            has_bias: bias.is_some(),
+        })
+    })
+}
+
+struct LinearBackward {
+    rows: usize,
+    in_features: usize,
+    out_features: usize,
+    input: Option<Tensor>,
+    weight: Option<Tensor>,
+    has_bias: bool,
+}
+
+impl BackwardOp for LinearBackward {
+    /// PyTorch records `addmm` for a linear layer with bias, `mm` without.
+    fn name(&self) -> &'static str {
+        if self.has_bias {
+            "AddmmBackward0"
+        } else {
+            "MmBackward0"
+        }
+    }
+    fn op(&self) -> &'static str {
+        "linear"
+    }
+    fn input_names(&self) -> &'static [&'static str] {
+        if self.has_bias {
+            &["input", "weight", "bias"]
+        } else {
+            &["input", "weight"]
+        }
+    }
+    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let (n, i, o) = (self.rows, self.in_features, self.out_features);
+        let gy = grad_output.storage();
+        let mut grads = vec![None; needs.len()];
+        if needs[0] {
+            let w = saved(&self.weight, self.name(), "weight")?;
+            grads[0] = Some(grad_tensor(gy.matmul(&w.storage(), n, o, i, false, false)?, &[n, i])?);
+        }
+        if needs[1] {
+            let x = saved(&self.input, self.name(), "input")?;
+            grads[1] = Some(grad_tensor(gy.matmul(&x.storage(), o, n, i, true, false)?, &[o, i])?);
+        }
+        if self.has_bias && needs[2] {
+            grads[2] = Some(grad_tensor(gy.sum_rows(n, o)?, &[o])?);
+        }
+        Ok(grads)
+    }
+}

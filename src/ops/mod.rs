@@ -1,0 +1,51 @@
+//! Differentiable ops. Each file holds one op family: its forward (which
+//! calls the backend and records a node via `autograd::record`), its
+//! backward struct with exactly the state it saved, and the gradient mask
+//! logic that decides what to save and what to compute.
+//!
+//! `conv2d.rs` is the one to read first: it shows how a frozen weight costs
+//! no weight gradient while the input gradient still flows through.
+
+mod add;
+mod adaptive_avg_pool2d;
+mod batch_norm;
+mod conv2d;
+mod linear;
+mod loss;
+mod max_pool2d;
+mod reduce;
+mod relu;
+mod view;
+
+pub use add::add;
+pub use adaptive_avg_pool2d::adaptive_avg_pool2d;
+pub use batch_norm::{batch_norm, BatchNormOptions};
+pub use conv2d::{conv2d, Conv2dOptions};
+pub use linear::linear;
+pub use loss::{cross_entropy, log_softmax, nll_loss};
+pub use max_pool2d::{max_pool2d, MaxPool2dOptions};
+pub use reduce::{mean, sum};
+pub use relu::relu;
+pub use view::{flatten, reshape};
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// A tensor a backward struct saved, or an engine-bug error if the forward
+/// did not save it although the mask says the gradient that uses it is needed.
+pub(crate) fn saved<'a>(t: &'a Option<Tensor>, op: &str, what: &str) -> Result<&'a Tensor> {
+    t.as_ref()
+        .ok_or_else(|| Error::Autograd(format!("{op}: `{what}` was not saved but a gradient needs it")))
+}
+
+/// Wraps backend output as a gradient tensor of `shape`.
+pub(crate) fn grad_tensor(storage: crate::tensor::Storage, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_storage(storage, shape.to_vec())
+}
+
+pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.device() != b.device() {
+        return Err(Error::DeviceMismatch { op, lhs: a.device(), rhs: b.device() });
+    }
+    Ok(())
+}

@@ -31,7 +31,11 @@ pub trait BackwardOp: Send + Sync {
     /// Computes the gradients of the inputs with `needs[i]` set and returns
     /// `None` for the others (the engine checks this). Consumes the saved
     /// state: once a node has run, what it saved is freed.
-    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>>;
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>>;
 }
 
 /// Where an input's gradient goes.

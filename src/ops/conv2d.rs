@@ -9,7 +9,7 @@
 use crate::autograd::{record, BackwardOp};
 use crate::backend::{BackendStorage, BatchNormGeometry, Conv2dGeometry};
 use crate::error::{Error, Result};
-use crate::ops::{grad_tensor, same_device, saved};
+use crate::ops::{flops, grad_tensor, same_device, saved};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,7 @@ pub fn conv2d(
             .storage()
             .conv2d(&weight.storage(), bias_storage.as_deref(), &g)?
     };
+    flops::add_macs(g.macs());
     record(
         out,
         g.output_shape().to_vec(),
@@ -111,6 +112,7 @@ impl BackwardOp for ConvolutionBackward {
                 gy.conv2d_input_grad(&w.storage(), g)?,
                 &g.input_shape(),
             )?);
+            flops::add_macs(g.macs());
         }
         if needs[1] {
             let x = saved(&self.input, "ConvolutionBackward0", "input")?;
@@ -118,6 +120,7 @@ impl BackwardOp for ConvolutionBackward {
                 gy.conv2d_weight_grad(&x.storage(), g)?,
                 &g.weight_shape(),
             )?);
+            flops::add_macs(g.macs());
         }
         if self.has_bias && needs[2] {
             let per_channel = BatchNormGeometry {

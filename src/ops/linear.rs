@@ -7,7 +7,7 @@
 use crate::autograd::{record, BackwardOp};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
-use crate::ops::{grad_tensor, same_device, saved};
+use crate::ops::{flops, grad_tensor, same_device, saved};
 use crate::tensor::Tensor;
 
 pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -33,6 +33,7 @@ pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
             ));
         }
     }
+    flops::add_macs((rows * in_features * out_features) as u64);
     let out = {
         let xw = input.storage().matmul(
             &weight.storage(),
@@ -100,7 +101,9 @@ impl BackwardOp for LinearBackward {
         let (n, i, o) = (self.rows, self.in_features, self.out_features);
         let gy = grad_output.storage();
         let mut grads = vec![None; needs.len()];
+        let macs = (n * i * o) as u64;
         if needs[0] {
+            flops::add_macs(macs);
             let w = saved(&self.weight, self.name(), "weight")?;
             grads[0] = Some(grad_tensor(
                 gy.matmul(&w.storage(), n, o, i, false, false)?,
@@ -108,6 +111,7 @@ impl BackwardOp for LinearBackward {
             )?);
         }
         if needs[1] {
+            flops::add_macs(macs);
             let x = saved(&self.input, self.name(), "input")?;
             grads[1] = Some(grad_tensor(
                 gy.matmul(&x.storage(), o, n, i, true, false)?,

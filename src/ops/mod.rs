@@ -10,6 +10,7 @@ mod adaptive_avg_pool2d;
 mod add;
 mod batch_norm;
 mod conv2d;
+pub mod flops;
 mod linear;
 mod loss;
 mod max_pool2d;

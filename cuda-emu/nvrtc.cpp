@@ -646,6 +646,9 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
   }
   std::string text;
   if (!read_file(tmp + "/pre.ii", text)) return NVRTC_ERROR_INTERNAL_ERROR;
+  // Line markers name the program's files by their NVRTC names, not by the
+  // temporary folder: messages read like NVRTC's and the cache key is stable.
+  text = replace_all(text, "\"" + srcdir + "/", "\"");
 
   // 2. rewrite
   Rewriter rw(text);

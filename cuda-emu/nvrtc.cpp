@@ -661,7 +661,7 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
 
   std::vector<std::string> cc = {cxx, "-x", "c++-cpp-output", std_flag, "-O2", "-fPIC", "-shared",
                                  "-fno-strict-aliasing", "-ffp-contract=off", "-fno-math-errno", "-fwrapv",
-                                 "-fno-exceptions", "-Wno-unknown-pragmas", "-Wl,-z,defs", "-Wl,-z,noexecstack"};
+                                 "-fno-exceptions", "-fno-gnu-unique", "-Wno-unknown-pragmas", "-Wl,-z,defs", "-Wl,-z,noexecstack"};
   if (!extra_warn.empty()) cc.push_back(extra_warn);
   std::string key;
   for (auto& a : cc) key += a + "\n";

@@ -1494,11 +1494,65 @@ EXPORT CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, u
   CHECK_STICKY();
   Function* fn = (Function*)f;
   if (!fn) return CUDA_ERROR_INVALID_HANDLE;
-  if (extra && !params) {
-    emu_log("cuLaunchKernel: passing arguments through `extra` is not supported; use kernelParams");
+  std::vector<void*> from_buffer;
+  if (!params && extra) {
+    // CU_LAUNCH_PARAM_BUFFER_POINTER (1) / _SIZE (2) / END (0): arguments packed
+    // with their natural alignment, as nvcc lays them out.
+    char* buf = nullptr;
+    size_t size = 0;
+    for (void** e = extra; *e != nullptr; e += 2) {
+      if (*e == (void*)1) buf = (char*)e[1];
+      else if (*e == (void*)2) size = *(size_t*)e[1];
+      else return CUDA_ERROR_INVALID_VALUE;
+    }
+    size_t off = 0;
+    for (unsigned i = 0; i < fn->k->nparams; i++) {
+      size_t a = fn->k->param_aligns[i];
+      off = (off + a - 1) / a * a;
+      from_buffer.push_back(buf + off);
+      off += fn->k->param_sizes[i];
+    }
+    if (!buf || off > size) return CUDA_ERROR_INVALID_VALUE;
+    params = from_buffer.data();
+  } else if (params && extra) {
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  if (!params && fn->k->nparams > 0) return CUDA_ERROR_INVALID_VALUE;
+  return launch(fn, gx, gy, gz, bx, by, bz, smem, params);
+}
+
+struct FgLaunchConfig {  // CUlaunchConfig
+  unsigned gx, gy, gz, bx, by, bz, smem;
+  void* stream;
+  void* attrs;
+  unsigned nattrs;
+};
+EXPORT CUresult cuLaunchKernelEx(const FgLaunchConfig* c, void* f, void** params, void** extra) {
+  if (!c) return CUDA_ERROR_INVALID_VALUE;
+  if (c->nattrs > 0) {
+    emu_log("cuLaunchKernelEx: launch attributes (clusters, cooperative, ...) are not supported");
     return CUDA_ERROR_NOT_SUPPORTED;
   }
-  return launch(fn, gx, gy, gz, bx, by, bz, smem, params);
+  return cuLaunchKernel(f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params, extra);
+}
+
+// The runtime API (libcudart) finds driver entry points through this.
+EXPORT CUresult cuGetProcAddress_v2(const char* symbol, void** pfn, int, unsigned long long, int* status) {
+  if (!symbol || !pfn) return CUDA_ERROR_INVALID_VALUE;
+  static void* self = dlopen(nullptr, RTLD_NOW);
+  Dl_info info;
+  void* lib = nullptr;
+  if (dladdr((void*)&cuInit, &info) && info.dli_fname) lib = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+  if (!lib) lib = self;
+  void* p = nullptr;
+  for (const char* suffix : {"_v2", "", "_v3"}) {
+    std::string name = std::string(symbol) + suffix;
+    p = dlsym(lib, name.c_str());
+    if (p) break;
+  }
+  if (status) *status = p ? 0 : 1;  // CU_GET_PROC_ADDRESS_SUCCESS / _SYMBOL_NOT_FOUND
+  *pfn = p;
+  return p ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
 }
 
 EXPORT CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void* f, int block, size_t smem) {

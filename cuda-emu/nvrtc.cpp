@@ -485,8 +485,10 @@ std::string footer(const std::vector<std::string>& kernels) {
        "}\n"
        "static const FrostgradEmuKernel __frostgrad_emu_kernels[] = {\n";
   for (auto& k : kernels)
-    f += "  {\"" + k + "\", &__frostgrad_emu::invoker<decltype(&" + k + ")>::entry<&" + k + ">},\n";
-  f += "  {nullptr, nullptr}};\n";
+    f += "  {\"" + k + "\", &__frostgrad_emu::invoker<decltype(&" + k + ")>::entry<&" + k +
+         ">, __frostgrad_emu::invoker<decltype(&" + k + ")>::n, __frostgrad_emu::invoker<decltype(&" + k +
+         ")>::sizes, __frostgrad_emu::invoker<decltype(&" + k + ")>::aligns},\n";
+  f += "  {nullptr, nullptr, 0, nullptr, nullptr}};\n";
   f += "extern \"C\" __attribute__((visibility(\"default\"))) int " FROSTGRAD_EMU_MODULE_INIT
        "(const FrostgradEmuRuntime* rt, FrostgradEmuModuleInfo* info) {\n"
        "  if (rt->abi != " + std::to_string(FROSTGRAD_EMU_ABI) + ") return 1;\n"

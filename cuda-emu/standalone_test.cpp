@@ -175,6 +175,21 @@ int main(int argc, char** argv) {
     fprintf(stderr, "atomic count %d, expected %d\n", count, blocks);
     return 1;
   }
+  // The same launch with the arguments in a packed buffer (`extra`), as some
+  // programs do: pointers at 0, 8, 16 and the int at 24.
+  struct {
+    CUdeviceptr x, out, count;
+    int n;
+  } packed = {dx, dout, dcount, n};
+  size_t packed_size = 28;
+  void* extra[] = {(void*)1, &packed, (void*)2, &packed_size, (void*)0};
+  CK(cuMemsetD8_v2(dcount, 0, sizeof(int)));
+  CK(cuLaunchKernel(fn, blocks, 1, 1, threads, 1, 1, (threads / 32) * sizeof(float), nullptr, nullptr, extra));
+  CK(cuMemcpyDtoH_v2(&count, dcount, sizeof(int)));
+  if (count != blocks) {
+    fprintf(stderr, "launch through `extra`: atomic count %d, expected %d\n", count, blocks);
+    return 1;
+  }
   CK(cuMemFree_v2(dx));
   CK(cuMemFree_v2(dout));
   CK(cuMemFree_v2(dcount));

@@ -492,6 +492,17 @@ fn warp_intrinsics_half_and_math() {
             assert_eq!(&got[t * 8..t * 8 + 8], &want, "thread {t}");
         }
 
+        let f = m.load_function("partial_warp").unwrap();
+        let mut pw = stream.alloc_zeros::<i32>(16).unwrap();
+        let mut b = stream.launch_builder(&f);
+        b.arg(&mut pw);
+        // SAFETY: writes 16 ints.
+        unsafe { b.launch(cfg((1, 1, 1), (48, 1, 1), 0)) }.unwrap();
+        assert_eq!(
+            stream.clone_dtoh(&pw).unwrap(),
+            vec![(32..48).sum::<i32>(); 16]
+        );
+
         let xs: Vec<f32> = vec![
             0.0,
             -0.0,

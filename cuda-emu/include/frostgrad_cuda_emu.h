@@ -524,6 +524,9 @@ struct invoker<void (*)(A...)> {
   static void entry(void** p) {
     call<F>(p, std::index_sequence_for<A...>{});
   }
+  static constexpr unsigned int n = sizeof...(A);
+  static constexpr unsigned int sizes[sizeof...(A) + 1] = {(unsigned)sizeof(std::remove_cv_t<A>)..., 0u};
+  static constexpr unsigned int aligns[sizeof...(A) + 1] = {(unsigned)alignof(std::remove_cv_t<A>)..., 0u};
 };
 }  // namespace __frostgrad_emu
 

@@ -6,7 +6,7 @@
 // is part of the compile-cache key and is checked when a module is loaded.
 #pragma once
 
-#define FROSTGRAD_EMU_ABI 3
+#define FROSTGRAD_EMU_ABI 4
 
 #ifdef __cplusplus
 struct uint3 {
@@ -51,6 +51,9 @@ struct FrostgradEmuRuntime {
 struct FrostgradEmuKernel {
   const char* name;
   void (*entry)(void** params);
+  unsigned int nparams;
+  const unsigned int* param_sizes;   // for cuLaunchKernel's `extra` parameter buffer
+  const unsigned int* param_aligns;
 };
 
 struct FrostgradEmuModuleInfo {

@@ -38,3 +38,14 @@ extern "C" __global__ void math_ops(const float* __restrict__ in, float* __restr
   out[4 * i + 2] = r.z;
   out[4 * i + 3] = __int_as_float(__float_as_int(r.w));
 }
+
+// A block of 48 threads: the second warp has 16 lanes. The first warp leaves
+// early (a whole warp, so no collective misses a lane); the second sums its
+// lanes with a full-mask shuffle tree of width 16.
+extern "C" __global__ void partial_warp(int* out) {
+  int t = threadIdx.x;
+  if (t < 32) return;
+  int v = t;
+  for (int off = 8; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off, 16);
+  out[t - 32] = v;
+}

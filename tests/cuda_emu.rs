@@ -561,8 +561,8 @@ fn warp_intrinsics_half_and_math() {
 }
 
 #[test]
-fn many_blocks_with_barriers_are_cheap() {
-    cuda_emu::with_emulation("many_blocks_with_barriers_are_cheap", &[], || {
+fn many_blocks_with_barriers_sum_exactly() {
+    cuda_emu::with_emulation("many_blocks_with_barriers_sum_exactly", &[], || {
         let (stream, f) = kernel(BUSY, "busy.cu", &[], "busy");
         let blocks = 1000usize;
         let n = blocks * 256;
@@ -577,13 +577,13 @@ fn many_blocks_with_barriers_are_cheap() {
         unsafe { b.launch(cfg((blocks as u32, 1, 1), (256, 1, 1), 0)) }.unwrap();
         stream.synchronize().unwrap();
         let took = start.elapsed();
+        // Printed for whoever tunes the emulation; speed is never asserted in a test.
         println!("1000 blocks x 256 threads, 3 barriers + shuffles: {took:?}");
         let got = stream.clone_dtoh(&y).unwrap();
         for (bi, g) in got.iter().enumerate() {
             let want: f32 = x[bi * 256..(bi + 1) * 256].iter().sum();
             assert_eq!(*g, want, "block {bi}"); // small integers: exact in any order
         }
-        assert!(took.as_secs_f64() < 5.0, "launch took {took:?}");
     });
 }
 

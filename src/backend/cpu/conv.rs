@@ -43,14 +43,15 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(op: &'static str, g: &Conv2dGeometry) -> Result<Self> {
+    /// `block_elems` caps the column block ([`COL_BLOCK_ELEMS`] outside tests).
+    fn new(op: &'static str, g: &Conv2dGeometry, block_elems: usize) -> Result<Self> {
         let taps = checked_numel(op, &[g.in_channels, g.kernel_h, g.kernel_w])?;
         let pixels = checked_numel(op, &[g.out_h, g.out_w])?;
         let in_image = checked_numel(op, &[g.in_channels, g.in_h, g.in_w])?;
         let out_image = checked_numel(op, &[g.out_channels, pixels])?;
         checked_numel(op, &[g.batch, in_image.max(out_image)])?;
         let row_elems = (taps * g.out_w).max(1);
-        let rows_per_block = (COL_BLOCK_ELEMS / row_elems).clamp(1, g.out_h.max(1));
+        let rows_per_block = (block_elems / row_elems).clamp(1, g.out_h.max(1));
         let pointwise =
             g.kernel_h == 1 && g.kernel_w == 1 && g.stride == (1, 1) && g.padding == (0, 0);
         Ok(Self {
@@ -215,8 +216,18 @@ pub(super) fn conv2d(
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
 ) -> Result<Vec<f32>> {
+    forward_blocked(x, w, bias, g, COL_BLOCK_ELEMS)
+}
+
+fn forward_blocked(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    block_elems: usize,
+) -> Result<Vec<f32>> {
     let op = "conv2d";
-    let plan = Plan::new(op, g)?;
+    let plan = Plan::new(op, g, block_elems)?;
     check_buffers(
         op,
         g,
@@ -279,8 +290,17 @@ pub(super) fn conv2d(
 
 /// `dx = col2im(Wᵀ · dy)` for every image.
 pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
+    input_grad_blocked(dy, w, g, COL_BLOCK_ELEMS)
+}
+
+fn input_grad_blocked(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    block_elems: usize,
+) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
-    let plan = Plan::new(op, g)?;
+    let plan = Plan::new(op, g, block_elems)?;
     check_buffers(
         op,
         g,
@@ -333,8 +353,17 @@ pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Re
 
 /// `dW = Σ_images dy · colᵀ`.
 pub(super) fn conv2d_weight_grad(dy: &[f32], x: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
+    weight_grad_blocked(dy, x, g, COL_BLOCK_ELEMS)
+}
+
+fn weight_grad_blocked(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    block_elems: usize,
+) -> Result<Vec<f32>> {
     let op = "conv2d_weight_grad";
-    let plan = Plan::new(op, g)?;
+    let plan = Plan::new(op, g, block_elems)?;
     check_buffers(
         op,
         g,
@@ -384,4 +413,191 @@ pub(super) fn conv2d_weight_grad(dy: &[f32], x: &[f32], g: &Conv2dGeometry) -> R
         }
     }
     Ok(dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_data::pseudo_random;
+    use super::*;
+
+    /// Input coordinate of output `o` and tap `k`, if it is not padding.
+    fn source(
+        o: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        dil: usize,
+        len: usize,
+    ) -> Option<usize> {
+        let i = (o * stride + k * dil) as isize - pad as isize;
+        (0..len as isize).contains(&i).then_some(i as usize)
+    }
+
+    /// Calls `f(n, co, oh, ow, c, kh, kw, x_index)` for every multiply of the
+    /// convolution that reads a real input pixel: the direct 7-loop definition.
+    fn each_term(
+        g: &Conv2dGeometry,
+        mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize, usize),
+    ) {
+        for n in 0..g.batch {
+            for co in 0..g.out_channels {
+                for oh in 0..g.out_h {
+                    for ow in 0..g.out_w {
+                        for c in 0..g.in_channels {
+                            for kh in 0..g.kernel_h {
+                                for kw in 0..g.kernel_w {
+                                    let ih = source(
+                                        oh,
+                                        kh,
+                                        g.stride.0,
+                                        g.padding.0,
+                                        g.dilation.0,
+                                        g.in_h,
+                                    );
+                                    let iw = source(
+                                        ow,
+                                        kw,
+                                        g.stride.1,
+                                        g.padding.1,
+                                        g.dilation.1,
+                                        g.in_w,
+                                    );
+                                    if let (Some(ih), Some(iw)) = (ih, iw) {
+                                        let xi =
+                                            ((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw;
+                                        f(n, co, oh, ow, c, kh, kw, xi);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    struct Reference {
+        y: Vec<f64>,
+        dx: Vec<f64>,
+        dw: Vec<f64>,
+    }
+
+    fn reference(g: &Conv2dGeometry, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> Reference {
+        let [n, co, oh, ow] = g.output_shape();
+        let mut y: Vec<f64> = (0..n * co * oh * ow)
+            .map(|i| f64::from(b[(i / (oh * ow)) % co]))
+            .collect();
+        let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; w.len()];
+        each_term(g, |n, co, oh, ow, c, kh, kw, xi| {
+            let wi = ((co * g.in_channels + c) * g.kernel_h + kh) * g.kernel_w + kw;
+            let yi = ((n * g.out_channels + co) * g.out_h + oh) * g.out_w + ow;
+            y[yi] += f64::from(w[wi]) * f64::from(x[xi]);
+            dx[xi] += f64::from(w[wi]) * f64::from(dy[yi]);
+            dw[wi] += f64::from(dy[yi]) * f64::from(x[xi]);
+        });
+        Reference { y, dx, dw }
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    type Case = (
+        [usize; 4],
+        [usize; 4],
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+    );
+
+    const CASES: &[Case] = &[
+        // stride 2, padding 1, odd non-square input
+        ([2, 3, 7, 9], [5, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+        // asymmetric stride / padding / dilation, non-square kernel
+        ([1, 4, 8, 6], [3, 4, 3, 2], (1, 2), (2, 0), (2, 1)),
+        // dilation 2 on both axes with padding 2
+        ([2, 3, 9, 8], [2, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
+        // 1x1 stride 1: the im2col-free path
+        ([3, 5, 6, 7], [7, 5, 1, 1], (1, 1), (0, 0), (1, 1)),
+        // 1x1 stride 2 (ResNet downsample): goes through im2col
+        ([2, 6, 9, 9], [4, 6, 1, 1], (2, 2), (0, 0), (1, 1)),
+        // 1x1 with padding: the border sees only zeros
+        ([1, 2, 3, 4], [3, 2, 1, 1], (1, 1), (1, 2), (1, 1)),
+        // 7x7 stride 2 padding 3: the ResNet stem shape, shrunk
+        ([2, 3, 11, 10], [4, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
+        // kernel as large as the input, and padding wider than the kernel reach
+        ([1, 2, 5, 5], [3, 2, 5, 5], (1, 1), (0, 0), (1, 1)),
+        ([1, 2, 3, 4], [2, 2, 3, 3], (3, 1), (2, 2), (1, 1)),
+    ];
+
+    #[test]
+    fn conv_matches_direct_loops_on_odd_shapes() {
+        for (case, &(input, weight, stride, padding, dilation)) in CASES.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 1 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 100 + case as u64);
+            let b = pseudo_random(weight[0], 200 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 300 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            // Block caps: the default (one block), and tiny ones that force
+            // one or two output rows per block to exercise the block seams.
+            for cap in [
+                COL_BLOCK_ELEMS,
+                1,
+                2 * g.kernel_h * g.kernel_w * g.in_channels * g.out_w,
+            ] {
+                let what = |k: &str| format!("case {case} cap {cap} {k}");
+                assert_close(
+                    &what("y"),
+                    &forward_blocked(&x, &w, Some(&b), &g, cap).unwrap(),
+                    &r.y,
+                    1e-5,
+                );
+                assert_close(
+                    &what("dx"),
+                    &input_grad_blocked(&dy, &w, &g, cap).unwrap(),
+                    &r.dx,
+                    1e-5,
+                );
+                assert_close(
+                    &what("dw"),
+                    &weight_grad_blocked(&dy, &x, &g, cap).unwrap(),
+                    &r.dw,
+                    1e-5,
+                );
+            }
+            // Without a bias the output is the reference minus the bias.
+            let no_bias: Vec<f64> =
+                r.y.iter()
+                    .enumerate()
+                    .map(|(i, &v)| v - f64::from(b[(i / (g.out_h * g.out_w)) % g.out_channels]))
+                    .collect();
+            assert_close(
+                &format!("case {case} no-bias y"),
+                &conv2d(&x, &w, None, &g).unwrap(),
+                &no_bias,
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn conv_rejects_mismatched_buffers() {
+        let g = Conv2dGeometry::new([2, 3, 5, 5], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+        let (x, w, dy) = (vec![0.0; 150], vec![0.0; 108], vec![0.0; 200]);
+        assert!(conv2d(&x[1..], &w, None, &g).is_err());
+        assert!(conv2d(&x, &w[1..], None, &g).is_err());
+        assert!(conv2d(&x, &w, Some(&[0.0; 3]), &g).is_err());
+        assert!(conv2d_input_grad(&dy[1..], &w, &g).is_err());
+        assert!(conv2d_input_grad(&dy, &w[1..], &g).is_err());
+        assert!(conv2d_weight_grad(&dy, &x[1..], &g).is_err());
+        assert!(conv2d_weight_grad(&dy[1..], &x, &g).is_err());
+    }
 }

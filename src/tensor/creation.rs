@@ -58,7 +58,7 @@ impl Tensor {
         rng: &mut R,
         device: Device,
     ) -> Result<Tensor> {
-        if !(low < high) {
+        if low >= high || low.is_nan() || high.is_nan() {
             return Err(Error::invalid(
                 "rand_uniform",
                 format!("need low < high, got [{low}, {high})"),

@@ -1,5 +1,10 @@
 //! The CPU backend: host vectors, im2col + `matrixmultiply` GEMM for the
-//! convolutions and dense layers, `rayon` across channels and images.
+//! convolutions and dense layers, `rayon` across channels and planes.
+//!
+//! This file is only the [`BackendStorage`] impl: it unwraps the dtypes and
+//! delegates to one kernel module per family ([`conv`], [`batch_norm`],
+//! [`pool`], [`loss`], [`sgd`], [`elementwise`], [`gemm`]), each of which
+//! validates buffer lengths against the geometry before computing.
 
 use crate::backend::{
     AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormTrainOutput,
@@ -7,6 +12,20 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device};
+
+mod batch_norm;
+mod check;
+mod conv;
+mod elementwise;
+mod gemm;
+mod loss;
+mod pool;
+mod scratch;
+mod sgd;
+#[cfg(test)]
+mod test_data;
+
+use CpuStorage::F32;
 
 /// Host data of one tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,22 +91,30 @@ impl BackendStorage for CpuStorage {
     }
 
     fn add(&self, rhs: &Self) -> Result<Self> {
-        todo!()
+        let op = "add";
+        Ok(F32(elementwise::add(self.as_f32(op)?, rhs.as_f32(op)?)?))
     }
     fn scale(&self, factor: f32) -> Result<Self> {
-        todo!()
+        Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)))
     }
     fn sum_all(&self) -> Result<Self> {
-        todo!()
+        Ok(F32(vec![elementwise::sum_all(self.as_f32("sum")?)]))
     }
     fn broadcast_scalar(&self, len: usize) -> Result<Self> {
-        todo!()
+        Ok(F32(elementwise::broadcast_scalar(
+            self.as_f32("broadcast_scalar")?,
+            len,
+        )?))
     }
     fn relu(&self) -> Result<Self> {
-        todo!()
+        Ok(F32(elementwise::relu(self.as_f32("relu")?)))
     }
     fn relu_backward(&self, output: &Self) -> Result<Self> {
-        todo!()
+        let op = "relu_backward";
+        Ok(F32(elementwise::relu_backward(
+            self.as_f32(op)?,
+            output.as_f32(op)?,
+        )?))
     }
     fn matmul(
         &self,
@@ -98,26 +125,68 @@ impl BackendStorage for CpuStorage {
         lhs_transposed: bool,
         rhs_transposed: bool,
     ) -> Result<Self> {
-        todo!()
+        let op = "matmul";
+        let (a, b) = (self.as_f32(op)?, rhs.as_f32(op)?);
+        Ok(F32(gemm::matmul(
+            a,
+            b,
+            m,
+            k,
+            n,
+            lhs_transposed,
+            rhs_transposed,
+        )?))
     }
     fn add_row_vector(&self, row: &Self, rows: usize, cols: usize) -> Result<Self> {
-        todo!()
+        let op = "add_row_vector";
+        Ok(F32(elementwise::add_row_vector(
+            self.as_f32(op)?,
+            row.as_f32(op)?,
+            rows,
+            cols,
+        )?))
     }
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
-        todo!()
+        Ok(F32(elementwise::sum_rows(
+            self.as_f32("sum_rows")?,
+            rows,
+            cols,
+        )?))
     }
+
     fn conv2d(&self, weight: &Self, bias: Option<&Self>, g: &Conv2dGeometry) -> Result<Self> {
-        todo!()
+        let op = "conv2d";
+        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
+        Ok(F32(conv::conv2d(
+            self.as_f32(op)?,
+            weight.as_f32(op)?,
+            bias,
+            g,
+        )?))
     }
     fn conv2d_input_grad(&self, weight: &Self, g: &Conv2dGeometry) -> Result<Self> {
-        todo!()
+        let op = "conv2d_input_grad";
+        Ok(F32(conv::conv2d_input_grad(
+            self.as_f32(op)?,
+            weight.as_f32(op)?,
+            g,
+        )?))
     }
     fn conv2d_weight_grad(&self, input: &Self, g: &Conv2dGeometry) -> Result<Self> {
-        todo!()
+        let op = "conv2d_weight_grad";
+        Ok(F32(conv::conv2d_weight_grad(
+            self.as_f32(op)?,
+            input.as_f32(op)?,
+            g,
+        )?))
     }
     fn channel_sums(&self, g: &BatchNormGeometry) -> Result<Self> {
-        todo!()
+        Ok(F32(batch_norm::channel_sums(
+            self.as_f32("channel_sums")?,
+            g,
+        )?))
     }
+
     fn batch_norm_train(
         &self,
         weight: Option<&Self>,
@@ -125,7 +194,16 @@ impl BackendStorage for CpuStorage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<BatchNormTrainOutput<Self>> {
-        todo!()
+        let op = "batch_norm_train";
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
+        let r = batch_norm::train(self.as_f32(op)?, weight, bias, g, eps)?;
+        Ok(BatchNormTrainOutput {
+            output: F32(r.output),
+            mean: F32(r.mean),
+            var: F32(r.var),
+            invstd: F32(r.invstd),
+        })
     }
     fn batch_norm_eval(
         &self,
@@ -136,7 +214,19 @@ impl BackendStorage for CpuStorage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<Self> {
-        todo!()
+        let op = "batch_norm_eval";
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
+        let (rm, rv) = (running_mean.as_f32(op)?, running_var.as_f32(op)?);
+        Ok(F32(batch_norm::eval(
+            self.as_f32(op)?,
+            weight,
+            bias,
+            rm,
+            rv,
+            g,
+            eps,
+        )?))
     }
     fn batch_norm_backward(
         &self,
@@ -148,7 +238,19 @@ impl BackendStorage for CpuStorage {
         training: bool,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
-        todo!()
+        let op = "batch_norm_backward";
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let grads = batch_norm::backward(
+            self.as_f32(op)?,
+            input.as_f32(op)?,
+            weight,
+            mean.as_f32(op)?,
+            invstd.as_f32(op)?,
+            g,
+            training,
+            needs,
+        )?;
+        Ok(grads.map(|gr| gr.map(F32)))
     }
     fn update_running_stats(
         &mut self,
@@ -158,35 +260,81 @@ impl BackendStorage for CpuStorage {
         momentum: f32,
         count: usize,
     ) -> Result<()> {
-        todo!()
+        let op = "update_running_stats";
+        batch_norm::update_running_stats(
+            self.as_f32_mut(op)?,
+            running_var.as_f32_mut(op)?,
+            batch_mean.as_f32(op)?,
+            batch_var.as_f32(op)?,
+            momentum,
+            count,
+        )
     }
     fn inv_std(&self, eps: f32) -> Result<Self> {
-        todo!()
+        Ok(F32(elementwise::inv_std(self.as_f32("inv_std")?, eps)))
     }
+
     fn max_pool2d(&self, g: &Pool2dGeometry) -> Result<(Self, Self)> {
-        todo!()
+        let (values, indices) = pool::max_pool2d(self.as_f32("max_pool2d")?, g)?;
+        Ok((F32(values), CpuStorage::I64(indices)))
     }
     fn max_pool2d_backward(&self, indices: &Self, g: &Pool2dGeometry) -> Result<Self> {
-        todo!()
+        let op = "max_pool2d_backward";
+        Ok(F32(pool::max_pool2d_backward(
+            self.as_f32(op)?,
+            indices.as_i64(op)?,
+            g,
+        )?))
     }
     fn adaptive_avg_pool2d(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
-        todo!()
+        Ok(F32(pool::adaptive_avg_pool2d(
+            self.as_f32("adaptive_avg_pool2d")?,
+            g,
+        )?))
     }
     fn adaptive_avg_pool2d_backward(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
-        todo!()
+        let op = "adaptive_avg_pool2d_backward";
+        Ok(F32(pool::adaptive_avg_pool2d_backward(
+            self.as_f32(op)?,
+            g,
+        )?))
     }
+
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
-        todo!()
+        Ok(F32(loss::log_softmax(
+            self.as_f32("log_softmax")?,
+            rows,
+            cols,
+        )?))
     }
     fn log_softmax_backward(&self, output: &Self, rows: usize, cols: usize) -> Result<Self> {
-        todo!()
+        let op = "log_softmax_backward";
+        Ok(F32(loss::log_softmax_backward(
+            self.as_f32(op)?,
+            output.as_f32(op)?,
+            rows,
+            cols,
+        )?))
     }
     fn nll_loss(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
-        todo!()
+        let op = "nll_loss";
+        Ok(F32(vec![loss::nll_loss(
+            self.as_f32(op)?,
+            labels.as_i64(op)?,
+            rows,
+            cols,
+        )?]))
     }
     fn nll_loss_backward(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
-        todo!()
+        let op = "nll_loss_backward";
+        Ok(F32(loss::nll_loss_backward(
+            self.as_f32(op)?,
+            labels.as_i64(op)?,
+            rows,
+            cols,
+        )?))
     }
+
     fn sgd_step(
         &mut self,
         grad: &Self,
@@ -194,6 +342,14 @@ impl BackendStorage for CpuStorage {
         cfg: &SgdConfig,
         initialize_buffer: bool,
     ) -> Result<()> {
-        todo!()
+        let op = "sgd_step";
+        let buffer = momentum_buffer.map(|b| b.as_f32_mut(op)).transpose()?;
+        sgd::sgd_step(
+            self.as_f32_mut(op)?,
+            grad.as_f32(op)?,
+            buffer,
+            cfg,
+            initialize_buffer,
+        )
     }
 }

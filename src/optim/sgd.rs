@@ -165,7 +165,10 @@ impl Sgd {
     }
 }
 
+// The references are pasted as PyTorch printed them (9 significant digits,
+// enough to round-trip any f32).
 #[cfg(test)]
+#[allow(clippy::excessive_precision)]
 mod tests {
     use super::*;
     use crate::Device;

@@ -117,6 +117,7 @@ impl Tensor {
     }
 
     /// An op's output with a backward node attached (see `autograd::record`).
+    #[allow(dead_code)] // `record` builds outputs through `view_with`; kept for direct use.
     pub(crate) fn from_op(storage: Storage, shape: Vec<usize>, grad_fn: Arc<Node>) -> Tensor {
         debug_assert_eq!(storage.len(), numel_of(&shape));
         Self::build(

@@ -326,3 +326,286 @@ pub(super) fn update_running_stats(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_data::pseudo_random;
+    use super::*;
+
+    const EPS: f64 = 1e-5;
+
+    /// f64 training-mode batch norm, straight from the definition.
+    fn reference_train(
+        x: &[f64],
+        gamma: &[f64],
+        beta: &[f64],
+        g: &BatchNormGeometry,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (n, c, s) = (g.batch, g.channels, g.spatial);
+        let at = |n_: usize, c_: usize, s_: usize| (n_ * c + c_) * s + s_;
+        let mut y = vec![0f64; x.len()];
+        let (mut means, mut vars) = (vec![], vec![]);
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| (0..s).map(move |j| (i, j)))
+                .map(|(i, j)| x[at(i, ch, j)])
+                .collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+            for i in 0..n {
+                for j in 0..s {
+                    y[at(i, ch, j)] =
+                        (x[at(i, ch, j)] - mean) / (var + EPS).sqrt() * gamma[ch] + beta[ch];
+                }
+            }
+            means.push(mean);
+            vars.push(var);
+        }
+        (y, means, vars)
+    }
+
+    fn to_f64(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| f64::from(x)).collect()
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn train_forward_matches_definition_with_large_mean() {
+        let g = BatchNormGeometry {
+            batch: 3,
+            channels: 5,
+            spatial: 7,
+        };
+        // An offset of 100 makes a one-pass E[x²]-E[x]² variance in f32 lose digits.
+        let x: Vec<f32> = pseudo_random(g.numel(), 3)
+            .iter()
+            .map(|v| v + 100.0)
+            .collect();
+        let gamma = pseudo_random(5, 4);
+        let beta = pseudo_random(5, 5);
+        let r = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32).unwrap();
+        let (y, mean, var) = reference_train(&to_f64(&x), &to_f64(&gamma), &to_f64(&beta), &g);
+        assert_close("mean", &r.mean, &mean, 1e-7);
+        assert_close("var", &r.var, &var, 1e-6);
+        let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + EPS).sqrt()).collect();
+        assert_close("invstd", &r.invstd, &invstd, 1e-6);
+        assert_close("output", &r.output, &y, 1e-4);
+
+        // No affine parameters: γ = 1, β = 0.
+        let r = train(&x, None, None, &g, EPS as f32).unwrap();
+        let (y, _, _) = reference_train(&to_f64(&x), &[1.0; 5], &[0.0; 5], &g);
+        assert_close("output without affine", &r.output, &y, 1e-4);
+    }
+
+    #[test]
+    fn train_backward_matches_finite_differences() {
+        let g = BatchNormGeometry {
+            batch: 2,
+            channels: 3,
+            spatial: 4,
+        };
+        let x = pseudo_random(g.numel(), 11);
+        let gamma = pseudo_random(3, 12);
+        let beta = pseudo_random(3, 13);
+        let dy = pseudo_random(g.numel(), 14);
+        let fwd = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32).unwrap();
+        let [dx, dw, db] = backward(
+            &dy,
+            &x,
+            Some(&gamma),
+            &fwd.mean,
+            &fwd.invstd,
+            &g,
+            true,
+            [true; 3],
+        )
+        .unwrap();
+
+        // L = Σ dy·y(x, γ, β) in f64; central differences with h = 1e-6.
+        let loss = |x: &[f64], gm: &[f64], bt: &[f64]| -> f64 {
+            reference_train(x, gm, bt, &g)
+                .0
+                .iter()
+                .zip(&dy)
+                .map(|(y, &d)| y * f64::from(d))
+                .sum()
+        };
+        let (x64, g64, b64) = (to_f64(&x), to_f64(&gamma), to_f64(&beta));
+        let h = 1e-6;
+        let numeric = |which: usize, i: usize| {
+            let mut args = [x64.clone(), g64.clone(), b64.clone()];
+            args[which][i] += h;
+            let up = loss(&args[0], &args[1], &args[2]);
+            args[which][i] -= 2.0 * h;
+            let down = loss(&args[0], &args[1], &args[2]);
+            (up - down) / (2.0 * h)
+        };
+        let want_dx: Vec<f64> = (0..x.len()).map(|i| numeric(0, i)).collect();
+        let want_dw: Vec<f64> = (0..3).map(|i| numeric(1, i)).collect();
+        let want_db: Vec<f64> = (0..3).map(|i| numeric(2, i)).collect();
+        assert_close("dx", &dx.unwrap(), &want_dx, 1e-4);
+        assert_close("dw", &dw.unwrap(), &want_dw, 1e-4);
+        assert_close("db", &db.unwrap(), &want_db, 1e-4);
+    }
+
+    #[test]
+    fn backward_computes_only_what_is_needed() {
+        let g = BatchNormGeometry {
+            batch: 2,
+            channels: 3,
+            spatial: 5,
+        };
+        let x = pseudo_random(g.numel(), 21);
+        let dy = pseudo_random(g.numel(), 22);
+        let gamma = pseudo_random(3, 23);
+        let fwd = train(&x, Some(&gamma), None, &g, EPS as f32).unwrap();
+        let all = backward(
+            &dy,
+            &x,
+            Some(&gamma),
+            &fwd.mean,
+            &fwd.invstd,
+            &g,
+            true,
+            [true; 3],
+        )
+        .unwrap();
+        for needs in [
+            [true, false, false],
+            [false, true, false],
+            [false, false, true],
+            [false, true, true],
+        ] {
+            let got = backward(
+                &dy,
+                &x,
+                Some(&gamma),
+                &fwd.mean,
+                &fwd.invstd,
+                &g,
+                true,
+                needs,
+            )
+            .unwrap();
+            for k in 0..3 {
+                assert_eq!(got[k].is_some(), needs[k], "{needs:?}");
+                if let Some(v) = &got[k] {
+                    assert_eq!(Some(v), all[k].as_ref(), "{needs:?} slot {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn eval_forward_and_backward_use_running_stats() {
+        let g = BatchNormGeometry {
+            batch: 2,
+            channels: 3,
+            spatial: 4,
+        };
+        let x = pseudo_random(g.numel(), 31);
+        let dy = pseudo_random(g.numel(), 32);
+        let gamma = pseudo_random(3, 33);
+        let beta = pseudo_random(3, 34);
+        let rm = [0.5f32, -0.25, 0.1];
+        let rv = [1.5f32, 0.2, 0.9];
+        let y = eval(&x, Some(&gamma), Some(&beta), &rm, &rv, &g, EPS as f32).unwrap();
+        let invstd = elementwise_inv_std(&rv);
+        let c_of = |i: usize| (i / g.spatial) % g.channels;
+        let want: Vec<f64> = (0..x.len())
+            .map(|i| {
+                let c = c_of(i);
+                (f64::from(x[i]) - f64::from(rm[c])) / (f64::from(rv[c]) + EPS).sqrt()
+                    * f64::from(gamma[c])
+                    + f64::from(beta[c])
+            })
+            .collect();
+        assert_close("eval output", &y, &want, 1e-5);
+
+        // dx alone must not read the input: pass NaNs as the placeholder.
+        let placeholder = vec![f32::NAN; g.numel()];
+        let [dx, dw, db] = backward(
+            &dy,
+            &placeholder,
+            Some(&gamma),
+            &rm,
+            &invstd,
+            &g,
+            false,
+            [true, false, false],
+        )
+        .unwrap();
+        assert!(dw.is_none() && db.is_none());
+        let want_dx: Vec<f64> = (0..x.len())
+            .map(|i| f64::from(dy[i]) * f64::from(gamma[c_of(i)]) * f64::from(invstd[c_of(i)]))
+            .collect();
+        assert_close("eval dx", &dx.unwrap(), &want_dx, 1e-6);
+
+        let [_, dw, db] =
+            backward(&dy, &x, None, &rm, &invstd, &g, false, [false, true, true]).unwrap();
+        let mut want_dw = [0f64; 3];
+        let mut want_db = [0f64; 3];
+        for i in 0..x.len() {
+            let c = c_of(i);
+            want_dw[c] +=
+                f64::from(dy[i]) * (f64::from(x[i]) - f64::from(rm[c])) * f64::from(invstd[c]);
+            want_db[c] += f64::from(dy[i]);
+        }
+        assert_close("eval dw", &dw.unwrap(), &want_dw, 1e-6);
+        assert_close("eval db", &db.unwrap(), &want_db, 1e-6);
+    }
+
+    fn elementwise_inv_std(v: &[f32]) -> Vec<f32> {
+        v.iter()
+            .map(|&v| (1.0 / (f64::from(v) + EPS).sqrt()) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn running_stats_use_unbiased_variance() {
+        let (mut rm, mut rv) = (vec![0.0f32, 1.0], vec![1.0f32, 2.0]);
+        update_running_stats(&mut rm, &mut rv, &[2.0, -1.0], &[3.0, 0.5], 0.1, 4).unwrap();
+        // rm = 0.9 rm + 0.1 mean; rv = 0.9 rv + 0.1 var * 4/3
+        assert_close("rm", &rm, &[0.2, 0.8], 1e-7);
+        assert_close("rv", &rv, &[0.9 + 0.4, 1.8 + 0.1 * 0.5 * 4.0 / 3.0], 1e-7);
+        assert!(update_running_stats(&mut rm, &mut rv, &[0.0], &[0.0, 0.0], 0.1, 4).is_err());
+        assert!(update_running_stats(&mut rm, &mut rv, &[0.0; 2], &[0.0; 2], 0.1, 1).is_err());
+    }
+
+    #[test]
+    fn channel_sums_and_length_checks() {
+        let g = BatchNormGeometry {
+            batch: 2,
+            channels: 2,
+            spatial: 2,
+        };
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(
+            channel_sums(&x, &g).unwrap(),
+            vec![1.0 + 2.0 + 5.0 + 6.0, 3.0 + 4.0 + 7.0 + 8.0]
+        );
+        assert!(channel_sums(&x[1..], &g).is_err());
+        assert!(train(&x, Some(&[1.0]), None, &g, 1e-5).is_err());
+        assert!(eval(&x, None, None, &[0.0; 2], &[1.0; 3], &g, 1e-5).is_err());
+        assert!(backward(
+            &x,
+            &x[1..],
+            None,
+            &[0.0; 2],
+            &[1.0; 2],
+            &g,
+            true,
+            [true, false, false]
+        )
+        .is_err());
+    }
+}

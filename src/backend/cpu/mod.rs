@@ -22,6 +22,8 @@ mod loss;
 mod pool;
 mod scratch;
 mod sgd;
+#[cfg(test)]
+mod test_data;
 
 use CpuStorage::F32;
 

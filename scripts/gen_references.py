@@ -43,13 +43,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save_file as _save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS_DIR = os.path.join(ROOT, "tests", "fixtures", "ops")
 RESNET_DIR = os.path.join(ROOT, "tests", "fixtures", "resnet")
 
 torch.set_default_dtype(torch.float64)
+
+
+def save_file(tensors, path, metadata):
+    """Writes only when the content changed: safetensors stores metadata in
+    hash-map order, so rewriting identical data would still churn the bytes."""
+    if os.path.exists(path):
+        with safe_open(path, "pt") as f:
+            same_meta = f.metadata() == metadata
+        old = load_file(path)
+        if same_meta and old.keys() == tensors.keys() and all(
+            old[k].dtype == v.dtype and torch.equal(old[k], v) for k, v in tensors.items()
+        ):
+            return
+    _save_file(tensors, path, metadata=metadata)
 
 
 # --------------------------------------------------------------------------
@@ -175,6 +191,13 @@ def batch_norm_cases():
 
         extra = ["running_mean", "running_var"] if running and training else []
         params = {"training": int(training), "momentum": momentum, "eps": eps}
+        if name == "batch_norm_train_two_values_per_channel":
+            # With two values per channel x_hat = +-1 up to eps, and dL/dx is
+            # the near-total cancellation of terms of size |gamma| invstd |R|
+            # (||dL/dx|| is ~1e-5 of them): float32 PyTorch itself is off by
+            # 8e-3 relative. The test measures the error against the size of
+            # those terms, ||gamma_c invstd_c R||, which is what float32 can promise.
+            params["input_grad_error_scale"] = "terms"
         write_case(name, "batch_norm", inputs, diff, fwd, params, extra)
 
 

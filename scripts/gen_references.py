@@ -30,7 +30,7 @@ It also asserts the PyTorch autograd semantics that
 the Rust expectations are PyTorch's observed behaviour, not our guess.
 
 The formulas below (``formula_weights``, ``formula_batch``, ``probe``,
-``sample_indices``) are mirrored in ``tests/common/mod.rs``; change both.
+``sample_indices``) are mirrored in ``tests/resnet_step_parity.rs``; change both.
 """
 
 import math

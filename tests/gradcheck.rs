@@ -109,7 +109,7 @@ fn gradcheck(op: &str, inputs: Vec<Input>, f: impl Fn(&[Tensor]) -> frostgrad::R
             })
             .collect();
         let err = rel_l2(&analytic, &numeric);
-        if !(err <= TOLERANCE) {
+        if !common::within(err, TOLERANCE) {
             failures.push(format!(
                 "{op}: d/d{}: relative L2 error {err:.3e} > {TOLERANCE:.0e}",
                 input.name

@@ -27,7 +27,7 @@ const TOLERANCE: f64 = 1e-5;
 /// PyTorch lowers `adaptive_avg_pool2d(x, 1)` to `x.mean((-2, -1))` and so
 /// prints `MeanBackward1`; frostgrad keeps one op (and one name) for every
 /// output size.
-fn expected_grad_fn_name<'a>(fixture: &'a Fixture) -> &'a str {
+fn expected_grad_fn_name(fixture: &Fixture) -> &str {
     match fixture.meta("torch_grad_fn") {
         "MeanBackward1" if fixture.meta("op") == "adaptive_avg_pool2d" => {
             "AdaptiveAvgPool2DBackward0"
@@ -51,12 +51,15 @@ fn pair(fixture: &Fixture, key: &str) -> (usize, usize) {
     (v[0], v[1])
 }
 
+/// The leaves that require a gradient, by input name.
+type Leaves = Vec<(&'static str, Tensor)>;
+
 /// The differentiable inputs of an op, in the order the fixture names them.
 const DIFFERENTIABLE: [&str; 4] = ["input", "weight", "bias", "other"];
 
 /// Runs the fixture's op on leaves built from its inputs and returns the
 /// output plus the leaves that require a gradient (by name).
-fn run_op(fx: &Fixture) -> (Tensor, Vec<(&'static str, Tensor)>) {
+fn run_op(fx: &Fixture) -> (Tensor, Leaves) {
     let leaves: Vec<(&'static str, Tensor)> = DIFFERENTIABLE
         .iter()
         .filter(|n| fx.has(&format!("in.{n}")))
@@ -103,13 +106,7 @@ fn run_op(fx: &Fixture) -> (Tensor, Vec<(&'static str, Tensor)>) {
 
 /// Batch norm also takes running statistics (not differentiable, updated in
 /// place in training mode); returns them too so they can be compared.
-fn run_batch_norm(
-    fx: &Fixture,
-) -> (
-    Tensor,
-    Vec<(&'static str, Tensor)>,
-    Option<(Tensor, Tensor)>,
-) {
+fn run_batch_norm(fx: &Fixture) -> (Tensor, Leaves, Option<(Tensor, Tensor)>) {
     let leaves: Vec<(&'static str, Tensor)> = ["input", "weight", "bias"]
         .iter()
         .filter(|n| fx.has(&format!("in.{n}")))
@@ -188,7 +185,7 @@ fn check(fx: &Fixture) -> Vec<String> {
             return;
         }
         let err = rel_l2(actual, expected);
-        if !(err <= TOLERANCE) {
+        if !common::within(err, TOLERANCE) {
             failures.push(format!(
                 "{}: {what}: relative L2 error {err:.3e} > {TOLERANCE:.0e}",
                 fx.name
@@ -277,7 +274,7 @@ fn check(fx: &Fixture) -> Vec<String> {
             let scale = batch_norm_input_grad_terms(fx);
             let diff: Vec<f64> = actual.iter().zip(&expected).map(|(a, e)| a - e).collect();
             let err = common::l2(&diff) / scale;
-            if !(err <= TOLERANCE) {
+            if !common::within(err, TOLERANCE) {
                 failures.push(format!(
                     "{}: d/dinput: L2 error {err:.3e} of the terms' size > {TOLERANCE:.0e}",
                     fx.name

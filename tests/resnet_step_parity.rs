@@ -257,7 +257,7 @@ fn check_summary(key: &str, actual: &[f64], summary: &[f64], tol: f64, failures:
     let a_sum: f64 = actual.iter().sum();
     let a_dot: f64 = actual.iter().zip(&p).map(|(x, y)| x * y).sum();
     let mut fail = |what: &str, got: f64, want: f64, bound: f64| {
-        if !((got - want).abs() <= bound) {
+        if !common::within((got - want).abs(), bound) {
             failures.push(format!(
                 "{key}: {what} {got:.9e}, PyTorch {want:.9e} (allowed ±{bound:.2e})"
             ));
@@ -377,7 +377,7 @@ fn run_case(case: &str) {
                     ));
                 } else {
                     let err = rel_l2(&actual, &expected);
-                    if !(err <= VALUE_TOLERANCE) {
+                    if !common::within(err, VALUE_TOLERANCE) {
                         failures.push(format!(
                             "{key}: relative L2 error {err:.3e} > {VALUE_TOLERANCE:.0e}"
                         ));

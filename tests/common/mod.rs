@@ -200,3 +200,9 @@ pub fn grad_of(t: &Tensor) -> Vec<f64> {
             .expect("f32 grad"),
     )
 }
+
+/// `value <= bound`, false when either is NaN, so a NaN result fails a check
+/// (which `value > bound` would let pass).
+pub fn within(value: f64, bound: f64) -> bool {
+    value <= bound
+}

@@ -6,6 +6,7 @@
 //! `src/cli/<name>.rs` with an `Args` struct and a `run` function, and add a
 //! variant to [`Command`].
 
+pub mod bench;
 pub mod step;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -30,6 +31,9 @@ pub enum Command {
     /// parameters trainable; writes logits, loss, gradients, parameters and
     /// buffers to a safetensors file.
     Step(step::StepArgs),
+    /// ResNet-18 training steps in several freezing modes: time per phase,
+    /// gradients computed and skipped, FLOPs, peak memory.
+    Bench(bench::BenchArgs),
 }
 
 /// `--device cpu|cuda` (CUDA device 0).
@@ -52,5 +56,6 @@ impl From<DeviceArg> for Device {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
+        Command::Bench(args) => bench::run(&args).map(|table| print!("{table}")),
     }
 }

@@ -1,0 +1,353 @@
+//! Measuring what freezing saves: ResNet-18 training steps in several
+//! freezing modes, each split into forward / backward / optimizer, with the
+//! gradients computed and skipped, the FLOPs each phase executed, and the
+//! peak tensor memory of the step. `frostgrad bench` prints this;
+//! `scripts/bench_pytorch.py` measures PyTorch the same way.
+
+mod report;
+
+pub use report::{render_svg, render_table, to_json};
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::autograd::no_grad;
+use crate::backend::Conv2dGeometry;
+use crate::error::{Error, Result};
+use crate::nn::{Module, ParamPatterns, ResNet};
+use crate::ops;
+use crate::optim::{Sgd, SgdConfig};
+use crate::tensor::{memory, Device, Tensor};
+
+/// One way to train: which parameters are trainable, or a no-grad forward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mode {
+    pub name: String,
+    /// Comma-separated globs; `None` is `inference` (forward under `no_grad`, eval mode).
+    pub trainable: Option<String>,
+}
+
+impl Mode {
+    pub fn new(name: &str, trainable: Option<&str>) -> Self {
+        Self {
+            name: name.to_string(),
+            trainable: trainable.map(str::to_string),
+        }
+    }
+}
+
+/// The standard modes, from the most to the least gradient work.
+pub fn standard_modes() -> Vec<Mode> {
+    vec![
+        Mode::new("finetune", Some("*")),
+        Mode::new("partial", Some("layer3.*,layer4.*,fc.*")),
+        Mode::new("layer4", Some("layer4.*,fc.*")),
+        Mode::new("transfer", Some("fc.*")),
+        Mode::new("inference", None),
+    ]
+}
+
+/// Parses `--modes finetune,transfer,...` against [`standard_modes`].
+pub fn parse_modes(list: &str) -> Result<Vec<Mode>> {
+    let known = standard_modes();
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            known
+                .iter()
+                .find(|m| m.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    let names: Vec<&str> = known.iter().map(|m| m.name.as_str()).collect();
+                    Error::invalid(
+                        "bench",
+                        format!("unknown mode `{name}`; choose from {}", names.join(", ")),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Median, minimum and maximum of a set of timings, in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timing {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Timing {
+    fn of(samples: &[f64]) -> Timing {
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        if s.is_empty() {
+            return Timing::default();
+        }
+        let n = s.len();
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        Timing {
+            median,
+            min: s[0],
+            max: s[n - 1],
+        }
+    }
+}
+
+/// What one mode measured. Phase times are medians over the timed steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModeResult {
+    pub name: String,
+    pub trainable: Option<String>,
+    pub trainable_parameters: usize,
+    pub step_ms: Timing,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    /// Highest tensor memory held during a step (parameters, momentum
+    /// buffers and activations included), on the bench's device.
+    pub peak_bytes: usize,
+    pub nodes: usize,
+    pub computed: BTreeMap<String, usize>,
+    pub skipped: BTreeMap<String, usize>,
+    /// Conv + linear FLOPs executed per phase (see `ops::flops`).
+    pub forward_gflop: f64,
+    pub backward_gflop: f64,
+    /// Backward FLOPs a full fine-tuning step executes that this mode did not.
+    pub skipped_gflop: f64,
+    /// Filled in once every mode has run: finetune's median step / this one's.
+    pub speedup_vs_finetune: Option<f64>,
+}
+
+impl ModeResult {
+    pub fn gflop(&self) -> f64 {
+        self.forward_gflop + self.backward_gflop
+    }
+    /// Achieved conv + linear GFLOP/s over the median step.
+    pub fn gflops_per_second(&self) -> f64 {
+        if self.step_ms.median > 0.0 {
+            self.gflop() / (self.step_ms.median / 1e3)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The settings of one benchmark run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub device: Device,
+    pub batch: usize,
+    pub size: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    /// SGD learning rate and momentum (as in `scripts/bench_pytorch.py`).
+    pub lr: f32,
+    pub momentum: f32,
+}
+
+/// A whole run: the settings and one result per mode.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub device: String,
+    pub batch: usize,
+    pub size: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub threads: usize,
+    pub modes: Vec<ModeResult>,
+}
+
+/// Backward FLOPs of a fine-tuning step: every conv and linear computes its
+/// input and weight gradient (2x the forward), except that nothing needs the
+/// gradient of the image, so the stem conv skips its input gradient.
+fn full_backward_gflop(forward_gflop: f64, cfg: &BenchConfig) -> Result<f64> {
+    let stem = Conv2dGeometry::new(
+        [cfg.batch, 3, cfg.size, cfg.size],
+        [64, 3, 7, 7],
+        (2, 2),
+        (3, 3),
+        (1, 1),
+    )?;
+    Ok(2.0 * forward_gflop - 2.0 * stem.macs() as f64 / 1e9)
+}
+
+/// Runs every mode on `model` and fills in the speedups.
+pub fn run(
+    model: &mut ResNet,
+    modes: &[Mode],
+    cfg: &BenchConfig,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<BenchReport> {
+    if cfg.steps == 0 {
+        return Err(Error::invalid("bench", "--steps must be at least 1"));
+    }
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let images = Tensor::randn(
+        &[cfg.batch, 3, cfg.size, cfg.size],
+        0.0,
+        1.0,
+        &mut rng,
+        cfg.device,
+    )?;
+    let classes = model.num_classes() as i64;
+    let labels: Vec<i64> = (0..cfg.batch as i64)
+        .map(|i| (i * 7919) % classes)
+        .collect();
+    let labels = Tensor::from_vec_i64(labels, &[cfg.batch], cfg.device)?;
+
+    let mut results = Vec::with_capacity(modes.len());
+    for mode in modes {
+        let r = run_mode(model, &images, &labels, mode, cfg, |done, total| {
+            progress(&mode.name, done, total)
+        })?;
+        results.push(r);
+    }
+    if let Some(base) = results
+        .iter()
+        .find(|r| r.name == "finetune")
+        .map(|r| r.step_ms.median)
+    {
+        for r in &mut results {
+            r.speedup_vs_finetune = (r.step_ms.median > 0.0).then(|| base / r.step_ms.median);
+        }
+    }
+    Ok(BenchReport {
+        device: cfg.device.to_string(),
+        batch: cfg.batch,
+        size: cfg.size,
+        steps: cfg.steps,
+        warmup: cfg.warmup,
+        threads: rayon::current_num_threads(),
+        modes: results,
+    })
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Warm-up plus timed steps of one mode.
+pub fn run_mode(
+    model: &mut ResNet,
+    images: &Tensor,
+    labels: &Tensor,
+    mode: &Mode,
+    cfg: &BenchConfig,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<ModeResult> {
+    for p in model.parameters() {
+        p.set_grad(None)?;
+    }
+    let trainable = match &mode.trainable {
+        Some(globs) => model.set_trainable(&ParamPatterns::parse(globs)?)?,
+        None => {
+            model.requires_grad_(false)?;
+            Vec::new()
+        }
+    };
+    let trainable_parameters = model
+        .named_parameters()
+        .iter()
+        .filter(|(n, _)| trainable.contains(n))
+        .map(|(_, p)| p.numel())
+        .sum();
+    let params: Vec<Tensor> = model.parameters();
+    let mut sgd = Sgd::new(
+        params.iter().filter(|p| p.requires_grad()).cloned(),
+        SgdConfig::new(cfg.lr).momentum(cfg.momentum),
+    )?;
+
+    let total = cfg.warmup + cfg.steps;
+    let (mut step, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
+    let mut last = None;
+    let mut peak_bytes = 0;
+    for i in 0..total {
+        memory::reset_peak_bytes(cfg.device);
+        ops::flops::reset();
+        let t0 = Instant::now();
+        let (f, b, o, stats, gflop) = if mode.trainable.is_none() {
+            model.eval();
+            no_grad(|| model.forward(images))?;
+            let f = ms_since(t0);
+            let fg = ops::flops::executed() as f64 / 1e9;
+            (f, 0.0, 0.0, crate::BackwardStats::default(), (fg, 0.0))
+        } else {
+            model.train();
+            let loss = ops::cross_entropy(&model.forward(images)?, labels)?;
+            let f = ms_since(t0);
+            let fg = ops::flops::executed() as f64 / 1e9;
+            let t1 = Instant::now();
+            let stats = loss.backward()?;
+            drop(loss);
+            let b = ms_since(t1);
+            let bg = ops::flops::executed() as f64 / 1e9 - fg;
+            let t2 = Instant::now();
+            sgd.step()?;
+            sgd.zero_grad(true)?;
+            (f, b, ms_since(t2), stats, (fg, bg))
+        };
+        let s = ms_since(t0);
+        peak_bytes = peak_bytes.max(memory::peak_bytes(cfg.device));
+        if i >= cfg.warmup {
+            step.push(s);
+            fwd.push(f);
+            bwd.push(b);
+            opt.push(o);
+        }
+        last = Some((stats, gflop));
+        progress(i + 1, total);
+    }
+    let (stats, (forward_gflop, backward_gflop)) =
+        last.ok_or_else(|| Error::invalid("bench", "no step ran"))?;
+    let skipped_gflop = if mode.trainable.is_none() {
+        0.0
+    } else {
+        (full_backward_gflop(forward_gflop, cfg)? - backward_gflop).max(0.0)
+    };
+    Ok(ModeResult {
+        name: mode.name.clone(),
+        trainable: mode.trainable.clone(),
+        trainable_parameters,
+        step_ms: Timing::of(&step),
+        forward_ms: Timing::of(&fwd).median,
+        backward_ms: Timing::of(&bwd).median,
+        optimizer_ms: Timing::of(&opt).median,
+        peak_bytes,
+        nodes: stats.nodes,
+        computed: stats.computed,
+        skipped: stats.skipped,
+        forward_gflop,
+        backward_gflop,
+        skipped_gflop,
+        speedup_vs_finetune: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_summary_is_median_min_max() {
+        let t = Timing::of(&[5.0, 1.0, 3.0, 9.0]);
+        assert_eq!((t.median, t.min, t.max), (4.0, 1.0, 9.0));
+        assert_eq!(Timing::of(&[2.0, 7.0, 4.0]).median, 4.0);
+    }
+
+    #[test]
+    fn modes_parse_and_reject_unknown_names() {
+        let m = parse_modes("transfer,finetune").unwrap();
+        assert_eq!(m[0].trainable.as_deref(), Some("fc.*"));
+        assert_eq!(m[1].trainable.as_deref(), Some("*"));
+        let err = parse_modes("finetune,everything").unwrap_err().to_string();
+        assert!(
+            err.contains("everything") && err.contains("inference"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! `frostgrad bench`: what freezing saves, measured.
+//!
+//! ```text
+//! frostgrad bench [--device auto|cpu|cuda] [--batch N] [--size S] [--steps K] [--warmup W]
+//!                 [--modes finetune,partial,layer4,transfer,inference] [--trainable GLOBS]
+//!                 [--weights W] [--json PATH] [--svg PATH]
+//! ```
+//! The table goes to stdout, progress to stderr.
+
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::bench::{self, BenchConfig, Mode};
+use crate::error::{Error, Result};
+use crate::io;
+use crate::nn::Module;
+use crate::nn::{resnet18, ResNet};
+use crate::tensor::{Device, Tensor};
+
+/// `--device auto|cpu|cuda`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchDevice {
+    /// CUDA device 0 when a usable GPU is found, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = BenchDevice::Auto)]
+    pub device: BenchDevice,
+    /// Images per step (default: 8 on the CPU, 64 on CUDA).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Image height and width.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// Timed steps per mode.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps per mode before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Comma-separated modes: finetune, partial, layer4, transfer, inference.
+    #[arg(long, default_value = "finetune,partial,layer4,transfer,inference")]
+    pub modes: String,
+    /// An extra mode `custom` training the parameters these globs match.
+    #[arg(long, value_name = "GLOBS")]
+    pub trainable: Option<String>,
+    /// torchvision ResNet-18 weights (safetensors); default: torchvision's random initialisation.
+    #[arg(long, value_name = "W")]
+    pub weights: Option<PathBuf>,
+    /// Write the results as JSON (the schema of scripts/bench_pytorch.py).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot of each mode's forward/backward/optimizer split.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
+}
+
+/// Whether CUDA device 0 can hold a tensor; the reason if not.
+fn cuda_usable() -> std::result::Result<(), String> {
+    Tensor::zeros(&[1], Device::Cuda(0))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn pick_device(choice: BenchDevice) -> Result<Device> {
+    match choice {
+        BenchDevice::Cpu => Ok(Device::Cpu),
+        BenchDevice::Cuda => {
+            cuda_usable().map_err(Error::Cuda)?;
+            Ok(Device::Cuda(0))
+        }
+        BenchDevice::Auto => match cuda_usable() {
+            Ok(()) => Ok(Device::Cuda(0)),
+            Err(reason) => {
+                eprintln!("note: no usable CUDA device ({reason}); benchmarking on the CPU");
+                Ok(Device::Cpu)
+            }
+        },
+    }
+}
+
+fn write_file(path: &PathBuf, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub fn run(args: &BenchArgs) -> Result<String> {
+    let mut modes = bench::parse_modes(&args.modes)?;
+    if let Some(globs) = &args.trainable {
+        crate::nn::ParamPatterns::parse(globs)?;
+        modes.push(Mode::new("custom", Some(globs)));
+    }
+    if modes.is_empty() {
+        return Err(Error::invalid("bench", "no modes to run"));
+    }
+    let device = pick_device(args.device)?;
+    let batch = args.batch.unwrap_or(match device {
+        Device::Cpu => 8,
+        Device::Cuda(_) => 64,
+    });
+    if batch < 2 {
+        // Train-mode batch norm needs more than one value per channel after layer4.
+        return Err(Error::invalid("bench", "--batch must be at least 2"));
+    }
+    let cfg = BenchConfig {
+        device,
+        batch,
+        size: args.size,
+        steps: args.steps,
+        warmup: args.warmup,
+        lr: 0.01,
+        momentum: 0.9,
+    };
+
+    let mut model: ResNet = match &args.weights {
+        Some(path) => ResNet::resnet18_from_state_dict(&io::safetensors::load(path)?)?,
+        None => {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+            resnet18(1000, &mut rng)?
+        }
+    };
+    model.to_device(device)?;
+
+    let total = (modes.len() * (cfg.warmup + cfg.steps)) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:>10} [{bar:30}] {pos}/{len} steps, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let report = bench::run(&mut model, &modes, &cfg, |mode, _, _| {
+        bar.set_message(mode.to_string());
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+
+    if let Some(path) = &args.json {
+        write_file(path, &bench::to_json(&report))?;
+    }
+    if let Some(path) = &args.svg {
+        write_file(path, &bench::render_svg(&report))?;
+    }
+    Ok(bench::render_table(&report))
+}

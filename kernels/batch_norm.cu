@@ -32,33 +32,39 @@ extern "C" __global__ void bn_batch_stats(const float* x, float* mean, float* va
   }
 }
 
+// The elementwise kernels walk [N * C] planes of S values: blockIdx.y (and
+// then gridDim.y strides) picks the plane, so the channel needs no division
+// per element; blockIdx.x / threadIdx.x walk the plane.
+#define FOR_PLANES(plane, c)                                                     \
+  for (int plane = blockIdx.y, c = plane % C; plane < planes;                   \
+       plane += gridDim.y, c = plane % C)
+#define FOR_PLANE_VALUES(s) for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < S; s += gridDim.x * blockDim.x)
+
 // y = (x - mean[c]) * invstd[c] * w[c] + b[c]; the weight and bias are
-// optional (flags). Grid: (ceil(S / blockDim.x), N * C) so that the channel
-// comes from blockIdx.y with no division.
+// optional (flags).
 extern "C" __global__ void bn_normalize(const float* x, const float* mean, const float* invstd, const float* weight,
-                                        int has_weight, const float* bias, int has_bias, float* y, int C, int S) {
-  const int plane = blockIdx.y, c = plane % C;
-  const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
-  const float shift = has_bias ? bias[c] : 0.0f;
-  const float mu = mean[c];
-  const long long base = (long long)plane * S;
-  for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < S; s += gridDim.x * blockDim.x) {
-    y[base + s] = (x[base + s] - mu) * scale + shift;
+                                        int has_weight, const float* bias, int has_bias, float* y, int planes, int C,
+                                        int S) {
+  FOR_PLANES(plane, c) {
+    const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
+    const float shift = has_bias ? bias[c] : 0.0f;
+    const float mu = mean[c];
+    const long long base = (long long)plane * S;
+    FOR_PLANE_VALUES(s) { y[base + s] = (x[base + s] - mu) * scale + shift; }
   }
 }
 
 // Eval mode: the same normalisation with the running statistics, the inverse
-// standard deviation formed on the fly. Grid as bn_normalize.
+// standard deviation formed on the fly.
 extern "C" __global__ void bn_normalize_running(const float* x, const float* running_mean, const float* running_var,
                                                 float eps, const float* weight, int has_weight, const float* bias,
-                                                int has_bias, float* y, int C, int S) {
-  const int plane = blockIdx.y, c = plane % C;
-  const float scale = (1.0f / sqrtf(running_var[c] + eps)) * (has_weight ? weight[c] : 1.0f);
-  const float shift = has_bias ? bias[c] : 0.0f;
-  const float mu = running_mean[c];
-  const long long base = (long long)plane * S;
-  for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < S; s += gridDim.x * blockDim.x) {
-    y[base + s] = (x[base + s] - mu) * scale + shift;
+                                                int has_bias, float* y, int planes, int C, int S) {
+  FOR_PLANES(plane, c) {
+    const float scale = (1.0f / sqrtf(running_var[c] + eps)) * (has_weight ? weight[c] : 1.0f);
+    const float shift = has_bias ? bias[c] : 0.0f;
+    const float mu = running_mean[c];
+    const long long base = (long long)plane * S;
+    FOR_PLANE_VALUES(s) { y[base + s] = (x[base + s] - mu) * scale + shift; }
   }
 }
 
@@ -100,31 +106,30 @@ extern "C" __global__ void bn_backward_reduce(const float* dy, const float* x, c
 
 // Training-mode input gradient:
 //   dx = w invstd (dy - sum_dy / M - xhat sum_dy_xhat / M),  M = N * S.
-// Grid as bn_normalize.
 extern "C" __global__ void bn_backward_input_train(const float* dy, const float* x, const float* mean,
                                                    const float* invstd, const float* weight, int has_weight,
-                                                   const float* sum_dy, const float* sum_dy_xhat, float* dx, int C,
-                                                   int S, float inv_count) {
-  const int plane = blockIdx.y, c = plane % C;
-  const float is = invstd[c];
-  const float scale = is * (has_weight ? weight[c] : 1.0f);
-  const float mean_dy = sum_dy[c] * inv_count;
-  const float mean_dy_xhat = sum_dy_xhat[c] * inv_count;
-  const float mu = mean[c];
-  const long long base = (long long)plane * S;
-  for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < S; s += gridDim.x * blockDim.x) {
-    const float xhat = (x[base + s] - mu) * is;
-    dx[base + s] = scale * (dy[base + s] - mean_dy - xhat * mean_dy_xhat);
+                                                   const float* sum_dy, const float* sum_dy_xhat, float* dx,
+                                                   int planes, int C, int S, float inv_count) {
+  FOR_PLANES(plane, c) {
+    const float is = invstd[c];
+    const float scale = is * (has_weight ? weight[c] : 1.0f);
+    const float mean_dy = sum_dy[c] * inv_count;
+    const float mean_dy_xhat = sum_dy_xhat[c] * inv_count;
+    const float mu = mean[c];
+    const long long base = (long long)plane * S;
+    FOR_PLANE_VALUES(s) {
+      const float xhat = (x[base + s] - mu) * is;
+      dx[base + s] = scale * (dy[base + s] - mean_dy - xhat * mean_dy_xhat);
+    }
   }
 }
 
 // Eval-mode input gradient: the statistics are constants, dx = w invstd dy.
 extern "C" __global__ void bn_backward_input_eval(const float* dy, const float* invstd, const float* weight,
-                                                  int has_weight, float* dx, int C, int S) {
-  const int plane = blockIdx.y, c = plane % C;
-  const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
-  const long long base = (long long)plane * S;
-  for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < S; s += gridDim.x * blockDim.x) {
-    dx[base + s] = scale * dy[base + s];
+                                                  int has_weight, float* dx, int planes, int C, int S) {
+  FOR_PLANES(plane, c) {
+    const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
+    const long long base = (long long)plane * S;
+    FOR_PLANE_VALUES(s) { dx[base + s] = scale * dy[base + s]; }
   }
 }

@@ -34,11 +34,13 @@ extern "C" __global__ void inv_std_f32(const float* var, float eps, float* out, 
   GRID_STRIDE(i, n) { out[i] = 1.0f / sqrtf(var[i] + eps); }
 }
 
-// out[r, c] = x[r, c] + row[c]. Grid: (ceil(cols / blockDim.x), rows).
+// out[r, c] = x[r, c] + row[c]. Grid: (ceil(cols / blockDim.x), min(rows, 65535)).
 extern "C" __global__ void add_row_vector_f32(const float* x, const float* row, float* out, int rows, int cols) {
-  const long long base = (long long)blockIdx.y * cols;
-  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-    out[base + c] = x[base + c] + row[c];
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    const long long base = (long long)r * cols;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+      out[base + c] = x[base + c] + row[c];
+    }
   }
 }
 

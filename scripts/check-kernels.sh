@@ -52,7 +52,7 @@ def compile_program(name, source, arch):
     """Returns (ok, log, ptx text). Same options as src/backend/cuda/module_cache.rs."""
     prog = ctypes.c_void_p()
     check(nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None), "create")
-    opts = [f"--gpu-architecture={arch}", "--std=c++17"]
+    opts = [f"--gpu-architecture={arch}"]
     if arch.startswith("sm_"):
         opts.append("--ptxas-options=-v")
     arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])

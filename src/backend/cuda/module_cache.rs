@@ -168,7 +168,8 @@ fn compile_for(file: KernelFile, arch: &str, want_cubin: bool) -> Result<Ptx> {
     let name = CString::new(file.file_name()).map_err(|_| fail("bad file name".into()))?;
     let handle = nvrtc::create_program(&source, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
     let program = Program { handle, _source: source, _name: name };
-    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    // NVRTC 13's default dialect (C++17) is what the kernels are written in.
+    let options = [format!("--gpu-architecture={arch}")];
     // SAFETY: a live program from create_program.
     if let Err(e) = unsafe { nvrtc::compile_program(program.handle, &options) } {
         // SAFETY: as above; the log is a NUL-terminated string.

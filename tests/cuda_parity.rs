@@ -150,6 +150,8 @@ const CONV_CASES: &[ConvCase] = &[
     ([2, 3, 11, 9], [5, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
     // Non-square everything; more output channels than one 64-row tile.
     ([3, 5, 13, 10], [70, 5, 3, 2], (2, 1), (1, 0), (1, 2)),
+    // Dilation along both axes, padding larger along one.
+    ([1, 3, 12, 11], [4, 3, 3, 3], (1, 2), (2, 1), (2, 3)),
     // 1x1 projection with stride 2 (ResNet downsample).
     ([2, 17, 9, 9], [9, 17, 1, 1], (2, 2), (0, 0), (1, 1)),
     // ResNet stem shape, small: 7x7 stride 2 padding 3.
@@ -188,7 +190,7 @@ fn conv2d_weight_grad_is_reproducible() {
     cuda_test("conv2d_weight_grad_is_reproducible", || {
         // Split-K sums its chunks in a fixed order: bit-identical reruns.
         let mut r = rng(4);
-        let (input, weight, stride, padding, dilation) = CONV_CASES[4];
+        let (input, weight, stride, padding, dilation) = CONV_CASES[5];
         let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
         let (_, gx) = pair(randn(&mut r, input.iter().product()));
         let (_, gdy) = pair(randn(&mut r, g.output_shape().iter().product()));

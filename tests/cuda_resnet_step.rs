@@ -33,10 +33,12 @@ const TOLERANCE: f32 = 4e-3;
 const BATCH: usize = 3;
 
 fn cuda_test(name: &str, body: impl FnOnce()) {
-    let gxx = std::process::Command::new(std::env::var("FROSTGRAD_CUDA_EMU_CXX").unwrap_or_else(|_| "g++".into()))
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let gxx = std::process::Command::new(
+        std::env::var("FROSTGRAD_CUDA_EMU_CXX").unwrap_or_else(|_| "g++".into()),
+    )
+    .arg("--version")
+    .output()
+    .is_ok_and(|o| o.status.success());
     if !cuda_emu::is_child(name) && cuda_emu::backend() == cuda_emu::Backend::Emulated && !gxx {
         let why = "no NVIDIA driver, and no g++ to build the CUDA emulation";
         if std::env::var_os("CI").is_some() {
@@ -49,7 +51,8 @@ fn cuda_test(name: &str, body: impl FnOnce()) {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("frostgrad-cuda-step-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("frostgrad-cuda-step-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -75,16 +78,31 @@ fn inputs() -> &'static (PathBuf, PathBuf) {
                         let (y, x) = (h as f32, w as f32);
                         images.push(match n {
                             0 => noise,
-                            1 => 1.5 * ((x + 2.0 * c as f32) / 4.0).sin() * (y / 6.0).cos() + 0.1 * noise,
-                            _ => 2.0 * if (h / 8 + w / 8 + c) % 2 == 0 { 1.0 } else { -1.0 } + 0.1 * noise,
+                            1 => {
+                                1.5 * ((x + 2.0 * c as f32) / 4.0).sin() * (y / 6.0).cos()
+                                    + 0.1 * noise
+                            }
+                            _ => {
+                                2.0 * if (h / 8 + w / 8 + c) % 2 == 0 {
+                                    1.0
+                                } else {
+                                    -1.0
+                                } + 0.1 * noise
+                            }
                         });
                     }
                 }
             }
         }
         let mut batch = StateDict::new();
-        batch.insert("images", HostTensor::new(vec![BATCH, 3, 32, 32], CpuStorage::F32(images)).unwrap());
-        batch.insert("labels", HostTensor::new(vec![BATCH], CpuStorage::I64(vec![4, 9, 0])).unwrap());
+        batch.insert(
+            "images",
+            HostTensor::new(vec![BATCH, 3, 32, 32], CpuStorage::F32(images)).unwrap(),
+        );
+        batch.insert(
+            "labels",
+            HostTensor::new(vec![BATCH], CpuStorage::I64(vec![4, 9, 0])).unwrap(),
+        );
         let batch_path = dir.join("batch.safetensors");
         safetensors::save(&batch, &batch_path).unwrap();
         (weights, batch_path)
@@ -109,17 +127,26 @@ fn step(dir: &Path, trainable: &str, eval: bool, device: DeviceArg) -> (StateDic
         device,
     };
     run(&args).unwrap_or_else(|e| panic!("step on {device:?}: {e}"));
-    (safetensors::load(&out).unwrap(), std::fs::read_to_string(&stats).unwrap())
+    (
+        safetensors::load(&out).unwrap(),
+        std::fs::read_to_string(&stats).unwrap(),
+    )
 }
 
 fn compare_step(name: &str, trainable: &str, eval: bool) {
     let dir = scratch(name);
     let (cpu, cpu_stats) = step(&dir, trainable, eval, DeviceArg::Cpu);
     let (cuda, cuda_stats) = step(&dir, trainable, eval, DeviceArg::Cuda);
-    assert_eq!(cuda_stats, cpu_stats, "backward statistics (computed / skipped gradients) differ");
+    assert_eq!(
+        cuda_stats, cpu_stats,
+        "backward statistics (computed / skipped gradients) differ"
+    );
     let cpu_names: Vec<&str> = cpu.names().collect();
     let cuda_names: Vec<&str> = cuda.names().collect();
-    assert_eq!(cuda_names, cpu_names, "the two steps wrote different tensors");
+    assert_eq!(
+        cuda_names, cpu_names,
+        "the two steps wrote different tensors"
+    );
     let mut errors: Vec<(f32, String)> = Vec::new();
     for (tensor, c) in cpu.iter() {
         let g = cuda.get(tensor).unwrap();
@@ -127,28 +154,52 @@ fn compare_step(name: &str, trainable: &str, eval: bool) {
         match (&g.data, &c.data) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
                 let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
-                let err = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
-                errors.push((if err.is_nan() { f32::INFINITY } else { err }, tensor.to_string()));
+                let err = a
+                    .iter()
+                    .zip(b)
+                    .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+                    / scale;
+                errors.push((
+                    if err.is_nan() { f32::INFINITY } else { err },
+                    tensor.to_string(),
+                ));
             }
             (a, b) => assert_eq!(a, b, "{tensor}"),
         }
     }
     errors.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let bad: Vec<String> =
-        errors.iter().filter(|(e, _)| !(*e <= TOLERANCE)).map(|(e, t)| format!("{t}: {e:e}")).collect();
-    assert!(bad.is_empty(), "{name}: {} tensors differ from the CPU by more than {TOLERANCE:e} of their scale:\n{}", bad.len(), bad.join("\n"));
-    println!("{name}: {} tensors match; worst relative difference {:e} in {}", cpu.len(), errors[0].0, errors[0].1);
+    let bad: Vec<String> = errors
+        .iter()
+        .filter(|(e, _)| *e > TOLERANCE)
+        .map(|(e, t)| format!("{t}: {e:e}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{name}: {} tensors differ from the CPU by more than {TOLERANCE:e} of their scale:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+    println!(
+        "{name}: {} tensors match; worst relative difference {:e} in {}",
+        cpu.len(),
+        errors[0].0,
+        errors[0].1
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn resnet18_step_full_finetune_matches_cpu() {
-    cuda_test("resnet18_step_full_finetune_matches_cpu", || compare_step("full", "*", false));
+    cuda_test("resnet18_step_full_finetune_matches_cpu", || {
+        compare_step("full", "*", false)
+    });
 }
 
 #[test]
 fn resnet18_step_transfer_fc_only_matches_cpu() {
-    cuda_test("resnet18_step_transfer_fc_only_matches_cpu", || compare_step("fc", "fc.*", false));
+    cuda_test("resnet18_step_transfer_fc_only_matches_cpu", || {
+        compare_step("fc", "fc.*", false)
+    });
 }
 
 #[test]

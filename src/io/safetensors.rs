@@ -73,9 +73,11 @@ fn decode(view: &TensorView<'_>) -> std::result::Result<CpuStorage, String> {
         Dtype::F16 => CpuStorage::F32(each(bytes, |b| half::f16::from_le_bytes(b).to_f32())),
         Dtype::BF16 => CpuStorage::F32(each(bytes, |b| half::bf16::from_le_bytes(b).to_f32())),
         Dtype::F64 => CpuStorage::F32(each(bytes, |b| f64::from_le_bytes(b) as f32)),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "dtype {other:?} is not supported (frostgrad reads F32, I64, I32, F16, BF16 and F64)"
-        )),
+        ))
+        }
     })
 }
 

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::autograd::{self, BackwardStats, GradFn, Node};
-use crate::backend::BackendStorage;
 use crate::backend::cpu::CpuStorage;
+use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 
 /// Element type. f32 for everything that is differentiated; i64 for labels,
@@ -119,12 +119,7 @@ impl Tensor {
     /// An op's output with a backward node attached (see `autograd::record`).
     pub(crate) fn from_op(storage: Storage, shape: Vec<usize>, grad_fn: Arc<Node>) -> Tensor {
         debug_assert_eq!(storage.len(), numel_of(&shape));
-        Self::build(
-            Arc::new(RwLock::new(storage)),
-            shape,
-            Some(grad_fn),
-            true,
-        )
+        Self::build(Arc::new(RwLock::new(storage)), shape, Some(grad_fn), true)
     }
 
     /// A new tensor sharing this one's storage under another shape.
@@ -194,7 +189,10 @@ impl Tensor {
             [n, c, h, w] => Ok([n, c, h, w]),
             _ => Err(Error::shape(
                 op,
-                format!("expected a 4-d [N, C, H, W] tensor, got shape {:?}", self.shape()),
+                format!(
+                    "expected a 4-d [N, C, H, W] tensor, got shape {:?}",
+                    self.shape()
+                ),
             )),
         }
     }
@@ -211,10 +209,7 @@ impl Tensor {
     }
 
     pub(crate) fn storage(&self) -> RwLockReadGuard<'_, Storage> {
-        self.inner
-            .storage
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        self.inner.storage.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Write access for the few in-place updates the engine does: the
@@ -334,7 +329,11 @@ impl Tensor {
             if g.shape() != self.shape() {
                 return Err(Error::shape(
                     "set_grad",
-                    format!("gradient shape {:?} != tensor shape {:?}", g.shape(), self.shape()),
+                    format!(
+                        "gradient shape {:?} != tensor shape {:?}",
+                        g.shape(),
+                        self.shape()
+                    ),
                 ));
             }
         }
@@ -370,7 +369,12 @@ impl Tensor {
 
     /// A new leaf sharing this tensor's storage, cut from the graph.
     pub fn detach(&self) -> Tensor {
-        Self::build(self.inner.storage.clone(), self.shape().to_vec(), None, false)
+        Self::build(
+            self.inner.storage.clone(),
+            self.shape().to_vec(),
+            None,
+            false,
+        )
     }
 
     /// Runs reverse-mode autodiff from this one-element tensor, accumulating

@@ -10,7 +10,8 @@ use crate::backend::cpu::CpuStorage;
 use crate::backend::cuda::CudaStorage;
 use crate::backend::BackendStorage;
 use crate::backend::{
-    AdaptivePool2dGeometry, BatchNormGeometry, BatchNormTrainOutput, Conv2dGeometry, Pool2dGeometry, SgdConfig,
+    AdaptivePool2dGeometry, BatchNormGeometry, BatchNormTrainOutput, Conv2dGeometry,
+    Pool2dGeometry, SgdConfig,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device};
@@ -91,10 +92,18 @@ impl Variant for CudaStorage {
 /// device mismatch naming both devices. (Two CUDA ordinals are told apart by
 /// the CUDA backend itself.)
 fn arg<'a, B: Variant>(op: &'static str, lhs: Device, s: &'a Storage) -> Result<&'a B> {
-    B::get(s).ok_or(Error::DeviceMismatch { op, lhs, rhs: s.device() })
+    B::get(s).ok_or(Error::DeviceMismatch {
+        op,
+        lhs,
+        rhs: s.device(),
+    })
 }
 
-fn arg_opt<'a, B: Variant>(op: &'static str, lhs: Device, s: Option<&'a Storage>) -> Result<Option<&'a B>> {
+fn arg_opt<'a, B: Variant>(
+    op: &'static str,
+    lhs: Device,
+    s: Option<&'a Storage>,
+) -> Result<Option<&'a B>> {
     s.map(|s| arg::<B>(op, lhs, s)).transpose()
 }
 

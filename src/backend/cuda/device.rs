@@ -69,7 +69,10 @@ impl CudaDevice {
 }
 
 /// Runs `f`, turning a panic inside the driver bindings into an error.
-fn guarded<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, String>) -> std::result::Result<T, String> {
+fn guarded<T>(
+    what: &str,
+    f: impl FnOnce() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(panic) => {
@@ -153,8 +156,12 @@ fn open(ordinal: usize) -> std::result::Result<CudaDevice, String> {
         // stream created below, so stream order already serialises all
         // accesses and cudarc's per-buffer events would only cost time.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(|e| format!("creating a stream: {e}"))?;
-        let compute_capability = ctx.compute_capability().map_err(|e| format!("querying the architecture: {e}"))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| format!("creating a stream: {e}"))?;
+        let compute_capability = ctx
+            .compute_capability()
+            .map_err(|e| format!("querying the architecture: {e}"))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
         let multiprocessors = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)

@@ -34,16 +34,6 @@ pub enum KernelFile {
 }
 
 impl KernelFile {
-    pub const ALL: [KernelFile; 7] = [
-        KernelFile::Conv2d,
-        KernelFile::BatchNorm,
-        KernelFile::Pool,
-        KernelFile::Gemm,
-        KernelFile::Elementwise,
-        KernelFile::Loss,
-        KernelFile::Sgd,
-    ];
-
     pub fn file_name(self) -> &'static str {
         match self {
             KernelFile::Conv2d => "conv2d.cu",
@@ -85,7 +75,12 @@ impl KernelCache {
         file: KernelFile,
         name: &'static str,
     ) -> Result<CudaFunction> {
-        if let Some(f) = self.functions.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
             return Ok(f.clone());
         }
         let module = {
@@ -136,12 +131,19 @@ pub fn compile(file: KernelFile, (major, minor): (i32, i32)) -> Result<Ptx> {
 fn supported_archs() -> Vec<i32> {
     let mut n = 0;
     // SAFETY: NVRTC writes one int.
-    if unsafe { nvrtc_sys::nvrtcGetNumSupportedArchs(&mut n) }.result().is_err() || n <= 0 {
+    if unsafe { nvrtc_sys::nvrtcGetNumSupportedArchs(&mut n) }
+        .result()
+        .is_err()
+        || n <= 0
+    {
         return Vec::new();
     }
     let mut archs = vec![0i32; n as usize];
     // SAFETY: the buffer holds the `n` ints NVRTC reported.
-    if unsafe { nvrtc_sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }.result().is_err() {
+    if unsafe { nvrtc_sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
+        .result()
+        .is_err()
+    {
         return Vec::new();
     }
     archs
@@ -162,12 +164,17 @@ impl Drop for Program {
 }
 
 fn compile_for(file: KernelFile, arch: &str, want_cubin: bool) -> Result<Ptx> {
-    let fail = |what: String| Error::Cuda(format!("NVRTC, {} for {arch}: {what}", file.file_name()));
+    let fail =
+        |what: String| Error::Cuda(format!("NVRTC, {} for {arch}: {what}", file.file_name()));
     let text = format!("{COMMON}\n{}", file.source());
     let source = CString::new(text).map_err(|_| fail("source contains a NUL byte".into()))?;
     let name = CString::new(file.file_name()).map_err(|_| fail("bad file name".into()))?;
     let handle = nvrtc::create_program(&source, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
-    let program = Program { handle, _source: source, _name: name };
+    let program = Program {
+        handle,
+        _source: source,
+        _name: name,
+    };
     // NVRTC 13's default dialect (C++17) is what the kernels are written in.
     let options = [format!("--gpu-architecture={arch}")];
     // SAFETY: a live program from create_program.

@@ -8,6 +8,7 @@
 //! [`cpu`]; the CUDA backend implements the same trait.
 
 pub mod cpu;
+pub mod cuda;
 mod geometry;
 
 pub use geometry::{

@@ -36,11 +36,29 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// `--device cpu|cuda` (CUDA device 0).
+/// `--device cpu|cuda|auto` (CUDA device 0; `auto`: CUDA when usable, else
+/// the CPU, saying why on stderr).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
     Cpu,
     Cuda,
+    Auto,
+}
+
+impl DeviceArg {
+    /// The device to run on; for `auto` without CUDA, prints the fallback.
+    pub fn resolve(self) -> Device {
+        match self {
+            DeviceArg::Auto => {
+                let (device, why_not_cuda) = crate::backend::cuda::auto_device();
+                if let Some(reason) = why_not_cuda {
+                    eprintln!("frostgrad: --device auto: using the CPU ({reason})");
+                }
+                device
+            }
+            other => other.into(),
+        }
+    }
 }
 
 impl From<DeviceArg> for Device {
@@ -48,6 +66,7 @@ impl From<DeviceArg> for Device {
         match d {
             DeviceArg::Cpu => Device::Cpu,
             DeviceArg::Cuda => Device::Cuda(0),
+            DeviceArg::Auto => DeviceArg::Auto.resolve(),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! ```text
 //! frostgrad step --weights W.safetensors --batch B.safetensors --trainable GLOBS \
 //!                --lr LR --momentum M --weight-decay WD --out O.safetensors \
-//!                [--eval] [--stats-json S.json] [--device cpu|cuda]
+//!                [--eval] [--stats-json S.json] [--device cpu|cuda|auto]
 //! ```
 //!
 //! - `W`: a torchvision ResNet-18 `state_dict`; the class count comes from `fc.weight`.
@@ -102,7 +102,7 @@ fn in_file(path: &Path, e: Error) -> Error {
 }
 
 pub fn run(args: &StepArgs) -> Result<StepSummary> {
-    let device: Device = args.device.into();
+    let device: Device = args.device.resolve();
     // Cheap checks first, so a typo fails before any file is read.
     let patterns = ParamPatterns::parse(&args.trainable)?;
     let sgd_config = SgdConfig::new(args.lr)

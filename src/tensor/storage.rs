@@ -1,16 +1,26 @@
 //! `Storage`: the device-tagged buffer behind a tensor. It forwards every
 //! backend operation to the backend that owns the data, so ops are written
 //! once against [`BackendStorage`] and never against `Vec<f32>`.
+//!
+//! Each method is written once: [`each_backend!`] expands its body for every
+//! variant with `B` naming that variant's storage type, and [`arg`] pulls an
+//! argument out as the same type, or reports a device mismatch.
 
 use crate::backend::cpu::CpuStorage;
+use crate::backend::cuda::CudaStorage;
 use crate::backend::BackendStorage;
+use crate::backend::{
+    AdaptivePool2dGeometry, BatchNormGeometry, BatchNormTrainOutput, Conv2dGeometry,
+    Pool2dGeometry, SgdConfig,
+};
 use crate::error::{Error, Result};
-use crate::tensor::Device;
+use crate::tensor::{DType, Device};
 
 /// The buffer of one tensor, on one device.
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(CudaStorage),
 }
 
 impl Storage {
@@ -18,114 +28,143 @@ impl Storage {
     pub fn from_cpu(data: CpuStorage, device: Device) -> Result<Storage> {
         match device {
             Device::Cpu => Ok(Storage::Cpu(data)),
-            Device::Cuda(_) => Err(Error::DeviceUnavailable {
-                device,
-                reason: "this build has no CUDA backend yet".into(),
-            }),
+            Device::Cuda(ordinal) => Ok(Storage::Cuda(CudaStorage::from_cpu(&data, ordinal)?)),
         }
     }
 
     pub fn as_cpu(&self) -> Option<&CpuStorage> {
         match self {
             Storage::Cpu(s) => Some(s),
+            Storage::Cuda(_) => None,
         }
     }
 }
 
-/// Forwards a `&self` method to the backend, checking that every storage
-/// argument lives on the same device.
-macro_rules! dispatch {
-    // Unary: only `self`.
-    ($self:ident . $m:ident ( $($arg:expr),* )) => {
+impl From<CpuStorage> for Storage {
+    fn from(s: CpuStorage) -> Self {
+        Storage::Cpu(s)
+    }
+}
+
+impl From<CudaStorage> for Storage {
+    fn from(s: CudaStorage) -> Self {
+        Storage::Cuda(s)
+    }
+}
+
+/// A backend's storage type as one variant of [`Storage`].
+trait Variant: BackendStorage + Into<Storage> {
+    fn get(s: &Storage) -> Option<&Self>;
+    fn get_mut(s: &mut Storage) -> Option<&mut Self>;
+}
+
+impl Variant for CpuStorage {
+    fn get(s: &Storage) -> Option<&Self> {
+        match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        }
+    }
+    fn get_mut(s: &mut Storage) -> Option<&mut Self> {
+        match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl Variant for CudaStorage {
+    fn get(s: &Storage) -> Option<&Self> {
+        match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        }
+    }
+    fn get_mut(s: &mut Storage) -> Option<&mut Self> {
+        match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// An argument as the same backend type as `self` (on device `lhs`), or a
+/// device mismatch naming both devices. (Two CUDA ordinals are told apart by
+/// the CUDA backend itself.)
+fn arg<'a, B: Variant>(op: &'static str, lhs: Device, s: &'a Storage) -> Result<&'a B> {
+    B::get(s).ok_or(Error::DeviceMismatch {
+        op,
+        lhs,
+        rhs: s.device(),
+    })
+}
+
+fn arg_opt<'a, B: Variant>(
+    op: &'static str,
+    lhs: Device,
+    s: Option<&'a Storage>,
+) -> Result<Option<&'a B>> {
+    s.map(|s| arg::<B>(op, lhs, s)).transpose()
+}
+
+fn arg_mut<'a, B: Variant>(op: &'static str, lhs: Device, s: &'a mut Storage) -> Result<&'a mut B> {
+    let rhs = s.device();
+    B::get_mut(s).ok_or(Error::DeviceMismatch { op, lhs, rhs })
+}
+
+/// Expands `$body` once per backend with `$s` bound to the inner storage and
+/// `B` to its type.
+macro_rules! each_backend {
+    ($self:expr, $s:ident => $body:expr) => {
         match $self {
-            Storage::Cpu(s) => s.$m($($arg),*).map(Storage::Cpu),
+            Storage::Cpu($s) => {
+                #[allow(dead_code)]
+                type B = CpuStorage;
+                $body
+            }
+            Storage::Cuda($s) => {
+                #[allow(dead_code)]
+                type B = CudaStorage;
+                $body
+            }
         }
     };
 }
 
-/// Extracts the CPU storage of an argument or reports a device mismatch.
-fn cpu<'a>(op: &'static str, lhs: Device, s: &'a Storage) -> Result<&'a CpuStorage> {
-    match s {
-        Storage::Cpu(c) => Ok(c),
-        #[allow(unreachable_patterns)]
-        other => Err(Error::DeviceMismatch {
-            op,
-            lhs,
-            rhs: other.device(),
-        }),
-    }
-}
-
-fn cpu_opt<'a>(
-    op: &'static str,
-    lhs: Device,
-    s: Option<&'a Storage>,
-) -> Result<Option<&'a CpuStorage>> {
-    s.map(|s| cpu(op, lhs, s)).transpose()
-}
-
-fn cpu_mut<'a>(op: &'static str, lhs: Device, s: &'a mut Storage) -> Result<&'a mut CpuStorage> {
-    let d = s.device();
-    match s {
-        Storage::Cpu(c) => Ok(c),
-        #[allow(unreachable_patterns)]
-        _ => Err(Error::DeviceMismatch { op, lhs, rhs: d }),
-    }
-}
-
-use crate::backend::{
-    AdaptivePool2dGeometry, BatchNormGeometry, BatchNormTrainOutput, Conv2dGeometry,
-    Pool2dGeometry, SgdConfig,
-};
-
 impl BackendStorage for Storage {
     fn device(&self) -> Device {
-        match self {
-            Storage::Cpu(s) => s.device(),
-        }
+        each_backend!(self, s => s.device())
     }
-    fn dtype(&self) -> crate::tensor::DType {
-        match self {
-            Storage::Cpu(s) => s.dtype(),
-        }
+    fn dtype(&self) -> DType {
+        each_backend!(self, s => s.dtype())
     }
     fn len(&self) -> usize {
-        match self {
-            Storage::Cpu(s) => s.len(),
-        }
+        each_backend!(self, s => s.len())
     }
     fn to_cpu(&self) -> Result<CpuStorage> {
-        match self {
-            Storage::Cpu(s) => s.to_cpu(),
-        }
+        each_backend!(self, s => s.to_cpu())
     }
     fn try_clone(&self) -> Result<Self> {
-        dispatch!(self.try_clone())
+        each_backend!(self, s => s.try_clone().map(Storage::from))
     }
 
     fn add(&self, rhs: &Self) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s.add(cpu("add", s.device(), rhs)?).map(Storage::Cpu),
-        }
+        each_backend!(self, s => s.add(arg::<B>("add", s.device(), rhs)?).map(Storage::from))
     }
     fn scale(&self, factor: f32) -> Result<Self> {
-        dispatch!(self.scale(factor))
+        each_backend!(self, s => s.scale(factor).map(Storage::from))
     }
     fn sum_all(&self) -> Result<Self> {
-        dispatch!(self.sum_all())
+        each_backend!(self, s => s.sum_all().map(Storage::from))
     }
     fn broadcast_scalar(&self, len: usize) -> Result<Self> {
-        dispatch!(self.broadcast_scalar(len))
+        each_backend!(self, s => s.broadcast_scalar(len).map(Storage::from))
     }
     fn relu(&self) -> Result<Self> {
-        dispatch!(self.relu())
+        each_backend!(self, s => s.relu().map(Storage::from))
     }
     fn relu_backward(&self, output: &Self) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .relu_backward(cpu("relu_backward", s.device(), output)?)
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s.relu_backward(arg::<B>("relu_backward", s.device(), output)?).map(Storage::from))
     }
 
     fn matmul(
@@ -137,55 +176,37 @@ impl BackendStorage for Storage {
         lhs_transposed: bool,
         rhs_transposed: bool,
     ) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .matmul(
-                    cpu("matmul", s.device(), rhs)?,
-                    m,
-                    k,
-                    n,
-                    lhs_transposed,
-                    rhs_transposed,
-                )
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s
+            .matmul(arg::<B>("matmul", s.device(), rhs)?, m, k, n, lhs_transposed, rhs_transposed)
+            .map(Storage::from))
     }
     fn add_row_vector(&self, row: &Self, rows: usize, cols: usize) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .add_row_vector(cpu("add_row_vector", s.device(), row)?, rows, cols)
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s
+            .add_row_vector(arg::<B>("add_row_vector", s.device(), row)?, rows, cols)
+            .map(Storage::from))
     }
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
-        dispatch!(self.sum_rows(rows, cols))
+        each_backend!(self, s => s.sum_rows(rows, cols).map(Storage::from))
     }
 
     fn conv2d(&self, weight: &Self, bias: Option<&Self>, g: &Conv2dGeometry) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => {
-                let d = s.device();
-                s.conv2d(cpu("conv2d", d, weight)?, cpu_opt("conv2d", d, bias)?, g)
-                    .map(Storage::Cpu)
-            }
-        }
+        each_backend!(self, s => {
+            let d = s.device();
+            s.conv2d(arg::<B>("conv2d", d, weight)?, arg_opt::<B>("conv2d", d, bias)?, g).map(Storage::from)
+        })
     }
     fn conv2d_input_grad(&self, weight: &Self, g: &Conv2dGeometry) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .conv2d_input_grad(cpu("conv2d_input_grad", s.device(), weight)?, g)
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s
+            .conv2d_input_grad(arg::<B>("conv2d_input_grad", s.device(), weight)?, g)
+            .map(Storage::from))
     }
     fn conv2d_weight_grad(&self, input: &Self, g: &Conv2dGeometry) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .conv2d_weight_grad(cpu("conv2d_weight_grad", s.device(), input)?, g)
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s
+            .conv2d_weight_grad(arg::<B>("conv2d_weight_grad", s.device(), input)?, g)
+            .map(Storage::from))
     }
     fn channel_sums(&self, g: &BatchNormGeometry) -> Result<Self> {
-        dispatch!(self.channel_sums(g))
+        each_backend!(self, s => s.channel_sums(g).map(Storage::from))
     }
 
     fn batch_norm_train(
@@ -195,23 +216,21 @@ impl BackendStorage for Storage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<BatchNormTrainOutput<Self>> {
-        match self {
-            Storage::Cpu(s) => {
-                let d = s.device();
-                let out = s.batch_norm_train(
-                    cpu_opt("batch_norm", d, weight)?,
-                    cpu_opt("batch_norm", d, bias)?,
-                    g,
-                    eps,
-                )?;
-                Ok(BatchNormTrainOutput {
-                    output: Storage::Cpu(out.output),
-                    mean: Storage::Cpu(out.mean),
-                    var: Storage::Cpu(out.var),
-                    invstd: Storage::Cpu(out.invstd),
-                })
-            }
-        }
+        each_backend!(self, s => {
+            let d = s.device();
+            let out = s.batch_norm_train(
+                arg_opt::<B>("batch_norm", d, weight)?,
+                arg_opt::<B>("batch_norm", d, bias)?,
+                g,
+                eps,
+            )?;
+            Ok(BatchNormTrainOutput {
+                output: out.output.into(),
+                mean: out.mean.into(),
+                var: out.var.into(),
+                invstd: out.invstd.into(),
+            })
+        })
     }
     fn batch_norm_eval(
         &self,
@@ -222,20 +241,18 @@ impl BackendStorage for Storage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => {
-                let d = s.device();
-                s.batch_norm_eval(
-                    cpu_opt("batch_norm", d, weight)?,
-                    cpu_opt("batch_norm", d, bias)?,
-                    cpu("batch_norm", d, running_mean)?,
-                    cpu("batch_norm", d, running_var)?,
-                    g,
-                    eps,
-                )
-                .map(Storage::Cpu)
-            }
-        }
+        each_backend!(self, s => {
+            let d = s.device();
+            s.batch_norm_eval(
+                arg_opt::<B>("batch_norm", d, weight)?,
+                arg_opt::<B>("batch_norm", d, bias)?,
+                arg::<B>("batch_norm", d, running_mean)?,
+                arg::<B>("batch_norm", d, running_var)?,
+                g,
+                eps,
+            )
+            .map(Storage::from)
+        })
     }
     fn batch_norm_backward(
         &self,
@@ -247,25 +264,20 @@ impl BackendStorage for Storage {
         training: bool,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
-        match self {
-            Storage::Cpu(s) => {
-                let d = s.device();
-                let [dx, dw, db] = s.batch_norm_backward(
-                    cpu("batch_norm_backward", d, input)?,
-                    cpu_opt("batch_norm_backward", d, weight)?,
-                    cpu("batch_norm_backward", d, mean)?,
-                    cpu("batch_norm_backward", d, invstd)?,
-                    g,
-                    training,
-                    needs,
-                )?;
-                Ok([
-                    dx.map(Storage::Cpu),
-                    dw.map(Storage::Cpu),
-                    db.map(Storage::Cpu),
-                ])
-            }
-        }
+        each_backend!(self, s => {
+            let d = s.device();
+            let op = "batch_norm_backward";
+            let [dx, dw, db] = s.batch_norm_backward(
+                arg::<B>(op, d, input)?,
+                arg_opt::<B>(op, d, weight)?,
+                arg::<B>(op, d, mean)?,
+                arg::<B>(op, d, invstd)?,
+                g,
+                training,
+                needs,
+            )?;
+            Ok([dx.map(Storage::from), dw.map(Storage::from), db.map(Storage::from)])
+        })
     }
     fn update_running_stats(
         &mut self,
@@ -275,66 +287,56 @@ impl BackendStorage for Storage {
         momentum: f32,
         count: usize,
     ) -> Result<()> {
-        let d = self.device();
-        match self {
-            Storage::Cpu(s) => s.update_running_stats(
-                cpu_mut("batch_norm", d, running_var)?,
-                cpu("batch_norm", d, batch_mean)?,
-                cpu("batch_norm", d, batch_var)?,
+        each_backend!(self, s => {
+            let d = s.device();
+            s.update_running_stats(
+                arg_mut::<B>("batch_norm", d, running_var)?,
+                arg::<B>("batch_norm", d, batch_mean)?,
+                arg::<B>("batch_norm", d, batch_var)?,
                 momentum,
                 count,
-            ),
-        }
+            )
+        })
     }
     fn inv_std(&self, eps: f32) -> Result<Self> {
-        dispatch!(self.inv_std(eps))
+        each_backend!(self, s => s.inv_std(eps).map(Storage::from))
     }
 
     fn max_pool2d(&self, g: &Pool2dGeometry) -> Result<(Self, Self)> {
-        match self {
-            Storage::Cpu(s) => {
-                let (v, i) = s.max_pool2d(g)?;
-                Ok((Storage::Cpu(v), Storage::Cpu(i)))
-            }
-        }
+        each_backend!(self, s => {
+            let (values, indices) = s.max_pool2d(g)?;
+            Ok((values.into(), indices.into()))
+        })
     }
     fn max_pool2d_backward(&self, indices: &Self, g: &Pool2dGeometry) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .max_pool2d_backward(cpu("max_pool2d_backward", s.device(), indices)?, g)
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s
+            .max_pool2d_backward(arg::<B>("max_pool2d_backward", s.device(), indices)?, g)
+            .map(Storage::from))
     }
     fn adaptive_avg_pool2d(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
-        dispatch!(self.adaptive_avg_pool2d(g))
+        each_backend!(self, s => s.adaptive_avg_pool2d(g).map(Storage::from))
     }
     fn adaptive_avg_pool2d_backward(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
-        dispatch!(self.adaptive_avg_pool2d_backward(g))
+        each_backend!(self, s => s.adaptive_avg_pool2d_backward(g).map(Storage::from))
     }
 
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
-        dispatch!(self.log_softmax(rows, cols))
+        each_backend!(self, s => s.log_softmax(rows, cols).map(Storage::from))
     }
     fn log_softmax_backward(&self, output: &Self, rows: usize, cols: usize) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .log_softmax_backward(cpu("log_softmax_backward", s.device(), output)?, rows, cols)
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s
+            .log_softmax_backward(arg::<B>("log_softmax_backward", s.device(), output)?, rows, cols)
+            .map(Storage::from))
     }
     fn nll_loss(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .nll_loss(cpu("nll_loss", s.device(), labels)?, rows, cols)
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s
+            .nll_loss(arg::<B>("nll_loss", s.device(), labels)?, rows, cols)
+            .map(Storage::from))
     }
     fn nll_loss_backward(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
-        match self {
-            Storage::Cpu(s) => s
-                .nll_loss_backward(cpu("nll_loss_backward", s.device(), labels)?, rows, cols)
-                .map(Storage::Cpu),
-        }
+        each_backend!(self, s => s
+            .nll_loss_backward(arg::<B>("nll_loss_backward", s.device(), labels)?, rows, cols)
+            .map(Storage::from))
     }
 
     fn sgd_step(
@@ -344,15 +346,13 @@ impl BackendStorage for Storage {
         cfg: &SgdConfig,
         initialize_buffer: bool,
     ) -> Result<()> {
-        let d = self.device();
-        match self {
-            Storage::Cpu(s) => {
-                let buf = match momentum_buffer {
-                    Some(b) => Some(cpu_mut("sgd", d, b)?),
-                    None => None,
-                };
-                s.sgd_step(cpu("sgd", d, grad)?, buf, cfg, initialize_buffer)
-            }
-        }
+        each_backend!(self, s => {
+            let d = s.device();
+            let buffer = match momentum_buffer {
+                Some(b) => Some(arg_mut::<B>("sgd", d, b)?),
+                None => None,
+            };
+            s.sgd_step(arg::<B>("sgd", d, grad)?, buffer, cfg, initialize_buffer)
+        })
     }
 }

@@ -1,0 +1,135 @@
+// Batch normalisation over [N, C, S] (S = H * W). Statistics are per channel:
+// one block reduces one channel (deterministic block reduction, no atomics),
+// then an elementwise kernel normalises. Blocks of BN_THREADS threads.
+#define BN_THREADS 512
+
+// Channel c's values are N runs of S contiguous floats: walk them flattened so
+// that every thread stays busy even for small S.
+#define FOR_CHANNEL_VALUES(i, n, s)                                                              \
+  for (int i = threadIdx.x, n = i / S, s = i - n * S; i < N * S;                                 \
+       i += blockDim.x, n = i / S, s = i - n * S)
+
+// Training statistics: mean, biased variance (two passes, for accuracy) and
+// 1 / sqrt(var + eps). Grid: (C).
+extern "C" __global__ void bn_batch_stats(const float* x, float* mean, float* var, float* invstd, int N, int C, int S,
+                                          float eps) {
+  __shared__ float scratch[32];
+  const int c = blockIdx.x;
+  const float inv_count = 1.0f / (float)(N * S);
+  float sum = 0.0f;
+  FOR_CHANNEL_VALUES(i, n, s) { sum += x[((long long)n * C + c) * S + s]; }
+  const float mu = block_sum(sum, scratch) * inv_count;
+  float sq = 0.0f;
+  FOR_CHANNEL_VALUES(i, n, s) {
+    const float d = x[((long long)n * C + c) * S + s] - mu;
+    sq = fmaf(d, d, sq);
+  }
+  const float v = block_sum(sq, scratch) * inv_count;
+  if (threadIdx.x == 0) {
+    mean[c] = mu;
+    var[c] = v;
+    invstd[c] = 1.0f / sqrtf(v + eps);
+  }
+}
+
+// The elementwise kernels walk [N * C] planes of S values: blockIdx.y (and
+// then gridDim.y strides) picks the plane, so the channel needs no division
+// per element; blockIdx.x / threadIdx.x walk the plane.
+#define FOR_PLANES(plane, c)                                                     \
+  for (int plane = blockIdx.y, c = plane % C; plane < planes;                   \
+       plane += gridDim.y, c = plane % C)
+#define FOR_PLANE_VALUES(s) for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < S; s += gridDim.x * blockDim.x)
+
+// y = (x - mean[c]) * invstd[c] * w[c] + b[c]; the weight and bias are
+// optional (flags).
+extern "C" __global__ void bn_normalize(const float* x, const float* mean, const float* invstd, const float* weight,
+                                        int has_weight, const float* bias, int has_bias, float* y, int planes, int C,
+                                        int S) {
+  FOR_PLANES(plane, c) {
+    const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
+    const float shift = has_bias ? bias[c] : 0.0f;
+    const float mu = mean[c];
+    const long long base = (long long)plane * S;
+    FOR_PLANE_VALUES(s) { y[base + s] = (x[base + s] - mu) * scale + shift; }
+  }
+}
+
+// Eval mode: the same normalisation with the running statistics, the inverse
+// standard deviation formed on the fly.
+extern "C" __global__ void bn_normalize_running(const float* x, const float* running_mean, const float* running_var,
+                                                float eps, const float* weight, int has_weight, const float* bias,
+                                                int has_bias, float* y, int planes, int C, int S) {
+  FOR_PLANES(plane, c) {
+    const float scale = (1.0f / sqrtf(running_var[c] + eps)) * (has_weight ? weight[c] : 1.0f);
+    const float shift = has_bias ? bias[c] : 0.0f;
+    const float mu = running_mean[c];
+    const long long base = (long long)plane * S;
+    FOR_PLANE_VALUES(s) { y[base + s] = (x[base + s] - mu) * scale + shift; }
+  }
+}
+
+// rm = (1 - m) rm + m mean;  rv = (1 - m) rv + m var * count / (count - 1).
+extern "C" __global__ void bn_update_running(float* running_mean, float* running_var, const float* mean,
+                                             const float* var, float momentum, float unbias, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
+  running_var[c] = (1.0f - momentum) * running_var[c] + momentum * var[c] * unbias;
+}
+
+// Backward reductions per channel: sum_dy = sum dy (= dbeta) and, when
+// with_xhat, sum_dy_xhat = sum dy * (x - mean) * invstd (= dgamma). Without
+// with_xhat `x` is never read (it may not have been saved). Grid: (C).
+extern "C" __global__ void bn_backward_reduce(const float* dy, const float* x, const float* mean, const float* invstd,
+                                              int with_xhat, float* sum_dy, float* sum_dy_xhat, int N, int C, int S) {
+  __shared__ float scratch[32];
+  const int c = blockIdx.x;
+  float a = 0.0f, b = 0.0f;
+  if (with_xhat) {
+    const float mu = mean[c];
+    FOR_CHANNEL_VALUES(i, n, s) {
+      const long long at = ((long long)n * C + c) * S + s;
+      const float g = dy[at];
+      a += g;
+      b = fmaf(g, x[at] - mu, b);
+    }
+  } else {
+    FOR_CHANNEL_VALUES(i, n, s) { a += dy[((long long)n * C + c) * S + s]; }
+  }
+  const float total_dy = block_sum(a, scratch);
+  if (with_xhat) {
+    const float total_b = block_sum(b, scratch);
+    if (threadIdx.x == 0) sum_dy_xhat[c] = total_b * invstd[c];
+  }
+  if (threadIdx.x == 0) sum_dy[c] = total_dy;
+}
+
+// Training-mode input gradient:
+//   dx = w invstd (dy - sum_dy / M - xhat sum_dy_xhat / M),  M = N * S.
+extern "C" __global__ void bn_backward_input_train(const float* dy, const float* x, const float* mean,
+                                                   const float* invstd, const float* weight, int has_weight,
+                                                   const float* sum_dy, const float* sum_dy_xhat, float* dx,
+                                                   int planes, int C, int S, float inv_count) {
+  FOR_PLANES(plane, c) {
+    const float is = invstd[c];
+    const float scale = is * (has_weight ? weight[c] : 1.0f);
+    const float mean_dy = sum_dy[c] * inv_count;
+    const float mean_dy_xhat = sum_dy_xhat[c] * inv_count;
+    const float mu = mean[c];
+    const long long base = (long long)plane * S;
+    FOR_PLANE_VALUES(s) {
+      const float xhat = (x[base + s] - mu) * is;
+      dx[base + s] = scale * (dy[base + s] - mean_dy - xhat * mean_dy_xhat);
+    }
+  }
+}
+
+// Eval-mode input gradient: the statistics are constants, dx = w invstd dy.
+extern "C" __global__ void bn_backward_input_eval(const float* dy, const float* invstd, const float* weight,
+                                                  int has_weight, float* dx, int planes, int C, int S) {
+  FOR_PLANES(plane, c) {
+    const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
+    const long long base = (long long)plane * S;
+    FOR_PLANE_VALUES(s) { dx[base + s] = scale * dy[base + s]; }
+  }
+}

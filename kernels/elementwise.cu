@@ -1,0 +1,87 @@
+// Elementwise maps, fills and reductions. 1-d grids with grid-stride loops;
+// reductions are two-level and deterministic (fixed order, no atomics).
+
+#define GRID_STRIDE(i, n) for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += gridDim.x * blockDim.x)
+
+extern "C" __global__ void add_f32(const float* a, const float* b, float* out, int n) {
+  GRID_STRIDE(i, n) { out[i] = a[i] + b[i]; }
+}
+
+extern "C" __global__ void scale_f32(const float* a, float factor, float* out, int n) {
+  GRID_STRIDE(i, n) { out[i] = a[i] * factor; }
+}
+
+// out[i] = value[0]: the backward of a sum, reading the scalar on the device.
+extern "C" __global__ void broadcast_scalar_f32(const float* value, float* out, int n) {
+  const float v = value[0];
+  GRID_STRIDE(i, n) { out[i] = v; }
+}
+
+extern "C" __global__ void relu_f32(const float* x, float* y, int n) {
+  // PyTorch's relu propagates NaN; a plain `v > 0 ? v : 0` would zero it.
+  GRID_STRIDE(i, n) {
+    const float v = x[i];
+    y[i] = (v > 0.0f || v != v) ? v : 0.0f;
+  }
+}
+
+// dx = dy where the forward output was positive.
+extern "C" __global__ void relu_backward_f32(const float* dy, const float* y, float* dx, int n) {
+  GRID_STRIDE(i, n) { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
+}
+
+extern "C" __global__ void inv_std_f32(const float* var, float eps, float* out, int n) {
+  GRID_STRIDE(i, n) { out[i] = 1.0f / sqrtf(var[i] + eps); }
+}
+
+// out[r, c] = x[r, c] + row[c]. Grid: (ceil(cols / blockDim.x), min(rows, 65535)).
+extern "C" __global__ void add_row_vector_f32(const float* x, const float* row, float* out, int rows, int cols) {
+  for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+    const long long base = (long long)r * cols;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+      out[base + c] = x[base + c] + row[c];
+    }
+  }
+}
+
+// First level of a full sum: block b sums its grid-stride share into
+// partial[b]. 256 threads per block.
+extern "C" __global__ void sum_partial_f32(const float* x, float* partial, int n) {
+  __shared__ float scratch[32];
+  float s = 0.0f;
+  GRID_STRIDE(i, n) { s += x[i]; }
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// Column sums of [rows, cols]: threadIdx.x picks the column (coalesced),
+// threadIdx.y strides over rows, then the 8 row-partials are added in order.
+// Block (32, 8); grid (ceil(cols / 32)).
+extern "C" __global__ void sum_rows_f32(const float* x, float* out, int rows, int cols) {
+  __shared__ float partial[8][33];
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.0f;
+  if (c < cols) {
+    for (int r = threadIdx.y; r < rows; r += 8) s += x[(long long)r * cols + c];
+  }
+  partial[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = 0.0f;
+    for (int k = 0; k < 8; ++k) total += partial[k][threadIdx.x];
+    out[c] = total;
+  }
+}
+
+// Per-channel sums of [N, C, S] (a conv bias gradient). Grid: (C), 256 threads.
+extern "C" __global__ void channel_sums_f32(const float* x, float* out, int N, int C, int S) {
+  __shared__ float scratch[32];
+  const int c = blockIdx.x;
+  float s = 0.0f;
+  for (int i = threadIdx.x; i < N * S; i += blockDim.x) {
+    const int n = i / S;
+    s += x[((long long)n * C + c) * S + (i - n * S)];
+  }
+  s = block_sum(s, scratch);
+  if (threadIdx.x == 0) out[c] = s;
+}

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# GPU check in two halves, for a GPU machine with no Rust toolchain and no
+# network:
+#
+#   scripts/gpu-check.sh bundle [DIR]   (here, with cargo) builds DIR
+#       (default target/gpu-bundle): the release `frostgrad` binary, the CUDA
+#       test executables, scripts/bench_pytorch.py when present, and run.sh.
+#       Binaries are stripped; the bundle must stay under 64 MiB.
+#   DIR/run.sh                          (there) runs, on the real GPU:
+#       every CUDA test (each kernel vs the CPU backend, the ResNet-18 step
+#       vs the CPU in four freezing modes, with their skip counts),
+#       `frostgrad bench --device cuda` and `scripts/bench_pytorch.py
+#       --device cuda` (PyTorch + cuDNN, TF32 off) side by side, and writes
+#       a report to $OUT/gpu-report.md (or ./gpu-report/gpu-report.md).
+#       Whatever is missing there (a bench command, PyTorch) is reported as
+#       missing, never as passed.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+case "${1:-}" in
+  bundle) ;;
+  *) echo "usage: $0 bundle [DIR]   (then run DIR/run.sh on the GPU machine)" >&2; exit 2 ;;
+esac
+dir=${2:-$root/target/gpu-bundle}
+rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/tests" "$dir/scripts"
+cd "$root"
+
+cargo build --release --bin frostgrad
+cp target/release/frostgrad "$dir/bin/"
+# Test executables of the CUDA test targets, found from cargo's JSON messages.
+cargo test --release --no-run --message-format=json --test cuda_parity --test cuda_resnet_step \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do cp "$exe" "$dir/tests/$name"; done
+[ -e scripts/bench_pytorch.py ] && cp scripts/bench_pytorch.py "$dir/scripts/"
+for f in "$dir"/bin/* "$dir"/tests/*; do strip --strip-debug "$f" 2>/dev/null || true; done
+git rev-parse HEAD > "$dir/COMMIT" 2>/dev/null || echo unknown > "$dir/COMMIT"
+
+cat > "$dir/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs the CUDA checks of this bundle on this machine's GPU; see the report.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+out=${OUT:-$PWD/gpu-report}
+mkdir -p "$out"
+report="$out/gpu-report.md"
+export FROSTGRAD_CUDA=real   # never fall back to the emulation here
+failures=0
+section() { printf '\n## %s\n\n' "$1" >> "$report"; }
+# run NAME CMD...: runs CMD, keeps its full log, puts the tail and the exit code in the report.
+run() {
+  local name=$1; shift
+  local log="$out/$name.log"
+  local start=$(date +%s)
+  "$@" > "$log" 2>&1
+  local rc=$?
+  local secs=$(( $(date +%s) - start ))
+  if [ $rc -eq 0 ]; then echo "- **$name**: passed (${secs} s)" >> "$report";
+  else echo "- **$name**: FAILED, exit $rc (${secs} s)" >> "$report"; failures=$((failures + 1)); fi
+  { echo; echo '```'; tail -n 40 "$log"; echo '```'; } >> "$report"
+  return $rc
+}
+
+echo "# frostgrad GPU check ($(cat "$here/COMMIT"), $(date -u +%FT%TZ))" > "$report"
+section "Machine"
+{ echo '```'; nvidia-smi 2>&1 | head -n 20 || echo "nvidia-smi not available"; echo '```'; } >> "$report"
+
+section "CUDA tests (every kernel vs the CPU; ResNet-18 step vs the CPU with skip counts)"
+for t in "$here"/tests/*; do
+  run "test-$(basename "$t")" "$t" --test-threads=1 --nocapture
+done
+
+section "Benchmarks: frostgrad vs PyTorch + cuDNN (fp32, TF32 off)"
+if "$here/bin/frostgrad" bench --help > /dev/null 2>&1; then
+  run "frostgrad-bench-cuda" "$here/bin/frostgrad" bench --device cuda
+else
+  echo "- **frostgrad bench**: NOT RUN: this build has no \`bench\` command" >> "$report"
+  failures=$((failures + 1))
+fi
+if [ ! -e "$here/scripts/bench_pytorch.py" ]; then
+  echo "- **PyTorch bench**: NOT RUN: scripts/bench_pytorch.py was not in the bundle" >> "$report"
+elif ! python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' > /dev/null 2>&1; then
+  echo "- **PyTorch bench**: NOT RUN: PyTorch (with torchvision and CUDA) not available" >> "$report"
+else
+  run "pytorch-bench-cuda" python3 "$here/scripts/bench_pytorch.py" --device cuda
+fi
+
+section "Summary"
+if [ $failures -eq 0 ]; then echo "All checks passed." >> "$report"; else echo "$failures check(s) failed or did not run." >> "$report"; fi
+echo "report: $report"
+exit $(( failures > 0 ))
+RUN
+chmod +x "$dir/run.sh"
+
+size=$(du -sm "$dir" | cut -f1)
+echo "bundle: $dir (${size} MiB)"
+ls -l "$dir/bin" "$dir/tests"
+if [ "$size" -gt 64 ]; then
+  echo "gpu-check: bundle is ${size} MiB, over the 64 MiB limit" >&2
+  exit 1
+fi
+echo "copy it to the GPU machine and run: $dir/run.sh   (report in \$OUT or ./gpu-report)"

@@ -1,0 +1,215 @@
+//! Compiles each `kernels/*.cu` once per device with NVRTC and keeps the
+//! loaded functions.
+//!
+//! The program text is `kernels/common.cuh` followed by the kernel file (the
+//! kernels use no `#include`). It is compiled for the device's real
+//! architecture (`--gpu-architecture=sm_XY`), which gives a cubin the driver
+//! loads as is, with no PTX JIT step. Only when NVRTC has no cubin for that
+//! architecture (a device newer than the compiler) does it fall back to PTX
+//! for the newest virtual architecture NVRTC knows, which the driver then
+//! JIT-compiles. No fast-math options: results must match the CPU backend.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, CStr, CString};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
+
+use crate::error::{Error, Result};
+
+/// Text prepended to every kernel file.
+pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+/// The kernel files, by the name the launch sites use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelFile {
+    Conv2d,
+    BatchNorm,
+    Pool,
+    Gemm,
+    Elementwise,
+    Loss,
+    Sgd,
+}
+
+impl KernelFile {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            KernelFile::Conv2d => "conv2d.cu",
+            KernelFile::BatchNorm => "batch_norm.cu",
+            KernelFile::Pool => "pool.cu",
+            KernelFile::Gemm => "gemm.cu",
+            KernelFile::Elementwise => "elementwise.cu",
+            KernelFile::Loss => "loss.cu",
+            KernelFile::Sgd => "sgd.cu",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            KernelFile::Conv2d => include_str!("../../../kernels/conv2d.cu"),
+            KernelFile::BatchNorm => include_str!("../../../kernels/batch_norm.cu"),
+            KernelFile::Pool => include_str!("../../../kernels/pool.cu"),
+            KernelFile::Gemm => include_str!("../../../kernels/gemm.cu"),
+            KernelFile::Elementwise => include_str!("../../../kernels/elementwise.cu"),
+            KernelFile::Loss => include_str!("../../../kernels/loss.cu"),
+            KernelFile::Sgd => include_str!("../../../kernels/sgd.cu"),
+        }
+    }
+}
+
+/// Loaded modules and functions of one device.
+#[derive(Default)]
+pub struct KernelCache {
+    modules: Mutex<HashMap<KernelFile, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+}
+
+impl KernelCache {
+    /// The kernel `name` of `file`, compiling and loading the file on first use.
+    pub fn function(
+        &self,
+        ctx: &Arc<CudaContext>,
+        compute_capability: (i32, i32),
+        file: KernelFile,
+        name: &'static str,
+    ) -> Result<CudaFunction> {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match modules.get(&file) {
+                Some(m) => m.clone(),
+                None => {
+                    let image = compile(file, compute_capability)?;
+                    let m = ctx
+                        .load_module(image)
+                        .map_err(|e| Error::Cuda(format!("loading {}: {e}", file.file_name())))?;
+                    modules.insert(file, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module
+            .load_function(name)
+            .map_err(|e| Error::Cuda(format!("kernel {name} in {}: {e}", file.file_name())))?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, f.clone());
+        Ok(f)
+    }
+}
+
+/// Compiles `file` for a device of the given compute capability.
+pub fn compile(file: KernelFile, (major, minor): (i32, i32)) -> Result<Ptx> {
+    let real = format!("sm_{major}{minor}");
+    match compile_for(file, &real, true) {
+        Ok(image) => Ok(image),
+        Err(first) => {
+            // A device newer than this NVRTC: PTX for the newest virtual
+            // architecture it supports, JIT-compiled by the driver.
+            let wanted = major * 10 + minor;
+            let Some(arch) = supported_archs().into_iter().filter(|&a| a <= wanted).max() else {
+                return Err(first);
+            };
+            if arch == wanted {
+                return Err(first);
+            }
+            compile_for(file, &format!("compute_{arch}"), false).map_err(|_| first)
+        }
+    }
+}
+
+fn supported_archs() -> Vec<i32> {
+    let mut n = 0;
+    // SAFETY: NVRTC writes one int.
+    if unsafe { nvrtc_sys::nvrtcGetNumSupportedArchs(&mut n) }
+        .result()
+        .is_err()
+        || n <= 0
+    {
+        return Vec::new();
+    }
+    let mut archs = vec![0i32; n as usize];
+    // SAFETY: the buffer holds the `n` ints NVRTC reported.
+    if unsafe { nvrtc_sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
+        .result()
+        .is_err()
+    {
+        return Vec::new();
+    }
+    archs
+}
+
+/// Owns an `nvrtcProgram` and destroys it on every path.
+struct Program {
+    handle: nvrtc_sys::nvrtcProgram,
+    _source: CString,
+    _name: CString,
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: `handle` came from nvrtcCreateProgram and is destroyed once.
+        let _ = unsafe { nvrtc::destroy_program(self.handle) };
+    }
+}
+
+fn compile_for(file: KernelFile, arch: &str, want_cubin: bool) -> Result<Ptx> {
+    let fail =
+        |what: String| Error::Cuda(format!("NVRTC, {} for {arch}: {what}", file.file_name()));
+    let text = format!("{COMMON}\n{}", file.source());
+    let source = CString::new(text).map_err(|_| fail("source contains a NUL byte".into()))?;
+    let name = CString::new(file.file_name()).map_err(|_| fail("bad file name".into()))?;
+    let handle = nvrtc::create_program(&source, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
+    let program = Program {
+        handle,
+        _source: source,
+        _name: name,
+    };
+    // NVRTC 13's default dialect (C++17) is what the kernels are written in.
+    let options = [format!("--gpu-architecture={arch}")];
+    // SAFETY: a live program from create_program.
+    if let Err(e) = unsafe { nvrtc::compile_program(program.handle, &options) } {
+        // SAFETY: as above; the log is a NUL-terminated string.
+        let log = unsafe { nvrtc::get_program_log(program.handle) }
+            .map(|raw| c_chars_to_string(&raw))
+            .unwrap_or_default();
+        return Err(fail(format!("{e:?}\n{log}")));
+    }
+    if want_cubin {
+        let mut size = 0usize;
+        // SAFETY: a compiled program; NVRTC writes one size.
+        let has_cubin = unsafe { nvrtc_sys::nvrtcGetCUBINSize(program.handle, &mut size) }
+            .result()
+            .is_ok()
+            && size > 0;
+        if has_cubin {
+            let mut cubin = vec![0u8; size];
+            // SAFETY: the buffer has the size NVRTC reported.
+            unsafe { nvrtc_sys::nvrtcGetCUBIN(program.handle, cubin.as_mut_ptr() as *mut c_char) }
+                .result()
+                .map_err(|e| fail(format!("{e:?}")))?;
+            return Ok(Ptx::from_binary(cubin));
+        }
+    }
+    // SAFETY: a compiled program.
+    let ptx = unsafe { nvrtc::get_ptx(program.handle) }.map_err(|e| fail(format!("{e:?}")))?;
+    Ok(Ptx::from_src(c_chars_to_string(&ptx)))
+}
+
+fn c_chars_to_string(raw: &[c_char]) -> String {
+    let bytes: Vec<u8> = raw.iter().map(|&c| c as u8).collect();
+    match CStr::from_bytes_until_nul(&bytes) {
+        Ok(s) => s.to_string_lossy().into_owned(),
+        Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}

@@ -1,0 +1,1228 @@
+//! `CudaStorage`: one tensor's device buffer, and the `BackendStorage`
+//! implementation that launches `kernels/*.cu`.
+//!
+//! Every method checks lengths and dtypes on the host, allocates its outputs
+//! and queues kernels on the device's one stream; nothing waits for the GPU
+//! except copies to the host.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::device::{self, CudaDevice};
+use super::module_cache::KernelFile;
+use crate::backend::cpu::CpuStorage;
+use crate::backend::{
+    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormTrainOutput,
+    Conv2dGeometry, Pool2dGeometry, SgdConfig,
+};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Device};
+
+/// The data of a CUDA buffer, by element type.
+pub enum CudaData {
+    F32(CudaSlice<f32>),
+    I64(CudaSlice<i64>),
+}
+
+/// A contiguous buffer on one CUDA device.
+///
+/// The allocation always has at least one element (drivers reject empty
+/// allocations); `len` is the logical length.
+pub struct CudaStorage {
+    data: CudaData,
+    len: usize,
+    device: Arc<CudaDevice>,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaStorage")
+            .field("device", &self.device())
+            .field("dtype", &self.dtype())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+fn driver_err(op: &str, e: impl std::fmt::Display) -> Error {
+    Error::Cuda(format!("{op}: {e}"))
+}
+
+/// Kernel arguments are `int`: refuse what does not fit rather than truncate.
+fn int(op: &'static str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        Error::invalid(
+            op,
+            format!("size {v} exceeds the CUDA backend's 2^31 - 1 limit"),
+        )
+    })
+}
+
+fn flag(b: bool) -> i32 {
+    b as i32
+}
+
+/// 256-thread 1-d launch over `n` items (kernels loop over the rest).
+fn linear_launch(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Launch over `planes` planes of `s` values (batch-norm elementwise kernels).
+fn plane_launch(planes: usize, s: usize) -> LaunchConfig {
+    let x = s.div_ceil(256).clamp(1, 1024) as u32;
+    let y = planes.clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (x, y, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One block per item (a channel or a row).
+fn per_item_launch(items: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (items.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The tiled GEMM kernels' launch: 64 x 64 output tiles of 16 x 16 threads.
+const TILE: usize = 64;
+fn tile_launch(rows: usize, cols: usize, splits: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            cols.div_ceil(TILE) as u32,
+            rows.div_ceil(TILE) as u32,
+            splits as u32,
+        ),
+        block_dim: (16, 16, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Queues kernel `$name` of `$file` on `$dev`'s stream with the given
+/// arguments (references to device buffers or to host scalars, which must
+/// outlive the statement).
+macro_rules! launch {
+    ($dev:expr, $file:expr, $name:literal, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        let dev: &CudaDevice = &$dev;
+        let function = dev.kernels().function(dev.stream().context(), dev.compute_capability(), $file, $name)?;
+        let mut builder = dev.stream().launch_builder(&function);
+        $( builder.arg($arg); )*
+        // SAFETY: the arguments match the kernel's parameter list in
+        // kernels/*.cu one for one (types and order), every buffer was
+        // checked on the host to hold what the kernel indexes, and all work
+        // is on this one stream, so no buffer is freed or reused before the
+        // kernel has run.
+        unsafe { builder.launch($cfg) }.map_err(|e| driver_err($name, e))?;
+    }};
+}
+
+impl CudaStorage {
+    /// Copies host data to device `ordinal`.
+    pub fn from_cpu(data: &CpuStorage, ordinal: usize) -> Result<Self> {
+        let device = device::get(ordinal)?;
+        let stream = device.stream().clone();
+        let len = data.len();
+        let op = "to_device";
+        let data = match data {
+            CpuStorage::F32(v) => {
+                // SAFETY: the copy below fills all `len` elements; a padding
+                // element of an empty buffer is never read.
+                let mut slice =
+                    unsafe { stream.alloc::<f32>(len.max(1)) }.map_err(|e| driver_err(op, e))?;
+                if len > 0 {
+                    stream
+                        .memcpy_htod(v.as_slice(), &mut slice)
+                        .map_err(|e| driver_err(op, e))?;
+                }
+                CudaData::F32(slice)
+            }
+            CpuStorage::I64(v) => {
+                // SAFETY: as above.
+                let mut slice =
+                    unsafe { stream.alloc::<i64>(len.max(1)) }.map_err(|e| driver_err(op, e))?;
+                if len > 0 {
+                    stream
+                        .memcpy_htod(v.as_slice(), &mut slice)
+                        .map_err(|e| driver_err(op, e))?;
+                }
+                CudaData::I64(slice)
+            }
+        };
+        Ok(Self { data, len, device })
+    }
+
+    pub fn cuda_device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+
+    /// A new f32 buffer on the same device whose contents the caller's
+    /// kernel will write in full before anything reads them.
+    fn output(&self, len: usize, op: &'static str) -> Result<CudaSlice<f32>> {
+        uninit::<f32>(&self.device, len, op)
+    }
+
+    fn wrap(&self, slice: CudaSlice<f32>, len: usize) -> Self {
+        Self {
+            data: CudaData::F32(slice),
+            len,
+            device: self.device.clone(),
+        }
+    }
+
+    fn f32(&self, op: &'static str) -> Result<&CudaSlice<f32>> {
+        match &self.data {
+            CudaData::F32(s) => Ok(s),
+            CudaData::I64(_) => Err(Error::DType {
+                op,
+                expected: DType::F32,
+                got: DType::I64,
+            }),
+        }
+    }
+    fn f32_mut(&mut self, op: &'static str) -> Result<&mut CudaSlice<f32>> {
+        match &mut self.data {
+            CudaData::F32(s) => Ok(s),
+            CudaData::I64(_) => Err(Error::DType {
+                op,
+                expected: DType::F32,
+                got: DType::I64,
+            }),
+        }
+    }
+    fn i64(&self, op: &'static str) -> Result<&CudaSlice<i64>> {
+        match &self.data {
+            CudaData::I64(s) => Ok(s),
+            CudaData::F32(_) => Err(Error::DType {
+                op,
+                expected: DType::I64,
+                got: DType::F32,
+            }),
+        }
+    }
+
+    /// The f32 data, checked to hold `expected` elements.
+    fn f32_len(&self, op: &'static str, what: &str, expected: usize) -> Result<&CudaSlice<f32>> {
+        check_len(op, what, self.len, expected)?;
+        self.f32(op)
+    }
+
+    /// Same device check for an argument (two CUDA ordinals can differ).
+    fn same_device(&self, op: &'static str, other: &Self) -> Result<()> {
+        if self.device.ordinal() != other.device.ordinal() {
+            return Err(Error::DeviceMismatch {
+                op,
+                lhs: self.device(),
+                rhs: other.device(),
+            });
+        }
+        Ok(())
+    }
+
+    fn arg<'a>(
+        &self,
+        op: &'static str,
+        what: &str,
+        other: &'a Self,
+        expected: usize,
+    ) -> Result<&'a CudaSlice<f32>> {
+        self.same_device(op, other)?;
+        other.f32_len(op, what, expected)
+    }
+}
+
+fn uninit<T: DeviceRepr>(
+    device: &CudaDevice,
+    len: usize,
+    op: &'static str,
+) -> Result<CudaSlice<T>> {
+    // SAFETY: callers launch a kernel that writes every one of the `len`
+    // elements before the buffer is read (the padding element of an empty
+    // buffer is never read).
+    unsafe { device.stream().alloc::<T>(len.max(1)) }.map_err(|e| driver_err(op, e))
+}
+
+fn check_len(op: &'static str, what: &str, got: usize, expected: usize) -> Result<()> {
+    if got != expected {
+        return Err(Error::shape(
+            op,
+            format!("{what} has {got} elements, expected {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Geometry of a convolution as the kernels' 15 trailing `int` parameters.
+struct ConvArgs([i32; 15]);
+
+impl ConvArgs {
+    fn new(g: &Conv2dGeometry) -> Result<Self> {
+        let op = "conv2d";
+        Ok(Self([
+            int(op, g.batch)?,
+            int(op, g.in_channels)?,
+            int(op, g.in_h)?,
+            int(op, g.in_w)?,
+            int(op, g.out_channels)?,
+            int(op, g.kernel_h)?,
+            int(op, g.kernel_w)?,
+            int(op, g.stride.0)?,
+            int(op, g.stride.1)?,
+            int(op, g.padding.0)?,
+            int(op, g.padding.1)?,
+            int(op, g.dilation.0)?,
+            int(op, g.dilation.1)?,
+            int(op, g.out_h)?,
+            int(op, g.out_w)?,
+        ]))
+    }
+}
+
+fn conv_sizes_fit(g: &Conv2dGeometry) -> Result<()> {
+    let [n, c, h, w] = g.input_shape();
+    let [o, _, kh, kw] = g.weight_shape();
+    for (what, v) in [
+        ("input", n * c * h * w),
+        ("output", n * o * g.out_h * g.out_w),
+        ("weight", o * c * kh * kw),
+    ] {
+        int("conv2d", v).map_err(|_| {
+            Error::invalid("conv2d", format!("{what} of {v} elements is too large"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Pooling geometry as the kernels' trailing ints (after `planes`).
+fn pool_args(g: &Pool2dGeometry) -> Result<[i32; 13]> {
+    let op = "max_pool2d";
+    Ok([
+        int(op, g.batch * g.channels)?,
+        int(op, g.in_h)?,
+        int(op, g.in_w)?,
+        int(op, g.kernel.0)?,
+        int(op, g.kernel.1)?,
+        int(op, g.stride.0)?,
+        int(op, g.stride.1)?,
+        int(op, g.padding.0)?,
+        int(op, g.padding.1)?,
+        int(op, g.dilation.0)?,
+        int(op, g.dilation.1)?,
+        int(op, g.out_h)?,
+        int(op, g.out_w)?,
+    ])
+}
+
+impl BackendStorage for CudaStorage {
+    fn device(&self) -> Device {
+        self.device.device()
+    }
+    fn dtype(&self) -> DType {
+        match self.data {
+            CudaData::F32(_) => DType::F32,
+            CudaData::I64(_) => DType::I64,
+        }
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn to_cpu(&self) -> Result<CpuStorage> {
+        let op = "to_cpu";
+        let stream = self.device.stream();
+        let out = match &self.data {
+            CudaData::F32(s) => {
+                let mut v = stream.clone_dtoh(s).map_err(|e| driver_err(op, e))?;
+                v.truncate(self.len);
+                CpuStorage::F32(v)
+            }
+            CudaData::I64(s) => {
+                let mut v = stream.clone_dtoh(s).map_err(|e| driver_err(op, e))?;
+                v.truncate(self.len);
+                CpuStorage::I64(v)
+            }
+        };
+        // The copy into pageable memory is complete on return, but a fault
+        // in an earlier kernel is only reported by a synchronisation.
+        self.device.synchronize()?;
+        Ok(out)
+    }
+    fn try_clone(&self) -> Result<Self> {
+        let op = "clone";
+        let stream = self.device.stream();
+        let data = match &self.data {
+            CudaData::F32(s) => CudaData::F32(stream.clone_dtod(s).map_err(|e| driver_err(op, e))?),
+            CudaData::I64(s) => CudaData::I64(stream.clone_dtod(s).map_err(|e| driver_err(op, e))?),
+        };
+        Ok(Self {
+            data,
+            len: self.len,
+            device: self.device.clone(),
+        })
+    }
+
+    // ----- elementwise and reductions --------------------------------------
+    fn add(&self, rhs: &Self) -> Result<Self> {
+        let op = "add";
+        let a = self.f32(op)?;
+        let b = self.arg(op, "rhs", rhs, self.len)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "add_f32",
+            linear_launch(self.len),
+            [a, b, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+    fn scale(&self, factor: f32) -> Result<Self> {
+        let op = "scale";
+        let a = self.f32(op)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "scale_f32",
+            linear_launch(self.len),
+            [a, &factor, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+    fn sum_all(&self) -> Result<Self> {
+        let op = "sum";
+        let x = self.f32(op)?;
+        let n = int(op, self.len)?;
+        // Two deterministic levels: up to 256 block partials, then one block.
+        let blocks = self.len.div_ceil(256 * 8).clamp(1, 256);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut out = self.output(1, op)?;
+        if blocks == 1 {
+            launch!(
+                self.device,
+                KernelFile::Elementwise,
+                "sum_partial_f32",
+                cfg,
+                [x, &mut out, &n]
+            );
+        } else {
+            let mut partial = self.output(blocks, op)?;
+            launch!(
+                self.device,
+                KernelFile::Elementwise,
+                "sum_partial_f32",
+                cfg,
+                [x, &mut partial, &n]
+            );
+            let nb = blocks as i32;
+            launch!(
+                self.device,
+                KernelFile::Elementwise,
+                "sum_partial_f32",
+                per_item_launch(1, 256),
+                [&partial, &mut out, &nb]
+            );
+        }
+        Ok(self.wrap(out, 1))
+    }
+    fn broadcast_scalar(&self, len: usize) -> Result<Self> {
+        let op = "broadcast_scalar";
+        let v = self.f32_len(op, "scalar", 1)?;
+        let n = int(op, len)?;
+        let mut out = self.output(len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "broadcast_scalar_f32",
+            linear_launch(len),
+            [v, &mut out, &n]
+        );
+        Ok(self.wrap(out, len))
+    }
+    fn relu(&self) -> Result<Self> {
+        let op = "relu";
+        let x = self.f32(op)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "relu_f32",
+            linear_launch(self.len),
+            [x, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+    fn relu_backward(&self, output: &Self) -> Result<Self> {
+        let op = "relu_backward";
+        let dy = self.f32(op)?;
+        let y = self.arg(op, "forward output", output, self.len)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "relu_backward_f32",
+            linear_launch(self.len),
+            [dy, y, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+
+    // ----- dense -----------------------------------------------------------
+    fn matmul(
+        &self,
+        rhs: &Self,
+        m: usize,
+        k: usize,
+        n: usize,
+        lhs_transposed: bool,
+        rhs_transposed: bool,
+    ) -> Result<Self> {
+        let op = "matmul";
+        let a = self.f32_len(op, "lhs", m * k)?;
+        let b = self.arg(op, "rhs", rhs, k * n)?;
+        let (mi, ni, ki) = (int(op, m)?, int(op, n)?, int(op, k)?);
+        int(op, m * n)?;
+        let mut out = self.output(m * n, op)?;
+        let cfg = tile_launch(m, n, 1);
+        match (lhs_transposed, rhs_transposed) {
+            (false, false) => launch!(
+                self.device,
+                KernelFile::Gemm,
+                "gemm_nn",
+                cfg,
+                [a, b, &mut out, &mi, &ni, &ki]
+            ),
+            (false, true) => launch!(
+                self.device,
+                KernelFile::Gemm,
+                "gemm_nt",
+                cfg,
+                [a, b, &mut out, &mi, &ni, &ki]
+            ),
+            (true, false) => launch!(
+                self.device,
+                KernelFile::Gemm,
+                "gemm_tn",
+                cfg,
+                [a, b, &mut out, &mi, &ni, &ki]
+            ),
+            (true, true) => launch!(
+                self.device,
+                KernelFile::Gemm,
+                "gemm_tt",
+                cfg,
+                [a, b, &mut out, &mi, &ni, &ki]
+            ),
+        }
+        Ok(self.wrap(out, m * n))
+    }
+    fn add_row_vector(&self, row: &Self, rows: usize, cols: usize) -> Result<Self> {
+        let op = "add_row_vector";
+        let x = self.f32_len(op, "matrix", rows * cols)?;
+        let r = self.arg(op, "row vector", row, cols)?;
+        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let mut out = self.output(rows * cols, op)?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                cols.div_ceil(256).clamp(1, 1024) as u32,
+                rows.clamp(1, 65_535) as u32,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "add_row_vector_f32",
+            cfg,
+            [x, r, &mut out, &ri, &ci]
+        );
+        Ok(self.wrap(out, rows * cols))
+    }
+    fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
+        let op = "sum_rows";
+        let x = self.f32_len(op, "matrix", rows * cols)?;
+        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let mut out = self.output(cols, op)?;
+        let cfg = LaunchConfig {
+            grid_dim: (cols.div_ceil(32).max(1) as u32, 1, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "sum_rows_f32",
+            cfg,
+            [x, &mut out, &ri, &ci]
+        );
+        Ok(self.wrap(out, cols))
+    }
+
+    // ----- convolution -----------------------------------------------------
+    fn conv2d(&self, weight: &Self, bias: Option<&Self>, g: &Conv2dGeometry) -> Result<Self> {
+        let op = "conv2d";
+        conv_sizes_fit(g)?;
+        let x = self.f32_len(op, "input", g.input_shape().iter().product())?;
+        let w = self.arg(op, "weight", weight, g.weight_shape().iter().product())?;
+        let b = match bias {
+            Some(b) => Some(self.arg(op, "bias", b, g.out_channels)?),
+            None => None,
+        };
+        let has_bias = flag(b.is_some());
+        // Without a bias the kernel never reads the pointer; pass the weight.
+        let b = b.unwrap_or(w);
+        let c = ConvArgs::new(g)?.0;
+        let out_len: usize = g.output_shape().iter().product();
+        let p = g.batch * g.out_h * g.out_w;
+        let mut out = self.output(out_len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Conv2d,
+            "conv2d_forward",
+            tile_launch(g.out_channels, p, 1),
+            [
+                x, w, b, &has_bias, &mut out, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6],
+                &c[7], &c[8], &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
+            ]
+        );
+        Ok(self.wrap(out, out_len))
+    }
+    fn conv2d_input_grad(&self, weight: &Self, g: &Conv2dGeometry) -> Result<Self> {
+        let op = "conv2d_input_grad";
+        conv_sizes_fit(g)?;
+        let dy = self.f32_len(op, "output gradient", g.output_shape().iter().product())?;
+        let w = self.arg(op, "weight", weight, g.weight_shape().iter().product())?;
+        let c = ConvArgs::new(g)?.0;
+        let out_len: usize = g.input_shape().iter().product();
+        let q = g.batch * g.in_h * g.in_w;
+        let mut out = self.output(out_len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Conv2d,
+            "conv2d_input_grad",
+            tile_launch(g.in_channels, q, 1),
+            [
+                dy, w, &mut out, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &c[8],
+                &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
+            ]
+        );
+        Ok(self.wrap(out, out_len))
+    }
+    fn conv2d_weight_grad(&self, input: &Self, g: &Conv2dGeometry) -> Result<Self> {
+        let op = "conv2d_weight_grad";
+        conv_sizes_fit(g)?;
+        let dy = self.f32_len(op, "output gradient", g.output_shape().iter().product())?;
+        let x = self.arg(op, "input", input, g.input_shape().iter().product())?;
+        let c = ConvArgs::new(g)?.0;
+        let k_total = g.in_channels * g.kernel_h * g.kernel_w;
+        let out_len = g.out_channels * k_total;
+        let (chunk, splits) = weight_grad_splits(g, self.device.multiprocessors());
+        let chunk_i = int(op, chunk)?;
+        let cfg = tile_launch(g.out_channels, k_total, splits);
+        let mut out = self.output(out_len, op)?;
+        if splits == 1 {
+            launch!(
+                self.device,
+                KernelFile::Conv2d,
+                "conv2d_weight_grad",
+                cfg,
+                [
+                    dy, x, &mut out, &chunk_i, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6],
+                    &c[7], &c[8], &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
+                ]
+            );
+        } else {
+            int(op, out_len * splits)?;
+            let mut partial = self.output(out_len * splits, op)?;
+            launch!(
+                self.device,
+                KernelFile::Conv2d,
+                "conv2d_weight_grad",
+                cfg,
+                [
+                    dy,
+                    x,
+                    &mut partial,
+                    &chunk_i,
+                    &c[0],
+                    &c[1],
+                    &c[2],
+                    &c[3],
+                    &c[4],
+                    &c[5],
+                    &c[6],
+                    &c[7],
+                    &c[8],
+                    &c[9],
+                    &c[10],
+                    &c[11],
+                    &c[12],
+                    &c[13],
+                    &c[14]
+                ]
+            );
+            let (n, s) = (out_len as i32, splits as i32);
+            launch!(
+                self.device,
+                KernelFile::Conv2d,
+                "conv2d_sum_splits",
+                linear_launch(out_len),
+                [&partial, &mut out, &n, &s]
+            );
+        }
+        Ok(self.wrap(out, out_len))
+    }
+    fn channel_sums(&self, g: &BatchNormGeometry) -> Result<Self> {
+        let op = "channel_sums";
+        let x = self.f32_len(op, "input", g.numel())?;
+        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
+        int(op, g.numel())?;
+        let mut out = self.output(g.channels, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "channel_sums_f32",
+            per_item_launch(g.channels, 256),
+            [x, &mut out, &n, &c, &s]
+        );
+        Ok(self.wrap(out, g.channels))
+    }
+
+    // ----- batch norm ------------------------------------------------------
+    fn batch_norm_train(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<BatchNormTrainOutput<Self>> {
+        let op = "batch_norm";
+        let x = self.f32_len(op, "input", g.numel())?;
+        int(op, g.numel())?;
+        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
+        let planes = int(op, g.batch * g.channels)?;
+        let w = weight
+            .map(|w| self.arg(op, "weight", w, g.channels))
+            .transpose()?;
+        let b = bias
+            .map(|b| self.arg(op, "bias", b, g.channels))
+            .transpose()?;
+        let mut mean = self.output(g.channels, op)?;
+        let mut var = self.output(g.channels, op)?;
+        let mut invstd = self.output(g.channels, op)?;
+        launch!(
+            self.device,
+            KernelFile::BatchNorm,
+            "bn_batch_stats",
+            per_item_launch(g.channels, 512),
+            [x, &mut mean, &mut var, &mut invstd, &n, &c, &s, &eps]
+        );
+        let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
+        // Absent affine parameters are never read; pass any valid buffer.
+        let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
+        let mut out = self.output(g.numel(), op)?;
+        launch!(
+            self.device,
+            KernelFile::BatchNorm,
+            "bn_normalize",
+            plane_launch(g.batch * g.channels, g.spatial),
+            [x, &mean, &invstd, w, &has_w, b, &has_b, &mut out, &planes, &c, &s]
+        );
+        Ok(BatchNormTrainOutput {
+            output: self.wrap(out, g.numel()),
+            mean: self.wrap(mean, g.channels),
+            var: self.wrap(var, g.channels),
+            invstd: self.wrap(invstd, g.channels),
+        })
+    }
+    fn batch_norm_eval(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        running_mean: &Self,
+        running_var: &Self,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<Self> {
+        let op = "batch_norm";
+        let x = self.f32_len(op, "input", g.numel())?;
+        int(op, g.numel())?;
+        let (c, s) = (int(op, g.channels)?, int(op, g.spatial)?);
+        let planes = int(op, g.batch * g.channels)?;
+        let rm = self.arg(op, "running_mean", running_mean, g.channels)?;
+        let rv = self.arg(op, "running_var", running_var, g.channels)?;
+        let w = weight
+            .map(|w| self.arg(op, "weight", w, g.channels))
+            .transpose()?;
+        let b = bias
+            .map(|b| self.arg(op, "bias", b, g.channels))
+            .transpose()?;
+        let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
+        let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
+        let mut out = self.output(g.numel(), op)?;
+        launch!(
+            self.device,
+            KernelFile::BatchNorm,
+            "bn_normalize_running",
+            plane_launch(g.batch * g.channels, g.spatial),
+            [x, rm, rv, &eps, w, &has_w, b, &has_b, &mut out, &planes, &c, &s]
+        );
+        Ok(self.wrap(out, g.numel()))
+    }
+    fn batch_norm_backward(
+        &self,
+        input: &Self,
+        weight: Option<&Self>,
+        mean: &Self,
+        invstd: &Self,
+        g: &BatchNormGeometry,
+        training: bool,
+        needs: [bool; 3],
+    ) -> Result<[Option<Self>; 3]> {
+        let op = "batch_norm_backward";
+        let [need_dx, need_dw, need_db] = needs;
+        let dy = self.f32_len(op, "output gradient", g.numel())?;
+        int(op, g.numel())?;
+        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
+        let planes = int(op, g.batch * g.channels)?;
+        let mean = self.arg(op, "mean", mean, g.channels)?;
+        let invstd = self.arg(op, "invstd", invstd, g.channels)?;
+        let w = weight
+            .map(|w| self.arg(op, "weight", w, g.channels))
+            .transpose()?;
+        let has_w = flag(w.is_some());
+        let w = w.unwrap_or(mean);
+
+        // x̂ is read only for dγ, and for dx in training mode; otherwise the
+        // caller may pass a stand-in for the unsaved input.
+        let need_xhat = need_dw || (need_dx && training);
+        let x = if need_xhat {
+            Some(self.arg(op, "input", input, g.numel())?)
+        } else {
+            None
+        };
+        // Per-channel sums: dβ = Σdy, dγ = Σdy·x̂; training-mode dx needs both.
+        let need_sums = need_dw || need_db || (need_dx && training);
+        let mut sums = None;
+        if need_sums {
+            let mut sum_dy = self.output(g.channels, op)?;
+            let mut sum_dy_xhat = self.output(g.channels, op)?;
+            let with_xhat = flag(need_xhat);
+            let xin = x.unwrap_or(dy);
+            launch!(
+                self.device,
+                KernelFile::BatchNorm,
+                "bn_backward_reduce",
+                per_item_launch(g.channels, 512),
+                [
+                    dy,
+                    xin,
+                    mean,
+                    invstd,
+                    &with_xhat,
+                    &mut sum_dy,
+                    &mut sum_dy_xhat,
+                    &n,
+                    &c,
+                    &s
+                ]
+            );
+            sums = Some((sum_dy, sum_dy_xhat));
+        }
+        let dx = if !need_dx {
+            None
+        } else {
+            let mut dx = self.output(g.numel(), op)?;
+            let cfg = plane_launch(g.batch * g.channels, g.spatial);
+            match (&sums, x) {
+                (Some((sum_dy, sum_dy_xhat)), Some(x)) if training => {
+                    let inv_count = 1.0f32 / g.count() as f32;
+                    launch!(
+                        self.device,
+                        KernelFile::BatchNorm,
+                        "bn_backward_input_train",
+                        cfg,
+                        [
+                            dy,
+                            x,
+                            mean,
+                            invstd,
+                            w,
+                            &has_w,
+                            sum_dy,
+                            sum_dy_xhat,
+                            &mut dx,
+                            &planes,
+                            &c,
+                            &s,
+                            &inv_count
+                        ]
+                    );
+                }
+                _ => {
+                    launch!(
+                        self.device,
+                        KernelFile::BatchNorm,
+                        "bn_backward_input_eval",
+                        cfg,
+                        [dy, invstd, w, &has_w, &mut dx, &planes, &c, &s]
+                    );
+                }
+            }
+            Some(self.wrap(dx, g.numel()))
+        };
+        let (dw, db) = match sums {
+            Some((sum_dy, sum_dy_xhat)) => (
+                need_dw.then(|| self.wrap(sum_dy_xhat, g.channels)),
+                need_db.then(|| self.wrap(sum_dy, g.channels)),
+            ),
+            None => (None, None),
+        };
+        Ok([dx, dw, db])
+    }
+    fn update_running_stats(
+        &mut self,
+        running_var: &mut Self,
+        batch_mean: &Self,
+        batch_var: &Self,
+        momentum: f32,
+        count: usize,
+    ) -> Result<()> {
+        let op = "batch_norm";
+        let channels = self.len;
+        let mean = self.arg(op, "batch mean", batch_mean, channels)?;
+        let var = self.arg(op, "batch var", batch_var, channels)?;
+        self.same_device(op, running_var)?;
+        check_len(op, "running_var", running_var.len, channels)?;
+        if count < 2 {
+            return Err(Error::invalid(
+                op,
+                "the unbiased variance needs at least 2 values per channel",
+            ));
+        }
+        let unbias = count as f32 / (count - 1) as f32;
+        let c = int(op, channels)?;
+        let device = self.device.clone();
+        let rv = running_var.f32_mut(op)?;
+        let rm = self.f32_mut(op)?;
+        launch!(
+            device,
+            KernelFile::BatchNorm,
+            "bn_update_running",
+            linear_launch(channels),
+            [rm, rv, mean, var, &momentum, &unbias, &c]
+        );
+        Ok(())
+    }
+    fn inv_std(&self, eps: f32) -> Result<Self> {
+        let op = "inv_std";
+        let x = self.f32(op)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "inv_std_f32",
+            linear_launch(self.len),
+            [x, &eps, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+
+    // ----- pooling ---------------------------------------------------------
+    fn max_pool2d(&self, g: &Pool2dGeometry) -> Result<(Self, Self)> {
+        let op = "max_pool2d";
+        let x = self.f32_len(op, "input", g.input_shape().iter().product())?;
+        let out_len: usize = g.output_shape().iter().product();
+        int(op, out_len)?;
+        int(op, self.len)?;
+        let a = pool_args(g)?;
+        let mut out = self.output(out_len, op)?;
+        let mut idx = uninit::<i64>(&self.device, out_len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Pool,
+            "max_pool2d_forward",
+            linear_launch(out_len),
+            [
+                x, &mut out, &mut idx, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7],
+                &a[8], &a[9], &a[10], &a[11], &a[12]
+            ]
+        );
+        let indices = Self {
+            data: CudaData::I64(idx),
+            len: out_len,
+            device: self.device.clone(),
+        };
+        Ok((self.wrap(out, out_len), indices))
+    }
+    fn max_pool2d_backward(&self, indices: &Self, g: &Pool2dGeometry) -> Result<Self> {
+        let op = "max_pool2d_backward";
+        let out_len: usize = g.output_shape().iter().product();
+        let in_len: usize = g.input_shape().iter().product();
+        let dy = self.f32_len(op, "output gradient", out_len)?;
+        self.same_device(op, indices)?;
+        check_len(op, "indices", indices.len, out_len)?;
+        let idx = indices.i64(op)?;
+        int(op, in_len)?;
+        let a = pool_args(g)?;
+        let mut dx = self.output(in_len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Pool,
+            "max_pool2d_backward",
+            linear_launch(in_len),
+            [
+                dy, idx, &mut dx, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7], &a[8],
+                &a[9], &a[10], &a[11], &a[12]
+            ]
+        );
+        Ok(self.wrap(dx, in_len))
+    }
+    fn adaptive_avg_pool2d(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
+        let op = "adaptive_avg_pool2d";
+        let in_len: usize = g.input_shape().iter().product();
+        let out_len: usize = g.output_shape().iter().product();
+        let x = self.f32_len(op, "input", in_len)?;
+        int(op, in_len)?;
+        int(op, out_len)?;
+        let (p, h, w, oh, ow) = (
+            int(op, g.batch * g.channels)?,
+            int(op, g.in_h)?,
+            int(op, g.in_w)?,
+            int(op, g.out_h)?,
+            int(op, g.out_w)?,
+        );
+        let mut out = self.output(out_len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Pool,
+            "adaptive_avg_pool2d_forward",
+            linear_launch(out_len),
+            [x, &mut out, &p, &h, &w, &oh, &ow]
+        );
+        Ok(self.wrap(out, out_len))
+    }
+    fn adaptive_avg_pool2d_backward(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
+        let op = "adaptive_avg_pool2d_backward";
+        let in_len: usize = g.input_shape().iter().product();
+        let out_len: usize = g.output_shape().iter().product();
+        let dy = self.f32_len(op, "output gradient", out_len)?;
+        int(op, in_len)?;
+        let (p, h, w, oh, ow) = (
+            int(op, g.batch * g.channels)?,
+            int(op, g.in_h)?,
+            int(op, g.in_w)?,
+            int(op, g.out_h)?,
+            int(op, g.out_w)?,
+        );
+        let mut dx = self.output(in_len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Pool,
+            "adaptive_avg_pool2d_backward",
+            linear_launch(in_len),
+            [dy, &mut dx, &p, &h, &w, &oh, &ow]
+        );
+        Ok(self.wrap(dx, in_len))
+    }
+
+    // ----- loss ------------------------------------------------------------
+    fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
+        let op = "log_softmax";
+        let x = self.f32_len(op, "input", rows * cols)?;
+        int(op, rows * cols)?;
+        let ci = int(op, cols)?;
+        let mut out = self.output(rows * cols, op)?;
+        if rows > 0 {
+            launch!(
+                self.device,
+                KernelFile::Loss,
+                "log_softmax_forward",
+                per_item_launch(rows, 256),
+                [x, &mut out, &ci]
+            );
+        }
+        Ok(self.wrap(out, rows * cols))
+    }
+    fn log_softmax_backward(&self, output: &Self, rows: usize, cols: usize) -> Result<Self> {
+        let op = "log_softmax_backward";
+        let dy = self.f32_len(op, "output gradient", rows * cols)?;
+        let y = self.arg(op, "forward output", output, rows * cols)?;
+        int(op, rows * cols)?;
+        let ci = int(op, cols)?;
+        let mut out = self.output(rows * cols, op)?;
+        if rows > 0 {
+            launch!(
+                self.device,
+                KernelFile::Loss,
+                "log_softmax_backward",
+                per_item_launch(rows, 256),
+                [dy, y, &mut out, &ci]
+            );
+        }
+        Ok(self.wrap(out, rows * cols))
+    }
+    fn nll_loss(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
+        let op = "nll_loss";
+        let logp = self.f32_len(op, "log-probabilities", rows * cols)?;
+        let lab = checked_labels(op, self, labels, rows, cols)?;
+        if rows == 0 {
+            return Err(Error::invalid(op, "mean over an empty batch"));
+        }
+        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let mut out = self.output(1, op)?;
+        launch!(
+            self.device,
+            KernelFile::Loss,
+            "nll_loss_forward",
+            per_item_launch(1, 256),
+            [logp, lab, &mut out, &ri, &ci]
+        );
+        Ok(self.wrap(out, 1))
+    }
+    fn nll_loss_backward(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
+        let op = "nll_loss_backward";
+        let g = self.f32_len(op, "loss gradient", 1)?;
+        let lab = checked_labels(op, self, labels, rows, cols)?;
+        int(op, rows * cols)?;
+        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let mut out = self.output(rows * cols, op)?;
+        launch!(
+            self.device,
+            KernelFile::Loss,
+            "nll_loss_backward",
+            linear_launch(rows * cols),
+            [g, lab, &mut out, &ri, &ci]
+        );
+        Ok(self.wrap(out, rows * cols))
+    }
+
+    // ----- optimizer -------------------------------------------------------
+    fn sgd_step(
+        &mut self,
+        grad: &Self,
+        momentum_buffer: Option<&mut Self>,
+        cfg: &SgdConfig,
+        initialize_buffer: bool,
+    ) -> Result<()> {
+        let op = "sgd";
+        let len = self.len;
+        let n = int(op, len)?;
+        let g = self.arg(op, "gradient", grad, len)?;
+        let device = self.device.clone();
+        let has_momentum = flag(momentum_buffer.is_some());
+        let (init, nesterov) = (flag(initialize_buffer), flag(cfg.nesterov));
+        let (lr, mu, damp, wd) = (cfg.lr, cfg.momentum, cfg.dampening, cfg.weight_decay);
+        match momentum_buffer {
+            Some(buf) => {
+                self.same_device(op, buf)?;
+                check_len(op, "momentum buffer", buf.len, len)?;
+                let b = buf.f32_mut(op)?;
+                let p = self.f32_mut(op)?;
+                launch!(
+                    device,
+                    KernelFile::Sgd,
+                    "sgd_step",
+                    linear_launch(len),
+                    [
+                        p,
+                        g,
+                        b,
+                        &has_momentum,
+                        &init,
+                        &lr,
+                        &mu,
+                        &damp,
+                        &wd,
+                        &nesterov,
+                        &n
+                    ]
+                );
+            }
+            None => {
+                let p = self.f32_mut(op)?;
+                // No momentum: the buffer argument is never touched.
+                launch!(
+                    device,
+                    KernelFile::Sgd,
+                    "sgd_step",
+                    linear_launch(len),
+                    [
+                        p,
+                        g,
+                        g,
+                        &has_momentum,
+                        &init,
+                        &lr,
+                        &mu,
+                        &damp,
+                        &wd,
+                        &nesterov,
+                        &n
+                    ]
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The labels' device data after checking, on the host, that every label is
+/// in `0..cols` (a bad label would otherwise read out of bounds on the GPU).
+fn checked_labels<'a>(
+    op: &'static str,
+    lhs: &CudaStorage,
+    labels: &'a CudaStorage,
+    rows: usize,
+    cols: usize,
+) -> Result<&'a CudaSlice<i64>> {
+    lhs.same_device(op, labels)?;
+    check_len(op, "labels", labels.len, rows)?;
+    let slice = labels.i64(op)?;
+    if let CpuStorage::I64(host) = labels.to_cpu()? {
+        if let Some((r, &bad)) = host
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l < 0 || l as u64 >= cols as u64)
+        {
+            return Err(Error::invalid(
+                op,
+                format!("label {bad} at row {r} is outside 0..{cols}"),
+            ));
+        }
+    }
+    Ok(slice)
+}
+
+/// Split-K plan for the weight gradient: `(chunk, splits)` with `chunk` a
+/// multiple of the kernel's 16-deep K step. Splits the long batch * OH * OW
+/// reduction until the grid has about two blocks per multiprocessor, keeping
+/// at least 128 positions per chunk.
+fn weight_grad_splits(g: &Conv2dGeometry, multiprocessors: usize) -> (usize, usize) {
+    const K_STEP: usize = 16;
+    let p_total = (g.batch * g.out_h * g.out_w).max(1);
+    let tiles =
+        (g.in_channels * g.kernel_h * g.kernel_w).div_ceil(TILE) * g.out_channels.div_ceil(TILE);
+    let wanted = (2 * multiprocessors).div_ceil(tiles.max(1));
+    let splits = wanted.min(p_total.div_ceil(128)).clamp(1, 64);
+    let chunk = p_total.div_ceil(splits).div_ceil(K_STEP) * K_STEP;
+    (chunk, p_total.div_ceil(chunk))
+}

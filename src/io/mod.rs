@@ -4,6 +4,7 @@
 //! PyTorch's `.pth`) produce one, `nn::Module::load_state_dict` consumes
 //! it, and writers take one.
 
+pub mod pth;
 mod state_dict;
 
 pub use state_dict::{HostTensor, StateDict};

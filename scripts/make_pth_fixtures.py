@@ -138,13 +138,19 @@ class HandPickler(pickle.Pickler):
         return None
 
 
-def write_zip(name, data_pkl, storages, root="archive"):
-    with zipfile.ZipFile(path(name), "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{root}/data.pkl", data_pkl)
-        z.writestr(f"{root}/byteorder", b"little")
+def write_zip(name, data_pkl, storages, root="archive", compression=zipfile.ZIP_STORED):
+    # A fixed timestamp, so regenerating leaves unchanged files unchanged.
+    def entry(n):
+        info = zipfile.ZipInfo(n, date_time=(2020, 1, 1, 0, 0, 0))
+        info.compress_type = compression
+        return info
+
+    with zipfile.ZipFile(path(name), "w", compression) as z:
+        z.writestr(entry(f"{root}/data.pkl"), data_pkl)
+        z.writestr(entry(f"{root}/byteorder"), b"little")
         for key, data in storages.items():
-            z.writestr(f"{root}/data/{key}", data)
-        z.writestr(f"{root}/version", b"3\n")
+            z.writestr(entry(f"{root}/data/{key}"), data)
+        z.writestr(entry(f"{root}/version"), b"3\n")
 
 
 def hand_made(name, tensors, storages):
@@ -206,10 +212,10 @@ def main():
     open(path("bad_crc.pth"), "wb").write(bytes(raw))
 
     # The same archive re-packed with deflate.
-    with zipfile.ZipFile(path("small_zip.pth")) as src, \
-            zipfile.ZipFile(path("compressed.pth"), "w", zipfile.ZIP_DEFLATED) as dst:
-        for n in src.namelist():
-            dst.writestr(n, src.read(n))
+    with zipfile.ZipFile(path("small_zip.pth")) as src:
+        pkl = src.read("small_zip/data.pkl")
+        data = {n.rsplit("/", 1)[1]: src.read(n) for n in src.namelist() if "/data/" in n}
+    write_zip("compressed.pth", pkl, data, root="small_zip", compression=zipfile.ZIP_DEFLATED)
 
     # os.system in data.pkl (protocol 2: GLOBAL 'os system', a str, TUPLE1, REDUCE).
     write_zip("forbidden_global.pth",
@@ -233,6 +239,10 @@ def main():
               {"0": FOUR_FLOATS})
     hand_made("huge_broadcast.pth", {"x": Rebuild(Storage("0", 4), 0, (2**20, 2**20), (0, 0))},
               {"0": FOUR_FLOATS})
+    # One allowed-size broadcast view (2^24 elements) under 20 names: each is
+    # fine alone, together they would expand a tiny file to 1.3 GB.
+    big_view = Rebuild(Storage("0", 4), 0, (2**12, 2**12), (0, 0))
+    hand_made("reused_broadcast.pth", {f"x{i}": big_view for i in range(20)}, {"0": FOUR_FLOATS})
     hand_made("complex_storage.pth",
               {"x": Rebuild(Storage("0", 2, torch.ComplexFloatStorage), 0, (2,), (1,))},
               {"0": FOUR_FLOATS})

@@ -248,6 +248,10 @@ fn out_of_range_views_are_errors() {
     assert_rejected("negative_stride.pth", &["stride", "-1", "non-negative"]);
     assert_rejected("size_overflow.pth", &["overflows"]);
     assert_rejected("huge_broadcast.pth", &["broadcast view", "refusing"]);
+    assert_rejected(
+        "reused_broadcast.pth",
+        &["tensor x1", "would expand", "reused"],
+    );
 }
 
 #[test]

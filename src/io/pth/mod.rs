@@ -74,7 +74,7 @@ pub fn read_pth(bytes: &[u8]) -> Result<PthCheckpoint> {
         read_zip(bytes)
     } else if bytes.first() == Some(&0x80) {
         let (pickle, storages) = legacy::read(bytes)?;
-        build(&pickle, &storages, PthFormat::Legacy)
+        build(&pickle, &storages, bytes.len(), PthFormat::Legacy)
     } else if bytes.get(257..262) == Some(b"ustar") {
         Err(checkpoint_error(
             "a tar archive: the format of PyTorch before 0.1.10 is not supported; \
@@ -136,16 +136,37 @@ fn read_zip(bytes: &[u8]) -> Result<PthCheckpoint> {
                 .map(|b| (key.to_string(), b))
         })
         .collect();
-    build(&pickle, &storages, PthFormat::Zip)
+    build(&pickle, &storages, bytes.len(), PthFormat::Zip)
 }
 
+/// More tensors than any model this engine runs has (ResNet-18: 122). The
+/// cap keeps a hostile file of a million tiny entries from costing minutes.
+pub const MAX_TENSORS: usize = 20_000;
+
 /// Materialises every tensor of the state_dict found in `pickle`.
+///
+/// Several names may share one storage, so the output can be larger than
+/// the file; but a small file naming one big broadcast view a thousand
+/// times must not expand to gigabytes. The total is capped at
+/// `8 x file bytes + MAX_BROADCAST_ELEMENTS` elements: a real checkpoint
+/// (4 bytes an element, a few tied weights at most) stays far below it.
 fn build(
     pickle: &pickle::Pickle,
     storages: &HashMap<String, &[u8]>,
+    file_len: usize,
     format: PthFormat,
 ) -> Result<PthCheckpoint> {
     let (entries, wrapper_note) = rebuild::state_dict_entries(pickle)?;
+    if entries.len() > MAX_TENSORS {
+        return Err(checkpoint_error(format!(
+            "{} tensors; more than {MAX_TENSORS} is refused",
+            entries.len()
+        )));
+    }
+    let budget = file_len
+        .saturating_mul(8)
+        .saturating_add(MAX_BROADCAST_ELEMENTS);
+    let mut total_elements = 0usize;
     let mut notes: Vec<String> = wrapper_note.into_iter().collect();
     let mut state_dict = StateDict::new();
     for (name, spec) in entries {
@@ -156,6 +177,16 @@ fn build(
             ))
         })?;
         let (tensor, note) = rebuild::materialize(&name, &spec, bytes)?;
+        total_elements = total_elements
+            .checked_add(tensor.shape.iter().product())
+            .filter(|&t| t <= budget)
+            .ok_or_else(|| {
+                checkpoint_error(format!(
+                    "tensor {name}: the tensors would expand to more than {budget} elements, \
+                     far more than a {file_len}-byte file holds (one storage reused under \
+                     many names?)"
+                ))
+            })?;
         notes.extend(note);
         if state_dict.contains(&name) {
             return Err(checkpoint_error(format!("key {name} appears twice")));

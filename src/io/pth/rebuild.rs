@@ -261,7 +261,12 @@ pub fn state_dict_entries(p: &Pickle) -> Result<(Entries, Option<String>)> {
         if let Some(&(_, value)) = nested {
             if let Object::Dict(inner) = p.get(value) {
                 if let Some(entries) = all_tensors(p, inner)? {
-                    let others = key_list(p, top);
+                    let rest: Vec<(ObjId, ObjId)> = top
+                        .iter()
+                        .filter(|(k, _)| !matches!(p.get(*k), Object::Str(s) if s == wanted))
+                        .copied()
+                        .collect();
+                    let others = key_list(p, &rest);
                     return Ok((
                         entries,
                         Some(format!(

@@ -10,6 +10,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod cli;
 pub mod error;
 pub mod io;
 pub mod nn;

@@ -70,9 +70,9 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
     let mut ready = vec![root_node.clone()];
     while let Some(node) = ready.pop() {
         let key = node_key(&node);
-        let grad_output = pending_grads
-            .remove(&key)
-            .ok_or_else(|| Error::Autograd(format!("{} ran without an incoming gradient", node.name)))?;
+        let grad_output = pending_grads.remove(&key).ok_or_else(|| {
+            Error::Autograd(format!("{} ran without an incoming gradient", node.name))
+        })?;
         let op = node
             .op
             .lock()

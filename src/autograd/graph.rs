@@ -31,7 +31,11 @@ pub trait BackwardOp: Send + Sync {
     /// Computes the gradients of the inputs with `needs[i]` set and returns
     /// `None` for the others (the engine checks this). Consumes the saved
     /// state: once a node has run, what it saved is freed.
-    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>>;
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>>;
 }
 
 /// Where an input's gradient goes.
@@ -73,9 +77,10 @@ fn edge_for(input: Option<&Tensor>) -> Option<Edge> {
 
 /// Wraps an op's output, recording a backward node only when needed.
 ///
-/// `inputs` lists the op's differentiable inputs in the order of its
-/// [`BackwardOp::input_names`] (`None` for an absent optional input, such as
-/// a missing bias). `make_backward` is called only when a node is recorded,
+/// `inputs` lists the op's differentiable inputs in order, with `None` for an
+/// absent optional input (a missing bias). Absent inputs get no slot: the
+/// node's slots, the mask and [`BackwardOp::input_names`] cover only the
+/// inputs that are present. `make_backward` is called only when a node is recorded,
 /// with the mask of inputs that need a gradient and the output itself
 /// (detached, for ops such as ReLU whose backward uses it), so the op saves
 /// only what those gradients use. When no input needs one, the output is a
@@ -90,7 +95,7 @@ pub fn record(
     if !is_grad_enabled() || !inputs.iter().flatten().any(|t| t.requires_grad()) {
         return Ok(plain);
     }
-    let edges: Vec<Option<Edge>> = inputs.iter().map(|t| edge_for(*t)).collect();
+    let edges: Vec<Option<Edge>> = inputs.iter().flatten().map(|t| edge_for(Some(t))).collect();
     let needs: Vec<bool> = edges.iter().map(Option::is_some).collect();
     let op = make_backward(&needs, &plain);
     if op.input_names().len() != edges.len() {

@@ -34,7 +34,11 @@ impl BackwardStats {
     }
 
     pub(crate) fn count(&mut self, op: &str, input: &str, computed: bool) {
-        let map = if computed { &mut self.computed } else { &mut self.skipped };
+        let map = if computed {
+            &mut self.computed
+        } else {
+            &mut self.skipped
+        };
         *map.entry(format!("{op}.{input}")).or_insert(0) += 1;
     }
 
@@ -73,7 +77,13 @@ impl std::fmt::Display for BackwardStats {
         keys.dedup();
         writeln!(f, "{:<24} {:>9} {:>8}", "gradient", "computed", "skipped")?;
         for k in keys {
-            writeln!(f, "{:<24} {:>9} {:>8}", k, self.computed(k), self.skipped(k))?;
+            writeln!(
+                f,
+                "{:<24} {:>9} {:>8}",
+                k,
+                self.computed(k),
+                self.skipped(k)
+            )?;
         }
         Ok(())
     }

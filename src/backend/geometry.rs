@@ -5,7 +5,13 @@ use crate::error::{Error, Result};
 
 /// Output size of a convolution or pooling window along one axis, or `None`
 /// when the (dilated) window does not fit into the padded input.
-fn window_output(input: usize, kernel: usize, stride: usize, padding: usize, dilation: usize) -> Option<usize> {
+fn window_output(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
     let span = dilation * (kernel - 1) + 1;
     let padded = input + 2 * padding;
     (padded >= span).then(|| (padded - span) / stride + 1)
@@ -45,10 +51,16 @@ impl Conv2dGeometry {
             ));
         }
         if stride.0 == 0 || stride.1 == 0 || dilation.0 == 0 || dilation.1 == 0 {
-            return Err(Error::invalid("conv2d", "stride and dilation must be at least 1"));
+            return Err(Error::invalid(
+                "conv2d",
+                "stride and dilation must be at least 1",
+            ));
         }
         if kernel_h == 0 || kernel_w == 0 || out_channels == 0 {
-            return Err(Error::shape("conv2d", format!("empty weight shape {weight:?}")));
+            return Err(Error::shape(
+                "conv2d",
+                format!("empty weight shape {weight:?}"),
+            ));
         }
         let out_h = window_output(in_h, kernel_h, stride.0, padding.0, dilation.0);
         let out_w = window_output(in_w, kernel_w, stride.1, padding.1, dilation.1);
@@ -78,7 +90,12 @@ impl Conv2dGeometry {
         [self.batch, self.in_channels, self.in_h, self.in_w]
     }
     pub fn weight_shape(&self) -> [usize; 4] {
-        [self.out_channels, self.in_channels, self.kernel_h, self.kernel_w]
+        [
+            self.out_channels,
+            self.in_channels,
+            self.kernel_h,
+            self.kernel_w,
+        ]
     }
     pub fn output_shape(&self) -> [usize; 4] {
         [self.batch, self.out_channels, self.out_h, self.out_w]
@@ -115,8 +132,17 @@ impl Pool2dGeometry {
         dilation: (usize, usize),
     ) -> Result<Self> {
         let [batch, channels, in_h, in_w] = input;
-        if kernel.0 == 0 || kernel.1 == 0 || stride.0 == 0 || stride.1 == 0 || dilation.0 == 0 || dilation.1 == 0 {
-            return Err(Error::invalid("max_pool2d", "kernel, stride and dilation must be at least 1"));
+        if kernel.0 == 0
+            || kernel.1 == 0
+            || stride.0 == 0
+            || stride.1 == 0
+            || dilation.0 == 0
+            || dilation.1 == 0
+        {
+            return Err(Error::invalid(
+                "max_pool2d",
+                "kernel, stride and dilation must be at least 1",
+            ));
         }
         // PyTorch: "pad should be at most half of effective kernel size".
         if 2 * padding.0 > kernel.0 || 2 * padding.1 > kernel.1 {
@@ -130,10 +156,23 @@ impl Pool2dGeometry {
         let (Some(out_h), Some(out_w)) = (out_h, out_w) else {
             return Err(Error::shape(
                 "max_pool2d",
-                format!("window {kernel:?} does not fit input {in_h}x{in_w} with padding {padding:?}"),
+                format!(
+                    "window {kernel:?} does not fit input {in_h}x{in_w} with padding {padding:?}"
+                ),
             ));
         };
-        Ok(Self { batch, channels, in_h, in_w, kernel, stride, padding, dilation, out_h, out_w })
+        Ok(Self {
+            batch,
+            channels,
+            in_h,
+            in_w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            out_h,
+            out_w,
+        })
     }
     pub fn output_shape(&self) -> [usize; 4] {
         [self.batch, self.channels, self.out_h, self.out_w]
@@ -166,7 +205,14 @@ impl AdaptivePool2dGeometry {
                 format!("cannot pool {in_h}x{in_w} to {out_h}x{out_w}"),
             ));
         }
-        Ok(Self { batch, channels, in_h, in_w, out_h, out_w })
+        Ok(Self {
+            batch,
+            channels,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+        })
     }
     pub fn output_shape(&self) -> [usize; 4] {
         [self.batch, self.channels, self.out_h, self.out_w]

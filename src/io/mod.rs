@@ -5,6 +5,7 @@
 //! it, and writers take one.
 
 pub mod pth;
+pub mod safetensors;
 mod state_dict;
 
 pub use state_dict::{HostTensor, StateDict};

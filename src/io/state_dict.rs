@@ -27,7 +27,10 @@ impl HostTensor {
         self.data.dtype()
     }
     pub fn from_tensor(t: &Tensor) -> Result<Self> {
-        Ok(Self { shape: t.shape().to_vec(), data: t.to_cpu_storage()? })
+        Ok(Self {
+            shape: t.shape().to_vec(),
+            data: t.to_cpu_storage()?,
+        })
     }
     pub fn to_tensor(&self, device: Device) -> Result<Tensor> {
         Tensor::from_cpu(self.data.clone(), &self.shape, device)

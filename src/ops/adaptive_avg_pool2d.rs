@@ -28,8 +28,14 @@ impl BackwardOp for AdaptiveAvgPool2DBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let dx = grad_output.storage().adaptive_avg_pool2d_backward(&self.geometry)?;
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let dx = grad_output
+            .storage()
+            .adaptive_avg_pool2d_backward(&self.geometry)?;
         Ok(vec![Some(grad_tensor(dx, &self.geometry.input_shape())?)])
     }
 }

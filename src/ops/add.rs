@@ -9,11 +9,23 @@ use crate::tensor::Tensor;
 
 pub fn add(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     if lhs.shape() != rhs.shape() {
-        return Err(Error::shape("add", format!("{:?} + {:?} (broadcasting is not supported)", lhs.shape(), rhs.shape())));
+        return Err(Error::shape(
+            "add",
+            format!(
+                "{:?} + {:?} (broadcasting is not supported)",
+                lhs.shape(),
+                rhs.shape()
+            ),
+        ));
     }
     same_device("add", lhs, rhs)?;
     let out = lhs.storage().add(&rhs.storage())?;
-    record(out, lhs.shape().to_vec(), &[Some(lhs), Some(rhs)], |_, _| Box::new(AddBackward))
+    record(
+        out,
+        lhs.shape().to_vec(),
+        &[Some(lhs), Some(rhs)],
+        |_, _| Box::new(AddBackward),
+    )
 }
 
 struct AddBackward;
@@ -28,8 +40,15 @@ impl BackwardOp for AddBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input", "other"]
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         // Handing out the same tensor twice is safe: the engine never adds in place.
-        Ok(needs.iter().map(|&n| n.then(|| grad_output.clone())).collect())
+        Ok(needs
+            .iter()
+            .map(|&n| n.then(|| grad_output.clone()))
+            .collect())
     }
 }

@@ -25,7 +25,11 @@ pub struct BatchNormOptions {
 
 impl Default for BatchNormOptions {
     fn default() -> Self {
-        Self { training: true, momentum: 0.1, eps: 1e-5 }
+        Self {
+            training: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        }
     }
 }
 
@@ -42,26 +46,41 @@ pub fn batch_norm(
 ) -> Result<Tensor> {
     let shape = input.shape().to_vec();
     if shape.len() < 2 {
-        return Err(Error::shape("batch_norm", format!("expected [N, C, ...], got {shape:?}")));
+        return Err(Error::shape(
+            "batch_norm",
+            format!("expected [N, C, ...], got {shape:?}"),
+        ));
     }
     let g = BatchNormGeometry {
         batch: shape[0],
         channels: shape[1],
         spatial: shape[2..].iter().product(),
     };
-    for (what, t) in [("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)] {
+    for (what, t) in [
+        ("weight", weight),
+        ("bias", bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
         if let Some(t) = t {
             same_device("batch_norm", input, t)?;
             if t.shape() != [g.channels] {
                 return Err(Error::shape(
                     "batch_norm",
-                    format!("{what} has shape {:?}, expected [{}] for input {shape:?}", t.shape(), g.channels),
+                    format!(
+                        "{what} has shape {:?}, expected [{}] for input {shape:?}",
+                        t.shape(),
+                        g.channels
+                    ),
                 ));
             }
         }
     }
     if running_mean.is_some() != running_var.is_some() {
-        return Err(Error::invalid("batch_norm", "give both running_mean and running_var, or neither"));
+        return Err(Error::invalid(
+            "batch_norm",
+            "give both running_mean and running_var, or neither",
+        ));
     }
 
     let x = input.storage();
@@ -71,18 +90,29 @@ pub fn batch_norm(
         if g.count() < 2 {
             return Err(Error::invalid(
                 "batch_norm",
-                format!("expected more than 1 value per channel when training, got input {shape:?}"),
+                format!(
+                    "expected more than 1 value per channel when training, got input {shape:?}"
+                ),
             ));
         }
         let r = x.batch_norm_train(w.as_deref(), b.as_deref(), &g, opts.eps)?;
         if let (Some(rm), Some(rv)) = (running_mean, running_var) {
             let mut rv_storage = rv.storage_mut();
-            rm.storage_mut().update_running_stats(&mut rv_storage, &r.mean, &r.var, opts.momentum, g.count())?;
+            rm.storage_mut().update_running_stats(
+                &mut rv_storage,
+                &r.mean,
+                &r.var,
+                opts.momentum,
+                g.count(),
+            )?;
         }
         (r.output, r.mean, r.invstd)
     } else {
         let (Some(rm), Some(rv)) = (running_mean, running_var) else {
-            return Err(Error::invalid("batch_norm", "eval mode needs running_mean and running_var"));
+            return Err(Error::invalid(
+                "batch_norm",
+                "eval mode needs running_mean and running_var",
+            ));
         };
         let (rm, rv) = (rm.storage(), rv.storage());
         let out = x.batch_norm_eval(w.as_deref(), b.as_deref(), &rm, &rv, &g, opts.eps)?;
@@ -99,7 +129,11 @@ pub fn batch_norm(
             geometry: g,
             training: opts.training,
             input: needs_xhat.then(|| input.detach()),
-            weight: if needs[0] { weight.map(Tensor::detach) } else { None },
+            weight: if needs[0] {
+                weight.map(Tensor::detach)
+            } else {
+                None
+            },
             mean: Tensor::from_storage(mean, c.to_vec()).ok(),
             invstd: Tensor::from_storage(invstd, c.to_vec()).ok(),
             has_weight: weight.is_some(),
@@ -134,7 +168,11 @@ impl BackwardOp for NativeBatchNormBackward {
             (false, false) => &["input"],
         }
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         // Map the recorded slots back onto [input, weight, bias].
         let need_dx = needs[0];
         let need_dw = self.has_weight && needs[1];
@@ -163,7 +201,10 @@ impl BackwardOp for NativeBatchNormBackward {
         )?;
         let c = [g.channels];
         let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(needs.len());
-        grads.push(dx.map(|s| grad_tensor(s, grad_output.shape())).transpose()?);
+        grads.push(
+            dx.map(|s| grad_tensor(s, grad_output.shape()))
+                .transpose()?,
+        );
         if self.has_weight {
             grads.push(dw.map(|s| grad_tensor(s, &c)).transpose()?);
         }

@@ -9,7 +9,7 @@
 use crate::autograd::{record, BackwardOp};
 use crate::backend::{BackendStorage, BatchNormGeometry, Conv2dGeometry};
 use crate::error::{Error, Result};
-use crate::ops::{grad_tensor, same_device, saved};
+use crate::ops::{flops, grad_tensor, same_device, saved};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,12 +21,21 @@ pub struct Conv2dOptions {
 
 impl Default for Conv2dOptions {
     fn default() -> Self {
-        Self { stride: (1, 1), padding: (0, 0), dilation: (1, 1) }
+        Self {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+        }
     }
 }
 
 /// `input [N, C, H, W]`, `weight [O, C, KH, KW]`, `bias [O]` → `[N, O, OH, OW]`.
-pub fn conv2d(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOptions) -> Result<Tensor> {
+pub fn conv2d(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: Conv2dOptions,
+) -> Result<Tensor> {
     let g = Conv2dGeometry::new(
         input.dims4("conv2d")?,
         weight.dims4("conv2d")?,
@@ -38,23 +47,34 @@ pub fn conv2d(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv
     if let Some(b) = bias {
         same_device("conv2d", input, b)?;
         if b.shape() != [g.out_channels] {
-            return Err(Error::shape("conv2d", format!("bias shape {:?} != [{}]", b.shape(), g.out_channels)));
+            return Err(Error::shape(
+                "conv2d",
+                format!("bias shape {:?} != [{}]", b.shape(), g.out_channels),
+            ));
         }
     }
     let out = {
         let bias_storage = bias.map(|b| b.storage());
-        input.storage().conv2d(&weight.storage(), bias_storage.as_deref(), &g)?
+        input
+            .storage()
+            .conv2d(&weight.storage(), bias_storage.as_deref(), &g)?
     };
-    record(out, g.output_shape().to_vec(), &[Some(input), Some(weight), bias], |needs, _| {
-        Box::new(ConvolutionBackward {
-            geometry: g,
-            // dL/dW = f(dL/dy, x): keep the input only for a trainable weight.
-            input: needs[1].then(|| input.detach()),
-            // dL/dx = f(dL/dy, W): keep the weight only if the input needs a gradient.
-            weight: needs[0].then(|| weight.detach()),
-            has_bias: bias.is_some(),
-        })
-    })
+    flops::add_macs(g.macs());
+    record(
+        out,
+        g.output_shape().to_vec(),
+        &[Some(input), Some(weight), bias],
+        |needs, _| {
+            Box::new(ConvolutionBackward {
+                geometry: g,
+                // dL/dW = f(dL/dy, x): keep the input only for a trainable weight.
+                input: needs[1].then(|| input.detach()),
+                // dL/dx = f(dL/dy, W): keep the weight only if the input needs a gradient.
+                weight: needs[0].then(|| weight.detach()),
+                has_bias: bias.is_some(),
+            })
+        },
+    )
 }
 
 struct ConvolutionBackward {
@@ -78,17 +98,29 @@ impl BackwardOp for ConvolutionBackward {
             &["input", "weight"]
         }
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let g = &self.geometry;
         let gy = grad_output.storage();
         let mut grads = vec![None; needs.len()];
         if needs[0] {
             let w = saved(&self.weight, "ConvolutionBackward0", "weight")?;
-            grads[0] = Some(grad_tensor(gy.conv2d_input_grad(&w.storage(), g)?, &g.input_shape())?);
+            grads[0] = Some(grad_tensor(
+                gy.conv2d_input_grad(&w.storage(), g)?,
+                &g.input_shape(),
+            )?);
+            flops::add_macs(g.macs());
         }
         if needs[1] {
             let x = saved(&self.input, "ConvolutionBackward0", "input")?;
-            grads[1] = Some(grad_tensor(gy.conv2d_weight_grad(&x.storage(), g)?, &g.weight_shape())?);
+            grads[1] = Some(grad_tensor(
+                gy.conv2d_weight_grad(&x.storage(), g)?,
+                &g.weight_shape(),
+            )?);
+            flops::add_macs(g.macs());
         }
         if self.has_bias && needs[2] {
             let per_channel = BatchNormGeometry {
@@ -96,7 +128,10 @@ impl BackwardOp for ConvolutionBackward {
                 channels: g.out_channels,
                 spatial: g.out_h * g.out_w,
             };
-            grads[2] = Some(grad_tensor(gy.channel_sums(&per_channel)?, &[g.out_channels])?);
+            grads[2] = Some(grad_tensor(
+                gy.channel_sums(&per_channel)?,
+                &[g.out_channels],
+            )?);
         }
         Ok(grads)
     }

@@ -7,7 +7,7 @@
 use crate::autograd::{record, BackwardOp};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
-use crate::ops::{grad_tensor, same_device, saved};
+use crate::ops::{flops, grad_tensor, same_device, saved};
 use crate::tensor::Tensor;
 
 pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -16,33 +16,53 @@ pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
     if w_in != in_features {
         return Err(Error::shape(
             "linear",
-            format!("input {:?} does not match weight {:?}", input.shape(), weight.shape()),
+            format!(
+                "input {:?} does not match weight {:?}",
+                input.shape(),
+                weight.shape()
+            ),
         ));
     }
     same_device("linear", input, weight)?;
     if let Some(b) = bias {
         same_device("linear", input, b)?;
         if b.shape() != [out_features] {
-            return Err(Error::shape("linear", format!("bias shape {:?} != [{out_features}]", b.shape())));
+            return Err(Error::shape(
+                "linear",
+                format!("bias shape {:?} != [{out_features}]", b.shape()),
+            ));
         }
     }
+    flops::add_macs((rows * in_features * out_features) as u64);
     let out = {
-        let xw = input.storage().matmul(&weight.storage(), rows, in_features, out_features, false, true)?;
+        let xw = input.storage().matmul(
+            &weight.storage(),
+            rows,
+            in_features,
+            out_features,
+            false,
+            true,
+        )?;
         match bias {
             Some(b) => xw.add_row_vector(&b.storage(), rows, out_features)?,
             None => xw,
         }
     };
-    record(out, vec![rows, out_features], &[Some(input), Some(weight), bias], |needs, _| {
-        Box::new(LinearBackward {
-            rows,
-            in_features,
-            out_features,
-            input: needs[1].then(|| input.detach()),
-            weight: needs[0].then(|| weight.detach()),
-            has_bias: bias.is_some(),
-        })
-    })
+    record(
+        out,
+        vec![rows, out_features],
+        &[Some(input), Some(weight), bias],
+        |needs, _| {
+            Box::new(LinearBackward {
+                rows,
+                in_features,
+                out_features,
+                input: needs[1].then(|| input.detach()),
+                weight: needs[0].then(|| weight.detach()),
+                has_bias: bias.is_some(),
+            })
+        },
+    )
 }
 
 struct LinearBackward {
@@ -73,17 +93,30 @@ impl BackwardOp for LinearBackward {
             &["input", "weight"]
         }
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let (n, i, o) = (self.rows, self.in_features, self.out_features);
         let gy = grad_output.storage();
         let mut grads = vec![None; needs.len()];
+        let macs = (n * i * o) as u64;
         if needs[0] {
+            flops::add_macs(macs);
             let w = saved(&self.weight, self.name(), "weight")?;
-            grads[0] = Some(grad_tensor(gy.matmul(&w.storage(), n, o, i, false, false)?, &[n, i])?);
+            grads[0] = Some(grad_tensor(
+                gy.matmul(&w.storage(), n, o, i, false, false)?,
+                &[n, i],
+            )?);
         }
         if needs[1] {
+            flops::add_macs(macs);
             let x = saved(&self.input, self.name(), "input")?;
-            grads[1] = Some(grad_tensor(gy.matmul(&x.storage(), o, n, i, true, false)?, &[o, i])?);
+            grads[1] = Some(grad_tensor(
+                gy.matmul(&x.storage(), o, n, i, true, false)?,
+                &[o, i],
+            )?);
         }
         if self.has_bias && needs[2] {
             grads[2] = Some(grad_tensor(gy.sum_rows(n, o)?, &[o])?);

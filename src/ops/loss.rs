@@ -12,7 +12,11 @@ pub fn log_softmax(input: &Tensor) -> Result<Tensor> {
     let [rows, cols] = input.dims2("log_softmax")?;
     let out = input.storage().log_softmax(rows, cols)?;
     record(out, vec![rows, cols], &[Some(input)], |_, output| {
-        Box::new(LogSoftmaxBackward { rows, cols, output: output.clone() })
+        Box::new(LogSoftmaxBackward {
+            rows,
+            cols,
+            output: output.clone(),
+        })
     })
 }
 
@@ -20,15 +24,28 @@ pub fn log_softmax(input: &Tensor) -> Result<Tensor> {
 pub fn nll_loss(log_probs: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let [rows, cols] = log_probs.dims2("nll_loss")?;
     if labels.dtype() != DType::I64 {
-        return Err(Error::DType { op: "nll_loss", expected: DType::I64, got: labels.dtype() });
+        return Err(Error::DType {
+            op: "nll_loss",
+            expected: DType::I64,
+            got: labels.dtype(),
+        });
     }
     if labels.shape() != [rows] {
-        return Err(Error::shape("nll_loss", format!("labels shape {:?} != [{rows}]", labels.shape())));
+        return Err(Error::shape(
+            "nll_loss",
+            format!("labels shape {:?} != [{rows}]", labels.shape()),
+        ));
     }
     same_device("nll_loss", log_probs, labels)?;
-    let out = log_probs.storage().nll_loss(&labels.storage(), rows, cols)?;
+    let out = log_probs
+        .storage()
+        .nll_loss(&labels.storage(), rows, cols)?;
     record(out, vec![], &[Some(log_probs)], |_, _| {
-        Box::new(NllLossBackward { rows, cols, labels: labels.detach() })
+        Box::new(NllLossBackward {
+            rows,
+            cols,
+            labels: labels.detach(),
+        })
     })
 }
 
@@ -53,8 +70,16 @@ impl BackwardOp for LogSoftmaxBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let dx = grad_output.storage().log_softmax_backward(&self.output.storage(), self.rows, self.cols)?;
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let dx = grad_output.storage().log_softmax_backward(
+            &self.output.storage(),
+            self.rows,
+            self.cols,
+        )?;
         Ok(vec![Some(grad_tensor(dx, &[self.rows, self.cols])?)])
     }
 }
@@ -75,8 +100,16 @@ impl BackwardOp for NllLossBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let dx = grad_output.storage().nll_loss_backward(&self.labels.storage(), self.rows, self.cols)?;
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let dx = grad_output.storage().nll_loss_backward(
+            &self.labels.storage(),
+            self.rows,
+            self.cols,
+        )?;
         Ok(vec![Some(grad_tensor(dx, &[self.rows, self.cols])?)])
     }
 }

@@ -18,12 +18,23 @@ pub struct MaxPool2dOptions {
 impl MaxPool2dOptions {
     /// Square window with stride = kernel, no padding (PyTorch's defaults).
     pub fn new(kernel: usize) -> Self {
-        Self { kernel: (kernel, kernel), stride: (kernel, kernel), padding: (0, 0), dilation: (1, 1) }
+        Self {
+            kernel: (kernel, kernel),
+            stride: (kernel, kernel),
+            padding: (0, 0),
+            dilation: (1, 1),
+        }
     }
 }
 
 pub fn max_pool2d(input: &Tensor, opts: MaxPool2dOptions) -> Result<Tensor> {
-    let g = Pool2dGeometry::new(input.dims4("max_pool2d")?, opts.kernel, opts.stride, opts.padding, opts.dilation)?;
+    let g = Pool2dGeometry::new(
+        input.dims4("max_pool2d")?,
+        opts.kernel,
+        opts.stride,
+        opts.padding,
+        opts.dilation,
+    )?;
     let (values, indices) = input.storage().max_pool2d(&g)?;
     let out_shape = g.output_shape().to_vec();
     record(values, out_shape.clone(), &[Some(input)], |_, _| {
@@ -49,9 +60,15 @@ impl BackwardOp for MaxPool2DWithIndicesBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let idx = crate::ops::saved(&self.indices, self.name(), "indices")?;
-        let dx = grad_output.storage().max_pool2d_backward(&idx.storage(), &self.geometry)?;
+        let dx = grad_output
+            .storage()
+            .max_pool2d_backward(&idx.storage(), &self.geometry)?;
         Ok(vec![Some(grad_tensor(dx, &self.geometry.input_shape())?)])
     }
 }

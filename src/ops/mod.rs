@@ -6,10 +6,11 @@
 //! `conv2d.rs` is the one to read first: it shows how a frozen weight costs
 //! no weight gradient while the input gradient still flows through.
 
-mod add;
 mod adaptive_avg_pool2d;
+mod add;
 mod batch_norm;
 mod conv2d;
+pub mod flops;
 mod linear;
 mod loss;
 mod max_pool2d;
@@ -17,8 +18,8 @@ mod reduce;
 mod relu;
 mod view;
 
-pub use add::add;
 pub use adaptive_avg_pool2d::adaptive_avg_pool2d;
+pub use add::add;
 pub use batch_norm::{batch_norm, BatchNormOptions};
 pub use conv2d::{conv2d, Conv2dOptions};
 pub use linear::linear;
@@ -34,8 +35,11 @@ use crate::tensor::Tensor;
 /// A tensor a backward struct saved, or an engine-bug error if the forward
 /// did not save it although the mask says the gradient that uses it is needed.
 pub(crate) fn saved<'a>(t: &'a Option<Tensor>, op: &str, what: &str) -> Result<&'a Tensor> {
-    t.as_ref()
-        .ok_or_else(|| Error::Autograd(format!("{op}: `{what}` was not saved but a gradient needs it")))
+    t.as_ref().ok_or_else(|| {
+        Error::Autograd(format!(
+            "{op}: `{what}` was not saved but a gradient needs it"
+        ))
+    })
 }
 
 /// Wraps backend output as a gradient tensor of `shape`.
@@ -45,7 +49,11 @@ pub(crate) fn grad_tensor(storage: crate::tensor::Storage, shape: &[usize]) -> R
 
 pub(crate) fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.device() != b.device() {
-        return Err(Error::DeviceMismatch { op, lhs: a.device(), rhs: b.device() });
+        return Err(Error::DeviceMismatch {
+            op,
+            lhs: a.device(),
+            rhs: b.device(),
+        });
     }
     Ok(())
 }

@@ -10,7 +10,12 @@ use crate::tensor::Tensor;
 pub fn sum(input: &Tensor) -> Result<Tensor> {
     let out = input.storage().sum_all()?;
     let input_shape = input.shape().to_vec();
-    record(out, vec![], &[Some(input)], |_, _| Box::new(SumBackward { input_shape, scale: None }))
+    record(out, vec![], &[Some(input)], |_, _| {
+        Box::new(SumBackward {
+            input_shape,
+            scale: None,
+        })
+    })
 }
 
 /// Mean of all elements.
@@ -22,7 +27,10 @@ pub fn mean(input: &Tensor) -> Result<Tensor> {
     let out = input.storage().sum_all()?.scale(1.0 / n as f32)?;
     let input_shape = input.shape().to_vec();
     record(out, vec![], &[Some(input)], |_, _| {
-        Box::new(SumBackward { input_shape, scale: Some(1.0 / n as f32) })
+        Box::new(SumBackward {
+            input_shape,
+            scale: Some(1.0 / n as f32),
+        })
     })
 }
 
@@ -50,7 +58,11 @@ impl BackwardOp for SumBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
         let numel = self.input_shape.iter().product();
         let g = grad_output.storage();
         let dx = match self.scale {

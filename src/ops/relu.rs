@@ -10,7 +10,9 @@ use crate::tensor::Tensor;
 pub fn relu(input: &Tensor) -> Result<Tensor> {
     let out = input.storage().relu()?;
     record(out, input.shape().to_vec(), &[Some(input)], |_, output| {
-        Box::new(ReluBackward { output: output.clone() })
+        Box::new(ReluBackward {
+            output: output.clone(),
+        })
     })
 }
 
@@ -28,8 +30,14 @@ impl BackwardOp for ReluBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
-    fn backward(self: Box<Self>, grad_output: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let dx = grad_output.storage().relu_backward(&self.output.storage())?;
+    fn backward(
+        self: Box<Self>,
+        grad_output: &Tensor,
+        _needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let dx = grad_output
+            .storage()
+            .relu_backward(&self.output.storage())?;
         Ok(vec![Some(grad_tensor(dx, grad_output.shape())?)])
     }
 }

@@ -1,0 +1,6 @@
+//! Optimizers. [`Sgd`] is `torch.optim.SGD` with PyTorch's exact update.
+
+mod sgd;
+
+pub use crate::backend::SgdConfig;
+pub use sgd::Sgd;

@@ -58,7 +58,8 @@ impl Tensor {
         rng: &mut R,
         device: Device,
     ) -> Result<Tensor> {
-        if !(low < high) {
+        // Written with partial_cmp so that NaN bounds are rejected too.
+        if low.partial_cmp(&high) != Some(std::cmp::Ordering::Less) {
             return Err(Error::invalid(
                 "rand_uniform",
                 format!("need low < high, got [{low}, {high})"),

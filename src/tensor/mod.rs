@@ -5,16 +5,19 @@
 //! `Arc` and only changes the shape, so flatten costs nothing.
 
 mod creation;
+pub mod memory;
 mod storage;
 
 pub use storage::Storage;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
+
+use memory::TrackedStorage;
 
 use crate::autograd::{self, BackwardStats, GradFn, Node};
-use crate::backend::BackendStorage;
 use crate::backend::cpu::CpuStorage;
+use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 
 /// Element type. f32 for everything that is differentiated; i64 for labels,
@@ -62,7 +65,7 @@ pub struct Tensor {
 
 struct TensorImpl {
     id: usize,
-    storage: Arc<RwLock<Storage>>,
+    storage: Arc<TrackedStorage>,
     shape: Vec<usize>,
     dtype: DType,
     device: Device,
@@ -109,22 +112,11 @@ impl Tensor {
             ));
         }
         Ok(Self::build(
-            Arc::new(RwLock::new(storage)),
+            Arc::new(TrackedStorage::new(storage)),
             shape,
             None,
             false,
         ))
-    }
-
-    /// An op's output with a backward node attached (see `autograd::record`).
-    pub(crate) fn from_op(storage: Storage, shape: Vec<usize>, grad_fn: Arc<Node>) -> Tensor {
-        debug_assert_eq!(storage.len(), numel_of(&shape));
-        Self::build(
-            Arc::new(RwLock::new(storage)),
-            shape,
-            Some(grad_fn),
-            true,
-        )
     }
 
     /// A new tensor sharing this one's storage under another shape.
@@ -135,13 +127,13 @@ impl Tensor {
     }
 
     fn build(
-        storage: Arc<RwLock<Storage>>,
+        storage: Arc<TrackedStorage>,
         shape: Vec<usize>,
         grad_fn: Option<Arc<Node>>,
         requires_grad: bool,
     ) -> Tensor {
         let (dtype, device) = {
-            let s = storage.read().unwrap_or_else(|p| p.into_inner());
+            let s = storage.lock.read().unwrap_or_else(|p| p.into_inner());
             (s.dtype(), s.device())
         };
         Tensor {
@@ -194,7 +186,10 @@ impl Tensor {
             [n, c, h, w] => Ok([n, c, h, w]),
             _ => Err(Error::shape(
                 op,
-                format!("expected a 4-d [N, C, H, W] tensor, got shape {:?}", self.shape()),
+                format!(
+                    "expected a 4-d [N, C, H, W] tensor, got shape {:?}",
+                    self.shape()
+                ),
             )),
         }
     }
@@ -213,6 +208,7 @@ impl Tensor {
     pub(crate) fn storage(&self) -> RwLockReadGuard<'_, Storage> {
         self.inner
             .storage
+            .lock
             .read()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -222,6 +218,7 @@ impl Tensor {
     pub(crate) fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
         self.inner
             .storage
+            .lock
             .write()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -334,7 +331,11 @@ impl Tensor {
             if g.shape() != self.shape() {
                 return Err(Error::shape(
                     "set_grad",
-                    format!("gradient shape {:?} != tensor shape {:?}", g.shape(), self.shape()),
+                    format!(
+                        "gradient shape {:?} != tensor shape {:?}",
+                        g.shape(),
+                        self.shape()
+                    ),
                 ));
             }
         }
@@ -370,7 +371,12 @@ impl Tensor {
 
     /// A new leaf sharing this tensor's storage, cut from the graph.
     pub fn detach(&self) -> Tensor {
-        Self::build(self.inner.storage.clone(), self.shape().to_vec(), None, false)
+        Self::build(
+            self.inner.storage.clone(),
+            self.shape().to_vec(),
+            None,
+            false,
+        )
     }
 
     /// Runs reverse-mode autodiff from this one-element tensor, accumulating

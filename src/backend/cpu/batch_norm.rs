@@ -1,0 +1,611 @@
+//! Batch normalisation over `[N, C, S]` (channel `c` of image `n` is the
+//! contiguous segment `x[(n*C + c)*S ..][..S]`).
+//!
+//! Per-channel statistics are reduced over `N*S` values with f64
+//! accumulators and two passes (mean, then centred squares), so the
+//! variance stays accurate when the mean is large relative to the spread.
+//! Reductions run one channel per task; the elementwise passes run over
+//! the `N*C` segments.
+
+use rayon::prelude::*;
+
+use super::check::{checked_numel, expect_len};
+use crate::backend::{BatchNormGeometry, BatchNormTrainOutput};
+use crate::error::Result;
+
+/// Segments per parallel task in the elementwise passes: small segments
+/// (S = 49 in ResNet's last stage) are grouped so a task has real work.
+fn segments_per_task(g: &BatchNormGeometry) -> usize {
+    (1 << 12) / g.spatial.max(1) + 1
+}
+
+/// Validates `x` against `g` and the optional per-channel parameters.
+fn check(
+    op: &'static str,
+    g: &BatchNormGeometry,
+    x: &[f32],
+    what: &str,
+    params: &[(&str, Option<&[f32]>)],
+) -> Result<()> {
+    expect_len(
+        op,
+        what,
+        x.len(),
+        checked_numel(op, &[g.batch, g.channels, g.spatial])?,
+    )?;
+    for (name, p) in params {
+        if let Some(p) = p {
+            expect_len(op, name, p.len(), g.channels)?;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f(segment)` for each of channel `c`'s `N` segments of `x`.
+fn channel_segments<'a>(
+    x: &'a [f32],
+    g: &BatchNormGeometry,
+    c: usize,
+) -> impl Iterator<Item = &'a [f32]> {
+    let (cs, s) = (g.channels * g.spatial, g.spatial);
+    (0..g.batch).map(move |n| &x[n * cs + c * s..n * cs + (c + 1) * s])
+}
+
+/// Per-channel sum of `x`, accumulated in f64.
+fn channel_sum_f64(x: &[f32], g: &BatchNormGeometry, c: usize) -> f64 {
+    channel_segments(x, g, c)
+        .map(|seg| seg.iter().map(|&v| f64::from(v)).sum::<f64>())
+        .sum()
+}
+
+/// Sums of `[N, C, S]` over `N` and `S`, giving `[C]` (a conv bias gradient).
+pub(super) fn channel_sums(x: &[f32], g: &BatchNormGeometry) -> Result<Vec<f32>> {
+    check("channel_sums", g, x, "input", &[])?;
+    Ok((0..g.channels)
+        .into_par_iter()
+        .map(|c| channel_sum_f64(x, g, c) as f32)
+        .collect())
+}
+
+/// `out = x * scale[c] + shift[c]` over every segment.
+fn affine_per_channel(x: &[f32], g: &BatchNormGeometry, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    if g.spatial == 0 {
+        return out;
+    }
+    out.par_chunks_mut(g.spatial)
+        .zip(x.par_chunks(g.spatial))
+        .with_min_len(segments_per_task(g))
+        .enumerate()
+        .for_each(|(i, (o, x))| {
+            let c = i % g.channels;
+            let (a, b) = (scale[c], shift[c]);
+            o.iter_mut().zip(x).for_each(|(o, &v)| *o = v.mul_add(a, b));
+        });
+    out
+}
+
+/// γ and β per channel, defaulting to 1 and 0.
+fn gamma_beta(weight: Option<&[f32]>, bias: Option<&[f32]>, c: usize) -> (f32, f32) {
+    (weight.map_or(1.0, |w| w[c]), bias.map_or(0.0, |b| b[c]))
+}
+
+/// Training forward: batch mean and biased variance.
+pub(super) fn train(
+    x: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    g: &BatchNormGeometry,
+    eps: f32,
+) -> Result<BatchNormTrainOutput<Vec<f32>>> {
+    let op = "batch_norm_train";
+    check(op, g, x, "input", &[("weight", weight), ("bias", bias)])?;
+    let count = g.count() as f64;
+    let stats: Vec<(f64, f64)> = (0..g.channels)
+        .into_par_iter()
+        .map(|c| {
+            let mean = channel_sum_f64(x, g, c) / count;
+            let sq: f64 = channel_segments(x, g, c)
+                .map(|seg| {
+                    seg.iter()
+                        .map(|&v| (f64::from(v) - mean).powi(2))
+                        .sum::<f64>()
+                })
+                .sum();
+            (mean, sq / count)
+        })
+        .collect();
+    let mut mean = Vec::with_capacity(g.channels);
+    let mut var = Vec::with_capacity(g.channels);
+    let mut invstd = Vec::with_capacity(g.channels);
+    let mut scale = Vec::with_capacity(g.channels);
+    let mut shift = Vec::with_capacity(g.channels);
+    for (c, &(m, v)) in stats.iter().enumerate() {
+        let is = 1.0 / (v + f64::from(eps)).sqrt();
+        let (gamma, beta) = gamma_beta(weight, bias, c);
+        // y = (x - mean) * invstd * γ + β = x * a + (β - mean * a)
+        let a = is * f64::from(gamma);
+        mean.push(m as f32);
+        var.push(v as f32);
+        invstd.push(is as f32);
+        scale.push(a as f32);
+        shift.push((f64::from(beta) - m * a) as f32);
+    }
+    let output = affine_per_channel(x, g, &scale, &shift);
+    Ok(BatchNormTrainOutput {
+        output,
+        mean,
+        var,
+        invstd,
+    })
+}
+
+/// Eval forward with the running statistics.
+pub(super) fn eval(
+    x: &[f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    g: &BatchNormGeometry,
+    eps: f32,
+) -> Result<Vec<f32>> {
+    let op = "batch_norm_eval";
+    check(
+        op,
+        g,
+        x,
+        "input",
+        &[
+            ("weight", weight),
+            ("bias", bias),
+            ("running_mean", Some(running_mean)),
+            ("running_var", Some(running_var)),
+        ],
+    )?;
+    let (scale, shift): (Vec<f32>, Vec<f32>) = (0..g.channels)
+        .map(|c| {
+            let (gamma, beta) = gamma_beta(weight, bias, c);
+            let is = 1.0 / (f64::from(running_var[c]) + f64::from(eps)).sqrt();
+            let a = is * f64::from(gamma);
+            (
+                a as f32,
+                (f64::from(beta) - f64::from(running_mean[c]) * a) as f32,
+            )
+        })
+        .unzip();
+    Ok(affine_per_channel(x, g, &scale, &shift))
+}
+
+/// Backward; see [`crate::backend::BackendStorage::batch_norm_backward`].
+///
+/// Per channel, with `x̂ = (x - mean) * invstd` and `M = N*S`:
+/// `dβ = Σ dy`, `dγ = Σ dy·x̂`, and
+/// `dx = γ·invstd/M · (M·dy - Σdy - x̂·Σ(dy·x̂))` in training, where the
+/// statistics depend on `x`; `dx = γ·invstd·dy` in eval, where they are
+/// constants. `input` is read only when `dγ` or the training `dx` is
+/// needed (otherwise the caller may pass a same-sized placeholder).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    dy: &[f32],
+    input: &[f32],
+    weight: Option<&[f32]>,
+    mean: &[f32],
+    invstd: &[f32],
+    g: &BatchNormGeometry,
+    training: bool,
+    needs: [bool; 3],
+) -> Result<[Option<Vec<f32>>; 3]> {
+    let op = "batch_norm_backward";
+    let [need_dx, need_dw, need_db] = needs;
+    check(
+        op,
+        g,
+        dy,
+        "grad_output",
+        &[
+            ("weight", weight),
+            ("mean", Some(mean)),
+            ("invstd", Some(invstd)),
+        ],
+    )?;
+    let reads_input = need_dw || (need_dx && training);
+    if reads_input {
+        check(op, g, input, "input", &[])?;
+    }
+    // Σdy (f64) per channel, and Σ dy·(x - mean) when x̂ is involved.
+    let sums: Vec<(f64, f64)> = (0..g.channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum_dy = if need_db || (need_dx && training) {
+                channel_sum_f64(dy, g, c)
+            } else {
+                0.0
+            };
+            let sum_dy_xc = if reads_input {
+                let m = f64::from(mean[c]);
+                channel_segments(dy, g, c)
+                    .zip(channel_segments(input, g, c))
+                    .map(|(d, x)| {
+                        d.iter()
+                            .zip(x)
+                            .map(|(&d, &x)| f64::from(d) * (f64::from(x) - m))
+                            .sum::<f64>()
+                    })
+                    .sum()
+            } else {
+                0.0
+            };
+            (sum_dy, sum_dy_xc)
+        })
+        .collect();
+
+    let dw = need_dw.then(|| {
+        sums.iter()
+            .zip(invstd)
+            .map(|(&(_, sdx), &is)| (sdx * f64::from(is)) as f32)
+            .collect()
+    });
+    let db = need_db.then(|| sums.iter().map(|&(sd, _)| sd as f32).collect());
+    let dx = need_dx.then(|| {
+        let m = g.count() as f64;
+        // Per channel (PyTorch's CPU kernel uses the same grouping):
+        // dx = (dy - Σdy/M - (x - mean)·k) · γ·invstd with k = invstd²·Σ(dy·(x-mean))/M;
+        // in eval, dx = dy · γ·invstd.
+        let coef: Vec<(f32, f32, f32, f32)> = sums
+            .iter()
+            .enumerate()
+            .map(|(c, &(sd, sdx))| {
+                let is = f64::from(invstd[c]);
+                let scale = f64::from(weight.map_or(1.0, |w| w[c])) * is;
+                let (mean_dy, k) = if training {
+                    (sd / m, is * is * sdx / m)
+                } else {
+                    (0.0, 0.0)
+                };
+                (scale as f32, mean_dy as f32, k as f32, mean[c])
+            })
+            .collect();
+        let mut dx = vec![0.0; dy.len()];
+        if g.spatial > 0 {
+            let per_task = segments_per_task(g);
+            if training {
+                dx.par_chunks_mut(g.spatial)
+                    .zip(dy.par_chunks(g.spatial).zip(input.par_chunks(g.spatial)))
+                    .with_min_len(per_task)
+                    .enumerate()
+                    .for_each(|(i, (o, (d, x)))| {
+                        let (scale, mean_dy, k, mean) = coef[i % g.channels];
+                        o.iter_mut()
+                            .zip(d.iter().zip(x))
+                            .for_each(|(o, (&d, &x))| *o = (d - mean_dy - (x - mean) * k) * scale);
+                    });
+            } else {
+                dx.par_chunks_mut(g.spatial)
+                    .zip(dy.par_chunks(g.spatial))
+                    .with_min_len(per_task)
+                    .enumerate()
+                    .for_each(|(i, (o, d))| {
+                        let scale = coef[i % g.channels].0;
+                        o.iter_mut().zip(d).for_each(|(o, &d)| *o = d * scale);
+                    });
+            }
+        }
+        dx
+    });
+    Ok([dx, dw, db])
+}
+
+/// In-place running-statistics update with momentum and the unbiased variance.
+pub(super) fn update_running_stats(
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    batch_mean: &[f32],
+    batch_var: &[f32],
+    momentum: f32,
+    count: usize,
+) -> Result<()> {
+    let op = "update_running_stats";
+    let c = running_mean.len();
+    expect_len(op, "running_var", running_var.len(), c)?;
+    expect_len(op, "batch_mean", batch_mean.len(), c)?;
+    expect_len(op, "batch_var", batch_var.len(), c)?;
+    if count < 2 {
+        return Err(crate::error::Error::invalid(
+            op,
+            format!("the unbiased variance needs at least 2 values per channel, got {count}"),
+        ));
+    }
+    let m = f64::from(momentum);
+    let correction = count as f64 / (count - 1) as f64;
+    for i in 0..c {
+        running_mean[i] =
+            ((1.0 - m) * f64::from(running_mean[i]) + m * f64::from(batch_mean[i])) as f32;
+        running_var[i] = ((1.0 - m) * f64::from(running_var[i])
+            + m * f64::from(batch_var[i]) * correction) as f32;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_data::pseudo_random;
+    use super::*;
+
+    const EPS: f64 = 1e-5;
+
+    /// f64 training-mode batch norm, straight from the definition.
+    fn reference_train(
+        x: &[f64],
+        gamma: &[f64],
+        beta: &[f64],
+        g: &BatchNormGeometry,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (n, c, s) = (g.batch, g.channels, g.spatial);
+        let at = |n_: usize, c_: usize, s_: usize| (n_ * c + c_) * s + s_;
+        let mut y = vec![0f64; x.len()];
+        let (mut means, mut vars) = (vec![], vec![]);
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| (0..s).map(move |j| (i, j)))
+                .map(|(i, j)| x[at(i, ch, j)])
+                .collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+            for i in 0..n {
+                for j in 0..s {
+                    y[at(i, ch, j)] =
+                        (x[at(i, ch, j)] - mean) / (var + EPS).sqrt() * gamma[ch] + beta[ch];
+                }
+            }
+            means.push(mean);
+            vars.push(var);
+        }
+        (y, means, vars)
+    }
+
+    fn to_f64(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| f64::from(x)).collect()
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn train_forward_matches_definition_with_large_mean() {
+        let g = BatchNormGeometry {
+            batch: 3,
+            channels: 5,
+            spatial: 7,
+        };
+        // An offset of 100 makes a one-pass E[x²]-E[x]² variance in f32 lose digits.
+        let x: Vec<f32> = pseudo_random(g.numel(), 3)
+            .iter()
+            .map(|v| v + 100.0)
+            .collect();
+        let gamma = pseudo_random(5, 4);
+        let beta = pseudo_random(5, 5);
+        let r = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32).unwrap();
+        let (y, mean, var) = reference_train(&to_f64(&x), &to_f64(&gamma), &to_f64(&beta), &g);
+        assert_close("mean", &r.mean, &mean, 1e-7);
+        assert_close("var", &r.var, &var, 1e-6);
+        let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + EPS).sqrt()).collect();
+        assert_close("invstd", &r.invstd, &invstd, 1e-6);
+        assert_close("output", &r.output, &y, 1e-4);
+
+        // No affine parameters: γ = 1, β = 0.
+        let r = train(&x, None, None, &g, EPS as f32).unwrap();
+        let (y, _, _) = reference_train(&to_f64(&x), &[1.0; 5], &[0.0; 5], &g);
+        assert_close("output without affine", &r.output, &y, 1e-4);
+    }
+
+    #[test]
+    fn train_backward_matches_finite_differences() {
+        let g = BatchNormGeometry {
+            batch: 2,
+            channels: 3,
+            spatial: 4,
+        };
+        let x = pseudo_random(g.numel(), 11);
+        let gamma = pseudo_random(3, 12);
+        let beta = pseudo_random(3, 13);
+        let dy = pseudo_random(g.numel(), 14);
+        let fwd = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32).unwrap();
+        let [dx, dw, db] = backward(
+            &dy,
+            &x,
+            Some(&gamma),
+            &fwd.mean,
+            &fwd.invstd,
+            &g,
+            true,
+            [true; 3],
+        )
+        .unwrap();
+
+        // L = Σ dy·y(x, γ, β) in f64; central differences with h = 1e-6.
+        let loss = |x: &[f64], gm: &[f64], bt: &[f64]| -> f64 {
+            reference_train(x, gm, bt, &g)
+                .0
+                .iter()
+                .zip(&dy)
+                .map(|(y, &d)| y * f64::from(d))
+                .sum()
+        };
+        let (x64, g64, b64) = (to_f64(&x), to_f64(&gamma), to_f64(&beta));
+        let h = 1e-6;
+        let numeric = |which: usize, i: usize| {
+            let mut args = [x64.clone(), g64.clone(), b64.clone()];
+            args[which][i] += h;
+            let up = loss(&args[0], &args[1], &args[2]);
+            args[which][i] -= 2.0 * h;
+            let down = loss(&args[0], &args[1], &args[2]);
+            (up - down) / (2.0 * h)
+        };
+        let want_dx: Vec<f64> = (0..x.len()).map(|i| numeric(0, i)).collect();
+        let want_dw: Vec<f64> = (0..3).map(|i| numeric(1, i)).collect();
+        let want_db: Vec<f64> = (0..3).map(|i| numeric(2, i)).collect();
+        assert_close("dx", &dx.unwrap(), &want_dx, 1e-4);
+        assert_close("dw", &dw.unwrap(), &want_dw, 1e-4);
+        assert_close("db", &db.unwrap(), &want_db, 1e-4);
+    }
+
+    #[test]
+    fn backward_computes_only_what_is_needed() {
+        let g = BatchNormGeometry {
+            batch: 2,
+            channels: 3,
+            spatial: 5,
+        };
+        let x = pseudo_random(g.numel(), 21);
+        let dy = pseudo_random(g.numel(), 22);
+        let gamma = pseudo_random(3, 23);
+        let fwd = train(&x, Some(&gamma), None, &g, EPS as f32).unwrap();
+        let all = backward(
+            &dy,
+            &x,
+            Some(&gamma),
+            &fwd.mean,
+            &fwd.invstd,
+            &g,
+            true,
+            [true; 3],
+        )
+        .unwrap();
+        for needs in [
+            [true, false, false],
+            [false, true, false],
+            [false, false, true],
+            [false, true, true],
+        ] {
+            let got = backward(
+                &dy,
+                &x,
+                Some(&gamma),
+                &fwd.mean,
+                &fwd.invstd,
+                &g,
+                true,
+                needs,
+            )
+            .unwrap();
+            for k in 0..3 {
+                assert_eq!(got[k].is_some(), needs[k], "{needs:?}");
+                if let Some(v) = &got[k] {
+                    assert_eq!(Some(v), all[k].as_ref(), "{needs:?} slot {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn eval_forward_and_backward_use_running_stats() {
+        let g = BatchNormGeometry {
+            batch: 2,
+            channels: 3,
+            spatial: 4,
+        };
+        let x = pseudo_random(g.numel(), 31);
+        let dy = pseudo_random(g.numel(), 32);
+        let gamma = pseudo_random(3, 33);
+        let beta = pseudo_random(3, 34);
+        let rm = [0.5f32, -0.25, 0.1];
+        let rv = [1.5f32, 0.2, 0.9];
+        let y = eval(&x, Some(&gamma), Some(&beta), &rm, &rv, &g, EPS as f32).unwrap();
+        let invstd = elementwise_inv_std(&rv);
+        let c_of = |i: usize| (i / g.spatial) % g.channels;
+        let want: Vec<f64> = (0..x.len())
+            .map(|i| {
+                let c = c_of(i);
+                (f64::from(x[i]) - f64::from(rm[c])) / (f64::from(rv[c]) + EPS).sqrt()
+                    * f64::from(gamma[c])
+                    + f64::from(beta[c])
+            })
+            .collect();
+        assert_close("eval output", &y, &want, 1e-5);
+
+        // dx alone must not read the input: pass NaNs as the placeholder.
+        let placeholder = vec![f32::NAN; g.numel()];
+        let [dx, dw, db] = backward(
+            &dy,
+            &placeholder,
+            Some(&gamma),
+            &rm,
+            &invstd,
+            &g,
+            false,
+            [true, false, false],
+        )
+        .unwrap();
+        assert!(dw.is_none() && db.is_none());
+        let want_dx: Vec<f64> = (0..x.len())
+            .map(|i| f64::from(dy[i]) * f64::from(gamma[c_of(i)]) * f64::from(invstd[c_of(i)]))
+            .collect();
+        assert_close("eval dx", &dx.unwrap(), &want_dx, 1e-6);
+
+        let [_, dw, db] =
+            backward(&dy, &x, None, &rm, &invstd, &g, false, [false, true, true]).unwrap();
+        let mut want_dw = [0f64; 3];
+        let mut want_db = [0f64; 3];
+        for i in 0..x.len() {
+            let c = c_of(i);
+            want_dw[c] +=
+                f64::from(dy[i]) * (f64::from(x[i]) - f64::from(rm[c])) * f64::from(invstd[c]);
+            want_db[c] += f64::from(dy[i]);
+        }
+        assert_close("eval dw", &dw.unwrap(), &want_dw, 1e-6);
+        assert_close("eval db", &db.unwrap(), &want_db, 1e-6);
+    }
+
+    fn elementwise_inv_std(v: &[f32]) -> Vec<f32> {
+        v.iter()
+            .map(|&v| (1.0 / (f64::from(v) + EPS).sqrt()) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn running_stats_use_unbiased_variance() {
+        let (mut rm, mut rv) = (vec![0.0f32, 1.0], vec![1.0f32, 2.0]);
+        update_running_stats(&mut rm, &mut rv, &[2.0, -1.0], &[3.0, 0.5], 0.1, 4).unwrap();
+        // rm = 0.9 rm + 0.1 mean; rv = 0.9 rv + 0.1 var * 4/3
+        assert_close("rm", &rm, &[0.2, 0.8], 1e-7);
+        assert_close("rv", &rv, &[0.9 + 0.4, 1.8 + 0.1 * 0.5 * 4.0 / 3.0], 1e-7);
+        assert!(update_running_stats(&mut rm, &mut rv, &[0.0], &[0.0, 0.0], 0.1, 4).is_err());
+        assert!(update_running_stats(&mut rm, &mut rv, &[0.0; 2], &[0.0; 2], 0.1, 1).is_err());
+    }
+
+    #[test]
+    fn channel_sums_and_length_checks() {
+        let g = BatchNormGeometry {
+            batch: 2,
+            channels: 2,
+            spatial: 2,
+        };
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(
+            channel_sums(&x, &g).unwrap(),
+            vec![1.0 + 2.0 + 5.0 + 6.0, 3.0 + 4.0 + 7.0 + 8.0]
+        );
+        assert!(channel_sums(&x[1..], &g).is_err());
+        assert!(train(&x, Some(&[1.0]), None, &g, 1e-5).is_err());
+        assert!(eval(&x, None, None, &[0.0; 2], &[1.0; 3], &g, 1e-5).is_err());
+        assert!(backward(
+            &x,
+            &x[1..],
+            None,
+            &[0.0; 2],
+            &[1.0; 2],
+            &g,
+            true,
+            [true, false, false]
+        )
+        .is_err());
+    }
+}

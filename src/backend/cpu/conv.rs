@@ -1,0 +1,778 @@
+//! 2-d convolution (groups = 1) as im2col + GEMM.
+//!
+//! For one image, the "column" matrix `col[K, P]` has one row per weight
+//! tap `(c, kh, kw)` (`K = C_in*KH*KW`) and one column per output pixel
+//! (`P = OH*OW`); entry = the input pixel that tap sees at that output
+//! position, or 0 in the padding. Then, with the weight as `W[C_out, K]`:
+//!
+//! * forward:      `y = W · col`                      (`[C_out, P]`)
+//! * input grad:   `dx = col2im(Wᵀ · dy)`             (scatter-add back)
+//! * weight grad:  `dW = Σ_images dy · colᵀ`          (GEMM with beta = 1)
+//!
+//! The columns are processed in [`Chunk`]s that bound the scratch memory
+//! ([`COL_BLOCK_ELEMS`]):
+//!
+//! * a large image is split into blocks of output rows; the GEMM reads or
+//!   writes the matching column block of `y`/`dy` in place through its
+//!   row stride;
+//! * small images (ResNet's 14x14 and 7x7 stages) are put side by side,
+//!   several per chunk, so the GEMM sees enough columns to run at full
+//!   speed; `y`/`dy` then go through a staging buffer.
+//!
+//! A 1x1, stride-1, unpadded convolution of large images needs no column
+//! matrix at all: the input image already is `col`.
+
+use rayon::prelude::*;
+
+use super::check::{checked_numel, expect_len};
+use super::gemm::{sgemm, MatRef};
+use super::scratch::{with_scratch, Slot};
+use crate::backend::Conv2dGeometry;
+use crate::error::Result;
+
+/// Upper bound on one column chunk, in f32s (4 MiB): big enough for four
+/// 7x7 images of ResNet's widest layer (196 GEMM columns), small enough to
+/// stay in the last-level cache between im2col and the GEMM. Measurements
+/// on the shared 2-core machine were too noisy to tune this finer.
+const COL_BLOCK_ELEMS: usize = 1 << 20;
+
+/// Images with fewer output pixels than this are grouped so one GEMM has
+/// at least about this many columns (a few hundred keep `sgemm`'s packing
+/// and threading overheads small).
+const MIN_GEMM_COLUMNS: usize = 768;
+
+/// Tuning knobs of a [`Plan`]; tests shrink them to exercise every path.
+#[derive(Clone, Copy)]
+struct Limits {
+    block_elems: usize,
+    min_columns: usize,
+}
+
+const LIMITS: Limits = Limits {
+    block_elems: COL_BLOCK_ELEMS,
+    min_columns: MIN_GEMM_COLUMNS,
+};
+
+/// A set of output columns processed together: output rows `rows` of
+/// `images` consecutive images starting at `first_image` (all rows when
+/// `images > 1`), laid side by side in the column matrix.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    first_image: usize,
+    images: usize,
+    rows: (usize, usize),
+}
+
+/// Sizes derived once from the geometry.
+struct Plan {
+    /// Rows of the column matrix: `C_in * KH * KW`.
+    taps: usize,
+    /// Output pixels per image: `OH * OW`.
+    pixels: usize,
+    in_image: usize,
+    out_image: usize,
+    /// Output rows per chunk when an image is split (1 image per chunk).
+    rows_per_block: usize,
+    /// Images per chunk (> 1 only when whole images are small).
+    images_per_chunk: usize,
+    /// 1x1, stride 1, no padding, one image per chunk: the input image is
+    /// its own column matrix.
+    pointwise: bool,
+}
+
+impl Plan {
+    fn new(op: &'static str, g: &Conv2dGeometry, limits: Limits) -> Result<Self> {
+        let taps = checked_numel(op, &[g.in_channels, g.kernel_h, g.kernel_w])?;
+        let pixels = checked_numel(op, &[g.out_h, g.out_w])?;
+        let in_image = checked_numel(op, &[g.in_channels, g.in_h, g.in_w])?;
+        let out_image = checked_numel(op, &[g.out_channels, pixels])?;
+        checked_numel(op, &[g.batch, in_image.max(out_image)])?;
+        let row_elems = (taps * g.out_w).max(1);
+        let rows_per_block = (limits.block_elems / row_elems).clamp(1, g.out_h.max(1));
+        let images_per_chunk = if rows_per_block < g.out_h {
+            1
+        } else {
+            let wanted = limits.min_columns.div_ceil(pixels.max(1));
+            let fit = limits.block_elems / (taps * pixels).max(1);
+            wanted.min(fit).clamp(1, g.batch.max(1))
+        };
+        let pointwise = images_per_chunk == 1
+            && g.kernel_h == 1
+            && g.kernel_w == 1
+            && g.stride == (1, 1)
+            && g.padding == (0, 0);
+        // Without a column matrix there is nothing to bound: whole images.
+        let rows_per_block = if pointwise {
+            g.out_h.max(1)
+        } else {
+            rows_per_block
+        };
+        Ok(Self {
+            taps,
+            pixels,
+            in_image,
+            out_image,
+            rows_per_block,
+            images_per_chunk,
+            pointwise,
+        })
+    }
+
+    fn chunks(&self, g: &Conv2dGeometry) -> Vec<Chunk> {
+        if self.images_per_chunk > 1 {
+            (0..g.batch)
+                .step_by(self.images_per_chunk)
+                .map(|n| Chunk {
+                    first_image: n,
+                    images: self.images_per_chunk.min(g.batch - n),
+                    rows: (0, g.out_h),
+                })
+                .collect()
+        } else {
+            let step = self.rows_per_block;
+            (0..g.batch)
+                .flat_map(|n| {
+                    (0..g.out_h).step_by(step).map(move |r| Chunk {
+                        first_image: n,
+                        images: 1,
+                        rows: (r, (r + step).min(g.out_h)),
+                    })
+                })
+                .collect()
+        }
+    }
+}
+
+impl Chunk {
+    /// Columns one image contributes.
+    fn image_columns(&self, g: &Conv2dGeometry) -> usize {
+        (self.rows.1 - self.rows.0) * g.out_w
+    }
+    /// Columns of the whole chunk (the column matrix's row length).
+    fn columns(&self, g: &Conv2dGeometry) -> usize {
+        self.images * self.image_columns(g)
+    }
+    /// The chunk's images within a batch buffer of `per_image` elements each.
+    fn images_of<'a>(&self, data: &'a [f32], per_image: usize) -> &'a [f32] {
+        &data[self.first_image * per_image..(self.first_image + self.images) * per_image]
+    }
+    fn images_of_mut<'a>(&self, data: &'a mut [f32], per_image: usize) -> &'a mut [f32] {
+        &mut data[self.first_image * per_image..(self.first_image + self.images) * per_image]
+    }
+}
+
+/// Output positions `o` in `0..out` whose input coordinate
+/// `o * stride + offset - pad` falls inside `0..input`, as a range `lo..hi`
+/// (empty when none do).
+fn valid_outputs(
+    out: usize,
+    input: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+) -> (usize, usize) {
+    let lo = if offset >= pad {
+        0
+    } else {
+        (pad - offset).div_ceil(stride)
+    };
+    let hi = if input + pad > offset {
+        ((input + pad - offset - 1) / stride + 1).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// Where tap `(kh, kw)` reads for output rows `rows` of one image plane:
+/// calls `visit(out_row_index_in_block, in_row, ow_lo, ow_hi, iw_lo)` for
+/// every output row that sees a real input row; output columns
+/// `ow_lo..ow_hi` read input columns `iw_lo, iw_lo + stride_w, ...`.
+/// Rows and columns outside those ranges see padding.
+fn for_each_tap_row(
+    g: &Conv2dGeometry,
+    kh: usize,
+    kw: usize,
+    rows: (usize, usize),
+    mut visit: impl FnMut(usize, usize, usize, usize, usize),
+) {
+    let (h_lo, h_hi) = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+    let (w_lo, w_hi) = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+    if w_lo == w_hi {
+        return;
+    }
+    let iw_lo = w_lo * g.stride.1 + kw * g.dilation.1 - g.padding.1;
+    for oh in rows.0.max(h_lo)..rows.1.min(h_hi) {
+        let ih = oh * g.stride.0 + kh * g.dilation.0 - g.padding.0;
+        visit(oh - rows.0, ih, w_lo, w_hi, iw_lo);
+    }
+}
+
+/// Splits a column-matrix row index into `(channel, kh, kw)`.
+fn tap(g: &Conv2dGeometry, r: usize) -> (usize, usize, usize) {
+    let per_channel = g.kernel_h * g.kernel_w;
+    (
+        r / per_channel,
+        (r % per_channel) / g.kernel_w,
+        r % g.kernel_w,
+    )
+}
+
+/// Fills the chunk's column matrix `col[taps, columns]` from its images.
+fn im2col(images: &[f32], g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, col: &mut [f32]) {
+    let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
+    let plane_len = g.in_h * g.in_w;
+    let stride_w = g.stride.1;
+    col.par_chunks_mut(width)
+        .with_min_len((1 << 12) / width.max(1) + 1)
+        .enumerate()
+        .for_each(|(r, dst_row)| {
+            let (c, kh, kw) = tap(g, r);
+            for j in 0..chunk.images {
+                let dst = &mut dst_row[j * seg..(j + 1) * seg];
+                let plane = &images[j * plan.in_image + c * plane_len..][..plane_len];
+                // Padding reads as zero; the real pixels overwrite it below.
+                dst.fill(0.0);
+                for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
+                    let out_row = &mut dst[i * g.out_w + lo..i * g.out_w + hi];
+                    let in_row = &plane[ih * g.in_w..(ih + 1) * g.in_w];
+                    if stride_w == 1 {
+                        out_row.copy_from_slice(&in_row[iw..iw + out_row.len()]);
+                    } else {
+                        for (j, v) in out_row.iter_mut().enumerate() {
+                            *v = in_row[iw + j * stride_w];
+                        }
+                    }
+                });
+            }
+        });
+}
+
+/// Adds the chunk's column-matrix gradient `col[taps, columns]` back onto
+/// the input-image gradients it came from.
+fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, images: &mut [f32]) {
+    let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
+    let plane_len = g.in_h * g.in_w;
+    let taps_per_channel = g.kernel_h * g.kernel_w;
+    let stride_w = g.stride.1;
+    if plane_len == 0 {
+        return;
+    }
+    // One task per (image, input channel) plane: its taps write only there.
+    images
+        .par_chunks_mut(plane_len)
+        .enumerate()
+        .for_each(|(idx, plane)| {
+            let (j, c) = (idx / g.in_channels, idx % g.in_channels);
+            for t in 0..taps_per_channel {
+                let r = c * taps_per_channel + t;
+                let (_, kh, kw) = tap(g, r);
+                let src = &col[r * width + j * seg..r * width + (j + 1) * seg];
+                for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
+                    let grads = &src[i * g.out_w + lo..i * g.out_w + hi];
+                    let in_row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                    if stride_w == 1 {
+                        in_row[iw..iw + grads.len()]
+                            .iter_mut()
+                            .zip(grads)
+                            .for_each(|(d, &s)| *d += s);
+                    } else {
+                        for (j, &s) in grads.iter().enumerate() {
+                            in_row[iw + j * stride_w] += s;
+                        }
+                    }
+                });
+            }
+        });
+}
+
+/// Copies the chunk's images of a `[N, C_out, P]` buffer side by side into
+/// `staging[C_out, images * P]` (`to_staging`), or back (`!to_staging`),
+/// adding `bias[c]` on the way back when given.
+fn restage(
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    chunk: &Chunk,
+    batch: &mut [f32],
+    staging: &mut [f32],
+    bias: Option<&[f32]>,
+) {
+    let (p, width) = (plan.pixels, chunk.columns(g));
+    let images = chunk.images_of_mut(batch, plan.out_image);
+    for (j, image) in images.chunks_exact_mut(plan.out_image).enumerate() {
+        for co in 0..g.out_channels {
+            let stage = &mut staging[co * width + j * p..][..p];
+            let dst = &mut image[co * p..(co + 1) * p];
+            match bias {
+                Some(b) => dst
+                    .iter_mut()
+                    .zip(stage.iter())
+                    .for_each(|(d, &s)| *d = s + b[co]),
+                None => dst.copy_from_slice(stage),
+            }
+        }
+    }
+}
+
+/// Gathers the chunk's images of `[N, C_out, P]` `batch` into `staging[C_out, images * P]`.
+fn gather(g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, batch: &[f32], staging: &mut [f32]) {
+    let (p, width) = (plan.pixels, chunk.columns(g));
+    for (j, image) in chunk
+        .images_of(batch, plan.out_image)
+        .chunks_exact(plan.out_image)
+        .enumerate()
+    {
+        for co in 0..g.out_channels {
+            staging[co * width + j * p..][..p].copy_from_slice(&image[co * p..(co + 1) * p]);
+        }
+    }
+}
+
+fn check_image_buffer(
+    op: &'static str,
+    what: &str,
+    got: usize,
+    g: &Conv2dGeometry,
+    per_image: usize,
+) -> Result<()> {
+    expect_len(op, what, got, g.batch * per_image)
+}
+
+/// `y = conv2d(x, w) + bias`.
+pub(super) fn conv2d(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+) -> Result<Vec<f32>> {
+    forward_with(x, w, bias, g, LIMITS)
+}
+
+fn forward_with(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d";
+    let plan = Plan::new(op, g, limits)?;
+    check_image_buffer(op, "input", x.len(), g, plan.in_image)?;
+    expect_len(op, "weight", w.len(), g.out_channels * plan.taps)?;
+    if let Some(b) = bias {
+        expect_len(op, "bias", b.len(), g.out_channels)?;
+    }
+    let mut y = vec![0.0; g.batch * plan.out_image];
+    let weight = MatRef::row_major(w, plan.taps);
+    for chunk in plan.chunks(g) {
+        let width = chunk.columns(g);
+        let images = chunk.images_of(x, plan.in_image);
+        if chunk.images > 1 {
+            with_scratch(Slot::Columns, plan.taps * width, |col| {
+                im2col(images, g, &plan, &chunk, col);
+                with_scratch(Slot::Staging, g.out_channels * width, |staging| {
+                    let col = MatRef::row_major(col, width);
+                    sgemm(
+                        g.out_channels,
+                        plan.taps,
+                        width,
+                        1.0,
+                        weight,
+                        col,
+                        0.0,
+                        staging,
+                        width,
+                    );
+                    restage(g, &plan, &chunk, &mut y, staging, bias);
+                });
+            });
+            continue;
+        }
+        // One image (or a block of its rows): the GEMM writes straight into
+        // `y`; with a bias, pre-fill the rows with it and accumulate onto it.
+        let out = &mut chunk.images_of_mut(&mut y, plan.out_image)[chunk.rows.0 * g.out_w..];
+        let beta = match bias {
+            Some(b) => {
+                for (co, &bv) in b.iter().enumerate() {
+                    out[co * plan.pixels..][..width].fill(bv);
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        if plan.pointwise {
+            let col = MatRef::row_major(images, plan.pixels);
+            sgemm(
+                g.out_channels,
+                plan.taps,
+                plan.pixels,
+                1.0,
+                weight,
+                col,
+                beta,
+                out,
+                plan.pixels,
+            );
+        } else {
+            with_scratch(Slot::Columns, plan.taps * width, |col| {
+                im2col(images, g, &plan, &chunk, col);
+                let col = MatRef::row_major(col, width);
+                sgemm(
+                    g.out_channels,
+                    plan.taps,
+                    width,
+                    1.0,
+                    weight,
+                    col,
+                    beta,
+                    out,
+                    plan.pixels,
+                );
+            });
+        }
+    }
+    Ok(y)
+}
+
+/// `dx = col2im(Wᵀ · dy)` for every image.
+pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
+    input_grad_with(dy, w, g, LIMITS)
+}
+
+fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
+    let op = "conv2d_input_grad";
+    let plan = Plan::new(op, g, limits)?;
+    check_image_buffer(op, "grad_output", dy.len(), g, plan.out_image)?;
+    expect_len(op, "weight", w.len(), g.out_channels * plan.taps)?;
+    let mut dx = vec![0.0; g.batch * plan.in_image];
+    // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
+    let weight_t = MatRef::transposed(w, plan.taps);
+    for chunk in plan.chunks(g) {
+        let width = chunk.columns(g);
+        let grad_in = chunk.images_of_mut(&mut dx, plan.in_image);
+        if plan.pointwise {
+            let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
+            sgemm(
+                plan.taps,
+                g.out_channels,
+                plan.pixels,
+                1.0,
+                weight_t,
+                grad_out,
+                0.0,
+                grad_in,
+                plan.pixels,
+            );
+            continue;
+        }
+        with_scratch(Slot::Columns, plan.taps * width, |col| {
+            if chunk.images > 1 {
+                with_scratch(Slot::Staging, g.out_channels * width, |staging| {
+                    gather(g, &plan, &chunk, dy, staging);
+                    let grad_out = MatRef::row_major(staging, width);
+                    sgemm(
+                        plan.taps,
+                        g.out_channels,
+                        width,
+                        1.0,
+                        weight_t,
+                        grad_out,
+                        0.0,
+                        col,
+                        width,
+                    );
+                });
+            } else {
+                let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
+                let grad_out = MatRef::strided(grad_out, plan.pixels);
+                sgemm(
+                    plan.taps,
+                    g.out_channels,
+                    width,
+                    1.0,
+                    weight_t,
+                    grad_out,
+                    0.0,
+                    col,
+                    width,
+                );
+            }
+            col2im_add(col, g, &chunk, grad_in);
+        });
+    }
+    Ok(dx)
+}
+
+/// `dW = Σ_images dy · colᵀ`.
+pub(super) fn conv2d_weight_grad(dy: &[f32], x: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
+    weight_grad_with(dy, x, g, LIMITS)
+}
+
+fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
+    let op = "conv2d_weight_grad";
+    let plan = Plan::new(op, g, limits)?;
+    check_image_buffer(op, "grad_output", dy.len(), g, plan.out_image)?;
+    check_image_buffer(op, "input", x.len(), g, plan.in_image)?;
+    let mut dw = vec![0.0; g.out_channels * plan.taps];
+    for chunk in plan.chunks(g) {
+        let width = chunk.columns(g);
+        let images = chunk.images_of(x, plan.in_image);
+        if plan.pointwise {
+            let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
+            let image_t = MatRef::transposed(images, plan.pixels);
+            sgemm(
+                g.out_channels,
+                plan.pixels,
+                plan.taps,
+                1.0,
+                grad_out,
+                image_t,
+                1.0,
+                &mut dw,
+                plan.taps,
+            );
+            continue;
+        }
+        with_scratch(Slot::Columns, plan.taps * width, |col| {
+            im2col(images, g, &plan, &chunk, col);
+            let col_t = MatRef::transposed(col, width);
+            if chunk.images > 1 {
+                with_scratch(Slot::Staging, g.out_channels * width, |staging| {
+                    gather(g, &plan, &chunk, dy, staging);
+                    let grad_out = MatRef::row_major(staging, width);
+                    sgemm(
+                        g.out_channels,
+                        width,
+                        plan.taps,
+                        1.0,
+                        grad_out,
+                        col_t,
+                        1.0,
+                        &mut dw,
+                        plan.taps,
+                    );
+                });
+            } else {
+                let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
+                let grad_out = MatRef::strided(grad_out, plan.pixels);
+                sgemm(
+                    g.out_channels,
+                    width,
+                    plan.taps,
+                    1.0,
+                    grad_out,
+                    col_t,
+                    1.0,
+                    &mut dw,
+                    plan.taps,
+                );
+            }
+        });
+    }
+    Ok(dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_data::pseudo_random;
+    use super::*;
+
+    /// Input coordinate of output `o` and tap `k`, if it is not padding.
+    fn source(
+        o: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        dil: usize,
+        len: usize,
+    ) -> Option<usize> {
+        let i = (o * stride + k * dil) as isize - pad as isize;
+        (0..len as isize).contains(&i).then_some(i as usize)
+    }
+
+    /// Calls `f(n, co, oh, ow, c, kh, kw, x_index)` for every multiply of the
+    /// convolution that reads a real input pixel: the direct 7-loop definition.
+    fn each_term(
+        g: &Conv2dGeometry,
+        mut f: impl FnMut(usize, usize, usize, usize, usize, usize, usize, usize),
+    ) {
+        for n in 0..g.batch {
+            for co in 0..g.out_channels {
+                for oh in 0..g.out_h {
+                    for ow in 0..g.out_w {
+                        for c in 0..g.in_channels {
+                            for kh in 0..g.kernel_h {
+                                for kw in 0..g.kernel_w {
+                                    let ih = source(
+                                        oh,
+                                        kh,
+                                        g.stride.0,
+                                        g.padding.0,
+                                        g.dilation.0,
+                                        g.in_h,
+                                    );
+                                    let iw = source(
+                                        ow,
+                                        kw,
+                                        g.stride.1,
+                                        g.padding.1,
+                                        g.dilation.1,
+                                        g.in_w,
+                                    );
+                                    if let (Some(ih), Some(iw)) = (ih, iw) {
+                                        let xi =
+                                            ((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw;
+                                        f(n, co, oh, ow, c, kh, kw, xi);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    struct Reference {
+        y: Vec<f64>,
+        dx: Vec<f64>,
+        dw: Vec<f64>,
+    }
+
+    fn reference(g: &Conv2dGeometry, x: &[f32], w: &[f32], b: &[f32], dy: &[f32]) -> Reference {
+        let [n, co, oh, ow] = g.output_shape();
+        let mut y: Vec<f64> = (0..n * co * oh * ow)
+            .map(|i| f64::from(b[(i / (oh * ow)) % co]))
+            .collect();
+        let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; w.len()];
+        each_term(g, |n, co, oh, ow, c, kh, kw, xi| {
+            let wi = ((co * g.in_channels + c) * g.kernel_h + kh) * g.kernel_w + kw;
+            let yi = ((n * g.out_channels + co) * g.out_h + oh) * g.out_w + ow;
+            y[yi] += f64::from(w[wi]) * f64::from(x[xi]);
+            dx[xi] += f64::from(w[wi]) * f64::from(dy[yi]);
+            dw[wi] += f64::from(dy[yi]) * f64::from(x[xi]);
+        });
+        Reference { y, dx, dw }
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    type Case = (
+        [usize; 4],
+        [usize; 4],
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+    );
+
+    const CASES: &[Case] = &[
+        // stride 2, padding 1, odd non-square input
+        ([2, 3, 7, 9], [5, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+        // asymmetric stride / padding / dilation, non-square kernel
+        ([1, 4, 8, 6], [3, 4, 3, 2], (1, 2), (2, 0), (2, 1)),
+        // dilation 2 on both axes with padding 2
+        ([2, 3, 9, 8], [2, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
+        // 1x1 stride 1: the im2col-free path
+        ([3, 5, 6, 7], [7, 5, 1, 1], (1, 1), (0, 0), (1, 1)),
+        // 1x1 stride 2 (ResNet downsample): goes through im2col
+        ([2, 6, 9, 9], [4, 6, 1, 1], (2, 2), (0, 0), (1, 1)),
+        // 1x1 with padding: the border sees only zeros
+        ([1, 2, 3, 4], [3, 2, 1, 1], (1, 1), (1, 2), (1, 1)),
+        // 7x7 stride 2 padding 3: the ResNet stem shape, shrunk
+        ([2, 3, 11, 10], [4, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
+        // kernel as large as the input, and padding wider than the kernel reach
+        ([1, 2, 5, 5], [3, 2, 5, 5], (1, 1), (0, 0), (1, 1)),
+        ([1, 2, 3, 4], [2, 2, 3, 3], (3, 1), (2, 2), (1, 1)),
+    ];
+
+    #[test]
+    fn conv_matches_direct_loops_on_odd_shapes() {
+        for (case, &(input, weight, stride, padding, dilation)) in CASES.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 1 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 100 + case as u64);
+            let b = pseudo_random(weight[0], 200 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 300 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            let pixels = g.out_h * g.out_w;
+            let no_bias: Vec<f64> =
+                r.y.iter()
+                    .enumerate()
+                    .map(|(i, &v)| v - f64::from(b[(i / pixels) % g.out_channels]))
+                    .collect();
+            let taps_row = g.kernel_h * g.kernel_w * g.in_channels * g.out_w;
+            let variants = [
+                // The defaults: these small images are grouped per chunk.
+                LIMITS,
+                // One output row per chunk, then two: exercises the block seams.
+                Limits {
+                    block_elems: 1,
+                    min_columns: 1,
+                },
+                Limits {
+                    block_elems: 2 * taps_row,
+                    min_columns: 1,
+                },
+                // One whole image per chunk (the 1x1 case takes the im2col-free path).
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: 1,
+                },
+                // Two images per chunk, so a batch of 3 ends in a partial group.
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: 2 * pixels,
+                },
+            ];
+            for (v, &limits) in variants.iter().enumerate() {
+                let what = |k: &str| format!("case {case} limits #{v} {k}");
+                assert_close(
+                    &what("y"),
+                    &forward_with(&x, &w, Some(&b), &g, limits).unwrap(),
+                    &r.y,
+                    1e-5,
+                );
+                assert_close(
+                    &what("y without bias"),
+                    &forward_with(&x, &w, None, &g, limits).unwrap(),
+                    &no_bias,
+                    1e-5,
+                );
+                assert_close(
+                    &what("dx"),
+                    &input_grad_with(&dy, &w, &g, limits).unwrap(),
+                    &r.dx,
+                    1e-5,
+                );
+                assert_close(
+                    &what("dw"),
+                    &weight_grad_with(&dy, &x, &g, limits).unwrap(),
+                    &r.dw,
+                    1e-5,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conv_rejects_mismatched_buffers() {
+        let g = Conv2dGeometry::new([2, 3, 5, 5], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+        let (x, w, dy) = (vec![0.0; 150], vec![0.0; 108], vec![0.0; 200]);
+        assert!(conv2d(&x[1..], &w, None, &g).is_err());
+        assert!(conv2d(&x, &w[1..], None, &g).is_err());
+        assert!(conv2d(&x, &w, Some(&[0.0; 3]), &g).is_err());
+        assert!(conv2d_input_grad(&dy[1..], &w, &g).is_err());
+        assert!(conv2d_input_grad(&dy, &w[1..], &g).is_err());
+        assert!(conv2d_weight_grad(&dy, &x[1..], &g).is_err());
+        assert!(conv2d_weight_grad(&dy[1..], &x, &g).is_err());
+    }
+}

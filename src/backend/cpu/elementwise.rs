@@ -1,0 +1,179 @@
+//! Elementwise maps and the simple reductions (sums, row/column sums).
+//!
+//! Large buffers are split across rayon's threads in fixed-size chunks.
+//! Reductions accumulate in f64 and combine the per-chunk partial sums in
+//! chunk order, so results are accurate and do not depend on scheduling.
+
+use rayon::prelude::*;
+
+use super::check::expect_len;
+use crate::error::Result;
+
+/// Elements per parallel task: big enough that rayon's per-task cost is
+/// noise, small enough that a 2-core machine splits a 100k-element buffer.
+pub(super) const PAR_CHUNK: usize = 1 << 14;
+
+/// `f(x)` of every element.
+pub(super) fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
+    out
+}
+
+/// `f(a, b)` of every pair of elements; the lengths must match.
+pub(super) fn zip_map(
+    op: &'static str,
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<Vec<f32>> {
+    expect_len(op, "second operand", b.len(), a.len())?;
+    let mut out = vec![0.0; a.len()];
+    out.par_chunks_mut(PAR_CHUNK)
+        .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
+        .for_each(|(o, (a, b))| {
+            o.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (&a, &b))| *o = f(a, b))
+        });
+    Ok(out)
+}
+
+pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+    zip_map("add", a, b, |a, b| a + b)
+}
+
+pub(super) fn scale(x: &[f32], factor: f32) -> Vec<f32> {
+    map(x, |v| v * factor)
+}
+
+/// PyTorch's relu keeps NaN (it is `clamp_min(x, 0)` with NaN propagation).
+pub(super) fn relu(x: &[f32]) -> Vec<f32> {
+    map(x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 })
+}
+
+/// PyTorch's `threshold_backward(grad, output, 0)`: zero where
+/// `output <= 0`, the gradient elsewhere. That is "where output > 0" for
+/// every number; a NaN output (relu of NaN) passes its gradient on, as in
+/// PyTorch.
+pub(super) fn relu_backward(grad: &[f32], output: &[f32]) -> Result<Vec<f32>> {
+    zip_map("relu_backward", grad, output, |g, y| {
+        if y <= 0.0 {
+            0.0
+        } else {
+            g
+        }
+    })
+}
+
+/// Sum of all elements, accumulated in f64.
+pub(super) fn sum_all(x: &[f32]) -> f32 {
+    let partial: Vec<f64> = x
+        .par_chunks(PAR_CHUNK)
+        .map(|c| c.iter().map(|&v| f64::from(v)).sum::<f64>())
+        .collect();
+    partial.iter().sum::<f64>() as f32
+}
+
+/// `value` repeated `len` times; `scalar` must hold one element.
+pub(super) fn broadcast_scalar(scalar: &[f32], len: usize) -> Result<Vec<f32>> {
+    expect_len("broadcast_scalar", "scalar", scalar.len(), 1)?;
+    Ok(vec![scalar[0]; len])
+}
+
+/// `x[r, c] + row[c]` for a `[rows, cols]` matrix.
+pub(super) fn add_row_vector(x: &[f32], row: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let op = "add_row_vector";
+    expect_len(
+        op,
+        "matrix",
+        x.len(),
+        super::check::checked_numel(op, &[rows, cols])?,
+    )?;
+    expect_len(op, "row vector", row.len(), cols)?;
+    let mut out = x.to_vec();
+    if cols > 0 {
+        out.par_chunks_mut(cols)
+            .with_min_len(PAR_CHUNK.div_ceil(cols))
+            .for_each(|r| r.iter_mut().zip(row).for_each(|(o, &b)| *o += b));
+    }
+    Ok(out)
+}
+
+/// Column sums of a `[rows, cols]` matrix (the bias gradient of a linear
+/// layer), accumulated in f64.
+pub(super) fn sum_rows(x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+    let op = "sum_rows";
+    expect_len(
+        op,
+        "matrix",
+        x.len(),
+        super::check::checked_numel(op, &[rows, cols])?,
+    )?;
+    let mut acc = vec![0f64; cols];
+    if cols > 0 {
+        for r in x.chunks_exact(cols) {
+            acc.iter_mut().zip(r).for_each(|(a, &v)| *a += f64::from(v));
+        }
+    }
+    Ok(acc.into_iter().map(|v| v as f32).collect())
+}
+
+/// `1 / sqrt(x + eps)`, computed in f64 and rounded once.
+pub(super) fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
+    var.iter()
+        .map(|&v| (1.0 / (f64::from(v) + f64::from(eps)).sqrt()) as f32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu_keeps_nan_and_zeroes_negatives() {
+        let y = relu(&[-1.0, 0.0, 2.5, f32::NAN, f32::NEG_INFINITY]);
+        assert_eq!(&y[..3], &[0.0, 0.0, 2.5]);
+        assert!(y[3].is_nan());
+        assert_eq!(y[4], 0.0);
+    }
+
+    #[test]
+    fn relu_backward_passes_gradient_where_output_positive() {
+        let g = relu_backward(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.5, -0.0, f32::NAN]).unwrap();
+        assert_eq!(g, vec![0.0, 2.0, 0.0, 4.0]);
+        assert!(relu_backward(&[1.0], &[1.0, 2.0]).is_err());
+    }
+
+    #[test]
+    fn sum_all_is_accurate_over_many_chunks() {
+        // 1e-4 is not exact in f32; f32 accumulation of 1e6 of them drifts
+        // visibly, f64 accumulation stays within one rounding of the sum.
+        let x = vec![1e-4f32; 1_000_000];
+        let expected = f64::from(1e-4f32) * 1e6;
+        assert!((f64::from(sum_all(&x)) - expected).abs() < 1e-5);
+    }
+
+    #[test]
+    fn row_vector_and_column_sums() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(
+            add_row_vector(&x, &[10.0, 20.0, 30.0], 2, 3).unwrap(),
+            vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]
+        );
+        assert_eq!(sum_rows(&x, 2, 3).unwrap(), vec![5.0, 7.0, 9.0]);
+        assert!(sum_rows(&x, 4, 2).is_err());
+        assert!(add_row_vector(&x, &[1.0], 2, 3).is_err());
+    }
+
+    #[test]
+    fn add_scale_broadcast() {
+        assert_eq!(add(&[1.0, 2.0], &[3.0, 4.0]).unwrap(), vec![4.0, 6.0]);
+        assert!(add(&[1.0], &[1.0, 2.0]).is_err());
+        assert_eq!(scale(&[1.0, -2.0], 0.5), vec![0.5, -1.0]);
+        assert_eq!(broadcast_scalar(&[3.0], 3).unwrap(), vec![3.0; 3]);
+        assert!(broadcast_scalar(&[3.0, 1.0], 3).is_err());
+    }
+}

@@ -6,7 +6,9 @@
 //! `src/cli/<name>.rs` with an `Args` struct and a `run` function, and add a
 //! variant to [`Command`].
 
+pub mod convert;
 pub mod step;
+pub mod weights;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -30,6 +32,9 @@ pub enum Command {
     /// parameters trainable; writes logits, loss, gradients, parameters and
     /// buffers to a safetensors file.
     Step(step::StepArgs),
+    /// Convert a PyTorch checkpoint (.pth, zip or legacy format) to
+    /// safetensors, without Python and without running anything in it.
+    Convert(convert::ConvertArgs),
 }
 
 /// `--device cpu|cuda` (CUDA device 0).
@@ -52,5 +57,6 @@ impl From<DeviceArg> for Device {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
+        Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
     }
 }

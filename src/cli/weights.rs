@@ -115,8 +115,9 @@ fn check_resnet_keys(path: &Path, state: &StateDict) -> Result<()> {
     Err(Error::WeightsFile {
         path: path.display().to_string(),
         msg: format!(
-            "the keys are not torchvision ResNet-18's: expected {} ... layer4.1.bn2.running_var, \
-             fc.weight, fc.bias (122 keys); the first keys found are {} ({} keys).{hint}",
+            "not a ResNet-18 state dict: expected {} ... layer4.1.bn2.running_var, \
+             fc.weight, fc.bias (torchvision's 122 keys); the first keys found are {} \
+             ({} in the file).{hint}",
             EXPECTED_FIRST_KEYS.join(", "),
             if found.is_empty() {
                 "none".to_string()

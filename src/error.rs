@@ -39,6 +39,11 @@ pub enum Error {
     #[error("weights file {path}: {msg}")]
     WeightsFile { path: String, msg: String },
 
+    /// A PyTorch `.pth` checkpoint that cannot be read safely (malformed,
+    /// truncated, or asking to run code outside the allowlist).
+    #[error("PyTorch checkpoint: {0}")]
+    Checkpoint(String),
+
     #[error("CUDA: {0}")]
     Cuda(String),
 

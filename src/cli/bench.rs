@@ -12,25 +12,17 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench::{self, BenchConfig, Mode};
+use crate::cli::weights::read_state_dict;
+use crate::cli::DeviceArg;
 use crate::error::{Error, Result};
-use crate::io;
-use crate::nn::Module;
-use crate::nn::{resnet18, ResNet};
-use crate::tensor::{Device, Tensor};
-
-/// `--device auto|cpu|cuda`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum BenchDevice {
-    /// CUDA device 0 when a usable GPU is found, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-}
+use crate::nn::{resnet18, Module, ResNet};
+use crate::tensor::Device;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    #[arg(long, value_enum, default_value_t = BenchDevice::Auto)]
-    pub device: BenchDevice,
+    /// `auto`: CUDA device 0 when a usable GPU is found, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
     /// Images per step (default: 8 on the CPU, 64 on CUDA).
     #[arg(long)]
     pub batch: Option<usize>,
@@ -49,7 +41,8 @@ pub struct BenchArgs {
     /// An extra mode `custom` training the parameters these globs match.
     #[arg(long, value_name = "GLOBS")]
     pub trainable: Option<String>,
-    /// torchvision ResNet-18 weights (safetensors); default: torchvision's random initialisation.
+    /// torchvision ResNet-18 weights (safetensors or .pth); default:
+    /// torchvision's random initialisation with 1000 classes.
     #[arg(long, value_name = "W")]
     pub weights: Option<PathBuf>,
     /// Write the results as JSON (the schema of scripts/bench_pytorch.py).
@@ -58,30 +51,6 @@ pub struct BenchArgs {
     /// Write an SVG plot of each mode's forward/backward/optimizer split.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
-}
-
-/// Whether CUDA device 0 can hold a tensor; the reason if not.
-fn cuda_usable() -> std::result::Result<(), String> {
-    Tensor::zeros(&[1], Device::Cuda(0))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-fn pick_device(choice: BenchDevice) -> Result<Device> {
-    match choice {
-        BenchDevice::Cpu => Ok(Device::Cpu),
-        BenchDevice::Cuda => {
-            cuda_usable().map_err(Error::Cuda)?;
-            Ok(Device::Cuda(0))
-        }
-        BenchDevice::Auto => match cuda_usable() {
-            Ok(()) => Ok(Device::Cuda(0)),
-            Err(reason) => {
-                eprintln!("note: no usable CUDA device ({reason}); benchmarking on the CPU");
-                Ok(Device::Cpu)
-            }
-        },
-    }
 }
 
 fn write_file(path: &PathBuf, text: &str) -> Result<()> {
@@ -100,7 +69,7 @@ pub fn run(args: &BenchArgs) -> Result<String> {
     if modes.is_empty() {
         return Err(Error::invalid("bench", "no modes to run"));
     }
-    let device = pick_device(args.device)?;
+    let device = args.device.resolve();
     let batch = args.batch.unwrap_or(match device {
         Device::Cpu => 8,
         Device::Cuda(_) => 64,
@@ -120,7 +89,7 @@ pub fn run(args: &BenchArgs) -> Result<String> {
     };
 
     let mut model: ResNet = match &args.weights {
-        Some(path) => ResNet::resnet18_from_state_dict(&io::safetensors::load(path)?)?,
+        Some(path) => ResNet::resnet18_from_state_dict(&read_state_dict(path, None)?)?,
         None => {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
             resnet18(1000, &mut rng)?

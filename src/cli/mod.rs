@@ -7,7 +7,9 @@
 //! variant to [`Command`].
 
 pub mod bench;
+pub mod convert;
 pub mod step;
+pub mod weights;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -34,6 +36,9 @@ pub enum Command {
     /// ResNet-18 training steps in several freezing modes: time per phase,
     /// gradients computed and skipped, FLOPs, peak memory.
     Bench(bench::BenchArgs),
+    /// Convert a PyTorch checkpoint (.pth, zip or legacy format) to
+    /// safetensors, without Python and without running anything in it.
+    Convert(convert::ConvertArgs),
 }
 
 /// `--device cpu|cuda|auto` (CUDA device 0; `auto`: CUDA when usable, else
@@ -76,5 +81,6 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
         Command::Bench(args) => bench::run(&args).map(|table| print!("{table}")),
+        Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
     }
 }

@@ -2,12 +2,14 @@
 //! other tools (the PyTorch parity scripts, benchmarks) rely on.
 //!
 //! ```text
-//! frostgrad step --weights W.safetensors --batch B.safetensors --trainable GLOBS \
+//! frostgrad step --weights W.safetensors|W.pth --batch B.safetensors --trainable GLOBS \
 //!                --lr LR --momentum M --weight-decay WD --out O.safetensors \
 //!                [--eval] [--stats-json S.json] [--device cpu|cuda|auto]
+//!                [--strip-prefix P] [--num-classes N [--fc-seed S]]
 //! ```
 //!
-//! - `W`: a torchvision ResNet-18 `state_dict`; the class count comes from `fc.weight`.
+//! - `W`: a torchvision ResNet-18 `state_dict` (safetensors, or a `.pth` read by
+//!   [`crate::io::pth`]); the class count comes from `fc.weight` unless `--num-classes`.
 //! - `B`: `images` (f32 `[N, 3, H, W]`) and `labels` (i64 or i32 `[N]`).
 //! - `GLOBS`: comma-separated globs over parameter names (`*` also matches
 //!   dots); matching parameters train, all others are frozen. A pattern
@@ -24,6 +26,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::cpu::CpuStorage;
+use crate::cli::weights::{load_resnet18, WeightsArgs};
 use crate::cli::DeviceArg;
 use crate::error::{Error, Result};
 use crate::io::{self, HostTensor, StateDict};
@@ -35,9 +38,9 @@ use crate::BackwardStats;
 
 #[derive(Debug, clap::Args)]
 pub struct StepArgs {
-    /// torchvision ResNet-18 state_dict (safetensors).
-    #[arg(long, value_name = "W.safetensors")]
-    pub weights: PathBuf,
+    /// `--weights` (safetensors or .pth), `--strip-prefix`, `--num-classes`.
+    #[command(flatten)]
+    pub weights: WeightsArgs,
     /// Batch with `images` [N,3,H,W] f32 and `labels` [N] i64/i32 (safetensors).
     #[arg(long, value_name = "B.safetensors")]
     pub batch: PathBuf,
@@ -90,17 +93,6 @@ impl std::fmt::Display for StepSummary {
     }
 }
 
-fn in_file(path: &Path, e: Error) -> Error {
-    match e {
-        // Already names the file.
-        Error::WeightsFile { .. } | Error::Io { .. } => e,
-        other => Error::WeightsFile {
-            path: path.display().to_string(),
-            msg: other.to_string(),
-        },
-    }
-}
-
 pub fn run(args: &StepArgs) -> Result<StepSummary> {
     let device: Device = args.device.resolve();
     // Cheap checks first, so a typo fails before any file is read.
@@ -110,10 +102,7 @@ pub fn run(args: &StepArgs) -> Result<StepSummary> {
         .weight_decay(args.weight_decay);
     sgd_config.validate()?;
 
-    let weights = io::safetensors::load(&args.weights)?;
-    let mut model =
-        ResNet::resnet18_from_state_dict(&weights).map_err(|e| in_file(&args.weights, e))?;
-    drop(weights);
+    let mut model = load_resnet18(&args.weights)?;
     model.to_device(device)?;
     let (images, labels) = read_batch(&args.batch, model.num_classes(), device)?;
 

@@ -4,6 +4,7 @@
 //! PyTorch's `.pth`) produce one, `nn::Module::load_state_dict` consumes
 //! it, and writers take one.
 
+pub mod pth;
 pub mod safetensors;
 mod state_dict;
 

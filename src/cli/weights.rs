@@ -1,0 +1,178 @@
+//! `--weights` for every command: a safetensors file or a PyTorch `.pth`
+//! checkpoint, with `--strip-prefix` for wrapped models and `--num-classes`
+//! for a new classifier head.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::error::{Error, Result};
+use crate::io::{self, pth, StateDict};
+use crate::nn::{Linear, Module, ResNet};
+
+/// The options every command that loads weights shares.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct WeightsArgs {
+    /// torchvision ResNet-18 state_dict: safetensors, or a PyTorch .pth / .pt
+    /// checkpoint (zip or legacy format).
+    #[arg(long, value_name = "W.safetensors|W.pth")]
+    pub weights: PathBuf,
+    /// Remove this prefix from every key that has it (`module.` from
+    /// DataParallel, `backbone.` from a wrapper class).
+    #[arg(long, value_name = "P")]
+    pub strip_prefix: Option<String>,
+    /// Replace the checkpoint's `fc` by a fresh, trainable Linear(512, N)
+    /// (PyTorch's default initialisation) when its class count differs:
+    /// `model.fc = nn.Linear(512, N)`.
+    #[arg(long, value_name = "N")]
+    pub num_classes: Option<usize>,
+    /// Seed for the fresh `fc` of `--num-classes`.
+    #[arg(long, default_value_t = 0)]
+    pub fc_seed: u64,
+}
+
+/// True when the file starts like a torch.save checkpoint (a zip archive or
+/// a pickle) rather than a safetensors header.
+fn looks_like_pth(path: &Path) -> Result<bool> {
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let n = file.read(&mut head).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok((n == 4 && &head == b"PK\x03\x04") || (n > 0 && head[0] == 0x80))
+}
+
+/// Prints the loader's notes, one line per kind of change (an fp16
+/// checkpoint would otherwise print 122 identical lines).
+fn report_notes(path: &Path, notes: &[String]) {
+    let mut kinds: Vec<(String, usize)> = Vec::new();
+    for note in notes {
+        // "name: float16 -> float32 (exact)" groups by what follows the name.
+        let kind = match note.split_once(": ") {
+            Some((_, change)) if change.contains(" -> ") => change.to_string(),
+            _ => note.clone(),
+        };
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+    for (kind, count) in kinds {
+        if kind.contains(" -> ") {
+            eprintln!("note: {}: {count} tensors {kind}", path.display());
+        } else {
+            eprintln!("note: {}: {kind}", path.display());
+        }
+    }
+}
+
+/// Reads `path` (either format), prints what changed on the way in, and
+/// strips the prefix if one was given.
+pub fn read_state_dict(path: &Path, strip_prefix: Option<&str>) -> Result<StateDict> {
+    let state = if looks_like_pth(path)? {
+        let checkpoint = pth::load_pth(path)?;
+        report_notes(path, &checkpoint.notes);
+        checkpoint.state_dict
+    } else {
+        io::safetensors::load(path)?
+    };
+    Ok(match strip_prefix {
+        Some(prefix) => state.strip_prefix(prefix),
+        None => state,
+    })
+}
+
+/// The ResNet-18 key names the first keys of a checkpoint are compared with.
+const EXPECTED_FIRST_KEYS: [&str; 6] = [
+    "conv1.weight",
+    "bn1.weight",
+    "bn1.bias",
+    "bn1.running_mean",
+    "bn1.running_var",
+    "bn1.num_batches_tracked",
+];
+
+/// A clear error when the checkpoint's names are not ResNet-18's at all:
+/// what was expected, the first keys found, and the prefix to strip when
+/// they all share one.
+fn check_resnet_keys(path: &Path, state: &StateDict) -> Result<()> {
+    if state.contains("conv1.weight") {
+        return Ok(());
+    }
+    let found: Vec<&str> = state.names().take(6).collect();
+    let hint = state
+        .names()
+        .find_map(|n| n.strip_suffix("conv1.weight").filter(|p| p.ends_with('.')))
+        .filter(|prefix| state.names().all(|n| n.starts_with(prefix)))
+        .map(|prefix| format!(" All keys start with `{prefix}`: pass --strip-prefix {prefix}"))
+        .unwrap_or_default();
+    Err(Error::WeightsFile {
+        path: path.display().to_string(),
+        msg: format!(
+            "not a ResNet-18 state dict: expected {} ... layer4.1.bn2.running_var, \
+             fc.weight, fc.bias (torchvision's 122 keys); the first keys found are {} \
+             ({} in the file).{hint}",
+            EXPECTED_FIRST_KEYS.join(", "),
+            if found.is_empty() {
+                "none".to_string()
+            } else {
+                found.join(", ")
+            },
+            state.len()
+        ),
+    })
+}
+
+/// Builds the ResNet-18 the options describe and says what was not loaded.
+pub fn load_resnet18(args: &WeightsArgs) -> Result<ResNet> {
+    let path = &args.weights;
+    let mut state = read_state_dict(path, args.strip_prefix.as_deref())?;
+    check_resnet_keys(path, &state)?;
+    if let Some(classes) = args.num_classes {
+        let current = state.get("fc.weight").map(|w| w.shape.clone());
+        if current.as_deref().and_then(|s| s.first()) != Some(&classes) {
+            // Exactly `model.fc = nn.Linear(512, N)`: a fresh head with
+            // PyTorch's initialisation takes the place of the file's.
+            let in_features = current
+                .as_ref()
+                .and_then(|s| s.get(1))
+                .copied()
+                .unwrap_or(512);
+            let fc = Linear::new(
+                in_features,
+                classes,
+                &mut StdRng::seed_from_u64(args.fc_seed),
+            )?;
+            let mut not_loaded = Vec::new();
+            for (name, fresh) in fc.state_dict()? {
+                let key = format!("fc.{name}");
+                if let Some(old) = state.get(&key) {
+                    not_loaded.push(format!("{key} {:?}", old.shape));
+                }
+                state.insert(key, fresh);
+            }
+            let what = if not_loaded.is_empty() {
+                "no fc in the file".to_string()
+            } else {
+                format!("not loaded: {}", not_loaded.join(", "))
+            };
+            eprintln!(
+                "note: {}: {what} (replaced by a fresh Linear({in_features}, {classes}))",
+                path.display()
+            );
+        }
+    }
+    ResNet::resnet18_from_state_dict(&state).map_err(|e| match e {
+        Error::StateDict(msg) => Error::WeightsFile {
+            path: path.display().to_string(),
+            msg,
+        },
+        other => other,
+    })
+}

@@ -59,6 +59,8 @@ struct Program {
   std::string log;
   std::string image;
   bool compiled = false;
+  // Compiled for a real architecture (sm_XY): NVRTC then also has a cubin.
+  bool real_arch = false;
 };
 
 std::string self_dir() {
@@ -555,6 +557,7 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
         return NVRTC_ERROR_INVALID_OPTION;
       }
       arch = atoi(digits.c_str()) * 10;
+      p->real_arch = a.rfind("sm_", 0) == 0;
     } else if (starts("--std=") || starts("-std=")) {
       std::string v = o.substr(o.find('=') + 1);
       if (v != "c++03" && v != "c++11" && v != "c++14" && v != "c++17" && v != "c++20") {
@@ -793,6 +796,24 @@ EXPORT nvrtcResult nvrtcGetPTXSize(void* prog, size_t* n) {
   if (!n) return NVRTC_ERROR_INVALID_INPUT;
   if (!p->compiled) return NVRTC_ERROR_INVALID_PROGRAM;
   *n = p->image.size() + 1;
+  return NVRTC_SUCCESS;
+}
+// The emulation's image serves as PTX and, for a real architecture, as the
+// cubin; like NVRTC, a virtual architecture (compute_XY) has no cubin: size 0.
+EXPORT nvrtcResult nvrtcGetCUBINSize(void* prog, size_t* n) {
+  Program* p = (Program*)prog;
+  if (!p) return NVRTC_ERROR_INVALID_PROGRAM;
+  if (!n) return NVRTC_ERROR_INVALID_INPUT;
+  if (!p->compiled) return NVRTC_ERROR_INVALID_PROGRAM;
+  *n = p->real_arch ? p->image.size() + 1 : 0;
+  return NVRTC_SUCCESS;
+}
+EXPORT nvrtcResult nvrtcGetCUBIN(void* prog, char* out) {
+  Program* p = (Program*)prog;
+  if (!p) return NVRTC_ERROR_INVALID_PROGRAM;
+  if (!out) return NVRTC_ERROR_INVALID_INPUT;
+  if (!p->compiled || !p->real_arch) return NVRTC_ERROR_INVALID_PROGRAM;
+  memcpy(out, p->image.c_str(), p->image.size() + 1);
   return NVRTC_SUCCESS;
 }
 EXPORT nvrtcResult nvrtcGetPTX(void* prog, char* out) {

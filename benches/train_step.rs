@@ -25,7 +25,9 @@ fn train_step(c: &mut Criterion) {
         match &mode.trainable {
             Some(globs) => {
                 let patterns = ParamPatterns::parse(globs).expect("standard globs parse");
-                model.set_trainable(&patterns).expect("standard globs match");
+                model
+                    .set_trainable(&patterns)
+                    .expect("standard globs match");
                 model.train();
                 let trainable: Vec<Tensor> = model
                     .parameters()

@@ -32,6 +32,9 @@
 
 mod common;
 
+#[path = "common/cuda_emu.rs"]
+mod cuda_emu;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -274,6 +277,11 @@ fn check_summary(key: &str, actual: &[f64], summary: &[f64], tol: f64, failures:
 }
 
 fn run_case(case: &str) {
+    run_case_on(case, "cpu");
+}
+
+/// Runs fixture `case` through `frostgrad step --device DEVICE` and checks it.
+fn run_case_on(case: &str, device: &str) {
     let fx = Fixture::load(&common::fixture_dir("resnet").join(format!("{case}.safetensors")));
     let size: usize = fx.meta("size").parse().expect("size");
     let batch: usize = fx.meta("batch").parse().expect("batch");
@@ -338,7 +346,8 @@ fn run_case(case: &str) {
         .arg("--out")
         .arg(&out_path)
         .arg("--stats-json")
-        .arg(&stats_path);
+        .arg(&stats_path)
+        .args(["--device", device]);
     if eval {
         cmd.arg("--eval");
     }
@@ -519,6 +528,30 @@ fn stem_and_fc_through_frozen_layers_40x40() {
 #[test]
 fn eval_mode_everything_trainable_33x33() {
     run_case("eval_all_33x33");
+}
+
+// The same PyTorch references on the CUDA backend: on a GPU when one is
+// present, otherwise through the host emulation (see tests/common/cuda_emu.rs).
+
+#[test]
+fn cuda_everything_trainable_40x40() {
+    cuda_emu::with_cuda("cuda_everything_trainable_40x40", || {
+        run_case_on("all_40x40", "cuda")
+    });
+}
+
+#[test]
+fn cuda_stem_and_fc_through_frozen_layers_45x45() {
+    cuda_emu::with_cuda("cuda_stem_and_fc_through_frozen_layers_45x45", || {
+        run_case_on("stem_and_fc_45x45", "cuda")
+    });
+}
+
+#[test]
+fn cuda_eval_mode_everything_trainable_33x33() {
+    cuda_emu::with_cuda("cuda_eval_mode_everything_trainable_33x33", || {
+        run_case_on("eval_all_33x33", "cuda")
+    });
 }
 
 /// The formulas this file mirrors must produce what the script fed PyTorch:

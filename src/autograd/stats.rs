@@ -75,10 +75,25 @@ impl std::fmt::Display for BackwardStats {
         let mut keys: Vec<&String> = self.computed.keys().chain(self.skipped.keys()).collect();
         keys.sort();
         keys.dedup();
-        let width = keys.iter().map(|k| k.len()).max().unwrap_or(0).max("gradient".len());
-        writeln!(f, "{:<width$} {:>9} {:>8}", "gradient", "computed", "skipped")?;
+        let width = keys
+            .iter()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(0)
+            .max("gradient".len());
+        writeln!(
+            f,
+            "{:<width$} {:>9} {:>8}",
+            "gradient", "computed", "skipped"
+        )?;
         for k in keys {
-            writeln!(f, "{:<width$} {:>9} {:>8}", k, self.computed(k), self.skipped(k))?;
+            writeln!(
+                f,
+                "{:<width$} {:>9} {:>8}",
+                k,
+                self.computed(k),
+                self.skipped(k)
+            )?;
         }
         Ok(())
     }

@@ -231,10 +231,16 @@ fn im2col(images: &[f32], g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, col: &
             for j in 0..chunk.images {
                 let dst = &mut dst_row[j * seg..(j + 1) * seg];
                 let plane = &images[j * plan.in_image + c * plane_len..][..plane_len];
-                // Padding reads as zero; the real pixels overwrite it below.
-                dst.fill(0.0);
+                // Padding reads as zero: zero exactly the entries no real
+                // pixel lands on (rows are visited in ascending order).
+                let mut next_row = 0;
                 for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
-                    let out_row = &mut dst[i * g.out_w + lo..i * g.out_w + hi];
+                    dst[next_row * g.out_w..i * g.out_w].fill(0.0);
+                    next_row = i + 1;
+                    let row = &mut dst[i * g.out_w..(i + 1) * g.out_w];
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                    let out_row = &mut row[lo..hi];
                     let in_row = &plane[ih * g.in_w..(ih + 1) * g.in_w];
                     if stride_w == 1 {
                         out_row.copy_from_slice(&in_row[iw..iw + out_row.len()]);
@@ -244,6 +250,7 @@ fn im2col(images: &[f32], g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, col: &
                         }
                     }
                 });
+                dst[next_row * g.out_w..].fill(0.0);
             }
         });
 }
@@ -761,6 +768,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn im2col_zeroes_padding_in_a_dirty_scratch_buffer() {
+        // im2col writes only the padding zeros and the real pixels, not a
+        // full clear: poison this thread's reused column buffer and check
+        // that no stale value leaks into a padded convolution.
+        let (input, weight) = ([2, 3, 7, 9], [4, 3, 3, 3]);
+        let g = Conv2dGeometry::new(input, weight, (2, 1), (2, 1), (1, 1)).unwrap();
+        let x = pseudo_random(input.iter().product(), 7);
+        let w = pseudo_random(weight.iter().product(), 8);
+        let dy = pseudo_random(g.output_shape().iter().product(), 9);
+        let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+        let limits = Limits {
+            block_elems: 1,
+            min_columns: 1,
+        };
+        with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
+        let y = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| {
+                with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
+                forward_with(&x, &w, None, &g, limits).unwrap()
+            });
+        assert_close("y", &y, &r.y, 1e-5);
+        assert_close(
+            "dw",
+            &weight_grad_with(&dy, &x, &g, limits).unwrap(),
+            &r.dw,
+            1e-5,
+        );
     }
 
     #[test]

@@ -94,6 +94,47 @@ pub(super) fn sgemm(
     c: &mut [f32],
     c_row_stride: usize,
 ) {
+    check_views(m, k, n, a, b, c, c_row_stride);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let len = m.max(n);
+    let parts = part_count(m, k, n, len, rayon::current_num_threads());
+    in_parts(parts, m, k, n, alpha, a, b, beta, c, c_row_stride);
+}
+
+/// [`sgemm`] on the calling thread only (for callers that are already one
+/// task of a parallel loop).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sgemm_single_thread(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: &mut [f32],
+    c_row_stride: usize,
+) {
+    check_views(m, k, n, a, b, c, c_row_stride);
+    if m == 0 || n == 0 {
+        return;
+    }
+    in_parts(1, m, k, n, alpha, a, b, beta, c, c_row_stride);
+}
+
+/// Panics unless every element of the `m x k`, `k x n` and `m x n` views
+/// lies inside its slice and distinct output elements are distinct.
+fn check_views(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &[f32],
+    c_row_stride: usize,
+) {
     assert!(a.fits(m, k), "gemm: lhs view {m}x{k} exceeds its buffer");
     assert!(b.fits(k, n), "gemm: rhs view {k}x{n} exceeds its buffer");
     let c_view = MatRef::strided(c, c_row_stride);
@@ -105,12 +146,6 @@ pub(super) fn sgemm(
         n <= c_row_stride || m <= 1,
         "gemm: output rows would overlap"
     );
-    if m == 0 || n == 0 {
-        return;
-    }
-    let len = m.max(n);
-    let parts = part_count(m, k, n, len, rayon::current_num_threads());
-    in_parts(parts, m, k, n, alpha, a, b, beta, c, c_row_stride);
 }
 
 /// [`sgemm`]'s body after the checks: the product in about `parts` blocks
@@ -139,7 +174,7 @@ fn in_parts(
         } else {
             (lo * a.row_stride, 0, lo * c_row_stride, hi - lo, n)
         };
-        // SAFETY: the asserts in `sgemm` guarantee every element of the full
+        // SAFETY: `check_views` (called by both entry points) guarantees every element of the full
         // `m x k`, `k x n` and `m x n` views lies inside `a`, `b` and `c`;
         // a block is a sub-view of them, so its offsets stay in bounds.
         // Distinct blocks write disjoint elements of `c` (distinct columns,

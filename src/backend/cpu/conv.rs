@@ -21,6 +21,12 @@
 //!
 //! A 1x1, stride-1, unpadded convolution of large images needs no column
 //! matrix at all: the input image already is `col`.
+//!
+//! Parallelism: with enough image groups (the images of one chunk) per
+//! rayon thread, whole groups run as parallel tasks, each with its own
+//! im2col and a single-threaded GEMM; otherwise (the 7x7 stage, small
+//! batches) chunks run one at a time with their im2col rows and GEMM
+//! blocks split across threads. See [`Plan::parallel_groups`].
 
 use rayon::prelude::*;
 

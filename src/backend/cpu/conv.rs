@@ -21,11 +21,17 @@
 //!
 //! A 1x1, stride-1, unpadded convolution of large images needs no column
 //! matrix at all: the input image already is `col`.
+//!
+//! Parallelism: with enough image groups (the images of one chunk) per
+//! rayon thread, whole groups run as parallel tasks, each with its own
+//! im2col and a single-threaded GEMM; otherwise (the 7x7 stage, small
+//! batches) chunks run one at a time with their im2col rows and GEMM
+//! blocks split across threads. See [`Plan::parallel_groups`].
 
 use rayon::prelude::*;
 
 use super::check::{checked_numel, expect_len};
-use super::gemm::{sgemm, MatRef};
+use super::gemm::{sgemm, sgemm_single_thread, MatRef};
 use super::scratch::{with_scratch, Slot};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -46,11 +52,15 @@ const MIN_GEMM_COLUMNS: usize = 768;
 struct Limits {
     block_elems: usize,
     min_columns: usize,
+    /// Image groups per rayon thread needed to parallelise over groups
+    /// (see [`Plan::parallel_groups`]).
+    groups_per_thread: usize,
 }
 
 const LIMITS: Limits = Limits {
     block_elems: COL_BLOCK_ELEMS,
     min_columns: MIN_GEMM_COLUMNS,
+    groups_per_thread: 2,
 };
 
 /// A set of output columns processed together: output rows `rows` of
@@ -78,6 +88,7 @@ struct Plan {
     /// 1x1, stride 1, no padding, one image per chunk: the input image is
     /// its own column matrix.
     pointwise: bool,
+    groups_per_thread: usize,
 }
 
 impl Plan {
@@ -115,22 +126,24 @@ impl Plan {
             rows_per_block,
             images_per_chunk,
             pointwise,
+            groups_per_thread: limits.groups_per_thread,
         })
     }
 
-    fn chunks(&self, g: &Conv2dGeometry) -> Vec<Chunk> {
+    /// The chunks covering `batch` images (all of a batch, or one group).
+    fn chunks(&self, g: &Conv2dGeometry, batch: usize) -> Vec<Chunk> {
         if self.images_per_chunk > 1 {
-            (0..g.batch)
+            (0..batch)
                 .step_by(self.images_per_chunk)
                 .map(|n| Chunk {
                     first_image: n,
-                    images: self.images_per_chunk.min(g.batch - n),
+                    images: self.images_per_chunk.min(batch - n),
                     rows: (0, g.out_h),
                 })
                 .collect()
         } else {
             let step = self.rows_per_block;
-            (0..g.batch)
+            (0..batch)
                 .flat_map(|n| {
                     (0..g.out_h).step_by(step).map(move |r| Chunk {
                         first_image: n,
@@ -140,6 +153,49 @@ impl Plan {
                 })
                 .collect()
         }
+    }
+}
+
+impl Plan {
+    /// Whether to run whole image groups (one group = the images of one
+    /// chunk) in parallel, each on one thread with a single-threaded GEMM,
+    /// rather than one chunk at a time with the work of each chunk split
+    /// across threads. Groups keep a thread's column matrix in its own
+    /// cache and need one synchronisation per call instead of a few per
+    /// chunk; there must be enough of them to balance the threads.
+    fn parallel_groups(&self, g: &Conv2dGeometry) -> bool {
+        let threads = rayon::current_num_threads();
+        threads > 1
+            && self.in_image > 0
+            && self.out_image > 0
+            && g.batch.div_ceil(self.images_per_chunk) >= self.groups_per_thread * threads
+    }
+}
+
+/// How a chunk's work is run: split across rayon's threads, or all on the
+/// calling thread (inside a parallel loop over image groups).
+#[derive(Clone, Copy, PartialEq)]
+enum Par {
+    Split,
+    Serial,
+}
+
+/// `c = a @ b + beta * c`, split across threads or not.
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    par: Par,
+    m: usize,
+    k: usize,
+    n: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: &mut [f32],
+    c_row_stride: usize,
+) {
+    match par {
+        Par::Split => sgemm(m, k, n, 1.0, a, b, beta, c, c_row_stride),
+        Par::Serial => sgemm_single_thread(m, k, n, 1.0, a, b, beta, c, c_row_stride),
     }
 }
 
@@ -219,38 +275,57 @@ fn tap(g: &Conv2dGeometry, r: usize) -> (usize, usize, usize) {
 }
 
 /// Fills the chunk's column matrix `col[taps, columns]` from its images.
-fn im2col(images: &[f32], g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, col: &mut [f32]) {
+fn im2col(
+    images: &[f32],
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    chunk: &Chunk,
+    col: &mut [f32],
+    par: Par,
+) {
     let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
     let plane_len = g.in_h * g.in_w;
     let stride_w = g.stride.1;
-    col.par_chunks_mut(width)
-        .with_min_len((1 << 12) / width.max(1) + 1)
-        .enumerate()
-        .for_each(|(r, dst_row)| {
-            let (c, kh, kw) = tap(g, r);
-            for j in 0..chunk.images {
-                let dst = &mut dst_row[j * seg..(j + 1) * seg];
-                let plane = &images[j * plan.in_image + c * plane_len..][..plane_len];
-                // Padding reads as zero; the real pixels overwrite it below.
-                dst.fill(0.0);
-                for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
-                    let out_row = &mut dst[i * g.out_w + lo..i * g.out_w + hi];
-                    let in_row = &plane[ih * g.in_w..(ih + 1) * g.in_w];
-                    if stride_w == 1 {
-                        out_row.copy_from_slice(&in_row[iw..iw + out_row.len()]);
-                    } else {
-                        for (j, v) in out_row.iter_mut().enumerate() {
-                            *v = in_row[iw + j * stride_w];
-                        }
+    let fill_row = |(r, dst_row): (usize, &mut [f32])| {
+        let (c, kh, kw) = tap(g, r);
+        for j in 0..chunk.images {
+            let dst = &mut dst_row[j * seg..(j + 1) * seg];
+            let plane = &images[j * plan.in_image + c * plane_len..][..plane_len];
+            // Padding reads as zero: zero exactly the entries no real
+            // pixel lands on (rows are visited in ascending order).
+            let mut next_row = 0;
+            for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
+                dst[next_row * g.out_w..i * g.out_w].fill(0.0);
+                next_row = i + 1;
+                let row = &mut dst[i * g.out_w..(i + 1) * g.out_w];
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                let out_row = &mut row[lo..hi];
+                let in_row = &plane[ih * g.in_w..(ih + 1) * g.in_w];
+                if stride_w == 1 {
+                    out_row.copy_from_slice(&in_row[iw..iw + out_row.len()]);
+                } else {
+                    for (j, v) in out_row.iter_mut().enumerate() {
+                        *v = in_row[iw + j * stride_w];
                     }
-                });
-            }
-        });
+                }
+            });
+            dst[next_row * g.out_w..].fill(0.0);
+        }
+    };
+    match par {
+        Par::Split => col
+            .par_chunks_mut(width)
+            .with_min_len((1 << 12) / width.max(1) + 1)
+            .enumerate()
+            .for_each(fill_row),
+        Par::Serial => col.chunks_mut(width).enumerate().for_each(fill_row),
+    }
 }
 
 /// Adds the chunk's column-matrix gradient `col[taps, columns]` back onto
 /// the input-image gradients it came from.
-fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, images: &mut [f32]) {
+fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, images: &mut [f32], par: Par) {
     let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
     let plane_len = g.in_h * g.in_w;
     let taps_per_channel = g.kernel_h * g.kernel_w;
@@ -259,31 +334,35 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, images: &mut [f32]
         return;
     }
     // One task per (image, input channel) plane: its taps write only there.
-    images
-        .par_chunks_mut(plane_len)
-        .enumerate()
-        .for_each(|(idx, plane)| {
-            let (j, c) = (idx / g.in_channels, idx % g.in_channels);
-            for t in 0..taps_per_channel {
-                let r = c * taps_per_channel + t;
-                let (_, kh, kw) = tap(g, r);
-                let src = &col[r * width + j * seg..r * width + (j + 1) * seg];
-                for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
-                    let grads = &src[i * g.out_w + lo..i * g.out_w + hi];
-                    let in_row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
-                    if stride_w == 1 {
-                        in_row[iw..iw + grads.len()]
-                            .iter_mut()
-                            .zip(grads)
-                            .for_each(|(d, &s)| *d += s);
-                    } else {
-                        for (j, &s) in grads.iter().enumerate() {
-                            in_row[iw + j * stride_w] += s;
-                        }
+    let add_plane = |(idx, plane): (usize, &mut [f32])| {
+        let (j, c) = (idx / g.in_channels, idx % g.in_channels);
+        for t in 0..taps_per_channel {
+            let r = c * taps_per_channel + t;
+            let (_, kh, kw) = tap(g, r);
+            let src = &col[r * width + j * seg..r * width + (j + 1) * seg];
+            for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
+                let grads = &src[i * g.out_w + lo..i * g.out_w + hi];
+                let in_row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                if stride_w == 1 {
+                    in_row[iw..iw + grads.len()]
+                        .iter_mut()
+                        .zip(grads)
+                        .for_each(|(d, &s)| *d += s);
+                } else {
+                    for (j, &s) in grads.iter().enumerate() {
+                        in_row[iw + j * stride_w] += s;
                     }
-                });
-            }
-        });
+                }
+            });
+        }
+    };
+    match par {
+        Par::Split => images
+            .par_chunks_mut(plane_len)
+            .enumerate()
+            .for_each(add_plane),
+        Par::Serial => images.chunks_mut(plane_len).enumerate().for_each(add_plane),
+    }
 }
 
 /// Copies the chunk's images of a `[N, C_out, P]` buffer side by side into
@@ -364,33 +443,59 @@ fn forward_with(
     }
     let mut y = vec![0.0; g.batch * plan.out_image];
     let weight = MatRef::row_major(w, plan.taps);
-    for chunk in plan.chunks(g) {
+    if plan.parallel_groups(g) {
+        let group = plan.images_per_chunk;
+        y.par_chunks_mut(group * plan.out_image)
+            .zip(x.par_chunks(group * plan.in_image))
+            .for_each(|(y, x)| {
+                let batch = y.len() / plan.out_image;
+                forward_images(x, weight, bias, g, &plan, y, batch, Par::Serial);
+            });
+    } else {
+        forward_images(x, weight, bias, g, &plan, &mut y, g.batch, Par::Split);
+    }
+    Ok(y)
+}
+
+/// The forward of `batch` images of `x` into `y`.
+#[allow(clippy::too_many_arguments)]
+fn forward_images(
+    x: &[f32],
+    weight: MatRef<'_>,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    y: &mut [f32],
+    batch: usize,
+    par: Par,
+) {
+    for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
         if chunk.images > 1 {
             with_scratch(Slot::Columns, plan.taps * width, |col| {
-                im2col(images, g, &plan, &chunk, col);
+                im2col(images, g, plan, &chunk, col, par);
                 with_scratch(Slot::Staging, g.out_channels * width, |staging| {
                     let col = MatRef::row_major(col, width);
-                    sgemm(
+                    gemm(
+                        par,
                         g.out_channels,
                         plan.taps,
                         width,
-                        1.0,
                         weight,
                         col,
                         0.0,
                         staging,
                         width,
                     );
-                    restage(g, &plan, &chunk, &mut y, staging, bias);
+                    restage(g, plan, &chunk, y, staging, bias);
                 });
             });
             continue;
         }
         // One image (or a block of its rows): the GEMM writes straight into
         // `y`; with a bias, pre-fill the rows with it and accumulate onto it.
-        let out = &mut chunk.images_of_mut(&mut y, plan.out_image)[chunk.rows.0 * g.out_w..];
+        let out = &mut chunk.images_of_mut(y, plan.out_image)[chunk.rows.0 * g.out_w..];
         let beta = match bias {
             Some(b) => {
                 for (co, &bv) in b.iter().enumerate() {
@@ -402,11 +507,11 @@ fn forward_with(
         };
         if plan.pointwise {
             let col = MatRef::row_major(images, plan.pixels);
-            sgemm(
+            gemm(
+                par,
                 g.out_channels,
                 plan.taps,
                 plan.pixels,
-                1.0,
                 weight,
                 col,
                 beta,
@@ -415,13 +520,13 @@ fn forward_with(
             );
         } else {
             with_scratch(Slot::Columns, plan.taps * width, |col| {
-                im2col(images, g, &plan, &chunk, col);
+                im2col(images, g, plan, &chunk, col, par);
                 let col = MatRef::row_major(col, width);
-                sgemm(
+                gemm(
+                    par,
                     g.out_channels,
                     plan.taps,
                     width,
-                    1.0,
                     weight,
                     col,
                     beta,
@@ -431,7 +536,6 @@ fn forward_with(
             });
         }
     }
-    Ok(y)
 }
 
 /// `dx = col2im(Wᵀ · dy)` for every image.
@@ -447,16 +551,41 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
     let mut dx = vec![0.0; g.batch * plan.in_image];
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
-    for chunk in plan.chunks(g) {
+    if plan.parallel_groups(g) {
+        let group = plan.images_per_chunk;
+        dx.par_chunks_mut(group * plan.in_image)
+            .zip(dy.par_chunks(group * plan.out_image))
+            .for_each(|(dx, dy)| {
+                let batch = dx.len() / plan.in_image;
+                input_grad_images(dy, weight_t, g, &plan, dx, batch, Par::Serial);
+            });
+    } else {
+        input_grad_images(dy, weight_t, g, &plan, &mut dx, g.batch, Par::Split);
+    }
+    Ok(dx)
+}
+
+/// The input gradient of `batch` images of `dy`, added onto `dx`.
+#[allow(clippy::too_many_arguments)]
+fn input_grad_images(
+    dy: &[f32],
+    weight_t: MatRef<'_>,
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    dx: &mut [f32],
+    batch: usize,
+    par: Par,
+) {
+    for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
-        let grad_in = chunk.images_of_mut(&mut dx, plan.in_image);
+        let grad_in = chunk.images_of_mut(dx, plan.in_image);
         if plan.pointwise {
             let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
-            sgemm(
+            gemm(
+                par,
                 plan.taps,
                 g.out_channels,
                 plan.pixels,
-                1.0,
                 weight_t,
                 grad_out,
                 0.0,
@@ -468,13 +597,13 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
         with_scratch(Slot::Columns, plan.taps * width, |col| {
             if chunk.images > 1 {
                 with_scratch(Slot::Staging, g.out_channels * width, |staging| {
-                    gather(g, &plan, &chunk, dy, staging);
+                    gather(g, plan, &chunk, dy, staging);
                     let grad_out = MatRef::row_major(staging, width);
-                    sgemm(
+                    gemm(
+                        par,
                         plan.taps,
                         g.out_channels,
                         width,
-                        1.0,
                         weight_t,
                         grad_out,
                         0.0,
@@ -485,11 +614,11 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
             } else {
                 let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
                 let grad_out = MatRef::strided(grad_out, plan.pixels);
-                sgemm(
+                gemm(
+                    par,
                     plan.taps,
                     g.out_channels,
                     width,
-                    1.0,
                     weight_t,
                     grad_out,
                     0.0,
@@ -497,10 +626,9 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
                     width,
                 );
             }
-            col2im_add(col, g, &chunk, grad_in);
+            col2im_add(col, g, &chunk, grad_in, par);
         });
     }
-    Ok(dx)
 }
 
 /// `dW = Σ_images dy · colᵀ`.
@@ -513,63 +641,102 @@ fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -
     let plan = Plan::new(op, g, limits)?;
     check_image_buffer(op, "grad_output", dy.len(), g, plan.out_image)?;
     check_image_buffer(op, "input", x.len(), g, plan.in_image)?;
-    let mut dw = vec![0.0; g.out_channels * plan.taps];
-    for chunk in plan.chunks(g) {
+    let len = g.out_channels * plan.taps;
+    if !plan.parallel_groups(g) {
+        let mut dw = vec![0.0; len];
+        weight_grad_images(dy, x, g, &plan, &mut dw, g.batch, Par::Split);
+        return Ok(dw);
+    }
+    // One partial sum per image group, added up in group order so the
+    // result does not depend on scheduling.
+    let group = plan.images_per_chunk;
+    let partials: Vec<Vec<f32>> = dy
+        .par_chunks(group * plan.out_image)
+        .zip(x.par_chunks(group * plan.in_image))
+        .map(|(dy, x)| {
+            let mut dw = vec![0.0; len];
+            let batch = dy.len() / plan.out_image;
+            weight_grad_images(dy, x, g, &plan, &mut dw, batch, Par::Serial);
+            dw
+        })
+        .collect();
+    let mut dw = vec![0.0; len];
+    dw.par_chunks_mut(1 << 14).enumerate().for_each(|(i, out)| {
+        for partial in &partials {
+            out.iter_mut()
+                .zip(&partial[i << 14..])
+                .for_each(|(o, &p)| *o += p);
+        }
+    });
+    Ok(dw)
+}
+
+/// The weight gradient of `batch` images, added onto `dw`.
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_images(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    dw: &mut [f32],
+    batch: usize,
+    par: Par,
+) {
+    for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
         if plan.pointwise {
             let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
             let image_t = MatRef::transposed(images, plan.pixels);
-            sgemm(
+            gemm(
+                par,
                 g.out_channels,
                 plan.pixels,
                 plan.taps,
-                1.0,
                 grad_out,
                 image_t,
                 1.0,
-                &mut dw,
+                dw,
                 plan.taps,
             );
             continue;
         }
         with_scratch(Slot::Columns, plan.taps * width, |col| {
-            im2col(images, g, &plan, &chunk, col);
+            im2col(images, g, plan, &chunk, col, par);
             let col_t = MatRef::transposed(col, width);
             if chunk.images > 1 {
                 with_scratch(Slot::Staging, g.out_channels * width, |staging| {
-                    gather(g, &plan, &chunk, dy, staging);
+                    gather(g, plan, &chunk, dy, staging);
                     let grad_out = MatRef::row_major(staging, width);
-                    sgemm(
+                    gemm(
+                        par,
                         g.out_channels,
                         width,
                         plan.taps,
-                        1.0,
                         grad_out,
                         col_t,
                         1.0,
-                        &mut dw,
+                        dw,
                         plan.taps,
                     );
                 });
             } else {
                 let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
                 let grad_out = MatRef::strided(grad_out, plan.pixels);
-                sgemm(
+                gemm(
+                    par,
                     g.out_channels,
                     width,
                     plan.taps,
-                    1.0,
                     grad_out,
                     col_t,
                     1.0,
-                    &mut dw,
+                    dw,
                     plan.taps,
                 );
             }
         });
     }
-    Ok(dw)
 }
 
 #[cfg(test)]
@@ -717,50 +884,91 @@ mod tests {
                 Limits {
                     block_elems: 1,
                     min_columns: 1,
+                    groups_per_thread: 2,
                 },
                 Limits {
                     block_elems: 2 * taps_row,
                     min_columns: 1,
+                    groups_per_thread: 2,
                 },
                 // One whole image per chunk (the 1x1 case takes the im2col-free path).
                 Limits {
                     block_elems: usize::MAX / 2,
                     min_columns: 1,
+                    groups_per_thread: 2,
                 },
                 // Two images per chunk, so a batch of 3 ends in a partial group.
                 Limits {
                     block_elems: usize::MAX / 2,
                     min_columns: 2 * pixels,
+                    groups_per_thread: 2,
                 },
             ];
-            for (v, &limits) in variants.iter().enumerate() {
+            // Each variant again with image groups run in parallel (on a
+            // 2-thread pool, so the group path is taken for any batch).
+            let variants = variants.iter().flat_map(|&l| {
+                [
+                    l,
+                    Limits {
+                        groups_per_thread: 0,
+                        ..l
+                    },
+                ]
+            });
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            for (v, limits) in variants.enumerate() {
                 let what = |k: &str| format!("case {case} limits #{v} {k}");
-                assert_close(
-                    &what("y"),
-                    &forward_with(&x, &w, Some(&b), &g, limits).unwrap(),
-                    &r.y,
-                    1e-5,
-                );
-                assert_close(
-                    &what("y without bias"),
-                    &forward_with(&x, &w, None, &g, limits).unwrap(),
-                    &no_bias,
-                    1e-5,
-                );
-                assert_close(
-                    &what("dx"),
-                    &input_grad_with(&dy, &w, &g, limits).unwrap(),
-                    &r.dx,
-                    1e-5,
-                );
-                assert_close(
-                    &what("dw"),
-                    &weight_grad_with(&dy, &x, &g, limits).unwrap(),
-                    &r.dw,
-                    1e-5,
-                );
+                let (y, y_no_bias, dx, dw) = pool.install(|| {
+                    (
+                        forward_with(&x, &w, Some(&b), &g, limits).unwrap(),
+                        forward_with(&x, &w, None, &g, limits).unwrap(),
+                        input_grad_with(&dy, &w, &g, limits).unwrap(),
+                        weight_grad_with(&dy, &x, &g, limits).unwrap(),
+                    )
+                });
+                assert_close(&what("y"), &y, &r.y, 1e-5);
+                assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
+                assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                assert_close(&what("dw"), &dw, &r.dw, 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn im2col_zeroes_padding_in_a_dirty_scratch_buffer() {
+        // im2col writes only the padding zeros and the real pixels, not a
+        // full clear: poison this thread's reused column buffer and check
+        // that no stale value leaks into a padded convolution.
+        let (input, weight) = ([2, 3, 7, 9], [4, 3, 3, 3]);
+        let g = Conv2dGeometry::new(input, weight, (2, 1), (2, 1), (1, 1)).unwrap();
+        let x = pseudo_random(input.iter().product(), 7);
+        let w = pseudo_random(weight.iter().product(), 8);
+        let dy = pseudo_random(g.output_shape().iter().product(), 9);
+        let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+        let limits = Limits {
+            block_elems: 1,
+            min_columns: 1,
+            groups_per_thread: 2,
+        };
+        with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
+        let y = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| {
+                with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
+                forward_with(&x, &w, None, &g, limits).unwrap()
+            });
+        assert_close("y", &y, &r.y, 1e-5);
+        assert_close(
+            "dw",
+            &weight_grad_with(&dy, &x, &g, limits).unwrap(),
+            &r.dw,
+            1e-5,
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! A matrix operand is a slice plus row/column strides, so a transposed
 //! operand is just the same buffer with its strides swapped, and a block
 //! of columns of a larger matrix is a sub-slice with the big matrix's row
-//! stride. `matrixmultiply` packs its operands itself and, with the
-//! `threading` feature, splits large products across cores.
+//! stride. `matrixmultiply` packs its operands itself; large products are
+//! split across rayon's threads here.
 
 use super::check::expect_len;
 use crate::error::Result;
@@ -55,9 +55,29 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// Products with fewer multiply-adds than this run on the calling thread:
+/// below it (about 50 µs of one core) splitting costs more than it saves.
+const PARALLEL_MIN_MACS: usize = 1 << 21;
+
+/// Parts per rayon thread when a product is split: more than one, so that
+/// work stealing evens out a core that is slowed down by other work.
+const PARTS_PER_THREAD: usize = 3;
+
+/// Width (rows or columns) of the smallest part, and what part widths are
+/// rounded to: a multiple of every `matrixmultiply` micro-kernel's tile.
+const PART_ALIGN: usize = 64;
+
 /// `c = alpha * a @ b + beta * c` where `a` is `m x k`, `b` is `k x n` and
 /// `c` is the row-major `m x n` block with row stride `c_row_stride` at the
 /// start of `c`.
+///
+/// Large products are split into blocks of output columns (or rows, when
+/// `m > n`), one single-threaded `matrixmultiply` call per block on rayon's
+/// pool. Splitting along the longer side keeps the cost of re-packing the
+/// shared operand small. (`matrixmultiply`'s own threading splits every
+/// cache block between two threads that then spin-wait for each other;
+/// on a loaded 2-core machine that wait showed up as a fifth of all CPU
+/// samples, so the crate is built without it.)
 ///
 /// Callers size the buffers from a validated geometry; a view that does not
 /// fit its slice is a bug in this backend, so it panics here rather than
@@ -74,6 +94,47 @@ pub(super) fn sgemm(
     c: &mut [f32],
     c_row_stride: usize,
 ) {
+    check_views(m, k, n, a, b, c, c_row_stride);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let len = m.max(n);
+    let parts = part_count(m, k, n, len, rayon::current_num_threads());
+    in_parts(parts, m, k, n, alpha, a, b, beta, c, c_row_stride);
+}
+
+/// [`sgemm`] on the calling thread only (for callers that are already one
+/// task of a parallel loop).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sgemm_single_thread(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: &mut [f32],
+    c_row_stride: usize,
+) {
+    check_views(m, k, n, a, b, c, c_row_stride);
+    if m == 0 || n == 0 {
+        return;
+    }
+    in_parts(1, m, k, n, alpha, a, b, beta, c, c_row_stride);
+}
+
+/// Panics unless every element of the `m x k`, `k x n` and `m x n` views
+/// lies inside its slice and distinct output elements are distinct.
+fn check_views(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &[f32],
+    c_row_stride: usize,
+) {
     assert!(a.fits(m, k), "gemm: lhs view {m}x{k} exceeds its buffer");
     assert!(b.fits(k, n), "gemm: rhs view {k}x{n} exceeds its buffer");
     let c_view = MatRef::strided(c, c_row_stride);
@@ -85,31 +146,94 @@ pub(super) fn sgemm(
         n <= c_row_stride || m <= 1,
         "gemm: output rows would overlap"
     );
-    if m == 0 || n == 0 {
+}
+
+/// [`sgemm`]'s body after the checks: the product in about `parts` blocks
+/// along its longer side.
+#[allow(clippy::too_many_arguments)]
+fn in_parts(
+    parts: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: &mut [f32],
+    c_row_stride: usize,
+) {
+    let split_columns = m <= n;
+    let len = if split_columns { n } else { m };
+    let out = OutPtr(c.as_mut_ptr());
+    let block = |lo: usize, hi: usize| {
+        // The block's operands: a column block of `b` and `c`, or a row
+        // block of `a` and `c`.
+        let (a_off, b_off, c_off, rows, cols) = if split_columns {
+            (0, lo * b.col_stride, lo, m, hi - lo)
+        } else {
+            (lo * a.row_stride, 0, lo * c_row_stride, hi - lo, n)
+        };
+        // SAFETY: `check_views` (called by both entry points) guarantees every element of the full
+        // `m x k`, `k x n` and `m x n` views lies inside `a`, `b` and `c`;
+        // a block is a sub-view of them, so its offsets stay in bounds.
+        // Distinct blocks write disjoint elements of `c` (distinct columns,
+        // or distinct rows, and `n <= c_row_stride` keeps those distinct),
+        // and `c` is borrowed mutably for the whole call, so no two calls
+        // and nothing outside race on an element. Strides are below
+        // `isize::MAX` because they index into live slices.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                k,
+                cols,
+                alpha,
+                a.data.as_ptr().add(a_off),
+                a.row_stride as isize,
+                a.col_stride as isize,
+                b.data.as_ptr().add(b_off),
+                b.row_stride as isize,
+                b.col_stride as isize,
+                beta,
+                out.get().add(c_off),
+                c_row_stride as isize,
+                1,
+            );
+        }
+    };
+    if parts <= 1 {
+        block(0, len);
         return;
     }
-    // SAFETY: the asserts above guarantee every element `sgemm` touches in
-    // `a`, `b` (read) and `c` (read when beta != 0, written) lies inside the
-    // respective slice; `c` is borrowed mutably so nothing else aliases it,
-    // and `n <= c_row_stride` keeps distinct output elements distinct.
-    // Strides are below `isize::MAX` because they index into live slices.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.data.as_ptr(),
-            a.row_stride as isize,
-            a.col_stride as isize,
-            b.data.as_ptr(),
-            b.row_stride as isize,
-            b.col_stride as isize,
-            beta,
-            c.as_mut_ptr(),
-            c_row_stride as isize,
-            1,
-        );
+    let width = len.div_ceil(parts).next_multiple_of(PART_ALIGN).min(len);
+    use rayon::prelude::*;
+    (0..len.div_ceil(width))
+        .into_par_iter()
+        .for_each(|p| block(p * width, ((p + 1) * width).min(len)));
+}
+
+/// How many blocks to split an `m x k x n` product into along a side of
+/// length `len`, with `threads` rayon threads.
+fn part_count(m: usize, k: usize, n: usize, len: usize, threads: usize) -> usize {
+    let macs = m.saturating_mul(k).saturating_mul(n);
+    if threads <= 1 || macs < PARALLEL_MIN_MACS {
+        return 1;
+    }
+    (threads * PARTS_PER_THREAD)
+        .min(macs / (PARALLEL_MIN_MACS / 2))
+        .min(len / PART_ALIGN)
+        .max(1)
+}
+
+/// The output pointer, shared by the blocks of one product.
+struct OutPtr(*mut f32);
+// SAFETY: blocks write disjoint elements through it (see `sgemm`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; the pointer itself is only read.
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
     }
 }
 
@@ -173,6 +297,55 @@ mod tests {
                 assert!((f64::from(*g) - w).abs() < 1e-5, "{ta} {tb}: {g} vs {w}");
             }
         }
+    }
+
+    #[test]
+    fn split_products_match_naive() {
+        // Both split directions (m <= n splits columns, m > n rows), with
+        // transposed operands, a strided output block and beta = 1; sizes
+        // that do not divide into PART_ALIGN-wide blocks.
+        for &(m, k, n, ta, tb) in &[
+            (9, 13, 200, false, true),
+            (150, 7, 70, true, false),
+            (130, 5, 129, true, true),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want = naive(&a, &b, m, k, n, ta, tb);
+            let av = if ta {
+                MatRef::transposed(&a, m)
+            } else {
+                MatRef::row_major(&a, k)
+            };
+            let bv = if tb {
+                MatRef::transposed(&b, k)
+            } else {
+                MatRef::row_major(&b, n)
+            };
+            for parts in [1, 2, 3, 64] {
+                let stride = n + 3;
+                let mut c = vec![1.0f32; m * stride];
+                in_parts(parts, m, k, n, 1.0, av, bv, 1.0, &mut c, stride);
+                for i in 0..m {
+                    for j in 0..stride {
+                        let got = f64::from(c[i * stride + j]);
+                        let expect = if j < n { want[i * n + j] + 1.0 } else { 1.0 };
+                        assert!(
+                            (got - expect).abs() < 1e-4,
+                            "{m}x{k}x{n} parts {parts}: ({i},{j}) {got} vs {expect}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn part_count_respects_size_and_threads() {
+        assert_eq!(part_count(64, 64, 64, 64, 2), 1, "too small to split");
+        assert_eq!(part_count(512, 512, 512, 512, 1), 1, "one thread");
+        let parts = part_count(512, 512, 512, 512, 2);
+        assert!((2..=2 * PARTS_PER_THREAD).contains(&parts), "{parts}");
     }
 
     #[test]

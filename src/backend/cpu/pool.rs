@@ -54,30 +54,43 @@ pub(super) fn max_pool2d(x: &[f32], g: &Pool2dGeometry) -> Result<(Vec<f32>, Vec
     let (sh, sw) = g.stride;
     let (ph, pw) = g.padding;
     let (dh, dw) = g.dilation;
+    // Column windows are the same for every output row and plane.
+    let col_windows: Vec<(usize, usize)> = (0..g.out_w)
+        .map(|ow| max_window(ow, sw, pw, kw, dw, g.in_w))
+        .collect();
     values
         .par_chunks_mut(out_plane)
         .zip(indices.par_chunks_mut(out_plane))
         .enumerate()
         .for_each(|(p, (vals, idxs))| {
             let plane = &x[p * in_plane..(p + 1) * in_plane];
-            for oh in 0..g.out_h {
+            for (oh, (vals, idxs)) in vals
+                .chunks_exact_mut(g.out_w)
+                .zip(idxs.chunks_exact_mut(g.out_w))
+                .enumerate()
+            {
                 let (h0, h1) = max_window(oh, sh, ph, kh, dh, g.in_h);
-                for ow in 0..g.out_w {
-                    let (w0, w1) = max_window(ow, sw, pw, kw, dw, g.in_w);
-                    let mut best = f32::NEG_INFINITY;
-                    let mut best_index = h0 * g.in_w + w0;
-                    for ih in (h0..h1).step_by(dh) {
-                        for iw in (w0..w1).step_by(dw) {
-                            let index = ih * g.in_w + iw;
-                            let v = plane[index];
-                            if v > best || v.is_nan() {
-                                best = v;
-                                best_index = index;
+                for ((v, i), &(w0, _)) in vals.iter_mut().zip(idxs.iter_mut()).zip(&col_windows) {
+                    *v = f32::NEG_INFINITY;
+                    *i = (h0 * g.in_w + w0) as i64;
+                }
+                // Window rows in order, and within a row the taps in order:
+                // each output still sees its taps row-major, as required.
+                for ih in (h0..h1).step_by(dh) {
+                    let row = &plane[ih * g.in_w..(ih + 1) * g.in_w];
+                    for ((best, best_index), &(w0, w1)) in
+                        vals.iter_mut().zip(idxs.iter_mut()).zip(&col_windows)
+                    {
+                        // (Clamped only so a window past the edge cannot panic.)
+                        let w1 = w1.min(g.in_w);
+                        let taps = &row[w0.min(w1)..w1];
+                        for (iw, &v) in taps.iter().enumerate().step_by(dw) {
+                            if v > *best || v.is_nan() {
+                                *best = v;
+                                *best_index = (ih * g.in_w + w0 + iw) as i64;
                             }
                         }
                     }
-                    vals[oh * g.out_w + ow] = best;
-                    idxs[oh * g.out_w + ow] = best_index as i64;
                 }
             }
         });

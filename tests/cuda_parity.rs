@@ -154,6 +154,13 @@ fn matmul_all_transposes_match_cpu() {
             (7, 37, 67),
             (65, 19, 130),
             (3, 200, 10),
+            // Every extent a multiple of 4: float4 loads of both operands in
+            // all four layouts, with partial tiles and a K tail.
+            (68, 36, 72),
+            (8, 20, 12),
+            // m and n multiples of 4, k odd: each layout mixes a vectorised
+            // operand with a scalar one.
+            (12, 37, 8),
         ] {
             let (a, ga) = pair(randn(&mut r, m * k));
             let (b, gb) = pair(randn(&mut r, k * n));
@@ -201,7 +208,25 @@ const CONV_CASES: &[ConvCase] = &[
     // ResNet stem shape, small: 7x7 stride 2 padding 3.
     ([1, 3, 19, 17], [8, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
     // Long reduction for the weight gradient: split-K with an uneven tail.
+    // C*KH*KW = 36: float4 weight rows in the forward.
     ([2, 4, 27, 25], [6, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+    // The rest pick the kernels' float4 paths (see `vec4` in
+    // src/backend/cuda/storage.rs) or their scalar fallbacks:
+    // 3x3, C*KH*KW = 72 and OH*OW = 72: float4 weight rows and dy rows.
+    ([2, 8, 9, 8], [8, 8, 3, 3], (1, 1), (1, 1), (1, 1)),
+    // Strided 3x3 with C multiple of 4 but OH*OW = 25: float4 weight rows,
+    // scalar dy rows.
+    ([2, 8, 10, 10], [6, 8, 3, 3], (2, 2), (1, 1), (1, 1)),
+    // Pointwise (1x1, stride 1, no padding), H*W = 84 and C = 36: every
+    // operand as float4; O > one tile, a K tail, and a split-K weight
+    // gradient whose chunk boundary falls inside an image.
+    ([3, 36, 7, 12], [66, 36, 1, 1], (1, 1), (0, 0), (1, 1)),
+    // Pointwise with C = 5 and H*W = 15: the pointwise kernels' scalar
+    // fallbacks (dilation has no effect on a 1x1 kernel).
+    ([3, 5, 5, 3], [7, 5, 1, 1], (1, 1), (0, 0), (2, 2)),
+    // Pointwise with C = 6 (scalar weights) but H*W = 16 (float4
+    // activations).
+    ([2, 6, 4, 4], [5, 6, 1, 1], (1, 1), (0, 0), (1, 1)),
 ];
 
 #[test]

@@ -39,7 +39,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do cp "$exe" "$dir/tests/$name"; done
-[ -e scripts/bench_pytorch.py ] && cp scripts/bench_pytorch.py "$dir/scripts/"
+cp scripts/bench_pytorch.py scripts/compare_json.py scripts/check_step_vs_pytorch.py "$dir/scripts/"
 for f in "$dir"/bin/* "$dir"/tests/*; do strip --strip-debug "$f" 2>/dev/null || true; done
 git rev-parse HEAD > "$dir/COMMIT" 2>/dev/null || echo unknown > "$dir/COMMIT"
 
@@ -77,19 +77,32 @@ for t in "$here"/tests/*; do
   run "test-$(basename "$t")" "$t" --test-threads=1 --nocapture
 done
 
-section "Benchmarks: frostgrad vs PyTorch + cuDNN (fp32, TF32 off)"
-if "$here/bin/frostgrad" bench --help > /dev/null 2>&1; then
-  run "frostgrad-bench-cuda" "$here/bin/frostgrad" bench --device cuda
+section "frostgrad step on CUDA vs PyTorch float64 (random torchvision weights)"
+have_torch=0
+python3 -c 'import torch, torchvision, safetensors' > /dev/null 2>&1 && have_torch=1
+if [ $have_torch -eq 1 ]; then
+  for trainable in '*' 'conv1.*,bn1.*,fc.*' 'fc.*'; do
+    run "step-vs-pytorch-$(echo "$trainable" | tr -c 'a-z0-9\n' '_')" python3 "$here/scripts/check_step_vs_pytorch.py" \
+      --device cuda --binary "$here/bin/frostgrad" --size 64 --batch 4 --trainable "$trainable"
+  done
 else
-  echo "- **frostgrad bench**: NOT RUN: this build has no \`bench\` command" >> "$report"
+  echo "- **step vs PyTorch**: NOT RUN: PyTorch, torchvision or safetensors not available" >> "$report"
   failures=$((failures + 1))
 fi
-if [ ! -e "$here/scripts/bench_pytorch.py" ]; then
-  echo "- **PyTorch bench**: NOT RUN: scripts/bench_pytorch.py was not in the bundle" >> "$report"
-elif ! python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' > /dev/null 2>&1; then
-  echo "- **PyTorch bench**: NOT RUN: PyTorch (with torchvision and CUDA) not available" >> "$report"
+
+section "Benchmarks: frostgrad vs PyTorch + cuDNN (fp32, TF32 off), batch 64 at 224x224"
+# FROSTGRAD_BENCH_ARGS overrides the settings (e.g. a tiny run through the emulation).
+read -r -a bench_args <<< "${FROSTGRAD_BENCH_ARGS:---device cuda --batch 64 --size 224 --steps 20 --warmup 3}"
+run "frostgrad-bench-cuda" "$here/bin/frostgrad" bench "${bench_args[@]}" \
+  --json "$out/frostgrad-cuda.json" --svg "$out/frostgrad-cuda.svg"
+if python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' > /dev/null 2>&1; then
+  run "pytorch-bench-cuda" python3 "$here/scripts/bench_pytorch.py" "${bench_args[@]}" --json "$out/pytorch-cuda.json"
+  if [ -e "$out/frostgrad-cuda.json" ] && [ -e "$out/pytorch-cuda.json" ]; then
+    run "side-by-side" python3 "$here/scripts/compare_json.py" "$out/frostgrad-cuda.json" "$out/pytorch-cuda.json"
+  fi
 else
-  run "pytorch-bench-cuda" python3 "$here/scripts/bench_pytorch.py" --device cuda
+  echo "- **PyTorch bench**: NOT RUN: PyTorch (with torchvision and CUDA) not available" >> "$report"
+  failures=$((failures + 1))
 fi
 
 section "Summary"

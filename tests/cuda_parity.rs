@@ -147,45 +147,47 @@ fn elementwise_and_reductions_match_cpu() {
 
 #[test]
 fn matmul_all_transposes_match_cpu() {
-    cuda_test("matmul_all_transposes_match_cpu", || {
-        let mut r = rng(2);
-        for &(m, k, n) in &[
-            (1usize, 1usize, 1usize),
-            (7, 37, 67),
-            (65, 19, 130),
-            (3, 200, 10),
-            // Every extent a multiple of 4: float4 loads of both operands in
-            // all four layouts, with partial tiles and a K tail.
-            (68, 36, 72),
-            (8, 20, 12),
-            // m and n multiples of 4, k odd: each layout mixes a vectorised
-            // operand with a scalar one.
-            (12, 37, 8),
-        ] {
-            let (a, ga) = pair(randn(&mut r, m * k));
-            let (b, gb) = pair(randn(&mut r, k * n));
-            for (lt, rt) in [(false, false), (false, true), (true, false), (true, true)] {
-                let what = format!("matmul {m}x{k}x{n} lhs_t={lt} rhs_t={rt}");
-                check(
-                    &what,
-                    &ga.matmul(&gb, m, k, n, lt, rt).unwrap(),
-                    &a.matmul(&b, m, k, n, lt, rt).unwrap(),
-                );
-            }
-            let (row, grow) = pair(randn(&mut r, n));
-            let (x, gx) = pair(randn(&mut r, m * n));
+    cuda_test("matmul_all_transposes_match_cpu", check_matmul_cases);
+}
+
+fn check_matmul_cases() {
+    let mut r = rng(2);
+    for &(m, k, n) in &[
+        (1usize, 1usize, 1usize),
+        (7, 37, 67),
+        (65, 19, 130),
+        (3, 200, 10),
+        // Every extent a multiple of 4: float4 loads of both operands in
+        // all four layouts, with partial tiles and a K tail.
+        (68, 36, 72),
+        (8, 20, 12),
+        // m and n multiples of 4, k odd: each layout mixes a vectorised
+        // operand with a scalar one.
+        (12, 37, 8),
+    ] {
+        let (a, ga) = pair(randn(&mut r, m * k));
+        let (b, gb) = pair(randn(&mut r, k * n));
+        for (lt, rt) in [(false, false), (false, true), (true, false), (true, true)] {
+            let what = format!("matmul {m}x{k}x{n} lhs_t={lt} rhs_t={rt}");
             check(
-                "add_row_vector",
-                &gx.add_row_vector(&grow, m, n).unwrap(),
-                &x.add_row_vector(&row, m, n).unwrap(),
-            );
-            check(
-                "sum_rows",
-                &gx.sum_rows(m, n).unwrap(),
-                &x.sum_rows(m, n).unwrap(),
+                &what,
+                &ga.matmul(&gb, m, k, n, lt, rt).unwrap(),
+                &a.matmul(&b, m, k, n, lt, rt).unwrap(),
             );
         }
-    });
+        let (row, grow) = pair(randn(&mut r, n));
+        let (x, gx) = pair(randn(&mut r, m * n));
+        check(
+            "add_row_vector",
+            &gx.add_row_vector(&grow, m, n).unwrap(),
+            &x.add_row_vector(&row, m, n).unwrap(),
+        );
+        check(
+            "sum_rows",
+            &gx.sum_rows(m, n).unwrap(),
+            &x.sum_rows(m, n).unwrap(),
+        );
+    }
 }
 
 /// (input [N, C, H, W], weight [O, C, KH, KW], stride, padding, dilation)
@@ -231,46 +233,70 @@ const CONV_CASES: &[ConvCase] = &[
 
 #[test]
 fn conv2d_forward_and_gradients_match_cpu() {
-    cuda_test("conv2d_forward_and_gradients_match_cpu", || {
-        let mut r = rng(3);
-        for (case, &(input, weight, stride, padding, dilation)) in CONV_CASES.iter().enumerate() {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            let (x, gx) = pair(randn(&mut r, input.iter().product()));
-            let (w, gw) = pair(randn(&mut r, weight.iter().product()));
-            let (b, gb) = pair(randn(&mut r, g.out_channels));
-            let (dy, gdy) = pair(randn(&mut r, g.output_shape().iter().product()));
-            let what = |k: &str| format!("case {case} {g:?}: {k}");
-            check(
-                &what("forward"),
-                &gx.conv2d(&gw, None, &g).unwrap(),
-                &x.conv2d(&w, None, &g).unwrap(),
-            );
-            check(
-                &what("forward+bias"),
-                &gx.conv2d(&gw, Some(&gb), &g).unwrap(),
-                &x.conv2d(&w, Some(&b), &g).unwrap(),
-            );
-            check(
-                &what("input grad"),
-                &gdy.conv2d_input_grad(&gw, &g).unwrap(),
-                &dy.conv2d_input_grad(&w, &g).unwrap(),
-            );
-            check(
-                &what("weight grad"),
-                &gdy.conv2d_weight_grad(&gx, &g).unwrap(),
-                &dy.conv2d_weight_grad(&x, &g).unwrap(),
-            );
-            let per_channel = BatchNormGeometry {
-                batch: g.batch,
-                channels: g.out_channels,
-                spatial: g.out_h * g.out_w,
-            };
-            check(
-                &what("bias grad"),
-                &gdy.channel_sums(&per_channel).unwrap(),
-                &dy.channel_sums(&per_channel).unwrap(),
-            );
+    cuda_test("conv2d_forward_and_gradients_match_cpu", check_conv_cases);
+}
+
+fn check_conv_cases() {
+    let mut r = rng(3);
+    for (case, &(input, weight, stride, padding, dilation)) in CONV_CASES.iter().enumerate() {
+        let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+        let (x, gx) = pair(randn(&mut r, input.iter().product()));
+        let (w, gw) = pair(randn(&mut r, weight.iter().product()));
+        let (b, gb) = pair(randn(&mut r, g.out_channels));
+        let (dy, gdy) = pair(randn(&mut r, g.output_shape().iter().product()));
+        let what = |k: &str| format!("case {case} {g:?}: {k}");
+        check(
+            &what("forward"),
+            &gx.conv2d(&gw, None, &g).unwrap(),
+            &x.conv2d(&w, None, &g).unwrap(),
+        );
+        check(
+            &what("forward+bias"),
+            &gx.conv2d(&gw, Some(&gb), &g).unwrap(),
+            &x.conv2d(&w, Some(&b), &g).unwrap(),
+        );
+        check(
+            &what("input grad"),
+            &gdy.conv2d_input_grad(&gw, &g).unwrap(),
+            &dy.conv2d_input_grad(&w, &g).unwrap(),
+        );
+        check(
+            &what("weight grad"),
+            &gdy.conv2d_weight_grad(&gx, &g).unwrap(),
+            &dy.conv2d_weight_grad(&x, &g).unwrap(),
+        );
+        let per_channel = BatchNormGeometry {
+            batch: g.batch,
+            channels: g.out_channels,
+            spatial: g.out_h * g.out_w,
+        };
+        check(
+            &what("bias grad"),
+            &gdy.channel_sums(&per_channel).unwrap(),
+            &dy.channel_sums(&per_channel).unwrap(),
+        );
+    }
+}
+
+/// The tiled kernels stage each K slice through one of two shared buffers
+/// with a single barrier per slice (double buffering). Thread-index order
+/// can hide a missing barrier, so rerun the GEMM and conv cases on the
+/// emulation with the threads of each block in a seeded random order
+/// between barriers: a race shows up as a wrong result.
+#[test]
+fn tiled_kernels_match_cpu_in_shuffled_thread_order() {
+    let name = "tiled_kernels_match_cpu_in_shuffled_thread_order";
+    if !cuda_emu::is_child(name) && !gxx_available() {
+        let why = "no g++ to build the CUDA emulation";
+        if std::env::var_os("CI").is_some() {
+            panic!("{name}: CI must run the CUDA tests, but {why}");
         }
+        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+        return;
+    }
+    cuda_emu::with_emulation(name, &[("FROSTGRAD_CUDA_EMU_SHUFFLE", "11")], || {
+        check_matmul_cases();
+        check_conv_cases();
     });
 }
 

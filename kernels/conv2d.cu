@@ -1,66 +1,100 @@
 // 2-d convolution (groups = 1) as implicit GEMM: the im2col matrix is never
 // materialised; each block gathers its TILE_K x TILE_N slice of it straight
-// from the activation tensor into shared memory, with padding, stride and
-// dilation folded into the gather (out-of-range taps read as zero).
+// from the activation tensor into shared memory (through gemm_mainloop in
+// common.cuh), with padding, stride and dilation folded into the gather
+// (out-of-range taps read as zero).
 //
 // Shapes: x [N, C, H, W], w [O, C, KH, KW], y [N, O, OH, OW];
 // "k" indexes (c, kh, kw) and "p" indexes (n, oh, ow) unless noted.
 // Every kernel runs 16 x 16 threads per block.
+//
+// Vector loads: the `*_vec` flags (chosen by the host from the shapes and
+// the buffers' alignment) switch an operand to float4 loads. They apply to
+// the weight rows of the forward (C*KH*KW a multiple of 4), to dy rows of the
+// weight gradient (OH*OW a multiple of 4) and, for "pointwise" convolutions
+// (1x1 kernel, stride 1, no padding: the im2col matrix is the input itself),
+// to the activation operands (H*W a multiple of 4). The `_pointwise` entry
+// points exist because there the contiguous axis of an operand differs from
+// the general case's (see each kernel).
 
 #define CONV_GEOMETRY_PARAMS                                                                                    \
   int N, int C, int H, int W, int O, int KH, int KW, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, \
       int dil_w, int OH, int OW
+#define CONV_GEOMETRY_ARGS N, C, H, W, O, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, OH, OW
+
+struct ConvGeometry {
+  int N, C, H, W, O, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, OH, OW;
+};
+
+// im2col(x)[k, p] for k < C*KH*KW, p < N*OH*OW (0 on padding taps).
+__device__ __forceinline__ float im2col_at(const ConvGeometry& g, const float* x, int k, int p) {
+  const int khw_count = g.KH * g.KW, ohw = g.OH * g.OW;
+  const int c = k / khw_count, khw = k - c * khw_count;
+  const int kh = khw / g.KW, kw = khw - kh * g.KW;
+  const int n = p / ohw, rem = p - n * ohw;
+  const int oh = rem / g.OW, ow = rem - oh * g.OW;
+  const int ih = oh * g.stride_h - g.pad_h + kh * g.dil_h, iw = ow * g.stride_w - g.pad_w + kw * g.dil_w;
+  if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return 0.0f;
+  return x[(((long long)n * g.C + c) * g.H + ih) * g.W + iw];
+}
+
+// The input gradient's B operand: dy[o, q'] for k = (o, kh, kw) and
+// q = (n, h, w), where q' is the output position whose (kh, kw) tap lands on
+// (h, w), or 0 if there is none.
+__device__ __forceinline__ float output_grad_at(const ConvGeometry& g, const float* dy, int k, int q) {
+  const int khw_count = g.KH * g.KW, hw = g.H * g.W;
+  const int o = k / khw_count, khw = k - o * khw_count;
+  const int kh = khw / g.KW, kw = khw - kh * g.KW;
+  const int n = q / hw, rem = q - n * hw;
+  const int h = rem / g.W, w = rem - h * g.W;
+  const int yh = h + g.pad_h - kh * g.dil_h, yw = w + g.pad_w - kw * g.dil_w;
+  if (yh < 0 || yw < 0 || yh % g.stride_h != 0 || yw % g.stride_w != 0) return 0.0f;
+  const int oh = yh / g.stride_h, ow = yw / g.stride_w;
+  if (oh >= g.OH || ow >= g.OW) return 0.0f;
+  return dy[(((long long)n * g.O + o) * g.OH + oh) * g.OW + ow];
+}
+
+// Offset of element (n, c, plane position rem) in an [N, C, plane] tensor.
+__device__ __forceinline__ long long plane_offset(int n, int c, int channels, int plane, int rem) {
+  return ((long long)n * channels + c) * plane + rem;
+}
+
+// Forward B operand, im2col(x)[k, p] with p on the tile's n axis:
+// neighbouring threads take neighbouring output positions, i.e. (mostly)
+// neighbouring input columns. load4 is for pointwise convolutions only,
+// where element (k = c, p = (n, hw)) is x[n, c, hw] and H*W % 4 == 0.
+struct ForwardInputOperand {
+  static const bool MN_FAST = true;
+  ConvGeometry g;
+  const float* x;
+  int k_total, p_total;
+  __device__ __forceinline__ float load(int p, int k) const {
+    return (p < p_total && k < k_total) ? im2col_at(g, x, k, p) : 0.0f;
+  }
+  __device__ __forceinline__ float4 load4(int p, int k) const {
+    if (p >= p_total || k >= k_total) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const int hw = g.H * g.W, n = p / hw;
+    return *reinterpret_cast<const float4*>(x + plane_offset(n, k, g.C, hw, p - n * hw));
+  }
+};
 
 // Forward: y[o, p] = sum_k w[o, k] * im2col(x)[k, p] (+ bias[o]).
-// GEMM with M = O, N = batch * OH * OW, K = C * KH * KW.
+// GEMM with M = O, N = batch * OH * OW, K = C * KH * KW. The weight is a
+// row-major [O, K] matrix (contiguous along k).
 // Grid: (ceil(P / TILE_N), ceil(O / TILE_M)).
 extern "C" __global__ void conv2d_forward(const float* x, const float* w, const float* bias, int has_bias, float* y,
-                                          CONV_GEOMETRY_PARAMS) {
-  __shared__ float As[TILE_K * TILE_LD];
-  __shared__ float Bs[TILE_K * TILE_LD];
-  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
+                                          int w_vec, int x_vec, CONV_GEOMETRY_PARAMS) {
+  __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
+  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
+  const int tx = threadIdx.x, ty = threadIdx.y;
   const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
-  const int khw_count = KH * KW, k_total = C * khw_count, ohw = OH * OW, p_total = N * ohw;
-
-  // The im2col column this thread gathers never changes: decode it once.
-  const int p_col = t % TILE_N, k_row0 = t / TILE_N;
-  const int gp = n0 + p_col;
-  const bool p_valid = gp < p_total;
-  const int img = p_valid ? gp / ohw : 0;
-  const int prem = p_valid ? gp - img * ohw : 0;
-  const int oh = prem / OW, ow = prem - (prem / OW) * OW;
-  const int ih0 = oh * stride_h - pad_h, iw0 = ow * stride_w - pad_w;
-  const float* x_img = x + (long long)img * C * H * W;
+  const int k_total = C * KH * KW, ohw = OH * OW, p_total = N * ohw;
+  const MatrixOperand<false> a = {w, O, k_total};
+  const ForwardInputOperand b = {g, x, k_total, p_total};
 
   float acc[MICRO][MICRO];
   zero_acc(acc);
-  for (int k0 = 0; k0 < k_total; k0 += TILE_K) {
-    // Weight slice: rows are contiguous in k, so neighbouring threads read
-    // neighbouring words.
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int m = t / TILE_K + 16 * r, k = t % TILE_K;
-      const int gm = m0 + m, gk = k0 + k;
-      As[k * TILE_LD + m] = (gm < O && gk < k_total) ? w[(long long)gm * k_total + gk] : 0.0f;
-    }
-    // Virtual im2col slice: neighbouring threads take neighbouring output
-    // positions, i.e. neighbouring input columns.
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int k = k_row0 + 4 * r, gk = k0 + k;
-      float v = 0.0f;
-      if (p_valid && gk < k_total) {
-        const int c = gk / khw_count, khw = gk - c * khw_count;
-        const int kh = khw / KW, kw = khw - kh * KW;
-        const int ih = ih0 + kh * dil_h, iw = iw0 + kw * dil_w;
-        if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = x_img[((long long)c * H + ih) * W + iw];
-      }
-      Bs[k * TILE_LD + p_col] = v;
-    }
-    __syncthreads();
-    tile_multiply(As, Bs, acc, ty, tx);
-    __syncthreads();
-  }
+  gemm_mainloop(a, b, w_vec != 0, x_vec != 0, m0, n0, 0, k_total, smem, acc);
 
 #pragma unroll
   for (int j = 0; j < MICRO; ++j) {
@@ -77,60 +111,59 @@ extern "C" __global__ void conv2d_forward(const float* x, const float* w, const 
   }
 }
 
+// Input gradient, general case. A[c, k = (o, kh, kw)] = w[o, c, kh, kw]:
+// contiguous along (kh, kw), so along the tile's k axis in runs of KH*KW.
+struct TransposedWeightOperand {
+  static const bool MN_FAST = false;
+  const float* w;
+  int C, khw_count, k_total;
+  __device__ __forceinline__ float load(int c, int k) const {
+    if (c >= C || k >= k_total) return 0.0f;
+    const int o = k / khw_count, khw = k - o * khw_count;
+    return w[((long long)o * C + c) * khw_count + khw];
+  }
+  __device__ __forceinline__ float4 load4(int c, int k) const { return scalar_load4(*this, c, k); }
+};
+
+// Input gradient's B operand, dy gathered through the inverse of the
+// forward's index map; q on the tile's n axis. load4 is for pointwise
+// convolutions only: element (q = (n, hw), k = o) is dy[n, o, hw].
+struct InputGradDyOperand {
+  static const bool MN_FAST = true;
+  ConvGeometry g;
+  const float* dy;
+  int k_total, q_total;
+  __device__ __forceinline__ float load(int q, int k) const {
+    return (q < q_total && k < k_total) ? output_grad_at(g, dy, k, q) : 0.0f;
+  }
+  __device__ __forceinline__ float4 load4(int q, int k) const {
+    if (q >= q_total || k >= k_total) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const int hw = g.H * g.W, n = q / hw;
+    return *reinterpret_cast<const float4*>(dy + plane_offset(n, k, g.O, hw, q - n * hw));
+  }
+};
+
 // Input gradient: dx[c, q] = sum_{o, kh, kw} w[o, c, kh, kw] * dy[o, q'] where
 // q = (n, h, w) and q' the output position whose (kh, kw) tap lands on
-// (h, w), if any. GEMM with M = C, N = batch * H * W, K = O * KH * KW; the
-// B operand is dy gathered through the inverse of the forward's index map.
+// (h, w), if any. GEMM with M = C, N = batch * H * W, K = O * KH * KW.
+// Pointwise: A[c, o] = w[o, c] is a [K, M] matrix, contiguous along c.
 // Grid: (ceil(batch * H * W / TILE_N), ceil(C / TILE_M)).
-extern "C" __global__ void conv2d_input_grad(const float* dy, const float* w, float* dx, CONV_GEOMETRY_PARAMS) {
-  __shared__ float As[TILE_K * TILE_LD];
-  __shared__ float Bs[TILE_K * TILE_LD];
-  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
+template <bool POINTWISE>
+__device__ __forceinline__ void conv2d_input_grad_tile(const float* dy, const float* w, float* dx, bool w_vec,
+                                                       bool dy_vec, const ConvGeometry& g, float* smem) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
   const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
-  const int khw_count = KH * KW, k_total = O * khw_count, hw = H * W, q_total = N * hw, ohw = OH * OW;
-
-  const int q_col = t % TILE_N, k_row0 = t / TILE_N;
-  const int gq = n0 + q_col;
-  const bool q_valid = gq < q_total;
-  const int img = q_valid ? gq / hw : 0;
-  const int qrem = q_valid ? gq - img * hw : 0;
-  const int h = qrem / W, wcol = qrem - (qrem / W) * W;
-  const int th = h + pad_h, tw = wcol + pad_w;
-  const float* dy_img = dy + (long long)img * O * ohw;
+  const int khw_count = g.KH * g.KW, k_total = g.O * khw_count, hw = g.H * g.W, q_total = g.N * hw;
+  const InputGradDyOperand b = {g, dy, k_total, q_total};
 
   float acc[MICRO][MICRO];
   zero_acc(acc);
-  for (int k0 = 0; k0 < k_total; k0 += TILE_K) {
-    // A[c, (o, kh, kw)] = w[o, c, kh, kw]: contiguous along (kh, kw).
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int m = t / TILE_K + 16 * r, k = t % TILE_K;
-      const int gm = m0 + m, gk = k0 + k;
-      float v = 0.0f;
-      if (gm < C && gk < k_total) {
-        const int o = gk / khw_count, khw = gk - o * khw_count;
-        v = w[((long long)o * C + gm) * khw_count + khw];
-      }
-      As[k * TILE_LD + m] = v;
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int k = k_row0 + 4 * r, gk = k0 + k;
-      float v = 0.0f;
-      if (q_valid && gk < k_total) {
-        const int o = gk / khw_count, khw = gk - o * khw_count;
-        const int kh = khw / KW, kw = khw - kh * KW;
-        const int yh = th - kh * dil_h, yw = tw - kw * dil_w;
-        if (yh >= 0 && yw >= 0 && yh % stride_h == 0 && yw % stride_w == 0) {
-          const int oh = yh / stride_h, ow = yw / stride_w;
-          if (oh < OH && ow < OW) v = dy_img[((long long)o * OH + oh) * OW + ow];
-        }
-      }
-      Bs[k * TILE_LD + q_col] = v;
-    }
-    __syncthreads();
-    tile_multiply(As, Bs, acc, ty, tx);
-    __syncthreads();
+  if (POINTWISE) {
+    const MatrixOperand<true> a = {w, g.C, g.O};
+    gemm_mainloop(a, b, w_vec, dy_vec, m0, n0, 0, k_total, smem, acc);
+  } else {
+    const TransposedWeightOperand a = {w, g.C, khw_count, k_total};
+    gemm_mainloop(a, b, false, false, m0, n0, 0, k_total, smem, acc);
   }
 
 #pragma unroll
@@ -141,10 +174,75 @@ extern "C" __global__ void conv2d_input_grad(const float* dy, const float* w, fl
 #pragma unroll
     for (int i = 0; i < MICRO; ++i) {
       const int c = m0 + ty + 16 * i;
-      if (c < C) dx[((long long)n * C + c) * hw + rem] = acc[i][j];
+      if (c < g.C) dx[((long long)n * g.C + c) * hw + rem] = acc[i][j];
     }
   }
 }
+
+extern "C" __global__ void conv2d_input_grad(const float* dy, const float* w, float* dx, CONV_GEOMETRY_PARAMS) {
+  __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
+  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
+  conv2d_input_grad_tile<false>(dy, w, dx, false, false, g, smem);
+}
+
+extern "C" __global__ void conv2d_input_grad_pointwise(const float* dy, const float* w, float* dx, int w_vec,
+                                                       int dy_vec, CONV_GEOMETRY_PARAMS) {
+  __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
+  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
+  conv2d_input_grad_tile<true>(dy, w, dx, w_vec != 0, dy_vec != 0, g, smem);
+}
+
+// Weight gradient's A operand: A[o, p] = dy[n, o, oh, ow], contiguous along
+// p within an image; p is bounded by the block's chunk end. load4 needs
+// OH*OW % 4 == 0 (chunks start at multiples of TILE_K).
+struct WeightGradDyOperand {
+  static const bool MN_FAST = false;
+  const float* dy;
+  int O, ohw, p_end;
+  __device__ __forceinline__ long long offset(int o, int p) const {
+    const int n = p / ohw;
+    return plane_offset(n, o, O, ohw, p - n * ohw);
+  }
+  __device__ __forceinline__ float load(int o, int p) const {
+    return (o < O && p < p_end) ? dy[offset(o, p)] : 0.0f;
+  }
+  __device__ __forceinline__ float4 load4(int o, int p) const {
+    if (o >= O || p >= p_end) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    return *reinterpret_cast<const float4*>(dy + offset(o, p));
+  }
+};
+
+// Weight gradient's B operand, general case: B[p, k] = im2col(x)[k, p] with
+// k on the tile's n axis (neighbouring threads take neighbouring taps).
+struct WeightGradInputOperand {
+  static const bool MN_FAST = true;
+  ConvGeometry g;
+  const float* x;
+  int k_total, p_end;
+  __device__ __forceinline__ float load(int k, int p) const {
+    return (k < k_total && p < p_end) ? im2col_at(g, x, k, p) : 0.0f;
+  }
+  __device__ __forceinline__ float4 load4(int k, int p) const { return scalar_load4(*this, k, p); }
+};
+
+// Pointwise: B[p, c] = x[n, c, hw], contiguous along p (the tile's k axis).
+// load4 needs H*W % 4 == 0.
+struct WeightGradPointwiseInputOperand {
+  static const bool MN_FAST = false;
+  const float* x;
+  int C, hw, p_end;
+  __device__ __forceinline__ long long offset(int c, int p) const {
+    const int n = p / hw;
+    return plane_offset(n, c, C, hw, p - n * hw);
+  }
+  __device__ __forceinline__ float load(int c, int p) const {
+    return (c < C && p < p_end) ? x[offset(c, p)] : 0.0f;
+  }
+  __device__ __forceinline__ float4 load4(int c, int p) const {
+    if (c >= C || p >= p_end) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    return *reinterpret_cast<const float4*>(x + offset(c, p));
+  }
+};
 
 // Weight gradient: dw[o, k] = sum_p dy[o, p] * im2col(x)[k, p]. GEMM with
 // M = O, N = C * KH * KW and the long reduction K = batch * OH * OW split
@@ -153,71 +251,52 @@ extern "C" __global__ void conv2d_input_grad(const float* dy, const float* w, fl
 // adds the chunks in a fixed order, so the result is reproducible run to
 // run (no float atomics).
 // Grid: (ceil(C*KH*KW / TILE_N), ceil(O / TILE_M), splits).
-extern "C" __global__ void conv2d_weight_grad(const float* dy, const float* x, float* partial, int chunk,
-                                              CONV_GEOMETRY_PARAMS) {
-  __shared__ float As[TILE_K * TILE_LD];
-  __shared__ float Bs[TILE_K * TILE_LD];
-  const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
+template <bool POINTWISE>
+__device__ __forceinline__ void conv2d_weight_grad_tile(const float* dy, const float* x, float* partial, int chunk,
+                                                        bool dy_vec, bool x_vec, const ConvGeometry& g,
+                                                        float* smem) {
+  const int tx = threadIdx.x, ty = threadIdx.y;
   const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
-  const int khw_count = KH * KW, k_total = C * khw_count, ohw = OH * OW, p_total = N * ohw;
+  const int k_total = g.C * g.KH * g.KW, ohw = g.OH * g.OW, p_total = g.N * ohw;
   const int p_begin = blockIdx.z * chunk;
   const int p_end = min(p_total, p_begin + chunk);
-
-  // The (c, kh, kw) column of im2col this thread gathers: decode once.
-  const int k_col = t % TILE_N, p_row0 = t / TILE_N;
-  const int gk = n0 + k_col;
-  const bool k_valid = gk < k_total;
-  const int c = k_valid ? gk / khw_count : 0;
-  const int khw = k_valid ? gk - c * khw_count : 0;
-  const int kh = khw / KW, kw = khw - (khw / KW) * KW;
-  const int tap_h = kh * dil_h - pad_h, tap_w = kw * dil_w - pad_w;
-  const long long chw = (long long)C * H * W;
-  const float* x_channel = x + (long long)c * H * W;
+  const WeightGradDyOperand a = {dy, g.O, ohw, p_end};
 
   float acc[MICRO][MICRO];
   zero_acc(acc);
-  for (int p0 = p_begin; p0 < p_end; p0 += TILE_K) {
-    // A[o, p] = dy[n, o, oh, ow]: contiguous along p within an image.
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int m = t / TILE_K + 16 * r, kk = t % TILE_K;
-      const int gm = m0 + m, gp = p0 + kk;
-      float v = 0.0f;
-      if (gm < O && gp < p_end) {
-        const int n = gp / ohw, rem = gp - n * ohw;
-        v = dy[((long long)n * O + gm) * ohw + rem];
-      }
-      As[kk * TILE_LD + m] = v;
-    }
-    // B[p, k] = im2col(x)[k, p].
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int kk = p_row0 + 4 * r, gp = p0 + kk;
-      float v = 0.0f;
-      if (k_valid && gp < p_end) {
-        const int n = gp / ohw, rem = gp - n * ohw;
-        const int oh = rem / OW, ow = rem - oh * OW;
-        const int ih = oh * stride_h + tap_h, iw = ow * stride_w + tap_w;
-        if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = x_channel[n * chw + (long long)ih * W + iw];
-      }
-      Bs[kk * TILE_LD + k_col] = v;
-    }
-    __syncthreads();
-    tile_multiply(As, Bs, acc, ty, tx);
-    __syncthreads();
+  if (POINTWISE) {
+    const WeightGradPointwiseInputOperand b = {x, g.C, g.H * g.W, p_end};
+    gemm_mainloop(a, b, dy_vec, x_vec, m0, n0, p_begin, p_end, smem, acc);
+  } else {
+    const WeightGradInputOperand b = {g, x, k_total, p_end};
+    gemm_mainloop(a, b, dy_vec, false, m0, n0, p_begin, p_end, smem, acc);
   }
 
-  float* out = partial + (long long)blockIdx.z * O * k_total;
+  float* out = partial + (long long)blockIdx.z * g.O * k_total;
 #pragma unroll
   for (int i = 0; i < MICRO; ++i) {
     const int o = m0 + ty + 16 * i;
-    if (o >= O) continue;
+    if (o >= g.O) continue;
 #pragma unroll
     for (int j = 0; j < MICRO; ++j) {
       const int k = n0 + tx + 16 * j;
       if (k < k_total) out[(long long)o * k_total + k] = acc[i][j];
     }
   }
+}
+
+extern "C" __global__ void conv2d_weight_grad(const float* dy, const float* x, float* partial, int chunk, int dy_vec,
+                                              CONV_GEOMETRY_PARAMS) {
+  __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
+  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
+  conv2d_weight_grad_tile<false>(dy, x, partial, chunk, dy_vec != 0, false, g, smem);
+}
+
+extern "C" __global__ void conv2d_weight_grad_pointwise(const float* dy, const float* x, float* partial, int chunk,
+                                                        int dy_vec, int x_vec, CONV_GEOMETRY_PARAMS) {
+  __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
+  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
+  conv2d_weight_grad_tile<true>(dy, x, partial, chunk, dy_vec != 0, x_vec != 0, g, smem);
 }
 
 // out[i] = sum over z of partial[z, i], z ascending. 1-d grid, any block size.

@@ -147,38 +147,47 @@ fn elementwise_and_reductions_match_cpu() {
 
 #[test]
 fn matmul_all_transposes_match_cpu() {
-    cuda_test("matmul_all_transposes_match_cpu", || {
-        let mut r = rng(2);
-        for &(m, k, n) in &[
-            (1usize, 1usize, 1usize),
-            (7, 37, 67),
-            (65, 19, 130),
-            (3, 200, 10),
-        ] {
-            let (a, ga) = pair(randn(&mut r, m * k));
-            let (b, gb) = pair(randn(&mut r, k * n));
-            for (lt, rt) in [(false, false), (false, true), (true, false), (true, true)] {
-                let what = format!("matmul {m}x{k}x{n} lhs_t={lt} rhs_t={rt}");
-                check(
-                    &what,
-                    &ga.matmul(&gb, m, k, n, lt, rt).unwrap(),
-                    &a.matmul(&b, m, k, n, lt, rt).unwrap(),
-                );
-            }
-            let (row, grow) = pair(randn(&mut r, n));
-            let (x, gx) = pair(randn(&mut r, m * n));
+    cuda_test("matmul_all_transposes_match_cpu", check_matmul_cases);
+}
+
+fn check_matmul_cases() {
+    let mut r = rng(2);
+    for &(m, k, n) in &[
+        (1usize, 1usize, 1usize),
+        (7, 37, 67),
+        (65, 19, 130),
+        (3, 200, 10),
+        // Every extent a multiple of 4: float4 loads of both operands in
+        // all four layouts, with partial tiles and a K tail.
+        (68, 36, 72),
+        (8, 20, 12),
+        // m and n multiples of 4, k odd: each layout mixes a vectorised
+        // operand with a scalar one.
+        (12, 37, 8),
+    ] {
+        let (a, ga) = pair(randn(&mut r, m * k));
+        let (b, gb) = pair(randn(&mut r, k * n));
+        for (lt, rt) in [(false, false), (false, true), (true, false), (true, true)] {
+            let what = format!("matmul {m}x{k}x{n} lhs_t={lt} rhs_t={rt}");
             check(
-                "add_row_vector",
-                &gx.add_row_vector(&grow, m, n).unwrap(),
-                &x.add_row_vector(&row, m, n).unwrap(),
-            );
-            check(
-                "sum_rows",
-                &gx.sum_rows(m, n).unwrap(),
-                &x.sum_rows(m, n).unwrap(),
+                &what,
+                &ga.matmul(&gb, m, k, n, lt, rt).unwrap(),
+                &a.matmul(&b, m, k, n, lt, rt).unwrap(),
             );
         }
-    });
+        let (row, grow) = pair(randn(&mut r, n));
+        let (x, gx) = pair(randn(&mut r, m * n));
+        check(
+            "add_row_vector",
+            &gx.add_row_vector(&grow, m, n).unwrap(),
+            &x.add_row_vector(&row, m, n).unwrap(),
+        );
+        check(
+            "sum_rows",
+            &gx.sum_rows(m, n).unwrap(),
+            &x.sum_rows(m, n).unwrap(),
+        );
+    }
 }
 
 /// (input [N, C, H, W], weight [O, C, KH, KW], stride, padding, dilation)
@@ -201,51 +210,93 @@ const CONV_CASES: &[ConvCase] = &[
     // ResNet stem shape, small: 7x7 stride 2 padding 3.
     ([1, 3, 19, 17], [8, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
     // Long reduction for the weight gradient: split-K with an uneven tail.
+    // C*KH*KW = 36: float4 weight rows in the forward.
     ([2, 4, 27, 25], [6, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+    // The rest pick the kernels' float4 paths (see `vec4` in
+    // src/backend/cuda/storage.rs) or their scalar fallbacks:
+    // 3x3, C*KH*KW = 72 and OH*OW = 72: float4 weight rows and dy rows.
+    ([2, 8, 9, 8], [8, 8, 3, 3], (1, 1), (1, 1), (1, 1)),
+    // Strided 3x3 with C multiple of 4 but OH*OW = 25: float4 weight rows,
+    // scalar dy rows.
+    ([2, 8, 10, 10], [6, 8, 3, 3], (2, 2), (1, 1), (1, 1)),
+    // Pointwise (1x1, stride 1, no padding), H*W = 84 and C = 36: every
+    // operand as float4; O > one tile, a K tail, and a split-K weight
+    // gradient whose chunk boundary falls inside an image.
+    ([3, 36, 7, 12], [66, 36, 1, 1], (1, 1), (0, 0), (1, 1)),
+    // Pointwise with C = 5 and H*W = 15: the pointwise kernels' scalar
+    // fallbacks (dilation has no effect on a 1x1 kernel).
+    ([3, 5, 5, 3], [7, 5, 1, 1], (1, 1), (0, 0), (2, 2)),
+    // Pointwise with C = 6 (scalar weights) but H*W = 16 (float4
+    // activations).
+    ([2, 6, 4, 4], [5, 6, 1, 1], (1, 1), (0, 0), (1, 1)),
 ];
 
 #[test]
 fn conv2d_forward_and_gradients_match_cpu() {
-    cuda_test("conv2d_forward_and_gradients_match_cpu", || {
-        let mut r = rng(3);
-        for (case, &(input, weight, stride, padding, dilation)) in CONV_CASES.iter().enumerate() {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            let (x, gx) = pair(randn(&mut r, input.iter().product()));
-            let (w, gw) = pair(randn(&mut r, weight.iter().product()));
-            let (b, gb) = pair(randn(&mut r, g.out_channels));
-            let (dy, gdy) = pair(randn(&mut r, g.output_shape().iter().product()));
-            let what = |k: &str| format!("case {case} {g:?}: {k}");
-            check(
-                &what("forward"),
-                &gx.conv2d(&gw, None, &g).unwrap(),
-                &x.conv2d(&w, None, &g).unwrap(),
-            );
-            check(
-                &what("forward+bias"),
-                &gx.conv2d(&gw, Some(&gb), &g).unwrap(),
-                &x.conv2d(&w, Some(&b), &g).unwrap(),
-            );
-            check(
-                &what("input grad"),
-                &gdy.conv2d_input_grad(&gw, &g).unwrap(),
-                &dy.conv2d_input_grad(&w, &g).unwrap(),
-            );
-            check(
-                &what("weight grad"),
-                &gdy.conv2d_weight_grad(&gx, &g).unwrap(),
-                &dy.conv2d_weight_grad(&x, &g).unwrap(),
-            );
-            let per_channel = BatchNormGeometry {
-                batch: g.batch,
-                channels: g.out_channels,
-                spatial: g.out_h * g.out_w,
-            };
-            check(
-                &what("bias grad"),
-                &gdy.channel_sums(&per_channel).unwrap(),
-                &dy.channel_sums(&per_channel).unwrap(),
-            );
+    cuda_test("conv2d_forward_and_gradients_match_cpu", check_conv_cases);
+}
+
+fn check_conv_cases() {
+    let mut r = rng(3);
+    for (case, &(input, weight, stride, padding, dilation)) in CONV_CASES.iter().enumerate() {
+        let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+        let (x, gx) = pair(randn(&mut r, input.iter().product()));
+        let (w, gw) = pair(randn(&mut r, weight.iter().product()));
+        let (b, gb) = pair(randn(&mut r, g.out_channels));
+        let (dy, gdy) = pair(randn(&mut r, g.output_shape().iter().product()));
+        let what = |k: &str| format!("case {case} {g:?}: {k}");
+        check(
+            &what("forward"),
+            &gx.conv2d(&gw, None, &g).unwrap(),
+            &x.conv2d(&w, None, &g).unwrap(),
+        );
+        check(
+            &what("forward+bias"),
+            &gx.conv2d(&gw, Some(&gb), &g).unwrap(),
+            &x.conv2d(&w, Some(&b), &g).unwrap(),
+        );
+        check(
+            &what("input grad"),
+            &gdy.conv2d_input_grad(&gw, &g).unwrap(),
+            &dy.conv2d_input_grad(&w, &g).unwrap(),
+        );
+        check(
+            &what("weight grad"),
+            &gdy.conv2d_weight_grad(&gx, &g).unwrap(),
+            &dy.conv2d_weight_grad(&x, &g).unwrap(),
+        );
+        let per_channel = BatchNormGeometry {
+            batch: g.batch,
+            channels: g.out_channels,
+            spatial: g.out_h * g.out_w,
+        };
+        check(
+            &what("bias grad"),
+            &gdy.channel_sums(&per_channel).unwrap(),
+            &dy.channel_sums(&per_channel).unwrap(),
+        );
+    }
+}
+
+/// The tiled kernels stage each K slice through one of two shared buffers
+/// with a single barrier per slice (double buffering). Thread-index order
+/// can hide a missing barrier, so rerun the GEMM and conv cases on the
+/// emulation with the threads of each block in a seeded random order
+/// between barriers: a race shows up as a wrong result.
+#[test]
+fn tiled_kernels_match_cpu_in_shuffled_thread_order() {
+    let name = "tiled_kernels_match_cpu_in_shuffled_thread_order";
+    if !cuda_emu::is_child(name) && !gxx_available() {
+        let why = "no g++ to build the CUDA emulation";
+        if std::env::var_os("CI").is_some() {
+            panic!("{name}: CI must run the CUDA tests, but {why}");
         }
+        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+        return;
+    }
+    cuda_emu::with_emulation(name, &[("FROSTGRAD_CUDA_EMU_SHUFFLE", "11")], || {
+        check_matmul_cases();
+        check_conv_cases();
     });
 }
 

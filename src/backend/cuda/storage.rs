@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::device::{self, CudaDevice};
 use super::module_cache::KernelFile;
@@ -237,6 +237,47 @@ impl CudaStorage {
         self.same_device(op, other)?;
         other.f32_len(op, what, expected)
     }
+
+    /// Queues the weight-gradient GEMM writing `dest` ([splits, O, C*KH*KW]).
+    fn launch_weight_grad(
+        &self,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        dest: &mut CudaSlice<f32>,
+        chunk: i32,
+        cfg: LaunchConfig,
+        g: &Conv2dGeometry,
+    ) -> Result<()> {
+        let c = ConvArgs::new(g)?.0;
+        // dy rows are contiguous within each image's OH*OW plane (chunks
+        // start at multiples of 16 positions).
+        let dy_vec = vec4(&self.device, dy, g.out_h * g.out_w);
+        if is_pointwise(g) {
+            let x_vec = vec4(&self.device, x, g.in_h * g.in_w);
+            launch!(
+                self.device,
+                KernelFile::Conv2d,
+                "conv2d_weight_grad_pointwise",
+                cfg,
+                [
+                    dy, x, dest, &chunk, &dy_vec, &x_vec, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5],
+                    &c[6], &c[7], &c[8], &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
+                ]
+            );
+        } else {
+            launch!(
+                self.device,
+                KernelFile::Conv2d,
+                "conv2d_weight_grad",
+                cfg,
+                [
+                    dy, x, dest, &chunk, &dy_vec, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6],
+                    &c[7], &c[8], &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
+                ]
+            );
+        }
+        Ok(())
+    }
 }
 
 fn uninit<T: DeviceRepr>(
@@ -258,6 +299,26 @@ fn check_len(op: &'static str, what: &str, got: usize, expected: usize) -> Resul
         ));
     }
     Ok(())
+}
+
+/// Whether the tiled kernels may read `buf` with 16-byte (`float4`) loads
+/// along an axis of `extent` elements: the extent must be a multiple of 4
+/// (so a group of 4 never straddles a row or runs off the end) and the buffer
+/// must start 16-byte aligned. cudarc allocations are 256-byte aligned, but
+/// the pointer is checked rather than assumed. As the kernels' `int` flag.
+fn vec4(device: &CudaDevice, buf: &CudaSlice<f32>, extent: usize) -> i32 {
+    let (ptr, _sync) = buf.device_ptr(device.stream());
+    flag(vec4_extent(extent) && ptr % 16 == 0)
+}
+
+fn vec4_extent(extent: usize) -> bool {
+    extent.is_multiple_of(4)
+}
+
+/// 1x1 kernel, stride 1, no padding: the im2col matrix is the input itself,
+/// which lets the kernels read activations as float4 (dilation is moot).
+fn is_pointwise(g: &Conv2dGeometry) -> bool {
+    g.kernel_h == 1 && g.kernel_w == 1 && g.stride == (1, 1) && g.padding == (0, 0)
 }
 
 /// Geometry of a convolution as the kernels' 15 trailing `int` parameters.
@@ -499,34 +560,38 @@ impl BackendStorage for CudaStorage {
         int(op, m * n)?;
         let mut out = self.output(m * n, op)?;
         let cfg = tile_launch(m, n, 1);
+        // float4 along each operand's contiguous axis: A [M, K] or [K, M],
+        // B [K, N] or [N, K].
+        let a_vec = vec4(&self.device, a, if lhs_transposed { m } else { k });
+        let b_vec = vec4(&self.device, b, if rhs_transposed { k } else { n });
         match (lhs_transposed, rhs_transposed) {
             (false, false) => launch!(
                 self.device,
                 KernelFile::Gemm,
                 "gemm_nn",
                 cfg,
-                [a, b, &mut out, &mi, &ni, &ki]
+                [a, b, &mut out, &mi, &ni, &ki, &a_vec, &b_vec]
             ),
             (false, true) => launch!(
                 self.device,
                 KernelFile::Gemm,
                 "gemm_nt",
                 cfg,
-                [a, b, &mut out, &mi, &ni, &ki]
+                [a, b, &mut out, &mi, &ni, &ki, &a_vec, &b_vec]
             ),
             (true, false) => launch!(
                 self.device,
                 KernelFile::Gemm,
                 "gemm_tn",
                 cfg,
-                [a, b, &mut out, &mi, &ni, &ki]
+                [a, b, &mut out, &mi, &ni, &ki, &a_vec, &b_vec]
             ),
             (true, true) => launch!(
                 self.device,
                 KernelFile::Gemm,
                 "gemm_tt",
                 cfg,
-                [a, b, &mut out, &mi, &ni, &ki]
+                [a, b, &mut out, &mi, &ni, &ki, &a_vec, &b_vec]
             ),
         }
         Ok(self.wrap(out, m * n))
@@ -592,14 +657,18 @@ impl BackendStorage for CudaStorage {
         let out_len: usize = g.output_shape().iter().product();
         let p = g.batch * g.out_h * g.out_w;
         let mut out = self.output(out_len, op)?;
+        // Weight rows are contiguous along C*KH*KW; the input is the im2col
+        // matrix itself only for pointwise convolutions.
+        let w_vec = vec4(&self.device, w, g.in_channels * g.kernel_h * g.kernel_w);
+        let x_vec = flag(is_pointwise(g)) & vec4(&self.device, x, g.in_h * g.in_w);
         launch!(
             self.device,
             KernelFile::Conv2d,
             "conv2d_forward",
             tile_launch(g.out_channels, p, 1),
             [
-                x, w, b, &has_bias, &mut out, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6],
-                &c[7], &c[8], &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
+                x, w, b, &has_bias, &mut out, &w_vec, &x_vec, &c[0], &c[1], &c[2], &c[3], &c[4],
+                &c[5], &c[6], &c[7], &c[8], &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
             ]
         );
         Ok(self.wrap(out, out_len))
@@ -613,16 +682,34 @@ impl BackendStorage for CudaStorage {
         let out_len: usize = g.input_shape().iter().product();
         let q = g.batch * g.in_h * g.in_w;
         let mut out = self.output(out_len, op)?;
-        launch!(
-            self.device,
-            KernelFile::Conv2d,
-            "conv2d_input_grad",
-            tile_launch(g.in_channels, q, 1),
-            [
-                dy, w, &mut out, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &c[8],
-                &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
-            ]
-        );
+        let cfg = tile_launch(g.in_channels, q, 1);
+        if is_pointwise(g) {
+            // w [O, C] read as its transpose (contiguous along C); dy planes
+            // are as long as the input's.
+            let w_vec = vec4(&self.device, w, g.in_channels);
+            let dy_vec = vec4(&self.device, dy, g.in_h * g.in_w);
+            launch!(
+                self.device,
+                KernelFile::Conv2d,
+                "conv2d_input_grad_pointwise",
+                cfg,
+                [
+                    dy, w, &mut out, &w_vec, &dy_vec, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5],
+                    &c[6], &c[7], &c[8], &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
+                ]
+            );
+        } else {
+            launch!(
+                self.device,
+                KernelFile::Conv2d,
+                "conv2d_input_grad",
+                cfg,
+                [
+                    dy, w, &mut out, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7], &c[8],
+                    &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
+                ]
+            );
+        }
         Ok(self.wrap(out, out_len))
     }
     fn conv2d_weight_grad(&self, input: &Self, g: &Conv2dGeometry) -> Result<Self> {
@@ -630,7 +717,6 @@ impl BackendStorage for CudaStorage {
         conv_sizes_fit(g)?;
         let dy = self.f32_len(op, "output gradient", g.output_shape().iter().product())?;
         let x = self.arg(op, "input", input, g.input_shape().iter().product())?;
-        let c = ConvArgs::new(g)?.0;
         let k_total = g.in_channels * g.kernel_h * g.kernel_w;
         let out_len = g.out_channels * k_total;
         let (chunk, splits) = weight_grad_splits(g, self.device.multiprocessors());
@@ -638,46 +724,11 @@ impl BackendStorage for CudaStorage {
         let cfg = tile_launch(g.out_channels, k_total, splits);
         let mut out = self.output(out_len, op)?;
         if splits == 1 {
-            launch!(
-                self.device,
-                KernelFile::Conv2d,
-                "conv2d_weight_grad",
-                cfg,
-                [
-                    dy, x, &mut out, &chunk_i, &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6],
-                    &c[7], &c[8], &c[9], &c[10], &c[11], &c[12], &c[13], &c[14]
-                ]
-            );
+            self.launch_weight_grad(dy, x, &mut out, chunk_i, cfg, g)?;
         } else {
             int(op, out_len * splits)?;
             let mut partial = self.output(out_len * splits, op)?;
-            launch!(
-                self.device,
-                KernelFile::Conv2d,
-                "conv2d_weight_grad",
-                cfg,
-                [
-                    dy,
-                    x,
-                    &mut partial,
-                    &chunk_i,
-                    &c[0],
-                    &c[1],
-                    &c[2],
-                    &c[3],
-                    &c[4],
-                    &c[5],
-                    &c[6],
-                    &c[7],
-                    &c[8],
-                    &c[9],
-                    &c[10],
-                    &c[11],
-                    &c[12],
-                    &c[13],
-                    &c[14]
-                ]
-            );
+            self.launch_weight_grad(dy, x, &mut partial, chunk_i, cfg, g)?;
             let (n, s) = (out_len as i32, splits as i32);
             launch!(
                 self.device,

@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::cli::step::{run, StepArgs};
+use frostgrad::cli::weights::WeightsArgs;
 use frostgrad::cli::DeviceArg;
 use frostgrad::io::{safetensors, HostTensor, StateDict};
 use frostgrad::nn::{resnet18, Module};
@@ -115,7 +116,10 @@ fn step(dir: &Path, trainable: &str, eval: bool, device: DeviceArg) -> (StateDic
     let out = dir.join(format!("out-{tag}.safetensors"));
     let stats = dir.join(format!("stats-{tag}.json"));
     let args = StepArgs {
-        weights: weights.clone(),
+        weights: WeightsArgs {
+            weights: weights.clone(),
+            ..WeightsArgs::default()
+        },
         batch: batch.clone(),
         trainable: trainable.into(),
         lr: 0.1,

@@ -40,17 +40,29 @@ extern "C" __global__ void bn_batch_stats(const float* x, float* mean, float* va
        plane += gridDim.y, c = plane % C)
 #define FOR_PLANE_VALUES(s) for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < S; s += gridDim.x * blockDim.x)
 
+// Batch norm followed by ReLU is fused with a flag: the forward kernels clamp
+// the value they write (`fuse_relu`), and the backward kernels read dy masked
+// by the fused forward's output y (`mask`), so neither direction needs a
+// separate pass over the activation. Both match elementwise.cu's relu_f32 and
+// relu_backward_f32 exactly (NaN propagates forward; the mask is y > 0).
+__device__ __forceinline__ float bn_relu_if(int fuse_relu, float v) {
+  return (!fuse_relu || v > 0.0f || v != v) ? v : 0.0f;
+}
+__device__ __forceinline__ float bn_masked_dy(const float* dy, const float* y, int mask, long long at) {
+  return (!mask || y[at] > 0.0f) ? dy[at] : 0.0f;
+}
+
 // y = (x - mean[c]) * invstd[c] * w[c] + b[c]; the weight and bias are
 // optional (flags).
 extern "C" __global__ void bn_normalize(const float* x, const float* mean, const float* invstd, const float* weight,
                                         int has_weight, const float* bias, int has_bias, float* y, int planes, int C,
-                                        int S) {
+                                        int S, int fuse_relu) {
   FOR_PLANES(plane, c) {
     const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
     const float shift = has_bias ? bias[c] : 0.0f;
     const float mu = mean[c];
     const long long base = (long long)plane * S;
-    FOR_PLANE_VALUES(s) { y[base + s] = (x[base + s] - mu) * scale + shift; }
+    FOR_PLANE_VALUES(s) { y[base + s] = bn_relu_if(fuse_relu, (x[base + s] - mu) * scale + shift); }
   }
 }
 
@@ -58,13 +70,13 @@ extern "C" __global__ void bn_normalize(const float* x, const float* mean, const
 // standard deviation formed on the fly.
 extern "C" __global__ void bn_normalize_running(const float* x, const float* running_mean, const float* running_var,
                                                 float eps, const float* weight, int has_weight, const float* bias,
-                                                int has_bias, float* y, int planes, int C, int S) {
+                                                int has_bias, float* y, int planes, int C, int S, int fuse_relu) {
   FOR_PLANES(plane, c) {
     const float scale = (1.0f / sqrtf(running_var[c] + eps)) * (has_weight ? weight[c] : 1.0f);
     const float shift = has_bias ? bias[c] : 0.0f;
     const float mu = running_mean[c];
     const long long base = (long long)plane * S;
-    FOR_PLANE_VALUES(s) { y[base + s] = (x[base + s] - mu) * scale + shift; }
+    FOR_PLANE_VALUES(s) { y[base + s] = bn_relu_if(fuse_relu, (x[base + s] - mu) * scale + shift); }
   }
 }
 
@@ -79,9 +91,11 @@ extern "C" __global__ void bn_update_running(float* running_mean, float* running
 
 // Backward reductions per channel: sum_dy = sum dy (= dbeta) and, when
 // with_xhat, sum_dy_xhat = sum dy * (x - mean) * invstd (= dgamma). Without
-// with_xhat `x` is never read (it may not have been saved). Grid: (C).
-extern "C" __global__ void bn_backward_reduce(const float* dy, const float* x, const float* mean, const float* invstd,
-                                              int with_xhat, float* sum_dy, float* sum_dy_xhat, int N, int C, int S) {
+// with_xhat `x` is never read (it may not have been saved). With `mask`, dy
+// is masked by the fused ReLU's output y (otherwise y is never read). Grid: (C).
+extern "C" __global__ void bn_backward_reduce(const float* dy, const float* y, int mask, const float* x,
+                                              const float* mean, const float* invstd, int with_xhat, float* sum_dy,
+                                              float* sum_dy_xhat, int N, int C, int S) {
   __shared__ float scratch[32];
   const int c = blockIdx.x;
   float a = 0.0f, b = 0.0f;
@@ -89,12 +103,12 @@ extern "C" __global__ void bn_backward_reduce(const float* dy, const float* x, c
     const float mu = mean[c];
     FOR_CHANNEL_VALUES(i, n, s) {
       const long long at = ((long long)n * C + c) * S + s;
-      const float g = dy[at];
+      const float g = bn_masked_dy(dy, y, mask, at);
       a += g;
       b = fmaf(g, x[at] - mu, b);
     }
   } else {
-    FOR_CHANNEL_VALUES(i, n, s) { a += dy[((long long)n * C + c) * S + s]; }
+    FOR_CHANNEL_VALUES(i, n, s) { a += bn_masked_dy(dy, y, mask, ((long long)n * C + c) * S + s); }
   }
   const float total_dy = block_sum(a, scratch);
   if (with_xhat) {
@@ -106,7 +120,8 @@ extern "C" __global__ void bn_backward_reduce(const float* dy, const float* x, c
 
 // Training-mode input gradient:
 //   dx = w invstd (dy - sum_dy / M - xhat sum_dy_xhat / M),  M = N * S.
-extern "C" __global__ void bn_backward_input_train(const float* dy, const float* x, const float* mean,
+extern "C" __global__ void bn_backward_input_train(const float* dy, const float* y, int mask, const float* x,
+                                                   const float* mean,
                                                    const float* invstd, const float* weight, int has_weight,
                                                    const float* sum_dy, const float* sum_dy_xhat, float* dx,
                                                    int planes, int C, int S, float inv_count) {
@@ -119,17 +134,18 @@ extern "C" __global__ void bn_backward_input_train(const float* dy, const float*
     const long long base = (long long)plane * S;
     FOR_PLANE_VALUES(s) {
       const float xhat = (x[base + s] - mu) * is;
-      dx[base + s] = scale * (dy[base + s] - mean_dy - xhat * mean_dy_xhat);
+      dx[base + s] = scale * (bn_masked_dy(dy, y, mask, base + s) - mean_dy - xhat * mean_dy_xhat);
     }
   }
 }
 
 // Eval-mode input gradient: the statistics are constants, dx = w invstd dy.
-extern "C" __global__ void bn_backward_input_eval(const float* dy, const float* invstd, const float* weight,
-                                                  int has_weight, float* dx, int planes, int C, int S) {
+extern "C" __global__ void bn_backward_input_eval(const float* dy, const float* y, int mask, const float* invstd,
+                                                  const float* weight, int has_weight, float* dx, int planes, int C,
+                                                  int S) {
   FOR_PLANES(plane, c) {
     const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
     const long long base = (long long)plane * S;
-    FOR_PLANE_VALUES(s) { dx[base + s] = scale * dy[base + s]; }
+    FOR_PLANE_VALUES(s) { dx[base + s] = scale * bn_masked_dy(dy, y, mask, base + s); }
   }
 }

@@ -422,6 +422,134 @@ fn batch_norm_matches_cpu() {
     });
 }
 
+/// The fused batch-norm + ReLU kernels (`fuse_relu` / `mask` flags in
+/// kernels/batch_norm.cu) against the CPU's fused loops, and against the
+/// unfused composition on the same device.
+#[test]
+fn batch_norm_relu_matches_cpu() {
+    cuda_test("batch_norm_relu_matches_cpu", || {
+        let mut r = rng(15);
+        for g in [
+            BatchNormGeometry {
+                batch: 3,
+                channels: 5,
+                spatial: 7 * 9,
+            },
+            BatchNormGeometry {
+                batch: 2,
+                channels: 3,
+                spatial: 1,
+            },
+            BatchNormGeometry {
+                batch: 4,
+                channels: 2,
+                spatial: 31 * 33,
+            },
+        ] {
+            let n = g.numel();
+            let (x, gx) = pair(
+                randn(&mut r, n)
+                    .into_iter()
+                    .map(|v| 3.0 * v + 1.5)
+                    .collect(),
+            );
+            let (w, gw) = pair(randn(&mut r, g.channels));
+            let (b, gb) = pair(randn(&mut r, g.channels));
+            let (dy, gdy) = pair(randn(&mut r, n));
+            let (rm, grm) = pair(randn(&mut r, g.channels));
+            let (rv, grv) = pair(
+                randn(&mut r, g.channels)
+                    .into_iter()
+                    .map(|v| v.abs() + 0.5)
+                    .collect(),
+            );
+            for affine in [true, false] {
+                let (cw, cb) = if affine {
+                    (Some(&w), Some(&b))
+                } else {
+                    (None, None)
+                };
+                let (kw, kb) = if affine {
+                    (Some(&gw), Some(&gb))
+                } else {
+                    (None, None)
+                };
+                let what = |k: &str| format!("{g:?} affine={affine}: {k}");
+                let c = x.batch_norm_train_relu(cw, cb, &g, 1e-5).unwrap();
+                let k = gx.batch_norm_train_relu(kw, kb, &g, 1e-5).unwrap();
+                check(&what("fused train output"), &k.output, &c.output);
+                check(&what("fused mean"), &k.mean, &c.mean);
+                check(&what("fused invstd"), &k.invstd, &c.invstd);
+                // The fused kernel on the device equals its own composition.
+                let unfused = gx.batch_norm_train(kw, kb, &g, 1e-5).unwrap();
+                check(
+                    &what("fused vs unfused train output on cuda"),
+                    &k.output,
+                    &host(&unfused.output.relu().unwrap()),
+                );
+                let ce = x.batch_norm_eval_relu(cw, cb, &rm, &rv, &g, 1e-5).unwrap();
+                let ke = gx
+                    .batch_norm_eval_relu(kw, kb, &grm, &grv, &g, 1e-5)
+                    .unwrap();
+                check(&what("fused eval output"), &ke, &ce);
+                let masked_out = host(&k.output);
+                let CpuStorage::F32(v) = &masked_out else {
+                    panic!("f32")
+                };
+                assert!(
+                    v.contains(&0.0) && v.iter().any(|&y| y > 0.0),
+                    "{}: the mask must both pass and block",
+                    what("data")
+                );
+                for training in [true, false] {
+                    let (cy, ky) = if training {
+                        (&c.output, &k.output)
+                    } else {
+                        (&ce, &ke)
+                    };
+                    for mask in 1u8..8 {
+                        let needs = [
+                            mask & 1 != 0,
+                            mask & 2 != 0 && affine,
+                            mask & 4 != 0 && affine,
+                        ];
+                        let cg = dy
+                            .batch_norm_relu_backward(
+                                cy, &x, cw, &c.mean, &c.invstd, &g, training, needs,
+                            )
+                            .unwrap();
+                        let kg = gdy
+                            .batch_norm_relu_backward(
+                                ky, &gx, kw, &k.mean, &k.invstd, &g, training, needs,
+                            )
+                            .unwrap();
+                        // The device's unfused path: relu_backward, then batch norm.
+                        let ku = gdy
+                            .relu_backward(ky)
+                            .unwrap()
+                            .batch_norm_backward(&gx, kw, &k.mean, &k.invstd, &g, training, needs)
+                            .unwrap();
+                        for (i, name) in ["dx", "dweight", "dbias"].iter().enumerate() {
+                            let label = what(&format!(
+                                "fused backward training={training} {needs:?} {name}"
+                            ));
+                            match (&kg[i], &cg[i], &ku[i]) {
+                                (Some(kv), Some(cv), Some(uv)) => {
+                                    check(&label, kv, cv);
+                                    check(&format!("{label} (vs unfused on cuda)"), kv, &host(uv));
+                                }
+                                (None, None, None) => {}
+                                _ => panic!("{label}: computed on one path only"),
+                            }
+                            assert_eq!(kg[i].is_some(), needs[i], "{name} computed iff asked for");
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn pooling_matches_cpu() {
     cuda_test("pooling_matches_cpu", || {

@@ -355,3 +355,78 @@ fn smooth_network_end_to_end() {
         ops::cross_entropy(&ops::linear(&h, &t[3], None)?, &labels)
     });
 }
+
+/// Inputs for the fused batch norm + ReLU, drawn from successive seeds
+/// until every pre-ReLU value (the plain batch norm `pre`) is at least 0.25
+/// from the kink, with both signs present so the mask both passes and
+/// blocks. A step of h = 1e-2 moves a pre-ReLU value by well under 0.1
+/// (|γ|·invstd·h·(1 + |x̂|) with γ, x̂ of order 1), so no perturbation
+/// crosses zero.
+fn away_from_bn_relu_kink(
+    make: impl Fn(&mut StdRng) -> Vec<Input>,
+    pre: impl Fn(&[Tensor]) -> frostgrad::Result<Tensor>,
+) -> Vec<Input> {
+    for seed in 0..10_000 {
+        let inputs = make(&mut StdRng::seed_from_u64(seed));
+        let y = pre(&leaves(&inputs, false))
+            .and_then(|t| t.to_vec_f32())
+            .expect("forward");
+        let clear = y.iter().all(|v| v.abs() >= 0.25);
+        if clear && y.iter().any(|&v| v > 0.0) && y.iter().any(|&v| v < 0.0) {
+            return inputs;
+        }
+    }
+    panic!("no seed gave batch-norm outputs away from the ReLU kink")
+}
+
+#[test]
+fn batch_norm_relu_training() {
+    let make = |rng: &mut StdRng| {
+        vec![
+            normal("input", &[3, 2, 2, 1], 1.0, rng),
+            normal("weight", &[2], 1.0, rng),
+            normal("bias", &[2], 1.0, rng),
+        ]
+    };
+    let opts = BatchNormOptions::default();
+    let inputs = away_from_bn_relu_kink(make, |t| {
+        ops::batch_norm(&t[0], Some(&t[1]), Some(&t[2]), None, None, opts)
+    });
+    gradcheck("batch_norm_relu (train)", inputs, |t| {
+        ops::batch_norm_relu(&t[0], Some(&t[1]), Some(&t[2]), None, None, opts)
+    });
+}
+
+#[test]
+fn batch_norm_relu_eval() {
+    let make = |rng: &mut StdRng| {
+        vec![
+            normal("input", &[2, 3, 2, 1], 1.0, rng),
+            normal("weight", &[3], 1.0, rng),
+            normal("bias", &[3], 1.0, rng),
+        ]
+    };
+    let mean = Tensor::from_vec(vec![0.3, -0.2, 0.1], &[3], Device::Cpu).expect("mean");
+    let var = Tensor::from_vec(vec![0.5, 1.5, 2.0], &[3], Device::Cpu).expect("var");
+    let opts = BatchNormOptions {
+        training: false,
+        ..Default::default()
+    };
+    let bn = |t: &[Tensor], fused: bool| {
+        let f = if fused {
+            ops::batch_norm_relu
+        } else {
+            ops::batch_norm
+        };
+        f(
+            &t[0],
+            Some(&t[1]),
+            Some(&t[2]),
+            Some(&mean),
+            Some(&var),
+            opts,
+        )
+    };
+    let inputs = away_from_bn_relu_kink(make, |t| bn(t, false));
+    gradcheck("batch_norm_relu (eval)", inputs, |t| bn(t, true));
+}

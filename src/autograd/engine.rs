@@ -8,6 +8,8 @@
 //! 3. Each node gets the mask of inputs that need a gradient (fixed when the
 //!    op was recorded) and computes only those. Leaves accumulate into
 //!    `.grad`. Every input slot is counted as computed or skipped.
+//!    A node that fused several ops (batch norm + ReLU) counts as the
+//!    nodes and slots it replaced ([`super::BackwardOp::fused_ops`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,6 +93,12 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
             stats.count(op_name, name, needed);
         }
         stats.nodes += 1;
+        for (fused_op, fused_inputs) in op.fused_ops() {
+            for name in fused_inputs.iter() {
+                stats.count(fused_op, name, true);
+            }
+            stats.nodes += 1;
+        }
 
         let grads = op.backward(&grad_output, &needs)?;
         drop(grad_output);

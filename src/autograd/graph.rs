@@ -28,6 +28,15 @@ pub trait BackwardOp: Send + Sync {
     /// One name per input, in the order the op recorded them, e.g.
     /// `["input", "weight"]`; statistics report `conv2d.weight` etc.
     fn input_names(&self) -> &'static [&'static str];
+    /// Ops folded into this node that would be separate nodes unfused, each
+    /// as `(op, input names)`, e.g. `[("relu", ["input"])]` for batch norm +
+    /// ReLU. Statistics count each as one more node with all its inputs'
+    /// gradients computed (a fused op must only absorb ops that compute
+    /// every input gradient whenever this node runs), so counts match
+    /// PyTorch and the unfused graph. Most ops fuse nothing.
+    fn fused_ops(&self) -> &'static [(&'static str, &'static [&'static str])] {
+        &[]
+    }
     /// Computes the gradients of the inputs with `needs[i]` set and returns
     /// `None` for the others (the engine checks this). Consumes the saved
     /// state: once a node has run, what it saved is freed.

@@ -125,6 +125,55 @@ pub trait BackendStorage: Sized {
         training: bool,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]>;
+    /// [`batch_norm_train`](Self::batch_norm_train) followed by ReLU on the
+    /// output (the statistics are those of the input, as unfused). The
+    /// default composes the two kernels; a backend overrides it to clamp in
+    /// the normalising pass and save one pass over the activation.
+    fn batch_norm_train_relu(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<BatchNormTrainOutput<Self>> {
+        let mut r = self.batch_norm_train(weight, bias, g, eps)?;
+        r.output = r.output.relu()?;
+        Ok(r)
+    }
+    /// [`batch_norm_eval`](Self::batch_norm_eval) followed by ReLU; see
+    /// [`batch_norm_train_relu`](Self::batch_norm_train_relu).
+    fn batch_norm_eval_relu(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        running_mean: &Self,
+        running_var: &Self,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<Self> {
+        self.batch_norm_eval(weight, bias, running_mean, running_var, g, eps)?
+            .relu()
+    }
+    /// The backward of batch norm followed by ReLU: `self` is dL/d(relu
+    /// output), `relu_output` the fused forward's output. Equals
+    /// `self.relu_backward(relu_output)?.batch_norm_backward(..)` (the
+    /// default); a backend overrides it to apply the mask while reading dy
+    /// instead of materialising the masked gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_relu_backward(
+        &self,
+        relu_output: &Self,
+        input: &Self,
+        weight: Option<&Self>,
+        mean: &Self,
+        invstd: &Self,
+        g: &BatchNormGeometry,
+        training: bool,
+        needs: [bool; 3],
+    ) -> Result<[Option<Self>; 3]> {
+        self.relu_backward(relu_output)?
+            .batch_norm_backward(input, weight, mean, invstd, g, training, needs)
+    }
     /// `self` is the running mean: `rm = (1-m) rm + m mean`,
     /// `rv = (1-m) rv + m var * count/(count-1)` (unbiased), as PyTorch does.
     fn update_running_stats(

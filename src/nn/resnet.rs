@@ -123,7 +123,8 @@ impl BasicBlock {
 
 impl Module for BasicBlock {
     fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        let x = ops::relu(&self.bn1.forward(&self.conv1.forward(input)?)?)?;
+        // bn1 + relu fused (bn2 is followed by the residual add instead).
+        let x = self.bn1.forward_relu(&self.conv1.forward(input)?)?;
         let x = self.bn2.forward(&self.conv2.forward(&x)?)?;
         let shortcut = match &self.downsample {
             Some(d) => d.forward(input)?,
@@ -265,7 +266,7 @@ impl Module for ResNet {
                 format!("expects 3-channel images, got shape {:?}", images.shape()),
             ));
         }
-        let x = ops::relu(&self.bn1.forward(&self.conv1.forward(images)?)?)?;
+        let x = self.bn1.forward_relu(&self.conv1.forward(images)?)?;
         let pool = MaxPool2dOptions {
             kernel: (3, 3),
             stride: (2, 2),

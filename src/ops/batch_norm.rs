@@ -7,6 +7,25 @@
 //!
 //! Backward: dγ needs x̂ (so the input), dβ needs only dL/dy, dx needs γ and
 //! (in training) x̂ again. Each is computed only when its mask bit is set.
+//!
+//! # Fused batch norm + ReLU
+//!
+//! [`batch_norm_relu`] is `relu(batch_norm(..))` as one op: the forward
+//! clamps while it normalises (no separate pass over the activation to
+//! apply ReLU), and the backward masks dL/dy by `output > 0` as the
+//! batch-norm kernels read it (no separate `relu_backward` pass and no
+//! masked-gradient tensor). It records one node,
+//! `NativeBatchNormReluBackward0`, which saves the post-ReLU output (the
+//! mask, which the unfused `ReluBackward0` saves too) plus what batch norm
+//! saves. PyTorch would show two nodes here, `ReluBackward0` →
+//! `NativeBatchNormBackward0`.
+//!
+//! So that backward statistics stay comparable with PyTorch and with the
+//! unfused graph, the node reports the ReLU it absorbed through
+//! [`BackwardOp::fused_ops`]: the engine counts it as two nodes and counts
+//! `relu.input` as computed once, next to the usual `batch_norm.*` slots.
+//! (The unfused ReLU node exists exactly when the batch-norm node does and
+//! always computes its input gradient, so these counts are identical.)
 
 use crate::autograd::{record, BackwardOp};
 use crate::backend::{BackendStorage, BatchNormGeometry};
@@ -43,6 +62,34 @@ pub fn batch_norm(
     running_mean: Option<&Tensor>,
     running_var: Option<&Tensor>,
     opts: BatchNormOptions,
+) -> Result<Tensor> {
+    batch_norm_maybe_relu(input, weight, bias, running_mean, running_var, opts, false)
+}
+
+/// `F.relu(F.batch_norm(..))` in one fused op (see the module docs): same
+/// arguments, values, gradients and running-statistics update as
+/// [`batch_norm`] followed by [`crate::ops::relu`], one pass fewer over the
+/// activation in each direction.
+pub fn batch_norm_relu(
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: Option<&Tensor>,
+    running_var: Option<&Tensor>,
+    opts: BatchNormOptions,
+) -> Result<Tensor> {
+    batch_norm_maybe_relu(input, weight, bias, running_mean, running_var, opts, true)
+}
+
+/// Batch norm, followed by a fused ReLU when `relu_after`.
+fn batch_norm_maybe_relu(
+    input: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: Option<&Tensor>,
+    running_var: Option<&Tensor>,
+    opts: BatchNormOptions,
+    relu_after: bool,
 ) -> Result<Tensor> {
     let shape = input.shape().to_vec();
     if shape.len() < 2 {
@@ -95,7 +142,11 @@ pub fn batch_norm(
                 ),
             ));
         }
-        let r = x.batch_norm_train(w.as_deref(), b.as_deref(), &g, opts.eps)?;
+        let r = if relu_after {
+            x.batch_norm_train_relu(w.as_deref(), b.as_deref(), &g, opts.eps)?
+        } else {
+            x.batch_norm_train(w.as_deref(), b.as_deref(), &g, opts.eps)?
+        };
         if let (Some(rm), Some(rv)) = (running_mean, running_var) {
             let mut rv_storage = rv.storage_mut();
             rm.storage_mut().update_running_stats(
@@ -115,14 +166,19 @@ pub fn batch_norm(
             ));
         };
         let (rm, rv) = (rm.storage(), rv.storage());
-        let out = x.batch_norm_eval(w.as_deref(), b.as_deref(), &rm, &rv, &g, opts.eps)?;
+        let (w, b) = (w.as_deref(), b.as_deref());
+        let out = if relu_after {
+            x.batch_norm_eval_relu(w, b, &rm, &rv, &g, opts.eps)?
+        } else {
+            x.batch_norm_eval(w, b, &rm, &rv, &g, opts.eps)?
+        };
         // Snapshot the statistics: a later training forward may update them in place.
         (out, rm.try_clone()?, rv.inv_std(opts.eps)?)
     };
     drop((x, w, b));
 
     let c = [g.channels];
-    record(out, shape, &[Some(input), weight, bias], |needs, _| {
+    record(out, shape, &[Some(input), weight, bias], |needs, output| {
         let need_dw = weight.is_some() && needs[1];
         let needs_xhat = need_dw || (needs[0] && opts.training);
         Box::new(NativeBatchNormBackward {
@@ -138,6 +194,8 @@ pub fn batch_norm(
             invstd: Tensor::from_storage(invstd, c.to_vec()).ok(),
             has_weight: weight.is_some(),
             has_bias: bias.is_some(),
+            // The ReLU's mask: every gradient this node computes uses it.
+            relu_output: relu_after.then(|| output.clone()),
         })
     })
 }
@@ -151,14 +209,27 @@ struct NativeBatchNormBackward {
     invstd: Option<Tensor>,
     has_weight: bool,
     has_bias: bool,
+    /// The fused forward's (post-ReLU) output; `None` for plain batch norm.
+    relu_output: Option<Tensor>,
 }
 
 impl BackwardOp for NativeBatchNormBackward {
     fn name(&self) -> &'static str {
-        "NativeBatchNormBackward0"
+        if self.relu_output.is_some() {
+            "NativeBatchNormReluBackward0"
+        } else {
+            "NativeBatchNormBackward0"
+        }
     }
     fn op(&self) -> &'static str {
         "batch_norm"
+    }
+    fn fused_ops(&self) -> &'static [(&'static str, &'static [&'static str])] {
+        if self.relu_output.is_some() {
+            &[("relu", &["input"])]
+        } else {
+            &[]
+        }
     }
     fn input_names(&self) -> &'static [&'static str] {
         match (self.has_weight, self.has_bias) {
@@ -178,7 +249,7 @@ impl BackwardOp for NativeBatchNormBackward {
         let need_dw = self.has_weight && needs[1];
         let need_db = self.has_bias && needs[if self.has_weight { 2 } else { 1 }];
         let g = &self.geometry;
-        let name = "NativeBatchNormBackward0";
+        let name = self.name();
         let mean = saved(&self.mean, name, "mean")?.storage();
         let invstd = saved(&self.invstd, name, "invstd")?.storage();
         // x̂ is needed for dγ always and for dx in training mode; in eval
@@ -190,15 +261,24 @@ impl BackwardOp for NativeBatchNormBackward {
         };
         let x = input_tensor.storage();
         let w = self.weight.as_ref().map(|t| t.storage());
-        let [dx, dw, db] = grad_output.storage().batch_norm_backward(
-            &x,
-            w.as_deref(),
-            &mean,
-            &invstd,
-            g,
-            self.training,
-            [need_dx, need_dw, need_db],
-        )?;
+        let needs3 = [need_dx, need_dw, need_db];
+        let dy = grad_output.storage();
+        let [dx, dw, db] = match &self.relu_output {
+            Some(y) => dy.batch_norm_relu_backward(
+                &y.storage(),
+                &x,
+                w.as_deref(),
+                &mean,
+                &invstd,
+                g,
+                self.training,
+                needs3,
+            )?,
+            None => {
+                dy.batch_norm_backward(&x, w.as_deref(), &mean, &invstd, g, self.training, needs3)?
+            }
+        };
+        drop(dy);
         let c = [g.channels];
         let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(needs.len());
         grads.push(

@@ -20,7 +20,7 @@ mod view;
 
 pub use adaptive_avg_pool2d::adaptive_avg_pool2d;
 pub use add::add;
-pub use batch_norm::{batch_norm, BatchNormOptions};
+pub use batch_norm::{batch_norm, batch_norm_relu, BatchNormOptions};
 pub use conv2d::{conv2d, Conv2dOptions};
 pub use linear::linear;
 pub use loss::{cross_entropy, log_softmax, nll_loss};

@@ -279,6 +279,78 @@ impl BackendStorage for Storage {
             Ok([dx.map(Storage::from), dw.map(Storage::from), db.map(Storage::from)])
         })
     }
+    fn batch_norm_train_relu(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<BatchNormTrainOutput<Self>> {
+        each_backend!(self, s => {
+            let d = s.device();
+            let out = s.batch_norm_train_relu(
+                arg_opt::<B>("batch_norm_relu", d, weight)?,
+                arg_opt::<B>("batch_norm_relu", d, bias)?,
+                g,
+                eps,
+            )?;
+            Ok(BatchNormTrainOutput {
+                output: out.output.into(),
+                mean: out.mean.into(),
+                var: out.var.into(),
+                invstd: out.invstd.into(),
+            })
+        })
+    }
+    fn batch_norm_eval_relu(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        running_mean: &Self,
+        running_var: &Self,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<Self> {
+        each_backend!(self, s => {
+            let d = s.device();
+            s.batch_norm_eval_relu(
+                arg_opt::<B>("batch_norm_relu", d, weight)?,
+                arg_opt::<B>("batch_norm_relu", d, bias)?,
+                arg::<B>("batch_norm_relu", d, running_mean)?,
+                arg::<B>("batch_norm_relu", d, running_var)?,
+                g,
+                eps,
+            )
+            .map(Storage::from)
+        })
+    }
+    fn batch_norm_relu_backward(
+        &self,
+        relu_output: &Self,
+        input: &Self,
+        weight: Option<&Self>,
+        mean: &Self,
+        invstd: &Self,
+        g: &BatchNormGeometry,
+        training: bool,
+        needs: [bool; 3],
+    ) -> Result<[Option<Self>; 3]> {
+        each_backend!(self, s => {
+            let d = s.device();
+            let op = "batch_norm_relu_backward";
+            let [dx, dw, db] = s.batch_norm_relu_backward(
+                arg::<B>(op, d, relu_output)?,
+                arg::<B>(op, d, input)?,
+                arg_opt::<B>(op, d, weight)?,
+                arg::<B>(op, d, mean)?,
+                arg::<B>(op, d, invstd)?,
+                g,
+                training,
+                needs,
+            )?;
+            Ok([dx.map(Storage::from), dw.map(Storage::from), db.map(Storage::from)])
+        })
+    }
     fn update_running_stats(
         &mut self,
         running_var: &mut Self,

@@ -7,6 +7,12 @@
 //! large relative to the spread.
 //! Reductions run one channel per task; the elementwise passes run over
 //! the `N*C` segments.
+//!
+//! Batch norm followed by ReLU is fused here (`relu` / `relu_output`
+//! arguments): the forward clamps in the normalising pass, and the backward
+//! masks dy by `output > 0` as it reads it, so neither direction makes a
+//! separate pass over the activation. The mask is exactly
+//! [`super::elementwise::relu_backward`]'s.
 
 use rayon::prelude::*;
 
@@ -68,8 +74,37 @@ pub(super) fn channel_sums(x: &[f32], g: &BatchNormGeometry) -> Result<Vec<f32>>
         .collect())
 }
 
-/// `out = x * scale[c] + shift[c]` over every segment.
-fn affine_per_channel(x: &[f32], g: &BatchNormGeometry, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+/// ReLU as [`super::elementwise::relu`] computes it (NaN propagates).
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v > 0.0 || v.is_nan() {
+        v
+    } else {
+        0.0
+    }
+}
+
+/// dy masked by the fused ReLU's output when `MASK` (as
+/// [`super::elementwise::relu_backward`]: zero where `y <= 0`); dy itself
+/// otherwise, where `y` is a dummy the compiler drops.
+#[inline(always)]
+fn masked<const MASK: bool>(dy: f32, y: f32) -> f32 {
+    if MASK && y <= 0.0 {
+        0.0
+    } else {
+        dy
+    }
+}
+
+/// `out = x * scale[c] + shift[c]` over every segment, clamped at zero when
+/// `relu` (the fused ReLU).
+fn affine_per_channel(
+    x: &[f32],
+    g: &BatchNormGeometry,
+    scale: &[f32],
+    shift: &[f32],
+    relu_after: bool,
+) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     if g.spatial == 0 {
         return out;
@@ -83,7 +118,11 @@ fn affine_per_channel(x: &[f32], g: &BatchNormGeometry, scale: &[f32], shift: &[
             let (a, b) = (scale[c], shift[c]);
             // Not `mul_add`: without a compile-time `fma` target feature it
             // is a libm call per element (1.5% of a forward pass).
-            o.iter_mut().zip(x).for_each(|(o, &v)| *o = v * a + b);
+            if relu_after {
+                o.iter_mut().zip(x).for_each(|(o, &v)| *o = relu(v * a + b));
+            } else {
+                o.iter_mut().zip(x).for_each(|(o, &v)| *o = v * a + b);
+            }
         });
     out
 }
@@ -116,13 +155,15 @@ fn gamma_beta(weight: Option<&[f32]>, bias: Option<&[f32]>, c: usize) -> (f32, f
     (weight.map_or(1.0, |w| w[c]), bias.map_or(0.0, |b| b[c]))
 }
 
-/// Training forward: batch mean and biased variance.
+/// Training forward: batch mean and biased variance; ReLU on the output
+/// when `relu_after`.
 pub(super) fn train(
     x: &[f32],
     weight: Option<&[f32]>,
     bias: Option<&[f32]>,
     g: &BatchNormGeometry,
     eps: f32,
+    relu_after: bool,
 ) -> Result<BatchNormTrainOutput<Vec<f32>>> {
     let op = "batch_norm_train";
     check(op, g, x, "input", &[("weight", weight), ("bias", bias)])?;
@@ -146,7 +187,7 @@ pub(super) fn train(
         scale.push(a as f32);
         shift.push((f64::from(beta) - m * a) as f32);
     }
-    let output = affine_per_channel(x, g, &scale, &shift);
+    let output = affine_per_channel(x, g, &scale, &shift, relu_after);
     Ok(BatchNormTrainOutput {
         output,
         mean,
@@ -155,7 +196,9 @@ pub(super) fn train(
     })
 }
 
-/// Eval forward with the running statistics.
+/// Eval forward with the running statistics; ReLU on the output when
+/// `relu_after`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn eval(
     x: &[f32],
     weight: Option<&[f32]>,
@@ -164,6 +207,7 @@ pub(super) fn eval(
     running_var: &[f32],
     g: &BatchNormGeometry,
     eps: f32,
+    relu_after: bool,
 ) -> Result<Vec<f32>> {
     let op = "batch_norm_eval";
     check(
@@ -189,7 +233,7 @@ pub(super) fn eval(
             )
         })
         .unzip();
-    Ok(affine_per_channel(x, g, &scale, &shift))
+    Ok(affine_per_channel(x, g, &scale, &shift, relu_after))
 }
 
 /// Backward; see [`crate::backend::BackendStorage::batch_norm_backward`].
@@ -200,9 +244,15 @@ pub(super) fn eval(
 /// statistics depend on `x`; `dx = γ·invstd·dy` in eval, where they are
 /// constants. `input` is read only when `dγ` or the training `dx` is
 /// needed (otherwise the caller may pass a same-sized placeholder).
+///
+/// With `relu_output` (the fused batch-norm + ReLU forward's output), `dy`
+/// is the gradient of the ReLU's output and every read of it is masked by
+/// `output > 0`: the result equals running this on
+/// `relu_backward(dy, output)` without materialising that tensor.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     dy: &[f32],
+    relu_output: Option<&[f32]>,
     input: &[f32],
     weight: Option<&[f32]>,
     mean: &[f32],
@@ -212,7 +262,7 @@ pub(super) fn backward(
     needs: [bool; 3],
 ) -> Result<[Option<Vec<f32>>; 3]> {
     let op = "batch_norm_backward";
-    let [need_dx, need_dw, need_db] = needs;
+    let [need_dx, need_dw, _] = needs;
     check(
         op,
         g,
@@ -228,6 +278,35 @@ pub(super) fn backward(
     if reads_input {
         check(op, g, input, "input", &[])?;
     }
+    match relu_output {
+        Some(y) => {
+            check(op, g, y, "relu output", &[])?;
+            Ok(backward_impl::<true>(
+                dy, y, input, weight, mean, invstd, g, training, needs,
+            ))
+        }
+        // `dy` doubles as the (unread) mask.
+        None => Ok(backward_impl::<false>(
+            dy, dy, input, weight, mean, invstd, g, training, needs,
+        )),
+    }
+}
+
+/// [`backward`] after validation; `MASK` says whether `y` masks `dy`.
+#[allow(clippy::too_many_arguments)]
+fn backward_impl<const MASK: bool>(
+    dy: &[f32],
+    y: &[f32],
+    input: &[f32],
+    weight: Option<&[f32]>,
+    mean: &[f32],
+    invstd: &[f32],
+    g: &BatchNormGeometry,
+    training: bool,
+    needs: [bool; 3],
+) -> [Option<Vec<f32>>; 3] {
+    let [need_dx, need_dw, need_db] = needs;
+    let reads_input = need_dw || (need_dx && training);
     // Σdy (f64) per channel, and Σ dy·(x - mean) when x̂ is involved, in
     // one pass over dy (and x).
     let needs_sum_dy = need_db || (need_dx && training);
@@ -237,15 +316,28 @@ pub(super) fn backward(
             if reads_input {
                 let m = f64::from(mean[c]);
                 channel_segments(dy, g, c)
+                    .zip(channel_segments(y, g, c))
                     .zip(channel_segments(input, g, c))
-                    .fold((0f64, 0f64), |acc, (d, x)| {
-                        d.iter().zip(x).fold(acc, |(sd, sdx), (&d, &x)| {
-                            let d = f64::from(d);
-                            (sd + d, sdx + d * (f64::from(x) - m))
-                        })
+                    .fold((0f64, 0f64), |acc, ((d, y), x)| {
+                        d.iter()
+                            .zip(y)
+                            .zip(x)
+                            .fold(acc, |(sd, sdx), ((&d, &y), &x)| {
+                                let d = f64::from(masked::<MASK>(d, y));
+                                (sd + d, sdx + d * (f64::from(x) - m))
+                            })
                     })
             } else if needs_sum_dy {
-                (channel_sum_f64(dy, g, c), 0.0)
+                let sd = channel_segments(dy, g, c)
+                    .zip(channel_segments(y, g, c))
+                    .map(|(d, y)| {
+                        d.iter()
+                            .zip(y)
+                            .map(|(&d, &y)| f64::from(masked::<MASK>(d, y)))
+                            .sum::<f64>()
+                    })
+                    .sum();
+                (sd, 0.0)
             } else {
                 (0.0, 0.0)
             }
@@ -283,29 +375,35 @@ pub(super) fn backward(
             let per_task = segments_per_task(g);
             if training {
                 dx.par_chunks_mut(g.spatial)
-                    .zip(dy.par_chunks(g.spatial).zip(input.par_chunks(g.spatial)))
+                    .zip(dy.par_chunks(g.spatial).zip(y.par_chunks(g.spatial)))
+                    .zip(input.par_chunks(g.spatial))
                     .with_min_len(per_task)
                     .enumerate()
-                    .for_each(|(i, (o, (d, x)))| {
+                    .for_each(|(i, ((o, (d, y)), x))| {
                         let (scale, mean_dy, k, mean) = coef[i % g.channels];
                         o.iter_mut()
-                            .zip(d.iter().zip(x))
-                            .for_each(|(o, (&d, &x))| *o = (d - mean_dy - (x - mean) * k) * scale);
+                            .zip(d.iter().zip(y).zip(x))
+                            .for_each(|(o, ((&d, &y), &x))| {
+                                let d = masked::<MASK>(d, y);
+                                *o = (d - mean_dy - (x - mean) * k) * scale
+                            });
                     });
             } else {
                 dx.par_chunks_mut(g.spatial)
-                    .zip(dy.par_chunks(g.spatial))
+                    .zip(dy.par_chunks(g.spatial).zip(y.par_chunks(g.spatial)))
                     .with_min_len(per_task)
                     .enumerate()
-                    .for_each(|(i, (o, d))| {
+                    .for_each(|(i, (o, (d, y)))| {
                         let scale = coef[i % g.channels].0;
-                        o.iter_mut().zip(d).for_each(|(o, &d)| *o = d * scale);
+                        o.iter_mut()
+                            .zip(d.iter().zip(y))
+                            .for_each(|(o, (&d, &y))| *o = masked::<MASK>(d, y) * scale);
                     });
             }
         }
         dx
     });
-    Ok([dx, dw, db])
+    [dx, dw, db]
 }
 
 /// In-place running-statistics update with momentum and the unbiased variance.
@@ -404,7 +502,7 @@ mod tests {
             .collect();
         let gamma = pseudo_random(5, 4);
         let beta = pseudo_random(5, 5);
-        let r = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32).unwrap();
+        let r = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32, false).unwrap();
         let (y, mean, var) = reference_train(&to_f64(&x), &to_f64(&gamma), &to_f64(&beta), &g);
         assert_close("mean", &r.mean, &mean, 1e-7);
         assert_close("var", &r.var, &var, 1e-6);
@@ -413,7 +511,7 @@ mod tests {
         assert_close("output", &r.output, &y, 1e-4);
 
         // No affine parameters: γ = 1, β = 0.
-        let r = train(&x, None, None, &g, EPS as f32).unwrap();
+        let r = train(&x, None, None, &g, EPS as f32, false).unwrap();
         let (y, _, _) = reference_train(&to_f64(&x), &[1.0; 5], &[0.0; 5], &g);
         assert_close("output without affine", &r.output, &y, 1e-4);
     }
@@ -429,9 +527,10 @@ mod tests {
         let gamma = pseudo_random(3, 12);
         let beta = pseudo_random(3, 13);
         let dy = pseudo_random(g.numel(), 14);
-        let fwd = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32).unwrap();
+        let fwd = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32, false).unwrap();
         let [dx, dw, db] = backward(
             &dy,
+            None,
             &x,
             Some(&gamma),
             &fwd.mean,
@@ -479,9 +578,10 @@ mod tests {
         let x = pseudo_random(g.numel(), 21);
         let dy = pseudo_random(g.numel(), 22);
         let gamma = pseudo_random(3, 23);
-        let fwd = train(&x, Some(&gamma), None, &g, EPS as f32).unwrap();
+        let fwd = train(&x, Some(&gamma), None, &g, EPS as f32, false).unwrap();
         let all = backward(
             &dy,
+            None,
             &x,
             Some(&gamma),
             &fwd.mean,
@@ -499,6 +599,7 @@ mod tests {
         ] {
             let got = backward(
                 &dy,
+                None,
                 &x,
                 Some(&gamma),
                 &fwd.mean,
@@ -530,7 +631,17 @@ mod tests {
         let beta = pseudo_random(3, 34);
         let rm = [0.5f32, -0.25, 0.1];
         let rv = [1.5f32, 0.2, 0.9];
-        let y = eval(&x, Some(&gamma), Some(&beta), &rm, &rv, &g, EPS as f32).unwrap();
+        let y = eval(
+            &x,
+            Some(&gamma),
+            Some(&beta),
+            &rm,
+            &rv,
+            &g,
+            EPS as f32,
+            false,
+        )
+        .unwrap();
         let invstd = elementwise_inv_std(&rv);
         let c_of = |i: usize| (i / g.spatial) % g.channels;
         let want: Vec<f64> = (0..x.len())
@@ -547,6 +658,7 @@ mod tests {
         let placeholder = vec![f32::NAN; g.numel()];
         let [dx, dw, db] = backward(
             &dy,
+            None,
             &placeholder,
             Some(&gamma),
             &rm,
@@ -562,8 +674,18 @@ mod tests {
             .collect();
         assert_close("eval dx", &dx.unwrap(), &want_dx, 1e-6);
 
-        let [_, dw, db] =
-            backward(&dy, &x, None, &rm, &invstd, &g, false, [false, true, true]).unwrap();
+        let [_, dw, db] = backward(
+            &dy,
+            None,
+            &x,
+            None,
+            &rm,
+            &invstd,
+            &g,
+            false,
+            [false, true, true],
+        )
+        .unwrap();
         let mut want_dw = [0f64; 3];
         let mut want_db = [0f64; 3];
         for i in 0..x.len() {
@@ -606,10 +728,11 @@ mod tests {
             vec![1.0 + 2.0 + 5.0 + 6.0, 3.0 + 4.0 + 7.0 + 8.0]
         );
         assert!(channel_sums(&x[1..], &g).is_err());
-        assert!(train(&x, Some(&[1.0]), None, &g, 1e-5).is_err());
-        assert!(eval(&x, None, None, &[0.0; 2], &[1.0; 3], &g, 1e-5).is_err());
+        assert!(train(&x, Some(&[1.0]), None, &g, 1e-5, false).is_err());
+        assert!(eval(&x, None, None, &[0.0; 2], &[1.0; 3], &g, 1e-5, false).is_err());
         assert!(backward(
             &x,
+            None,
             &x[1..],
             None,
             &[0.0; 2],

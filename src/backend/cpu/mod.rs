@@ -197,7 +197,7 @@ impl BackendStorage for CpuStorage {
         let op = "batch_norm_train";
         let weight = weight.map(|w| w.as_f32(op)).transpose()?;
         let bias = bias.map(|b| b.as_f32(op)).transpose()?;
-        let r = batch_norm::train(self.as_f32(op)?, weight, bias, g, eps)?;
+        let r = batch_norm::train(self.as_f32(op)?, weight, bias, g, eps, false)?;
         Ok(BatchNormTrainOutput {
             output: F32(r.output),
             mean: F32(r.mean),
@@ -226,6 +226,7 @@ impl BackendStorage for CpuStorage {
             rv,
             g,
             eps,
+            false,
         )?))
     }
     fn batch_norm_backward(
@@ -242,6 +243,75 @@ impl BackendStorage for CpuStorage {
         let weight = weight.map(|w| w.as_f32(op)).transpose()?;
         let grads = batch_norm::backward(
             self.as_f32(op)?,
+            None,
+            input.as_f32(op)?,
+            weight,
+            mean.as_f32(op)?,
+            invstd.as_f32(op)?,
+            g,
+            training,
+            needs,
+        )?;
+        Ok(grads.map(|gr| gr.map(F32)))
+    }
+    fn batch_norm_train_relu(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<BatchNormTrainOutput<Self>> {
+        let op = "batch_norm_relu_train";
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
+        let r = batch_norm::train(self.as_f32(op)?, weight, bias, g, eps, true)?;
+        Ok(BatchNormTrainOutput {
+            output: F32(r.output),
+            mean: F32(r.mean),
+            var: F32(r.var),
+            invstd: F32(r.invstd),
+        })
+    }
+    fn batch_norm_eval_relu(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        running_mean: &Self,
+        running_var: &Self,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<Self> {
+        let op = "batch_norm_relu_eval";
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
+        let (rm, rv) = (running_mean.as_f32(op)?, running_var.as_f32(op)?);
+        Ok(F32(batch_norm::eval(
+            self.as_f32(op)?,
+            weight,
+            bias,
+            rm,
+            rv,
+            g,
+            eps,
+            true,
+        )?))
+    }
+    fn batch_norm_relu_backward(
+        &self,
+        relu_output: &Self,
+        input: &Self,
+        weight: Option<&Self>,
+        mean: &Self,
+        invstd: &Self,
+        g: &BatchNormGeometry,
+        training: bool,
+        needs: [bool; 3],
+    ) -> Result<[Option<Self>; 3]> {
+        let op = "batch_norm_relu_backward";
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let grads = batch_norm::backward(
+            self.as_f32(op)?,
+            Some(relu_output.as_f32(op)?),
             input.as_f32(op)?,
             weight,
             mean.as_f32(op)?,

@@ -764,44 +764,7 @@ impl BackendStorage for CudaStorage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<BatchNormTrainOutput<Self>> {
-        let op = "batch_norm";
-        let x = self.f32_len(op, "input", g.numel())?;
-        int(op, g.numel())?;
-        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
-        let planes = int(op, g.batch * g.channels)?;
-        let w = weight
-            .map(|w| self.arg(op, "weight", w, g.channels))
-            .transpose()?;
-        let b = bias
-            .map(|b| self.arg(op, "bias", b, g.channels))
-            .transpose()?;
-        let mut mean = self.output(g.channels, op)?;
-        let mut var = self.output(g.channels, op)?;
-        let mut invstd = self.output(g.channels, op)?;
-        launch!(
-            self.device,
-            KernelFile::BatchNorm,
-            "bn_batch_stats",
-            per_item_launch(g.channels, 512),
-            [x, &mut mean, &mut var, &mut invstd, &n, &c, &s, &eps]
-        );
-        let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
-        // Absent affine parameters are never read; pass any valid buffer.
-        let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
-        let mut out = self.output(g.numel(), op)?;
-        launch!(
-            self.device,
-            KernelFile::BatchNorm,
-            "bn_normalize",
-            plane_launch(g.batch * g.channels, g.spatial),
-            [x, &mean, &invstd, w, &has_w, b, &has_b, &mut out, &planes, &c, &s]
-        );
-        Ok(BatchNormTrainOutput {
-            output: self.wrap(out, g.numel()),
-            mean: self.wrap(mean, g.channels),
-            var: self.wrap(var, g.channels),
-            invstd: self.wrap(invstd, g.channels),
-        })
+        self.bn_train(weight, bias, g, eps, false)
     }
     fn batch_norm_eval(
         &self,
@@ -812,30 +775,7 @@ impl BackendStorage for CudaStorage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<Self> {
-        let op = "batch_norm";
-        let x = self.f32_len(op, "input", g.numel())?;
-        int(op, g.numel())?;
-        let (c, s) = (int(op, g.channels)?, int(op, g.spatial)?);
-        let planes = int(op, g.batch * g.channels)?;
-        let rm = self.arg(op, "running_mean", running_mean, g.channels)?;
-        let rv = self.arg(op, "running_var", running_var, g.channels)?;
-        let w = weight
-            .map(|w| self.arg(op, "weight", w, g.channels))
-            .transpose()?;
-        let b = bias
-            .map(|b| self.arg(op, "bias", b, g.channels))
-            .transpose()?;
-        let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
-        let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
-        let mut out = self.output(g.numel(), op)?;
-        launch!(
-            self.device,
-            KernelFile::BatchNorm,
-            "bn_normalize_running",
-            plane_launch(g.batch * g.channels, g.spatial),
-            [x, rm, rv, &eps, w, &has_w, b, &has_b, &mut out, &planes, &c, &s]
-        );
-        Ok(self.wrap(out, g.numel()))
+        self.bn_eval(weight, bias, running_mean, running_var, g, eps, false)
     }
     fn batch_norm_backward(
         &self,
@@ -847,106 +787,49 @@ impl BackendStorage for CudaStorage {
         training: bool,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
-        let op = "batch_norm_backward";
-        let [need_dx, need_dw, need_db] = needs;
-        let dy = self.f32_len(op, "output gradient", g.numel())?;
-        int(op, g.numel())?;
-        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
-        let planes = int(op, g.batch * g.channels)?;
-        let mean = self.arg(op, "mean", mean, g.channels)?;
-        let invstd = self.arg(op, "invstd", invstd, g.channels)?;
-        let w = weight
-            .map(|w| self.arg(op, "weight", w, g.channels))
-            .transpose()?;
-        let has_w = flag(w.is_some());
-        let w = w.unwrap_or(mean);
-
-        // x̂ is read only for dγ, and for dx in training mode; otherwise the
-        // caller may pass a stand-in for the unsaved input.
-        let need_xhat = need_dw || (need_dx && training);
-        let x = if need_xhat {
-            Some(self.arg(op, "input", input, g.numel())?)
-        } else {
-            None
-        };
-        // Per-channel sums: dβ = Σdy, dγ = Σdy·x̂; training-mode dx needs both.
-        let need_sums = need_dw || need_db || (need_dx && training);
-        let mut sums = None;
-        if need_sums {
-            let mut sum_dy = self.output(g.channels, op)?;
-            let mut sum_dy_xhat = self.output(g.channels, op)?;
-            let with_xhat = flag(need_xhat);
-            let xin = x.unwrap_or(dy);
-            launch!(
-                self.device,
-                KernelFile::BatchNorm,
-                "bn_backward_reduce",
-                per_item_launch(g.channels, 512),
-                [
-                    dy,
-                    xin,
-                    mean,
-                    invstd,
-                    &with_xhat,
-                    &mut sum_dy,
-                    &mut sum_dy_xhat,
-                    &n,
-                    &c,
-                    &s
-                ]
-            );
-            sums = Some((sum_dy, sum_dy_xhat));
-        }
-        let dx = if !need_dx {
-            None
-        } else {
-            let mut dx = self.output(g.numel(), op)?;
-            let cfg = plane_launch(g.batch * g.channels, g.spatial);
-            match (&sums, x) {
-                (Some((sum_dy, sum_dy_xhat)), Some(x)) if training => {
-                    let inv_count = 1.0f32 / g.count() as f32;
-                    launch!(
-                        self.device,
-                        KernelFile::BatchNorm,
-                        "bn_backward_input_train",
-                        cfg,
-                        [
-                            dy,
-                            x,
-                            mean,
-                            invstd,
-                            w,
-                            &has_w,
-                            sum_dy,
-                            sum_dy_xhat,
-                            &mut dx,
-                            &planes,
-                            &c,
-                            &s,
-                            &inv_count
-                        ]
-                    );
-                }
-                _ => {
-                    launch!(
-                        self.device,
-                        KernelFile::BatchNorm,
-                        "bn_backward_input_eval",
-                        cfg,
-                        [dy, invstd, w, &has_w, &mut dx, &planes, &c, &s]
-                    );
-                }
-            }
-            Some(self.wrap(dx, g.numel()))
-        };
-        let (dw, db) = match sums {
-            Some((sum_dy, sum_dy_xhat)) => (
-                need_dw.then(|| self.wrap(sum_dy_xhat, g.channels)),
-                need_db.then(|| self.wrap(sum_dy, g.channels)),
-            ),
-            None => (None, None),
-        };
-        Ok([dx, dw, db])
+        self.bn_backward(None, input, weight, mean, invstd, g, training, needs)
+    }
+    fn batch_norm_train_relu(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<BatchNormTrainOutput<Self>> {
+        self.bn_train(weight, bias, g, eps, true)
+    }
+    fn batch_norm_eval_relu(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        running_mean: &Self,
+        running_var: &Self,
+        g: &BatchNormGeometry,
+        eps: f32,
+    ) -> Result<Self> {
+        self.bn_eval(weight, bias, running_mean, running_var, g, eps, true)
+    }
+    fn batch_norm_relu_backward(
+        &self,
+        relu_output: &Self,
+        input: &Self,
+        weight: Option<&Self>,
+        mean: &Self,
+        invstd: &Self,
+        g: &BatchNormGeometry,
+        training: bool,
+        needs: [bool; 3],
+    ) -> Result<[Option<Self>; 3]> {
+        self.bn_backward(
+            Some(relu_output),
+            input,
+            weight,
+            mean,
+            invstd,
+            g,
+            training,
+            needs,
+        )
     }
     fn update_running_stats(
         &mut self,
@@ -1276,4 +1159,221 @@ fn weight_grad_splits(g: &Conv2dGeometry, multiprocessors: usize) -> (usize, usi
     let splits = wanted.min(p_total.div_ceil(128)).clamp(1, 64);
     let chunk = p_total.div_ceil(splits).div_ceil(K_STEP) * K_STEP;
     (chunk, p_total.div_ceil(chunk))
+}
+
+/// Batch-norm kernels shared by the plain and the ReLU-fused trait methods.
+impl CudaStorage {
+    /// Training forward, with the ReLU fused into the normalising kernel
+    /// when `fuse_relu`.
+    fn bn_train(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        g: &BatchNormGeometry,
+        eps: f32,
+        fuse_relu: bool,
+    ) -> Result<BatchNormTrainOutput<Self>> {
+        let op = "batch_norm";
+        let x = self.f32_len(op, "input", g.numel())?;
+        int(op, g.numel())?;
+        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
+        let planes = int(op, g.batch * g.channels)?;
+        let w = weight
+            .map(|w| self.arg(op, "weight", w, g.channels))
+            .transpose()?;
+        let b = bias
+            .map(|b| self.arg(op, "bias", b, g.channels))
+            .transpose()?;
+        let mut mean = self.output(g.channels, op)?;
+        let mut var = self.output(g.channels, op)?;
+        let mut invstd = self.output(g.channels, op)?;
+        launch!(
+            self.device,
+            KernelFile::BatchNorm,
+            "bn_batch_stats",
+            per_item_launch(g.channels, 512),
+            [x, &mut mean, &mut var, &mut invstd, &n, &c, &s, &eps]
+        );
+        let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
+        let fuse = flag(fuse_relu);
+        // Absent affine parameters are never read; pass any valid buffer.
+        let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
+        let mut out = self.output(g.numel(), op)?;
+        launch!(
+            self.device,
+            KernelFile::BatchNorm,
+            "bn_normalize",
+            plane_launch(g.batch * g.channels, g.spatial),
+            [x, &mean, &invstd, w, &has_w, b, &has_b, &mut out, &planes, &c, &s, &fuse]
+        );
+        Ok(BatchNormTrainOutput {
+            output: self.wrap(out, g.numel()),
+            mean: self.wrap(mean, g.channels),
+            var: self.wrap(var, g.channels),
+            invstd: self.wrap(invstd, g.channels),
+        })
+    }
+    /// Eval forward, with the ReLU fused when `fuse_relu`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_eval(
+        &self,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        running_mean: &Self,
+        running_var: &Self,
+        g: &BatchNormGeometry,
+        eps: f32,
+        fuse_relu: bool,
+    ) -> Result<Self> {
+        let op = "batch_norm";
+        let x = self.f32_len(op, "input", g.numel())?;
+        int(op, g.numel())?;
+        let (c, s) = (int(op, g.channels)?, int(op, g.spatial)?);
+        let planes = int(op, g.batch * g.channels)?;
+        let rm = self.arg(op, "running_mean", running_mean, g.channels)?;
+        let rv = self.arg(op, "running_var", running_var, g.channels)?;
+        let w = weight
+            .map(|w| self.arg(op, "weight", w, g.channels))
+            .transpose()?;
+        let b = bias
+            .map(|b| self.arg(op, "bias", b, g.channels))
+            .transpose()?;
+        let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
+        let fuse = flag(fuse_relu);
+        let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
+        let mut out = self.output(g.numel(), op)?;
+        launch!(
+            self.device,
+            KernelFile::BatchNorm,
+            "bn_normalize_running",
+            plane_launch(g.batch * g.channels, g.spatial),
+            [x, rm, rv, &eps, w, &has_w, b, &has_b, &mut out, &planes, &c, &s, &fuse]
+        );
+        Ok(self.wrap(out, g.numel()))
+    }
+    /// Backward; with `relu_output` (the fused forward's output) every
+    /// kernel reads dy masked by `relu_output > 0`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        &self,
+        relu_output: Option<&Self>,
+        input: &Self,
+        weight: Option<&Self>,
+        mean: &Self,
+        invstd: &Self,
+        g: &BatchNormGeometry,
+        training: bool,
+        needs: [bool; 3],
+    ) -> Result<[Option<Self>; 3]> {
+        let op = "batch_norm_backward";
+        let [need_dx, need_dw, need_db] = needs;
+        let dy = self.f32_len(op, "output gradient", g.numel())?;
+        let mask = flag(relu_output.is_some());
+        // Without the fused ReLU the mask is never read; pass dy.
+        let y = match relu_output {
+            Some(y) => self.arg(op, "relu output", y, g.numel())?,
+            None => dy,
+        };
+        int(op, g.numel())?;
+        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
+        let planes = int(op, g.batch * g.channels)?;
+        let mean = self.arg(op, "mean", mean, g.channels)?;
+        let invstd = self.arg(op, "invstd", invstd, g.channels)?;
+        let w = weight
+            .map(|w| self.arg(op, "weight", w, g.channels))
+            .transpose()?;
+        let has_w = flag(w.is_some());
+        let w = w.unwrap_or(mean);
+
+        // x̂ is read only for dγ, and for dx in training mode; otherwise the
+        // caller may pass a stand-in for the unsaved input.
+        let need_xhat = need_dw || (need_dx && training);
+        let x = if need_xhat {
+            Some(self.arg(op, "input", input, g.numel())?)
+        } else {
+            None
+        };
+        // Per-channel sums: dβ = Σdy, dγ = Σdy·x̂; training-mode dx needs both.
+        let need_sums = need_dw || need_db || (need_dx && training);
+        let mut sums = None;
+        if need_sums {
+            let mut sum_dy = self.output(g.channels, op)?;
+            let mut sum_dy_xhat = self.output(g.channels, op)?;
+            let with_xhat = flag(need_xhat);
+            let xin = x.unwrap_or(dy);
+            launch!(
+                self.device,
+                KernelFile::BatchNorm,
+                "bn_backward_reduce",
+                per_item_launch(g.channels, 512),
+                [
+                    dy,
+                    y,
+                    &mask,
+                    xin,
+                    mean,
+                    invstd,
+                    &with_xhat,
+                    &mut sum_dy,
+                    &mut sum_dy_xhat,
+                    &n,
+                    &c,
+                    &s
+                ]
+            );
+            sums = Some((sum_dy, sum_dy_xhat));
+        }
+        let dx = if !need_dx {
+            None
+        } else {
+            let mut dx = self.output(g.numel(), op)?;
+            let cfg = plane_launch(g.batch * g.channels, g.spatial);
+            match (&sums, x) {
+                (Some((sum_dy, sum_dy_xhat)), Some(x)) if training => {
+                    let inv_count = 1.0f32 / g.count() as f32;
+                    launch!(
+                        self.device,
+                        KernelFile::BatchNorm,
+                        "bn_backward_input_train",
+                        cfg,
+                        [
+                            dy,
+                            y,
+                            &mask,
+                            x,
+                            mean,
+                            invstd,
+                            w,
+                            &has_w,
+                            sum_dy,
+                            sum_dy_xhat,
+                            &mut dx,
+                            &planes,
+                            &c,
+                            &s,
+                            &inv_count
+                        ]
+                    );
+                }
+                _ => {
+                    launch!(
+                        self.device,
+                        KernelFile::BatchNorm,
+                        "bn_backward_input_eval",
+                        cfg,
+                        [dy, y, &mask, invstd, w, &has_w, &mut dx, &planes, &c, &s]
+                    );
+                }
+            }
+            Some(self.wrap(dx, g.numel()))
+        };
+        let (dw, db) = match sums {
+            Some((sum_dy, sum_dy_xhat)) => (
+                need_dw.then(|| self.wrap(sum_dy_xhat, g.channels)),
+                need_db.then(|| self.wrap(sum_dy, g.channels)),
+            ),
+            None => (None, None),
+        };
+        Ok([dx, dw, db])
+    }
 }

@@ -90,9 +90,9 @@ else
   failures=$((failures + 1))
 fi
 
-section "Benchmarks: frostgrad vs PyTorch + cuDNN (fp32, TF32 off), batch 64 at 224x224"
 # FROSTGRAD_BENCH_ARGS overrides the settings (e.g. a tiny run through the emulation).
 read -r -a bench_args <<< "${FROSTGRAD_BENCH_ARGS:---device cuda --batch 64 --size 224 --steps 20 --warmup 3}"
+section "Benchmarks: frostgrad vs PyTorch + cuDNN (fp32, TF32 off): ${bench_args[*]}"
 run "frostgrad-bench-cuda" "$here/bin/frostgrad" bench "${bench_args[@]}" \
   --json "$out/frostgrad-cuda.json" --svg "$out/frostgrad-cuda.svg"
 if python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' > /dev/null 2>&1; then

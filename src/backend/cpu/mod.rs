@@ -22,6 +22,78 @@ mod loss;
 mod pool;
 mod scratch;
 mod sgd;
+
+/// The batch-norm kernels with and without the fused ReLU, unwrapped once.
+impl CpuStorage {
+    fn bn_train(
+        &self,
+        op: &'static str,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        g: &BatchNormGeometry,
+        eps: f32,
+        fuse_relu: bool,
+    ) -> Result<BatchNormTrainOutput<Self>> {
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
+        let r = batch_norm::train(self.as_f32(op)?, weight, bias, g, eps, fuse_relu)?;
+        Ok(BatchNormTrainOutput {
+            output: F32(r.output),
+            mean: F32(r.mean),
+            var: F32(r.var),
+            invstd: F32(r.invstd),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bn_eval(
+        &self,
+        op: &'static str,
+        weight: Option<&Self>,
+        bias: Option<&Self>,
+        (running_mean, running_var): (&Self, &Self),
+        g: &BatchNormGeometry,
+        eps: f32,
+        fuse_relu: bool,
+    ) -> Result<Self> {
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
+        let (rm, rv) = (running_mean.as_f32(op)?, running_var.as_f32(op)?);
+        let x = self.as_f32(op)?;
+        Ok(F32(batch_norm::eval(
+            x, weight, bias, rm, rv, g, eps, fuse_relu,
+        )?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        &self,
+        op: &'static str,
+        relu_output: Option<&Self>,
+        input: &Self,
+        weight: Option<&Self>,
+        (mean, invstd): (&Self, &Self),
+        g: &BatchNormGeometry,
+        training: bool,
+        needs: [bool; 3],
+    ) -> Result<[Option<Self>; 3]> {
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let relu_output = relu_output.map(|y| y.as_f32(op)).transpose()?;
+        let grads = batch_norm::backward(
+            self.as_f32(op)?,
+            relu_output,
+            input.as_f32(op)?,
+            weight,
+            mean.as_f32(op)?,
+            invstd.as_f32(op)?,
+            g,
+            training,
+            needs,
+        )?;
+        Ok(grads.map(|gr| gr.map(F32)))
+    }
+}
+
 #[cfg(test)]
 mod test_data;
 
@@ -194,16 +266,7 @@ impl BackendStorage for CpuStorage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<BatchNormTrainOutput<Self>> {
-        let op = "batch_norm_train";
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
-        let r = batch_norm::train(self.as_f32(op)?, weight, bias, g, eps, false)?;
-        Ok(BatchNormTrainOutput {
-            output: F32(r.output),
-            mean: F32(r.mean),
-            var: F32(r.var),
-            invstd: F32(r.invstd),
-        })
+        self.bn_train("batch_norm_train", weight, bias, g, eps, false)
     }
     fn batch_norm_eval(
         &self,
@@ -214,20 +277,8 @@ impl BackendStorage for CpuStorage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<Self> {
-        let op = "batch_norm_eval";
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
-        let (rm, rv) = (running_mean.as_f32(op)?, running_var.as_f32(op)?);
-        Ok(F32(batch_norm::eval(
-            self.as_f32(op)?,
-            weight,
-            bias,
-            rm,
-            rv,
-            g,
-            eps,
-            false,
-        )?))
+        let stats = (running_mean, running_var);
+        self.bn_eval("batch_norm_eval", weight, bias, stats, g, eps, false)
     }
     fn batch_norm_backward(
         &self,
@@ -240,19 +291,7 @@ impl BackendStorage for CpuStorage {
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
         let op = "batch_norm_backward";
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let grads = batch_norm::backward(
-            self.as_f32(op)?,
-            None,
-            input.as_f32(op)?,
-            weight,
-            mean.as_f32(op)?,
-            invstd.as_f32(op)?,
-            g,
-            training,
-            needs,
-        )?;
-        Ok(grads.map(|gr| gr.map(F32)))
+        self.bn_backward(op, None, input, weight, (mean, invstd), g, training, needs)
     }
     fn batch_norm_train_relu(
         &self,
@@ -261,16 +300,7 @@ impl BackendStorage for CpuStorage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<BatchNormTrainOutput<Self>> {
-        let op = "batch_norm_relu_train";
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
-        let r = batch_norm::train(self.as_f32(op)?, weight, bias, g, eps, true)?;
-        Ok(BatchNormTrainOutput {
-            output: F32(r.output),
-            mean: F32(r.mean),
-            var: F32(r.var),
-            invstd: F32(r.invstd),
-        })
+        self.bn_train("batch_norm_relu_train", weight, bias, g, eps, true)
     }
     fn batch_norm_eval_relu(
         &self,
@@ -281,20 +311,8 @@ impl BackendStorage for CpuStorage {
         g: &BatchNormGeometry,
         eps: f32,
     ) -> Result<Self> {
-        let op = "batch_norm_relu_eval";
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
-        let (rm, rv) = (running_mean.as_f32(op)?, running_var.as_f32(op)?);
-        Ok(F32(batch_norm::eval(
-            self.as_f32(op)?,
-            weight,
-            bias,
-            rm,
-            rv,
-            g,
-            eps,
-            true,
-        )?))
+        let stats = (running_mean, running_var);
+        self.bn_eval("batch_norm_relu_eval", weight, bias, stats, g, eps, true)
     }
     fn batch_norm_relu_backward(
         &self,
@@ -308,19 +326,17 @@ impl BackendStorage for CpuStorage {
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
         let op = "batch_norm_relu_backward";
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let grads = batch_norm::backward(
-            self.as_f32(op)?,
-            Some(relu_output.as_f32(op)?),
-            input.as_f32(op)?,
+        let stats = (mean, invstd);
+        self.bn_backward(
+            op,
+            Some(relu_output),
+            input,
             weight,
-            mean.as_f32(op)?,
-            invstd.as_f32(op)?,
+            stats,
             g,
             training,
             needs,
-        )?;
-        Ok(grads.map(|gr| gr.map(F32)))
+        )
     }
     fn update_running_stats(
         &mut self,

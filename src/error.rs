@@ -36,8 +36,14 @@ pub enum Error {
     #[error("state dict: {0}")]
     StateDict(String),
 
-    #[error("weights file {path}: {msg}")]
-    WeightsFile { path: String, msg: String },
+    /// A file a command reads or writes, named by its role
+    /// (`weights file w.pth (--weights): ...`).
+    #[error("{role} {path}{}: {msg}", crate::io::files::option_suffix(role))]
+    File {
+        role: crate::io::files::Role,
+        path: String,
+        msg: String,
+    },
 
     /// A PyTorch `.pth` checkpoint that cannot be read safely (malformed,
     /// truncated, or asking to run code outside the allowlist).
@@ -60,6 +66,20 @@ impl Error {
         Error::Shape {
             op,
             msg: msg.into(),
+        }
+    }
+
+    /// The same error about a file, in another role (a library reader
+    /// does not know whether it read `--weights` or `--batch`).
+    pub fn in_role(self, role: crate::io::files::Role) -> Self {
+        match self {
+            Error::File { path, msg, .. } => Error::File { role, path, msg },
+            Error::Io { path, source } => Error::File {
+                role,
+                path,
+                msg: source.to_string(),
+            },
+            other => other,
         }
     }
 

@@ -44,50 +44,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{Error, Result};
 
-/// What a file is to the command, for error messages: a noun and the option
-/// that named it (`weights file ... (--weights)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Role {
-    pub noun: &'static str,
-    pub option: Option<&'static str>,
-}
-
-impl Role {
-    pub const fn new(noun: &'static str, option: Option<&'static str>) -> Role {
-        Role { noun, option }
-    }
-    /// A file the library reads or writes outside any command.
-    pub const FILE: Role = Role::new("file", None);
-    pub const WEIGHTS: Role = Role::new("weights file", Some("--weights"));
-    pub const BATCH: Role = Role::new("batch file", Some("--batch"));
-    pub const OUTPUT: Role = Role::new("output file", Some("--out"));
-    pub const STATS: Role = Role::new("stats file", Some("--stats-json"));
-    pub const JSON: Role = Role::new("JSON output", Some("--json"));
-    pub const SVG: Role = Role::new("SVG output", Some("--svg"));
-    /// `frostgrad convert IN OUT`'s positional arguments.
-    pub const CONVERT_INPUT: Role = Role::new("input checkpoint", Some("IN"));
-    pub const CONVERT_OUTPUT: Role = Role::new("output file", Some("OUT"));
-
-    /// An error about `path` in this role.
-    pub fn error(self, path: &Path, msg: impl Into<String>) -> Error {
-        Error::File {
-            role: self,
-            path: path.display().to_string(),
-            msg: msg.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.noun)
-    }
-}
-
-/// ` (--weights)`, or nothing: what follows the path in a message.
-pub(crate) fn option_suffix(role: &Role) -> String {
-    role.option.map(|o| format!(" ({o})")).unwrap_or_default()
-}
+pub use crate::core_types::Role;
 
 /// The whole file, or an error naming its role.
 pub fn read(path: &Path, role: Role) -> Result<Vec<u8>> {
@@ -345,7 +302,7 @@ impl Outputs {
                         "is the same file as the {} {}{}: refusing to overwrite an input",
                         input.role,
                         input.path.display(),
-                        option_suffix(&input.role)
+                        input.role.suffix()
                     ),
                 ));
             }
@@ -359,7 +316,7 @@ impl Outputs {
                         "is the same file as the {} {}{}: give each output its own path",
                         other.role,
                         other.path.display(),
-                        option_suffix(&other.role)
+                        other.role.suffix()
                     ),
                 ));
             }

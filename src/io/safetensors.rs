@@ -390,7 +390,7 @@ mod tests {
             n += 1;
             sd.insert(
                 format!("k{n}"),
-                HostTensor::new(vec![1], CpuStorage::F32(vec![0.0])).unwrap(),
+                HostTensor::new(vec![1], HostData::F32(vec![0.0])).unwrap(),
             );
         }
     }

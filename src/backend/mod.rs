@@ -7,16 +7,20 @@
 //! shapes passed in as small geometry structs. The CPU backend lives in
 //! [`cpu`]; the CUDA backend implements the same trait.
 
+pub(crate) mod check;
 pub mod cpu;
 pub mod cuda;
 mod geometry;
+mod storage;
 
 pub use geometry::{
     AdaptivePool2dGeometry, BatchNormGeometry, Conv2dGeometry, Pool2dGeometry, SgdConfig,
 };
 
+pub use storage::Storage;
+
+use crate::core_types::{DType, Device};
 use crate::error::Result;
-use crate::tensor::{DType, Device};
 
 /// What a training-mode batch-norm forward produces: the normalised output
 /// plus the per-channel statistics backward and the running averages need.

@@ -10,11 +10,14 @@ use crate::backend::{
     AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormTrainOutput,
     Conv2dGeometry, Pool2dGeometry, SgdConfig,
 };
+use crate::core_types::{DType, Device, HostData};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device};
+
+// The length and size checks shared with the CUDA backend; the kernels
+// reach them as `super::check`.
+use super::check;
 
 mod batch_norm;
-mod check;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -97,16 +100,13 @@ impl CpuStorage {
 #[cfg(test)]
 mod test_data;
 
-use CpuStorage::F32;
+use HostData::F32;
 
-/// Host data of one tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub enum CpuStorage {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-}
+/// The CPU backend's storage is plain host data.
+pub type CpuStorage = HostData;
 
-impl CpuStorage {
+/// Typed views of host data; a dtype mismatch is an error naming `op`.
+impl HostData {
     pub fn as_f32(&self, op: &'static str) -> Result<&[f32]> {
         match self {
             CpuStorage::F32(v) => Ok(v),
@@ -144,16 +144,10 @@ impl BackendStorage for CpuStorage {
         Device::Cpu
     }
     fn dtype(&self) -> DType {
-        match self {
-            CpuStorage::F32(_) => DType::F32,
-            CpuStorage::I64(_) => DType::I64,
-        }
+        HostData::dtype(self)
     }
     fn len(&self) -> usize {
-        match self {
-            CpuStorage::F32(v) => v.len(),
-            CpuStorage::I64(v) => v.len(),
-        }
+        HostData::len(self)
     }
     fn to_cpu(&self) -> Result<CpuStorage> {
         Ok(self.clone())

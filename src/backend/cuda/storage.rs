@@ -16,8 +16,8 @@ use crate::backend::{
     AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormTrainOutput,
     Conv2dGeometry, Pool2dGeometry, SgdConfig,
 };
+use crate::core_types::{DType, Device};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device};
 
 /// The data of a CUDA buffer, by element type.
 pub enum CudaData {

@@ -13,8 +13,8 @@ use crate::backend::{
     AdaptivePool2dGeometry, BatchNormGeometry, BatchNormTrainOutput, Conv2dGeometry,
     Pool2dGeometry, SgdConfig,
 };
+use crate::core_types::{DType, Device};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device};
 
 /// The buffer of one tensor, on one device.
 #[derive(Debug)]

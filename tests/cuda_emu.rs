@@ -627,20 +627,25 @@ fn run_mad(extra: &[&str]) -> Vec<f32> {
 
 #[test]
 fn multiply_add_is_contracted_like_nvrtc_by_default() {
-    cuda_emu::with_emulation("multiply_add_is_contracted_like_nvrtc_by_default", &[], || {
-        let fused = 2f32.powi(-24);
-        // NVRTC's default (--fmad=true) contracts; the intrinsics never do
-        // anything but what they name.
-        assert_eq!(run_mad(&[]), vec![fused, fused, 0.0]);
-        assert_eq!(run_mad(&["--fmad=true"]), vec![fused, fused, 0.0]);
-        assert_eq!(run_mad(&["--fmad=false"]), vec![0.0, fused, 0.0]);
-    });
+    cuda_emu::with_emulation(
+        "multiply_add_is_contracted_like_nvrtc_by_default",
+        &[],
+        || {
+            let fused = 2f32.powi(-24);
+            // NVRTC's default (--fmad=true) contracts; the intrinsics never do
+            // anything but what they name.
+            assert_eq!(run_mad(&[]), vec![fused, fused, 0.0]);
+            assert_eq!(run_mad(&["--fmad=true"]), vec![fused, fused, 0.0]);
+            assert_eq!(run_mad(&["--fmad=false"]), vec![0.0, fused, 0.0]);
+        },
+    );
 }
 
 #[test]
 fn statistics_count_launches_syncs_copies_and_allocations() {
     let name = "statistics_count_launches_syncs_copies_and_allocations";
-    let path = std::env::temp_dir().join(format!("frostgrad-emu-stats-{}.json", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("frostgrad-emu-stats-{}.json", std::process::id()));
     let path_s = path.to_str().unwrap().to_string();
     cuda_emu::with_emulation(name, &[("FROSTGRAD_CUDA_EMU_STATS", &path_s)], || {
         let (stream, f) = kernel(FMA, "fma.cu", &[], "twice");

@@ -23,3 +23,12 @@ pub(crate) fn checked_numel(op: &'static str, dims: &[usize]) -> Result<usize> {
             .ok_or_else(|| Error::shape(op, format!("element count of {dims:?} overflows usize")))
     })
 }
+
+/// A batch-norm backward asked for dγ or a training-mode dx, which read the
+/// input, without the input.
+pub(crate) fn unsaved_input(op: &'static str) -> Error {
+    Error::invalid(
+        op,
+        "the weight gradient and the training-mode input gradient read the forward input, which was not given",
+    )
+}

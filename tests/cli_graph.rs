@@ -305,6 +305,18 @@ fn bad_input_is_a_one_line_error() {
             "no/such/dir",
         ),
     ];
+    // An output that is the input: refused before any work, the input intact.
+    let weights = dir.join("w.safetensors");
+    std::fs::write(&weights, b"not really weights").expect("write");
+    let w = weights.to_str().expect("path");
+    let run = frostgrad(&["graph", "--weights", w, "--out", w]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).starts_with("error:"));
+    assert_eq!(
+        std::fs::read(&weights).expect("read"),
+        b"not really weights"
+    );
+
     for (args, needle) in cases {
         let mut all = vec!["graph"];
         all.extend_from_slice(&args);

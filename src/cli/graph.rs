@@ -22,6 +22,7 @@ use rand::SeedableRng;
 use crate::autograd::Graph;
 use crate::cli::weights::read_state_dict;
 use crate::error::{Error, Result};
+use crate::io::files::{Outputs, Role};
 use crate::nn::{resnet18, Module, ParamPatterns, ResNet};
 use crate::ops;
 use crate::tensor::{Device, Tensor};
@@ -107,12 +108,8 @@ pub fn record_mode(
     })
 }
 
-fn write_out(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
-}
+/// `--out`, named in errors as the graph file.
+const GRAPH_OUT: Role = Role::new("graph file", Some("--out"));
 
 pub fn run(args: &GraphArgs) -> Result<String> {
     // Cheap checks first.
@@ -141,8 +138,17 @@ pub fn run(args: &GraphArgs) -> Result<String> {
             ),
         ));
     }
+    // Refuses an --out that is the weights file or cannot be written, before any work.
+    let inputs: Vec<(Role, &Path)> = args
+        .weights
+        .iter()
+        .map(|w| (Role::WEIGHTS, w.as_path()))
+        .collect();
+    let outputs = Outputs::check(&inputs, &[(GRAPH_OUT, args.out.as_path())])?;
     let mut model: ResNet = match &args.weights {
-        Some(path) => ResNet::resnet18_from_state_dict(&read_state_dict(path, None)?)?,
+        Some(path) => {
+            ResNet::resnet18_from_state_dict(&read_state_dict(path, None, Role::WEIGHTS)?)?
+        }
         None => {
             let mut rng = rand::rngs::StdRng::seed_from_u64(0);
             resnet18(1000, &mut rng)?
@@ -195,7 +201,7 @@ pub fn run(args: &GraphArgs) -> Result<String> {
             json_of(&modes[0], compare)
         }
     };
-    write_out(&args.out, &text)?;
+    outputs.write_all(&[(args.out.as_path(), text.as_bytes())])?;
     let mut lines: Vec<String> = modes
         .iter()
         .map(|m| format!("{}: {}", m.title, viz::summary_line(&m.graph)))

@@ -230,8 +230,9 @@ impl Tensor {
     }
 
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        match self.to_cpu_storage()? {
-            CpuStorage::F32(v) => Ok(v),
+        // Taken out of the storage (which is dropped, not recycled, empty).
+        match &mut self.to_cpu_storage()? {
+            CpuStorage::F32(v) => Ok(std::mem::take(v)),
             other => Err(Error::DType {
                 op: "to_vec_f32",
                 expected: DType::F32,
@@ -241,8 +242,9 @@ impl Tensor {
     }
 
     pub fn to_vec_i64(&self) -> Result<Vec<i64>> {
-        match self.to_cpu_storage()? {
-            CpuStorage::I64(v) => Ok(v),
+        // Taken out of the storage (which is dropped, not recycled, empty).
+        match &mut self.to_cpu_storage()? {
+            CpuStorage::I64(v) => Ok(std::mem::take(v)),
             other => Err(Error::DType {
                 op: "to_vec_i64",
                 expected: DType::I64,

@@ -12,8 +12,9 @@ fn check_matrix(op: &'static str, what: &str, len: usize, rows: usize, cols: usi
 /// `x - max - ln Σ exp(x - max)` per row: subtracting the row maximum keeps
 /// `exp` from overflowing; the sum is accumulated in f64.
 pub(super) fn log_softmax(x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
-    check_matrix("log_softmax", "input", x.len(), rows, cols)?;
-    let mut out = vec![0.0f32; x.len()];
+    let op = "log_softmax";
+    check_matrix(op, "input", x.len(), rows, cols)?;
+    let mut out = super::buffer_pool::zeroed(op, x.len())?;
     if cols == 0 {
         return Ok(out);
     }
@@ -40,7 +41,7 @@ pub(super) fn log_softmax_backward(
     let op = "log_softmax_backward";
     check_matrix(op, "grad_output", grad.len(), rows, cols)?;
     check_matrix(op, "output", output.len(), rows, cols)?;
-    let mut dx = vec![0.0f32; grad.len()];
+    let mut dx = super::buffer_pool::zeroed(op, grad.len())?;
     if cols == 0 {
         return Ok(dx);
     }
@@ -97,7 +98,7 @@ pub(super) fn nll_loss_backward(
     let op = "nll_loss_backward";
     expect_len(op, "grad_output", grad.len(), 1)?;
     expect_len(op, "labels", labels.len(), rows)?;
-    let mut dx = vec![0.0f32; checked_numel(op, &[rows, cols])?];
+    let mut dx = super::buffer_pool::zeroed(op, checked_numel(op, &[rows, cols])?)?;
     let value = -grad[0] / rows as f32;
     for (row, col) in label_columns(op, labels, cols).enumerate() {
         dx[row * cols + col?] = value;

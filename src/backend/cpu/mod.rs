@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Device};
 
 mod batch_norm;
+pub mod buffer_pool;
 mod check;
 mod conv;
 mod elementwise;
@@ -99,11 +100,32 @@ mod test_data;
 
 use CpuStorage::F32;
 
-/// Host data of one tensor.
+/// Host data of one tensor. Dropping it hands a large buffer back to the
+/// [`buffer_pool`] for reuse.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CpuStorage {
     F32(Vec<f32>),
     I64(Vec<i64>),
+}
+
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        match self {
+            CpuStorage::F32(v) => buffer_pool::recycle(std::mem::take(v)),
+            CpuStorage::I64(v) => buffer_pool::recycle(std::mem::take(v)),
+        }
+    }
+}
+
+impl CpuStorage {
+    /// A copy in a pooled buffer (`Clone` uses the allocator and cannot fail
+    /// gracefully).
+    fn pooled_copy(&self) -> Result<Self> {
+        Ok(match self {
+            CpuStorage::F32(v) => CpuStorage::F32(buffer_pool::copy_of("copy", v)?),
+            CpuStorage::I64(v) => CpuStorage::I64(buffer_pool::copy_of("copy", v)?),
+        })
+    }
 }
 
 impl CpuStorage {
@@ -156,10 +178,10 @@ impl BackendStorage for CpuStorage {
         }
     }
     fn to_cpu(&self) -> Result<CpuStorage> {
-        Ok(self.clone())
+        self.pooled_copy()
     }
     fn try_clone(&self) -> Result<Self> {
-        Ok(self.clone())
+        self.pooled_copy()
     }
 
     fn add(&self, rhs: &Self) -> Result<Self> {
@@ -167,7 +189,7 @@ impl BackendStorage for CpuStorage {
         Ok(F32(elementwise::add(self.as_f32(op)?, rhs.as_f32(op)?)?))
     }
     fn scale(&self, factor: f32) -> Result<Self> {
-        Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)))
+        Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)?))
     }
     fn sum_all(&self) -> Result<Self> {
         Ok(F32(vec![elementwise::sum_all(self.as_f32("sum")?)]))
@@ -179,7 +201,7 @@ impl BackendStorage for CpuStorage {
         )?))
     }
     fn relu(&self) -> Result<Self> {
-        Ok(F32(elementwise::relu(self.as_f32("relu")?)))
+        Ok(F32(elementwise::relu(self.as_f32("relu")?)?))
     }
     fn relu_backward(&self, output: &Self) -> Result<Self> {
         let op = "relu_backward";

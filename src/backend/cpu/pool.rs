@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::buffer_pool;
 use super::check::{checked_numel, expect_len};
 use crate::backend::{AdaptivePool2dGeometry, Pool2dGeometry};
 use crate::error::{Error, Result};
@@ -45,8 +46,8 @@ pub(super) fn max_pool2d(x: &[f32], g: &Pool2dGeometry) -> Result<(Vec<f32>, Vec
         x.len(),
         checked_numel(op, &[planes, in_plane])?,
     )?;
-    let mut values = vec![0.0f32; checked_numel(op, &[planes, out_plane])?];
-    let mut indices = vec![0i64; values.len()];
+    let mut values = buffer_pool::zeroed(op, checked_numel(op, &[planes, out_plane])?)?;
+    let mut indices = buffer_pool::zeroed(op, values.len())?;
     if values.is_empty() {
         return Ok((values, indices));
     }
@@ -110,7 +111,7 @@ pub(super) fn max_pool2d_backward(
     let out_len = checked_numel(op, &[planes, out_plane])?;
     expect_len(op, "grad_output", dy.len(), out_len)?;
     expect_len(op, "indices", indices.len(), out_len)?;
-    let mut dx = vec![0.0f32; checked_numel(op, &[planes, in_plane])?];
+    let mut dx = buffer_pool::zeroed(op, checked_numel(op, &[planes, in_plane])?)?;
     if out_len == 0 || in_plane == 0 {
         return Ok(dx);
     }
@@ -149,7 +150,7 @@ pub(super) fn adaptive_avg_pool2d(x: &[f32], g: &AdaptivePool2dGeometry) -> Resu
     let op = "adaptive_avg_pool2d";
     let (planes, in_plane, out_plane) = adaptive_sizes(op, g)?;
     expect_len(op, "input", x.len(), planes * in_plane)?;
-    let mut out = vec![0.0f32; planes * out_plane];
+    let mut out = buffer_pool::zeroed(op, planes * out_plane)?;
     if out.is_empty() {
         return Ok(out);
     }
@@ -185,7 +186,7 @@ pub(super) fn adaptive_avg_pool2d_backward(
     let op = "adaptive_avg_pool2d_backward";
     let (planes, in_plane, out_plane) = adaptive_sizes(op, g)?;
     expect_len(op, "grad_output", dy.len(), planes * out_plane)?;
-    let mut dx = vec![0.0f32; planes * in_plane];
+    let mut dx = buffer_pool::zeroed(op, planes * in_plane)?;
     if dx.is_empty() {
         return Ok(dx);
     }

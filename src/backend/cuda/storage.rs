@@ -1131,7 +1131,7 @@ fn checked_labels<'a>(
     lhs.same_device(op, labels)?;
     check_len(op, "labels", labels.len, rows)?;
     let slice = labels.i64(op)?;
-    if let CpuStorage::I64(host) = labels.to_cpu()? {
+    if let CpuStorage::I64(host) = &labels.to_cpu()? {
         if let Some((r, &bad)) = host
             .iter()
             .enumerate()

@@ -10,7 +10,8 @@
 //!
 //! * Buffers of at least [`MIN_POOLED_BYTES`] are rounded up to a size
 //!   class (four per power of two, so at most 25 % slack) and kept per class
-//!   when their storage is dropped. Smaller ones come from and go to the
+//!   when the tensor storage holding them is dropped (`tensor::memory`
+//!   hands them back). Smaller ones come from and go to the
 //!   allocator directly, whose heap serves them without faulting.
 //! * Nothing is returned to the OS while the process runs unless
 //!   [`release`] is called; [`held_bytes`] says how much the pool keeps.
@@ -26,6 +27,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use crate::core_types::HostData;
 use crate::error::{Error, Result};
 
 /// Buffers smaller than this are not pooled (malloc's heap serves them
@@ -196,6 +198,24 @@ pub fn try_alloc<T>(op: &'static str, capacity: usize) -> Result<Vec<T>> {
         )
     })?;
     Ok(v)
+}
+
+/// A pooled copy of host data (`Clone` would use the allocator directly,
+/// and cannot fail gracefully).
+pub fn copy_host(src: &HostData) -> Result<HostData> {
+    Ok(match src {
+        HostData::F32(v) => HostData::F32(copy_of("copy", v)?),
+        HostData::I64(v) => HostData::I64(copy_of("copy", v)?),
+    })
+}
+
+/// Takes back the buffer of a tensor storage that is being dropped,
+/// leaving `data` empty.
+pub fn recycle_host(data: &mut HostData) {
+    match data {
+        HostData::F32(v) => recycle(std::mem::take(v)),
+        HostData::I64(v) => recycle(std::mem::take(v)),
+    }
 }
 
 /// Takes back a buffer whose storage is being dropped: kept for reuse if

@@ -80,7 +80,7 @@ impl From<DeviceArg> for Device {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
-        Command::Bench(args) => bench::run(&args).map(|table| print!("{table}")),
+        Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
     }
 }

@@ -533,12 +533,8 @@ int rt_block_sync_at(int pred, int op, const char* site) {
   return rt_block_sync(pred, op);
 }
 
-void rt_check_access(const void* addr, unsigned long size, unsigned flags, const void* pc) {
-  fgcheck::access(addr, size, flags, pc);
-}
-
 const FrostgradEmuRuntime g_runtime = {FROSTGRAD_EMU_ABI, rt_block_sync,   rt_warp_exchange, rt_active_mask,
-                                       rt_trap,           rt_check_access, rt_block_sync_at};
+                                       rt_trap,           fgcheck::access, rt_block_sync_at};
 
 void thread_exited(Run* R, Fiber* f) {
   f->state = F_DONE;

@@ -26,6 +26,7 @@
 
 #include "check.h"
 #include "include/frostgrad_emu_abi.h"
+#include "stats.h"
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -149,6 +150,7 @@ CUresult do_alloc(CUdeviceptr* out, size_t size, bool managed) {
   g_allocated += size;
   if (fgcheck::g_checks) fgcheck::on_alloc((uintptr_t)ptr, size, managed);
   *out = (CUdeviceptr)(uintptr_t)ptr;
+  fg_stats::alloc(size);
   return CUDA_SUCCESS;
 }
 
@@ -176,6 +178,7 @@ CUresult do_free(CUdeviceptr p) {
   }
   g_allocated -= it->second.size;
   g_allocs.erase(it);
+  fg_stats::free_call();
   return CUDA_SUCCESS;
 }
 
@@ -1222,6 +1225,7 @@ EXPORT CUresult cuCtxGetDevice(CUdevice* d) {
 EXPORT CUresult cuCtxSynchronize() {
   LOCK;
   CHECK_CTX();
+  fg_stats::sync();
   return g_sticky;
 }
 EXPORT CUresult cuCtxSetFlags(unsigned flags) {
@@ -1361,11 +1365,39 @@ static CUresult copy(void* dst, const void* src, size_t n, bool dst_dev, bool sr
   }
   return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) { return copy((void*)d, h, n, true, false); }
-EXPORT CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) { return copy(h, (void*)d, n, false, true); }
-EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr a, CUdeviceptr b, size_t n) { return copy((void*)a, (void*)b, n, true, true); }
-EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void*) { return cuMemcpyHtoD_v2(d, h, n); }
-EXPORT CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void*) { return cuMemcpyDtoH_v2(h, d, n); }
+// Counted for FROSTGRAD_CUDA_EMU_STATS: the synchronous host copies are also
+// host waits (the host blocks until the stream has drained).
+EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
+  fg_stats::htod(n);
+  fg_stats::sync();
+  return copy((void*)d, h, n, true, false);
+}
+EXPORT CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) {
+  fg_stats::dtoh(n);
+  fg_stats::sync();
+  return copy(h, (void*)d, n, false, true);
+}
+EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr a, CUdeviceptr b, size_t n) {
+  fg_stats::dtod(n);
+  return copy((void*)a, (void*)b, n, true, true);
+}
+EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void*) {
+  fg_stats::htod(n);
+  return copy((void*)d, h, n, true, false);
+}
+// Into pageable memory (anything but cuMemHostAlloc's), CUDA returns only
+// once the copy is done: a host wait like the synchronous copy.
+EXPORT CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void*) {
+  fg_stats::dtoh(n);
+  bool pinned;
+  {
+    LOCK;
+    auto it = g_ranges.upper_bound((uintptr_t)h);
+    pinned = it != g_ranges.begin() && (uintptr_t)h < std::prev(it)->first + std::prev(it)->second;
+  }
+  if (!pinned) fg_stats::sync();
+  return copy(h, (void*)d, n, false, true);
+}
 EXPORT CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr a, CUdeviceptr b, size_t n, void*) { return cuMemcpyDtoD_v2(a, b, n); }
 EXPORT CUresult cuMemcpy(CUdeviceptr a, CUdeviceptr b, size_t n) {
   LOCK;
@@ -1391,6 +1423,7 @@ static CUresult memset_n(CUdeviceptr d, T v, size_t n) {
     emu_log("memset of %zu bytes at %s", n * sizeof(T), describe_addr((uintptr_t)d).c_str());
     return CUDA_ERROR_INVALID_VALUE;
   }
+  fg_stats::memset_call();
   T* p = (T*)d;
   if (sizeof(T) == 1) memset(p, (int)v, n);
   else for (size_t i = 0; i < n; i++) p[i] = v;
@@ -1429,6 +1462,7 @@ EXPORT CUresult cuStreamDestroy_v2(void* s) {
 EXPORT CUresult cuStreamSynchronize(void*) {
   LOCK;
   CHECK_CTX();
+  fg_stats::sync();
   return g_sticky;
 }
 EXPORT CUresult cuStreamQuery(void*) {
@@ -1496,7 +1530,11 @@ EXPORT CUresult cuEventQuery(void* e) {
   if (!e) return CUDA_ERROR_INVALID_HANDLE;
   return g_sticky;
 }
-EXPORT CUresult cuEventSynchronize(void* e) { return cuEventQuery(e); }
+EXPORT CUresult cuEventSynchronize(void* e) {
+  CUresult r = cuEventQuery(e);
+  if (e) fg_stats::sync();
+  return r;
+}
 EXPORT CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
   CHECK_CTX();
   if (!ms) return CUDA_ERROR_INVALID_VALUE;
@@ -1637,6 +1675,7 @@ EXPORT CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, u
     return CUDA_ERROR_INVALID_VALUE;
   }
   if (!params && fn->k->nparams > 0) return CUDA_ERROR_INVALID_VALUE;
+  fg_stats::launch(fn->k->name);
   return launch(fn, gx, gy, gz, bx, by, bz, smem, params);
 }
 

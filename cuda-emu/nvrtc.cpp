@@ -50,7 +50,7 @@ enum {
 namespace {
 
 // Bump when the rewrite or the flags change meaning (part of the cache key).
-constexpr const char* kEmuVersion = "frostgrad-nvrtc-emu 1";
+constexpr const char* kEmuVersion = "frostgrad-nvrtc-emu 2";
 
 struct Program {
   std::string src;
@@ -594,6 +594,11 @@ std::string footer(const std::vector<std::string>& kernels, bool checked) {
   return f;
 }
 
+bool host_has_fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("fma");
+}
+
 // FROSTGRAD_CUDA_EMU_CHECK names checks (see the driver): any value other than
 // empty / none / 0 makes programs compile instrumented.
 bool check_requested() {
@@ -625,6 +630,11 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
   std::string std_flag = "-std=c++20";
   int arch = 900;
   bool ftz = false;
+  // NVRTC's default is --fmad=true: the compiler may contract a*b+c into one
+  // fused multiply-add (one rounding). The emulation does the same through
+  // g++'s -ffp-contract=fast with the host's FMA instructions, so emulated
+  // results round like a GPU's rather than like --fmad=false.
+  bool fmad = true;
   std::string extra_warn;
   for (int i = 0; i < nopts; i++) {
     std::string o = opts[i] ? opts[i] : "";
@@ -662,9 +672,14 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
       std_flag = "-std=" + std::string(v == "c++03" || v == "c++11" || v == "c++14" ? "c++17" : v);
     } else if (o == "--ftz=true" || o == "-ftz=true" || o == "--use_fast_math" || o == "-use_fast_math") {
       ftz = true;
+    } else if (o == "--fmad=true" || o == "-fmad=true" || o == "--fmad=false" || o == "-fmad=false") {
+      fmad = o.find("true") != std::string::npos;
+    } else if (starts("--fmad=") || starts("-fmad=")) {
+      p->log = "nvrtc: error: invalid value for --fmad: '" + o.substr(o.find('=') + 1) + "'\n";
+      return NVRTC_ERROR_INVALID_OPTION;
     } else if (o == "--disable-warnings" || o == "-w") {
       extra_warn = "-w";
-    } else if (starts("--fmad=") || starts("-fmad=") || starts("--prec-div=") || starts("-prec-div=") ||
+    } else if (starts("--prec-div=") || starts("-prec-div=") ||
                starts("--prec-sqrt=") || starts("-prec-sqrt=") || starts("--ftz=") || starts("-ftz=") ||
                starts("--maxrregcount=") || starts("-maxrregcount=") || o == "-lineinfo" ||
                o == "--generate-line-info" || o == "-G" || o == "--device-debug" || starts("-rdc=") ||
@@ -680,7 +695,7 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
                starts("--jump-table-density") || o == "--no-source-include" || starts("--device-stack-protector") ||
                starts("-fdevice-time-trace") || o == "--Wreorder" || o == "--Wno-deprecated-declarations" ||
                o == "-Wno-deprecated-declarations" || o == "--allow-unsupported-compiler") {
-      // accepted; no effect on the host (see README: no FMA contraction, no timing)
+      // accepted; no effect on the host (see README: no timing model)
     } else {
       p->log = "nvrtc: error: unrecognized option '" + o + "' (frostgrad CUDA emulation)\n";
       return NVRTC_ERROR_INVALID_OPTION;
@@ -762,8 +777,21 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
   std::string out = rw.apply() + footer(rw.kernels, checked);
 
   std::vector<std::string> cc = {cxx, "-x", "c++-cpp-output", std_flag, "-O2", "-fPIC", "-shared",
-                                 "-fno-strict-aliasing", "-ffp-contract=off", "-fno-math-errno", "-fwrapv",
+                                 "-fno-strict-aliasing", "-fno-math-errno", "-fwrapv",
                                  "-fno-exceptions", "-fno-gnu-unique", "-Wno-unknown-pragmas", "-Wl,-z,defs", "-Wl,-z,noexecstack"};
+  if (fmad && !host_has_fma()) {
+    // Without FMA instructions g++ cannot contract; say so rather than
+    // silently computing --fmad=false results.
+    log += "nvrtc (frostgrad emulation): warning: this CPU has no FMA instructions, so a*b+c is not contracted "
+           "(results round like --fmad=false)\n";
+    fmad = false;
+  }
+  if (fmad) {
+    cc.push_back("-mfma");
+    cc.push_back("-ffp-contract=fast");
+  } else {
+    cc.push_back("-ffp-contract=off");
+  }
   if (!extra_warn.empty()) cc.push_back(extra_warn);
   // Checked build: compile with g++'s ThreadSanitizer instrumentation (the
   // callbacks are the shim in the footer, not libtsan: the object is linked

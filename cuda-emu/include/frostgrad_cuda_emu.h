@@ -321,13 +321,23 @@ static __forceinline__ float rcbrtf(float x) { return 1.0f / cbrtf(x); }
 static __forceinline__ float __frsqrt_rn(float x) { return 1.0f / sqrtf(x); }
 static __forceinline__ float __frcp_rn(float x) { return 1.0f / x; }
 static __forceinline__ float __fsqrt_rn(float x) { return sqrtf(x); }
-static __forceinline__ float __fadd_rn(float a, float b) { return a + b; }
-static __forceinline__ float __fsub_rn(float a, float b) { return a - b; }
-static __forceinline__ float __fmul_rn(float a, float b) { return a * b; }
+// The _rn add/sub/mul intrinsics are never contracted into an FMA by NVRTC
+// (that is what they are for); the kernels are compiled with contraction on
+// (--fmad=true), so an empty asm makes each result a value of its own, rounded
+// once, that g++ cannot fuse with a neighbouring operation.
+#if defined(__x86_64__)
+#define FG_ROUNDED(v) __asm__("" : "+x"(v))
+#else
+#define FG_ROUNDED(v) __asm__("" : "+w"(v))
+#endif
+static __forceinline__ float __fadd_rn(float a, float b) { float r = a + b; FG_ROUNDED(r); return r; }
+static __forceinline__ float __fsub_rn(float a, float b) { float r = a - b; FG_ROUNDED(r); return r; }
+static __forceinline__ float __fmul_rn(float a, float b) { float r = a * b; FG_ROUNDED(r); return r; }
 static __forceinline__ float __fdiv_rn(float a, float b) { return a / b; }
 static __forceinline__ float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-static __forceinline__ double __dadd_rn(double a, double b) { return a + b; }
-static __forceinline__ double __dmul_rn(double a, double b) { return a * b; }
+static __forceinline__ double __dadd_rn(double a, double b) { double r = a + b; FG_ROUNDED(r); return r; }
+static __forceinline__ double __dsub_rn(double a, double b) { double r = a - b; FG_ROUNDED(r); return r; }
+static __forceinline__ double __dmul_rn(double a, double b) { double r = a * b; FG_ROUNDED(r); return r; }
 static __forceinline__ double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
 static __forceinline__ float __saturatef(float x) { return x != x ? 0.0f : (x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x)); }
 static __forceinline__ float normcdff(float x) { return 0.5f * erfcf(-x * 0.70710678118654752f); }

@@ -878,3 +878,24 @@ fn a_program_that_is_not_cudarc_runs_clean_under_every_check() {
         );
     }
 }
+
+#[test]
+fn an_unknown_check_name_is_an_error() {
+    let Some(err) = checked(
+        "an_unknown_check_name_is_an_error",
+        "memcheck,bogus",
+        &[],
+        || {
+            assert!(
+                CudaContext::new(0).is_err(),
+                "cuInit accepted a bad check name"
+            );
+        },
+    ) else {
+        return;
+    };
+    assert!(
+        err.contains("FROSTGRAD_CUDA_EMU_CHECK: unknown check 'bogus'"),
+        "{err}"
+    );
+}

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod convert;
+pub mod graph;
 pub mod step;
 pub mod weights;
 
@@ -39,6 +40,10 @@ pub enum Command {
     /// Convert a PyTorch checkpoint (.pth, zip or legacy format) to
     /// safetensors, without Python and without running anything in it.
     Convert(convert::ConvertArgs),
+    /// Draw the backward graph of a ResNet-18 step in a freezing mode (SVG
+    /// without Graphviz, DOT, or JSON): each node's PyTorch name, the
+    /// gradients it computes and skips, what it saved.
+    Graph(graph::GraphArgs),
 }
 
 /// `--device cpu|cuda|auto` (CUDA device 0; `auto`: CUDA when usable, else
@@ -80,7 +85,8 @@ impl From<DeviceArg> for Device {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
-        Command::Bench(args) => bench::run(&args).map(|table| print!("{table}")),
+        Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
+        Command::Graph(args) => graph::run(&args).map(|summary| println!("{summary}")),
     }
 }

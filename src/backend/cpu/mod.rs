@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use super::check;
 
 mod batch_norm;
+pub mod buffer_pool;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -84,10 +85,10 @@ impl BackendStorage for CpuStorage {
         HostData::len(self)
     }
     fn to_cpu(&self) -> Result<CpuStorage> {
-        Ok(self.clone())
+        buffer_pool::copy_host(self)
     }
     fn try_clone(&self) -> Result<Self> {
-        Ok(self.clone())
+        buffer_pool::copy_host(self)
     }
 
     fn add(&self, rhs: &Self) -> Result<Self> {
@@ -97,7 +98,7 @@ impl BackendStorage for CpuStorage {
     }
     fn scale(&self, factor: f32) -> Result<Self> {
         check::unary("scale", self)?;
-        Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)))
+        Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)?))
     }
     fn sum_all(&self) -> Result<Self> {
         check::unary("sum", self)?;
@@ -112,7 +113,7 @@ impl BackendStorage for CpuStorage {
     }
     fn relu(&self) -> Result<Self> {
         check::unary("relu", self)?;
-        Ok(F32(elementwise::relu(self.as_f32("relu")?)))
+        Ok(F32(elementwise::relu(self.as_f32("relu")?)?))
     }
     fn relu_backward(&self, output: &Self) -> Result<Self> {
         check::binary("relu_backward", self, output)?;
@@ -402,6 +403,20 @@ impl BackendStorage for CpuStorage {
             rows,
             cols,
         )?))
+    }
+
+    fn increment_i64(&mut self) -> Result<()> {
+        match self {
+            CpuStorage::I64(v) => {
+                v.iter_mut().for_each(|x| *x += 1);
+                Ok(())
+            }
+            CpuStorage::F32(_) => Err(Error::DType {
+                op: "increment_i64",
+                expected: DType::I64,
+                got: DType::F32,
+            }),
+        }
     }
 
     fn sgd_step(

@@ -7,17 +7,20 @@
 //! - [`ops`]: every differentiable op, forward and backward side by side.
 //! - [`backend`]: the kernels, one implementation per device behind one trait.
 //! - [`nn`], [`optim`], [`io`]: modules (ResNet-18), SGD, weight files.
+//! - [`data`], [`train`]: image folders and the training loop of `frostgrad train`.
 
 pub mod autograd;
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod train;
 
 pub use autograd::{no_grad, BackwardStats};
 pub use error::{Error, Result};

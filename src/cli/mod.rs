@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod convert;
 pub mod step;
+pub mod train;
 pub mod weights;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -39,6 +40,9 @@ pub enum Command {
     /// Convert a PyTorch checkpoint (.pth, zip or legacy format) to
     /// safetensors, without Python and without running anything in it.
     Convert(convert::ConvertArgs),
+    /// Train ResNet-18 on an image folder (fine-tuning or transfer
+    /// learning), with an optional frozen-prefix feature cache.
+    Train(train::TrainArgs),
 }
 
 /// `--device cpu|cuda|auto` (CUDA device 0; `auto`: CUDA when usable, else
@@ -82,5 +86,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
         Command::Bench(args) => bench::run(&args).map(|table| print!("{table}")),
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
+        Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
     }
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use frostgrad::backend::cpu::CpuStorage;
-use frostgrad::backend::{BackendStorage, BatchNormGeometry, Pool2dGeometry};
+use frostgrad::backend::{
+    BackendStorage, BatchNormGeometry, BatchNormParams, BatchNormSaved, BatchNormStats, Epilogue,
+    Pool2dGeometry,
+};
 
 /// (name, [N, C, H, W])
 const SHAPES: &[(&str, [usize; 4])] = &[
@@ -41,27 +44,29 @@ fn batch_norm(c: &mut Criterion) {
         let dy = filled(g.numel(), 1);
         let gamma = filled(ch, 2);
         let beta = filled(ch, 3);
-        let out = x
-            .batch_norm_train(Some(&gamma), Some(&beta), &g, 1e-5)
-            .expect("bn");
-        group.bench_function(BenchmarkId::new("train_forward", name), |b| {
-            b.iter(|| {
-                x.batch_norm_train(Some(&gamma), Some(&beta), &g, 1e-5)
-                    .expect("bn")
-            })
-        });
+        let params = BatchNormParams {
+            geometry: g,
+            eps: 1e-5,
+            epilogue: Epilogue::None,
+        };
+        let train = || {
+            x.batch_norm(Some(&gamma), Some(&beta), BatchNormStats::Batch, &params)
+                .expect("bn")
+        };
+        let stats = train().batch_stats.expect("batch statistics");
+        let saved = BatchNormSaved {
+            input: Some(&x),
+            weight: Some(&gamma),
+            mean: &stats.mean,
+            invstd: &stats.invstd,
+            batch_stats: true,
+            output: None,
+        };
+        group.bench_function(BenchmarkId::new("train_forward", name), |b| b.iter(train));
         group.bench_function(BenchmarkId::new("backward", name), |b| {
             b.iter(|| {
-                dy.batch_norm_backward(
-                    &x,
-                    Some(&gamma),
-                    &out.mean,
-                    &out.invstd,
-                    &g,
-                    true,
-                    [true; 3],
-                )
-                .expect("bn backward")
+                dy.batch_norm_backward(&saved, &params, [true; 3])
+                    .expect("bn backward")
             })
         });
     }

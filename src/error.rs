@@ -1,7 +1,7 @@
 //! One error type for the whole library. Every variant says what went wrong and,
 //! where it can, what the caller should do about it.
 
-use crate::tensor::{DType, Device};
+use crate::core_types::{DType, Device};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -1,11 +1,14 @@
 //! frostgrad: tensors and reverse-mode autograd that skip every gradient no
 //! trainable parameter needs.
 //!
-//! - [`tensor`]: the [`Tensor`] type, its storage, and creation.
+//! - [`core_types`]: [`DType`], [`Device`] and [`HostData`], which every
+//!   layer names and which import nothing of ours.
+//! - [`tensor`]: the [`Tensor`] type and its creation.
 //! - [`autograd`]: graph recording, the backward engine, grad mode, and the
 //!   per-pass [`BackwardStats`] that show what freezing saved.
 //! - [`ops`]: every differentiable op, forward and backward side by side.
-//! - [`backend`]: the kernels, one implementation per device behind one trait.
+//! - [`backend`]: the kernels, one implementation per device behind one
+//!   trait, and [`backend::Storage`], the dispatch over them.
 //! - [`nn`], [`optim`], [`io`]: modules (ResNet-18), SGD, weight files.
 //! - [`data`], [`train`]: image folders and the training loop of `frostgrad train`.
 
@@ -13,6 +16,7 @@ pub mod autograd;
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod core_types;
 pub mod data;
 pub mod error;
 pub mod io;
@@ -23,5 +27,6 @@ pub mod tensor;
 pub mod train;
 
 pub use autograd::{no_grad, BackwardStats};
+pub use core_types::{DType, Device, HostData};
 pub use error::{Error, Result};
-pub use tensor::{DType, Device, Tensor};
+pub use tensor::Tensor;

@@ -22,8 +22,8 @@ use std::io::Write;
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::backend::cuda::CudaStorage;
 use frostgrad::backend::{
-    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, Conv2dGeometry, Pool2dGeometry,
-    SgdConfig,
+    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormParams, BatchNormSaved,
+    BatchNormStats, BatchStats, Conv2dGeometry, Epilogue, Pool2dGeometry, SgdConfig,
 };
 use frostgrad::ops;
 use frostgrad::{Device, Error, Tensor};
@@ -31,6 +31,67 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const RTOL: f32 = 1e-4;
+
+fn bn_params(g: &BatchNormGeometry, relu: bool) -> BatchNormParams {
+    BatchNormParams {
+        geometry: *g,
+        eps: 1e-5,
+        epilogue: if relu { Epilogue::Relu } else { Epilogue::None },
+    }
+}
+
+/// Training-mode batch norm: the output and the batch statistics.
+fn bn_train<S: BackendStorage>(
+    x: &S,
+    w: Option<&S>,
+    b: Option<&S>,
+    g: &BatchNormGeometry,
+    relu: bool,
+) -> (S, BatchStats<S>) {
+    let r = x
+        .batch_norm(w, b, BatchNormStats::Batch, &bn_params(g, relu))
+        .unwrap();
+    (r.output, r.batch_stats.expect("batch statistics"))
+}
+
+/// Eval-mode batch norm with running statistics `rm`, `rv`.
+fn bn_eval<S: BackendStorage>(
+    x: &S,
+    w: Option<&S>,
+    b: Option<&S>,
+    (rm, rv): (&S, &S),
+    g: &BatchNormGeometry,
+    relu: bool,
+) -> S {
+    let stats = BatchNormStats::Running { mean: rm, var: rv };
+    let r = x.batch_norm(w, b, stats, &bn_params(g, relu)).unwrap();
+    assert!(r.batch_stats.is_none());
+    r.output
+}
+
+/// Batch-norm backward; `relu_output` selects the ReLU epilogue.
+#[allow(clippy::too_many_arguments)]
+fn bn_backward<S: BackendStorage>(
+    dy: &S,
+    relu_output: Option<&S>,
+    x: &S,
+    w: Option<&S>,
+    stats: &BatchStats<S>,
+    g: &BatchNormGeometry,
+    training: bool,
+    needs: [bool; 3],
+) -> [Option<S>; 3] {
+    let saved = BatchNormSaved {
+        input: Some(x),
+        weight: w,
+        mean: &stats.mean,
+        invstd: &stats.invstd,
+        batch_stats: training,
+        output: relu_output,
+    };
+    dy.batch_norm_backward(&saved, &bn_params(g, relu_output.is_some()), needs)
+        .unwrap()
+}
 
 /// Runs `body` with CUDA (real or emulated), or reports a skip loudly.
 fn cuda_test(name: &str, body: impl FnOnce()) {
@@ -359,9 +420,9 @@ fn batch_norm_matches_cpu() {
                     (None, None)
                 };
                 let what = |k: &str| format!("{g:?} affine={affine}: {k}");
-                let c = x.batch_norm_train(cw, cb, &g, 1e-5).unwrap();
-                let k = gx.batch_norm_train(kw, kb, &g, 1e-5).unwrap();
-                check(&what("train output"), &k.output, &c.output);
+                let (c_out, c) = bn_train(&x, cw, cb, &g, false);
+                let (k_out, k) = bn_train(&gx, kw, kb, &g, false);
+                check(&what("train output"), &k_out, &c_out);
                 check(&what("mean"), &k.mean, &c.mean);
                 check(&what("var"), &k.var, &c.var);
                 check(&what("invstd"), &k.invstd, &c.invstd);
@@ -372,12 +433,8 @@ fn batch_norm_matches_cpu() {
                             mask & 2 != 0 && affine,
                             mask & 4 != 0 && affine,
                         ];
-                        let cg = dy
-                            .batch_norm_backward(&x, cw, &c.mean, &c.invstd, &g, training, needs)
-                            .unwrap();
-                        let kg = gdy
-                            .batch_norm_backward(&gx, kw, &k.mean, &k.invstd, &g, training, needs)
-                            .unwrap();
+                        let cg = bn_backward(&dy, None, &x, cw, &c, &g, training, needs);
+                        let kg = bn_backward(&gdy, None, &gx, kw, &k, &g, training, needs);
                         for (i, name) in ["dx", "dweight", "dbias"].iter().enumerate() {
                             match (&kg[i], &cg[i]) {
                                 (Some(kv), Some(cv)) => check(
@@ -406,8 +463,8 @@ fn batch_norm_matches_cpu() {
                 );
                 check(
                     &what("eval output"),
-                    &gx.batch_norm_eval(kw, kb, &grm, &grv, &g, 1e-5).unwrap(),
-                    &x.batch_norm_eval(cw, cb, &rm, &rv, &g, 1e-5).unwrap(),
+                    &bn_eval(&gx, kw, kb, (&grm, &grv), &g, false),
+                    &bn_eval(&x, cw, cb, (&rm, &rv), &g, false),
                 );
                 let (mut rm_c, mut rv_c) = (rm.clone(), rv.clone());
                 let (mut rm_k, mut rv_k) = (grm.try_clone().unwrap(), grv.try_clone().unwrap());
@@ -475,24 +532,22 @@ fn batch_norm_relu_matches_cpu() {
                     (None, None)
                 };
                 let what = |k: &str| format!("{g:?} affine={affine}: {k}");
-                let c = x.batch_norm_train_relu(cw, cb, &g, 1e-5).unwrap();
-                let k = gx.batch_norm_train_relu(kw, kb, &g, 1e-5).unwrap();
-                check(&what("fused train output"), &k.output, &c.output);
+                let (c_out, c) = bn_train(&x, cw, cb, &g, true);
+                let (k_out, k) = bn_train(&gx, kw, kb, &g, true);
+                check(&what("fused train output"), &k_out, &c_out);
                 check(&what("fused mean"), &k.mean, &c.mean);
                 check(&what("fused invstd"), &k.invstd, &c.invstd);
                 // The fused kernel on the device equals its own composition.
-                let unfused = gx.batch_norm_train(kw, kb, &g, 1e-5).unwrap();
+                let (unfused, _) = bn_train(&gx, kw, kb, &g, false);
                 check(
                     &what("fused vs unfused train output on cuda"),
-                    &k.output,
-                    &host(&unfused.output.relu().unwrap()),
+                    &k_out,
+                    &host(&unfused.relu().unwrap()),
                 );
-                let ce = x.batch_norm_eval_relu(cw, cb, &rm, &rv, &g, 1e-5).unwrap();
-                let ke = gx
-                    .batch_norm_eval_relu(kw, kb, &grm, &grv, &g, 1e-5)
-                    .unwrap();
+                let ce = bn_eval(&x, cw, cb, (&rm, &rv), &g, true);
+                let ke = bn_eval(&gx, kw, kb, (&grm, &grv), &g, true);
                 check(&what("fused eval output"), &ke, &ce);
-                let masked_out = host(&k.output);
+                let masked_out = host(&k_out);
                 let CpuStorage::F32(v) = &masked_out else {
                     panic!("f32")
                 };
@@ -503,7 +558,7 @@ fn batch_norm_relu_matches_cpu() {
                 );
                 for training in [true, false] {
                     let (cy, ky) = if training {
-                        (&c.output, &k.output)
+                        (&c_out, &k_out)
                     } else {
                         (&ce, &ke)
                     };
@@ -513,22 +568,11 @@ fn batch_norm_relu_matches_cpu() {
                             mask & 2 != 0 && affine,
                             mask & 4 != 0 && affine,
                         ];
-                        let cg = dy
-                            .batch_norm_relu_backward(
-                                cy, &x, cw, &c.mean, &c.invstd, &g, training, needs,
-                            )
-                            .unwrap();
-                        let kg = gdy
-                            .batch_norm_relu_backward(
-                                ky, &gx, kw, &k.mean, &k.invstd, &g, training, needs,
-                            )
-                            .unwrap();
+                        let cg = bn_backward(&dy, Some(cy), &x, cw, &c, &g, training, needs);
+                        let kg = bn_backward(&gdy, Some(ky), &gx, kw, &k, &g, training, needs);
                         // The device's unfused path: relu_backward, then batch norm.
-                        let ku = gdy
-                            .relu_backward(ky)
-                            .unwrap()
-                            .batch_norm_backward(&gx, kw, &k.mean, &k.invstd, &g, training, needs)
-                            .unwrap();
+                        let masked = gdy.relu_backward(ky).unwrap();
+                        let ku = bn_backward(&masked, None, &gx, kw, &k, &g, training, needs);
                         for (i, name) in ["dx", "dweight", "dbias"].iter().enumerate() {
                             let label = what(&format!(
                                 "fused backward training={training} {needs:?} {name}"

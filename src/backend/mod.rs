@@ -7,28 +7,86 @@
 //! shapes passed in as small geometry structs. The CPU backend lives in
 //! [`cpu`]; the CUDA backend implements the same trait.
 
+pub(crate) mod check;
 pub mod cpu;
 pub mod cuda;
 mod geometry;
+mod storage;
 
 pub use geometry::{
     AdaptivePool2dGeometry, BatchNormGeometry, Conv2dGeometry, Pool2dGeometry, SgdConfig,
 };
 
-use crate::error::Result;
-use crate::tensor::{DType, Device};
+pub use storage::Storage;
 
-/// What a training-mode batch-norm forward produces: the normalised output
-/// plus the per-channel statistics backward and the running averages need.
+use crate::core_types::{DType, Device};
+use crate::error::Result;
+
+/// What runs on batch norm's normalised values before they are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Epilogue {
+    #[default]
+    None,
+    /// `max(y, 0)` in the normalising pass (ResNet's batch norm + ReLU
+    /// pairs): one pass over the activation fewer each way.
+    Relu,
+}
+
+/// Everything about a batch norm that is not a buffer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormParams {
+    pub geometry: BatchNormGeometry,
+    pub eps: f32,
+    pub epilogue: Epilogue,
+}
+
+/// The statistics a batch-norm forward normalises with.
 #[derive(Debug)]
-pub struct BatchNormTrainOutput<S> {
-    pub output: S,
-    /// Batch mean per channel, `[C]`.
+pub enum BatchNormStats<'a, S> {
+    /// The batch's own mean and biased variance (training mode); the
+    /// forward computes and returns them.
+    Batch,
+    /// Running averages `[C]` (eval mode).
+    Running { mean: &'a S, var: &'a S },
+}
+
+/// The per-channel statistics of a batch, `[C]` each.
+#[derive(Debug)]
+pub struct BatchStats<S> {
     pub mean: S,
-    /// Biased batch variance per channel, `[C]` (what normalisation uses).
+    /// Biased variance (what normalisation uses).
     pub var: S,
-    /// `1 / sqrt(var + eps)` per channel, `[C]`.
+    /// `1 / sqrt(var + eps)`.
     pub invstd: S,
+}
+
+/// A batch-norm forward's result.
+#[derive(Debug)]
+pub struct BatchNormOutput<S> {
+    /// The normalised values, after the epilogue.
+    pub output: S,
+    /// `Some` exactly when normalising with [`BatchNormStats::Batch`]:
+    /// backward and the running averages need them.
+    pub batch_stats: Option<BatchStats<S>>,
+}
+
+/// What a batch-norm backward reads, as saved by the forward.
+#[derive(Debug)]
+pub struct BatchNormSaved<'a, S> {
+    /// The forward input. Read for dγ, and for dx when the statistics were
+    /// the batch's; `None` when the op did not save it because no requested
+    /// gradient needs it (asking for one then is an error).
+    pub input: Option<&'a S>,
+    pub weight: Option<&'a S>,
+    /// The mean and `1/sqrt(var + eps)` the forward normalised with.
+    pub mean: &'a S,
+    pub invstd: &'a S,
+    /// Whether those were batch statistics (then they depend on the input)
+    /// or running ones (constants: dx is a per-channel scale of dy).
+    pub batch_stats: bool,
+    /// The forward's output after the epilogue; required for
+    /// [`Epilogue::Relu`], whose mask it is.
+    pub output: Option<&'a S>,
 }
 
 /// One device's buffer type and every kernel the engine needs from it.
@@ -92,88 +150,25 @@ pub trait BackendStorage: Sized {
     fn channel_sums(&self, g: &BatchNormGeometry) -> Result<Self>;
 
     // ----- batch norm (input viewed as [N, C, S]) ---------------------------
-    /// Normalises with batch statistics (biased variance).
-    fn batch_norm_train(
+    /// Normalises `self` per channel with `stats`, applies the optional
+    /// affine `weight`/`bias` `[C]`, then `p.epilogue`.
+    fn batch_norm(
         &self,
         weight: Option<&Self>,
         bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<BatchNormTrainOutput<Self>>;
-    /// Normalises with the running statistics.
-    fn batch_norm_eval(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        running_mean: &Self,
-        running_var: &Self,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<Self>;
-    /// `self` is dL/dy. `mean`/`invstd` are the statistics the forward used
-    /// (batch ones when `training`, running ones otherwise: then the
-    /// statistics are constants and dx is a per-channel scale). Computes only
-    /// the gradients `needs` asks for: `[input, weight, bias]`.
-    #[allow(clippy::too_many_arguments)]
+        stats: BatchNormStats<'_, Self>,
+        p: &BatchNormParams,
+    ) -> Result<BatchNormOutput<Self>>;
+    /// `self` is dL/d(output). Computes only the gradients `needs` asks for,
+    /// `[input, weight, bias]`. With [`Epilogue::Relu`] every read of dy is
+    /// masked by `saved.output > 0`, as if `relu_backward` had run first,
+    /// without materialising the masked gradient.
     fn batch_norm_backward(
         &self,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
+        saved: &BatchNormSaved<'_, Self>,
+        p: &BatchNormParams,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]>;
-    /// [`batch_norm_train`](Self::batch_norm_train) followed by ReLU on the
-    /// output (the statistics are those of the input, as unfused). The
-    /// default composes the two kernels; a backend overrides it to clamp in
-    /// the normalising pass and save one pass over the activation.
-    fn batch_norm_train_relu(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<BatchNormTrainOutput<Self>> {
-        let mut r = self.batch_norm_train(weight, bias, g, eps)?;
-        r.output = r.output.relu()?;
-        Ok(r)
-    }
-    /// [`batch_norm_eval`](Self::batch_norm_eval) followed by ReLU; see
-    /// [`batch_norm_train_relu`](Self::batch_norm_train_relu).
-    fn batch_norm_eval_relu(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        running_mean: &Self,
-        running_var: &Self,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<Self> {
-        self.batch_norm_eval(weight, bias, running_mean, running_var, g, eps)?
-            .relu()
-    }
-    /// The backward of batch norm followed by ReLU: `self` is dL/d(relu
-    /// output), `relu_output` the fused forward's output. Equals
-    /// `self.relu_backward(relu_output)?.batch_norm_backward(..)` (the
-    /// default); a backend overrides it to apply the mask while reading dy
-    /// instead of materialising the masked gradient.
-    #[allow(clippy::too_many_arguments)]
-    fn batch_norm_relu_backward(
-        &self,
-        relu_output: &Self,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
-        needs: [bool; 3],
-    ) -> Result<[Option<Self>; 3]> {
-        self.relu_backward(relu_output)?
-            .batch_norm_backward(input, weight, mean, invstd, g, training, needs)
-    }
     /// `self` is the running mean: `rm = (1-m) rm + m mean`,
     /// `rv = (1-m) rv + m var * count/(count-1)` (unbiased), as PyTorch does.
     fn update_running_stats(

@@ -25,9 +25,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backend::cpu::CpuStorage;
 use crate::cli::weights::{load_resnet18, WeightsArgs};
 use crate::cli::DeviceArg;
+use crate::core_types::HostData;
 use crate::error::{Error, Result};
 use crate::io::{self, HostTensor, StateDict};
 use crate::nn::{Module, ParamPatterns, ResNet};
@@ -179,7 +179,7 @@ fn read_batch(path: &Path, classes: usize, device: Device) -> Result<(Tensor, Te
     if n == 0 {
         return Err(bad("the batch is empty".into()));
     }
-    let CpuStorage::I64(label_values) = &labels.data else {
+    let HostData::I64(label_values) = &labels.data else {
         return Err(bad(format!(
             "`labels` must be integers (i64 or i32), got {:?}",
             labels.dtype()

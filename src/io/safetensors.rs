@@ -15,7 +15,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::backend::cpu::CpuStorage;
+use crate::core_types::HostData;
 use crate::error::{Error, Result};
 use crate::io::{HostTensor, StateDict};
 
@@ -57,7 +57,7 @@ fn read_bytes_named(bytes: &[u8], path: &str) -> Result<StateDict> {
 }
 
 /// Little-endian bytes to host values, converting as the module doc says.
-fn decode(view: &TensorView<'_>) -> std::result::Result<CpuStorage, String> {
+fn decode(view: &TensorView<'_>) -> std::result::Result<HostData, String> {
     let bytes = view.data();
     fn each<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
         // The crate checked that the length is numel * N, so chunks are exact.
@@ -67,12 +67,12 @@ fn decode(view: &TensorView<'_>) -> std::result::Result<CpuStorage, String> {
             .collect()
     }
     Ok(match view.dtype() {
-        Dtype::F32 => CpuStorage::F32(each(bytes, f32::from_le_bytes)),
-        Dtype::I64 => CpuStorage::I64(each(bytes, i64::from_le_bytes)),
-        Dtype::I32 => CpuStorage::I64(each(bytes, |b| i64::from(i32::from_le_bytes(b)))),
-        Dtype::F16 => CpuStorage::F32(each(bytes, |b| half::f16::from_le_bytes(b).to_f32())),
-        Dtype::BF16 => CpuStorage::F32(each(bytes, |b| half::bf16::from_le_bytes(b).to_f32())),
-        Dtype::F64 => CpuStorage::F32(each(bytes, |b| f64::from_le_bytes(b) as f32)),
+        Dtype::F32 => HostData::F32(each(bytes, f32::from_le_bytes)),
+        Dtype::I64 => HostData::I64(each(bytes, i64::from_le_bytes)),
+        Dtype::I32 => HostData::I64(each(bytes, |b| i64::from(i32::from_le_bytes(b)))),
+        Dtype::F16 => HostData::F32(each(bytes, |b| half::f16::from_le_bytes(b).to_f32())),
+        Dtype::BF16 => HostData::F32(each(bytes, |b| half::bf16::from_le_bytes(b).to_f32())),
+        Dtype::F64 => HostData::F32(each(bytes, |b| f64::from_le_bytes(b) as f32)),
         other => {
             let supported = "F32, I64, I32, F16, BF16 and F64";
             return Err(format!(
@@ -115,12 +115,8 @@ fn encode_all(state: &StateDict) -> Vec<Encoded<'_>> {
         .iter()
         .map(|(name, t)| {
             let (dtype, bytes) = match &t.data {
-                CpuStorage::F32(v) => {
-                    (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                }
-                CpuStorage::I64(v) => {
-                    (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-                }
+                HostData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                HostData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             };
             Encoded {
                 name,
@@ -151,19 +147,15 @@ mod tests {
         let mut sd = StateDict::new();
         sd.insert(
             "conv1.weight",
-            HostTensor::new(
-                vec![2, 1, 1, 2],
-                CpuStorage::F32(vec![1.5, -2.0, 0.25, 3.0]),
-            )
-            .unwrap(),
+            HostTensor::new(vec![2, 1, 1, 2], HostData::F32(vec![1.5, -2.0, 0.25, 3.0])).unwrap(),
         );
         sd.insert(
             "bn1.num_batches_tracked",
-            HostTensor::new(vec![], CpuStorage::I64(vec![7])).unwrap(),
+            HostTensor::new(vec![], HostData::I64(vec![7])).unwrap(),
         );
         sd.insert(
             "fc.bias",
-            HostTensor::new(vec![3], CpuStorage::F32(vec![0.0, -1.0, f32::MAX])).unwrap(),
+            HostTensor::new(vec![3], HostData::F32(vec![0.0, -1.0, f32::MAX])).unwrap(),
         );
         sd
     }
@@ -184,7 +176,7 @@ mod tests {
         assert_eq!(back.len(), sd.len());
         assert_eq!(
             back.get("bn1.num_batches_tracked").unwrap().data,
-            CpuStorage::I64(vec![7])
+            HostData::I64(vec![7])
         );
     }
 
@@ -205,7 +197,7 @@ mod tests {
         let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         let sd = read_bytes(&one_tensor_file(Dtype::I32, vec![5], &bytes)).unwrap();
         let expected: Vec<i64> = vals.iter().map(|&v| v as i64).collect();
-        assert_eq!(sd.get("t").unwrap().data, CpuStorage::I64(expected));
+        assert_eq!(sd.get("t").unwrap().data, HostData::I64(expected));
     }
 
     #[test]
@@ -215,24 +207,21 @@ mod tests {
             .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
             .collect();
         let sd = read_bytes(&one_tensor_file(Dtype::F16, vec![2], &h)).unwrap();
-        assert_eq!(
-            sd.get("t").unwrap().data,
-            CpuStorage::F32(vec![1.5, -0.125])
-        );
+        assert_eq!(sd.get("t").unwrap().data, HostData::F32(vec![1.5, -0.125]));
 
         let b: Vec<u8> = [2.0f32, -3.0]
             .iter()
             .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
             .collect();
         let sd = read_bytes(&one_tensor_file(Dtype::BF16, vec![1, 2], &b)).unwrap();
-        assert_eq!(sd.get("t").unwrap().data, CpuStorage::F32(vec![2.0, -3.0]));
+        assert_eq!(sd.get("t").unwrap().data, HostData::F32(vec![2.0, -3.0]));
         assert_eq!(sd.get("t").unwrap().shape, vec![1, 2]);
 
         let d: Vec<u8> = [0.1f64].iter().flat_map(|v| v.to_le_bytes()).collect();
         let sd = read_bytes(&one_tensor_file(Dtype::F64, vec![1], &d)).unwrap();
         assert_eq!(
             sd.get("t").unwrap().data,
-            CpuStorage::F32(vec![0.1f64 as f32])
+            HostData::F32(vec![0.1f64 as f32])
         );
     }
 

@@ -1,7 +1,6 @@
 //! An ordered map of names to host tensors, as `model.state_dict()` is.
 
-use crate::backend::cpu::CpuStorage;
-use crate::backend::BackendStorage;
+use crate::core_types::HostData;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
 
@@ -9,11 +8,11 @@ use crate::tensor::{DType, Device, Tensor};
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
     pub shape: Vec<usize>,
-    pub data: CpuStorage,
+    pub data: HostData,
 }
 
 impl HostTensor {
-    pub fn new(shape: Vec<usize>, data: CpuStorage) -> Result<Self> {
+    pub fn new(shape: Vec<usize>, data: HostData) -> Result<Self> {
         let numel: usize = shape.iter().product();
         if numel != data.len() {
             return Err(Error::StateDict(format!(

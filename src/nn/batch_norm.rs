@@ -1,6 +1,6 @@
 //! `nn.BatchNorm2d` with running statistics.
 
-use crate::backend::cpu::CpuStorage;
+use crate::core_types::HostData;
 use crate::error::{Error, Result};
 use crate::nn::module::{join, new_parameter};
 use crate::nn::{Module, TensorKind};
@@ -57,7 +57,7 @@ impl BatchNorm2d {
     fn count_batch(&self) -> Result<()> {
         let t = &self.num_batches_tracked;
         let n = t.to_vec_i64()?.first().copied().unwrap_or(0);
-        *t.storage_mut() = Storage::from_cpu(CpuStorage::I64(vec![n + 1]), t.device())?;
+        *t.storage_mut() = Storage::from_cpu(HostData::I64(vec![n + 1]), t.device())?;
         Ok(())
     }
 }

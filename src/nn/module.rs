@@ -192,7 +192,7 @@ pub trait Module {
             let data = match state.get(name) {
                 Some(h) => h.data.clone(),
                 // The num_batches_tracked leniency above.
-                None => crate::backend::cpu::CpuStorage::I64(vec![0; t.numel()]),
+                None => crate::core_types::HostData::I64(vec![0; t.numel()]),
             };
             let storage = Storage::from_cpu(data, t.device())?;
             debug_assert_eq!(storage.len(), t.numel());

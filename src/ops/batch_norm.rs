@@ -28,7 +28,9 @@
 //! always computes its input gradient, so these counts are identical.)
 
 use crate::autograd::{record, BackwardOp};
-use crate::backend::{BackendStorage, BatchNormGeometry};
+use crate::backend::{
+    BackendStorage, BatchNormGeometry, BatchNormParams, BatchNormSaved, BatchNormStats, Epilogue,
+};
 use crate::error::{Error, Result};
 use crate::ops::{grad_tensor, same_device, saved};
 use crate::tensor::Tensor;
@@ -130,9 +132,19 @@ fn batch_norm_maybe_relu(
         ));
     }
 
+    let params = BatchNormParams {
+        geometry: g,
+        eps: opts.eps,
+        epilogue: if relu_after {
+            Epilogue::Relu
+        } else {
+            Epilogue::None
+        },
+    };
     let x = input.storage();
     let w = weight.map(|t| t.storage());
     let b = bias.map(|t| t.storage());
+    let (w, b) = (w.as_deref(), b.as_deref());
     let (out, mean, invstd) = if opts.training {
         if g.count() < 2 {
             return Err(Error::invalid(
@@ -142,22 +154,21 @@ fn batch_norm_maybe_relu(
                 ),
             ));
         }
-        let r = if relu_after {
-            x.batch_norm_train_relu(w.as_deref(), b.as_deref(), &g, opts.eps)?
-        } else {
-            x.batch_norm_train(w.as_deref(), b.as_deref(), &g, opts.eps)?
-        };
+        let r = x.batch_norm(w, b, BatchNormStats::Batch, &params)?;
+        let stats = r.batch_stats.ok_or_else(|| {
+            Error::invalid("batch_norm", "the backend returned no batch statistics")
+        })?;
         if let (Some(rm), Some(rv)) = (running_mean, running_var) {
             let mut rv_storage = rv.storage_mut();
             rm.storage_mut().update_running_stats(
                 &mut rv_storage,
-                &r.mean,
-                &r.var,
+                &stats.mean,
+                &stats.var,
                 opts.momentum,
                 g.count(),
             )?;
         }
-        (r.output, r.mean, r.invstd)
+        (r.output, stats.mean, stats.invstd)
     } else {
         let (Some(rm), Some(rv)) = (running_mean, running_var) else {
             return Err(Error::invalid(
@@ -166,23 +177,26 @@ fn batch_norm_maybe_relu(
             ));
         };
         let (rm, rv) = (rm.storage(), rv.storage());
-        let (w, b) = (w.as_deref(), b.as_deref());
-        let out = if relu_after {
-            x.batch_norm_eval_relu(w, b, &rm, &rv, &g, opts.eps)?
-        } else {
-            x.batch_norm_eval(w, b, &rm, &rv, &g, opts.eps)?
+        let stats = BatchNormStats::Running {
+            mean: &*rm,
+            var: &*rv,
         };
+        let out = x.batch_norm(w, b, stats, &params)?.output;
         // Snapshot the statistics: a later training forward may update them in place.
         (out, rm.try_clone()?, rv.inv_std(opts.eps)?)
     };
+    // The statistics become tensors now, so that a shape error surfaces
+    // here rather than as a missing saved tensor in backward.
+    let c = vec![g.channels];
+    let mean = Tensor::from_storage(mean, c.clone())?;
+    let invstd = Tensor::from_storage(invstd, c.clone())?;
     drop((x, w, b));
 
-    let c = [g.channels];
     record(out, shape, &[Some(input), weight, bias], |needs, output| {
         let need_dw = weight.is_some() && needs[1];
         let needs_xhat = need_dw || (needs[0] && opts.training);
         Box::new(NativeBatchNormBackward {
-            geometry: g,
+            params,
             training: opts.training,
             input: needs_xhat.then(|| input.detach()),
             weight: if needs[0] {
@@ -190,8 +204,8 @@ fn batch_norm_maybe_relu(
             } else {
                 None
             },
-            mean: Tensor::from_storage(mean, c.to_vec()).ok(),
-            invstd: Tensor::from_storage(invstd, c.to_vec()).ok(),
+            mean: Some(mean),
+            invstd: Some(invstd),
             has_weight: weight.is_some(),
             has_bias: bias.is_some(),
             // The ReLU's mask: every gradient this node computes uses it.
@@ -201,7 +215,7 @@ fn batch_norm_maybe_relu(
 }
 
 struct NativeBatchNormBackward {
-    geometry: BatchNormGeometry,
+    params: BatchNormParams,
     training: bool,
     input: Option<Tensor>,
     weight: Option<Tensor>,
@@ -248,36 +262,26 @@ impl BackwardOp for NativeBatchNormBackward {
         let need_dx = needs[0];
         let need_dw = self.has_weight && needs[1];
         let need_db = self.has_bias && needs[if self.has_weight { 2 } else { 1 }];
-        let g = &self.geometry;
+        let g = &self.params.geometry;
         let name = self.name();
         let mean = saved(&self.mean, name, "mean")?.storage();
         let invstd = saved(&self.invstd, name, "invstd")?.storage();
         // x̂ is needed for dγ always and for dx in training mode; in eval
-        // mode dx is γ·invstd·dy and needs no input. Pass something of the
-        // right size when the input was not saved: the kernel ignores it.
-        let input_tensor = match &self.input {
-            Some(t) => t.clone(),
-            None => grad_output.clone(),
-        };
-        let x = input_tensor.storage();
+        // mode dx is γ·invstd·dy and needs no input, so none was saved.
+        let x = self.input.as_ref().map(|t| t.storage());
         let w = self.weight.as_ref().map(|t| t.storage());
-        let needs3 = [need_dx, need_dw, need_db];
-        let dy = grad_output.storage();
-        let [dx, dw, db] = match &self.relu_output {
-            Some(y) => dy.batch_norm_relu_backward(
-                &y.storage(),
-                &x,
-                w.as_deref(),
-                &mean,
-                &invstd,
-                g,
-                self.training,
-                needs3,
-            )?,
-            None => {
-                dy.batch_norm_backward(&x, w.as_deref(), &mean, &invstd, g, self.training, needs3)?
-            }
+        let y = self.relu_output.as_ref().map(|t| t.storage());
+        let saved_state = BatchNormSaved {
+            input: x.as_deref(),
+            weight: w.as_deref(),
+            mean: &mean,
+            invstd: &invstd,
+            batch_stats: self.training,
+            output: y.as_deref(),
         };
+        let dy = grad_output.storage();
+        let [dx, dw, db] =
+            dy.batch_norm_backward(&saved_state, &self.params, [need_dx, need_dw, need_db])?;
         drop(dy);
         let c = [g.channels];
         let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(needs.len());

@@ -3,22 +3,21 @@
 use rand::Rng;
 
 use super::{numel_of, Device, Storage, Tensor};
-use crate::backend::cpu::CpuStorage;
+use crate::core_types::HostData;
 use crate::error::{Error, Result};
 
 impl Tensor {
     /// f32 data from the host, checked against the shape.
     pub fn from_vec(data: Vec<f32>, shape: &[usize], device: Device) -> Result<Tensor> {
-        Self::from_cpu(CpuStorage::F32(data), shape, device)
+        Self::from_cpu(HostData::F32(data), shape, device)
     }
 
     /// i64 data from the host (labels, counters), checked against the shape.
     pub fn from_vec_i64(data: Vec<i64>, shape: &[usize], device: Device) -> Result<Tensor> {
-        Self::from_cpu(CpuStorage::I64(data), shape, device)
+        Self::from_cpu(HostData::I64(data), shape, device)
     }
 
-    pub fn from_cpu(data: CpuStorage, shape: &[usize], device: Device) -> Result<Tensor> {
-        use crate::backend::BackendStorage;
+    pub fn from_cpu(data: HostData, shape: &[usize], device: Device) -> Result<Tensor> {
         if data.len() != numel_of(shape) {
             return Err(Error::shape(
                 "from_vec",

@@ -6,9 +6,9 @@
 
 mod creation;
 pub mod memory;
-mod storage;
 
-pub use storage::Storage;
+pub use crate::backend::Storage;
+pub use crate::core_types::{DType, Device};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
@@ -16,43 +16,9 @@ use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
 use memory::TrackedStorage;
 
 use crate::autograd::{self, BackwardStats, GradFn, Node};
-use crate::backend::cpu::CpuStorage;
 use crate::backend::BackendStorage;
+use crate::core_types::HostData;
 use crate::error::{Error, Result};
-
-/// Element type. f32 for everything that is differentiated; i64 for labels,
-/// max-pool arg-max indices and `num_batches_tracked`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DType {
-    F32,
-    I64,
-}
-
-impl DType {
-    pub fn size_in_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::I64 => 8,
-        }
-    }
-}
-
-/// Where a tensor's storage lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Device {
-    Cpu,
-    /// A CUDA device by ordinal.
-    Cuda(usize),
-}
-
-impl std::fmt::Display for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Device::Cpu => write!(f, "cpu"),
-            Device::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
 
 static NEXT_TENSOR_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -225,13 +191,13 @@ impl Tensor {
 
     // ----- data out -------------------------------------------------------
 
-    pub fn to_cpu_storage(&self) -> Result<CpuStorage> {
+    pub fn to_cpu_storage(&self) -> Result<HostData> {
         self.storage().to_cpu()
     }
 
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match self.to_cpu_storage()? {
-            CpuStorage::F32(v) => Ok(v),
+            HostData::F32(v) => Ok(v),
             other => Err(Error::DType {
                 op: "to_vec_f32",
                 expected: DType::F32,
@@ -242,7 +208,7 @@ impl Tensor {
 
     pub fn to_vec_i64(&self) -> Result<Vec<i64>> {
         match self.to_cpu_storage()? {
-            CpuStorage::I64(v) => Ok(v),
+            HostData::I64(v) => Ok(v),
             other => Err(Error::DType {
                 op: "to_vec_i64",
                 expected: DType::I64,

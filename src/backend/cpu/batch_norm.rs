@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use super::check::{checked_numel, expect_len};
-use crate::backend::{BatchNormGeometry, BatchNormTrainOutput};
+use crate::backend::BatchNormGeometry;
 use crate::error::Result;
 
 /// Segments per parallel task in the elementwise passes: small segments
@@ -155,6 +155,15 @@ fn gamma_beta(weight: Option<&[f32]>, bias: Option<&[f32]>, c: usize) -> (f32, f
     (weight.map_or(1.0, |w| w[c]), bias.map_or(0.0, |b| b[c]))
 }
 
+/// The training forward's output and batch statistics.
+#[derive(Debug)]
+pub(super) struct TrainOutput {
+    pub output: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub invstd: Vec<f32>,
+}
+
 /// Training forward: batch mean and biased variance; ReLU on the output
 /// when `relu_after`.
 pub(super) fn train(
@@ -164,8 +173,8 @@ pub(super) fn train(
     g: &BatchNormGeometry,
     eps: f32,
     relu_after: bool,
-) -> Result<BatchNormTrainOutput<Vec<f32>>> {
-    let op = "batch_norm_train";
+) -> Result<TrainOutput> {
+    let op = "batch_norm";
     check(op, g, x, "input", &[("weight", weight), ("bias", bias)])?;
     let stats: Vec<(f64, f64)> = (0..g.channels)
         .into_par_iter()
@@ -188,7 +197,7 @@ pub(super) fn train(
         shift.push((f64::from(beta) - m * a) as f32);
     }
     let output = affine_per_channel(x, g, &scale, &shift, relu_after);
-    Ok(BatchNormTrainOutput {
+    Ok(TrainOutput {
         output,
         mean,
         var,
@@ -209,7 +218,7 @@ pub(super) fn eval(
     eps: f32,
     relu_after: bool,
 ) -> Result<Vec<f32>> {
-    let op = "batch_norm_eval";
+    let op = "batch_norm";
     check(
         op,
         g,
@@ -243,7 +252,7 @@ pub(super) fn eval(
 /// `dx = γ·invstd/M · (M·dy - Σdy - x̂·Σ(dy·x̂))` in training, where the
 /// statistics depend on `x`; `dx = γ·invstd·dy` in eval, where they are
 /// constants. `input` is read only when `dγ` or the training `dx` is
-/// needed (otherwise the caller may pass a same-sized placeholder).
+/// needed; it is an error to ask for those without it.
 ///
 /// With `relu_output` (the fused batch-norm + ReLU forward's output), `dy`
 /// is the gradient of the ReLU's output and every read of it is masked by
@@ -253,7 +262,7 @@ pub(super) fn eval(
 pub(super) fn backward(
     dy: &[f32],
     relu_output: Option<&[f32]>,
-    input: &[f32],
+    input: Option<&[f32]>,
     weight: Option<&[f32]>,
     mean: &[f32],
     invstd: &[f32],
@@ -275,9 +284,15 @@ pub(super) fn backward(
         ],
     )?;
     let reads_input = need_dw || (need_dx && training);
-    if reads_input {
-        check(op, g, input, "input", &[])?;
-    }
+    let input = match input {
+        Some(x) if reads_input => {
+            check(op, g, x, "input", &[])?;
+            x
+        }
+        None if reads_input => return Err(super::check::unsaved_input(op)),
+        // Not read: `dy` stands in so that the kernel has one signature.
+        _ => dy,
+    };
     match relu_output {
         Some(y) => {
             check(op, g, y, "relu output", &[])?;
@@ -531,7 +546,7 @@ mod tests {
         let [dx, dw, db] = backward(
             &dy,
             None,
-            &x,
+            Some(&x),
             Some(&gamma),
             &fwd.mean,
             &fwd.invstd,
@@ -582,7 +597,7 @@ mod tests {
         let all = backward(
             &dy,
             None,
-            &x,
+            Some(&x),
             Some(&gamma),
             &fwd.mean,
             &fwd.invstd,
@@ -600,7 +615,7 @@ mod tests {
             let got = backward(
                 &dy,
                 None,
-                &x,
+                Some(&x),
                 Some(&gamma),
                 &fwd.mean,
                 &fwd.invstd,
@@ -654,12 +669,11 @@ mod tests {
             .collect();
         assert_close("eval output", &y, &want, 1e-5);
 
-        // dx alone must not read the input: pass NaNs as the placeholder.
-        let placeholder = vec![f32::NAN; g.numel()];
+        // dx alone must not read the input: none is given.
         let [dx, dw, db] = backward(
             &dy,
             None,
-            &placeholder,
+            None,
             Some(&gamma),
             &rm,
             &invstd,
@@ -677,7 +691,7 @@ mod tests {
         let [_, dw, db] = backward(
             &dy,
             None,
-            &x,
+            Some(&x),
             None,
             &rm,
             &invstd,
@@ -733,7 +747,7 @@ mod tests {
         assert!(backward(
             &x,
             None,
-            &x[1..],
+            Some(&x[1..]),
             None,
             &[0.0; 2],
             &[1.0; 2],

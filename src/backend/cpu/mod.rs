@@ -7,14 +7,18 @@
 //! validates buffer lengths against the geometry before computing.
 
 use crate::backend::{
-    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormTrainOutput,
-    Conv2dGeometry, Pool2dGeometry, SgdConfig,
+    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormOutput, BatchNormParams,
+    BatchNormSaved, BatchNormStats, BatchStats, Conv2dGeometry, Epilogue, Pool2dGeometry,
+    SgdConfig,
 };
+use crate::core_types::{DType, Device, HostData};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device};
+
+// The length and size checks shared with the CUDA backend; the kernels
+// reach them as `super::check`.
+use super::check;
 
 mod batch_norm;
-mod check;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -23,90 +27,16 @@ mod pool;
 mod scratch;
 mod sgd;
 
-/// The batch-norm kernels with and without the fused ReLU, unwrapped once.
-impl CpuStorage {
-    fn bn_train(
-        &self,
-        op: &'static str,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-        fuse_relu: bool,
-    ) -> Result<BatchNormTrainOutput<Self>> {
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
-        let r = batch_norm::train(self.as_f32(op)?, weight, bias, g, eps, fuse_relu)?;
-        Ok(BatchNormTrainOutput {
-            output: F32(r.output),
-            mean: F32(r.mean),
-            var: F32(r.var),
-            invstd: F32(r.invstd),
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn bn_eval(
-        &self,
-        op: &'static str,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        (running_mean, running_var): (&Self, &Self),
-        g: &BatchNormGeometry,
-        eps: f32,
-        fuse_relu: bool,
-    ) -> Result<Self> {
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
-        let (rm, rv) = (running_mean.as_f32(op)?, running_var.as_f32(op)?);
-        let x = self.as_f32(op)?;
-        Ok(F32(batch_norm::eval(
-            x, weight, bias, rm, rv, g, eps, fuse_relu,
-        )?))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn bn_backward(
-        &self,
-        op: &'static str,
-        relu_output: Option<&Self>,
-        input: &Self,
-        weight: Option<&Self>,
-        (mean, invstd): (&Self, &Self),
-        g: &BatchNormGeometry,
-        training: bool,
-        needs: [bool; 3],
-    ) -> Result<[Option<Self>; 3]> {
-        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
-        let relu_output = relu_output.map(|y| y.as_f32(op)).transpose()?;
-        let grads = batch_norm::backward(
-            self.as_f32(op)?,
-            relu_output,
-            input.as_f32(op)?,
-            weight,
-            mean.as_f32(op)?,
-            invstd.as_f32(op)?,
-            g,
-            training,
-            needs,
-        )?;
-        Ok(grads.map(|gr| gr.map(F32)))
-    }
-}
-
 #[cfg(test)]
 mod test_data;
 
-use CpuStorage::F32;
+use HostData::F32;
 
-/// Host data of one tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub enum CpuStorage {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-}
+/// The CPU backend's storage is plain host data.
+pub type CpuStorage = HostData;
 
-impl CpuStorage {
+/// Typed views of host data; a dtype mismatch is an error naming `op`.
+impl HostData {
     pub fn as_f32(&self, op: &'static str) -> Result<&[f32]> {
         match self {
             CpuStorage::F32(v) => Ok(v),
@@ -144,16 +74,10 @@ impl BackendStorage for CpuStorage {
         Device::Cpu
     }
     fn dtype(&self) -> DType {
-        match self {
-            CpuStorage::F32(_) => DType::F32,
-            CpuStorage::I64(_) => DType::I64,
-        }
+        HostData::dtype(self)
     }
     fn len(&self) -> usize {
-        match self {
-            CpuStorage::F32(v) => v.len(),
-            CpuStorage::I64(v) => v.len(),
-        }
+        HostData::len(self)
     }
     fn to_cpu(&self) -> Result<CpuStorage> {
         Ok(self.clone())
@@ -259,84 +183,70 @@ impl BackendStorage for CpuStorage {
         )?))
     }
 
-    fn batch_norm_train(
+    fn batch_norm(
         &self,
         weight: Option<&Self>,
         bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<BatchNormTrainOutput<Self>> {
-        self.bn_train("batch_norm_train", weight, bias, g, eps, false)
-    }
-    fn batch_norm_eval(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        running_mean: &Self,
-        running_var: &Self,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<Self> {
-        let stats = (running_mean, running_var);
-        self.bn_eval("batch_norm_eval", weight, bias, stats, g, eps, false)
+        stats: BatchNormStats<'_, Self>,
+        p: &BatchNormParams,
+    ) -> Result<BatchNormOutput<Self>> {
+        let op = "batch_norm";
+        let weight = weight.map(|w| w.as_f32(op)).transpose()?;
+        let bias = bias.map(|b| b.as_f32(op)).transpose()?;
+        let x = self.as_f32(op)?;
+        let (g, eps) = (&p.geometry, p.eps);
+        let relu = p.epilogue == Epilogue::Relu;
+        Ok(match stats {
+            BatchNormStats::Batch => {
+                let r = batch_norm::train(x, weight, bias, g, eps, relu)?;
+                BatchNormOutput {
+                    output: F32(r.output),
+                    batch_stats: Some(BatchStats {
+                        mean: F32(r.mean),
+                        var: F32(r.var),
+                        invstd: F32(r.invstd),
+                    }),
+                }
+            }
+            BatchNormStats::Running { mean, var } => {
+                let (rm, rv) = (mean.as_f32(op)?, var.as_f32(op)?);
+                BatchNormOutput {
+                    output: F32(batch_norm::eval(x, weight, bias, rm, rv, g, eps, relu)?),
+                    batch_stats: None,
+                }
+            }
+        })
     }
     fn batch_norm_backward(
         &self,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
+        saved: &BatchNormSaved<'_, Self>,
+        p: &BatchNormParams,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
         let op = "batch_norm_backward";
-        self.bn_backward(op, None, input, weight, (mean, invstd), g, training, needs)
-    }
-    fn batch_norm_train_relu(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<BatchNormTrainOutput<Self>> {
-        self.bn_train("batch_norm_relu_train", weight, bias, g, eps, true)
-    }
-    fn batch_norm_eval_relu(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        running_mean: &Self,
-        running_var: &Self,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<Self> {
-        let stats = (running_mean, running_var);
-        self.bn_eval("batch_norm_relu_eval", weight, bias, stats, g, eps, true)
-    }
-    fn batch_norm_relu_backward(
-        &self,
-        relu_output: &Self,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
-        needs: [bool; 3],
-    ) -> Result<[Option<Self>; 3]> {
-        let op = "batch_norm_relu_backward";
-        let stats = (mean, invstd);
-        self.bn_backward(
-            op,
-            Some(relu_output),
-            input,
-            weight,
-            stats,
-            g,
-            training,
+        let relu_output = match p.epilogue {
+            Epilogue::None => None,
+            Epilogue::Relu => Some(
+                saved
+                    .output
+                    .ok_or_else(|| {
+                        Error::invalid(op, "the ReLU epilogue needs the forward output")
+                    })?
+                    .as_f32(op)?,
+            ),
+        };
+        let grads = batch_norm::backward(
+            self.as_f32(op)?,
+            relu_output,
+            saved.input.map(|x| x.as_f32(op)).transpose()?,
+            saved.weight.map(|w| w.as_f32(op)).transpose()?,
+            saved.mean.as_f32(op)?,
+            saved.invstd.as_f32(op)?,
+            &p.geometry,
+            saved.batch_stats,
             needs,
-        )
+        )?;
+        Ok(grads.map(|gr| gr.map(F32)))
     }
     fn update_running_stats(
         &mut self,

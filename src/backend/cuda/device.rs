@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{sys::CUdevice_attribute, CudaContext, CudaStream};
 
 use super::module_cache::KernelCache;
+use crate::core_types::Device;
 use crate::error::{Error, Result};
-use crate::tensor::Device;
 
 /// One CUDA device in use: its context, the single stream every kernel and
 /// copy of this process runs on (so all work is ordered without events), and

@@ -13,11 +13,12 @@ use super::device::{self, CudaDevice};
 use super::module_cache::KernelFile;
 use crate::backend::cpu::CpuStorage;
 use crate::backend::{
-    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormTrainOutput,
-    Conv2dGeometry, Pool2dGeometry, SgdConfig,
+    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormOutput, BatchNormParams,
+    BatchNormSaved, BatchNormStats, BatchStats, Conv2dGeometry, Epilogue, Pool2dGeometry,
+    SgdConfig,
 };
+use crate::core_types::{DType, Device};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device};
 
 /// The data of a CUDA buffer, by element type.
 pub enum CudaData {
@@ -757,79 +758,29 @@ impl BackendStorage for CudaStorage {
     }
 
     // ----- batch norm ------------------------------------------------------
-    fn batch_norm_train(
+    fn batch_norm(
         &self,
         weight: Option<&Self>,
         bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<BatchNormTrainOutput<Self>> {
-        self.bn_train(weight, bias, g, eps, false)
-    }
-    fn batch_norm_eval(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        running_mean: &Self,
-        running_var: &Self,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<Self> {
-        self.bn_eval(weight, bias, running_mean, running_var, g, eps, false)
+        stats: BatchNormStats<'_, Self>,
+        p: &BatchNormParams,
+    ) -> Result<BatchNormOutput<Self>> {
+        let fuse_relu = p.epilogue == Epilogue::Relu;
+        match stats {
+            BatchNormStats::Batch => self.bn_train(weight, bias, &p.geometry, p.eps, fuse_relu),
+            BatchNormStats::Running { mean, var } => Ok(BatchNormOutput {
+                output: self.bn_eval(weight, bias, mean, var, &p.geometry, p.eps, fuse_relu)?,
+                batch_stats: None,
+            }),
+        }
     }
     fn batch_norm_backward(
         &self,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
+        saved: &BatchNormSaved<'_, Self>,
+        p: &BatchNormParams,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
-        self.bn_backward(None, input, weight, mean, invstd, g, training, needs)
-    }
-    fn batch_norm_train_relu(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<BatchNormTrainOutput<Self>> {
-        self.bn_train(weight, bias, g, eps, true)
-    }
-    fn batch_norm_eval_relu(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        running_mean: &Self,
-        running_var: &Self,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<Self> {
-        self.bn_eval(weight, bias, running_mean, running_var, g, eps, true)
-    }
-    fn batch_norm_relu_backward(
-        &self,
-        relu_output: &Self,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
-        needs: [bool; 3],
-    ) -> Result<[Option<Self>; 3]> {
-        self.bn_backward(
-            Some(relu_output),
-            input,
-            weight,
-            mean,
-            invstd,
-            g,
-            training,
-            needs,
-        )
+        self.bn_backward(saved, p, needs)
     }
     fn update_running_stats(
         &mut self,
@@ -1172,7 +1123,7 @@ impl CudaStorage {
         g: &BatchNormGeometry,
         eps: f32,
         fuse_relu: bool,
-    ) -> Result<BatchNormTrainOutput<Self>> {
+    ) -> Result<BatchNormOutput<Self>> {
         let op = "batch_norm";
         let x = self.f32_len(op, "input", g.numel())?;
         int(op, g.numel())?;
@@ -1206,11 +1157,13 @@ impl CudaStorage {
             plane_launch(g.batch * g.channels, g.spatial),
             [x, &mean, &invstd, w, &has_w, b, &has_b, &mut out, &planes, &c, &s, &fuse]
         );
-        Ok(BatchNormTrainOutput {
+        Ok(BatchNormOutput {
             output: self.wrap(out, g.numel()),
-            mean: self.wrap(mean, g.channels),
-            var: self.wrap(var, g.channels),
-            invstd: self.wrap(invstd, g.channels),
+            batch_stats: Some(BatchStats {
+                mean: self.wrap(mean, g.channels),
+                var: self.wrap(var, g.channels),
+                invstd: self.wrap(invstd, g.channels),
+            }),
         })
     }
     /// Eval forward, with the ReLU fused when `fuse_relu`.
@@ -1251,47 +1204,47 @@ impl CudaStorage {
         );
         Ok(self.wrap(out, g.numel()))
     }
-    /// Backward; with `relu_output` (the fused forward's output) every
-    /// kernel reads dy masked by `relu_output > 0`.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward; with the ReLU epilogue every kernel reads dy masked by
+    /// `saved.output > 0`.
     fn bn_backward(
         &self,
-        relu_output: Option<&Self>,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
+        saved: &BatchNormSaved<'_, Self>,
+        p: &BatchNormParams,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
         let op = "batch_norm_backward";
+        let (g, training) = (&p.geometry, saved.batch_stats);
         let [need_dx, need_dw, need_db] = needs;
         let dy = self.f32_len(op, "output gradient", g.numel())?;
-        let mask = flag(relu_output.is_some());
+        let mask = flag(p.epilogue == Epilogue::Relu);
         // Without the fused ReLU the mask is never read; pass dy.
-        let y = match relu_output {
-            Some(y) => self.arg(op, "relu output", y, g.numel())?,
-            None => dy,
+        let y = match p.epilogue {
+            Epilogue::Relu => {
+                let y = saved.output.ok_or_else(|| {
+                    Error::invalid(op, "the ReLU epilogue needs the forward output")
+                })?;
+                self.arg(op, "relu output", y, g.numel())?
+            }
+            Epilogue::None => dy,
         };
         int(op, g.numel())?;
         let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
         let planes = int(op, g.batch * g.channels)?;
-        let mean = self.arg(op, "mean", mean, g.channels)?;
-        let invstd = self.arg(op, "invstd", invstd, g.channels)?;
-        let w = weight
+        let mean = self.arg(op, "mean", saved.mean, g.channels)?;
+        let invstd = self.arg(op, "invstd", saved.invstd, g.channels)?;
+        let w = saved
+            .weight
             .map(|w| self.arg(op, "weight", w, g.channels))
             .transpose()?;
         let has_w = flag(w.is_some());
         let w = w.unwrap_or(mean);
 
-        // x̂ is read only for dγ, and for dx in training mode; otherwise the
-        // caller may pass a stand-in for the unsaved input.
+        // x̂ is read only for dγ, and for dx in training mode.
         let need_xhat = need_dw || (need_dx && training);
-        let x = if need_xhat {
-            Some(self.arg(op, "input", input, g.numel())?)
-        } else {
-            None
+        let x = match saved.input {
+            Some(x) if need_xhat => Some(self.arg(op, "input", x, g.numel())?),
+            None if need_xhat => return Err(crate::backend::check::unsaved_input(op)),
+            _ => None,
         };
         // Per-channel sums: dβ = Σdy, dγ = Σdy·x̂; training-mode dx needs both.
         let need_sums = need_dw || need_db || (need_dx && training);

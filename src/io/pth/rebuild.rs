@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use super::checkpoint_error;
 use super::globals::{Global, StorageDtype};
 use super::pickle::{ObjId, Object, Pickle};
-use crate::backend::cpu::CpuStorage;
+use crate::core_types::HostData;
 use crate::error::Result;
 use crate::io::HostTensor;
 
@@ -412,9 +412,9 @@ pub fn materialize(
     }
 
     let data = if dtype.is_float() {
-        CpuStorage::F32(gather(spec, count, |i| decode_float(elements, dtype, i)).map_err(fail)?)
+        HostData::F32(gather(spec, count, |i| decode_float(elements, dtype, i)).map_err(fail)?)
     } else {
-        CpuStorage::I64(gather(spec, count, |i| decode_int(elements, dtype, i)).map_err(fail)?)
+        HostData::I64(gather(spec, count, |i| decode_int(elements, dtype, i)).map_err(fail)?)
     };
     let note = match dtype {
         StorageDtype::F32 | StorageDtype::I64 => None,

@@ -10,11 +10,11 @@ use crate::backend::cpu::CpuStorage;
 use crate::backend::cuda::CudaStorage;
 use crate::backend::BackendStorage;
 use crate::backend::{
-    AdaptivePool2dGeometry, BatchNormGeometry, BatchNormTrainOutput, Conv2dGeometry,
-    Pool2dGeometry, SgdConfig,
+    AdaptivePool2dGeometry, BatchNormGeometry, BatchNormOutput, BatchNormParams, BatchNormSaved,
+    BatchNormStats, BatchStats, Conv2dGeometry, Pool2dGeometry, SgdConfig,
 };
+use crate::core_types::{DType, Device};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Device};
 
 /// The buffer of one tensor, on one device.
 #[derive(Debug)]
@@ -209,145 +209,50 @@ impl BackendStorage for Storage {
         each_backend!(self, s => s.channel_sums(g).map(Storage::from))
     }
 
-    fn batch_norm_train(
+    fn batch_norm(
         &self,
         weight: Option<&Self>,
         bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<BatchNormTrainOutput<Self>> {
+        stats: BatchNormStats<'_, Self>,
+        p: &BatchNormParams,
+    ) -> Result<BatchNormOutput<Self>> {
         each_backend!(self, s => {
-            let d = s.device();
-            let out = s.batch_norm_train(
-                arg_opt::<B>("batch_norm", d, weight)?,
-                arg_opt::<B>("batch_norm", d, bias)?,
-                g,
-                eps,
-            )?;
-            Ok(BatchNormTrainOutput {
+            let (d, op) = (s.device(), "batch_norm");
+            let stats = match stats {
+                BatchNormStats::Batch => BatchNormStats::Batch,
+                BatchNormStats::Running { mean, var } => BatchNormStats::Running {
+                    mean: arg::<B>(op, d, mean)?,
+                    var: arg::<B>(op, d, var)?,
+                },
+            };
+            let out = s.batch_norm(arg_opt::<B>(op, d, weight)?, arg_opt::<B>(op, d, bias)?, stats, p)?;
+            Ok(BatchNormOutput {
                 output: out.output.into(),
-                mean: out.mean.into(),
-                var: out.var.into(),
-                invstd: out.invstd.into(),
+                batch_stats: out.batch_stats.map(|b| BatchStats {
+                    mean: b.mean.into(),
+                    var: b.var.into(),
+                    invstd: b.invstd.into(),
+                }),
             })
-        })
-    }
-    fn batch_norm_eval(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        running_mean: &Self,
-        running_var: &Self,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<Self> {
-        each_backend!(self, s => {
-            let d = s.device();
-            s.batch_norm_eval(
-                arg_opt::<B>("batch_norm", d, weight)?,
-                arg_opt::<B>("batch_norm", d, bias)?,
-                arg::<B>("batch_norm", d, running_mean)?,
-                arg::<B>("batch_norm", d, running_var)?,
-                g,
-                eps,
-            )
-            .map(Storage::from)
         })
     }
     fn batch_norm_backward(
         &self,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
+        saved: &BatchNormSaved<'_, Self>,
+        p: &BatchNormParams,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
         each_backend!(self, s => {
-            let d = s.device();
-            let op = "batch_norm_backward";
-            let [dx, dw, db] = s.batch_norm_backward(
-                arg::<B>(op, d, input)?,
-                arg_opt::<B>(op, d, weight)?,
-                arg::<B>(op, d, mean)?,
-                arg::<B>(op, d, invstd)?,
-                g,
-                training,
-                needs,
-            )?;
-            Ok([dx.map(Storage::from), dw.map(Storage::from), db.map(Storage::from)])
-        })
-    }
-    fn batch_norm_train_relu(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<BatchNormTrainOutput<Self>> {
-        each_backend!(self, s => {
-            let d = s.device();
-            let out = s.batch_norm_train_relu(
-                arg_opt::<B>("batch_norm_relu", d, weight)?,
-                arg_opt::<B>("batch_norm_relu", d, bias)?,
-                g,
-                eps,
-            )?;
-            Ok(BatchNormTrainOutput {
-                output: out.output.into(),
-                mean: out.mean.into(),
-                var: out.var.into(),
-                invstd: out.invstd.into(),
-            })
-        })
-    }
-    fn batch_norm_eval_relu(
-        &self,
-        weight: Option<&Self>,
-        bias: Option<&Self>,
-        running_mean: &Self,
-        running_var: &Self,
-        g: &BatchNormGeometry,
-        eps: f32,
-    ) -> Result<Self> {
-        each_backend!(self, s => {
-            let d = s.device();
-            s.batch_norm_eval_relu(
-                arg_opt::<B>("batch_norm_relu", d, weight)?,
-                arg_opt::<B>("batch_norm_relu", d, bias)?,
-                arg::<B>("batch_norm_relu", d, running_mean)?,
-                arg::<B>("batch_norm_relu", d, running_var)?,
-                g,
-                eps,
-            )
-            .map(Storage::from)
-        })
-    }
-    fn batch_norm_relu_backward(
-        &self,
-        relu_output: &Self,
-        input: &Self,
-        weight: Option<&Self>,
-        mean: &Self,
-        invstd: &Self,
-        g: &BatchNormGeometry,
-        training: bool,
-        needs: [bool; 3],
-    ) -> Result<[Option<Self>; 3]> {
-        each_backend!(self, s => {
-            let d = s.device();
-            let op = "batch_norm_relu_backward";
-            let [dx, dw, db] = s.batch_norm_relu_backward(
-                arg::<B>(op, d, relu_output)?,
-                arg::<B>(op, d, input)?,
-                arg_opt::<B>(op, d, weight)?,
-                arg::<B>(op, d, mean)?,
-                arg::<B>(op, d, invstd)?,
-                g,
-                training,
-                needs,
-            )?;
+            let (d, op) = (s.device(), "batch_norm_backward");
+            let saved = BatchNormSaved {
+                input: arg_opt::<B>(op, d, saved.input)?,
+                weight: arg_opt::<B>(op, d, saved.weight)?,
+                mean: arg::<B>(op, d, saved.mean)?,
+                invstd: arg::<B>(op, d, saved.invstd)?,
+                batch_stats: saved.batch_stats,
+                output: arg_opt::<B>(op, d, saved.output)?,
+            };
+            let [dx, dw, db] = s.batch_norm_backward(&saved, p, needs)?;
             Ok([dx.map(Storage::from), dw.map(Storage::from), db.map(Storage::from)])
         })
     }

@@ -24,7 +24,9 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "include/frostgrad_emu_abi.h"
+#include "stats.h"
 
 #if !defined(__x86_64__)
 #include <ucontext.h>
@@ -146,16 +148,37 @@ CUresult do_alloc(CUdeviceptr* out, size_t size, bool managed) {
   memset(body, 0xFF, body_len);  // poison: every f32 reads as NaN until written
   g_allocs[(uintptr_t)ptr] = Alloc{region, region_len, body, body_len, ptr, size, managed};
   g_allocated += size;
+  if (fgcheck::g_checks) fgcheck::on_alloc((uintptr_t)ptr, size, managed);
   *out = (CUdeviceptr)(uintptr_t)ptr;
+  fg_stats::alloc(size);
   return CUDA_SUCCESS;
 }
 
 CUresult do_free(CUdeviceptr p) {
   auto it = g_allocs.find((uintptr_t)p);
   if (it == g_allocs.end()) return CUDA_ERROR_INVALID_VALUE;
-  munmap(it->second.region, it->second.region_len);
+  if (fgcheck::g_checks) {
+    fgcheck::on_free((uintptr_t)p);
+    // While checking, freed address space stays reserved (its memory is
+    // released) for a while, so that a later allocation cannot take it and
+    // turn a use after free into a valid access.
+    static std::vector<std::pair<char*, size_t>> quarantine;
+    static size_t held = 0;
+    mmap(it->second.region, it->second.region_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
+         -1, 0);
+    quarantine.push_back({it->second.region, it->second.region_len});
+    held += it->second.region_len;
+    while (held > (size_t)(64ull << 30) && !quarantine.empty()) {
+      munmap(quarantine.front().first, quarantine.front().second);
+      held -= quarantine.front().second;
+      quarantine.erase(quarantine.begin());
+    }
+  } else {
+    munmap(it->second.region, it->second.region_len);
+  }
   g_allocated -= it->second.size;
   g_allocs.erase(it);
+  fg_stats::free_call();
   return CUDA_SUCCESS;
 }
 
@@ -219,6 +242,7 @@ struct Module {
   FrostgradEmuModuleInfo info;
   std::map<std::string, Function*> funcs;
   bool ftz;
+  bool checked;  // compiled with the checker's instrumentation
 };
 
 // ------------------------------------------------------------------ fibers
@@ -305,6 +329,13 @@ struct Run {
   bool failed;
   CUresult err;
   std::string msg;
+  // FROSTGRAD_CUDA_EMU_CHECK: the launch is checked (instrumented module);
+  // the failure was a synchronisation error (synccheck reports it); the
+  // failure has been reported already (by the checker).
+  bool checked;
+  bool sync_fail;
+  bool reported;
+  const char* bar_site;  // call site of the first thread waiting at the current barrier
 };
 
 Run* g_run = nullptr;
@@ -385,11 +416,16 @@ std::string tid_str(const FrostgradEmuThread& t) {
   __builtin_unreachable();
 }
 
+[[noreturn]] void fail_sync(const std::string& what) {
+  g_run->sync_fail = true;
+  fail_fiber(CUDA_ERROR_LAUNCH_FAILED, what);
+}
+
 int rt_block_sync(int pred, int op) {
   Run* R = g_run;
   Fiber* f = R->cur;
   if (R->first_exit >= 0)
-    fail_fiber(CUDA_ERROR_LAUNCH_FAILED, "thread " + tid_str(f->t) + " reached __syncthreads() but thread " +
+    fail_sync("thread " + tid_str(f->t) + " reached __syncthreads() but thread " +
                                              tid_str(R->fibers[R->first_exit].t) +
                                              " of the block has already exited; the barrier can never complete");
   int p = R->bar_gen & 1;
@@ -402,6 +438,8 @@ int rt_block_sync(int pred, int op) {
   if (R->bar_arrived == R->n) {
     R->bar_arrived = 0;
     R->bar_gen++;
+    R->bar_site = nullptr;
+    if (R->checked) fgcheck::barrier_done();
     int ids[kMaxThreads];
     int k = 0;
     for (int i = 0; i < R->n; i++)
@@ -421,13 +459,21 @@ const unsigned long long* rt_warp_exchange(unsigned mask, unsigned long long v, 
   if (!((mask >> lane) & 1u)) {
     snprintf(buf, sizeof buf, "%s by thread %s (lane %u) whose own lane is not in mask 0x%08x", what,
              tid_str(f->t).c_str(), lane, mask);
-    fail_fiber(CUDA_ERROR_LAUNCH_FAILED, buf);
+    fail_sync(buf);
+  }
+  // A mask naming lanes past the end of the block: a GPU's behaviour is
+  // undefined; synccheck reports it (without it, those lanes are ignored).
+  if (R->checked && fgcheck::on(fgcheck::SYNC) && (mask & ~W->exists)) {
+    snprintf(buf, sizeof buf, "%s with mask 0x%08x by thread %s names lane %d of warp %u, which does not exist (the "
+             "block has %d threads)", what, mask, tid_str(f->t).c_str(), __builtin_ctz(mask & ~W->exists), f->t.warp,
+             R->n);
+    fail_sync(buf);
   }
   unsigned part = mask & W->exists;
   if (part & W->exited) {
     snprintf(buf, sizeof buf, "%s with mask 0x%08x by thread %s, but lane %d of warp %u has already exited", what,
              mask, tid_str(f->t).c_str(), __builtin_ctz(part & W->exited), f->t.warp);
-    fail_fiber(CUDA_ERROR_LAUNCH_FAILED, buf);
+    fail_sync(buf);
   }
   int p = W->gen & 1;
   if (W->arrived == 0) {
@@ -438,7 +484,7 @@ const unsigned long long* rt_warp_exchange(unsigned mask, unsigned long long v, 
   } else if (W->mask != mask || strcmp(W->what, what) != 0) {
     snprintf(buf, sizeof buf, "warp %u diverged: thread %s called %s with mask 0x%08x while other lanes wait in %s "
              "with mask 0x%08x", f->t.warp, tid_str(f->t).c_str(), what, mask, W->what, W->mask);
-    fail_fiber(CUDA_ERROR_LAUNCH_FAILED, buf);
+    fail_sync(buf);
   }
   W->slots[p][lane] = v;
   W->arrived++;
@@ -446,6 +492,7 @@ const unsigned long long* rt_warp_exchange(unsigned mask, unsigned long long v, 
   if (W->arrived == W->expected) {
     W->arrived = 0;
     W->gen++;
+    if (R->checked) fgcheck::warp_sync_done(f->t.warp);
     int ids[32];
     int k = 0;
     int base = (int)f->t.warp * 32;
@@ -473,7 +520,28 @@ unsigned rt_active_mask() {
 
 [[noreturn]] void rt_trap(const char* what) { fail_fiber(CUDA_ERROR_LAUNCH_FAILED, what); }
 
-const FrostgradEmuRuntime g_runtime = {FROSTGRAD_EMU_ABI, rt_block_sync, rt_warp_exchange, rt_active_mask, rt_trap};
+// __syncthreads() in a checked build, with its call site: synccheck reports
+// threads of a block waiting at different barriers (a GPU's behaviour is
+// undefined; the emulation would otherwise let them meet).
+int rt_block_sync_at(int pred, int op, const char* site) {
+  Run* R = g_run;
+  if (R->checked && fgcheck::on(fgcheck::SYNC) && site) {
+    if (R->bar_arrived == 0 || !R->bar_site) {
+      R->bar_site = site;
+    } else if (strcmp(R->bar_site, site) != 0) {
+      fail_sync("thread " + tid_str(R->cur->t) + " reached __syncthreads() at " + site + " while " +
+                std::to_string(R->bar_arrived) + " thread(s) of its block wait at the one at " + R->bar_site);
+    }
+  }
+  return rt_block_sync(pred, op);
+}
+
+void rt_check_access(const void* addr, unsigned long size, unsigned flags, const void* pc) {
+  fgcheck::access(addr, size, flags, pc);
+}
+
+const FrostgradEmuRuntime g_runtime = {FROSTGRAD_EMU_ABI, rt_block_sync,   rt_warp_exchange, rt_active_mask,
+                                       rt_trap,           rt_check_access, rt_block_sync_at};
 
 void thread_exited(Run* R, Fiber* f) {
   f->state = F_DONE;
@@ -483,15 +551,15 @@ void thread_exited(Run* R, Fiber* f) {
   if (R->first_exit < 0) R->first_exit = (int)f->t.linear;
   if (R->bar_arrived > 0) {
     char buf[256];
-    snprintf(buf, sizeof buf, "thread %s exited while %d thread(s) of its block wait at __syncthreads()",
-             tid_str(f->t).c_str(), R->bar_arrived);
-    fail_fiber(CUDA_ERROR_LAUNCH_FAILED, buf);
+    snprintf(buf, sizeof buf, "thread %s exited while %d thread(s) of its block wait at __syncthreads()%s%s",
+             tid_str(f->t).c_str(), R->bar_arrived, R->bar_site ? " at " : "", R->bar_site ? R->bar_site : "");
+    fail_sync(buf);
   }
   if (W->arrived > 0 && ((W->mask >> f->t.lane) & 1u)) {
     char buf[256];
     snprintf(buf, sizeof buf, "thread %s exited while lanes of its warp wait for it in %s (mask 0x%08x)",
              tid_str(f->t).c_str(), W->what, W->mask);
-    fail_fiber(CUDA_ERROR_LAUNCH_FAILED, buf);
+    fail_sync(buf);
   }
 }
 
@@ -543,6 +611,7 @@ void run_block(Run* R) {
   }
   R->bar_arrived = 0;
   R->bar_gen = 0;
+  R->bar_site = nullptr;
   R->done = 0;
   R->first_exit = -1;
   R->qhead = 0;
@@ -561,6 +630,7 @@ void run_block(Run* R) {
     R->cur = f;
     f->state = F_RUN;
     *slot = &f->t;
+    if (R->checked) fgcheck::set_thread(f->t.linear, f->t.tid, f->stack_lo, f->stack_hi);
 #if defined(__x86_64__)
     fg_emu_swap(&R->sched_sp, f->sp);
 #else
@@ -582,6 +652,7 @@ void run_block(Run* R) {
     R->failed = true;
     R->err = CUDA_ERROR_LAUNCH_FAILED;
     R->msg = buf;
+    R->sync_fail = true;
     R->cur = nullptr;
   }
 }
@@ -700,6 +771,16 @@ CUresult launch(Function* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx
   R.err = CUDA_SUCCESS;
   R.msg.clear();
   R.cur = nullptr;
+  R.sync_fail = false;
+  R.reported = false;
+  R.bar_site = nullptr;
+  R.checked = fgcheck::g_checks && m->checked;
+  if (fgcheck::g_checks && !m->checked) {
+    static bool told = false;
+    if (!told) emu_log("FROSTGRAD_CUDA_EMU_CHECK: kernel '%s' was compiled without the checker's instrumentation "
+                       "(before the variable was set?): its launches are not checked", fn->k->name);
+    told = true;
+  }
   const char* sh = getenv("FROSTGRAD_CUDA_EMU_SHUFFLE");
   R.shuffle = sh && *sh;
   R.seed = R.shuffle ? strtoull(sh, nullptr, 0) : 0;
@@ -710,6 +791,9 @@ CUresult launch(Function* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx
   *m->info.dyn_smem = dsm;
   *m->info.cur_block = &R.blk;
   size_t dsm_len = (size_t)(g_dsmem_base + g_dsmem_len - dsm);
+  if (R.checked)
+    fgcheck::launch_begin({fn->k->name, m->handle, m->info.shared_begin, m->info.shared_end, dsm, smem, dim3(bx, by, bz),
+                           dim3(gx, gy, gz)});
 
   install_handlers();
   if (!t_altstack) t_altstack = (char*)malloc(256 * 1024);
@@ -737,6 +821,7 @@ CUresult launch(Function* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx
                   ((((unsigned long long)z * gy + y) * gx + x) * 0xd1b54a32d192ed03ull);
           if (static_smem) memset(m->info.shared_begin, 0xFF, static_smem);
           memset(dsm, 0xFF, dsm_len);
+          if (R.checked) fgcheck::block_begin(R.blk.bid);
           run_block(&R);
         }
     t_in_launch = 0;
@@ -770,14 +855,24 @@ CUresult launch(Function* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx
   if (m->ftz) __builtin_ia32_ldmxcsr(mxcsr_saved);
 #endif
   sigaltstack(&old_ss, nullptr);
+  int hazard = R.checked ? fgcheck::launch_end() : 0;
 
   if (R.failed) {
     std::string who = "kernel '" + std::string(R.kernel) + "' block (" + std::to_string(R.blk.bid.x) + "," +
                       std::to_string(R.blk.bid.y) + "," + std::to_string(R.blk.bid.z) + ")";
     if (R.cur) who += " thread " + tid_str(R.cur->t);
-    emu_log("%s: %s", who.c_str(), R.msg.c_str());
+    if (R.reported) {
+    } else if (R.checked && R.sync_fail && fgcheck::on(fgcheck::SYNC)) {
+      fgcheck::report("synccheck", who + ": " + R.msg);
+    } else {
+      emu_log("%s: %s", who.c_str(), R.msg.c_str());
+    }
     g_sticky = R.err;
     return R.err;
+  }
+  if (hazard) {
+    g_sticky = (CUresult)hazard;
+    return g_sticky;
   }
   std::string msg;
   if (!check_canaries(msg)) {
@@ -798,6 +893,7 @@ CUresult load_image(Module** out, const char* image) {
   }
   std::string so;
   bool ftz = false;
+  bool checked = false;
   int abi = -1;
   const char* p = image;
   while (*p) {
@@ -806,6 +902,7 @@ CUresult load_image(Module** out, const char* image) {
     if (line.rfind(".so ", 0) == 0) so = line.substr(4);
     else if (line.rfind(".abi ", 0) == 0) abi = atoi(line.c_str() + 5);
     else if (line == ".ftz 1") ftz = true;
+    else if (line == ".check 1") checked = true;
     if (!e) break;
     p = e + 1;
   }
@@ -823,18 +920,36 @@ CUresult load_image(Module** out, const char* image) {
   m->handle = h;
   m->path = so;
   m->ftz = ftz;
+  m->checked = checked;
   if (!init || init(&g_runtime, &m->info) != 0 || m->info.abi != FROSTGRAD_EMU_ABI) {
     emu_log("cuModuleLoadData: %s is not a compatible kernel module", so.c_str());
     dlclose(h);
     delete m;
     return CUDA_ERROR_INVALID_IMAGE;
   }
+  if (checked && fgcheck::g_checks) fgcheck::on_module(h, so.c_str(), m->info.shared_begin, m->info.shared_end);
   size_t static_smem = (size_t)(m->info.shared_end - m->info.shared_begin);
   for (const FrostgradEmuKernel* k = m->info.kernels; k->name; k++)
     m->funcs[k->name] = new Function{m, k, (int)(kStaticSmemLimit - std::min(static_smem, kStaticSmemLimit))};
   *out = m;
   return CUDA_SUCCESS;
 }
+
+}  // namespace
+
+// The checker's entry points into the launch (see check.h).
+[[noreturn]] void fg_emu_abort_launch(int err) {
+  g_run->reported = true;
+  fail_fiber((CUresult)err, "");
+}
+bool fg_emu_host_range_ok(uintptr_t p, size_t n) {
+  auto jt = g_ranges.upper_bound(p);
+  if (jt == g_ranges.begin()) return false;
+  --jt;
+  return p >= jt->first && p + n <= jt->first + jt->second;
+}
+
+namespace {
 
 #define CHECK_INIT() \
   do { \
@@ -867,6 +982,11 @@ const ErrName kErrors[] = {
 EXPORT CUresult cuInit(unsigned flags) {
   LOCK;
   if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
+  std::string check_err;
+  if (!fgcheck::configure(&check_err)) {
+    emu_log("%s", check_err.c_str());
+    return CUDA_ERROR_INVALID_VALUE;
+  }
   g_inited = true;
   return CUDA_SUCCESS;
 }
@@ -1109,6 +1229,7 @@ EXPORT CUresult cuCtxGetDevice(CUdevice* d) {
 EXPORT CUresult cuCtxSynchronize() {
   LOCK;
   CHECK_CTX();
+  fg_stats::sync();
   return g_sticky;
 }
 EXPORT CUresult cuCtxSetFlags(unsigned flags) {
@@ -1242,19 +1363,52 @@ static CUresult copy(void* dst, const void* src, size_t n, bool dst_dev, bool sr
     return CUDA_ERROR_INVALID_VALUE;
   }
   memmove(dst, src, n);
+  if (fgcheck::g_checks && dst_dev) {
+    if (src_dev) fgcheck::on_copy((uintptr_t)dst, (uintptr_t)src, n);
+    else fgcheck::on_write((uintptr_t)dst, n);
+  }
   return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) { return copy((void*)d, h, n, true, false); }
-EXPORT CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) { return copy(h, (void*)d, n, false, true); }
-EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr a, CUdeviceptr b, size_t n) { return copy((void*)a, (void*)b, n, true, true); }
-EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void*) { return cuMemcpyHtoD_v2(d, h, n); }
-EXPORT CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void*) { return cuMemcpyDtoH_v2(h, d, n); }
+// Counted for FROSTGRAD_CUDA_EMU_STATS: the synchronous host copies are also
+// host waits (the host blocks until the stream has drained).
+EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
+  fg_stats::htod(n);
+  fg_stats::sync();
+  return copy((void*)d, h, n, true, false);
+}
+EXPORT CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) {
+  fg_stats::dtoh(n);
+  fg_stats::sync();
+  return copy(h, (void*)d, n, false, true);
+}
+EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr a, CUdeviceptr b, size_t n) {
+  fg_stats::dtod(n);
+  return copy((void*)a, (void*)b, n, true, true);
+}
+EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void*) {
+  fg_stats::htod(n);
+  return copy((void*)d, h, n, true, false);
+}
+// Into pageable memory (anything but cuMemHostAlloc's), CUDA returns only
+// once the copy is done: a host wait like the synchronous copy.
+EXPORT CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void*) {
+  fg_stats::dtoh(n);
+  bool pinned;
+  {
+    LOCK;
+    auto it = g_ranges.upper_bound((uintptr_t)h);
+    pinned = it != g_ranges.begin() && (uintptr_t)h < std::prev(it)->first + std::prev(it)->second;
+  }
+  if (!pinned) fg_stats::sync();
+  return copy(h, (void*)d, n, false, true);
+}
 EXPORT CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr a, CUdeviceptr b, size_t n, void*) { return cuMemcpyDtoD_v2(a, b, n); }
 EXPORT CUresult cuMemcpy(CUdeviceptr a, CUdeviceptr b, size_t n) {
   LOCK;
   CHECK_CTX();
   CHECK_STICKY();
   memmove((void*)a, (const void*)b, n);
+  if (fgcheck::g_checks) fgcheck::on_copy((uintptr_t)a, (uintptr_t)b, n);
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuMemcpyAsync(CUdeviceptr a, CUdeviceptr b, size_t n, void*) { return cuMemcpy(a, b, n); }
@@ -1273,9 +1427,11 @@ static CUresult memset_n(CUdeviceptr d, T v, size_t n) {
     emu_log("memset of %zu bytes at %s", n * sizeof(T), describe_addr((uintptr_t)d).c_str());
     return CUDA_ERROR_INVALID_VALUE;
   }
+  fg_stats::memset_call();
   T* p = (T*)d;
   if (sizeof(T) == 1) memset(p, (int)v, n);
   else for (size_t i = 0; i < n; i++) p[i] = v;
+  if (fgcheck::g_checks) fgcheck::on_write((uintptr_t)d, n * sizeof(T));
   return CUDA_SUCCESS;
 }
 EXPORT CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { return memset_n<unsigned char>(d, v, n); }
@@ -1310,6 +1466,7 @@ EXPORT CUresult cuStreamDestroy_v2(void* s) {
 EXPORT CUresult cuStreamSynchronize(void*) {
   LOCK;
   CHECK_CTX();
+  fg_stats::sync();
   return g_sticky;
 }
 EXPORT CUresult cuStreamQuery(void*) {
@@ -1377,7 +1534,11 @@ EXPORT CUresult cuEventQuery(void* e) {
   if (!e) return CUDA_ERROR_INVALID_HANDLE;
   return g_sticky;
 }
-EXPORT CUresult cuEventSynchronize(void* e) { return cuEventQuery(e); }
+EXPORT CUresult cuEventSynchronize(void* e) {
+  CUresult r = cuEventQuery(e);
+  if (e) fg_stats::sync();
+  return r;
+}
 EXPORT CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
   CHECK_CTX();
   if (!ms) return CUDA_ERROR_INVALID_VALUE;
@@ -1518,6 +1679,7 @@ EXPORT CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, u
     return CUDA_ERROR_INVALID_VALUE;
   }
   if (!params && fn->k->nparams > 0) return CUDA_ERROR_INVALID_VALUE;
+  fg_stats::launch(fn->k->name);
   return launch(fn, gx, gy, gz, bx, by, bz, smem, params);
 }
 

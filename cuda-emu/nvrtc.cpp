@@ -50,7 +50,7 @@ enum {
 namespace {
 
 // Bump when the rewrite or the flags change meaning (part of the cache key).
-constexpr const char* kEmuVersion = "frostgrad-nvrtc-emu 1";
+constexpr const char* kEmuVersion = "frostgrad-nvrtc-emu 2";
 
 struct Program {
   std::string src;
@@ -188,8 +188,11 @@ struct Rewriter {
   std::vector<std::pair<size_t, std::pair<size_t, std::string>>> edits;  // offset -> (len, text)
   std::vector<std::string> kernels;
   std::string error;
+  // Checked build: kernels stay out of line, so that the uninstrumented entry
+  // stub (which reads the launch's parameters) does not absorb their code.
+  bool checked = false;
 
-  explicit Rewriter(const std::string& text) : s(text) {}
+  explicit Rewriter(const std::string& text, bool check) : s(text), checked(check) {}
 
   std::string tok(size_t i) const { return i < toks.size() ? s.substr(toks[i].off, toks[i].len) : std::string(); }
   bool is(size_t i, const char* t) const {
@@ -328,6 +331,46 @@ struct Rewriter {
     edit(off, end - off, text);
   }
 
+  // Checked builds: 64-byte pads (not variables the checker knows) before and
+  // after the variable declared by the statement [start, ...;] so that an
+  // overflow lands in a pad instead of the next variable, whichever order g++
+  // lays them out in. For a __shared__ variable also a pointer to it, found by
+  // name in the symbol table: g++ ignores the section attribute for statics of
+  // templates and inline functions, and the checker still has to know them.
+  // Not for a function (a '(' outside brackets before the end).
+  void guard_variable(size_t start, size_t at, bool shared) {
+    size_t e = at;
+    int depth = 0;
+    std::string name;
+    bool named = false;
+    for (; e < toks.size(); e++) {
+      if (is(e, "(") || is(e, "[") || is(e, "{")) {
+        if (depth == 0 && is(e, "(") && !(e > 0 && (is(e - 1, "__attribute__") || is(e - 1, "alignas") ||
+                                                  is(e - 1, "decltype") || is(e - 1, "__declspec"))) && !named)
+          return;  // a function
+        if (depth == 0 && (is(e, "[") || is(e, "{"))) named = true;
+        depth++;
+      } else if (is(e, ")") || is(e, "]") || is(e, "}")) {
+        depth--;
+      } else if (depth == 0 && (is(e, ";") || is(e, ",") || is(e, "="))) {
+        named = true;
+        if (is(e, ";")) break;
+      } else if (depth == 0 && !named && toks[e].kind == T_IDENT && e > at) {
+        name = tok(e);
+      }
+    }
+    if (e >= toks.size() || name.empty() || name == "__attribute__") return;
+    std::string n = std::to_string(guards++);
+    std::string sec = shared ? "section(\"frostgrad_emu_shared\"), " : "";
+    std::string pad = "static __attribute__((" + sec + "used)) char __frostgrad_emu_pad_" + n;
+    edit(toks[start].off, 0, pad + "a[64]; ");
+    std::string after = " " + pad + "b[64];";
+    if (shared)
+      after += " static void* const __frostgrad_emu_shptr_" + n + " __attribute__((used)) = (void*)&" + name + ";";
+    edit(toks[e].off + 1, 0, after);
+  }
+  unsigned guards = 0;
+
   size_t skip_parens(size_t i) const {  // i at '(' -> index after matching ')'
     int depth = 0;
     for (; i < toks.size(); i++) {
@@ -375,8 +418,15 @@ struct Rewriter {
                  "write the operation in CUDA C++\n";
         continue;
       }
-      if (is(i, "__global__")) {
+      if (is(i, "__frostgrad_emu_device__")) {  // checked builds: __device__ / __constant__
+        bool file_scope = true;
+        for (bool b : brace_is_scope) file_scope = file_scope && b;
+        if (file_scope) guard_variable(stmt_start, i, false);
         edit(t.off, t.len, "");
+        continue;
+      }
+      if (is(i, "__global__")) {
+        edit(t.off, t.len, checked ? "__attribute__((noinline))" : "");
         bool file_scope = true;
         for (bool b : brace_is_scope) file_scope = file_scope && b;
         if (!file_scope) continue;
@@ -416,6 +466,7 @@ struct Rewriter {
           bool has_static = false;
           for (size_t k = stmt_start; k < i + 3 && k < toks.size(); k++)
             if (is(k, "static")) has_static = true;
+          if (checked) guard_variable(stmt_start, i, true);
           edit(t.off, t.len, has_static ? std::string(kSection) : "static " + std::string(kSection));
           continue;
         }
@@ -460,7 +511,8 @@ struct Rewriter {
 
   std::string apply() const {
     auto ed = edits;
-    std::sort(ed.begin(), ed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    // Stable: an insertion (length 0) and a replacement at one offset apply in the order they were made.
+    std::stable_sort(ed.begin(), ed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     std::string out;
     out.reserve(s.size() + 4096);
     size_t pos = 0;
@@ -475,8 +527,42 @@ struct Rewriter {
   }
 };
 
-std::string footer(const std::vector<std::string>& kernels) {
+// Checked builds: the callbacks g++'s -fsanitize=thread instrumentation calls,
+// forwarded to the driver with the access's size, kind and address. They are
+// defined in the module itself (no ThreadSanitizer runtime is loaded).
+static_assert(FG_ACCESS_READ == 1u && FG_ACCESS_WRITE == 2u && FG_ACCESS_ALIGNED == 8u, "the shim below spells these out");
+std::string check_shim() {
+  // The module text is compiled as preprocessed (-x c++-cpp-output): no macros here.
+  const std::string attr = "__attribute__((visibility(\"hidden\"), no_sanitize_thread, used)) ";
+  auto fwd = [&](const std::string& name, const std::string& n, const char* flags) {
+    return attr + "void " + name + "(void* a) { __frostgrad_emu_rt->check_access(a, " + n + ", " + flags +
+           ", __builtin_return_address(0)); }\n";
+  };
+  std::string f = "extern \"C\" {\n";
+  f += attr + "void __tsan_init() {}\n";
+  f += attr + "void __tsan_func_entry(void*) {}\n";
+  f += attr + "void __tsan_func_exit() {}\n";
+  f += attr + "void __tsan_read_range(void* a, unsigned long n) { __frostgrad_emu_rt->check_access(a, n, 1u, "
+              "__builtin_return_address(0)); }\n";
+  f += attr + "void __tsan_write_range(void* a, unsigned long n) { __frostgrad_emu_rt->check_access(a, n, 2u, "
+              "__builtin_return_address(0)); }\n";
+  // FG_ACCESS_READ 1, _WRITE 2, _ALIGNED 8
+  for (int n : {1, 2, 4, 8, 16}) {
+    std::string N = std::to_string(n);
+    f += fwd("__tsan_read" + N, N, "9u");
+    f += fwd("__tsan_write" + N, N, "10u");
+    f += fwd("__tsan_unaligned_read" + N, N, "1u");
+    f += fwd("__tsan_unaligned_write" + N, N, "2u");
+    f += fwd("__tsan_volatile_read" + N, N, "9u");
+    f += fwd("__tsan_volatile_write" + N, N, "10u");
+  }
+  f += "}\n";
+  return f;
+}
+
+std::string footer(const std::vector<std::string>& kernels, bool checked) {
   std::string f = "\n# 1 \"<frostgrad-cuda-emu module footer>\"\n";
+  if (checked) f += check_shim();
   f += "extern \"C\" {\n"
        "__attribute__((visibility(\"hidden\"))) FrostgradEmuThread* __frostgrad_emu_thr = nullptr;\n"
        "__attribute__((visibility(\"hidden\"))) FrostgradEmuBlock* __frostgrad_emu_blk = nullptr;\n"
@@ -491,7 +577,7 @@ std::string footer(const std::vector<std::string>& kernels) {
          ">, __frostgrad_emu::invoker<decltype(&" + k + ")>::n, __frostgrad_emu::invoker<decltype(&" + k +
          ")>::sizes, __frostgrad_emu::invoker<decltype(&" + k + ")>::aligns},\n";
   f += "  {nullptr, nullptr, 0, nullptr, nullptr}};\n";
-  f += "extern \"C\" __attribute__((visibility(\"default\"))) int " FROSTGRAD_EMU_MODULE_INIT
+  f += "extern \"C\" __attribute__((visibility(\"default\"), no_sanitize_thread)) int " FROSTGRAD_EMU_MODULE_INIT
        "(const FrostgradEmuRuntime* rt, FrostgradEmuModuleInfo* info) {\n"
        "  if (rt->abi != " + std::to_string(FROSTGRAD_EMU_ABI) + ") return 1;\n"
        "  __frostgrad_emu_rt = rt;\n"
@@ -506,6 +592,20 @@ std::string footer(const std::vector<std::string>& kernels) {
        "  return 0;\n"
        "}\n";
   return f;
+}
+
+bool host_has_fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("fma");
+}
+
+// FROSTGRAD_CUDA_EMU_CHECK names checks (see the driver): any value other than
+// empty / none / 0 makes programs compile instrumented.
+bool check_requested() {
+  const char* e = getenv("FROSTGRAD_CUDA_EMU_CHECK");
+  if (!e) return false;
+  std::string v = e;
+  return !(v.empty() || v == "0" || v == "none" || v == "off");
 }
 
 std::string sanitize_name(const std::string& n) {
@@ -530,6 +630,11 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
   std::string std_flag = "-std=c++20";
   int arch = 900;
   bool ftz = false;
+  // NVRTC's default is --fmad=true: the compiler may contract a*b+c into one
+  // fused multiply-add (one rounding). The emulation does the same through
+  // g++'s -ffp-contract=fast with the host's FMA instructions, so emulated
+  // results round like a GPU's rather than like --fmad=false.
+  bool fmad = true;
   std::string extra_warn;
   for (int i = 0; i < nopts; i++) {
     std::string o = opts[i] ? opts[i] : "";
@@ -567,9 +672,14 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
       std_flag = "-std=" + std::string(v == "c++03" || v == "c++11" || v == "c++14" ? "c++17" : v);
     } else if (o == "--ftz=true" || o == "-ftz=true" || o == "--use_fast_math" || o == "-use_fast_math") {
       ftz = true;
+    } else if (o == "--fmad=true" || o == "-fmad=true" || o == "--fmad=false" || o == "-fmad=false") {
+      fmad = o.find("true") != std::string::npos;
+    } else if (starts("--fmad=") || starts("-fmad=")) {
+      p->log = "nvrtc: error: invalid value for --fmad: '" + o.substr(o.find('=') + 1) + "'\n";
+      return NVRTC_ERROR_INVALID_OPTION;
     } else if (o == "--disable-warnings" || o == "-w") {
       extra_warn = "-w";
-    } else if (starts("--fmad=") || starts("-fmad=") || starts("--prec-div=") || starts("-prec-div=") ||
+    } else if (starts("--prec-div=") || starts("-prec-div=") ||
                starts("--prec-sqrt=") || starts("-prec-sqrt=") || starts("--ftz=") || starts("-ftz=") ||
                starts("--maxrregcount=") || starts("-maxrregcount=") || o == "-lineinfo" ||
                o == "--generate-line-info" || o == "-G" || o == "--device-debug" || starts("-rdc=") ||
@@ -585,7 +695,7 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
                starts("--jump-table-density") || o == "--no-source-include" || starts("--device-stack-protector") ||
                starts("-fdevice-time-trace") || o == "--Wreorder" || o == "--Wno-deprecated-declarations" ||
                o == "-Wno-deprecated-declarations" || o == "--allow-unsupported-compiler") {
-      // accepted; no effect on the host (see README: no FMA contraction, no timing)
+      // accepted; no effect on the host (see README: no timing model)
     } else {
       p->log = "nvrtc: error: unrecognized option '" + o + "' (frostgrad CUDA emulation)\n";
       return NVRTC_ERROR_INVALID_OPTION;
@@ -636,6 +746,8 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
                                   "-D__CUDACC_VER_MAJOR__=13", "-D__CUDACC_VER_MINOR__=0",
                                   "-isystem", incdir, "-include", "frostgrad_cuda_emu.h", "-iquote", srcdir};
   if (ftz) pre.push_back("-D__USE_FAST_MATH__");
+  const bool checked = check_requested();
+  if (checked) pre.push_back("-D__FROSTGRAD_EMU_CHECK__");
   for (auto& f : pre_flags) pre.push_back(f);
   for (auto& d : user_inc) pre.push_back("-I" + d);
   pre.push_back(srcpath);
@@ -656,18 +768,41 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
   text = replace_all(text, "\"" + srcdir + "/", "\"");
 
   // 2. rewrite
-  Rewriter rw(text);
+  Rewriter rw(text, checked);
   rw.lex();
   if (!rw.analyse()) {
     p->log = clean_log(log + rw.error);
     return NVRTC_ERROR_COMPILATION;
   }
-  std::string out = rw.apply() + footer(rw.kernels);
+  std::string out = rw.apply() + footer(rw.kernels, checked);
 
   std::vector<std::string> cc = {cxx, "-x", "c++-cpp-output", std_flag, "-O2", "-fPIC", "-shared",
-                                 "-fno-strict-aliasing", "-ffp-contract=off", "-fno-math-errno", "-fwrapv",
+                                 "-fno-strict-aliasing", "-fno-math-errno", "-fwrapv",
                                  "-fno-exceptions", "-fno-gnu-unique", "-Wno-unknown-pragmas", "-Wl,-z,defs", "-Wl,-z,noexecstack"};
+  if (fmad && !host_has_fma()) {
+    // Without FMA instructions g++ cannot contract; say so rather than
+    // silently computing --fmad=false results.
+    log += "nvrtc (frostgrad emulation): warning: this CPU has no FMA instructions, so a*b+c is not contracted "
+           "(results round like --fmad=false)\n";
+    fmad = false;
+  }
+  if (fmad) {
+    cc.push_back("-mfma");
+    cc.push_back("-ffp-contract=fast");
+  } else {
+    cc.push_back("-ffp-contract=off");
+  }
   if (!extra_warn.empty()) cc.push_back(extra_warn);
+  // Checked build: compile with g++'s ThreadSanitizer instrumentation (the
+  // callbacks are the shim in the footer, not libtsan: the object is linked
+  // separately, without -fsanitize, so libtsan is never loaded), keep
+  // aggregate loads whole (-fno-tree-sra: a float4 load stays one 16-byte
+  // access whose alignment is checked) and line tables for the reports.
+  if (checked) {
+    cc.erase(std::find(cc.begin(), cc.end(), std::string("-shared")));
+    for (const char* f : {"-c", "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-fno-tree-sra", "-g1"})
+      cc.push_back(f);
+  }
   std::string key;
   for (auto& a : cc) key += a + "\n";
   key += kEmuVersion;
@@ -680,14 +815,21 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
     std::string kpath = tmp + "/" + srcname + ".emu.ii";
     if (!write_file(kpath, out)) return NVRTC_ERROR_INTERNAL_ERROR;
     std::string tmp_so = tmp + "/out.so";
+    std::string tmp_o = tmp + "/out.o";
     cc.push_back(kpath);
     cc.push_back("-o");
-    cc.push_back(tmp_so);
-    cc.push_back("-lm");
+    cc.push_back(checked ? tmp_o : tmp_so);
+    if (!checked) cc.push_back("-lm");
     rc = run(cc, tmp + "/cc.log");
     std::string cclog;
     read_file(tmp + "/cc.log", cclog);
     log += cclog;
+    if (rc == 0 && checked) {
+      rc = run({cxx, "-shared", "-fPIC", tmp_o, "-o", tmp_so, "-lm", "-Wl,-z,defs", "-Wl,-z,noexecstack"},
+               tmp + "/ld.log");
+      read_file(tmp + "/ld.log", cclog);
+      log += cclog;
+    }
     if (rc != 0) {
       p->log = clean_log(log);
       if (rc < 0) p->log += "nvrtc (frostgrad emulation): could not run '" + cxx + "'\n";
@@ -703,6 +845,7 @@ nvrtcResult compile(Program* p, int nopts, const char* const* opts) {
   img += ".abi " + std::to_string(FROSTGRAD_EMU_ABI) + "\n";
   img += ".target sm_" + std::to_string(arch / 10) + "\n";
   img += std::string(".ftz ") + (ftz ? "1" : "0") + "\n";
+  img += std::string(".check ") + (checked ? "1" : "0") + "\n";
   img += ".so " + so + "\n";
   for (auto& k : rw.kernels) img += ".entry " + k + "\n";
   p->image = img;

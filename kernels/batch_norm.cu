@@ -9,26 +9,29 @@
   for (int i = threadIdx.x, n = i / S, s = i - n * S; i < N * S;                                 \
        i += blockDim.x, n = i / S, s = i - n * S)
 
-// Training statistics: mean, biased variance (two passes, for accuracy) and
-// 1 / sqrt(var + eps). Grid: (C).
+// Training statistics: mean, biased variance (two passes) and
+// 1 / sqrt(var + eps), accumulated and formed in double like the CPU
+// backend's: a float sum over N*H*W values (up to millions) loses digits
+// that every normalised value, and through the backward every gradient,
+// inherits. Grid: (C).
 extern "C" __global__ void bn_batch_stats(const float* x, float* mean, float* var, float* invstd, int N, int C, int S,
                                           float eps) {
-  __shared__ float scratch[32];
+  __shared__ double scratch[32];
   const int c = blockIdx.x;
-  const float inv_count = 1.0f / (float)(N * S);
-  float sum = 0.0f;
-  FOR_CHANNEL_VALUES(i, n, s) { sum += x[((long long)n * C + c) * S + s]; }
-  const float mu = block_sum(sum, scratch) * inv_count;
-  float sq = 0.0f;
+  const double count = (double)N * (double)S;
+  double sum = 0.0;
+  FOR_CHANNEL_VALUES(i, n, s) { sum += (double)x[((long long)n * C + c) * S + s]; }
+  const double mu = block_sum_f64(sum, scratch) / count;
+  double sq = 0.0;
   FOR_CHANNEL_VALUES(i, n, s) {
-    const float d = x[((long long)n * C + c) * S + s] - mu;
-    sq = fmaf(d, d, sq);
+    const double d = (double)x[((long long)n * C + c) * S + s] - mu;
+    sq += d * d;
   }
-  const float v = block_sum(sq, scratch) * inv_count;
+  const double v = block_sum_f64(sq, scratch) / count;
   if (threadIdx.x == 0) {
-    mean[c] = mu;
-    var[c] = v;
-    invstd[c] = 1.0f / sqrtf(v + eps);
+    mean[c] = (float)mu;
+    var[c] = (float)v;
+    invstd[c] = (float)(1.0 / sqrt(v + (double)eps));
   }
 }
 
@@ -93,29 +96,30 @@ extern "C" __global__ void bn_update_running(float* running_mean, float* running
 // with_xhat, sum_dy_xhat = sum dy * (x - mean) * invstd (= dgamma). Without
 // with_xhat `x` is never read (it may not have been saved). With `mask`, dy
 // is masked by the fused ReLU's output y (otherwise y is never read). Grid: (C).
+// Accumulated in double, like the forward statistics (and the CPU backend).
 extern "C" __global__ void bn_backward_reduce(const float* dy, const float* y, int mask, const float* x,
                                               const float* mean, const float* invstd, int with_xhat, float* sum_dy,
                                               float* sum_dy_xhat, int N, int C, int S) {
-  __shared__ float scratch[32];
+  __shared__ double scratch[32];
   const int c = blockIdx.x;
-  float a = 0.0f, b = 0.0f;
+  double a = 0.0, b = 0.0;
   if (with_xhat) {
-    const float mu = mean[c];
+    const double mu = (double)mean[c];
     FOR_CHANNEL_VALUES(i, n, s) {
       const long long at = ((long long)n * C + c) * S + s;
-      const float g = bn_masked_dy(dy, y, mask, at);
+      const double g = (double)bn_masked_dy(dy, y, mask, at);
       a += g;
-      b = fmaf(g, x[at] - mu, b);
+      b += g * ((double)x[at] - mu);
     }
   } else {
-    FOR_CHANNEL_VALUES(i, n, s) { a += bn_masked_dy(dy, y, mask, ((long long)n * C + c) * S + s); }
+    FOR_CHANNEL_VALUES(i, n, s) { a += (double)bn_masked_dy(dy, y, mask, ((long long)n * C + c) * S + s); }
   }
-  const float total_dy = block_sum(a, scratch);
+  const double total_dy = block_sum_f64(a, scratch);
   if (with_xhat) {
-    const float total_b = block_sum(b, scratch);
-    if (threadIdx.x == 0) sum_dy_xhat[c] = total_b * invstd[c];
+    const double total_b = block_sum_f64(b, scratch);
+    if (threadIdx.x == 0) sum_dy_xhat[c] = (float)(total_b * (double)invstd[c]);
   }
-  if (threadIdx.x == 0) sum_dy[c] = total_dy;
+  if (threadIdx.x == 0) sum_dy[c] = (float)total_dy;
 }
 
 // Training-mode input gradient:

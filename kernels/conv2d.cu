@@ -299,11 +299,12 @@ extern "C" __global__ void conv2d_weight_grad_pointwise(const float* dy, const f
   conv2d_weight_grad_tile<true>(dy, x, partial, chunk, dy_vec != 0, x_vec != 0, g, smem);
 }
 
-// out[i] = sum over z of partial[z, i], z ascending. 1-d grid, any block size.
+// out[i] = sum over z of partial[z, i], z ascending, in double (one
+// rounding however many chunks). 1-d grid, any block size.
 extern "C" __global__ void conv2d_sum_splits(const float* partial, float* out, int n, int splits) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-    float s = 0.0f;
-    for (int z = 0; z < splits; ++z) s += partial[(long long)z * n + i];
-    out[i] = s;
+    double s = 0.0;
+    for (int z = 0; z < splits; ++z) s += (double)partial[(long long)z * n + i];
+    out[i] = (float)s;
   }
 }

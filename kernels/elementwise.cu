@@ -1,5 +1,7 @@
 // Elementwise maps, fills and reductions. 1-d grids with grid-stride loops;
-// reductions are two-level and deterministic (fixed order, no atomics).
+// reductions are two-level and deterministic (fixed order, no atomics) and,
+// like the CPU backend's, accumulate in double: each result is then rounded
+// to float once instead of once per term.
 
 #define GRID_STRIDE(i, n) for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += gridDim.x * blockDim.x)
 
@@ -31,7 +33,7 @@ extern "C" __global__ void relu_backward_f32(const float* dy, const float* y, fl
 }
 
 extern "C" __global__ void inv_std_f32(const float* var, float eps, float* out, int n) {
-  GRID_STRIDE(i, n) { out[i] = 1.0f / sqrtf(var[i] + eps); }
+  GRID_STRIDE(i, n) { out[i] = (float)(1.0 / sqrt((double)var[i] + (double)eps)); }
 }
 
 // out[r, c] = x[r, c] + row[c]. Grid: (ceil(cols / blockDim.x), min(rows, 65535)).
@@ -47,41 +49,41 @@ extern "C" __global__ void add_row_vector_f32(const float* x, const float* row, 
 // First level of a full sum: block b sums its grid-stride share into
 // partial[b]. 256 threads per block.
 extern "C" __global__ void sum_partial_f32(const float* x, float* partial, int n) {
-  __shared__ float scratch[32];
-  float s = 0.0f;
-  GRID_STRIDE(i, n) { s += x[i]; }
-  s = block_sum(s, scratch);
-  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+  __shared__ double scratch[32];
+  double s = 0.0;
+  GRID_STRIDE(i, n) { s += (double)x[i]; }
+  s = block_sum_f64(s, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = (float)s;
 }
 
 // Column sums of [rows, cols]: threadIdx.x picks the column (coalesced),
 // threadIdx.y strides over rows, then the 8 row-partials are added in order.
 // Block (32, 8); grid (ceil(cols / 32)).
 extern "C" __global__ void sum_rows_f32(const float* x, float* out, int rows, int cols) {
-  __shared__ float partial[8][33];
+  __shared__ double partial[8][33];
   const int c = blockIdx.x * 32 + threadIdx.x;
-  float s = 0.0f;
+  double s = 0.0;
   if (c < cols) {
-    for (int r = threadIdx.y; r < rows; r += 8) s += x[(long long)r * cols + c];
+    for (int r = threadIdx.y; r < rows; r += 8) s += (double)x[(long long)r * cols + c];
   }
   partial[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y == 0 && c < cols) {
-    float total = 0.0f;
+    double total = 0.0;
     for (int k = 0; k < 8; ++k) total += partial[k][threadIdx.x];
-    out[c] = total;
+    out[c] = (float)total;
   }
 }
 
 // Per-channel sums of [N, C, S] (a conv bias gradient). Grid: (C), 256 threads.
 extern "C" __global__ void channel_sums_f32(const float* x, float* out, int N, int C, int S) {
-  __shared__ float scratch[32];
+  __shared__ double scratch[32];
   const int c = blockIdx.x;
-  float s = 0.0f;
+  double s = 0.0;
   for (int i = threadIdx.x; i < N * S; i += blockDim.x) {
     const int n = i / S;
-    s += x[((long long)n * C + c) * S + (i - n * S)];
+    s += (double)x[((long long)n * C + c) * S + (i - n * S)];
   }
-  s = block_sum(s, scratch);
-  if (threadIdx.x == 0) out[c] = s;
+  s = block_sum_f64(s, scratch);
+  if (threadIdx.x == 0) out[c] = (float)s;
 }

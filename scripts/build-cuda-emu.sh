@@ -36,7 +36,7 @@ flags=(-std=c++20 -O2 -g -fPIC -Wall -Wextra -Wno-unused-parameter -fvisibility=
 
 if stale "$out/libcuda.so.1"; then
   "$cxx" "${flags[@]}" -shared -Wl,-soname,libcuda.so.1 -Wl,-z,noexecstack \
-    -o "$out/libcuda.so.1.tmp" "$src/driver.cpp" -x c++ -DFG_STUBS_DRIVER "$src/stubs.cpp" -ldl -lpthread
+    -o "$out/libcuda.so.1.tmp" "$src/driver.cpp" "$src/check.cpp" "$src/stats.cpp" -x c++ -DFG_STUBS_DRIVER "$src/stubs.cpp" -ldl -lpthread
   mv -f "$out/libcuda.so.1.tmp" "$out/libcuda.so.1"
 fi
 if stale "$out/libnvrtc.so.13"; then

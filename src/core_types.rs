@@ -70,3 +70,41 @@ impl HostData {
         self.len() == 0
     }
 }
+
+/// What a file is to a command, for error messages: a noun and the option
+/// that named it (`weights file w.pth (--weights): ...`). Used by
+/// `Error::File` and `io::files`; a command with a new kind of file declares
+/// its own: `const CURVE: Role = Role::new("curve file", Some("--curve"));`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub noun: &'static str,
+    pub option: Option<&'static str>,
+}
+
+impl Role {
+    pub const fn new(noun: &'static str, option: Option<&'static str>) -> Role {
+        Role { noun, option }
+    }
+    /// A file the library reads or writes outside any command.
+    pub const FILE: Role = Role::new("file", None);
+    pub const WEIGHTS: Role = Role::new("weights file", Some("--weights"));
+    pub const BATCH: Role = Role::new("batch file", Some("--batch"));
+    pub const OUTPUT: Role = Role::new("output file", Some("--out"));
+    pub const STATS: Role = Role::new("stats file", Some("--stats-json"));
+    pub const JSON: Role = Role::new("JSON output", Some("--json"));
+    pub const SVG: Role = Role::new("SVG output", Some("--svg"));
+    /// `frostgrad convert IN OUT`'s positional arguments.
+    pub const CONVERT_INPUT: Role = Role::new("input checkpoint", Some("IN"));
+    pub const CONVERT_OUTPUT: Role = Role::new("output file", Some("OUT"));
+
+    /// ` (--weights)`, or nothing: what follows the path in a message.
+    pub fn suffix(&self) -> String {
+        self.option.map(|o| format!(" ({o})")).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.noun)
+    }
+}

@@ -1,7 +1,7 @@
 //! One error type for the whole library. Every variant says what went wrong and,
 //! where it can, what the caller should do about it.
 
-use crate::core_types::{DType, Device};
+use crate::core_types::{DType, Device, Role};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -36,8 +36,14 @@ pub enum Error {
     #[error("state dict: {0}")]
     StateDict(String),
 
-    #[error("weights file {path}: {msg}")]
-    WeightsFile { path: String, msg: String },
+    /// A file a command reads or writes, named by its role
+    /// (`weights file w.pth (--weights): ...`).
+    #[error("{role} {path}{}: {msg}", role.suffix())]
+    File {
+        role: Role,
+        path: String,
+        msg: String,
+    },
 
     /// A PyTorch `.pth` checkpoint that cannot be read safely (malformed,
     /// truncated, or asking to run code outside the allowlist).
@@ -67,9 +73,34 @@ impl Error {
         }
     }
 
+    /// The same error about a file, in another role (a library reader
+    /// does not know whether it read `--weights` or `--batch`).
+    pub fn in_role(self, role: Role) -> Self {
+        match self {
+            Error::File { path, msg, .. } => Error::File { role, path, msg },
+            Error::Io { path, source } => Error::File {
+                role,
+                path,
+                msg: source.to_string(),
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::InvalidArgument {
             op,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl Role {
+    /// An error about `path` in this role.
+    pub fn error(self, path: &std::path::Path, msg: impl Into<String>) -> Error {
+        Error::File {
+            role: self,
+            path: path.display().to_string(),
             msg: msg.into(),
         }
     }

@@ -290,7 +290,7 @@ fn a_truncated_checkpoint_is_a_clear_error_not_a_panic() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
-        err.starts_with("error: weights file") && err.contains("truncated"),
+        err.starts_with("error: input checkpoint") && err.contains("truncated"),
         "{err}"
     );
     assert!(!out.exists());

@@ -7,6 +7,8 @@
 
 #[path = "common/cuda_emu.rs"]
 mod cuda_emu;
+#[path = "common/emu_stats.rs"]
+mod emu_stats;
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ const MISSING_BARRIER: &str = include_str!("cuda_emu_kernels/missing_barrier.cu"
 const BUGS: &str = include_str!("cuda_emu_kernels/bugs.cu");
 const WARP: &str = include_str!("cuda_emu_kernels/warp.cu");
 const BUSY: &str = include_str!("cuda_emu_kernels/busy.cu");
+const FMA: &str = include_str!("cuda_emu_kernels/fma.cu");
 
 fn opts(name: &str, extra: &[&str]) -> CompileOptions {
     CompileOptions {
@@ -600,4 +603,81 @@ fn standalone_program_uses_the_raw_entry_points() {
         out.status.success() && stdout.contains("standalone: OK"),
         "{stdout}\n{stderr}"
     );
+}
+
+/// `a*b + c` with a = b = 1 + 2^-12, c = -(1 + 2^-11): the exact product is
+/// 1 + 2^-11 + 2^-24, which float rounds to 1 + 2^-11, so one rounding (FMA)
+/// gives 2^-24 and two give 0.
+fn run_mad(extra: &[&str]) -> Vec<f32> {
+    let (stream, f) = kernel(FMA, "fma.cu", extra, "mad");
+    let a = 1.0f32 + 2f32.powi(-12);
+    let c = -(1.0f32 + 2f32.powi(-11));
+    let (da, db, dc) = (
+        stream.clone_htod(&[a]).unwrap(),
+        stream.clone_htod(&[a]).unwrap(),
+        stream.clone_htod(&[c]).unwrap(),
+    );
+    let mut out = stream.alloc_zeros::<f32>(3).unwrap();
+    let mut b = stream.launch_builder(&f);
+    b.arg(&da).arg(&db).arg(&dc).arg(&mut out);
+    // SAFETY: the kernel reads one float of each input and writes 3 of `out`.
+    unsafe { b.launch(cfg((1, 1, 1), (1, 1, 1), 0)) }.unwrap();
+    stream.clone_dtoh(&out).unwrap()
+}
+
+#[test]
+fn multiply_add_is_contracted_like_nvrtc_by_default() {
+    cuda_emu::with_emulation(
+        "multiply_add_is_contracted_like_nvrtc_by_default",
+        &[],
+        || {
+            let fused = 2f32.powi(-24);
+            // NVRTC's default (--fmad=true) contracts; the intrinsics never do
+            // anything but what they name.
+            assert_eq!(run_mad(&[]), vec![fused, fused, 0.0]);
+            assert_eq!(run_mad(&["--fmad=true"]), vec![fused, fused, 0.0]);
+            assert_eq!(run_mad(&["--fmad=false"]), vec![0.0, fused, 0.0]);
+        },
+    );
+}
+
+#[test]
+fn statistics_count_launches_syncs_copies_and_allocations() {
+    let name = "statistics_count_launches_syncs_copies_and_allocations";
+    let path =
+        std::env::temp_dir().join(format!("frostgrad-emu-stats-{}.json", std::process::id()));
+    let path_s = path.to_str().unwrap().to_string();
+    cuda_emu::with_emulation(name, &[("FROSTGRAD_CUDA_EMU_STATS", &path_s)], || {
+        let (stream, f) = kernel(FMA, "fma.cu", &[], "twice");
+        let x = stream.clone_htod(&[1.5f32; 1000]).unwrap();
+        // SAFETY: the kernel writes all 1000 elements before they are read.
+        let mut y = unsafe { stream.alloc::<f32>(1000) }.unwrap();
+        let n = 1000i32;
+        for _ in 0..3 {
+            let mut b = stream.launch_builder(&f);
+            b.arg(&x).arg(&mut y).arg(&n);
+            // SAFETY: 1000 floats in each buffer, one thread per element.
+            unsafe { b.launch(cfg((4, 1, 1), (256, 1, 1), 0)) }.unwrap();
+        }
+        let host = stream.clone_dtoh(&y).unwrap();
+        assert!(host.iter().all(|&v| v == 3.0));
+        stream.synchronize().unwrap();
+    });
+    if cuda_emu::is_child(name) {
+        return; // the counts are written when the child exits
+    }
+    let stats = emu_stats::read(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(stats.get("launches"), 3, "{stats:?}");
+    assert_eq!(stats.kernels.get("twice"), Some(&3), "{stats:?}");
+    assert_eq!(stats.get("htod_calls"), 1, "{stats:?}");
+    assert_eq!(stats.get("htod_bytes"), 4000, "{stats:?}");
+    assert_eq!(stats.get("dtoh_calls"), 1, "{stats:?}");
+    assert_eq!(stats.get("dtoh_bytes"), 4000, "{stats:?}");
+    assert_eq!(stats.get("allocs"), 2, "{stats:?}");
+    assert_eq!(stats.get("alloc_bytes"), 8000, "{stats:?}");
+    assert_eq!(stats.get("frees"), 2, "{stats:?}");
+    // clone_dtoh waits for the stream, then the explicit synchronize: at
+    // least those two host waits (cudarc may add its own).
+    assert!(stats.get("syncs") >= 2, "{stats:?}");
 }

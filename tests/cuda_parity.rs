@@ -915,3 +915,141 @@ fn cuda_without_a_driver_is_a_clear_error() {
     assert_eq!(device, Device::Cpu);
     assert!(reason.is_some_and(|r| !r.is_empty()));
 }
+
+/// A bad argument reads the same on both devices: both backends run the
+/// checks of `backend::check` before any kernel, so the messages must be
+/// identical, not merely both errors.
+#[test]
+fn argument_errors_read_the_same_on_both_devices() {
+    cuda_test("argument_errors_read_the_same_on_both_devices", || {
+        fn same<A, B>(what: &str, cpu: frostgrad::Result<A>, cuda: frostgrad::Result<B>) {
+            let (Err(c), Err(k)) = (cpu, cuda) else {
+                panic!("{what}: expected an error on both devices");
+            };
+            assert_eq!(c.to_string(), k.to_string(), "{what}");
+        }
+        let v = |n: usize| pair(vec![0.5; n]);
+        let ((c1, k1), (c2, k2), (c6, k6)) = (v(1), v(2), v(6));
+        same("add", c1.add(&c2), k1.add(&k2));
+        same(
+            "broadcast_scalar",
+            c2.broadcast_scalar(3),
+            k2.broadcast_scalar(3),
+        );
+        same(
+            "matmul",
+            c6.matmul(&c6, 2, 3, 3, false, false),
+            k6.matmul(&k6, 2, 3, 3, false, false),
+        );
+        same("sum_rows", c6.sum_rows(4, 2), k6.sum_rows(4, 2));
+
+        let g = Conv2dGeometry::new([2, 3, 5, 5], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+        let ((cx, kx), (cw, kw)) = (v(150), v(108));
+        same(
+            "conv2d bias",
+            cx.conv2d(&cw, Some(&c2), &g),
+            kx.conv2d(&kw, Some(&k2), &g),
+        );
+        same(
+            "conv2d_weight_grad",
+            c6.conv2d_weight_grad(&cx, &g),
+            k6.conv2d_weight_grad(&kx, &g),
+        );
+
+        let geometry = BatchNormGeometry {
+            batch: 2,
+            channels: 3,
+            spatial: 1,
+        };
+        same(
+            "batch_norm weight",
+            c6.batch_norm(
+                Some(&c2),
+                None,
+                BatchNormStats::Batch,
+                &bn_params(&geometry, false),
+            ),
+            k6.batch_norm(
+                Some(&k2),
+                None,
+                BatchNormStats::Batch,
+                &bn_params(&geometry, false),
+            ),
+        );
+        let ((cm, km), (cs, ks)) = (v(3), v(3));
+        fn saved<'a, S>(mean: &'a S, invstd: &'a S, training: bool) -> BatchNormSaved<'a, S> {
+            BatchNormSaved {
+                input: None,
+                weight: None,
+                mean,
+                invstd,
+                batch_stats: training,
+                output: None,
+            }
+        }
+        same(
+            "batch_norm_backward without the input",
+            c6.batch_norm_backward(
+                &saved(&cm, &cs, true),
+                &bn_params(&geometry, false),
+                [true; 3],
+            ),
+            k6.batch_norm_backward(
+                &saved(&km, &ks, true),
+                &bn_params(&geometry, false),
+                [true; 3],
+            ),
+        );
+        same(
+            "batch_norm_backward without the ReLU output",
+            c6.batch_norm_backward(
+                &saved(&cm, &cs, false),
+                &bn_params(&geometry, true),
+                [true, false, false],
+            ),
+            k6.batch_norm_backward(
+                &saved(&km, &ks, false),
+                &bn_params(&geometry, true),
+                [true, false, false],
+            ),
+        );
+        let ((mut crm, mut krm), (mut crv, mut krv)) = (v(3), v(3));
+        same(
+            "update_running_stats",
+            crm.update_running_stats(&mut crv, &cm, &cs, 0.1, 1),
+            krm.update_running_stats(&mut krv, &km, &ks, 0.1, 1),
+        );
+
+        let labels = CpuStorage::I64(vec![0, 3]);
+        let klabels = CudaStorage::from_cpu(&labels, 0).unwrap();
+        same(
+            "nll_loss label",
+            c6.nll_loss(&labels, 2, 3),
+            k6.nll_loss(&klabels, 2, 3),
+        );
+        same(
+            "nll_loss_backward",
+            c2.nll_loss_backward(&labels, 2, 3),
+            k2.nll_loss_backward(&klabels, 2, 3),
+        );
+
+        let cfg = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        };
+        let ((mut cp, mut kp), (cg, kg)) = (v(2), v(2));
+        same(
+            "sgd_step without a buffer",
+            cp.sgd_step(&cg, None, &cfg, true),
+            kp.sgd_step(&kg, None, &cfg, true),
+        );
+        same(
+            "sgd_step grad",
+            cp.sgd_step(&c1, None, &cfg, true),
+            kp.sgd_step(&k1, None, &cfg, true),
+        );
+    });
+}

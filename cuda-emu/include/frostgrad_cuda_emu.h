@@ -24,9 +24,15 @@
 #include "frostgrad_emu_abi.h"
 
 // ---------------------------------------------------------------- qualifiers
+#ifdef __FROSTGRAD_EMU_CHECK__
+// The rewrite removes it, padding __device__ / __constant__ variables (see nvrtc.cpp).
+#define __device__ __frostgrad_emu_device__
+#define __constant__ __frostgrad_emu_device__
+#else
 #define __device__
-#define __host__
 #define __constant__
+#endif
+#define __host__
 #define __managed__
 #define __grid_constant__
 #define __noinline__ __attribute__((noinline))
@@ -49,10 +55,37 @@ __attribute__((visibility("hidden"))) extern void* __frostgrad_emu_dyn_smem;
 __attribute__((visibility("hidden"))) extern const FrostgradEmuRuntime* __frostgrad_emu_rt;
 }
 
+#ifdef __FROSTGRAD_EMU_CHECK__
+// A checked build (FROSTGRAD_CUDA_EMU_CHECK) compiles kernel code with
+// -fsanitize=thread instrumentation and reports every access it makes. The
+// emulation's own helpers read the driver's memory (thread and block state,
+// warp exchange slots, launch parameters), so they are out-of-line functions
+// without instrumentation: inlined, their accesses would be the kernel's.
+#define __FG_EMU_INTERNAL __attribute__((no_sanitize_thread, noinline))
+// An atomic reports itself (read + write, atomic) before it happens, so a
+// wild pointer is caught before it is dereferenced.
+#define __FG_ATOMIC_ACCESS(p)                                                                     \
+  __frostgrad_emu_rt->check_access((const void*)(p), sizeof(*(p)),                               \
+                                   FG_ACCESS_READ | FG_ACCESS_WRITE | FG_ACCESS_ATOMIC | FG_ACCESS_ALIGNED, \
+                                   __builtin_return_address(0))
+// pure: constant while a thread runs (it may change only across the opaque
+// barrier and warp calls, after which a pure function is evaluated again).
+__attribute__((no_sanitize_thread, noinline, pure)) static uint3 __frostgrad_emu_tid() { return __frostgrad_emu_thr->tid; }
+__attribute__((no_sanitize_thread, noinline, pure)) static uint3 __frostgrad_emu_bid() { return __frostgrad_emu_blk->bid; }
+__attribute__((no_sanitize_thread, noinline, pure)) static dim3 __frostgrad_emu_bdim() { return __frostgrad_emu_blk->bdim; }
+__attribute__((no_sanitize_thread, noinline, pure)) static dim3 __frostgrad_emu_gdim() { return __frostgrad_emu_blk->gdim; }
+#define threadIdx (__frostgrad_emu_tid())
+#define blockIdx (__frostgrad_emu_bid())
+#define blockDim (__frostgrad_emu_bdim())
+#define gridDim (__frostgrad_emu_gdim())
+#else
+#define __FG_EMU_INTERNAL __forceinline__
+#define __FG_ATOMIC_ACCESS(p) ((void)0)
 #define threadIdx (__frostgrad_emu_thr->tid)
 #define blockIdx (__frostgrad_emu_blk->bid)
 #define blockDim (__frostgrad_emu_blk->bdim)
 #define gridDim (__frostgrad_emu_blk->gdim)
+#endif
 #define warpSize 32
 
 // ---------------------------------------------------------------- vector types
@@ -86,17 +119,32 @@ static __forceinline__ uint3 make_uint3(unsigned int x, unsigned int y, unsigned
 #undef FG_VEC4
 
 // ---------------------------------------------------------------- barriers
+#ifdef __FROSTGRAD_EMU_CHECK__
+// The call site names the barrier, so that synccheck can tell threads waiting
+// at different __syncthreads() apart (g++ may merge identical calls, never
+// calls with different string arguments).
+#define __FG_STR2(x) #x
+#define __FG_STR(x) __FG_STR2(x)
+static __FG_EMU_INTERNAL int __frostgrad_emu_sync_at(int pred, int op, const char* site) {
+  return __frostgrad_emu_rt->block_sync_at(pred, op, site);
+}
+#define __syncthreads() ((void)__frostgrad_emu_sync_at(0, 0, __FILE__ ":" __FG_STR(__LINE__)))
+#define __syncthreads_count(p) __frostgrad_emu_sync_at((p) != 0, 0, __FILE__ ":" __FG_STR(__LINE__))
+#define __syncthreads_and(p) __frostgrad_emu_sync_at((p) != 0, 1, __FILE__ ":" __FG_STR(__LINE__))
+#define __syncthreads_or(p) __frostgrad_emu_sync_at((p) != 0, 2, __FILE__ ":" __FG_STR(__LINE__))
+#else
 static __forceinline__ void __syncthreads() { __frostgrad_emu_rt->block_sync(0, 0); }
 static __forceinline__ int __syncthreads_count(int p) { return __frostgrad_emu_rt->block_sync(p != 0, 0); }
 static __forceinline__ int __syncthreads_and(int p) { return __frostgrad_emu_rt->block_sync(p != 0, 1); }
 static __forceinline__ int __syncthreads_or(int p) { return __frostgrad_emu_rt->block_sync(p != 0, 2); }
+#endif
 // Fibers switch only at barriers and warp collectives, so every access is
 // already ordered; the fences only have to stop the compiler reordering.
 static __forceinline__ void __threadfence() { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 static __forceinline__ void __threadfence_block() { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
 static __forceinline__ void __threadfence_system() { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
-[[noreturn]] static inline void __trap() { __frostgrad_emu_rt->trap("__trap() called"); }
-[[noreturn]] static inline void __brkpt() { __frostgrad_emu_rt->trap("__brkpt() called"); }
+[[noreturn]] static __FG_EMU_INTERNAL void __trap() { __frostgrad_emu_rt->trap("__trap() called"); }
+[[noreturn]] static __FG_EMU_INTERNAL void __brkpt() { __frostgrad_emu_rt->trap("__brkpt() called"); }
 
 // ---------------------------------------------------------------- warp collectives
 namespace __frostgrad_emu {
@@ -113,63 +161,63 @@ static __forceinline__ T from_bits(unsigned long long b) {
   memcpy(&v, &b, sizeof(T));
   return v;
 }
-static __forceinline__ unsigned int lane() { return __frostgrad_emu_thr->lane; }
+static __FG_EMU_INTERNAL unsigned int lane() { return __frostgrad_emu_thr->lane; }
 template <class T>
-static __forceinline__ T shfl_from(unsigned mask, T var, int src, const char* what) {
+static __FG_EMU_INTERNAL T shfl_from(unsigned mask, T var, int src, const char* what) {
   const unsigned long long* s = __frostgrad_emu_rt->warp_exchange(mask, to_bits(var), what);
   return from_bits<T>(s[src]);
 }
 }  // namespace __frostgrad_emu
 
 template <class T>
-static __forceinline__ T __shfl_sync(unsigned mask, T var, int srcLane, int width = warpSize) {
+static __FG_EMU_INTERNAL T __shfl_sync(unsigned mask, T var, int srcLane, int width = warpSize) {
   int l = (int)__frostgrad_emu::lane();
   int src = (l & ~(width - 1)) | (srcLane & (width - 1));
   return __frostgrad_emu::shfl_from(mask, var, src, "__shfl_sync");
 }
 template <class T>
-static __forceinline__ T __shfl_up_sync(unsigned mask, T var, unsigned int delta, int width = warpSize) {
+static __FG_EMU_INTERNAL T __shfl_up_sync(unsigned mask, T var, unsigned int delta, int width = warpSize) {
   int l = (int)__frostgrad_emu::lane();
   int src = l - (int)delta;
   if (src < (l & ~(width - 1))) src = l;
   return __frostgrad_emu::shfl_from(mask, var, src, "__shfl_up_sync");
 }
 template <class T>
-static __forceinline__ T __shfl_down_sync(unsigned mask, T var, unsigned int delta, int width = warpSize) {
+static __FG_EMU_INTERNAL T __shfl_down_sync(unsigned mask, T var, unsigned int delta, int width = warpSize) {
   int l = (int)__frostgrad_emu::lane();
   int src = l + (int)delta;
   if ((l & (width - 1)) + (int)delta >= width) src = l;
   return __frostgrad_emu::shfl_from(mask, var, src, "__shfl_down_sync");
 }
 template <class T>
-static __forceinline__ T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSize) {
+static __FG_EMU_INTERNAL T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSize) {
   int l = (int)__frostgrad_emu::lane();
   int src = l ^ laneMask;
   if (src >= ((l & ~(width - 1)) + width) || src > 31) src = l;
   return __frostgrad_emu::shfl_from(mask, var, src, "__shfl_xor_sync");
 }
-static __forceinline__ unsigned int __ballot_sync(unsigned mask, int pred) {
+static __FG_EMU_INTERNAL unsigned int __ballot_sync(unsigned mask, int pred) {
   const unsigned long long* s = __frostgrad_emu_rt->warp_exchange(mask, pred ? 1u : 0u, "__ballot_sync");
   unsigned r = 0;
   for (int i = 0; i < 32; i++)
     if (((mask >> i) & 1u) && s[i] == 1u) r |= 1u << i;
   return r;
 }
-static __forceinline__ int __any_sync(unsigned mask, int pred) {
+static __FG_EMU_INTERNAL int __any_sync(unsigned mask, int pred) {
   return __ballot_sync(mask, pred) != 0;
 }
-static __forceinline__ int __all_sync(unsigned mask, int pred) {
+static __FG_EMU_INTERNAL int __all_sync(unsigned mask, int pred) {
   const unsigned long long* s = __frostgrad_emu_rt->warp_exchange(mask, pred ? 1u : 0u, "__all_sync");
   for (int i = 0; i < 32; i++)
     if (((mask >> i) & 1u) && s[i] == 0u) return 0;
   return 1;
 }
-static __forceinline__ unsigned int __activemask() { return __frostgrad_emu_rt->active_mask(); }
-static __forceinline__ void __syncwarp(unsigned mask = 0xffffffffu) {
+static __FG_EMU_INTERNAL unsigned int __activemask() { return __frostgrad_emu_rt->active_mask(); }
+static __FG_EMU_INTERNAL void __syncwarp(unsigned mask = 0xffffffffu) {
   (void)__frostgrad_emu_rt->warp_exchange(mask, 0, "__syncwarp");
 }
 #define FG_WARP_REDUCE(NAME, T, OP)                                                          \
-  static __forceinline__ T NAME(unsigned mask, T v) {                                       \
+  static __FG_EMU_INTERNAL T NAME(unsigned mask, T v) {                                     \
     const unsigned long long* s = __frostgrad_emu_rt->warp_exchange(mask, (unsigned long long)(v), #NAME); \
     bool first = true;                                                                       \
     T r = 0;                                                                                 \
@@ -195,14 +243,14 @@ FG_WARP_REDUCE(__reduce_xor_sync, unsigned, r ^ x)
 // ---------------------------------------------------------------- atomics
 // Fibers never switch inside these, so a plain read-modify-write is atomic.
 #define FG_ATOMIC(NAME, T, EXPR) \
-  static __forceinline__ T NAME(T* p, T v) { T old = *p; *p = (EXPR); return old; } \
+  static __FG_EMU_INTERNAL T NAME(T* p, T v) { __FG_ATOMIC_ACCESS(p); T old = *p; *p = (EXPR); return old; } \
   static __forceinline__ T NAME##_block(T* p, T v) { return NAME(p, v); } \
   static __forceinline__ T NAME##_system(T* p, T v) { return NAME(p, v); }
 #define FG_ATOMIC_INT(T) \
   FG_ATOMIC(atomicAdd, T, old + v) FG_ATOMIC(atomicSub, T, old - v) FG_ATOMIC(atomicExch, T, v) \
   FG_ATOMIC(atomicMin, T, (v < old ? v : old)) FG_ATOMIC(atomicMax, T, (v > old ? v : old)) \
   FG_ATOMIC(atomicAnd, T, old & v) FG_ATOMIC(atomicOr, T, old | v) FG_ATOMIC(atomicXor, T, old ^ v) \
-  static __forceinline__ T atomicCAS(T* p, T cmp, T v) { T old = *p; if (old == cmp) *p = v; return old; } \
+  static __FG_EMU_INTERNAL T atomicCAS(T* p, T cmp, T v) { __FG_ATOMIC_ACCESS(p); T old = *p; if (old == cmp) *p = v; return old; } \
   static __forceinline__ T atomicCAS_block(T* p, T cmp, T v) { return atomicCAS(p, cmp, v); } \
   static __forceinline__ T atomicCAS_system(T* p, T cmp, T v) { return atomicCAS(p, cmp, v); }
 FG_ATOMIC_INT(int)
@@ -213,17 +261,20 @@ FG_ATOMIC(atomicAdd, float, old + v)
 FG_ATOMIC(atomicAdd, double, old + v)
 FG_ATOMIC(atomicExch, float, v)
 FG_ATOMIC(atomicExch, double, v)
-static __forceinline__ unsigned short atomicCAS(unsigned short* p, unsigned short cmp, unsigned short v) {
+static __FG_EMU_INTERNAL unsigned short atomicCAS(unsigned short* p, unsigned short cmp, unsigned short v) {
+  __FG_ATOMIC_ACCESS(p);
   unsigned short old = *p;
   if (old == cmp) *p = v;
   return old;
 }
-static __forceinline__ unsigned atomicInc(unsigned* p, unsigned v) {
+static __FG_EMU_INTERNAL unsigned atomicInc(unsigned* p, unsigned v) {
+  __FG_ATOMIC_ACCESS(p);
   unsigned old = *p;
   *p = (old >= v) ? 0 : old + 1;
   return old;
 }
-static __forceinline__ unsigned atomicDec(unsigned* p, unsigned v) {
+static __FG_EMU_INTERNAL unsigned atomicDec(unsigned* p, unsigned v) {
+  __FG_ATOMIC_ACCESS(p);
   unsigned old = *p;
   *p = (old == 0 || old > v) ? v : old - 1;
   return old;
@@ -231,9 +282,9 @@ static __forceinline__ unsigned atomicDec(unsigned* p, unsigned v) {
 // Not in CUDA itself but common in kernels: templates, so that a kernel's own
 // non-template atomicMax(float*, float) wins overload resolution and does not clash.
 template <class T, class = std::enable_if_t<std::is_floating_point_v<T>>>
-static __forceinline__ T atomicMax(T* p, std::type_identity_t<T> v) { T old = *p; *p = fmax(old, v); return old; }
+static __FG_EMU_INTERNAL T atomicMax(T* p, std::type_identity_t<T> v) { __FG_ATOMIC_ACCESS(p); T old = *p; *p = fmax(old, v); return old; }
 template <class T, class = std::enable_if_t<std::is_floating_point_v<T>>>
-static __forceinline__ T atomicMin(T* p, std::type_identity_t<T> v) { T old = *p; *p = fmin(old, v); return old; }
+static __FG_EMU_INTERNAL T atomicMin(T* p, std::type_identity_t<T> v) { __FG_ATOMIC_ACCESS(p); T old = *p; *p = fmin(old, v); return old; }
 #undef FG_ATOMIC_INT
 #undef FG_ATOMIC
 
@@ -270,13 +321,23 @@ static __forceinline__ float rcbrtf(float x) { return 1.0f / cbrtf(x); }
 static __forceinline__ float __frsqrt_rn(float x) { return 1.0f / sqrtf(x); }
 static __forceinline__ float __frcp_rn(float x) { return 1.0f / x; }
 static __forceinline__ float __fsqrt_rn(float x) { return sqrtf(x); }
-static __forceinline__ float __fadd_rn(float a, float b) { return a + b; }
-static __forceinline__ float __fsub_rn(float a, float b) { return a - b; }
-static __forceinline__ float __fmul_rn(float a, float b) { return a * b; }
+// The _rn add/sub/mul intrinsics are never contracted into an FMA by NVRTC
+// (that is what they are for); the kernels are compiled with contraction on
+// (--fmad=true), so an empty asm makes each result a value of its own, rounded
+// once, that g++ cannot fuse with a neighbouring operation.
+#if defined(__x86_64__)
+#define FG_ROUNDED(v) __asm__("" : "+x"(v))
+#else
+#define FG_ROUNDED(v) __asm__("" : "+w"(v))
+#endif
+static __forceinline__ float __fadd_rn(float a, float b) { float r = a + b; FG_ROUNDED(r); return r; }
+static __forceinline__ float __fsub_rn(float a, float b) { float r = a - b; FG_ROUNDED(r); return r; }
+static __forceinline__ float __fmul_rn(float a, float b) { float r = a * b; FG_ROUNDED(r); return r; }
 static __forceinline__ float __fdiv_rn(float a, float b) { return a / b; }
 static __forceinline__ float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-static __forceinline__ double __dadd_rn(double a, double b) { return a + b; }
-static __forceinline__ double __dmul_rn(double a, double b) { return a * b; }
+static __forceinline__ double __dadd_rn(double a, double b) { double r = a + b; FG_ROUNDED(r); return r; }
+static __forceinline__ double __dsub_rn(double a, double b) { double r = a - b; FG_ROUNDED(r); return r; }
+static __forceinline__ double __dmul_rn(double a, double b) { double r = a * b; FG_ROUNDED(r); return r; }
 static __forceinline__ double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
 static __forceinline__ float __saturatef(float x) { return x != x ? 0.0f : (x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x)); }
 static __forceinline__ float normcdff(float x) { return 0.5f * erfcf(-x * 0.70710678118654752f); }
@@ -503,8 +564,9 @@ static __forceinline__ __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
 static __forceinline__ float2 __bfloat1622float2(__nv_bfloat162 h) { return float2{float(h.x), float(h.y)}; }
 static __forceinline__ unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.__x; }
 static __forceinline__ __nv_bfloat16 __ushort_as_bfloat16(unsigned short x) { __nv_bfloat16 h; h.__x = x; return h; }
-static __forceinline__ __half atomicAdd(__half* p, __half v) { __half old = *p; *p = old + v; return old; }
-static __forceinline__ __nv_bfloat16 atomicAdd(__nv_bfloat16* p, __nv_bfloat16 v) {
+static __FG_EMU_INTERNAL __half atomicAdd(__half* p, __half v) { __FG_ATOMIC_ACCESS(p); __half old = *p; *p = old + v; return old; }
+static __FG_EMU_INTERNAL __nv_bfloat16 atomicAdd(__nv_bfloat16* p, __nv_bfloat16 v) {
+  __FG_ATOMIC_ACCESS(p);
   __nv_bfloat16 old = *p;
   *p = old + v;
   return old;
@@ -517,10 +579,16 @@ struct invoker;
 template <class... A>
 struct invoker<void (*)(A...)> {
   template <void (*F)(A...), size_t... I>
+#ifdef __FROSTGRAD_EMU_CHECK__
+  __attribute__((no_sanitize_thread))  // reads the launch's parameter array (host memory)
+#endif
   static void call(void** p, std::index_sequence<I...>) {
     F(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(p[I])...);
   }
   template <void (*F)(A...)>
+#ifdef __FROSTGRAD_EMU_CHECK__
+  __attribute__((no_sanitize_thread))
+#endif
   static void entry(void** p) {
     call<F>(p, std::index_sequence_for<A...>{});
   }

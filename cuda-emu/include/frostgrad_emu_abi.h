@@ -6,7 +6,7 @@
 // is part of the compile-cache key and is checked when a module is loaded.
 #pragma once
 
-#define FROSTGRAD_EMU_ABI 4
+#define FROSTGRAD_EMU_ABI 5
 
 #ifdef __cplusplus
 struct uint3 {
@@ -46,7 +46,19 @@ struct FrostgradEmuRuntime {
   unsigned int (*active_mask)();
   // __trap / unsupported operation: aborts the launch with this message.
   [[noreturn]] void (*trap)(const char* what);
+  // Checked builds (FROSTGRAD_CUDA_EMU_CHECK, see cuda-emu/README.md): every
+  // memory access of kernel code, reported by the instrumentation shim with the
+  // FG_ACCESS_* flags and the instruction's address.
+  void (*check_access)(const void* addr, unsigned long size, unsigned flags, const void* pc);
+  // __syncthreads and its reducing variants with the call site ("file:line"),
+  // so that threads waiting at different barriers are reported.
+  int (*block_sync_at)(int pred, int op, const char* site);
 };
+#define FG_ACCESS_READ 1u
+#define FG_ACCESS_WRITE 2u
+#define FG_ACCESS_ATOMIC 4u
+// The compiler knows the access is naturally aligned (a GPU would fault otherwise).
+#define FG_ACCESS_ALIGNED 8u
 
 struct FrostgradEmuKernel {
   const char* name;

@@ -10,12 +10,20 @@
 //!    `.grad`. Every input slot is counted as computed or skipped.
 //!    A node that fused several ops (batch norm + ReLU) counts as the
 //!    nodes and slots it replaced ([`super::BackwardOp::fused_ops`]).
+//! 4. A leaf is PyTorch's `AccumulateGrad` node: its incoming gradients are
+//!    summed first, and only when the last one has arrived do its hooks run
+//!    (once, on the total) and the result is added to `.grad`.
+//!
+//! Hooks ([`super::hooks`]) run around each node: the hooks of the tensor
+//! it produced and its pre-hooks on the incoming gradient, its post-hooks
+//! on the gradients it computed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::grad_mode::NoGradGuard;
 use super::graph::{Edge, Node};
+use super::hooks::{run_grad_hooks, run_node_hooks};
 use super::stats::BackwardStats;
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
@@ -46,25 +54,30 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
 
     let Some(root_node) = root.grad_fn_node() else {
         // A leaf that requires a gradient: d(root)/d(root) = 1.
-        root.accumulate_grad(seed)?;
-        return Ok(stats);
+        return accumulate_into_leaf(root, seed).map(|()| stats);
     };
 
-    // Pass 1: consumer counts.
+    // Pass 1: consumer counts, of nodes and of leaves (by tensor id).
     let mut consumers: HashMap<usize, usize> = HashMap::new();
+    let mut leaf_consumers: HashMap<usize, usize> = HashMap::new();
     let mut stack = vec![root_node.clone()];
     consumers.insert(node_key(root_node), 0);
     while let Some(node) = stack.pop() {
         for edge in node.edges.iter().flatten() {
-            if let Edge::Node(next) = edge {
-                let count = consumers.entry(node_key(next)).or_insert(0);
-                if *count == 0 {
-                    stack.push(next.clone());
+            match edge {
+                Edge::Node(next) => {
+                    let count = consumers.entry(node_key(next)).or_insert(0);
+                    if *count == 0 {
+                        stack.push(next.clone());
+                    }
+                    *count += 1;
                 }
-                *count += 1;
+                Edge::Leaf(leaf) => *leaf_consumers.entry(leaf.id()).or_insert(0) += 1,
             }
         }
     }
+    // A leaf's gradient so far, until its last contribution arrives.
+    let mut leaf_grads: HashMap<usize, Tensor> = HashMap::new();
 
     // Pass 2: run nodes whose incoming gradient is complete.
     let mut pending_grads: HashMap<usize, Tensor> = HashMap::new();
@@ -87,21 +100,22 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
                     node.name
                 ))
             })?;
+        let grad_output = run_grad_hooks(&node.tensor_hooks, grad_output, node.name)?;
+        let grad_output = run_grad_hooks(&node.pre_hooks, grad_output, node.name)?;
         let needs = node.needs();
         let (op_name, input_names) = (op.op(), op.input_names());
         for (name, &needed) in input_names.iter().zip(&needs) {
             stats.count(op_name, name, needed);
         }
         stats.nodes += 1;
-        for (fused_op, fused_inputs) in op.fused_ops() {
-            for name in fused_inputs.iter() {
-                stats.count(fused_op, name, true);
+        for fused in op.fused_ops() {
+            for name in fused.inputs {
+                stats.count(fused.op, name, true);
             }
             stats.nodes += 1;
         }
 
         let grads = op.backward(&grad_output, &needs)?;
-        drop(grad_output);
         if grads.len() != needs.len() {
             return Err(Error::Autograd(format!(
                 "{} returned {} gradients for {} inputs",
@@ -110,6 +124,8 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
                 needs.len()
             )));
         }
+        let grads = run_node_hooks(&node.post_hooks, grads, &grad_output, node.name)?;
+        drop(grad_output);
         for ((edge, grad), name) in node.edges.iter().zip(grads).zip(input_names) {
             match (edge, grad) {
                 (None, None) => {}
@@ -127,18 +143,28 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
                 }
                 (Some(Edge::Leaf(leaf)), Some(g)) => {
                     check_grad_shape(node.name, name, leaf, &g)?;
-                    leaf.accumulate_grad(g)?;
+                    let id = leaf.id();
+                    let total = match leaf_grads.remove(&id) {
+                        None => g,
+                        Some(acc) => sum(&acc, &g)?,
+                    };
+                    let count = leaf_consumers
+                        .get_mut(&id)
+                        .ok_or_else(|| Error::Autograd("graph changed during backward".into()))?;
+                    *count -= 1;
+                    if *count == 0 {
+                        accumulate_into_leaf(leaf, total)?;
+                    } else {
+                        leaf_grads.insert(id, total);
+                    }
                 }
                 (Some(Edge::Node(next)), Some(g)) => {
                     let next_key = node_key(next);
-                    let sum = match pending_grads.remove(&next_key) {
+                    let total = match pending_grads.remove(&next_key) {
                         None => g,
-                        Some(acc) => {
-                            let s = acc.storage().add(&g.storage())?;
-                            Tensor::from_storage(s, acc.shape().to_vec())?
-                        }
+                        Some(acc) => sum(&acc, &g)?,
                     };
-                    pending_grads.insert(next_key, sum);
+                    pending_grads.insert(next_key, total);
                     let count = consumers
                         .get_mut(&next_key)
                         .ok_or_else(|| Error::Autograd("graph changed during backward".into()))?;
@@ -151,6 +177,19 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
         }
     }
     Ok(stats)
+}
+
+/// `a + b` as a new tensor: a gradient may be shared with another input's,
+/// so it is never updated in place.
+fn sum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let s = a.storage().add(&b.storage())?;
+    Tensor::from_storage(s, a.shape().to_vec())
+}
+
+/// PyTorch's `AccumulateGrad`: the leaf's hooks on its total gradient, then `.grad += g`.
+fn accumulate_into_leaf(leaf: &Tensor, grad: Tensor) -> Result<()> {
+    let grad = run_grad_hooks(leaf.hooks(), grad, "a leaf tensor")?;
+    leaf.accumulate_grad(grad)
 }
 
 fn check_grad_shape(node: &str, input: &str, leaf: &Tensor, g: &Tensor) -> Result<()> {

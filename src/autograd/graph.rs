@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{Storage, Tensor};
 
 use super::grad_mode::is_grad_enabled;
+use super::hooks::{GradHookFn, HookHandle, HookList, NodeHookFn};
 
 /// One op's backward: its saved state and how to turn dL/d(output) into
 /// dL/d(input) for the inputs that need it.
@@ -23,19 +24,35 @@ use super::grad_mode::is_grad_enabled;
 pub trait BackwardOp: Send + Sync {
     /// The name PyTorch prints for `grad_fn`, e.g. `"ConvolutionBackward0"`.
     fn name(&self) -> &'static str;
+    /// PyTorch's name for this node without the ops fused into it
+    /// (`NativeBatchNormBackward0` for `NativeBatchNormReluBackward0`).
+    fn unfused_name(&self) -> &'static str {
+        self.name()
+    }
     /// The op's name in backward statistics, e.g. `"conv2d"`.
     fn op(&self) -> &'static str;
     /// One name per input, in the order the op recorded them, e.g.
     /// `["input", "weight"]`; statistics report `conv2d.weight` etc.
     fn input_names(&self) -> &'static [&'static str];
-    /// Ops folded into this node that would be separate nodes unfused, each
-    /// as `(op, input names)`, e.g. `[("relu", ["input"])]` for batch norm +
-    /// ReLU. Statistics count each as one more node with all its inputs'
-    /// gradients computed (a fused op must only absorb ops that compute
-    /// every input gradient whenever this node runs), so counts match
-    /// PyTorch and the unfused graph. Most ops fuse nothing.
-    fn fused_ops(&self) -> &'static [(&'static str, &'static [&'static str])] {
+    /// Ops folded into this node that would be separate nodes unfused, e.g.
+    /// the ReLU of batch norm + ReLU. Statistics count each as one more node
+    /// with all its inputs' gradients computed (a fused op must only absorb
+    /// ops that compute every input gradient whenever this node runs), so
+    /// counts match PyTorch and the unfused graph. Most ops fuse nothing.
+    fn fused_ops(&self) -> &'static [FusedOp] {
         &[]
+    }
+    /// The tensors this node holds for its backward, by name (`"weight"`,
+    /// `"input"`, `"indices"`, ...): what [`crate::Tensor::graph`] reports
+    /// as saved, and what keeps memory alive until backward. Every op must
+    /// list exactly the tensors its struct holds, so the reported bytes
+    /// match the memory accounting.
+    fn saved(&self) -> Vec<(&'static str, &Tensor)>;
+    /// Floating-point operations its backward will execute for the gradients
+    /// in `needs`, counted as [`crate::ops::flops`] counts them (only the
+    /// GEMM-shaped ops, conv2d and linear; others report 0).
+    fn backward_flops(&self, _needs: &[bool]) -> u64 {
+        0
     }
     /// Computes the gradients of the inputs with `needs[i]` set and returns
     /// `None` for the others (the engine checks this). Consumes the saved
@@ -45,6 +62,17 @@ pub trait BackwardOp: Send + Sync {
         grad_output: &Tensor,
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// An op folded into another op's node (see [`BackwardOp::fused_ops`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusedOp {
+    /// PyTorch's `grad_fn` name of the unfused node, e.g. `"ReluBackward0"`.
+    pub name: &'static str,
+    /// Its name in backward statistics, e.g. `"relu"`.
+    pub op: &'static str,
+    /// Its input names, all of whose gradients are computed.
+    pub inputs: &'static [&'static str],
 }
 
 /// Where an input's gradient goes.
@@ -62,9 +90,30 @@ pub struct Node {
     pub(crate) op: Mutex<Option<Box<dyn BackwardOp>>>,
     /// One entry per input; `None` where no gradient is needed.
     pub(crate) edges: Vec<Option<Edge>>,
+    /// The shape of the output (and so of the gradient this node receives).
+    pub(crate) shape: Vec<usize>,
+    /// Hooks registered on the output tensor ([`Tensor::register_hook`]),
+    /// run on the incoming gradient before the node's own pre-hooks.
+    pub(crate) tensor_hooks: HookList<GradHookFn>,
+    /// [`GradFn::register_prehook`].
+    pub(crate) pre_hooks: HookList<GradHookFn>,
+    /// [`GradFn::register_hook`].
+    pub(crate) post_hooks: HookList<NodeHookFn>,
 }
 
 impl Node {
+    fn new(op: Box<dyn BackwardOp>, edges: Vec<Option<Edge>>, shape: Vec<usize>) -> Node {
+        Node {
+            name: op.name(),
+            op: Mutex::new(Some(op)),
+            edges,
+            shape,
+            tensor_hooks: HookList::default(),
+            pre_hooks: HookList::default(),
+            post_hooks: HookList::default(),
+        }
+    }
+
     /// The mask of inputs whose gradient this node must compute.
     pub(crate) fn needs(&self) -> Vec<bool> {
         self.edges.iter().map(Option::is_some).collect()
@@ -115,11 +164,7 @@ pub fn record(
             edges.len()
         )));
     }
-    let node = Node {
-        name: op.name(),
-        op: Mutex::new(Some(op)),
-        edges,
-    };
+    let node = Node::new(op, edges, plain.shape().to_vec());
     Ok(plain.view_with(plain.shape().to_vec(), Some(Arc::new(node))))
 }
 
@@ -133,12 +178,7 @@ pub fn record_view(
     if !is_grad_enabled() || !input.requires_grad() {
         return input.view_with(shape, None);
     }
-    let op = make_backward();
-    let node = Node {
-        name: op.name(),
-        op: Mutex::new(Some(op)),
-        edges: vec![edge_for(Some(input))],
-    };
+    let node = Node::new(make_backward(), vec![edge_for(Some(input))], shape.clone());
     input.view_with(shape, Some(Arc::new(node)))
 }
 
@@ -177,6 +217,29 @@ impl GradFn {
     /// Whether this node still holds its saved state (false after backward).
     pub fn is_pending(&self) -> bool {
         self.node.op.lock().map(|o| o.is_some()).unwrap_or(false)
+    }
+
+    /// PyTorch's `grad_fn.register_prehook(hook)`: `hook(grad_output)` runs
+    /// before this node's backward, after the hooks of the tensor it made;
+    /// returning `Some(g)` replaces the gradient (same shape).
+    pub fn register_prehook(
+        &self,
+        hook: impl FnMut(&Tensor) -> Result<Option<Tensor>> + Send + 'static,
+    ) -> HookHandle {
+        self.node.pre_hooks.push(Box::new(hook))
+    }
+
+    /// PyTorch's `grad_fn.register_hook(hook)`: `hook(grad_inputs,
+    /// grad_output)` runs after this node's backward, with one entry per
+    /// input (`None` where no gradient was computed); returning `Some(v)`
+    /// replaces the input gradients (the same inputs, the same shapes).
+    pub fn register_hook(
+        &self,
+        hook: impl FnMut(&[Option<Tensor>], &Tensor) -> Result<Option<Vec<Option<Tensor>>>>
+            + Send
+            + 'static,
+    ) -> HookHandle {
+        self.node.post_hooks.push(Box::new(hook))
     }
 }
 

@@ -93,8 +93,9 @@ pub struct BatchNormSaved<'a, S> {
 ///
 /// All tensors are contiguous row-major; f32 unless a method says otherwise.
 /// `self` is the first tensor argument (for backward kernels: the gradient
-/// flowing in). Methods check lengths and dtypes and return an error rather
-/// than panic on a mismatch.
+/// flowing in). Every implementation runs the method's check from
+/// `backend::check` first, so a wrong length or dtype is an error (never a panic
+/// or an out-of-bounds access) with the same message on every device.
 pub trait BackendStorage: Sized {
     fn device(&self) -> Device;
     fn dtype(&self) -> DType;

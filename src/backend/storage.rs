@@ -267,9 +267,9 @@ impl BackendStorage for Storage {
         each_backend!(self, s => {
             let d = s.device();
             s.update_running_stats(
-                arg_mut::<B>("batch_norm", d, running_var)?,
-                arg::<B>("batch_norm", d, batch_mean)?,
-                arg::<B>("batch_norm", d, batch_var)?,
+                arg_mut::<B>("update_running_stats", d, running_var)?,
+                arg::<B>("update_running_stats", d, batch_mean)?,
+                arg::<B>("update_running_stats", d, batch_var)?,
                 momentum,
                 count,
             )
@@ -326,10 +326,10 @@ impl BackendStorage for Storage {
         each_backend!(self, s => {
             let d = s.device();
             let buffer = match momentum_buffer {
-                Some(b) => Some(arg_mut::<B>("sgd", d, b)?),
+                Some(b) => Some(arg_mut::<B>("sgd_step", d, b)?),
                 None => None,
             };
-            s.sgd_step(arg::<B>("sgd", d, grad)?, buffer, cfg, initialize_buffer)
+            s.sgd_step(arg::<B>("sgd_step", d, grad)?, buffer, cfg, initialize_buffer)
         })
     }
 }

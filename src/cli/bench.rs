@@ -7,7 +7,8 @@
 //! ```
 //! The table goes to stdout, progress to stderr.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,6 +16,7 @@ use crate::bench::{self, BenchConfig, Mode};
 use crate::cli::weights::read_state_dict;
 use crate::cli::DeviceArg;
 use crate::error::{Error, Result};
+use crate::io::files::{Outputs, Role};
 use crate::nn::{resnet18, Module, ResNet};
 use crate::tensor::Device;
 
@@ -53,14 +55,10 @@ pub struct BenchArgs {
     pub svg: Option<PathBuf>,
 }
 
-fn write_file(path: &PathBuf, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-pub fn run(args: &BenchArgs) -> Result<String> {
+/// Runs the benchmark, prints its table to stdout, then writes `--json` and
+/// `--svg` (checked writable before the first step, and written after the
+/// table so a failure cannot lose the results).
+pub fn run(args: &BenchArgs) -> Result<()> {
     let mut modes = bench::parse_modes(&args.modes)?;
     if let Some(globs) = &args.trainable {
         crate::nn::ParamPatterns::parse(globs)?;
@@ -88,8 +86,24 @@ pub fn run(args: &BenchArgs) -> Result<String> {
         momentum: 0.9,
     };
 
+    let inputs: Vec<(Role, &Path)> = args
+        .weights
+        .iter()
+        .map(|w| (Role::WEIGHTS, w.as_path()))
+        .collect();
+    let mut out_paths = Vec::new();
+    if let Some(path) = &args.json {
+        out_paths.push((Role::JSON, path.as_path()));
+    }
+    if let Some(path) = &args.svg {
+        out_paths.push((Role::SVG, path.as_path()));
+    }
+    let outputs = Outputs::check(&inputs, &out_paths)?;
+
     let mut model: ResNet = match &args.weights {
-        Some(path) => ResNet::resnet18_from_state_dict(&read_state_dict(path, None)?)?,
+        Some(path) => {
+            ResNet::resnet18_from_state_dict(&read_state_dict(path, None, Role::WEIGHTS)?)?
+        }
         None => {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
             resnet18(1000, &mut rng)?
@@ -110,11 +124,14 @@ pub fn run(args: &BenchArgs) -> Result<String> {
     })?;
     bar.finish_and_clear();
 
-    if let Some(path) = &args.json {
-        write_file(path, &bench::to_json(&report))?;
-    }
-    if let Some(path) = &args.svg {
-        write_file(path, &bench::render_svg(&report))?;
-    }
-    Ok(bench::render_table(&report))
+    print!("{}", bench::render_table(&report));
+    let _ = std::io::stdout().flush();
+    let json = args.json.as_ref().map(|p| (p, bench::to_json(&report)));
+    let svg = args.svg.as_ref().map(|p| (p, bench::render_svg(&report)));
+    let contents: Vec<(&Path, &[u8])> = json
+        .iter()
+        .chain(svg.iter())
+        .map(|(p, text)| (p.as_path(), text.as_bytes()))
+        .collect();
+    outputs.write_all(&contents)
 }

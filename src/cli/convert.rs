@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 
 use crate::cli::weights::read_state_dict;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io;
+use crate::io::files::{Outputs, Role};
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
@@ -22,14 +23,18 @@ pub struct ConvertArgs {
 }
 
 pub fn run(args: &ConvertArgs) -> Result<String> {
-    if args.input == args.output {
-        return Err(Error::invalid(
-            "frostgrad convert",
-            "the output would overwrite the input",
-        ));
-    }
-    let state = read_state_dict(&args.input, args.strip_prefix.as_deref())?;
-    io::safetensors::save(&state, &args.output)?;
+    // However the two paths are spelt (./in.pth, a symlink, a hard link),
+    // the output must not be the input.
+    let outputs = Outputs::check(
+        &[(Role::CONVERT_INPUT, &args.input)],
+        &[(Role::CONVERT_OUTPUT, &args.output)],
+    )?;
+    let state = read_state_dict(
+        &args.input,
+        args.strip_prefix.as_deref(),
+        Role::CONVERT_INPUT,
+    )?;
+    outputs.write_all(&[(&args.output, &io::safetensors::to_bytes(&state)?)])?;
     Ok(format!(
         "wrote {} tensors to {}",
         state.len(),

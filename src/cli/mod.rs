@@ -84,7 +84,7 @@ impl From<DeviceArg> for Device {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
-        Command::Bench(args) => bench::run(&args).map(|table| print!("{table}")),
+        Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
         Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
     }

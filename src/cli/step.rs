@@ -29,6 +29,7 @@ use crate::cli::weights::{load_resnet18, WeightsArgs};
 use crate::cli::DeviceArg;
 use crate::core_types::HostData;
 use crate::error::{Error, Result};
+use crate::io::files::{Outputs, Role};
 use crate::io::{self, HostTensor, StateDict};
 use crate::nn::{Module, ParamPatterns, ResNet};
 use crate::ops;
@@ -102,6 +103,19 @@ pub fn run(args: &StepArgs) -> Result<StepSummary> {
         .weight_decay(args.weight_decay);
     sgd_config.validate()?;
 
+    // Before any work: no output may be an input, each must be writable.
+    let mut out_paths = vec![(Role::OUTPUT, args.out.as_path())];
+    if let Some(stats) = &args.stats_json {
+        out_paths.push((Role::STATS, stats.as_path()));
+    }
+    let outputs = Outputs::check(
+        &[
+            (Role::WEIGHTS, args.weights.weights.as_path()),
+            (Role::BATCH, args.batch.as_path()),
+        ],
+        &out_paths,
+    )?;
+
     let mut model = load_resnet18(&args.weights)?;
     model.to_device(device)?;
     let (images, labels) = read_batch(&args.batch, model.num_classes(), device)?;
@@ -128,14 +142,14 @@ pub fn run(args: &StepArgs) -> Result<StepSummary> {
     let mut sgd = Sgd::new(parameters.iter().cloned(), sgd_config)?;
     sgd.step()?;
 
-    let out = outputs(&model, &logits, &loss, &trainable)?;
-    io::safetensors::save(&out, &args.out)?;
+    let out = io::safetensors::to_bytes(&outputs_of(&model, &logits, &loss, &trainable)?)?;
+    let json = stats.to_json() + "\n";
+    let mut contents = vec![(args.out.as_path(), out.as_slice())];
     if let Some(path) = &args.stats_json {
-        std::fs::write(path, stats.to_json() + "\n").map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        contents.push((path.as_path(), json.as_bytes()));
     }
+    // Both files or neither.
+    outputs.write_all(&contents)?;
     Ok(StepSummary {
         loss: loss.to_scalar_f32()?,
         trainable: trainable.len(),
@@ -147,11 +161,8 @@ pub fn run(args: &StepArgs) -> Result<StepSummary> {
 
 /// `images` and `labels` from the batch file, checked against the model.
 fn read_batch(path: &Path, classes: usize, device: Device) -> Result<(Tensor, Tensor)> {
-    let batch = io::safetensors::load(path)?;
-    let bad = |msg: String| Error::WeightsFile {
-        path: path.display().to_string(),
-        msg,
-    };
+    let batch = io::safetensors::load_as(path, Role::BATCH)?;
+    let bad = |msg: String| Role::BATCH.error(path, msg);
     let images = batch
         .get("images")
         .ok_or_else(|| bad("no `images` tensor".into()))?;
@@ -204,7 +215,7 @@ fn read_batch(path: &Path, classes: usize, device: Device) -> Result<(Tensor, Te
 }
 
 /// The contents of `--out`.
-fn outputs(
+fn outputs_of(
     model: &ResNet,
     logits: &Tensor,
     loss: &Tensor,

@@ -2,13 +2,14 @@
 //! checkpoint, with `--strip-prefix` for wrapped models and `--num-classes`
 //! for a new classifier head.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::error::{Error, Result};
+use crate::io::files::{self, Role};
+use crate::io::format::{self, Format};
 use crate::io::{self, pth, StateDict};
 use crate::nn::{Linear, Module, ResNet};
 
@@ -31,21 +32,6 @@ pub struct WeightsArgs {
     /// Seed for the fresh `fc` of `--num-classes`.
     #[arg(long, default_value_t = 0)]
     pub fc_seed: u64,
-}
-
-/// True when the file starts like a torch.save checkpoint (a zip archive or
-/// a pickle) rather than a safetensors header.
-fn looks_like_pth(path: &Path) -> Result<bool> {
-    let mut head = [0u8; 4];
-    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let n = file.read(&mut head).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok((n == 4 && &head == b"PK\x03\x04") || (n > 0 && head[0] == 0x80))
 }
 
 /// Prints the loader's notes, one line per kind of change (an fp16
@@ -72,15 +58,35 @@ fn report_notes(path: &Path, notes: &[String]) {
     }
 }
 
-/// Reads `path` (either format), prints what changed on the way in, and
-/// strips the prefix if one was given.
-pub fn read_state_dict(path: &Path, strip_prefix: Option<&str>) -> Result<StateDict> {
-    let state = if looks_like_pth(path)? {
-        let checkpoint = pth::load_pth(path)?;
-        report_notes(path, &checkpoint.notes);
-        checkpoint.state_dict
-    } else {
-        io::safetensors::load(path)?
+/// Reads `path` (either format, told apart by structure: see
+/// [`crate::io::format`]), prints what changed on the way in, and strips the
+/// prefix if one was given. Errors name the file by `role`.
+pub fn read_state_dict(path: &Path, strip_prefix: Option<&str>, role: Role) -> Result<StateDict> {
+    let bytes = files::read(path, role)?;
+    let state = match format::detect(&bytes) {
+        Format::Safetensors { .. } => io::safetensors::read_bytes_as(&bytes, path, role)?,
+        Format::Zip | Format::Pickle { .. } | Format::TextPickle | Format::Tar => {
+            let checkpoint = pth::read_pth(&bytes).map_err(|e| {
+                role.error(
+                    path,
+                    match e {
+                        Error::Checkpoint(msg) => msg,
+                        other => other.to_string(),
+                    },
+                )
+            })?;
+            report_notes(path, &checkpoint.notes);
+            checkpoint.state_dict
+        }
+        other => {
+            return Err(role.error(
+                path,
+                format!(
+                    "neither a safetensors file nor a PyTorch checkpoint: {}",
+                    other.describe(&bytes)
+                ),
+            ))
+        }
     };
     Ok(match strip_prefix {
         Some(prefix) => state.strip_prefix(prefix),
@@ -112,9 +118,9 @@ fn check_resnet_keys(path: &Path, state: &StateDict) -> Result<()> {
         .filter(|prefix| state.names().all(|n| n.starts_with(prefix)))
         .map(|prefix| format!(" All keys start with `{prefix}`: pass --strip-prefix {prefix}"))
         .unwrap_or_default();
-    Err(Error::WeightsFile {
-        path: path.display().to_string(),
-        msg: format!(
+    Err(Role::WEIGHTS.error(
+        path,
+        format!(
             "not a ResNet-18 state dict: expected {} ... layer4.1.bn2.running_var, \
              fc.weight, fc.bias (torchvision's 122 keys); the first keys found are {} \
              ({} in the file).{hint}",
@@ -126,13 +132,13 @@ fn check_resnet_keys(path: &Path, state: &StateDict) -> Result<()> {
             },
             state.len()
         ),
-    })
+    ))
 }
 
 /// Builds the ResNet-18 the options describe and says what was not loaded.
 pub fn load_resnet18(args: &WeightsArgs) -> Result<ResNet> {
     let path = &args.weights;
-    let mut state = read_state_dict(path, args.strip_prefix.as_deref())?;
+    let mut state = read_state_dict(path, args.strip_prefix.as_deref(), Role::WEIGHTS)?;
     check_resnet_keys(path, &state)?;
     if let Some(classes) = args.num_classes {
         let current = state.get("fc.weight").map(|w| w.shape.clone());
@@ -169,10 +175,7 @@ pub fn load_resnet18(args: &WeightsArgs) -> Result<ResNet> {
         }
     }
     ResNet::resnet18_from_state_dict(&state).map_err(|e| match e {
-        Error::StateDict(msg) => Error::WeightsFile {
-            path: path.display().to_string(),
-            msg,
-        },
+        Error::StateDict(msg) => Role::WEIGHTS.error(path, msg),
         other => other,
     })
 }

@@ -4,6 +4,8 @@
 //! PyTorch's `.pth`) produce one, `nn::Module::load_state_dict` consumes
 //! it, and writers take one.
 
+pub mod files;
+pub mod format;
 pub mod pth;
 pub mod safetensors;
 mod state_dict;

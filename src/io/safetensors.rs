@@ -17,28 +17,54 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::core_types::HostData;
 use crate::error::{Error, Result};
+use crate::io::files::{self, Role};
+use crate::io::format::{self, Format};
 use crate::io::{HostTensor, StateDict};
 
 /// Reads a safetensors file. Tensors come out in file (data offset) order.
 pub fn load(path: impl AsRef<Path>) -> Result<StateDict> {
-    let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    read_bytes_named(&bytes, &path.display().to_string())
+    load_as(path.as_ref(), Role::FILE)
+}
+
+/// [`load`], with errors naming the file's role (`batch file b.safetensors (--batch): ...`).
+pub fn load_as(path: &Path, role: Role) -> Result<StateDict> {
+    let bytes = files::read(path, role)?;
+    read_bytes_as(&bytes, path, role)
 }
 
 /// Parses the bytes of a safetensors file (errors call it `<bytes>`).
 pub fn read_bytes(bytes: &[u8]) -> Result<StateDict> {
-    read_bytes_named(bytes, "<bytes>")
+    read_bytes_as(bytes, Path::new("<bytes>"), Role::FILE)
 }
 
-fn read_bytes_named(bytes: &[u8], path: &str) -> Result<StateDict> {
-    let file_error = |msg: String| Error::WeightsFile {
-        path: path.to_string(),
-        msg,
-    };
+/// Parses the bytes of the file `path`, read in `role`. A file that is not
+/// structured as safetensors (see [`crate::io::format`]) is refused with what
+/// it is instead; a header naming a tensor twice is refused (the crate would
+/// keep one of them silently).
+pub fn read_bytes_as(bytes: &[u8], path: &Path, role: Role) -> Result<StateDict> {
+    let file_error = |msg: String| role.error(path, msg);
+    match format::detect(bytes) {
+        Format::Safetensors { header_len } => {
+            if let Some(key) = duplicate_key(&bytes[8..8 + header_len]) {
+                return Err(file_error(format!(
+                    "not a valid safetensors file: its header names `{key}` twice"
+                )));
+            }
+        }
+        other @ (Format::Zip | Format::Pickle { .. }) => {
+            return Err(file_error(format!(
+                "not a safetensors file: it is {}, a PyTorch checkpoint",
+                other.describe(bytes)
+            )))
+        }
+        Format::Unknown => return Err(file_error(Format::Unknown.describe(bytes))),
+        other => {
+            return Err(file_error(format!(
+                "not a safetensors file: it is {}",
+                other.describe(bytes)
+            )))
+        }
+    }
     let (_, metadata) = SafeTensors::read_metadata(bytes)
         .map_err(|e| file_error(format!("not a valid safetensors file: {e}")))?;
     let tensors = SafeTensors::deserialize(bytes)
@@ -54,6 +80,88 @@ fn read_bytes_named(bytes: &[u8], path: &str) -> Result<StateDict> {
         state.insert(name, host);
     }
     Ok(state)
+}
+
+/// The first top-level key of a JSON object that appears twice, decoded
+/// (so `"a"` and `"\u0061"` are the same key). Nested objects
+/// (`__metadata__`, each tensor's entry) are skipped; malformed JSON returns
+/// `None` and is left to the crate's parser to report.
+fn duplicate_key(header: &[u8]) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut expecting_key = false;
+    while i < header.len() {
+        match header[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                expecting_key = depth == 1 && header[i] == b'{';
+            }
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b',' if depth == 1 => expecting_key = true,
+            b'"' => {
+                let (text, end) = json_string(header, i)?;
+                if depth == 1 && expecting_key {
+                    if !seen.insert(text.clone()) {
+                        return Some(text);
+                    }
+                    expecting_key = false;
+                }
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The decoded JSON string starting at the quote `header[start]`, and the
+/// index after its closing quote.
+fn json_string(header: &[u8], start: usize) -> Option<(String, usize)> {
+    let mut units: Vec<u16> = Vec::new();
+    let mut raw = Vec::new();
+    let mut i = start + 1;
+    let flush = |raw: &mut Vec<u8>, units: &mut Vec<u16>| -> Option<()> {
+        units.extend(std::str::from_utf8(raw).ok()?.encode_utf16());
+        raw.clear();
+        Some(())
+    };
+    loop {
+        match *header.get(i)? {
+            b'"' => {
+                flush(&mut raw, &mut units)?;
+                return Some((String::from_utf16_lossy(&units), i + 1));
+            }
+            b'\\' => {
+                flush(&mut raw, &mut units)?;
+                let escaped = *header.get(i + 1)?;
+                i += 2;
+                let unit = match escaped {
+                    b'"' => u16::from(b'"'),
+                    b'\\' => u16::from(b'\\'),
+                    b'/' => u16::from(b'/'),
+                    b'b' => 0x08,
+                    b'f' => 0x0c,
+                    b'n' => u16::from(b'\n'),
+                    b'r' => u16::from(b'\r'),
+                    b't' => u16::from(b'\t'),
+                    b'u' => {
+                        let hex = std::str::from_utf8(header.get(i..i + 4)?).ok()?;
+                        i += 4;
+                        u16::from_str_radix(hex, 16).ok()?
+                    }
+                    _ => return None,
+                };
+                units.push(unit);
+            }
+            b => {
+                raw.push(b);
+                i += 1;
+            }
+        }
+    }
 }
 
 /// Little-endian bytes to host values, converting as the module doc says.
@@ -86,21 +194,15 @@ fn decode(view: &TensorView<'_>) -> std::result::Result<HostData, String> {
 pub fn to_bytes(state: &StateDict) -> Result<Vec<u8>> {
     let encoded = encode_all(state);
     let views = views_of(&encoded)?;
-    safetensors::tensor::serialize(views, None).map_err(|e| Error::WeightsFile {
-        path: "<bytes>".into(),
-        msg: format!("cannot serialize: {e}"),
-    })
+    safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::StateDict(format!("cannot serialize: {e}")))
 }
 
-/// Writes `state` to `path` as a safetensors file.
+/// Writes `state` to `path` as a safetensors file, atomically (see
+/// [`crate::io::files`]): on failure the previous file is untouched.
 pub fn save(state: &StateDict, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let encoded = encode_all(state);
-    let views = views_of(&encoded)?;
-    safetensors::tensor::serialize_to_file(views, None, path).map_err(|e| Error::WeightsFile {
-        path: path.display().to_string(),
-        msg: format!("cannot write: {e}"),
-    })
+    files::write_atomic(path, Role::FILE, &to_bytes(state)?)
 }
 
 struct Encoded<'a> {
@@ -244,7 +346,52 @@ mod tests {
             [&good[..8], b"{not json".as_slice()].concat(),
         ] {
             let err = read_bytes(&bad).unwrap_err().to_string();
-            assert!(err.contains("not a valid safetensors file"), "{err}");
+            assert!(
+                err.contains("not a valid safetensors file")
+                    || err.contains("not a safetensors file"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_header_naming_a_tensor_twice_is_refused() {
+        let data = [0u8; 8];
+        for second in ["\"t\"", "\"\\u0074\""] {
+            let header = format!(
+                "{{\"t\":{{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}},\
+                 {second}:{{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}}}"
+            );
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend(header.as_bytes());
+            bytes.extend(data);
+            let err = read_bytes(&bytes).unwrap_err().to_string();
+            assert!(err.contains("`t` twice"), "{err}");
+        }
+        // Keys repeated inside nested objects are not top-level duplicates.
+        let ok = to_bytes(&sample()).unwrap();
+        assert!(read_bytes(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_header_length_ending_in_0x80_is_read() {
+        // 1 header in 32 starts the file with 0x80, the pickle PROTO opcode.
+        let mut sd = sample();
+        let mut n = 0;
+        loop {
+            let bytes = to_bytes(&sd).unwrap();
+            if bytes[0] == 0x80 {
+                let back = read_bytes(&bytes).unwrap();
+                for (name, t) in sd.iter() {
+                    assert_eq!(back.get(name), Some(t), "{name}");
+                }
+                break;
+            }
+            n += 1;
+            sd.insert(
+                format!("k{n}"),
+                HostTensor::new(vec![1], HostData::F32(vec![0.0])).unwrap(),
+            );
         }
     }
 

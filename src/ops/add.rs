@@ -40,6 +40,9 @@ impl BackwardOp for AddBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input", "other"]
     }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        Vec::new()
+    }
     fn backward(
         self: Box<Self>,
         grad_output: &Tensor,

@@ -27,7 +27,7 @@
 //! (The unfused ReLU node exists exactly when the batch-norm node does and
 //! always computes its input gradient, so these counts are identical.)
 
-use crate::autograd::{record, BackwardOp};
+use crate::autograd::{record, BackwardOp, FusedOp};
 use crate::backend::{
     BackendStorage, BatchNormGeometry, BatchNormParams, BatchNormSaved, BatchNormStats, Epilogue,
 };
@@ -238,12 +238,32 @@ impl BackwardOp for NativeBatchNormBackward {
     fn op(&self) -> &'static str {
         "batch_norm"
     }
-    fn fused_ops(&self) -> &'static [(&'static str, &'static [&'static str])] {
+    fn unfused_name(&self) -> &'static str {
+        "NativeBatchNormBackward0"
+    }
+    fn fused_ops(&self) -> &'static [FusedOp] {
+        const RELU: [FusedOp; 1] = [FusedOp {
+            name: "ReluBackward0",
+            op: "relu",
+            inputs: &["input"],
+        }];
         if self.relu_output.is_some() {
-            &[("relu", &["input"])]
+            &RELU
         } else {
             &[]
         }
+    }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        [
+            ("input", &self.input),
+            ("weight", &self.weight),
+            ("save_mean", &self.mean),
+            ("save_invstd", &self.invstd),
+            ("result", &self.relu_output),
+        ]
+        .into_iter()
+        .filter_map(|(n, t)| t.as_ref().map(|t| (n, t)))
+        .collect()
     }
     fn input_names(&self) -> &'static [&'static str] {
         match (self.has_weight, self.has_bias) {

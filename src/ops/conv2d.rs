@@ -98,6 +98,18 @@ impl BackwardOp for ConvolutionBackward {
             &["input", "weight"]
         }
     }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        [("input", &self.input), ("weight", &self.weight)]
+            .into_iter()
+            .filter_map(|(n, t)| t.as_ref().map(|t| (n, t)))
+            .collect()
+    }
+    fn backward_flops(&self, needs: &[bool]) -> u64 {
+        // One conv-sized GEMM per needed input or weight gradient; the bias
+        // gradient is a reduction and not counted (see `flops`).
+        let gemms = needs.iter().take(2).filter(|&&n| n).count() as u64;
+        2 * gemms * self.geometry.macs()
+    }
     fn backward(
         self: Box<Self>,
         grad_output: &Tensor,

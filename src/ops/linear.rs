@@ -93,6 +93,16 @@ impl BackwardOp for LinearBackward {
             &["input", "weight"]
         }
     }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        [("input", &self.input), ("weight", &self.weight)]
+            .into_iter()
+            .filter_map(|(n, t)| t.as_ref().map(|t| (n, t)))
+            .collect()
+    }
+    fn backward_flops(&self, needs: &[bool]) -> u64 {
+        let gemms = needs.iter().take(2).filter(|&&n| n).count() as u64;
+        2 * gemms * (self.rows * self.in_features * self.out_features) as u64
+    }
     fn backward(
         self: Box<Self>,
         grad_output: &Tensor,

@@ -70,6 +70,9 @@ impl BackwardOp for LogSoftmaxBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        vec![("result", &self.output)]
+    }
     fn backward(
         self: Box<Self>,
         grad_output: &Tensor,
@@ -99,6 +102,9 @@ impl BackwardOp for NllLossBackward {
     }
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
+    }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        vec![("target", &self.labels)]
     }
     fn backward(
         self: Box<Self>,

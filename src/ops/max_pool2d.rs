@@ -60,6 +60,9 @@ impl BackwardOp for MaxPool2DWithIndicesBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        self.indices.iter().map(|t| ("indices", t)).collect()
+    }
     fn backward(
         self: Box<Self>,
         grad_output: &Tensor,

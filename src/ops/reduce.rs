@@ -58,6 +58,9 @@ impl BackwardOp for SumBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        Vec::new()
+    }
     fn backward(
         self: Box<Self>,
         grad_output: &Tensor,

@@ -30,6 +30,9 @@ impl BackwardOp for ReluBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        vec![("result", &self.output)]
+    }
     fn backward(
         self: Box<Self>,
         grad_output: &Tensor,

@@ -46,6 +46,9 @@ impl BackwardOp for ViewBackward {
     fn input_names(&self) -> &'static [&'static str] {
         &["input"]
     }
+    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
+        Vec::new()
+    }
     fn backward(
         self: Box<Self>,
         grad_output: &Tensor,

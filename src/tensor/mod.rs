@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLockReadGuard, RwLockWriteGuard};
 
 use memory::TrackedStorage;
 
-use crate::autograd::{self, BackwardStats, GradFn, Node};
+use crate::autograd::{self, BackwardStats, GradFn, GradHookFn, Graph, HookHandle, HookList, Node};
 use crate::backend::BackendStorage;
 use crate::core_types::HostData;
 use crate::error::{Error, Result};
@@ -38,6 +38,8 @@ struct TensorImpl {
     /// For a leaf: the user's flag. For an op's output: true iff it has a `grad_fn`.
     requires_grad: AtomicBool,
     grad: Mutex<Option<Tensor>>,
+    /// [`Tensor::register_hook`] on a leaf (an op output's hooks live on its node).
+    hooks: HookList<GradHookFn>,
     /// The backward node that produced this tensor; `None` for leaves and for
     /// outputs of ops none of whose inputs required a gradient.
     grad_fn: Option<Arc<Node>>,
@@ -111,6 +113,7 @@ impl Tensor {
                 device,
                 requires_grad: AtomicBool::new(requires_grad),
                 grad: Mutex::new(None),
+                hooks: HookList::default(),
                 grad_fn,
             }),
         }
@@ -144,6 +147,11 @@ impl Tensor {
     /// True when two handles share one storage (e.g. a tensor and its reshape).
     pub fn shares_storage_with(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.inner.storage, &other.inner.storage)
+    }
+
+    /// Identifies the storage, so that bytes held by several views count once.
+    pub(crate) fn storage_key(&self) -> usize {
+        Arc::as_ptr(&self.inner.storage) as usize
     }
 
     /// The shape as `[n, c, h, w]`, or an error naming `op` for another rank.
@@ -343,6 +351,40 @@ impl Tensor {
             None,
             false,
         )
+    }
+
+    /// PyTorch's `tensor.register_hook(hook)`: during each backward pass,
+    /// `hook(grad)` is called once with this tensor's gradient (for a leaf,
+    /// the sum of all contributions, before it is added to `.grad`).
+    /// Returning `Some(g)` replaces the gradient with `g` (same shape,
+    /// dtype and device) for everything downstream. Hooks run in
+    /// registration order with grad mode off. An error for a tensor that
+    /// does not require a gradient, as in PyTorch.
+    pub fn register_hook(
+        &self,
+        hook: impl FnMut(&Tensor) -> Result<Option<Tensor>> + Send + 'static,
+    ) -> Result<HookHandle> {
+        if !self.requires_grad() {
+            return Err(Error::Autograd(
+                "cannot register a hook on a tensor that doesn't require a gradient".into(),
+            ));
+        }
+        Ok(match &self.inner.grad_fn {
+            Some(node) => node.tensor_hooks.push(Box::new(hook)),
+            None => self.inner.hooks.push(Box::new(hook)),
+        })
+    }
+
+    pub(crate) fn hooks(&self) -> &HookList<GradHookFn> {
+        &self.inner.hooks
+    }
+
+    /// The backward graph reachable from this tensor, as data: every node
+    /// with PyTorch's `grad_fn` name, where each input's gradient goes or
+    /// that it will be skipped, and what the node saved. Empty when the
+    /// tensor does not require a gradient. See [`Graph`].
+    pub fn graph(&self) -> Graph {
+        autograd::inspect_graph(self)
     }
 
     /// Runs reverse-mode autodiff from this one-element tensor, accumulating

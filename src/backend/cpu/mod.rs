@@ -3,8 +3,9 @@
 //!
 //! This file is only the [`BackendStorage`] impl: it unwraps the dtypes and
 //! delegates to one kernel module per family ([`conv`], [`batch_norm`],
-//! [`pool`], [`loss`], [`sgd`], [`elementwise`], [`gemm`]), each of which
-//! validates buffer lengths against the geometry before computing.
+//! [`pool`], [`loss`], [`sgd`], [`elementwise`], [`gemm`]) after running
+//! the family's argument check from `backend::check`, which the CUDA
+//! backend shares; the kernels index the validated buffers directly.
 
 use crate::backend::{
     AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormOutput, BatchNormParams,
@@ -14,8 +15,9 @@ use crate::backend::{
 use crate::core_types::{DType, Device, HostData};
 use crate::error::{Error, Result};
 
-// The length and size checks shared with the CUDA backend; the kernels
-// reach them as `super::check`.
+// The argument checks shared with the CUDA backend: every method below
+// runs its family's check before a kernel touches a buffer, so the kernels
+// index without re-checking.
 use super::check;
 
 mod batch_norm;
@@ -87,25 +89,31 @@ impl BackendStorage for CpuStorage {
     }
 
     fn add(&self, rhs: &Self) -> Result<Self> {
+        check::binary("add", self, rhs)?;
         let op = "add";
         Ok(F32(elementwise::add(self.as_f32(op)?, rhs.as_f32(op)?)?))
     }
     fn scale(&self, factor: f32) -> Result<Self> {
+        check::unary("scale", self)?;
         Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)))
     }
     fn sum_all(&self) -> Result<Self> {
+        check::unary("sum", self)?;
         Ok(F32(vec![elementwise::sum_all(self.as_f32("sum")?)]))
     }
     fn broadcast_scalar(&self, len: usize) -> Result<Self> {
+        check::broadcast_scalar(self)?;
         Ok(F32(elementwise::broadcast_scalar(
             self.as_f32("broadcast_scalar")?,
             len,
         )?))
     }
     fn relu(&self) -> Result<Self> {
+        check::unary("relu", self)?;
         Ok(F32(elementwise::relu(self.as_f32("relu")?)))
     }
     fn relu_backward(&self, output: &Self) -> Result<Self> {
+        check::binary("relu_backward", self, output)?;
         let op = "relu_backward";
         Ok(F32(elementwise::relu_backward(
             self.as_f32(op)?,
@@ -122,6 +130,7 @@ impl BackendStorage for CpuStorage {
         rhs_transposed: bool,
     ) -> Result<Self> {
         let op = "matmul";
+        check::matmul(self, rhs, m, k, n)?;
         let (a, b) = (self.as_f32(op)?, rhs.as_f32(op)?);
         Ok(F32(gemm::matmul(
             a,
@@ -134,23 +143,21 @@ impl BackendStorage for CpuStorage {
         )?))
     }
     fn add_row_vector(&self, row: &Self, rows: usize, cols: usize) -> Result<Self> {
+        check::add_row_vector(self, row, rows, cols)?;
         let op = "add_row_vector";
         Ok(F32(elementwise::add_row_vector(
             self.as_f32(op)?,
             row.as_f32(op)?,
-            rows,
             cols,
         )?))
     }
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
-        Ok(F32(elementwise::sum_rows(
-            self.as_f32("sum_rows")?,
-            rows,
-            cols,
-        )?))
+        check::sum_rows(self, rows, cols)?;
+        Ok(F32(elementwise::sum_rows(self.as_f32("sum_rows")?, cols)?))
     }
 
     fn conv2d(&self, weight: &Self, bias: Option<&Self>, g: &Conv2dGeometry) -> Result<Self> {
+        check::conv2d(self, weight, bias, g)?;
         let op = "conv2d";
         let bias = bias.map(|b| b.as_f32(op)).transpose()?;
         Ok(F32(conv::conv2d(
@@ -161,6 +168,7 @@ impl BackendStorage for CpuStorage {
         )?))
     }
     fn conv2d_input_grad(&self, weight: &Self, g: &Conv2dGeometry) -> Result<Self> {
+        check::conv2d_input_grad(self, weight, g)?;
         let op = "conv2d_input_grad";
         Ok(F32(conv::conv2d_input_grad(
             self.as_f32(op)?,
@@ -169,6 +177,7 @@ impl BackendStorage for CpuStorage {
         )?))
     }
     fn conv2d_weight_grad(&self, input: &Self, g: &Conv2dGeometry) -> Result<Self> {
+        check::conv2d_weight_grad(self, input, g)?;
         let op = "conv2d_weight_grad";
         Ok(F32(conv::conv2d_weight_grad(
             self.as_f32(op)?,
@@ -177,6 +186,7 @@ impl BackendStorage for CpuStorage {
         )?))
     }
     fn channel_sums(&self, g: &BatchNormGeometry) -> Result<Self> {
+        check::channel_sums(self, g)?;
         Ok(F32(batch_norm::channel_sums(
             self.as_f32("channel_sums")?,
             g,
@@ -190,6 +200,7 @@ impl BackendStorage for CpuStorage {
         stats: BatchNormStats<'_, Self>,
         p: &BatchNormParams,
     ) -> Result<BatchNormOutput<Self>> {
+        check::batch_norm(self, weight, bias, &stats, p)?;
         let op = "batch_norm";
         let weight = weight.map(|w| w.as_f32(op)).transpose()?;
         let bias = bias.map(|b| b.as_f32(op)).transpose()?;
@@ -223,6 +234,7 @@ impl BackendStorage for CpuStorage {
         p: &BatchNormParams,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
+        check::batch_norm_backward(self, saved, p, needs)?;
         let op = "batch_norm_backward";
         let relu_output = match p.epilogue {
             Epilogue::None => None,
@@ -256,6 +268,7 @@ impl BackendStorage for CpuStorage {
         momentum: f32,
         count: usize,
     ) -> Result<()> {
+        check::update_running_stats(self, running_var, batch_mean, batch_var, count)?;
         let op = "update_running_stats";
         batch_norm::update_running_stats(
             self.as_f32_mut(op)?,
@@ -267,14 +280,17 @@ impl BackendStorage for CpuStorage {
         )
     }
     fn inv_std(&self, eps: f32) -> Result<Self> {
+        check::unary("inv_std", self)?;
         Ok(F32(elementwise::inv_std(self.as_f32("inv_std")?, eps)))
     }
 
     fn max_pool2d(&self, g: &Pool2dGeometry) -> Result<(Self, Self)> {
+        check::max_pool2d(self, g)?;
         let (values, indices) = pool::max_pool2d(self.as_f32("max_pool2d")?, g)?;
         Ok((F32(values), CpuStorage::I64(indices)))
     }
     fn max_pool2d_backward(&self, indices: &Self, g: &Pool2dGeometry) -> Result<Self> {
+        check::max_pool2d_backward(self, indices, g)?;
         let op = "max_pool2d_backward";
         Ok(F32(pool::max_pool2d_backward(
             self.as_f32(op)?,
@@ -283,12 +299,14 @@ impl BackendStorage for CpuStorage {
         )?))
     }
     fn adaptive_avg_pool2d(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
+        check::adaptive_avg_pool2d(self, g)?;
         Ok(F32(pool::adaptive_avg_pool2d(
             self.as_f32("adaptive_avg_pool2d")?,
             g,
         )?))
     }
     fn adaptive_avg_pool2d_backward(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
+        check::adaptive_avg_pool2d_backward(self, g)?;
         let op = "adaptive_avg_pool2d_backward";
         Ok(F32(pool::adaptive_avg_pool2d_backward(
             self.as_f32(op)?,
@@ -297,22 +315,20 @@ impl BackendStorage for CpuStorage {
     }
 
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
-        Ok(F32(loss::log_softmax(
-            self.as_f32("log_softmax")?,
-            rows,
-            cols,
-        )?))
+        check::log_softmax(self, rows, cols)?;
+        Ok(F32(loss::log_softmax(self.as_f32("log_softmax")?, cols)?))
     }
     fn log_softmax_backward(&self, output: &Self, rows: usize, cols: usize) -> Result<Self> {
+        check::log_softmax_backward(self, output, rows, cols)?;
         let op = "log_softmax_backward";
         Ok(F32(loss::log_softmax_backward(
             self.as_f32(op)?,
             output.as_f32(op)?,
-            rows,
             cols,
         )?))
     }
     fn nll_loss(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
+        check::nll_loss(self, labels, rows, cols)?;
         let op = "nll_loss";
         Ok(F32(vec![loss::nll_loss(
             self.as_f32(op)?,
@@ -322,6 +338,7 @@ impl BackendStorage for CpuStorage {
         )?]))
     }
     fn nll_loss_backward(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
+        check::nll_loss_backward(self, labels, rows, cols)?;
         let op = "nll_loss_backward";
         Ok(F32(loss::nll_loss_backward(
             self.as_f32(op)?,
@@ -338,6 +355,7 @@ impl BackendStorage for CpuStorage {
         cfg: &SgdConfig,
         initialize_buffer: bool,
     ) -> Result<()> {
+        check::sgd_step(self, grad, momentum_buffer.as_deref(), cfg)?;
         let op = "sgd_step";
         let buffer = momentum_buffer.map(|b| b.as_f32_mut(op)).transpose()?;
         sgd::sgd_step(

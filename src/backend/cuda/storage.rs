@@ -13,9 +13,9 @@ use super::device::{self, CudaDevice};
 use super::module_cache::KernelFile;
 use crate::backend::cpu::CpuStorage;
 use crate::backend::{
-    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormOutput, BatchNormParams,
-    BatchNormSaved, BatchNormStats, BatchStats, Conv2dGeometry, Epilogue, Pool2dGeometry,
-    SgdConfig,
+    check, AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormOutput,
+    BatchNormParams, BatchNormSaved, BatchNormStats, BatchStats, Conv2dGeometry, Epilogue,
+    Pool2dGeometry, SgdConfig,
 };
 use crate::core_types::{DType, Device};
 use crate::error::{Error, Result};
@@ -210,12 +210,6 @@ impl CudaStorage {
         }
     }
 
-    /// The f32 data, checked to hold `expected` elements.
-    fn f32_len(&self, op: &'static str, what: &str, expected: usize) -> Result<&CudaSlice<f32>> {
-        check_len(op, what, self.len, expected)?;
-        self.f32(op)
-    }
-
     /// Same device check for an argument (two CUDA ordinals can differ).
     fn same_device(&self, op: &'static str, other: &Self) -> Result<()> {
         if self.device.ordinal() != other.device.ordinal() {
@@ -228,15 +222,11 @@ impl CudaStorage {
         Ok(())
     }
 
-    fn arg<'a>(
-        &self,
-        op: &'static str,
-        what: &str,
-        other: &'a Self,
-        expected: usize,
-    ) -> Result<&'a CudaSlice<f32>> {
+    /// An f32 argument's data, after checking that it is on this GPU
+    /// (dtype and length were checked by `backend::check`).
+    fn arg<'a>(&self, op: &'static str, other: &'a Self) -> Result<&'a CudaSlice<f32>> {
         self.same_device(op, other)?;
-        other.f32_len(op, what, expected)
+        other.f32(op)
     }
 
     /// Queues the weight-gradient GEMM writing `dest` ([splits, O, C*KH*KW]).
@@ -290,16 +280,6 @@ fn uninit<T: DeviceRepr>(
     // elements before the buffer is read (the padding element of an empty
     // buffer is never read).
     unsafe { device.stream().alloc::<T>(len.max(1)) }.map_err(|e| driver_err(op, e))
-}
-
-fn check_len(op: &'static str, what: &str, got: usize, expected: usize) -> Result<()> {
-    if got != expected {
-        return Err(Error::shape(
-            op,
-            format!("{what} has {got} elements, expected {expected}"),
-        ));
-    }
-    Ok(())
 }
 
 /// Whether the tiled kernels may read `buf` with 16-byte (`float4`) loads
@@ -433,8 +413,9 @@ impl BackendStorage for CudaStorage {
     // ----- elementwise and reductions --------------------------------------
     fn add(&self, rhs: &Self) -> Result<Self> {
         let op = "add";
+        check::binary(op, self, rhs)?;
         let a = self.f32(op)?;
-        let b = self.arg(op, "rhs", rhs, self.len)?;
+        let b = self.arg(op, rhs)?;
         let n = int(op, self.len)?;
         let mut out = self.output(self.len, op)?;
         launch!(
@@ -448,6 +429,7 @@ impl BackendStorage for CudaStorage {
     }
     fn scale(&self, factor: f32) -> Result<Self> {
         let op = "scale";
+        check::unary(op, self)?;
         let a = self.f32(op)?;
         let n = int(op, self.len)?;
         let mut out = self.output(self.len, op)?;
@@ -462,6 +444,7 @@ impl BackendStorage for CudaStorage {
     }
     fn sum_all(&self) -> Result<Self> {
         let op = "sum";
+        check::unary(op, self)?;
         let x = self.f32(op)?;
         let n = int(op, self.len)?;
         // Two deterministic levels: up to 256 block partials, then one block.
@@ -502,7 +485,8 @@ impl BackendStorage for CudaStorage {
     }
     fn broadcast_scalar(&self, len: usize) -> Result<Self> {
         let op = "broadcast_scalar";
-        let v = self.f32_len(op, "scalar", 1)?;
+        check::broadcast_scalar(self)?;
+        let v = self.f32(op)?;
         let n = int(op, len)?;
         let mut out = self.output(len, op)?;
         launch!(
@@ -516,6 +500,7 @@ impl BackendStorage for CudaStorage {
     }
     fn relu(&self) -> Result<Self> {
         let op = "relu";
+        check::unary(op, self)?;
         let x = self.f32(op)?;
         let n = int(op, self.len)?;
         let mut out = self.output(self.len, op)?;
@@ -530,8 +515,9 @@ impl BackendStorage for CudaStorage {
     }
     fn relu_backward(&self, output: &Self) -> Result<Self> {
         let op = "relu_backward";
+        check::binary(op, self, output)?;
         let dy = self.f32(op)?;
-        let y = self.arg(op, "forward output", output, self.len)?;
+        let y = self.arg(op, output)?;
         let n = int(op, self.len)?;
         let mut out = self.output(self.len, op)?;
         launch!(
@@ -555,8 +541,9 @@ impl BackendStorage for CudaStorage {
         rhs_transposed: bool,
     ) -> Result<Self> {
         let op = "matmul";
-        let a = self.f32_len(op, "lhs", m * k)?;
-        let b = self.arg(op, "rhs", rhs, k * n)?;
+        check::matmul(self, rhs, m, k, n)?;
+        let a = self.f32(op)?;
+        let b = self.arg(op, rhs)?;
         let (mi, ni, ki) = (int(op, m)?, int(op, n)?, int(op, k)?);
         int(op, m * n)?;
         let mut out = self.output(m * n, op)?;
@@ -599,8 +586,9 @@ impl BackendStorage for CudaStorage {
     }
     fn add_row_vector(&self, row: &Self, rows: usize, cols: usize) -> Result<Self> {
         let op = "add_row_vector";
-        let x = self.f32_len(op, "matrix", rows * cols)?;
-        let r = self.arg(op, "row vector", row, cols)?;
+        check::add_row_vector(self, row, rows, cols)?;
+        let x = self.f32(op)?;
+        let r = self.arg(op, row)?;
         let (ri, ci) = (int(op, rows)?, int(op, cols)?);
         let mut out = self.output(rows * cols, op)?;
         let cfg = LaunchConfig {
@@ -623,7 +611,8 @@ impl BackendStorage for CudaStorage {
     }
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
         let op = "sum_rows";
-        let x = self.f32_len(op, "matrix", rows * cols)?;
+        check::sum_rows(self, rows, cols)?;
+        let x = self.f32(op)?;
         let (ri, ci) = (int(op, rows)?, int(op, cols)?);
         let mut out = self.output(cols, op)?;
         let cfg = LaunchConfig {
@@ -644,11 +633,12 @@ impl BackendStorage for CudaStorage {
     // ----- convolution -----------------------------------------------------
     fn conv2d(&self, weight: &Self, bias: Option<&Self>, g: &Conv2dGeometry) -> Result<Self> {
         let op = "conv2d";
+        check::conv2d(self, weight, bias, g)?;
         conv_sizes_fit(g)?;
-        let x = self.f32_len(op, "input", g.input_shape().iter().product())?;
-        let w = self.arg(op, "weight", weight, g.weight_shape().iter().product())?;
+        let x = self.f32(op)?;
+        let w = self.arg(op, weight)?;
         let b = match bias {
-            Some(b) => Some(self.arg(op, "bias", b, g.out_channels)?),
+            Some(b) => Some(self.arg(op, b)?),
             None => None,
         };
         let has_bias = flag(b.is_some());
@@ -676,9 +666,10 @@ impl BackendStorage for CudaStorage {
     }
     fn conv2d_input_grad(&self, weight: &Self, g: &Conv2dGeometry) -> Result<Self> {
         let op = "conv2d_input_grad";
+        check::conv2d_input_grad(self, weight, g)?;
         conv_sizes_fit(g)?;
-        let dy = self.f32_len(op, "output gradient", g.output_shape().iter().product())?;
-        let w = self.arg(op, "weight", weight, g.weight_shape().iter().product())?;
+        let dy = self.f32(op)?;
+        let w = self.arg(op, weight)?;
         let c = ConvArgs::new(g)?.0;
         let out_len: usize = g.input_shape().iter().product();
         let q = g.batch * g.in_h * g.in_w;
@@ -715,9 +706,10 @@ impl BackendStorage for CudaStorage {
     }
     fn conv2d_weight_grad(&self, input: &Self, g: &Conv2dGeometry) -> Result<Self> {
         let op = "conv2d_weight_grad";
+        check::conv2d_weight_grad(self, input, g)?;
         conv_sizes_fit(g)?;
-        let dy = self.f32_len(op, "output gradient", g.output_shape().iter().product())?;
-        let x = self.arg(op, "input", input, g.input_shape().iter().product())?;
+        let dy = self.f32(op)?;
+        let x = self.arg(op, input)?;
         let k_total = g.in_channels * g.kernel_h * g.kernel_w;
         let out_len = g.out_channels * k_total;
         let (chunk, splits) = weight_grad_splits(g, self.device.multiprocessors());
@@ -743,7 +735,8 @@ impl BackendStorage for CudaStorage {
     }
     fn channel_sums(&self, g: &BatchNormGeometry) -> Result<Self> {
         let op = "channel_sums";
-        let x = self.f32_len(op, "input", g.numel())?;
+        check::channel_sums(self, g)?;
+        let x = self.f32(op)?;
         let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
         int(op, g.numel())?;
         let mut out = self.output(g.channels, op)?;
@@ -765,6 +758,7 @@ impl BackendStorage for CudaStorage {
         stats: BatchNormStats<'_, Self>,
         p: &BatchNormParams,
     ) -> Result<BatchNormOutput<Self>> {
+        check::batch_norm(self, weight, bias, &stats, p)?;
         let fuse_relu = p.epilogue == Epilogue::Relu;
         match stats {
             BatchNormStats::Batch => self.bn_train(weight, bias, &p.geometry, p.eps, fuse_relu),
@@ -780,6 +774,7 @@ impl BackendStorage for CudaStorage {
         p: &BatchNormParams,
         needs: [bool; 3],
     ) -> Result<[Option<Self>; 3]> {
+        check::batch_norm_backward(self, saved, p, needs)?;
         self.bn_backward(saved, p, needs)
     }
     fn update_running_stats(
@@ -790,18 +785,12 @@ impl BackendStorage for CudaStorage {
         momentum: f32,
         count: usize,
     ) -> Result<()> {
-        let op = "batch_norm";
+        let op = "update_running_stats";
+        check::update_running_stats(self, running_var, batch_mean, batch_var, count)?;
         let channels = self.len;
-        let mean = self.arg(op, "batch mean", batch_mean, channels)?;
-        let var = self.arg(op, "batch var", batch_var, channels)?;
+        let mean = self.arg(op, batch_mean)?;
+        let var = self.arg(op, batch_var)?;
         self.same_device(op, running_var)?;
-        check_len(op, "running_var", running_var.len, channels)?;
-        if count < 2 {
-            return Err(Error::invalid(
-                op,
-                "the unbiased variance needs at least 2 values per channel",
-            ));
-        }
         let unbias = count as f32 / (count - 1) as f32;
         let c = int(op, channels)?;
         let device = self.device.clone();
@@ -818,6 +807,7 @@ impl BackendStorage for CudaStorage {
     }
     fn inv_std(&self, eps: f32) -> Result<Self> {
         let op = "inv_std";
+        check::unary(op, self)?;
         let x = self.f32(op)?;
         let n = int(op, self.len)?;
         let mut out = self.output(self.len, op)?;
@@ -834,7 +824,8 @@ impl BackendStorage for CudaStorage {
     // ----- pooling ---------------------------------------------------------
     fn max_pool2d(&self, g: &Pool2dGeometry) -> Result<(Self, Self)> {
         let op = "max_pool2d";
-        let x = self.f32_len(op, "input", g.input_shape().iter().product())?;
+        check::max_pool2d(self, g)?;
+        let x = self.f32(op)?;
         let out_len: usize = g.output_shape().iter().product();
         int(op, out_len)?;
         int(op, self.len)?;
@@ -860,11 +851,10 @@ impl BackendStorage for CudaStorage {
     }
     fn max_pool2d_backward(&self, indices: &Self, g: &Pool2dGeometry) -> Result<Self> {
         let op = "max_pool2d_backward";
-        let out_len: usize = g.output_shape().iter().product();
+        check::max_pool2d_backward(self, indices, g)?;
         let in_len: usize = g.input_shape().iter().product();
-        let dy = self.f32_len(op, "output gradient", out_len)?;
+        let dy = self.f32(op)?;
         self.same_device(op, indices)?;
-        check_len(op, "indices", indices.len, out_len)?;
         let idx = indices.i64(op)?;
         int(op, in_len)?;
         let a = pool_args(g)?;
@@ -883,9 +873,10 @@ impl BackendStorage for CudaStorage {
     }
     fn adaptive_avg_pool2d(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
         let op = "adaptive_avg_pool2d";
+        check::adaptive_avg_pool2d(self, g)?;
         let in_len: usize = g.input_shape().iter().product();
         let out_len: usize = g.output_shape().iter().product();
-        let x = self.f32_len(op, "input", in_len)?;
+        let x = self.f32(op)?;
         int(op, in_len)?;
         int(op, out_len)?;
         let (p, h, w, oh, ow) = (
@@ -907,9 +898,9 @@ impl BackendStorage for CudaStorage {
     }
     fn adaptive_avg_pool2d_backward(&self, g: &AdaptivePool2dGeometry) -> Result<Self> {
         let op = "adaptive_avg_pool2d_backward";
+        check::adaptive_avg_pool2d_backward(self, g)?;
         let in_len: usize = g.input_shape().iter().product();
-        let out_len: usize = g.output_shape().iter().product();
-        let dy = self.f32_len(op, "output gradient", out_len)?;
+        let dy = self.f32(op)?;
         int(op, in_len)?;
         let (p, h, w, oh, ow) = (
             int(op, g.batch * g.channels)?,
@@ -932,7 +923,8 @@ impl BackendStorage for CudaStorage {
     // ----- loss ------------------------------------------------------------
     fn log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
         let op = "log_softmax";
-        let x = self.f32_len(op, "input", rows * cols)?;
+        check::log_softmax(self, rows, cols)?;
+        let x = self.f32(op)?;
         int(op, rows * cols)?;
         let ci = int(op, cols)?;
         let mut out = self.output(rows * cols, op)?;
@@ -949,8 +941,9 @@ impl BackendStorage for CudaStorage {
     }
     fn log_softmax_backward(&self, output: &Self, rows: usize, cols: usize) -> Result<Self> {
         let op = "log_softmax_backward";
-        let dy = self.f32_len(op, "output gradient", rows * cols)?;
-        let y = self.arg(op, "forward output", output, rows * cols)?;
+        check::log_softmax_backward(self, output, rows, cols)?;
+        let dy = self.f32(op)?;
+        let y = self.arg(op, output)?;
         int(op, rows * cols)?;
         let ci = int(op, cols)?;
         let mut out = self.output(rows * cols, op)?;
@@ -967,8 +960,9 @@ impl BackendStorage for CudaStorage {
     }
     fn nll_loss(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
         let op = "nll_loss";
-        let logp = self.f32_len(op, "log-probabilities", rows * cols)?;
-        let lab = checked_labels(op, self, labels, rows, cols)?;
+        check::nll_loss(self, labels, rows, cols)?;
+        let logp = self.f32(op)?;
+        let lab = checked_labels(op, self, labels, cols)?;
         if rows == 0 {
             return Err(Error::invalid(op, "mean over an empty batch"));
         }
@@ -985,8 +979,9 @@ impl BackendStorage for CudaStorage {
     }
     fn nll_loss_backward(&self, labels: &Self, rows: usize, cols: usize) -> Result<Self> {
         let op = "nll_loss_backward";
-        let g = self.f32_len(op, "loss gradient", 1)?;
-        let lab = checked_labels(op, self, labels, rows, cols)?;
+        check::nll_loss_backward(self, labels, rows, cols)?;
+        let g = self.f32(op)?;
+        let lab = checked_labels(op, self, labels, cols)?;
         int(op, rows * cols)?;
         let (ri, ci) = (int(op, rows)?, int(op, cols)?);
         let mut out = self.output(rows * cols, op)?;
@@ -1008,10 +1003,13 @@ impl BackendStorage for CudaStorage {
         cfg: &SgdConfig,
         initialize_buffer: bool,
     ) -> Result<()> {
-        let op = "sgd";
+        let op = "sgd_step";
+        check::sgd_step(self, grad, momentum_buffer.as_deref(), cfg)?;
+        // Without momentum the buffer is not used (as on the CPU).
+        let momentum_buffer = momentum_buffer.filter(|_| cfg.momentum != 0.0);
         let len = self.len;
         let n = int(op, len)?;
-        let g = self.arg(op, "gradient", grad, len)?;
+        let g = self.arg(op, grad)?;
         let device = self.device.clone();
         let has_momentum = flag(momentum_buffer.is_some());
         let (init, nesterov) = (flag(initialize_buffer), flag(cfg.nesterov));
@@ -1019,7 +1017,6 @@ impl BackendStorage for CudaStorage {
         match momentum_buffer {
             Some(buf) => {
                 self.same_device(op, buf)?;
-                check_len(op, "momentum buffer", buf.len, len)?;
                 let b = buf.f32_mut(op)?;
                 let p = self.f32_mut(op)?;
                 launch!(
@@ -1076,24 +1073,11 @@ fn checked_labels<'a>(
     op: &'static str,
     lhs: &CudaStorage,
     labels: &'a CudaStorage,
-    rows: usize,
     cols: usize,
 ) -> Result<&'a CudaSlice<i64>> {
     lhs.same_device(op, labels)?;
-    check_len(op, "labels", labels.len, rows)?;
     let slice = labels.i64(op)?;
-    if let CpuStorage::I64(host) = labels.to_cpu()? {
-        if let Some((r, &bad)) = host
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l < 0 || l as u64 >= cols as u64)
-        {
-            return Err(Error::invalid(
-                op,
-                format!("label {bad} at row {r} is outside 0..{cols}"),
-            ));
-        }
-    }
+    check::labels_in_range(op, labels.to_cpu()?.as_i64(op)?, cols)?;
     Ok(slice)
 }
 
@@ -1125,16 +1109,12 @@ impl CudaStorage {
         fuse_relu: bool,
     ) -> Result<BatchNormOutput<Self>> {
         let op = "batch_norm";
-        let x = self.f32_len(op, "input", g.numel())?;
+        let x = self.f32(op)?;
         int(op, g.numel())?;
         let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
         let planes = int(op, g.batch * g.channels)?;
-        let w = weight
-            .map(|w| self.arg(op, "weight", w, g.channels))
-            .transpose()?;
-        let b = bias
-            .map(|b| self.arg(op, "bias", b, g.channels))
-            .transpose()?;
+        let w = weight.map(|w| self.arg(op, w)).transpose()?;
+        let b = bias.map(|b| self.arg(op, b)).transpose()?;
         let mut mean = self.output(g.channels, op)?;
         let mut var = self.output(g.channels, op)?;
         let mut invstd = self.output(g.channels, op)?;
@@ -1179,18 +1159,14 @@ impl CudaStorage {
         fuse_relu: bool,
     ) -> Result<Self> {
         let op = "batch_norm";
-        let x = self.f32_len(op, "input", g.numel())?;
+        let x = self.f32(op)?;
         int(op, g.numel())?;
         let (c, s) = (int(op, g.channels)?, int(op, g.spatial)?);
         let planes = int(op, g.batch * g.channels)?;
-        let rm = self.arg(op, "running_mean", running_mean, g.channels)?;
-        let rv = self.arg(op, "running_var", running_var, g.channels)?;
-        let w = weight
-            .map(|w| self.arg(op, "weight", w, g.channels))
-            .transpose()?;
-        let b = bias
-            .map(|b| self.arg(op, "bias", b, g.channels))
-            .transpose()?;
+        let rm = self.arg(op, running_mean)?;
+        let rv = self.arg(op, running_var)?;
+        let w = weight.map(|w| self.arg(op, w)).transpose()?;
+        let b = bias.map(|b| self.arg(op, b)).transpose()?;
         let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
         let fuse = flag(fuse_relu);
         let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
@@ -1215,35 +1191,29 @@ impl CudaStorage {
         let op = "batch_norm_backward";
         let (g, training) = (&p.geometry, saved.batch_stats);
         let [need_dx, need_dw, need_db] = needs;
-        let dy = self.f32_len(op, "output gradient", g.numel())?;
+        let dy = self.f32(op)?;
         let mask = flag(p.epilogue == Epilogue::Relu);
         // Without the fused ReLU the mask is never read; pass dy.
         let y = match p.epilogue {
-            Epilogue::Relu => {
-                let y = saved.output.ok_or_else(|| {
-                    Error::invalid(op, "the ReLU epilogue needs the forward output")
-                })?;
-                self.arg(op, "relu output", y, g.numel())?
-            }
+            Epilogue::Relu => match saved.output {
+                Some(y) => self.arg(op, y)?,
+                None => dy,
+            },
             Epilogue::None => dy,
         };
         int(op, g.numel())?;
         let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
         let planes = int(op, g.batch * g.channels)?;
-        let mean = self.arg(op, "mean", saved.mean, g.channels)?;
-        let invstd = self.arg(op, "invstd", saved.invstd, g.channels)?;
-        let w = saved
-            .weight
-            .map(|w| self.arg(op, "weight", w, g.channels))
-            .transpose()?;
+        let mean = self.arg(op, saved.mean)?;
+        let invstd = self.arg(op, saved.invstd)?;
+        let w = saved.weight.map(|w| self.arg(op, w)).transpose()?;
         let has_w = flag(w.is_some());
         let w = w.unwrap_or(mean);
 
         // x̂ is read only for dγ, and for dx in training mode.
         let need_xhat = need_dw || (need_dx && training);
         let x = match saved.input {
-            Some(x) if need_xhat => Some(self.arg(op, "input", x, g.numel())?),
-            None if need_xhat => return Err(crate::backend::check::unsaved_input(op)),
+            Some(x) if need_xhat => Some(self.arg(op, x)?),
             _ => None,
         };
         // Per-channel sums: dβ = Σdy, dγ = Σdy·x̂; training-mode dx needs both.

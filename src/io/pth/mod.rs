@@ -28,6 +28,8 @@ pub use globals::StorageDtype;
 pub use rebuild::MAX_BROADCAST_ELEMENTS;
 
 use crate::error::{Error, Result};
+use crate::io::files::{self, Role};
+use crate::io::format::{self, Format};
 use crate::io::StateDict;
 
 /// Which container a checkpoint came in.
@@ -55,38 +57,48 @@ pub(crate) fn checkpoint_error(msg: impl Into<String>) -> Error {
 
 /// Reads a checkpoint file. Errors carry the path.
 pub fn load_pth(path: &Path) -> Result<PthCheckpoint> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    read_pth(&bytes).map_err(|e| Error::WeightsFile {
-        path: path.display().to_string(),
-        msg: match e {
-            Error::Checkpoint(msg) => msg,
-            other => other.to_string(),
-        },
+    load_pth_as(path, Role::FILE)
+}
+
+/// [`load_pth`], with errors naming the file's role.
+pub fn load_pth_as(path: &Path, role: Role) -> Result<PthCheckpoint> {
+    let bytes = files::read(path, role)?;
+    read_pth(&bytes).map_err(|e| {
+        role.error(
+            path,
+            match e {
+                Error::Checkpoint(msg) => msg,
+                other => other.to_string(),
+            },
+        )
     })
 }
 
-/// Reads a checkpoint held in memory.
+/// Reads a checkpoint held in memory. The container is recognised by its
+/// structure ([`crate::io::format`]), never by one byte.
 pub fn read_pth(bytes: &[u8]) -> Result<PthCheckpoint> {
-    if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(bytes)
-    } else if bytes.first() == Some(&0x80) {
-        let (pickle, storages) = legacy::read(bytes)?;
-        build(&pickle, &storages, bytes.len(), PthFormat::Legacy)
-    } else if bytes.get(257..262) == Some(b"ustar") {
-        Err(checkpoint_error(
+    match format::detect(bytes) {
+        Format::Zip => read_zip(bytes),
+        Format::Pickle { .. } => {
+            let (pickle, storages) = legacy::read(bytes)?;
+            build(&pickle, &storages, bytes.len(), PthFormat::Legacy)
+        }
+        Format::Tar => Err(checkpoint_error(
             "a tar archive: the format of PyTorch before 0.1.10 is not supported; \
              load and re-save it with a newer PyTorch",
-        ))
-    } else {
-        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
-        Err(checkpoint_error(format!(
-            "not a PyTorch checkpoint: it starts with bytes [{}], neither a zip archive \
-             (torch.save since 1.6) nor a pickle (the legacy format)",
-            head.join(" ")
-        )))
+        )),
+        Format::TextPickle => Err(checkpoint_error(
+            "not a PyTorch checkpoint frostgrad reads: a pickle of protocol 0 or 1 (text \
+             opcodes); torch.save writes protocol 2 by default: re-save it with \
+             torch.save(model.state_dict(), path)",
+        )),
+        Format::Safetensors { .. } => Err(checkpoint_error(
+            "not a PyTorch checkpoint: a safetensors file (read it as safetensors)",
+        )),
+        other => Err(checkpoint_error(format!(
+            "not a PyTorch checkpoint: {}",
+            other.describe(bytes)
+        ))),
     }
 }
 

@@ -1,0 +1,566 @@
+//! The command line against hostile and ordinary mistakes (issue 10): every
+//! case asserts the exit status, the message, and that no input and no
+//! earlier output changed (and that no temporary file was left behind).
+//!
+//! - valid files are not refused: safetensors whose header length ends in
+//!   0x80 (the pickle PROTO byte) load in `step`, `convert` and `bench`;
+//! - an input is never an output, however the path is spelt (relative, `./`,
+//!   `../dir/`, absolute, symlink, hard link), in every command;
+//! - outputs are checked writable before the work and written atomically:
+//!   a file-size limit mid-write leaves the previous output intact;
+//! - files that are nothing frostgrad reads say what they are, by role.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use frostgrad::backend::cpu::CpuStorage;
+use frostgrad::io::{safetensors, HostTensor, StateDict};
+use frostgrad::nn::{resnet18, Module};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("frostgrad-hostile-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pth")
+        .join(name)
+}
+
+/// A seeded 10-class ResNet-18 state dict, in memory.
+fn resnet_state() -> &'static StateDict {
+    static STATE: OnceLock<StateDict> = OnceLock::new();
+    STATE.get_or_init(|| {
+        resnet18(10, &mut StdRng::seed_from_u64(10))
+            .unwrap()
+            .state_dict()
+            .unwrap()
+    })
+}
+
+/// `state` written by the safetensors crate with `__metadata__` padded
+/// until the 8-byte header length has the low byte `low` (0x80: the first
+/// byte is the pickle PROTO opcode). `skip` picks a later such length, so
+/// the tests see several header lengths, not one.
+fn safetensors_with_low_byte(state: &StateDict, low: u8, skip: usize) -> Vec<u8> {
+    let encoded: Vec<(String, Vec<usize>, safetensors_crate::Dtype, Vec<u8>)> = state
+        .iter()
+        .map(|(name, t)| match &t.data {
+            CpuStorage::F32(v) => (
+                name.to_string(),
+                t.shape.clone(),
+                safetensors_crate::Dtype::F32,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            CpuStorage::I64(v) => (
+                name.to_string(),
+                t.shape.clone(),
+                safetensors_crate::Dtype::I64,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+        })
+        .collect();
+    let mut found = 0;
+    for pad in 0..4096 {
+        let views: Vec<(&str, safetensors_crate::tensor::TensorView<'_>)> = encoded
+            .iter()
+            .map(|(n, s, d, b)| {
+                (
+                    n.as_str(),
+                    safetensors_crate::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let metadata = Some(std::collections::HashMap::from([(
+            "pad".to_string(),
+            "x".repeat(pad),
+        )]));
+        let bytes = safetensors_crate::tensor::serialize(views, metadata).unwrap();
+        if bytes[0] == low {
+            if found == skip {
+                return bytes;
+            }
+            found += 1;
+        }
+    }
+    panic!("no padding gives a header length ending in {low:#x}");
+}
+
+mod safetensors_crate {
+    pub use ::safetensors::tensor;
+    pub use ::safetensors::Dtype;
+}
+
+fn host(shape: &[usize], data: CpuStorage) -> HostTensor {
+    HostTensor::new(shape.to_vec(), data).unwrap()
+}
+
+fn write_batch(dir: &Path) -> PathBuf {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut sd = StateDict::new();
+    sd.insert(
+        "images",
+        host(
+            &[2, 3, 32, 32],
+            CpuStorage::F32(
+                (0..2 * 3 * 32 * 32)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect(),
+            ),
+        ),
+    );
+    sd.insert("labels", host(&[2], CpuStorage::I64(vec![1, 8])));
+    let path = dir.join("batch.safetensors");
+    safetensors::save(&sd, &path).unwrap();
+    path
+}
+
+fn frostgrad_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_frostgrad"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every file under `dir` (recursively, symlinks not followed) with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.extend(snapshot(&path));
+        } else if meta.file_type().is_symlink() {
+            out.insert(
+                path.clone(),
+                std::fs::read_link(&path)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+                    .into_bytes(),
+            );
+        } else {
+            out.insert(path.clone(), std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+/// Runs a command that must fail: exit status 1 (not a panic's 101, not a
+/// signal), a one-line `error: ` containing every part, and nothing in
+/// `dir` changed, created or left behind.
+fn refused(dir: &Path, args: &[&str], parts: &[&str]) -> String {
+    let before = snapshot(dir);
+    let o = frostgrad_in(dir, args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{args:?}: {err}");
+    for part in parts {
+        assert!(last.contains(part), "{args:?}: missing {part:?} in: {err}");
+    }
+    let after = snapshot(dir);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "{args:?}: files created or removed"
+    );
+    for (path, bytes) in &before {
+        assert!(
+            after[path] == *bytes,
+            "{args:?}: {} changed",
+            path.display()
+        );
+    }
+    err
+}
+
+fn step_args<'a>(weights: &'a str, batch: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "step",
+        "--weights",
+        weights,
+        "--batch",
+        batch,
+        "--trainable",
+        "fc.*",
+        "--lr",
+        "0.1",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn safetensors_whose_first_byte_is_0x80_load_everywhere() {
+    let dir = scratch_dir("0x80");
+    let batch = write_batch(&dir);
+    for skip in [0, 3] {
+        let bytes = safetensors_with_low_byte(resnet_state(), 0x80, skip);
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        let w = dir.join(format!("w{skip}.safetensors"));
+        std::fs::write(&w, &bytes).unwrap();
+
+        let out = dir.join(format!("out{skip}.safetensors"));
+        let o = frostgrad_in(
+            &dir,
+            &step_args(
+                w.to_str().unwrap(),
+                batch.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ),
+        );
+        assert!(
+            o.status.success(),
+            "step, header length {header_len:#x}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(std::fs::read(&w).unwrap(), bytes);
+
+        let converted = dir.join(format!("conv{skip}.safetensors"));
+        let o = frostgrad_in(
+            &dir,
+            &["convert", w.to_str().unwrap(), converted.to_str().unwrap()],
+        );
+        assert!(
+            o.status.success(),
+            "convert, header length {header_len:#x}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let back = safetensors::load(&converted).unwrap();
+        for (name, t) in resnet_state().iter() {
+            assert_eq!(back.get(name), Some(t), "{name}");
+        }
+    }
+    // bench reads --weights through the same reader: one short run.
+    let w = dir.join("w0.safetensors");
+    let o = frostgrad_in(
+        &dir,
+        &[
+            "bench",
+            "--device",
+            "cpu",
+            "--weights",
+            w.to_str().unwrap(),
+            "--batch",
+            "2",
+            "--size",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--modes",
+            "transfer",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "bench: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `in.pth` named as the output in every way a shell user could.
+fn other_names_of_the_input(dir: &Path) -> Vec<String> {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let input = dir.join("in.pth");
+    std::fs::hard_link(&input, dir.join("hard.pth")).unwrap();
+    std::os::unix::fs::symlink(&input, dir.join("link.pth")).unwrap();
+    std::os::unix::fs::symlink(dir, dir.join("sub/up")).unwrap();
+    let folder = dir.file_name().unwrap().to_str().unwrap();
+    vec![
+        "in.pth".into(),
+        "./in.pth".into(),
+        input.to_str().unwrap().into(),
+        format!("../{folder}/in.pth"),
+        "sub/../in.pth".into(),
+        "sub/up/in.pth".into(),
+        ".//in.pth".into(),
+        "hard.pth".into(),
+        "link.pth".into(),
+    ]
+}
+
+#[test]
+fn convert_never_overwrites_its_input() {
+    let dir = scratch_dir("convert-guard");
+    std::fs::copy(fixture("small_zip.pth"), dir.join("in.pth")).unwrap();
+    for out in other_names_of_the_input(&dir) {
+        refused(
+            &dir,
+            &["convert", "in.pth", &out],
+            &[
+                "output file",
+                "is the same file as the input checkpoint in.pth",
+                "refusing",
+            ],
+        );
+        // And the other way round: the input named differently.
+        refused(
+            &dir,
+            &["convert", &out, "in.pth"],
+            &["refusing to overwrite an input"],
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn step_never_overwrites_its_inputs_or_an_output_with_another() {
+    let dir = scratch_dir("step-guard");
+    let batch = write_batch(&dir);
+    safetensors::save(resnet_state(), dir.join("in.pth")).unwrap();
+    // An earlier output that must survive every refused run.
+    std::fs::write(dir.join("earlier.safetensors"), b"earlier output").unwrap();
+    let b = batch.to_str().unwrap();
+    for name in other_names_of_the_input(&dir) {
+        refused(
+            &dir,
+            &step_args("in.pth", b, &name),
+            &[
+                "output file",
+                "(--out)",
+                "weights file in.pth (--weights)",
+                "refusing",
+            ],
+        );
+        let mut args = step_args("in.pth", b, "earlier.safetensors");
+        args.extend(["--stats-json", &name]);
+        refused(&dir, &args, &["stats file", "(--stats-json)", "refusing"]);
+    }
+    refused(
+        &dir,
+        &step_args("in.pth", "./batch.safetensors", "batch.safetensors"),
+        &["batch file ./batch.safetensors (--batch)", "refusing"],
+    );
+    let mut args = step_args("in.pth", b, "earlier.safetensors");
+    args.extend(["--stats-json", "./earlier.safetensors"]);
+    refused(
+        &dir,
+        &args,
+        &["stats file", "give each output its own path"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_never_overwrites_its_weights_and_checks_outputs_before_running() {
+    let dir = scratch_dir("bench-guard");
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    std::fs::create_dir(dir.join("a_folder")).unwrap();
+    let bench = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "bench",
+            "--device",
+            "cpu",
+            "--weights",
+            "w.safetensors",
+            "--batch",
+            "2",
+            "--size",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--modes",
+            "transfer",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    for (extra, parts) in [
+        (
+            vec!["--json", "./w.safetensors"],
+            vec!["JSON output", "(--json)", "refusing to overwrite an input"],
+        ),
+        (vec!["--json", "a_folder"], vec!["(--json)", "is a folder"]),
+        (
+            vec!["--svg", "missing/plot.svg"],
+            vec!["SVG output missing/plot.svg (--svg)", "missing"],
+        ),
+        (
+            vec!["--json", "r.json", "--svg", "r.json"],
+            vec!["(--svg)", "its own path"],
+        ),
+    ] {
+        let args = bench(&extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Refused before the benchmark ran (`refused` also checks that
+        // nothing was written).
+        let o = frostgrad_in(&dir, &args);
+        assert!(o.stdout.is_empty(), "the benchmark ran");
+        refused(&dir, &args, &parts);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_write_cut_short_leaves_the_previous_output_and_no_temporary() {
+    let dir = scratch_dir("atomic");
+    write_batch(&dir);
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    std::fs::write(dir.join("out.safetensors"), b"the previous output").unwrap();
+    std::fs::write(dir.join("stats.json"), b"previous stats").unwrap();
+    // A file-size limit of a few hundred KiB: the 45 MB output cannot be written.
+    for limit in ["200", "1000"] {
+        let before = snapshot(&dir);
+        let script = format!(
+            "ulimit -f {limit} && exec \"$0\" step --weights w.safetensors --batch \
+             batch.safetensors --trainable 'fc.*' --lr 0.1 --out out.safetensors \
+             --stats-json stats.json"
+        );
+        let o = Command::new("sh")
+            .current_dir(&dir)
+            .args(["-c", &script, env!("CARGO_BIN_EXE_frostgrad")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "limit {limit}: {err}");
+        assert!(
+            err.contains("output file out.safetensors (--out): cannot write")
+                && err.contains("unchanged"),
+            "{err}"
+        );
+        assert_eq!(snapshot(&dir), before, "limit {limit}: files changed");
+    }
+    // The same run without the limit replaces both.
+    let o = frostgrad_in(
+        &dir,
+        &[
+            "step",
+            "--weights",
+            "w.safetensors",
+            "--batch",
+            "batch.safetensors",
+            "--trainable",
+            "fc.*",
+            "--lr",
+            "0.1",
+            "--out",
+            "out.safetensors",
+            "--stats-json",
+            "stats.json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(safetensors::load(dir.join("out.safetensors"))
+        .unwrap()
+        .contains("grad.fc.weight"));
+    assert!(std::fs::read_to_string(dir.join("stats.json"))
+        .unwrap()
+        .contains("linear.weight"));
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("frostgrad-tmp"))
+        .collect();
+    assert!(names.is_empty(), "temporaries left: {names:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unwritable_stats_file_is_refused_before_the_step() {
+    let dir = scratch_dir("stats-unwritable");
+    let batch = write_batch(&dir);
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    std::fs::write(dir.join("out.safetensors"), b"the previous output").unwrap();
+    std::fs::create_dir(dir.join("stats_is_a_folder")).unwrap();
+    for (stats, part) in [
+        ("no/such/folder/stats.json", "no/such/folder"),
+        ("stats_is_a_folder", "is a folder"),
+        ("batch.safetensors/x.json", "batch.safetensors"),
+    ] {
+        let mut args = step_args("w.safetensors", batch.to_str().unwrap(), "out.safetensors");
+        args.extend(["--stats-json", stats]);
+        refused(&dir, &args, &["stats file", "(--stats-json)", part]);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn files_that_are_not_weights_say_what_they_are_by_role() {
+    let dir = scratch_dir("formats");
+    write_batch(&dir);
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    std::fs::write(dir.join("empty.pth"), b"").unwrap();
+    let mut rng = StdRng::seed_from_u64(1);
+    let random: Vec<u8> = (0..4096).map(|_| rng.random()).collect();
+    std::fs::write(dir.join("random.pth"), &random).unwrap();
+    std::fs::write(dir.join("proto0.pth"), b"(dp0\nS'conv1.weight'\np1\nI1\ns.").unwrap();
+    // 0x80 then a protocol no Python wrote (the old loader called this a
+    // "pickle protocol 42" checkpoint).
+    std::fs::write(
+        dir.join("odd.safetensors"),
+        b"\x80\x2a\x00\x00\x00\x00\x00\x00{}",
+    )
+    .unwrap();
+    let mut truncated = safetensors_with_low_byte(resnet_state(), 0x80, 1);
+    truncated.truncate(2000);
+    std::fs::write(dir.join("truncated.safetensors"), &truncated).unwrap();
+    std::fs::copy(fixture("small_zip.pth"), dir.join("ckpt.pth")).unwrap();
+    std::fs::write(dir.join("text.json"), b"{\"images\": [1, 2, 3]}\n").unwrap();
+
+    let b = "batch.safetensors";
+    let cases: [(&str, &[&str]); 6] = [
+        (
+            "empty.pth",
+            &["weights file empty.pth (--weights)", "an empty file"],
+        ),
+        (
+            "random.pth",
+            &[
+                "weights file random.pth (--weights)",
+                "neither a safetensors file nor a PyTorch checkpoint",
+            ],
+        ),
+        (
+            "proto0.pth",
+            &["weights file proto0.pth", "protocol 0 or 1", "state_dict"],
+        ),
+        (
+            "odd.safetensors",
+            &["protocol 42", "not a safetensors file"],
+        ),
+        ("truncated.safetensors", &["truncated"]),
+        ("text.json", &["looks like text"]),
+    ];
+    for (w, parts) in cases {
+        refused(&dir, &step_args(w, b, "out.safetensors"), parts);
+    }
+    // The batch file in its own role, with what it is instead.
+    refused(
+        &dir,
+        &step_args("w.safetensors", "ckpt.pth", "out.safetensors"),
+        &["batch file ckpt.pth (--batch)", "a PyTorch checkpoint"],
+    );
+    refused(
+        &dir,
+        &step_args("w.safetensors", "empty.pth", "out.safetensors"),
+        &["batch file empty.pth (--batch)", "an empty file"],
+    );
+    refused(
+        &dir,
+        &step_args("w.safetensors", "missing.safetensors", "out.safetensors"),
+        &["batch file missing.safetensors (--batch)", "cannot read"],
+    );
+    refused(
+        &dir,
+        &["convert", "empty.pth", "out.safetensors"],
+        &["input checkpoint empty.pth", "an empty file"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -486,7 +486,7 @@ fn hostile_inputs_are_one_line_errors() {
             "--out",
             w.to_str().unwrap(),
         ]),
-        &["overwritten"],
+        &["refusing to overwrite"],
     );
     // --resume without a sidecar.
     fails_with(

@@ -22,8 +22,10 @@ use rand::SeedableRng;
 
 use crate::cli::weights::{load_resnet18, read_state_dict, WeightsArgs};
 use crate::cli::DeviceArg;
+use crate::core_types::Role;
 use crate::data::open_splits;
 use crate::error::{Error, Result};
+use crate::io::files::Outputs;
 use crate::nn::{resnet18, Module, ParamPatterns, ResNet};
 use crate::optim::{Sgd, SgdConfig};
 use crate::train::{self, checkpoint, log, FrozenBn, Schedule, TrainConfig};
@@ -162,22 +164,14 @@ pub fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
     Ok((n * mult as f64) as usize)
 }
 
-/// The same file, when both exist.
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}
+/// `--log-json`'s role in error messages.
+pub const LOG_ROLE: Role = Role::new("training log", Some("--log-json"));
 
 fn build_model(args: &TrainArgs) -> Result<ResNet> {
     if args.resume {
-        let state = read_state_dict(&args.out, None)?;
+        let state = read_state_dict(&args.out, None, Role::OUTPUT)?;
         return ResNet::resnet18_from_state_dict(&state).map_err(|e| match e {
-            Error::StateDict(msg) => Error::WeightsFile {
-                path: args.out.display().to_string(),
-                msg,
-            },
+            Error::StateDict(msg) => Role::OUTPUT.error(&args.out, msg),
             other => other,
         });
     }
@@ -208,18 +202,25 @@ pub fn run(args: &TrainArgs) -> Result<String> {
             "--epochs, --batch and --size must be at least 1",
         ));
     }
-    if let Some(w) = &args.weights {
-        if !args.resume && same_file(w, &args.out) {
-            return Err(Error::invalid(
-                "frostgrad train",
-                format!(
-                    "--out {} is the --weights file: it would be overwritten after the first epoch \
-                     (pass --resume to continue a run from its checkpoint)",
-                    args.out.display()
-                ),
-            ));
-        }
+    // Every output is checked against the inputs and for writability
+    // before any image is read. With --resume, --out is read and then
+    // rewritten on purpose, so it is not listed as an input.
+    let sidecar = checkpoint::sidecar_path(&args.out);
+    let mut inputs = Vec::new();
+    if let (Some(w), false) = (&args.weights, args.resume) {
+        inputs.push((Role::WEIGHTS, w.as_path()));
     }
+    let mut outs = vec![
+        (Role::OUTPUT, args.out.as_path()),
+        (checkpoint::STATE_ROLE, sidecar.as_path()),
+    ];
+    if let Some(p) = &args.log_json {
+        outs.push((LOG_ROLE, p.as_path()));
+    }
+    if let Some(p) = &args.svg {
+        outs.push((Role::SVG, p.as_path()));
+    }
+    let outputs = Outputs::check(&inputs, &outs)?;
     let (train_set, val_set) = open_splits(&args.data, args.val_fraction, args.seed)?;
     if train_set.classes.len() != args.num_classes {
         return Err(Error::invalid(
@@ -347,16 +348,26 @@ pub fn run(args: &TrainArgs) -> Result<String> {
         |model, sgd, entry| {
             println!("{entry}");
             history.push(entry.clone());
-            checkpoint::save(model, sgd, entry.epoch, &args.out)?;
-            if let Some(path) = &args.log_json {
-                checkpoint::write_atomic(path, log::to_json(&history).as_bytes())?;
+            // Checkpoint, state, log and chart of this epoch: all or nothing.
+            let (weights, state) = checkpoint::encode(model, sgd, entry.epoch)?;
+            let log_text = log::to_json(&history);
+            let svg = match &args.svg {
+                Some(_) => {
+                    crate::train::plot::render_svg(&[("train".to_string(), history.clone())])?
+                }
+                None => String::new(),
+            };
+            let mut files: Vec<(&Path, &[u8])> = vec![
+                (args.out.as_path(), weights.as_slice()),
+                (sidecar.as_path(), state.as_slice()),
+            ];
+            if let Some(p) = &args.log_json {
+                files.push((p.as_path(), log_text.as_bytes()));
             }
-            if let Some(path) = &args.svg {
-                let svg =
-                    crate::train::plot::render_svg(&[("train".to_string(), history.clone())])?;
-                checkpoint::write_atomic(path, svg.as_bytes())?;
+            if let Some(p) = &args.svg {
+                files.push((p.as_path(), svg.as_bytes()));
             }
-            Ok(())
+            outputs.write_all(&files)
         },
     )?;
     let last = logs.last();

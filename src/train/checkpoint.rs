@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::cpu::CpuStorage;
+use crate::core_types::Role;
 use crate::error::{Error, Result};
-use crate::io::{self, HostTensor, StateDict};
+use crate::io::{self, files, HostTensor, StateDict};
 use crate::nn::{Module, ResNet};
 use crate::optim::Sgd;
 
@@ -21,27 +22,12 @@ pub fn sidecar_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.train-state.safetensors"))
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it over
-/// `path`, so an interrupted run never leaves a truncated checkpoint.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |p: &Path, source| Error::Io {
-        path: p.display().to_string(),
-        source,
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(path, e)
-    })
-}
+/// The role of the sidecar in error messages.
+pub const STATE_ROLE: Role = Role::new("training state", Some("--resume"));
 
-/// Saves the weights to `out` and the training state to its sidecar.
-pub fn save(model: &ResNet, sgd: &Sgd, epochs_done: usize, out: &Path) -> Result<()> {
+/// The bytes of the checkpoint and of its sidecar, for the caller to write
+/// together (`Outputs::write_all`, all or nothing).
+pub fn encode(model: &ResNet, sgd: &Sgd, epochs_done: usize) -> Result<(Vec<u8>, Vec<u8>)> {
     let weights = model.state_dict()?;
     let mut state = StateDict::new();
     state.insert(
@@ -53,9 +39,19 @@ pub fn save(model: &ResNet, sgd: &Sgd, epochs_done: usize, out: &Path) -> Result
             state.insert(format!("momentum.{name}"), HostTensor::from_tensor(buffer)?);
         }
     }
-    // The sidecar first: a checkpoint is never newer than its state.
-    write_atomic(&sidecar_path(out), &io::safetensors::to_bytes(&state)?)?;
-    write_atomic(out, &io::safetensors::to_bytes(&weights)?)
+    Ok((
+        io::safetensors::to_bytes(&weights)?,
+        io::safetensors::to_bytes(&state)?,
+    ))
+}
+
+/// Saves the weights to `out` and the training state to its sidecar (for
+/// library callers; each file is written atomically, the sidecar first so
+/// a checkpoint is never newer than its state).
+pub fn save(model: &ResNet, sgd: &Sgd, epochs_done: usize, out: &Path) -> Result<()> {
+    let (weights, state) = encode(model, sgd, epochs_done)?;
+    files::write_atomic(&sidecar_path(out), STATE_ROLE, &state)?;
+    files::write_atomic(out, Role::OUTPUT, &weights)
 }
 
 /// What `--resume` restores besides the weights.
@@ -68,19 +64,17 @@ pub struct TrainState {
 pub fn load_state(out: &Path) -> Result<TrainState> {
     let path = sidecar_path(out);
     if !path.exists() {
-        return Err(Error::WeightsFile {
-            path: path.display().to_string(),
-            msg: format!(
+        return Err(STATE_ROLE.error(
+            &path,
+            format!(
                 "missing: --resume needs the training state written beside {} by an earlier `frostgrad train --out`",
                 out.display()
             ),
-        });
+        ));
     }
-    let mut state = io::safetensors::load(&path)?;
-    let bad = |msg: String| Error::WeightsFile {
-        path: path.display().to_string(),
-        msg,
-    };
+    let bytes = files::read(&path, STATE_ROLE)?;
+    let mut state = io::safetensors::read_bytes_as(&bytes, &path, STATE_ROLE)?;
+    let bad = |msg: String| STATE_ROLE.error(&path, msg);
     let epochs_done = match state.remove("epoch") {
         Some(HostTensor {
             data: CpuStorage::I64(v),

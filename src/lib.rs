@@ -11,6 +11,7 @@
 //!   trait, and [`backend::Storage`], the dispatch over them.
 //! - [`nn`], [`optim`], [`io`]: modules (ResNet-18), SGD, weight files.
 //! - [`data`], [`train`]: image folders and the training loop of `frostgrad train`.
+//! - [`viz`]: the backward graph as JSON, DOT and SVG (`frostgrad graph`).
 
 pub mod autograd;
 pub mod backend;
@@ -25,6 +26,7 @@ pub mod ops;
 pub mod optim;
 pub mod tensor;
 pub mod train;
+pub mod viz;
 
 pub use autograd::{no_grad, BackwardStats};
 pub use core_types::{DType, Device, HostData};

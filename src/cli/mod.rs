@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod convert;
+pub mod graph;
 pub mod step;
 pub mod train;
 pub mod weights;
@@ -43,6 +44,10 @@ pub enum Command {
     /// Train ResNet-18 on an image folder (fine-tuning or transfer
     /// learning), with an optional frozen-prefix feature cache.
     Train(train::TrainArgs),
+    /// Draw the backward graph of a ResNet-18 step in a freezing mode (SVG
+    /// without Graphviz, DOT, or JSON): each node's PyTorch name, the
+    /// gradients it computes and skips, what it saved.
+    Graph(graph::GraphArgs),
 }
 
 /// `--device cpu|cuda|auto` (CUDA device 0; `auto`: CUDA when usable, else
@@ -87,5 +92,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
         Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
+        Command::Graph(args) => graph::run(&args).map(|summary| println!("{summary}")),
     }
 }

@@ -14,7 +14,7 @@
 //! - [`viz`]: the backward graph as JSON, DOT and SVG (`frostgrad graph`).
 //! - `bench` and `cli` (features of the same names, on by default): the
 //!   benchmark and the `frostgrad` command line; `default-features = false`
-//!   leaves them and their dependencies (clap, indicatif) out.
+//!   leaves them and clap out.
 
 pub mod autograd;
 pub mod backend;

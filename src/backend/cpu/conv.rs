@@ -30,6 +30,7 @@
 
 use rayon::prelude::*;
 
+use super::alloc;
 use super::check::checked_numel;
 use super::gemm::{sgemm, sgemm_single_thread, MatRef};
 use super::scratch::{with_scratch, Slot};
@@ -426,7 +427,10 @@ fn forward_with(
 ) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
-    let mut y = vec![0.0; g.batch * plan.out_image];
+    let mut y = alloc::zeroed(
+        "conv2d output",
+        &[g.batch, g.out_channels, g.out_h, g.out_w],
+    )?;
     let weight = MatRef::row_major(w, plan.taps);
     if plan.parallel_groups(g) {
         let group = plan.images_per_chunk;
@@ -531,7 +535,10 @@ pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Re
 fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, g, limits)?;
-    let mut dx = vec![0.0; g.batch * plan.in_image];
+    let mut dx = alloc::zeroed(
+        "conv2d input gradient",
+        &[g.batch, g.in_channels, g.in_h, g.in_w],
+    )?;
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
     if plan.parallel_groups(g) {
@@ -624,7 +631,7 @@ fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -
     let plan = Plan::new(op, g, limits)?;
     let len = g.out_channels * plan.taps;
     if !plan.parallel_groups(g) {
-        let mut dw = vec![0.0; len];
+        let mut dw = alloc::zeroed("conv2d weight gradient", &[len])?;
         weight_grad_images(dy, x, g, &plan, &mut dw, g.batch, Par::Split);
         return Ok(dw);
     }
@@ -641,7 +648,7 @@ fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -
             dw
         })
         .collect();
-    let mut dw = vec![0.0; len];
+    let mut dw = alloc::zeroed("conv2d weight gradient", &[len])?;
     dw.par_chunks_mut(1 << 14).enumerate().for_each(|(i, out)| {
         for partial in &partials {
             out.iter_mut()

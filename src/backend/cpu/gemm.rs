@@ -6,6 +6,7 @@
 //! stride. `matrixmultiply` packs its operands itself; large products are
 //! split across rayon's threads here.
 
+use super::alloc;
 use crate::error::Result;
 
 /// A read-only `rows x cols` matrix view: element `(i, j)` is
@@ -257,7 +258,7 @@ pub(super) fn matmul(
     } else {
         MatRef::row_major(rhs, n)
     };
-    let mut out = vec![0.0; m * n];
+    let mut out = alloc::zeroed("matmul output", &[m, n])?;
     sgemm(m, k, n, 1.0, a, b, 0.0, &mut out, n);
     Ok(out)
 }

@@ -801,7 +801,12 @@ void access(const void* addr, unsigned long n, unsigned fl, const void* pc) {
           break;
         }
     }
-    if (fl & FG_ACCESS_WRITE) memset(s, 1, n);
+    if (fl & FG_ACCESS_WRITE) {
+      if (n <= 16)
+        for (size_t i = 0; i < n; i++) s[i] = 1;
+      else
+        memset(s, 1, n);
+    }
   }
   if (r->race && on(RACE)) {
     g_pc = pc;

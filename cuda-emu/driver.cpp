@@ -129,12 +129,34 @@ unsigned long long g_allocated = 0;
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
+// Address space for an allocation. While checking, allocations are scattered
+// at random over 64 TiB instead of packed next to each other by mmap, so that
+// an access far outside one allocation (memcheck's "any distance") lands in
+// unmapped space, not in a neighbouring allocation where it would look valid.
+void* reserve_region(size_t len) {
+  const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  if (fgcheck::g_checks) {
+    static unsigned long long seed = 0x5eed5eedull;
+    for (int tries = 0; tries < 32; tries++) {
+      unsigned long long z = (seed += 0x9e3779b97f4a7c15ull);
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      uintptr_t hint = ((1ull << 40) + z % ((1ull << 46) - (1ull << 40) - len)) & ~(uintptr_t)(kPage - 1);
+      void* r = mmap((void*)hint, len, PROT_NONE, flags | MAP_FIXED_NOREPLACE, -1, 0);
+      if (r == (void*)hint) return r;
+      if (r != MAP_FAILED) munmap(r, len);  // a kernel that took the flag as a mere hint
+    }
+  }
+  return mmap(nullptr, len, PROT_NONE, flags, -1, 0);
+}
+
 CUresult do_alloc(CUdeviceptr* out, size_t size, bool managed) {
   if (!out || size == 0) return CUDA_ERROR_INVALID_VALUE;
   if (size > kTotalMem - g_allocated) return CUDA_ERROR_OUT_OF_MEMORY;
   size_t body_len = round_up(size + kAllocAlign - 1, kPage);
   size_t region_len = body_len + 2 * kPage;
-  void* r = mmap(nullptr, region_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* r = reserve_region(region_len);
   if (r == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
   char* region = (char*)r;
   char* body = region + kPage;
@@ -536,12 +558,8 @@ int rt_block_sync_at(int pred, int op, const char* site) {
   return rt_block_sync(pred, op);
 }
 
-void rt_check_access(const void* addr, unsigned long size, unsigned flags, const void* pc) {
-  fgcheck::access(addr, size, flags, pc);
-}
-
 const FrostgradEmuRuntime g_runtime = {FROSTGRAD_EMU_ABI, rt_block_sync,   rt_warp_exchange, rt_active_mask,
-                                       rt_trap,           rt_check_access, rt_block_sync_at};
+                                       rt_trap,           fgcheck::access, rt_block_sync_at};
 
 void thread_exited(Run* R, Fiber* f) {
   f->state = F_DONE;

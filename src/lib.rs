@@ -10,6 +10,7 @@
 //! - [`backend`]: the kernels, one implementation per device behind one
 //!   trait, and [`backend::Storage`], the dispatch over them.
 //! - [`nn`], [`optim`], [`io`]: modules (ResNet-18), SGD, weight files.
+//! - [`viz`]: the backward graph as JSON, DOT and SVG (`frostgrad graph`).
 
 pub mod autograd;
 pub mod backend;
@@ -22,6 +23,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod viz;
 
 pub use autograd::{no_grad, BackwardStats};
 pub use core_types::{DType, Device, HostData};

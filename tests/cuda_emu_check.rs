@@ -359,6 +359,34 @@ fn memcheck_device_global_bounds() {
     );
 }
 
+#[test]
+fn memcheck_memcpy_in_a_kernel() {
+    let Some(err) = checked("memcheck_memcpy_in_a_kernel", "memcheck", &[], || {
+        let (stream, _m, f) = setup("copy_rows");
+        let src = stream.clone_htod(&vec![1.0f32; 4 * 16]).unwrap();
+        let mut dst = stream.alloc_zeros::<f32>(4 * 16).unwrap();
+        let (n, extra) = (16i32, 1i32);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&mut dst).arg(&src).arg(&n).arg(&extra);
+        // SAFETY: wrong on purpose: the last row copies one float too many.
+        assert_err(
+            unsafe { b.launch(cfg(4, 32, 0)) }.map(|_| ()),
+            CUresult::CUDA_ERROR_ILLEGAL_ADDRESS,
+        );
+    }) else {
+        return;
+    };
+    report(
+        &err,
+        "memcheck",
+        &[
+            "kernel 'copy_rows' block (3,0,0) thread (0,0,0): invalid read of 68 bytes",
+            "offset 192 of the 256-byte allocation",
+            "ends 4 bytes past its end",
+        ],
+    );
+}
+
 // ------------------------------------------------------------------ racecheck
 
 #[test]
@@ -752,6 +780,27 @@ fn correct_kernels_pass_every_check() {
                 // SAFETY: 100 ints in and out.
                 unsafe { b.launch(cfg(2, 64, 0)) }.unwrap();
 
+                // memcpy / memset in kernel code: checked, and what they write counts as written.
+                let f = m.load_function("copy_rows").unwrap();
+                let src: Vec<f32> = (0..64).map(|i| i as f32).collect();
+                let dsrc = stream.clone_htod(&src).unwrap();
+                // SAFETY: written by the copies below before anything reads it.
+                let mut mid = unsafe { stream.alloc::<f32>(64) }.unwrap();
+                let mut dst = stream.alloc_zeros::<f32>(64).unwrap();
+                let (n, extra) = (16i32, 0i32);
+                let mut b = stream.launch_builder(&f);
+                b.arg(&mut mid).arg(&dsrc).arg(&n).arg(&extra);
+                // SAFETY: 4 rows of 16 floats.
+                unsafe { b.launch(cfg(4, 32, 0)) }.unwrap();
+                let mut b = stream.launch_builder(&f);
+                b.arg(&mut dst).arg(&mid).arg(&n).arg(&extra);
+                // SAFETY: as above.
+                unsafe { b.launch(cfg(4, 32, 0)) }.unwrap();
+                let want: Vec<f32> = (0..64)
+                    .map(|i| if i % 16 == 0 { 0.0 } else { i as f32 })
+                    .collect();
+                assert_eq!(stream.clone_dtoh(&dst).unwrap(), want);
+
                 let mut out = stream.alloc_zeros::<i32>(48).unwrap();
                 let f = m.load_function("ok_sync").unwrap();
                 let mut b = stream.launch_builder(&f);
@@ -803,4 +852,50 @@ fn shuffled_mode_shuffles_the_lanes_of_a_warp() {
             },
         );
     }
+}
+
+#[test]
+fn a_program_that_is_not_cudarc_runs_clean_under_every_check() {
+    // cuda-emu/standalone_test.cpp: dlopens libcuda.so.1 / libnvrtc.so.13 and
+    // drives a block reduction (shuffles, dynamic shared memory, an atomic)
+    // through the raw entry points.
+    let dir = cuda_emu::emu_dir();
+    let out = Command::new(dir.join("standalone-test"))
+        .arg(dir)
+        .env("FROSTGRAD_CUDA_EMU_CHECK", "all")
+        .output()
+        .expect("run standalone-test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("standalone: OK"),
+        "{stdout}\n{stderr}"
+    );
+    for check in ["memcheck", "racecheck", "initcheck", "synccheck"] {
+        assert!(
+            !stderr.contains(&format!("frostgrad-cuda-emu: {check}:")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_check_name_is_an_error() {
+    let Some(err) = checked(
+        "an_unknown_check_name_is_an_error",
+        "memcheck,bogus",
+        &[],
+        || {
+            assert!(
+                CudaContext::new(0).is_err(),
+                "cuInit accepted a bad check name"
+            );
+        },
+    ) else {
+        return;
+    };
+    assert!(
+        err.contains("FROSTGRAD_CUDA_EMU_CHECK: unknown check 'bogus'"),
+        "{err}"
+    );
 }

@@ -598,4 +598,37 @@ struct invoker<void (*)(A...)> {
 };
 }  // namespace __frostgrad_emu
 
+#ifdef __FROSTGRAD_EMU_CHECK__
+// g++ does not instrument calls to memcpy / memset / memmove (nor copies it
+// expands into such calls): in kernel code they check their ranges here.
+// Defined last, so that the helpers above keep the plain ones.
+namespace __frostgrad_emu {
+__attribute__((no_sanitize_thread, noinline)) static void* memcpy_checked(void* d, const void* s, size_t n) {
+  __frostgrad_emu_rt->check_access(s, n, FG_ACCESS_READ, __builtin_return_address(0));
+  __frostgrad_emu_rt->check_access(d, n, FG_ACCESS_WRITE, __builtin_return_address(0));
+  return __builtin_memcpy(d, s, n);
+}
+__attribute__((no_sanitize_thread, noinline)) static void* memmove_checked(void* d, const void* s, size_t n) {
+  __frostgrad_emu_rt->check_access(s, n, FG_ACCESS_READ, __builtin_return_address(0));
+  __frostgrad_emu_rt->check_access(d, n, FG_ACCESS_WRITE, __builtin_return_address(0));
+  return __builtin_memmove(d, s, n);
+}
+__attribute__((no_sanitize_thread, noinline)) static void* memset_checked(void* d, int v, size_t n) {
+  __frostgrad_emu_rt->check_access(d, n, FG_ACCESS_WRITE, __builtin_return_address(0));
+  return __builtin_memset(d, v, n);
+}
+}  // namespace __frostgrad_emu
+namespace std {
+using ::__frostgrad_emu::memcpy_checked;
+using ::__frostgrad_emu::memmove_checked;
+using ::__frostgrad_emu::memset_checked;
+}  // namespace std
+using ::__frostgrad_emu::memcpy_checked;
+using ::__frostgrad_emu::memmove_checked;
+using ::__frostgrad_emu::memset_checked;
+#define memcpy memcpy_checked
+#define memmove memmove_checked
+#define memset memset_checked
+#endif
+
 #endif  // FROSTGRAD_CUDA_EMU_H

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod convert;
+pub mod graph;
 pub mod step;
 pub mod weights;
 
@@ -39,6 +40,10 @@ pub enum Command {
     /// Convert a PyTorch checkpoint (.pth, zip or legacy format) to
     /// safetensors, without Python and without running anything in it.
     Convert(convert::ConvertArgs),
+    /// Draw the backward graph of a ResNet-18 step in a freezing mode (SVG
+    /// without Graphviz, DOT, or JSON): each node's PyTorch name, the
+    /// gradients it computes and skips, what it saved.
+    Graph(graph::GraphArgs),
 }
 
 /// `--device cpu|cuda|auto` (CUDA device 0; `auto`: CUDA when usable, else
@@ -61,6 +66,12 @@ impl DeviceArg {
                 let (device, why_not_cuda) = crate::backend::cuda::auto_device();
                 if let Some(reason) = why_not_cuda {
                     eprintln!("frostgrad: --device auto: using the CPU ({reason})");
+                } else if crate::backend::is_emulated(device) {
+                    // The emulation is on LD_LIBRARY_PATH: say so, never pick it silently.
+                    eprintln!(
+                        "frostgrad: --device auto: using {}",
+                        crate::backend::describe_device(device)
+                    );
                 }
                 device
             }
@@ -115,5 +126,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
         Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
+        Command::Graph(args) => graph::run(&args).map(|summary| println!("{summary}")),
     }
 }

@@ -186,3 +186,12 @@ extern "C" __global__ void lane_order(int* order, int* next) {
   int ticket = atomicAdd(next, 1);
   order[ticket] = threadIdx.x;
 }
+
+// ------------------------------------------------------------------ memcpy in kernels
+// g++ does not instrument library calls: the checked build routes these through checks.
+extern "C" __global__ void copy_rows(float* dst, const float* src, int n, int extra) {
+  int r = blockIdx.x;
+  if (threadIdx.x != 0) return;
+  memcpy(dst + r * n, src + r * n, (n + extra) * sizeof(float));  // BUG when extra > 0
+  memset(dst + r * n, 0, sizeof(float));
+}

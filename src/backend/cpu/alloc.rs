@@ -1,16 +1,15 @@
-//! Every large host buffer is allocated here, fallibly.
+//! Shape-aware fallible allocation for tensor creation and host copies.
 //!
 //! `vec![0.0; n]` aborts the process when the allocator says no (`memory
 //! allocation of N bytes failed`, SIGABRT), so a typo such as
 //! `--num-classes 100000000000` or an image too large for the machine would
 //! kill the program instead of returning an error. These functions compute
-//! the size with checked arithmetic, reserve with `try_reserve_exact`, and
-//! return [`Error::OutOfMemory`] naming the buffer, its shape and the bytes
-//! asked for.
-//!
-//! Kept to one small entry point ([`zeroed`], on which the others build) so
-//! that a buffer pool can later serve these requests in one place.
+//! the size with checked arithmetic and get the memory from the backend's
+//! one allocation entry point, [`super::buffer_pool`] (which the kernels use
+//! directly); a failure is [`Error::OutOfMemory`] naming the tensor, its
+//! whole shape and the bytes asked for.
 
+use super::buffer_pool;
 use crate::core_types::HostData;
 use crate::error::{Error, Result};
 
@@ -26,42 +25,42 @@ fn out_of_memory(what: &str, shape: &[usize], elem_bytes: usize) -> Error {
     }
 }
 
-/// An empty vector with room for exactly `shape`'s element count.
-pub fn with_capacity<T>(what: &str, shape: &[usize]) -> Result<Vec<T>> {
+/// The element count of `shape`, if a buffer of it can exist at all.
+fn numel<T>(what: &str, shape: &[usize]) -> Result<usize> {
     let elem = std::mem::size_of::<T>();
-    let numel = shape
+    shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|n| {
             n.checked_mul(elem.max(1))
                 .is_some_and(|b| b <= isize::MAX as usize)
         })
-        .ok_or_else(|| out_of_memory(what, shape, elem))?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(numel)
-        .map_err(|_| out_of_memory(what, shape, elem))?;
-    Ok(v)
+        .ok_or_else(|| out_of_memory(what, shape, elem))
+}
+
+/// An empty vector with room for exactly `shape`'s element count.
+pub fn with_capacity<T>(what: &str, shape: &[usize]) -> Result<Vec<T>> {
+    let n = numel::<T>(what, shape)?;
+    buffer_pool::try_alloc("tensor", n)
+        .map_err(|_| out_of_memory(what, shape, std::mem::size_of::<T>()))
 }
 
 /// A buffer of `shape` filled with `value`.
-pub fn filled<T: Clone>(what: &str, shape: &[usize], value: T) -> Result<Vec<T>> {
-    let mut v = with_capacity(what, shape)?;
-    let numel = v.capacity().min(shape.iter().product());
-    // Within the reserved capacity: cannot reallocate.
-    v.resize(numel, value);
-    Ok(v)
+pub fn filled<T: buffer_pool::Element>(what: &str, shape: &[usize], value: T) -> Result<Vec<T>> {
+    let n = numel::<T>(what, shape)?;
+    buffer_pool::filled("tensor", n, value)
+        .map_err(|_| out_of_memory(what, shape, std::mem::size_of::<T>()))
 }
 
 /// A zeroed buffer of `shape` (`0.0` for floats, `0` for integers).
-pub fn zeroed<T: Clone + Default>(what: &str, shape: &[usize]) -> Result<Vec<T>> {
+pub fn zeroed<T: buffer_pool::Element>(what: &str, shape: &[usize]) -> Result<Vec<T>> {
     filled(what, shape, T::default())
 }
 
 /// A copy of `src`.
-pub fn copy_of<T: Clone>(what: &str, src: &[T]) -> Result<Vec<T>> {
-    let mut v = with_capacity(what, &[src.len()])?;
-    v.extend_from_slice(src);
-    Ok(v)
+pub fn copy_of<T: buffer_pool::Element>(what: &str, src: &[T]) -> Result<Vec<T>> {
+    buffer_pool::copy_of("copy", src)
+        .map_err(|_| out_of_memory(what, &[src.len()], std::mem::size_of::<T>()))
 }
 
 /// A copy of host data.

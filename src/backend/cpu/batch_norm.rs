@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::alloc;
+use super::buffer_pool;
 use crate::backend::BatchNormGeometry;
 use crate::error::Result;
 
@@ -82,7 +82,8 @@ fn affine_per_channel(
     shift: &[f32],
     relu_after: bool,
 ) -> Result<Vec<f32>> {
-    let mut out = alloc::zeroed("batch_norm output", &[x.len()])?;
+    // Every element is written below.
+    let mut out = buffer_pool::uninit("batch_norm", x.len())?;
     if g.spatial == 0 {
         return Ok(out);
     }
@@ -301,15 +302,7 @@ fn backward_impl<const MASK: bool>(
             .collect()
     });
     let db = need_db.then(|| sums.iter().map(|&(sd, _)| sd as f32).collect());
-    // Allocated before the closure, so running out of memory is an error.
-    let dx_buffer = match need_dx {
-        true => Some(alloc::zeroed::<f32>(
-            "batch_norm input gradient",
-            &[dy.len()],
-        )?),
-        false => None,
-    };
-    let dx = dx_buffer.map(|mut dx| {
+    let dx = need_dx.then(|| -> Result<Vec<f32>> {
         let m = g.count() as f64;
         // Per channel (PyTorch's CPU kernel uses the same grouping):
         // dx = (dy - Σdy/M - (x - mean)·k) · γ·invstd with k = invstd²·Σ(dy·(x-mean))/M;
@@ -328,6 +321,8 @@ fn backward_impl<const MASK: bool>(
                 (scale as f32, mean_dy as f32, k as f32, mean[c])
             })
             .collect();
+        // Every element is written below.
+        let mut dx = buffer_pool::uninit("batch_norm_backward", dy.len())?;
         if g.spatial > 0 {
             let per_task = segments_per_task(g);
             if training {
@@ -358,9 +353,9 @@ fn backward_impl<const MASK: bool>(
                     });
             }
         }
-        dx
+        Ok(dx)
     });
-    Ok([dx, dw, db])
+    Ok([dx.transpose()?, dw, db])
 }
 
 /// In-place running-statistics update with momentum and the unbiased variance.

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::alloc;
+use super::buffer_pool;
 use crate::error::Result;
 
 /// Elements per parallel task: big enough that rayon's per-task cost is
@@ -14,8 +14,8 @@ use crate::error::Result;
 pub(super) const PAR_CHUNK: usize = 1 << 14;
 
 /// `f(x)` of every element.
-pub(super) fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Result<Vec<f32>> {
-    let mut out = alloc::zeroed("elementwise output", &[x.len()])?;
+pub(super) fn map(op: &'static str, x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Result<Vec<f32>> {
+    let mut out = buffer_pool::uninit(op, x.len())?;
     out.par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
         .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
@@ -28,7 +28,7 @@ pub(super) fn zip_map(
     b: &[f32],
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<Vec<f32>> {
-    let mut out = alloc::zeroed("elementwise output", &[a.len()])?;
+    let mut out = buffer_pool::uninit("elementwise", a.len())?;
     out.par_chunks_mut(PAR_CHUNK)
         .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
         .for_each(|(o, (a, b))| {
@@ -44,12 +44,12 @@ pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
 }
 
 pub(super) fn scale(x: &[f32], factor: f32) -> Result<Vec<f32>> {
-    map(x, |v| v * factor)
+    map("scale", x, |v| v * factor)
 }
 
 /// PyTorch's relu keeps NaN (it is `clamp_min(x, 0)` with NaN propagation).
 pub(super) fn relu(x: &[f32]) -> Result<Vec<f32>> {
-    map(x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 })
+    map("relu", x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 })
 }
 
 /// PyTorch's `threshold_backward(grad, output, 0)`: zero where
@@ -71,12 +71,12 @@ pub(super) fn sum_all(x: &[f32]) -> f32 {
 
 /// `value` repeated `len` times; `scalar` must hold one element.
 pub(super) fn broadcast_scalar(scalar: &[f32], len: usize) -> Result<Vec<f32>> {
-    alloc::filled("broadcast output", &[len], scalar[0])
+    buffer_pool::filled("broadcast_scalar", len, scalar[0])
 }
 
 /// `x[r, c] + row[c]` for a `[rows, cols]` matrix.
 pub(super) fn add_row_vector(x: &[f32], row: &[f32], cols: usize) -> Result<Vec<f32>> {
-    let mut out = alloc::copy_of("add_row_vector output", x)?;
+    let mut out = buffer_pool::copy_of("add_row_vector", x)?;
     if cols > 0 {
         out.par_chunks_mut(cols)
             .with_min_len(PAR_CHUNK.div_ceil(cols))

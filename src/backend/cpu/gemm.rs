@@ -6,7 +6,6 @@
 //! stride. `matrixmultiply` packs its operands itself; large products are
 //! split across rayon's threads here.
 
-use super::alloc;
 use crate::error::Result;
 
 /// A read-only `rows x cols` matrix view: element `(i, j)` is
@@ -258,7 +257,7 @@ pub(super) fn matmul(
     } else {
         MatRef::row_major(rhs, n)
     };
-    let mut out = alloc::zeroed("matmul output", &[m, n])?;
+    let mut out = super::buffer_pool::zeroed("matmul", m * n)?;
     sgemm(m, k, n, 1.0, a, b, 0.0, &mut out, n);
     Ok(out)
 }

@@ -2,14 +2,13 @@
 
 use rayon::prelude::*;
 
-use super::alloc;
 use super::check::labels_in_range;
 use crate::error::Result;
 
 /// `x - max - ln Σ exp(x - max)` per row: subtracting the row maximum keeps
 /// `exp` from overflowing; the sum is accumulated in f64.
 pub(super) fn log_softmax(x: &[f32], cols: usize) -> Result<Vec<f32>> {
-    let mut out = alloc::zeroed::<f32>("log_softmax output", &[x.len()])?;
+    let mut out = super::buffer_pool::zeroed("log_softmax", x.len())?;
     if cols == 0 {
         return Ok(out);
     }
@@ -28,7 +27,7 @@ pub(super) fn log_softmax(x: &[f32], cols: usize) -> Result<Vec<f32>> {
 
 /// `g - exp(y) * Σ g` per row, with `y` the log-softmax output.
 pub(super) fn log_softmax_backward(grad: &[f32], output: &[f32], cols: usize) -> Result<Vec<f32>> {
-    let mut dx = alloc::zeroed::<f32>("log_softmax input gradient", &[grad.len()])?;
+    let mut dx = super::buffer_pool::zeroed("log_softmax_backward", grad.len())?;
     if cols == 0 {
         return Ok(dx);
     }
@@ -69,7 +68,7 @@ pub(super) fn nll_loss_backward(
     cols: usize,
 ) -> Result<Vec<f32>> {
     labels_in_range("nll_loss_backward", labels, cols)?;
-    let mut dx = alloc::zeroed::<f32>("nll_loss input gradient", &[rows, cols])?;
+    let mut dx = super::buffer_pool::zeroed("nll_loss_backward", rows * cols)?;
     let value = -grad[0] / rows as f32;
     for (row, col) in label_columns(labels).enumerate() {
         dx[row * cols + col] = value;

@@ -22,6 +22,7 @@ use super::check;
 
 pub mod alloc;
 mod batch_norm;
+pub mod buffer_pool;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -83,10 +84,10 @@ impl BackendStorage for CpuStorage {
         HostData::len(self)
     }
     fn to_cpu(&self) -> Result<CpuStorage> {
-        alloc::copy_host("host copy", self)
+        buffer_pool::copy_host(self)
     }
     fn try_clone(&self) -> Result<Self> {
-        alloc::copy_host("tensor copy", self)
+        buffer_pool::copy_host(self)
     }
 
     fn add(&self, rhs: &Self) -> Result<Self> {
@@ -347,6 +348,20 @@ impl BackendStorage for CpuStorage {
             rows,
             cols,
         )?))
+    }
+
+    fn increment_i64(&mut self) -> Result<()> {
+        match self {
+            CpuStorage::I64(v) => {
+                v.iter_mut().for_each(|x| *x += 1);
+                Ok(())
+            }
+            CpuStorage::F32(_) => Err(Error::DType {
+                op: "increment_i64",
+                expected: DType::I64,
+                got: DType::F32,
+            }),
+        }
     }
 
     fn sgd_step(

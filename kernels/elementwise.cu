@@ -36,6 +36,12 @@ extern "C" __global__ void inv_std_f32(const float* var, float eps, float* out, 
   GRID_STRIDE(i, n) { out[i] = (float)(1.0 / sqrt((double)var[i] + (double)eps)); }
 }
 
+// x[i] += 1 in place: batch norm's num_batches_tracked counts on the device,
+// with no copy to the host and back in every train-mode forward.
+extern "C" __global__ void increment_i64(long long* x, int n) {
+  GRID_STRIDE(i, n) { x[i] += 1; }
+}
+
 // out[r, c] = x[r, c] + row[c]. Grid: (ceil(cols / blockDim.x), min(rows, 65535)).
 extern "C" __global__ void add_row_vector_f32(const float* x, const float* row, float* out, int rows, int cols) {
   for (int r = blockIdx.y; r < rows; r += gridDim.y) {

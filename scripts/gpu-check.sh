@@ -14,6 +14,15 @@
 #       a report to $OUT/gpu-report.md (or ./gpu-report/gpu-report.md).
 #       Whatever is missing there (a bench command, PyTorch) is reported as
 #       missing, never as passed.
+#
+# Bundle settings: FROSTGRAD_GPU_CHECK_BIN (a built frostgrad binary) and
+# FROSTGRAD_GPU_CHECK_TESTS (space-separated test executables) skip the
+# cargo builds. run.sh settings: FROSTGRAD_CUDA (default `real`; `emu` with
+# the emulation on LD_LIBRARY_PATH runs everything through it, as
+# tests/gpu_check.rs does), PYTHON (default python3), FROSTGRAD_BENCH_ARGS,
+# FROSTGRAD_GPU_CHECK_TEST_ARGS (extra arguments for every test executable,
+# e.g. a name filter), FROSTGRAD_GPU_CHECK_SWEEP_SIZES (sizes of the accuracy
+# sweep, default 57,96,128; empty: no sweep).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -25,8 +34,15 @@ dir=${2:-$root/target/gpu-bundle}
 rm -rf "$dir" && mkdir -p "$dir/bin" "$dir/tests" "$dir/scripts"
 cd "$root"
 
-cargo build --release --bin frostgrad
-cp target/release/frostgrad "$dir/bin/"
+if [ -n "${FROSTGRAD_GPU_CHECK_BIN:-}" ]; then
+  cp "$FROSTGRAD_GPU_CHECK_BIN" "$dir/bin/frostgrad"
+else
+  cargo build --release --bin frostgrad
+  cp target/release/frostgrad "$dir/bin/"
+fi
+if [ -n "${FROSTGRAD_GPU_CHECK_TESTS+set}" ]; then
+  for t in $FROSTGRAD_GPU_CHECK_TESTS; do cp "$t" "$dir/tests/$(basename "$t" | sed 's/-[0-9a-f]*$//')"; done
+else
 # Test executables of the CUDA test targets, found from cargo's JSON messages.
 cargo test --release --no-run --message-format=json --test cuda_parity --test cuda_resnet_step \
   | python3 -c '
@@ -39,6 +55,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do cp "$exe" "$dir/tests/$name"; done
+fi
 cp scripts/bench_pytorch.py scripts/compare_json.py scripts/check_step_vs_pytorch.py "$dir/scripts/"
 for f in "$dir"/bin/* "$dir"/tests/*; do strip --strip-debug "$f" 2>/dev/null || true; done
 git rev-parse HEAD > "$dir/COMMIT" 2>/dev/null || echo unknown > "$dir/COMMIT"
@@ -51,7 +68,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${OUT:-$PWD/gpu-report}
 mkdir -p "$out"
 report="$out/gpu-report.md"
-export FROSTGRAD_CUDA=real   # never fall back to the emulation here
+# Never fall back to the emulation unless asked to (FROSTGRAD_CUDA=emu).
+export FROSTGRAD_CUDA=${FROSTGRAD_CUDA:-real}
+PYTHON=${PYTHON:-python3}
+read -r -a test_args <<< "${FROSTGRAD_GPU_CHECK_TEST_ARGS:-}"
 failures=0
 section() { printf '\n## %s\n\n' "$1" >> "$report"; }
 # run NAME CMD...: runs CMD, keeps its full log, puts the tail and the exit code in the report.
@@ -69,22 +89,37 @@ run() {
 }
 
 echo "# frostgrad GPU check ($(cat "$here/COMMIT"), $(date -u +%FT%TZ))" > "$report"
+if [ "$FROSTGRAD_CUDA" = emu ]; then
+  echo "Run through the host emulation of CUDA (FROSTGRAD_CUDA=emu): results are checked, times are not GPU times." >> "$report"
+fi
 section "Machine"
 { echo '```'; nvidia-smi 2>&1 | head -n 20 || echo "nvidia-smi not available"; echo '```'; } >> "$report"
 
 section "CUDA tests (every kernel vs the CPU; ResNet-18 step vs the CPU with skip counts)"
+ntests=0
 for t in "$here"/tests/*; do
-  run "test-$(basename "$t")" "$t" --test-threads=1 --nocapture
+  [ -e "$t" ] || continue
+  ntests=$((ntests + 1))
+  run "test-$(basename "$t")" "$t" --test-threads=1 --nocapture "${test_args[@]}"
 done
+if [ $ntests -eq 0 ]; then
+  echo "- **CUDA tests**: NOT RUN: no test executables in the bundle" >> "$report"
+  failures=$((failures + 1))
+fi
 
-section "frostgrad step on CUDA vs PyTorch float64 (random torchvision weights)"
+section "frostgrad step on CUDA vs PyTorch float64, next to PyTorch float32's own error (random torchvision weights)"
 have_torch=0
-python3 -c 'import torch, torchvision, safetensors' > /dev/null 2>&1 && have_torch=1
+"$PYTHON" -c 'import torch, torchvision, safetensors' > /dev/null 2>&1 && have_torch=1
 if [ $have_torch -eq 1 ]; then
   for trainable in '*' 'conv1.*,bn1.*,fc.*' 'fc.*'; do
-    run "step-vs-pytorch-$(echo "$trainable" | tr -c 'a-z0-9\n' '_')" python3 "$here/scripts/check_step_vs_pytorch.py" \
+    run "step-vs-pytorch-$(echo "$trainable" | tr -c 'a-z0-9\n' '_')" "$PYTHON" "$here/scripts/check_step_vs_pytorch.py" \
       --device cuda --binary "$here/bin/frostgrad" --size 64 --batch 4 --trainable "$trainable"
   done
+  sweep_sizes=${FROSTGRAD_GPU_CHECK_SWEEP_SIZES-57,96,128}
+  if [ -n "$sweep_sizes" ]; then
+    run "step-vs-pytorch-sweep" "$PYTHON" "$here/scripts/check_step_vs_pytorch.py" --sweep --devices cuda \
+      --sizes "$sweep_sizes" --seeds 0,1 --binary "$here/bin/frostgrad" --json "$out/accuracy-sweep.json"
+  fi
 else
   echo "- **step vs PyTorch**: NOT RUN: PyTorch, torchvision or safetensors not available" >> "$report"
   failures=$((failures + 1))
@@ -95,10 +130,10 @@ read -r -a bench_args <<< "${FROSTGRAD_BENCH_ARGS:---device cuda --batch 64 --si
 section "Benchmarks: frostgrad vs PyTorch + cuDNN (fp32, TF32 off): ${bench_args[*]}"
 run "frostgrad-bench-cuda" "$here/bin/frostgrad" bench "${bench_args[@]}" \
   --json "$out/frostgrad-cuda.json" --svg "$out/frostgrad-cuda.svg"
-if python3 -c 'import torch, torchvision; assert torch.cuda.is_available()' > /dev/null 2>&1; then
-  run "pytorch-bench-cuda" python3 "$here/scripts/bench_pytorch.py" "${bench_args[@]}" --json "$out/pytorch-cuda.json"
+if "$PYTHON" -c 'import torch, torchvision; assert torch.cuda.is_available()' > /dev/null 2>&1; then
+  run "pytorch-bench-cuda" "$PYTHON" "$here/scripts/bench_pytorch.py" "${bench_args[@]}" --json "$out/pytorch-cuda.json"
   if [ -e "$out/frostgrad-cuda.json" ] && [ -e "$out/pytorch-cuda.json" ]; then
-    run "side-by-side" python3 "$here/scripts/compare_json.py" "$out/frostgrad-cuda.json" "$out/pytorch-cuda.json"
+    run "side-by-side" "$PYTHON" "$here/scripts/compare_json.py" "$out/frostgrad-cuda.json" "$out/pytorch-cuda.json"
   fi
 else
   echo "- **PyTorch bench**: NOT RUN: PyTorch (with torchvision and CUDA) not available" >> "$report"

@@ -19,6 +19,42 @@ pub use geometry::{
 
 pub use storage::Storage;
 
+/// Waits until all work queued on `device` has finished (a no-op on the
+/// CPU, whose kernels return when done). Kernel launches on a GPU return
+/// immediately, so a timer read without this measures launches, and the
+/// wait lands in whatever is timed next.
+pub fn synchronize(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(ordinal) => cuda::device::get(ordinal)?.synchronize(),
+    }
+}
+
+/// `device` as reports name it: `cpu`, `cuda:0 (NVIDIA H200)`, or for the
+/// host emulation `cuda:0 (frostgrad CUDA emulation (H200-like): the host
+/// emulation, not a GPU; its times are not GPU times)`.
+pub fn describe_device(device: Device) -> String {
+    match device {
+        Device::Cpu => device.to_string(),
+        Device::Cuda(ordinal) => match cuda::device::get(ordinal) {
+            Ok(d) if d.is_emulation() => format!(
+                "{device} ({}: the host emulation, not a GPU; its times are not GPU times)",
+                d.name()
+            ),
+            Ok(d) => format!("{device} ({})", d.name()),
+            Err(_) => device.to_string(),
+        },
+    }
+}
+
+/// Whether `device` is frostgrad's host emulation of CUDA (`cuda-emu/`).
+pub fn is_emulated(device: Device) -> bool {
+    match device {
+        Device::Cpu => false,
+        Device::Cuda(ordinal) => cuda::device::get(ordinal).is_ok_and(|d| d.is_emulation()),
+    }
+}
+
 use crate::core_types::{DType, Device};
 use crate::error::Result;
 
@@ -207,6 +243,10 @@ pub trait BackendStorage: Sized {
 
     // ----- optimizer -------------------------------------------------------
     /// One in-place SGD update of `self` (the parameter), PyTorch's algorithm:
+    /// Adds 1 to every element of an i64 buffer, in place, on its device
+    /// (batch norm's `num_batches_tracked`, without a host round trip).
+    fn increment_i64(&mut self) -> Result<()>;
+
     /// `d = g + wd p`; with momentum `b = initialize_buffer ? d : mu b + (1-dampening) d`,
     /// `d = nesterov ? d + mu b : b`; then `p -= lr d`.
     fn sgd_step(

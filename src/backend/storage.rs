@@ -316,6 +316,10 @@ impl BackendStorage for Storage {
             .map(Storage::from))
     }
 
+    fn increment_i64(&mut self) -> Result<()> {
+        each_backend!(self, s => s.increment_i64())
+    }
+
     fn sgd_step(
         &mut self,
         grad: &Self,

@@ -217,7 +217,7 @@ pub fn run(
         }
     }
     Ok(BenchReport {
-        device: cfg.device.to_string(),
+        device: crate::backend::describe_device(cfg.device),
         batch: cfg.batch,
         size: cfg.size,
         steps: cfg.steps,
@@ -266,29 +266,39 @@ pub fn run_mode(
     let (mut step, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
     let mut last = None;
     let mut peak_bytes = 0;
+    // Every phase boundary waits for the device (`sync`), as
+    // scripts/bench_pytorch.py does: on a GPU a launch returns at once, so
+    // without it a phase would time its launches and its kernels would be
+    // charged to the next phase. A no-op on the CPU.
+    let sync = || crate::backend::synchronize(cfg.device);
     for i in 0..total {
         memory::reset_peak_bytes(cfg.device);
         ops::flops::reset();
+        sync()?;
         let t0 = Instant::now();
         let (f, b, o, stats, gflop) = if mode.trainable.is_none() {
             model.eval();
             no_grad(|| model.forward(images))?;
+            sync()?;
             let f = ms_since(t0);
             let fg = ops::flops::executed() as f64 / 1e9;
             (f, 0.0, 0.0, crate::BackwardStats::default(), (fg, 0.0))
         } else {
             model.train();
             let loss = ops::cross_entropy(&model.forward(images)?, labels)?;
+            sync()?;
             let f = ms_since(t0);
             let fg = ops::flops::executed() as f64 / 1e9;
             let t1 = Instant::now();
             let stats = loss.backward()?;
             drop(loss);
+            sync()?;
             let b = ms_since(t1);
             let bg = ops::flops::executed() as f64 / 1e9 - fg;
             let t2 = Instant::now();
             sgd.step()?;
             sgd.zero_grad(true)?;
+            sync()?;
             (f, b, ms_since(t2), stats, (fg, bg))
         };
         let s = ms_since(t0);

@@ -25,12 +25,13 @@ pub struct BenchArgs {
     /// `auto`: CUDA device 0 when a usable GPU is found, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Images per step (default: 8 on the CPU, 64 on CUDA).
+    /// Images per step (default: 8 on the CPU, 64 on CUDA, 2 on the host
+    /// emulation of CUDA).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Image height and width.
-    #[arg(long, default_value_t = 224)]
-    pub size: usize,
+    /// Image height and width (default: 224; 64 on the host emulation of CUDA).
+    #[arg(long)]
+    pub size: Option<usize>,
     /// Timed steps per mode.
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
@@ -68,10 +69,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Err(Error::invalid("bench", "no modes to run"));
     }
     let device = args.device.resolve();
+    let emulated = crate::backend::is_emulated(device);
     let batch = args.batch.unwrap_or(match device {
         Device::Cpu => 8,
+        // The emulation runs kernels on the host, thousands of times slower
+        // than a GPU: batch 64 at 224x224 would take hours.
+        Device::Cuda(_) if emulated => 2,
         Device::Cuda(_) => 64,
     });
+    let size = args.size.unwrap_or(if emulated { 64 } else { 224 });
+    if emulated && (args.batch.is_none() || args.size.is_none()) {
+        eprintln!(
+            "frostgrad bench: {} is the host emulation of CUDA: a small configuration \
+             (batch {batch}, {size}x{size}) unless --batch and --size are given; its times are not GPU times",
+            device
+        );
+    }
     if batch < 2 {
         // Train-mode batch norm needs more than one value per channel after layer4.
         return Err(Error::invalid("bench", "--batch must be at least 2"));
@@ -79,7 +92,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let cfg = BenchConfig {
         device,
         batch,
-        size: args.size,
+        size,
         steps: args.steps,
         warmup: args.warmup,
         lr: 0.01,

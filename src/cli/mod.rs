@@ -63,6 +63,12 @@ impl DeviceArg {
                 let (device, why_not_cuda) = crate::backend::cuda::auto_device();
                 if let Some(reason) = why_not_cuda {
                     eprintln!("frostgrad: --device auto: using the CPU ({reason})");
+                } else if crate::backend::is_emulated(device) {
+                    // The emulation is on LD_LIBRARY_PATH: say so, never pick it silently.
+                    eprintln!(
+                        "frostgrad: --device auto: using {}",
+                        crate::backend::describe_device(device)
+                    );
                 }
                 device
             }

@@ -1,11 +1,10 @@
 //! `nn.BatchNorm2d` with running statistics.
 
-use crate::core_types::HostData;
 use crate::error::{Error, Result};
 use crate::nn::module::{join, new_parameter};
 use crate::nn::{Module, TensorKind};
 use crate::ops::{self, BatchNormOptions};
-use crate::tensor::{Device, Storage, Tensor};
+use crate::tensor::{Device, Tensor};
 
 /// Batch normalisation over channels with PyTorch's defaults (momentum 0.1,
 /// eps 1e-5, affine, tracking running statistics).
@@ -53,12 +52,12 @@ impl BatchNorm2d {
         self.weight.numel()
     }
 
-    /// Adds one to `num_batches_tracked` in place.
+    /// Adds one to `num_batches_tracked` in place, on its device: reading
+    /// it back would cost a host round trip (a GPU sync) in every
+    /// train-mode forward, 20 per ResNet-18 step.
     fn count_batch(&self) -> Result<()> {
-        let t = &self.num_batches_tracked;
-        let n = t.to_vec_i64()?.first().copied().unwrap_or(0);
-        *t.storage_mut() = Storage::from_cpu(HostData::I64(vec![n + 1]), t.device())?;
-        Ok(())
+        use crate::backend::BackendStorage;
+        self.num_batches_tracked.storage_mut().increment_i64()
     }
 }
 

@@ -348,6 +348,20 @@ impl BackendStorage for CpuStorage {
         )?))
     }
 
+    fn increment_i64(&mut self) -> Result<()> {
+        match self {
+            CpuStorage::I64(v) => {
+                v.iter_mut().for_each(|x| *x += 1);
+                Ok(())
+            }
+            CpuStorage::F32(_) => Err(Error::DType {
+                op: "increment_i64",
+                expected: DType::I64,
+                got: DType::F32,
+            }),
+        }
+    }
+
     fn sgd_step(
         &mut self,
         grad: &Self,

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{sys::CUdevice_attribute, CudaContext, CudaStream};
 
+use super::allocator::{Allocator, AllocatorStats};
 use super::module_cache::KernelCache;
 use crate::core_types::Device;
 use crate::error::{Error, Result};
@@ -25,6 +26,7 @@ pub struct CudaDevice {
     multiprocessors: usize,
     stream: Arc<CudaStream>,
     kernels: KernelCache,
+    allocator: Arc<Allocator>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -57,6 +59,24 @@ impl CudaDevice {
     pub(crate) fn kernels(&self) -> &KernelCache {
         &self.kernels
     }
+    pub(crate) fn allocator(&self) -> &Arc<Allocator> {
+        &self.allocator
+    }
+    /// What the caching allocator has done (driver allocations, reuses,
+    /// bytes held).
+    pub fn allocator_stats(&self) -> AllocatorStats {
+        self.allocator.stats()
+    }
+    /// Frees the allocator's pooled blocks to the driver (after the work
+    /// queued so far, in stream order).
+    pub fn release_cached_memory(&self) {
+        self.allocator.release_cached()
+    }
+    /// Whether this "device" is frostgrad's host emulation of CUDA
+    /// (`cuda-emu/`), whose device name says so: its times are host times.
+    pub fn is_emulation(&self) -> bool {
+        is_emulation_name(&self.name)
+    }
     pub(crate) fn device(&self) -> Device {
         Device::Cuda(self.ordinal)
     }
@@ -66,6 +86,11 @@ impl CudaDevice {
             .synchronize()
             .map_err(|e| Error::Cuda(format!("synchronizing cuda:{}: {e}", self.ordinal)))
     }
+}
+
+/// The emulated driver names its device "frostgrad CUDA emulation (...)".
+pub(crate) fn is_emulation_name(name: &str) -> bool {
+    name.contains("frostgrad CUDA emulation")
 }
 
 /// Runs `f`, turning a panic inside the driver bindings into an error.
@@ -174,6 +199,7 @@ fn open(ordinal: usize) -> std::result::Result<CudaDevice, String> {
             multiprocessors,
             stream,
             kernels: KernelCache::default(),
+            allocator: Arc::default(),
         })
     })
 }

@@ -5,10 +5,12 @@
 //! - [`device`]: finds out whether CUDA can be used at all (driver library,
 //!   NVRTC, a device) without panicking, and keeps one context + stream per
 //!   device ordinal.
+//! - [`allocator`]: the caching, stream-ordered device allocator.
 //! - [`module_cache`]: compiles each kernel file once per device.
 //! - [`storage`]: [`CudaStorage`], the device buffer, and its
 //!   [`BackendStorage`](crate::backend::BackendStorage) implementation.
 
+pub mod allocator;
 pub mod device;
 mod module_cache;
 mod storage;

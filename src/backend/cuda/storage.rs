@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 
+use super::allocator::{Block, Pooled};
 use super::device::{self, CudaDevice};
 use super::module_cache::KernelFile;
 use crate::backend::cpu::CpuStorage;
@@ -20,20 +21,27 @@ use crate::backend::{
 use crate::core_types::{DType, Device};
 use crate::error::{Error, Result};
 
-/// The data of a CUDA buffer, by element type.
-pub enum CudaData {
-    F32(CudaSlice<f32>),
-    I64(CudaSlice<i64>),
+/// The data of a CUDA buffer, by element type: a block of the device's
+/// caching allocator (`allocator.rs`), given back to it on drop.
+pub(crate) enum CudaData {
+    F32(Block<f32>),
+    I64(Block<i64>),
 }
 
 /// A contiguous buffer on one CUDA device.
 ///
-/// The allocation always has at least one element (drivers reject empty
-/// allocations); `len` is the logical length.
+/// The block is at least one element long (drivers reject empty
+/// allocations) and may be longer (size classes); `len` is the logical
+/// length, and every kernel and copy uses only that.
 pub struct CudaStorage {
     data: CudaData,
     len: usize,
     device: Arc<CudaDevice>,
+    /// For i64 data uploaded from the host: its smallest and largest value,
+    /// read there, so that labels are validated without copying them back
+    /// from the device in every step (`checked_labels`). `None` when the
+    /// data was produced on the device.
+    host_range: Option<(i64, i64)>,
 }
 
 impl std::fmt::Debug for CudaStorage {
@@ -133,32 +141,36 @@ impl CudaStorage {
         let stream = device.stream().clone();
         let len = data.len();
         let op = "to_device";
+        let mut host_range = None;
         let data = match data {
             CpuStorage::F32(v) => {
-                // SAFETY: the copy below fills all `len` elements; a padding
-                // element of an empty buffer is never read.
-                let mut slice =
-                    unsafe { stream.alloc::<f32>(len.max(1)) }.map_err(|e| driver_err(op, e))?;
+                // The copy below fills all `len` elements; the rest of the
+                // block is never read.
+                let mut block = uninit::<f32>(&device, len, op)?;
                 if len > 0 {
                     stream
-                        .memcpy_htod(v.as_slice(), &mut slice)
+                        .memcpy_htod(v.as_slice(), &mut *block)
                         .map_err(|e| driver_err(op, e))?;
                 }
-                CudaData::F32(slice)
+                CudaData::F32(block)
             }
             CpuStorage::I64(v) => {
-                // SAFETY: as above.
-                let mut slice =
-                    unsafe { stream.alloc::<i64>(len.max(1)) }.map_err(|e| driver_err(op, e))?;
+                let mut block = uninit::<i64>(&device, len, op)?;
                 if len > 0 {
                     stream
-                        .memcpy_htod(v.as_slice(), &mut slice)
+                        .memcpy_htod(v.as_slice(), &mut *block)
                         .map_err(|e| driver_err(op, e))?;
                 }
-                CudaData::I64(slice)
+                host_range = v.iter().min().zip(v.iter().max()).map(|(&a, &b)| (a, b));
+                CudaData::I64(block)
             }
         };
-        Ok(Self { data, len, device })
+        Ok(Self {
+            data,
+            len,
+            device,
+            host_range,
+        })
     }
 
     pub fn cuda_device(&self) -> &Arc<CudaDevice> {
@@ -167,21 +179,22 @@ impl CudaStorage {
 
     /// A new f32 buffer on the same device whose contents the caller's
     /// kernel will write in full before anything reads them.
-    fn output(&self, len: usize, op: &'static str) -> Result<CudaSlice<f32>> {
+    fn output(&self, len: usize, op: &'static str) -> Result<Block<f32>> {
         uninit::<f32>(&self.device, len, op)
     }
 
-    fn wrap(&self, slice: CudaSlice<f32>, len: usize) -> Self {
+    fn wrap(&self, block: Block<f32>, len: usize) -> Self {
         Self {
-            data: CudaData::F32(slice),
+            data: CudaData::F32(block),
             len,
             device: self.device.clone(),
+            host_range: None,
         }
     }
 
     fn f32(&self, op: &'static str) -> Result<&CudaSlice<f32>> {
         match &self.data {
-            CudaData::F32(s) => Ok(s),
+            CudaData::F32(s) => Ok(&**s),
             CudaData::I64(_) => Err(Error::DType {
                 op,
                 expected: DType::F32,
@@ -191,7 +204,7 @@ impl CudaStorage {
     }
     fn f32_mut(&mut self, op: &'static str) -> Result<&mut CudaSlice<f32>> {
         match &mut self.data {
-            CudaData::F32(s) => Ok(s),
+            CudaData::F32(s) => Ok(&mut **s),
             CudaData::I64(_) => Err(Error::DType {
                 op,
                 expected: DType::F32,
@@ -201,7 +214,7 @@ impl CudaStorage {
     }
     fn i64(&self, op: &'static str) -> Result<&CudaSlice<i64>> {
         match &self.data {
-            CudaData::I64(s) => Ok(s),
+            CudaData::I64(s) => Ok(&**s),
             CudaData::F32(_) => Err(Error::DType {
                 op,
                 expected: DType::I64,
@@ -271,15 +284,11 @@ impl CudaStorage {
     }
 }
 
-fn uninit<T: DeviceRepr>(
-    device: &CudaDevice,
-    len: usize,
-    op: &'static str,
-) -> Result<CudaSlice<T>> {
-    // SAFETY: callers launch a kernel that writes every one of the `len`
-    // elements before the buffer is read (the padding element of an empty
-    // buffer is never read).
-    unsafe { device.stream().alloc::<T>(len.max(1)) }.map_err(|e| driver_err(op, e))
+/// A block of at least `len` elements from the device's caching allocator.
+/// Callers write every one of the `len` elements (a kernel or a copy)
+/// before anything reads them; the rest of the block is never read.
+fn uninit<T: Pooled>(device: &CudaDevice, len: usize, op: &'static str) -> Result<Block<T>> {
+    device.allocator().take::<T>(device.stream(), len, op)
 }
 
 /// Whether the tiled kernels may read `buf` with 16-byte (`float4`) loads
@@ -379,17 +388,21 @@ impl BackendStorage for CudaStorage {
     fn to_cpu(&self) -> Result<CpuStorage> {
         let op = "to_cpu";
         let stream = self.device.stream();
+        // Only the logical length: the block may be longer.
+        let n = self.len;
         let out = match &self.data {
-            CudaData::F32(s) => {
-                let mut v = stream.clone_dtoh(s).map_err(|e| driver_err(op, e))?;
-                v.truncate(self.len);
-                CpuStorage::F32(v)
-            }
-            CudaData::I64(s) => {
-                let mut v = stream.clone_dtoh(s).map_err(|e| driver_err(op, e))?;
-                v.truncate(self.len);
-                CpuStorage::I64(v)
-            }
+            CudaData::F32(_) if n == 0 => CpuStorage::F32(Vec::new()),
+            CudaData::I64(_) if n == 0 => CpuStorage::I64(Vec::new()),
+            CudaData::F32(s) => CpuStorage::F32(
+                stream
+                    .clone_dtoh(&s.slice(0..n))
+                    .map_err(|e| driver_err(op, e))?,
+            ),
+            CudaData::I64(s) => CpuStorage::I64(
+                stream
+                    .clone_dtoh(&s.slice(0..n))
+                    .map_err(|e| driver_err(op, e))?,
+            ),
         };
         // The copy into pageable memory is complete on return, but a fault
         // in an earlier kernel is only reported by a synchronisation.
@@ -399,14 +412,32 @@ impl BackendStorage for CudaStorage {
     fn try_clone(&self) -> Result<Self> {
         let op = "clone";
         let stream = self.device.stream();
+        let n = self.len;
         let data = match &self.data {
-            CudaData::F32(s) => CudaData::F32(stream.clone_dtod(s).map_err(|e| driver_err(op, e))?),
-            CudaData::I64(s) => CudaData::I64(stream.clone_dtod(s).map_err(|e| driver_err(op, e))?),
+            CudaData::F32(s) => {
+                let mut block = uninit::<f32>(&self.device, n, op)?;
+                if n > 0 {
+                    stream
+                        .memcpy_dtod(&s.slice(0..n), &mut *block)
+                        .map_err(|e| driver_err(op, e))?;
+                }
+                CudaData::F32(block)
+            }
+            CudaData::I64(s) => {
+                let mut block = uninit::<i64>(&self.device, n, op)?;
+                if n > 0 {
+                    stream
+                        .memcpy_dtod(&s.slice(0..n), &mut *block)
+                        .map_err(|e| driver_err(op, e))?;
+                }
+                CudaData::I64(block)
+            }
         };
         Ok(Self {
             data,
-            len: self.len,
+            len: n,
             device: self.device.clone(),
+            host_range: self.host_range,
         })
     }
 
@@ -846,6 +877,7 @@ impl BackendStorage for CudaStorage {
             data: CudaData::I64(idx),
             len: out_len,
             device: self.device.clone(),
+            host_range: None,
         };
         Ok((self.wrap(out, out_len), indices))
     }
@@ -995,6 +1027,35 @@ impl BackendStorage for CudaStorage {
         Ok(self.wrap(out, rows * cols))
     }
 
+    fn increment_i64(&mut self) -> Result<()> {
+        let op = "increment_i64";
+        let n = int(op, self.len)?;
+        let device = self.device.clone();
+        let x = match &mut self.data {
+            CudaData::I64(s) => &mut **s,
+            CudaData::F32(_) => {
+                return Err(Error::DType {
+                    op,
+                    expected: DType::I64,
+                    got: DType::F32,
+                })
+            }
+        };
+        if n > 0 {
+            launch!(
+                device,
+                KernelFile::Elementwise,
+                "increment_i64",
+                linear_launch(self.len),
+                [x, &n]
+            );
+        }
+        self.host_range = self
+            .host_range
+            .map(|(lo, hi)| (lo.saturating_add(1), hi.saturating_add(1)));
+        Ok(())
+    }
+
     // ----- optimizer -------------------------------------------------------
     fn sgd_step(
         &mut self,
@@ -1069,6 +1130,9 @@ impl BackendStorage for CudaStorage {
 
 /// The labels' device data after checking, on the host, that every label is
 /// in `0..cols` (a bad label would otherwise read out of bounds on the GPU).
+/// Labels uploaded from the host were read there (`host_range`), so a step
+/// needs no copy back; only labels made on the device, or a bad label (to
+/// name its row), are copied to the host.
 fn checked_labels<'a>(
     op: &'static str,
     lhs: &CudaStorage,
@@ -1077,6 +1141,11 @@ fn checked_labels<'a>(
 ) -> Result<&'a CudaSlice<i64>> {
     lhs.same_device(op, labels)?;
     let slice = labels.i64(op)?;
+    if let Some((lo, hi)) = labels.host_range {
+        if lo >= 0 && (hi as u64) < cols as u64 {
+            return Ok(slice);
+        }
+    }
     check::labels_in_range(op, labels.to_cpu()?.as_i64(op)?, cols)?;
     Ok(slice)
 }

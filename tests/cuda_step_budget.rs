@@ -1,0 +1,165 @@
+//! What one steady-state training step costs the CUDA driver, counted by
+//! the emulation (`FROSTGRAD_CUDA_EMU_STATS`, see `cuda-emu/stats.h`): the
+//! difference between a `frostgrad bench` run of K and one of K + 2 timed
+//! steps is what two steps cost, whatever the start-up (context, kernel
+//! compilation, weights upload, warm-up) did.
+//!
+//! The budget of one step, on any GPU:
+//! - **no driver allocation or free** (the caching allocator serves every
+//!   buffer from its pool once the first step has filled it);
+//! - **no device-to-host copy** in `bench` (nothing reads the loss; labels
+//!   were validated on the host when they were uploaded, and
+//!   `num_batches_tracked` counts on the device), and at most one in general;
+//! - **exactly one host wait per phase boundary**: before the step, after
+//!   the forward, the backward and the optimizer (4 per training step, 2 per
+//!   inference step), so each phase's time is its own;
+//! - **the documented launches** (`FINETUNE_LAUNCHES` below): a change in
+//!   that number is a change in the kernels a step runs, which should be
+//!   deliberate.
+//!
+//! These run on the emulation only: a real driver has no such counters.
+
+#[path = "common/cuda_emu.rs"]
+mod cuda_emu;
+#[path = "common/emu_stats.rs"]
+mod emu_stats;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use emu_stats::EmuStats;
+
+/// Runs `frostgrad bench` on the emulation and returns its counters.
+fn bench_stats(tag: &str, args: &[&str], steps: usize) -> (EmuStats, String) {
+    let dir = cuda_emu::emu_dir();
+    let stats_path: PathBuf = std::env::temp_dir().join(format!(
+        "frostgrad-budget-{}-{tag}-{steps}.json",
+        std::process::id()
+    ));
+    let out = Command::new(env!("CARGO_BIN_EXE_frostgrad"))
+        .arg("bench")
+        .args(args)
+        .args(["--steps", &steps.to_string(), "--warmup", "1"])
+        .env("LD_LIBRARY_PATH", dir)
+        .env("FROSTGRAD_CUDA_EMU_STATS", &stats_path)
+        .output()
+        .expect("run frostgrad bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let stats = emu_stats::read(&stats_path);
+    let _ = std::fs::remove_file(&stats_path);
+    (stats, format!("{stdout}\n{stderr}"))
+}
+
+/// The cost of one step: (run with K + 2 steps - run with K steps) / 2.
+fn per_step(tag: &str, args: &[&str]) -> (EmuStats, String) {
+    let (a, _) = bench_stats(tag, args, 1);
+    let (b, text) = bench_stats(tag, args, 3);
+    let two = b.minus(&a);
+    let half = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, &v)| {
+                assert_eq!(v % 2, 0, "{k}: two steps cost an odd {v}: steps differ");
+                (k.clone(), v / 2)
+            })
+            .collect()
+    };
+    (
+        EmuStats {
+            counters: half(&two.counters),
+            kernels: half(&two.kernels),
+        },
+        text,
+    )
+}
+
+/// Kernel launches of one fine-tuning step of ResNet-18 at batch 2, 32x32,
+/// on the emulated H200 (132 multiprocessors decide the split-K plans):
+/// forward 20 convs, 20 batch norms (2 launches each), 3 plain ReLUs,
+/// max-pool, average pool, linear (GEMM + bias), log-softmax, NLL loss;
+/// backward their gradients (conv input and weight gradients, the split-K
+/// sums, batch-norm reductions and input gradients, ...); 20 running-stat
+/// updates and 20 `num_batches_tracked` increments; one fused SGD launch per
+/// parameter (62). The per-kernel counts are printed on failure.
+const FINETUNE_LAUNCHES: u64 = 287;
+
+#[test]
+fn steady_state_training_step_stays_within_its_budget() {
+    let (step, text) = per_step(
+        "finetune",
+        &[
+            "--device", "cuda", "--modes", "finetune", "--batch", "2", "--size", "32",
+        ],
+    );
+    let ctx = format!("{step:#?}\n{text}");
+    assert_eq!(step.get("allocs"), 0, "driver allocations per step\n{ctx}");
+    assert_eq!(step.get("frees"), 0, "driver frees per step\n{ctx}");
+    assert_eq!(
+        step.get("dtoh_calls"),
+        0,
+        "device-to-host copies per step\n{ctx}"
+    );
+    assert_eq!(
+        step.get("syncs"),
+        4,
+        "host waits per step: one per phase boundary\n{ctx}"
+    );
+    assert_eq!(
+        step.get("launches"),
+        FINETUNE_LAUNCHES,
+        "launches per step\n{ctx}"
+    );
+    // Two per batch norm layer and per step: no more host round trips for
+    // num_batches_tracked, which now counts on the device.
+    assert_eq!(step.kernels.get("increment_i64"), Some(&20), "{ctx}");
+    assert_eq!(step.kernels.get("sgd_step"), Some(&62), "{ctx}");
+}
+
+#[test]
+fn steady_state_inference_step_waits_twice_and_allocates_nothing() {
+    let (step, text) = per_step(
+        "inference",
+        &[
+            "--device",
+            "cuda",
+            "--modes",
+            "inference",
+            "--batch",
+            "2",
+            "--size",
+            "32",
+        ],
+    );
+    let ctx = format!("{step:#?}\n{text}");
+    assert_eq!(step.get("allocs"), 0, "{ctx}");
+    assert_eq!(step.get("frees"), 0, "{ctx}");
+    assert_eq!(step.get("dtoh_calls"), 0, "{ctx}");
+    assert_eq!(step.get("syncs"), 2, "{ctx}");
+    assert_eq!(
+        step.kernels.get("increment_i64"),
+        None,
+        "eval mode counts no batch\n{ctx}"
+    );
+}
+
+#[test]
+fn bench_on_the_emulation_says_so_and_defaults_to_a_small_configuration() {
+    let (_, text) = bench_stats("auto", &["--device", "auto", "--modes", "transfer"], 1);
+    assert!(
+        text.contains("--device auto: using cuda:0 (frostgrad CUDA emulation"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the host emulation, not a GPU; its times are not GPU times"),
+        "{text}"
+    );
+    assert!(
+        text.contains("a small configuration (batch 2, 64x64)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ResNet-18, batch 2 at 64x64, device cuda:0 (frostgrad CUDA emulation"),
+        "{text}"
+    );
+}

@@ -159,7 +159,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     print!("{}", bench::render_table(&report));
     let _ = std::io::stdout().flush();
     let json = args.json.as_ref().map(|p| (p, bench::to_json(&report)));
-    let svg = args.svg.as_ref().map(|p| (p, bench::render_svg(&report)));
+    let svg = match &args.svg {
+        Some(p) => Some((p, bench::render_svg(&report)?)),
+        None => None,
+    };
     let contents: Vec<(&Path, &[u8])> = json
         .iter()
         .chain(svg.iter())

@@ -8,7 +8,9 @@
 
 pub mod bench;
 pub mod convert;
+pub mod eval;
 pub mod graph;
+pub mod plot;
 pub mod step;
 pub mod train;
 pub mod weights;
@@ -48,6 +50,13 @@ pub enum Command {
     /// without Graphviz, DOT, or JSON): each node's PyTorch name, the
     /// gradients it computes and skips, what it saved.
     Graph(graph::GraphArgs),
+    /// Accuracy, per-class accuracy and confusion matrix of a trained
+    /// ResNet-18 on an image folder.
+    Eval(eval::EvalArgs),
+    /// Top-k classes of single images.
+    Predict(eval::PredictArgs),
+    /// Training curves of several --log-json runs in one SVG chart.
+    Plot(plot::PlotArgs),
 }
 
 /// `--device cpu|cuda|auto` (CUDA device 0; `auto`: CUDA when usable, else
@@ -132,5 +141,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
         Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
         Command::Graph(args) => graph::run(&args).map(|summary| println!("{summary}")),
+        Command::Eval(args) => eval::run_eval(&args).map(|report| println!("{report}")),
+        Command::Predict(args) => eval::run_predict(&args).map(|lines| println!("{lines}")),
+        Command::Plot(args) => plot::run(&args).map(|summary| println!("{summary}")),
     }
 }

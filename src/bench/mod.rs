@@ -4,6 +4,7 @@
 //! peak tensor memory of the step. `frostgrad bench` prints this;
 //! `scripts/bench_pytorch.py` measures PyTorch the same way.
 
+pub mod machine;
 mod report;
 
 pub use report::{render_svg, render_table, to_json};
@@ -111,6 +112,12 @@ pub struct ModeResult {
     /// Highest tensor memory held during a step (parameters, momentum
     /// buffers and activations included), on the bench's device.
     pub peak_bytes: usize,
+    /// Median minor page faults per timed step (the whole process), when
+    /// the platform reports them.
+    pub minor_faults: Option<u64>,
+    /// Bytes the CPU buffer pool held in free buffers after the last step
+    /// (not tensor memory: what is kept for reuse instead of given back).
+    pub pool_held_bytes: usize,
     pub nodes: usize,
     pub computed: BTreeMap<String, usize>,
     pub skipped: BTreeMap<String, usize>,
@@ -266,12 +273,14 @@ pub fn run_mode(
     let (mut step, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
     let mut last = None;
     let mut peak_bytes = 0;
+    let mut faults = vec![];
     // Every phase boundary waits for the device (`sync`), as
     // scripts/bench_pytorch.py does: on a GPU a launch returns at once, so
     // without it a phase would time its launches and its kernels would be
     // charged to the next phase. A no-op on the CPU.
     let sync = || crate::backend::synchronize(cfg.device);
     for i in 0..total {
+        let faults_before = machine::minor_faults();
         memory::reset_peak_bytes(cfg.device);
         ops::flops::reset();
         sync()?;
@@ -304,6 +313,9 @@ pub fn run_mode(
         let s = ms_since(t0);
         peak_bytes = peak_bytes.max(memory::peak_bytes(cfg.device));
         if i >= cfg.warmup {
+            if let (Some(a), Some(b)) = (faults_before, machine::minor_faults()) {
+                faults.push(b.saturating_sub(a) as f64);
+            }
             step.push(s);
             fwd.push(f);
             bwd.push(b);
@@ -328,6 +340,8 @@ pub fn run_mode(
         backward_ms: Timing::of(&bwd).median,
         optimizer_ms: Timing::of(&opt).median,
         peak_bytes,
+        minor_faults: (!faults.is_empty()).then(|| Timing::of(&faults).median.round() as u64),
+        pool_held_bytes: crate::backend::cpu::buffer_pool::held_bytes(),
         nodes: stats.nodes,
         computed: stats.computed,
         skipped: stats.skipped,

@@ -22,7 +22,7 @@ pub fn render_table(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>22} {:>9} {:>9} {:>8} {:>8} {:>14} {:>10} {:>8} {:>9} {:>7}",
+        "{:<10} {:>22} {:>9} {:>9} {:>8} {:>8} {:>14} {:>10} {:>8} {:>9} {:>7} {:>7}",
         "mode",
         "step ms (min-max)",
         "fwd ms",
@@ -33,7 +33,8 @@ pub fn render_table(r: &BenchReport) -> String {
         "skipped",
         "GFLOP/s",
         "peak MiB",
-        "nodes"
+        "nodes",
+        "faults"
     );
     for m in &r.modes {
         let step = format!(
@@ -45,7 +46,7 @@ pub fn render_table(r: &BenchReport) -> String {
             .map_or("-".to_string(), |s| format!("{s:.2}x"));
         let _ = writeln!(
             out,
-            "{:<10} {:>22} {:>9.1} {:>9.1} {:>8.1} {:>8} {:>14} {:>10.2} {:>8.1} {:>9.1} {:>7}",
+            "{:<10} {:>22} {:>9.1} {:>9.1} {:>8.1} {:>8} {:>14} {:>10.2} {:>8.1} {:>9.1} {:>7} {:>7}",
             m.name,
             step,
             m.forward_ms,
@@ -56,7 +57,8 @@ pub fn render_table(r: &BenchReport) -> String {
             m.skipped_gflop,
             m.gflops_per_second(),
             mib(m.peak_bytes),
-            m.nodes
+            m.nodes,
+            m.minor_faults.map_or("-".to_string(), |f| f.to_string())
         );
     }
     let keys: BTreeSet<&String> = r
@@ -122,7 +124,8 @@ fn mode_json(m: &ModeResult) -> String {
             "{{\"name\": {}, \"trainable\": {}, \"trainable_parameters\": {}, ",
             "\"step_ms\": {{\"median\": {}, \"min\": {}, \"max\": {}}}, ",
             "\"forward_ms\": {}, \"backward_ms\": {}, \"optimizer_ms\": {}, ",
-            "\"peak_bytes\": {}, \"nodes\": {}, \"computed\": {}, \"skipped\": {}, ",
+            "\"peak_bytes\": {}, \"minor_faults\": {}, \"pool_held_bytes\": {}, ",
+            "\"nodes\": {}, \"computed\": {}, \"skipped\": {}, ",
             "\"gflop\": {}, \"forward_gflop\": {}, \"backward_gflop\": {}, \"skipped_gflop\": {}, ",
             "\"gflops_per_second\": {}, \"speedup_vs_finetune\": {}}}"
         ),
@@ -136,6 +139,8 @@ fn mode_json(m: &ModeResult) -> String {
         json_f64(m.backward_ms),
         json_f64(m.optimizer_ms),
         m.peak_bytes,
+        m.minor_faults.map_or("null".into(), |f| f.to_string()),
+        m.pool_held_bytes,
         m.nodes,
         json_map(&m.computed),
         json_map(&m.skipped),

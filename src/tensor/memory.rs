@@ -76,6 +76,12 @@ impl TrackedStorage {
 
 impl Drop for TrackedStorage {
     fn drop(&mut self) {
+        // The host buffer goes back to the CPU pool for the next tensor
+        // instead of back to the OS.
+        let storage = self.lock.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Storage::Cpu(data) = storage {
+            crate::backend::cpu::buffer_pool::recycle_host(data);
+        }
         if let Some(c) = counters(self.device) {
             c.live.fetch_sub(self.bytes, Ordering::Relaxed);
         }

@@ -16,6 +16,7 @@
 
 use rayon::prelude::*;
 
+use super::buffer_pool;
 use crate::backend::BatchNormGeometry;
 use crate::error::Result;
 
@@ -80,10 +81,11 @@ fn affine_per_channel(
     scale: &[f32],
     shift: &[f32],
     relu_after: bool,
-) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
+) -> Result<Vec<f32>> {
+    // Every element is written below.
+    let mut out = buffer_pool::uninit("batch_norm", x.len())?;
     if g.spatial == 0 {
-        return out;
+        return Ok(out);
     }
     out.par_chunks_mut(g.spatial)
         .zip(x.par_chunks(g.spatial))
@@ -100,7 +102,7 @@ fn affine_per_channel(
                 o.iter_mut().zip(x).for_each(|(o, &v)| *o = v * a + b);
             }
         });
-    out
+    Ok(out)
 }
 
 /// Channel `c`'s mean and biased variance in one pass over `x`.
@@ -170,7 +172,7 @@ pub(super) fn train(
         scale.push(a as f32);
         shift.push((f64::from(beta) - m * a) as f32);
     }
-    let output = affine_per_channel(x, g, &scale, &shift, relu_after);
+    let output = affine_per_channel(x, g, &scale, &shift, relu_after)?;
     Ok(TrainOutput {
         output,
         mean,
@@ -203,7 +205,7 @@ pub(super) fn eval(
             )
         })
         .unzip();
-    Ok(affine_per_channel(x, g, &scale, &shift, relu_after))
+    affine_per_channel(x, g, &scale, &shift, relu_after)
 }
 
 /// Backward; see [`crate::backend::BackendStorage::batch_norm_backward`].
@@ -235,13 +237,9 @@ pub(super) fn backward(
     // requested gradient reads it; otherwise `dy` stands in, unread.
     let input = input.unwrap_or(dy);
     match relu_output {
-        Some(y) => Ok(backward_impl::<true>(
-            dy, y, input, weight, mean, invstd, g, training, needs,
-        )),
+        Some(y) => backward_impl::<true>(dy, y, input, weight, mean, invstd, g, training, needs),
         // `dy` doubles as the (unread) mask.
-        None => Ok(backward_impl::<false>(
-            dy, dy, input, weight, mean, invstd, g, training, needs,
-        )),
+        None => backward_impl::<false>(dy, dy, input, weight, mean, invstd, g, training, needs),
     }
 }
 
@@ -257,7 +255,7 @@ fn backward_impl<const MASK: bool>(
     g: &BatchNormGeometry,
     training: bool,
     needs: [bool; 3],
-) -> [Option<Vec<f32>>; 3] {
+) -> Result<[Option<Vec<f32>>; 3]> {
     let [need_dx, need_dw, need_db] = needs;
     let reads_input = need_dw || (need_dx && training);
     // Σdy (f64) per channel, and Σ dy·(x - mean) when x̂ is involved, in
@@ -304,7 +302,7 @@ fn backward_impl<const MASK: bool>(
             .collect()
     });
     let db = need_db.then(|| sums.iter().map(|&(sd, _)| sd as f32).collect());
-    let dx = need_dx.then(|| {
+    let dx = need_dx.then(|| -> Result<Vec<f32>> {
         let m = g.count() as f64;
         // Per channel (PyTorch's CPU kernel uses the same grouping):
         // dx = (dy - Σdy/M - (x - mean)·k) · γ·invstd with k = invstd²·Σ(dy·(x-mean))/M;
@@ -323,7 +321,8 @@ fn backward_impl<const MASK: bool>(
                 (scale as f32, mean_dy as f32, k as f32, mean[c])
             })
             .collect();
-        let mut dx = vec![0.0; dy.len()];
+        // Every element is written below.
+        let mut dx = buffer_pool::uninit("batch_norm_backward", dy.len())?;
         if g.spatial > 0 {
             let per_task = segments_per_task(g);
             if training {
@@ -354,9 +353,9 @@ fn backward_impl<const MASK: bool>(
                     });
             }
         }
-        dx
+        Ok(dx)
     });
-    [dx, dw, db]
+    Ok([dx.transpose()?, dw, db])
 }
 
 /// In-place running-statistics update with momentum and the unbiased variance.

@@ -30,6 +30,7 @@
 
 use rayon::prelude::*;
 
+use super::buffer_pool;
 use super::check::checked_numel;
 use super::gemm::{sgemm, sgemm_single_thread, MatRef};
 use super::scratch::{with_scratch, Slot};
@@ -426,7 +427,13 @@ fn forward_with(
 ) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
-    let mut y = vec![0.0; g.batch * plan.out_image];
+    // Every element is written by a GEMM with beta = 0 (or onto the bias)
+    // unless there is no tap to sum over.
+    let mut y = if plan.taps > 0 {
+        buffer_pool::uninit(op, g.batch * plan.out_image)?
+    } else {
+        buffer_pool::zeroed(op, g.batch * plan.out_image)?
+    };
     let weight = MatRef::row_major(w, plan.taps);
     if plan.parallel_groups(g) {
         let group = plan.images_per_chunk;
@@ -531,7 +538,7 @@ pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Re
 fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, g, limits)?;
-    let mut dx = vec![0.0; g.batch * plan.in_image];
+    let mut dx = buffer_pool::zeroed(op, g.batch * plan.in_image)?;
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
     if plan.parallel_groups(g) {
@@ -624,7 +631,7 @@ fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -
     let plan = Plan::new(op, g, limits)?;
     let len = g.out_channels * plan.taps;
     if !plan.parallel_groups(g) {
-        let mut dw = vec![0.0; len];
+        let mut dw = buffer_pool::zeroed(op, len)?;
         weight_grad_images(dy, x, g, &plan, &mut dw, g.batch, Par::Split);
         return Ok(dw);
     }
@@ -635,13 +642,13 @@ fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -
         .par_chunks(group * plan.out_image)
         .zip(x.par_chunks(group * plan.in_image))
         .map(|(dy, x)| {
-            let mut dw = vec![0.0; len];
+            let mut dw = buffer_pool::zeroed(op, len)?;
             let batch = dy.len() / plan.out_image;
             weight_grad_images(dy, x, g, &plan, &mut dw, batch, Par::Serial);
-            dw
+            Ok(dw)
         })
-        .collect();
-    let mut dw = vec![0.0; len];
+        .collect::<Result<_>>()?;
+    let mut dw = buffer_pool::zeroed(op, len)?;
     dw.par_chunks_mut(1 << 14).enumerate().for_each(|(i, out)| {
         for partial in &partials {
             out.iter_mut()
@@ -649,6 +656,7 @@ fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -
                 .for_each(|(o, &p)| *o += p);
         }
     });
+    partials.into_iter().for_each(buffer_pool::recycle);
     Ok(dw)
 }
 

@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::buffer_pool;
 use crate::error::Result;
 
 /// Elements per parallel task: big enough that rayon's per-task cost is
@@ -13,12 +14,12 @@ use crate::error::Result;
 pub(super) const PAR_CHUNK: usize = 1 << 14;
 
 /// `f(x)` of every element.
-pub(super) fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
+pub(super) fn map(op: &'static str, x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Result<Vec<f32>> {
+    let mut out = buffer_pool::uninit(op, x.len())?;
     out.par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
         .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
-    out
+    Ok(out)
 }
 
 /// `f(a, b)` of every pair of elements; the lengths must match.
@@ -27,7 +28,7 @@ pub(super) fn zip_map(
     b: &[f32],
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<Vec<f32>> {
-    let mut out = vec![0.0; a.len()];
+    let mut out = buffer_pool::uninit("elementwise", a.len())?;
     out.par_chunks_mut(PAR_CHUNK)
         .zip(a.par_chunks(PAR_CHUNK).zip(b.par_chunks(PAR_CHUNK)))
         .for_each(|(o, (a, b))| {
@@ -42,13 +43,13 @@ pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
     zip_map(a, b, |a, b| a + b)
 }
 
-pub(super) fn scale(x: &[f32], factor: f32) -> Vec<f32> {
-    map(x, |v| v * factor)
+pub(super) fn scale(x: &[f32], factor: f32) -> Result<Vec<f32>> {
+    map("scale", x, |v| v * factor)
 }
 
 /// PyTorch's relu keeps NaN (it is `clamp_min(x, 0)` with NaN propagation).
-pub(super) fn relu(x: &[f32]) -> Vec<f32> {
-    map(x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 })
+pub(super) fn relu(x: &[f32]) -> Result<Vec<f32>> {
+    map("relu", x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 })
 }
 
 /// PyTorch's `threshold_backward(grad, output, 0)`: zero where
@@ -70,12 +71,12 @@ pub(super) fn sum_all(x: &[f32]) -> f32 {
 
 /// `value` repeated `len` times; `scalar` must hold one element.
 pub(super) fn broadcast_scalar(scalar: &[f32], len: usize) -> Result<Vec<f32>> {
-    Ok(vec![scalar[0]; len])
+    buffer_pool::filled("broadcast_scalar", len, scalar[0])
 }
 
 /// `x[r, c] + row[c]` for a `[rows, cols]` matrix.
 pub(super) fn add_row_vector(x: &[f32], row: &[f32], cols: usize) -> Result<Vec<f32>> {
-    let mut out = x.to_vec();
+    let mut out = buffer_pool::copy_of("add_row_vector", x)?;
     if cols > 0 {
         out.par_chunks_mut(cols)
             .with_min_len(PAR_CHUNK.div_ceil(cols))
@@ -109,7 +110,7 @@ mod tests {
 
     #[test]
     fn relu_keeps_nan_and_zeroes_negatives() {
-        let y = relu(&[-1.0, 0.0, 2.5, f32::NAN, f32::NEG_INFINITY]);
+        let y = relu(&[-1.0, 0.0, 2.5, f32::NAN, f32::NEG_INFINITY]).unwrap();
         assert_eq!(&y[..3], &[0.0, 0.0, 2.5]);
         assert!(y[3].is_nan());
         assert_eq!(y[4], 0.0);
@@ -143,7 +144,7 @@ mod tests {
     #[test]
     fn add_scale_broadcast() {
         assert_eq!(add(&[1.0, 2.0], &[3.0, 4.0]).unwrap(), vec![4.0, 6.0]);
-        assert_eq!(scale(&[1.0, -2.0], 0.5), vec![0.5, -1.0]);
+        assert_eq!(scale(&[1.0, -2.0], 0.5).unwrap(), vec![0.5, -1.0]);
         assert_eq!(broadcast_scalar(&[3.0], 3).unwrap(), vec![3.0; 3]);
     }
 }

@@ -257,7 +257,7 @@ pub(super) fn matmul(
     } else {
         MatRef::row_major(rhs, n)
     };
-    let mut out = vec![0.0; m * n];
+    let mut out = super::buffer_pool::zeroed("matmul", m * n)?;
     sgemm(m, k, n, 1.0, a, b, 0.0, &mut out, n);
     Ok(out)
 }

@@ -8,7 +8,7 @@ use crate::error::Result;
 /// `x - max - ln Σ exp(x - max)` per row: subtracting the row maximum keeps
 /// `exp` from overflowing; the sum is accumulated in f64.
 pub(super) fn log_softmax(x: &[f32], cols: usize) -> Result<Vec<f32>> {
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = super::buffer_pool::zeroed("log_softmax", x.len())?;
     if cols == 0 {
         return Ok(out);
     }
@@ -27,7 +27,7 @@ pub(super) fn log_softmax(x: &[f32], cols: usize) -> Result<Vec<f32>> {
 
 /// `g - exp(y) * Σ g` per row, with `y` the log-softmax output.
 pub(super) fn log_softmax_backward(grad: &[f32], output: &[f32], cols: usize) -> Result<Vec<f32>> {
-    let mut dx = vec![0.0f32; grad.len()];
+    let mut dx = super::buffer_pool::zeroed("log_softmax_backward", grad.len())?;
     if cols == 0 {
         return Ok(dx);
     }
@@ -68,7 +68,7 @@ pub(super) fn nll_loss_backward(
     cols: usize,
 ) -> Result<Vec<f32>> {
     labels_in_range("nll_loss_backward", labels, cols)?;
-    let mut dx = vec![0.0f32; rows * cols];
+    let mut dx = super::buffer_pool::zeroed("nll_loss_backward", rows * cols)?;
     let value = -grad[0] / rows as f32;
     for (row, col) in label_columns(labels).enumerate() {
         dx[row * cols + col] = value;

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use super::check;
 
 mod batch_norm;
+pub mod buffer_pool;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -82,10 +83,10 @@ impl BackendStorage for CpuStorage {
         HostData::len(self)
     }
     fn to_cpu(&self) -> Result<CpuStorage> {
-        Ok(self.clone())
+        buffer_pool::copy_host(self)
     }
     fn try_clone(&self) -> Result<Self> {
-        Ok(self.clone())
+        buffer_pool::copy_host(self)
     }
 
     fn add(&self, rhs: &Self) -> Result<Self> {
@@ -95,7 +96,7 @@ impl BackendStorage for CpuStorage {
     }
     fn scale(&self, factor: f32) -> Result<Self> {
         check::unary("scale", self)?;
-        Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)))
+        Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)?))
     }
     fn sum_all(&self) -> Result<Self> {
         check::unary("sum", self)?;
@@ -110,7 +111,7 @@ impl BackendStorage for CpuStorage {
     }
     fn relu(&self) -> Result<Self> {
         check::unary("relu", self)?;
-        Ok(F32(elementwise::relu(self.as_f32("relu")?)))
+        Ok(F32(elementwise::relu(self.as_f32("relu")?)?))
     }
     fn relu_backward(&self, output: &Self) -> Result<Self> {
         check::binary("relu_backward", self, output)?;

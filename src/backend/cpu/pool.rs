@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::buffer_pool;
 use super::check::checked_numel;
 use crate::backend::{AdaptivePool2dGeometry, Pool2dGeometry};
 use crate::error::{Error, Result};
@@ -39,8 +40,8 @@ pub(super) fn max_pool2d(x: &[f32], g: &Pool2dGeometry) -> Result<(Vec<f32>, Vec
     let planes = checked_numel(op, &[g.batch, g.channels])?;
     let in_plane = checked_numel(op, &[g.in_h, g.in_w])?;
     let out_plane = checked_numel(op, &[g.out_h, g.out_w])?;
-    let mut values = vec![0.0f32; checked_numel(op, &[planes, out_plane])?];
-    let mut indices = vec![0i64; values.len()];
+    let mut values = buffer_pool::zeroed(op, checked_numel(op, &[planes, out_plane])?)?;
+    let mut indices = buffer_pool::zeroed(op, values.len())?;
     if values.is_empty() {
         return Ok((values, indices));
     }
@@ -102,7 +103,7 @@ pub(super) fn max_pool2d_backward(
     let in_plane = checked_numel(op, &[g.in_h, g.in_w])?;
     let out_plane = checked_numel(op, &[g.out_h, g.out_w])?;
     let out_len = checked_numel(op, &[planes, out_plane])?;
-    let mut dx = vec![0.0f32; checked_numel(op, &[planes, in_plane])?];
+    let mut dx = buffer_pool::zeroed(op, checked_numel(op, &[planes, in_plane])?)?;
     if out_len == 0 || in_plane == 0 {
         return Ok(dx);
     }
@@ -140,7 +141,7 @@ fn adaptive_sizes(op: &'static str, g: &AdaptivePool2dGeometry) -> Result<(usize
 pub(super) fn adaptive_avg_pool2d(x: &[f32], g: &AdaptivePool2dGeometry) -> Result<Vec<f32>> {
     let op = "adaptive_avg_pool2d";
     let (planes, in_plane, out_plane) = adaptive_sizes(op, g)?;
-    let mut out = vec![0.0f32; planes * out_plane];
+    let mut out = buffer_pool::zeroed(op, planes * out_plane)?;
     if out.is_empty() {
         return Ok(out);
     }
@@ -175,7 +176,7 @@ pub(super) fn adaptive_avg_pool2d_backward(
 ) -> Result<Vec<f32>> {
     let op = "adaptive_avg_pool2d_backward";
     let (planes, in_plane, out_plane) = adaptive_sizes(op, g)?;
-    let mut dx = vec![0.0f32; planes * in_plane];
+    let mut dx = buffer_pool::zeroed(op, planes * in_plane)?;
     if dx.is_empty() {
         return Ok(dx);
     }

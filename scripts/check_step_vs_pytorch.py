@@ -104,7 +104,10 @@ def rel_err(got, want):
 def check(size, batch, seed, trainable, train, device, binary, classes=10, lr=0.1, momentum=0.9,
           weight_decay=1e-4, quiet=False, emu=None):
     model, images, labels = build_case(size, batch, classes, seed)
-    tmp = tempfile.mkdtemp(prefix="frostgrad-check-")
+    # Removed when this function returns (CPython frees it at once): a
+    # sweep of sizes used to leave ~130 MB per case in /tmp.
+    scratch = tempfile.TemporaryDirectory(prefix="frostgrad-check-")
+    tmp = scratch.name
     wpath, bpath, opath = (os.path.join(tmp, n) for n in ("w.safetensors", "b.safetensors", "o.safetensors"))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, wpath)
     save_file({"images": images, "labels": labels}, bpath)

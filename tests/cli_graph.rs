@@ -3,6 +3,8 @@
 //! internally consistent; SVG and DOT draw every node and edge; bad input
 //! gets a one-line error and no output file.
 
+#[path = "common/scratch.rs"]
+mod scratch;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -12,9 +14,7 @@ use serde_json::Value;
 mod common;
 
 fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("frostgrad-graph-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+    scratch::scratch_dir(&format!("graph-{test}"))
 }
 
 fn frostgrad(args: &[&str]) -> Output {

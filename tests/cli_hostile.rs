@@ -10,6 +10,8 @@
 //!   a file-size limit mid-write leaves the previous output intact;
 //! - files that are nothing frostgrad reads say what they are, by role.
 
+#[path = "common/scratch.rs"]
+mod scratch;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,10 +24,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("frostgrad-hostile-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch::scratch_dir(&format!("hostile-{test}"))
 }
 
 fn fixture(name: &str) -> PathBuf {

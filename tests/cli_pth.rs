@@ -9,6 +9,8 @@
 //! matches PyTorch on files PyTorch wrote is tests/pth.rs's job; this file
 //! checks the commands around it.
 
+#[path = "common/scratch.rs"]
+mod scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -20,9 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("frostgrad-cli-pth-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch::scratch_dir(&format!("cli-pth-{test}"))
 }
 
 fn pickle_str(out: &mut Vec<u8>, s: &str) {

@@ -2,6 +2,8 @@
 //! the backward statistics for each freezing mode, which gradients are
 //! written, what the step changes, and one-line errors for bad input.
 
+#[path = "common/scratch.rs"]
+mod scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -15,9 +17,7 @@ use rand::{Rng, SeedableRng};
 const CLASSES: usize = 10;
 
 fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("frostgrad-cli-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch::scratch_dir(&format!("cli-{test}"))
 }
 
 /// A seeded 10-class ResNet-18 state dict, written once for all tests.

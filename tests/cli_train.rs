@@ -4,6 +4,8 @@
 //! without it, `--resume` against an uninterrupted run, that it learns,
 //! and one-line errors (never a panic) for hostile input.
 
+#[path = "common/scratch.rs"]
+mod scratch;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -15,10 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("frostgrad-train-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch::scratch_dir(&format!("train-{test}"))
 }
 
 /// `root/{train,val}/{red,green,blue}/NN.{png,jpg}`: noisy images whose

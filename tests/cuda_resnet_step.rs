@@ -17,6 +17,8 @@
 #[path = "common/cuda_emu.rs"]
 mod cuda_emu;
 
+#[path = "common/scratch.rs"]
+mod scratch;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -52,10 +54,7 @@ fn cuda_test(name: &str, body: impl FnOnce()) {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("frostgrad-cuda-step-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch::scratch_dir(&format!("cuda-step-{name}"))
 }
 
 /// Weights and batch files, written once per process.

@@ -20,6 +20,8 @@
 
 mod common;
 
+#[path = "common/scratch.rs"]
+mod scratch;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -182,12 +184,7 @@ fn scalar(fx: &Fixture, name: &str) -> f64 {
 
 fn run_case(case: &str) {
     let fx = Fixture::load(&common::fixture_dir("train").join(format!("{case}.safetensors")));
-    let dir = std::env::temp_dir().join(format!(
-        "frostgrad-train-parity-{}-{case}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch::scratch_dir(&format!("train-parity-{case}"));
     let data = dir.join("data");
     write_folder(&data);
     let init = formula_weights();

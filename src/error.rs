@@ -50,6 +50,10 @@ pub enum Error {
     #[error("PyTorch checkpoint: {0}")]
     Checkpoint(String),
 
+    /// An image file that cannot be read or decoded (`frostgrad train`'s data).
+    #[error("image {path}: {msg}")]
+    Image { path: String, msg: String },
+
     #[error("CUDA: {0}")]
     Cuda(String),
 

@@ -10,6 +10,7 @@
 //! - [`backend`]: the kernels, one implementation per device behind one
 //!   trait, and [`backend::Storage`], the dispatch over them.
 //! - [`nn`], [`optim`], [`io`]: modules (ResNet-18), SGD, weight files.
+//! - [`data`], [`train`]: image folders and the training loop of `frostgrad train`.
 //! - [`viz`]: the backward graph as JSON, DOT and SVG (`frostgrad graph`).
 
 pub mod autograd;
@@ -17,12 +18,14 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod core_types;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod train;
 pub mod viz;
 
 pub use autograd::{no_grad, BackwardStats};

@@ -7,7 +7,7 @@
 
 use crate::backend::{
     AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormParams, BatchNormSaved,
-    BatchNormStats, Conv2dGeometry, Epilogue, Pool2dGeometry, SgdConfig,
+    BatchNormStats, Conv2dGeometry, Epilogue, Pool2dGeometry, SgdConfig, StridedLayout,
 };
 use crate::core_types::DType;
 use crate::error::{Error, Result};
@@ -366,6 +366,60 @@ pub(crate) fn sgd_step<S: BackendStorage>(
         f32_buf(op, "momentum_buffer", buffer, param.len())?;
     }
     Ok(())
+}
+
+// ----- general op set (backend::strided) -------------------------------------
+
+pub(crate) fn strided_copy<S: BackendStorage>(x: &S, layout: &StridedLayout) -> Result<()> {
+    let op = "strided_copy";
+    dtype(op, x, DType::F32)?;
+    layout.check(op, "source", x.len())
+}
+
+/// Two f32 operands read through layouts of one (the output's) shape.
+pub(crate) fn binary_strided<S: BackendStorage>(
+    a: &S,
+    b: &S,
+    a_layout: &StridedLayout,
+    b_layout: &StridedLayout,
+) -> Result<()> {
+    let op = "binary";
+    dtype(op, a, DType::F32)?;
+    dtype(op, b, DType::F32)?;
+    if a_layout.shape != b_layout.shape {
+        return Err(Error::shape(
+            op,
+            format!(
+                "operand layouts of shapes {:?} and {:?}",
+                a_layout.shape, b_layout.shape
+            ),
+        ));
+    }
+    a_layout.check(op, "lhs", a.len())?;
+    b_layout.check(op, "rhs", b.len())
+}
+
+pub(crate) fn reduce_rows<S: BackendStorage>(x: &S, rows: usize, cols: usize) -> Result<()> {
+    let op = "reduce_rows";
+    if cols == 0 {
+        return Err(Error::shape(op, "cannot reduce over an empty dim"));
+    }
+    f32_buf(op, "input", x, checked_numel(op, &[rows, cols])?)
+}
+
+/// `[batch, m, k] @ [batch, k, n]` (transposition does not change the lengths).
+pub(crate) fn batched_matmul<S: BackendStorage>(
+    a: &S,
+    b: &S,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<()> {
+    let op = "batched_matmul";
+    f32_buf(op, "lhs", a, checked_numel(op, &[batch, m, k])?)?;
+    f32_buf(op, "rhs", b, checked_numel(op, &[batch, k, n])?)?;
+    checked_numel(op, &[batch, m, n]).map(drop)
 }
 
 /// Each family's check through the CPU backend's methods (the CUDA backend

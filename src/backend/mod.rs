@@ -12,12 +12,14 @@ pub mod cpu;
 pub mod cuda;
 mod geometry;
 mod storage;
+pub mod strided;
 
 pub use geometry::{
     AdaptivePool2dGeometry, BatchNormGeometry, Conv2dGeometry, Pool2dGeometry, SgdConfig,
 };
 
 pub use storage::Storage;
+pub use strided::{BinaryOp, ReduceOp, StridedLayout, UnaryOp};
 
 /// Waits until all work queued on `device` has finished (a no-op on the
 /// CPU, whose kernels return when done). Kernel launches on a GPU return
@@ -174,6 +176,36 @@ pub trait BackendStorage: Sized {
     fn add_row_vector(&self, row: &Self, rows: usize, cols: usize) -> Result<Self>;
     /// Column sums of a `[rows, cols]` matrix, giving `[cols]`.
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self>;
+
+    // ----- the general op set: see [`strided`] ---------------------------
+
+    /// The elements of `self` read through `layout`, contiguous.
+    fn strided_copy(&self, layout: &StridedLayout) -> Result<Self>;
+    /// `op(self[i], rhs[j])` over the shape both layouts share.
+    fn binary(
+        &self,
+        rhs: &Self,
+        op: BinaryOp,
+        lhs_layout: &StridedLayout,
+        rhs_layout: &StridedLayout,
+    ) -> Result<Self>;
+    /// `op(x)` elementwise.
+    fn unary(&self, op: UnaryOp) -> Result<Self>;
+    /// `[rows, cols]` to `[rows]`: the sum or max of each row.
+    fn reduce_rows(&self, op: ReduceOp, rows: usize, cols: usize) -> Result<Self>;
+    /// `[batch, m, k] @ [batch, k, n]` to `[batch, m, n]`, where a
+    /// transposed operand is stored `[batch, k, m]` / `[batch, n, k]`.
+    #[allow(clippy::too_many_arguments)]
+    fn batched_matmul(
+        &self,
+        rhs: &Self,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        lhs_transposed: bool,
+        rhs_transposed: bool,
+    ) -> Result<Self>;
 
     // ----- convolution -----------------------------------------------------
     /// `self` is the input `[N, C_in, H, W]`; weight `[C_out, C_in, KH, KW]`;

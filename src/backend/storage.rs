@@ -11,7 +11,8 @@ use crate::backend::cuda::CudaStorage;
 use crate::backend::BackendStorage;
 use crate::backend::{
     AdaptivePool2dGeometry, BatchNormGeometry, BatchNormOutput, BatchNormParams, BatchNormSaved,
-    BatchNormStats, BatchStats, Conv2dGeometry, Pool2dGeometry, SgdConfig,
+    BatchNormStats, BatchStats, BinaryOp, Conv2dGeometry, Pool2dGeometry, ReduceOp, SgdConfig,
+    StridedLayout, UnaryOp,
 };
 use crate::core_types::{DType, Device};
 use crate::error::{Error, Result};
@@ -187,6 +188,44 @@ impl BackendStorage for Storage {
     }
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
         each_backend!(self, s => s.sum_rows(rows, cols).map(Storage::from))
+    }
+
+    fn strided_copy(&self, layout: &StridedLayout) -> Result<Self> {
+        each_backend!(self, s => s.strided_copy(layout).map(Storage::from))
+    }
+    fn binary(
+        &self,
+        rhs: &Self,
+        op: BinaryOp,
+        lhs_layout: &StridedLayout,
+        rhs_layout: &StridedLayout,
+    ) -> Result<Self> {
+        each_backend!(self, s => s
+            .binary(arg::<B>("binary", s.device(), rhs)?, op, lhs_layout, rhs_layout)
+            .map(Storage::from))
+    }
+    fn unary(&self, op: UnaryOp) -> Result<Self> {
+        each_backend!(self, s => s.unary(op).map(Storage::from))
+    }
+    fn reduce_rows(&self, op: ReduceOp, rows: usize, cols: usize) -> Result<Self> {
+        each_backend!(self, s => s.reduce_rows(op, rows, cols).map(Storage::from))
+    }
+    fn batched_matmul(
+        &self,
+        rhs: &Self,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        lhs_transposed: bool,
+        rhs_transposed: bool,
+    ) -> Result<Self> {
+        each_backend!(self, s => s
+            .batched_matmul(
+                arg::<B>("batched_matmul", s.device(), rhs)?,
+                batch, m, k, n, lhs_transposed, rhs_transposed,
+            )
+            .map(Storage::from))
     }
 
     fn conv2d(&self, weight: &Self, bias: Option<&Self>, g: &Conv2dGeometry) -> Result<Self> {

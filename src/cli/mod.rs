@@ -10,6 +10,7 @@ pub mod bench;
 pub mod convert;
 pub mod graph;
 pub mod step;
+pub mod train;
 pub mod weights;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -40,6 +41,9 @@ pub enum Command {
     /// Convert a PyTorch checkpoint (.pth, zip or legacy format) to
     /// safetensors, without Python and without running anything in it.
     Convert(convert::ConvertArgs),
+    /// Train ResNet-18 on an image folder (fine-tuning or transfer
+    /// learning), with an optional frozen-prefix feature cache.
+    Train(train::TrainArgs),
     /// Draw the backward graph of a ResNet-18 step in a freezing mode (SVG
     /// without Graphviz, DOT, or JSON): each node's PyTorch name, the
     /// gradients it computes and skips, what it saved.
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Step(args) => step::run(&args).map(|summary| println!("{summary}")),
         Command::Bench(args) => bench::run(&args),
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
+        Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
         Command::Graph(args) => graph::run(&args).map(|summary| println!("{summary}")),
     }
 }

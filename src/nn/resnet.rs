@@ -256,29 +256,111 @@ impl ResNet {
     }
 }
 
+/// The forward pass cut into [`ResNet::STAGES`] consecutive stages, so a
+/// caller can run a frozen prefix once and the rest many times (the
+/// feature cache of `frostgrad train`):
+///
+/// | stage | what | parameters |
+/// | --- | --- | --- |
+/// | 0 | conv1, bn1, relu, maxpool | `conv1.*`, `bn1.*` |
+/// | 1..=8 | the blocks `layer1.0` ... `layer4.1` | `layerK.i.*` |
+/// | 9 | adaptive average pool, flatten | none |
+/// | 10 | fc | `fc.*` |
+impl ResNet {
+    pub const STAGES: usize = 11;
+
+    /// The stage (see the table above) a parameter or buffer belongs to,
+    /// or `None` for a name that is not ResNet-18's.
+    pub fn stage_of(name: &str) -> Option<usize> {
+        let mut parts = name.split('.');
+        match parts.next()? {
+            "conv1" | "bn1" => Some(0),
+            "fc" => Some(10),
+            layer => {
+                let k: usize = layer.strip_prefix("layer")?.parse().ok()?;
+                let i: usize = parts.next()?.parse().ok()?;
+                ((1..=4).contains(&k) && i < 2).then_some(1 + 2 * (k - 1) + i)
+            }
+        }
+    }
+
+    /// A short name for stage `s`: `stem`, `layer3.1`, `avgpool`, `fc`.
+    pub fn stage_name(s: usize) -> String {
+        match s {
+            0 => "stem".into(),
+            1..=8 => format!("layer{}.{}", (s - 1) / 2 + 1, (s - 1) % 2),
+            9 => "avgpool".into(),
+            _ => "fc".into(),
+        }
+    }
+
+    /// Runs stages `stages.start..stages.end` on `x` (the images for a
+    /// range starting at 0, otherwise the output of stage `start - 1`).
+    pub fn forward_stages(&self, x: &Tensor, stages: std::ops::Range<usize>) -> Result<Tensor> {
+        if stages.start > stages.end || stages.end > Self::STAGES {
+            return Err(Error::invalid(
+                "ResNet::forward_stages",
+                format!("stages {stages:?} outside 0..{}", Self::STAGES),
+            ));
+        }
+        let mut x = x.clone();
+        for s in stages {
+            x = match s {
+                0 => {
+                    let [_, channels, _, _] = x.dims4("ResNet-18")?;
+                    if channels != 3 {
+                        return Err(Error::shape(
+                            "ResNet-18",
+                            format!("expects 3-channel images, got shape {:?}", x.shape()),
+                        ));
+                    }
+                    let y = self.bn1.forward_relu(&self.conv1.forward(&x)?)?;
+                    let pool = MaxPool2dOptions {
+                        kernel: (3, 3),
+                        stride: (2, 2),
+                        padding: (1, 1),
+                        dilation: (1, 1),
+                    };
+                    ops::max_pool2d(&y, pool)?
+                }
+                1..=8 => self.layers()[(s - 1) / 2][(s - 1) % 2].forward(&x)?,
+                9 => ops::flatten(&ops::adaptive_avg_pool2d(&x, (1, 1))?, 1)?,
+                _ => self.fc.forward(&x)?,
+            };
+        }
+        Ok(x)
+    }
+
+    /// Every batch-norm layer with its name (`bn1`, `layer2.0.downsample.1`),
+    /// for code that sets their modes one by one (`--frozen-bn eval`).
+    pub fn batch_norms_mut(&mut self) -> Vec<(String, &mut BatchNorm2d)> {
+        let mut out = vec![("bn1".to_string(), &mut self.bn1)];
+        for (k, layer) in [
+            &mut self.layer1,
+            &mut self.layer2,
+            &mut self.layer3,
+            &mut self.layer4,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for (i, block) in layer.iter_mut().enumerate() {
+                let at = format!("layer{}.{i}", k + 1);
+                out.push((format!("{at}.bn1"), &mut block.bn1));
+                out.push((format!("{at}.bn2"), &mut block.bn2));
+                if let Some(d) = &mut block.downsample {
+                    out.push((format!("{at}.downsample.1"), &mut d.bn));
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Module for ResNet {
     /// `images [N, 3, H, W]` to logits `[N, num_classes]`.
     fn forward(&self, images: &Tensor) -> Result<Tensor> {
-        let [_, channels, _, _] = images.dims4("ResNet-18")?;
-        if channels != 3 {
-            return Err(Error::shape(
-                "ResNet-18",
-                format!("expects 3-channel images, got shape {:?}", images.shape()),
-            ));
-        }
-        let x = self.bn1.forward_relu(&self.conv1.forward(images)?)?;
-        let pool = MaxPool2dOptions {
-            kernel: (3, 3),
-            stride: (2, 2),
-            padding: (1, 1),
-            dilation: (1, 1),
-        };
-        let mut x = ops::max_pool2d(&x, pool)?;
-        for layer in self.layers() {
-            x = layer.forward(&x)?;
-        }
-        let x = ops::flatten(&ops::adaptive_avg_pool2d(&x, (1, 1))?, 1)?;
-        self.fc.forward(&x)
+        self.forward_stages(images, 0..Self::STAGES)
     }
     fn visit(&self, prefix: &str, f: Visitor) {
         self.conv1.visit(&join(prefix, "conv1"), f);

@@ -1,34 +1,32 @@
-//! Elementwise addition of equal shapes (the residual connection).
-//! The gradient passes unchanged to whichever side needs it.
+//! Elementwise addition with NumPy/PyTorch broadcasting (and ResNet's
+//! residual connection, where both shapes are equal). The gradient passes
+//! unchanged to whichever side needs it, summed back over the dims that
+//! side was broadcast along; nothing is saved.
 
 use crate::autograd::{record, BackwardOp};
-use crate::backend::BackendStorage;
-use crate::error::{Error, Result};
+use crate::backend::{BackendStorage, BinaryOp};
+use crate::error::Result;
+use crate::ops::broadcast::{binary, reduce_to};
 use crate::ops::same_device;
 use crate::tensor::Tensor;
 
 pub fn add(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
-    if lhs.shape() != rhs.shape() {
-        return Err(Error::shape(
-            "add",
-            format!(
-                "{:?} + {:?} (broadcasting is not supported)",
-                lhs.shape(),
-                rhs.shape()
-            ),
-        ));
-    }
-    same_device("add", lhs, rhs)?;
-    let out = lhs.storage().add(&rhs.storage())?;
-    record(
-        out,
-        lhs.shape().to_vec(),
-        &[Some(lhs), Some(rhs)],
-        |_, _| Box::new(AddBackward),
-    )
+    let (out, shape) = if lhs.shape() == rhs.shape() {
+        // Equal shapes: the contiguous kernel, no index arithmetic.
+        same_device("add", lhs, rhs)?;
+        (lhs.storage().add(&rhs.storage())?, lhs.shape().to_vec())
+    } else {
+        binary("add", lhs, rhs, BinaryOp::Add)?
+    };
+    let shapes = [lhs.shape().to_vec(), rhs.shape().to_vec()];
+    record(out, shape, &[Some(lhs), Some(rhs)], |_, _| {
+        Box::new(AddBackward { shapes })
+    })
 }
 
-struct AddBackward;
+struct AddBackward {
+    shapes: [Vec<usize>; 2],
+}
 
 impl BackwardOp for AddBackward {
     fn name(&self) -> &'static str {
@@ -49,9 +47,10 @@ impl BackwardOp for AddBackward {
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
         // Handing out the same tensor twice is safe: the engine never adds in place.
-        Ok(needs
+        needs
             .iter()
-            .map(|&n| n.then(|| grad_output.clone()))
-            .collect())
+            .zip(&self.shapes)
+            .map(|(&n, shape)| n.then(|| reduce_to(grad_output, shape)).transpose())
+            .collect()
     }
 }

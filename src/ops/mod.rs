@@ -9,13 +9,27 @@
 mod adaptive_avg_pool2d;
 mod add;
 mod batch_norm;
+pub(crate) mod broadcast;
 mod conv2d;
+mod div;
+mod exp;
 pub mod flops;
 mod linear;
+mod log;
 mod loss;
+mod matmul;
 mod max_pool2d;
+mod mul;
+mod neg;
+mod operators;
+mod permute;
+mod pow;
 mod reduce;
+mod reduce_dims;
 mod relu;
+mod sigmoid;
+mod sub;
+mod tanh;
 mod view;
 
 pub use adaptive_avg_pool2d::adaptive_avg_pool2d;
@@ -28,6 +42,21 @@ pub use max_pool2d::{max_pool2d, MaxPool2dOptions};
 pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use view::{flatten, reshape};
+
+// The general op set: broadcasting elementwise ops, maps, matmul,
+// transposes and reductions over chosen dims (see `broadcast`).
+pub use div::div;
+pub use exp::exp;
+pub use log::log;
+pub use matmul::matmul;
+pub use mul::mul;
+pub use neg::neg;
+pub use permute::{permute, transpose};
+pub use pow::pow;
+pub use reduce_dims::{max_dims, mean_dims, sum_dims};
+pub use sigmoid::sigmoid;
+pub use sub::sub;
+pub use tanh::tanh;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

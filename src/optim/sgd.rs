@@ -105,6 +105,37 @@ impl Sgd {
         &self.params
     }
 
+    /// Changes the learning rate for later steps (a schedule, like writing
+    /// `param_group["lr"]` in PyTorch).
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        let config = SgdConfig { lr, ..self.config };
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Restores the momentum buffer of `params()[i]` (resuming training):
+    /// the next step then continues it instead of starting a new one.
+    pub fn set_momentum_buffer(&mut self, i: usize, buffer: Tensor) -> Result<()> {
+        let param = self.params.get(i).ok_or_else(|| {
+            Error::invalid("Sgd::set_momentum_buffer", format!("no parameter {i}"))
+        })?;
+        if buffer.shape() != param.shape() || buffer.device() != param.device() {
+            return Err(Error::shape(
+                "Sgd::set_momentum_buffer",
+                format!(
+                    "buffer {:?} on {:?} for parameter {:?} on {:?}",
+                    buffer.shape(),
+                    buffer.device(),
+                    param.shape(),
+                    param.device()
+                ),
+            ));
+        }
+        self.momentum_buffers[i] = Some(buffer);
+        Ok(())
+    }
+
     /// The momentum buffer of `params()[i]`, once a step has created it.
     pub fn momentum_buffer(&self, i: usize) -> Option<&Tensor> {
         self.momentum_buffers.get(i).and_then(Option::as_ref)

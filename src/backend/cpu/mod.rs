@@ -12,6 +12,7 @@ use crate::backend::{
     BatchNormSaved, BatchNormStats, BatchStats, Conv2dGeometry, Epilogue, Pool2dGeometry,
     SgdConfig,
 };
+use crate::backend::{BinaryOp, ReduceOp, StridedLayout, UnaryOp};
 use crate::core_types::{DType, Device, HostData};
 use crate::error::{Error, Result};
 
@@ -32,6 +33,7 @@ mod pool;
 mod scratch;
 mod sgd;
 pub mod simd;
+mod strided;
 
 #[cfg(test)]
 mod test_data;
@@ -158,6 +160,60 @@ impl BackendStorage for CpuStorage {
     fn sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
         check::sum_rows(self, rows, cols)?;
         Ok(F32(elementwise::sum_rows(self.as_f32("sum_rows")?, cols)?))
+    }
+
+    fn strided_copy(&self, layout: &StridedLayout) -> Result<Self> {
+        check::strided_copy(self, layout)?;
+        Ok(F32(strided::strided_copy(
+            self.as_f32("strided_copy")?,
+            layout,
+        )))
+    }
+    fn binary(
+        &self,
+        rhs: &Self,
+        op: BinaryOp,
+        lhs_layout: &StridedLayout,
+        rhs_layout: &StridedLayout,
+    ) -> Result<Self> {
+        check::binary_strided(self, rhs, lhs_layout, rhs_layout)?;
+        let (a, b) = (self.as_f32("binary")?, rhs.as_f32("binary")?);
+        Ok(F32(strided::binary(a, b, op, lhs_layout, rhs_layout)))
+    }
+    fn unary(&self, op: UnaryOp) -> Result<Self> {
+        check::unary("unary", self)?;
+        Ok(F32(strided::unary(self.as_f32("unary")?, op)))
+    }
+    fn reduce_rows(&self, op: ReduceOp, rows: usize, cols: usize) -> Result<Self> {
+        check::reduce_rows(self, rows, cols)?;
+        Ok(F32(strided::reduce_rows(
+            self.as_f32("reduce_rows")?,
+            op,
+            cols,
+        )))
+    }
+    fn batched_matmul(
+        &self,
+        rhs: &Self,
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        lhs_transposed: bool,
+        rhs_transposed: bool,
+    ) -> Result<Self> {
+        check::batched_matmul(self, rhs, batch, m, k, n)?;
+        let op = "batched_matmul";
+        Ok(F32(strided::batched_matmul(
+            self.as_f32(op)?,
+            rhs.as_f32(op)?,
+            batch,
+            m,
+            k,
+            n,
+            lhs_transposed,
+            rhs_transposed,
+        )?))
     }
 
     fn conv2d(&self, weight: &Self, bias: Option<&Self>, g: &Conv2dGeometry) -> Result<Self> {

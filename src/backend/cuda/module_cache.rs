@@ -31,6 +31,7 @@ pub enum KernelFile {
     Elementwise,
     Loss,
     Sgd,
+    General,
 }
 
 impl KernelFile {
@@ -43,6 +44,7 @@ impl KernelFile {
             KernelFile::Elementwise => "elementwise.cu",
             KernelFile::Loss => "loss.cu",
             KernelFile::Sgd => "sgd.cu",
+            KernelFile::General => "general.cu",
         }
     }
 
@@ -55,6 +57,7 @@ impl KernelFile {
             KernelFile::Elementwise => include_str!("../../../kernels/elementwise.cu"),
             KernelFile::Loss => include_str!("../../../kernels/loss.cu"),
             KernelFile::Sgd => include_str!("../../../kernels/sgd.cu"),
+            KernelFile::General => include_str!("../../../kernels/general.cu"),
         }
     }
 }

@@ -227,7 +227,7 @@ Region* find_sorted(std::vector<Region*>& v, uintptr_t p) {
 
 bool within(const Region* r, uintptr_t p, size_t n) { return r && p >= r->lo && p + n <= r->hi && p + n >= p; }
 
-Region* lookup(uintptr_t p, size_t n) {
+__attribute__((noinline)) Region* lookup(uintptr_t p, size_t n) {
   if (S.dyn.hi > S.dyn.lo && p >= S.dyn.lo && p < S.dyn_region_end) return within(&S.dyn, p, n) ? &S.dyn : nullptr;
   for (Module* m : g_modules) {
     if (p >= (uintptr_t)m->sh_begin && p < (uintptr_t)m->sh_end) {
@@ -306,11 +306,26 @@ std::string explain(uintptr_t p, size_t n) {
   return s.empty() ? "no device allocation exists" : s;
 }
 
-[[noreturn]] void memory_error(uintptr_t p, size_t n, unsigned fl, const void* pc, const std::string& why) {
+// Reports are cold and out of line: access() stays a small function with a
+// small frame (it runs for every load and store of kernel code).
+[[noreturn]] __attribute__((noinline, cold)) void memory_error(uintptr_t p, size_t n, unsigned fl, const void* pc, const std::string& why) {
   const char* what = (fl & FG_ACCESS_ATOMIC) ? "atomic" : (fl & FG_ACCESS_WRITE) ? "write" : "read";
   report("memcheck", where() + ": invalid " + std::string(what) + " of " + std::to_string(n) + " bytes at " + hexs(p) +
                          ", " + why + at(pc));
   fg_emu_abort_launch(kIllegalAddress);
+}
+
+[[noreturn]] __attribute__((noinline, cold)) void misaligned(const Region* r, uintptr_t p, size_t n, unsigned fl,
+                                                             const void* pc) {
+  memory_error(p, n, fl, pc, "misaligned: a " + std::to_string(n) + "-byte access needs a multiple of " +
+                                 std::to_string(n) + " (" + in_region(r, p) + ")");
+}
+[[noreturn]] __attribute__((noinline, cold)) void read_only(const Region* r, uintptr_t p, size_t n, unsigned fl,
+                                                            const void* pc) {
+  memory_error(p, n, fl, pc, "in " + r->name);
+}
+[[noreturn]] __attribute__((noinline, cold)) void unmapped(uintptr_t p, size_t n, unsigned fl, const void* pc) {
+  memory_error(p, n, fl, pc, explain(p, n));
 }
 
 void reset_shadow_init(Region* r) {
@@ -325,7 +340,7 @@ bool warp_ordered(unsigned other_tid, uint16_t other_gen) {
   return other_tid / 32 == S.tid / 32 && other_gen != S.warpgen[(S.tid / 32) & 31];
 }
 
-void race_report(Hazard h, const Region* r, uintptr_t p, unsigned other, const void* pc) {
+__attribute__((noinline, cold)) void race_report(Hazard h, const Region* r, uintptr_t p, unsigned other, const void* pc) {
   if (!S.seen.insert({h, pc}).second) return;
   std::string me = "thread " + tid_str(S.tid);
   std::string them = other == kMany ? "other threads" : "thread " + tid_str(other);
@@ -342,7 +357,7 @@ void race_report(Hazard h, const Region* r, uintptr_t p, unsigned other, const v
   hazard("racecheck", msg);
 }
 
-void blocks_report(const Region* r, uintptr_t p, uint32_t wepoch, unsigned other, const void* pc) {
+__attribute__((noinline, cold)) void blocks_report(const Region* r, uintptr_t p, uint32_t wepoch, unsigned other, const void* pc) {
   if (!S.seen.insert({H_BLOCKS, pc}).second) return;
   auto it = std::upper_bound(S.block_epochs.begin(), S.block_epochs.end(), wepoch);
   size_t ob = (size_t)(it - S.block_epochs.begin()) - 1;
@@ -398,6 +413,17 @@ void race(Region* r, uintptr_t p, size_t n, unsigned fl) {
       c.wwarp = gen;
     }
   }
+}
+
+__attribute__((noinline, cold)) void init_report(const Region* r, uintptr_t p, size_t n, unsigned fl, const void* pc,
+                                                 const uint8_t* s) {
+  if (!S.seen.insert({H_INIT, pc}).second) return;
+  size_t k = 0;
+  for (size_t j = 0; j < n; j++) k += !s[j];
+  const char* what = (fl & FG_ACCESS_ATOMIC) ? "atomic" : "read";
+  hazard("initcheck", where() + ": " + what + " of " + std::to_string(n) + " bytes at " + hexs(p) + " (" +
+                          in_region(r, p) + ")" + at(pc) + ": " + std::to_string(k) +
+                          " of them never written (uninitialised memory)");
 }
 
 // ------------------------------------------------------------------ modules
@@ -771,7 +797,7 @@ void access(const void* addr, unsigned long n, unsigned fl, const void* pc) {
   } else {
     r = lookup(p, n);
     if (!r) {
-      if (on(MEM)) memory_error(p, n, fl, pc, explain(p, n));
+      if (on(MEM)) unmapped(p, n, fl, pc);
       return;
     }
     if (r != &g_host) {
@@ -780,24 +806,15 @@ void access(const void* addr, unsigned long n, unsigned fl, const void* pc) {
     }
   }
   if (on(MEM)) {
-    if ((fl & FG_ACCESS_ALIGNED) && n > 1 && (n & (n - 1)) == 0 && (p & (n - 1)))
-      memory_error(p, n, fl, pc, "misaligned: a " + std::to_string(n) + "-byte access needs a multiple of " +
-                                     std::to_string(n) + " (" + in_region(r, p) + ")");
-    if ((fl & FG_ACCESS_WRITE) && r->kind == K_READONLY) memory_error(p, n, fl, pc, "in " + r->name);
+    if ((fl & FG_ACCESS_ALIGNED) && n > 1 && (n & (n - 1)) == 0 && (p & (n - 1))) misaligned(r, p, n, fl, pc);
+    if ((fl & FG_ACCESS_WRITE) && r->kind == K_READONLY) read_only(r, p, n, fl, pc);
   }
   if (r->init) {
     uint8_t* s = r->init + (p - r->init_origin);
     if ((fl & FG_ACCESS_READ) && on(INIT)) {
       for (size_t i = 0; i < n; i++)
         if (!s[i]) {
-          if (S.seen.insert({H_INIT, pc}).second) {
-            size_t k = 0;
-            for (size_t j = 0; j < n; j++) k += !s[j];
-            const char* what = (fl & FG_ACCESS_ATOMIC) ? "atomic" : "read";
-            hazard("initcheck", where() + ": " + what + " of " + std::to_string(n) + " bytes at " + hexs(p) + " (" +
-                                    in_region(r, p) + ")" + at(pc) + ": " + std::to_string(k) +
-                                    " of them never written (uninitialised memory)");
-          }
+          init_report(r, p, n, fl, pc, s);
           break;
         }
     }

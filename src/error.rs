@@ -57,6 +57,15 @@ pub enum Error {
     #[error("CUDA: {0}")]
     Cuda(String),
 
+    /// A buffer the machine cannot provide: named, with its shape and the
+    /// bytes asked for (`None`: more than a 128-bit count holds).
+    #[error("out of memory: {what} of shape {shape:?} needs {}", describe_bytes(*bytes))]
+    OutOfMemory {
+        what: String,
+        shape: Vec<usize>,
+        bytes: Option<u128>,
+    },
+
     #[error("I/O error on {path}: {source}")]
     Io {
         path: String,
@@ -87,6 +96,20 @@ impl Error {
         }
     }
 
+    /// An [`Error::OutOfMemory`] with its buffer named by the caller, who
+    /// knows what it is for (`the weight of Linear(512, 10)`); other errors
+    /// unchanged.
+    pub fn named(self, what: impl Into<String>) -> Self {
+        match self {
+            Error::OutOfMemory { shape, bytes, .. } => Error::OutOfMemory {
+                what: what.into(),
+                shape,
+                bytes,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::InvalidArgument {
             op,
@@ -103,5 +126,72 @@ impl Role {
             path: path.display().to_string(),
             msg: msg.into(),
         }
+    }
+}
+
+/// `204800000000000 bytes (186.3 TiB)`.
+fn describe_bytes(bytes: Option<u128>) -> String {
+    let Some(b) = bytes else {
+        return "more bytes than a 128-bit count holds".into();
+    };
+    let units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = b as f64;
+    let mut unit = "";
+    for u in units {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    if unit.is_empty() {
+        format!("{b} bytes")
+    } else {
+        format!("{b} bytes ({value:.1} {unit})")
+    }
+}
+
+/// `a, b, c and 90 more`: at most `max` items of a list for a message
+/// (a ResNet-34 file has 96 unexpected keys; nobody reads a 4 KB line).
+pub fn cut_list(items: &[String], max: usize, separator: &str) -> String {
+    let shown: Vec<&str> = items.iter().take(max).map(String::as_str).collect();
+    let mut out = shown.join(separator);
+    if items.len() > max {
+        out.push_str(&format!(" … and {} more", items.len() - max));
+    }
+    out
+}
+
+/// `text`, or its first `max` characters and how many more there were
+/// (a 120 KB `--trainable` list is not echoed whole).
+pub fn cut_text(text: &str, max: usize) -> String {
+    let count = text.chars().count();
+    if count <= max {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(max).collect();
+    format!("{head}… ({} more characters)", count - max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_and_texts_are_cut() {
+        let items: Vec<String> = (0..96).map(|i| format!("k{i}")).collect();
+        assert_eq!(cut_list(&items, 3, ", "), "k0, k1, k2 … and 93 more");
+        assert_eq!(cut_list(&items[..2], 3, ", "), "k0, k1");
+        assert_eq!(cut_text("abcdef", 3), "abc… (3 more characters)");
+        assert_eq!(cut_text("abc", 3), "abc");
+    }
+
+    #[test]
+    fn sizes_are_given_in_bytes_and_binary_units() {
+        assert_eq!(describe_bytes(Some(512)), "512 bytes");
+        assert_eq!(
+            describe_bytes(Some(204_800_000_000_000)),
+            "204800000000000 bytes (186.3 TiB)"
+        );
     }
 }

@@ -158,8 +158,27 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// signal), a one-line `error: ` containing every part, and nothing in
 /// `dir` changed, created or left behind.
 fn refused(dir: &Path, args: &[&str], parts: &[&str]) -> String {
+    refused_in(dir, &[], args, parts)
+}
+
+/// [`refused`], run through `sh -c` after `setup` (`ulimit -v ...`), with
+/// two threads so a memory limit is not spent on thread stacks.
+fn refused_in(dir: &Path, setup: &[&str], args: &[&str], parts: &[&str]) -> String {
     let before = snapshot(dir);
-    let o = frostgrad_in(dir, args);
+    let o = if setup.is_empty() {
+        frostgrad_in(dir, args)
+    } else {
+        let script = format!("{} && exec \"$0\" \"$@\"", setup.join(" && "));
+        Command::new("sh")
+            .current_dir(dir)
+            .env("RAYON_NUM_THREADS", "2")
+            .arg("-c")
+            .arg(&script)
+            .arg(env!("CARGO_BIN_EXE_frostgrad"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
     let last = err.lines().last().unwrap_or_default();
@@ -167,20 +186,36 @@ fn refused(dir: &Path, args: &[&str], parts: &[&str]) -> String {
     for part in parts {
         assert!(last.contains(part), "{args:?}: missing {part:?} in: {err}");
     }
+    assert_unchanged(dir, &before, args);
+    err
+}
+
+/// A usage error clap reports (exit status 2) with every part in it.
+fn usage_error(dir: &Path, args: &[&str], parts: &[&str]) {
+    let before = snapshot(dir);
+    let o = frostgrad_in(dir, args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    for part in parts {
+        assert!(err.contains(part), "{args:?}: missing {part:?} in: {err}");
+    }
+    assert_unchanged(dir, &before, args);
+}
+
+fn assert_unchanged(dir: &Path, before: &BTreeMap<PathBuf, Vec<u8>>, args: &[&str]) {
     let after = snapshot(dir);
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         after.keys().collect::<Vec<_>>(),
         "{args:?}: files created or removed"
     );
-    for (path, bytes) in &before {
+    for (path, bytes) in before {
         assert!(
             after[path] == *bytes,
             "{args:?}: {} changed",
             path.display()
         );
     }
-    err
 }
 
 fn step_args<'a>(weights: &'a str, batch: &'a str, out: &'a str) -> Vec<&'a str> {
@@ -563,4 +598,389 @@ fn files_that_are_not_weights_say_what_they_are_by_role() {
         &["input checkpoint empty.pth", "an empty file"],
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The key names of a torchvision ResNet with `blocks` per layer (tiny
+/// tensors: only the names matter to the depth check).
+fn resnet_keys(blocks: [usize; 4], bottleneck: bool) -> StateDict {
+    let one = || host(&[1], CpuStorage::F32(vec![0.0]));
+    let mut sd = StateDict::new();
+    let bn = |sd: &mut StateDict, name: &str| {
+        for p in ["weight", "bias", "running_mean", "running_var"] {
+            sd.insert(format!("{name}.{p}"), one());
+        }
+    };
+    sd.insert("conv1.weight", one());
+    bn(&mut sd, "bn1");
+    let convs = if bottleneck { 3 } else { 2 };
+    for (l, &n) in blocks.iter().enumerate() {
+        for b in 0..n {
+            for c in 1..=convs {
+                sd.insert(format!("layer{}.{b}.conv{c}.weight", l + 1), one());
+                bn(&mut sd, &format!("layer{}.{b}.bn{c}", l + 1));
+            }
+            if b == 0 && (l > 0 || bottleneck) {
+                sd.insert(format!("layer{}.0.downsample.0.weight", l + 1), one());
+                bn(&mut sd, &format!("layer{}.0.downsample.1", l + 1));
+            }
+        }
+    }
+    sd.insert("fc.weight", one());
+    sd.insert("fc.bias", one());
+    sd
+}
+
+#[test]
+fn other_resnet_depths_are_named_in_one_short_line() {
+    let dir = scratch_dir("depths");
+    write_batch(&dir);
+    for (blocks, bottleneck, name) in [
+        ([3, 4, 6, 3], false, "a ResNet-34 state dict"),
+        ([3, 4, 6, 3], true, "a ResNet-50"),
+        ([3, 4, 23, 3], true, "a ResNet-101"),
+        ([3, 8, 36, 3], true, "a ResNet-152"),
+        ([1, 1, 1, 1], false, "1, 1, 1, 1 basic blocks per layer"),
+    ] {
+        let path = dir.join("other.safetensors");
+        safetensors::save(&resnet_keys(blocks, bottleneck), &path).unwrap();
+        let err = refused(
+            &dir,
+            &step_args("other.safetensors", "batch.safetensors", "out.safetensors"),
+            &[
+                "weights file other.safetensors (--weights)",
+                name,
+                "ResNet-18",
+            ],
+        );
+        assert!(err.len() < 400, "{} characters: {err}", err.len());
+        std::fs::remove_file(&path).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn long_lists_and_patterns_are_cut() {
+    let dir = scratch_dir("long");
+    write_batch(&dir);
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    // 200 keys no ResNet-18 has, after the right ones: 200 "unexpected key"s.
+    let mut extra = resnet_state().clone();
+    for i in 0..200 {
+        extra.insert(
+            format!("head{i}.weight"),
+            host(&[1], CpuStorage::F32(vec![0.0])),
+        );
+    }
+    safetensors::save(&extra, dir.join("extra.safetensors")).unwrap();
+    let err = refused(
+        &dir,
+        &step_args("extra.safetensors", "batch.safetensors", "out.safetensors"),
+        &[
+            "200 problems",
+            "unexpected key `head0.weight`",
+            "and 194 more",
+        ],
+    );
+    assert!(err.len() < 800, "{} characters: {err}", err.len());
+
+    let huge = format!("fc.*,{}", "x".repeat(120_000));
+    let mut args = step_args("w.safetensors", "batch.safetensors", "out.safetensors");
+    let i = args.iter().position(|a| *a == "fc.*").unwrap();
+    args[i] = &huge;
+    let err = refused(&dir, &args, &["matches no parameter", "more characters"]);
+    assert!(err.len() < 800, "{} characters", err.len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn negative_and_zero_numbers_reach_the_validators() {
+    let dir = scratch_dir("numbers");
+    write_batch(&dir);
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    let step = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = step_args("w.safetensors", "batch.safetensors", "out.safetensors")
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let i = a.iter().position(|x| x == "--lr").unwrap();
+        a.drain(i..i + 2);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    // Floats: the same message whether written `--lr -0.1` or `--lr=-0.1`.
+    for lr in [["--lr", "-0.1"], ["--lr=-0.1", ""], ["--lr", "-1e-3"]] {
+        let lr: Vec<&str> = lr.iter().copied().filter(|s| !s.is_empty()).collect();
+        let args = step(&lr);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&dir, &args, &["invalid learning rate"]);
+    }
+    let args = step(&["--lr", "0.1", "--momentum", "-0.5"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(&dir, &args, &["momentum"]);
+    for (extra, parts) in [
+        (
+            vec!["--num-classes", "-3"],
+            vec!["--num-classes", "at least 1, got -3"],
+        ),
+        (
+            vec!["--num-classes", "0"],
+            vec!["--num-classes", "at least 1 class"],
+        ),
+        (vec!["--fc-seed", "-1"], vec!["--fc-seed", "-1 is negative"]),
+    ] {
+        let mut args = step(&["--lr", "0.1"]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        usage_error(&dir, &args, &parts);
+    }
+    for (flag, value) in [
+        ("--batch", "-2"),
+        ("--steps", "-1"),
+        ("--size", "-224"),
+        ("--warmup", "-5"),
+    ] {
+        usage_error(
+            &dir,
+            &["bench", flag, value],
+            &[flag, &format!("{value} is negative")],
+        );
+    }
+    usage_error(
+        &dir,
+        &["bench", "--num-classes", "0"],
+        &["at least 1 class"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn strip_prefix_that_strips_nothing_is_an_error_and_bench_takes_it() {
+    let dir = scratch_dir("strip");
+    write_batch(&dir);
+    let mut prefixed = StateDict::new();
+    for (name, t) in resnet_state().iter() {
+        prefixed.insert(format!("module.{name}"), t.clone());
+    }
+    safetensors::save(&prefixed, dir.join("module.safetensors")).unwrap();
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    for prefix in ["foo.", "module", ""] {
+        let w = if prefix == "module" {
+            "w.safetensors"
+        } else {
+            "module.safetensors"
+        };
+        let mut args = step_args(w, "batch.safetensors", "out.safetensors");
+        args.extend(["--strip-prefix", prefix]);
+        refused(&dir, &args, &["--strip-prefix", "would strip nothing"]);
+    }
+    let bench = |extra: &[&str]| -> Output {
+        let mut args = vec![
+            "bench",
+            "--device",
+            "cpu",
+            "--weights",
+            "module.safetensors",
+            "--batch",
+            "2",
+            "--size",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--modes",
+            "transfer",
+        ];
+        args.extend(extra);
+        frostgrad_in(&dir, &args)
+    };
+    // Without the prefix stripped bench names the file and the fix.
+    let o = bench(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("weights file module.safetensors (--weights)")
+            && err.contains("--strip-prefix module."),
+        "{err}"
+    );
+    let o = bench(&["--strip-prefix", "module.", "--num-classes", "7"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("fresh Linear(512, 7)"), "{err}");
+    usage_error(
+        &dir,
+        &["bench", "--strip-prefix", "module."],
+        &["--weights"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn running_out_of_memory_is_an_error_naming_the_tensor_not_an_abort() {
+    let dir = scratch_dir("memory");
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let side = 2048;
+    let mut sd = StateDict::new();
+    sd.insert(
+        "images",
+        host(
+            &[1, 3, side, side],
+            CpuStorage::F32(
+                (0..3 * side * side)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect(),
+            ),
+        ),
+    );
+    sd.insert("labels", host(&[1], CpuStorage::I64(vec![2])));
+    safetensors::save(&sd, dir.join("big.safetensors")).unwrap();
+    // Two address-space limits, both far below what a 2048x2048 step needs
+    // (about 2 GB) and above what loading the files needs.
+    // Fine-tuning, so the forward pass keeps its activations.
+    let mut finetune = step_args("w.safetensors", "big.safetensors", "out.safetensors");
+    let i = finetune.iter().position(|a| *a == "fc.*").unwrap();
+    finetune[i] = "*";
+    for limit in ["ulimit -v 900000", "ulimit -v 1400000"] {
+        let err = refused_in(
+            &dir,
+            &[limit],
+            &finetune,
+            &[
+                "out of memory",
+                "of shape [",
+                "bytes",
+                "images of shape [1, 3, 2048, 2048]",
+            ],
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A class count no machine holds, and a benchmark image that large.
+    let mut args = step_args("w.safetensors", "big.safetensors", "out.safetensors");
+    args.extend(["--num-classes", "100000000000"]);
+    refused_in(
+        &dir,
+        &["ulimit -v 4000000"],
+        &args,
+        &[
+            "out of memory",
+            "Linear(512, 100000000000) (--num-classes 100000000000)",
+            "[100000000000, 512]",
+            "204800000000000 bytes",
+        ],
+    );
+    refused_in(
+        &dir,
+        &["ulimit -v 4000000"],
+        &[
+            "bench", "--device", "cpu", "--size", "20000", "--steps", "1", "--warmup", "0",
+        ],
+        &[
+            "out of memory",
+            "images",
+            "[8, 3, 20000, 20000]",
+            "38400000000 bytes",
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn globs_match_as_in_a_shell() {
+    let dir = scratch_dir("globs");
+    write_batch(&dir);
+    safetensors::save(resnet_state(), dir.join("w.safetensors")).unwrap();
+    let mut args = step_args("w.safetensors", "batch.safetensors", "out.safetensors");
+    let i = args.iter().position(|a| *a == "fc.*").unwrap();
+    args[i] = "layer[34].?.conv?.*,f?.*";
+    let o = frostgrad_in(&dir, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = safetensors::load(dir.join("out.safetensors")).unwrap();
+    let grads: Vec<&str> = out
+        .names()
+        .filter_map(|n| n.strip_prefix("grad."))
+        .collect();
+    let want: Vec<&str> = resnet_state()
+        .names()
+        .filter(|n| {
+            (n.starts_with("layer3.") || n.starts_with("layer4.")) && n.contains(".conv")
+                || n.starts_with("fc.")
+        })
+        .collect();
+    let (mut got, mut want) = (grads.clone(), want);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    args[i] = "layer[34.*";
+    refused(&dir, &args, &["never closed"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn whole_pickled_models_and_duplicate_keys_are_refused_with_the_fix() {
+    let dir = scratch_dir("pickled");
+    write_batch(&dir);
+    // torch.save(model) in the legacy format: the object pickle names the
+    // model class (protocol 2, as torch.save writes).
+    let mut whole = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+    whole.extend(b"\x80\x02M\xe9\x03.");
+    whole.extend(b"\x80\x02}(X\x0d\x00\x00\x00little_endian\x88u.");
+    whole.extend(b"\x80\x02ctorchvision.models.resnet\nResNet\nq\x00)\x81q\x01.");
+    whole.extend(b"\x80\x02]q\x00.");
+    std::fs::write(dir.join("whole.pth"), &whole).unwrap();
+    refused(
+        &dir,
+        &step_args("whole.pth", "batch.safetensors", "out.safetensors"),
+        &[
+            "torchvision.models.resnet.ResNet",
+            "torch.save(model.state_dict(), path)",
+        ],
+    );
+    // A header naming `fc.bias` twice (the second entry in \uXXXX form).
+    let header = "{\"fc.bias\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\
+                  \"fc.\\u0062ias\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}";
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 8]);
+    std::fs::write(dir.join("dup.safetensors"), &bytes).unwrap();
+    refused(
+        &dir,
+        &step_args("dup.safetensors", "batch.safetensors", "out.safetensors"),
+        &["weights file dup.safetensors", "`fc.bias` twice"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_option_has_help_text() {
+    for command in ["step", "bench", "convert"] {
+        let o = frostgrad_in(Path::new("."), &[command, "--help"]);
+        assert!(o.status.success());
+        let help = String::from_utf8_lossy(&o.stdout).to_string();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            if t.starts_with("--") || t.starts_with("-h,") {
+                // Short help sits on the same line, long help on the next.
+                let same_line = t
+                    .split_once("  ")
+                    .is_some_and(|(_, d)| !d.trim().is_empty());
+                let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or_default();
+                assert!(
+                    same_line || !next.is_empty(),
+                    "{command}: `{t}` has no help text:\n{help}"
+                );
+            }
+        }
+    }
+    let bench = frostgrad_in(Path::new("."), &["bench", "--help"]);
+    let help = String::from_utf8_lossy(&bench.stdout);
+    assert!(
+        help.contains("partial (`layer3.*,layer4.*,fc.*`)"),
+        "{help}"
+    );
+    assert!(help.contains("layer4 (`layer4.*,fc.*`)"), "{help}");
+    let step = frostgrad_in(Path::new("."), &["step", "--help"]);
+    let help = String::from_utf8_lossy(&step.stdout);
+    assert!(help.contains("`?` one character"), "{help}");
 }

@@ -382,6 +382,88 @@ fn transfer_learns() {
         "{epochs:?}"
     );
     assert!(last["val_acc"].as_f64().unwrap() >= 0.75, "{last}");
+
+    // `eval` on the same folder (it uses val/) measures what the last
+    // epoch's validation did: same model, same images, eval mode.
+    let (data, _, _) = fixtures();
+    let report = dir.join("eval.json");
+    let stdout = ok(&frostgrad(&[
+        "eval",
+        "--weights",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--size",
+        "32",
+        "--quiet",
+        "--json",
+        report.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("confusion matrix"), "{stdout}");
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(ev["images"], 12);
+    assert_eq!(ev["accuracy"], last["val_acc"], "{ev}");
+    let val_loss = last["val_loss"].as_f64().unwrap();
+    assert!((ev["loss"].as_f64().unwrap() - val_loss).abs() <= 1e-6 * val_loss.max(1.0));
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(ev["confusion"].clone()).unwrap();
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 12);
+    let diagonal: u64 = (0..3).map(|c| confusion[c][c]).sum();
+    assert_eq!(diagonal as f64 / 12.0, ev["accuracy"].as_f64().unwrap());
+
+    // `predict` names classes by folder and ranks them; its top-1 on the
+    // validation images agrees with eval's diagonal.
+    let images: Vec<String> = ["blue", "green", "red"]
+        .iter()
+        .flat_map(|c| {
+            (0..4).map(move |i| {
+                let stem = data.join("val").join(c).join(format!("{i:02}"));
+                let ext = if i % 3 == 0 { "jpg" } else { "png" };
+                stem.with_extension(ext).to_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    let mut args = vec![
+        "predict".to_string(),
+        "--weights".into(),
+        out.to_str().unwrap().into(),
+        "--classes".into(),
+        data.to_str().unwrap().into(),
+        "--size".into(),
+        "32".into(),
+        "--top-k".into(),
+        "2".into(),
+    ];
+    args.extend(images.iter().cloned());
+    let run = Command::new(env!("CARGO_BIN_EXE_frostgrad"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let lines = ok(&run);
+    let mut right = 0;
+    for (line, image) in lines.lines().zip(&images) {
+        let (path, ranked) = line.split_once(": ").unwrap();
+        assert_eq!(path, image);
+        let top: Vec<&str> = ranked.split(", ").collect();
+        assert_eq!(top.len(), 2, "{line}");
+        let truth = Path::new(image).parent().unwrap().file_name().unwrap();
+        if top[0].starts_with(truth.to_str().unwrap()) {
+            right += 1;
+        }
+    }
+    assert_eq!(lines.lines().count(), 12);
+    assert_eq!(right as u64, diagonal, "{lines}");
+
+    // `plot` draws this log and refuses to overwrite it.
+    let svg = dir.join("curves.svg");
+    let spec = format!("cached={}", log.display());
+    ok(&frostgrad(&["plot", "--svg", svg.to_str().unwrap(), &spec]));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("cached train") && text.contains("cached val"));
+    fails_with(
+        &frostgrad(&["plot", "--svg", log.to_str().unwrap(), &spec]),
+        &["refusing to overwrite"],
+    );
 }
 
 #[test]

@@ -899,3 +899,38 @@ fn an_unknown_check_name_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_report_limit_bounds_the_output() {
+    let Some(err) = checked(
+        "the_report_limit_bounds_the_output",
+        "racecheck",
+        &[("FROSTGRAD_CUDA_EMU_CHECK_LIMIT", "1")],
+        || {
+            let (stream, _m, f) = setup("bad_shared_race");
+            let mut out = stream.alloc_zeros::<f32>(64).unwrap();
+            let mut b = stream.launch_builder(&f);
+            b.arg(&mut out);
+            // SAFETY: wrong on purpose (two hazards: write-after-read, read-after-write).
+            assert_err(
+                unsafe { b.launch(cfg(1, 64, 0)) }.map(|_| ()),
+                CUresult::CUDA_ERROR_LAUNCH_FAILED,
+            );
+        },
+    ) else {
+        return;
+    };
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("frostgrad-cuda-emu:"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("frostgrad-cuda-emu: racecheck: "),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("further reports are not printed (FROSTGRAD_CUDA_EMU_CHECK_LIMIT=1)"),
+        "{err}"
+    );
+}

@@ -200,7 +200,8 @@ pub fn run(
         1.0,
         &mut rng,
         cfg.device,
-    )?;
+    )
+    .map_err(|e| e.named("the benchmark's images (--batch x 3 x --size x --size)"))?;
     let classes = model.num_classes() as i64;
     let labels: Vec<i64> = (0..cfg.batch as i64)
         .map(|i| (i * 7919) % classes)

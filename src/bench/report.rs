@@ -175,69 +175,90 @@ pub fn to_json(r: &BenchReport) -> String {
     )
 }
 
-/// A horizontal stacked bar per mode: forward, backward, optimizer (median ms).
-pub fn render_svg(r: &BenchReport) -> String {
-    let (left, bar_h, gap, width) = (110.0, 26.0, 12.0, 560.0);
-    let longest = r
-        .modes
-        .iter()
-        .map(|m| m.forward_ms + m.backward_ms + m.optimizer_ms)
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
-    let scale = width / longest;
-    let height = 70.0 + r.modes.len() as f64 * (bar_h + gap) + 30.0;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="13">"#,
-        left + width + 120.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="10" y="22" font-size="15">frostgrad ResNet-18 step, batch {} at {}x{} on {}: median ms per phase</text>"#,
-        r.batch, r.size, r.size, r.device
-    );
+/// A horizontal stacked bar per mode (forward, backward, optimizer median
+/// milliseconds), drawn with `plotters`.
+pub fn render_svg(r: &BenchReport) -> crate::Result<String> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let err = |e: &dyn std::fmt::Display| crate::Error::invalid("bench --svg", e.to_string());
+    let total = |m: &ModeResult| m.forward_ms + m.backward_ms + m.optimizer_ms;
+    let longest = r.modes.iter().map(total).fold(0.0f64, f64::max).max(1e-9);
+    let rows = r.modes.len().max(1);
+    let height = 110 + 40 * rows as u32;
     let phases = [
-        ("forward", "#4c78a8"),
-        ("backward", "#f58518"),
-        ("optimizer", "#54a24b"),
+        ("forward", RGBColor(0x4c, 0x78, 0xa8)),
+        ("backward", RGBColor(0xf5, 0x85, 0x18)),
+        ("optimizer", RGBColor(0x54, 0xa2, 0x4b)),
     ];
-    for (i, (name, color)) in phases.iter().enumerate() {
-        let x = left + i as f64 * 120.0;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x}" y="34" width="12" height="12" fill="{color}"/><text x="{}" y="45">{name}</text>"#,
-            x + 16.0
-        );
-    }
-    for (row, m) in r.modes.iter().enumerate() {
-        let y = 60.0 + row as f64 * (bar_h + gap);
-        let _ = writeln!(
-            s,
-            r#"<text x="10" y="{}">{}</text>"#,
-            y + bar_h * 0.65,
-            m.name
-        );
-        let mut x = left;
-        for ((_, color), ms) in phases
-            .iter()
-            .zip([m.forward_ms, m.backward_ms, m.optimizer_ms])
-        {
-            let w = ms * scale;
-            let _ = writeln!(
-                s,
-                r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{bar_h}" fill="{color}"/>"#
-            );
-            x += w;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (820, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let names: Vec<String> = r.modes.iter().map(|m| m.name.clone()).collect();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "frostgrad ResNet-18 step, batch {} at {}x{} on {}: median ms per phase",
+                    r.batch, r.size, r.size, r.device
+                ),
+                ("sans-serif", 15),
+            )
+            .margin(12)
+            .x_label_area_size(34)
+            .y_label_area_size(90)
+            // Room on the right for each bar's total.
+            .build_cartesian_2d(0.0..longest * 1.18, 0.0..rows as f64)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(rows * 2 + 1)
+            .y_label_formatter(&|y| {
+                let i = (rows as f64 - y - 0.5).round();
+                let on_centre = (rows as f64 - y - 0.5 - i).abs() < 1e-6;
+                match names.get(i as usize) {
+                    Some(n) if on_centre && i >= 0.0 => n.clone(),
+                    _ => String::new(),
+                }
+            })
+            .x_desc("milliseconds")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (k, (phase, color)) in phases.iter().enumerate() {
+            let bars = r.modes.iter().enumerate().map(|(row, m)| {
+                let ms = [m.forward_ms, m.backward_ms, m.optimizer_ms];
+                let start: f64 = ms[..k].iter().sum();
+                // The first mode on top, as in the table.
+                let y = (rows - 1 - row) as f64;
+                Rectangle::new([(start, y + 0.2), (start + ms[k], y + 0.8)], color.filled())
+            });
+            chart
+                .draw_series(bars)
+                .map_err(|e| err(&e))?
+                .label(*phase)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled())
+                });
         }
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}">{:.0} ms</text>"#,
-            x + 6.0,
-            y + bar_h * 0.65,
-            m.forward_ms + m.backward_ms + m.optimizer_ms
-        );
+        chart
+            .draw_series(r.modes.iter().enumerate().map(|(row, m)| {
+                let y = (rows - 1 - row) as f64 + 0.5;
+                Text::new(
+                    format!("{:.0} ms", total(m)),
+                    (total(m) + longest * 0.01, y),
+                    TextStyle::from(("sans-serif", 13).into_font())
+                        .pos(Pos::new(HPos::Left, VPos::Center)),
+                )
+            }))
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
     }
-    s.push_str("</svg>\n");
-    s
+    Ok(svg)
 }

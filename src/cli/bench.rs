@@ -3,7 +3,7 @@
 //! ```text
 //! frostgrad bench [--device auto|cpu|cuda] [--batch N] [--size S] [--steps K] [--warmup W]
 //!                 [--modes finetune,partial,layer4,transfer,inference] [--trainable GLOBS]
-//!                 [--weights W] [--json PATH] [--svg PATH]
+//!                 [--weights W [--strip-prefix P]] [--num-classes N] [--json PATH] [--svg PATH]
 //! ```
 //! The table goes to stdout, progress to stderr.
 
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench::{self, BenchConfig, Mode};
-use crate::cli::weights::read_state_dict;
+use crate::cli::weights::{load_resnet18, WeightsArgs};
 use crate::cli::DeviceArg;
 use crate::error::{Error, Result};
 use crate::io::files::{Outputs, Role};
@@ -21,33 +21,49 @@ use crate::nn::{resnet18, Module, ResNet};
 use crate::tensor::Device;
 
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct BenchArgs {
-    /// `auto`: CUDA device 0 when a usable GPU is found, else the CPU.
+    /// Where to run: cpu, cuda (device 0), or auto (CUDA device 0 when a
+    /// usable GPU is found, else the CPU).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Images per step (default: 8 on the CPU, 64 on CUDA, 2 on the host
-    /// emulation of CUDA).
-    #[arg(long)]
+    /// Images per step, at least 2 (default: 8 on the CPU, 64 on CUDA, 2 on
+    /// the host emulation of CUDA).
+    #[arg(long, value_name = "N", value_parser = crate::cli::parse_count)]
     pub batch: Option<usize>,
-    /// Image height and width (default: 224; 64 on the host emulation of CUDA).
-    #[arg(long)]
+    /// Image height and width in pixels (default: 224; 64 on the host
+    /// emulation of CUDA).
+    #[arg(long, value_name = "S", value_parser = crate::cli::parse_count)]
     pub size: Option<usize>,
-    /// Timed steps per mode.
-    #[arg(long, default_value_t = 5)]
+    /// Timed steps per mode (at least 1).
+    #[arg(long, value_name = "K", default_value_t = 5, value_parser = crate::cli::parse_count)]
     pub steps: usize,
     /// Untimed steps per mode before the timed ones.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_name = "W", default_value_t = 1, value_parser = crate::cli::parse_count)]
     pub warmup: usize,
-    /// Comma-separated modes: finetune, partial, layer4, transfer, inference.
+    /// Comma-separated modes, each a set of trainable parameters:
+    /// finetune (`*`, every parameter), partial (`layer3.*,layer4.*,fc.*`),
+    /// layer4 (`layer4.*,fc.*`), transfer (`fc.*`, the head only),
+    /// inference (forward only, under no_grad, eval mode).
     #[arg(long, default_value = "finetune,partial,layer4,transfer,inference")]
     pub modes: String,
-    /// An extra mode `custom` training the parameters these globs match.
+    /// An extra mode `custom` training the parameters these globs match
+    /// (`*`, `?`, `[...]` as in a shell; see `frostgrad step --help`).
     #[arg(long, value_name = "GLOBS")]
     pub trainable: Option<String>,
     /// torchvision ResNet-18 weights (safetensors or .pth); default:
-    /// torchvision's random initialisation with 1000 classes.
-    #[arg(long, value_name = "W")]
+    /// torchvision's random initialisation.
+    #[arg(long, value_name = "W.safetensors|W.pth")]
     pub weights: Option<PathBuf>,
+    /// Remove this prefix from every key of --weights that has it
+    /// (`module.` from DataParallel, `backbone.` from a wrapper class).
+    #[arg(long, value_name = "P", requires = "weights")]
+    pub strip_prefix: Option<String>,
+    /// Classes of the model's `fc`: with --weights, a fresh Linear(512, N)
+    /// replaces the file's head when its class count differs; without,
+    /// the random model has N classes (default 1000).
+    #[arg(long, value_name = "N", value_parser = crate::cli::parse_class_count)]
+    pub num_classes: Option<usize>,
     /// Write the results as JSON (the schema of scripts/bench_pytorch.py).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -114,12 +130,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let outputs = Outputs::check(&inputs, &out_paths)?;
 
     let mut model: ResNet = match &args.weights {
-        Some(path) => {
-            ResNet::resnet18_from_state_dict(&read_state_dict(path, None, Role::WEIGHTS)?)?
-        }
+        Some(path) => load_resnet18(&WeightsArgs {
+            weights: path.clone(),
+            strip_prefix: args.strip_prefix.clone(),
+            num_classes: args.num_classes,
+            fc_seed: 0,
+        })?,
         None => {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-            resnet18(1000, &mut rng)?
+            resnet18(args.num_classes.unwrap_or(1000), &mut rng)?
         }
     };
     model.to_device(device)?;
@@ -140,7 +159,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     print!("{}", bench::render_table(&report));
     let _ = std::io::stdout().flush();
     let json = args.json.as_ref().map(|p| (p, bench::to_json(&report)));
-    let svg = args.svg.as_ref().map(|p| (p, bench::render_svg(&report)));
+    let svg = match &args.svg {
+        Some(p) => Some((p, bench::render_svg(&report)?)),
+        None => None,
+    };
     let contents: Vec<(&Path, &[u8])> = json
         .iter()
         .chain(svg.iter())

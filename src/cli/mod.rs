@@ -8,7 +8,9 @@
 
 pub mod bench;
 pub mod convert;
+pub mod eval;
 pub mod graph;
+pub mod plot;
 pub mod step;
 pub mod train;
 pub mod weights;
@@ -48,14 +50,24 @@ pub enum Command {
     /// without Graphviz, DOT, or JSON): each node's PyTorch name, the
     /// gradients it computes and skips, what it saved.
     Graph(graph::GraphArgs),
+    /// Accuracy, per-class accuracy and confusion matrix of a trained
+    /// ResNet-18 on an image folder.
+    Eval(eval::EvalArgs),
+    /// Top-k classes of single images.
+    Predict(eval::PredictArgs),
+    /// Training curves of several --log-json runs in one SVG chart.
+    Plot(plot::PlotArgs),
 }
 
 /// `--device cpu|cuda|auto` (CUDA device 0; `auto`: CUDA when usable, else
 /// the CPU, saying why on stderr).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
+    /// The CPU.
     Cpu,
+    /// CUDA device 0 (an error when none is usable).
     Cuda,
+    /// CUDA device 0 when usable, else the CPU (saying why on stderr).
     Auto,
 }
 
@@ -91,6 +103,36 @@ impl From<DeviceArg> for Device {
     }
 }
 
+/// clap parser for counts (`--batch`, `--steps`, `--num-classes`, ...). The
+/// commands accept negative numbers as values (`allow_negative_numbers`),
+/// so `--batch -2` reaches this parser and is refused in words instead of
+/// clap's `unexpected argument '-2' found`.
+pub fn parse_count(text: &str) -> std::result::Result<usize, String> {
+    match text.trim().parse::<i128>() {
+        Ok(v) if v < 0 => Err(format!("{v} is negative; give a whole number, 0 or more")),
+        Ok(v) => usize::try_from(v).map_err(|_| format!("{v} is too large for this machine")),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// [`parse_count`] for a `u64` (`--fc-seed`).
+pub fn parse_count_u64(text: &str) -> std::result::Result<u64, String> {
+    parse_count(text).and_then(|v| u64::try_from(v).map_err(|_| format!("{v} is too large")))
+}
+
+/// clap parser for `--num-classes`: a count of at least 1.
+pub fn parse_class_count(text: &str) -> std::result::Result<usize, String> {
+    match text.trim().parse::<i128>() {
+        Ok(0) => Err(
+            "a classifier needs at least 1 class; --num-classes 0 would leave \
+                      `fc` with no outputs"
+                .into(),
+        ),
+        Ok(v) if v < 0 => Err(format!("a class count is at least 1, got {v}")),
+        _ => parse_count(text),
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -99,5 +141,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Convert(args) => convert::run(&args).map(|summary| println!("{summary}")),
         Command::Train(args) => train::run(&args).map(|summary| println!("{summary}")),
         Command::Graph(args) => graph::run(&args).map(|summary| println!("{summary}")),
+        Command::Eval(args) => eval::run_eval(&args).map(|report| println!("{report}")),
+        Command::Predict(args) => eval::run_predict(&args).map(|lines| println!("{lines}")),
+        Command::Plot(args) => plot::run(&args).map(|summary| println!("{summary}")),
     }
 }

@@ -38,6 +38,7 @@ use crate::tensor::{DType, Device, Tensor};
 use crate::BackwardStats;
 
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct StepArgs {
     /// `--weights` (safetensors or .pth), `--strip-prefix`, `--num-classes`.
     #[command(flatten)]
@@ -45,15 +46,30 @@ pub struct StepArgs {
     /// Batch with `images` [N,3,H,W] f32 and `labels` [N] i64/i32 (safetensors).
     #[arg(long, value_name = "B.safetensors")]
     pub batch: PathBuf,
-    /// Comma-separated globs of trainable parameters: `*`, `fc.*`, `layer3.*,layer4.*,fc.*`.
+    /// Comma-separated globs of trainable parameters: `*`, `fc.*`,
+    /// `layer3.*,layer4.*,fc.*`. Shell globs: `*` any characters (dots
+    /// too), `?` one character, `[34]`, `[1-3]`, `[!4]` one of / not one of.
+    /// Every pattern must match some parameter.
     #[arg(long, value_name = "GLOBS")]
     pub trainable: String,
-    /// Learning rate.
-    #[arg(long)]
+    /// Learning rate (PyTorch's `lr`; positive).
+    #[arg(long, value_name = "LR", allow_hyphen_values = true)]
     pub lr: f32,
-    #[arg(long, default_value_t = 0.0)]
+    /// SGD momentum (PyTorch's `momentum`; 0 = none, dampening 0, no Nesterov).
+    #[arg(
+        long,
+        value_name = "M",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
     pub momentum: f32,
-    #[arg(long, default_value_t = 0.0)]
+    /// L2 penalty added to each trainable parameter's gradient (PyTorch's `weight_decay`).
+    #[arg(
+        long,
+        value_name = "WD",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
     pub weight_decay: f32,
     /// Where to write logits, loss, grad.*, param.* and buffer.* (safetensors).
     #[arg(long, value_name = "O.safetensors")]
@@ -64,6 +80,7 @@ pub struct StepArgs {
     /// Also write the backward statistics (computed / skipped gradients) as JSON.
     #[arg(long, value_name = "S.json")]
     pub stats_json: Option<PathBuf>,
+    /// Where to run the step: cpu, cuda (device 0) or auto (CUDA when usable).
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
 }
@@ -128,6 +145,17 @@ pub fn run(args: &StepArgs) -> Result<StepSummary> {
     }
 
     let logits = model.forward(&images).map_err(|e| {
+        if let Error::OutOfMemory { what, shape, bytes } = e {
+            // Already says what and how much; add where.
+            return Error::OutOfMemory {
+                what: format!(
+                    "{what} (forward pass, images of shape {:?})",
+                    images.shape()
+                ),
+                shape,
+                bytes,
+            };
+        }
         Error::invalid(
             "frostgrad step",
             format!(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::error::{Error, Result};
+use crate::error::{cut_list, cut_text, Error, Result};
 use crate::io::files::{self, Role};
 use crate::io::format::{self, Format};
 use crate::io::{self, pth, StateDict};
@@ -27,10 +27,10 @@ pub struct WeightsArgs {
     /// Replace the checkpoint's `fc` by a fresh, trainable Linear(512, N)
     /// (PyTorch's default initialisation) when its class count differs:
     /// `model.fc = nn.Linear(512, N)`.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::cli::parse_class_count)]
     pub num_classes: Option<usize>,
     /// Seed for the fresh `fc` of `--num-classes`.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, value_name = "SEED", default_value_t = 0, value_parser = crate::cli::parse_count_u64)]
     pub fc_seed: u64,
 }
 
@@ -88,10 +88,69 @@ pub fn read_state_dict(path: &Path, strip_prefix: Option<&str>, role: Role) -> R
             ))
         }
     };
-    Ok(match strip_prefix {
-        Some(prefix) => state.strip_prefix(prefix),
-        None => state,
-    })
+    match strip_prefix {
+        Some(prefix) => {
+            if prefix.is_empty() || !state.names().any(|n| n.starts_with(prefix)) {
+                let first: Vec<String> = state
+                    .names()
+                    .map(|n| format!("`{}`", cut_text(n, 80)))
+                    .collect();
+                return Err(role.error(
+                    path,
+                    format!(
+                        "--strip-prefix `{}` would strip nothing: no key starts with it \
+                         (the keys are {})",
+                        cut_text(prefix, 80),
+                        if first.is_empty() {
+                            "none".to_string()
+                        } else {
+                            cut_list(&first, 4, ", ")
+                        }
+                    ),
+                ));
+            }
+            Ok(state.strip_prefix(prefix))
+        }
+        None => Ok(state),
+    }
+}
+
+/// The depth of a torchvision ResNet whose keys these are, when it is not
+/// ResNet-18: blocks per layer from the `layerL.B.` indices, and bottleneck
+/// blocks (ResNet-50 and deeper) from their `conv3`.
+fn other_resnet(state: &StateDict) -> Option<String> {
+    let mut blocks = [0usize; 4];
+    let mut bottleneck = false;
+    for name in state.names() {
+        for (l, count) in blocks.iter_mut().enumerate() {
+            let Some(rest) = name.strip_prefix(&format!("layer{}.", l + 1)) else {
+                continue;
+            };
+            if let Some((block, tail)) = rest.split_once('.') {
+                if let Ok(b) = block.parse::<usize>() {
+                    *count = (*count).max(b.saturating_add(1));
+                    bottleneck |= tail.starts_with("conv3.");
+                }
+            }
+        }
+    }
+    let kind = if bottleneck { "bottleneck" } else { "basic" };
+    let per_layer = format!(
+        "{}, {}, {}, {} {kind} blocks per layer",
+        blocks[0], blocks[1], blocks[2], blocks[3]
+    );
+    let name = match (bottleneck, blocks) {
+        (false, [2, 2, 2, 2]) | (_, [0, 0, 0, 0]) => return None,
+        (false, [3, 4, 6, 3]) => "a ResNet-34",
+        (true, [3, 4, 6, 3]) => "a ResNet-50 (or ResNeXt-50 / Wide ResNet-50)",
+        (true, [3, 4, 23, 3]) => "a ResNet-101 (or ResNeXt-101 / Wide ResNet-101)",
+        (true, [3, 8, 36, 3]) => "a ResNet-152",
+        _ => "a ResNet-like network",
+    };
+    Some(format!(
+        "{name} state dict ({per_layer}), not a ResNet-18 (2, 2, 2, 2 basic blocks): \
+         frostgrad runs torchvision's ResNet-18 only; use resnet18 weights"
+    ))
 }
 
 /// The ResNet-18 key names the first keys of a checkpoint are compared with.
@@ -108,10 +167,13 @@ const EXPECTED_FIRST_KEYS: [&str; 6] = [
 /// what was expected, the first keys found, and the prefix to strip when
 /// they all share one.
 fn check_resnet_keys(path: &Path, state: &StateDict) -> Result<()> {
+    if let Some(other) = other_resnet(state) {
+        return Err(Role::WEIGHTS.error(path, other));
+    }
     if state.contains("conv1.weight") {
         return Ok(());
     }
-    let found: Vec<&str> = state.names().take(6).collect();
+    let found: Vec<String> = state.names().take(6).map(|n| cut_text(n, 80)).collect();
     let hint = state
         .names()
         .find_map(|n| n.strip_suffix("conv1.weight").filter(|p| p.ends_with('.')))
@@ -154,7 +216,13 @@ pub fn load_resnet18(args: &WeightsArgs) -> Result<ResNet> {
                 in_features,
                 classes,
                 &mut StdRng::seed_from_u64(args.fc_seed),
-            )?;
+            )
+            .map_err(|e| {
+                e.named(format!(
+                    "the weight of the new fc, Linear({in_features}, {classes}) \
+                     (--num-classes {classes})"
+                ))
+            })?;
             let mut not_loaded = Vec::new();
             for (name, fresh) in fc.state_dict()? {
                 let key = format!("fc.{name}");

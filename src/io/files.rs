@@ -472,6 +472,24 @@ mod tests {
         assert_eq!(entries(&dir), ["a", "b"]);
     }
 
+    #[test]
+    fn when_a_later_output_fails_no_earlier_one_is_replaced() {
+        let dir = scratch("all-or-nothing");
+        fs::create_dir(dir.join("sub")).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("sub/b"));
+        fs::write(&a, b"old a").unwrap();
+        let outputs = Outputs::check(&[], &[(Role::OUTPUT, &a), (Role::STATS, &b)]).unwrap();
+        // The second output's folder disappears during the work.
+        fs::remove_dir(dir.join("sub")).unwrap();
+        let err = outputs
+            .write_all(&[(&a, b"new a".as_slice()), (&b, b"new b".as_slice())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stats file"), "{err}");
+        assert_eq!(fs::read(&a).unwrap(), b"old a");
+        assert_eq!(entries(&dir), ["a"]);
+    }
+
     #[cfg(unix)]
     #[test]
     fn writing_through_a_symlink_replaces_its_target() {

@@ -32,7 +32,8 @@ impl HostTensor {
         })
     }
     pub fn to_tensor(&self, device: Device) -> Result<Tensor> {
-        Tensor::from_cpu(self.data.clone(), &self.shape, device)
+        let data = crate::backend::cpu::alloc::copy_host("tensor", &self.data)?;
+        Tensor::from_cpu(data, &self.shape, device)
     }
 }
 

@@ -33,8 +33,11 @@ impl Linear {
                 format!("features must be at least 1, got {in_features} -> {out_features}"),
             ));
         }
-        let weight = default_uniform(&[out_features, in_features], in_features, rng)?;
-        let bias = default_uniform(&[out_features], in_features, rng)?;
+        let name = |part: &str| format!("the {part} of Linear({in_features}, {out_features})");
+        let weight = default_uniform(&[out_features, in_features], in_features, rng)
+            .map_err(|e| e.named(name("weight")))?;
+        let bias = default_uniform(&[out_features], in_features, rng)
+            .map_err(|e| e.named(name("bias")))?;
         Ok(Self {
             weight: new_parameter(weight)?,
             bias: new_parameter(bias)?,

@@ -184,7 +184,7 @@ pub trait Module {
                 "cannot load: {} problem{}: {}",
                 problems.len(),
                 if problems.len() == 1 { "" } else { "s" },
-                problems.join("; ")
+                crate::error::cut_list(&problems, 6, "; ")
             )));
         }
 
@@ -233,12 +233,15 @@ fn check_all_patterns_match(patterns: &ParamPatterns, params: &[(String, Tensor)
     if unmatched.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = unmatched.iter().map(|p| format!("`{p}`")).collect();
+    let list: Vec<String> = unmatched
+        .iter()
+        .map(|p| format!("`{}`", crate::error::cut_text(p, 60)))
+        .collect();
     Err(Error::invalid(
         "parameter patterns",
         format!(
             "{} matches no parameter name (names look like `conv1.weight`, `layer1.0.bn1.bias`, `fc.weight`)",
-            list.join(", ")
+            crate::error::cut_list(&list, 5, ", ")
         ),
     ))
 }

@@ -1,27 +1,118 @@
-//! Selecting parameters by name: `*` globs, comma-separated.
+//! Selecting parameters by name: shell globs, comma-separated.
 //!
 //! `*` matches any run of characters, dots included, so `layer4.*` selects
-//! every parameter of `layer4` and `*` selects them all. Every other
+//! every parameter of `layer4` and `*` selects them all; `?` matches one
+//! character, `[34]` one of the listed characters, `[1-3]` a range and
+//! `[!4]` (or `[^4]`) any character but those, as in a shell. Every other
 //! character matches itself. A list such as `layer3.*,layer4.*,fc.*`
 //! selects a parameter when any of its patterns does.
 
 use crate::error::{Error, Result};
 
-/// Whether `name` matches the glob `pattern` in full (`*` = any characters).
+/// One piece of a parsed glob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Star,
+    AnyOne,
+    /// `[...]`: inclusive ranges (a single character is `(c, c)`).
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+    Literal(char),
+}
+
+impl Token {
+    fn matches(&self, c: char) -> bool {
+        match self {
+            Token::Star | Token::AnyOne => true,
+            Token::Class { negated, ranges } => {
+                ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
+            }
+            Token::Literal(l) => *l == c,
+        }
+    }
+}
+
+/// The tokens of `pattern`, or why it is not a glob (an unclosed `[`).
+fn tokenize(pattern: &str) -> std::result::Result<Vec<Token>, String> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let token = match chars[i] {
+            '*' => Token::Star,
+            '?' => Token::AnyOne,
+            '[' => {
+                let mut j = i + 1;
+                let negated = matches!(chars.get(j), Some('!' | '^'));
+                if negated {
+                    j += 1;
+                }
+                let mut ranges = Vec::new();
+                // A `]` right after `[` or `[!` is a member, as in a shell.
+                let mut first = true;
+                loop {
+                    match chars.get(j) {
+                        None => {
+                            return Err(format!(
+                                "`[` at character {} is never closed by `]`",
+                                i + 1
+                            ))
+                        }
+                        Some(']') if !first => break,
+                        Some(&lo) => {
+                            if chars.get(j + 1) == Some(&'-')
+                                && chars.get(j + 2).is_some_and(|&c| c != ']')
+                            {
+                                let hi = chars[j + 2];
+                                if hi < lo {
+                                    return Err(format!("range `{lo}-{hi}` is backwards"));
+                                }
+                                ranges.push((lo, hi));
+                                j += 3;
+                            } else {
+                                ranges.push((lo, lo));
+                                j += 1;
+                            }
+                        }
+                    }
+                    first = false;
+                }
+                i = j;
+                Token::Class { negated, ranges }
+            }
+            c => Token::Literal(c),
+        };
+        tokens.push(token);
+        i += 1;
+    }
+    Ok(tokens)
+}
+
+/// Whether `name` matches the glob `pattern` in full. A malformed pattern
+/// (an unclosed `[`) matches nothing; [`ParamPatterns::parse`] refuses it.
 ///
 /// Greedy matching with one backtrack point, the last `*` seen: on a
 /// mismatch, let that star swallow one more character and retry. This is
 /// linear in practice and never recurses.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    match tokenize(pattern) {
+        Ok(tokens) => tokens_match(&tokens, name),
+        Err(_) => false,
+    }
+}
+
+fn tokens_match(p: &[Token], name: &str) -> bool {
+    let n: Vec<char> = name.chars().collect();
     let (mut pi, mut ni) = (0, 0);
     // (position of the last star in p, position in n it currently matches up to)
     let mut backtrack: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && p[pi] == b'*' {
+        if pi < p.len() && p[pi] == Token::Star {
             backtrack = Some((pi, ni));
             pi += 1;
-        } else if pi < p.len() && p[pi] == n[ni] {
+        } else if pi < p.len() && p[pi].matches(n[ni]) {
             pi += 1;
             ni += 1;
         } else if let Some((star, matched)) = backtrack {
@@ -33,7 +124,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
     }
     // The name is used up: what is left of the pattern must be all stars.
-    p[pi..].iter().all(|&c| c == b'*')
+    p[pi..].iter().all(|t| *t == Token::Star)
 }
 
 /// A comma-separated list of glob patterns over parameter names.
@@ -48,10 +139,21 @@ impl ParamPatterns {
     /// it would silently select nothing.
     pub fn parse(list: &str) -> Result<Self> {
         let patterns: Vec<String> = list.split(',').map(|p| p.trim().to_string()).collect();
+        for p in &patterns {
+            if let Err(why) = tokenize(p) {
+                return Err(Error::invalid(
+                    "parameter patterns",
+                    format!("`{}`: {why}", crate::error::cut_text(p, 60)),
+                ));
+            }
+        }
         if patterns.iter().any(String::is_empty) {
             return Err(Error::invalid(
                 "parameter patterns",
-                format!("`{list}` has an empty pattern; give comma-separated globs such as `layer4.*,fc.*`"),
+                format!(
+                    "`{}` has an empty pattern; give comma-separated globs such as `layer4.*,fc.*`",
+                    crate::error::cut_text(list, 60)
+                ),
             ));
         }
         Ok(Self { patterns })
@@ -130,6 +232,22 @@ mod tests {
         assert!(!glob_match("conv1.weight", "layer1.0.conv1.weight"));
         // `.` is literal, not a regex wildcard.
         assert!(!glob_match("fc.weight", "fcxweight"));
+    }
+
+    #[test]
+    fn question_marks_and_classes_work_as_in_a_shell() {
+        assert!(glob_match("layer?.0.*", "layer3.0.conv1.weight"));
+        assert!(!glob_match("layer?.0.*", "layer.0.conv1.weight"));
+        assert!(glob_match("layer[34].*", "layer4.1.bn2.bias"));
+        assert!(!glob_match("layer[34].*", "layer2.1.bn2.bias"));
+        assert!(glob_match("layer[2-4].*", "layer2.1.bn2.bias"));
+        assert!(!glob_match("layer[!1-3].*", "layer2.1.bn2.bias"));
+        assert!(glob_match("layer[^1-3].*", "layer4.1.bn2.bias"));
+        assert!(glob_match("a[]]b", "a]b"));
+        assert!(glob_match("fc.[bw]*", "fc.bias"));
+        let err = ParamPatterns::parse("layer[34.*").unwrap_err().to_string();
+        assert!(err.contains("never closed"), "{err}");
+        assert!(ParamPatterns::parse("layer[4-1].*").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use rand::Rng;
 
 use super::{numel_of, Device, Storage, Tensor};
+use crate::backend::cpu::alloc;
 use crate::core_types::HostData;
 use crate::error::{Error, Result};
 
@@ -38,7 +39,7 @@ impl Tensor {
     }
 
     pub fn full(shape: &[usize], value: f32, device: Device) -> Result<Tensor> {
-        Self::from_vec(vec![value; numel_of(shape)], shape, device)
+        Self::from_vec(alloc::filled("tensor", shape, value)?, shape, device)
     }
 
     pub fn zeros(shape: &[usize], device: Device) -> Result<Tensor> {
@@ -64,9 +65,8 @@ impl Tensor {
                 format!("need low < high, got [{low}, {high})"),
             ));
         }
-        let data = (0..numel_of(shape))
-            .map(|_| rng.random_range(low..high))
-            .collect();
+        let mut data = alloc::with_capacity("tensor", shape)?;
+        data.extend((0..numel_of(shape)).map(|_| rng.random_range(low..high)));
         Self::from_vec(data, shape, device)
     }
 
@@ -80,7 +80,7 @@ impl Tensor {
         device: Device,
     ) -> Result<Tensor> {
         let n = numel_of(shape);
-        let mut data = Vec::with_capacity(n);
+        let mut data = alloc::with_capacity("tensor", shape)?;
         while data.len() < n {
             // 1 - u keeps the logarithm's argument in (0, 1].
             let u1: f64 = 1.0 - rng.random::<f64>();

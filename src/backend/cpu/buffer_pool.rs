@@ -188,15 +188,12 @@ fn take<T: Element>(op: &'static str, len: usize) -> Result<Vec<T>> {
 /// the allocator's abort.
 pub fn try_alloc<T>(op: &'static str, capacity: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(capacity).map_err(|_| {
-        Error::invalid(
-            op,
-            format!(
-                "cannot allocate {capacity} elements of {} bytes on the CPU",
-                std::mem::size_of::<T>()
-            ),
-        )
-    })?;
+    v.try_reserve_exact(capacity)
+        .map_err(|_| Error::OutOfMemory {
+            what: format!("{op} buffer"),
+            shape: vec![capacity],
+            bytes: (capacity as u128).checked_mul(std::mem::size_of::<T>() as u128),
+        })?;
     Ok(v)
 }
 
@@ -297,7 +294,11 @@ mod tests {
     #[test]
     fn impossible_sizes_are_errors_not_aborts() {
         let err = zeroed::<f32>("huge", usize::MAX / 8).unwrap_err();
-        assert!(err.to_string().contains("cannot allocate"), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains("out of memory: huge buffer") && err.contains("bytes"),
+            "{err}"
+        );
         assert!(try_alloc::<i64>("huge", usize::MAX / 4).is_err());
     }
 }

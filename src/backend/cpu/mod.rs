@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 // index without re-checking.
 use super::check;
 
+pub mod alloc;
 mod batch_norm;
 pub mod buffer_pool;
 mod conv;

@@ -19,6 +19,11 @@
 //! - **Release on demand**: [`Allocator::release_cached`] frees every pooled
 //!   block, and a driver allocation that fails for lack of memory releases
 //!   the pool and retries once.
+//! - **Kernel checking**: while the CUDA emulation checks kernels
+//!   (`FROSTGRAD_CUDA_EMU_CHECK`, see cuda-emu/README.md) there is no pool and
+//!   no size class: every block is its own driver allocation of exactly the
+//!   requested size, freed on drop, so that memcheck sees a tensor's own
+//!   bounds and initcheck a fresh buffer, not a recycled one.
 //! - **Accounting**: [`AllocatorStats`] counts driver allocations, reuses and
 //!   bytes held from the driver (live + cached, with its peak). The tensor
 //!   byte accounting of `tensor/memory.rs` (live and peak bytes of tensors,
@@ -82,9 +87,22 @@ pub struct Allocator {
     f32: Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>,
     i64: Mutex<HashMap<usize, Vec<CudaSlice<i64>>>>,
     stats: Mutex<AllocatorStats>,
+    /// Exact-size blocks and no pool (kernel checking; see the module docs).
+    exact: bool,
 }
 
 impl Allocator {
+    /// A pool, or exact-size allocations while the emulation checks kernels.
+    pub(crate) fn new() -> Self {
+        let checking = std::env::var("FROSTGRAD_CUDA_EMU_CHECK")
+            .map(|v| !matches!(v.as_str(), "" | "0" | "none" | "off"))
+            .unwrap_or(false);
+        Allocator {
+            exact: checking,
+            ..Default::default()
+        }
+    }
+
     pub fn stats(&self) -> AllocatorStats {
         *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -102,7 +120,7 @@ impl Allocator {
             .max(1)
             .checked_mul(elem)
             .ok_or_else(|| Error::invalid(op, format!("{len} elements overflow")))?;
-        let class = size_class(bytes);
+        let class = if self.exact { bytes } else { size_class(bytes) };
         let class_len = class / elem;
         let pooled = T::pool(self)
             .lock()
@@ -146,6 +164,14 @@ impl Allocator {
 
     fn give_back<T: Pooled>(&self, slice: CudaSlice<T>) {
         let class = slice.len() * std::mem::size_of::<T>();
+        if self.exact {
+            drop(slice); // freed (stream-ordered)
+            self.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .driver_bytes -= class;
+            return;
+        }
         T::pool(self)
             .lock()
             .unwrap_or_else(|p| p.into_inner())

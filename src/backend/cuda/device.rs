@@ -199,7 +199,7 @@ fn open(ordinal: usize) -> std::result::Result<CudaDevice, String> {
             multiprocessors,
             stream,
             kernels: KernelCache::default(),
-            allocator: Arc::default(),
+            allocator: Arc::new(Allocator::new()),
         })
     })
 }

@@ -114,10 +114,22 @@ pub fn resolve(module: &str, name: &str) -> Result<Global> {
         _ => None,
     };
     global.ok_or_else(|| {
+        // A class of a model library (or the unpickling helper Python uses
+        // for objects) means `torch.save(model)`: the whole module pickled.
+        let whole_model = name.starts_with(|c: char| c.is_ascii_uppercase())
+            || ["torch.nn", "torchvision", "timm", "__main__", "copyreg"]
+                .iter()
+                .any(|m| module.starts_with(m));
+        let hint = if whole_model {
+            ". This looks like a whole model saved with torch.save(model): save its \
+             state_dict instead, torch.save(model.state_dict(), path), and load that"
+        } else {
+            ""
+        };
         checkpoint_error(format!(
             "the pickle names the global `{module}.{name}`, which is not on the allowlist \
              (frostgrad loads only tensors, OrderedDicts and plain values, the same promise \
-             as torch.load(weights_only=True)); nothing was executed"
+             as torch.load(weights_only=True)); nothing was executed{hint}"
         ))
     })
 }

@@ -17,13 +17,20 @@
 // points exist because there the contiguous axis of an operand differs from
 // the general case's (see each kernel).
 
-#define CONV_GEOMETRY_PARAMS                                                                                    \
-  int N, int C, int H, int W, int O, int KH, int KW, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, \
-      int dil_w, int OH, int OW
-#define CONV_GEOMETRY_ARGS N, C, H, W, O, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, OH, OW
-
 struct ConvGeometry {
   int N, C, H, W, O, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, OH, OW;
+};
+
+// Every conv kernel's scalar parameters, passed by value as one argument
+// after the buffers. Mirrored field for field by `ConvParams` in
+// src/backend/cuda/conv.rs (#[repr(C)], all ints, no padding). The flags a
+// kernel does not use are 0.
+struct ConvParams {
+  ConvGeometry g;
+  int has_bias;  // forward: add bias[o]
+  int a_vec;     // float4 loads of the A operand (weight rows / dy rows)
+  int b_vec;     // float4 loads of the B operand (activations / dy planes)
+  int chunk;     // weight gradient: positions per split-K chunk
 };
 
 // im2col(x)[k, p] for k < C*KH*KW, p < N*OH*OW (0 on padding taps).
@@ -82,25 +89,26 @@ struct ForwardInputOperand {
 // GEMM with M = O, N = batch * OH * OW, K = C * KH * KW. The weight is a
 // row-major [O, K] matrix (contiguous along k).
 // Grid: (ceil(P / TILE_N), ceil(O / TILE_M)).
-extern "C" __global__ void conv2d_forward(const float* x, const float* w, const float* bias, int has_bias, float* y,
-                                          int w_vec, int x_vec, CONV_GEOMETRY_PARAMS) {
+extern "C" __global__ void conv2d_forward(const float* x, const float* w, const float* bias, float* y,
+                                          const ConvParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
+  const ConvGeometry& g = p.g;
+  const int O = g.O, has_bias = p.has_bias;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
-  const int k_total = C * KH * KW, ohw = OH * OW, p_total = N * ohw;
+  const int k_total = g.C * g.KH * g.KW, ohw = g.OH * g.OW, p_total = g.N * ohw;
   const MatrixOperand<false> a = {w, O, k_total};
   const ForwardInputOperand b = {g, x, k_total, p_total};
 
   float acc[MICRO][MICRO];
   zero_acc(acc);
-  gemm_mainloop(a, b, w_vec != 0, x_vec != 0, m0, n0, 0, k_total, smem, acc);
+  gemm_mainloop(a, b, p.a_vec != 0, p.b_vec != 0, m0, n0, 0, k_total, smem, acc);
 
 #pragma unroll
   for (int j = 0; j < MICRO; ++j) {
-    const int p = n0 + tx + 16 * j;
-    if (p >= p_total) continue;
-    const int n = p / ohw, rem = p - n * ohw;
+    const int pos = n0 + tx + 16 * j;
+    if (pos >= p_total) continue;
+    const int n = pos / ohw, rem = pos - n * ohw;
 #pragma unroll
     for (int i = 0; i < MICRO; ++i) {
       const int o = m0 + ty + 16 * i;
@@ -179,17 +187,15 @@ __device__ __forceinline__ void conv2d_input_grad_tile(const float* dy, const fl
   }
 }
 
-extern "C" __global__ void conv2d_input_grad(const float* dy, const float* w, float* dx, CONV_GEOMETRY_PARAMS) {
+extern "C" __global__ void conv2d_input_grad(const float* dy, const float* w, float* dx, const ConvParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
-  conv2d_input_grad_tile<false>(dy, w, dx, false, false, g, smem);
+  conv2d_input_grad_tile<false>(dy, w, dx, false, false, p.g, smem);
 }
 
-extern "C" __global__ void conv2d_input_grad_pointwise(const float* dy, const float* w, float* dx, int w_vec,
-                                                       int dy_vec, CONV_GEOMETRY_PARAMS) {
+// a_vec: the weight read as [O, C] along C; b_vec: dy planes.
+extern "C" __global__ void conv2d_input_grad_pointwise(const float* dy, const float* w, float* dx, const ConvParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
-  conv2d_input_grad_tile<true>(dy, w, dx, w_vec != 0, dy_vec != 0, g, smem);
+  conv2d_input_grad_tile<true>(dy, w, dx, p.a_vec != 0, p.b_vec != 0, p.g, smem);
 }
 
 // Weight gradient's A operand: A[o, p] = dy[n, o, oh, ow], contiguous along
@@ -285,18 +291,16 @@ __device__ __forceinline__ void conv2d_weight_grad_tile(const float* dy, const f
   }
 }
 
-extern "C" __global__ void conv2d_weight_grad(const float* dy, const float* x, float* partial, int chunk, int dy_vec,
-                                              CONV_GEOMETRY_PARAMS) {
+// a_vec: dy rows; b_vec (pointwise only): x planes.
+extern "C" __global__ void conv2d_weight_grad(const float* dy, const float* x, float* partial, const ConvParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
-  conv2d_weight_grad_tile<false>(dy, x, partial, chunk, dy_vec != 0, false, g, smem);
+  conv2d_weight_grad_tile<false>(dy, x, partial, p.chunk, p.a_vec != 0, false, p.g, smem);
 }
 
-extern "C" __global__ void conv2d_weight_grad_pointwise(const float* dy, const float* x, float* partial, int chunk,
-                                                        int dy_vec, int x_vec, CONV_GEOMETRY_PARAMS) {
+extern "C" __global__ void conv2d_weight_grad_pointwise(const float* dy, const float* x, float* partial,
+                                                        const ConvParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  const ConvGeometry g = {CONV_GEOMETRY_ARGS};
-  conv2d_weight_grad_tile<true>(dy, x, partial, chunk, dy_vec != 0, x_vec != 0, g, smem);
+  conv2d_weight_grad_tile<true>(dy, x, partial, p.chunk, p.a_vec != 0, p.b_vec != 0, p.g, smem);
 }
 
 // out[i] = sum over z of partial[z, i], z ascending, in double (one

@@ -6,9 +6,24 @@
 // One thread per output. indices[o] is the flat position (ih * W + iw) of the
 // window's maximum in its input plane: the first maximum in row-major window
 // order wins, and NaN counts as maximal (PyTorch's rule).
-extern "C" __global__ void max_pool2d_forward(const float* x, float* y, long long* indices, int planes, int H, int W,
-                                              int KH, int KW, int stride_h, int stride_w, int pad_h, int pad_w,
-                                              int dil_h, int dil_w, int OH, int OW) {
+// The scalar parameters of the max-pool kernels, passed by value as one
+// argument; mirrored field for field by `PoolParams` in src/backend/cuda/pool.rs.
+struct PoolParams {
+  int planes, H, W, KH, KW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, OH, OW;
+};
+#define POOL_PARAMS_LOCALS                                                                                  \
+  const int planes = p.planes, H = p.H, W = p.W, KH = p.KH, KW = p.KW, stride_h = p.stride_h,            \
+            stride_w = p.stride_w, pad_h = p.pad_h, pad_w = p.pad_w, dil_h = p.dil_h, dil_w = p.dil_w,    \
+            OH = p.OH, OW = p.OW;                                                                       \
+  (void)KH; (void)KW; (void)stride_h; (void)stride_w; (void)pad_h; (void)pad_w; (void)dil_h; (void)dil_w
+
+// Adaptive average pooling's: `AdaptivePoolParams` in pool.rs.
+struct AdaptivePoolParams {
+  int planes, H, W, OH, OW;
+};
+
+extern "C" __global__ void max_pool2d_forward(const float* x, float* y, long long* indices, const PoolParams p) {
+  POOL_PARAMS_LOCALS;
   const int total = planes * OH * OW;
   for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < total; o += gridDim.x * blockDim.x) {
     const int plane = o / (OH * OW), rem = o - plane * (OH * OW);
@@ -38,9 +53,9 @@ extern "C" __global__ void max_pool2d_forward(const float* x, float* y, long lon
 }
 
 // dx[plane, ih, iw] = sum of dy over the windows whose arg-max is (ih, iw).
-extern "C" __global__ void max_pool2d_backward(const float* dy, const long long* indices, float* dx, int planes, int H,
-                                               int W, int KH, int KW, int stride_h, int stride_w, int pad_h,
-                                               int pad_w, int dil_h, int dil_w, int OH, int OW) {
+extern "C" __global__ void max_pool2d_backward(const float* dy, const long long* indices, float* dx,
+                                               const PoolParams p) {
+  POOL_PARAMS_LOCALS;
   const int total = planes * H * W;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
     const int plane = i / (H * W), at = i - plane * (H * W);
@@ -70,8 +85,8 @@ extern "C" __global__ void max_pool2d_backward(const float* dy, const long long*
 __device__ __forceinline__ int window_start(int i, int in, int out) { return (i * in) / out; }
 __device__ __forceinline__ int window_end(int i, int in, int out) { return ((i + 1) * in + out - 1) / out; }
 
-extern "C" __global__ void adaptive_avg_pool2d_forward(const float* x, float* y, int planes, int H, int W, int OH,
-                                                       int OW) {
+extern "C" __global__ void adaptive_avg_pool2d_forward(const float* x, float* y, const AdaptivePoolParams p) {
+  const int planes = p.planes, H = p.H, W = p.W, OH = p.OH, OW = p.OW;
   const int total = planes * OH * OW;
   for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < total; o += gridDim.x * blockDim.x) {
     const int plane = o / (OH * OW), rem = o - plane * (OH * OW);
@@ -88,8 +103,8 @@ extern "C" __global__ void adaptive_avg_pool2d_forward(const float* x, float* y,
 
 // Input (h, w) lies in output rows [floor(h * OH / H), ceil((h + 1) * OH / H))
 // (and likewise for columns): the inverse of the window formula above.
-extern "C" __global__ void adaptive_avg_pool2d_backward(const float* dy, float* dx, int planes, int H, int W, int OH,
-                                                        int OW) {
+extern "C" __global__ void adaptive_avg_pool2d_backward(const float* dy, float* dx, const AdaptivePoolParams p) {
+  const int planes = p.planes, H = p.H, W = p.W, OH = p.OH, OW = p.OW;
   const int total = planes * H * W;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
     const int plane = i / (H * W), at = i - plane * (H * W);

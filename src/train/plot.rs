@@ -126,7 +126,12 @@ pub fn render_svg(runs: &[(String, Vec<EpochLog>)]) -> Result<String> {
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK.mix(0.3))
-                .position(SeriesLabelPosition::UpperRight)
+                // Loss falls and accuracy rises: keep the legend off the curves' ends.
+                .position(if label.starts_with("acc") {
+                    SeriesLabelPosition::LowerRight
+                } else {
+                    SeriesLabelPosition::UpperRight
+                })
                 .draw()
                 .map_err(plot_err)?;
         }

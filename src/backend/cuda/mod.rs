@@ -7,12 +7,23 @@
 //!   device ordinal.
 //! - [`allocator`]: the caching, stream-ordered device allocator.
 //! - [`module_cache`]: compiles each kernel file once per device.
-//! - [`storage`]: [`CudaStorage`], the device buffer, and its
-//!   [`BackendStorage`](crate::backend::BackendStorage) implementation.
+//! - [`storage`]: [`CudaStorage`], the device buffer, its
+//!   [`BackendStorage`](crate::backend::BackendStorage) implementation (one
+//!   line per kernel, calling the op family's file) and the launch helpers.
+//! - one file per op family, like `cpu/`: `elementwise`, `gemm`, `conv`,
+//!   `batch_norm`, `pool`, `loss`, `sgd`, each launching the kernels of its
+//!   `kernels/*.cu`.
 
 pub mod allocator;
+mod batch_norm;
+mod conv;
 pub mod device;
+mod elementwise;
+mod gemm;
+mod loss;
 mod module_cache;
+mod pool;
+mod sgd;
 mod storage;
 
 pub use device::{auto_device, availability, is_available, CudaDevice};

@@ -62,11 +62,13 @@ impl KernelFile {
     }
 }
 
-/// Loaded modules and functions of one device.
+/// Loaded modules and functions of one device. Functions are keyed by file
+/// and name: two files may define kernels of the same name, and each launch
+/// site must get the one of the file it names.
 #[derive(Default)]
 pub struct KernelCache {
     modules: Mutex<HashMap<KernelFile, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    functions: Mutex<HashMap<(KernelFile, &'static str), CudaFunction>>,
 }
 
 impl KernelCache {
@@ -82,7 +84,7 @@ impl KernelCache {
             .functions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(name)
+            .get(&(file, name))
         {
             return Ok(f.clone());
         }
@@ -106,7 +108,7 @@ impl KernelCache {
         self.functions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name, f.clone());
+            .insert((file, name), f.clone());
         Ok(f)
     }
 }

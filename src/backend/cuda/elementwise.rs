@@ -1,0 +1,219 @@
+//! Elementwise maps, reductions (accumulated in double) and the i64 counter increment.
+//!
+//! Launches of `kernels/elementwise.cu` for [`CudaStorage`]; the `BackendStorage`
+//! implementation in `storage.rs` calls these.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::module_cache::KernelFile;
+use super::storage::{int, launch, linear_launch, per_item_launch, CudaData, CudaStorage};
+use crate::backend::check;
+use crate::core_types::DType;
+use crate::error::{Error, Result};
+
+impl CudaStorage {
+    pub(super) fn launch_add(&self, rhs: &Self) -> Result<Self> {
+        let op = "add";
+        check::binary(op, self, rhs)?;
+        let a = self.f32(op)?;
+        let b = self.arg(op, rhs)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "add_f32",
+            linear_launch(self.len),
+            [a, b, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+
+    pub(super) fn launch_scale(&self, factor: f32) -> Result<Self> {
+        let op = "scale";
+        check::unary(op, self)?;
+        let a = self.f32(op)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "scale_f32",
+            linear_launch(self.len),
+            [a, &factor, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+
+    pub(super) fn launch_sum_all(&self) -> Result<Self> {
+        let op = "sum";
+        check::unary(op, self)?;
+        let x = self.f32(op)?;
+        let n = int(op, self.len)?;
+        // Two deterministic levels: up to 256 block partials, then one block.
+        let blocks = self.len.div_ceil(256 * 8).clamp(1, 256);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut out = self.output(1, op)?;
+        if blocks == 1 {
+            launch!(
+                self.device,
+                KernelFile::Elementwise,
+                "sum_partial_f32",
+                cfg,
+                [x, &mut out, &n]
+            );
+        } else {
+            let mut partial = self.output(blocks, op)?;
+            launch!(
+                self.device,
+                KernelFile::Elementwise,
+                "sum_partial_f32",
+                cfg,
+                [x, &mut partial, &n]
+            );
+            let nb = blocks as i32;
+            launch!(
+                self.device,
+                KernelFile::Elementwise,
+                "sum_partial_f32",
+                per_item_launch(1, 256),
+                [&partial, &mut out, &nb]
+            );
+        }
+        Ok(self.wrap(out, 1))
+    }
+
+    pub(super) fn launch_broadcast_scalar(&self, len: usize) -> Result<Self> {
+        let op = "broadcast_scalar";
+        check::broadcast_scalar(self)?;
+        let v = self.f32(op)?;
+        let n = int(op, len)?;
+        let mut out = self.output(len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "broadcast_scalar_f32",
+            linear_launch(len),
+            [v, &mut out, &n]
+        );
+        Ok(self.wrap(out, len))
+    }
+
+    pub(super) fn launch_relu(&self) -> Result<Self> {
+        let op = "relu";
+        check::unary(op, self)?;
+        let x = self.f32(op)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "relu_f32",
+            linear_launch(self.len),
+            [x, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+
+    pub(super) fn launch_relu_backward(&self, output: &Self) -> Result<Self> {
+        let op = "relu_backward";
+        check::binary(op, self, output)?;
+        let dy = self.f32(op)?;
+        let y = self.arg(op, output)?;
+        let n = int(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "relu_backward_f32",
+            linear_launch(self.len),
+            [dy, y, &mut out, &n]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+
+    pub(super) fn launch_add_row_vector(
+        &self,
+        row: &Self,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        let op = "add_row_vector";
+        check::add_row_vector(self, row, rows, cols)?;
+        let x = self.f32(op)?;
+        let r = self.arg(op, row)?;
+        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let mut out = self.output(rows * cols, op)?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                cols.div_ceil(256).clamp(1, 1024) as u32,
+                rows.clamp(1, 65_535) as u32,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "add_row_vector_f32",
+            cfg,
+            [x, r, &mut out, &ri, &ci]
+        );
+        Ok(self.wrap(out, rows * cols))
+    }
+
+    pub(super) fn launch_sum_rows(&self, rows: usize, cols: usize) -> Result<Self> {
+        let op = "sum_rows";
+        check::sum_rows(self, rows, cols)?;
+        let x = self.f32(op)?;
+        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let mut out = self.output(cols, op)?;
+        let cfg = LaunchConfig {
+            grid_dim: (cols.div_ceil(32).max(1) as u32, 1, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "sum_rows_f32",
+            cfg,
+            [x, &mut out, &ri, &ci]
+        );
+        Ok(self.wrap(out, cols))
+    }
+
+    pub(super) fn launch_increment_i64(&mut self) -> Result<()> {
+        let op = "increment_i64";
+        let n = int(op, self.len)?;
+        let device = self.device.clone();
+        let x = match &mut self.data {
+            CudaData::I64(s) => &mut **s,
+            CudaData::F32(_) => {
+                return Err(Error::DType {
+                    op,
+                    expected: DType::I64,
+                    got: DType::F32,
+                })
+            }
+        };
+        if n > 0 {
+            launch!(
+                device,
+                KernelFile::Elementwise,
+                "increment_i64",
+                linear_launch(self.len),
+                [x, &n]
+            );
+        }
+        self.host_range = self
+            .host_range
+            .map(|(lo, hi)| (lo.saturating_add(1), hi.saturating_add(1)));
+        Ok(())
+    }
+}

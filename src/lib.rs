@@ -12,10 +12,15 @@
 //! - [`nn`], [`optim`], [`io`]: modules (ResNet-18), SGD, weight files.
 //! - [`data`], [`train`]: image folders and the training loop of `frostgrad train`.
 //! - [`viz`]: the backward graph as JSON, DOT and SVG (`frostgrad graph`).
+//! - `bench` and `cli` (features of the same names, on by default): the
+//!   benchmark and the `frostgrad` command line; `default-features = false`
+//!   leaves them and clap out.
 
 pub mod autograd;
 pub mod backend;
+#[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod core_types;
 pub mod data;

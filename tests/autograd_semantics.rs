@@ -448,3 +448,30 @@ fn grad_fn_chain_matches_pytorch() {
     }
     assert_eq!(actual, expected);
 }
+
+/// An absent optional input keeps its slot: batch norm with a bias but no
+/// weight computes the bias gradient (slot 2, not slot 1), and statistics
+/// and `next_functions` list only the inputs that were given.
+#[test]
+fn an_absent_weight_keeps_the_bias_in_its_slot() {
+    let x = trainable(&ramp(2 * 3 * 2), &[2, 3, 2]);
+    let bias = trainable(&[0.1, -0.2, 0.3], &[3]);
+    let out = ops::batch_norm(
+        &x,
+        None,
+        Some(&bias),
+        None,
+        None,
+        BatchNormOptions::default(),
+    )
+    .expect("bn");
+    let next = out.grad_fn().expect("node").next_functions();
+    assert_eq!(next.len(), 2, "input and bias, no weight: {next:?}");
+    let stats = ops::sum(&out).expect("sum").backward().expect("backward");
+    // d(sum)/d(bias_c) = the number of values per channel, N * S = 4.
+    assert_eq!(grad_values(&bias), vec![4.0; 3]);
+    assert_eq!(stats.computed("batch_norm.bias"), 1, "{stats}");
+    assert_eq!(stats.computed("batch_norm.input"), 1, "{stats}");
+    assert_eq!(stats.computed("batch_norm.weight"), 0, "{stats}");
+    assert_eq!(stats.skipped("batch_norm.weight"), 0, "{stats}");
+}

@@ -104,8 +104,10 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
         let grad_output = run_grad_hooks(&node.pre_hooks, grad_output, node.name)?;
         let needs = node.needs();
         let (op_name, input_names) = (op.op(), op.input_names());
-        for (name, &needed) in input_names.iter().zip(&needs) {
-            stats.count(op_name, name, needed);
+        for ((name, &needed), &present) in input_names.iter().zip(&needs).zip(&node.present) {
+            if present {
+                stats.count(op_name, name, needed);
+            }
         }
         stats.nodes += 1;
         for fused in op.fused_ops() {

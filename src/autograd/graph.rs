@@ -88,8 +88,13 @@ pub struct Node {
     pub(crate) name: &'static str,
     /// `None` once the backward pass has run this node.
     pub(crate) op: Mutex<Option<Box<dyn BackwardOp>>>,
-    /// One entry per input; `None` where no gradient is needed.
+    /// One entry per input slot; `None` where no gradient is needed (or
+    /// the input is absent).
     pub(crate) edges: Vec<Option<Edge>>,
+    /// Per slot, whether the op was given that input: an absent optional
+    /// input (a missing bias) keeps its slot, so ops index slots by name,
+    /// but is not counted in statistics nor listed as a next function.
+    pub(crate) present: Vec<bool>,
     /// The shape of the output (and so of the gradient this node receives).
     pub(crate) shape: Vec<usize>,
     /// Hooks registered on the output tensor ([`Tensor::register_hook`]),
@@ -102,11 +107,17 @@ pub struct Node {
 }
 
 impl Node {
-    fn new(op: Box<dyn BackwardOp>, edges: Vec<Option<Edge>>, shape: Vec<usize>) -> Node {
+    fn new(
+        op: Box<dyn BackwardOp>,
+        edges: Vec<Option<Edge>>,
+        present: Vec<bool>,
+        shape: Vec<usize>,
+    ) -> Node {
         Node {
             name: op.name(),
             op: Mutex::new(Some(op)),
             edges,
+            present,
             shape,
             tensor_hooks: HookList::default(),
             pre_hooks: HookList::default(),
@@ -136,9 +147,11 @@ fn edge_for(input: Option<&Tensor>) -> Option<Edge> {
 /// Wraps an op's output, recording a backward node only when needed.
 ///
 /// `inputs` lists the op's differentiable inputs in order, with `None` for an
-/// absent optional input (a missing bias). Absent inputs get no slot: the
-/// node's slots, the mask and [`BackwardOp::input_names`] cover only the
-/// inputs that are present. `make_backward` is called only when a node is recorded,
+/// absent optional input (a missing bias). Every input keeps its slot, so the
+/// mask and [`BackwardOp::input_names`] always have the op's full arity and
+/// an op reads `needs[BIAS]` whether or not there is a weight before it; an
+/// absent input's slot is never needed, and it is left out of statistics
+/// and `next_functions`. `make_backward` is called only when a node is recorded,
 /// with the mask of inputs that need a gradient and the output itself
 /// (detached, for ops such as ReLU whose backward uses it), so the op saves
 /// only what those gradients use. When no input needs one, the output is a
@@ -153,7 +166,8 @@ pub fn record(
     if !is_grad_enabled() || !inputs.iter().flatten().any(|t| t.requires_grad()) {
         return Ok(plain);
     }
-    let edges: Vec<Option<Edge>> = inputs.iter().flatten().map(|t| edge_for(Some(t))).collect();
+    let edges: Vec<Option<Edge>> = inputs.iter().map(|t| edge_for(*t)).collect();
+    let present: Vec<bool> = inputs.iter().map(Option::is_some).collect();
     let needs: Vec<bool> = edges.iter().map(Option::is_some).collect();
     let op = make_backward(&needs, &plain);
     if op.input_names().len() != edges.len() {
@@ -164,7 +178,7 @@ pub fn record(
             edges.len()
         )));
     }
-    let node = Node::new(op, edges, plain.shape().to_vec());
+    let node = Node::new(op, edges, present, plain.shape().to_vec());
     Ok(plain.view_with(plain.shape().to_vec(), Some(Arc::new(node))))
 }
 
@@ -178,7 +192,12 @@ pub fn record_view(
     if !is_grad_enabled() || !input.requires_grad() {
         return input.view_with(shape, None);
     }
-    let node = Node::new(make_backward(), vec![edge_for(Some(input))], shape.clone());
+    let node = Node::new(
+        make_backward(),
+        vec![edge_for(Some(input))],
+        vec![true],
+        shape.clone(),
+    );
     input.view_with(shape, Some(Arc::new(node)))
 }
 
@@ -205,7 +224,9 @@ impl GradFn {
         self.node
             .edges
             .iter()
-            .map(|e| {
+            .zip(&self.node.present)
+            .filter(|(_, &present)| present)
+            .map(|(e, _)| {
                 e.as_ref().map(|e| match e {
                     Edge::Leaf(t) => NextFunction::AccumulateGrad(t.clone()),
                     Edge::Node(n) => NextFunction::Node(GradFn::new(n.clone())),

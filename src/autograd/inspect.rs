@@ -186,7 +186,8 @@ pub(crate) fn walk(root: &Tensor) -> Graph {
             None => (node.name, "", &[][..], Vec::new(), Vec::new(), 0, false),
         };
         drop(guard);
-        for (slot, edge) in node.edges.iter().enumerate() {
+        let slots = node.edges.iter().zip(&node.present).enumerate();
+        for (slot, (edge, _)) in slots.filter(|(_, (_, &present))| present) {
             let name = input_names.get(slot).copied().unwrap_or("input");
             let to = edge.as_ref().map(|edge| match edge {
                 Edge::Node(next) => {

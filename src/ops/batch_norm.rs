@@ -32,7 +32,7 @@ use crate::backend::{
     BackendStorage, BatchNormGeometry, BatchNormParams, BatchNormSaved, BatchNormStats, Epilogue,
 };
 use crate::error::{Error, Result};
-use crate::ops::{grad_tensor, same_device, saved};
+use crate::ops::{grad_tensor, same_device, saved, BIAS, INPUT, WEIGHT};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -193,21 +193,19 @@ fn batch_norm_maybe_relu(
     drop((x, w, b));
 
     record(out, shape, &[Some(input), weight, bias], |needs, output| {
-        let need_dw = weight.is_some() && needs[1];
-        let needs_xhat = need_dw || (needs[0] && opts.training);
+        let need_dw = needs[WEIGHT];
+        let needs_xhat = need_dw || (needs[INPUT] && opts.training);
         Box::new(NativeBatchNormBackward {
             params,
             training: opts.training,
             input: needs_xhat.then(|| input.detach()),
-            weight: if needs[0] {
+            weight: if needs[INPUT] {
                 weight.map(Tensor::detach)
             } else {
                 None
             },
             mean: Some(mean),
             invstd: Some(invstd),
-            has_weight: weight.is_some(),
-            has_bias: bias.is_some(),
             // The ReLU's mask: every gradient this node computes uses it.
             relu_output: relu_after.then(|| output.clone()),
         })
@@ -221,8 +219,6 @@ struct NativeBatchNormBackward {
     weight: Option<Tensor>,
     mean: Option<Tensor>,
     invstd: Option<Tensor>,
-    has_weight: bool,
-    has_bias: bool,
     /// The fused forward's (post-ReLU) output; `None` for plain batch norm.
     relu_output: Option<Tensor>,
 }
@@ -266,12 +262,7 @@ impl BackwardOp for NativeBatchNormBackward {
         .collect()
     }
     fn input_names(&self) -> &'static [&'static str] {
-        match (self.has_weight, self.has_bias) {
-            (true, true) => &["input", "weight", "bias"],
-            (true, false) => &["input", "weight"],
-            (false, true) => &["input", "bias"],
-            (false, false) => &["input"],
-        }
+        &["input", "weight", "bias"]
     }
     fn backward(
         self: Box<Self>,
@@ -279,9 +270,7 @@ impl BackwardOp for NativeBatchNormBackward {
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
         // Map the recorded slots back onto [input, weight, bias].
-        let need_dx = needs[0];
-        let need_dw = self.has_weight && needs[1];
-        let need_db = self.has_bias && needs[if self.has_weight { 2 } else { 1 }];
+        let (need_dx, need_dw, need_db) = (needs[INPUT], needs[WEIGHT], needs[BIAS]);
         let g = &self.params.geometry;
         let name = self.name();
         let mean = saved(&self.mean, name, "mean")?.storage();
@@ -304,17 +293,11 @@ impl BackwardOp for NativeBatchNormBackward {
             dy.batch_norm_backward(&saved_state, &self.params, [need_dx, need_dw, need_db])?;
         drop(dy);
         let c = [g.channels];
-        let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(needs.len());
-        grads.push(
+        Ok(vec![
             dx.map(|s| grad_tensor(s, grad_output.shape()))
                 .transpose()?,
-        );
-        if self.has_weight {
-            grads.push(dw.map(|s| grad_tensor(s, &c)).transpose()?);
-        }
-        if self.has_bias {
-            grads.push(db.map(|s| grad_tensor(s, &c)).transpose()?);
-        }
-        Ok(grads)
+            dw.map(|s| grad_tensor(s, &c)).transpose()?,
+            db.map(|s| grad_tensor(s, &c)).transpose()?,
+        ])
     }
 }

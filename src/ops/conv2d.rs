@@ -9,7 +9,7 @@
 use crate::autograd::{record, BackwardOp};
 use crate::backend::{BackendStorage, BatchNormGeometry, Conv2dGeometry};
 use crate::error::{Error, Result};
-use crate::ops::{flops, grad_tensor, same_device, saved};
+use crate::ops::{flops, grad_tensor, same_device, saved, BIAS, INPUT, WEIGHT};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,10 +68,9 @@ pub fn conv2d(
             Box::new(ConvolutionBackward {
                 geometry: g,
                 // dL/dW = f(dL/dy, x): keep the input only for a trainable weight.
-                input: needs[1].then(|| input.detach()),
+                input: needs[WEIGHT].then(|| input.detach()),
                 // dL/dx = f(dL/dy, W): keep the weight only if the input needs a gradient.
-                weight: needs[0].then(|| weight.detach()),
-                has_bias: bias.is_some(),
+                weight: needs[INPUT].then(|| weight.detach()),
             })
         },
     )
@@ -81,7 +80,6 @@ struct ConvolutionBackward {
     geometry: Conv2dGeometry,
     input: Option<Tensor>,
     weight: Option<Tensor>,
-    has_bias: bool,
 }
 
 impl BackwardOp for ConvolutionBackward {
@@ -92,11 +90,7 @@ impl BackwardOp for ConvolutionBackward {
         "conv2d"
     }
     fn input_names(&self) -> &'static [&'static str] {
-        if self.has_bias {
-            &["input", "weight", "bias"]
-        } else {
-            &["input", "weight"]
-        }
+        &["input", "weight", "bias"]
     }
     fn saved(&self) -> Vec<(&'static str, &Tensor)> {
         [("input", &self.input), ("weight", &self.weight)]
@@ -118,29 +112,29 @@ impl BackwardOp for ConvolutionBackward {
         let g = &self.geometry;
         let gy = grad_output.storage();
         let mut grads = vec![None; needs.len()];
-        if needs[0] {
+        if needs[INPUT] {
             let w = saved(&self.weight, "ConvolutionBackward0", "weight")?;
-            grads[0] = Some(grad_tensor(
+            grads[INPUT] = Some(grad_tensor(
                 gy.conv2d_input_grad(&w.storage(), g)?,
                 &g.input_shape(),
             )?);
             flops::add_macs(g.macs());
         }
-        if needs[1] {
+        if needs[WEIGHT] {
             let x = saved(&self.input, "ConvolutionBackward0", "input")?;
-            grads[1] = Some(grad_tensor(
+            grads[WEIGHT] = Some(grad_tensor(
                 gy.conv2d_weight_grad(&x.storage(), g)?,
                 &g.weight_shape(),
             )?);
             flops::add_macs(g.macs());
         }
-        if self.has_bias && needs[2] {
+        if needs[BIAS] {
             let per_channel = BatchNormGeometry {
                 batch: g.batch,
                 channels: g.out_channels,
                 spatial: g.out_h * g.out_w,
             };
-            grads[2] = Some(grad_tensor(
+            grads[BIAS] = Some(grad_tensor(
                 gy.channel_sums(&per_channel)?,
                 &[g.out_channels],
             )?);

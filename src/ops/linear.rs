@@ -7,7 +7,7 @@
 use crate::autograd::{record, BackwardOp};
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
-use crate::ops::{flops, grad_tensor, same_device, saved};
+use crate::ops::{flops, grad_tensor, same_device, saved, BIAS, INPUT, WEIGHT};
 use crate::tensor::Tensor;
 
 pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -57,8 +57,8 @@ pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
                 rows,
                 in_features,
                 out_features,
-                input: needs[1].then(|| input.detach()),
-                weight: needs[0].then(|| weight.detach()),
+                input: needs[WEIGHT].then(|| input.detach()),
+                weight: needs[INPUT].then(|| weight.detach()),
                 has_bias: bias.is_some(),
             })
         },
@@ -71,6 +71,7 @@ struct LinearBackward {
     out_features: usize,
     input: Option<Tensor>,
     weight: Option<Tensor>,
+    /// Only for the name: PyTorch's node differs with and without a bias.
     has_bias: bool,
 }
 
@@ -87,11 +88,7 @@ impl BackwardOp for LinearBackward {
         "linear"
     }
     fn input_names(&self) -> &'static [&'static str] {
-        if self.has_bias {
-            &["input", "weight", "bias"]
-        } else {
-            &["input", "weight"]
-        }
+        &["input", "weight", "bias"]
     }
     fn saved(&self) -> Vec<(&'static str, &Tensor)> {
         [("input", &self.input), ("weight", &self.weight)]
@@ -112,24 +109,24 @@ impl BackwardOp for LinearBackward {
         let gy = grad_output.storage();
         let mut grads = vec![None; needs.len()];
         let macs = (n * i * o) as u64;
-        if needs[0] {
+        if needs[INPUT] {
             flops::add_macs(macs);
             let w = saved(&self.weight, self.name(), "weight")?;
-            grads[0] = Some(grad_tensor(
+            grads[INPUT] = Some(grad_tensor(
                 gy.matmul(&w.storage(), n, o, i, false, false)?,
                 &[n, i],
             )?);
         }
-        if needs[1] {
+        if needs[WEIGHT] {
             flops::add_macs(macs);
             let x = saved(&self.input, self.name(), "input")?;
-            grads[1] = Some(grad_tensor(
+            grads[WEIGHT] = Some(grad_tensor(
                 gy.matmul(&x.storage(), o, n, i, true, false)?,
                 &[o, i],
             )?);
         }
-        if self.has_bias && needs[2] {
-            grads[2] = Some(grad_tensor(gy.sum_rows(n, o)?, &[o])?);
+        if needs[BIAS] {
+            grads[BIAS] = Some(grad_tensor(gy.sum_rows(n, o)?, &[o])?);
         }
         Ok(grads)
     }

@@ -61,6 +61,13 @@ pub use tanh::tanh;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// The input slots of the ops taking `(input, weight, bias)` (conv2d,
+/// linear, batch norm). An absent weight or bias keeps its slot
+/// ([`crate::autograd::record`]), so these are fixed.
+pub(crate) const INPUT: usize = 0;
+pub(crate) const WEIGHT: usize = 1;
+pub(crate) const BIAS: usize = 2;
+
 /// A tensor a backward struct saved, or an engine-bug error if the forward
 /// did not save it although the mask says the gradient that uses it is needed.
 pub(crate) fn saved<'a>(t: &'a Option<Tensor>, op: &str, what: &str) -> Result<&'a Tensor> {

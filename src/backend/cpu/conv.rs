@@ -39,8 +39,9 @@ use crate::error::Result;
 
 /// Upper bound on one column chunk, in f32s (4 MiB): big enough for four
 /// 7x7 images of ResNet's widest layer (196 GEMM columns), small enough to
-/// stay in the last-level cache between im2col and the GEMM. Measurements
-/// on the shared 2-core machine were too noisy to tune this finer.
+/// stay in the last-level cache between im2col and the GEMM. Not tuned
+/// finer: the A/B runs of BENCHMARKS.md ("What each optimisation bought")
+/// were taken under load and cannot resolve smaller differences.
 const COL_BLOCK_ELEMS: usize = 1 << 20;
 
 /// Images with fewer output pixels than this are grouped so one GEMM has

@@ -77,9 +77,10 @@ const PART_ALIGN: usize = 64;
 /// `m > n`), one single-threaded `matrixmultiply` call per block on rayon's
 /// pool. Splitting along the longer side keeps the cost of re-packing the
 /// shared operand small. (`matrixmultiply`'s own threading splits every
-/// cache block between two threads that then spin-wait for each other;
-/// on a loaded 2-core machine that wait showed up as a fifth of all CPU
-/// samples, so the crate is built without it.)
+/// cache block between two threads that then spin-wait for each other:
+/// ≈23% of forward samples, and 1478 → 952 ms for a no-grad forward
+/// without it, per BENCHMARKS.md, "What each optimisation bought", item 1;
+/// so the crate is built without it.)
 ///
 /// Callers size the buffers from a validated geometry; a view that does not
 /// fit its slice is a bug in this backend, so it panics here rather than

@@ -37,8 +37,9 @@ fn steady_state_finetune_step_takes_no_page_faults() {
         };
         // A step frees and re-allocates every activation; without the pool
         // that was about 40 000 faults per fine-tune step at batch 8. What
-        // remains is outside the tensors: `matrixmultiply` allocates its
-        // packing buffers on every call (8 faults per step measured here).
+        // can remain is outside the tensors: on the portable SIMD path
+        // `matrixmultiply` allocates its packing buffers on every call (8
+        // faults per step measured here); the AVX paths reuse theirs.
         eprintln!("{}: {faults} minor faults per step", m.name);
         assert!(faults <= 16, "{}: {faults} minor faults per step", m.name);
         // Tensor accounting is unaffected: the pool's free buffers are

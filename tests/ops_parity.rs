@@ -308,9 +308,23 @@ fn check_op(op: &str, min_cases: usize) {
     );
 }
 
+/// Runs `f` once on every SIMD path of the CPU GEMM this machine supports
+/// (the path is process-wide, so the tests that switch it take turns).
+fn on_every_simd_path(f: impl Fn()) {
+    use frostgrad::backend::cpu::simd;
+    static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let before = simd::active();
+    for path in simd::supported() {
+        simd::force(path).unwrap();
+        f();
+    }
+    simd::force(before).unwrap();
+}
+
 #[test]
 fn conv2d_matches_pytorch() {
-    check_op("conv2d", 9);
+    on_every_simd_path(|| check_op("conv2d", 9));
 }
 
 #[test]
@@ -335,7 +349,7 @@ fn adaptive_avg_pool2d_matches_pytorch() {
 
 #[test]
 fn linear_matches_pytorch() {
-    check_op("linear", 3);
+    on_every_simd_path(|| check_op("linear", 3));
 }
 
 #[test]

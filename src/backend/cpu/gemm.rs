@@ -1,11 +1,14 @@
-//! A safe, bounds-checked face on `matrixmultiply::sgemm`.
+//! A safe, bounds-checked face on the single-threaded SGEMM of the active
+//! SIMD path ([`super::simd`]): the hand-written AVX-512F or AVX2+FMA
+//! kernels of [`super::microkernel`], or `matrixmultiply::sgemm`.
 //!
 //! A matrix operand is a slice plus row/column strides, so a transposed
 //! operand is just the same buffer with its strides swapped, and a block
 //! of columns of a larger matrix is a sub-slice with the big matrix's row
-//! stride. `matrixmultiply` packs its operands itself; large products are
+//! stride. The kernels pack their operands themselves; large products are
 //! split across rayon's threads here.
 
+use super::simd::{self, SimdPath};
 use crate::error::Result;
 
 /// A read-only `rows x cols` matrix view: element `(i, j)` is
@@ -183,21 +186,16 @@ fn in_parts(
         // and nothing outside race on an element. Strides are below
         // `isize::MAX` because they index into live slices.
         unsafe {
-            matrixmultiply::sgemm(
+            serial(
                 rows,
                 k,
                 cols,
                 alpha,
-                a.data.as_ptr().add(a_off),
-                a.row_stride as isize,
-                a.col_stride as isize,
-                b.data.as_ptr().add(b_off),
-                b.row_stride as isize,
-                b.col_stride as isize,
+                (a.data.as_ptr().add(a_off), a.row_stride, a.col_stride),
+                (b.data.as_ptr().add(b_off), b.row_stride, b.col_stride),
                 beta,
                 out.get().add(c_off),
-                c_row_stride as isize,
-                1,
+                c_row_stride,
             );
         }
     };
@@ -210,6 +208,70 @@ fn in_parts(
     (0..len.div_ceil(width))
         .into_par_iter()
         .for_each(|p| block(p * width, ((p + 1) * width).min(len)));
+}
+
+/// One block of a product on the calling thread, on the active SIMD path.
+///
+/// # Safety
+/// `a` (`m x k`, pointer and row/column strides) and `b` (`k x n`) are
+/// readable views, `c` a writable `m x n` block with row stride `rsc`
+/// whose rows do not overlap, accessed by nobody else meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn serial(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: (*const f32, usize, usize),
+    b: (*const f32, usize, usize),
+    beta: f32,
+    c: *mut f32,
+    rsc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::microkernel::{gemm, Avx2, Avx512, Raw};
+        let ra = Raw {
+            ptr: a.0,
+            rs: a.1,
+            cs: a.2,
+        };
+        let rb = Raw {
+            ptr: b.0,
+            rs: b.1,
+            cs: b.2,
+        };
+        match simd::active() {
+            // SAFETY: the path is only active when the CPU supports it
+            // (`simd::active`/`force` check); views as the caller promised.
+            SimdPath::Avx512 => {
+                return unsafe { gemm::<Avx512>(m, k, n, alpha, ra, rb, beta, c, rsc) }
+            }
+            // SAFETY: as above.
+            SimdPath::Avx2 => return unsafe { gemm::<Avx2>(m, k, n, alpha, ra, rb, beta, c, rsc) },
+            SimdPath::Portable => {}
+        }
+    }
+    // SAFETY: the caller's contract is matrixmultiply's; strides index live
+    // slices so they fit in isize.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.0,
+            a.1 as isize,
+            a.2 as isize,
+            b.0,
+            b.1 as isize,
+            b.2 as isize,
+            beta,
+            c,
+            rsc as isize,
+            1,
+        )
+    }
 }
 
 /// How many blocks to split an `m x k x n` product into along a side of

@@ -28,9 +28,12 @@ mod conv;
 mod elementwise;
 mod gemm;
 mod loss;
+#[cfg(target_arch = "x86_64")]
+mod microkernel;
 mod pool;
 mod scratch;
 mod sgd;
+pub mod simd;
 mod strided;
 
 #[cfg(test)]

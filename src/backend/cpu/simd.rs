@@ -1,0 +1,119 @@
+//! Which SIMD code path the CPU GEMM runs, chosen once at run time.
+//!
+//! The machines this project runs on change between sessions (AVX2 one
+//! day, AVX-512 the next), so the kernels are compiled for every path and
+//! the best one the CPU supports is picked when first needed.
+//! `FROSTGRAD_SIMD=avx512|avx2|portable` forces a path (a path the CPU
+//! lacks falls back to the best supported one); tests switch paths with
+//! [`force`] so that every path the machine supports is checked.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::error::{Error, Result};
+
+/// A GEMM code path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdPath {
+    /// Hand-written AVX-512F micro-kernel (12x32 tile).
+    Avx512,
+    /// Hand-written AVX2 + FMA micro-kernel (6x16 tile).
+    Avx2,
+    /// `matrixmultiply`'s kernels: any CPU, any architecture.
+    Portable,
+}
+
+impl SimdPath {
+    pub const ALL: [SimdPath; 3] = [SimdPath::Avx512, SimdPath::Avx2, SimdPath::Portable];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdPath::Avx512 => "avx512",
+            SimdPath::Avx2 => "avx2",
+            SimdPath::Portable => "portable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SimdPath> {
+        Self::ALL.into_iter().find(|p| p.name() == s.trim())
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            SimdPath::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            SimdPath::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            SimdPath::Avx512 | SimdPath::Avx2 => false,
+            SimdPath::Portable => true,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            SimdPath::Avx512 => 1,
+            SimdPath::Avx2 => 2,
+            SimdPath::Portable => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<SimdPath> {
+        Self::ALL.into_iter().find(|p| p.code() == c)
+    }
+}
+
+/// Every path this CPU supports, fastest first.
+pub fn supported() -> Vec<SimdPath> {
+    SimdPath::ALL
+        .into_iter()
+        .filter(|p| p.is_supported())
+        .collect()
+}
+
+/// 0 until the first GEMM (or [`force`]) decides.
+static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+/// The path the GEMM runs now.
+pub fn active() -> SimdPath {
+    if let Some(p) = SimdPath::from_code(ACTIVE.load(Ordering::Relaxed)) {
+        return p;
+    }
+    let requested = std::env::var("FROSTGRAD_SIMD")
+        .ok()
+        .and_then(|v| SimdPath::parse(&v));
+    let best = supported()[0];
+    let p = requested.filter(|p| p.is_supported()).unwrap_or(best);
+    ACTIVE.store(p.code(), Ordering::Relaxed);
+    p
+}
+
+/// Runs every later GEMM on `path` (process-wide), or errors if this CPU
+/// cannot run it.
+pub fn force(path: SimdPath) -> Result<()> {
+    if !path.is_supported() {
+        return Err(Error::invalid(
+            "simd",
+            format!("this CPU cannot run the {} path", path.name()),
+        ));
+    }
+    ACTIVE.store(path.code(), Ordering::Relaxed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_portable_is_always_there() {
+        for p in SimdPath::ALL {
+            assert_eq!(SimdPath::parse(p.name()), Some(p));
+        }
+        assert_eq!(SimdPath::parse("sse9"), None);
+        assert_eq!(supported().last(), Some(&SimdPath::Portable));
+    }
+}

@@ -166,6 +166,12 @@ pub struct BenchReport {
     pub steps: usize,
     pub warmup: usize,
     pub threads: usize,
+    /// The CPU (model name, family, model) the run was on.
+    pub cpu_model: String,
+    /// The CPU GEMM's SIMD path (`avx512`, `avx2`, `portable`).
+    pub simd_path: String,
+    /// Whether the CPU buffer pool was on (`FROSTGRAD_CPU_POOL`).
+    pub cpu_pool: bool,
     pub modes: Vec<ModeResult>,
 }
 
@@ -231,6 +237,9 @@ pub fn run(
         steps: cfg.steps,
         warmup: cfg.warmup,
         threads: rayon::current_num_threads(),
+        cpu_model: machine::cpu_model(),
+        simd_path: crate::backend::cpu::simd::active().name().to_string(),
+        cpu_pool: crate::backend::cpu::buffer_pool::enabled(),
         modes: results,
     })
 }

@@ -17,8 +17,15 @@ pub fn render_table(r: &BenchReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "ResNet-18, batch {} at {}x{}, device {}, {} timed steps after {} warm-up ({} threads)\n",
+        "ResNet-18, batch {} at {}x{}, device {}, {} timed steps after {} warm-up ({} threads)",
         r.batch, r.size, r.size, r.device, r.steps, r.warmup, r.threads
+    );
+    let _ = writeln!(
+        out,
+        "CPU: {}; CPU GEMM path {}; CPU buffer pool {}\n",
+        r.cpu_model,
+        r.simd_path,
+        if r.cpu_pool { "on" } else { "off" }
     );
     let _ = writeln!(
         out,
@@ -163,9 +170,12 @@ pub fn to_json(r: &BenchReport) -> String {
         .map(|m| format!("    {}", mode_json(m)))
         .collect();
     format!(
-        "{{\n  \"framework\": \"frostgrad {}\",\n  \"device\": {},\n  \"threads\": {},\n  \"batch\": {},\n  \"size\": {},\n  \"steps\": {},\n  \"warmup\": {},\n  \"modes\": [\n{}\n  ]\n}}\n",
+        "{{\n  \"framework\": \"frostgrad {}\",\n  \"device\": {},\n  \"cpu_model\": {},\n  \"simd_path\": {},\n  \"cpu_pool\": {},\n  \"threads\": {},\n  \"batch\": {},\n  \"size\": {},\n  \"steps\": {},\n  \"warmup\": {},\n  \"modes\": [\n{}\n  ]\n}}\n",
         env!("CARGO_PKG_VERSION"),
         json_str(&r.device),
+        json_str(&r.cpu_model),
+        json_str(&r.simd_path),
+        r.cpu_pool,
         r.threads,
         r.batch,
         r.size,

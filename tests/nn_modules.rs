@@ -436,3 +436,51 @@ fn from_state_dict_takes_the_class_count_from_fc() {
         .to_string();
     assert!(err.contains("no `fc.weight`"), "{err}");
 }
+
+/// `named_children()` lists torchvision's submodules that hold parameters
+/// (its `relu`, `maxpool` and `avgpool` hold none and are functions here),
+/// and the parameter walk is built from it: every parameter name starts with
+/// a child's name, in the children's order.
+#[test]
+fn named_children_are_torchvisions_and_drive_the_parameter_walk() {
+    let mut m = model(10);
+    let names: Vec<String> = m.named_children().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    );
+    let block: Vec<String> = m
+        .layer2
+        .named_children()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(block, ["0", "1"]);
+    let first: Vec<String> = m.layer2[0]
+        .named_children()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(first, ["conv1", "bn1", "conv2", "bn2", "downsample"]);
+    assert_eq!(m.children().len(), 7);
+
+    let mut seen = Vec::new();
+    for (name, _) in m.named_parameters() {
+        let child = name.split('.').next().unwrap().to_string();
+        if seen.last() != Some(&child) {
+            seen.push(child);
+        }
+    }
+    assert_eq!(seen, names);
+
+    // eval()/train() reach every batch norm through the children.
+    m.eval();
+    assert!(
+        !m.layer4[1].bn2.is_training()
+            && !m.layer2[0].downsample.as_ref().unwrap().bn.is_training()
+    );
+    m.train();
+    assert!(
+        m.layer4[1].bn2.is_training() && m.layer2[0].downsample.as_ref().unwrap().bn.is_training()
+    );
+}

@@ -35,9 +35,27 @@ pub(crate) fn join(prefix: &str, name: &str) -> String {
 pub trait Module {
     fn forward(&self, input: &Tensor) -> Result<Tensor>;
 
+    /// PyTorch's `named_children()`: the direct submodules with their
+    /// attribute names (`conv1`, `layer1`, `0`), in registration order.
+    /// A container lists its children here and gets `visit`, `visit_mut` and
+    /// `set_training` for free, so its children are named in one place; a
+    /// leaf (conv, batch norm, linear) has none and implements those three.
+    fn named_children(&self) -> Vec<(String, &dyn Module)> {
+        Vec::new()
+    }
+
+    /// [`named_children`](Self::named_children) with mutable access.
+    fn named_children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        Vec::new()
+    }
+
     /// Calls `f(full_name, tensor, kind)` for every parameter and buffer, in
     /// `state_dict()` order, with names prefixed by `prefix` (`""` at the top).
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind));
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
+        for (name, child) in self.named_children() {
+            child.visit(&join(prefix, &name), f);
+        }
+    }
 
     /// Like [`visit`](Self::visit) with the right to replace each tensor
     /// (moving a model to another device makes new tensors).
@@ -45,10 +63,24 @@ pub trait Module {
         &mut self,
         prefix: &str,
         f: &mut dyn FnMut(&str, &mut Tensor, TensorKind) -> Result<()>,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        for (name, child) in self.named_children_mut() {
+            child.visit_mut(&join(prefix, &name), f)?;
+        }
+        Ok(())
+    }
 
     /// PyTorch's `module.train(training)`, recursively.
-    fn set_training(&mut self, training: bool);
+    fn set_training(&mut self, training: bool) {
+        for (_, child) in self.named_children_mut() {
+            child.set_training(training);
+        }
+    }
+
+    /// PyTorch's `children()`: the direct submodules, in registration order.
+    fn children(&self) -> Vec<&dyn Module> {
+        self.named_children().into_iter().map(|(_, c)| c).collect()
+    }
 
     /// PyTorch's `module.training`.
     fn is_training(&self) -> bool;
@@ -256,25 +288,17 @@ impl<M: Module> Module for Vec<M> {
         }
         Ok(x)
     }
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor, TensorKind)) {
-        for (i, m) in self.iter().enumerate() {
-            m.visit(&join(prefix, &i.to_string()), f);
-        }
+    fn named_children(&self) -> Vec<(String, &dyn Module)> {
+        self.iter()
+            .enumerate()
+            .map(|(i, m)| (i.to_string(), m as &dyn Module))
+            .collect()
     }
-    fn visit_mut(
-        &mut self,
-        prefix: &str,
-        f: &mut dyn FnMut(&str, &mut Tensor, TensorKind) -> Result<()>,
-    ) -> Result<()> {
-        for (i, m) in self.iter_mut().enumerate() {
-            m.visit_mut(&join(prefix, &i.to_string()), f)?;
-        }
-        Ok(())
-    }
-    fn set_training(&mut self, training: bool) {
-        for m in self {
-            m.set_training(training);
-        }
+    fn named_children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        self.iter_mut()
+            .enumerate()
+            .map(|(i, m)| (i.to_string(), m as &mut dyn Module))
+            .collect()
     }
     fn is_training(&self) -> bool {
         self.first().is_none_or(Module::is_training)

@@ -13,13 +13,9 @@ use rand::{Rng, RngCore};
 
 use crate::error::{Error, Result};
 use crate::io::StateDict;
-use crate::nn::module::join;
-use crate::nn::{BatchNorm2d, Conv2d, Conv2dConfig, Linear, Module, TensorKind};
+use crate::nn::{BatchNorm2d, Conv2d, Conv2dConfig, Linear, Module};
 use crate::ops::{self, MaxPool2dOptions};
 use crate::tensor::Tensor;
-
-type Visitor<'a> = &'a mut dyn FnMut(&str, &Tensor, TensorKind);
-type VisitorMut<'a> = &'a mut dyn FnMut(&str, &mut Tensor, TensorKind) -> Result<()>;
 
 /// The random source while building: `None` builds all-zero placeholders
 /// for weights that are loaded right after (see `resnet18_from_state_dict`).
@@ -64,17 +60,11 @@ impl Module for Downsample {
     fn forward(&self, input: &Tensor) -> Result<Tensor> {
         self.bn.forward(&self.conv.forward(input)?)
     }
-    fn visit(&self, prefix: &str, f: Visitor) {
-        self.conv.visit(&join(prefix, "0"), f);
-        self.bn.visit(&join(prefix, "1"), f);
+    fn named_children(&self) -> Vec<(String, &dyn Module)> {
+        vec![("0".into(), &self.conv), ("1".into(), &self.bn)]
     }
-    fn visit_mut(&mut self, prefix: &str, f: VisitorMut) -> Result<()> {
-        self.conv.visit_mut(&join(prefix, "0"), f)?;
-        self.bn.visit_mut(&join(prefix, "1"), f)
-    }
-    fn set_training(&mut self, training: bool) {
-        self.conv.set_training(training);
-        self.bn.set_training(training);
+    fn named_children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![("0".into(), &mut self.conv), ("1".into(), &mut self.bn)]
     }
     fn is_training(&self) -> bool {
         self.bn.is_training()
@@ -132,33 +122,29 @@ impl Module for BasicBlock {
         };
         ops::relu(&ops::add(&x, &shortcut)?)
     }
-    fn visit(&self, prefix: &str, f: Visitor) {
-        self.conv1.visit(&join(prefix, "conv1"), f);
-        self.bn1.visit(&join(prefix, "bn1"), f);
-        self.conv2.visit(&join(prefix, "conv2"), f);
-        self.bn2.visit(&join(prefix, "bn2"), f);
+    fn named_children(&self) -> Vec<(String, &dyn Module)> {
+        let mut out: Vec<(String, &dyn Module)> = vec![
+            ("conv1".into(), &self.conv1),
+            ("bn1".into(), &self.bn1),
+            ("conv2".into(), &self.conv2),
+            ("bn2".into(), &self.bn2),
+        ];
         if let Some(d) = &self.downsample {
-            d.visit(&join(prefix, "downsample"), f);
+            out.push(("downsample".into(), d));
         }
+        out
     }
-    fn visit_mut(&mut self, prefix: &str, f: VisitorMut) -> Result<()> {
-        self.conv1.visit_mut(&join(prefix, "conv1"), f)?;
-        self.bn1.visit_mut(&join(prefix, "bn1"), f)?;
-        self.conv2.visit_mut(&join(prefix, "conv2"), f)?;
-        self.bn2.visit_mut(&join(prefix, "bn2"), f)?;
+    fn named_children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        let mut out: Vec<(String, &mut dyn Module)> = vec![
+            ("conv1".into(), &mut self.conv1),
+            ("bn1".into(), &mut self.bn1),
+            ("conv2".into(), &mut self.conv2),
+            ("bn2".into(), &mut self.bn2),
+        ];
         if let Some(d) = &mut self.downsample {
-            d.visit_mut(&join(prefix, "downsample"), f)?;
+            out.push(("downsample".into(), d));
         }
-        Ok(())
-    }
-    fn set_training(&mut self, training: bool) {
-        self.conv1.set_training(training);
-        self.bn1.set_training(training);
-        self.conv2.set_training(training);
-        self.bn2.set_training(training);
-        if let Some(d) = &mut self.downsample {
-            d.set_training(training);
-        }
+        out
     }
     fn is_training(&self) -> bool {
         self.bn1.is_training()
@@ -362,37 +348,33 @@ impl Module for ResNet {
     fn forward(&self, images: &Tensor) -> Result<Tensor> {
         self.forward_stages(images, 0..Self::STAGES)
     }
-    fn visit(&self, prefix: &str, f: Visitor) {
-        self.conv1.visit(&join(prefix, "conv1"), f);
-        self.bn1.visit(&join(prefix, "bn1"), f);
-        self.layer1.visit(&join(prefix, "layer1"), f);
-        self.layer2.visit(&join(prefix, "layer2"), f);
-        self.layer3.visit(&join(prefix, "layer3"), f);
-        self.layer4.visit(&join(prefix, "layer4"), f);
-        self.fc.visit(&join(prefix, "fc"), f);
+    fn named_children(&self) -> Vec<(String, &dyn Module)> {
+        vec![
+            ("conv1".into(), &self.conv1),
+            ("bn1".into(), &self.bn1),
+            ("layer1".into(), &self.layer1),
+            ("layer2".into(), &self.layer2),
+            ("layer3".into(), &self.layer3),
+            ("layer4".into(), &self.layer4),
+            ("fc".into(), &self.fc),
+        ]
     }
-    fn visit_mut(&mut self, prefix: &str, f: VisitorMut) -> Result<()> {
-        self.conv1.visit_mut(&join(prefix, "conv1"), f)?;
-        self.bn1.visit_mut(&join(prefix, "bn1"), f)?;
-        self.layer1.visit_mut(&join(prefix, "layer1"), f)?;
-        self.layer2.visit_mut(&join(prefix, "layer2"), f)?;
-        self.layer3.visit_mut(&join(prefix, "layer3"), f)?;
-        self.layer4.visit_mut(&join(prefix, "layer4"), f)?;
-        self.fc.visit_mut(&join(prefix, "fc"), f)
+    fn named_children_mut(&mut self) -> Vec<(String, &mut dyn Module)> {
+        vec![
+            ("conv1".into(), &mut self.conv1),
+            ("bn1".into(), &mut self.bn1),
+            ("layer1".into(), &mut self.layer1),
+            ("layer2".into(), &mut self.layer2),
+            ("layer3".into(), &mut self.layer3),
+            ("layer4".into(), &mut self.layer4),
+            ("fc".into(), &mut self.fc),
+        ]
     }
     fn set_training(&mut self, training: bool) {
         self.training = training;
-        self.conv1.set_training(training);
-        self.bn1.set_training(training);
-        for layer in [
-            &mut self.layer1,
-            &mut self.layer2,
-            &mut self.layer3,
-            &mut self.layer4,
-        ] {
-            layer.set_training(training);
+        for (_, child) in self.named_children_mut() {
+            child.set_training(training);
         }
-        self.fc.set_training(training);
     }
     fn is_training(&self) -> bool {
         self.training

@@ -165,6 +165,8 @@ struct Timer {
 impl Timer {
     /// Runs `f` once untimed, then `reps` times, and records the case.
     /// `params` describes the case for the PyTorch side.
+    // Each argument is one field of the case's JSON record.
+    #[allow(clippy::too_many_arguments)]
     fn case<T>(
         &mut self,
         op: &str,

@@ -690,6 +690,46 @@ fn loss_matches_cpu_and_rejects_bad_labels() {
     });
 }
 
+/// PyTorch: `F.cross_entropy(torch.empty(0, 3), torch.empty(0, dtype=long))`
+/// is `nan` (a mean over no rows) and its input gradient is an empty
+/// `[0, 3]` tensor. Both devices must say the same, not one of them an error.
+#[test]
+fn nll_loss_over_zero_rows_is_nan_on_both_devices() {
+    cuda_test("nll_loss_over_zero_rows_is_nan_on_both_devices", || {
+        let (x, gx) = pair(Vec::new());
+        let l = CpuStorage::I64(Vec::new());
+        let gl = CudaStorage::from_cpu(&l, 0).unwrap();
+        for (device, loss) in [
+            ("cpu", x.nll_loss(&l, 0, 3).unwrap()),
+            ("cuda", host(&gx.nll_loss(&gl, 0, 3).unwrap())),
+        ] {
+            let v = loss.as_f32("loss").unwrap();
+            assert!(v.len() == 1 && v[0].is_nan(), "{device}: {v:?}");
+        }
+        let (g, gg) = pair(vec![1.0]);
+        check(
+            "nll_loss_backward over zero rows",
+            &gg.nll_loss_backward(&gl, 0, 3).unwrap(),
+            &g.nll_loss_backward(&l, 0, 3).unwrap(),
+        );
+
+        // Through the ops and autograd, as a training step would reach it.
+        for device in [Device::Cpu, Device::Cuda(0)] {
+            let logits = Tensor::from_vec(Vec::new(), &[0, 3], device)
+                .unwrap()
+                .requires_grad_(true)
+                .unwrap();
+            let labels = Tensor::from_vec_i64(Vec::new(), &[0], device).unwrap();
+            let loss = ops::cross_entropy(&logits, &labels).unwrap();
+            let v = loss.to_vec_f32().unwrap();
+            assert!(v.len() == 1 && v[0].is_nan(), "{device:?}: {v:?}");
+            loss.backward().unwrap();
+            let grad = logits.grad().expect("logits gradient");
+            assert_eq!(grad.shape(), [0, 3], "{device:?}");
+        }
+    });
+}
+
 #[test]
 fn sgd_step_matches_cpu() {
     cuda_test("sgd_step_matches_cpu", || {

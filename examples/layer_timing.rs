@@ -1,0 +1,409 @@
+//! Times every distinct layer of a ResNet-18 training step at batch 8,
+//! 224x224, one kernel at a time, through the CPU backend, and prints one
+//! JSON document: per case its parameters (so `scripts/compare_layers.py`
+//! can run the same case in PyTorch), how often it occurs in a step, the
+//! compulsory bytes and FLOPs it moves, and the raw wall and CPU times of
+//! every repeat. Asserts nothing; it is the frostgrad half of the per-layer
+//! comparison (issue 9, item 6):
+//!
+//! ```text
+//! cargo run --release --example layer_timing [-- REPS [FILTER]]
+//! /work/venv/bin/python scripts/compare_layers.py    # both sides, ratios
+//! ```
+//!
+//! `REPS` (default 5) timed repeats follow one untimed warm-up per case;
+//! `FILTER` keeps the cases whose op or shape name contains it. Threads:
+//! rayon's default, or `RAYON_NUM_THREADS`.
+
+use std::time::Instant;
+
+use frostgrad::backend::cpu::CpuStorage;
+use frostgrad::backend::{
+    BackendStorage, BatchNormGeometry, BatchNormParams, BatchNormSaved, BatchNormStats,
+    Conv2dGeometry, Epilogue, Pool2dGeometry, SgdConfig,
+};
+use frostgrad::nn::{resnet18, Module};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::{json, Value};
+
+const BATCH: usize = 8;
+
+/// ResNet-18's convolutions at 224x224: (name, input [N, C, H, W],
+/// weight [O, C, KH, KW], stride, padding, occurrences per step).
+type ConvCase = (&'static str, [usize; 4], [usize; 4], usize, usize, usize);
+
+const CONVS: &[ConvCase] = &[
+    (
+        "stem 7x7 3->64 s2",
+        [BATCH, 3, 224, 224],
+        [64, 3, 7, 7],
+        2,
+        3,
+        1,
+    ),
+    (
+        "3x3 64->64 56",
+        [BATCH, 64, 56, 56],
+        [64, 64, 3, 3],
+        1,
+        1,
+        4,
+    ),
+    (
+        "3x3 64->128 s2",
+        [BATCH, 64, 56, 56],
+        [128, 64, 3, 3],
+        2,
+        1,
+        1,
+    ),
+    (
+        "3x3 128->128 28",
+        [BATCH, 128, 28, 28],
+        [128, 128, 3, 3],
+        1,
+        1,
+        3,
+    ),
+    (
+        "1x1 64->128 s2",
+        [BATCH, 64, 56, 56],
+        [128, 64, 1, 1],
+        2,
+        0,
+        1,
+    ),
+    (
+        "3x3 128->256 s2",
+        [BATCH, 128, 28, 28],
+        [256, 128, 3, 3],
+        2,
+        1,
+        1,
+    ),
+    (
+        "3x3 256->256 14",
+        [BATCH, 256, 14, 14],
+        [256, 256, 3, 3],
+        1,
+        1,
+        3,
+    ),
+    (
+        "1x1 128->256 s2",
+        [BATCH, 128, 28, 28],
+        [256, 128, 1, 1],
+        2,
+        0,
+        1,
+    ),
+    (
+        "3x3 256->512 s2",
+        [BATCH, 256, 14, 14],
+        [512, 256, 3, 3],
+        2,
+        1,
+        1,
+    ),
+    (
+        "3x3 512->512 7",
+        [BATCH, 512, 7, 7],
+        [512, 512, 3, 3],
+        1,
+        1,
+        3,
+    ),
+    (
+        "1x1 256->512 s2",
+        [BATCH, 256, 14, 14],
+        [512, 256, 1, 1],
+        2,
+        0,
+        1,
+    ),
+];
+
+/// Activation shapes `[C, H, W]` after each stage, with how many batch
+/// norms followed by a fused ReLU (`bn1` of every block, and the stem's),
+/// plain batch norms (`bn2` and the downsample's) and residual adds
+/// (each followed by a ReLU) a step has at that shape.
+const ACTIVATIONS: &[([usize; 3], usize, usize, usize)] = &[
+    ([64, 112, 112], 1, 0, 0),
+    ([64, 56, 56], 2, 2, 2),
+    ([128, 28, 28], 2, 3, 2),
+    ([256, 14, 14], 2, 3, 2),
+    ([512, 7, 7], 2, 3, 2),
+];
+
+/// Deterministic values in [-0.5, 0.5).
+fn filled(n: usize, seed: usize) -> CpuStorage {
+    CpuStorage::F32(
+        (0..n)
+            .map(|i| (((i + seed) * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect(),
+    )
+}
+
+/// CPU time this process has used, in seconds (all threads).
+fn cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+struct Timer {
+    reps: usize,
+    filter: Option<String>,
+    cases: Vec<Value>,
+}
+
+impl Timer {
+    /// Runs `f` once untimed, then `reps` times, and records the case.
+    /// `params` describes the case for the PyTorch side.
+    // Each argument is one field of the case's JSON record.
+    #[allow(clippy::too_many_arguments)]
+    fn case<T>(
+        &mut self,
+        op: &str,
+        shape: &str,
+        count: usize,
+        bytes: usize,
+        flops: f64,
+        params: Value,
+        mut f: impl FnMut() -> frostgrad::Result<T>,
+    ) -> frostgrad::Result<()> {
+        if let Some(filter) = &self.filter {
+            if !op.contains(filter.as_str()) && !shape.contains(filter.as_str()) {
+                return Ok(());
+            }
+        }
+        std::hint::black_box(f()?);
+        let (mut wall, mut cpu) = (vec![], vec![]);
+        for _ in 0..self.reps {
+            let (t, c) = (Instant::now(), cpu_seconds());
+            std::hint::black_box(f()?);
+            wall.push(t.elapsed().as_secs_f64() * 1e3);
+            cpu.push((cpu_seconds() - c) * 1e3);
+        }
+        self.cases.push(json!({
+            "op": op, "shape": shape, "count": count, "bytes": bytes,
+            "flops": flops, "params": params, "wall_ms": wall, "cpu_ms": cpu,
+        }));
+        Ok(())
+    }
+}
+
+fn main() -> frostgrad::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let reps = args.next().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut t = Timer {
+        reps,
+        filter: args.next(),
+        cases: vec![],
+    };
+
+    for &(name, input, weight, s, p, count) in CONVS {
+        let g = Conv2dGeometry::new(input, weight, (s, s), (p, p), (1, 1))?;
+        let x = filled(input.iter().product(), 0);
+        let w = filled(weight.iter().product(), 1);
+        let dy = filled(g.output_shape().iter().product(), 2);
+        let flops = 2.0 * g.macs() as f64;
+        let params = json!({"input": input, "weight": weight, "stride": s, "padding": p});
+        let (nx, nw, ny) = (x.len(), w.len(), dy.len());
+        t.case(
+            "conv_fwd",
+            name,
+            count,
+            4 * (nx + nw + ny),
+            flops,
+            params.clone(),
+            || x.conv2d(&w, None, &g),
+        )?;
+        // The stem's input gradient is never needed in training.
+        let dx_count = if name.starts_with("stem") { 0 } else { count };
+        t.case(
+            "conv_dx",
+            name,
+            dx_count,
+            4 * (nx + nw + ny),
+            flops,
+            params.clone(),
+            || dy.conv2d_input_grad(&w, &g),
+        )?;
+        t.case(
+            "conv_dw",
+            name,
+            count,
+            4 * (nx + nw + ny),
+            flops,
+            params,
+            || dy.conv2d_weight_grad(&x, &g),
+        )?;
+    }
+
+    for &([c, h, w], fused, plain, adds) in ACTIVATIONS {
+        let shape = format!("{c}x{h}x{w}");
+        let g = BatchNormGeometry {
+            batch: BATCH,
+            channels: c,
+            spatial: h * w,
+        };
+        let n = g.numel();
+        let x = filled(n, 0);
+        let dy = filled(n, 1);
+        let (gamma, beta) = (filled(c, 2), filled(c, 3));
+        let (mut rm, mut rv) = (CpuStorage::F32(vec![0.0; c]), CpuStorage::F32(vec![1.0; c]));
+        let params = json!({"input": [BATCH, c, h, w]});
+        for (relu, count) in [(false, plain), (true, fused)] {
+            let p = BatchNormParams {
+                geometry: g,
+                eps: 1e-5,
+                epilogue: if relu { Epilogue::Relu } else { Epilogue::None },
+            };
+            let tag = if relu { "bn_relu" } else { "bn" };
+            // Training forward as `ops::batch_norm` runs it: batch
+            // statistics, then the running statistics updated in place.
+            let mut train = || -> frostgrad::Result<_> {
+                let out = x.batch_norm(Some(&gamma), Some(&beta), BatchNormStats::Batch, &p)?;
+                let stats = out.batch_stats.as_ref().expect("training statistics");
+                rm.update_running_stats(&mut rv, &stats.mean, &stats.var, 0.1, g.count())?;
+                Ok(out)
+            };
+            // Compulsory traffic: read x, write y (the statistics are [C]).
+            t.case(
+                &format!("{tag}_fwd"),
+                &shape,
+                count,
+                8 * n,
+                0.0,
+                params.clone(),
+                &mut train,
+            )?;
+            let fwd = train()?;
+            let stats = fwd.batch_stats.as_ref().expect("training statistics");
+            let saved = BatchNormSaved {
+                input: Some(&x),
+                weight: Some(&gamma),
+                mean: &stats.mean,
+                invstd: &stats.invstd,
+                batch_stats: true,
+                output: relu.then_some(&fwd.output),
+            };
+            // Read dy and x (and y for the ReLU mask), write dx.
+            let bytes = if relu { 16 * n } else { 12 * n };
+            t.case(
+                &format!("{tag}_bwd"),
+                &shape,
+                count,
+                bytes,
+                0.0,
+                params.clone(),
+                || dy.batch_norm_backward(&saved, &p, [true; 3]),
+            )?;
+        }
+        // The residual block's tail, `relu(out + shortcut)`, and the
+        // gradient that flows back through it.
+        t.case(
+            "add_relu_fwd",
+            &shape,
+            adds,
+            12 * n,
+            0.0,
+            params.clone(),
+            || x.add(&dy)?.relu(),
+        )?;
+        t.case(
+            "relu_bwd",
+            &shape,
+            adds,
+            12 * n,
+            0.0,
+            params.clone(),
+            || dy.relu_backward(&x),
+        )?;
+        // The block input's gradient: the conv path's plus the shortcut's.
+        t.case(
+            "grad_add",
+            &shape,
+            adds,
+            12 * n,
+            0.0,
+            params.clone(),
+            || x.add(&dy),
+        )?;
+
+        if h == 112 {
+            let pg = Pool2dGeometry::new([BATCH, c, h, w], (3, 3), (2, 2), (1, 1), (1, 1))?;
+            let out_n = BATCH * c * pg.out_h * pg.out_w;
+            let pool_params =
+                json!({"input": [BATCH, c, h, w], "kernel": 3, "stride": 2, "padding": 1});
+            // Read x; write the values and the i64 arg-max indices.
+            t.case(
+                "maxpool_fwd",
+                &shape,
+                1,
+                4 * n + 12 * out_n,
+                0.0,
+                pool_params.clone(),
+                || x.max_pool2d(&pg),
+            )?;
+            let (pooled, indices) = x.max_pool2d(&pg)?;
+            // Read dy and the indices, write dx.
+            t.case(
+                "maxpool_bwd",
+                &shape,
+                1,
+                12 * out_n + 4 * n,
+                0.0,
+                pool_params,
+                || pooled.max_pool2d_backward(&indices, &pg),
+            )?;
+        }
+    }
+
+    // SGD with momentum over every parameter of ResNet-18 (10 classes, as
+    // the benchmark trains it): read p, g, buffer; write p, buffer.
+    let model = resnet18(10, &mut StdRng::seed_from_u64(0))?;
+    let sizes: Vec<usize> = model.parameters().iter().map(|p| p.numel()).collect();
+    let total: usize = sizes.iter().sum();
+    let mut params: Vec<(CpuStorage, CpuStorage, CpuStorage)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (filled(n, i), filled(n, i + 1), filled(n, i + 2)))
+        .collect();
+    let cfg = SgdConfig {
+        lr: 1e-6,
+        momentum: 0.9,
+        dampening: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
+    t.case(
+        "sgd_momentum",
+        "resnet18",
+        1,
+        20 * total,
+        0.0,
+        json!({"sizes": sizes}),
+        || {
+            for (p, g, b) in params.iter_mut() {
+                p.sgd_step(g, Some(b), &cfg, false)?;
+            }
+            Ok(())
+        },
+    )?;
+
+    let doc = json!({
+        "threads": rayon::current_num_threads(),
+        "simd": frostgrad::backend::cpu::simd::active().name(),
+        "reps": reps,
+        "cases": t.cases,
+    });
+    println!("{doc}");
+    Ok(())
+}

@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::buffer_pool;
 use super::check::checked_numel;
-use super::gemm::{sgemm, sgemm_single_thread, MatRef};
+use super::gemm::{sgemm, MatRef, Par};
 use super::scratch::{with_scratch, Slot};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -171,33 +171,6 @@ impl Plan {
             && self.in_image > 0
             && self.out_image > 0
             && g.batch.div_ceil(self.images_per_chunk) >= self.groups_per_thread * threads
-    }
-}
-
-/// How a chunk's work is run: split across rayon's threads, or all on the
-/// calling thread (inside a parallel loop over image groups).
-#[derive(Clone, Copy, PartialEq)]
-enum Par {
-    Split,
-    Serial,
-}
-
-/// `c = a @ b + beta * c`, split across threads or not.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    par: Par,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    beta: f32,
-    c: &mut [f32],
-    c_row_stride: usize,
-) {
-    match par {
-        Par::Split => sgemm(m, k, n, 1.0, a, b, beta, c, c_row_stride),
-        Par::Serial => sgemm_single_thread(m, k, n, 1.0, a, b, beta, c, c_row_stride),
     }
 }
 
@@ -409,6 +382,74 @@ fn gather(g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, batch: &[f32], staging
     }
 }
 
+/// Where a kernel's result goes.
+#[derive(Clone, Copy)]
+enum Output {
+    /// Each image writes its own block of this many elements (`y`, `dx`).
+    PerImage(usize),
+    /// Every image adds onto the whole buffer (`dW`).
+    Sum,
+}
+
+/// The one parallel-dispatch skeleton of the three kernels: runs
+/// `work(first_image, images, out, par)` over the whole batch, either as
+/// image groups in parallel (see [`Plan::parallel_groups`]), each on one
+/// thread with `Par::Serial`, or as one call whose chunks split their work
+/// across threads (`Par::Split`).
+///
+/// `out` is what `work` writes: for [`Output::PerImage`] the block of its
+/// images; for [`Output::Sum`] a zeroed partial sum per group, added into
+/// `out` in group order afterwards so the result does not depend on
+/// scheduling.
+fn for_image_groups(
+    op: &'static str,
+    plan: &Plan,
+    g: &Conv2dGeometry,
+    out: &mut [f32],
+    output: Output,
+    work: impl Fn(usize, usize, &mut [f32], Par) + Sync,
+) -> Result<()> {
+    if !plan.parallel_groups(g) {
+        work(0, g.batch, out, Par::Split);
+        return Ok(());
+    }
+    let group = plan.images_per_chunk;
+    match output {
+        Output::PerImage(per_image) => {
+            out.par_chunks_mut(group * per_image)
+                .enumerate()
+                .for_each(|(i, out)| work(i * group, out.len() / per_image, out, Par::Serial));
+        }
+        Output::Sum => {
+            let partials: Vec<Vec<f32>> = (0..g.batch.div_ceil(group))
+                .into_par_iter()
+                .map(|i| {
+                    let mut partial = buffer_pool::zeroed(op, out.len())?;
+                    let first = i * group;
+                    work(first, group.min(g.batch - first), &mut partial, Par::Serial);
+                    Ok(partial)
+                })
+                .collect::<Result<_>>()?;
+            out.par_chunks_mut(1 << 14)
+                .enumerate()
+                .for_each(|(i, out)| {
+                    for partial in &partials {
+                        out.iter_mut()
+                            .zip(&partial[i << 14..])
+                            .for_each(|(o, &p)| *o += p);
+                    }
+                });
+            partials.into_iter().for_each(buffer_pool::recycle);
+        }
+    }
+    Ok(())
+}
+
+/// Images `first..first + count` of a batch buffer of `per_image` elements each.
+fn batch_images(data: &[f32], per_image: usize, first: usize, count: usize) -> &[f32] {
+    &data[first * per_image..(first + count) * per_image]
+}
+
 /// `y = conv2d(x, w) + bias`.
 pub(super) fn conv2d(
     x: &[f32],
@@ -436,17 +477,11 @@ fn forward_with(
         buffer_pool::zeroed(op, g.batch * plan.out_image)?
     };
     let weight = MatRef::row_major(w, plan.taps);
-    if plan.parallel_groups(g) {
-        let group = plan.images_per_chunk;
-        y.par_chunks_mut(group * plan.out_image)
-            .zip(x.par_chunks(group * plan.in_image))
-            .for_each(|(y, x)| {
-                let batch = y.len() / plan.out_image;
-                forward_images(x, weight, bias, g, &plan, y, batch, Par::Serial);
-            });
-    } else {
-        forward_images(x, weight, bias, g, &plan, &mut y, g.batch, Par::Split);
-    }
+    let per_image = Output::PerImage(plan.out_image);
+    for_image_groups(op, &plan, g, &mut y, per_image, |first, count, y, par| {
+        let x = batch_images(x, plan.in_image, first, count);
+        forward_images(x, weight, bias, g, &plan, y, count, par);
+    })?;
     Ok(y)
 }
 
@@ -470,7 +505,7 @@ fn forward_images(
                 im2col(images, g, plan, &chunk, col, par);
                 with_scratch(Slot::Staging, g.out_channels * width, |staging| {
                     let col = MatRef::row_major(col, width);
-                    gemm(
+                    sgemm(
                         par,
                         g.out_channels,
                         plan.taps,
@@ -500,7 +535,7 @@ fn forward_images(
         };
         if plan.pointwise {
             let col = MatRef::row_major(images, plan.pixels);
-            gemm(
+            sgemm(
                 par,
                 g.out_channels,
                 plan.taps,
@@ -515,7 +550,7 @@ fn forward_images(
             with_scratch(Slot::Columns, plan.taps * width, |col| {
                 im2col(images, g, plan, &chunk, col, par);
                 let col = MatRef::row_major(col, width);
-                gemm(
+                sgemm(
                     par,
                     g.out_channels,
                     plan.taps,
@@ -542,17 +577,11 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
     let mut dx = buffer_pool::zeroed(op, g.batch * plan.in_image)?;
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
-    if plan.parallel_groups(g) {
-        let group = plan.images_per_chunk;
-        dx.par_chunks_mut(group * plan.in_image)
-            .zip(dy.par_chunks(group * plan.out_image))
-            .for_each(|(dx, dy)| {
-                let batch = dx.len() / plan.in_image;
-                input_grad_images(dy, weight_t, g, &plan, dx, batch, Par::Serial);
-            });
-    } else {
-        input_grad_images(dy, weight_t, g, &plan, &mut dx, g.batch, Par::Split);
-    }
+    let per_image = Output::PerImage(plan.in_image);
+    for_image_groups(op, &plan, g, &mut dx, per_image, |first, count, dx, par| {
+        let dy = batch_images(dy, plan.out_image, first, count);
+        input_grad_images(dy, weight_t, g, &plan, dx, count, par);
+    })?;
     Ok(dx)
 }
 
@@ -572,7 +601,7 @@ fn input_grad_images(
         let grad_in = chunk.images_of_mut(dx, plan.in_image);
         if plan.pointwise {
             let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
-            gemm(
+            sgemm(
                 par,
                 plan.taps,
                 g.out_channels,
@@ -590,7 +619,7 @@ fn input_grad_images(
                 with_scratch(Slot::Staging, g.out_channels * width, |staging| {
                     gather(g, plan, &chunk, dy, staging);
                     let grad_out = MatRef::row_major(staging, width);
-                    gemm(
+                    sgemm(
                         par,
                         plan.taps,
                         g.out_channels,
@@ -605,7 +634,7 @@ fn input_grad_images(
             } else {
                 let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
                 let grad_out = MatRef::strided(grad_out, plan.pixels);
-                gemm(
+                sgemm(
                     par,
                     plan.taps,
                     g.out_channels,
@@ -630,34 +659,19 @@ pub(super) fn conv2d_weight_grad(dy: &[f32], x: &[f32], g: &Conv2dGeometry) -> R
 fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
     let op = "conv2d_weight_grad";
     let plan = Plan::new(op, g, limits)?;
-    let len = g.out_channels * plan.taps;
-    if !plan.parallel_groups(g) {
-        let mut dw = buffer_pool::zeroed(op, len)?;
-        weight_grad_images(dy, x, g, &plan, &mut dw, g.batch, Par::Split);
-        return Ok(dw);
-    }
-    // One partial sum per image group, added up in group order so the
-    // result does not depend on scheduling.
-    let group = plan.images_per_chunk;
-    let partials: Vec<Vec<f32>> = dy
-        .par_chunks(group * plan.out_image)
-        .zip(x.par_chunks(group * plan.in_image))
-        .map(|(dy, x)| {
-            let mut dw = buffer_pool::zeroed(op, len)?;
-            let batch = dy.len() / plan.out_image;
-            weight_grad_images(dy, x, g, &plan, &mut dw, batch, Par::Serial);
-            Ok(dw)
-        })
-        .collect::<Result<_>>()?;
-    let mut dw = buffer_pool::zeroed(op, len)?;
-    dw.par_chunks_mut(1 << 14).enumerate().for_each(|(i, out)| {
-        for partial in &partials {
-            out.iter_mut()
-                .zip(&partial[i << 14..])
-                .for_each(|(o, &p)| *o += p);
-        }
-    });
-    partials.into_iter().for_each(buffer_pool::recycle);
+    let mut dw = buffer_pool::zeroed(op, g.out_channels * plan.taps)?;
+    for_image_groups(
+        op,
+        &plan,
+        g,
+        &mut dw,
+        Output::Sum,
+        |first, count, dw, par| {
+            let dy = batch_images(dy, plan.out_image, first, count);
+            let x = batch_images(x, plan.in_image, first, count);
+            weight_grad_images(dy, x, g, &plan, dw, count, par);
+        },
+    )?;
     Ok(dw)
 }
 
@@ -678,7 +692,7 @@ fn weight_grad_images(
         if plan.pointwise {
             let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
             let image_t = MatRef::transposed(images, plan.pixels);
-            gemm(
+            sgemm(
                 par,
                 g.out_channels,
                 plan.pixels,
@@ -698,7 +712,7 @@ fn weight_grad_images(
                 with_scratch(Slot::Staging, g.out_channels * width, |staging| {
                     gather(g, plan, &chunk, dy, staging);
                     let grad_out = MatRef::row_major(staging, width);
-                    gemm(
+                    sgemm(
                         par,
                         g.out_channels,
                         width,
@@ -713,7 +727,7 @@ fn weight_grad_images(
             } else {
                 let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
                 let grad_out = MatRef::strided(grad_out, plan.pixels);
-                gemm(
+                sgemm(
                     par,
                     g.out_channels,
                     width,

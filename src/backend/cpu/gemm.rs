@@ -69,28 +69,37 @@ const PARTS_PER_THREAD: usize = 3;
 /// rounded to: a multiple of every `matrixmultiply` micro-kernel's tile.
 const PART_ALIGN: usize = 64;
 
-/// `c = alpha * a @ b + beta * c` where `a` is `m x k`, `b` is `k x n` and
-/// `c` is the row-major `m x n` block with row stride `c_row_stride` at the
-/// start of `c`.
+/// How a product's work is run: split across rayon's threads, or all on
+/// the calling thread (for callers that are already one task of a
+/// parallel loop).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Par {
+    Split,
+    Serial,
+}
+
+/// `c = a @ b + beta * c` where `a` is `m x k`, `b` is `k x n` and `c` is
+/// the row-major `m x n` block with row stride `c_row_stride` at the start
+/// of `c`.
 ///
-/// Large products are split into blocks of output columns (or rows, when
-/// `m > n`), one single-threaded `matrixmultiply` call per block on rayon's
-/// pool. Splitting along the longer side keeps the cost of re-packing the
-/// shared operand small. (`matrixmultiply`'s own threading splits every
-/// cache block between two threads that then spin-wait for each other:
-/// ≈23% of forward samples, and 1478 → 952 ms for a no-grad forward
-/// without it, per BENCHMARKS.md, "What each optimisation bought", item 1;
-/// so the crate is built without it.)
+/// With [`Par::Split`], large products are split into blocks of output
+/// columns (or rows, when `m > n`), one single-threaded GEMM per block on
+/// rayon's pool. Splitting along the longer side keeps the cost of
+/// re-packing the shared operand small. (`matrixmultiply`'s own threading
+/// splits every cache block between two threads that then spin-wait for
+/// each other: ≈23% of forward samples, and 1478 → 952 ms for a no-grad
+/// forward without it, per BENCHMARKS.md, "What each optimisation bought",
+/// item 1; so the crate is built without it.)
 ///
 /// Callers size the buffers from a validated geometry; a view that does not
 /// fit its slice is a bug in this backend, so it panics here rather than
-/// letting `sgemm` read or write out of bounds.
+/// letting the kernels read or write out of bounds.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn sgemm(
+    par: Par,
     m: usize,
     k: usize,
     n: usize,
-    alpha: f32,
     a: MatRef<'_>,
     b: MatRef<'_>,
     beta: f32,
@@ -101,30 +110,11 @@ pub(super) fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    let len = m.max(n);
-    let parts = part_count(m, k, n, len, rayon::current_num_threads());
-    in_parts(parts, m, k, n, alpha, a, b, beta, c, c_row_stride);
-}
-
-/// [`sgemm`] on the calling thread only (for callers that are already one
-/// task of a parallel loop).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn sgemm_single_thread(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    beta: f32,
-    c: &mut [f32],
-    c_row_stride: usize,
-) {
-    check_views(m, k, n, a, b, c, c_row_stride);
-    if m == 0 || n == 0 {
-        return;
-    }
-    in_parts(1, m, k, n, alpha, a, b, beta, c, c_row_stride);
+    let parts = match par {
+        Par::Split => part_count(m, k, n, m.max(n), rayon::current_num_threads()),
+        Par::Serial => 1,
+    };
+    in_parts(parts, m, k, n, a, b, beta, c, c_row_stride);
 }
 
 /// Panics unless every element of the `m x k`, `k x n` and `m x n` views
@@ -159,7 +149,6 @@ fn in_parts(
     m: usize,
     k: usize,
     n: usize,
-    alpha: f32,
     a: MatRef<'_>,
     b: MatRef<'_>,
     beta: f32,
@@ -177,7 +166,7 @@ fn in_parts(
         } else {
             (lo * a.row_stride, 0, lo * c_row_stride, hi - lo, n)
         };
-        // SAFETY: `check_views` (called by both entry points) guarantees every element of the full
+        // SAFETY: `check_views` (called by `sgemm`) guarantees every element of the full
         // `m x k`, `k x n` and `m x n` views lies inside `a`, `b` and `c`;
         // a block is a sub-view of them, so its offsets stay in bounds.
         // Distinct blocks write disjoint elements of `c` (distinct columns,
@@ -190,7 +179,6 @@ fn in_parts(
                 rows,
                 k,
                 cols,
-                alpha,
                 (a.data.as_ptr().add(a_off), a.row_stride, a.col_stride),
                 (b.data.as_ptr().add(b_off), b.row_stride, b.col_stride),
                 beta,
@@ -221,7 +209,6 @@ unsafe fn serial(
     m: usize,
     k: usize,
     n: usize,
-    alpha: f32,
     a: (*const f32, usize, usize),
     b: (*const f32, usize, usize),
     beta: f32,
@@ -244,11 +231,9 @@ unsafe fn serial(
         match simd::active() {
             // SAFETY: the path is only active when the CPU supports it
             // (`simd::active`/`force` check); views as the caller promised.
-            SimdPath::Avx512 => {
-                return unsafe { gemm::<Avx512>(m, k, n, alpha, ra, rb, beta, c, rsc) }
-            }
+            SimdPath::Avx512 => return unsafe { gemm::<Avx512>(m, k, n, ra, rb, beta, c, rsc) },
             // SAFETY: as above.
-            SimdPath::Avx2 => return unsafe { gemm::<Avx2>(m, k, n, alpha, ra, rb, beta, c, rsc) },
+            SimdPath::Avx2 => return unsafe { gemm::<Avx2>(m, k, n, ra, rb, beta, c, rsc) },
             SimdPath::Portable => {}
         }
     }
@@ -259,7 +244,7 @@ unsafe fn serial(
             m,
             k,
             n,
-            alpha,
+            1.0,
             a.0,
             a.1 as isize,
             a.2 as isize,
@@ -321,7 +306,7 @@ pub(super) fn matmul(
         MatRef::row_major(rhs, n)
     };
     let mut out = super::buffer_pool::zeroed("matmul", m * n)?;
-    sgemm(m, k, n, 1.0, a, b, 0.0, &mut out, n);
+    sgemm(Par::Split, m, k, n, a, b, 0.0, &mut out, n);
     Ok(out)
 }
 
@@ -383,7 +368,7 @@ mod tests {
             for parts in [1, 2, 3, 64] {
                 let stride = n + 3;
                 let mut c = vec![1.0f32; m * stride];
-                in_parts(parts, m, k, n, 1.0, av, bv, 1.0, &mut c, stride);
+                in_parts(parts, m, k, n, av, bv, 1.0, &mut c, stride);
                 for i in 0..m {
                     for j in 0..stride {
                         let got = f64::from(c[i * stride + j]);

@@ -28,9 +28,8 @@ const NC: usize = 2048;
 pub(super) trait Kernel {
     const MR: usize;
     const NR: usize;
-    /// `C[0..mr, 0..nr] = alpha * A·B + beta * C` (C not read when beta is
-    /// 0) for panels `a` (`kc x MR`, MR values per step) and `b` (`kc x
-    /// NR`).
+    /// `C[0..mr, 0..nr] = A·B + beta * C` (C not read when beta is 0) for
+    /// panels `a` (`kc x MR`, MR values per step) and `b` (`kc x NR`).
     ///
     /// # Safety
     /// The CPU supports the kernel's instructions; `a` holds `kc * MR` and
@@ -44,66 +43,22 @@ pub(super) trait Kernel {
         b: *const f32,
         c: *mut f32,
         rsc: usize,
-        alpha: f32,
         beta: f32,
         mr: usize,
         nr: usize,
     );
 }
 
-pub(super) struct Avx512;
-pub(super) struct Avx2;
-
-impl Kernel for Avx512 {
-    const MR: usize = 12;
-    const NR: usize = 32;
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        alpha: f32,
-        beta: f32,
-        mr: usize,
-        nr: usize,
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { kernel_avx512(kc, a, b, c, rsc, alpha, beta, mr, nr) }
-    }
-}
-
-impl Kernel for Avx2 {
-    const MR: usize = 6;
-    const NR: usize = 16;
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        alpha: f32,
-        beta: f32,
-        mr: usize,
-        nr: usize,
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { kernel_avx2(kc, a, b, c, rsc, alpha, beta, mr, nr) }
-    }
-}
-
-/// Writes `alpha * acc + beta * C` for the valid `mr x nr` part of a tile
-/// held in `acc` (row-major, `NR` per row).
+/// Writes `acc + beta * C` for the valid `mr x nr` part of a tile held in
+/// `acc` (row-major, `NR` per row).
 ///
 /// # Safety
 /// As [`Kernel::run`] for `c`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn store_partial<const NR: usize>(
     acc: &[f32],
     c: *mut f32,
     rsc: usize,
-    alpha: f32,
     beta: f32,
     mr: usize,
     nr: usize,
@@ -113,130 +68,129 @@ unsafe fn store_partial<const NR: usize>(
             // SAFETY: i < mr, j < nr: inside the caller's block.
             unsafe {
                 let p = c.add(i * rsc + j);
-                let v = alpha * acc[i * NR + j];
+                let v = acc[i * NR + j];
                 *p = if beta == 0.0 { v } else { v + beta * *p };
             }
         }
     }
 }
 
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx512(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    rsc: usize,
-    alpha: f32,
-    beta: f32,
-    mr: usize,
-    nr: usize,
-) {
-    const MR: usize = 12;
-    const NR: usize = 32;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        // SAFETY: p < kc, so the loads stay inside the packed panels.
-        unsafe {
-            let b0 = _mm512_loadu_ps(b.add(p * NR));
-            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-            let ap = a.add(p * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(i));
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+/// One micro-kernel per instruction set, from the same body: an `MR x 2`
+/// grid of vector accumulators (`NR` = two vectors), one broadcast of A and
+/// two FMAs per row per depth step. A macro rather than a generic over a
+/// vector trait so that each instance is one `#[target_feature]` function
+/// whose intrinsics inline into it (BENCHMARKS.md, Zen 4: 24 FMAs per depth
+/// step and no spills in the AVX-512 instance's inner loop).
+macro_rules! micro_kernel {
+    (
+        $kernel:ident, $fn:ident, $feature:literal, MR = $mr:literal, LANES = $lanes:literal,
+        $setzero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident
+    ) => {
+        pub(super) struct $kernel;
+
+        impl Kernel for $kernel {
+            const MR: usize = $mr;
+            const NR: usize = 2 * $lanes;
+            unsafe fn run(
+                kc: usize,
+                a: *const f32,
+                b: *const f32,
+                c: *mut f32,
+                rsc: usize,
+                beta: f32,
+                mr: usize,
+                nr: usize,
+            ) {
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { $fn(kc, a, b, c, rsc, beta, mr, nr) }
             }
         }
-    }
-    let va = _mm512_set1_ps(alpha);
-    if mr == MR && nr == NR {
-        let vb = _mm512_set1_ps(beta);
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                // SAFETY: a full tile: rows < MR, columns < NR are inside
-                // the caller's block.
+
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $fn(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            rsc: usize,
+            beta: f32,
+            mr: usize,
+            nr: usize,
+        ) {
+            const MR: usize = $mr;
+            const L: usize = $lanes;
+            const NR: usize = 2 * L;
+            let mut acc = [[$setzero(); 2]; MR];
+            for p in 0..kc {
+                // SAFETY: p < kc, so the loads stay inside the packed panels.
                 unsafe {
-                    let p = c.add(i * rsc + h * 16);
-                    let mut out = _mm512_mul_ps(v, va);
-                    if beta != 0.0 {
-                        out = _mm512_fmadd_ps(_mm512_loadu_ps(p), vb, out);
+                    let b0 = $load(b.add(p * NR));
+                    let b1 = $load(b.add(p * NR + L));
+                    let ap = a.add(p * MR);
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let av = $set1(*ap.add(i));
+                        row[0] = $fmadd(av, b0, row[0]);
+                        row[1] = $fmadd(av, b1, row[1]);
                     }
-                    _mm512_storeu_ps(p, out);
                 }
             }
-        }
-    } else {
-        let mut tile = [0f32; MR * NR];
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                // SAFETY: 16 floats at i*NR + h*16 lie inside `tile`.
-                unsafe { _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + h * 16), v) };
+            if mr == MR && nr == NR {
+                let vb = $set1(beta);
+                for (i, row) in acc.iter().enumerate() {
+                    for (h, &v) in row.iter().enumerate() {
+                        // SAFETY: a full tile: rows < MR, columns < NR are
+                        // inside the caller's block.
+                        unsafe {
+                            let p = c.add(i * rsc + h * L);
+                            let out = if beta != 0.0 {
+                                $fmadd($load(p), vb, v)
+                            } else {
+                                v
+                            };
+                            $store(p, out);
+                        }
+                    }
+                }
+            } else {
+                let mut tile = [0f32; MR * NR];
+                for (i, row) in acc.iter().enumerate() {
+                    for (h, &v) in row.iter().enumerate() {
+                        // SAFETY: L floats at i*NR + h*L lie inside `tile`.
+                        unsafe { $store(tile.as_mut_ptr().add(i * NR + h * L), v) };
+                    }
+                }
+                // SAFETY: the caller's contract for `c`, `mr`, `nr`.
+                unsafe { store_partial::<NR>(&tile, c, rsc, beta, mr, nr) };
             }
         }
-        // SAFETY: the caller's contract for `c`, `mr`, `nr`.
-        unsafe { store_partial::<NR>(&tile, c, rsc, alpha, beta, mr, nr) };
-    }
+    };
 }
 
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx2(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    rsc: usize,
-    alpha: f32,
-    beta: f32,
-    mr: usize,
-    nr: usize,
-) {
-    const MR: usize = 6;
-    const NR: usize = 16;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        // SAFETY: p < kc, so the loads stay inside the packed panels.
-        unsafe {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            let ap = a.add(p * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_ps(*ap.add(i));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-            }
-        }
-    }
-    let va = _mm256_set1_ps(alpha);
-    if mr == MR && nr == NR {
-        let vb = _mm256_set1_ps(beta);
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                // SAFETY: a full tile: rows < MR, columns < NR are inside
-                // the caller's block.
-                unsafe {
-                    let p = c.add(i * rsc + h * 8);
-                    let mut out = _mm256_mul_ps(v, va);
-                    if beta != 0.0 {
-                        out = _mm256_fmadd_ps(_mm256_loadu_ps(p), vb, out);
-                    }
-                    _mm256_storeu_ps(p, out);
-                }
-            }
-        }
-    } else {
-        let mut tile = [0f32; MR * NR];
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                // SAFETY: 8 floats at i*NR + h*8 lie inside `tile`.
-                unsafe { _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + h * 8), v) };
-            }
-        }
-        // SAFETY: the caller's contract for `c`, `mr`, `nr`.
-        unsafe { store_partial::<NR>(&tile, c, rsc, alpha, beta, mr, nr) };
-    }
-}
+micro_kernel!(
+    Avx512,
+    kernel_avx512,
+    "avx512f",
+    MR = 12,
+    LANES = 16,
+    _mm512_setzero_ps,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps
+);
+micro_kernel!(
+    Avx2,
+    kernel_avx2,
+    "avx2,fma",
+    MR = 6,
+    LANES = 8,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps
+);
 
 thread_local! {
     static PACK_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
@@ -317,7 +271,7 @@ unsafe fn pack_b(b: Raw, kc: usize, nc: usize, nr_full: usize, out: &mut [f32]) 
     }
 }
 
-/// `C = alpha * A·B + beta * C` on the calling thread with kernel `K`.
+/// `C = A·B + beta * C` on the calling thread with kernel `K`.
 ///
 /// # Safety
 /// The CPU supports `K`; `a` (`m x k`) and `b` (`k x n`) are readable
@@ -328,7 +282,6 @@ pub(super) unsafe fn gemm<K: Kernel>(
     m: usize,
     k: usize,
     n: usize,
-    alpha: f32,
     a: Raw,
     b: Raw,
     beta: f32,
@@ -396,7 +349,6 @@ pub(super) unsafe fn gemm<K: Kernel>(
                                 bp.as_ptr(),
                                 c.add((ic + ir) * rsc + jc + jr),
                                 rsc,
-                                alpha,
                                 beta_block,
                                 mr,
                                 nr,

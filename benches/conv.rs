@@ -2,7 +2,7 @@
 //! shapes, batch 8, 224x224 input: forward, input gradient and weight
 //! gradient measured separately, through the public `BackendStorage` trait.
 //! `cargo bench --bench conv`; sample counts are kept small so the whole
-//! run takes a couple of minutes on 2 cores.
+//! run takes a couple of minutes on the 2-vCPU machine of BENCHMARKS.md.
 
 use std::time::Duration;
 

@@ -1,14 +1,14 @@
 //! One ResNet-18 training step per freezing mode (criterion).
 //!
 //! Batch 4 at 112x112 keeps `cargo bench --bench train_step` to a couple of
-//! minutes on 2 cores; `frostgrad bench` measures the full 8 x 224 x 224
+//! minutes on the 2-vCPU machine of BENCHMARKS.md; `frostgrad bench` measures the full 8 x 224 x 224
 //! step with the per-phase split.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rand::SeedableRng;
 
 use frostgrad::bench::standard_modes;
-use frostgrad::nn::{resnet18, Module, ParamPatterns};
+use frostgrad::nn::{resnet18, Module};
 use frostgrad::ops;
 use frostgrad::optim::{Sgd, SgdConfig};
 use frostgrad::{no_grad, Device, Tensor};
@@ -21,13 +21,10 @@ fn train_step(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("resnet18_step_b4_112");
     group.sample_size(10);
-    for mode in standard_modes() {
+    for mode in standard_modes().expect("standard globs parse") {
         match &mode.trainable {
-            Some(globs) => {
-                let patterns = ParamPatterns::parse(globs).expect("standard globs parse");
-                model
-                    .set_trainable(&patterns)
-                    .expect("standard globs match");
+            Some(patterns) => {
+                model.set_trainable(patterns).expect("standard globs match");
                 model.train();
                 let trainable: Vec<Tensor> = model
                     .parameters()

@@ -3,6 +3,25 @@
 // then an elementwise kernel normalises. Blocks of BN_THREADS threads.
 #define BN_THREADS 512
 
+// Every batch-norm kernel's scalar parameters, passed by value as one
+// argument after the buffers; mirrored by `BnParams` in
+// src/backend/cuda/batch_norm.rs (layout checked at compile time). The
+// fields a kernel does not use are 0.
+struct BnParams {
+  int N, C, S, planes;  // [N, C, S], planes = N * C
+  float eps;            // added to the variance
+  float inv_count;      // 1 / (N * S): training-mode backward
+  float momentum;       // running statistics' update
+  float unbias;         // count / (count - 1): the running variance is unbiased
+  int has_weight, has_bias;
+  int fuse_relu;  // forward: clamp the output at 0 (a fused ReLU)
+  int mask;       // backward: dy masked by the fused ReLU's output y > 0
+  int with_xhat;  // backward reduction: also sum dy * xhat
+};
+#define BN_PARAMS_LOCALS                                                         \
+  const int N = p.N, C = p.C, S = p.S, planes = p.planes;                        \
+  (void)N; (void)C; (void)S; (void)planes
+
 // Channel c's values are N runs of S contiguous floats: walk them flattened so
 // that every thread stays busy even for small S.
 #define FOR_CHANNEL_VALUES(i, n, s)                                                              \
@@ -14,8 +33,8 @@
 // backend's: a float sum over N*H*W values (up to millions) loses digits
 // that every normalised value, and through the backward every gradient,
 // inherits. Grid: (C).
-extern "C" __global__ void bn_batch_stats(const float* x, float* mean, float* var, float* invstd, int N, int C, int S,
-                                          float eps) {
+extern "C" __global__ void bn_batch_stats(const float* x, float* mean, float* var, float* invstd, const BnParams p) {
+  BN_PARAMS_LOCALS;
   __shared__ double scratch[32];
   const int c = blockIdx.x;
   const double count = (double)N * (double)S;
@@ -31,7 +50,7 @@ extern "C" __global__ void bn_batch_stats(const float* x, float* mean, float* va
   if (threadIdx.x == 0) {
     mean[c] = (float)mu;
     var[c] = (float)v;
-    invstd[c] = (float)(1.0 / sqrt(v + (double)eps));
+    invstd[c] = (float)(1.0 / sqrt(v + (double)p.eps));
   }
 }
 
@@ -58,36 +77,37 @@ __device__ __forceinline__ float bn_masked_dy(const float* dy, const float* y, i
 // y = (x - mean[c]) * invstd[c] * w[c] + b[c]; the weight and bias are
 // optional (flags).
 extern "C" __global__ void bn_normalize(const float* x, const float* mean, const float* invstd, const float* weight,
-                                        int has_weight, const float* bias, int has_bias, float* y, int planes, int C,
-                                        int S, int fuse_relu) {
+                                        const float* bias, float* y, const BnParams p) {
+  BN_PARAMS_LOCALS;
   FOR_PLANES(plane, c) {
-    const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
-    const float shift = has_bias ? bias[c] : 0.0f;
+    const float scale = invstd[c] * (p.has_weight ? weight[c] : 1.0f);
+    const float shift = p.has_bias ? bias[c] : 0.0f;
     const float mu = mean[c];
     const long long base = (long long)plane * S;
-    FOR_PLANE_VALUES(s) { y[base + s] = bn_relu_if(fuse_relu, (x[base + s] - mu) * scale + shift); }
+    FOR_PLANE_VALUES(s) { y[base + s] = bn_relu_if(p.fuse_relu, (x[base + s] - mu) * scale + shift); }
   }
 }
 
 // Eval mode: the same normalisation with the running statistics, the inverse
 // standard deviation formed on the fly.
 extern "C" __global__ void bn_normalize_running(const float* x, const float* running_mean, const float* running_var,
-                                                float eps, const float* weight, int has_weight, const float* bias,
-                                                int has_bias, float* y, int planes, int C, int S, int fuse_relu) {
+                                                const float* weight, const float* bias, float* y, const BnParams p) {
+  BN_PARAMS_LOCALS;
   FOR_PLANES(plane, c) {
-    const float scale = (1.0f / sqrtf(running_var[c] + eps)) * (has_weight ? weight[c] : 1.0f);
-    const float shift = has_bias ? bias[c] : 0.0f;
+    const float scale = (1.0f / sqrtf(running_var[c] + p.eps)) * (p.has_weight ? weight[c] : 1.0f);
+    const float shift = p.has_bias ? bias[c] : 0.0f;
     const float mu = running_mean[c];
     const long long base = (long long)plane * S;
-    FOR_PLANE_VALUES(s) { y[base + s] = bn_relu_if(fuse_relu, (x[base + s] - mu) * scale + shift); }
+    FOR_PLANE_VALUES(s) { y[base + s] = bn_relu_if(p.fuse_relu, (x[base + s] - mu) * scale + shift); }
   }
 }
 
 // rm = (1 - m) rm + m mean;  rv = (1 - m) rv + m var * count / (count - 1).
 extern "C" __global__ void bn_update_running(float* running_mean, float* running_var, const float* mean,
-                                             const float* var, float momentum, float unbias, int C) {
+                                             const float* var, const BnParams p) {
+  const float momentum = p.momentum, unbias = p.unbias;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
+  if (c >= p.C) return;
   running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * mean[c];
   running_var[c] = (1.0f - momentum) * running_var[c] + momentum * var[c] * unbias;
 }
@@ -97,9 +117,11 @@ extern "C" __global__ void bn_update_running(float* running_mean, float* running
 // with_xhat `x` is never read (it may not have been saved). With `mask`, dy
 // is masked by the fused ReLU's output y (otherwise y is never read). Grid: (C).
 // Accumulated in double, like the forward statistics (and the CPU backend).
-extern "C" __global__ void bn_backward_reduce(const float* dy, const float* y, int mask, const float* x,
-                                              const float* mean, const float* invstd, int with_xhat, float* sum_dy,
-                                              float* sum_dy_xhat, int N, int C, int S) {
+extern "C" __global__ void bn_backward_reduce(const float* dy, const float* y, const float* x, const float* mean,
+                                              const float* invstd, float* sum_dy, float* sum_dy_xhat,
+                                              const BnParams p) {
+  BN_PARAMS_LOCALS;
+  const int mask = p.mask, with_xhat = p.with_xhat;
   __shared__ double scratch[32];
   const int c = blockIdx.x;
   double a = 0.0, b = 0.0;
@@ -124,14 +146,15 @@ extern "C" __global__ void bn_backward_reduce(const float* dy, const float* y, i
 
 // Training-mode input gradient:
 //   dx = w invstd (dy - sum_dy / M - xhat sum_dy_xhat / M),  M = N * S.
-extern "C" __global__ void bn_backward_input_train(const float* dy, const float* y, int mask, const float* x,
-                                                   const float* mean,
-                                                   const float* invstd, const float* weight, int has_weight,
-                                                   const float* sum_dy, const float* sum_dy_xhat, float* dx,
-                                                   int planes, int C, int S, float inv_count) {
+extern "C" __global__ void bn_backward_input_train(const float* dy, const float* y, const float* x, const float* mean,
+                                                   const float* invstd, const float* weight, const float* sum_dy,
+                                                   const float* sum_dy_xhat, float* dx, const BnParams p) {
+  BN_PARAMS_LOCALS;
+  const int mask = p.mask;
+  const float inv_count = p.inv_count;
   FOR_PLANES(plane, c) {
     const float is = invstd[c];
-    const float scale = is * (has_weight ? weight[c] : 1.0f);
+    const float scale = is * (p.has_weight ? weight[c] : 1.0f);
     const float mean_dy = sum_dy[c] * inv_count;
     const float mean_dy_xhat = sum_dy_xhat[c] * inv_count;
     const float mu = mean[c];
@@ -144,11 +167,12 @@ extern "C" __global__ void bn_backward_input_train(const float* dy, const float*
 }
 
 // Eval-mode input gradient: the statistics are constants, dx = w invstd dy.
-extern "C" __global__ void bn_backward_input_eval(const float* dy, const float* y, int mask, const float* invstd,
-                                                  const float* weight, int has_weight, float* dx, int planes, int C,
-                                                  int S) {
+extern "C" __global__ void bn_backward_input_eval(const float* dy, const float* y, const float* invstd,
+                                                  const float* weight, float* dx, const BnParams p) {
+  BN_PARAMS_LOCALS;
+  const int mask = p.mask;
   FOR_PLANES(plane, c) {
-    const float scale = invstd[c] * (has_weight ? weight[c] : 1.0f);
+    const float scale = invstd[c] * (p.has_weight ? weight[c] : 1.0f);
     const long long base = (long long)plane * S;
     FOR_PLANE_VALUES(s) { dx[base + s] = scale * bn_masked_dy(dy, y, mask, base + s); }
   }

@@ -304,8 +304,13 @@ extern "C" __global__ void conv2d_weight_grad_pointwise(const float* dy, const f
 }
 
 // out[i] = sum over z of partial[z, i], z ascending, in double (one
-// rounding however many chunks). 1-d grid, any block size.
-extern "C" __global__ void conv2d_sum_splits(const float* partial, float* out, int n, int splits) {
+// rounding however many chunks). 1-d grid, any block size. Parameters:
+// `SumSplitsParams` in src/backend/cuda/conv.rs.
+struct SumSplitsParams {
+  int n, splits;
+};
+extern "C" __global__ void conv2d_sum_splits(const float* partial, float* out, const SumSplitsParams p) {
+  const int n = p.n, splits = p.splits;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     double s = 0.0;
     for (int z = 0; z < splits; ++z) s += (double)partial[(long long)z * n + i];

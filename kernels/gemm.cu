@@ -11,6 +11,12 @@
 //
 // op(A)[m, k]: stored [M, K] is contiguous along k, [K, M] along m.
 // op(B)[k, n]: stored [K, N] is contiguous along n, [N, K] along k.
+// The scalar parameters, passed by value after the buffers; mirrored by
+// `GemmParams` in src/backend/cuda/gemm.rs (layout checked at compile time).
+struct GemmParams {
+  int M, N, K, a_vec, b_vec;
+};
+
 template <bool A_T, bool B_T>
 __device__ __forceinline__ void gemm_tile(const float* A, const float* B, float* C, int M, int N, int K, int a_vec,
                                           int b_vec, float* smem) {
@@ -33,26 +39,22 @@ __device__ __forceinline__ void gemm_tile(const float* A, const float* B, float*
   }
 }
 
-extern "C" __global__ void gemm_nn(const float* A, const float* B, float* C, int M, int N, int K, int a_vec,
-                                int b_vec) {
+extern "C" __global__ void gemm_nn(const float* A, const float* B, float* C, const GemmParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  gemm_tile<false, false>(A, B, C, M, N, K, a_vec, b_vec, smem);
+  gemm_tile<false, false>(A, B, C, p.M, p.N, p.K, p.a_vec, p.b_vec, smem);
 }
 
-extern "C" __global__ void gemm_nt(const float* A, const float* B, float* C, int M, int N, int K, int a_vec,
-                                int b_vec) {
+extern "C" __global__ void gemm_nt(const float* A, const float* B, float* C, const GemmParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  gemm_tile<false, true>(A, B, C, M, N, K, a_vec, b_vec, smem);
+  gemm_tile<false, true>(A, B, C, p.M, p.N, p.K, p.a_vec, p.b_vec, smem);
 }
 
-extern "C" __global__ void gemm_tn(const float* A, const float* B, float* C, int M, int N, int K, int a_vec,
-                                int b_vec) {
+extern "C" __global__ void gemm_tn(const float* A, const float* B, float* C, const GemmParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  gemm_tile<true, false>(A, B, C, M, N, K, a_vec, b_vec, smem);
+  gemm_tile<true, false>(A, B, C, p.M, p.N, p.K, p.a_vec, p.b_vec, smem);
 }
 
-extern "C" __global__ void gemm_tt(const float* A, const float* B, float* C, int M, int N, int K, int a_vec,
-                                int b_vec) {
+extern "C" __global__ void gemm_tt(const float* A, const float* B, float* C, const GemmParams p) {
   __shared__ __align__(16) float smem[MAINLOOP_SMEM_WORDS];
-  gemm_tile<true, true>(A, B, C, M, N, K, a_vec, b_vec, smem);
+  gemm_tile<true, true>(A, B, C, p.M, p.N, p.K, p.a_vec, p.b_vec, smem);
 }

@@ -1,10 +1,35 @@
 // The general op set (backend/strided.rs): strided copies and broadcasting
 // binary ops, elementwise maps, row reductions and a batched matmul.
 //
-// A strided layout travels as `meta`, a device array of long long:
-// [shape[0..ndim], a_stride[0..ndim], b_stride[0..ndim]] (ndim <= 8, checked
-// on the host; b_stride only for binary ops). Element i of the output, in
-// row-major order of `shape`, reads a[offset_a(i)] (and b[offset_b(i)]).
+// Each kernel's scalar parameters arrive by value as one struct after the
+// buffers, mirrored by a kernel_params! struct of the same name in
+// src/backend/cuda/general.rs (layout checked at compile time).
+//
+// A strided layout travels in the parameters themselves (no device buffer,
+// so no allocation and no host-to-device copy per op): the output's shape
+// and each operand's strides (ndim <= FG_MAX_DIMS, checked on the host;
+// b_stride only for binary ops). Element i of the output, in row-major order
+// of `shape`, reads a[offset_a(i)] (and b[offset_b(i)]).
+#define FG_MAX_DIMS 8
+struct StridedParams {
+  long long shape[FG_MAX_DIMS], a_stride[FG_MAX_DIMS], b_stride[FG_MAX_DIMS];
+  int ndim;
+  int op;  // binary_f32: 0 add, 1 sub, 2 mul, 3 div, 4 eq
+  int n;   // elements of the output
+};
+struct UnaryParams {
+  int op;   // 0 neg, 1 exp, 2 log, 3 tanh, 4 sigmoid, 5 pow(x, p)
+  float p;  // the exponent of pow
+  int n;
+};
+struct ReduceRowsParams {
+  int rows, cols;
+  int op;  // 0 sum, 1 max
+};
+struct BatchedMatmulParams {
+  int batch, m, k, n;
+  int ta, tb;  // A stored [b, k, m], B stored [b, n, k]
+};
 
 #define GS_LOOP(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
 
@@ -18,17 +43,17 @@ __device__ __forceinline__ long long strided_offset(long long i, const long long
   return offset;
 }
 
-extern "C" __global__ void strided_copy_f32(const float* x, float* out, const long long* meta, int ndim, int n) {
-  GS_LOOP(i, n) { out[i] = x[strided_offset(i, meta, meta + ndim, ndim)]; }
+extern "C" __global__ void strided_copy_f32(const float* x, float* out, const StridedParams p) {
+  GS_LOOP(i, p.n) { out[i] = x[strided_offset(i, p.shape, p.a_stride, p.ndim)]; }
 }
 
 // op: 0 add, 1 sub, 2 mul, 3 div, 4 eq (1 where equal, else 0).
-extern "C" __global__ void binary_f32(const float* a, const float* b, float* out, const long long* meta, int ndim, int op, int n) {
-  GS_LOOP(i, n) {
-    const float x = a[strided_offset(i, meta, meta + ndim, ndim)];
-    const float y = b[strided_offset(i, meta, meta + 2 * ndim, ndim)];
+extern "C" __global__ void binary_f32(const float* a, const float* b, float* out, const StridedParams p) {
+  GS_LOOP(i, p.n) {
+    const float x = a[strided_offset(i, p.shape, p.a_stride, p.ndim)];
+    const float y = b[strided_offset(i, p.shape, p.b_stride, p.ndim)];
     float r;
-    switch (op) {
+    switch (p.op) {
       case 0: r = x + y; break;
       case 1: r = x - y; break;
       case 2: r = x * y; break;
@@ -40,11 +65,12 @@ extern "C" __global__ void binary_f32(const float* a, const float* b, float* out
 }
 
 // op: 0 neg, 1 exp, 2 log, 3 tanh, 4 sigmoid, 5 pow(x, p).
-extern "C" __global__ void unary_f32(const float* x, float* out, int op, float p, int n) {
-  GS_LOOP(i, n) {
+extern "C" __global__ void unary_f32(const float* x, float* out, const UnaryParams up) {
+  const float p = up.p;
+  GS_LOOP(i, up.n) {
     const float v = x[i];
     float r;
-    switch (op) {
+    switch (up.op) {
       case 0: r = -v; break;
       case 1: r = expf(v); break;
       case 2: r = logf(v); break;
@@ -66,7 +92,8 @@ extern "C" __global__ void unary_f32(const float* x, float* out, int op, float p
 
 // One 256-thread block per row of [rows, cols]. op 0: sum in double,
 // rounded once; op 1: max, NaN if any element is NaN (PyTorch's amax).
-extern "C" __global__ void reduce_rows_f32(const float* x, float* out, int rows, int cols, int op) {
+extern "C" __global__ void reduce_rows_f32(const float* x, float* out, const ReduceRowsParams p) {
+  const int rows = p.rows, cols = p.cols, op = p.op;
   __shared__ double dscratch[32];
   __shared__ float fscratch[32];
   for (int r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -97,7 +124,8 @@ extern "C" __global__ void reduce_rows_f32(const float* x, float* out, int rows,
 // out[b, i, j] = sum_k A[b, i, k] B[b, k, j], A stored [b, k, m] when ta,
 // B stored [b, n, k] when tb. One thread per output; float accumulation
 // in k order (the op set's matmul is for small models, not ResNet's GEMMs).
-extern "C" __global__ void batched_matmul_f32(const float* a, const float* b, float* out, int batch, int m, int k, int n, int ta, int tb) {
+extern "C" __global__ void batched_matmul_f32(const float* a, const float* b, float* out, const BatchedMatmulParams bp) {
+  const int batch = bp.batch, m = bp.m, k = bp.k, n = bp.n, ta = bp.ta, tb = bp.tb;
   const long long total = (long long)batch * m * n;
   GS_LOOP(idx, total) {
     const long long bi = idx / ((long long)m * n);

@@ -2,7 +2,9 @@
 # Compiles every kernels/*.cu with the real NVRTC 13.0, exactly as the CUDA
 # backend does at run time (kernels/common.cuh prepended, no headers, no fast
 # math), for a virtual architecture (compute_80 -> PTX) and a real one
-# (sm_90 -> cubin). Prints registers, shared memory and spills per kernel from
+# (sm_90 -> cubin), with the layout checks of each file's parameter structs
+# against their Rust mirrors appended (kernels/layout_checks.cuh, as the
+# module cache does). Prints registers, shared memory and spills per kernel from
 # ptxas' verbose report (cubin targets) and the PTX-level .reg/.shared
 # declarations (PTX targets, which have no register allocation yet).
 # Fails on any compile error. No GPU and no driver are needed.
@@ -89,6 +91,9 @@ def ptx_summary(ptx):
     return out
 
 common = open("kernels/common.cuh").read()
+# Generated from the Rust structs (src/backend/cuda/params.rs); each file's
+# section is enabled by FG_KERNEL_FILE_<stem>.
+layout_checks = open("kernels/layout_checks.cuh").read()
 failures = 0
 sources = sorted(glob.glob("kernels/*.cu"))
 if not sources:
@@ -98,7 +103,9 @@ for arch in archs:
     print(f"\n== {arch}")
     for path in sources:
         name = os.path.basename(path)
-        ok, log, ptx = compile_program(name, common + "\n" + open(path).read(), arch)
+        stem = name[: -len(".cu")]
+        program = f"{common}\n{open(path).read()}\n#define FG_KERNEL_FILE_{stem}\n{layout_checks}"
+        ok, log, ptx = compile_program(name, program, arch)
         if not ok:
             failures += 1
             print(f"FAIL {name}\n{log}")

@@ -195,6 +195,8 @@ def main():
     ap.add_argument("--devices", default="cpu,cuda")
     ap.add_argument("--sizes", default="57,64,77,96,113,128")
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="freezing modes of the sweep (of " + ", ".join(MODES) + ")")
     ap.add_argument("--json", help="write every result here")
     ap.add_argument("--emu", help="run frostgrad with this folder (scripts/build-cuda-emu.sh's output) first in "
                                   "LD_LIBRARY_PATH: --device cuda through the host emulation")
@@ -209,9 +211,14 @@ def main():
         results = []
         sizes = [int(s) for s in args.sizes.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
+        modes = args.modes.split(",")
+        unknown = [m for m in modes if m not in MODES]
+        if unknown:
+            ap.error(f"unknown mode(s) {unknown}; known: {list(MODES)}")
         for i, size in enumerate(sizes):
             for seed in seeds:
-                for mode, globs in MODES.items():
+                for mode in modes:
+                    globs = MODES[mode]
                     for train in (True, False):
                         for device in args.devices.split(","):
                             r = check(size, args.batch, seed + 1000 * i, globs, train, device, args.binary,

@@ -13,8 +13,6 @@ mod common;
 #[path = "common/cuda_emu.rs"]
 mod cuda_emu;
 
-use std::io::Write;
-
 use common::{rel_l2, widen, Fixture};
 use frostgrad::ops;
 use frostgrad::{no_grad, Device, Tensor};
@@ -130,28 +128,10 @@ fn matches_pytorch() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-fn cuda_test(name: &str, body: impl FnOnce()) {
-    if !cuda_emu::is_child(name)
-        && cuda_emu::backend() == cuda_emu::Backend::Emulated
-        && std::process::Command::new("g++")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        let why = "no NVIDIA driver, and no g++ to build the CUDA emulation";
-        if std::env::var_os("CI").is_some() {
-            panic!("{name}: CI must run the CUDA tests, but {why}");
-        }
-        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
-        return;
-    }
-    cuda_emu::with_cuda(name, body);
-}
-
 /// Every fixture's forward and backward on CUDA equal the CPU's.
 #[test]
 fn cuda_matches_cpu() {
-    cuda_test("cuda_matches_cpu", || {
+    cuda_emu::cuda_test("cuda_matches_cpu", || {
         let mut failures = Vec::new();
         for f in &Fixture::load_dir(&common::fixture_dir("general")) {
             let (c_out, c_grads, _) = forward_backward(f, Device::Cpu);

@@ -6,7 +6,9 @@
 
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::io::{self, HostTensor, StateDict};
-use frostgrad::nn::{resnet18, Linear, Module, ParamPatterns, ResNet, TensorKind};
+use frostgrad::nn::{
+    for_each_module_mut, resnet18, Linear, Module, ParamPatterns, ResNet, TensorKind,
+};
 use frostgrad::DType;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -270,6 +272,28 @@ fn train_and_eval_reach_every_batch_norm() {
             && m.layer3[0].bn1.is_training()
             && m.layer4[0].downsample.as_ref().unwrap().is_training()
     );
+}
+
+#[test]
+fn the_module_walk_finds_every_batch_norm_by_its_state_dict_name() {
+    // The batch norms are exactly the modules that own a `running_mean`.
+    let mut m = model(10);
+    let expected: Vec<String> = m
+        .named_buffers()
+        .into_iter()
+        .filter_map(|(name, _)| name.strip_suffix(".running_mean").map(str::to_string))
+        .collect();
+    assert_eq!(expected.len(), 20);
+    let mut found = Vec::new();
+    for_each_module_mut(&mut m, "", &mut |name, module| {
+        if let Some(bn) = module.as_batch_norm_mut() {
+            bn.set_training(false);
+            found.push(name.to_string());
+        }
+    });
+    assert_eq!(found, expected);
+    assert!(!m.layer4[0].downsample.as_ref().unwrap().bn.is_training());
+    assert!(m.is_training(), "only the batch norms were switched");
 }
 
 #[test]

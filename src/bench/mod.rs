@@ -24,33 +24,36 @@ use crate::tensor::{memory, Device, Tensor};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mode {
     pub name: String,
-    /// Comma-separated globs; `None` is `inference` (forward under `no_grad`, eval mode).
-    pub trainable: Option<String>,
+    /// The parameters trained; `None` is `inference` (forward under
+    /// `no_grad`, eval mode). Parsed once, when the mode is made.
+    pub trainable: Option<ParamPatterns>,
 }
 
 impl Mode {
-    pub fn new(name: &str, trainable: Option<&str>) -> Self {
-        Self {
+    /// A mode training the parameters `trainable`'s comma-separated globs
+    /// match (an error when they do not parse), or `inference` for `None`.
+    pub fn new(name: &str, trainable: Option<&str>) -> Result<Self> {
+        Ok(Self {
             name: name.to_string(),
-            trainable: trainable.map(str::to_string),
-        }
+            trainable: trainable.map(ParamPatterns::parse).transpose()?,
+        })
     }
 }
 
 /// The standard modes, from the most to the least gradient work.
-pub fn standard_modes() -> Vec<Mode> {
-    vec![
-        Mode::new("finetune", Some("*")),
-        Mode::new("partial", Some("layer3.*,layer4.*,fc.*")),
-        Mode::new("layer4", Some("layer4.*,fc.*")),
-        Mode::new("transfer", Some("fc.*")),
-        Mode::new("inference", None),
-    ]
+pub fn standard_modes() -> Result<Vec<Mode>> {
+    Ok(vec![
+        Mode::new("finetune", Some("*"))?,
+        Mode::new("partial", Some("layer3.*,layer4.*,fc.*"))?,
+        Mode::new("layer4", Some("layer4.*,fc.*"))?,
+        Mode::new("transfer", Some("fc.*"))?,
+        Mode::new("inference", None)?,
+    ])
 }
 
 /// Parses `--modes finetune,transfer,...` against [`standard_modes`].
 pub fn parse_modes(list: &str) -> Result<Vec<Mode>> {
-    let known = standard_modes();
+    let known = standard_modes()?;
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -103,6 +106,7 @@ impl Timing {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModeResult {
     pub name: String,
+    /// The mode's patterns as [`ParamPatterns`] prints them (`fc.*`).
     pub trainable: Option<String>,
     pub trainable_parameters: usize,
     pub step_ms: Timing,
@@ -295,7 +299,7 @@ pub fn run_mode(
         p.set_grad(None)?;
     }
     let trainable = match &mode.trainable {
-        Some(globs) => model.set_trainable(&ParamPatterns::parse(globs)?)?,
+        Some(patterns) => model.set_trainable(patterns)?,
         None => {
             model.requires_grad_(false)?;
             Vec::new()
@@ -377,7 +381,7 @@ pub fn run_mode(
     };
     Ok(ModeResult {
         name: mode.name.clone(),
-        trainable: mode.trainable.clone(),
+        trainable: mode.trainable.as_ref().map(ParamPatterns::to_string),
         trainable_parameters,
         step_ms: Timing::of(&step),
         forward_ms: Timing::of(&fwd).median,
@@ -410,8 +414,8 @@ mod tests {
     #[test]
     fn modes_parse_and_reject_unknown_names() {
         let m = parse_modes("transfer,finetune").unwrap();
-        assert_eq!(m[0].trainable.as_deref(), Some("fc.*"));
-        assert_eq!(m[1].trainable.as_deref(), Some("*"));
+        assert_eq!(m[0].trainable, Some(ParamPatterns::parse("fc.*").unwrap()));
+        assert_eq!(m[1].trainable, Some(ParamPatterns::parse("*").unwrap()));
         let err = parse_modes("finetune,everything").unwrap_err().to_string();
         assert!(
             err.contains("everything") && err.contains("inference"),

@@ -78,8 +78,7 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let mut modes = bench::parse_modes(&args.modes)?;
     if let Some(globs) = &args.trainable {
-        crate::nn::ParamPatterns::parse(globs)?;
-        modes.push(Mode::new("custom", Some(globs)));
+        modes.push(Mode::new("custom", Some(globs))?);
     }
     if modes.is_empty() {
         return Err(Error::invalid("bench", "no modes to run"));

@@ -157,4 +157,7 @@ impl Module for BatchNorm2d {
     fn is_training(&self) -> bool {
         self.training
     }
+    fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm2d> {
+        Some(self)
+    }
 }

@@ -27,6 +27,6 @@ mod resnet;
 pub use batch_norm::BatchNorm2d;
 pub use conv::{Conv2d, Conv2dConfig};
 pub use linear::Linear;
-pub use module::{Module, TensorKind};
+pub use module::{for_each_module_mut, Module, TensorKind};
 pub use pattern::{glob_match, ParamPatterns};
 pub use resnet::{resnet18, BasicBlock, Downsample, ResNet};

@@ -12,7 +12,7 @@
 use crate::backend::BackendStorage;
 use crate::error::{Error, Result};
 use crate::io::{HostTensor, StateDict};
-use crate::nn::ParamPatterns;
+use crate::nn::{BatchNorm2d, ParamPatterns};
 use crate::tensor::{DType, Device, Storage, Tensor};
 
 /// Whether a named tensor is a trainable parameter or state such as
@@ -80,6 +80,13 @@ pub trait Module {
     /// PyTorch's `children()`: the direct submodules, in registration order.
     fn children(&self) -> Vec<&dyn Module> {
         self.named_children().into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// `Some(self)` for a [`BatchNorm2d`], `None` for every other module:
+    /// what `isinstance(m, nn.BatchNorm2d)` is in a PyTorch loop over
+    /// `model.named_modules()` (see [`for_each_module_mut`]).
+    fn as_batch_norm_mut(&mut self) -> Option<&mut BatchNorm2d> {
+        None
     }
 
     /// PyTorch's `module.training`.
@@ -302,6 +309,22 @@ impl<M: Module> Module for Vec<M> {
     }
     fn is_training(&self) -> bool {
         self.first().is_none_or(Module::is_training)
+    }
+}
+
+/// PyTorch's `for name, m in module.named_modules(): ...` with mutable
+/// access: calls `f(full_name, m)` on `module` (named `prefix`) and then on
+/// every descendant, depth first in registration order. The walk follows
+/// [`Module::named_children_mut`], so a container that names its children
+/// once is walked correctly with no list of its own.
+pub fn for_each_module_mut(
+    module: &mut dyn Module,
+    prefix: &str,
+    f: &mut dyn FnMut(&str, &mut dyn Module),
+) {
+    f(prefix, &mut *module);
+    for (name, child) in module.named_children_mut() {
+        for_each_module_mut(child, &join(prefix, &name), f);
     }
 }
 

@@ -316,31 +316,6 @@ impl ResNet {
         }
         Ok(x)
     }
-
-    /// Every batch-norm layer with its name (`bn1`, `layer2.0.downsample.1`),
-    /// for code that sets their modes one by one (`--frozen-bn eval`).
-    pub fn batch_norms_mut(&mut self) -> Vec<(String, &mut BatchNorm2d)> {
-        let mut out = vec![("bn1".to_string(), &mut self.bn1)];
-        for (k, layer) in [
-            &mut self.layer1,
-            &mut self.layer2,
-            &mut self.layer3,
-            &mut self.layer4,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            for (i, block) in layer.iter_mut().enumerate() {
-                let at = format!("layer{}.{i}", k + 1);
-                out.push((format!("{at}.bn1"), &mut block.bn1));
-                out.push((format!("{at}.bn2"), &mut block.bn2));
-                if let Some(d) = &mut block.downsample {
-                    out.push((format!("{at}.downsample.1"), &mut d.bn));
-                }
-            }
-        }
-        out
-    }
 }
 
 impl Module for ResNet {

@@ -33,7 +33,7 @@ use rand::SeedableRng;
 use crate::data::loader::mix_seed;
 use crate::data::{Batch, ImageFolder, LoadOptions, Loader, Sample};
 use crate::error::{Error, Result};
-use crate::nn::{Module, ResNet};
+use crate::nn::{self, Module, ResNet};
 use crate::ops;
 use crate::optim::{Sgd, SgdConfig};
 use crate::tensor::{Device, Tensor};
@@ -88,12 +88,14 @@ pub fn set_train_mode(model: &mut ResNet, frozen_bn: FrozenBn) -> Vec<String> {
     model.train();
     let mut in_eval = Vec::new();
     if frozen_bn == FrozenBn::Eval {
-        for (name, bn) in model.batch_norms_mut() {
-            if !bn.weight.requires_grad() && !bn.bias.requires_grad() {
-                bn.set_training(false);
-                in_eval.push(name);
+        nn::for_each_module_mut(model, "", &mut |name, m| {
+            if let Some(bn) = m.as_batch_norm_mut() {
+                if !bn.weight.requires_grad() && !bn.bias.requires_grad() {
+                    bn.set_training(false);
+                    in_eval.push(name.to_string());
+                }
             }
-        }
+        });
     }
     in_eval
 }

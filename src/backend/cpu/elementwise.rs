@@ -9,8 +9,11 @@ use rayon::prelude::*;
 use super::buffer_pool;
 use crate::error::Result;
 
-/// Elements per parallel task: big enough that rayon's per-task cost is
-/// noise, small enough that a 2-core machine splits a 100k-element buffer.
+/// Elements per parallel task (64 KiB of f32): big enough that rayon's
+/// per-task cost is small beside the work, small enough that a 100k-element
+/// buffer still splits into several tasks. Not tuned by a benchmark: a change
+/// would have to show in `frostgrad bench`'s step times (BENCHMARKS.md,
+/// "CPU: ResNet-18 training step"), measured the way that section does.
 pub(super) const PAR_CHUNK: usize = 1 << 14;
 
 /// `f(x)` of every element.

@@ -17,6 +17,8 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
+use super::gemm::PackB;
+
 /// Depth of one packed block (A panel width, B panel height).
 const KC: usize = 256;
 /// Rows of A packed at once (a multiple of both kernels' MR).
@@ -28,9 +30,8 @@ const NC: usize = 2048;
 pub(super) trait Kernel {
     const MR: usize;
     const NR: usize;
-    /// `C[0..mr, 0..nr] = alpha * A·B + beta * C` (C not read when beta is
-    /// 0) for panels `a` (`kc x MR`, MR values per step) and `b` (`kc x
-    /// NR`).
+    /// `C[0..mr, 0..nr] = A·B + beta * C` (C not read when beta is 0) for
+    /// panels `a` (`kc x MR`, MR values per step) and `b` (`kc x NR`).
     ///
     /// # Safety
     /// The CPU supports the kernel's instructions; `a` holds `kc * MR` and
@@ -44,66 +45,22 @@ pub(super) trait Kernel {
         b: *const f32,
         c: *mut f32,
         rsc: usize,
-        alpha: f32,
         beta: f32,
         mr: usize,
         nr: usize,
     );
 }
 
-pub(super) struct Avx512;
-pub(super) struct Avx2;
-
-impl Kernel for Avx512 {
-    const MR: usize = 12;
-    const NR: usize = 32;
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        alpha: f32,
-        beta: f32,
-        mr: usize,
-        nr: usize,
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { kernel_avx512(kc, a, b, c, rsc, alpha, beta, mr, nr) }
-    }
-}
-
-impl Kernel for Avx2 {
-    const MR: usize = 6;
-    const NR: usize = 16;
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        alpha: f32,
-        beta: f32,
-        mr: usize,
-        nr: usize,
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { kernel_avx2(kc, a, b, c, rsc, alpha, beta, mr, nr) }
-    }
-}
-
-/// Writes `alpha * acc + beta * C` for the valid `mr x nr` part of a tile
-/// held in `acc` (row-major, `NR` per row).
+/// Writes `acc + beta * C` for the valid `mr x nr` part of a tile held in
+/// `acc` (row-major, `NR` per row).
 ///
 /// # Safety
 /// As [`Kernel::run`] for `c`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn store_partial<const NR: usize>(
     acc: &[f32],
     c: *mut f32,
     rsc: usize,
-    alpha: f32,
     beta: f32,
     mr: usize,
     nr: usize,
@@ -113,134 +70,154 @@ unsafe fn store_partial<const NR: usize>(
             // SAFETY: i < mr, j < nr: inside the caller's block.
             unsafe {
                 let p = c.add(i * rsc + j);
-                let v = alpha * acc[i * NR + j];
+                let v = acc[i * NR + j];
                 *p = if beta == 0.0 { v } else { v + beta * *p };
             }
         }
     }
 }
 
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx512(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    rsc: usize,
-    alpha: f32,
-    beta: f32,
-    mr: usize,
-    nr: usize,
-) {
-    const MR: usize = 12;
-    const NR: usize = 32;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        // SAFETY: p < kc, so the loads stay inside the packed panels.
-        unsafe {
-            let b0 = _mm512_loadu_ps(b.add(p * NR));
-            let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-            let ap = a.add(p * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(i));
-                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+/// One micro-kernel per instruction set, from the same body: an `MR x 2`
+/// grid of vector accumulators (`NR` = two vectors), one broadcast of A and
+/// two FMAs per row per depth step. A macro rather than a generic over a
+/// vector trait so that each instance is one `#[target_feature]` function
+/// whose intrinsics inline into it (BENCHMARKS.md, Zen 4: 24 FMAs per depth
+/// step and no spills in the AVX-512 instance's inner loop).
+macro_rules! micro_kernel {
+    (
+        $kernel:ident, $fn:ident, $feature:literal, MR = $mr:literal, LANES = $lanes:literal,
+        $setzero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident
+    ) => {
+        pub(super) struct $kernel;
+
+        impl Kernel for $kernel {
+            const MR: usize = $mr;
+            const NR: usize = 2 * $lanes;
+            unsafe fn run(
+                kc: usize,
+                a: *const f32,
+                b: *const f32,
+                c: *mut f32,
+                rsc: usize,
+                beta: f32,
+                mr: usize,
+                nr: usize,
+            ) {
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { $fn(kc, a, b, c, rsc, beta, mr, nr) }
             }
         }
-    }
-    let va = _mm512_set1_ps(alpha);
-    if mr == MR && nr == NR {
-        let vb = _mm512_set1_ps(beta);
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                // SAFETY: a full tile: rows < MR, columns < NR are inside
-                // the caller's block.
+
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $fn(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            rsc: usize,
+            beta: f32,
+            mr: usize,
+            nr: usize,
+        ) {
+            const MR: usize = $mr;
+            const L: usize = $lanes;
+            const NR: usize = 2 * L;
+            let mut acc = [[$setzero(); 2]; MR];
+            for p in 0..kc {
+                // SAFETY: p < kc, so the loads stay inside the packed panels.
                 unsafe {
-                    let p = c.add(i * rsc + h * 16);
-                    let mut out = _mm512_mul_ps(v, va);
-                    if beta != 0.0 {
-                        out = _mm512_fmadd_ps(_mm512_loadu_ps(p), vb, out);
+                    let b0 = $load(b.add(p * NR));
+                    let b1 = $load(b.add(p * NR + L));
+                    let ap = a.add(p * MR);
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let av = $set1(*ap.add(i));
+                        row[0] = $fmadd(av, b0, row[0]);
+                        row[1] = $fmadd(av, b1, row[1]);
                     }
-                    _mm512_storeu_ps(p, out);
                 }
             }
-        }
-    } else {
-        let mut tile = [0f32; MR * NR];
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                // SAFETY: 16 floats at i*NR + h*16 lie inside `tile`.
-                unsafe { _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR + h * 16), v) };
+            if mr == MR && nr == NR {
+                let vb = $set1(beta);
+                for (i, row) in acc.iter().enumerate() {
+                    for (h, &v) in row.iter().enumerate() {
+                        // SAFETY: a full tile: rows < MR, columns < NR are
+                        // inside the caller's block.
+                        unsafe {
+                            let p = c.add(i * rsc + h * L);
+                            let out = if beta != 0.0 {
+                                $fmadd($load(p), vb, v)
+                            } else {
+                                v
+                            };
+                            $store(p, out);
+                        }
+                    }
+                }
+            } else {
+                let mut tile = [0f32; MR * NR];
+                for (i, row) in acc.iter().enumerate() {
+                    for (h, &v) in row.iter().enumerate() {
+                        // SAFETY: L floats at i*NR + h*L lie inside `tile`.
+                        unsafe { $store(tile.as_mut_ptr().add(i * NR + h * L), v) };
+                    }
+                }
+                // SAFETY: the caller's contract for `c`, `mr`, `nr`.
+                unsafe { store_partial::<NR>(&tile, c, rsc, beta, mr, nr) };
             }
         }
-        // SAFETY: the caller's contract for `c`, `mr`, `nr`.
-        unsafe { store_partial::<NR>(&tile, c, rsc, alpha, beta, mr, nr) };
-    }
+    };
 }
 
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_avx2(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    rsc: usize,
-    alpha: f32,
-    beta: f32,
-    mr: usize,
-    nr: usize,
-) {
-    const MR: usize = 6;
-    const NR: usize = 16;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        // SAFETY: p < kc, so the loads stay inside the packed panels.
-        unsafe {
-            let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
-            let ap = a.add(p * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_ps(*ap.add(i));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-            }
-        }
-    }
-    let va = _mm256_set1_ps(alpha);
-    if mr == MR && nr == NR {
-        let vb = _mm256_set1_ps(beta);
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                // SAFETY: a full tile: rows < MR, columns < NR are inside
-                // the caller's block.
-                unsafe {
-                    let p = c.add(i * rsc + h * 8);
-                    let mut out = _mm256_mul_ps(v, va);
-                    if beta != 0.0 {
-                        out = _mm256_fmadd_ps(_mm256_loadu_ps(p), vb, out);
-                    }
-                    _mm256_storeu_ps(p, out);
-                }
-            }
-        }
-    } else {
-        let mut tile = [0f32; MR * NR];
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                // SAFETY: 8 floats at i*NR + h*8 lie inside `tile`.
-                unsafe { _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + h * 8), v) };
-            }
-        }
-        // SAFETY: the caller's contract for `c`, `mr`, `nr`.
-        unsafe { store_partial::<NR>(&tile, c, rsc, alpha, beta, mr, nr) };
-    }
-}
+micro_kernel!(
+    Avx512,
+    kernel_avx512,
+    "avx512f",
+    MR = 12,
+    LANES = 16,
+    _mm512_setzero_ps,
+    _mm512_set1_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_fmadd_ps
+);
+micro_kernel!(
+    Avx2,
+    kernel_avx2,
+    "avx2,fma",
+    MR = 6,
+    LANES = 8,
+    _mm256_setzero_ps,
+    _mm256_set1_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_fmadd_ps
+);
 
 thread_local! {
     static PACK_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static PACK_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// The left operand `A` (`m x k`) as the GEMM consumes it: packed panels of
+/// `MR` rows.
+pub(super) trait PackA: Sync {
+    /// The `MR`-row panels (zero padded, `kc * MR` floats each) of rows
+    /// `ic..ic + mc`, depth `pc..pc + kc`: packed into `buf` (which holds
+    /// `MC.div_ceil(MR) * MR * KC` floats), or already packed elsewhere.
+    ///
+    /// # Safety
+    /// The ranges lie inside the operand; `ic` and `pc` are block starts of
+    /// the GEMM (multiples of `MR` and of [`KC`] from the operand's row 0).
+    unsafe fn panels<'s>(
+        &'s self,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        buf: &'s mut [f32],
+    ) -> &'s [f32];
 }
 
 /// A raw strided matrix view: element `(i, j)` at `ptr + i*rs + j*cs`.
@@ -251,12 +228,61 @@ pub(super) struct Raw {
     pub cs: usize,
 }
 
-/// Packs rows `0..mc` x depth `0..kc` of `a` into MR-row panels (zero
-/// padded), `kc * MR` floats per panel.
+// SAFETY: a `Raw` is only built from a borrowed slice (gemm.rs) and only
+// read through; sharing it between threads is sharing a `&[f32]`.
+unsafe impl Sync for Raw {}
+// SAFETY: as above.
+unsafe impl Send for Raw {}
+
+impl Raw {
+    /// The element `(i, j)`'s address.
+    ///
+    /// # Safety
+    /// `(i, j)` lies inside the view.
+    unsafe fn at(&self, i: usize, j: usize) -> *const f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.ptr.add(i * self.rs + j * self.cs) }
+    }
+}
+
+impl PackA for Raw {
+    unsafe fn panels<'s>(
+        &'s self,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        buf: &'s mut [f32],
+    ) -> &'s [f32] {
+        // SAFETY: (ic, pc) and the mc x kc block after it lie inside the
+        // view (the caller's contract).
+        unsafe { pack_a(self.at(ic, pc), self.rs, self.cs, mc, kc, mr, buf) };
+        buf
+    }
+}
+
+impl PackB for Raw {
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        // SAFETY: the kc x nc block at (pc, jc) lies inside the view.
+        unsafe { pack_b(self.at(pc, jc), self.rs, self.cs, kc, nc, nr, out) }
+    }
+}
+
+/// Packs rows `0..mc` x depth `0..kc` of the view at `a` into MR-row panels
+/// (zero padded), `kc * MR` floats per panel.
 ///
 /// # Safety
-/// Every `(i, p)` with `i < mc`, `p < kc` is readable through `a`.
-unsafe fn pack_a(a: Raw, mc: usize, kc: usize, mr_full: usize, out: &mut [f32]) {
+/// Every `(i, p)` with `i < mc`, `p < kc` is readable at `a + i*rs + p*cs`.
+unsafe fn pack_a(
+    a: *const f32,
+    rs: usize,
+    cs: usize,
+    mc: usize,
+    kc: usize,
+    mr_full: usize,
+    out: &mut [f32],
+) {
     #[allow(non_snake_case)]
     let MR = mr_full;
     for (panel, dst) in out
@@ -269,22 +295,41 @@ unsafe fn pack_a(a: Raw, mc: usize, kc: usize, mr_full: usize, out: &mut [f32]) 
         if rows < MR {
             dst.fill(0.0);
         }
+        if rs == 1 {
+            // A transposed operand (the input gradient's Wᵀ): the panel's
+            // rows are adjacent in memory, so copy them depth by depth
+            // rather than walking each row with a large stride.
+            for p in 0..kc {
+                // SAFETY: i0 + rows <= mc and p < kc (caller's contract).
+                let src = unsafe { std::slice::from_raw_parts(a.add(i0 + p * cs), rows) };
+                dst[p * MR..p * MR + rows].copy_from_slice(src);
+            }
+            continue;
+        }
         for i in 0..rows {
             // SAFETY: i0 + i < mc and p < kc (caller's contract).
-            let row = unsafe { a.ptr.add((i0 + i) * a.rs) };
+            let row = unsafe { a.add((i0 + i) * rs) };
             for p in 0..kc {
-                dst[p * MR + i] = unsafe { *row.add(p * a.cs) };
+                dst[p * MR + i] = unsafe { *row.add(p * cs) };
             }
         }
     }
 }
 
-/// Packs depth `0..kc` x columns `0..nc` of `b` into NR-column panels
-/// (zero padded), `kc * NR` floats per panel.
+/// Packs depth `0..kc` x columns `0..nc` of the view at `b` into NR-column
+/// panels (zero padded), `kc * NR` floats per panel.
 ///
 /// # Safety
-/// Every `(p, j)` with `p < kc`, `j < nc` is readable through `b`.
-unsafe fn pack_b(b: Raw, kc: usize, nc: usize, nr_full: usize, out: &mut [f32]) {
+/// Every `(p, j)` with `p < kc`, `j < nc` is readable at `b + p*rs + j*cs`.
+unsafe fn pack_b(
+    b: *const f32,
+    rs: usize,
+    cs: usize,
+    kc: usize,
+    nc: usize,
+    nr_full: usize,
+    out: &mut [f32],
+) {
     #[allow(non_snake_case)]
     let NR = nr_full;
     for (panel, dst) in out
@@ -294,11 +339,11 @@ unsafe fn pack_b(b: Raw, kc: usize, nc: usize, nr_full: usize, out: &mut [f32]) 
     {
         let j0 = panel * NR;
         let cols = NR.min(nc - j0);
-        if b.cs == 1 {
+        if cs == 1 {
             for p in 0..kc {
                 let d = &mut dst[p * NR..(p + 1) * NR];
                 // SAFETY: p < kc, j0 + cols <= nc (caller's contract).
-                let src = unsafe { std::slice::from_raw_parts(b.ptr.add(p * b.rs + j0), cols) };
+                let src = unsafe { std::slice::from_raw_parts(b.add(p * rs + j0), cols) };
                 d[..cols].copy_from_slice(src);
                 d[cols..].fill(0.0);
             }
@@ -308,29 +353,90 @@ unsafe fn pack_b(b: Raw, kc: usize, nc: usize, nr_full: usize, out: &mut [f32]) 
             }
             for j in 0..cols {
                 // SAFETY: as above.
-                let col = unsafe { b.ptr.add((j0 + j) * b.cs) };
+                let col = unsafe { b.add((j0 + j) * cs) };
                 for p in 0..kc {
-                    dst[p * NR + j] = unsafe { *col.add(p * b.rs) };
+                    dst[p * NR + j] = unsafe { *col.add(p * rs) };
                 }
             }
         }
     }
 }
 
-/// `C = alpha * A·B + beta * C` on the calling thread with kernel `K`.
+/// A left operand packed once, whole, for kernel `MR` (the convolutions'
+/// weight, used by every chunk and thread of one call instead of being
+/// re-packed by each GEMM). Layout: for each depth block `pc` (steps of
+/// [`KC`]), the `MR`-row panels of all rows, `kc * MR` floats each; block
+/// `pc` starts at `pc * m_pad`.
+pub(super) struct PackedA<'a> {
+    data: &'a [f32],
+    m_pad: usize,
+    mr: usize,
+}
+
+impl<'a> PackedA<'a> {
+    /// Floats needed to pack an `m x k` operand for row tile `mr`.
+    pub fn len(m: usize, k: usize, mr: usize) -> usize {
+        m.next_multiple_of(mr) * k
+    }
+
+    /// Packs `a` (`m x k`) into `out` (at least [`Self::len`] floats).
+    ///
+    /// # Safety
+    /// Every `(i, p)` with `i < m`, `p < k` is readable through `a`.
+    pub unsafe fn pack(a: Raw, m: usize, k: usize, mr: usize, out: &'a mut [f32]) -> Self {
+        let m_pad = m.next_multiple_of(mr);
+        let out = &mut out[..m_pad * k];
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // SAFETY: the m x kc block at (0, pc) lies inside the view.
+            unsafe { pack_a(a.at(0, pc), a.rs, a.cs, m, kc, mr, &mut out[pc * m_pad..]) };
+        }
+        Self {
+            data: out,
+            m_pad,
+            mr,
+        }
+    }
+
+    /// The row tile it was packed for.
+    pub fn mr(&self) -> usize {
+        self.mr
+    }
+}
+
+impl PackA for PackedA<'_> {
+    unsafe fn panels<'s>(
+        &'s self,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        _buf: &'s mut [f32],
+    ) -> &'s [f32] {
+        debug_assert!(mr == self.mr && ic.is_multiple_of(mr) && pc.is_multiple_of(KC));
+        let start = pc * self.m_pad + ic * kc;
+        &self.data[start..start + mc.div_ceil(mr) * mr * kc]
+    }
+}
+
+/// `C = A·B + beta * C` on the calling thread with kernel `K`, for rows
+/// `i0..i0 + m` of `a` and columns `j0..j0 + n` of `b`; `c` points at the
+/// block's top-left element.
 ///
 /// # Safety
-/// The CPU supports `K`; `a` (`m x k`) and `b` (`k x n`) are readable
-/// views, `c` a writable `m x n` block with row stride `rsc >= n` (or
-/// `m <= 1`) that nothing else accesses meanwhile.
+/// The CPU supports `K`; the `m x k` block of `a` at row `i0` (a multiple
+/// of `K::MR` when `a` is pre-packed) and the `k x n` block of `b` at
+/// column `j0` lie inside their operands; `c` is a writable `m x n` block
+/// with row stride `rsc >= n` (or `m <= 1`) that nothing else accesses
+/// meanwhile.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm<K: Kernel>(
-    m: usize,
+pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
+    a: &A,
+    (i0, m): (usize, usize),
+    b: &B,
+    (j0, n): (usize, usize),
     k: usize,
-    n: usize,
-    alpha: f32,
-    a: Raw,
-    b: Raw,
     beta: f32,
     c: *mut f32,
     rsc: usize,
@@ -365,28 +471,20 @@ pub(super) unsafe fn gemm<K: Kernel>(
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let beta_block = if pc == 0 { beta } else { 1.0 };
-            let bv = Raw {
-                // SAFETY: (pc, jc) is inside the k x n view.
-                ptr: unsafe { b.ptr.add(pc * b.rs + jc * b.cs) },
-                ..b
-            };
-            // SAFETY: the sub-view kc x nc lies inside b.
-            unsafe { pack_b(bv, kc, nc, K::NR, &mut bpack) };
+            // SAFETY: the kc x nc block at (pc, j0 + jc) lies inside b;
+            // bpack holds nc.div_ceil(NR) * NR * kc floats.
+            unsafe { b.pack(pc, kc, j0 + jc, nc, K::NR, &mut bpack) };
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                let av = Raw {
-                    // SAFETY: (ic, pc) is inside the m x k view.
-                    ptr: unsafe { a.ptr.add(ic * a.rs + pc * a.cs) },
-                    ..a
-                };
-                // SAFETY: the sub-view mc x kc lies inside a.
-                unsafe { pack_a(av, mc, kc, K::MR, &mut apack) };
+                // SAFETY: the mc x kc block at (i0 + ic, pc) lies inside a;
+                // i0 + ic is a multiple of MR when i0 is (MC is).
+                let ap = unsafe { a.panels(i0 + ic, mc, pc, kc, K::MR, &mut apack) };
                 for jr in (0..nc).step_by(K::NR) {
                     let nr = K::NR.min(nc - jr);
                     let bp = &bpack[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
                     for ir in (0..mc).step_by(K::MR) {
                         let mr = K::MR.min(mc - ir);
-                        let ap = &apack[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
+                        let ap = &ap[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
                         // SAFETY: the panels hold kc*MR and kc*NR floats;
                         // the mr x nr tile at (ic+ir, jc+jr) is inside c.
                         unsafe {
@@ -396,7 +494,6 @@ pub(super) unsafe fn gemm<K: Kernel>(
                                 bp.as_ptr(),
                                 c.add((ic + ir) * rsc + jc + jr),
                                 rsc,
-                                alpha,
                                 beta_block,
                                 mr,
                                 nr,

@@ -6,7 +6,9 @@
 
 use cudarc::driver::PushKernelArg;
 
+use super::elementwise::{ChannelSumsParams, InvStdParams};
 use super::module_cache::KernelFile;
+use super::params::kernel_params;
 use super::storage::{
     flag, int, launch, linear_launch, per_item_launch, plane_launch, CudaStorage,
 };
@@ -21,7 +23,11 @@ impl CudaStorage {
         let op = "channel_sums";
         check::channel_sums(self, g)?;
         let x = self.f32(op)?;
-        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
+        let p = ChannelSumsParams {
+            n: int(op, g.batch)?,
+            c: int(op, g.channels)?,
+            s: int(op, g.spatial)?,
+        };
         int(op, g.numel())?;
         let mut out = self.output(g.channels, op)?;
         launch!(
@@ -29,7 +35,7 @@ impl CudaStorage {
             KernelFile::Elementwise,
             "channel_sums_f32",
             per_item_launch(g.channels, 256),
-            [x, &mut out, &n, &c, &s]
+            [x, &mut out, &p]
         );
         Ok(self.wrap(out, g.channels))
     }
@@ -76,8 +82,12 @@ impl CudaStorage {
         let mean = self.arg(op, batch_mean)?;
         let var = self.arg(op, batch_var)?;
         self.same_device(op, running_var)?;
-        let unbias = count as f32 / (count - 1) as f32;
-        let c = int(op, channels)?;
+        let p = BnParams {
+            c: int(op, channels)?,
+            momentum,
+            unbias: count as f32 / (count - 1) as f32,
+            ..Default::default()
+        };
         let device = self.device.clone();
         let rv = running_var.f32_mut(op)?;
         let rm = self.f32_mut(op)?;
@@ -86,7 +96,7 @@ impl CudaStorage {
             KernelFile::BatchNorm,
             "bn_update_running",
             linear_launch(channels),
-            [rm, rv, mean, var, &momentum, &unbias, &c]
+            [rm, rv, mean, var, &p]
         );
         Ok(())
     }
@@ -95,14 +105,17 @@ impl CudaStorage {
         let op = "inv_std";
         check::unary(op, self)?;
         let x = self.f32(op)?;
-        let n = int(op, self.len)?;
+        let p = InvStdParams {
+            eps,
+            n: int(op, self.len)?,
+        };
         let mut out = self.output(self.len, op)?;
         launch!(
             self.device,
             KernelFile::Elementwise,
             "inv_std_f32",
             linear_launch(self.len),
-            [x, &eps, &mut out, &n]
+            [x, &mut out, &p]
         );
         Ok(self.wrap(out, self.len))
     }
@@ -122,11 +135,15 @@ impl CudaStorage {
     ) -> Result<BatchNormOutput<Self>> {
         let op = "batch_norm";
         let x = self.f32(op)?;
-        int(op, g.numel())?;
-        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
-        let planes = int(op, g.batch * g.channels)?;
         let w = weight.map(|w| self.arg(op, w)).transpose()?;
         let b = bias.map(|b| self.arg(op, b)).transpose()?;
+        let p = BnParams {
+            eps,
+            has_weight: flag(w.is_some()),
+            has_bias: flag(b.is_some()),
+            fuse_relu: flag(fuse_relu),
+            ..BnParams::new(op, g)?
+        };
         let mut mean = self.output(g.channels, op)?;
         let mut var = self.output(g.channels, op)?;
         let mut invstd = self.output(g.channels, op)?;
@@ -135,10 +152,8 @@ impl CudaStorage {
             KernelFile::BatchNorm,
             "bn_batch_stats",
             per_item_launch(g.channels, 512),
-            [x, &mut mean, &mut var, &mut invstd, &n, &c, &s, &eps]
+            [x, &mut mean, &mut var, &mut invstd, &p]
         );
-        let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
-        let fuse = flag(fuse_relu);
         // Absent affine parameters are never read; pass any valid buffer.
         let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
         let mut out = self.output(g.numel(), op)?;
@@ -147,7 +162,7 @@ impl CudaStorage {
             KernelFile::BatchNorm,
             "bn_normalize",
             plane_launch(g.batch * g.channels, g.spatial),
-            [x, &mean, &invstd, w, &has_w, b, &has_b, &mut out, &planes, &c, &s, &fuse]
+            [x, &mean, &invstd, w, b, &mut out, &p]
         );
         Ok(BatchNormOutput {
             output: self.wrap(out, g.numel()),
@@ -172,15 +187,17 @@ impl CudaStorage {
     ) -> Result<Self> {
         let op = "batch_norm";
         let x = self.f32(op)?;
-        int(op, g.numel())?;
-        let (c, s) = (int(op, g.channels)?, int(op, g.spatial)?);
-        let planes = int(op, g.batch * g.channels)?;
         let rm = self.arg(op, running_mean)?;
         let rv = self.arg(op, running_var)?;
         let w = weight.map(|w| self.arg(op, w)).transpose()?;
         let b = bias.map(|b| self.arg(op, b)).transpose()?;
-        let (has_w, has_b) = (flag(w.is_some()), flag(b.is_some()));
-        let fuse = flag(fuse_relu);
+        let p = BnParams {
+            eps,
+            has_weight: flag(w.is_some()),
+            has_bias: flag(b.is_some()),
+            fuse_relu: flag(fuse_relu),
+            ..BnParams::new(op, g)?
+        };
         let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
         let mut out = self.output(g.numel(), op)?;
         launch!(
@@ -188,7 +205,7 @@ impl CudaStorage {
             KernelFile::BatchNorm,
             "bn_normalize_running",
             plane_launch(g.batch * g.channels, g.spatial),
-            [x, rm, rv, &eps, w, &has_w, b, &has_b, &mut out, &planes, &c, &s, &fuse]
+            [x, rm, rv, w, b, &mut out, &p]
         );
         Ok(self.wrap(out, g.numel()))
     }
@@ -204,7 +221,11 @@ impl CudaStorage {
         let (g, training) = (&p.geometry, saved.batch_stats);
         let [need_dx, need_dw, need_db] = needs;
         let dy = self.f32(op)?;
-        let mask = flag(p.epilogue == Epilogue::Relu);
+        let mut kp = BnParams {
+            mask: flag(p.epilogue == Epilogue::Relu),
+            inv_count: 1.0f32 / g.count() as f32,
+            ..BnParams::new(op, g)?
+        };
         // Without the fused ReLU the mask is never read; pass dy.
         let y = match p.epilogue {
             Epilogue::Relu => match saved.output {
@@ -213,17 +234,15 @@ impl CudaStorage {
             },
             Epilogue::None => dy,
         };
-        int(op, g.numel())?;
-        let (n, c, s) = (int(op, g.batch)?, int(op, g.channels)?, int(op, g.spatial)?);
-        let planes = int(op, g.batch * g.channels)?;
         let mean = self.arg(op, saved.mean)?;
         let invstd = self.arg(op, saved.invstd)?;
         let w = saved.weight.map(|w| self.arg(op, w)).transpose()?;
-        let has_w = flag(w.is_some());
+        kp.has_weight = flag(w.is_some());
         let w = w.unwrap_or(mean);
 
         // x̂ is read only for dγ, and for dx in training mode.
         let need_xhat = need_dw || (need_dx && training);
+        kp.with_xhat = flag(need_xhat);
         let x = match saved.input {
             Some(x) if need_xhat => Some(self.arg(op, x)?),
             _ => None,
@@ -234,27 +253,13 @@ impl CudaStorage {
         if need_sums {
             let mut sum_dy = self.output(g.channels, op)?;
             let mut sum_dy_xhat = self.output(g.channels, op)?;
-            let with_xhat = flag(need_xhat);
             let xin = x.unwrap_or(dy);
             launch!(
                 self.device,
                 KernelFile::BatchNorm,
                 "bn_backward_reduce",
                 per_item_launch(g.channels, 512),
-                [
-                    dy,
-                    y,
-                    &mask,
-                    xin,
-                    mean,
-                    invstd,
-                    &with_xhat,
-                    &mut sum_dy,
-                    &mut sum_dy_xhat,
-                    &n,
-                    &c,
-                    &s
-                ]
+                [dy, y, xin, mean, invstd, &mut sum_dy, &mut sum_dy_xhat, &kp]
             );
             sums = Some((sum_dy, sum_dy_xhat));
         }
@@ -265,29 +270,12 @@ impl CudaStorage {
             let cfg = plane_launch(g.batch * g.channels, g.spatial);
             match (&sums, x) {
                 (Some((sum_dy, sum_dy_xhat)), Some(x)) if training => {
-                    let inv_count = 1.0f32 / g.count() as f32;
                     launch!(
                         self.device,
                         KernelFile::BatchNorm,
                         "bn_backward_input_train",
                         cfg,
-                        [
-                            dy,
-                            y,
-                            &mask,
-                            x,
-                            mean,
-                            invstd,
-                            w,
-                            &has_w,
-                            sum_dy,
-                            sum_dy_xhat,
-                            &mut dx,
-                            &planes,
-                            &c,
-                            &s,
-                            &inv_count
-                        ]
+                        [dy, y, x, mean, invstd, w, sum_dy, sum_dy_xhat, &mut dx, &kp]
                     );
                 }
                 _ => {
@@ -296,7 +284,7 @@ impl CudaStorage {
                         KernelFile::BatchNorm,
                         "bn_backward_input_eval",
                         cfg,
-                        [dy, y, &mask, invstd, w, &has_w, &mut dx, &planes, &c, &s]
+                        [dy, y, invstd, w, &mut dx, &kp]
                     );
                 }
             }
@@ -310,5 +298,40 @@ impl CudaStorage {
             None => (None, None),
         };
         Ok([dx, dw, db])
+    }
+}
+
+kernel_params! {
+    /// `struct BnParams` of kernels/batch_norm.cu: every batch-norm kernel's
+    /// scalar parameters (the ones a kernel does not use are 0).
+    in Some(KernelFile::BatchNorm);
+    struct BnParams {
+        n as N: i32,
+        c as C: i32,
+        s as S: i32,
+        planes: i32,
+        eps: f32,
+        inv_count: f32,
+        momentum: f32,
+        unbias: f32,
+        has_weight: i32,
+        has_bias: i32,
+        fuse_relu: i32,
+        mask: i32,
+        with_xhat: i32,
+    }
+}
+
+impl BnParams {
+    /// The geometry, every size checked to fit an `int`; the rest 0.
+    fn new(op: &'static str, g: &BatchNormGeometry) -> Result<Self> {
+        int(op, g.numel())?;
+        Ok(Self {
+            n: int(op, g.batch)?,
+            c: int(op, g.channels)?,
+            s: int(op, g.spatial)?,
+            planes: int(op, g.batch * g.channels)?,
+            ..Default::default()
+        })
     }
 }

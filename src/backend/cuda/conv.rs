@@ -8,6 +8,7 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::module_cache::KernelFile;
+use super::params::kernel_params;
 use super::storage::{flag, int, launch, linear_launch, tile_launch, vec4, CudaStorage, TILE};
 use crate::backend::{check, Conv2dGeometry};
 use crate::error::{Error, Result};
@@ -110,56 +111,66 @@ impl CudaStorage {
             int(op, out_len * splits)?;
             let mut partial = self.output(out_len * splits, op)?;
             self.launch_weight_grad(dy, x, &mut partial, chunk_i, cfg, g)?;
-            let (n, s) = (out_len as i32, splits as i32);
+            let p = SumSplitsParams {
+                n: out_len as i32,
+                splits: splits as i32,
+            };
             launch!(
                 self.device,
                 KernelFile::Conv2d,
                 "conv2d_sum_splits",
                 linear_launch(out_len),
-                [&partial, &mut out, &n, &s]
+                [&partial, &mut out, &p]
             );
         }
         Ok(self.wrap(out, out_len))
     }
 }
 
-/// `struct ConvGeometry` of kernels/conv2d.cu, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct ConvGeometry {
-    n: i32,
-    c: i32,
-    h: i32,
-    w: i32,
-    o: i32,
-    kh: i32,
-    kw: i32,
-    stride_h: i32,
-    stride_w: i32,
-    pad_h: i32,
-    pad_w: i32,
-    dil_h: i32,
-    dil_w: i32,
-    oh: i32,
-    ow: i32,
+kernel_params! {
+    /// `struct ConvGeometry` of kernels/conv2d.cu, field for field.
+    in Some(KernelFile::Conv2d);
+    struct ConvGeometry {
+        n as N: i32,
+        c as C: i32,
+        h as H: i32,
+        w as W: i32,
+        o as O: i32,
+        kh as KH: i32,
+        kw as KW: i32,
+        stride_h: i32,
+        stride_w: i32,
+        pad_h: i32,
+        pad_w: i32,
+        dil_h: i32,
+        dil_w: i32,
+        oh as OH: i32,
+        ow as OW: i32,
+    }
 }
 
-/// `struct ConvParams` of kernels/conv2d.cu: every conv kernel's scalar
-/// parameters, passed by value as one kernel argument after the buffers.
-/// All fields are `i32`, so the C layout has no padding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct ConvParams {
-    g: ConvGeometry,
-    has_bias: i32,
-    a_vec: i32,
-    b_vec: i32,
-    chunk: i32,
+kernel_params! {
+    /// `struct ConvParams` of kernels/conv2d.cu: every conv kernel's scalar
+    /// parameters, passed by value as one kernel argument after the buffers.
+    in Some(KernelFile::Conv2d);
+    struct ConvParams {
+        g: ConvGeometry,
+        has_bias: i32,
+        a_vec: i32,
+        b_vec: i32,
+        chunk: i32,
+    }
 }
 
-// SAFETY: a #[repr(C)] struct of 19 `i32`s with the layout of the CUDA
-// struct it mirrors; any bit pattern is valid, and it holds no pointer.
-unsafe impl cudarc::driver::DeviceRepr for ConvParams {}
+kernel_params! {
+    /// `struct SumSplitsParams` of kernels/conv2d.cu: `splits` partial
+    /// weight gradients of `n` values each.
+    in Some(KernelFile::Conv2d);
+    struct SumSplitsParams {
+        n: i32,
+        splits: i32,
+    }
+}
 
 impl ConvParams {
     /// The geometry, every size checked to fit an `int`; flags 0.

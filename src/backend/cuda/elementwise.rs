@@ -6,6 +6,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::module_cache::KernelFile;
+use super::params::kernel_params;
 use super::storage::{int, launch, linear_launch, per_item_launch, CudaData, CudaStorage};
 use crate::backend::check;
 use crate::core_types::DType;
@@ -17,14 +18,14 @@ impl CudaStorage {
         check::binary(op, self, rhs)?;
         let a = self.f32(op)?;
         let b = self.arg(op, rhs)?;
-        let n = int(op, self.len)?;
+        let p = MapParams::new(op, self.len)?;
         let mut out = self.output(self.len, op)?;
         launch!(
             self.device,
             KernelFile::Elementwise,
             "add_f32",
             linear_launch(self.len),
-            [a, b, &mut out, &n]
+            [a, b, &mut out, &p]
         );
         Ok(self.wrap(out, self.len))
     }
@@ -33,14 +34,17 @@ impl CudaStorage {
         let op = "scale";
         check::unary(op, self)?;
         let a = self.f32(op)?;
-        let n = int(op, self.len)?;
+        let p = ScaleParams {
+            factor,
+            n: int(op, self.len)?,
+        };
         let mut out = self.output(self.len, op)?;
         launch!(
             self.device,
             KernelFile::Elementwise,
             "scale_f32",
             linear_launch(self.len),
-            [a, &factor, &mut out, &n]
+            [a, &mut out, &p]
         );
         Ok(self.wrap(out, self.len))
     }
@@ -49,7 +53,7 @@ impl CudaStorage {
         let op = "sum";
         check::unary(op, self)?;
         let x = self.f32(op)?;
-        let n = int(op, self.len)?;
+        let p = MapParams::new(op, self.len)?;
         // Two deterministic levels: up to 256 block partials, then one block.
         let blocks = self.len.div_ceil(256 * 8).clamp(1, 256);
         let cfg = LaunchConfig {
@@ -64,7 +68,7 @@ impl CudaStorage {
                 KernelFile::Elementwise,
                 "sum_partial_f32",
                 cfg,
-                [x, &mut out, &n]
+                [x, &mut out, &p]
             );
         } else {
             let mut partial = self.output(blocks, op)?;
@@ -73,9 +77,9 @@ impl CudaStorage {
                 KernelFile::Elementwise,
                 "sum_partial_f32",
                 cfg,
-                [x, &mut partial, &n]
+                [x, &mut partial, &p]
             );
-            let nb = blocks as i32;
+            let nb = MapParams::new(op, blocks)?;
             launch!(
                 self.device,
                 KernelFile::Elementwise,
@@ -91,14 +95,14 @@ impl CudaStorage {
         let op = "broadcast_scalar";
         check::broadcast_scalar(self)?;
         let v = self.f32(op)?;
-        let n = int(op, len)?;
+        let p = MapParams::new(op, len)?;
         let mut out = self.output(len, op)?;
         launch!(
             self.device,
             KernelFile::Elementwise,
             "broadcast_scalar_f32",
             linear_launch(len),
-            [v, &mut out, &n]
+            [v, &mut out, &p]
         );
         Ok(self.wrap(out, len))
     }
@@ -107,14 +111,14 @@ impl CudaStorage {
         let op = "relu";
         check::unary(op, self)?;
         let x = self.f32(op)?;
-        let n = int(op, self.len)?;
+        let p = MapParams::new(op, self.len)?;
         let mut out = self.output(self.len, op)?;
         launch!(
             self.device,
             KernelFile::Elementwise,
             "relu_f32",
             linear_launch(self.len),
-            [x, &mut out, &n]
+            [x, &mut out, &p]
         );
         Ok(self.wrap(out, self.len))
     }
@@ -124,14 +128,14 @@ impl CudaStorage {
         check::binary(op, self, output)?;
         let dy = self.f32(op)?;
         let y = self.arg(op, output)?;
-        let n = int(op, self.len)?;
+        let p = MapParams::new(op, self.len)?;
         let mut out = self.output(self.len, op)?;
         launch!(
             self.device,
             KernelFile::Elementwise,
             "relu_backward_f32",
             linear_launch(self.len),
-            [dy, y, &mut out, &n]
+            [dy, y, &mut out, &p]
         );
         Ok(self.wrap(out, self.len))
     }
@@ -146,7 +150,7 @@ impl CudaStorage {
         check::add_row_vector(self, row, rows, cols)?;
         let x = self.f32(op)?;
         let r = self.arg(op, row)?;
-        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let p = RowsParams::new(op, rows, cols)?;
         let mut out = self.output(rows * cols, op)?;
         let cfg = LaunchConfig {
             grid_dim: (
@@ -162,7 +166,7 @@ impl CudaStorage {
             KernelFile::Elementwise,
             "add_row_vector_f32",
             cfg,
-            [x, r, &mut out, &ri, &ci]
+            [x, r, &mut out, &p]
         );
         Ok(self.wrap(out, rows * cols))
     }
@@ -171,7 +175,7 @@ impl CudaStorage {
         let op = "sum_rows";
         check::sum_rows(self, rows, cols)?;
         let x = self.f32(op)?;
-        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let p = RowsParams::new(op, rows, cols)?;
         let mut out = self.output(cols, op)?;
         let cfg = LaunchConfig {
             grid_dim: (cols.div_ceil(32).max(1) as u32, 1, 1),
@@ -183,14 +187,14 @@ impl CudaStorage {
             KernelFile::Elementwise,
             "sum_rows_f32",
             cfg,
-            [x, &mut out, &ri, &ci]
+            [x, &mut out, &p]
         );
         Ok(self.wrap(out, cols))
     }
 
     pub(super) fn launch_increment_i64(&mut self) -> Result<()> {
         let op = "increment_i64";
-        let n = int(op, self.len)?;
+        let p = MapParams::new(op, self.len)?;
         let device = self.device.clone();
         let x = match &mut self.data {
             CudaData::I64(s) => &mut **s,
@@ -202,18 +206,80 @@ impl CudaStorage {
                 })
             }
         };
-        if n > 0 {
+        if p.n > 0 {
             launch!(
                 device,
                 KernelFile::Elementwise,
                 "increment_i64",
                 linear_launch(self.len),
-                [x, &n]
+                [x, &p]
             );
         }
         self.host_range = self
             .host_range
             .map(|(lo, hi)| (lo.saturating_add(1), hi.saturating_add(1)));
         Ok(())
+    }
+}
+
+kernel_params! {
+    /// `struct MapParams` of kernels/elementwise.cu: an elementwise kernel's
+    /// length.
+    in Some(KernelFile::Elementwise);
+    struct MapParams {
+        n: i32,
+    }
+}
+
+impl MapParams {
+    pub(super) fn new(op: &'static str, n: usize) -> Result<Self> {
+        Ok(Self { n: int(op, n)? })
+    }
+}
+
+kernel_params! {
+    /// `struct ScaleParams` of kernels/elementwise.cu.
+    in Some(KernelFile::Elementwise);
+    struct ScaleParams {
+        factor: f32,
+        n: i32,
+    }
+}
+
+kernel_params! {
+    /// `struct InvStdParams` of kernels/elementwise.cu.
+    in Some(KernelFile::Elementwise);
+    struct InvStdParams {
+        eps: f32,
+        n: i32,
+    }
+}
+
+kernel_params! {
+    /// `struct RowsParams` of kernels/elementwise.cu: a [rows, cols] matrix.
+    in Some(KernelFile::Elementwise);
+    struct RowsParams {
+        rows: i32,
+        cols: i32,
+    }
+}
+
+impl RowsParams {
+    fn new(op: &'static str, rows: usize, cols: usize) -> Result<Self> {
+        Ok(Self {
+            rows: int(op, rows)?,
+            cols: int(op, cols)?,
+        })
+    }
+}
+
+kernel_params! {
+    /// `struct ChannelSumsParams` of kernels/elementwise.cu: an [N, C, S]
+    /// tensor summed per channel.
+    in Some(KernelFile::Elementwise);
+    struct ChannelSumsParams {
+        n as N: i32,
+        c as C: i32,
+        s as S: i32,
     }
 }

@@ -6,18 +6,18 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::module_cache::KernelFile;
+use super::params::kernel_params;
 use super::storage::{int, launch, linear_launch, per_item_launch, CudaStorage};
 use crate::backend::check;
 use crate::backend::BackendStorage;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 impl CudaStorage {
     pub(super) fn launch_log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
         let op = "log_softmax";
         check::log_softmax(self, rows, cols)?;
         let x = self.f32(op)?;
-        int(op, rows * cols)?;
-        let ci = int(op, cols)?;
+        let p = LossParams::new(op, rows, cols)?;
         let mut out = self.output(rows * cols, op)?;
         if rows > 0 {
             launch!(
@@ -25,7 +25,7 @@ impl CudaStorage {
                 KernelFile::Loss,
                 "log_softmax_forward",
                 per_item_launch(rows, 256),
-                [x, &mut out, &ci]
+                [x, &mut out, &p]
             );
         }
         Ok(self.wrap(out, rows * cols))
@@ -41,8 +41,7 @@ impl CudaStorage {
         check::log_softmax_backward(self, output, rows, cols)?;
         let dy = self.f32(op)?;
         let y = self.arg(op, output)?;
-        int(op, rows * cols)?;
-        let ci = int(op, cols)?;
+        let p = LossParams::new(op, rows, cols)?;
         let mut out = self.output(rows * cols, op)?;
         if rows > 0 {
             launch!(
@@ -50,7 +49,7 @@ impl CudaStorage {
                 KernelFile::Loss,
                 "log_softmax_backward",
                 per_item_launch(rows, 256),
-                [dy, y, &mut out, &ci]
+                [dy, y, &mut out, &p]
             );
         }
         Ok(self.wrap(out, rows * cols))
@@ -61,17 +60,16 @@ impl CudaStorage {
         check::nll_loss(self, labels, rows, cols)?;
         let logp = self.f32(op)?;
         let lab = checked_labels(op, self, labels, cols)?;
-        if rows == 0 {
-            return Err(Error::invalid(op, "mean over an empty batch"));
-        }
-        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let p = LossParams::new(op, rows, cols)?;
         let mut out = self.output(1, op)?;
+        // Zero rows launch too: the kernel's mean is then -0/0 = NaN, which
+        // is PyTorch's (and the CPU backend's) mean over an empty batch.
         launch!(
             self.device,
             KernelFile::Loss,
             "nll_loss_forward",
             per_item_launch(1, 256),
-            [logp, lab, &mut out, &ri, &ci]
+            [logp, lab, &mut out, &p]
         );
         Ok(self.wrap(out, 1))
     }
@@ -86,15 +84,14 @@ impl CudaStorage {
         check::nll_loss_backward(self, labels, rows, cols)?;
         let g = self.f32(op)?;
         let lab = checked_labels(op, self, labels, cols)?;
-        int(op, rows * cols)?;
-        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
+        let p = LossParams::new(op, rows, cols)?;
         let mut out = self.output(rows * cols, op)?;
         launch!(
             self.device,
             KernelFile::Loss,
             "nll_loss_backward",
             linear_launch(rows * cols),
-            [g, lab, &mut out, &ri, &ci]
+            [g, lab, &mut out, &p]
         );
         Ok(self.wrap(out, rows * cols))
     }
@@ -120,4 +117,25 @@ fn checked_labels<'a>(
     }
     check::labels_in_range(op, labels.to_cpu()?.as_i64(op)?, cols)?;
     Ok(slice)
+}
+
+kernel_params! {
+    /// `struct LossParams` of kernels/loss.cu: a [rows, cols] matrix of
+    /// logits or log-probabilities.
+    in Some(KernelFile::Loss);
+    struct LossParams {
+        rows: i32,
+        cols: i32,
+    }
+}
+
+impl LossParams {
+    /// Both sizes and their product checked to fit an `int`.
+    fn new(op: &'static str, rows: usize, cols: usize) -> Result<Self> {
+        int(op, rows * cols)?;
+        Ok(Self {
+            rows: int(op, rows)?,
+            cols: int(op, cols)?,
+        })
+    }
 }

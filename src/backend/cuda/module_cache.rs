@@ -2,7 +2,8 @@
 //! loaded functions.
 //!
 //! The program text is `kernels/common.cuh` followed by the kernel file (the
-//! kernels use no `#include`). It is compiled for the device's real
+//! kernels use no `#include`) and the layout checks of its parameter structs
+//! (`params.rs`). It is compiled for the device's real
 //! architecture (`--gpu-architecture=sm_XY`), which gives a cubin the driver
 //! loads as is, with no PTX JIT step. Only when NVRTC has no cubin for that
 //! architecture (a device newer than the compiler) does it fall back to PTX
@@ -32,9 +33,27 @@ pub enum KernelFile {
     Loss,
     Sgd,
     General,
+    /// Two test programs defining a kernel of the same name (`which_file`).
+    #[cfg(test)]
+    TestA,
+    #[cfg(test)]
+    TestB,
 }
 
 impl KernelFile {
+    /// Every kernel file (not the test programs).
+    #[cfg(test)]
+    pub const ALL: [KernelFile; 8] = [
+        KernelFile::Conv2d,
+        KernelFile::BatchNorm,
+        KernelFile::Pool,
+        KernelFile::Gemm,
+        KernelFile::Elementwise,
+        KernelFile::Loss,
+        KernelFile::Sgd,
+        KernelFile::General,
+    ];
+
     pub fn file_name(self) -> &'static str {
         match self {
             KernelFile::Conv2d => "conv2d.cu",
@@ -45,6 +64,10 @@ impl KernelFile {
             KernelFile::Loss => "loss.cu",
             KernelFile::Sgd => "sgd.cu",
             KernelFile::General => "general.cu",
+            #[cfg(test)]
+            KernelFile::TestA => "test_a.cu",
+            #[cfg(test)]
+            KernelFile::TestB => "test_b.cu",
         }
     }
 
@@ -58,6 +81,14 @@ impl KernelFile {
             KernelFile::Loss => include_str!("../../../kernels/loss.cu"),
             KernelFile::Sgd => include_str!("../../../kernels/sgd.cu"),
             KernelFile::General => include_str!("../../../kernels/general.cu"),
+            #[cfg(test)]
+            KernelFile::TestA => {
+                "extern \"C\" __global__ void which_file(int* out) { out[0] = 1; }\n"
+            }
+            #[cfg(test)]
+            KernelFile::TestB => {
+                "extern \"C\" __global__ void which_file(int* out) { out[0] = 2; }\n"
+            }
         }
     }
 }
@@ -114,9 +145,26 @@ impl KernelCache {
 }
 
 /// Compiles `file` for a device of the given compute capability.
-pub fn compile(file: KernelFile, (major, minor): (i32, i32)) -> Result<Ptx> {
+pub fn compile(file: KernelFile, compute_capability: (i32, i32)) -> Result<Ptx> {
+    compile_program(file.file_name(), &program_text(file), compute_capability)
+}
+
+/// What NVRTC compiles for `file`: `common.cuh`, the file, and the layout
+/// checks of its parameter structs last, after the declarations they check
+/// (params.rs).
+pub(crate) fn program_text(file: KernelFile) -> String {
+    format!(
+        "{COMMON}\n{}\n{}",
+        file.source(),
+        super::params::layout_checks(file)
+    )
+}
+
+/// Compiles program `text` (named `name` in messages) for a device of the
+/// given compute capability.
+pub(crate) fn compile_program(name: &str, text: &str, (major, minor): (i32, i32)) -> Result<Ptx> {
     let real = format!("sm_{major}{minor}");
-    match compile_for(file, &real, true) {
+    match compile_for(name, text, &real, true) {
         Ok(image) => Ok(image),
         Err(first) => {
             // A device newer than this NVRTC: PTX for the newest virtual
@@ -128,7 +176,7 @@ pub fn compile(file: KernelFile, (major, minor): (i32, i32)) -> Result<Ptx> {
             if arch == wanted {
                 return Err(first);
             }
-            compile_for(file, &format!("compute_{arch}"), false).map_err(|_| first)
+            compile_for(name, text, &format!("compute_{arch}"), false).map_err(|_| first)
         }
     }
 }
@@ -168,12 +216,10 @@ impl Drop for Program {
     }
 }
 
-fn compile_for(file: KernelFile, arch: &str, want_cubin: bool) -> Result<Ptx> {
-    let fail =
-        |what: String| Error::Cuda(format!("NVRTC, {} for {arch}: {what}", file.file_name()));
-    let text = format!("{COMMON}\n{}", file.source());
+fn compile_for(name: &str, text: &str, arch: &str, want_cubin: bool) -> Result<Ptx> {
+    let fail = |what: String| Error::Cuda(format!("NVRTC, {name} for {arch}: {what}"));
     let source = CString::new(text).map_err(|_| fail("source contains a NUL byte".into()))?;
-    let name = CString::new(file.file_name()).map_err(|_| fail("bad file name".into()))?;
+    let name = CString::new(name).map_err(|_| fail("bad file name".into()))?;
     let handle = nvrtc::create_program(&source, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
     let program = Program {
         handle,
@@ -216,5 +262,43 @@ fn c_chars_to_string(raw: &[c_char]) -> String {
     match CStr::from_bytes_until_nul(&bytes) {
         Ok(s) => s.to_string_lossy().into_owned(),
         Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::cuda_emu;
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+    /// Runs `name` of `file` with one thread and returns what it wrote.
+    fn run(file: KernelFile, name: &'static str) -> i32 {
+        let dev = crate::backend::cuda::device::get(0).unwrap();
+        let f = dev
+            .kernels()
+            .function(dev.stream().context(), dev.compute_capability(), file, name)
+            .unwrap();
+        let mut out = dev.stream().alloc_zeros::<i32>(1).unwrap();
+        let mut builder = dev.stream().launch_builder(&f);
+        builder.arg(&mut out);
+        // SAFETY: `which_file(int* out)` writes out[0]; `out` holds one int.
+        unsafe { builder.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+        dev.stream().clone_dtoh(&out).unwrap()[0]
+    }
+
+    /// Two files defining a kernel of the same name: each launch gets its
+    /// own file's kernel, whichever was loaded first and however often the
+    /// cache is asked.
+    #[test]
+    fn functions_are_keyed_by_file_and_name() {
+        cuda_emu::with_cuda(
+            "backend::cuda::module_cache::tests::functions_are_keyed_by_file_and_name",
+            || {
+                assert_eq!(run(KernelFile::TestA, "which_file"), 1);
+                assert_eq!(run(KernelFile::TestB, "which_file"), 2);
+                assert_eq!(run(KernelFile::TestA, "which_file"), 1);
+                assert_eq!(run(KernelFile::TestB, "which_file"), 2);
+            },
+        );
     }
 }

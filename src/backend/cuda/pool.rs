@@ -6,6 +6,7 @@
 use cudarc::driver::PushKernelArg;
 
 use super::module_cache::KernelFile;
+use super::params::kernel_params;
 use super::storage::{int, launch, linear_launch, uninit, CudaData, CudaStorage};
 use crate::backend::{check, AdaptivePool2dGeometry, Pool2dGeometry};
 use crate::error::Result;
@@ -103,29 +104,26 @@ impl CudaStorage {
     }
 }
 
-/// `struct PoolParams` of kernels/pool.cu: the max-pool kernels' scalar
-/// parameters, passed by value as one argument (13 `i32`s, no padding).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct PoolParams {
-    planes: i32,
-    h: i32,
-    w: i32,
-    kh: i32,
-    kw: i32,
-    stride_h: i32,
-    stride_w: i32,
-    pad_h: i32,
-    pad_w: i32,
-    dil_h: i32,
-    dil_w: i32,
-    oh: i32,
-    ow: i32,
+kernel_params! {
+    /// `struct PoolParams` of kernels/pool.cu: the max-pool kernels' scalar
+    /// parameters, passed by value as one argument.
+    in Some(KernelFile::Pool);
+    struct PoolParams {
+        planes: i32,
+        h as H: i32,
+        w as W: i32,
+        kh as KH: i32,
+        kw as KW: i32,
+        stride_h: i32,
+        stride_w: i32,
+        pad_h: i32,
+        pad_w: i32,
+        dil_h: i32,
+        dil_w: i32,
+        oh as OH: i32,
+        ow as OW: i32,
+    }
 }
-
-// SAFETY: a #[repr(C)] struct of `i32`s with the layout of the CUDA struct
-// it mirrors; any bit pattern is valid and it holds no pointer.
-unsafe impl cudarc::driver::DeviceRepr for PoolParams {}
 
 /// The max-pool geometry, every size checked to fit an `int`.
 fn pool_args(g: &Pool2dGeometry) -> Result<PoolParams> {
@@ -147,19 +145,17 @@ fn pool_args(g: &Pool2dGeometry) -> Result<PoolParams> {
     })
 }
 
-/// `struct AdaptivePoolParams` of kernels/pool.cu (5 `i32`s).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct AdaptivePoolParams {
-    planes: i32,
-    h: i32,
-    w: i32,
-    oh: i32,
-    ow: i32,
+kernel_params! {
+    /// `struct AdaptivePoolParams` of kernels/pool.cu.
+    in Some(KernelFile::Pool);
+    struct AdaptivePoolParams {
+        planes: i32,
+        h as H: i32,
+        w as W: i32,
+        oh as OH: i32,
+        ow as OW: i32,
+    }
 }
-
-// SAFETY: as for `PoolParams`.
-unsafe impl cudarc::driver::DeviceRepr for AdaptivePoolParams {}
 
 impl AdaptivePoolParams {
     fn new(g: &AdaptivePool2dGeometry, op: &'static str) -> Result<Self> {

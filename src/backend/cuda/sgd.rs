@@ -6,6 +6,7 @@
 use cudarc::driver::PushKernelArg;
 
 use super::module_cache::KernelFile;
+use super::params::kernel_params;
 use super::storage::{flag, int, launch, linear_launch, CudaStorage};
 use crate::backend::{check, SgdConfig};
 use crate::error::Result;
@@ -23,61 +24,59 @@ impl CudaStorage {
         // Without momentum the buffer is not used (as on the CPU).
         let momentum_buffer = momentum_buffer.filter(|_| cfg.momentum != 0.0);
         let len = self.len;
-        let n = int(op, len)?;
         let g = self.arg(op, grad)?;
         let device = self.device.clone();
-        let has_momentum = flag(momentum_buffer.is_some());
-        let (init, nesterov) = (flag(initialize_buffer), flag(cfg.nesterov));
-        let (lr, mu, damp, wd) = (cfg.lr, cfg.momentum, cfg.dampening, cfg.weight_decay);
+        let p = SgdParams {
+            lr: cfg.lr,
+            momentum: cfg.momentum,
+            dampening: cfg.dampening,
+            weight_decay: cfg.weight_decay,
+            has_momentum: flag(momentum_buffer.is_some()),
+            initialize_buffer: flag(initialize_buffer),
+            nesterov: flag(cfg.nesterov),
+            n: int(op, len)?,
+        };
         match momentum_buffer {
             Some(buf) => {
                 self.same_device(op, buf)?;
                 let b = buf.f32_mut(op)?;
-                let p = self.f32_mut(op)?;
+                let param = self.f32_mut(op)?;
                 launch!(
                     device,
                     KernelFile::Sgd,
                     "sgd_step",
                     linear_launch(len),
-                    [
-                        p,
-                        g,
-                        b,
-                        &has_momentum,
-                        &init,
-                        &lr,
-                        &mu,
-                        &damp,
-                        &wd,
-                        &nesterov,
-                        &n
-                    ]
+                    [param, g, b, &p]
                 );
             }
             None => {
-                let p = self.f32_mut(op)?;
+                let param = self.f32_mut(op)?;
                 // No momentum: the buffer argument is never touched.
                 launch!(
                     device,
                     KernelFile::Sgd,
                     "sgd_step",
                     linear_launch(len),
-                    [
-                        p,
-                        g,
-                        g,
-                        &has_momentum,
-                        &init,
-                        &lr,
-                        &mu,
-                        &damp,
-                        &wd,
-                        &nesterov,
-                        &n
-                    ]
+                    [param, g, g, &p]
                 );
             }
         }
         Ok(())
+    }
+}
+
+kernel_params! {
+    /// `struct SgdParams` of kernels/sgd.cu: the update's hyper-parameters
+    /// and flags, and the parameter's length.
+    in Some(KernelFile::Sgd);
+    struct SgdParams {
+        lr: f32,
+        momentum: f32,
+        dampening: f32,
+        weight_decay: f32,
+        has_momentum: i32,
+        initialize_buffer: i32,
+        nesterov: i32,
+        n: i32,
     }
 }

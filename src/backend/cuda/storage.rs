@@ -7,16 +7,15 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 
 use super::allocator::{Block, Pooled};
 use super::device::{self, CudaDevice};
-use super::module_cache::KernelFile;
 use crate::backend::cpu::CpuStorage;
 use crate::backend::{
-    check, AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormOutput,
-    BatchNormParams, BatchNormSaved, BatchNormStats, BinaryOp, Conv2dGeometry, Pool2dGeometry,
-    ReduceOp, SgdConfig, StridedLayout, UnaryOp,
+    AdaptivePool2dGeometry, BackendStorage, BatchNormGeometry, BatchNormOutput, BatchNormParams,
+    BatchNormSaved, BatchNormStats, BinaryOp, Conv2dGeometry, Pool2dGeometry, ReduceOp, SgdConfig,
+    StridedLayout, UnaryOp,
 };
 use crate::core_types::{DType, Device};
 use crate::error::{Error, Result};
@@ -126,7 +125,9 @@ macro_rules! launch {
         let mut builder = dev.stream().launch_builder(&function);
         $( builder.arg($arg); )*
         // SAFETY: the arguments match the kernel's parameter list in
-        // kernels/*.cu one for one (types and order), every buffer was
+        // kernels/*.cu one for one (types and order; the scalars are one
+        // kernel_params! struct whose C layout is checked when the file
+        // is compiled, params.rs), every buffer was
         // checked on the host to hold what the kernel indexes, and all work
         // is on this one stream, so no buffer is freed or reused before the
         // kernel has run.
@@ -223,22 +224,6 @@ impl CudaStorage {
                 got: DType::F32,
             }),
         }
-    }
-
-    /// Shapes and strides for a strided kernel, concatenated, on the device.
-    fn upload_meta(&self, op: &'static str, parts: &[&Vec<usize>]) -> Result<CudaSlice<i64>> {
-        let meta: Vec<i64> = parts
-            .iter()
-            .flat_map(|p| p.iter())
-            .map(|&v| i64::try_from(v))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::invalid(op, "a stride does not fit in 64 bits"))?;
-        // An empty meta (a 0-d tensor) still needs a valid pointer.
-        let meta = if meta.is_empty() { vec![0] } else { meta };
-        self.device
-            .stream()
-            .clone_htod(&meta)
-            .map_err(|e| driver_err(op, e))
     }
 
     /// Same device check for an argument (two CUDA ordinals can differ).
@@ -396,22 +381,7 @@ impl BackendStorage for CudaStorage {
 
     // ----- the general op set (backend::strided) ----------------------------
     fn strided_copy(&self, layout: &StridedLayout) -> Result<Self> {
-        let op = "strided_copy";
-        check::strided_copy(self, layout)?;
-        let x = self.f32(op)?;
-        let n = layout.numel();
-        let ni = int(op, n)?;
-        let ndim = layout.shape.len() as i32;
-        let meta = self.upload_meta(op, &[&layout.shape, &layout.strides])?;
-        let mut out = self.output(n, op)?;
-        launch!(
-            self.device,
-            KernelFile::General,
-            "strided_copy_f32",
-            linear_launch(n),
-            [x, &mut out, &meta, &ndim, &ni]
-        );
-        Ok(self.wrap(out, n))
+        self.launch_strided_copy(layout)
     }
     fn binary(
         &self,
@@ -420,59 +390,13 @@ impl BackendStorage for CudaStorage {
         lhs_layout: &StridedLayout,
         rhs_layout: &StridedLayout,
     ) -> Result<Self> {
-        let op = "binary";
-        check::binary_strided(self, rhs, lhs_layout, rhs_layout)?;
-        let a = self.f32(op)?;
-        let b = self.arg(op, rhs)?;
-        let n = lhs_layout.numel();
-        let ni = int(op, n)?;
-        let ndim = lhs_layout.shape.len() as i32;
-        let code = op_kind as i32;
-        let meta = self.upload_meta(
-            op,
-            &[&lhs_layout.shape, &lhs_layout.strides, &rhs_layout.strides],
-        )?;
-        let mut out = self.output(n, op)?;
-        launch!(
-            self.device,
-            KernelFile::General,
-            "binary_f32",
-            linear_launch(n),
-            [a, b, &mut out, &meta, &ndim, &code, &ni]
-        );
-        Ok(self.wrap(out, n))
+        self.launch_binary(rhs, op_kind, lhs_layout, rhs_layout)
     }
     fn unary(&self, op_kind: UnaryOp) -> Result<Self> {
-        let op = "unary";
-        check::unary(op, self)?;
-        let x = self.f32(op)?;
-        let ni = int(op, self.len)?;
-        let (code, p) = op_kind.code();
-        let mut out = self.output(self.len, op)?;
-        launch!(
-            self.device,
-            KernelFile::General,
-            "unary_f32",
-            linear_launch(self.len),
-            [x, &mut out, &code, &p, &ni]
-        );
-        Ok(self.wrap(out, self.len))
+        self.launch_unary(op_kind)
     }
     fn reduce_rows(&self, op_kind: ReduceOp, rows: usize, cols: usize) -> Result<Self> {
-        let op = "reduce_rows";
-        check::reduce_rows(self, rows, cols)?;
-        let x = self.f32(op)?;
-        let (ri, ci) = (int(op, rows)?, int(op, cols)?);
-        let code = op_kind as i32;
-        let mut out = self.output(rows, op)?;
-        launch!(
-            self.device,
-            KernelFile::General,
-            "reduce_rows_f32",
-            per_item_launch(rows.min(65_535), 256),
-            [x, &mut out, &ri, &ci, &code]
-        );
-        Ok(self.wrap(out, rows))
+        self.launch_reduce_rows(op_kind, rows, cols)
     }
     fn batched_matmul(
         &self,
@@ -484,24 +408,7 @@ impl BackendStorage for CudaStorage {
         lhs_transposed: bool,
         rhs_transposed: bool,
     ) -> Result<Self> {
-        let op = "batched_matmul";
-        check::batched_matmul(self, rhs, batch, m, k, n)?;
-        let a = self.f32(op)?;
-        let b = self.arg(op, rhs)?;
-        let len = batch * m * n;
-        int(op, batch * m * k)?;
-        int(op, batch * k * n)?;
-        let (bi, mi, ki, ni) = (int(op, batch)?, int(op, m)?, int(op, k)?, int(op, n)?);
-        let (ta, tb) = (flag(lhs_transposed), flag(rhs_transposed));
-        let mut out = self.output(len, op)?;
-        launch!(
-            self.device,
-            KernelFile::General,
-            "batched_matmul_f32",
-            linear_launch(len),
-            [a, b, &mut out, &bi, &mi, &ki, &ni, &ta, &tb]
-        );
-        Ok(self.wrap(out, len))
+        self.launch_batched_matmul(rhs, batch, m, k, n, lhs_transposed, rhs_transposed)
     }
 
     // ----- convolution -----------------------------------------------------

@@ -59,18 +59,19 @@ const LANES: usize = 8;
 /// (two sums per element).
 #[inline(always)]
 fn lane_sums(len: usize, acc: &mut [[f64; LANES]; 2], f: impl Fn(usize) -> (f64, f64)) {
+    let [s0, s1] = acc;
     let full = len - len % LANES;
     for i in (0..full).step_by(LANES) {
-        for l in 0..LANES {
+        for (l, (s0, s1)) in s0.iter_mut().zip(s1.iter_mut()).enumerate() {
             let (a, b) = f(i + l);
-            acc[0][l] += a;
-            acc[1][l] += b;
+            *s0 += a;
+            *s1 += b;
         }
     }
-    for i in full..len {
+    for (i, (s0, s1)) in (full..len).zip(s0.iter_mut().zip(s1.iter_mut())) {
         let (a, b) = f(i);
-        acc[0][i - full] += a;
-        acc[1][i - full] += b;
+        *s0 += a;
+        *s1 += b;
     }
 }
 

@@ -161,7 +161,7 @@ fn max_pool_planes(
                                 // PyTorch's rule: replace when `v > max || isnan(v)`.
                                 // Written as bit masks so that it compiles to
                                 // vector compares and blends, never to a branch.
-                                let take = -i32::from((v > b) | (v != v));
+                                let take = -i32::from((v > b) | v.is_nan());
                                 let m = take as u32;
                                 best[i] = f32::from_bits((v.to_bits() & m) | (b.to_bits() & !m));
                                 tap[i] = (number & take) | (tap[i] & !take);

@@ -33,7 +33,8 @@ extern "C" __global__ void log_softmax_backward(const float* dy, const float* y,
 }
 
 // loss[0] = -mean_r logp[r, labels[r]]. Labels were range-checked on the
-// host. One block of 256 threads.
+// host. One block of 256 threads. rows == 0 gives -0/0 = NaN, PyTorch's mean
+// over an empty batch.
 extern "C" __global__ void nll_loss_forward(const float* logp, const long long* labels, float* loss,
                                             const LossParams p) {
   const int rows = p.rows, cols = p.cols;

@@ -3,26 +3,17 @@
 //! internally consistent; SVG and DOT draw every node and edge; bad input
 //! gets a one-line error and no output file.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/scratch.rs"]
 mod scratch;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
+use cli::frostgrad;
+use scratch::scratch_dir;
 use serde_json::Value;
 
 mod common;
-
-fn scratch_dir(test: &str) -> PathBuf {
-    scratch::scratch_dir(&format!("graph-{test}"))
-}
-
-fn frostgrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_frostgrad"))
-        .args(args)
-        .output()
-        .expect("run frostgrad")
-}
 
 fn graph_json(args: &[&str], dir: &std::path::Path, name: &str) -> Value {
     let out = dir.join(name);

@@ -9,21 +9,19 @@
 //! matches PyTorch on files PyTorch wrote is tests/pth.rs's job; this file
 //! checks the commands around it.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/scratch.rs"]
 mod scratch;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use cli::{frostgrad, resnet18_state, stderr};
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::io::{safetensors, HostTensor, StateDict};
-use frostgrad::nn::{resnet18, Module};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn scratch_dir(test: &str) -> PathBuf {
-    scratch::scratch_dir(&format!("cli-pth-{test}"))
-}
+use scratch::scratch_dir;
 
 fn pickle_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'X');
@@ -103,8 +101,7 @@ struct Weights {
 fn weights() -> &'static Weights {
     static W: OnceLock<Weights> = OnceLock::new();
     W.get_or_init(|| {
-        let model = resnet18(10, &mut StdRng::seed_from_u64(77)).unwrap();
-        let mut state = model.state_dict().unwrap();
+        let mut state = resnet18_state(10, 77);
         let mut rng = StdRng::seed_from_u64(78);
         let names: Vec<String> = state.names().map(str::to_string).collect();
         for name in names {
@@ -130,17 +127,6 @@ fn weights() -> &'static Weights {
     })
 }
 
-fn frostgrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_frostgrad"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn assert_same_tensors(a: &StateDict, b: &StateDict, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: tensor counts differ");
     for (name, t) in a.iter() {
@@ -149,25 +135,6 @@ fn assert_same_tensors(a: &StateDict, b: &StateDict, what: &str) {
             .unwrap_or_else(|| panic!("{what}: {name} missing"));
         assert!(t == other, "{what}: {name} differs");
     }
-}
-
-fn write_batch(dir: &Path) -> PathBuf {
-    let mut rng = StdRng::seed_from_u64(5);
-    let images: Vec<f32> = (0..2 * 3 * 32 * 32)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    let mut batch = StateDict::new();
-    batch.insert(
-        "images",
-        HostTensor::new(vec![2, 3, 32, 32], CpuStorage::F32(images)).unwrap(),
-    );
-    batch.insert(
-        "labels",
-        HostTensor::new(vec![2], CpuStorage::I64(vec![1, 4])).unwrap(),
-    );
-    let path = dir.join("batch.safetensors");
-    safetensors::save(&batch, &path).unwrap();
-    path
 }
 
 fn step(dir: &Path, weights: &Path, out_name: &str, extra: &[&str]) -> (StateDict, String) {
@@ -192,6 +159,11 @@ fn step(dir: &Path, weights: &Path, out_name: &str, extra: &[&str]) -> (StateDic
     let o = frostgrad(&args);
     assert!(o.status.success(), "step failed: {}", stderr(&o));
     (safetensors::load(&out).unwrap(), stderr(&o))
+}
+
+/// Two random 32x32 images (seed 5) labelled 1 and 4.
+fn write_batch(dir: &Path) -> PathBuf {
+    cli::tiny_batch(dir, 5, [1, 4])
 }
 
 #[test]

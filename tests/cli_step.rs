@@ -2,71 +2,37 @@
 //! the backward statistics for each freezing mode, which gradients are
 //! written, what the step changes, and one-line errors for bad input.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/scratch.rs"]
 mod scratch;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use cli::{frostgrad, host, random_images, resnet18_state, write_batch};
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::io::{safetensors, HostTensor, StateDict};
 use frostgrad::nn::{resnet18, Module};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+use scratch::scratch_dir;
 
 const CLASSES: usize = 10;
-
-fn scratch_dir(test: &str) -> PathBuf {
-    scratch::scratch_dir(&format!("cli-{test}"))
-}
 
 /// A seeded 10-class ResNet-18 state dict, written once for all tests.
 fn weights() -> &'static (PathBuf, StateDict) {
     static WEIGHTS: OnceLock<(PathBuf, StateDict)> = OnceLock::new();
     WEIGHTS.get_or_init(|| {
-        let model = resnet18(CLASSES, &mut StdRng::seed_from_u64(2024)).unwrap();
-        let sd = model.state_dict().unwrap();
+        let sd = resnet18_state(CLASSES, 2024);
         let path = scratch_dir("shared").join("weights.safetensors");
         safetensors::save(&sd, &path).unwrap();
         (path, sd)
     })
 }
 
-fn host(shape: &[usize], data: CpuStorage) -> HostTensor {
-    HostTensor::new(shape.to_vec(), data).unwrap()
-}
-
-fn random_images(shape: &[usize]) -> HostTensor {
-    let mut rng = StdRng::seed_from_u64(5);
-    let n = shape.iter().product();
-    host(
-        shape,
-        CpuStorage::F32((0..n).map(|_| rng.random_range(-1.0..1.0)).collect()),
-    )
-}
-
-fn write_batch(dir: &Path, images: HostTensor, labels: HostTensor) -> PathBuf {
-    let mut sd = StateDict::new();
-    sd.insert("images", images);
-    sd.insert("labels", labels);
-    let path = dir.join("batch.safetensors");
-    safetensors::save(&sd, &path).unwrap();
-    path
-}
-
+/// Two random 32x32 images (seed 5) labelled 3 and 7.
 fn tiny_batch(dir: &Path) -> PathBuf {
-    write_batch(
-        dir,
-        random_images(&[2, 3, 32, 32]),
-        host(&[2], CpuStorage::I64(vec![3, 7])),
-    )
-}
-
-fn frostgrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_frostgrad"))
-        .args(args)
-        .output()
-        .unwrap()
+    cli::tiny_batch(dir, 5, [3, 7])
 }
 
 struct StepRun {
@@ -268,7 +234,7 @@ fn int32_labels_are_accepted() {
     let dir = scratch_dir("i32");
     let batch = dir.join("batch.safetensors");
     // I32 is not a frostgrad dtype, so write it with the safetensors crate directly.
-    let images = random_images(&[2, 3, 32, 32]);
+    let images = random_images(&[2, 3, 32, 32], 5);
     let image_bytes: Vec<u8> = f32s(&images).iter().flat_map(|v| v.to_le_bytes()).collect();
     let label_bytes: Vec<u8> = [1i32, 9].iter().flat_map(|v| v.to_le_bytes()).collect();
     use ::safetensors::tensor::{Dtype, TensorView};
@@ -383,7 +349,7 @@ fn bad_inputs_fail_with_one_line_errors() {
 
     let bad_labels = write_batch(
         &dir,
-        random_images(&[2, 3, 32, 32]),
+        random_images(&[2, 3, 32, 32], 5),
         host(&[2], CpuStorage::I64(vec![3, 10])),
     );
     let e = step_error(&dir, w, &bad_labels, "*", &[]);
@@ -391,7 +357,7 @@ fn bad_inputs_fail_with_one_line_errors() {
 
     let rank3 = write_batch(
         &dir,
-        random_images(&[3, 32, 32]),
+        random_images(&[3, 32, 32], 5),
         host(&[3], CpuStorage::I64(vec![0, 1, 2])),
     );
     let e = step_error(&dir, w, &rank3, "*", &[]);
@@ -399,7 +365,7 @@ fn bad_inputs_fail_with_one_line_errors() {
 
     let too_small = write_batch(
         &dir,
-        random_images(&[2, 3, 0, 0]),
+        random_images(&[2, 3, 0, 0], 5),
         host(&[2], CpuStorage::I64(vec![0, 1])),
     );
     let e = step_error(&dir, w, &too_small, "*", &[]);

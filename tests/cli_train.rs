@@ -4,21 +4,20 @@
 //! without it, `--resume` against an uninterrupted run, that it learns,
 //! and one-line errors (never a panic) for hostile input.
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/scratch.rs"]
 mod scratch;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
+use cli::{fails_with, frostgrad, ok, resnet18_state};
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::io::{safetensors, StateDict};
-use frostgrad::nn::{resnet18, Module};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn scratch_dir(test: &str) -> PathBuf {
-    scratch::scratch_dir(&format!("train-{test}"))
-}
+use scratch::scratch_dir;
 
 /// `root/{train,val}/{red,green,blue}/NN.{png,jpg}`: noisy images whose
 /// dominant channel is the class, of varying sizes (resized and cropped
@@ -53,56 +52,33 @@ fn fixtures() -> &'static (PathBuf, PathBuf, StateDict) {
         let dir = scratch_dir("shared");
         let data = dir.join("data");
         color_folder(&data, (10, 4));
-        let model = resnet18(3, &mut StdRng::seed_from_u64(7)).unwrap();
-        let sd = model.state_dict().unwrap();
+        let sd = resnet18_state(3, 7);
         let weights = dir.join("init.safetensors");
         safetensors::save(&sd, &weights).unwrap();
         (data, weights, sd)
     })
 }
 
-fn frostgrad(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_frostgrad"))
-        .args(args)
-        .output()
-        .expect("run frostgrad")
-}
-
-fn ok(out: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "frostgrad failed:\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// Fails with a one-line `error:` that contains every one of `needles`.
-fn fails_with(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line in {stderr}"));
-    for n in needles {
-        assert!(line.contains(n), "`{n}` not in `{line}`");
-    }
+/// `frostgrad train --data data --num-classes classes --out out`, then `extra`.
+fn train_on(data: &Path, classes: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--num-classes",
+        classes,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    frostgrad(&args)
 }
 
 /// `frostgrad train` on the shared folder with the shared weights.
 fn train(out: &Path, extra: &[&str]) -> Output {
     let (data, weights, _) = fixtures();
     let mut args = vec![
-        "train",
-        "--data",
-        data.to_str().unwrap(),
         "--weights",
         weights.to_str().unwrap(),
-        "--num-classes",
-        "3",
         "--size",
         "32",
         "--batch",
@@ -110,11 +86,9 @@ fn train(out: &Path, extra: &[&str]) -> Output {
         "--seed",
         "3",
         "--quiet",
-        "--out",
-        out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    frostgrad(&args)
+    train_on(data, "3", out, &args)
 }
 
 fn values(t: &frostgrad::io::HostTensor) -> Vec<f64> {
@@ -434,11 +408,7 @@ fn transfer_learns() {
         "2".into(),
     ];
     args.extend(images.iter().cloned());
-    let run = Command::new(env!("CARGO_BIN_EXE_frostgrad"))
-        .args(&args)
-        .output()
-        .unwrap();
-    let lines = ok(&run);
+    let lines = ok(&frostgrad(&args));
     let mut right = 0;
     for (line, image) in lines.lines().zip(&images) {
         let (path, ranked) = line.split_once(": ").unwrap();
@@ -477,36 +447,17 @@ fn hostile_inputs_are_one_line_errors() {
     // Wrong class count.
     let (data, weights, _) = fixtures();
     fails_with(
-        &frostgrad(&[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--num-classes",
-            "5",
-            "--trainable",
-            "*",
-            "--lr",
-            "0.1",
-            "--out",
-            out.to_str().unwrap(),
-        ]),
+        &train_on(data, "5", &out, &["--trainable", "*", "--lr", "0.1"]),
         &["--num-classes 5", "3 class folders", "blue, green, red"],
     );
     // No such folder.
     fails_with(
-        &frostgrad(&[
-            "train",
-            "--data",
-            "/nonexistent/frostgrad",
-            "--num-classes",
+        &train_on(
+            Path::new("/nonexistent/frostgrad"),
             "2",
-            "--trainable",
-            "*",
-            "--lr",
-            "0.1",
-            "--out",
-            out.to_str().unwrap(),
-        ]),
+            &out,
+            &["--trainable", "*", "--lr", "0.1"],
+        ),
         &["/nonexistent/frostgrad"],
     );
     // The cache says why it cannot work.
@@ -552,21 +503,19 @@ fn hostile_inputs_are_one_line_errors() {
     let w = dir.join("w.safetensors");
     std::fs::copy(weights, &w).unwrap();
     fails_with(
-        &frostgrad(&[
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--num-classes",
+        &train_on(
+            data,
             "3",
-            "--trainable",
-            "fc.*",
-            "--lr",
-            "0.1",
-            "--weights",
-            w.to_str().unwrap(),
-            "--out",
-            w.to_str().unwrap(),
-        ]),
+            &w,
+            &[
+                "--trainable",
+                "fc.*",
+                "--lr",
+                "0.1",
+                "--weights",
+                w.to_str().unwrap(),
+            ],
+        ),
         &["refusing to overwrite"],
     );
     // --resume without a sidecar.
@@ -580,13 +529,8 @@ fn hostile_inputs_are_one_line_errors() {
     color_folder(&bad, (3, 1));
     let broken = bad.join("train").join("green").join("01.png");
     std::fs::write(&broken, b"\x89PNG\r\n\x1a\n this is not a png").unwrap();
-    let args = |extra: &[&str]| {
+    let run = |extra: &[&str]| {
         let mut a = vec![
-            "train",
-            "--data",
-            bad.to_str().unwrap(),
-            "--num-classes",
-            "3",
             "--trainable",
             "fc.*",
             "--lr",
@@ -596,27 +540,19 @@ fn hostile_inputs_are_one_line_errors() {
             "--batch",
             "4",
             "--quiet",
-            "--out",
-            out.to_str().unwrap(),
         ];
         a.extend_from_slice(extra);
-        a.into_iter().map(String::from).collect::<Vec<_>>()
+        train_on(&bad, "3", &out, &a)
     };
-    let run = |a: Vec<String>| {
-        Command::new(env!("CARGO_BIN_EXE_frostgrad"))
-            .args(a)
-            .output()
-            .unwrap()
-    };
-    fails_with(&run(args(&[])), &["01.png"]);
-    let skipped = run(args(&[
+    fails_with(&run(&[]), &["01.png"]);
+    let skipped = run(&[
         "--skip-bad",
         "--frozen-bn",
         "eval",
         "--cache-features",
         "--epochs",
         "2",
-    ]));
+    ]);
     let stdout = ok(&skipped);
     let stderr = String::from_utf8_lossy(&skipped.stderr);
     assert!(

@@ -93,32 +93,6 @@ fn bn_backward<S: BackendStorage>(
         .unwrap()
 }
 
-/// Runs `body` with CUDA (real or emulated), or reports a skip loudly.
-fn cuda_test(name: &str, body: impl FnOnce()) {
-    if !cuda_emu::is_child(name)
-        && cuda_emu::backend() == cuda_emu::Backend::Emulated
-        && !gxx_available()
-    {
-        let why = "no NVIDIA driver, and no g++ to build the CUDA emulation";
-        if std::env::var_os("CI").is_some() {
-            panic!("{name}: CI must run the CUDA tests, but {why}");
-        }
-        // Written to the real stderr (not captured by libtest), so a passing
-        // run still shows that nothing was checked.
-        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
-        return;
-    }
-    cuda_emu::with_cuda(name, body);
-}
-
-fn gxx_available() -> bool {
-    let cxx = std::env::var("FROSTGRAD_CUDA_EMU_CXX").unwrap_or_else(|_| "g++".into());
-    std::process::Command::new(cxx)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
@@ -172,7 +146,7 @@ fn check(what: &str, cuda: &CudaStorage, cpu: &CpuStorage) {
 
 #[test]
 fn elementwise_and_reductions_match_cpu() {
-    cuda_test("elementwise_and_reductions_match_cpu", || {
+    cuda_emu::cuda_test("elementwise_and_reductions_match_cpu", || {
         let mut r = rng(1);
         // 1, one partial block, and several blocks of the two-level sum.
         for n in [1usize, 257, 5003, 70_001] {
@@ -208,7 +182,7 @@ fn elementwise_and_reductions_match_cpu() {
 
 #[test]
 fn matmul_all_transposes_match_cpu() {
-    cuda_test("matmul_all_transposes_match_cpu", check_matmul_cases);
+    cuda_emu::cuda_test("matmul_all_transposes_match_cpu", check_matmul_cases);
 }
 
 fn check_matmul_cases() {
@@ -294,7 +268,7 @@ const CONV_CASES: &[ConvCase] = &[
 
 #[test]
 fn conv2d_forward_and_gradients_match_cpu() {
-    cuda_test("conv2d_forward_and_gradients_match_cpu", check_conv_cases);
+    cuda_emu::cuda_test("conv2d_forward_and_gradients_match_cpu", check_conv_cases);
 }
 
 fn check_conv_cases() {
@@ -347,12 +321,8 @@ fn check_conv_cases() {
 #[test]
 fn tiled_kernels_match_cpu_in_shuffled_thread_order() {
     let name = "tiled_kernels_match_cpu_in_shuffled_thread_order";
-    if !cuda_emu::is_child(name) && !gxx_available() {
-        let why = "no g++ to build the CUDA emulation";
-        if std::env::var_os("CI").is_some() {
-            panic!("{name}: CI must run the CUDA tests, but {why}");
-        }
-        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+    if !cuda_emu::is_child(name) && !cuda_emu::gxx_available() {
+        cuda_emu::skip_cuda_test(name, "no g++ to build the CUDA emulation");
         return;
     }
     cuda_emu::with_emulation(name, &[("FROSTGRAD_CUDA_EMU_SHUFFLE", "11")], || {
@@ -363,7 +333,7 @@ fn tiled_kernels_match_cpu_in_shuffled_thread_order() {
 
 #[test]
 fn conv2d_weight_grad_is_reproducible() {
-    cuda_test("conv2d_weight_grad_is_reproducible", || {
+    cuda_emu::cuda_test("conv2d_weight_grad_is_reproducible", || {
         // Split-K sums its chunks in a fixed order: bit-identical reruns.
         let mut r = rng(4);
         let (input, weight, stride, padding, dilation) = CONV_CASES[5];
@@ -378,7 +348,7 @@ fn conv2d_weight_grad_is_reproducible() {
 
 #[test]
 fn batch_norm_matches_cpu() {
-    cuda_test("batch_norm_matches_cpu", || {
+    cuda_emu::cuda_test("batch_norm_matches_cpu", || {
         let mut r = rng(5);
         for g in [
             BatchNormGeometry {
@@ -484,7 +454,7 @@ fn batch_norm_matches_cpu() {
 /// unfused composition on the same device.
 #[test]
 fn batch_norm_relu_matches_cpu() {
-    cuda_test("batch_norm_relu_matches_cpu", || {
+    cuda_emu::cuda_test("batch_norm_relu_matches_cpu", || {
         let mut r = rng(15);
         for g in [
             BatchNormGeometry {
@@ -596,7 +566,7 @@ fn batch_norm_relu_matches_cpu() {
 
 #[test]
 fn pooling_matches_cpu() {
-    cuda_test("pooling_matches_cpu", || {
+    cuda_emu::cuda_test("pooling_matches_cpu", || {
         let mut r = rng(6);
         let max_cases = [
             (
@@ -647,7 +617,7 @@ fn pooling_matches_cpu() {
 
 #[test]
 fn loss_matches_cpu_and_rejects_bad_labels() {
-    cuda_test("loss_matches_cpu_and_rejects_bad_labels", || {
+    cuda_emu::cuda_test("loss_matches_cpu_and_rejects_bad_labels", || {
         let mut r = rng(7);
         for (rows, cols) in [(1usize, 1usize), (5, 10), (3, 1000), (37, 3)] {
             let (x, gx) = pair(
@@ -690,9 +660,49 @@ fn loss_matches_cpu_and_rejects_bad_labels() {
     });
 }
 
+/// PyTorch: `F.cross_entropy(torch.empty(0, 3), torch.empty(0, dtype=long))`
+/// is `nan` (a mean over no rows) and its input gradient is an empty
+/// `[0, 3]` tensor. Both devices must say the same, not one of them an error.
+#[test]
+fn nll_loss_over_zero_rows_is_nan_on_both_devices() {
+    cuda_emu::cuda_test("nll_loss_over_zero_rows_is_nan_on_both_devices", || {
+        let (x, gx) = pair(Vec::new());
+        let l = CpuStorage::I64(Vec::new());
+        let gl = CudaStorage::from_cpu(&l, 0).unwrap();
+        for (device, loss) in [
+            ("cpu", x.nll_loss(&l, 0, 3).unwrap()),
+            ("cuda", host(&gx.nll_loss(&gl, 0, 3).unwrap())),
+        ] {
+            let v = loss.as_f32("loss").unwrap();
+            assert!(v.len() == 1 && v[0].is_nan(), "{device}: {v:?}");
+        }
+        let (g, gg) = pair(vec![1.0]);
+        check(
+            "nll_loss_backward over zero rows",
+            &gg.nll_loss_backward(&gl, 0, 3).unwrap(),
+            &g.nll_loss_backward(&l, 0, 3).unwrap(),
+        );
+
+        // Through the ops and autograd, as a training step would reach it.
+        for device in [Device::Cpu, Device::Cuda(0)] {
+            let logits = Tensor::from_vec(Vec::new(), &[0, 3], device)
+                .unwrap()
+                .requires_grad_(true)
+                .unwrap();
+            let labels = Tensor::from_vec_i64(Vec::new(), &[0], device).unwrap();
+            let loss = ops::cross_entropy(&logits, &labels).unwrap();
+            let v = loss.to_vec_f32().unwrap();
+            assert!(v.len() == 1 && v[0].is_nan(), "{device:?}: {v:?}");
+            loss.backward().unwrap();
+            let grad = logits.grad().expect("logits gradient");
+            assert_eq!(grad.shape(), [0, 3], "{device:?}");
+        }
+    });
+}
+
 #[test]
 fn sgd_step_matches_cpu() {
-    cuda_test("sgd_step_matches_cpu", || {
+    cuda_emu::cuda_test("sgd_step_matches_cpu", || {
         let mut r = rng(8);
         let n = 1001;
         let configs = [
@@ -746,7 +756,7 @@ fn sgd_step_matches_cpu() {
 
 #[test]
 fn mixed_devices_are_an_error() {
-    cuda_test("mixed_devices_are_an_error", || {
+    cuda_emu::cuda_test("mixed_devices_are_an_error", || {
         let a = Tensor::from_vec(vec![1.0, 2.0], &[2], Device::Cpu).unwrap();
         let b = Tensor::from_vec(vec![1.0, 2.0], &[2], Device::Cuda(0)).unwrap();
         let err = ops::add(&a, &b).unwrap_err();
@@ -767,7 +777,7 @@ fn mixed_devices_are_an_error() {
 /// kernels and agree on every gradient they do compute.
 #[test]
 fn frozen_graph_backward_matches_cpu_and_skips_the_same_kernels() {
-    cuda_test(
+    cuda_emu::cuda_test(
         "frozen_graph_backward_matches_cpu_and_skips_the_same_kernels",
         || {
             let mut r = rng(9);
@@ -921,7 +931,7 @@ fn cuda_without_a_driver_is_a_clear_error() {
 /// identical, not merely both errors.
 #[test]
 fn argument_errors_read_the_same_on_both_devices() {
-    cuda_test("argument_errors_read_the_same_on_both_devices", || {
+    cuda_emu::cuda_test("argument_errors_read_the_same_on_both_devices", || {
         fn same<A, B>(what: &str, cpu: frostgrad::Result<A>, cuda: frostgrad::Result<B>) {
             let (Err(c), Err(k)) = (cpu, cuda) else {
                 panic!("{what}: expected an error on both devices");

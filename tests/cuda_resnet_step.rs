@@ -19,7 +19,6 @@ mod cuda_emu;
 
 #[path = "common/scratch.rs"]
 mod scratch;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -34,24 +33,6 @@ use rand::{Rng, SeedableRng};
 
 const TOLERANCE: f32 = 4e-3;
 const BATCH: usize = 3;
-
-fn cuda_test(name: &str, body: impl FnOnce()) {
-    let gxx = std::process::Command::new(
-        std::env::var("FROSTGRAD_CUDA_EMU_CXX").unwrap_or_else(|_| "g++".into()),
-    )
-    .arg("--version")
-    .output()
-    .is_ok_and(|o| o.status.success());
-    if !cuda_emu::is_child(name) && cuda_emu::backend() == cuda_emu::Backend::Emulated && !gxx {
-        let why = "no NVIDIA driver, and no g++ to build the CUDA emulation";
-        if std::env::var_os("CI").is_some() {
-            panic!("{name}: CI must run the CUDA tests, but {why}");
-        }
-        let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
-        return;
-    }
-    cuda_emu::with_cuda(name, body);
-}
 
 fn scratch(name: &str) -> PathBuf {
     scratch::scratch_dir(&format!("cuda-step-{name}"))
@@ -193,28 +174,28 @@ fn compare_step(name: &str, trainable: &str, eval: bool) {
 
 #[test]
 fn resnet18_step_full_finetune_matches_cpu() {
-    cuda_test("resnet18_step_full_finetune_matches_cpu", || {
+    cuda_emu::cuda_test("resnet18_step_full_finetune_matches_cpu", || {
         compare_step("full", "*", false)
     });
 }
 
 #[test]
 fn resnet18_step_transfer_fc_only_matches_cpu() {
-    cuda_test("resnet18_step_transfer_fc_only_matches_cpu", || {
+    cuda_emu::cuda_test("resnet18_step_transfer_fc_only_matches_cpu", || {
         compare_step("fc", "fc.*", false)
     });
 }
 
 #[test]
 fn resnet18_step_last_stages_matches_cpu() {
-    cuda_test("resnet18_step_last_stages_matches_cpu", || {
+    cuda_emu::cuda_test("resnet18_step_last_stages_matches_cpu", || {
         compare_step("layer34", "layer3.*,layer4.*,fc.*", false)
     });
 }
 
 #[test]
 fn resnet18_step_eval_mode_partial_matches_cpu() {
-    cuda_test("resnet18_step_eval_mode_partial_matches_cpu", || {
+    cuda_emu::cuda_test("resnet18_step_eval_mode_partial_matches_cpu", || {
         compare_step("eval", "layer4.1.*,fc.*", true)
     });
 }

@@ -58,6 +58,57 @@ pub fn backend() -> Backend {
     }
 }
 
+/// The kernel checks `FROSTGRAD_CUDA_EMU_CHECK` turns on (`memcheck`,
+/// `racecheck`, `initcheck`, `synccheck`, `unused`; `all` is the first
+/// four), parsed as the emulation parses it (`cuda-emu/check.cpp`); empty
+/// when it is unset, empty, `0`, `none` or `off`.
+pub fn emu_checks() -> Vec<String> {
+    const ALL: [&str; 4] = ["memcheck", "racecheck", "initcheck", "synccheck"];
+    let value = std::env::var("FROSTGRAD_CUDA_EMU_CHECK").unwrap_or_default();
+    let mut on = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let names: &[&str] = match name {
+            "" | "0" | "none" | "off" => &[],
+            "all" => &ALL,
+            other => &[other][..],
+        };
+        for n in names {
+            if !on.iter().any(|o: &String| o == n) {
+                on.push(n.to_string());
+            }
+        }
+    }
+    on
+}
+
+/// Which of `checks` are on: a test whose kernel is wrong on purpose (a
+/// missing barrier, a read of uninitialised memory), or that counts what the
+/// checker changes (allocations), gets reports or errors the test does not
+/// expect when one of them is.
+pub fn checks_on(checks: &[&str]) -> Vec<String> {
+    emu_checks()
+        .into_iter()
+        .filter(|c| checks.contains(&c.as_str()))
+        .collect()
+}
+
+/// When one of `checks` is on, prints `SKIPPED <what>: <why>` to the real
+/// stderr (libtest does not capture it, so a passing run still shows that
+/// nothing was checked) and returns true: the caller then skips `what`.
+pub fn skip_under_checks(what: &str, checks: &[&str], why: &str) -> bool {
+    let on = checks_on(checks);
+    if on.is_empty() {
+        return false;
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {what} under FROSTGRAD_CUDA_EMU_CHECK ({}): {why}",
+        on.join(", ")
+    );
+    true
+}
+
 /// Builds the emulation (once per process) and returns the folder holding
 /// `libcuda.so.1` and `libnvrtc.so.13`. Panics, with the build output, if
 /// the build fails (for instance when g++ is missing): an emulated test that
@@ -104,6 +155,42 @@ pub fn with_cuda(name: &str, body: impl FnOnce()) {
     } else {
         run_emulated(name, &[]);
     }
+}
+
+/// [`with_cuda`] for tests that need CUDA and may meet a machine with
+/// neither a GPU nor g++ to build the emulation: there the test prints
+/// `SKIPPED <name>: <why>` to the real stderr (libtest does not capture it,
+/// so a passing run still shows that nothing was checked) and passes,
+/// except under `CI`, where the CUDA tests must run and it fails.
+pub fn cuda_test(name: &str, body: impl FnOnce()) {
+    if !is_child(name) && backend() == Backend::Emulated && !gxx_available() {
+        skip_cuda_test(
+            name,
+            "no NVIDIA driver, and no g++ to build the CUDA emulation",
+        );
+        return;
+    }
+    with_cuda(name, body);
+}
+
+/// Says that CUDA test `name` cannot run here and why: `SKIPPED <name>:
+/// <why>` on the real stderr, or a failure under `CI`.
+pub fn skip_cuda_test(name: &str, why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{name}: CI must run the CUDA tests, but {why}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {why}");
+}
+
+/// Whether the compiler the emulation builds with (`FROSTGRAD_CUDA_EMU_CXX`,
+/// default `g++`) runs.
+pub fn gxx_available() -> bool {
+    let cxx = std::env::var("FROSTGRAD_CUDA_EMU_CXX").unwrap_or_else(|_| "g++".into());
+    Command::new(cxx)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Like [`with_cuda`] but always on the emulation, for tests of the

@@ -9,6 +9,12 @@
 //! * input grad:   `dx = col2im(Wᵀ · dy)`             (scatter-add back)
 //! * weight grad:  `dW = Σ_images dy · colᵀ`          (GEMM with beta = 1)
 //!
+//! The column matrix is never stored for the forward and the weight
+//! gradient: [`Columns`] packs the GEMM's panels straight from the images
+//! (`gemm::PackB`), and the weight (`W` or `Wᵀ`) is packed once per call for
+//! all chunks and threads (`gemm::with_packed_lhs`). The input gradient
+//! still writes `Wᵀ · dy` into a column buffer and scatters it (col2im).
+//!
 //! The columns are processed in [`Chunk`]s that bound the scratch memory
 //! ([`COL_BLOCK_ELEMS`]):
 //!
@@ -32,7 +38,7 @@ use rayon::prelude::*;
 
 use super::buffer_pool;
 use super::check::checked_numel;
-use super::gemm::{sgemm, MatRef, Par};
+use super::gemm::{sgemm, with_packed_lhs, Lhs, MatRef, PackB, Par, Rhs, Source};
 use super::scratch::{with_scratch, Slot};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -249,52 +255,211 @@ fn tap(g: &Conv2dGeometry, r: usize) -> (usize, usize, usize) {
     )
 }
 
-/// Fills the chunk's column matrix `col[taps, columns]` from its images.
-fn im2col(
-    images: &[f32],
-    g: &Conv2dGeometry,
-    plan: &Plan,
-    chunk: &Chunk,
-    col: &mut [f32],
-    par: Par,
-) {
-    let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
-    let plane_len = g.in_h * g.in_w;
-    let stride_w = g.stride.1;
-    let fill_row = |(r, dst_row): (usize, &mut [f32])| {
+/// The chunk's column matrix `col[taps, columns]` (or its transpose), never
+/// stored: it packs the GEMM's panels straight from the images, so the
+/// gathered values are written once, into the panel the micro-kernel
+/// reads, instead of into a column matrix that the GEMM copies again.
+struct Columns<'a> {
+    images: &'a [f32],
+    g: &'a Conv2dGeometry,
+    in_image: usize,
+    taps: usize,
+    chunk: Chunk,
+    /// `col` is the GEMM's left-to-right operand `[taps, columns]` (the
+    /// forward), or its transpose `[columns, taps]` (the weight gradient).
+    transposed: bool,
+}
+
+/// One tap `(c, kh, kw)`: where it reads.
+struct TapSpan {
+    /// Offset of input channel `c`'s plane in an image.
+    plane: usize,
+    /// Input row offset `kh * dilation - padding`.
+    dh: isize,
+    /// Output columns `w_lo..w_hi` see real input columns, starting at `iw_lo`.
+    w_lo: usize,
+    w_hi: usize,
+    iw_lo: usize,
+}
+
+/// A run of consecutive columns of the column matrix that lie in one
+/// output row of one image.
+#[derive(Clone, Copy)]
+struct Run {
+    image: usize,
+    oh: usize,
+    ow: usize,
+    len: usize,
+}
+
+impl<'a> Columns<'a> {
+    fn new(
+        images: &'a [f32],
+        g: &'a Conv2dGeometry,
+        plan: &Plan,
+        chunk: Chunk,
+        transposed: bool,
+    ) -> Self {
+        Self {
+            images,
+            g,
+            in_image: plan.in_image,
+            taps: plan.taps,
+            chunk,
+            transposed,
+        }
+    }
+
+    fn tap_span(&self, r: usize) -> TapSpan {
+        let g = self.g;
         let (c, kh, kw) = tap(g, r);
-        for j in 0..chunk.images {
-            let dst = &mut dst_row[j * seg..(j + 1) * seg];
-            let plane = &images[j * plan.in_image + c * plane_len..][..plane_len];
-            // Padding reads as zero: zero exactly the entries no real
-            // pixel lands on (rows are visited in ascending order).
-            let mut next_row = 0;
-            for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
-                dst[next_row * g.out_w..i * g.out_w].fill(0.0);
-                next_row = i + 1;
-                let row = &mut dst[i * g.out_w..(i + 1) * g.out_w];
-                row[..lo].fill(0.0);
-                row[hi..].fill(0.0);
-                let out_row = &mut row[lo..hi];
-                let in_row = &plane[ih * g.in_w..(ih + 1) * g.in_w];
-                if stride_w == 1 {
-                    out_row.copy_from_slice(&in_row[iw..iw + out_row.len()]);
-                } else {
-                    for (j, v) in out_row.iter_mut().enumerate() {
-                        *v = in_row[iw + j * stride_w];
+        let (w_lo, w_hi) =
+            valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+        TapSpan {
+            plane: c * g.in_h * g.in_w,
+            dh: (kh * g.dilation.0) as isize - g.padding.0 as isize,
+            w_lo,
+            w_hi,
+            iw_lo: (w_lo * g.stride.1 + kw * g.dilation.1).saturating_sub(g.padding.1),
+        }
+    }
+
+    /// The runs of columns `j0..j0 + count`, each with its offset from
+    /// `j0`, appended to `runs`.
+    fn runs(&self, j0: usize, count: usize, runs: &mut Vec<(usize, Run)>) {
+        let (g, rows) = (self.g, self.chunk.rows);
+        if count == 0 || g.out_w == 0 {
+            return;
+        }
+        let seg = self.chunk.image_columns(g);
+        let (mut image, q) = (j0 / seg, j0 % seg);
+        let (mut oh, mut ow) = (rows.0 + q / g.out_w, q % g.out_w);
+        let mut done = 0;
+        while done < count {
+            let len = (g.out_w - ow).min(count - done);
+            runs.push((done, Run { image, oh, ow, len }));
+            done += len;
+            ow += len;
+            if ow == g.out_w {
+                ow = 0;
+                oh += 1;
+                if oh == rows.1 {
+                    oh = rows.0;
+                    image += 1;
+                }
+            }
+        }
+    }
+
+    /// Writes the values tap `t` sees over `run` to `dst[e * step]`,
+    /// `e < run.len` (zeros where it sees padding).
+    fn fill(&self, t: &TapSpan, run: Run, dst: &mut [f32], step: usize) {
+        let g = self.g;
+        let ih = (run.oh * g.stride.0) as isize + t.dh;
+        let (lo, hi) = (
+            t.w_lo.clamp(run.ow, run.ow + run.len),
+            t.w_hi.clamp(run.ow, run.ow + run.len),
+        );
+        let (lo, hi) = (lo.min(hi), hi);
+        let real = ih >= 0 && (ih as usize) < g.in_h && lo < hi;
+        if step == 1 {
+            let dst = &mut dst[..run.len];
+            if !real {
+                dst.fill(0.0);
+                return;
+            }
+            dst[..lo - run.ow].fill(0.0);
+            dst[hi - run.ow..].fill(0.0);
+            let row = &self.images[self.chunk_image(run.image) + t.plane + ih as usize * g.in_w..]
+                [..g.in_w];
+            let first = t.iw_lo + (lo - t.w_lo) * g.stride.1;
+            let out = &mut dst[lo - run.ow..hi - run.ow];
+            if g.stride.1 == 1 {
+                out.copy_from_slice(&row[first..first + out.len()]);
+            } else {
+                for (e, v) in out.iter_mut().enumerate() {
+                    *v = row[first + e * g.stride.1];
+                }
+            }
+            return;
+        }
+        let mut put = |e: usize, v: f32| dst[e * step] = v;
+        if !real {
+            (0..run.len).for_each(|e| put(e, 0.0));
+            return;
+        }
+        let row =
+            &self.images[self.chunk_image(run.image) + t.plane + ih as usize * g.in_w..][..g.in_w];
+        let first = t.iw_lo + (lo - t.w_lo) * g.stride.1;
+        (0..lo - run.ow).for_each(|e| put(e, 0.0));
+        for (e, ow) in (lo..hi).enumerate() {
+            put(ow - run.ow, row[first + e * g.stride.1]);
+        }
+        (hi - run.ow..run.len).for_each(|e| put(e, 0.0));
+    }
+
+    /// Offset of the chunk's `j`-th image.
+    fn chunk_image(&self, j: usize) -> usize {
+        j * self.in_image
+    }
+}
+
+impl PackB for Columns<'_> {
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        let mut runs = Vec::new();
+        if !self.transposed {
+            // Depth = taps, columns = output pixels: each tap's panel row
+            // is a few contiguous runs, found once per panel.
+            let spans: Vec<TapSpan> = (pc..pc + kc).map(|r| self.tap_span(r)).collect();
+            for (panel, dst) in out
+                .chunks_exact_mut(kc * nr)
+                .take(nc.div_ceil(nr))
+                .enumerate()
+            {
+                let j0 = jc + panel * nr;
+                let cols = nr.min(jc + nc - j0);
+                runs.clear();
+                self.runs(j0, cols, &mut runs);
+                for (t, row) in spans.iter().zip(dst.chunks_exact_mut(nr)) {
+                    for &(off, run) in &runs {
+                        self.fill(t, run, &mut row[off..], 1);
+                    }
+                    row[cols..].fill(0.0);
+                }
+            }
+        } else {
+            // Depth = output pixels, columns = taps: each tap fills one
+            // column of the panel.
+            self.runs(pc, kc, &mut runs);
+            for (panel, dst) in out
+                .chunks_exact_mut(kc * nr)
+                .take(nc.div_ceil(nr))
+                .enumerate()
+            {
+                let j0 = jc + panel * nr;
+                let cols = nr.min(jc + nc - j0);
+                if cols < nr {
+                    dst.fill(0.0);
+                }
+                for j in 0..cols {
+                    let t = self.tap_span(j0 + j);
+                    for &(off, run) in &runs {
+                        self.fill(&t, run, &mut dst[off * nr + j..], nr);
                     }
                 }
-            });
-            dst[next_row * g.out_w..].fill(0.0);
+            }
         }
-    };
-    match par {
-        Par::Split => col
-            .par_chunks_mut(width)
-            .with_min_len((1 << 12) / width.max(1) + 1)
-            .enumerate()
-            .for_each(fill_row),
-        Par::Serial => col.chunks_mut(width).enumerate().for_each(fill_row),
+    }
+}
+
+impl Source for Columns<'_> {
+    fn shape(&self) -> (usize, usize) {
+        let columns = self.chunk.columns(self.g);
+        if self.transposed {
+            (columns, self.taps)
+        } else {
+            (self.taps, columns)
+        }
     }
 }
 
@@ -477,10 +642,12 @@ fn forward_with(
         buffer_pool::zeroed(op, g.batch * plan.out_image)?
     };
     let weight = MatRef::row_major(w, plan.taps);
-    let per_image = Output::PerImage(plan.out_image);
-    for_image_groups(op, &plan, g, &mut y, per_image, |first, count, y, par| {
-        let x = batch_images(x, plan.in_image, first, count);
-        forward_images(x, weight, bias, g, &plan, y, count, par);
+    with_packed_lhs(weight, g.out_channels, plan.taps, |weight| {
+        let per_image = Output::PerImage(plan.out_image);
+        for_image_groups(op, &plan, g, &mut y, per_image, |first, count, y, par| {
+            let x = batch_images(x, plan.in_image, first, count);
+            forward_images(x, weight, bias, g, &plan, y, count, par);
+        })
     })?;
     Ok(y)
 }
@@ -489,7 +656,7 @@ fn forward_with(
 #[allow(clippy::too_many_arguments)]
 fn forward_images(
     x: &[f32],
-    weight: MatRef<'_>,
+    weight: Lhs<'_>,
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     plan: &Plan,
@@ -500,24 +667,17 @@ fn forward_images(
     for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
+        let columns = Columns::new(images, g, plan, chunk, false);
+        let col = if plan.pointwise {
+            Rhs::View(MatRef::row_major(images, plan.pixels))
+        } else {
+            Rhs::Source(&columns)
+        };
+        let (m, k) = (g.out_channels, plan.taps);
         if chunk.images > 1 {
-            with_scratch(Slot::Columns, plan.taps * width, |col| {
-                im2col(images, g, plan, &chunk, col, par);
-                with_scratch(Slot::Staging, g.out_channels * width, |staging| {
-                    let col = MatRef::row_major(col, width);
-                    sgemm(
-                        par,
-                        g.out_channels,
-                        plan.taps,
-                        width,
-                        weight,
-                        col,
-                        0.0,
-                        staging,
-                        width,
-                    );
-                    restage(g, plan, &chunk, y, staging, bias);
-                });
+            with_scratch(Slot::Staging, g.out_channels * width, |staging| {
+                sgemm(par, m, k, width, weight, col, 0.0, staging, width);
+                restage(g, plan, &chunk, y, staging, bias);
             });
             continue;
         }
@@ -533,36 +693,7 @@ fn forward_images(
             }
             None => 0.0,
         };
-        if plan.pointwise {
-            let col = MatRef::row_major(images, plan.pixels);
-            sgemm(
-                par,
-                g.out_channels,
-                plan.taps,
-                plan.pixels,
-                weight,
-                col,
-                beta,
-                out,
-                plan.pixels,
-            );
-        } else {
-            with_scratch(Slot::Columns, plan.taps * width, |col| {
-                im2col(images, g, plan, &chunk, col, par);
-                let col = MatRef::row_major(col, width);
-                sgemm(
-                    par,
-                    g.out_channels,
-                    plan.taps,
-                    width,
-                    weight,
-                    col,
-                    beta,
-                    out,
-                    plan.pixels,
-                );
-            });
-        }
+        sgemm(par, m, k, width, weight, col, beta, out, plan.pixels);
     }
 }
 
@@ -577,10 +708,12 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
     let mut dx = buffer_pool::zeroed(op, g.batch * plan.in_image)?;
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
-    let per_image = Output::PerImage(plan.in_image);
-    for_image_groups(op, &plan, g, &mut dx, per_image, |first, count, dx, par| {
-        let dy = batch_images(dy, plan.out_image, first, count);
-        input_grad_images(dy, weight_t, g, &plan, dx, count, par);
+    with_packed_lhs(weight_t, plan.taps, g.out_channels, |weight_t| {
+        let per_image = Output::PerImage(plan.in_image);
+        for_image_groups(op, &plan, g, &mut dx, per_image, |first, count, dx, par| {
+            let dy = batch_images(dy, plan.out_image, first, count);
+            input_grad_images(dy, weight_t, g, &plan, dx, count, par);
+        })
     })?;
     Ok(dx)
 }
@@ -589,22 +722,24 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
 #[allow(clippy::too_many_arguments)]
 fn input_grad_images(
     dy: &[f32],
-    weight_t: MatRef<'_>,
+    weight_t: Lhs<'_>,
     g: &Conv2dGeometry,
     plan: &Plan,
     dx: &mut [f32],
     batch: usize,
     par: Par,
 ) {
+    let (m, k) = (plan.taps, g.out_channels);
     for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
         let grad_in = chunk.images_of_mut(dx, plan.in_image);
         if plan.pointwise {
             let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
+            let grad_out = Rhs::View(grad_out);
             sgemm(
                 par,
-                plan.taps,
-                g.out_channels,
+                m,
+                k,
                 plan.pixels,
                 weight_t,
                 grad_out,
@@ -618,33 +753,13 @@ fn input_grad_images(
             if chunk.images > 1 {
                 with_scratch(Slot::Staging, g.out_channels * width, |staging| {
                     gather(g, plan, &chunk, dy, staging);
-                    let grad_out = MatRef::row_major(staging, width);
-                    sgemm(
-                        par,
-                        plan.taps,
-                        g.out_channels,
-                        width,
-                        weight_t,
-                        grad_out,
-                        0.0,
-                        col,
-                        width,
-                    );
+                    let grad_out = Rhs::View(MatRef::row_major(staging, width));
+                    sgemm(par, m, k, width, weight_t, grad_out, 0.0, col, width);
                 });
             } else {
                 let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
-                let grad_out = MatRef::strided(grad_out, plan.pixels);
-                sgemm(
-                    par,
-                    plan.taps,
-                    g.out_channels,
-                    width,
-                    weight_t,
-                    grad_out,
-                    0.0,
-                    col,
-                    width,
-                );
+                let grad_out = Rhs::View(MatRef::strided(grad_out, plan.pixels));
+                sgemm(par, m, k, width, weight_t, grad_out, 0.0, col, width);
             }
             col2im_add(col, g, &chunk, grad_in, par);
         });
@@ -686,60 +801,27 @@ fn weight_grad_images(
     batch: usize,
     par: Par,
 ) {
+    let (m, n) = (g.out_channels, plan.taps);
     for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
-        if plan.pointwise {
-            let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
-            let image_t = MatRef::transposed(images, plan.pixels);
-            sgemm(
-                par,
-                g.out_channels,
-                plan.pixels,
-                plan.taps,
-                grad_out,
-                image_t,
-                1.0,
-                dw,
-                plan.taps,
-            );
-            continue;
+        let columns = Columns::new(images, g, plan, chunk, true);
+        let col_t = if plan.pointwise {
+            Rhs::View(MatRef::transposed(images, plan.pixels))
+        } else {
+            Rhs::Source(&columns)
+        };
+        if chunk.images > 1 {
+            with_scratch(Slot::Staging, g.out_channels * width, |staging| {
+                gather(g, plan, &chunk, dy, staging);
+                let grad_out = Lhs::View(MatRef::row_major(staging, width));
+                sgemm(par, m, width, n, grad_out, col_t, 1.0, dw, n);
+            });
+        } else {
+            let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
+            let grad_out = Lhs::View(MatRef::strided(grad_out, plan.pixels));
+            sgemm(par, m, width, n, grad_out, col_t, 1.0, dw, n);
         }
-        with_scratch(Slot::Columns, plan.taps * width, |col| {
-            im2col(images, g, plan, &chunk, col, par);
-            let col_t = MatRef::transposed(col, width);
-            if chunk.images > 1 {
-                with_scratch(Slot::Staging, g.out_channels * width, |staging| {
-                    gather(g, plan, &chunk, dy, staging);
-                    let grad_out = MatRef::row_major(staging, width);
-                    sgemm(
-                        par,
-                        g.out_channels,
-                        width,
-                        plan.taps,
-                        grad_out,
-                        col_t,
-                        1.0,
-                        dw,
-                        plan.taps,
-                    );
-                });
-            } else {
-                let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
-                let grad_out = MatRef::strided(grad_out, plan.pixels);
-                sgemm(
-                    par,
-                    g.out_channels,
-                    width,
-                    plan.taps,
-                    grad_out,
-                    col_t,
-                    1.0,
-                    dw,
-                    plan.taps,
-                );
-            }
-        });
     }
 }
 
@@ -944,8 +1026,9 @@ mod tests {
     #[test]
     fn im2col_zeroes_padding_in_a_dirty_scratch_buffer() {
         // im2col writes only the padding zeros and the real pixels, not a
-        // full clear: poison this thread's reused column buffer and check
-        // that no stale value leaks into a padded convolution.
+        // full clear: poison this thread's reused scratch buffers (the
+        // portable path's dense column block among them) and check that no
+        // stale value leaks into a padded convolution.
         let (input, weight) = ([2, 3, 7, 9], [4, 3, 3, 3]);
         let g = Conv2dGeometry::new(input, weight, (2, 1), (2, 1), (1, 1)).unwrap();
         let x = pseudo_random(input.iter().product(), 7);
@@ -957,13 +1040,17 @@ mod tests {
             min_columns: 1,
             groups_per_thread: 2,
         };
-        with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
+        let poison = || {
+            with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
+            with_scratch(Slot::Dense, 1 << 16, |col| col.fill(f32::NAN));
+        };
+        poison();
         let y = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap()
             .install(|| {
-                with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
+                poison();
                 forward_with(&x, &w, None, &g, limits).unwrap()
             });
         assert_close("y", &y, &r.y, 1e-5);

@@ -8,6 +8,7 @@
 //! stride. The kernels pack their operands themselves; large products are
 //! split across rayon's threads here.
 
+use super::scratch::{with_scratch, Slot};
 use super::simd::{self, SimdPath};
 use crate::error::Result;
 
@@ -69,6 +70,88 @@ const PARTS_PER_THREAD: usize = 3;
 /// rounded to: a multiple of every `matrixmultiply` micro-kernel's tile.
 const PART_ALIGN: usize = 64;
 
+/// A right operand that packs itself: the convolutions' im2col, which
+/// writes the GEMM's `NR`-column panels straight from the image instead of
+/// filling a column matrix that the GEMM then copies again.
+pub(super) trait PackB: Sync {
+    /// Writes depth `pc..pc + kc` x columns `jc..jc + nc` as `nr`-column
+    /// panels (zero padded), `kc * nr` floats each, into `out`. With `nr =
+    /// nc` that is the row-major `kc x nc` block itself.
+    ///
+    /// # Safety
+    /// The ranges lie inside [`Self::shape`] and `out` holds at least
+    /// `nc.div_ceil(nr) * nr * kc` floats. (Implementations written in safe
+    /// code need not rely on it; the raw-pointer view of the kernels does.)
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]);
+}
+
+/// A [`PackB`] that knows its shape `(k, n)`.
+pub(super) trait Source: PackB {
+    fn shape(&self) -> (usize, usize);
+}
+
+/// The left operand of [`sgemm`].
+#[derive(Clone, Copy)]
+pub(super) enum Lhs<'a> {
+    View(MatRef<'a>),
+    /// Packed once for the micro-kernel of `path` (see [`with_packed_lhs`]).
+    #[cfg(target_arch = "x86_64")]
+    Packed {
+        packed: &'a super::microkernel::PackedA<'a>,
+        rows: usize,
+        depth: usize,
+        path: SimdPath,
+    },
+}
+
+/// The right operand of [`sgemm`].
+#[derive(Clone, Copy)]
+pub(super) enum Rhs<'a> {
+    View(MatRef<'a>),
+    Source(&'a dyn Source),
+}
+
+/// Runs `f` with `a` (`m x k`) packed once for the active micro-kernel, so
+/// that the many GEMMs of one convolution (its chunks and threads) share
+/// one packing of the weight instead of each re-packing it. On the
+/// portable path, `f` gets the view itself.
+pub(super) fn with_packed_lhs<R>(
+    a: MatRef<'_>,
+    m: usize,
+    k: usize,
+    f: impl FnOnce(Lhs<'_>) -> R,
+) -> R {
+    assert!(a.fits(m, k), "gemm: lhs view {m}x{k} exceeds its buffer");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::microkernel::{Avx2, Avx512, Kernel, PackedA, Raw};
+        let path = simd::active();
+        let mr = match path {
+            SimdPath::Avx512 => Avx512::MR,
+            SimdPath::Avx2 => Avx2::MR,
+            SimdPath::Portable => 0,
+        };
+        if mr > 0 && m > 0 && k > 0 {
+            let raw = Raw {
+                ptr: a.data.as_ptr(),
+                rs: a.row_stride,
+                cs: a.col_stride,
+            };
+            return with_scratch(Slot::PackedLhs, PackedA::len(m, k, mr), |buf| {
+                // SAFETY: `fits` checked every (i, p), i < m, p < k.
+                let packed = unsafe { PackedA::pack(raw, m, k, mr, buf) };
+                f(Lhs::Packed {
+                    packed: &packed,
+                    rows: m,
+                    depth: k,
+                    path,
+                })
+            });
+        }
+    }
+    f(Lhs::View(a))
+}
+
 /// How a product's work is run: split across rayon's threads, or all on
 /// the calling thread (for callers that are already one task of a
 /// parallel loop).
@@ -100,8 +183,8 @@ pub(super) fn sgemm(
     m: usize,
     k: usize,
     n: usize,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
+    a: Lhs<'_>,
+    b: Rhs<'_>,
     beta: f32,
     c: &mut [f32],
     c_row_stride: usize,
@@ -117,19 +200,29 @@ pub(super) fn sgemm(
     in_parts(parts, m, k, n, a, b, beta, c, c_row_stride);
 }
 
-/// Panics unless every element of the `m x k`, `k x n` and `m x n` views
-/// lies inside its slice and distinct output elements are distinct.
+/// Panics unless every element of the `m x k`, `k x n` and `m x n`
+/// operands lies inside its buffer and distinct output elements are
+/// distinct.
 fn check_views(
     m: usize,
     k: usize,
     n: usize,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
+    a: Lhs<'_>,
+    b: Rhs<'_>,
     c: &[f32],
     c_row_stride: usize,
 ) {
-    assert!(a.fits(m, k), "gemm: lhs view {m}x{k} exceeds its buffer");
-    assert!(b.fits(k, n), "gemm: rhs view {k}x{n} exceeds its buffer");
+    let a_fits = match a {
+        Lhs::View(a) => a.fits(m, k),
+        #[cfg(target_arch = "x86_64")]
+        Lhs::Packed { rows, depth, .. } => rows == m && depth == k,
+    };
+    assert!(a_fits, "gemm: lhs {m}x{k} exceeds its buffer");
+    let b_fits = match b {
+        Rhs::View(b) => b.fits(k, n),
+        Rhs::Source(s) => s.shape() == (k, n),
+    };
+    assert!(b_fits, "gemm: rhs {k}x{n} exceeds its buffer");
     let c_view = MatRef::strided(c, c_row_stride);
     assert!(
         c_view.fits(m, n),
@@ -149,8 +242,8 @@ fn in_parts(
     m: usize,
     k: usize,
     n: usize,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
+    a: Lhs<'_>,
+    b: Rhs<'_>,
     beta: f32,
     c: &mut [f32],
     c_row_stride: usize,
@@ -159,53 +252,176 @@ fn in_parts(
     let len = if split_columns { n } else { m };
     let out = OutPtr(c.as_mut_ptr());
     let block = |lo: usize, hi: usize| {
-        // The block's operands: a column block of `b` and `c`, or a row
-        // block of `a` and `c`.
-        let (a_off, b_off, c_off, rows, cols) = if split_columns {
-            (0, lo * b.col_stride, lo, m, hi - lo)
+        // The block: columns lo..hi of `b` and `c`, or rows lo..hi of `a`
+        // and `c`.
+        let (rows, cols, c_off) = if split_columns {
+            ((0, m), (lo, hi - lo), lo)
         } else {
-            (lo * a.row_stride, 0, lo * c_row_stride, hi - lo, n)
+            ((lo, hi - lo), (0, n), lo * c_row_stride)
         };
-        // SAFETY: `check_views` (called by `sgemm`) guarantees every element of the full
-        // `m x k`, `k x n` and `m x n` views lies inside `a`, `b` and `c`;
-        // a block is a sub-view of them, so its offsets stay in bounds.
-        // Distinct blocks write disjoint elements of `c` (distinct columns,
-        // or distinct rows, and `n <= c_row_stride` keeps those distinct),
-        // and `c` is borrowed mutably for the whole call, so no two calls
-        // and nothing outside race on an element. Strides are below
-        // `isize::MAX` because they index into live slices.
+        // SAFETY: `check_views` (called by `sgemm`) guarantees every
+        // element of the full `m x k`, `k x n` and `m x n` operands lies
+        // inside `a`, `b` and `c`; a block is a sub-block of them, so its
+        // offsets stay in bounds, and row blocks of a pre-packed `a` start
+        // at multiples of its row tile (`align` below). Distinct blocks
+        // write disjoint elements of `c` (distinct columns, or distinct
+        // rows, and `n <= c_row_stride` keeps those distinct), and `c` is
+        // borrowed mutably for the whole call, so no two calls and nothing
+        // outside race on an element.
         unsafe {
             serial(
+                a,
                 rows,
-                k,
+                b,
                 cols,
-                (a.data.as_ptr().add(a_off), a.row_stride, a.col_stride),
-                (b.data.as_ptr().add(b_off), b.row_stride, b.col_stride),
+                k,
                 beta,
                 out.get().add(c_off),
                 c_row_stride,
-            );
-        }
+            )
+        };
     };
     if parts <= 1 {
         block(0, len);
         return;
     }
-    let width = len.div_ceil(parts).next_multiple_of(PART_ALIGN).min(len);
+    let align = match a {
+        #[cfg(target_arch = "x86_64")]
+        Lhs::Packed { packed, .. } if !split_columns => lcm(PART_ALIGN, packed.mr()),
+        _ => PART_ALIGN,
+    };
+    let width = len.div_ceil(parts).next_multiple_of(align).min(len);
     use rayon::prelude::*;
     (0..len.div_ceil(width))
         .into_par_iter()
         .for_each(|p| block(p * width, ((p + 1) * width).min(len)));
 }
 
-/// One block of a product on the calling thread, on the active SIMD path.
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
+}
+
+/// Rows `i0..i0 + m` of `a` times columns `j0..j0 + n` of `b` on the
+/// calling thread, on the active SIMD path (or the one `a` was packed for).
 ///
 /// # Safety
-/// `a` (`m x k`, pointer and row/column strides) and `b` (`k x n`) are
-/// readable views, `c` a writable `m x n` block with row stride `rsc`
-/// whose rows do not overlap, accessed by nobody else meanwhile.
+/// The blocks lie inside the operands (checked by `check_views`), `i0` is a
+/// multiple of the row tile of a pre-packed `a`, and `c` is a writable
+/// `m x n` block with row stride `rsc` whose rows do not overlap, accessed
+/// by nobody else meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn serial(
+    a: Lhs<'_>,
+    (i0, m): (usize, usize),
+    b: Rhs<'_>,
+    (j0, n): (usize, usize),
+    k: usize,
+    beta: f32,
+    c: *mut f32,
+    rsc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::microkernel::{gemm, Avx2, Avx512, PackA, Raw};
+        let raw = |v: MatRef<'_>| Raw {
+            ptr: v.data.as_ptr(),
+            rs: v.row_stride,
+            cs: v.col_stride,
+        };
+        let (a_op, path): (Raw, SimdPath);
+        let a_dyn: &dyn PackA = match a {
+            Lhs::View(v) => {
+                (a_op, path) = (raw(v), simd::active());
+                &a_op
+            }
+            Lhs::Packed {
+                packed, path: p, ..
+            } => {
+                path = p;
+                packed
+            }
+        };
+        let b_op: Raw;
+        let b_dyn: &dyn PackB = match b {
+            Rhs::View(v) => {
+                b_op = raw(v);
+                &b_op
+            }
+            Rhs::Source(s) => s,
+        };
+        let (rows, cols) = ((i0, m), (j0, n));
+        match path {
+            // SAFETY: the path is only active (or packed for) when the CPU
+            // supports it (`simd::active`/`force` check); operands as the
+            // caller promised.
+            SimdPath::Avx512 => {
+                return unsafe { gemm::<Avx512, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) }
+            }
+            // SAFETY: as above.
+            SimdPath::Avx2 => {
+                return unsafe { gemm::<Avx2, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) }
+            }
+            SimdPath::Portable => {}
+        }
+    }
+    let Lhs::View(a) = a else {
+        unreachable!("the left operand is only pre-packed for a micro-kernel path")
+    };
+    let a_ptr = a.data[i0 * a.row_stride..].as_ptr();
+    match b {
+        Rhs::View(b) => {
+            // SAFETY: the caller's contract is matrixmultiply's; strides
+            // index live slices so they fit in isize.
+            unsafe {
+                portable(
+                    m,
+                    k,
+                    n,
+                    (a_ptr, a.row_stride, a.col_stride),
+                    (
+                        b.data[j0 * b.col_stride..].as_ptr(),
+                        b.row_stride,
+                        b.col_stride,
+                    ),
+                    beta,
+                    c,
+                    rsc,
+                )
+            }
+        }
+        Rhs::Source(s) => with_scratch(Slot::Dense, k * n, |dense| {
+            // SAFETY: the k x n block at column j0 lies inside `s`, and
+            // `dense` holds k * n floats: one n-wide panel, i.e. the
+            // row-major block.
+            unsafe { s.pack(0, k, j0, n, n, dense) };
+            // SAFETY: as above, with `dense` a row-major k x n matrix.
+            unsafe {
+                portable(
+                    m,
+                    k,
+                    n,
+                    (a_ptr, a.row_stride, a.col_stride),
+                    (dense.as_ptr(), n, 1),
+                    beta,
+                    c,
+                    rsc,
+                )
+            }
+        }),
+    }
+}
+
+/// `matrixmultiply::sgemm` with alpha = 1.
+///
+/// # Safety
+/// matrixmultiply's: `a` (`m x k`) and `b` (`k x n`) readable, `c` a
+/// writable `m x n` block with row stride `rsc`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable(
     m: usize,
     k: usize,
     n: usize,
@@ -215,30 +431,8 @@ unsafe fn serial(
     c: *mut f32,
     rsc: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::microkernel::{gemm, Avx2, Avx512, Raw};
-        let ra = Raw {
-            ptr: a.0,
-            rs: a.1,
-            cs: a.2,
-        };
-        let rb = Raw {
-            ptr: b.0,
-            rs: b.1,
-            cs: b.2,
-        };
-        match simd::active() {
-            // SAFETY: the path is only active when the CPU supports it
-            // (`simd::active`/`force` check); views as the caller promised.
-            SimdPath::Avx512 => return unsafe { gemm::<Avx512>(m, k, n, ra, rb, beta, c, rsc) },
-            // SAFETY: as above.
-            SimdPath::Avx2 => return unsafe { gemm::<Avx2>(m, k, n, ra, rb, beta, c, rsc) },
-            SimdPath::Portable => {}
-        }
-    }
-    // SAFETY: the caller's contract is matrixmultiply's; strides index live
-    // slices so they fit in isize.
+    // SAFETY: the caller's contract; strides index live slices so they fit
+    // in isize.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -306,7 +500,17 @@ pub(super) fn matmul(
         MatRef::row_major(rhs, n)
     };
     let mut out = super::buffer_pool::zeroed("matmul", m * n)?;
-    sgemm(Par::Split, m, k, n, a, b, 0.0, &mut out, n);
+    sgemm(
+        Par::Split,
+        m,
+        k,
+        n,
+        Lhs::View(a),
+        Rhs::View(b),
+        0.0,
+        &mut out,
+        n,
+    );
     Ok(out)
 }
 
@@ -342,6 +546,73 @@ mod tests {
         }
     }
 
+    /// A row-major matrix that packs itself through [`PackB`], in safe
+    /// code, as the convolutions' im2col source does.
+    struct Packing<'a>(&'a [f32], usize, usize);
+
+    impl PackB for Packing<'_> {
+        unsafe fn pack(
+            &self,
+            pc: usize,
+            kc: usize,
+            jc: usize,
+            nc: usize,
+            nr: usize,
+            out: &mut [f32],
+        ) {
+            for (panel, dst) in out
+                .chunks_exact_mut(kc * nr)
+                .take(nc.div_ceil(nr))
+                .enumerate()
+            {
+                for p in 0..kc {
+                    for j in 0..nr {
+                        let col = jc + panel * nr + j;
+                        dst[p * nr + j] = if col < jc + nc {
+                            self.0[(pc + p) * self.2 + col]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    impl Source for Packing<'_> {
+        fn shape(&self) -> (usize, usize) {
+            (self.1, self.2)
+        }
+    }
+
+    #[test]
+    fn packed_lhs_and_self_packing_rhs_match_naive() {
+        // A left operand packed once (transposed, as the input gradient's
+        // Wᵀ), a right operand that packs itself, split by rows (m > n:
+        // row blocks of the packed operand) and by columns, k above one
+        // 256-deep block, on the active SIMD path.
+        for &(m, k, n) in &[(700, 300, 90), (40, 270, 800), (13, 5, 7)] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want = naive(&a, &b, m, k, n, true, false);
+            let source = Packing(&b, k, n);
+            for parts in [1, 2, 5] {
+                let mut c = vec![1.0f32; m * n];
+                with_packed_lhs(MatRef::transposed(&a, m), m, k, |lhs| {
+                    in_parts(parts, m, k, n, lhs, Rhs::Source(&source), 1.0, &mut c, n)
+                });
+                for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                    let got = f64::from(got);
+                    assert!(
+                        (got - w - 1.0).abs() < 1e-4,
+                        "{m}x{k}x{n} parts {parts}: [{i}] {got} vs {}",
+                        w + 1.0
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn split_products_match_naive() {
         // Both split directions (m <= n splits columns, m > n rows), with
@@ -368,7 +639,17 @@ mod tests {
             for parts in [1, 2, 3, 64] {
                 let stride = n + 3;
                 let mut c = vec![1.0f32; m * stride];
-                in_parts(parts, m, k, n, av, bv, 1.0, &mut c, stride);
+                in_parts(
+                    parts,
+                    m,
+                    k,
+                    n,
+                    Lhs::View(av),
+                    Rhs::View(bv),
+                    1.0,
+                    &mut c,
+                    stride,
+                );
                 for i in 0..m {
                     for j in 0..stride {
                         let got = f64::from(c[i * stride + j]);

@@ -17,6 +17,8 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
+use super::gemm::PackB;
+
 /// Depth of one packed block (A panel width, B panel height).
 const KC: usize = 256;
 /// Rows of A packed at once (a multiple of both kernels' MR).
@@ -197,6 +199,27 @@ thread_local! {
     static PACK_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
+/// The left operand `A` (`m x k`) as the GEMM consumes it: packed panels of
+/// `MR` rows.
+pub(super) trait PackA: Sync {
+    /// The `MR`-row panels (zero padded, `kc * MR` floats each) of rows
+    /// `ic..ic + mc`, depth `pc..pc + kc`: packed into `buf` (which holds
+    /// `MC.div_ceil(MR) * MR * KC` floats), or already packed elsewhere.
+    ///
+    /// # Safety
+    /// The ranges lie inside the operand; `ic` and `pc` are block starts of
+    /// the GEMM (multiples of `MR` and of [`KC`] from the operand's row 0).
+    unsafe fn panels<'s>(
+        &'s self,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        buf: &'s mut [f32],
+    ) -> &'s [f32];
+}
+
 /// A raw strided matrix view: element `(i, j)` at `ptr + i*rs + j*cs`.
 #[derive(Clone, Copy)]
 pub(super) struct Raw {
@@ -205,12 +228,61 @@ pub(super) struct Raw {
     pub cs: usize,
 }
 
-/// Packs rows `0..mc` x depth `0..kc` of `a` into MR-row panels (zero
-/// padded), `kc * MR` floats per panel.
+// SAFETY: a `Raw` is only built from a borrowed slice (gemm.rs) and only
+// read through; sharing it between threads is sharing a `&[f32]`.
+unsafe impl Sync for Raw {}
+// SAFETY: as above.
+unsafe impl Send for Raw {}
+
+impl Raw {
+    /// The element `(i, j)`'s address.
+    ///
+    /// # Safety
+    /// `(i, j)` lies inside the view.
+    unsafe fn at(&self, i: usize, j: usize) -> *const f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.ptr.add(i * self.rs + j * self.cs) }
+    }
+}
+
+impl PackA for Raw {
+    unsafe fn panels<'s>(
+        &'s self,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        buf: &'s mut [f32],
+    ) -> &'s [f32] {
+        // SAFETY: (ic, pc) and the mc x kc block after it lie inside the
+        // view (the caller's contract).
+        unsafe { pack_a(self.at(ic, pc), self.rs, self.cs, mc, kc, mr, buf) };
+        buf
+    }
+}
+
+impl PackB for Raw {
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        // SAFETY: the kc x nc block at (pc, jc) lies inside the view.
+        unsafe { pack_b(self.at(pc, jc), self.rs, self.cs, kc, nc, nr, out) }
+    }
+}
+
+/// Packs rows `0..mc` x depth `0..kc` of the view at `a` into MR-row panels
+/// (zero padded), `kc * MR` floats per panel.
 ///
 /// # Safety
-/// Every `(i, p)` with `i < mc`, `p < kc` is readable through `a`.
-unsafe fn pack_a(a: Raw, mc: usize, kc: usize, mr_full: usize, out: &mut [f32]) {
+/// Every `(i, p)` with `i < mc`, `p < kc` is readable at `a + i*rs + p*cs`.
+unsafe fn pack_a(
+    a: *const f32,
+    rs: usize,
+    cs: usize,
+    mc: usize,
+    kc: usize,
+    mr_full: usize,
+    out: &mut [f32],
+) {
     #[allow(non_snake_case)]
     let MR = mr_full;
     for (panel, dst) in out
@@ -223,22 +295,41 @@ unsafe fn pack_a(a: Raw, mc: usize, kc: usize, mr_full: usize, out: &mut [f32]) 
         if rows < MR {
             dst.fill(0.0);
         }
+        if rs == 1 {
+            // A transposed operand (the input gradient's Wᵀ): the panel's
+            // rows are adjacent in memory, so copy them depth by depth
+            // rather than walking each row with a large stride.
+            for p in 0..kc {
+                // SAFETY: i0 + rows <= mc and p < kc (caller's contract).
+                let src = unsafe { std::slice::from_raw_parts(a.add(i0 + p * cs), rows) };
+                dst[p * MR..p * MR + rows].copy_from_slice(src);
+            }
+            continue;
+        }
         for i in 0..rows {
             // SAFETY: i0 + i < mc and p < kc (caller's contract).
-            let row = unsafe { a.ptr.add((i0 + i) * a.rs) };
+            let row = unsafe { a.add((i0 + i) * rs) };
             for p in 0..kc {
-                dst[p * MR + i] = unsafe { *row.add(p * a.cs) };
+                dst[p * MR + i] = unsafe { *row.add(p * cs) };
             }
         }
     }
 }
 
-/// Packs depth `0..kc` x columns `0..nc` of `b` into NR-column panels
-/// (zero padded), `kc * NR` floats per panel.
+/// Packs depth `0..kc` x columns `0..nc` of the view at `b` into NR-column
+/// panels (zero padded), `kc * NR` floats per panel.
 ///
 /// # Safety
-/// Every `(p, j)` with `p < kc`, `j < nc` is readable through `b`.
-unsafe fn pack_b(b: Raw, kc: usize, nc: usize, nr_full: usize, out: &mut [f32]) {
+/// Every `(p, j)` with `p < kc`, `j < nc` is readable at `b + p*rs + j*cs`.
+unsafe fn pack_b(
+    b: *const f32,
+    rs: usize,
+    cs: usize,
+    kc: usize,
+    nc: usize,
+    nr_full: usize,
+    out: &mut [f32],
+) {
     #[allow(non_snake_case)]
     let NR = nr_full;
     for (panel, dst) in out
@@ -248,11 +339,11 @@ unsafe fn pack_b(b: Raw, kc: usize, nc: usize, nr_full: usize, out: &mut [f32]) 
     {
         let j0 = panel * NR;
         let cols = NR.min(nc - j0);
-        if b.cs == 1 {
+        if cs == 1 {
             for p in 0..kc {
                 let d = &mut dst[p * NR..(p + 1) * NR];
                 // SAFETY: p < kc, j0 + cols <= nc (caller's contract).
-                let src = unsafe { std::slice::from_raw_parts(b.ptr.add(p * b.rs + j0), cols) };
+                let src = unsafe { std::slice::from_raw_parts(b.add(p * rs + j0), cols) };
                 d[..cols].copy_from_slice(src);
                 d[cols..].fill(0.0);
             }
@@ -262,28 +353,90 @@ unsafe fn pack_b(b: Raw, kc: usize, nc: usize, nr_full: usize, out: &mut [f32]) 
             }
             for j in 0..cols {
                 // SAFETY: as above.
-                let col = unsafe { b.ptr.add((j0 + j) * b.cs) };
+                let col = unsafe { b.add((j0 + j) * cs) };
                 for p in 0..kc {
-                    dst[p * NR + j] = unsafe { *col.add(p * b.rs) };
+                    dst[p * NR + j] = unsafe { *col.add(p * rs) };
                 }
             }
         }
     }
 }
 
-/// `C = A·B + beta * C` on the calling thread with kernel `K`.
+/// A left operand packed once, whole, for kernel `MR` (the convolutions'
+/// weight, used by every chunk and thread of one call instead of being
+/// re-packed by each GEMM). Layout: for each depth block `pc` (steps of
+/// [`KC`]), the `MR`-row panels of all rows, `kc * MR` floats each; block
+/// `pc` starts at `pc * m_pad`.
+pub(super) struct PackedA<'a> {
+    data: &'a [f32],
+    m_pad: usize,
+    mr: usize,
+}
+
+impl<'a> PackedA<'a> {
+    /// Floats needed to pack an `m x k` operand for row tile `mr`.
+    pub fn len(m: usize, k: usize, mr: usize) -> usize {
+        m.next_multiple_of(mr) * k
+    }
+
+    /// Packs `a` (`m x k`) into `out` (at least [`Self::len`] floats).
+    ///
+    /// # Safety
+    /// Every `(i, p)` with `i < m`, `p < k` is readable through `a`.
+    pub unsafe fn pack(a: Raw, m: usize, k: usize, mr: usize, out: &'a mut [f32]) -> Self {
+        let m_pad = m.next_multiple_of(mr);
+        let out = &mut out[..m_pad * k];
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // SAFETY: the m x kc block at (0, pc) lies inside the view.
+            unsafe { pack_a(a.at(0, pc), a.rs, a.cs, m, kc, mr, &mut out[pc * m_pad..]) };
+        }
+        Self {
+            data: out,
+            m_pad,
+            mr,
+        }
+    }
+
+    /// The row tile it was packed for.
+    pub fn mr(&self) -> usize {
+        self.mr
+    }
+}
+
+impl PackA for PackedA<'_> {
+    unsafe fn panels<'s>(
+        &'s self,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        _buf: &'s mut [f32],
+    ) -> &'s [f32] {
+        debug_assert!(mr == self.mr && ic.is_multiple_of(mr) && pc.is_multiple_of(KC));
+        let start = pc * self.m_pad + ic * kc;
+        &self.data[start..start + mc.div_ceil(mr) * mr * kc]
+    }
+}
+
+/// `C = A·B + beta * C` on the calling thread with kernel `K`, for rows
+/// `i0..i0 + m` of `a` and columns `j0..j0 + n` of `b`; `c` points at the
+/// block's top-left element.
 ///
 /// # Safety
-/// The CPU supports `K`; `a` (`m x k`) and `b` (`k x n`) are readable
-/// views, `c` a writable `m x n` block with row stride `rsc >= n` (or
-/// `m <= 1`) that nothing else accesses meanwhile.
+/// The CPU supports `K`; the `m x k` block of `a` at row `i0` (a multiple
+/// of `K::MR` when `a` is pre-packed) and the `k x n` block of `b` at
+/// column `j0` lie inside their operands; `c` is a writable `m x n` block
+/// with row stride `rsc >= n` (or `m <= 1`) that nothing else accesses
+/// meanwhile.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm<K: Kernel>(
-    m: usize,
+pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
+    a: &A,
+    (i0, m): (usize, usize),
+    b: &B,
+    (j0, n): (usize, usize),
     k: usize,
-    n: usize,
-    a: Raw,
-    b: Raw,
     beta: f32,
     c: *mut f32,
     rsc: usize,
@@ -318,28 +471,20 @@ pub(super) unsafe fn gemm<K: Kernel>(
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let beta_block = if pc == 0 { beta } else { 1.0 };
-            let bv = Raw {
-                // SAFETY: (pc, jc) is inside the k x n view.
-                ptr: unsafe { b.ptr.add(pc * b.rs + jc * b.cs) },
-                ..b
-            };
-            // SAFETY: the sub-view kc x nc lies inside b.
-            unsafe { pack_b(bv, kc, nc, K::NR, &mut bpack) };
+            // SAFETY: the kc x nc block at (pc, j0 + jc) lies inside b;
+            // bpack holds nc.div_ceil(NR) * NR * kc floats.
+            unsafe { b.pack(pc, kc, j0 + jc, nc, K::NR, &mut bpack) };
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                let av = Raw {
-                    // SAFETY: (ic, pc) is inside the m x k view.
-                    ptr: unsafe { a.ptr.add(ic * a.rs + pc * a.cs) },
-                    ..a
-                };
-                // SAFETY: the sub-view mc x kc lies inside a.
-                unsafe { pack_a(av, mc, kc, K::MR, &mut apack) };
+                // SAFETY: the mc x kc block at (i0 + ic, pc) lies inside a;
+                // i0 + ic is a multiple of MR when i0 is (MC is).
+                let ap = unsafe { a.panels(i0 + ic, mc, pc, kc, K::MR, &mut apack) };
                 for jr in (0..nc).step_by(K::NR) {
                     let nr = K::NR.min(nc - jr);
                     let bp = &bpack[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
                     for ir in (0..mc).step_by(K::MR) {
                         let mr = K::MR.min(mc - ir);
-                        let ap = &apack[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
+                        let ap = &ap[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
                         // SAFETY: the panels hold kc*MR and kc*NR floats;
                         // the mr x nr tile at (ic+ir, jc+jr) is inside c.
                         unsafe {

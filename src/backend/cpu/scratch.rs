@@ -10,11 +10,18 @@ use std::cell::Cell;
 pub(super) enum Slot {
     Columns,
     Staging,
+    /// A GEMM left operand packed once for all its uses (gemm.rs).
+    PackedLhs,
+    /// A self-packing right operand written out densely for the portable
+    /// GEMM (gemm.rs).
+    Dense,
 }
 
 thread_local! {
     static COLUMNS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static STAGING: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static PACKED_LHS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static DENSE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` on a scratch slice of `len` elements whose contents are
@@ -28,6 +35,8 @@ pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32])
     let key = match slot {
         Slot::Columns => &COLUMNS,
         Slot::Staging => &STAGING,
+        Slot::PackedLhs => &PACKED_LHS,
+        Slot::Dense => &DENSE,
     };
     let mut buf = key.with(Cell::take);
     if buf.len() < len {

@@ -10,7 +10,7 @@ use super::params::kernel_params;
 use super::storage::{int, launch, linear_launch, per_item_launch, CudaStorage};
 use crate::backend::check;
 use crate::backend::BackendStorage;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 impl CudaStorage {
     pub(super) fn launch_log_softmax(&self, rows: usize, cols: usize) -> Result<Self> {
@@ -60,11 +60,10 @@ impl CudaStorage {
         check::nll_loss(self, labels, rows, cols)?;
         let logp = self.f32(op)?;
         let lab = checked_labels(op, self, labels, cols)?;
-        if rows == 0 {
-            return Err(Error::invalid(op, "mean over an empty batch"));
-        }
         let p = LossParams::new(op, rows, cols)?;
         let mut out = self.output(1, op)?;
+        // Zero rows launch too: the kernel's mean is then -0/0 = NaN, which
+        // is PyTorch's (and the CPU backend's) mean over an empty batch.
         launch!(
             self.device,
             KernelFile::Loss,

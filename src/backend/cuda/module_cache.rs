@@ -291,7 +291,7 @@ mod tests {
     /// cache is asked.
     #[test]
     fn functions_are_keyed_by_file_and_name() {
-        cuda_emu::with_cuda(
+        cuda_emu::cuda_test(
             "backend::cuda::module_cache::tests::functions_are_keyed_by_file_and_name",
             || {
                 assert_eq!(run(KernelFile::TestA, "which_file"), 1);

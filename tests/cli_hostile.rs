@@ -222,20 +222,9 @@ fn with_trainable<'a>(mut args: Vec<&'a str>, globs: &'a str) -> Vec<&'a str> {
     args
 }
 
+/// A transfer step (`fc.*`, learning rate 0.1).
 fn step_args<'a>(weights: &'a str, batch: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "step",
-        "--weights",
-        weights,
-        "--batch",
-        batch,
-        "--trainable",
-        "fc.*",
-        "--lr",
-        "0.1",
-        "--out",
-        out,
-    ]
+    cli::step_args(weights, batch, "fc.*", out)
 }
 
 #[test]

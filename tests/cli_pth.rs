@@ -16,7 +16,7 @@ mod scratch;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cli::{frostgrad, resnet18_state, stderr};
+use cli::{frostgrad, resnet18_state, stderr, step_args};
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::io::{safetensors, HostTensor, StateDict};
 use rand::rngs::StdRng;
@@ -140,21 +140,13 @@ fn assert_same_tensors(a: &StateDict, b: &StateDict, what: &str) {
 fn step(dir: &Path, weights: &Path, out_name: &str, extra: &[&str]) -> (StateDict, String) {
     let batch = write_batch(dir);
     let out = dir.join(out_name);
-    let mut args = vec![
-        "step",
-        "--weights",
+    let mut args = step_args(
         weights.to_str().unwrap(),
-        "--batch",
         batch.to_str().unwrap(),
-        "--trainable",
         "layer4.*,fc.*",
-        "--lr",
-        "0.1",
-        "--momentum",
-        "0.9",
-        "--out",
         out.to_str().unwrap(),
-    ];
+    );
+    args.extend_from_slice(&["--momentum", "0.9"]);
     args.extend_from_slice(extra);
     let o = frostgrad(&args);
     assert!(o.status.success(), "step failed: {}", stderr(&o));
@@ -225,19 +217,12 @@ fn a_prefixed_checkpoint_without_strip_prefix_says_what_to_do() {
     let dir = scratch_dir("mismatch");
     let batch = write_batch(&dir);
     let out = dir.join("o.safetensors");
-    let o = frostgrad(&[
-        "step",
-        "--weights",
+    let o = frostgrad(&step_args(
         w.pth.to_str().unwrap(),
-        "--batch",
         batch.to_str().unwrap(),
-        "--trainable",
         "fc.*",
-        "--lr",
-        "0.1",
-        "--out",
         out.to_str().unwrap(),
-    ]);
+    ));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     for part in [

@@ -9,7 +9,7 @@ mod scratch;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cli::{frostgrad, host, random_images, resnet18_state, write_batch};
+use cli::{frostgrad, host, random_images, resnet18_state, step_args, write_batch};
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::io::{safetensors, HostTensor, StateDict};
 use frostgrad::nn::{resnet18, Module};
@@ -44,32 +44,22 @@ fn step(test: &str, trainable: &str, extra: &[&str]) -> StepRun {
     let dir = scratch_dir(test);
     let batch = tiny_batch(&dir);
     let (out, stats) = (dir.join("out.safetensors"), dir.join("stats.json"));
-    let mut args = vec![
-        "step",
-        "--weights",
+    let mut args = step_args(
         weights().0.to_str().unwrap(),
-        "--batch",
         batch.to_str().unwrap(),
-        "--trainable",
         trainable,
-        "--lr",
-        "0.1",
+        out.to_str().unwrap(),
+    );
+    args.extend_from_slice(&[
         "--momentum",
         "0.9",
         "--weight-decay",
         "0.0001",
-        "--out",
-        out.to_str().unwrap(),
         "--stats-json",
         stats.to_str().unwrap(),
-    ];
+    ]);
     args.extend_from_slice(extra);
-    let result = frostgrad(&args);
-    assert!(
-        result.status.success(),
-        "frostgrad failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    cli::ok(&frostgrad(&args));
     let run = StepRun {
         out: safetensors::load(&out).unwrap(),
         stats_json: std::fs::read_to_string(&stats).unwrap(),
@@ -250,23 +240,14 @@ fn int32_labels_are_accepted() {
     ];
     ::safetensors::tensor::serialize_to_file(views, None, &batch).unwrap();
     let out = dir.join("out.safetensors");
-    let r = frostgrad(&[
-        "step",
-        "--weights",
+    let mut args = step_args(
         weights().0.to_str().unwrap(),
-        "--batch",
         batch.to_str().unwrap(),
-        "--trainable",
         "fc.*",
-        "--lr",
-        "0.1",
-        "--momentum",
-        "0",
-        "--weight-decay",
-        "0",
-        "--out",
         out.to_str().unwrap(),
-    ]);
+    );
+    args.extend_from_slice(&["--momentum", "0", "--weight-decay", "0"]);
+    let r = frostgrad(&args);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(safetensors::load(&out).unwrap().contains("grad.fc.weight"));
     std::fs::remove_dir_all(&dir).unwrap();

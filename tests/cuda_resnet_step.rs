@@ -30,19 +30,16 @@ use frostgrad::io::{safetensors, HostTensor, StateDict};
 use frostgrad::nn::{resnet18, Module};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use scratch::scratch_dir;
 
 const TOLERANCE: f32 = 4e-3;
 const BATCH: usize = 3;
-
-fn scratch(name: &str) -> PathBuf {
-    scratch::scratch_dir(&format!("cuda-step-{name}"))
-}
 
 /// Weights and batch files, written once per process.
 fn inputs() -> &'static (PathBuf, PathBuf) {
     static FILES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     FILES.get_or_init(|| {
-        let dir = scratch("inputs");
+        let dir = scratch_dir("inputs");
         let model = resnet18(10, &mut StdRng::seed_from_u64(77)).unwrap();
         let weights = dir.join("weights.safetensors");
         safetensors::save(&model.state_dict().unwrap(), &weights).unwrap();
@@ -118,7 +115,7 @@ fn step(dir: &Path, trainable: &str, eval: bool, device: DeviceArg) -> (StateDic
 }
 
 fn compare_step(name: &str, trainable: &str, eval: bool) {
-    let dir = scratch(name);
+    let dir = scratch_dir(name);
     let (cpu, cpu_stats) = step(&dir, trainable, eval, DeviceArg::Cpu);
     let (cuda, cuda_stats) = step(&dir, trainable, eval, DeviceArg::Cuda);
     assert_eq!(

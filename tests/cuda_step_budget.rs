@@ -17,8 +17,12 @@
 //!   that number is a change in the kernels a step runs, which should be
 //!   deliberate.
 //!
+//! A graph of the general op set (broadcasting, strided copies, reductions,
+//! batched matmul) is held to the same: no driver allocation, no host wait
+//! (`general_op_graph_step_allocates_nothing_and_never_waits`).
+//!
 //! These run on the emulation only: a real driver has no such counters.
-//! The two step budgets are skipped, with the reason printed, while
+//! The step budgets are skipped, with the reason printed, while
 //! `FROSTGRAD_CUDA_EMU_CHECK` is set: the allocator then has no pool.
 
 #[path = "common/cuda_emu.rs"]
@@ -180,4 +184,90 @@ fn bench_on_the_emulation_says_so_and_defaults_to_a_small_configuration() {
         text.contains("ResNet-18, batch 2 at 64x64, device cuda:0 (frostgrad CUDA emulation"),
         "{text}"
     );
+}
+
+/// Steps of a small graph of the general op set (issue 15) on `cuda:0`:
+/// a batched matmul, broadcasting add and multiply, tanh, a permuted
+/// (strided) copy, row reductions, and its backward into two leaves.
+fn general_op_steps(steps: usize) {
+    use frostgrad::{ops, Device, Tensor};
+    let dev = Device::Cuda(0);
+    let values = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * scale)
+            .collect()
+    };
+    let x = Tensor::from_vec(values(2 * 4 * 16, 0.1), &[2, 4, 16], dev).unwrap();
+    let w = Tensor::from_vec(values(2 * 16 * 5, 0.05), &[2, 16, 5], dev)
+        .and_then(|t| t.requires_grad_(true))
+        .unwrap();
+    let b = Tensor::from_vec(values(5, 0.2), &[5], dev)
+        .and_then(|t| t.requires_grad_(true))
+        .unwrap();
+    for _ in 0..steps {
+        let h = (&ops::matmul(&x, &w).unwrap() + &b).unwrap();
+        let y = ops::tanh(&h).unwrap();
+        let z = ops::permute(&y, &[0, 2, 1]).unwrap();
+        let sq = (&z * &z).unwrap();
+        let rows = ops::max_dims(&sq, &[2], false).unwrap();
+        let loss = ops::sum_dims(&rows, &[0, 1], false).unwrap();
+        loss.backward().unwrap();
+    }
+    // Nothing above read a value back; this does, once, after the steps.
+    assert!(w.grad().is_some() && b.grad().is_some());
+}
+
+/// Runs `general_op_steps(1 + steps)` in a child on the emulation and
+/// returns its counters.
+fn general_op_stats(steps: usize) -> EmuStats {
+    const NAME: &str = "general_op_graph_step_allocates_nothing_and_never_waits";
+    let path = std::env::temp_dir().join(format!(
+        "frostgrad-budget-{}-general-{steps}.json",
+        std::process::id()
+    ));
+    let path_text = path.to_string_lossy().into_owned();
+    let steps_text = steps.to_string();
+    cuda_emu::run_emulated(
+        NAME,
+        &[
+            ("FROSTGRAD_CUDA_EMU_STATS", &path_text),
+            ("FROSTGRAD_BUDGET_STEPS", &steps_text),
+        ],
+    );
+    let stats = emu_stats::read(&path);
+    let _ = std::fs::remove_file(&path);
+    stats
+}
+
+/// The general ops pass their layouts (shape and strides) inside the
+/// kernel's parameter struct (they used to upload them into a fresh driver
+/// allocation per op): a steady-state step of such a graph makes no driver
+/// allocation, no host wait and no copy to the host. What it still copies
+/// to the device are two 4-byte constants, asynchronously from pageable
+/// memory (no wait): the backward's seed gradient of 1 and the 1 of tanh's
+/// backward (1 - y²).
+#[test]
+fn general_op_graph_step_allocates_nothing_and_never_waits() {
+    let name = "general_op_graph_step_allocates_nothing_and_never_waits";
+    if cuda_emu::skip_under_checks(name, ANY_CHECK, NO_POOL) {
+        return;
+    }
+    if let Ok(steps) = std::env::var("FROSTGRAD_BUDGET_STEPS") {
+        // The child: one warm-up step, then the counted ones.
+        general_op_steps(1 + steps.parse::<usize>().unwrap());
+        return;
+    }
+    let a = general_op_stats(1);
+    let b = general_op_stats(3);
+    let two = b.minus(&a);
+    let ctx = format!("two steps: {two:#?}");
+    assert_eq!(two.get("allocs"), 0, "driver allocations\n{ctx}");
+    assert_eq!(two.get("frees"), 0, "driver frees\n{ctx}");
+    assert_eq!(two.get("dtoh_calls"), 0, "device-to-host copies\n{ctx}");
+    assert_eq!(two.get("syncs"), 0, "host waits\n{ctx}");
+    assert_eq!(two.get("htod_calls"), 4, "host-to-device copies\n{ctx}");
+    assert_eq!(two.get("htod_bytes"), 16, "host-to-device bytes\n{ctx}");
+    for kernel in ["batched_matmul_f32", "binary_f32", "strided_copy_f32"] {
+        assert!(two.kernels.contains_key(kernel), "{kernel} not run\n{ctx}");
+    }
 }

@@ -300,3 +300,36 @@ fn shape_errors_are_errors() {
         "empty reduction"
     );
 }
+
+/// Each elementwise op keeps only what the gradients it will compute use,
+/// under PyTorch's saved names (`self`, `other`, `result`): `x * frozen_w`
+/// keeps `w` and not `x`, `a / b` keeps `b` for either gradient and `a`
+/// only for b's, `exp`/`sigmoid`/`tanh` their output, `log` its input.
+#[test]
+fn elementwise_ops_save_what_their_needed_gradients_use() {
+    let t = |v: &[f32], grad: bool| {
+        Tensor::from_vec(v.to_vec(), &[v.len()], Device::Cpu)
+            .and_then(|t| t.requires_grad_(grad))
+            .expect("tensor")
+    };
+    let root = |out: frostgrad::Result<Tensor>| {
+        let node = out.expect("op").graph().nodes.remove(0);
+        let saved: Vec<&str> = node.saved.iter().map(|s| s.name).collect();
+        (node.grad_fn, saved)
+    };
+    let (a, b) = ([0.5, 2.0], [4.0, -1.5]);
+    for (ga, gb, mul, div) in [
+        (true, true, vec!["self", "other"], vec!["self", "other"]),
+        (true, false, vec!["other"], vec!["other"]),
+        (false, true, vec!["self"], vec!["self", "other"]),
+    ] {
+        let (x, y) = (t(&a, ga), t(&b, gb));
+        assert_eq!(root(&x * &y), ("MulBackward0", mul), "{ga} {gb}");
+        assert_eq!(root(&x / &y), ("DivBackward0", div), "{ga} {gb}");
+    }
+    let x = t(&a, true);
+    assert_eq!(root(ops::exp(&x)), ("ExpBackward0", vec!["result"]));
+    assert_eq!(root(ops::log(&x)), ("LogBackward0", vec!["self"]));
+    assert_eq!(root(ops::sigmoid(&x)), ("SigmoidBackward0", vec!["result"]));
+    assert_eq!(root(ops::tanh(&x)), ("TanhBackward0", vec!["result"]));
+}

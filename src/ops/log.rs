@@ -1,44 +1,21 @@
-//! Natural log: d/dx = g / x, which needs the input (saved).
+//! Natural log: d/dx = g / x, which needs the input (saved). (What every
+//! unary elementwise op shares is in `elementwise.rs`.)
 
-use crate::autograd::{record, BackwardOp};
-use crate::backend::{BackendStorage, BinaryOp, UnaryOp};
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::ops::broadcast::binary_tensor;
+use crate::ops::elementwise::{self, Keep, Unary};
 use crate::tensor::Tensor;
 
 pub fn log(x: &Tensor) -> Result<Tensor> {
-    let out = x.storage().unary(UnaryOp::Log)?;
-    record(out, x.shape().to_vec(), &[Some(x)], |_, _| {
-        Box::new(LogBackward { input: x.detach() })
-    })
+    elementwise::unary(x, &LOG)
 }
 
-struct LogBackward {
-    input: Tensor,
-}
-
-impl BackwardOp for LogBackward {
-    fn name(&self) -> &'static str {
-        "LogBackward0"
-    }
-    fn op(&self) -> &'static str {
-        "log"
-    }
-    fn input_names(&self) -> &'static [&'static str] {
-        &["input"]
-    }
-    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
-        vec![("self", &self.input)]
-    }
-    fn backward(
-        self: Box<Self>,
-        grad_output: &Tensor,
-        _needs: &[bool],
-    ) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(binary_tensor(
-            grad_output,
-            &self.input,
-            BinaryOp::Div,
-        )?)])
-    }
-}
+static LOG: Unary = Unary {
+    name: "LogBackward0",
+    op: "log",
+    forward: UnaryOp::Log,
+    keep: Keep::Input,
+    // g / x
+    backward: |g, x| binary_tensor(g, x, BinaryOp::Div),
+};

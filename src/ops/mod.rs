@@ -1,7 +1,10 @@
 //! Differentiable ops. Each file holds one op family: its forward (which
 //! calls the backend and records a node via `autograd::record`), its
 //! backward struct with exactly the state it saved, and the gradient mask
-//! logic that decides what to save and what to compute.
+//! logic that decides what to save and what to compute. The elementwise
+//! ops (`exp`, `log`, `sigmoid`, `tanh`, `mul`, `div`) share one backward
+//! struct per arity (`elementwise.rs`); their files hold the kernel, what
+//! to save and the gradient formula.
 //!
 //! `conv2d.rs` is the one to read first: it shows how a frozen weight costs
 //! no weight gradient while the input gradient still flows through.
@@ -12,6 +15,7 @@ mod batch_norm;
 pub(crate) mod broadcast;
 mod conv2d;
 mod div;
+mod elementwise;
 mod exp;
 pub mod flops;
 mod linear;

@@ -1,69 +1,38 @@
 //! `a * b` with broadcasting. d/da = g·b needs b, d/db = g·a needs a: each
 //! operand is saved only if the *other* one's gradient is needed, so
-//! `x * frozen_w` keeps `w` and not `x`.
+//! `x * frozen_w` keeps `w` and not `x`. (What every binary elementwise op
+//! shares, broadcasting and summing gradients back, is in `elementwise.rs`.)
 
-use crate::autograd::{record, BackwardOp};
 use crate::backend::BinaryOp;
 use crate::error::Result;
-use crate::ops::broadcast::{binary, binary_tensor, reduce_to};
-use crate::ops::saved;
+use crate::ops::broadcast::binary_tensor;
+use crate::ops::elementwise::{self, Binary, Grads, Operands};
 use crate::tensor::Tensor;
 
 pub fn mul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
-    let (out, shape) = binary("mul", lhs, rhs, BinaryOp::Mul)?;
-    record(out, shape, &[Some(lhs), Some(rhs)], |needs, _| {
-        Box::new(MulBackward {
-            shapes: [lhs.shape().to_vec(), rhs.shape().to_vec()],
-            // d/d(other) = g * self, d/d(self) = g * other.
-            this: needs[1].then(|| lhs.detach()),
-            other: needs[0].then(|| rhs.detach()),
-        })
-    })
+    elementwise::binary(lhs, rhs, &MUL)
 }
 
-struct MulBackward {
-    shapes: [Vec<usize>; 2],
-    this: Option<Tensor>,
-    other: Option<Tensor>,
+static MUL: Binary = Binary {
+    name: "MulBackward0",
+    op: "mul",
+    forward: BinaryOp::Mul,
+    keep,
+    backward,
+};
+
+/// `a` for b's gradient, `b` for a's.
+fn keep([da, db]: [bool; 2]) -> [bool; 2] {
+    [db, da]
 }
 
-impl BackwardOp for MulBackward {
-    fn name(&self) -> &'static str {
-        "MulBackward0"
+fn backward(g: &Tensor, kept: &Operands, [da, db]: [bool; 2]) -> Result<Grads> {
+    let mut grads = [None, None];
+    if da {
+        grads[0] = Some(binary_tensor(g, kept.b()?, BinaryOp::Mul)?);
     }
-    fn op(&self) -> &'static str {
-        "mul"
+    if db {
+        grads[1] = Some(binary_tensor(g, kept.a()?, BinaryOp::Mul)?);
     }
-    fn input_names(&self) -> &'static [&'static str] {
-        &["input", "other"]
-    }
-    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
-        [("self", &self.this), ("other", &self.other)]
-            .into_iter()
-            .filter_map(|(n, t)| t.as_ref().map(|t| (n, t)))
-            .collect()
-    }
-    fn backward(
-        self: Box<Self>,
-        grad_output: &Tensor,
-        needs: &[bool],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let name = self.name();
-        let mut grads = vec![None, None];
-        if needs[0] {
-            let b = saved(&self.other, name, "other")?;
-            grads[0] = Some(reduce_to(
-                &binary_tensor(grad_output, b, BinaryOp::Mul)?,
-                &self.shapes[0],
-            )?);
-        }
-        if needs[1] {
-            let a = saved(&self.this, name, "self")?;
-            grads[1] = Some(reduce_to(
-                &binary_tensor(grad_output, a, BinaryOp::Mul)?,
-                &self.shapes[1],
-            )?);
-        }
-        Ok(grads)
-    }
+    Ok(grads)
 }

@@ -1,47 +1,26 @@
 //! `tanh(x)`: d/dx = g·(1 - y²) from the output y (saved, not the input).
+//! (What every unary elementwise op shares is in `elementwise.rs`.)
 
-use crate::autograd::{record, BackwardOp};
-use crate::backend::{BackendStorage, BinaryOp, UnaryOp};
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::ops::broadcast::{binary_tensor, scalar_like};
+use crate::ops::elementwise::{self, Keep, Unary};
 use crate::tensor::Tensor;
 
 pub fn tanh(x: &Tensor) -> Result<Tensor> {
-    let out = x.storage().unary(UnaryOp::Tanh)?;
-    record(out, x.shape().to_vec(), &[Some(x)], |_, y| {
-        Box::new(TanhBackward { result: y.clone() })
-    })
+    elementwise::unary(x, &TANH)
 }
 
-struct TanhBackward {
-    result: Tensor,
-}
+static TANH: Unary = Unary {
+    name: "TanhBackward0",
+    op: "tanh",
+    forward: UnaryOp::Tanh,
+    keep: Keep::Output,
+    backward,
+};
 
-impl BackwardOp for TanhBackward {
-    fn name(&self) -> &'static str {
-        "TanhBackward0"
-    }
-    fn op(&self) -> &'static str {
-        "tanh"
-    }
-    fn input_names(&self) -> &'static [&'static str] {
-        &["input"]
-    }
-    fn saved(&self) -> Vec<(&'static str, &Tensor)> {
-        vec![("result", &self.result)]
-    }
-    fn backward(
-        self: Box<Self>,
-        grad_output: &Tensor,
-        _needs: &[bool],
-    ) -> Result<Vec<Option<Tensor>>> {
-        let y = &self.result;
-        let y2 = binary_tensor(y, y, BinaryOp::Mul)?;
-        let one_minus = binary_tensor(&scalar_like(1.0, y)?, &y2, BinaryOp::Sub)?;
-        Ok(vec![Some(binary_tensor(
-            grad_output,
-            &one_minus,
-            BinaryOp::Mul,
-        )?)])
-    }
+fn backward(g: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let y2 = binary_tensor(y, y, BinaryOp::Mul)?;
+    let one_minus = binary_tensor(&scalar_like(1.0, y)?, &y2, BinaryOp::Sub)?;
+    binary_tensor(g, &one_minus, BinaryOp::Mul)
 }

@@ -65,6 +65,29 @@ pub fn fails_with(out: &Output, needles: &[&str]) {
     }
 }
 
+/// `frostgrad step` reading `weights` and `batch`, training what `trainable`
+/// matches at learning rate 0.1 and writing `out`; add the rest.
+pub fn step_args<'a>(
+    weights: &'a str,
+    batch: &'a str,
+    trainable: &'a str,
+    out: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "step",
+        "--weights",
+        weights,
+        "--batch",
+        batch,
+        "--trainable",
+        trainable,
+        "--lr",
+        "0.1",
+        "--out",
+        out,
+    ]
+}
+
 pub fn host(shape: &[usize], data: CpuStorage) -> HostTensor {
     HostTensor::new(shape.to_vec(), data).unwrap()
 }

@@ -428,9 +428,13 @@ impl PackB for Columns<'_> {
                 }
             }
         } else {
-            // Depth = output pixels, columns = taps: each tap fills one
-            // column of the panel.
+            // Depth = output pixels, columns = taps. Each tap's values over
+            // a run are contiguous in the image but one column of the
+            // panel: gather them as rows of `rows`, then transpose into
+            // the panel in 4x4 blocks (strided scalar stores, one per
+            // element, made this the most expensive packing of all).
             self.runs(pc, kc, &mut runs);
+            let mut rows = Vec::new();
             for (panel, dst) in out
                 .chunks_exact_mut(kc * nr)
                 .take(nc.div_ceil(nr))
@@ -441,13 +445,58 @@ impl PackB for Columns<'_> {
                 if cols < nr {
                     dst.fill(0.0);
                 }
-                for j in 0..cols {
-                    let t = self.tap_span(j0 + j);
-                    for &(off, run) in &runs {
-                        self.fill(&t, run, &mut dst[off * nr + j..], nr);
+                let spans: Vec<TapSpan> = (j0..j0 + cols).map(|r| self.tap_span(r)).collect();
+                for &(off, run) in &runs {
+                    rows.resize(cols * run.len, 0.0);
+                    for (t, row) in spans.iter().zip(rows.chunks_exact_mut(run.len)) {
+                        self.fill(t, run, row, 1);
                     }
+                    transpose(&rows, cols, run.len, &mut dst[off * nr..], nr);
                 }
             }
+        }
+    }
+}
+
+/// `dst[e * dst_stride + j] = src[j * len + e]` for `j < rows`, `e < len`.
+fn transpose(src: &[f32], rows: usize, len: usize, dst: &mut [f32], dst_stride: usize) {
+    let (rows4, len4) = (rows - rows % 4, len - len % 4);
+    if rows4 > 0 && len4 > 0 {
+        assert!(src.len() >= rows * len && dst.len() > (len - 1) * dst_stride + rows - 1);
+    }
+    for j in (0..rows4).step_by(4) {
+        for e in (0..len4).step_by(4) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: rows j..j+4 of src hold elements e..e+4 (e + 4 <=
+            // len, j + 4 <= rows, src holds rows * len); rows e..e+4 of dst
+            // hold elements j..j+4 (checked above). SSE is part of x86-64.
+            unsafe {
+                use std::arch::x86_64::*;
+                let at = |r: usize| _mm_loadu_ps(src.as_ptr().add((j + r) * len + e));
+                let (r0, r1, r2, r3) = (at(0), at(1), at(2), at(3));
+                let t0 = _mm_unpacklo_ps(r0, r1);
+                let t1 = _mm_unpacklo_ps(r2, r3);
+                let t2 = _mm_unpackhi_ps(r0, r1);
+                let t3 = _mm_unpackhi_ps(r2, r3);
+                let out = dst.as_mut_ptr().add(e * dst_stride + j);
+                _mm_storeu_ps(out, _mm_movelh_ps(t0, t1));
+                _mm_storeu_ps(out.add(dst_stride), _mm_movehl_ps(t1, t0));
+                _mm_storeu_ps(out.add(2 * dst_stride), _mm_movelh_ps(t2, t3));
+                _mm_storeu_ps(out.add(3 * dst_stride), _mm_movehl_ps(t3, t2));
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            for jj in j..j + 4 {
+                for ee in e..e + 4 {
+                    dst[ee * dst_stride + jj] = src[jj * len + ee];
+                }
+            }
+        }
+    }
+    // The edges: columns len4.. of the blocked rows, then the last rows.
+    for j in 0..rows {
+        let from = if j < rows4 { len4 } else { 0 };
+        for e in from..len {
+            dst[e * dst_stride + j] = src[j * len + e];
         }
     }
 }
@@ -1019,6 +1068,25 @@ mod tests {
                 assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
                 assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_handles_blocks_and_edges() {
+        for (rows, len, stride) in [(8, 8, 8), (7, 9, 11), (3, 2, 5), (12, 5, 16)] {
+            let src = pseudo_random(rows * len, (rows * 31 + len) as u64);
+            let mut dst = vec![f32::NAN; len * stride];
+            transpose(&src, rows, len, &mut dst, stride);
+            for e in 0..len {
+                for j in 0..stride {
+                    let got = dst[e * stride + j];
+                    if j < rows {
+                        assert_eq!(got, src[j * len + e], "{rows}x{len}: ({e}, {j})");
+                    } else {
+                        assert!(got.is_nan(), "{rows}x{len}: wrote outside ({e}, {j})");
+                    }
+                }
             }
         }
     }

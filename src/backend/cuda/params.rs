@@ -358,7 +358,7 @@ mod tests {
     /// swapped fields, a field of another type, one field too many.
     #[test]
     fn a_drifted_struct_fails_to_compile() {
-        crate::backend::cuda::cuda_emu::with_cuda(
+        crate::backend::cuda::cuda_emu::cuda_test(
             "backend::cuda::params::tests::a_drifted_struct_fails_to_compile",
             || {
                 let decl = "int planes, H, W, KH, KW,";

@@ -40,8 +40,9 @@ pub(super) fn max_pool2d(x: &[f32], g: &Pool2dGeometry) -> Result<(Vec<f32>, Vec
     let planes = checked_numel(op, &[g.batch, g.channels])?;
     checked_numel(op, &[g.in_h, g.in_w])?;
     let out_plane = checked_numel(op, &[g.out_h, g.out_w])?;
-    let mut values = buffer_pool::zeroed(op, checked_numel(op, &[planes, out_plane])?)?;
-    let mut indices = buffer_pool::zeroed(op, values.len())?;
+    // Every element of both is written below.
+    let mut values = buffer_pool::uninit(op, checked_numel(op, &[planes, out_plane])?)?;
+    let mut indices = buffer_pool::uninit(op, values.len())?;
     if values.is_empty() {
         return Ok((values, indices));
     }
@@ -91,20 +92,26 @@ fn max_pool_planes(
     let first_col: Vec<usize> = (0..out_w)
         .map(|ow| max_window(ow, sw, pw, kw, dw, in_w).0)
         .collect();
+    // A few tasks per thread, each with one scratch copy from the buffer
+    // pool (a fresh allocation per task would page-fault every step).
+    let planes = values.len() / out_plane;
+    let per_task = planes.div_ceil(4 * rayon::current_num_threads()).max(1);
     values
-        .par_chunks_mut(out_plane)
-        .zip(indices.par_chunks_mut(out_plane))
+        .par_chunks_mut(out_plane * per_task)
+        .zip(indices.par_chunks_mut(out_plane * per_task))
         .enumerate()
-        .for_each_init(
+        .try_for_each(|(k, (vals, idxs))| -> Result<()> {
             // Every plane writes the same (real) positions of the split
             // copy, so its padding stays -inf from here on.
-            || {
-                (
-                    vec![f32::NEG_INFINITY; g.in_h * sw * phase_len],
-                    vec![0i32; out_w],
-                )
-            },
-            |(phases, tap), (p, (best, idxs))| {
+            let mut phases =
+                buffer_pool::filled("max_pool2d", g.in_h * sw * phase_len, f32::NEG_INFINITY)?;
+            let mut tap = vec![0i32; out_w];
+            for (j, (best, idxs)) in vals
+                .chunks_exact_mut(out_plane)
+                .zip(idxs.chunks_exact_mut(out_plane))
+                .enumerate()
+            {
+                let p = k * per_task + j;
                 let plane = &x[p * in_plane..(p + 1) * in_plane];
                 // Row `ih`, phase `q`: padded columns `q, q + sw, ...`.
                 for (row, split) in plane
@@ -176,9 +183,10 @@ fn max_pool_planes(
                         *o = i as i64;
                     }
                 }
-            },
-        );
-    Ok(())
+            }
+            buffer_pool::recycle(phases);
+            Ok(())
+        })
 }
 
 /// Scatters `dy` onto the arg-max positions, adding where windows overlap.

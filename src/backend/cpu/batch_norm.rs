@@ -36,17 +36,19 @@ fn channel_segments<'a>(
     (0..g.batch).map(move |n| &x[n * cs + c * s..n * cs + (c + 1) * s])
 }
 
-/// Channel `c`'s `N` segments of `out`, for every channel: the mutable
-/// counterpart of [`channel_segments`], so that one task can own a
-/// channel's part of an output. `S` must be non-zero.
-fn channel_segments_mut<'a>(out: &'a mut [f32], g: &BatchNormGeometry) -> Vec<Vec<&'a mut [f32]>> {
-    let mut per_channel: Vec<Vec<&mut [f32]>> = (0..g.channels)
-        .map(|_| Vec::with_capacity(g.batch))
-        .collect();
+/// The `N*C` segments of `out` ordered by channel (channel `c`'s `N`
+/// segments are `[c*N..][..N]`): the mutable counterpart of
+/// [`channel_segments`], so that one task can own a channel's part of an
+/// output (`par_chunks_mut(N)`). One allocation, not one per channel.
+/// `S` must be non-zero.
+fn segments_by_channel<'a>(out: &'a mut [f32], g: &BatchNormGeometry) -> Vec<&'a mut [f32]> {
+    let mut by_channel: Vec<Option<&mut [f32]>> = Vec::new();
+    by_channel.resize_with(g.batch * g.channels, || None);
     for (i, seg) in out.chunks_mut(g.spatial).enumerate() {
-        per_channel[i % g.channels].push(seg);
+        by_channel[(i % g.channels) * g.batch + i / g.channels] = Some(seg);
     }
-    per_channel
+    // Every slot was filled: `out` has exactly N*C segments.
+    by_channel.into_iter().flatten().collect()
 }
 
 /// Independent f64 accumulators per reduction: a single running f64 sum
@@ -59,19 +61,21 @@ const LANES: usize = 8;
 /// (two sums per element).
 #[inline(always)]
 fn lane_sums(len: usize, acc: &mut [[f64; LANES]; 2], f: impl Fn(usize) -> (f64, f64)) {
-    let [s0, s1] = acc;
     let full = len - len % LANES;
     for i in (0..full).step_by(LANES) {
-        for (l, (s0, s1)) in s0.iter_mut().zip(s1.iter_mut()).enumerate() {
+        // An index loop over the lanes: the zipped-iterator form compiles
+        // to code measured 10-25% slower here.
+        #[allow(clippy::needless_range_loop)]
+        for l in 0..LANES {
             let (a, b) = f(i + l);
-            *s0 += a;
-            *s1 += b;
+            acc[0][l] += a;
+            acc[1][l] += b;
         }
     }
-    for (i, (s0, s1)) in (full..len).zip(s0.iter_mut().zip(s1.iter_mut())) {
+    for i in full..len {
         let (a, b) = f(i);
-        *s0 += a;
-        *s1 += b;
+        acc[0][i - full] += a;
+        acc[1][i - full] += b;
     }
 }
 
@@ -218,13 +222,13 @@ pub(super) fn train(
     let stats: Vec<(f64, f64)> = if g.spatial == 0 {
         (0..g.channels).map(|c| channel_mean_var(x, g, c)).collect()
     } else {
-        channel_segments_mut(&mut output, g)
-            .into_par_iter()
+        segments_by_channel(&mut output, g)
+            .par_chunks_mut(g.batch)
             .enumerate()
             .map(|(c, out)| {
                 let (m, v) = channel_mean_var(x, g, c);
                 let (_, a, b) = coefficients(c, m, v);
-                for (o, x) in out.into_iter().zip(channel_segments(x, g, c)) {
+                for (o, x) in out.iter_mut().zip(channel_segments(x, g, c)) {
                     affine_segment(o, x, a, b, relu_after);
                 }
                 (m, v)
@@ -369,8 +373,8 @@ fn backward_impl<const MASK: bool>(
     let (sums, dx) = if need_dx && g.spatial > 0 {
         // Every element is written below.
         let mut dx = buffer_pool::uninit("batch_norm_backward", dy.len())?;
-        let sums: Vec<(f64, f64)> = channel_segments_mut(&mut dx, g)
-            .into_par_iter()
+        let sums: Vec<(f64, f64)> = segments_by_channel(&mut dx, g)
+            .par_chunks_mut(g.batch)
             .enumerate()
             .map(|(c, out)| {
                 let sums = channel_sums(c);
@@ -378,7 +382,7 @@ fn backward_impl<const MASK: bool>(
                 let segments = channel_segments(dy, g, c)
                     .zip(channel_segments(y, g, c))
                     .zip(channel_segments(input, g, c));
-                for (o, ((d, y), x)) in out.into_iter().zip(segments) {
+                for (o, ((d, y), x)) in out.iter_mut().zip(segments) {
                     if training {
                         o.iter_mut()
                             .zip(d.iter().zip(y).zip(x))

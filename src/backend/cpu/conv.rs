@@ -34,6 +34,8 @@
 //! batches) chunks run one at a time with their im2col rows and GEMM
 //! blocks split across threads. See [`Plan::parallel_groups`].
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use super::buffer_pool;
@@ -406,11 +408,14 @@ impl<'a> Columns<'a> {
 
 impl PackB for Columns<'_> {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
-        let mut runs = Vec::new();
+        // Reused per thread: a steady-state step allocates nothing.
+        let mut temp = PACK_TEMP.with(Cell::take);
+        let PackTemp { spans, runs, rows } = &mut temp;
         if !self.transposed {
             // Depth = taps, columns = output pixels: each tap's panel row
             // is a few contiguous runs, found once per panel.
-            let spans: Vec<TapSpan> = (pc..pc + kc).map(|r| self.tap_span(r)).collect();
+            spans.clear();
+            spans.extend((pc..pc + kc).map(|r| self.tap_span(r)));
             for (panel, dst) in out
                 .chunks_exact_mut(kc * nr)
                 .take(nc.div_ceil(nr))
@@ -419,9 +424,9 @@ impl PackB for Columns<'_> {
                 let j0 = jc + panel * nr;
                 let cols = nr.min(jc + nc - j0);
                 runs.clear();
-                self.runs(j0, cols, &mut runs);
+                self.runs(j0, cols, runs);
                 for (t, row) in spans.iter().zip(dst.chunks_exact_mut(nr)) {
-                    for &(off, run) in &runs {
+                    for &(off, run) in runs.iter() {
                         self.fill(t, run, &mut row[off..], 1);
                     }
                     row[cols..].fill(0.0);
@@ -433,8 +438,8 @@ impl PackB for Columns<'_> {
             // panel: gather them as rows of `rows`, then transpose into
             // the panel in 4x4 blocks (strided scalar stores, one per
             // element, made this the most expensive packing of all).
-            self.runs(pc, kc, &mut runs);
-            let mut rows = Vec::new();
+            runs.clear();
+            self.runs(pc, kc, runs);
             for (panel, dst) in out
                 .chunks_exact_mut(kc * nr)
                 .take(nc.div_ceil(nr))
@@ -445,17 +450,37 @@ impl PackB for Columns<'_> {
                 if cols < nr {
                     dst.fill(0.0);
                 }
-                let spans: Vec<TapSpan> = (j0..j0 + cols).map(|r| self.tap_span(r)).collect();
-                for &(off, run) in &runs {
+                spans.clear();
+                spans.extend((j0..j0 + cols).map(|r| self.tap_span(r)));
+                for &(off, run) in runs.iter() {
                     rows.resize(cols * run.len, 0.0);
                     for (t, row) in spans.iter().zip(rows.chunks_exact_mut(run.len)) {
                         self.fill(t, run, row, 1);
                     }
-                    transpose(&rows, cols, run.len, &mut dst[off * nr..], nr);
+                    transpose(rows, cols, run.len, &mut dst[off * nr..], nr);
                 }
             }
         }
+        PACK_TEMP.with(|cell| cell.set(temp));
     }
+}
+
+/// [`Columns::pack`]'s working lists, kept per thread.
+#[derive(Default)]
+struct PackTemp {
+    spans: Vec<TapSpan>,
+    runs: Vec<(usize, Run)>,
+    rows: Vec<f32>,
+}
+
+thread_local! {
+    static PACK_TEMP: Cell<PackTemp> = const {
+        Cell::new(PackTemp {
+            spans: Vec::new(),
+            runs: Vec::new(),
+            rows: Vec::new(),
+        })
+    };
 }
 
 /// `dst[e * dst_stride + j] = src[j * len + e]` for `j < rows`, `e < len`.

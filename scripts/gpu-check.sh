@@ -113,12 +113,12 @@ have_torch=0
 if [ $have_torch -eq 1 ]; then
   for trainable in '*' 'conv1.*,bn1.*,fc.*' 'fc.*'; do
     run "step-vs-pytorch-$(echo "$trainable" | tr -c 'a-z0-9\n' '_')" "$PYTHON" "$here/scripts/check_step_vs_pytorch.py" \
-      --device cuda --binary "$here/bin/frostgrad" --size 64 --batch 4 --trainable "$trainable"
+      --device cuda --binary "$here/bin/frostgrad" --size 64 --batch 4 --trainable "$trainable" --diagnose
   done
   sweep_sizes=${FROSTGRAD_GPU_CHECK_SWEEP_SIZES-57,96,128}
   if [ -n "$sweep_sizes" ]; then
     run "step-vs-pytorch-sweep" "$PYTHON" "$here/scripts/check_step_vs_pytorch.py" --sweep --devices cuda \
-      --sizes "$sweep_sizes" --seeds 0,1 --binary "$here/bin/frostgrad" --json "$out/accuracy-sweep.json"
+      --sizes "$sweep_sizes" --seeds 0,1 --binary "$here/bin/frostgrad" --json "$out/accuracy-sweep.json" --diagnose
   fi
 else
   echo "- **step vs PyTorch**: NOT RUN: PyTorch, torchvision or safetensors not available" >> "$report"

@@ -140,11 +140,24 @@ impl ModeResult {
     }
     /// Achieved conv + linear GFLOP/s over the median step.
     pub fn gflops_per_second(&self) -> f64 {
-        if self.step_ms.median > 0.0 {
-            self.gflop() / (self.step_ms.median / 1e3)
-        } else {
-            0.0
-        }
+        rate(self.gflop(), self.step_ms.median)
+    }
+    /// Achieved conv + linear GFLOP/s of the forward phase (median).
+    pub fn forward_gflops_per_second(&self) -> f64 {
+        rate(self.forward_gflop, self.forward_ms)
+    }
+    /// Achieved conv + linear GFLOP/s of the backward phase (median).
+    pub fn backward_gflops_per_second(&self) -> f64 {
+        rate(self.backward_gflop, self.backward_ms)
+    }
+}
+
+/// GFLOP per `ms` milliseconds, as GFLOP/s (0 for an empty phase).
+fn rate(gflop: f64, ms: f64) -> f64 {
+    if ms > 0.0 {
+        gflop / (ms / 1e3)
+    } else {
+        0.0
     }
 }
 
@@ -176,7 +189,20 @@ pub struct BenchReport {
     pub simd_path: String,
     /// Whether the CPU buffer pool was on (`FROSTGRAD_CPU_POOL`).
     pub cpu_pool: bool,
+    /// This machine's peak f32 GFLOP/s per SIMD path and thread count
+    /// ([`machine::probe_peaks`], measured at start-up; empty off the CPU).
+    pub peak_gflops: Vec<machine::PeakGflops>,
     pub modes: Vec<ModeResult>,
+}
+
+impl BenchReport {
+    /// The peak of the path and thread count the run used, if probed.
+    pub fn peak(&self) -> Option<f64> {
+        self.peak_gflops
+            .iter()
+            .find(|p| p.path == self.simd_path && p.threads == self.threads)
+            .map(|p| p.gflops)
+    }
 }
 
 /// Backward FLOPs of a fine-tuning step: every conv and linear computes its
@@ -203,6 +229,13 @@ pub fn run(
     if cfg.steps == 0 {
         return Err(Error::invalid("bench", "--steps must be at least 1"));
     }
+    let threads = rayon::current_num_threads();
+    // Before the model runs, while this process does nothing else.
+    let peak_gflops = if cfg.device == Device::Cpu {
+        machine::probe_peaks(threads)
+    } else {
+        Vec::new()
+    };
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     let images = Tensor::randn(
         &[cfg.batch, 3, cfg.size, cfg.size],
@@ -240,10 +273,11 @@ pub fn run(
         size: cfg.size,
         steps: cfg.steps,
         warmup: cfg.warmup,
-        threads: rayon::current_num_threads(),
+        threads,
         cpu_model: machine::cpu_model(),
         simd_path: crate::backend::cpu::simd::active().name().to_string(),
         cpu_pool: crate::backend::cpu::buffer_pool::enabled(),
+        peak_gflops,
         modes: results,
     })
 }

@@ -27,9 +27,28 @@ pub fn render_table(r: &BenchReport) -> String {
         r.simd_path,
         if r.cpu_pool { "on" } else { "off" }
     );
+    if !r.peak_gflops.is_empty() {
+        let peaks: Vec<String> = r
+            .peak_gflops
+            .iter()
+            .map(|p| format!("{} {}t {:.1}", p.path, p.threads, p.gflops))
+            .collect();
+        let _ = writeln!(
+            out,
+            "FMA probe peak GFLOP/s: {}; %peak below is of {} at {} threads\n",
+            peaks.join(", "),
+            r.simd_path,
+            r.threads
+        );
+    }
+    let pct = |gflops: f64| {
+        r.peak()
+            .filter(|&p| p > 0.0)
+            .map_or("-".to_string(), |p| format!("{:.0}%", 100.0 * gflops / p))
+    };
     let _ = writeln!(
         out,
-        "{:<10} {:>22} {:>9} {:>9} {:>8} {:>8} {:>14} {:>10} {:>8} {:>9} {:>7} {:>7}",
+        "{:<10} {:>22} {:>9} {:>9} {:>8} {:>8} {:>14} {:>10} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8}",
         "mode",
         "step ms (min-max)",
         "fwd ms",
@@ -41,7 +60,9 @@ pub fn render_table(r: &BenchReport) -> String {
         "GFLOP/s",
         "peak MiB",
         "nodes",
-        "faults"
+        "faults",
+        "fwd %pk",
+        "bwd %pk"
     );
     for m in &r.modes {
         let step = format!(
@@ -53,7 +74,7 @@ pub fn render_table(r: &BenchReport) -> String {
             .map_or("-".to_string(), |s| format!("{s:.2}x"));
         let _ = writeln!(
             out,
-            "{:<10} {:>22} {:>9.1} {:>9.1} {:>8.1} {:>8} {:>14} {:>10.2} {:>8.1} {:>9.1} {:>7} {:>7}",
+            "{:<10} {:>22} {:>9.1} {:>9.1} {:>8.1} {:>8} {:>14} {:>10.2} {:>8.1} {:>9.1} {:>7} {:>7} {:>8} {:>8}",
             m.name,
             step,
             m.forward_ms,
@@ -65,7 +86,9 @@ pub fn render_table(r: &BenchReport) -> String {
             m.gflops_per_second(),
             mib(m.peak_bytes),
             m.nodes,
-            m.minor_faults.map_or("-".to_string(), |f| f.to_string())
+            m.minor_faults.map_or("-".to_string(), |f| f.to_string()),
+            pct(m.forward_gflops_per_second()),
+            pct(m.backward_gflops_per_second())
         );
     }
     let keys: BTreeSet<&String> = r
@@ -125,7 +148,11 @@ fn json_f64(x: f64) -> String {
     }
 }
 
-fn mode_json(m: &ModeResult) -> String {
+fn mode_json(m: &ModeResult, peak: Option<f64>) -> String {
+    let fraction = |gflops: f64| {
+        peak.filter(|&p| p > 0.0)
+            .map_or("null".into(), |p| json_f64(gflops / p))
+    };
     format!(
         concat!(
             "{{\"name\": {}, \"trainable\": {}, \"trainable_parameters\": {}, ",
@@ -134,7 +161,9 @@ fn mode_json(m: &ModeResult) -> String {
             "\"peak_bytes\": {}, \"minor_faults\": {}, \"pool_held_bytes\": {}, ",
             "\"nodes\": {}, \"computed\": {}, \"skipped\": {}, ",
             "\"gflop\": {}, \"forward_gflop\": {}, \"backward_gflop\": {}, \"skipped_gflop\": {}, ",
-            "\"gflops_per_second\": {}, \"speedup_vs_finetune\": {}}}"
+            "\"gflops_per_second\": {}, \"forward_gflops_per_second\": {}, ",
+            "\"backward_gflops_per_second\": {}, \"forward_peak_fraction\": {}, ",
+            "\"backward_peak_fraction\": {}, \"speedup_vs_finetune\": {}}}"
         ),
         json_str(&m.name),
         m.trainable.as_deref().map_or("null".into(), json_str),
@@ -156,6 +185,10 @@ fn mode_json(m: &ModeResult) -> String {
         json_f64(m.backward_gflop),
         json_f64(m.skipped_gflop),
         json_f64(m.gflops_per_second()),
+        json_f64(m.forward_gflops_per_second()),
+        json_f64(m.backward_gflops_per_second()),
+        fraction(m.forward_gflops_per_second()),
+        fraction(m.backward_gflops_per_second()),
         m.speedup_vs_finetune.map_or("null".into(), json_f64),
     )
 }
@@ -167,16 +200,29 @@ pub fn to_json(r: &BenchReport) -> String {
     let modes: Vec<String> = r
         .modes
         .iter()
-        .map(|m| format!("    {}", mode_json(m)))
+        .map(|m| format!("    {}", mode_json(m, r.peak())))
+        .collect();
+    let peaks: Vec<String> = r
+        .peak_gflops
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"path\": {}, \"threads\": {}, \"gflops\": {}}}",
+                json_str(&p.path),
+                p.threads,
+                json_f64(p.gflops)
+            )
+        })
         .collect();
     format!(
-        "{{\n  \"framework\": \"frostgrad {}\",\n  \"device\": {},\n  \"cpu_model\": {},\n  \"simd_path\": {},\n  \"cpu_pool\": {},\n  \"threads\": {},\n  \"batch\": {},\n  \"size\": {},\n  \"steps\": {},\n  \"warmup\": {},\n  \"modes\": [\n{}\n  ]\n}}\n",
+        "{{\n  \"framework\": \"frostgrad {}\",\n  \"device\": {},\n  \"cpu_model\": {},\n  \"simd_path\": {},\n  \"cpu_pool\": {},\n  \"threads\": {},\n  \"peak_gflops\": [{}],\n  \"batch\": {},\n  \"size\": {},\n  \"steps\": {},\n  \"warmup\": {},\n  \"modes\": [\n{}\n  ]\n}}\n",
         env!("CARGO_PKG_VERSION"),
         json_str(&r.device),
         json_str(&r.cpu_model),
         json_str(&r.simd_path),
         r.cpu_pool,
         r.threads,
+        peaks.join(", "),
         r.batch,
         r.size,
         r.steps,

@@ -38,58 +38,147 @@ fn max_window(
 pub(super) fn max_pool2d(x: &[f32], g: &Pool2dGeometry) -> Result<(Vec<f32>, Vec<i64>)> {
     let op = "max_pool2d";
     let planes = checked_numel(op, &[g.batch, g.channels])?;
-    let in_plane = checked_numel(op, &[g.in_h, g.in_w])?;
+    checked_numel(op, &[g.in_h, g.in_w])?;
     let out_plane = checked_numel(op, &[g.out_h, g.out_w])?;
     let mut values = buffer_pool::zeroed(op, checked_numel(op, &[planes, out_plane])?)?;
     let mut indices = buffer_pool::zeroed(op, values.len())?;
     if values.is_empty() {
         return Ok((values, indices));
     }
+    max_pool_planes(x, g, &mut values, &mut indices)?;
+    Ok((values, indices))
+}
+
+/// [`max_pool2d`]'s loop over planes and output rows.
+///
+/// Each output row is computed one window tap at a time across all of its
+/// outputs: the running maximum and the number of the tap that holds it
+/// (`-1`: the window's first real tap) are rows of f32 and i32, so the
+/// compare-and-select vectorises and has no data-dependent branch (one per
+/// tap mispredicts on real activations). The taps' values come from the
+/// input row padded with -inf and split by column modulo the stride, so
+/// that tap `j` of every output is one contiguous run; a padding tap reads
+/// -inf, which never replaces the maximum. Tap numbers become in-plane
+/// indices once per output.
+fn max_pool_planes(
+    x: &[f32],
+    g: &Pool2dGeometry,
+    values: &mut [f32],
+    indices: &mut [i64],
+) -> Result<()> {
     let (kh, kw) = g.kernel;
     let (sh, sw) = g.stride;
     let (ph, pw) = g.padding;
     let (dh, dw) = g.dilation;
-    // Column windows are the same for every output row and plane.
-    let col_windows: Vec<(usize, usize)> = (0..g.out_w)
-        .map(|ow| max_window(ow, sw, pw, kw, dw, g.in_w))
+    let (in_w, out_w) = (g.in_w, g.out_w);
+    let in_plane = g.in_h * in_w;
+    let out_plane = g.out_h * out_w;
+    if i32::try_from(kh * kw).is_err() {
+        return Err(Error::invalid(
+            "max_pool2d",
+            format!("a {kh}x{kw} window has more taps than this kernel counts"),
+        ));
+    }
+    // Column `ow*sw + j*dw` of the row padded by `pw` is output `ow`'s tap `j`.
+    let padded_len = ((out_w - 1) * sw + (kw - 1) * dw + 1).max(in_w + pw);
+    let phase_len = padded_len.div_ceil(sw) + out_w;
+    // Tap `t`'s offset in the plane from its window's first row and column
+    // (a table: a division per output costs more than the pooling).
+    let tap_offset: Vec<usize> = (0..kh * kw)
+        .map(|t| (t / kw) * dh * in_w + (t % kw) * dw)
+        .collect();
+    // The first real tap of each output column's window.
+    let first_col: Vec<usize> = (0..out_w)
+        .map(|ow| max_window(ow, sw, pw, kw, dw, in_w).0)
         .collect();
     values
         .par_chunks_mut(out_plane)
         .zip(indices.par_chunks_mut(out_plane))
         .enumerate()
-        .for_each(|(p, (vals, idxs))| {
-            let plane = &x[p * in_plane..(p + 1) * in_plane];
-            for (oh, (vals, idxs)) in vals
-                .chunks_exact_mut(g.out_w)
-                .zip(idxs.chunks_exact_mut(g.out_w))
-                .enumerate()
-            {
-                let (h0, h1) = max_window(oh, sh, ph, kh, dh, g.in_h);
-                for ((v, i), &(w0, _)) in vals.iter_mut().zip(idxs.iter_mut()).zip(&col_windows) {
-                    *v = f32::NEG_INFINITY;
-                    *i = (h0 * g.in_w + w0) as i64;
-                }
-                // Window rows in order, and within a row the taps in order:
-                // each output still sees its taps row-major, as required.
-                for ih in (h0..h1).step_by(dh) {
-                    let row = &plane[ih * g.in_w..(ih + 1) * g.in_w];
-                    for ((best, best_index), &(w0, w1)) in
-                        vals.iter_mut().zip(idxs.iter_mut()).zip(&col_windows)
-                    {
-                        // (Clamped only so a window past the edge cannot panic.)
-                        let w1 = w1.min(g.in_w);
-                        let taps = &row[w0.min(w1)..w1];
-                        for (iw, &v) in taps.iter().enumerate().step_by(dw) {
-                            if v > *best || v.is_nan() {
-                                *best = v;
-                                *best_index = (ih * g.in_w + w0 + iw) as i64;
-                            }
+        .for_each_init(
+            // Every plane writes the same (real) positions of the split
+            // copy, so its padding stays -inf from here on.
+            || {
+                (
+                    vec![f32::NEG_INFINITY; g.in_h * sw * phase_len],
+                    vec![0i32; out_w],
+                )
+            },
+            |(phases, tap), (p, (best, idxs))| {
+                let plane = &x[p * in_plane..(p + 1) * in_plane];
+                // Row `ih`, phase `q`: padded columns `q, q + sw, ...`.
+                for (row, split) in plane
+                    .chunks_exact(in_w)
+                    .zip(phases.chunks_exact_mut(sw * phase_len))
+                {
+                    if sw == 2 && pw % 2 == 1 && in_w % 2 == 0 {
+                        // ResNet's 3x3/2 pool, padding 1: column `2m` is
+                        // padded column `2m + 1` (phase 1, m) and column
+                        // `2m + 1` is phase 0, m + 1. One pass that the
+                        // compiler vectorises, where the strided copy below
+                        // is a scalar loop.
+                        let m0 = pw / 2;
+                        let (even, odd) = split.split_at_mut(phase_len);
+                        for ((pair, o), e) in row
+                            .chunks_exact(2)
+                            .zip(&mut odd[m0..])
+                            .zip(&mut even[m0 + 1..])
+                        {
+                            (*o, *e) = (pair[0], pair[1]);
+                        }
+                        continue;
+                    }
+                    for (q, phase) in split.chunks_exact_mut(phase_len).enumerate() {
+                        // The first real column in phase `q`.
+                        let c0 = (q + sw - pw % sw) % sw;
+                        let m0 = (c0 + pw) / sw;
+                        for (d, &v) in phase[m0..]
+                            .iter_mut()
+                            .zip(row[c0.min(in_w)..].iter().step_by(sw))
+                        {
+                            *d = v;
                         }
                     }
                 }
-            }
-        });
-    Ok((values, indices))
+                for (oh, (best, idxs)) in best
+                    .chunks_exact_mut(out_w)
+                    .zip(idxs.chunks_exact_mut(out_w))
+                    .enumerate()
+                {
+                    let (h0, h1) = max_window(oh, sh, ph, kh, dh, g.in_h);
+                    best.fill(f32::NEG_INFINITY);
+                    tap.fill(-1);
+                    for (r, ih) in (h0..h1).step_by(dh).enumerate() {
+                        let phases = &phases[ih * sw * phase_len..(ih + 1) * sw * phase_len];
+                        for j in 0..kw {
+                            let (a, q) = ((j * dw) / sw, (j * dw) % sw);
+                            let start = q * phase_len + a;
+                            let taps = &phases[start..start + out_w];
+                            let number = (r * kw + j) as i32;
+                            let (best, tap) = (&mut best[..out_w], &mut tap[..out_w]);
+                            for i in 0..out_w {
+                                let (v, b) = (taps[i], best[i]);
+                                // PyTorch's rule: replace when `v > max || isnan(v)`.
+                                // Written as bit masks so that it compiles to
+                                // vector compares and blends, never to a branch.
+                                let take = -i32::from((v > b) | v.is_nan());
+                                let m = take as u32;
+                                best[i] = f32::from_bits((v.to_bits() & m) | (b.to_bits() & !m));
+                                tap[i] = (number & take) | (tap[i] & !take);
+                            }
+                        }
+                    }
+                    for (ow, (o, &t)) in idxs.iter_mut().zip(tap.iter()).enumerate() {
+                        let i = match usize::try_from(t) {
+                            Ok(t) => h0 * in_w + ow * sw + tap_offset[t] - pw,
+                            Err(_) => h0 * in_w + first_col[ow],
+                        };
+                        *o = i as i64;
+                    }
+                }
+            },
+        );
+    Ok(())
 }
 
 /// Scatters `dy` onto the arg-max positions, adding where windows overlap.

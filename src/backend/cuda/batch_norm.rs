@@ -137,13 +137,7 @@ impl CudaStorage {
         let x = self.f32(op)?;
         let w = weight.map(|w| self.arg(op, w)).transpose()?;
         let b = bias.map(|b| self.arg(op, b)).transpose()?;
-        let p = BnParams {
-            eps,
-            has_weight: flag(w.is_some()),
-            has_bias: flag(b.is_some()),
-            fuse_relu: flag(fuse_relu),
-            ..BnParams::new(op, g)?
-        };
+        let p = BnParams::forward(op, g, eps, w.is_some(), b.is_some(), fuse_relu)?;
         let mut mean = self.output(g.channels, op)?;
         let mut var = self.output(g.channels, op)?;
         let mut invstd = self.output(g.channels, op)?;
@@ -191,13 +185,7 @@ impl CudaStorage {
         let rv = self.arg(op, running_var)?;
         let w = weight.map(|w| self.arg(op, w)).transpose()?;
         let b = bias.map(|b| self.arg(op, b)).transpose()?;
-        let p = BnParams {
-            eps,
-            has_weight: flag(w.is_some()),
-            has_bias: flag(b.is_some()),
-            fuse_relu: flag(fuse_relu),
-            ..BnParams::new(op, g)?
-        };
+        let p = BnParams::forward(op, g, eps, w.is_some(), b.is_some(), fuse_relu)?;
         let (w, b) = (w.unwrap_or(x), b.unwrap_or(x));
         let mut out = self.output(g.numel(), op)?;
         launch!(
@@ -332,6 +320,25 @@ impl BnParams {
             s: int(op, g.spatial)?,
             planes: int(op, g.batch * g.channels)?,
             ..Default::default()
+        })
+    }
+
+    /// A forward's: the geometry, `eps`, which affine parameters there are
+    /// and whether a ReLU is fused.
+    fn forward(
+        op: &'static str,
+        g: &BatchNormGeometry,
+        eps: f32,
+        has_weight: bool,
+        has_bias: bool,
+        fuse_relu: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            eps,
+            has_weight: flag(has_weight),
+            has_bias: flag(has_bias),
+            fuse_relu: flag(fuse_relu),
+            ..Self::new(op, g)?
         })
     }
 }

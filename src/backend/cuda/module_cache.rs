@@ -281,8 +281,14 @@ mod tests {
         let mut out = dev.stream().alloc_zeros::<i32>(1).unwrap();
         let mut builder = dev.stream().launch_builder(&f);
         builder.arg(&mut out);
-        // SAFETY: `which_file(int* out)` writes out[0]; `out` holds one int.
-        unsafe { builder.launch(LaunchConfig::for_num_elems(1)) }.unwrap();
+        let one_thread = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `which_file(int* out)` writes out[0]; `out` holds one int,
+        // and one thread writes it (no race under the emulation's checks).
+        unsafe { builder.launch(one_thread) }.unwrap();
         dev.stream().clone_dtoh(&out).unwrap()[0]
     }
 

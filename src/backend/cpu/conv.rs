@@ -34,11 +34,13 @@
 //! batches) chunks run one at a time with their im2col rows and GEMM
 //! blocks split across threads. See [`Plan::parallel_groups`].
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use super::buffer_pool;
 use super::check::checked_numel;
-use super::gemm::{sgemm, with_packed_lhs, Lhs, MatRef, PackB, Par, Rhs, Source};
+use super::gemm::{panels, sgemm, with_packed_lhs, Lhs, MatRef, PackB, Par, Rhs, Source};
 use super::scratch::{with_scratch, Slot};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -351,9 +353,9 @@ impl<'a> Columns<'a> {
         }
     }
 
-    /// Writes the values tap `t` sees over `run` to `dst[e * step]`,
-    /// `e < run.len` (zeros where it sees padding).
-    fn fill(&self, t: &TapSpan, run: Run, dst: &mut [f32], step: usize) {
+    /// Writes the values tap `t` sees over `run` to `dst[..run.len]` (zeros
+    /// where it sees padding).
+    fn fill(&self, t: &TapSpan, run: Run, dst: &mut [f32]) {
         let g = self.g;
         let ih = (run.oh * g.stride.0) as isize + t.dh;
         let (lo, hi) = (
@@ -361,41 +363,24 @@ impl<'a> Columns<'a> {
             t.w_hi.clamp(run.ow, run.ow + run.len),
         );
         let (lo, hi) = (lo.min(hi), hi);
-        let real = ih >= 0 && (ih as usize) < g.in_h && lo < hi;
-        if step == 1 {
-            let dst = &mut dst[..run.len];
-            if !real {
-                dst.fill(0.0);
-                return;
-            }
-            dst[..lo - run.ow].fill(0.0);
-            dst[hi - run.ow..].fill(0.0);
-            let row = &self.images[self.chunk_image(run.image) + t.plane + ih as usize * g.in_w..]
-                [..g.in_w];
-            let first = t.iw_lo + (lo - t.w_lo) * g.stride.1;
-            let out = &mut dst[lo - run.ow..hi - run.ow];
-            if g.stride.1 == 1 {
-                out.copy_from_slice(&row[first..first + out.len()]);
-            } else {
-                for (e, v) in out.iter_mut().enumerate() {
-                    *v = row[first + e * g.stride.1];
-                }
-            }
+        let dst = &mut dst[..run.len];
+        if !(ih >= 0 && (ih as usize) < g.in_h && lo < hi) {
+            dst.fill(0.0);
             return;
         }
-        let mut put = |e: usize, v: f32| dst[e * step] = v;
-        if !real {
-            (0..run.len).for_each(|e| put(e, 0.0));
-            return;
-        }
+        dst[..lo - run.ow].fill(0.0);
+        dst[hi - run.ow..].fill(0.0);
         let row =
             &self.images[self.chunk_image(run.image) + t.plane + ih as usize * g.in_w..][..g.in_w];
         let first = t.iw_lo + (lo - t.w_lo) * g.stride.1;
-        (0..lo - run.ow).for_each(|e| put(e, 0.0));
-        for (e, ow) in (lo..hi).enumerate() {
-            put(ow - run.ow, row[first + e * g.stride.1]);
+        let out = &mut dst[lo - run.ow..hi - run.ow];
+        if g.stride.1 == 1 {
+            out.copy_from_slice(&row[first..first + out.len()]);
+        } else {
+            for (e, v) in out.iter_mut().enumerate() {
+                *v = row[first + e * g.stride.1];
+            }
         }
-        (hi - run.ow..run.len).for_each(|e| put(e, 0.0));
     }
 
     /// Offset of the chunk's `j`-th image.
@@ -406,23 +391,20 @@ impl<'a> Columns<'a> {
 
 impl PackB for Columns<'_> {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
-        let mut runs = Vec::new();
+        // Reused per thread: a steady-state step allocates nothing.
+        let mut temp = PACK_TEMP.with(Cell::take);
+        let PackTemp { spans, runs, rows } = &mut temp;
         if !self.transposed {
             // Depth = taps, columns = output pixels: each tap's panel row
             // is a few contiguous runs, found once per panel.
-            let spans: Vec<TapSpan> = (pc..pc + kc).map(|r| self.tap_span(r)).collect();
-            for (panel, dst) in out
-                .chunks_exact_mut(kc * nr)
-                .take(nc.div_ceil(nr))
-                .enumerate()
-            {
-                let j0 = jc + panel * nr;
-                let cols = nr.min(jc + nc - j0);
+            spans.clear();
+            spans.extend((pc..pc + kc).map(|r| self.tap_span(r)));
+            for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
                 runs.clear();
-                self.runs(j0, cols, &mut runs);
+                self.runs(j0, cols, runs);
                 for (t, row) in spans.iter().zip(dst.chunks_exact_mut(nr)) {
-                    for &(off, run) in &runs {
-                        self.fill(t, run, &mut row[off..], 1);
+                    for &(off, run) in runs.iter() {
+                        self.fill(t, run, &mut row[off..]);
                     }
                     row[cols..].fill(0.0);
                 }
@@ -433,29 +415,43 @@ impl PackB for Columns<'_> {
             // panel: gather them as rows of `rows`, then transpose into
             // the panel in 4x4 blocks (strided scalar stores, one per
             // element, made this the most expensive packing of all).
-            self.runs(pc, kc, &mut runs);
-            let mut rows = Vec::new();
-            for (panel, dst) in out
-                .chunks_exact_mut(kc * nr)
-                .take(nc.div_ceil(nr))
-                .enumerate()
-            {
-                let j0 = jc + panel * nr;
-                let cols = nr.min(jc + nc - j0);
+            runs.clear();
+            self.runs(pc, kc, runs);
+            for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
                 if cols < nr {
                     dst.fill(0.0);
                 }
-                let spans: Vec<TapSpan> = (j0..j0 + cols).map(|r| self.tap_span(r)).collect();
-                for &(off, run) in &runs {
+                spans.clear();
+                spans.extend((j0..j0 + cols).map(|r| self.tap_span(r)));
+                for &(off, run) in runs.iter() {
                     rows.resize(cols * run.len, 0.0);
                     for (t, row) in spans.iter().zip(rows.chunks_exact_mut(run.len)) {
-                        self.fill(t, run, row, 1);
+                        self.fill(t, run, row);
                     }
-                    transpose(&rows, cols, run.len, &mut dst[off * nr..], nr);
+                    transpose(rows, cols, run.len, &mut dst[off * nr..], nr);
                 }
             }
         }
+        PACK_TEMP.with(|cell| cell.set(temp));
     }
+}
+
+/// [`Columns::pack`]'s working lists, kept per thread.
+#[derive(Default)]
+struct PackTemp {
+    spans: Vec<TapSpan>,
+    runs: Vec<(usize, Run)>,
+    rows: Vec<f32>,
+}
+
+thread_local! {
+    static PACK_TEMP: Cell<PackTemp> = const {
+        Cell::new(PackTemp {
+            spans: Vec::new(),
+            runs: Vec::new(),
+            rows: Vec::new(),
+        })
+    };
 }
 
 /// `dst[e * dst_stride + j] = src[j * len + e]` for `j < rows`, `e < len`.
@@ -799,17 +795,19 @@ fn input_grad_images(
             continue;
         }
         with_scratch(Slot::Columns, plan.taps * width, |col| {
-            if chunk.images > 1 {
-                with_scratch(Slot::Staging, g.out_channels * width, |staging| {
-                    gather(g, plan, &chunk, dy, staging);
-                    let grad_out = Rhs::View(MatRef::row_major(staging, width));
-                    sgemm(par, m, k, width, weight_t, grad_out, 0.0, col, width);
-                });
-            } else {
-                let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
-                let grad_out = Rhs::View(MatRef::strided(grad_out, plan.pixels));
-                sgemm(par, m, k, width, weight_t, grad_out, 0.0, col, width);
-            }
+            with_grad_out(g, plan, &chunk, dy, |grad_out| {
+                sgemm(
+                    par,
+                    m,
+                    k,
+                    width,
+                    weight_t,
+                    Rhs::View(grad_out),
+                    0.0,
+                    col,
+                    width,
+                )
+            });
             col2im_add(col, g, &chunk, grad_in, par);
         });
     }
@@ -860,17 +858,31 @@ fn weight_grad_images(
         } else {
             Rhs::Source(&columns)
         };
-        if chunk.images > 1 {
-            with_scratch(Slot::Staging, g.out_channels * width, |staging| {
-                gather(g, plan, &chunk, dy, staging);
-                let grad_out = Lhs::View(MatRef::row_major(staging, width));
-                sgemm(par, m, width, n, grad_out, col_t, 1.0, dw, n);
-            });
-        } else {
-            let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
-            let grad_out = Lhs::View(MatRef::strided(grad_out, plan.pixels));
-            sgemm(par, m, width, n, grad_out, col_t, 1.0, dw, n);
-        }
+        with_grad_out(g, plan, &chunk, dy, |grad_out| {
+            sgemm(par, m, width, n, Lhs::View(grad_out), col_t, 1.0, dw, n)
+        });
+    }
+}
+
+/// Runs `f` on the chunk's `dy` as a `[C_out, columns]` matrix: a view of
+/// `dy` itself for one image (or a block of its rows), or its images
+/// gathered side by side into a staging buffer.
+fn with_grad_out<R>(
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    chunk: &Chunk,
+    dy: &[f32],
+    f: impl FnOnce(MatRef<'_>) -> R,
+) -> R {
+    let width = chunk.columns(g);
+    if chunk.images > 1 {
+        with_scratch(Slot::Staging, g.out_channels * width, |staging| {
+            gather(g, plan, chunk, dy, staging);
+            f(MatRef::row_major(staging, width))
+        })
+    } else {
+        let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
+        f(MatRef::strided(grad_out, plan.pixels))
     }
 }
 

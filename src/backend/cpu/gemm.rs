@@ -85,6 +85,24 @@ pub(super) trait PackB: Sync {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]);
 }
 
+/// The `nr`-column panels of a packed `kc x nc` block of columns
+/// `jc..jc + nc`, `kc * nr` floats each: `(first column, columns, panel)`.
+pub(super) fn panels(
+    out: &mut [f32],
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    nr: usize,
+) -> impl Iterator<Item = (usize, usize, &mut [f32])> {
+    out.chunks_exact_mut(kc * nr)
+        .take(nc.div_ceil(nr))
+        .enumerate()
+        .map(move |(p, panel)| {
+            let j0 = jc + p * nr;
+            (j0, nr.min(jc + nc - j0), panel)
+        })
+}
+
 /// A [`PackB`] that knows its shape `(k, n)`.
 pub(super) trait Source: PackB {
     fn shape(&self) -> (usize, usize);

@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::gemm::PackB;
+use super::gemm::{panels, PackB};
 
 /// Depth of one packed block (A panel width, B panel height).
 const KC: usize = 256;
@@ -332,13 +332,7 @@ unsafe fn pack_b(
 ) {
     #[allow(non_snake_case)]
     let NR = nr_full;
-    for (panel, dst) in out
-        .chunks_exact_mut(kc * NR)
-        .take(nc.div_ceil(NR))
-        .enumerate()
-    {
-        let j0 = panel * NR;
-        let cols = NR.min(nc - j0);
+    for (j0, cols, dst) in panels(out, kc, 0, nc, NR) {
         if cs == 1 {
             for p in 0..kc {
                 let d = &mut dst[p * NR..(p + 1) * NR];

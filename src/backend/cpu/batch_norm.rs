@@ -118,29 +118,24 @@ fn lane_sums_dispatch(
     lane_sums(a, b, c, acc, f)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn lane_sums_avx512(
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    acc: &mut [[f64; LANES]; 2],
-    f: impl Fn(f32, f32, f32) -> (f64, f64),
-) {
-    lane_sums(a, b, c, acc, f)
+/// [`lane_sums`] inside a function compiled with `$features`.
+macro_rules! lane_sums_with {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            a: &[f32],
+            b: &[f32],
+            c: &[f32],
+            acc: &mut [[f64; LANES]; 2],
+            f: impl Fn(f32, f32, f32) -> (f64, f64),
+        ) {
+            lane_sums(a, b, c, acc, f)
+        }
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn lane_sums_avx2(
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    acc: &mut [[f64; LANES]; 2],
-    f: impl Fn(f32, f32, f32) -> (f64, f64),
-) {
-    lane_sums(a, b, c, acc, f)
-}
+lane_sums_with!(lane_sums_avx512, "avx512f");
+lane_sums_with!(lane_sums_avx2, "avx2,fma");
 
 fn combine_lanes(acc: &[[f64; LANES]; 2]) -> (f64, f64) {
     (acc[0].iter().sum(), acc[1].iter().sum())

@@ -57,27 +57,85 @@ fn segments_by_channel<'a>(out: &'a mut [f32], g: &BatchNormGeometry) -> Vec<&'a
 /// end, a pairwise-style order that is at least as accurate.
 const LANES: usize = 8;
 
-/// Adds `Σ f(i)` over `0..len` into `acc`, element `i` into lane `i % LANES`
-/// (two sums per element).
+/// Adds `Σ f(a[i], b[i], c[i])` into `acc`, element `i` into lane
+/// `i % LANES` (two sums per element). The slices are walked in
+/// fixed-size arrays, so the lane loop has no bounds checks and
+/// vectorises; a reduction reading fewer than three inputs passes one
+/// twice.
 #[inline(always)]
-fn lane_sums(len: usize, acc: &mut [[f64; LANES]; 2], f: impl Fn(usize) -> (f64, f64)) {
-    let full = len - len % LANES;
-    for i in (0..full).step_by(LANES) {
-        // An index loop over the lanes: the zipped-iterator form compiles
-        // to code measured 10-25% slower here.
-        #[allow(clippy::needless_range_loop)]
+fn lane_sums(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    acc: &mut [[f64; LANES]; 2],
+    f: impl Fn(f32, f32, f32) -> (f64, f64),
+) {
+    let (a_full, a_rest) = a.as_chunks::<LANES>();
+    let (b_full, b_rest) = b.as_chunks::<LANES>();
+    let (c_full, c_rest) = c.as_chunks::<LANES>();
+    for ((a, b), c) in a_full.iter().zip(b_full).zip(c_full) {
         for l in 0..LANES {
-            let (a, b) = f(i + l);
-            acc[0][l] += a;
-            acc[1][l] += b;
+            let (u, v) = f(a[l], b[l], c[l]);
+            acc[0][l] += u;
+            acc[1][l] += v;
         }
     }
-    for i in full..len {
-        let (a, b) = f(i);
-        acc[0][i - full] += a;
-        acc[1][i - full] += b;
+    for (l, ((&a, &b), &c)) in a_rest.iter().zip(b_rest).zip(c_rest).enumerate() {
+        let (u, v) = f(a, b, c);
+        acc[0][l] += u;
+        acc[1][l] += v;
     }
 }
+
+/// [`lane_sums`] compiled for the SIMD path the CPU kernels run
+/// ([`super::simd::active`], so `FROSTGRAD_SIMD` and the tests that force a
+/// path cover it): f32 -> f64 conversion and f64 arithmetic are 2 lanes
+/// wide at the baseline target, 4 with AVX2 and 8 with AVX-512F, which is
+/// what keeps f64 accumulation at memory speed. Same operations in the same
+/// order on every path, so the same results. (Compiling the elementwise
+/// passes this way too measured 1.1-1.7x slower: only the reductions.)
+#[inline(always)]
+fn lane_sums_dispatch(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    acc: &mut [[f64; LANES]; 2],
+    f: impl Fn(f32, f32, f32) -> (f64, f64),
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::simd::{active, SimdPath};
+        match active() {
+            // SAFETY: `active()` only returns a path the CPU supports
+            // (`SimdPath::is_supported`), and each function enables exactly
+            // that path's features.
+            SimdPath::Avx512 => return unsafe { lane_sums_avx512(a, b, c, acc, f) },
+            // SAFETY: as above.
+            SimdPath::Avx2 => return unsafe { lane_sums_avx2(a, b, c, acc, f) },
+            SimdPath::Portable => {}
+        }
+    }
+    lane_sums(a, b, c, acc, f)
+}
+
+/// [`lane_sums`] inside a function compiled with `$features`.
+macro_rules! lane_sums_with {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            a: &[f32],
+            b: &[f32],
+            c: &[f32],
+            acc: &mut [[f64; LANES]; 2],
+            f: impl Fn(f32, f32, f32) -> (f64, f64),
+        ) {
+            lane_sums(a, b, c, acc, f)
+        }
+    };
+}
+lane_sums_with!(lane_sums_avx512, "avx512f");
+lane_sums_with!(lane_sums_avx2, "avx2,fma");
 
 fn combine_lanes(acc: &[[f64; LANES]; 2]) -> (f64, f64) {
     (acc[0].iter().sum(), acc[1].iter().sum())
@@ -171,8 +229,8 @@ fn channel_mean_var(x: &[f32], g: &BatchNormGeometry, c: usize) -> (f64, f64) {
         .map_or(0.0, |&v| f64::from(v));
     let mut acc = [[0f64; LANES]; 2];
     for seg in channel_segments(x, g, c) {
-        lane_sums(seg.len(), &mut acc, |i| {
-            let d = f64::from(seg[i]) - shift;
+        lane_sums_dispatch(seg, seg, seg, &mut acc, |v, _, _| {
+            let d = f64::from(v) - shift;
             (d, d * d)
         });
     }
@@ -339,15 +397,15 @@ fn backward_impl<const MASK: bool>(
                 .zip(channel_segments(y, g, c))
                 .zip(channel_segments(input, g, c))
             {
-                lane_sums(d.len(), &mut acc, |i| {
-                    let d = f64::from(masked::<MASK>(d[i], y[i]));
-                    (d, d * (f64::from(x[i]) - m))
+                lane_sums_dispatch(d, y, x, &mut acc, |d, y, x| {
+                    let d = f64::from(masked::<MASK>(d, y));
+                    (d, d * (f64::from(x) - m))
                 });
             }
         } else if needs_sum_dy {
             for (d, y) in channel_segments(dy, g, c).zip(channel_segments(y, g, c)) {
-                lane_sums(d.len(), &mut acc, |i| {
-                    (f64::from(masked::<MASK>(d[i], y[i])), 0.0)
+                lane_sums_dispatch(d, y, d, &mut acc, |d, y, _| {
+                    (f64::from(masked::<MASK>(d, y)), 0.0)
                 });
             }
         }
@@ -516,6 +574,47 @@ mod tests {
         let r = train(&x, None, None, &g, EPS as f32, false).unwrap();
         let (y, _, _) = reference_train(&to_f64(&x), &[1.0; 5], &[0.0; 5], &g);
         assert_close("output without affine", &r.output, &y, 1e-4);
+    }
+
+    #[test]
+    fn every_simd_path_gives_the_same_bits() {
+        // The f64 reductions are compiled per SIMD path; the operations and
+        // their order are the same, so the results must be identical.
+        let g = BatchNormGeometry {
+            batch: 3,
+            channels: 4,
+            spatial: 29, // not a multiple of the 8 lanes
+        };
+        let x: Vec<f32> = pseudo_random(g.numel(), 41)
+            .iter()
+            .map(|v| v + 3.0)
+            .collect();
+        let dy = pseudo_random(g.numel(), 42);
+        let gamma = pseudo_random(4, 43);
+        let run = || {
+            let f = train(&x, Some(&gamma), None, &g, EPS as f32, true).unwrap();
+            let grads = backward(
+                &dy,
+                Some(&f.output),
+                Some(&x),
+                Some(&gamma),
+                &f.mean,
+                &f.invstd,
+                &g,
+                true,
+                [true; 3],
+            )
+            .unwrap();
+            (f.output, f.mean, f.var, grads)
+        };
+        let before = super::super::simd::active();
+        let reference = run();
+        for path in super::super::simd::supported() {
+            super::super::simd::force(path).unwrap();
+            let got = run();
+            super::super::simd::force(before).unwrap();
+            assert!(got == reference, "{} differs", path.name());
+        }
     }
 
     #[test]

@@ -5,6 +5,10 @@
 
 use std::time::Instant;
 
+#[path = "shared/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::cpu_seconds;
+
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::backend::{BackendStorage, Conv2dGeometry};
 
@@ -88,17 +92,6 @@ fn filled(n: usize) -> CpuStorage {
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect(),
     )
-}
-
-/// CPU time this process has used, in seconds (all threads).
-fn cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// Best of `reps` runs, in milliseconds. With `CLOCK=cpu` the process's

@@ -1,7 +1,7 @@
 //! Hand-written single-threaded SGEMM for x86-64: BLIS-style blocking
 //! (pack a `KC x NC` block of B and an `MC x KC` block of A into panels,
 //! then run a register-tile micro-kernel over them), with an AVX-512F
-//! 12x32 and an AVX2+FMA 6x16 micro-kernel.
+//! 8x32 and an AVX2+FMA 6x16 micro-kernel.
 //!
 //! Why not `matrixmultiply` everywhere: it allocates its packing buffers
 //! on every call (page faults in every training step, see buffer_pool.rs)
@@ -81,8 +81,8 @@ unsafe fn store_partial<const NR: usize>(
 /// grid of vector accumulators (`NR` = two vectors), one broadcast of A and
 /// two FMAs per row per depth step. A macro rather than a generic over a
 /// vector trait so that each instance is one `#[target_feature]` function
-/// whose intrinsics inline into it (BENCHMARKS.md, Zen 4: 24 FMAs per depth
-/// step and no spills in the AVX-512 instance's inner loop).
+/// whose intrinsics inline into it (BENCHMARKS.md, Zen 4: no spills in the
+/// AVX-512 instance's inner loop).
 macro_rules! micro_kernel {
     (
         $kernel:ident, $fn:ident, $feature:literal, MR = $mr:literal, LANES = $lanes:literal,
@@ -173,7 +173,12 @@ micro_kernel!(
     Avx512,
     kernel_avx512,
     "avx512f",
-    MR = 12,
+    // 8 rows, not 12: every channel count in ResNet (64..512, and the 9x/1x
+    // multiples the input gradient's GEMM has as rows) is a multiple of 8,
+    // so no partial row tile; with 12, m = 64 computed 72 rows (12.5 %
+    // wasted FMAs plus the slow partial store). 16 accumulators still hide
+    // the FMA latency. Measured: BENCHMARKS.md, "What each change bought" 5.
+    MR = 8,
     LANES = 16,
     _mm512_setzero_ps,
     _mm512_set1_ps,

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// A GEMM code path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimdPath {
-    /// Hand-written AVX-512F micro-kernel (12x32 tile).
+    /// Hand-written AVX-512F micro-kernel (8x32 tile).
     Avx512,
     /// Hand-written AVX2 + FMA micro-kernel (6x16 tile).
     Avx2,

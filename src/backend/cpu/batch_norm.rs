@@ -36,19 +36,53 @@ fn channel_segments<'a>(
     (0..g.batch).map(move |n| &x[n * cs + c * s..n * cs + (c + 1) * s])
 }
 
-/// The `N*C` segments of `out` ordered by channel (channel `c`'s `N`
-/// segments are `[c*N..][..N]`): the mutable counterpart of
-/// [`channel_segments`], so that one task can own a channel's part of an
-/// output (`par_chunks_mut(N)`). One allocation, not one per channel.
-/// `S` must be non-zero.
-fn segments_by_channel<'a>(out: &'a mut [f32], g: &BatchNormGeometry) -> Vec<&'a mut [f32]> {
-    let mut by_channel: Vec<Option<&mut [f32]>> = Vec::new();
-    by_channel.resize_with(g.batch * g.channels, || None);
-    for (i, seg) in out.chunks_mut(g.spatial).enumerate() {
-        by_channel[(i % g.channels) * g.batch + i / g.channels] = Some(seg);
+/// An output that per-channel tasks write in parallel, each only its own
+/// channel's `N` segments (which are interleaved with the other channels',
+/// so no safe split of the slice hands them out without building a list
+/// of `N*C` slices per call).
+#[derive(Clone, Copy)]
+struct ChannelWriter {
+    ptr: *mut f32,
+}
+
+// SAFETY: a ChannelWriter only hands out memory through `segments`, whose
+// callers (one task per channel) touch disjoint elements.
+unsafe impl Send for ChannelWriter {}
+// SAFETY: as above.
+unsafe impl Sync for ChannelWriter {}
+
+impl ChannelWriter {
+    /// `out` must hold exactly `N*C*S` elements (the callers allocate it so).
+    fn new(out: &mut [f32], g: &BatchNormGeometry) -> Result<Self> {
+        if out.len() != g.numel() {
+            return Err(crate::error::Error::invalid(
+                "batch_norm",
+                format!("output of {} elements for {} values", out.len(), g.numel()),
+            ));
+        }
+        Ok(Self {
+            ptr: out.as_mut_ptr(),
+        })
     }
-    // Every slot was filled: `out` has exactly N*C segments.
-    by_channel.into_iter().flatten().collect()
+
+    /// Channel `c`'s `N` segments of the output.
+    ///
+    /// # Safety
+    /// `c < C`; the buffer given to [`Self::new`] outlives the slices and is
+    /// not otherwise accessed while they live; no two live calls pass the
+    /// same `c`.
+    unsafe fn segments<'a>(
+        self,
+        g: &BatchNormGeometry,
+        c: usize,
+    ) -> impl Iterator<Item = &'a mut [f32]> + 'a {
+        let (cs, s) = (g.channels * g.spatial, g.spatial);
+        (0..g.batch).map(move |n| {
+            // SAFETY: `(n*C + c)*S + S <= N*C*S` elements, checked in `new`;
+            // the caller guarantees exclusive use of channel `c`.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(n * cs + c * s), s) }
+        })
+    }
 }
 
 /// Independent f64 accumulators per reduction: a single running f64 sum
@@ -280,13 +314,16 @@ pub(super) fn train(
     let stats: Vec<(f64, f64)> = if g.spatial == 0 {
         (0..g.channels).map(|c| channel_mean_var(x, g, c)).collect()
     } else {
-        segments_by_channel(&mut output, g)
-            .par_chunks_mut(g.batch)
-            .enumerate()
-            .map(|(c, out)| {
+        let writer = ChannelWriter::new(&mut output, g)?;
+        (0..g.channels)
+            .into_par_iter()
+            .map(|c| {
                 let (m, v) = channel_mean_var(x, g, c);
                 let (_, a, b) = coefficients(c, m, v);
-                for (o, x) in out.iter_mut().zip(channel_segments(x, g, c)) {
+                // SAFETY: one task per channel `c < C`; `output` is not
+                // touched until every task has finished (`collect`).
+                let out = unsafe { writer.segments(g, c) };
+                for (o, x) in out.zip(channel_segments(x, g, c)) {
                     affine_segment(o, x, a, b, relu_after);
                 }
                 (m, v)
@@ -431,16 +468,19 @@ fn backward_impl<const MASK: bool>(
     let (sums, dx) = if need_dx && g.spatial > 0 {
         // Every element is written below.
         let mut dx = buffer_pool::uninit("batch_norm_backward", dy.len())?;
-        let sums: Vec<(f64, f64)> = segments_by_channel(&mut dx, g)
-            .par_chunks_mut(g.batch)
-            .enumerate()
-            .map(|(c, out)| {
+        let writer = ChannelWriter::new(&mut dx, g)?;
+        let sums: Vec<(f64, f64)> = (0..g.channels)
+            .into_par_iter()
+            .map(|c| {
+                // SAFETY: one task per channel `c < C`; `dx` is not touched
+                // until every task has finished (`collect`).
+                let out = unsafe { writer.segments(g, c) };
                 let sums = channel_sums(c);
                 let (scale, mean_dy, k, mean) = dx_coefficients(c, sums);
                 let segments = channel_segments(dy, g, c)
                     .zip(channel_segments(y, g, c))
                     .zip(channel_segments(input, g, c));
-                for (o, ((d, y), x)) in out.iter_mut().zip(segments) {
+                for (o, ((d, y), x)) in out.zip(segments) {
                     if training {
                         o.iter_mut()
                             .zip(d.iter().zip(y).zip(x))

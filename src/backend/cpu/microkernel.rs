@@ -123,6 +123,32 @@ macro_rules! micro_kernel {
             const MR: usize = $mr;
             const L: usize = $lanes;
             const NR: usize = 2 * L;
+            if nr <= L {
+                // The last panel of a product whose width leaves at most
+                // one vector of columns (e.g. 196 = 6 x 32 + 4, ResNet's
+                // 7x7 layers): half the FMAs of a full tile.
+                let mut acc = [$setzero(); MR];
+                for p in 0..kc {
+                    // SAFETY: p < kc, so the loads stay inside the packed
+                    // panels (the B panel is NR wide; its first L floats).
+                    unsafe {
+                        let b0 = $load(b.add(p * NR));
+                        let ap = a.add(p * MR);
+                        for (i, v) in acc.iter_mut().enumerate() {
+                            *v = $fmadd($set1(*ap.add(i)), b0, *v);
+                        }
+                    }
+                }
+                let mut tile = [0f32; MR * NR];
+                for (i, &v) in acc.iter().enumerate() {
+                    // SAFETY: L floats at i*NR lie inside `tile`.
+                    unsafe { $store(tile.as_mut_ptr().add(i * NR), v) };
+                }
+                // SAFETY: the caller's contract for `c`, `mr`, `nr`; only
+                // the first nr <= L columns of each tile row are read.
+                unsafe { store_partial::<NR>(&tile, c, rsc, beta, mr, nr) };
+                return;
+            }
             let mut acc = [[$setzero(); 2]; MR];
             for p in 0..kc {
                 // SAFETY: p < kc, so the loads stay inside the packed panels.

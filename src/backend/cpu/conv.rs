@@ -667,7 +667,17 @@ pub(super) fn conv2d(
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
 ) -> Result<Vec<f32>> {
-    forward_with(x, w, bias, g, LIMITS)
+    // The forward's image groups write disjoint outputs and share the
+    // packed weight, so one group per thread already balances: layer4's
+    // 3x3 512->512 at batch 8 (two groups of four 7x7 images) went from
+    // 15.6 to 11.6 ms at 2 threads (BENCHMARKS.md, "What each change
+    // bought"). The gradients keep two per thread: there, one per thread
+    // measured slower (a 9 MiB partial sum per group for dW).
+    let limits = Limits {
+        groups_per_thread: 1,
+        ..LIMITS
+    };
+    forward_with(x, w, bias, g, limits)
 }
 
 fn forward_with(

@@ -18,9 +18,14 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::gemm::{panels, PackB};
+use rayon::prelude::*;
 
 /// Depth of one packed block (A panel width, B panel height).
 const KC: usize = 256;
+
+/// Packed operands of at least this many floats (1 MiB) are packed by
+/// several threads; below it a rayon dispatch costs more than it saves.
+const PARALLEL_PACK_ELEMS: usize = 1 << 18;
 /// Rows of A packed at once (a multiple of both kernels' MR).
 const MC: usize = 144;
 /// Columns of B packed at once (a multiple of both kernels' NR).
@@ -411,10 +416,23 @@ impl<'a> PackedA<'a> {
     pub unsafe fn pack(a: Raw, m: usize, k: usize, mr: usize, out: &'a mut [f32]) -> Self {
         let m_pad = m.next_multiple_of(mr);
         let out = &mut out[..m_pad * k];
-        for pc in (0..k).step_by(KC) {
+        // Each depth block packs into its own range of `out`. A layer4
+        // weight (512 x 4608, 9 MiB) packed on one thread left the other
+        // core idle for a tenth of that convolution (thread scaling 1.34x;
+        // BENCHMARKS.md, "What each change bought"), so large operands are
+        // packed block-parallel.
+        let pack_block = |(block, dst): (usize, &mut [f32])| {
+            let pc = block * KC;
             let kc = KC.min(k - pc);
             // SAFETY: the m x kc block at (0, pc) lies inside the view.
-            unsafe { pack_a(a.at(0, pc), a.rs, a.cs, m, kc, mr, &mut out[pc * m_pad..]) };
+            unsafe { pack_a(a.at(0, pc), a.rs, a.cs, m, kc, mr, dst) };
+        };
+        if out.len() >= PARALLEL_PACK_ELEMS {
+            out.par_chunks_mut(KC * m_pad)
+                .enumerate()
+                .for_each(pack_block);
+        } else {
+            out.chunks_mut(KC * m_pad).enumerate().for_each(pack_block);
         }
         Self {
             data: out,

@@ -35,10 +35,10 @@ pub fn render_table(r: &BenchReport) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "FMA probe peak GFLOP/s: {}; %peak below is of {} at {} threads\n",
+            "FMA probe peak GFLOP/s: {}; %peak below is of this machine's fastest path at {} threads (GEMM path used: {})\n",
             peaks.join(", "),
-            r.simd_path,
-            r.threads
+            r.threads,
+            r.simd_path
         );
     }
     let pct = |gflops: f64| {

@@ -268,8 +268,14 @@ fn run_neighbour(with_barrier: bool) -> (Vec<f32>, Vec<f32>) {
     (stream.clone_dtoh(&out).unwrap(), want)
 }
 
-/// Why the tests of the emulation's unchecked behaviour step aside under
-/// `FROSTGRAD_CUDA_EMU_CHECK`: the checker is meant to stop such a launch.
+/// The tests of what the *unchecked* emulation does with a hazardous kernel
+/// run their child with the checks off, whatever the caller set: the
+/// checker is meant to stop such a launch (tests/cuda_emu_check.rs tests
+/// those reports).
+const UNCHECKED: (&str, &str) = ("FROSTGRAD_CUDA_EMU_CHECK", "none");
+
+/// Why `warp_intrinsics_half_and_math` leaves out its `partial_warp` part
+/// under synccheck (it runs through `with_cuda`, on a GPU too).
 const DELIBERATE: &str = "its kernel has such a hazard on purpose, to show what the \
      unchecked emulation does with it; the checker reports the hazard and fails the launch \
      (tests/cuda_emu_check.rs tests those reports)";
@@ -277,22 +283,23 @@ const DELIBERATE: &str = "its kernel has such a hazard on purpose, to show what 
 #[test]
 fn missing_barrier_is_exposed_by_shuffled_thread_order() {
     let name = "missing_barrier_is_exposed_by_shuffled_thread_order";
-    if cuda_emu::skip_under_checks(name, &["racecheck", "initcheck"], DELIBERATE) {
-        return;
-    }
-    cuda_emu::with_emulation(name, &[("FROSTGRAD_CUDA_EMU_SHUFFLE", "12345")], || {
-        let (got, want) = run_neighbour(false);
-        let wrong = got
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        assert!(wrong > 100, "only {wrong} wrong values without the barrier");
-        // What the missing barrier lets a thread see is poison (NaN), not stale data.
-        assert!(got.iter().any(|v| v.is_nan()));
-        let (got, want) = run_neighbour(true);
-        assert_eq!(bits(&got), bits(&want));
-    });
+    cuda_emu::with_emulation(
+        name,
+        &[("FROSTGRAD_CUDA_EMU_SHUFFLE", "12345"), UNCHECKED],
+        || {
+            let (got, want) = run_neighbour(false);
+            let wrong = got
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert!(wrong > 100, "only {wrong} wrong values without the barrier");
+            // What the missing barrier lets a thread see is poison (NaN), not stale data.
+            assert!(got.iter().any(|v| v.is_nan()));
+            let (got, want) = run_neighbour(true);
+            assert_eq!(bits(&got), bits(&want));
+        },
+    );
 }
 
 #[test]
@@ -300,10 +307,7 @@ fn in_order_threads_hide_the_missing_barrier() {
     // Documents why the shuffle option exists: thread-index order happens to
     // satisfy this kernel's (unsynchronised) dependency.
     let name = "in_order_threads_hide_the_missing_barrier";
-    if cuda_emu::skip_under_checks(name, &["racecheck"], DELIBERATE) {
-        return;
-    }
-    cuda_emu::with_emulation(name, &[], || {
+    cuda_emu::with_emulation(name, &[UNCHECKED], || {
         let (got, want) = run_neighbour(false);
         assert_eq!(bits(&got), bits(&want));
     });
@@ -372,10 +376,7 @@ fn thread_exiting_while_others_wait_at_a_barrier_is_an_error() {
 #[test]
 fn device_memory_and_shared_memory_start_poisoned() {
     let name = "device_memory_and_shared_memory_start_poisoned";
-    if cuda_emu::skip_under_checks(name, &["racecheck", "initcheck"], DELIBERATE) {
-        return;
-    }
-    cuda_emu::with_emulation(name, &[], || {
+    cuda_emu::with_emulation(name, &[UNCHECKED], || {
         let (stream, f) = kernel(BUGS, "bugs.cu", &[], "read_uninitialised_shared");
         // SAFETY: reading uninitialised device memory is the point of the test; f32 has no invalid bits.
         let fresh = unsafe { stream.alloc::<f32>(64) }.unwrap();

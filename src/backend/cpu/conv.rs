@@ -608,9 +608,9 @@ enum Output {
 /// across threads (`Par::Split`).
 ///
 /// `out` is what `work` writes: for [`Output::PerImage`] the block of its
-/// images; for [`Output::Sum`] a zeroed partial sum per group, added into
-/// `out` in group order afterwards so the result does not depend on
-/// scheduling.
+/// images; for [`Output::Sum`] (where `work` adds onto it) `out` itself or
+/// a zeroed partial sum, one per thread's run of groups, added into `out`
+/// in run order afterwards so the result does not depend on scheduling.
 fn for_image_groups(
     op: &'static str,
     plan: &Plan,
@@ -631,15 +631,29 @@ fn for_image_groups(
                 .for_each(|(i, out)| work(i * group, out.len() / per_image, out, Par::Serial));
         }
         Output::Sum => {
-            let partials: Vec<Vec<f32>> = (0..g.batch.div_ceil(group))
-                .into_par_iter()
-                .map(|i| {
-                    let mut partial = buffer_pool::zeroed(op, out.len())?;
+            // The groups in one contiguous run per thread, each run summed
+            // in order into its own buffer: the first run straight into
+            // `out`, the others into partials taken before the parallel
+            // part. So a call holds `threads - 1` partials, a number fixed
+            // in advance: with one per group, as many were live as rayon
+            // happened to start, and the pool's size class for them still
+            // grew now and then in a steady-state step (a few page faults
+            // per step, BENCHMARKS.md). The sum's order depends only on the
+            // thread count, not on scheduling.
+            let groups = g.batch.div_ceil(group);
+            let runs = rayon::current_num_threads().clamp(1, groups);
+            let mut partials = (1..runs)
+                .map(|_| buffer_pool::zeroed(op, out.len()))
+                .collect::<Result<Vec<_>>>()?;
+            let targets: Vec<&mut [f32]> = std::iter::once(&mut *out)
+                .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
+                .collect();
+            targets.into_par_iter().enumerate().for_each(|(run, out)| {
+                for i in run * groups / runs..(run + 1) * groups / runs {
                     let first = i * group;
-                    work(first, group.min(g.batch - first), &mut partial, Par::Serial);
-                    Ok(partial)
-                })
-                .collect::<Result<_>>()?;
+                    work(first, group.min(g.batch - first), out, Par::Serial);
+                }
+            });
             out.par_chunks_mut(1 << 14)
                 .enumerate()
                 .for_each(|(i, out)| {

@@ -300,7 +300,10 @@ fn main() -> frostgrad::Result<()> {
             )?;
         }
         // The residual block's tail, `relu(out + shortcut)`, and the
-        // gradient that flows back through it.
+        // gradient that flows back through it. ResNet's block writes the
+        // tail over bn2's output (`ops::add_relu` on its sole handle), as
+        // PyTorch's `out += identity; relu_(out)` does: read both, write one.
+        let mut tail = x.try_clone()?;
         t.case(
             "add_relu_fwd",
             &shape,
@@ -308,7 +311,7 @@ fn main() -> frostgrad::Result<()> {
             12 * n,
             0.0,
             params.clone(),
-            || x.add(&dy)?.relu(),
+            || tail.add_relu_assign(&dy),
         )?;
         t.case(
             "relu_bwd",

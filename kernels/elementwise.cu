@@ -48,6 +48,22 @@ extern "C" __global__ void relu_f32(const float* x, float* y, const MapParams p)
   }
 }
 
+// relu(a + b) in one pass (ResNet's residual tail): the sum rounded to float,
+// then relu_f32's clamp (NaN propagates), never written out in between.
+__device__ __forceinline__ float add_relu1(float a, float b) {
+  const float v = a + b;
+  return (v > 0.0f || v != v) ? v : 0.0f;
+}
+
+extern "C" __global__ void add_relu_f32(const float* a, const float* b, float* out, const MapParams p) {
+  GRID_STRIDE(i, p.n) { out[i] = add_relu1(a[i], b[i]); }
+}
+
+// The same over a's own buffer, when nothing else can read it any more.
+extern "C" __global__ void add_relu_assign_f32(float* a, const float* b, const MapParams p) {
+  GRID_STRIDE(i, p.n) { a[i] = add_relu1(a[i], b[i]); }
+}
+
 // dx = dy where the forward output was positive.
 extern "C" __global__ void relu_backward_f32(const float* dy, const float* y, float* dx, const MapParams p) {
   GRID_STRIDE(i, p.n) { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }

@@ -208,6 +208,18 @@ def relu_cases():
     write_case("relu_exact_zeros", "relu", {"input": gen.randint(-1, 2, 3, 17)}, ["input"], lambda t: F.relu(t["input"]), {})
 
 
+def add_relu_cases():
+    # frostgrad's fused residual tail `relu(input + other)` (ops::add_relu);
+    # PyTorch computes it as two ops, so its grad_fn is ReluBackward0.
+    gen = Gen(310)
+    write_case("add_relu_random", "add_relu", {"input": gen.randn(2, 3, 4, 5), "other": gen.randn(2, 3, 4, 5)},
+               ["input", "other"], lambda t: F.relu(t["input"] + t["other"]), {})
+    # Integer values: many sums exactly 0, where both gradients are 0.
+    write_case("add_relu_exact_zeros", "add_relu",
+               {"input": gen.randint(-1, 2, 3, 17), "other": gen.randint(-1, 2, 3, 17)},
+               ["input", "other"], lambda t: F.relu(t["input"] + t["other"]), {})
+
+
 def max_pool_cases():
     # (name, shape, kernel, stride, padding, dilation, integer-valued)
     cases = [
@@ -619,6 +631,7 @@ def main():
     conv_cases()
     batch_norm_cases()
     relu_cases()
+    add_relu_cases()
     max_pool_cases()
     adaptive_pool_cases()
     linear_cases()

@@ -162,6 +162,12 @@ fn elementwise_and_reductions_match_cpu() {
                 &gb.relu_backward(&gy).unwrap(),
                 &b.relu_backward(&y).unwrap(),
             );
+            // The fused residual tail, out of place and over the left operand.
+            let fused = a.add_relu(&b).unwrap();
+            check("add_relu", &ga.add_relu(&gb).unwrap(), &fused);
+            let mut assigned = ga.try_clone().unwrap();
+            assigned.add_relu_assign(&gb).unwrap();
+            check("add_relu_assign", &assigned, &fused);
             check("sum_all", &ga.sum_all().unwrap(), &a.sum_all().unwrap());
             let s = a.sum_all().unwrap();
             let gs = ga.sum_all().unwrap();
@@ -941,6 +947,12 @@ fn argument_errors_read_the_same_on_both_devices() {
         let v = |n: usize| pair(vec![0.5; n]);
         let ((c1, k1), (c2, k2), (c6, k6)) = (v(1), v(2), v(6));
         same("add", c1.add(&c2), k1.add(&k2));
+        same("add_relu", c1.add_relu(&c2), k1.add_relu(&k2));
+        same(
+            "add_relu_assign",
+            c1.try_clone().unwrap().add_relu_assign(&c2),
+            k1.try_clone().unwrap().add_relu_assign(&k2),
+        );
         same(
             "broadcast_scalar",
             c2.broadcast_scalar(3),

@@ -225,6 +225,36 @@ fn relu_away_from_the_kink() {
 }
 
 #[test]
+fn add_relu_away_from_the_kink() {
+    let mut rng = StdRng::seed_from_u64(16);
+    let input = normal("input", &[2, 3, 4], 1.0, &mut rng);
+    let mut other = normal("other", &[2, 3, 4], 1.0, &mut rng);
+    for (o, &x) in other.values.iter_mut().zip(&input.values) {
+        // |x + o| >= 0.1 > 2 * STEP: no perturbation of either crosses zero.
+        let s = x + *o;
+        if s.abs() < 0.1 {
+            *o += 0.2f32.copysign(s);
+        }
+    }
+    let inputs = || {
+        [&input, &other]
+            .map(|i| Input {
+                name: i.name,
+                shape: i.shape.clone(),
+                values: i.values.clone(),
+            })
+            .into()
+    };
+    // The leaves are kept, so this runs out of place ...
+    gradcheck("add_relu", inputs(), |t| ops::add_relu(t[0].clone(), &t[1]));
+    // ... and through `x * 1` (a new tensor no one else holds) in place.
+    gradcheck("add_relu (in place)", inputs(), |t| {
+        let one = Tensor::from_vec(vec![1.0], &[1], Device::Cpu)?;
+        ops::add_relu(ops::mul(&t[0], &one)?, &t[1])
+    });
+}
+
+#[test]
 fn max_pool2d_with_distinct_window_values() {
     let mut rng = StdRng::seed_from_u64(7);
     let shape = [2, 2, 7, 6];

@@ -28,7 +28,12 @@ const TOLERANCE: f64 = 1e-5;
 /// `MeanBackward1`; frostgrad's node takes that name for a 1x1 output so
 /// graphs compare node for node.)
 fn expected_grad_fn_name(fixture: &Fixture) -> &str {
-    fixture.meta("torch_grad_fn")
+    match (fixture.meta("op"), fixture.meta("torch_grad_fn")) {
+        // PyTorch runs `relu(a + b)` as two nodes, ReluBackward0 on top;
+        // frostgrad's fused op is one node reporting the ReLU it absorbed.
+        ("add_relu", "ReluBackward0") => "AddReluBackward0",
+        (_, name) => name,
+    }
 }
 
 fn pair(fixture: &Fixture, key: &str) -> (usize, usize) {
@@ -85,6 +90,7 @@ fn run_op(fx: &Fixture) -> (Tensor, Leaves) {
         "adaptive_avg_pool2d" => ops::adaptive_avg_pool2d(input, pair(fx, "output_size")),
         "linear" => ops::linear(input, get("weight").expect("weight"), get("bias")),
         "add" => ops::add(input, get("other").expect("other")),
+        "add_relu" => ops::add_relu(input.clone(), get("other").expect("other")),
         "sum" => ops::sum(input),
         "mean" => ops::mean(input),
         "flatten" => ops::flatten(input, fx.meta("start_dim").parse().expect("start_dim")),
@@ -353,6 +359,11 @@ fn linear_matches_pytorch() {
 }
 
 #[test]
+fn add_relu_matches_pytorch_including_exact_zeros() {
+    check_op("add_relu", 2);
+}
+
+#[test]
 fn add_sum_mean_flatten_match_pytorch() {
     for op in ["add", "sum", "mean", "flatten"] {
         check_op(op, 1);
@@ -378,6 +389,7 @@ fn fixtures_cover_every_op_and_stay_small() {
     for op in [
         "adaptive_avg_pool2d",
         "add",
+        "add_relu",
         "batch_norm",
         "conv2d",
         "cross_entropy",

@@ -162,7 +162,28 @@ pub fn record(
     inputs: &[Option<&Tensor>],
     make_backward: impl FnOnce(&[bool], &Tensor) -> Box<dyn BackwardOp>,
 ) -> Result<Tensor> {
-    let plain = Tensor::from_storage(output, shape)?;
+    record_output(Tensor::from_storage(output, shape)?, inputs, make_backward)
+}
+
+/// Like [`record`] for an op that wrote its result over the storage of
+/// `overwritten`, one of its `inputs`, which the op checked nobody else can
+/// reach ([`Tensor::is_sole_handle`]): the output keeps that storage (and its
+/// place in the memory accounting), the input's edge its history.
+pub(crate) fn record_in_place(
+    overwritten: &Tensor,
+    inputs: &[Option<&Tensor>],
+    make_backward: impl FnOnce(&[bool], &Tensor) -> Box<dyn BackwardOp>,
+) -> Result<Tensor> {
+    let plain = overwritten.view_with(overwritten.shape().to_vec(), None);
+    record_output(plain, inputs, make_backward)
+}
+
+/// [`record`] with the output already a (graph-less) tensor.
+fn record_output(
+    plain: Tensor,
+    inputs: &[Option<&Tensor>],
+    make_backward: impl FnOnce(&[bool], &Tensor) -> Box<dyn BackwardOp>,
+) -> Result<Tensor> {
     if !is_grad_enabled() || !inputs.iter().flatten().any(|t| t.requires_grad()) {
         return Ok(plain);
     }

@@ -21,6 +21,7 @@ mod stats;
 
 pub use engine::backward;
 pub use grad_mode::{is_grad_enabled, no_grad, NoGradGuard};
+pub(crate) use graph::record_in_place;
 pub use graph::{record, record_view, BackwardOp, FusedOp, GradFn, NextFunction, Node};
 pub use hooks::HookHandle;
 pub(crate) use hooks::{GradHookFn, HookList};

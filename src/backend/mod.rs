@@ -158,6 +158,14 @@ pub trait BackendStorage: Sized {
     fn relu(&self) -> Result<Self>;
     /// `self` is dL/dy; passes it where the forward output was positive.
     fn relu_backward(&self, output: &Self) -> Result<Self>;
+    /// `relu(self + rhs)`, same length, in one pass (ResNet's residual tail):
+    /// the same values as [`add`](Self::add) then [`relu`](Self::relu),
+    /// without the intermediate sum.
+    fn add_relu(&self, rhs: &Self) -> Result<Self>;
+    /// [`add_relu`](Self::add_relu) written over `self`, for a sum whose
+    /// left operand nobody else can see any more (torchvision's in-place
+    /// `out += identity; relu_(out)`): no new buffer.
+    fn add_relu_assign(&mut self, rhs: &Self) -> Result<()>;
 
     // ----- dense -----------------------------------------------------------
     /// `op(self) @ op(rhs)` where `op(self)` is `[m, k]` and `op(rhs)` is

@@ -167,6 +167,15 @@ impl BackendStorage for Storage {
     fn relu_backward(&self, output: &Self) -> Result<Self> {
         each_backend!(self, s => s.relu_backward(arg::<B>("relu_backward", s.device(), output)?).map(Storage::from))
     }
+    fn add_relu(&self, rhs: &Self) -> Result<Self> {
+        each_backend!(self, s => s.add_relu(arg::<B>("add_relu", s.device(), rhs)?).map(Storage::from))
+    }
+    fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
+        each_backend!(self, s => {
+            let d = s.device();
+            s.add_relu_assign(arg::<B>("add_relu", d, rhs)?)
+        })
+    }
 
     fn matmul(
         &self,

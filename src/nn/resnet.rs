@@ -120,7 +120,9 @@ impl Module for BasicBlock {
             Some(d) => d.forward(input)?,
             None => input.clone(),
         };
-        ops::relu(&ops::add(&x, &shortcut)?)
+        // The residual tail fused: `x` is this forward's last handle on
+        // bn2's output, so the sum and ReLU are written over it in place.
+        ops::add_relu(x, &shortcut)
     }
     fn named_children(&self) -> Vec<(String, &dyn Module)> {
         let mut out: Vec<(String, &dyn Module)> = vec![

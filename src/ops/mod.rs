@@ -11,6 +11,7 @@
 
 mod adaptive_avg_pool2d;
 mod add;
+mod add_relu;
 mod batch_norm;
 pub(crate) mod broadcast;
 mod conv2d;
@@ -38,6 +39,7 @@ mod view;
 
 pub use adaptive_avg_pool2d::adaptive_avg_pool2d;
 pub use add::add;
+pub use add_relu::add_relu;
 pub use batch_norm::{batch_norm, batch_norm_relu, BatchNormOptions};
 pub use conv2d::{conv2d, Conv2dOptions};
 pub use linear::linear;

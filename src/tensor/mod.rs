@@ -290,6 +290,16 @@ impl Tensor {
         self.inner.grad_fn.is_none()
     }
 
+    /// True when this handle is the only way to reach its data: no clone of
+    /// the handle, no view sharing the storage, nothing detached from it
+    /// (which is how a backward node saves a tensor). An op given such a
+    /// handle by value may write its result over the data (see
+    /// [`crate::ops::add_relu`]) and nobody can tell. `&mut` because only an
+    /// owner can be sure no other handle appears meanwhile.
+    pub(crate) fn is_sole_handle(&mut self) -> bool {
+        Arc::get_mut(&mut self.inner).is_some_and(|t| Arc::get_mut(&mut t.storage).is_some())
+    }
+
     /// The accumulated gradient of a leaf, if a backward pass produced one.
     pub fn grad(&self) -> Option<Tensor> {
         self.inner

@@ -51,8 +51,31 @@ pub(super) fn scale(x: &[f32], factor: f32) -> Result<Vec<f32>> {
 }
 
 /// PyTorch's relu keeps NaN (it is `clamp_min(x, 0)` with NaN propagation).
+#[inline]
+fn relu1(v: f32) -> f32 {
+    if v > 0.0 || v.is_nan() {
+        v
+    } else {
+        0.0
+    }
+}
+
 pub(super) fn relu(x: &[f32]) -> Result<Vec<f32>> {
-    map("relu", x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 })
+    map("relu", x, relu1)
+}
+
+/// `relu(a + b)` in one pass: the sum is rounded to f32 first, exactly as
+/// [`add`] then [`relu`] compute it, but never written out.
+pub(super) fn add_relu(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+    zip_map(a, b, |a, b| relu1(a + b))
+}
+
+/// [`add_relu`] over `a` itself: reads `a` and `b`, writes `a`, and so
+/// needs no output buffer (nor the cache misses of first writes to one).
+pub(super) fn add_relu_assign(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(PAR_CHUNK)
+        .zip(b.par_chunks(PAR_CHUNK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a = relu1(*a + b)));
 }
 
 /// PyTorch's `threshold_backward(grad, output, 0)`: zero where
@@ -123,6 +146,30 @@ mod tests {
     fn relu_backward_passes_gradient_where_output_positive() {
         let g = relu_backward(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.5, -0.0, f32::NAN]).unwrap();
         assert_eq!(g, vec![0.0, 2.0, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn add_relu_is_add_then_relu_in_and_out_of_place() {
+        // Several parallel chunks, and the edge cases of relu: NaN kept,
+        // -0.0 and negatives zeroed, a sum that rounds.
+        let n = 3 * PAR_CHUNK + 5;
+        let mut a: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let mut b: Vec<f32> = (0..n)
+            .map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5)
+            .collect();
+        a[..5].copy_from_slice(&[f32::NAN, -0.0, 1.0, -1.0, 1e8]);
+        b[..5].copy_from_slice(&[1.0, 0.0, -1.0, 0.5, 1.0]);
+        let expected = relu(&add(&a, &b).unwrap()).unwrap();
+        let fused = add_relu(&a, &b).unwrap();
+        let mut in_place = a.clone();
+        add_relu_assign(&mut in_place, &b);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fused), bits(&expected));
+        assert_eq!(bits(&in_place), bits(&expected));
+        assert!(fused[0].is_nan());
+        assert_eq!(fused[1].to_bits(), 0.0f32.to_bits());
     }
 
     #[test]

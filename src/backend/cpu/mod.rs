@@ -127,6 +127,20 @@ impl BackendStorage for CpuStorage {
             output.as_f32(op)?,
         )?))
     }
+    fn add_relu(&self, rhs: &Self) -> Result<Self> {
+        check::binary("add_relu", self, rhs)?;
+        let op = "add_relu";
+        Ok(F32(elementwise::add_relu(
+            self.as_f32(op)?,
+            rhs.as_f32(op)?,
+        )?))
+    }
+    fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
+        check::binary("add_relu", self, rhs)?;
+        let op = "add_relu";
+        elementwise::add_relu_assign(self.as_f32_mut(op)?, rhs.as_f32(op)?);
+        Ok(())
+    }
     fn matmul(
         &self,
         rhs: &Self,

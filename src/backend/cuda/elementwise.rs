@@ -140,6 +140,42 @@ impl CudaStorage {
         Ok(self.wrap(out, self.len))
     }
 
+    pub(super) fn launch_add_relu(&self, rhs: &Self) -> Result<Self> {
+        let op = "add_relu";
+        check::binary(op, self, rhs)?;
+        let a = self.f32(op)?;
+        let b = self.arg(op, rhs)?;
+        let p = MapParams::new(op, self.len)?;
+        let mut out = self.output(self.len, op)?;
+        launch!(
+            self.device,
+            KernelFile::Elementwise,
+            "add_relu_f32",
+            linear_launch(self.len),
+            [a, b, &mut out, &p]
+        );
+        Ok(self.wrap(out, self.len))
+    }
+
+    pub(super) fn launch_add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
+        let op = "add_relu";
+        check::binary(op, self, rhs)?;
+        let b = self.arg(op, rhs)?;
+        let p = MapParams::new(op, self.len)?;
+        let (device, len) = (self.device.clone(), self.len);
+        let a = self.f32_mut(op)?;
+        if p.n > 0 {
+            launch!(
+                device,
+                KernelFile::Elementwise,
+                "add_relu_assign_f32",
+                linear_launch(len),
+                [a, b, &p]
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn launch_add_row_vector(
         &self,
         row: &Self,

@@ -359,6 +359,12 @@ impl BackendStorage for CudaStorage {
     fn relu_backward(&self, output: &Self) -> Result<Self> {
         self.launch_relu_backward(output)
     }
+    fn add_relu(&self, rhs: &Self) -> Result<Self> {
+        self.launch_add_relu(rhs)
+    }
+    fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
+        self.launch_add_relu_assign(rhs)
+    }
 
     // ----- dense -----------------------------------------------------------
     fn matmul(

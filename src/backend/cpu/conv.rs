@@ -115,7 +115,19 @@ impl Plan {
         } else {
             let wanted = limits.min_columns.div_ceil(pixels.max(1));
             let fit = limits.block_elems / (taps * pixels).max(1);
-            wanted.min(fit).clamp(1, g.batch.max(1))
+            // With one group per thread (the forward), at least as many
+            // groups as threads: one group of all 8 images (layer4's
+            // 256->512 stride-2 forward) ran its GEMM split by rows, each
+            // row block re-packing the whole im2col, on 1.4 cores. Not for
+            // the gradients (two groups per thread): their groups of two
+            // 7x7 images measured slower than one split chunk
+            // (BENCHMARKS.md, issue 9, "What each change bought").
+            let share = if limits.groups_per_thread == 1 {
+                g.batch.div_ceil(rayon::current_num_threads())
+            } else {
+                g.batch
+            };
+            wanted.min(fit).min(share).clamp(1, g.batch.max(1))
         };
         let pointwise = images_per_chunk == 1
             && g.kernel_h == 1
@@ -608,9 +620,9 @@ enum Output {
 /// across threads (`Par::Split`).
 ///
 /// `out` is what `work` writes: for [`Output::PerImage`] the block of its
-/// images; for [`Output::Sum`] a zeroed partial sum per group, added into
-/// `out` in group order afterwards so the result does not depend on
-/// scheduling.
+/// images; for [`Output::Sum`] (where `work` adds onto it) `out` itself or
+/// a zeroed partial sum, one per thread's run of groups, added into `out`
+/// in run order afterwards so the result does not depend on scheduling.
 fn for_image_groups(
     op: &'static str,
     plan: &Plan,
@@ -631,15 +643,29 @@ fn for_image_groups(
                 .for_each(|(i, out)| work(i * group, out.len() / per_image, out, Par::Serial));
         }
         Output::Sum => {
-            let partials: Vec<Vec<f32>> = (0..g.batch.div_ceil(group))
-                .into_par_iter()
-                .map(|i| {
-                    let mut partial = buffer_pool::zeroed(op, out.len())?;
+            // The groups in one contiguous run per thread, each run summed
+            // in order into its own buffer: the first run straight into
+            // `out`, the others into partials taken before the parallel
+            // part. So a call holds `threads - 1` partials, a number fixed
+            // in advance: with one per group, as many were live as rayon
+            // happened to start, and the pool's size class for them still
+            // grew now and then in a steady-state step (a few page faults
+            // per step, BENCHMARKS.md). The sum's order depends only on the
+            // thread count, not on scheduling.
+            let groups = g.batch.div_ceil(group);
+            let runs = rayon::current_num_threads().clamp(1, groups);
+            let mut partials = (1..runs)
+                .map(|_| buffer_pool::zeroed(op, out.len()))
+                .collect::<Result<Vec<_>>>()?;
+            let targets: Vec<&mut [f32]> = std::iter::once(&mut *out)
+                .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
+                .collect();
+            targets.into_par_iter().enumerate().for_each(|(run, out)| {
+                for i in run * groups / runs..(run + 1) * groups / runs {
                     let first = i * group;
-                    work(first, group.min(g.batch - first), &mut partial, Par::Serial);
-                    Ok(partial)
-                })
-                .collect::<Result<_>>()?;
+                    work(first, group.min(g.batch - first), out, Par::Serial);
+                }
+            });
             out.par_chunks_mut(1 << 14)
                 .enumerate()
                 .for_each(|(i, out)| {
@@ -1062,15 +1088,17 @@ mod tests {
                 },
             ];
             // Each variant again with image groups run in parallel (on a
-            // 2-thread pool, so the group path is taken for any batch).
+            // 2-thread pool, so the group path is taken for any batch), and
+            // with the forward's one group per thread (which also caps the
+            // images per group so that there are two groups).
             let variants = variants.iter().flat_map(|&l| {
-                [
-                    l,
-                    Limits {
-                        groups_per_thread: 0,
+                [0, 1]
+                    .map(|groups_per_thread| Limits {
+                        groups_per_thread,
                         ..l
-                    },
-                ]
+                    })
+                    .into_iter()
+                    .chain([l])
             });
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(2)
@@ -1092,6 +1120,31 @@ mod tests {
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn forward_gives_every_thread_an_image_group() {
+        // Layer4's 3x3 256->512 stride 2 at batch 8: eight 7x7 outputs fit
+        // one chunk, which left one of two threads idle in the forward.
+        let g = Conv2dGeometry::new([8, 256, 14, 14], [512, 256, 3, 3], (2, 2), (1, 1), (1, 1))
+            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let forward = Limits {
+                groups_per_thread: 1,
+                ..LIMITS
+            };
+            let plan = Plan::new("test", &g, forward).unwrap();
+            assert_eq!(plan.images_per_chunk, 4);
+            assert!(plan.parallel_groups(&g));
+            // The gradients keep one chunk of all eight, split inside.
+            let plan = Plan::new("test", &g, LIMITS).unwrap();
+            assert_eq!(plan.images_per_chunk, 8);
+            assert!(!plan.parallel_groups(&g));
+        });
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! `CLOCK=cpu` times process CPU time (steadier on a shared machine with one
-//! thread); `REPS` (default 5) timed repeats per shape, median reported.
+//! thread); `REPS` (default 5) timed repeats per shape, median reported;
+//! `FILTER` keeps the shapes whose `layer kind` name contains it.
 
 use std::time::Instant;
 
@@ -58,7 +59,11 @@ fn main() -> frostgrad::Result<()> {
         "layer", "gemm", "m", "k", "n", "ms", "GFLOP/s"
     );
     let mut total = 0.0;
+    let filter = std::env::var("FILTER").unwrap_or_default();
     let run = |name: &str, kind: &str, m: usize, k: usize, n: usize, ta: bool, tb: bool| {
+        if !format!("{name} {kind}").contains(&filter) {
+            return 0.0;
+        }
         let a = CpuStorage::F32(
             (0..m * k)
                 .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)

@@ -25,6 +25,15 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// Drops a storage that never became a tensor, its host buffer going
+    /// back to the CPU buffer pool as a tensor's does (dropped plainly, a
+    /// pooled-size buffer would be freed and the pool would miss next time).
+    pub(crate) fn recycle(mut self) {
+        if let Storage::Cpu(data) = &mut self {
+            crate::backend::cpu::buffer_pool::recycle_host(data);
+        }
+    }
+
     /// Moves host data onto `device`.
     pub fn from_cpu(data: CpuStorage, device: Device) -> Result<Storage> {
         match device {

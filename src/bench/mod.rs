@@ -324,10 +324,13 @@ pub fn run_mode(
     )?;
 
     let total = cfg.warmup + cfg.steps;
-    let (mut step, mut fwd, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
+    // Room for every step up front: growing these in a timed step would
+    // touch fresh heap pages, counted as that step's faults.
+    let timings = || Vec::with_capacity(cfg.steps);
+    let (mut step, mut fwd, mut bwd, mut opt) = (timings(), timings(), timings(), timings());
     let mut last = None;
     let mut peak_bytes = 0;
-    let mut faults = vec![];
+    let mut faults = timings();
     // Every phase boundary waits for the device (`sync`), as
     // scripts/bench_pytorch.py does: on a GPU a launch returns at once, so
     // without it a phase would time its launches and its kernels would be

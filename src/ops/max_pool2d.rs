@@ -37,12 +37,22 @@ pub fn max_pool2d(input: &Tensor, opts: MaxPool2dOptions) -> Result<Tensor> {
     )?;
     let (values, indices) = input.storage().max_pool2d(&g)?;
     let out_shape = g.output_shape().to_vec();
-    record(values, out_shape.clone(), &[Some(input)], |_, _| {
+    let mut indices = Some(indices);
+    let output = record(values, out_shape.clone(), &[Some(input)], |_, _| {
         Box::new(MaxPool2DWithIndicesBackward {
             geometry: g,
-            indices: Tensor::from_storage(indices, out_shape).ok(),
+            indices: indices
+                .take()
+                .and_then(|i| Tensor::from_storage(i, out_shape).ok()),
         })
-    })
+    });
+    // No gradient wanted (a frozen prefix, inference): the indices were not
+    // saved; back to the pool, so that such a step takes the same buffer
+    // again instead of a fresh one from the allocator.
+    if let Some(unused) = indices {
+        unused.recycle();
+    }
+    output
 }
 
 struct MaxPool2DWithIndicesBackward {

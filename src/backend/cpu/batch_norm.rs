@@ -14,6 +14,8 @@
 //! separate pass over the activation. The mask is exactly
 //! [`super::elementwise::relu_backward`]'s.
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use super::buffer_pool;
@@ -469,7 +471,8 @@ fn backward_impl<const MASK: bool>(
         // Every element is written below.
         let mut dx = buffer_pool::uninit("batch_norm_backward", dy.len())?;
         let writer = ChannelWriter::new(&mut dx, g)?;
-        let sums: Vec<(f64, f64)> = (0..g.channels)
+        let mut sums = CHANNEL_SUMS.with(Cell::take);
+        (0..g.channels)
             .into_par_iter()
             .map(|c| {
                 // SAFETY: one task per channel `c < C`; `dx` is not touched
@@ -496,10 +499,14 @@ fn backward_impl<const MASK: bool>(
                 }
                 sums
             })
-            .collect();
+            .collect_into_vec(&mut sums);
         (sums, Some(dx))
     } else {
-        let sums: Vec<(f64, f64)> = (0..g.channels).into_par_iter().map(channel_sums).collect();
+        let mut sums = CHANNEL_SUMS.with(Cell::take);
+        (0..g.channels)
+            .into_par_iter()
+            .map(channel_sums)
+            .collect_into_vec(&mut sums);
         // (S = 0: an empty dx.)
         let dx = need_dx
             .then(|| buffer_pool::uninit("batch_norm_backward", 0))
@@ -513,7 +520,16 @@ fn backward_impl<const MASK: bool>(
             .collect()
     });
     let db = need_db.then(|| sums.iter().map(|&(sd, _)| sd as f32).collect());
+    CHANNEL_SUMS.with(|cell| cell.set(sums));
     Ok([dx, dw, db])
+}
+
+thread_local! {
+    /// [`backward_impl`]'s per-channel sums, reused: collected afresh, this
+    /// small buffer (16 bytes a channel, below the buffer pool's sizes) was
+    /// what glibc served from newly touched heap pages in otherwise
+    /// fault-free steps (BENCHMARKS.md, issue 9 item 14).
+    static CHANNEL_SUMS: Cell<Vec<(f64, f64)>> = const { Cell::new(Vec::new()) };
 }
 
 /// In-place running-statistics update with momentum and the unbiased variance.

@@ -66,6 +66,8 @@ static POOL_F32: Pool<f32> = Pool::new();
 static POOL_I64: Pool<i64> = Pool::new();
 /// Bytes of free buffers the pools keep (both element types).
 static HELD_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Requests of a pooled size that found no free buffer of their class.
+static MISSES: AtomicUsize = AtomicUsize::new(0);
 
 impl Element for f32 {
     fn pool() -> &'static Pool<f32> {
@@ -87,6 +89,13 @@ pub fn enabled() -> bool {
 /// Bytes the pool holds in free buffers, not counted as tensor memory.
 pub fn held_bytes() -> usize {
     HELD_BYTES.load(Ordering::Relaxed)
+}
+
+/// How many requests of a pooled size so far found no free buffer of
+/// their class and went to the allocator (whose fresh pages then fault).
+/// A steady-state step adds none (`tests/cpu_buffer_pool.rs`).
+pub fn misses() -> u64 {
+    MISSES.load(Ordering::Relaxed) as u64
 }
 
 /// Gives every cached buffer back to the allocator (and so, for large
@@ -182,6 +191,7 @@ fn take<T: Element>(op: &'static str, len: usize) -> Result<Vec<T>> {
             HELD_BYTES.fetch_sub(v.capacity() * std::mem::size_of::<T>(), Ordering::Relaxed);
             return Ok(v);
         }
+        MISSES.fetch_add(1, Ordering::Relaxed);
     }
     let capacity = class.map_or(len, |(_, cap)| cap);
     try_alloc(op, capacity)
@@ -235,6 +245,61 @@ pub fn recycle<T: Element>(v: Vec<T>) {
     }
     lists[idx].push(v);
     HELD_BYTES.fetch_add(bytes, Ordering::Relaxed);
+}
+
+/// Scratch buffers for the tasks of one parallel loop, all taken from the
+/// pool before the loop starts and given back after it.
+///
+/// Why: a buffer taken from the pool inside each task makes the number of
+/// buffers of that class live at once depend on how rayon schedules the
+/// tasks (one at a time on one thread, or one per thread at once), so a
+/// steady-state step could still miss the pool (and fault in ~20 KiB)
+/// the first time two tasks overlapped (`max_pool2d`, BENCHMARKS.md issue
+/// 9 item 14). Taking one per thread up front makes the pool traffic of
+/// every call the same.
+pub struct TaskBuffers<T: Element> {
+    op: &'static str,
+    len: usize,
+    fill: T,
+    free: Mutex<Vec<Vec<T>>>,
+}
+
+impl<T: Element> TaskBuffers<T> {
+    /// One buffer of `len` copies of `fill` per rayon thread.
+    pub fn new(op: &'static str, len: usize, fill: T) -> Result<Self> {
+        let free = (0..rayon::current_num_threads())
+            .map(|_| filled(op, len, fill))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TaskBuffers {
+            op,
+            len,
+            fill,
+            free: Mutex::new(free),
+        })
+    }
+
+    /// Runs `f` on a buffer no other task is using. Its contents are what
+    /// the previous task left (`fill` at first). More tasks at once than
+    /// threads (only when a task itself waits on rayon) take one more from
+    /// the pool.
+    pub fn with<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R> {
+        let lock = || self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let popped = lock().pop();
+        let mut buf = match popped {
+            Some(b) => b,
+            None => filled(self.op, self.len, self.fill)?,
+        };
+        let result = f(&mut buf);
+        lock().push(buf);
+        Ok(result)
+    }
+}
+
+impl<T: Element> Drop for TaskBuffers<T> {
+    fn drop(&mut self) {
+        let free = self.free.get_mut().unwrap_or_else(|e| e.into_inner());
+        free.drain(..).for_each(recycle);
+    }
 }
 
 #[cfg(test)]

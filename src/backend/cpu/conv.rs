@@ -413,9 +413,19 @@ impl<'a> Columns<'a> {
 
 impl PackB for Columns<'_> {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
-        // Reused per thread: a steady-state step allocates nothing.
+        // Reused per thread: a steady-state step allocates nothing. Room
+        // for the largest block (KC deep, NR <= 32 wide) from the first use
+        // on, so that the lists never grow in a later step on a thread that
+        // rayon first hands a larger part then (issue 9, BENCHMARKS.md item 14).
         let mut temp = PACK_TEMP.with(Cell::take);
         let PackTemp { spans, runs, rows } = &mut temp;
+        // (`rows` written, not just reserved: its pages are touched here.)
+        let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
+        spans.reserve(depth.max(width).saturating_sub(spans.len()));
+        runs.reserve(depth.max(width).saturating_sub(runs.len()));
+        if rows.len() < depth * width {
+            rows.resize(depth * width, 0.0);
+        }
         if !self.transposed {
             // Depth = taps, columns = output pixels: each tap's panel row
             // is a few contiguous runs, found once per panel.
@@ -446,7 +456,7 @@ impl PackB for Columns<'_> {
                 spans.clear();
                 spans.extend((j0..j0 + cols).map(|r| self.tap_span(r)));
                 for &(off, run) in runs.iter() {
-                    rows.resize(cols * run.len, 0.0);
+                    let rows = &mut rows[..cols * run.len];
                     for (t, row) in spans.iter().zip(rows.chunks_exact_mut(run.len)) {
                         self.fill(t, run, row);
                     }
@@ -457,6 +467,11 @@ impl PackB for Columns<'_> {
         PACK_TEMP.with(|cell| cell.set(temp));
     }
 }
+
+/// [`Columns::pack`]'s working lists are reserved for at least this depth
+/// (the AVX kernels' `KC`) and panel width (the AVX-512 kernel's `NR`).
+const PACK_TEMP_DEPTH: usize = 256;
+const PACK_TEMP_WIDTH: usize = 32;
 
 /// [`Columns::pack`]'s working lists, kept per thread.
 #[derive(Default)]

@@ -670,7 +670,12 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
     let mut apack = PACK_A.with(Cell::take);
     let mut bpack = PACK_B.with(Cell::take);
     let a_len = MC.div_ceil(K::MR) * K::MR * KC;
-    let b_len = NC.min(n.next_multiple_of(K::NR)) * KC;
+    // The largest B block any product packs (NC is a multiple of NR), not
+    // this one's: sized to what this call needed, the buffer grew on a
+    // worker thread the first time rayon handed it a wider part, in
+    // whichever step that happened (~60 faults; BENCHMARKS.md, issue 9
+    // item 14). 2 MiB per thread, once.
+    let b_len = NC.next_multiple_of(K::NR) * KC;
     if apack.len() < a_len {
         apack.resize(a_len, 0.0);
     }

@@ -31,7 +31,7 @@ mod loss;
 #[cfg(target_arch = "x86_64")]
 mod microkernel;
 mod pool;
-mod scratch;
+pub mod scratch;
 mod sgd;
 pub mod simd;
 mod strided;

@@ -93,99 +93,102 @@ fn max_pool_planes(
         .map(|ow| max_window(ow, sw, pw, kw, dw, in_w).0)
         .collect();
     // A few tasks per thread, each with one scratch copy from the buffer
-    // pool (a fresh allocation per task would page-fault every step).
+    // pool (a fresh allocation per task would page-fault every step), one
+    // per thread taken before the loop (so that a steady-state step never
+    // misses the pool however rayon overlaps the tasks). Every plane
+    // writes the same (real) positions of the split copy, so its padding
+    // stays -inf from here on.
     let planes = values.len() / out_plane;
     let per_task = planes.div_ceil(4 * rayon::current_num_threads()).max(1);
+    let scratch =
+        buffer_pool::TaskBuffers::new("max_pool2d", g.in_h * sw * phase_len, f32::NEG_INFINITY)?;
     values
         .par_chunks_mut(out_plane * per_task)
         .zip(indices.par_chunks_mut(out_plane * per_task))
         .enumerate()
         .try_for_each(|(k, (vals, idxs))| -> Result<()> {
-            // Every plane writes the same (real) positions of the split
-            // copy, so its padding stays -inf from here on.
-            let mut phases =
-                buffer_pool::filled("max_pool2d", g.in_h * sw * phase_len, f32::NEG_INFINITY)?;
-            let mut tap = vec![0i32; out_w];
-            for (j, (best, idxs)) in vals
-                .chunks_exact_mut(out_plane)
-                .zip(idxs.chunks_exact_mut(out_plane))
-                .enumerate()
-            {
-                let p = k * per_task + j;
-                let plane = &x[p * in_plane..(p + 1) * in_plane];
-                // Row `ih`, phase `q`: padded columns `q, q + sw, ...`.
-                for (row, split) in plane
-                    .chunks_exact(in_w)
-                    .zip(phases.chunks_exact_mut(sw * phase_len))
-                {
-                    if sw == 2 && pw % 2 == 1 && in_w % 2 == 0 {
-                        // ResNet's 3x3/2 pool, padding 1: column `2m` is
-                        // padded column `2m + 1` (phase 1, m) and column
-                        // `2m + 1` is phase 0, m + 1. One pass that the
-                        // compiler vectorises, where the strided copy below
-                        // is a scalar loop.
-                        let m0 = pw / 2;
-                        let (even, odd) = split.split_at_mut(phase_len);
-                        for ((pair, o), e) in row
-                            .chunks_exact(2)
-                            .zip(&mut odd[m0..])
-                            .zip(&mut even[m0 + 1..])
-                        {
-                            (*o, *e) = (pair[0], pair[1]);
-                        }
-                        continue;
-                    }
-                    for (q, phase) in split.chunks_exact_mut(phase_len).enumerate() {
-                        // The first real column in phase `q`.
-                        let c0 = (q + sw - pw % sw) % sw;
-                        let m0 = (c0 + pw) / sw;
-                        for (d, &v) in phase[m0..]
-                            .iter_mut()
-                            .zip(row[c0.min(in_w)..].iter().step_by(sw))
-                        {
-                            *d = v;
-                        }
-                    }
-                }
-                for (oh, (best, idxs)) in best
-                    .chunks_exact_mut(out_w)
-                    .zip(idxs.chunks_exact_mut(out_w))
+            scratch.with(|phases| {
+                let mut tap = vec![0i32; out_w];
+                for (j, (best, idxs)) in vals
+                    .chunks_exact_mut(out_plane)
+                    .zip(idxs.chunks_exact_mut(out_plane))
                     .enumerate()
                 {
-                    let (h0, h1) = max_window(oh, sh, ph, kh, dh, g.in_h);
-                    best.fill(f32::NEG_INFINITY);
-                    tap.fill(-1);
-                    for (r, ih) in (h0..h1).step_by(dh).enumerate() {
-                        let phases = &phases[ih * sw * phase_len..(ih + 1) * sw * phase_len];
-                        for j in 0..kw {
-                            let (a, q) = ((j * dw) / sw, (j * dw) % sw);
-                            let start = q * phase_len + a;
-                            let taps = &phases[start..start + out_w];
-                            let number = (r * kw + j) as i32;
-                            let (best, tap) = (&mut best[..out_w], &mut tap[..out_w]);
-                            for i in 0..out_w {
-                                let (v, b) = (taps[i], best[i]);
-                                // PyTorch's rule: replace when `v > max || isnan(v)`.
-                                // Written as bit masks so that it compiles to
-                                // vector compares and blends, never to a branch.
-                                let take = -i32::from((v > b) | v.is_nan());
-                                let m = take as u32;
-                                best[i] = f32::from_bits((v.to_bits() & m) | (b.to_bits() & !m));
-                                tap[i] = (number & take) | (tap[i] & !take);
+                    let p = k * per_task + j;
+                    let plane = &x[p * in_plane..(p + 1) * in_plane];
+                    // Row `ih`, phase `q`: padded columns `q, q + sw, ...`.
+                    for (row, split) in plane
+                        .chunks_exact(in_w)
+                        .zip(phases.chunks_exact_mut(sw * phase_len))
+                    {
+                        if sw == 2 && pw % 2 == 1 && in_w % 2 == 0 {
+                            // ResNet's 3x3/2 pool, padding 1: column `2m` is
+                            // padded column `2m + 1` (phase 1, m) and column
+                            // `2m + 1` is phase 0, m + 1. One pass that the
+                            // compiler vectorises, where the strided copy below
+                            // is a scalar loop.
+                            let m0 = pw / 2;
+                            let (even, odd) = split.split_at_mut(phase_len);
+                            for ((pair, o), e) in row
+                                .chunks_exact(2)
+                                .zip(&mut odd[m0..])
+                                .zip(&mut even[m0 + 1..])
+                            {
+                                (*o, *e) = (pair[0], pair[1]);
+                            }
+                            continue;
+                        }
+                        for (q, phase) in split.chunks_exact_mut(phase_len).enumerate() {
+                            // The first real column in phase `q`.
+                            let c0 = (q + sw - pw % sw) % sw;
+                            let m0 = (c0 + pw) / sw;
+                            for (d, &v) in phase[m0..]
+                                .iter_mut()
+                                .zip(row[c0.min(in_w)..].iter().step_by(sw))
+                            {
+                                *d = v;
                             }
                         }
                     }
-                    for (ow, (o, &t)) in idxs.iter_mut().zip(tap.iter()).enumerate() {
-                        let i = match usize::try_from(t) {
-                            Ok(t) => h0 * in_w + ow * sw + tap_offset[t] - pw,
-                            Err(_) => h0 * in_w + first_col[ow],
-                        };
-                        *o = i as i64;
+                    for (oh, (best, idxs)) in best
+                        .chunks_exact_mut(out_w)
+                        .zip(idxs.chunks_exact_mut(out_w))
+                        .enumerate()
+                    {
+                        let (h0, h1) = max_window(oh, sh, ph, kh, dh, g.in_h);
+                        best.fill(f32::NEG_INFINITY);
+                        tap.fill(-1);
+                        for (r, ih) in (h0..h1).step_by(dh).enumerate() {
+                            let phases = &phases[ih * sw * phase_len..(ih + 1) * sw * phase_len];
+                            for j in 0..kw {
+                                let (a, q) = ((j * dw) / sw, (j * dw) % sw);
+                                let start = q * phase_len + a;
+                                let taps = &phases[start..start + out_w];
+                                let number = (r * kw + j) as i32;
+                                let (best, tap) = (&mut best[..out_w], &mut tap[..out_w]);
+                                for i in 0..out_w {
+                                    let (v, b) = (taps[i], best[i]);
+                                    // PyTorch's rule: replace when `v > max || isnan(v)`.
+                                    // Written as bit masks so that it compiles to
+                                    // vector compares and blends, never to a branch.
+                                    let take = -i32::from((v > b) | v.is_nan());
+                                    let m = take as u32;
+                                    best[i] =
+                                        f32::from_bits((v.to_bits() & m) | (b.to_bits() & !m));
+                                    tap[i] = (number & take) | (tap[i] & !take);
+                                }
+                            }
+                        }
+                        for (ow, (o, &t)) in idxs.iter_mut().zip(tap.iter()).enumerate() {
+                            let i = match usize::try_from(t) {
+                                Ok(t) => h0 * in_w + ow * sw + tap_offset[t] - pw,
+                                Err(_) => h0 * in_w + first_col[ow],
+                            };
+                            *o = i as i64;
+                        }
                     }
                 }
-            }
-            buffer_pool::recycle(phases);
-            Ok(())
+            })
         })
 }
 

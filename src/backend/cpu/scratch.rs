@@ -2,7 +2,8 @@
 //! convolutions do not allocate (and page-fault) a fresh column buffer for
 //! every image.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which of a thread's scratch buffers to use: a kernel that needs two at
 /// once (a column matrix and a staging copy of `y`) takes one of each.
@@ -18,39 +19,46 @@ pub(super) enum Slot {
 }
 
 thread_local! {
-    static COLUMNS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    static STAGING: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    static PACKED_LHS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    static DENSE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Per slot, the thread's free buffers: a stack, one per nesting level
+    /// reached so far.
+    static FREE: RefCell<[Vec<Vec<f32>>; 4]> = const {
+        RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()])
+    };
+}
+
+/// Scratch buffers allocated or grown so far, all threads together.
+static GROWTHS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times a scratch request found no free buffer large enough on
+/// its thread, so that the allocator was asked (and the new pages faulted
+/// in). A steady-state step adds none (`tests/cpu_buffer_pool.rs`).
+pub fn growths() -> u64 {
+    GROWTHS.load(Ordering::Relaxed) as u64
 }
 
 /// Runs `f` on a scratch slice of `len` elements whose contents are
 /// unspecified (callers overwrite it before reading).
 ///
-/// The buffer is moved out of the thread-local while `f` runs, so a nested
-/// call on the same thread (rayon may run another kernel on this thread
-/// while `f` waits for a parallel loop) gets its own fresh buffer instead
-/// of aliasing this one.
+/// The buffer is taken off the thread's stack for the slot while `f` runs,
+/// so a nested call on the same thread (rayon may run another kernel on
+/// this thread while `f` waits for a parallel loop) gets another buffer
+/// instead of aliasing this one; both go back on the stack afterwards.
+/// Before, the nested call's buffer was freed again, so every nesting
+/// allocated (and faulted in) ~1 MB afresh, in whichever step rayon
+/// happened to nest (BENCHMARKS.md, issue 9 item 14).
 pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let key = match slot {
-        Slot::Columns => &COLUMNS,
-        Slot::Staging => &STAGING,
-        Slot::PackedLhs => &PACKED_LHS,
-        Slot::Dense => &DENSE,
-    };
-    let mut buf = key.with(Cell::take);
+    let i = slot as usize;
+    let mut buf = FREE.with(|free| free.borrow_mut()[i].pop().unwrap_or_default());
     if buf.len() < len {
+        GROWTHS.fetch_add(1, Ordering::Relaxed);
         buf.resize(len, 0.0);
     }
     let result = f(&mut buf[..len]);
-    key.with(|cell| {
-        // Keep the larger buffer if a nested call left one behind.
-        let other = cell.take();
-        cell.set(if other.capacity() > buf.capacity() {
-            other
-        } else {
-            buf
-        });
+    FREE.with(|free| {
+        let stack = &mut free.borrow_mut()[i];
+        // Largest on top: the outermost (usually largest) request finds it.
+        let at = stack.partition_point(|b| b.len() <= buf.len());
+        stack.insert(at, buf);
     });
     result
 }

@@ -115,7 +115,19 @@ impl Plan {
         } else {
             let wanted = limits.min_columns.div_ceil(pixels.max(1));
             let fit = limits.block_elems / (taps * pixels).max(1);
-            wanted.min(fit).clamp(1, g.batch.max(1))
+            // With one group per thread (the forward), at least as many
+            // groups as threads: one group of all 8 images (layer4's
+            // 256->512 stride-2 forward) ran its GEMM split by rows, each
+            // row block re-packing the whole im2col, on 1.4 cores. Not for
+            // the gradients (two groups per thread): their groups of two
+            // 7x7 images measured slower than one split chunk
+            // (BENCHMARKS.md, issue 9, "What each change bought").
+            let share = if limits.groups_per_thread == 1 {
+                g.batch.div_ceil(rayon::current_num_threads())
+            } else {
+                g.batch
+            };
+            wanted.min(fit).min(share).clamp(1, g.batch.max(1))
         };
         let pointwise = images_per_chunk == 1
             && g.kernel_h == 1
@@ -1076,15 +1088,17 @@ mod tests {
                 },
             ];
             // Each variant again with image groups run in parallel (on a
-            // 2-thread pool, so the group path is taken for any batch).
+            // 2-thread pool, so the group path is taken for any batch), and
+            // with the forward's one group per thread (which also caps the
+            // images per group so that there are two groups).
             let variants = variants.iter().flat_map(|&l| {
-                [
-                    l,
-                    Limits {
-                        groups_per_thread: 0,
+                [0, 1]
+                    .map(|groups_per_thread| Limits {
+                        groups_per_thread,
                         ..l
-                    },
-                ]
+                    })
+                    .into_iter()
+                    .chain([l])
             });
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(2)
@@ -1106,6 +1120,31 @@ mod tests {
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn forward_gives_every_thread_an_image_group() {
+        // Layer4's 3x3 256->512 stride 2 at batch 8: eight 7x7 outputs fit
+        // one chunk, which left one of two threads idle in the forward.
+        let g = Conv2dGeometry::new([8, 256, 14, 14], [512, 256, 3, 3], (2, 2), (1, 1), (1, 1))
+            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let forward = Limits {
+                groups_per_thread: 1,
+                ..LIMITS
+            };
+            let plan = Plan::new("test", &g, forward).unwrap();
+            assert_eq!(plan.images_per_chunk, 4);
+            assert!(plan.parallel_groups(&g));
+            // The gradients keep one chunk of all eight, split inside.
+            let plan = Plan::new("test", &g, LIMITS).unwrap();
+            assert_eq!(plan.images_per_chunk, 8);
+            assert!(!plan.parallel_groups(&g));
+        });
     }
 
     #[test]

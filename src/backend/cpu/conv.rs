@@ -57,6 +57,16 @@ const COL_BLOCK_ELEMS: usize = 1 << 20;
 /// and threading overheads small).
 const MIN_GEMM_COLUMNS: usize = 768;
 
+/// The forward's limits. Its image groups write disjoint outputs and share
+/// the packed weight, so one group per thread already balances: layer4's
+/// 3x3 512->512 at batch 8 (two groups of four 7x7 images) went from 15.6
+/// to 11.6 ms at 2 threads (BENCHMARKS.md, "What each change bought"). The
+/// gradients keep two per thread (but see [`weight_grad_limits`]).
+const FORWARD_LIMITS: Limits = Limits {
+    groups_per_thread: 1,
+    ..LIMITS
+};
+
 /// Tuning knobs of a [`Plan`]; tests shrink them to exercise every path.
 #[derive(Clone, Copy)]
 struct Limits {
@@ -693,17 +703,7 @@ pub(super) fn conv2d(
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
 ) -> Result<Vec<f32>> {
-    // The forward's image groups write disjoint outputs and share the
-    // packed weight, so one group per thread already balances: layer4's
-    // 3x3 512->512 at batch 8 (two groups of four 7x7 images) went from
-    // 15.6 to 11.6 ms at 2 threads (BENCHMARKS.md, "What each change
-    // bought"). The gradients keep two per thread: there, one per thread
-    // measured slower (a 9 MiB partial sum per group for dW).
-    let limits = Limits {
-        groups_per_thread: 1,
-        ..LIMITS
-    };
-    forward_with(x, w, bias, g, limits)
+    forward_with(x, w, bias, g, FORWARD_LIMITS)
 }
 
 fn forward_with(
@@ -851,7 +851,28 @@ fn input_grad_images(
 
 /// `dW = Σ_images dy · colᵀ`.
 pub(super) fn conv2d_weight_grad(dy: &[f32], x: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
-    weight_grad_with(dy, x, g, LIMITS)
+    weight_grad_with(dy, x, g, weight_grad_limits(g))
+}
+
+/// Weights up to this many elements (1 MiB) take the forward's one image
+/// group per thread in the weight gradient.
+const SMALL_WEIGHT_ELEMS: usize = 1 << 18;
+
+/// The weight gradient's limits. Two groups per thread by default: with
+/// one, layer4's 9 MiB weight gradient needs a partial sum as large per
+/// thread (measured slower, BENCHMARKS.md). A small weight's partial costs
+/// little, while the split chunk it would otherwise run (all images in one
+/// chunk) divides its GEMM by rows, each row block packing the same im2col
+/// again: ResNet's 1x1 stride-2 weight gradients (32K and 128K elements)
+/// took 0.67-0.69x the CPU time with one group per thread (BENCHMARKS.md,
+/// issue 9, "What each change bought").
+fn weight_grad_limits(g: &Conv2dGeometry) -> Limits {
+    let elems = g.out_channels * g.in_channels * g.kernel_h * g.kernel_w;
+    if elems <= SMALL_WEIGHT_ELEMS {
+        FORWARD_LIMITS
+    } else {
+        LIMITS
+    }
 }
 
 fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
@@ -1133,17 +1154,19 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| {
-            let forward = Limits {
-                groups_per_thread: 1,
-                ..LIMITS
-            };
-            let plan = Plan::new("test", &g, forward).unwrap();
+            let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
             assert_eq!(plan.images_per_chunk, 4);
             assert!(plan.parallel_groups(&g));
             // The gradients keep one chunk of all eight, split inside.
-            let plan = Plan::new("test", &g, LIMITS).unwrap();
+            let plan = Plan::new("test", &g, weight_grad_limits(&g)).unwrap();
             assert_eq!(plan.images_per_chunk, 8);
             assert!(!plan.parallel_groups(&g));
+            // ... but not the 1x1 downsample's small weight gradient.
+            let g = Conv2dGeometry::new([8, 256, 14, 14], [512, 256, 1, 1], (2, 2), (0, 0), (1, 1))
+                .unwrap();
+            let plan = Plan::new("test", &g, weight_grad_limits(&g)).unwrap();
+            assert_eq!(plan.images_per_chunk, 4);
+            assert!(plan.parallel_groups(&g));
         });
     }
 

@@ -322,7 +322,10 @@ fn main() -> frostgrad::Result<()> {
             params.clone(),
             || dy.relu_backward(&x),
         )?;
-        // The block input's gradient: the conv path's plus the shortcut's.
+        // The block input's gradient: the conv path's plus the shortcut's,
+        // summed by the backward pass into the conv path's gradient (which
+        // nothing else holds), as PyTorch's engine sums into its buffer.
+        let mut acc = x.try_clone()?;
         t.case(
             "grad_add",
             &shape,
@@ -330,7 +333,7 @@ fn main() -> frostgrad::Result<()> {
             12 * n,
             0.0,
             params.clone(),
-            || x.add(&dy),
+            || acc.add_assign(&dy),
         )?;
 
         if h == 112 {

@@ -149,6 +149,10 @@ pub trait BackendStorage: Sized {
     // ----- elementwise and reductions --------------------------------------
     /// `self + rhs`, same length.
     fn add(&self, rhs: &Self) -> Result<Self>;
+    /// `self += rhs`, same length: [`add`](Self::add) written over `self`
+    /// (the backward pass summing two gradients when one of them has no
+    /// other reader).
+    fn add_assign(&mut self, rhs: &Self) -> Result<()>;
     /// `self * factor`.
     fn scale(&self, factor: f32) -> Result<Self>;
     /// Sum of all elements, as one element.

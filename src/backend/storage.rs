@@ -152,6 +152,12 @@ impl BackendStorage for Storage {
     fn add(&self, rhs: &Self) -> Result<Self> {
         each_backend!(self, s => s.add(arg::<B>("add", s.device(), rhs)?).map(Storage::from))
     }
+    fn add_assign(&mut self, rhs: &Self) -> Result<()> {
+        each_backend!(self, s => {
+            let d = s.device();
+            s.add_assign(arg::<B>("add", d, rhs)?)
+        })
+    }
     fn scale(&self, factor: f32) -> Result<Self> {
         each_backend!(self, s => s.scale(factor).map(Storage::from))
     }

@@ -100,6 +100,12 @@ impl BackendStorage for CpuStorage {
         let op = "add";
         Ok(F32(elementwise::add(self.as_f32(op)?, rhs.as_f32(op)?)?))
     }
+    fn add_assign(&mut self, rhs: &Self) -> Result<()> {
+        check::binary("add", self, rhs)?;
+        let op = "add";
+        elementwise::add_assign(self.as_f32_mut(op)?, rhs.as_f32(op)?);
+        Ok(())
+    }
     fn scale(&self, factor: f32) -> Result<Self> {
         check::unary("scale", self)?;
         Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)?))

@@ -344,6 +344,9 @@ impl BackendStorage for CudaStorage {
     fn add(&self, rhs: &Self) -> Result<Self> {
         self.launch_add(rhs)
     }
+    fn add_assign(&mut self, rhs: &Self) -> Result<()> {
+        self.launch_add_assign(rhs)
+    }
     fn scale(&self, factor: f32) -> Result<Self> {
         self.launch_scale(factor)
     }

@@ -30,6 +30,11 @@ extern "C" __global__ void add_f32(const float* a, const float* b, float* out, c
   GRID_STRIDE(i, p.n) { out[i] = a[i] + b[i]; }
 }
 
+// a += b: the backward pass summing two gradients, one of them no one else reads.
+extern "C" __global__ void add_assign_f32(float* a, const float* b, const MapParams p) {
+  GRID_STRIDE(i, p.n) { a[i] += b[i]; }
+}
+
 extern "C" __global__ void scale_f32(const float* a, float* out, const ScaleParams p) {
   GRID_STRIDE(i, p.n) { out[i] = a[i] * p.factor; }
 }
@@ -67,6 +72,11 @@ extern "C" __global__ void add_relu_assign_f32(float* a, const float* b, const M
 // dx = dy where the forward output was positive.
 extern "C" __global__ void relu_backward_f32(const float* dy, const float* y, float* dx, const MapParams p) {
   GRID_STRIDE(i, p.n) { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
+}
+
+// The same over dy's own buffer, when nothing else reads it any more.
+extern "C" __global__ void relu_backward_assign_f32(float* dy, const float* y, const MapParams p) {
+  GRID_STRIDE(i, p.n) { dy[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
 }
 
 extern "C" __global__ void inv_std_f32(const float* var, float* out, const InvStdParams p) {

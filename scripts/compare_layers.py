@@ -118,7 +118,10 @@ def torch_case(torch, case):
     if op == "relu_bwd":
         return lambda: aten.threshold_backward(dy, x, 0)
     if op == "grad_add":
-        return lambda: torch.add(x, dy)
+        # Autograd's InputBuffer::accumulate adds in place into a gradient it
+        # holds the last reference to (the conv path's), as frostgrad's does.
+        acc = x.clone()
+        return lambda: acc.add_(dy)
     raise SystemExit(f"compare_layers.py: no PyTorch equivalent for op {op!r}")
 
 

@@ -153,6 +153,9 @@ fn elementwise_and_reductions_match_cpu() {
             let (a, ga) = pair(randn(&mut r, n));
             let (b, gb) = pair(randn(&mut r, n));
             check("add", &ga.add(&gb).unwrap(), &a.add(&b).unwrap());
+            let mut summed = ga.try_clone().unwrap();
+            summed.add_assign(&gb).unwrap();
+            check("add_assign", &summed, &a.add(&b).unwrap());
             check("scale", &ga.scale(-0.37).unwrap(), &a.scale(-0.37).unwrap());
             let y = a.relu().unwrap();
             let gy = ga.relu().unwrap();
@@ -160,6 +163,13 @@ fn elementwise_and_reductions_match_cpu() {
             check(
                 "relu_backward",
                 &gb.relu_backward(&gy).unwrap(),
+                &b.relu_backward(&y).unwrap(),
+            );
+            let mut masked = gb.try_clone().unwrap();
+            masked.relu_backward_assign(&gy).unwrap();
+            check(
+                "relu_backward_assign",
+                &masked,
                 &b.relu_backward(&y).unwrap(),
             );
             // The fused residual tail, out of place and over the left operand.
@@ -948,6 +958,16 @@ fn argument_errors_read_the_same_on_both_devices() {
         let ((c1, k1), (c2, k2), (c6, k6)) = (v(1), v(2), v(6));
         same("add", c1.add(&c2), k1.add(&k2));
         same("add_relu", c1.add_relu(&c2), k1.add_relu(&k2));
+        same(
+            "relu_backward_assign",
+            c1.try_clone().unwrap().relu_backward_assign(&c2),
+            k1.try_clone().unwrap().relu_backward_assign(&k2),
+        );
+        same(
+            "add_assign",
+            c1.try_clone().unwrap().add_assign(&c2),
+            k1.try_clone().unwrap().add_assign(&k2),
+        );
         same(
             "add_relu_assign",
             c1.try_clone().unwrap().add_relu_assign(&c2),

@@ -192,3 +192,40 @@ fn resnet18_parameter_hooks_fire_once_each() {
     assert!(calls[0].0.starts_with("fc."), "first: {}", calls[0].0);
     assert!(calls[61].0.starts_with("conv1.") || calls[61].0.starts_with("bn1."));
 }
+
+/// The backward pass sums two gradient contributions in place into one that
+/// nobody else holds (as PyTorch's `InputBuffer` does), never into one a
+/// hook kept: a kept gradient must read the same after backward, whether
+/// the other contribution could be written over (one kept) or not (both).
+#[test]
+fn gradients_a_hook_kept_are_not_summed_into() {
+    let c = |v: f32| Tensor::from_vec(vec![v], &[1], Device::Cpu).expect("constant");
+    let (two, three) = (c(2.0), c(3.0));
+    for keep_both in [false, true] {
+        let x = leaf();
+        let a = ops::mul(&x, &two).expect("a");
+        let b = ops::mul(&x, &three).expect("b");
+        let kept: Arc<Mutex<Vec<Tensor>>> = Arc::default();
+        let hooked = if keep_both { vec![&a, &b] } else { vec![&a] };
+        for t in hooked {
+            let kept = kept.clone();
+            t.grad_fn().expect("node").register_hook(move |inputs, _| {
+                kept.lock()
+                    .unwrap()
+                    .push(inputs[0].clone().expect("x's gradient"));
+                Ok(None)
+            });
+        }
+        let loss = ops::sum(&ops::add(&a, &b).expect("a + b")).expect("loss");
+        loss.backward().expect("backward");
+        assert_eq!(values(&x.grad().expect("x.grad")), [5.0; 3]);
+        let mut kept: Vec<Vec<f32>> = kept.lock().unwrap().iter().map(values).collect();
+        kept.sort_by(|p, q| p[0].total_cmp(&q[0]));
+        let expected = if keep_both {
+            vec![vec![2.0; 3], vec![3.0; 3]]
+        } else {
+            vec![vec![2.0; 3]]
+        };
+        assert_eq!(kept, expected, "keep_both={keep_both}");
+    }
+}

@@ -117,7 +117,13 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
             stats.nodes += 1;
         }
 
-        let grads = op.backward(&grad_output, &needs)?;
+        // Post-hooks are handed grad_output after backward; without any, the
+        // op may consume it (and write its result over it).
+        let (grads, grad_output) = if node.post_hooks.is_empty() {
+            (op.backward_consuming(grad_output, &needs)?, None)
+        } else {
+            (op.backward(&grad_output, &needs)?, Some(grad_output))
+        };
         if grads.len() != needs.len() {
             return Err(Error::Autograd(format!(
                 "{} returned {} gradients for {} inputs",
@@ -126,8 +132,10 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
                 needs.len()
             )));
         }
-        let grads = run_node_hooks(&node.post_hooks, grads, &grad_output, node.name)?;
-        drop(grad_output);
+        let grads = match grad_output {
+            Some(g) => run_node_hooks(&node.post_hooks, grads, &g, node.name)?,
+            None => grads,
+        };
         for ((edge, grad), name) in node.edges.iter().zip(grads).zip(input_names) {
             match (edge, grad) {
                 (None, None) => {}
@@ -148,7 +156,7 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
                     let id = leaf.id();
                     let total = match leaf_grads.remove(&id) {
                         None => g,
-                        Some(acc) => sum(&acc, &g)?,
+                        Some(acc) => sum(acc, g)?,
                     };
                     let count = leaf_consumers
                         .get_mut(&id)
@@ -164,7 +172,7 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
                     let next_key = node_key(next);
                     let total = match pending_grads.remove(&next_key) {
                         None => g,
-                        Some(acc) => sum(&acc, &g)?,
+                        Some(acc) => sum(acc, g)?,
                     };
                     pending_grads.insert(next_key, total);
                     let count = consumers
@@ -181,11 +189,31 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
     Ok(stats)
 }
 
-/// `a + b` as a new tensor: a gradient may be shared with another input's,
-/// so it is never updated in place.
-fn sum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `a + b`, written over whichever of the two nobody else can read
+/// ([`Tensor::is_sole_handle`]: a conv's input gradient, say), as PyTorch's
+/// `InputBuffer::accumulate` adds in place into a buffer it holds the last
+/// reference to; a new tensor when both are shared. A gradient may be shared
+/// with another input's (the residual add hands one tensor to both operands)
+/// or held by a hook, and then it is never updated in place. f32 addition is
+/// commutative, so which operand is written over changes no bit.
+fn sum(a: Tensor, b: Tensor) -> Result<Tensor> {
+    let (mut a, mut b) = (a, b);
+    if writable(&mut a) {
+        a.storage_mut().add_assign(&b.storage())?;
+        return Ok(a);
+    }
+    if writable(&mut b) {
+        b.storage_mut().add_assign(&a.storage())?;
+        return Ok(b);
+    }
     let s = a.storage().add(&b.storage())?;
     Tensor::from_storage(s, a.shape().to_vec())
+}
+
+/// Whether a gradient may be written over: no other handle reaches its data,
+/// and it is a plain tensor (not one a hook returned that requires a gradient).
+fn writable(t: &mut Tensor) -> bool {
+    !t.requires_grad() && t.is_sole_handle()
 }
 
 /// PyTorch's `AccumulateGrad`: the leaf's hooks on its total gradient, then `.grad += g`.

@@ -149,6 +149,10 @@ pub trait BackendStorage: Sized {
     // ----- elementwise and reductions --------------------------------------
     /// `self + rhs`, same length.
     fn add(&self, rhs: &Self) -> Result<Self>;
+    /// `self += rhs`, same length: [`add`](Self::add) written over `self`
+    /// (the backward pass summing two gradients when one of them has no
+    /// other reader).
+    fn add_assign(&mut self, rhs: &Self) -> Result<()>;
     /// `self * factor`.
     fn scale(&self, factor: f32) -> Result<Self>;
     /// Sum of all elements, as one element.
@@ -162,6 +166,9 @@ pub trait BackendStorage: Sized {
     /// the same values as [`add`](Self::add) then [`relu`](Self::relu),
     /// without the intermediate sum.
     fn add_relu(&self, rhs: &Self) -> Result<Self>;
+    /// [`relu_backward`](Self::relu_backward) written over `self` (dL/dy),
+    /// when nothing else reads that gradient any more.
+    fn relu_backward_assign(&mut self, output: &Self) -> Result<()>;
     /// [`add_relu`](Self::add_relu) written over `self`, for a sum whose
     /// left operand nobody else can see any more (torchvision's in-place
     /// `out += identity; relu_(out)`): no new buffer.

@@ -161,6 +161,12 @@ impl BackendStorage for Storage {
     fn add(&self, rhs: &Self) -> Result<Self> {
         each_backend!(self, s => s.add(arg::<B>("add", s.device(), rhs)?).map(Storage::from))
     }
+    fn add_assign(&mut self, rhs: &Self) -> Result<()> {
+        each_backend!(self, s => {
+            let d = s.device();
+            s.add_assign(arg::<B>("add", d, rhs)?)
+        })
+    }
     fn scale(&self, factor: f32) -> Result<Self> {
         each_backend!(self, s => s.scale(factor).map(Storage::from))
     }
@@ -178,6 +184,12 @@ impl BackendStorage for Storage {
     }
     fn add_relu(&self, rhs: &Self) -> Result<Self> {
         each_backend!(self, s => s.add_relu(arg::<B>("add_relu", s.device(), rhs)?).map(Storage::from))
+    }
+    fn relu_backward_assign(&mut self, output: &Self) -> Result<()> {
+        each_backend!(self, s => {
+            let d = s.device();
+            s.relu_backward_assign(arg::<B>("relu_backward", d, output)?)
+        })
     }
     fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
         each_backend!(self, s => {

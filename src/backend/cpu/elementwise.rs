@@ -46,6 +46,13 @@ pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
     zip_map(a, b, |a, b| a + b)
 }
 
+/// `a += b`: [`add`] over `a` itself (read two, write one, no new buffer).
+pub(super) fn add_assign(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(PAR_CHUNK)
+        .zip(b.par_chunks(PAR_CHUNK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b));
+}
+
 pub(super) fn scale(x: &[f32], factor: f32) -> Result<Vec<f32>> {
     map("scale", x, |v| v * factor)
 }
@@ -84,6 +91,17 @@ pub(super) fn add_relu_assign(a: &mut [f32], b: &[f32]) {
 /// PyTorch.
 pub(super) fn relu_backward(grad: &[f32], output: &[f32]) -> Result<Vec<f32>> {
     zip_map(grad, output, |g, y| if y <= 0.0 { 0.0 } else { g })
+}
+
+/// [`relu_backward`] over `grad` itself: read two, write one, no new buffer.
+pub(super) fn relu_backward_assign(grad: &mut [f32], output: &[f32]) {
+    grad.par_chunks_mut(PAR_CHUNK)
+        .zip(output.par_chunks(PAR_CHUNK))
+        .for_each(|(g, y)| {
+            g.iter_mut()
+                .zip(y)
+                .for_each(|(g, &y)| *g = if y <= 0.0 { 0.0 } else { *g })
+        });
 }
 
 /// Sum of all elements, accumulated in f64.
@@ -146,6 +164,9 @@ mod tests {
     fn relu_backward_passes_gradient_where_output_positive() {
         let g = relu_backward(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.5, -0.0, f32::NAN]).unwrap();
         assert_eq!(g, vec![0.0, 2.0, 0.0, 4.0]);
+        let mut g = vec![1.0, 2.0, 3.0, 4.0];
+        relu_backward_assign(&mut g, &[0.0, 0.5, -0.0, f32::NAN]);
+        assert_eq!(g, vec![0.0, 2.0, 0.0, 4.0]);
     }
 
     #[test]
@@ -194,6 +215,12 @@ mod tests {
     #[test]
     fn add_scale_broadcast() {
         assert_eq!(add(&[1.0, 2.0], &[3.0, 4.0]).unwrap(), vec![4.0, 6.0]);
+        let n = 2 * PAR_CHUNK + 3;
+        let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..n).map(|i| 1.0 / (i as f32 + 1.0)).collect();
+        let mut acc = a.clone();
+        add_assign(&mut acc, &b);
+        assert_eq!(acc, add(&a, &b).unwrap());
         assert_eq!(scale(&[1.0, -2.0], 0.5).unwrap(), vec![0.5, -1.0]);
         assert_eq!(broadcast_scalar(&[3.0], 3).unwrap(), vec![3.0; 3]);
     }

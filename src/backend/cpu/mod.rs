@@ -100,6 +100,12 @@ impl BackendStorage for CpuStorage {
         let op = "add";
         Ok(F32(elementwise::add(self.as_f32(op)?, rhs.as_f32(op)?)?))
     }
+    fn add_assign(&mut self, rhs: &Self) -> Result<()> {
+        check::binary("add", self, rhs)?;
+        let op = "add";
+        elementwise::add_assign(self.as_f32_mut(op)?, rhs.as_f32(op)?);
+        Ok(())
+    }
     fn scale(&self, factor: f32) -> Result<Self> {
         check::unary("scale", self)?;
         Ok(F32(elementwise::scale(self.as_f32("scale")?, factor)?))
@@ -134,6 +140,12 @@ impl BackendStorage for CpuStorage {
             self.as_f32(op)?,
             rhs.as_f32(op)?,
         )?))
+    }
+    fn relu_backward_assign(&mut self, output: &Self) -> Result<()> {
+        check::binary("relu_backward", self, output)?;
+        let op = "relu_backward";
+        elementwise::relu_backward_assign(self.as_f32_mut(op)?, output.as_f32(op)?);
+        Ok(())
     }
     fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
         check::binary("add_relu", self, rhs)?;

@@ -30,6 +30,25 @@ impl CudaStorage {
         Ok(self.wrap(out, self.len))
     }
 
+    pub(super) fn launch_add_assign(&mut self, rhs: &Self) -> Result<()> {
+        let op = "add";
+        check::binary(op, self, rhs)?;
+        let b = self.arg(op, rhs)?;
+        let p = MapParams::new(op, self.len)?;
+        let (device, len) = (self.device.clone(), self.len);
+        let a = self.f32_mut(op)?;
+        if p.n > 0 {
+            launch!(
+                device,
+                KernelFile::Elementwise,
+                "add_assign_f32",
+                linear_launch(len),
+                [a, b, &p]
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn launch_scale(&self, factor: f32) -> Result<Self> {
         let op = "scale";
         check::unary(op, self)?;
@@ -138,6 +157,25 @@ impl CudaStorage {
             [dy, y, &mut out, &p]
         );
         Ok(self.wrap(out, self.len))
+    }
+
+    pub(super) fn launch_relu_backward_assign(&mut self, output: &Self) -> Result<()> {
+        let op = "relu_backward";
+        check::binary(op, self, output)?;
+        let y = self.arg(op, output)?;
+        let p = MapParams::new(op, self.len)?;
+        let (device, len) = (self.device.clone(), self.len);
+        let dy = self.f32_mut(op)?;
+        if p.n > 0 {
+            launch!(
+                device,
+                KernelFile::Elementwise,
+                "relu_backward_assign_f32",
+                linear_launch(len),
+                [dy, y, &p]
+            );
+        }
+        Ok(())
     }
 
     pub(super) fn launch_add_relu(&self, rhs: &Self) -> Result<Self> {

@@ -344,6 +344,9 @@ impl BackendStorage for CudaStorage {
     fn add(&self, rhs: &Self) -> Result<Self> {
         self.launch_add(rhs)
     }
+    fn add_assign(&mut self, rhs: &Self) -> Result<()> {
+        self.launch_add_assign(rhs)
+    }
     fn scale(&self, factor: f32) -> Result<Self> {
         self.launch_scale(factor)
     }
@@ -361,6 +364,9 @@ impl BackendStorage for CudaStorage {
     }
     fn add_relu(&self, rhs: &Self) -> Result<Self> {
         self.launch_add_relu(rhs)
+    }
+    fn relu_backward_assign(&mut self, output: &Self) -> Result<()> {
+        self.launch_relu_backward_assign(output)
     }
     fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
         self.launch_add_relu_assign(rhs)

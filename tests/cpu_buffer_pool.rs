@@ -12,8 +12,8 @@ use rand::SeedableRng;
 /// (0-2 measured, up to 7 in the first steps after warm-up): glibc
 /// serving the step's small unpooled allocations (autograd nodes, short
 /// lists) from heap pages it has not touched before, as its per-thread
-/// caches shift chunks between threads (BENCHMARKS.md, issue 9 item 14).
-/// Before item 14 single steps took ~320 (the median was checked, at 8).
+/// caches shift chunks between threads (BENCHMARKS.md, issue 9 item 16).
+/// Before item 16 single steps took ~320 (the median was checked, at 8).
 const FAULT_BOUND: u64 = 8;
 /// The median on the portable path, where `matrixmultiply` allocates its
 /// packing buffers on every call (outside this crate's control; its first

@@ -528,7 +528,7 @@ thread_local! {
     /// [`backward_impl`]'s per-channel sums, reused: collected afresh, this
     /// small buffer (16 bytes a channel, below the buffer pool's sizes) was
     /// what glibc served from newly touched heap pages in otherwise
-    /// fault-free steps (BENCHMARKS.md, issue 9 item 14).
+    /// fault-free steps (BENCHMARKS.md, issue 9 item 16).
     static CHANNEL_SUMS: Cell<Vec<(f64, f64)>> = const { Cell::new(Vec::new()) };
 }
 

@@ -255,7 +255,7 @@ pub fn recycle<T: Element>(v: Vec<T>) {
 /// tasks (one at a time on one thread, or one per thread at once), so a
 /// steady-state step could still miss the pool (and fault in ~20 KiB)
 /// the first time two tasks overlapped (`max_pool2d`, BENCHMARKS.md issue
-/// 9 item 14). Taking one per thread up front makes the pool traffic of
+/// 9 item 16). Taking one per thread up front makes the pool traffic of
 /// every call the same.
 pub struct TaskBuffers<T: Element> {
     op: &'static str,

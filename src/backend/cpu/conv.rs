@@ -418,7 +418,7 @@ impl PackB for Columns<'_> {
         // Reused per thread: a steady-state step allocates nothing. Room
         // for the largest block (KC deep, NR <= 32 wide) from the first use
         // on, so that the lists never grow in a later step on a thread that
-        // rayon first hands a larger part then (issue 9, BENCHMARKS.md item 14).
+        // rayon first hands a larger part then (issue 9, BENCHMARKS.md item 16).
         let mut temp = PACK_TEMP.with(Cell::take);
         let PackTemp { spans, runs, rows } = &mut temp;
         // (`rows` written, not just reserved: its pages are touched here.)

@@ -674,7 +674,7 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
     // this one's: sized to what this call needed, the buffer grew on a
     // worker thread the first time rayon handed it a wider part, in
     // whichever step that happened (~60 faults; BENCHMARKS.md, issue 9
-    // item 14). 2 MiB per thread, once.
+    // item 16). 2 MiB per thread, once.
     let b_len = NC.next_multiple_of(K::NR) * KC;
     if apack.len() < a_len {
         apack.resize(a_len, 0.0);

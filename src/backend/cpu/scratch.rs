@@ -45,7 +45,7 @@ pub fn growths() -> u64 {
 /// instead of aliasing this one; both go back on the stack afterwards.
 /// Before, the nested call's buffer was freed again, so every nesting
 /// allocated (and faulted in) ~1 MB afresh, in whichever step rayon
-/// happened to nest (BENCHMARKS.md, issue 9 item 14).
+/// happened to nest (BENCHMARKS.md, issue 9 item 16).
 pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let i = slot as usize;
     let mut buf = FREE.with(|free| free.borrow_mut()[i].pop().unwrap_or_default());

@@ -313,6 +313,10 @@ fn main() -> frostgrad::Result<()> {
             params.clone(),
             || tail.add_relu_assign(&dy),
         )?;
+        // The tail's masked gradient, written over the incoming gradient
+        // (a sum the backward pass made for this node alone), as
+        // `AddReluBackward0` does; PyTorch's `threshold_backward` writes a new one.
+        let mut masked = dy.try_clone()?;
         t.case(
             "relu_bwd",
             &shape,
@@ -320,7 +324,7 @@ fn main() -> frostgrad::Result<()> {
             12 * n,
             0.0,
             params.clone(),
-            || dy.relu_backward(&x),
+            || masked.relu_backward_assign(&x),
         )?;
         // The block input's gradient: the conv path's plus the shortcut's,
         // summed by the backward pass into the conv path's gradient (which

@@ -74,6 +74,11 @@ extern "C" __global__ void relu_backward_f32(const float* dy, const float* y, fl
   GRID_STRIDE(i, p.n) { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
 }
 
+// The same over dy's own buffer, when nothing else reads it any more.
+extern "C" __global__ void relu_backward_assign_f32(float* dy, const float* y, const MapParams p) {
+  GRID_STRIDE(i, p.n) { dy[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
+}
+
 extern "C" __global__ void inv_std_f32(const float* var, float* out, const InvStdParams p) {
   GRID_STRIDE(i, p.n) { out[i] = (float)(1.0 / sqrt((double)var[i] + (double)p.eps)); }
 }

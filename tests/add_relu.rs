@@ -271,3 +271,48 @@ fn different_shapes_broadcast_through_the_unfused_ops() {
     let wrong = Tensor::zeros(&[4], Device::Cpu).unwrap();
     assert!(ops::add_relu(a, &wrong).is_err());
 }
+
+#[test]
+fn an_incoming_gradient_someone_still_reads_is_not_masked_in_place() {
+    let _turn = serial();
+    let expected_grad = |cot: &[f32], out: &[f32]| -> Vec<f32> {
+        cot.iter()
+            .zip(out)
+            .map(|(&c, &y)| if y > 0.0 { c } else { 0.0 })
+            .collect()
+    };
+    let cotangent: Vec<f32> = (0..30).map(|i| i as f32 * 0.25 - 3.0).collect();
+    for holder in ["tensor hook", "post-hook", "nobody"] {
+        let a = leaf(values(1), true);
+        let b = leaf(values(2), true);
+        let out = ops::add_relu(a.clone(), &b).expect("forward");
+        let seen: std::sync::Arc<Mutex<Vec<Tensor>>> = Default::default();
+        let keep = seen.clone();
+        match holder {
+            // Keeps dL/d(out), the gradient the node receives.
+            "tensor hook" => {
+                out.register_hook(move |g| {
+                    keep.lock().unwrap().push(g.clone());
+                    Ok(None)
+                })
+                .expect("a hook on a tensor with a grad_fn");
+            }
+            // Is handed dL/d(out) after the node's backward.
+            "post-hook" => {
+                out.grad_fn().expect("node").register_hook(move |_, g| {
+                    keep.lock().unwrap().push(g.clone());
+                    Ok(None)
+                });
+            }
+            _ => {}
+        }
+        let y = out.to_vec_f32().unwrap();
+        common::contract(&out, &cotangent).backward().unwrap();
+        let want = expected_grad(&cotangent, &y);
+        assert_eq!(a.grad().unwrap().to_vec_f32().unwrap(), want, "{holder}");
+        assert_eq!(b.grad().unwrap().to_vec_f32().unwrap(), want, "{holder}");
+        for g in seen.lock().unwrap().iter() {
+            assert_eq!(g.to_vec_f32().unwrap(), cotangent, "{holder}: changed");
+        }
+    }
+}

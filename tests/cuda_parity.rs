@@ -165,6 +165,13 @@ fn elementwise_and_reductions_match_cpu() {
                 &gb.relu_backward(&gy).unwrap(),
                 &b.relu_backward(&y).unwrap(),
             );
+            let mut masked = gb.try_clone().unwrap();
+            masked.relu_backward_assign(&gy).unwrap();
+            check(
+                "relu_backward_assign",
+                &masked,
+                &b.relu_backward(&y).unwrap(),
+            );
             // The fused residual tail, out of place and over the left operand.
             let fused = a.add_relu(&b).unwrap();
             check("add_relu", &ga.add_relu(&gb).unwrap(), &fused);
@@ -951,6 +958,11 @@ fn argument_errors_read_the_same_on_both_devices() {
         let ((c1, k1), (c2, k2), (c6, k6)) = (v(1), v(2), v(6));
         same("add", c1.add(&c2), k1.add(&k2));
         same("add_relu", c1.add_relu(&c2), k1.add_relu(&k2));
+        same(
+            "relu_backward_assign",
+            c1.try_clone().unwrap().relu_backward_assign(&c2),
+            k1.try_clone().unwrap().relu_backward_assign(&k2),
+        );
         same(
             "add_assign",
             c1.try_clone().unwrap().add_assign(&c2),

@@ -117,7 +117,13 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
             stats.nodes += 1;
         }
 
-        let grads = op.backward(&grad_output, &needs)?;
+        // Post-hooks are handed grad_output after backward; without any, the
+        // op may consume it (and write its result over it).
+        let (grads, grad_output) = if node.post_hooks.is_empty() {
+            (op.backward_consuming(grad_output, &needs)?, None)
+        } else {
+            (op.backward(&grad_output, &needs)?, Some(grad_output))
+        };
         if grads.len() != needs.len() {
             return Err(Error::Autograd(format!(
                 "{} returned {} gradients for {} inputs",
@@ -126,8 +132,10 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
                 needs.len()
             )));
         }
-        let grads = run_node_hooks(&node.post_hooks, grads, &grad_output, node.name)?;
-        drop(grad_output);
+        let grads = match grad_output {
+            Some(g) => run_node_hooks(&node.post_hooks, grads, &g, node.name)?,
+            None => grads,
+        };
         for ((edge, grad), name) in node.edges.iter().zip(grads).zip(input_names) {
             match (edge, grad) {
                 (None, None) => {}

@@ -62,6 +62,17 @@ pub trait BackwardOp: Send + Sync {
         grad_output: &Tensor,
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>>;
+    /// [`backward`](Self::backward), called instead when nothing reads
+    /// `grad_output` afterwards (the node has no post-hooks, which are given
+    /// it), so that an op may write its result over it when this is its only
+    /// handle (`Tensor::is_sole_handle`). The default just borrows it.
+    fn backward_consuming(
+        self: Box<Self>,
+        grad_output: Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        self.backward(&grad_output, needs)
+    }
 }
 
 /// An op folded into another op's node (see [`BackwardOp::fused_ops`]).

@@ -71,6 +71,14 @@ impl<F: ?Sized + Send + 'static> HookList<F> {
         HookHandle { list: weak, id }
     }
 
+    /// Whether no hook is registered now.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// The hooks registered now, in order.
     pub(crate) fn snapshot(&self) -> Vec<Slot<F>> {
         self.entries

@@ -166,6 +166,9 @@ pub trait BackendStorage: Sized {
     /// the same values as [`add`](Self::add) then [`relu`](Self::relu),
     /// without the intermediate sum.
     fn add_relu(&self, rhs: &Self) -> Result<Self>;
+    /// [`relu_backward`](Self::relu_backward) written over `self` (dL/dy),
+    /// when nothing else reads that gradient any more.
+    fn relu_backward_assign(&mut self, output: &Self) -> Result<()>;
     /// [`add_relu`](Self::add_relu) written over `self`, for a sum whose
     /// left operand nobody else can see any more (torchvision's in-place
     /// `out += identity; relu_(out)`): no new buffer.

@@ -176,6 +176,12 @@ impl BackendStorage for Storage {
     fn add_relu(&self, rhs: &Self) -> Result<Self> {
         each_backend!(self, s => s.add_relu(arg::<B>("add_relu", s.device(), rhs)?).map(Storage::from))
     }
+    fn relu_backward_assign(&mut self, output: &Self) -> Result<()> {
+        each_backend!(self, s => {
+            let d = s.device();
+            s.relu_backward_assign(arg::<B>("relu_backward", d, output)?)
+        })
+    }
     fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
         each_backend!(self, s => {
             let d = s.device();

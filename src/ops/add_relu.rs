@@ -13,7 +13,9 @@
 //!
 //! Backward needs only the ReLU's mask, which the output gives (`output >
 //! 0`, as `ReluBackward0` saves it): the pre-activation sum is never kept.
-//! The masked gradient is one pass over dL/dy, and it is the gradient of
+//! The masked gradient is one pass over dL/dy, written over dL/dy itself
+//! when nothing else reads it (the engine hands it over when the node has no
+//! post-hooks, and no hook or other node holds it), and it is the gradient of
 //! both operands, handed to both as one tensor (the engine never adds in
 //! place), so the second costs no copy. A frozen operand gets `None`; when
 //! neither operand requires a gradient no node is recorded at all.
@@ -87,6 +89,22 @@ impl BackwardOp for AddReluBackward {
     }
     fn saved(&self) -> Vec<(&'static str, &Tensor)> {
         vec![("result", &self.output)]
+    }
+    fn backward_consuming(
+        self: Box<Self>,
+        grad_output: Tensor,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor>>> {
+        // The incoming gradient is usually a sum the engine made for this
+        // node alone: mask it in place instead of writing a new buffer.
+        let mut masked = grad_output;
+        if masked.requires_grad() || !masked.is_sole_handle() {
+            return self.backward(&masked, needs);
+        }
+        masked
+            .storage_mut()
+            .relu_backward_assign(&self.output.storage())?;
+        Ok(needs.iter().map(|&n| n.then(|| masked.clone())).collect())
     }
     fn backward(
         self: Box<Self>,

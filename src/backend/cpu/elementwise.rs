@@ -93,6 +93,17 @@ pub(super) fn relu_backward(grad: &[f32], output: &[f32]) -> Result<Vec<f32>> {
     zip_map(grad, output, |g, y| if y <= 0.0 { 0.0 } else { g })
 }
 
+/// [`relu_backward`] over `grad` itself: read two, write one, no new buffer.
+pub(super) fn relu_backward_assign(grad: &mut [f32], output: &[f32]) {
+    grad.par_chunks_mut(PAR_CHUNK)
+        .zip(output.par_chunks(PAR_CHUNK))
+        .for_each(|(g, y)| {
+            g.iter_mut()
+                .zip(y)
+                .for_each(|(g, &y)| *g = if y <= 0.0 { 0.0 } else { *g })
+        });
+}
+
 /// Sum of all elements, accumulated in f64.
 pub(super) fn sum_all(x: &[f32]) -> f32 {
     let partial: Vec<f64> = x
@@ -152,6 +163,9 @@ mod tests {
     #[test]
     fn relu_backward_passes_gradient_where_output_positive() {
         let g = relu_backward(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.5, -0.0, f32::NAN]).unwrap();
+        assert_eq!(g, vec![0.0, 2.0, 0.0, 4.0]);
+        let mut g = vec![1.0, 2.0, 3.0, 4.0];
+        relu_backward_assign(&mut g, &[0.0, 0.5, -0.0, f32::NAN]);
         assert_eq!(g, vec![0.0, 2.0, 0.0, 4.0]);
     }
 

@@ -141,6 +141,12 @@ impl BackendStorage for CpuStorage {
             rhs.as_f32(op)?,
         )?))
     }
+    fn relu_backward_assign(&mut self, output: &Self) -> Result<()> {
+        check::binary("relu_backward", self, output)?;
+        let op = "relu_backward";
+        elementwise::relu_backward_assign(self.as_f32_mut(op)?, output.as_f32(op)?);
+        Ok(())
+    }
     fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
         check::binary("add_relu", self, rhs)?;
         let op = "add_relu";

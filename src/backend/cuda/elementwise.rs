@@ -159,6 +159,25 @@ impl CudaStorage {
         Ok(self.wrap(out, self.len))
     }
 
+    pub(super) fn launch_relu_backward_assign(&mut self, output: &Self) -> Result<()> {
+        let op = "relu_backward";
+        check::binary(op, self, output)?;
+        let y = self.arg(op, output)?;
+        let p = MapParams::new(op, self.len)?;
+        let (device, len) = (self.device.clone(), self.len);
+        let dy = self.f32_mut(op)?;
+        if p.n > 0 {
+            launch!(
+                device,
+                KernelFile::Elementwise,
+                "relu_backward_assign_f32",
+                linear_launch(len),
+                [dy, y, &p]
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn launch_add_relu(&self, rhs: &Self) -> Result<Self> {
         let op = "add_relu";
         check::binary(op, self, rhs)?;

@@ -365,6 +365,9 @@ impl BackendStorage for CudaStorage {
     fn add_relu(&self, rhs: &Self) -> Result<Self> {
         self.launch_add_relu(rhs)
     }
+    fn relu_backward_assign(&mut self, output: &Self) -> Result<()> {
+        self.launch_relu_backward_assign(output)
+    }
     fn add_relu_assign(&mut self, rhs: &Self) -> Result<()> {
         self.launch_add_relu_assign(rhs)
     }

@@ -313,8 +313,11 @@ pub(super) fn train(
     };
     // Every element is written below.
     let mut output = buffer_pool::uninit("batch_norm", x.len())?;
-    let stats: Vec<(f64, f64)> = if g.spatial == 0 {
-        (0..g.channels).map(|c| channel_mean_var(x, g, c)).collect()
+    // (Reused per thread, like the backward's sums.)
+    let mut stats = CHANNEL_SUMS.with(Cell::take);
+    if g.spatial == 0 {
+        stats.clear();
+        stats.extend((0..g.channels).map(|c| channel_mean_var(x, g, c)));
     } else {
         let writer = ChannelWriter::new(&mut output, g)?;
         (0..g.channels)
@@ -330,8 +333,8 @@ pub(super) fn train(
                 }
                 (m, v)
             })
-            .collect()
-    };
+            .collect_into_vec(&mut stats);
+    }
     let mut mean = Vec::with_capacity(g.channels);
     let mut var = Vec::with_capacity(g.channels);
     let mut invstd = Vec::with_capacity(g.channels);
@@ -340,6 +343,7 @@ pub(super) fn train(
         var.push(v as f32);
         invstd.push(coefficients(c, m, v).0 as f32);
     }
+    CHANNEL_SUMS.with(|cell| cell.set(stats));
     Ok(TrainOutput {
         output,
         mean,
@@ -525,8 +529,8 @@ fn backward_impl<const MASK: bool>(
 }
 
 thread_local! {
-    /// [`backward_impl`]'s per-channel sums, reused: collected afresh, this
-    /// small buffer (16 bytes a channel, below the buffer pool's sizes) was
+    /// [`train`]'s statistics and [`backward_impl`]'s per-channel sums,
+    /// reused: collected afresh, this small buffer (16 bytes a channel, below the buffer pool's sizes) was
     /// what glibc served from newly touched heap pages in otherwise
     /// fault-free steps (BENCHMARKS.md, issue 9 item 16).
     static CHANNEL_SUMS: Cell<Vec<(f64, f64)>> = const { Cell::new(Vec::new()) };

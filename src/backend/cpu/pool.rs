@@ -1,6 +1,8 @@
 //! Max pooling (with PyTorch's arg-max convention) and adaptive average
 //! pooling, one `(n, c)` plane per parallel task.
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use super::buffer_pool;
@@ -108,7 +110,11 @@ fn max_pool_planes(
         .enumerate()
         .try_for_each(|(k, (vals, idxs))| -> Result<()> {
             scratch.with(|phases| {
-                let mut tap = vec![0i32; out_w];
+                // Reused per thread (a fresh one came from untouched heap
+                // pages now and then: BENCHMARKS.md, issue 9 item 16).
+                let mut tap = TAP.with(Cell::take);
+                tap.clear();
+                tap.resize(out_w, 0);
                 for (j, (best, idxs)) in vals
                     .chunks_exact_mut(out_plane)
                     .zip(idxs.chunks_exact_mut(out_plane))
@@ -188,8 +194,14 @@ fn max_pool_planes(
                         }
                     }
                 }
+                TAP.with(|cell| cell.set(tap));
             })
         })
+}
+
+thread_local! {
+    /// [`max_pool_planes`]' running arg-max taps of one output row.
+    static TAP: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Scatters `dy` onto the arg-max positions, adding where windows overlap.

@@ -54,12 +54,14 @@ fn main() -> frostgrad::Result<()> {
             }
         }
         last = now;
+        // TRACE_MISS=1: glibc's heap counters and the pool's held bytes
+        // after every step (the heap creeping is what still faults).
         if std::env::var_os("TRACE_MISS").is_some() {
-            // SAFETY: mallinfo2 only reads glibc's counters.
-            let mi = unsafe { libc::mallinfo2() };
             eprintln!(
-                "STEP {mode} {done} faults {} arena {} in-use {} top {}",
-                now.0, mi.arena, mi.uordblks, mi.keepcost
+                "STEP {mode} {done} faults {} {} held {}",
+                now.0,
+                heap_counters(),
+                buffer_pool::held_bytes()
             );
         }
     })?;
@@ -69,4 +71,20 @@ fn main() -> frostgrad::Result<()> {
         println!("{mode}: faults {faults:?}\n{mode}: pool misses + scratch growths {misses:?}");
     }
     Ok(())
+}
+
+/// glibc's arena size, bytes in use and free bytes at the heap's top.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_counters() -> String {
+    // SAFETY: mallinfo2 only reads glibc's counters.
+    let mi = unsafe { libc::mallinfo2() };
+    format!(
+        "arena {} in-use {} top {}",
+        mi.arena, mi.uordblks, mi.keepcost
+    )
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_counters() -> String {
+    String::new()
 }

@@ -16,8 +16,9 @@
 //! The masked gradient is one pass over dL/dy, written over dL/dy itself
 //! when nothing else reads it (the engine hands it over when the node has no
 //! post-hooks, and no hook or other node holds it), and it is the gradient of
-//! both operands, handed to both as one tensor (the engine never adds in
-//! place), so the second costs no copy. A frozen operand gets `None`; when
+//! both operands, handed to both as one tensor (safe: the engine adds in
+//! place only into a gradient no other handle reaches, which a shared one
+//! is not), so the second costs no copy. A frozen operand gets `None`; when
 //! neither operand requires a gradient no node is recorded at all.
 //!
 //! The node is `AddReluBackward0`; PyTorch would show two,

@@ -3,11 +3,9 @@
 //! cpu_conv_timing`). Prints milliseconds; asserts nothing. Use it to guide
 //! tuning, not as a test.
 
-use std::time::Instant;
-
 #[path = "shared/cpu_time.rs"]
 mod cpu_time;
-use cpu_time::cpu_seconds;
+use cpu_time::run_times_ms;
 
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::backend::{BackendStorage, Conv2dGeometry};
@@ -94,21 +92,11 @@ fn filled(n: usize) -> CpuStorage {
     )
 }
 
-/// Best of `reps` runs, in milliseconds. With `CLOCK=cpu` the process's
-/// CPU time instead of wall time: on a machine shared with other work,
-/// and with `RAYON_NUM_THREADS=1`, that is the kernel's own time.
-fn time_ms<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
-    let cpu = std::env::var("CLOCK").is_ok_and(|c| c == "cpu");
-    (0..reps)
-        .map(|_| {
-            let (t, c) = (Instant::now(), cpu_seconds());
-            std::hint::black_box(f());
-            if cpu {
-                (cpu_seconds() - c) * 1e3
-            } else {
-                t.elapsed().as_secs_f64() * 1e3
-            }
-        })
+/// Best of `reps` runs, in milliseconds (wall, or CPU time with
+/// `CLOCK=cpu`: see [`run_times_ms`]).
+fn time_ms<T>(reps: usize, f: impl FnMut() -> T) -> f64 {
+    run_times_ms(reps, f)
+        .into_iter()
         .fold(f64::INFINITY, f64::min)
 }
 

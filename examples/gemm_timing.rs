@@ -14,29 +14,17 @@
 //! thread); `REPS` (default 5) timed repeats per shape, median reported;
 //! `FILTER` keeps the shapes whose `layer kind` name contains it.
 
-use std::time::Instant;
-
 #[path = "shared/cpu_time.rs"]
 mod cpu_time;
-use cpu_time::cpu_seconds;
+use cpu_time::run_times_ms;
 
 use frostgrad::backend::cpu::CpuStorage;
 use frostgrad::backend::BackendStorage;
 
-fn median_ms<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
-    let cpu = std::env::var("CLOCK").is_ok_and(|c| c == "cpu");
-    std::hint::black_box(f());
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let (w, c) = (Instant::now(), cpu_seconds());
-            std::hint::black_box(f());
-            if cpu {
-                (cpu_seconds() - c) * 1e3
-            } else {
-                w.elapsed().as_secs_f64() * 1e3
-            }
-        })
-        .collect();
+/// Median of `reps` runs, in milliseconds (wall, or CPU time with
+/// `CLOCK=cpu`: see [`run_times_ms`]).
+fn median_ms<T>(reps: usize, f: impl FnMut() -> T) -> f64 {
+    let mut t = run_times_ms(reps, f);
     t.sort_by(f64::total_cmp);
     t[t.len() / 2]
 }

@@ -635,6 +635,8 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut
                             .iter_mut()
                             .zip(grads)
                             .for_each(|(d, &s)| *d += s);
+                    } else if stride_w == 2 {
+                        scatter_even_add(grads, &mut in_row[iw..]);
                     } else {
                         for (j, &s) in grads.iter().enumerate() {
                             in_row[iw + j * stride_w] += s;
@@ -643,6 +645,39 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut
                 });
             }
         }
+    }
+}
+
+/// `dst[2 * e] += src[e]`: the stride-2 col2im (the stride-2 3x3 and 1x1
+/// layers' input gradients), the mirror of [`gather_even`]. One scalar
+/// load, add and store per value were most of `col2im_add`'s samples
+/// (`perf annotate`); SSE adds four values interleaved with `-0.0`, which
+/// leaves the odd elements exactly as they were (`x + -0.0 == x`, zero signs
+/// included).
+#[inline(never)]
+fn scatter_even_add(src: &[f32], dst: &mut [f32]) {
+    let n = src.len();
+    assert!(n == 0 || dst.len() > 2 * (n - 1));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 4 <= n && 2 * e + 8 <= dst.len() {
+        // SAFETY: e + 4 <= n: the load reads src[e .. e + 4]; 2e + 8 <=
+        // dst.len(): the loads and stores touch dst[2e .. 2e + 8]. SSE is
+        // part of x86-64.
+        unsafe {
+            use std::arch::x86_64::*;
+            let v = _mm_loadu_ps(src.as_ptr().add(e));
+            let keep = _mm_set1_ps(-0.0);
+            let out = dst.as_mut_ptr().add(2 * e);
+            let lo = _mm_add_ps(_mm_loadu_ps(out), _mm_unpacklo_ps(v, keep));
+            let hi = _mm_add_ps(_mm_loadu_ps(out.add(4)), _mm_unpackhi_ps(v, keep));
+            _mm_storeu_ps(out, lo);
+            _mm_storeu_ps(out.add(4), hi);
+        }
+        e += 4;
+    }
+    for (i, &v) in src.iter().enumerate().skip(e) {
+        dst[2 * i] += v;
     }
 }
 
@@ -1023,7 +1058,18 @@ fn weight_grad_images(
             Rhs::Source(&columns)
         };
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
-            sgemm(par, m, width, n, Lhs::View(grad_out), col_t, 1.0, dw, n)
+            // Split across threads, `dy` packed once for all parts (six at
+            // 2 threads, each packed all of it). Not in an image group: its
+            // scratch would be sized per call on whichever worker ran the
+            // group, and grow in a steady-state step when rayon first gave
+            // a worker a larger group (`tests/cpu_buffer_pool.rs`).
+            if par == Par::Split {
+                with_packed_lhs(grad_out, m, width, |grad_out| {
+                    sgemm(par, m, width, n, grad_out, col_t, 1.0, dw, n)
+                })
+            } else {
+                sgemm(par, m, width, n, Lhs::View(grad_out), col_t, 1.0, dw, n)
+            }
         });
     }
 }
@@ -1318,7 +1364,6 @@ mod tests {
                     let dx = pool.install(|| {
                         pool.broadcast(|_| {
                             with_scratch(Slot::Columns, 1 << 12, |b| b.fill(f32::NAN));
-                            with_scratch(Slot::PackedRhs, 1 << 12, |b| b.fill(f32::NAN));
                             with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
                         });
                         input_grad_with(&dy, &w, &g, limits).unwrap()
@@ -1354,6 +1399,30 @@ mod tests {
                 "batch {batch} most {most} threads {threads}"
             );
             assert!(balanced_group(batch, most, threads) <= most);
+        }
+    }
+
+    #[test]
+    fn scatter_even_add_touches_only_even_elements_at_every_length() {
+        for n in 0..20 {
+            for extra in [0, 1, 2, 7] {
+                let src: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+                let len = (2 * n).max(1) - 1 + extra;
+                // Odd elements hold -0.0 and NaN-free values that must not move.
+                let before: Vec<f32> = (0..len)
+                    .map(|i| if i % 4 == 1 { -0.0 } else { i as f32 * 0.25 })
+                    .collect();
+                let mut dst = before.clone();
+                scatter_even_add(&src, &mut dst);
+                for (i, (&got, &old)) in dst.iter().zip(&before).enumerate() {
+                    let want = if i % 2 == 0 && i / 2 < n {
+                        old + src[i / 2]
+                    } else {
+                        old
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
         }
     }
 

@@ -144,7 +144,7 @@ impl<const MR: usize, const ROWS: bool> ARead for InPlace<MR, ROWS> {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(step).cast::<i8>()) }
         };
         if ROWS {
-            if p % 8 == 0 {
+            if p.is_multiple_of(8) {
                 for &row in &self.rows {
                     hint(row, p + A_PREFETCH);
                 }
@@ -542,7 +542,7 @@ impl PackA for Raw {
 /// depth step and strides whole pages through L1's sets; in place it won
 /// at up to ~200 columns (ResNet-18 at batch 1–2 in layers 3–4: 0.75–0.93x
 /// of the packed time) and lost a few per cent from ~400 columns
-/// (BENCHMARKS.md, "What each change bought", item 17), hence the bound.
+/// (BENCHMARKS.md, "What each change bought", item 18), hence the bound.
 ///
 /// `FROSTGRAD_A_IN_PLACE=0` packs every operand, `=1` packs none (for
 /// comparison).

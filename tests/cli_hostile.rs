@@ -878,3 +878,48 @@ fn every_option_has_help_text() {
     let help = String::from_utf8_lossy(&step.stdout);
     assert!(help.contains("`?` one character"), "{help}");
 }
+
+/// Batch 1 is a valid benchmark wherever PyTorch trains it (layer4's batch
+/// norm sees more than one value per channel): refused up front at 32x32,
+/// where PyTorch 2.9.1 raises "Expected more than 1 value per channel",
+/// and run at 40x40 (2x2 after layer4), inference included.
+#[test]
+fn bench_takes_batch_one_where_pytorch_does() {
+    let dir = scratch_dir("batch1");
+    let args = |size: &'static str| {
+        vec![
+            "bench",
+            "--device",
+            "cpu",
+            "--batch",
+            "1",
+            "--size",
+            size,
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--modes",
+            "transfer,inference",
+        ]
+    };
+    refused(
+        &dir,
+        &args("32"),
+        &[
+            "--batch 1 at --size 32",
+            "one value per channel",
+            "--modes inference",
+        ],
+    );
+    let o = frostgrad_in(&dir, &args("40"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for mode in ["transfer", "inference"] {
+        assert!(
+            table.lines().any(|l| l.starts_with(mode)),
+            "no {mode} row in:\n{table}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

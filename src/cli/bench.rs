@@ -27,8 +27,10 @@ pub struct BenchArgs {
     /// usable GPU is found, else the CPU).
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// Images per step, at least 2 (default: 8 on the CPU, 64 on CUDA, 2 on
-    /// the host emulation of CUDA).
+    /// Images per step, at least 1 (default: 8 on the CPU, 64 on CUDA, 2 on
+    /// the host emulation of CUDA). Training modes at batch 1 need images
+    /// of at least 33x33, as in PyTorch: train-mode batch norm needs more
+    /// than one value per channel after layer4.
     #[arg(long, value_name = "N", value_parser = crate::cli::parse_count)]
     pub batch: Option<usize>,
     /// Image height and width in pixels (default: 224; 64 on the host
@@ -100,10 +102,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             device
         );
     }
-    if batch < 2 {
-        // Train-mode batch norm needs more than one value per channel after layer4.
-        return Err(Error::invalid("bench", "--batch must be at least 2"));
-    }
+    check_batch(batch, size, &modes)?;
     let cfg = BenchConfig {
         device,
         batch,
@@ -168,4 +167,78 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|(p, text)| (p.as_path(), text.as_bytes()))
         .collect();
     outputs.write_all(&contents)
+}
+
+/// Refuses a configuration PyTorch would refuse at its first step, before
+/// the model is built: no images at all, or a training mode whose last
+/// batch norm (layer4's, `batch x final x final` values per channel) would
+/// see a single value per channel. Batch 1 at 224x224 sees 49 and is fine.
+fn check_batch(batch: usize, size: usize, modes: &[Mode]) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::invalid("bench", "--batch must be at least 1"));
+    }
+    let trains = modes.iter().any(|m| m.trainable.is_some());
+    let side = resnet_final_side(size);
+    if trains && batch * side * side == 1 {
+        return Err(Error::invalid(
+            "bench",
+            format!(
+                "--batch 1 at --size {size} leaves layer4's batch norm one value per channel \
+                 ({side}x{side}), and train-mode batch norm needs more than one: use --batch 2 \
+                 or more, --size 33 or more, or --modes inference"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Height (= width) of ResNet-18's layer4 output for `size x size` images:
+/// five halvings `h -> (h - 1) / 2 + 1` (the stem conv, the max pool and
+/// the first blocks of layer2, layer3 and layer4, each stride 2 with
+/// "same"-style padding).
+fn resnet_final_side(size: usize) -> usize {
+    (0..5).fold(size, |h, _| h.saturating_sub(1) / 2 + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_side_matches_torchvision() {
+        // torchvision 0.24.1 resnet18 (eval, no_grad), output of layer4 for
+        // 1 x 3 x s x s zeros: (s, side) as printed by PyTorch 2.9.1.
+        for (size, side) in [
+            (1, 1),
+            (2, 1),
+            (31, 1),
+            (32, 1),
+            (33, 2),
+            (64, 2),
+            (112, 4),
+            (160, 5),
+            (224, 7),
+        ] {
+            assert_eq!(resnet_final_side(size), side, "size {size}");
+        }
+    }
+
+    #[test]
+    fn batch_one_trains_where_pytorch_does() {
+        let train = vec![Mode::new("transfer", Some("fc.*")).unwrap()];
+        let infer = vec![Mode::new("inference", None).unwrap()];
+        // PyTorch 2.9.1: a train-mode resnet18 refuses 1 x 3 x 32 x 32
+        // ("Expected more than 1 value per channel") and takes 33 x 33.
+        let err = check_batch(1, 32, &train).unwrap_err().to_string();
+        assert!(
+            err.contains("--size 33") && err.contains("one value per channel"),
+            "{err}"
+        );
+        check_batch(1, 33, &train).unwrap();
+        check_batch(1, 224, &train).unwrap();
+        check_batch(1, 32, &infer).unwrap();
+        check_batch(2, 1, &train).unwrap();
+        let err = check_batch(0, 224, &infer).unwrap_err().to_string();
+        assert!(err.contains("--batch must be at least 1"), "{err}");
+    }
 }

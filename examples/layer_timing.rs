@@ -1,5 +1,5 @@
-//! Times every distinct layer of a ResNet-18 training step at batch 8,
-//! 224x224, one kernel at a time, through the CPU backend, and prints one
+//! Times every distinct layer of a ResNet-18 training step (batch 8,
+//! 224x224 unless `LAYER_BATCH` / `LAYER_SIZE` say otherwise), one kernel at a time, through the CPU backend, and prints one
 //! JSON document: per case its parameters (so `scripts/compare_layers.py`
 //! can run the same case in PyTorch), how often it occurs in a step, the
 //! compulsory bytes and FLOPs it moves, and the raw wall and CPU times of
@@ -31,113 +31,53 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
-const BATCH: usize = 8;
+/// Batch size and input resolution: `LAYER_BATCH` and `LAYER_SIZE`
+/// (default 8 and 224, the benchmark's), so that the small-image stages of
+/// other resolutions (e.g. 7x7 and 4x4 at 112x112) can be compared too.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
 
-/// ResNet-18's convolutions at 224x224: (name, input [N, C, H, W],
-/// weight [O, C, KH, KW], stride, padding, occurrences per step).
-type ConvCase = (&'static str, [usize; 4], [usize; 4], usize, usize, usize);
+/// ResNet-18's convolutions: (kind, input stage, weight
+/// [O, C, KH, KW], stride, padding, occurrences per step). Stage `s` is the
+/// spatial size after `s` halvings of the input (0: the image, 1: the
+/// stem's output, 2: layer1, ... 5: layer4), each a 3x3 / stride 2 /
+/// padding 1 (or 7x7 / 2 / 3) halving that rounds up.
+type ConvCase = (&'static str, usize, [usize; 4], usize, usize, usize);
 
 const CONVS: &[ConvCase] = &[
-    (
-        "stem 7x7 3->64 s2",
-        [BATCH, 3, 224, 224],
-        [64, 3, 7, 7],
-        2,
-        3,
-        1,
-    ),
-    (
-        "3x3 64->64 56",
-        [BATCH, 64, 56, 56],
-        [64, 64, 3, 3],
-        1,
-        1,
-        4,
-    ),
-    (
-        "3x3 64->128 s2",
-        [BATCH, 64, 56, 56],
-        [128, 64, 3, 3],
-        2,
-        1,
-        1,
-    ),
-    (
-        "3x3 128->128 28",
-        [BATCH, 128, 28, 28],
-        [128, 128, 3, 3],
-        1,
-        1,
-        3,
-    ),
-    (
-        "1x1 64->128 s2",
-        [BATCH, 64, 56, 56],
-        [128, 64, 1, 1],
-        2,
-        0,
-        1,
-    ),
-    (
-        "3x3 128->256 s2",
-        [BATCH, 128, 28, 28],
-        [256, 128, 3, 3],
-        2,
-        1,
-        1,
-    ),
-    (
-        "3x3 256->256 14",
-        [BATCH, 256, 14, 14],
-        [256, 256, 3, 3],
-        1,
-        1,
-        3,
-    ),
-    (
-        "1x1 128->256 s2",
-        [BATCH, 128, 28, 28],
-        [256, 128, 1, 1],
-        2,
-        0,
-        1,
-    ),
-    (
-        "3x3 256->512 s2",
-        [BATCH, 256, 14, 14],
-        [512, 256, 3, 3],
-        2,
-        1,
-        1,
-    ),
-    (
-        "3x3 512->512 7",
-        [BATCH, 512, 7, 7],
-        [512, 512, 3, 3],
-        1,
-        1,
-        3,
-    ),
-    (
-        "1x1 256->512 s2",
-        [BATCH, 256, 14, 14],
-        [512, 256, 1, 1],
-        2,
-        0,
-        1,
-    ),
+    ("stem 7x7 3->64 s2", 0, [64, 3, 7, 7], 2, 3, 1),
+    ("3x3 64->64", 2, [64, 64, 3, 3], 1, 1, 4),
+    ("3x3 64->128 s2", 2, [128, 64, 3, 3], 2, 1, 1),
+    ("3x3 128->128", 3, [128, 128, 3, 3], 1, 1, 3),
+    ("1x1 64->128 s2", 2, [128, 64, 1, 1], 2, 0, 1),
+    ("3x3 128->256 s2", 3, [256, 128, 3, 3], 2, 1, 1),
+    ("3x3 256->256", 4, [256, 256, 3, 3], 1, 1, 3),
+    ("1x1 128->256 s2", 3, [256, 128, 1, 1], 2, 0, 1),
+    ("3x3 256->512 s2", 4, [512, 256, 3, 3], 2, 1, 1),
+    ("3x3 512->512", 5, [512, 512, 3, 3], 1, 1, 3),
+    ("1x1 256->512 s2", 4, [512, 256, 1, 1], 2, 0, 1),
 ];
 
-/// Activation shapes `[C, H, W]` after each stage, with how many batch
-/// norms followed by a fused ReLU (`bn1` of every block, and the stem's),
-/// plain batch norms (`bn2` and the downsample's) and residual adds
+/// The spatial size at `stage` for an input of `size` (see [`ConvCase`]).
+fn stage_size(size: usize, stage: usize) -> usize {
+    (0..stage).fold(size, |h, _| h.div_ceil(2))
+}
+
+/// Activation channels and stage after each part of the network, with how
+/// many batch norms followed by a fused ReLU (`bn1` of every block, and the
+/// stem's), plain batch norms (`bn2` and the downsample's) and residual adds
 /// (each followed by a ReLU) a step has at that shape.
-const ACTIVATIONS: &[([usize; 3], usize, usize, usize)] = &[
-    ([64, 112, 112], 1, 0, 0),
-    ([64, 56, 56], 2, 2, 2),
-    ([128, 28, 28], 2, 3, 2),
-    ([256, 14, 14], 2, 3, 2),
-    ([512, 7, 7], 2, 3, 2),
+const ACTIVATIONS: &[(usize, usize, usize, usize, usize)] = &[
+    (64, 1, 1, 0, 0),
+    (64, 2, 2, 2, 2),
+    (128, 3, 2, 3, 2),
+    (256, 4, 2, 3, 2),
+    (512, 5, 2, 3, 2),
 ];
 
 /// Deterministic values in [-0.5, 0.5).
@@ -200,7 +140,18 @@ fn main() -> frostgrad::Result<()> {
         cases: vec![],
     };
 
-    for &(name, input, weight, s, p, count) in CONVS {
+    let batch = env_or("LAYER_BATCH", 8);
+    let size = env_or("LAYER_SIZE", 224);
+    for &(kind, stage, weight, s, p, count) in CONVS {
+        let h = stage_size(size, stage);
+        let input = [batch, weight[1], h, h];
+        // Stride-1 layers are named by their size (as at 224: "3x3 64->64 56").
+        let name = if s == 1 {
+            format!("{kind} {h}")
+        } else {
+            kind.to_string()
+        };
+        let name = name.as_str();
         let g = Conv2dGeometry::new(input, weight, (s, s), (p, p), (1, 1))?;
         let x = filled(input.iter().product(), 0);
         let w = filled(weight.iter().product(), 1);
@@ -239,10 +190,11 @@ fn main() -> frostgrad::Result<()> {
         )?;
     }
 
-    for &([c, h, w], fused, plain, adds) in ACTIVATIONS {
+    for &(c, stage, fused, plain, adds) in ACTIVATIONS {
+        let (h, w) = (stage_size(size, stage), stage_size(size, stage));
         let shape = format!("{c}x{h}x{w}");
         let g = BatchNormGeometry {
-            batch: BATCH,
+            batch,
             channels: c,
             spatial: h * w,
         };
@@ -251,7 +203,7 @@ fn main() -> frostgrad::Result<()> {
         let dy = filled(n, 1);
         let (gamma, beta) = (filled(c, 2), filled(c, 3));
         let (mut rm, mut rv) = (CpuStorage::F32(vec![0.0; c]), CpuStorage::F32(vec![1.0; c]));
-        let params = json!({"input": [BATCH, c, h, w]});
+        let params = json!({"input": [batch, c, h, w]});
         for (relu, count) in [(false, plain), (true, fused)] {
             let p = BatchNormParams {
                 geometry: g,
@@ -340,11 +292,11 @@ fn main() -> frostgrad::Result<()> {
             || acc.add_assign(&dy),
         )?;
 
-        if h == 112 {
-            let pg = Pool2dGeometry::new([BATCH, c, h, w], (3, 3), (2, 2), (1, 1), (1, 1))?;
-            let out_n = BATCH * c * pg.out_h * pg.out_w;
+        if stage == 1 {
+            let pg = Pool2dGeometry::new([batch, c, h, w], (3, 3), (2, 2), (1, 1), (1, 1))?;
+            let out_n = batch * c * pg.out_h * pg.out_w;
             let pool_params =
-                json!({"input": [BATCH, c, h, w], "kernel": 3, "stride": 2, "padding": 1});
+                json!({"input": [batch, c, h, w], "kernel": 3, "stride": 2, "padding": 1});
             // Read x; write the values and the i64 arg-max indices.
             t.case(
                 "maxpool_fwd",

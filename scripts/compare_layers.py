@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per-layer comparison of frostgrad's CPU kernels with PyTorch's (issue 9, item 6).
 
-Times every distinct ResNet-18 layer of a training step at batch 8, 224x224:
+Times every distinct ResNet-18 layer of a training step at batch 8, 224x224
+(or `--batch N --size S`):
 each convolution shape (forward, input gradient, weight gradient), batch norm
 (training forward with the running-statistics update, and the full backward;
 plain and followed by a fused ReLU), the residual tail (add + ReLU, ReLU
@@ -18,7 +19,7 @@ output written once, the same count for both sides), then per op kind the
 total a step spends (occurrences x median).
 
     /work/venv/bin/python scripts/compare_layers.py [--reps 5] [--rounds 2]
-        [--threads N] [--filter bn] [--json out.json] [--no-build]
+        [--threads N] [--filter bn] [--batch 8] [--size 224] [--json out.json] [--no-build]
 
 It asserts nothing: speed is reported, never tested.
 """
@@ -36,8 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "target" / "release" / "examples" / "layer_timing"
 
 
-def run_frostgrad(reps, threads, flt):
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+def run_frostgrad(reps, threads, flt, batch, size):
+    env = dict(
+        os.environ,
+        RAYON_NUM_THREADS=str(threads),
+        LAYER_BATCH=str(batch),
+        LAYER_SIZE=str(size),
+    )
     cmd = [str(EXAMPLE), str(reps)] + ([flt] if flt else [])
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
@@ -154,6 +160,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--filter", help="only cases whose op or shape contains this")
     ap.add_argument("--json", help="write both sides' medians here")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224, help="input resolution")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
     if not args.no_build:
@@ -165,7 +173,7 @@ def main():
     torch.set_num_threads(args.threads)
     ours, theirs, meta = {}, {}, None
     for _ in range(args.rounds):
-        doc = run_frostgrad(args.reps, args.threads, args.filter)
+        doc = run_frostgrad(args.reps, args.threads, args.filter, args.batch, args.size)
         meta = doc
         for case in doc["cases"]:
             key = (case["op"], case["shape"])
@@ -181,7 +189,8 @@ def main():
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if "Model name" in l), "?")
     print(
-        f"CPU {model}; {args.threads} threads both sides; frostgrad SIMD path {meta['simd']}; "
+        f"CPU {model}; batch {args.batch} at {args.size}x{args.size}; "
+        f"{args.threads} threads both sides; frostgrad SIMD path {meta['simd']}; "
         f"PyTorch {torch.__version__}; medians of {args.rounds} rounds x {args.reps} repeats; "
         f"load average {os.getloadavg()[0]:.1f}"
     )

@@ -40,7 +40,10 @@ use rayon::prelude::*;
 
 use super::buffer_pool;
 use super::check::checked_numel;
-use super::gemm::{panels, sgemm, with_packed_lhs, Lhs, MatRef, PackB, Par, Rhs, Source};
+use super::gemm::{
+    panels, row_align, sgemm, sgemm_rows, with_packed_lhs, with_packed_rhs, Lhs, MatRef, PackB,
+    Par, Rhs, Source,
+};
 use super::im2col;
 use super::scratch::{with_scratch, Slot};
 use super::simd;
@@ -69,6 +72,14 @@ const FORWARD_LIMITS: Limits = Limits {
     ..LIMITS
 };
 
+/// The input gradient computes `Wᵀ · dy` in row blocks of whole input
+/// channels of about this many floats (256 KiB, a quarter of Zen 4's L2)
+/// and scatters each block (col2im) right after its GEMM, while it is
+/// still in cache. A whole chunk's column block (4608 x 196 floats, 3.6 MB,
+/// at 7x7) went to memory and back: written, re-read and written again by
+/// the GEMM's second depth block, then read by col2im.
+const INPUT_GRAD_BLOCK_ELEMS: usize = 1 << 16;
+
 /// Tuning knobs of a [`Plan`]; tests shrink them to exercise every path.
 #[derive(Clone, Copy)]
 struct Limits {
@@ -77,12 +88,16 @@ struct Limits {
     /// Image groups per rayon thread needed to parallelise over groups
     /// (see [`Plan::parallel_groups`]).
     groups_per_thread: usize,
+    /// Target size of the input gradient's row blocks
+    /// ([`INPUT_GRAD_BLOCK_ELEMS`]).
+    dx_block_elems: usize,
 }
 
 const LIMITS: Limits = Limits {
     block_elems: COL_BLOCK_ELEMS,
     min_columns: MIN_GEMM_COLUMNS,
     groups_per_thread: 2,
+    dx_block_elems: INPUT_GRAD_BLOCK_ELEMS,
 };
 
 /// A set of output columns processed together: output rows `rows` of
@@ -111,6 +126,7 @@ struct Plan {
     /// its own column matrix.
     pointwise: bool,
     groups_per_thread: usize,
+    dx_block_elems: usize,
 }
 
 impl Plan {
@@ -139,7 +155,8 @@ impl Plan {
             } else {
                 g.batch
             };
-            wanted.min(fit).min(share).clamp(1, g.batch.max(1))
+            let most = wanted.min(fit).min(share).clamp(1, g.batch.max(1));
+            balanced_group(g.batch, most, rayon::current_num_threads())
         };
         let pointwise = images_per_chunk == 1
             && g.kernel_h == 1
@@ -161,6 +178,7 @@ impl Plan {
             images_per_chunk,
             pointwise,
             groups_per_thread: limits.groups_per_thread,
+            dx_block_elems: limits.dx_block_elems,
         })
     }
 
@@ -222,6 +240,20 @@ impl Chunk {
     fn images_of_mut<'a>(&self, data: &'a mut [f32], per_image: usize) -> &'a mut [f32] {
         &mut data[self.first_image * per_image..(self.first_image + self.images) * per_image]
     }
+}
+
+/// Images per group for `batch` images in groups of at most `most`: the
+/// same number of groups, or the next multiple of `threads` when there are
+/// more groups than threads, of sizes as equal as can be. Groups of at most
+/// 9 images at batch 32 (ResNet's 7x7 stage at 112x112) were 9, 9, 9 and 5,
+/// so with two threads one ran 18 images and the other 14; at 4x4, groups
+/// of 14, 14 and 4 could not be spread over two threads at all.
+fn balanced_group(batch: usize, most: usize, threads: usize) -> usize {
+    let mut groups = batch.div_ceil(most.max(1));
+    if groups > threads && threads > 1 {
+        groups = groups.next_multiple_of(threads).min(batch);
+    }
+    batch.div_ceil(groups.max(1)).max(1)
 }
 
 /// Output positions `o` in `0..out` whose input coordinate
@@ -549,9 +581,11 @@ impl Source for Columns<'_> {
     }
 }
 
-/// Adds the chunk's column-matrix gradient `col[taps, columns]` back onto
-/// the input-image gradients it came from.
-fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, images: &mut [f32], par: Par) {
+/// Adds a block of the chunk's column-matrix gradient back onto the
+/// input-image gradients it came from: `col[rows, columns]` holds the rows
+/// (taps) of whole input channels `c0..`, and `planes[j]` is image `j`'s
+/// gradient for those channels (as many planes as the block has channels).
+fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut [f32]]) {
     let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
     let plane_len = g.in_h * g.in_w;
     let taps_per_channel = g.kernel_h * g.kernel_w;
@@ -559,35 +593,28 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, images: &mut [f32]
     if plane_len == 0 {
         return;
     }
-    // One task per (image, input channel) plane: its taps write only there.
-    let add_plane = |(idx, plane): (usize, &mut [f32])| {
-        let (j, c) = (idx / g.in_channels, idx % g.in_channels);
-        for t in 0..taps_per_channel {
-            let r = c * taps_per_channel + t;
-            let (_, kh, kw) = tap(g, r);
-            let src = &col[r * width + j * seg..r * width + (j + 1) * seg];
-            for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
-                let grads = &src[i * g.out_w + lo..i * g.out_w + hi];
-                let in_row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
-                if stride_w == 1 {
-                    in_row[iw..iw + grads.len()]
-                        .iter_mut()
-                        .zip(grads)
-                        .for_each(|(d, &s)| *d += s);
-                } else {
-                    for (j, &s) in grads.iter().enumerate() {
-                        in_row[iw + j * stride_w] += s;
+    for (j, image) in planes.iter_mut().enumerate() {
+        for (c, plane) in image.chunks_exact_mut(plane_len).enumerate() {
+            for t in 0..taps_per_channel {
+                let r = c * taps_per_channel + t;
+                let (kh, kw) = (t / g.kernel_w, t % g.kernel_w);
+                let src = &col[r * width + j * seg..r * width + (j + 1) * seg];
+                for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
+                    let grads = &src[i * g.out_w + lo..i * g.out_w + hi];
+                    let in_row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                    if stride_w == 1 {
+                        in_row[iw..iw + grads.len()]
+                            .iter_mut()
+                            .zip(grads)
+                            .for_each(|(d, &s)| *d += s);
+                    } else {
+                        for (j, &s) in grads.iter().enumerate() {
+                            in_row[iw + j * stride_w] += s;
+                        }
                     }
-                }
-            });
+                });
+            }
         }
-    };
-    match par {
-        Par::Split => images
-            .par_chunks_mut(plane_len)
-            .enumerate()
-            .for_each(add_plane),
-        Par::Serial => images.chunks_mut(plane_len).enumerate().for_each(add_plane),
     }
 }
 
@@ -849,23 +876,56 @@ fn input_grad_images(
             );
             continue;
         }
-        with_scratch(Slot::Columns, plan.taps * width, |col| {
-            with_grad_out(g, plan, &chunk, dy, |grad_out| {
-                sgemm(
-                    par,
-                    m,
-                    k,
-                    width,
-                    weight_t,
-                    Rhs::View(grad_out),
-                    0.0,
-                    col,
-                    width,
-                )
-            });
-            col2im_add(col, g, &chunk, grad_in, par);
+        let plane = g.in_h * g.in_w;
+        if width == 0 || plane == 0 || m == 0 || k == 0 {
+            continue; // nothing to add onto the zeroed `dx`
+        }
+        // Row blocks of `Wᵀ · dy` of `channels` whole input channels (so
+        // each block scatters onto its own channel planes, and blocks can
+        // run in parallel), starting at multiples of the packed `Wᵀ`'s row
+        // tile; `dy` packed once for all of them.
+        let per_channel = g.kernel_h * g.kernel_w;
+        let unit = lcm(per_channel, row_align(weight_t)) / per_channel;
+        let channels = (plan.dx_block_elems / (width * per_channel))
+            .max(1)
+            .next_multiple_of(unit)
+            .min(g.in_channels.next_multiple_of(unit));
+        let blocks = g.in_channels.div_ceil(channels);
+        // Per block, each image's planes of the block's channels.
+        let mut targets: Vec<Vec<&mut [f32]>> = (0..blocks)
+            .map(|_| Vec::with_capacity(chunk.images))
+            .collect();
+        for image in grad_in.chunks_exact_mut(plan.in_image) {
+            for (b, planes) in image.chunks_mut(channels * plane).enumerate() {
+                targets[b].push(planes);
+            }
+        }
+        with_grad_out(g, plan, &chunk, dy, |grad_out| {
+            with_packed_rhs(Rhs::View(grad_out), k, width, |grad_out| {
+                let block = |(b, mut planes): (usize, Vec<&mut [f32]>)| {
+                    let c0 = b * channels;
+                    let rows = channels.min(g.in_channels - c0) * per_channel;
+                    with_scratch(Slot::Columns, rows * width, |col| {
+                        let rows = (c0 * per_channel, rows);
+                        sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
+                        col2im_add(col, g, &chunk, &mut planes);
+                    });
+                };
+                match par {
+                    Par::Split => targets.into_par_iter().enumerate().for_each(block),
+                    Par::Serial => targets.into_iter().enumerate().for_each(block),
+                }
+            })
         });
     }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
 }
 
 /// `dW = Σ_images dy · colᵀ`.
@@ -1108,23 +1168,27 @@ mod tests {
                     block_elems: 1,
                     min_columns: 1,
                     groups_per_thread: 2,
+                    dx_block_elems: 1,
                 },
                 Limits {
                     block_elems: 2 * taps_row,
                     min_columns: 1,
                     groups_per_thread: 2,
+                    dx_block_elems: 1,
                 },
                 // One whole image per chunk (the 1x1 case takes the im2col-free path).
                 Limits {
                     block_elems: usize::MAX / 2,
                     min_columns: 1,
                     groups_per_thread: 2,
+                    dx_block_elems: 1,
                 },
                 // Two images per chunk, so a batch of 3 ends in a partial group.
                 Limits {
                     block_elems: usize::MAX / 2,
                     min_columns: 2 * pixels,
                     groups_per_thread: 2,
+                    dx_block_elems: 1,
                 },
             ];
             // Each variant again with image groups run in parallel (on a
@@ -1190,6 +1254,82 @@ mod tests {
     }
 
     #[test]
+    fn input_grad_row_blocks_match_direct_loops() {
+        // Input channels that the row blocks do not divide (blocks of whole
+        // channels starting at multiples of the packed Wᵀ's row tile: 8
+        // channels of 9 taps on AVX-512, 2 on AVX2, 1 on portable), block
+        // sizes from one unit to all channels, stride 2 and padding, batch
+        // 1 and a partial image group, blocks in parallel (split) and on
+        // one thread (image groups), into dirty scratch buffers.
+        let cases: &[Case] = &[
+            ([2, 19, 6, 5], [7, 19, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 13, 7, 7], [6, 13, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([1, 17, 5, 6], [4, 17, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([3, 11, 4, 4], [5, 11, 3, 2], (1, 1), (2, 0), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 11 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 110 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 310 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let pixels = g.out_h * g.out_w;
+            let taps = weight[1] * weight[2] * weight[3];
+            for dx_block_elems in [1, 3 * taps * pixels, 9 * taps * pixels, usize::MAX / 2] {
+                for (min_columns, groups_per_thread) in [(1, 0), (1, 2), (2 * pixels, 1)] {
+                    let limits = Limits {
+                        block_elems: usize::MAX / 2,
+                        min_columns,
+                        groups_per_thread,
+                        dx_block_elems,
+                    };
+                    let dx = pool.install(|| {
+                        pool.broadcast(|_| {
+                            with_scratch(Slot::Columns, 1 << 12, |b| b.fill(f32::NAN));
+                            with_scratch(Slot::PackedRhs, 1 << 12, |b| b.fill(f32::NAN));
+                            with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                        });
+                        input_grad_with(&dy, &w, &g, limits).unwrap()
+                    });
+                    let what = format!(
+                        "case {case} block {dx_block_elems} columns {min_columns} \
+                         groups/thread {groups_per_thread} dx"
+                    );
+                    assert_close(&what, &dx, &r.dx, 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn image_groups_are_balanced_over_threads() {
+        // (batch, most per group, threads) -> images per group
+        for (batch, most, threads, want) in [
+            (32, 9, 2, 8),  // 9, 9, 9, 5 -> four groups of 8
+            (32, 14, 2, 8), // 14, 14, 4 -> four groups of 8
+            (8, 4, 2, 4),   // already two equal groups
+            (8, 2, 2, 2),   // four equal groups
+            (7, 3, 2, 2),   // 3, 3, 1 -> 2, 2, 2, 1
+            (3, 2, 2, 2),   // two groups for two threads: unchanged
+            (5, 1, 4, 1),   // one image per group
+            (1, 16, 2, 1),  // batch 1
+            (32, 9, 1, 8),  // one thread: only equalised
+            (10, 3, 3, 2),  // 4 groups -> 6 groups of 2 (5 used)
+        ] {
+            assert_eq!(
+                balanced_group(batch, most, threads),
+                want,
+                "batch {batch} most {most} threads {threads}"
+            );
+            assert!(balanced_group(batch, most, threads) <= most);
+        }
+    }
+
+    #[test]
     fn gather_even_takes_every_other_value_at_every_length() {
         for n in 0..20 {
             let src: Vec<f32> = (0..(2 * n).max(1) - 1).map(|i| i as f32).collect();
@@ -1235,6 +1375,7 @@ mod tests {
             block_elems: 1,
             min_columns: 1,
             groups_per_thread: 2,
+            dx_block_elems: 1,
         };
         let poison = || {
             with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
@@ -1284,11 +1425,13 @@ mod tests {
                     block_elems: usize::MAX / 2,
                     min_columns: usize::MAX / 2,
                     groups_per_thread: 2,
+                    ..LIMITS
                 },
                 Limits {
                     block_elems: 2 * g.kernel_h * g.kernel_w * g.in_channels * g.out_w,
                     min_columns: 1,
                     groups_per_thread: 2,
+                    ..LIMITS
                 },
             ] {
                 let plan = Plan::new("test", &g, limits).unwrap();

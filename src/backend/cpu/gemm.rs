@@ -83,6 +83,13 @@ pub(super) trait PackB: Sync {
     /// `nc.div_ceil(nr) * nr * kc` floats. (Implementations written in safe
     /// code need not rely on it; the raw-pointer view of the kernels does.)
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]);
+
+    /// The same block already packed, when the operand holds it in exactly
+    /// the layout [`Self::pack`] would write (a [`with_packed_rhs`]
+    /// operand), so the GEMM reads it in place instead of copying it.
+    fn packed(&self, _pc: usize, _kc: usize, _jc: usize, _nc: usize, _nr: usize) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// The `nr`-column panels of a packed `kc x nc` block of columns
@@ -170,6 +177,107 @@ pub(super) fn with_packed_lhs<R>(
     f(Lhs::View(a))
 }
 
+/// Runs `f` with `b` (`k x n`) packed once, whole, for the active
+/// micro-kernel, so that several GEMMs over it ([`sgemm_rows`] on row blocks
+/// of one left operand) read the packed panels in place instead of each
+/// packing `b` again. On the portable path, `f` gets `b` itself.
+pub(super) fn with_packed_rhs<R>(
+    b: Rhs<'_>,
+    k: usize,
+    n: usize,
+    f: impl FnOnce(Rhs<'_>) -> R,
+) -> R {
+    let fits = match b {
+        Rhs::View(v) => v.fits(k, n),
+        Rhs::Source(s) => s.shape() == (k, n),
+    };
+    assert!(fits, "gemm: rhs {k}x{n} exceeds its buffer");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::microkernel::{Avx2, Avx512, Kernel, PackedB, Raw};
+        let nr = match simd::active() {
+            SimdPath::Avx512 => Avx512::NR,
+            SimdPath::Avx2 => Avx2::NR,
+            SimdPath::Portable => 0,
+        };
+        if nr > 0 && k > 0 && n > 0 {
+            let raw;
+            let source: &dyn PackB = match b {
+                Rhs::View(v) => {
+                    raw = Raw {
+                        ptr: v.data.as_ptr(),
+                        rs: v.row_stride,
+                        cs: v.col_stride,
+                    };
+                    &raw
+                }
+                Rhs::Source(s) => s,
+            };
+            return with_scratch(Slot::PackedRhs, PackedB::len(k, n, nr), |buf| {
+                // SAFETY: `source` is `k x n` (checked above).
+                let packed = unsafe { PackedB::pack(source, k, n, nr, buf) };
+                f(Rhs::Source(&packed))
+            });
+        }
+    }
+    f(b)
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Source for super::microkernel::PackedB<'_> {
+    fn shape(&self) -> (usize, usize) {
+        self.shape()
+    }
+}
+
+/// What a block of `a`'s rows handed to [`sgemm_rows`] must start at a
+/// multiple of: the row tile `a` was packed for, or 1.
+pub(super) fn row_align(a: Lhs<'_>) -> usize {
+    match a {
+        Lhs::View(_) => 1,
+        #[cfg(target_arch = "x86_64")]
+        Lhs::Packed { packed, .. } => packed.mr(),
+    }
+}
+
+/// `c = a[i0..i0 + m] @ b` on the calling thread: rows `i0..i0 + m` of the
+/// `rows x k` left operand `a` times the `k x n` right operand, into the
+/// row-major `m x n` block `c` (row stride `n`), overwritten. For callers
+/// that consume a product block by block while it is still in cache (the
+/// input gradient's col2im) and run the blocks in parallel themselves.
+///
+/// Panics unless the operands fit and `i0` is a multiple of
+/// [`row_align`]`(a)`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sgemm_rows(
+    a: Lhs<'_>,
+    rows: usize,
+    (i0, m): (usize, usize),
+    k: usize,
+    n: usize,
+    b: Rhs<'_>,
+    c: &mut [f32],
+) {
+    assert!(
+        i0.checked_add(m).is_some_and(|end| end <= rows) && i0.is_multiple_of(row_align(a)),
+        "gemm: row block {i0}+{m} of {rows} rows"
+    );
+    check_views(rows, k, n, a, b, &[], 0, false);
+    let c_view = MatRef::row_major(c, n);
+    assert!(
+        c_view.fits(m, n),
+        "gemm: output view {m}x{n} exceeds its buffer"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: `check_views` and the asserts above: rows i0..i0 + m of `a`
+    // (starting at a multiple of a packed `a`'s row tile), all of `b`, and
+    // the m x n block of `c` lie inside their operands; `c` is borrowed
+    // mutably, so nothing else accesses it.
+    unsafe { serial(a, (i0, m), b, (0, n), k, 0.0, c.as_mut_ptr(), n) };
+}
+
 /// How a product's work is run: split across rayon's threads, or all on
 /// the calling thread (for callers that are already one task of a
 /// parallel loop).
@@ -207,7 +315,7 @@ pub(super) fn sgemm(
     c: &mut [f32],
     c_row_stride: usize,
 ) {
-    check_views(m, k, n, a, b, c, c_row_stride);
+    check_views(m, k, n, a, b, c, c_row_stride, true);
     if m == 0 || n == 0 {
         return;
     }
@@ -218,9 +326,10 @@ pub(super) fn sgemm(
     in_parts(parts, m, k, n, a, b, beta, c, c_row_stride);
 }
 
-/// Panics unless every element of the `m x k`, `k x n` and `m x n`
-/// operands lies inside its buffer and distinct output elements are
-/// distinct.
+/// Panics unless every element of the `m x k`, `k x n` and (when
+/// `check_c`) `m x n` operands lies inside its buffer and distinct output
+/// elements are distinct.
+#[allow(clippy::too_many_arguments)]
 fn check_views(
     m: usize,
     k: usize,
@@ -229,6 +338,7 @@ fn check_views(
     b: Rhs<'_>,
     c: &[f32],
     c_row_stride: usize,
+    check_c: bool,
 ) {
     let a_fits = match a {
         Lhs::View(a) => a.fits(m, k),
@@ -241,6 +351,9 @@ fn check_views(
         Rhs::Source(s) => s.shape() == (k, n),
     };
     assert!(b_fits, "gemm: rhs {k}x{n} exceeds its buffer");
+    if !check_c {
+        return;
+    }
     let c_view = MatRef::strided(c, c_row_stride);
     assert!(
         c_view.fits(m, n),

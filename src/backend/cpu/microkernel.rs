@@ -631,6 +631,87 @@ impl PackA for PackedA<'_> {
     }
 }
 
+/// A right operand packed once, whole, in the blocks and `nr`-column
+/// panels [`gemm`] packs it into (blocks of [`NC`] columns, each in depth
+/// blocks of [`KC`]), so that several GEMMs over it (the input gradient's
+/// row blocks, gemm.rs `sgemm_row_blocks`) read it in place instead of each
+/// packing it again. Block `(jc, pc)` starts at `jc * k + pc * nc_pad`,
+/// `nc_pad` its width rounded up to `nr`.
+pub(super) struct PackedB<'a> {
+    data: &'a [f32],
+    k: usize,
+    n: usize,
+    nr: usize,
+    /// What it was packed from, for a request in another layout.
+    source: &'a dyn PackB,
+}
+
+impl<'a> PackedB<'a> {
+    /// Floats needed to pack a `k x n` operand for panel width `nr`.
+    pub fn len(k: usize, n: usize, nr: usize) -> usize {
+        n.next_multiple_of(nr) * k
+    }
+
+    /// Packs the `k x n` operand `source` into `out` (at least
+    /// [`Self::len`] floats).
+    ///
+    /// # Safety
+    /// `source` is a `k x n` operand (every block request inside it is
+    /// valid).
+    pub unsafe fn pack(
+        source: &'a dyn PackB,
+        k: usize,
+        n: usize,
+        nr: usize,
+        out: &'a mut [f32],
+    ) -> Self {
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            let nc_pad = nc.next_multiple_of(nr);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let at = jc * k + pc * nc_pad;
+                // SAFETY: the kc x nc block at (pc, jc) lies inside the
+                // operand; the slice holds nc_pad * kc floats.
+                unsafe { source.pack(pc, kc, jc, nc, nr, &mut out[at..at + nc_pad * kc]) };
+            }
+        }
+        Self {
+            data: &out[..Self::len(k, n, nr)],
+            k,
+            n,
+            nr,
+            source,
+        }
+    }
+
+    pub fn shape(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+}
+
+impl PackB for PackedB<'_> {
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { self.source.pack(pc, kc, jc, nc, nr, out) }
+    }
+
+    fn packed(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize) -> Option<&[f32]> {
+        let whole_block = nr == self.nr
+            && jc.is_multiple_of(NC)
+            && jc < self.n
+            && nc == NC.min(self.n - jc)
+            && pc.is_multiple_of(KC)
+            && pc < self.k
+            && kc == KC.min(self.k - pc);
+        whole_block.then(|| {
+            let nc_pad = nc.next_multiple_of(nr);
+            let at = jc * self.k + pc * nc_pad;
+            &self.data[at..at + nc_pad * kc]
+        })
+    }
+}
+
 /// `C = A·B + beta * C` on the calling thread with kernel `K`, for rows
 /// `i0..i0 + m` of `a` and columns `j0..j0 + n` of `b`; `c` points at the
 /// block's top-left element.
@@ -687,9 +768,15 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let beta_block = if pc == 0 { beta } else { 1.0 };
-            // SAFETY: the kc x nc block at (pc, j0 + jc) lies inside b;
-            // bpack holds nc.div_ceil(NR) * NR * kc floats.
-            unsafe { b.pack(pc, kc, j0 + jc, nc, K::NR, &mut bpack) };
+            let bpanels = match b.packed(pc, kc, j0 + jc, nc, K::NR) {
+                Some(panels) => panels,
+                None => {
+                    // SAFETY: the kc x nc block at (pc, j0 + jc) lies
+                    // inside b; bpack holds nc.div_ceil(NR) * NR * kc floats.
+                    unsafe { b.pack(pc, kc, j0 + jc, nc, K::NR, &mut bpack) };
+                    &bpack
+                }
+            };
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
                 // SAFETY: the mc x kc block at (i0 + ic, pc) lies inside a;
@@ -697,7 +784,7 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
                 let ap = unsafe { a.panels(i0 + ic, mc, pc, kc, K::MR, &mut apack) };
                 for jr in (0..nc).step_by(K::NR) {
                     let nr = K::NR.min(nc - jr);
-                    let bp = &bpack[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
+                    let bp = &bpanels[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
                     for ir in (0..mc).step_by(K::MR) {
                         let mr = K::MR.min(mc - ir);
                         let ap = &ap[(ir / K::MR) * kc * K::MR..][..kc * K::MR];

@@ -44,7 +44,9 @@ use super::gemm::{
     panels, row_align, sgemm, sgemm_rows, with_packed_lhs, with_packed_rhs, Lhs, MatRef, PackB,
     Par, Rhs, Source,
 };
+use super::im2col;
 use super::scratch::{with_scratch, Slot};
+use super::simd;
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
 
@@ -257,7 +259,7 @@ fn balanced_group(batch: usize, most: usize, threads: usize) -> usize {
 /// Output positions `o` in `0..out` whose input coordinate
 /// `o * stride + offset - pad` falls inside `0..input`, as a range `lo..hi`
 /// (empty when none do).
-fn valid_outputs(
+pub(super) fn valid_outputs(
     out: usize,
     input: usize,
     stride: usize,
@@ -324,18 +326,9 @@ struct Columns<'a> {
     /// `col` is the GEMM's left-to-right operand `[taps, columns]` (the
     /// forward), or its transpose `[columns, taps]` (the weight gradient).
     transposed: bool,
-}
-
-/// One tap `(c, kh, kw)`: where it reads.
-struct TapSpan {
-    /// Offset of input channel `c`'s plane in an image.
-    plane: usize,
-    /// Input row offset `kh * dilation - padding`.
-    dh: isize,
-    /// Output columns `w_lo..w_hi` see real input columns, starting at `iw_lo`.
-    w_lo: usize,
-    w_hi: usize,
-    iw_lo: usize,
+    /// The SIMD path whose fills pack (the GEMM's, [`simd::active`]; tests
+    /// set each path the CPU supports).
+    path: simd::SimdPath,
 }
 
 /// A run of consecutive columns of the column matrix that lie in one
@@ -356,6 +349,9 @@ impl<'a> Columns<'a> {
         chunk: Chunk,
         transposed: bool,
     ) -> Self {
+        // The vector fills read through raw pointers: every pixel a tap
+        // sees lies in the chunk's images, which must all be here.
+        assert!(images.len() >= chunk.images * plan.in_image);
         Self {
             images,
             g,
@@ -363,21 +359,19 @@ impl<'a> Columns<'a> {
             taps: plan.taps,
             chunk,
             transposed,
+            path: simd::active(),
         }
     }
 
-    fn tap_span(&self, r: usize) -> TapSpan {
-        let g = self.g;
-        let (c, kh, kw) = tap(g, r);
-        let (w_lo, w_hi) =
-            valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
-        TapSpan {
-            plane: c * g.in_h * g.in_w,
-            dh: (kh * g.dilation.0) as isize - g.padding.0 as isize,
-            w_lo,
-            w_hi,
-            iw_lo: (w_lo * g.stride.1 + kw * g.dilation.1).saturating_sub(g.padding.1),
-        }
+    /// Where column-matrix row `r`, tap `(c, kh, kw)`, reads.
+    fn tap_read(&self, r: usize) -> im2col::Tap {
+        let (c, kh, kw) = tap(self.g, r);
+        im2col::Tap::new(self.g, c, kh, kw)
+    }
+
+    /// `run` in the chunk's images, as [`im2col::fill_taps`] takes it.
+    fn run_at(&self, run: Run) -> im2col::Run {
+        im2col::Run::new(self.g, self.in_image, run.image, run.oh, run.ow, run.len)
     }
 
     /// The runs of columns `j0..j0 + count`, each with its offset from
@@ -406,73 +400,45 @@ impl<'a> Columns<'a> {
             }
         }
     }
-
-    /// Writes the values tap `t` sees over `run` to `dst[..run.len]` (zeros
-    /// where it sees padding).
-    fn fill(&self, t: &TapSpan, run: Run, dst: &mut [f32]) {
-        let g = self.g;
-        let ih = (run.oh * g.stride.0) as isize + t.dh;
-        let (lo, hi) = (
-            t.w_lo.clamp(run.ow, run.ow + run.len),
-            t.w_hi.clamp(run.ow, run.ow + run.len),
-        );
-        let (lo, hi) = (lo.min(hi), hi);
-        let dst = &mut dst[..run.len];
-        if !(ih >= 0 && (ih as usize) < g.in_h && lo < hi) {
-            dst.fill(0.0);
-            return;
-        }
-        dst[..lo - run.ow].fill(0.0);
-        dst[hi - run.ow..].fill(0.0);
-        let row =
-            &self.images[self.chunk_image(run.image) + t.plane + ih as usize * g.in_w..][..g.in_w];
-        let first = t.iw_lo + (lo - t.w_lo) * g.stride.1;
-        let out = &mut dst[lo - run.ow..hi - run.ow];
-        if g.stride.1 == 1 {
-            out.copy_from_slice(&row[first..first + out.len()]);
-        } else if g.stride.1 == 2 {
-            gather_even(&row[first..first + 2 * out.len() - 1], out);
-        } else {
-            for (e, v) in out.iter_mut().enumerate() {
-                *v = row[first + e * g.stride.1];
-            }
-        }
-    }
-
-    /// Offset of the chunk's `j`-th image.
-    fn chunk_image(&self, j: usize) -> usize {
-        j * self.in_image
-    }
 }
 
 impl PackB for Columns<'_> {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        // The fills below index `images` through raw pointers from tap and
+        // run numbers: check the caller's promise that they are in range.
+        let (depth, width) = self.shape();
+        assert!(pc + kc <= depth && jc + nc <= width && nr > 0);
+        let (path, geo) = (self.path, im2col::Geometry::new(self.g));
         // Reused per thread: a steady-state step allocates nothing. Room
         // for the largest block (KC deep, NR <= 32 wide) from the first use
         // on, so that the lists never grow in a later step on a thread that
         // rayon first hands a larger part then (issue 9, BENCHMARKS.md item 16).
         let mut temp = PACK_TEMP.with(Cell::take);
-        let PackTemp { spans, runs, rows } = &mut temp;
+        let PackTemp { taps, runs, rows } = &mut temp;
         // (`rows` written, not just reserved: its pages are touched here.)
         let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
-        spans.reserve(depth.max(width).saturating_sub(spans.len()));
+        taps.reserve(depth.max(width).saturating_sub(taps.len()));
         runs.reserve(depth.max(width).saturating_sub(runs.len()));
         if rows.len() < depth * width {
             rows.resize(depth * width, 0.0);
         }
         if !self.transposed {
-            // Depth = taps, columns = output pixels: each tap's panel row
-            // is a few contiguous runs, found once per panel.
-            spans.clear();
-            spans.extend((pc..pc + kc).map(|r| self.tap_span(r)));
+            // Depth = taps, columns = output pixels: each panel is a few
+            // runs of output pixels, and each run fills its columns of
+            // every tap's row of the panel in one call.
+            taps.clear();
+            taps.extend((pc..pc + kc).map(|r| self.tap_read(r)));
             for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
                 runs.clear();
                 self.runs(j0, cols, runs);
-                for (t, row) in spans.iter().zip(dst.chunks_exact_mut(nr)) {
-                    for &(off, run) in runs.iter() {
-                        self.fill(t, run, &mut row[off..]);
+                for &(off, run) in runs.iter() {
+                    let run = self.run_at(run);
+                    im2col::fill_taps(path, self.images, &geo, taps, run, &mut dst[off..], nr);
+                }
+                if cols < nr {
+                    for row in dst.chunks_exact_mut(nr) {
+                        row[cols..].fill(0.0);
                     }
-                    row[cols..].fill(0.0);
                 }
             }
         } else {
@@ -487,13 +453,19 @@ impl PackB for Columns<'_> {
                 if cols < nr {
                     dst.fill(0.0);
                 }
-                spans.clear();
-                spans.extend((j0..j0 + cols).map(|r| self.tap_span(r)));
+                taps.clear();
+                taps.extend((j0..j0 + cols).map(|r| self.tap_read(r)));
                 for &(off, run) in runs.iter() {
                     let rows = &mut rows[..cols * run.len];
-                    for (t, row) in spans.iter().zip(rows.chunks_exact_mut(run.len)) {
-                        self.fill(t, run, row);
-                    }
+                    im2col::fill_taps(
+                        path,
+                        self.images,
+                        &geo,
+                        taps,
+                        self.run_at(run),
+                        rows,
+                        run.len,
+                    );
                     transpose(rows, cols, run.len, &mut dst[off * nr..], nr);
                 }
             }
@@ -510,7 +482,7 @@ const PACK_TEMP_WIDTH: usize = 32;
 /// [`Columns::pack`]'s working lists, kept per thread.
 #[derive(Default)]
 struct PackTemp {
-    spans: Vec<TapSpan>,
+    taps: Vec<im2col::Tap>,
     runs: Vec<(usize, Run)>,
     rows: Vec<f32>,
 }
@@ -518,7 +490,7 @@ struct PackTemp {
 thread_local! {
     static PACK_TEMP: Cell<PackTemp> = const {
         Cell::new(PackTemp {
-            spans: Vec::new(),
+            taps: Vec::new(),
             runs: Vec::new(),
             rows: Vec::new(),
         })
@@ -530,7 +502,7 @@ thread_local! {
 /// per value made it most of `Columns::fill`'s time (`perf`); SSE (part of
 /// x86-64) picks four even values out of two loads.
 #[inline(never)]
-fn gather_even(src: &[f32], out: &mut [f32]) {
+pub(super) fn gather_even(src: &[f32], out: &mut [f32]) {
     let n = out.len();
     assert!(n == 0 || src.len() > 2 * (n - 1));
     let mut e = 0;
@@ -832,7 +804,8 @@ fn forward_with(
         buffer_pool::zeroed(op, g.batch * plan.out_image)?
     };
     let weight = MatRef::row_major(w, plan.taps);
-    with_packed_lhs(weight, g.out_channels, plan.taps, |weight| {
+    let columns = g.batch * plan.pixels;
+    with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
         let per_image = Output::PerImage(plan.out_image);
         for_image_groups(op, &plan, g, &mut y, per_image, |first, count, y, par| {
             let x = batch_images(x, plan.in_image, first, count);
@@ -898,7 +871,8 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
     let mut dx = buffer_pool::zeroed(op, g.batch * plan.in_image)?;
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
-    with_packed_lhs(weight_t, plan.taps, g.out_channels, |weight_t| {
+    let columns = g.batch * plan.pixels;
+    with_packed_lhs(weight_t, plan.taps, g.out_channels, columns, |weight_t| {
         let per_image = Output::PerImage(plan.in_image);
         for_image_groups(op, &plan, g, &mut dx, per_image, |first, count, dx, par| {
             let dy = batch_images(dy, plan.out_image, first, count);
@@ -1058,18 +1032,7 @@ fn weight_grad_images(
             Rhs::Source(&columns)
         };
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
-            // Split across threads, `dy` packed once for all parts (six at
-            // 2 threads, each packed all of it). Not in an image group: its
-            // scratch would be sized per call on whichever worker ran the
-            // group, and grow in a steady-state step when rayon first gave
-            // a worker a larger group (`tests/cpu_buffer_pool.rs`).
-            if par == Par::Split {
-                with_packed_lhs(grad_out, m, width, |grad_out| {
-                    sgemm(par, m, width, n, grad_out, col_t, 1.0, dw, n)
-                })
-            } else {
-                sgemm(par, m, width, n, Lhs::View(grad_out), col_t, 1.0, dw, n)
-            }
+            sgemm(par, m, width, n, Lhs::View(grad_out), col_t, 1.0, dw, n)
         });
     }
 }
@@ -1494,5 +1457,110 @@ mod tests {
             &r.dw,
             1e-5,
         );
+    }
+
+    #[test]
+    fn packed_panels_match_the_column_matrix_on_every_path() {
+        // Columns::pack against the column matrix from the definition, in
+        // both orientations, for blocks that start and end inside a run,
+        // an image and the taps, panels of every width the kernels use and
+        // ragged ones, into a poisoned buffer: every panel value must be
+        // the column matrix's (0 past its edge) and nothing after the
+        // panels may be written.
+        let cases: &[Case] = &[
+            // Padding at both edges; runs cross image boundaries in a chunk.
+            ([3, 2, 5, 7], [1, 2, 3, 3], (1, 1), (1, 1), (1, 1)),
+            // Stride 2 (and 3 below), padding, dilation, rows wider than 32.
+            ([2, 2, 4, 37], [1, 2, 3, 3], (2, 2), (1, 2), (1, 2)),
+            ([2, 1, 7, 11], [1, 1, 2, 3], (3, 3), (2, 1), (1, 1)),
+            // A tiny image and a 7x7 stem-like tap set.
+            ([2, 1, 1, 2], [1, 1, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 1, 9, 9], [1, 1, 7, 7], (2, 2), (3, 3), (1, 1)),
+        ];
+        for &(input, weight, stride, padding, dilation) in cases {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 17);
+            for limits in [
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: usize::MAX / 2,
+                    groups_per_thread: 2,
+                    ..LIMITS
+                },
+                Limits {
+                    block_elems: 2 * g.kernel_h * g.kernel_w * g.in_channels * g.out_w,
+                    min_columns: 1,
+                    groups_per_thread: 2,
+                    ..LIMITS
+                },
+            ] {
+                let plan = Plan::new("test", &g, limits).unwrap();
+                for chunk in plan.chunks(&g, g.batch) {
+                    let (taps, width) = (plan.taps, chunk.columns(&g));
+                    let seg = chunk.image_columns(&g);
+                    // col[r][j] from the definition.
+                    let col = |r: usize, j: usize| {
+                        let (c, kh, kw) = tap(&g, r);
+                        let (n, q) = (chunk.first_image + j / seg, j % seg);
+                        let (oh, ow) = (chunk.rows.0 + q / g.out_w, q % g.out_w);
+                        let ih = source(oh, kh, g.stride.0, g.padding.0, g.dilation.0, g.in_h);
+                        let iw = source(ow, kw, g.stride.1, g.padding.1, g.dilation.1, g.in_w);
+                        match (ih, iw) {
+                            (Some(ih), Some(iw)) => {
+                                x[((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw]
+                            }
+                            _ => 0.0,
+                        }
+                    };
+                    let images = chunk.images_of(&x, plan.in_image);
+                    for transposed in [false, true] {
+                        let (depth, cols) = if transposed {
+                            (width, taps)
+                        } else {
+                            (taps, width)
+                        };
+                        let blocks = [(0, depth, 0, cols), (1, depth - 1, 1, cols - 1)];
+                        let blocks =
+                            blocks
+                                .into_iter()
+                                .chain([(depth / 3, depth / 2, cols / 3, cols / 2)]);
+                        for (pc, kc, jc, nc) in blocks.filter(|b| b.1 > 0 && b.3 > 0) {
+                            for nr in [32, 16, 5, 1, nc] {
+                                for path in simd::supported() {
+                                    let mut columns =
+                                        Columns::new(images, &g, &plan, chunk, transposed);
+                                    columns.path = path;
+                                    let len = nc.div_ceil(nr) * nr * kc;
+                                    let mut out = vec![f32::NAN; len + 7];
+                                    // SAFETY: the block lies inside the shape; `out` holds it.
+                                    unsafe { columns.pack(pc, kc, jc, nc, nr, &mut out) };
+                                    for (i, &got) in out.iter().enumerate() {
+                                        let (p, k, jj) =
+                                            (i / (kc * nr), i % (kc * nr) / nr, i % nr);
+                                        let j = p * nr + jj;
+                                        let want = if i >= len {
+                                            assert!(got.is_nan(), "wrote past the panels");
+                                            continue;
+                                        } else if j >= nc {
+                                            0.0
+                                        } else if transposed {
+                                            col(jc + j, pc + k)
+                                        } else {
+                                            col(pc + k, jc + j)
+                                        };
+                                        assert_eq!(
+                                            got.to_bits(),
+                                            want.to_bits(),
+                                            "{g:?} {chunk:?} {path:?} transposed {transposed} block {:?} nr {nr}: panel {p} row {k} column {jj}",
+                                            (pc, kc, jc, nc)
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -27,6 +27,7 @@ pub mod buffer_pool;
 mod conv;
 mod elementwise;
 mod gemm;
+mod im2col;
 mod loss;
 #[cfg(target_arch = "x86_64")]
 mod microkernel;

@@ -1,0 +1,692 @@
+//! The inner loop of the convolution's im2col packing (`conv::Columns`):
+//! what a list of weight taps sees over one run of output pixels, written
+//! as rows of a packed GEMM panel.
+//!
+//! A run is a stretch of consecutive output pixels of one output row of one
+//! image, at most one panel wide in the forward (`NR` = 32 or 16 columns).
+//! For each tap it is one strided read of an input row, clipped by the
+//! padding on the left and right, and zero when the tap's input row is
+//! padding. The first version did that per (tap, run) with bounds
+//! arithmetic, two `fill(0.0)` and a libc `memmove` of <= 32 floats: about
+//! 17 % of the inference forward's samples (`perf`, BENCHMARKS.md issue 9).
+//! Here the per-run and per-tap constants are computed once ([`Run`],
+//! [`Tap`]); the padding masks depend only on the tap's `kw`, so a run
+//! computes them once per `kw`; and the AVX paths read and write a run with
+//! masked vector loads and stores: the load mask zeroes the padding and
+//! never touches memory outside the input row, the store mask stops at the
+//! run's end. A tap then costs a row check, a table look-up and two (four
+//! for stride 2) vector loads and two stores.
+//!
+//! Strides 1 and 2 (every convolution of ResNet) take the vector paths;
+//! other strides, and the portable path, take the scalar loop.
+
+use super::conv::valid_outputs;
+use super::simd::SimdPath;
+use crate::backend::Conv2dGeometry;
+
+/// Kernel widths up to this take the per-`kw` mask tables of the vector
+/// paths; wider kernels compute each tap's masks on their own.
+const KW_TABLE: usize = 16;
+
+/// What every tap of a convolution shares.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Geometry {
+    in_h: usize,
+    stride_w: usize,
+    kernel_w: usize,
+    /// `kw_ranges[kw]`: output columns `lo..hi` where tap column `kw` sees
+    /// real input columns (for `kw < kernel_w <= KW_TABLE`).
+    kw_ranges: [(usize, usize); KW_TABLE],
+}
+
+impl Geometry {
+    pub(super) fn new(g: &Conv2dGeometry) -> Self {
+        let mut kw_ranges = [(0, 0); KW_TABLE];
+        for (kw, r) in kw_ranges.iter_mut().enumerate().take(g.kernel_w) {
+            *r = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+        }
+        Self {
+            in_h: g.in_h,
+            stride_w: g.stride.1,
+            kernel_w: g.kernel_w,
+            kw_ranges,
+        }
+    }
+
+    fn tables(&self) -> bool {
+        self.kernel_w <= KW_TABLE
+    }
+}
+
+/// One weight tap `(c, kh, kw)`: where it reads, relative to a [`Run`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tap {
+    /// `c * H * W + dh * W + kw * dilation_w - padding_w`: added to
+    /// [`Run::base`] it gives the input index of the run's first pixel
+    /// (outside the plane when that pixel sees padding).
+    off: isize,
+    /// `kh * dilation_h - padding_h`: the input row is `Run::oh_s + dh`.
+    dh: isize,
+    kw: usize,
+    /// Output columns `w_lo..w_hi` see real input columns (the rest see
+    /// the left and right padding).
+    w_lo: usize,
+    w_hi: usize,
+}
+
+impl Tap {
+    pub(super) fn new(g: &Conv2dGeometry, c: usize, kh: usize, kw: usize) -> Self {
+        let dh = (kh * g.dilation.0) as isize - g.padding.0 as isize;
+        let (w_lo, w_hi) =
+            valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+        Self {
+            off: (c * g.in_h * g.in_w) as isize
+                + dh * g.in_w as isize
+                + (kw * g.dilation.1) as isize
+                - g.padding.1 as isize,
+            dh,
+            kw,
+            w_lo,
+            w_hi,
+        }
+    }
+
+    /// Whether the tap's input row over `run` is a real row (not padding).
+    #[inline(always)]
+    fn row_ok(&self, run: &Run, in_h: usize) -> bool {
+        // A negative row wraps to a huge usize: one comparison for both edges.
+        ((run.oh_s + self.dh) as usize) < in_h
+    }
+
+    /// Columns `lo..hi` of the run (`0 <= lo <= hi <= len`) that see a real
+    /// input pixel; an empty range when the tap's input row is padding.
+    #[inline(always)]
+    fn valid(&self, run: &Run, in_h: usize) -> (usize, usize) {
+        let (lo, hi) = columns(self.w_lo, self.w_hi, run);
+        if self.row_ok(run, in_h) {
+            (lo, hi)
+        } else {
+            (lo, lo)
+        }
+    }
+
+    /// Input index of the run's first column. Only read through at the
+    /// columns of [`Tap::valid`]'s range.
+    #[inline(always)]
+    fn start(&self, run: &Run) -> isize {
+        run.base as isize + self.off
+    }
+}
+
+/// Output columns `w_lo..w_hi` as columns of `run`: `lo..hi`, `lo <= hi <= len`.
+#[inline(always)]
+fn columns(w_lo: usize, w_hi: usize, run: &Run) -> (usize, usize) {
+    let lo = w_lo.saturating_sub(run.ow).min(run.len);
+    (lo, w_hi.saturating_sub(run.ow).min(run.len).max(lo))
+}
+
+/// A run of `len` consecutive output pixels `ow..ow + len` of output row
+/// `oh` of one image.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Run {
+    /// `image * in_image + oh * stride_h * W + ow * stride_w`.
+    base: usize,
+    /// `oh * stride_h`.
+    oh_s: isize,
+    ow: usize,
+    len: usize,
+}
+
+impl Run {
+    /// Output pixels `ow..ow + len` of row `oh` of image `image` (of
+    /// `in_image` input floats each).
+    pub(super) fn new(
+        g: &Conv2dGeometry,
+        in_image: usize,
+        image: usize,
+        oh: usize,
+        ow: usize,
+        len: usize,
+    ) -> Self {
+        let oh_s = oh * g.stride.0;
+        Self {
+            base: image * in_image + oh_s * g.in_w + ow * g.stride.1,
+            oh_s: oh_s as isize,
+            ow,
+            len,
+        }
+    }
+}
+
+/// For every tap `i`: `dst[i * dst_stride..][..run.len]` = the values tap `i`
+/// sees over `run` (0 where it sees padding). Nothing else of `dst` is
+/// written.
+///
+/// `geo`, the taps and the run must come from one geometry, with the run
+/// inside its output (`ow + len <= out_w`) and the taps' channels inside
+/// its input; `images` must hold the run's image. The AVX paths read
+/// through raw pointers on that promise (checked in debug builds).
+pub(super) fn fill_taps(
+    path: SimdPath,
+    images: &[f32],
+    geo: &Geometry,
+    taps: &[Tap],
+    run: Run,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    if taps.is_empty() || run.len == 0 {
+        return;
+    }
+    // Every row written lies inside `dst` (the AVX paths store through raw
+    // pointers up to here and no further).
+    assert!(run.len <= dst_stride && (taps.len() - 1) * dst_stride + run.len <= dst.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (short, s) = (geo.tables() && run.len <= 32, geo.stride_w);
+        // SAFETY (every arm): `simd::active` and `simd::force` hand out a
+        // path only when the CPU supports it; `dst` holds every row
+        // (asserted above) and `images` every pixel the taps can see (the
+        // caller's promise).
+        match path {
+            SimdPath::Avx512 if short && s == 1 => {
+                return unsafe { avx512::short::<1>(images, geo, taps, run, dst, dst_stride) }
+            }
+            SimdPath::Avx512 if short && s == 2 => {
+                return unsafe { avx512::short::<2>(images, geo, taps, run, dst, dst_stride) }
+            }
+            SimdPath::Avx512 if s == 1 => {
+                return unsafe { avx512::long::<1>(images, geo, taps, run, dst, dst_stride) }
+            }
+            SimdPath::Avx512 if s == 2 => {
+                return unsafe { avx512::long::<2>(images, geo, taps, run, dst, dst_stride) }
+            }
+            SimdPath::Avx2 if s == 1 => {
+                return unsafe { avx2::fill::<1>(images, geo, taps, run, dst, dst_stride) }
+            }
+            SimdPath::Avx2 if s == 2 => {
+                return unsafe { avx2::fill::<2>(images, geo, taps, run, dst, dst_stride) }
+            }
+            _ => {}
+        }
+    }
+    let _ = path;
+    fill_scalar(images, geo, taps, run, dst, dst_stride);
+}
+
+/// The portable path (and strides other than 1 and 2), in safe code.
+fn fill_scalar(
+    images: &[f32],
+    geo: &Geometry,
+    taps: &[Tap],
+    run: Run,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
+    let s = geo.stride_w;
+    for (i, t) in taps.iter().enumerate() {
+        let row = &mut dst[i * dst_stride..][..run.len];
+        let (lo, hi) = t.valid(&run, geo.in_h);
+        if lo == hi {
+            row.fill(0.0);
+            continue;
+        }
+        row[..lo].fill(0.0);
+        row[hi..].fill(0.0);
+        let first = (t.start(&run) + (lo * s) as isize) as usize;
+        let out = &mut row[lo..hi];
+        match s {
+            1 => out.copy_from_slice(&images[first..first + out.len()]),
+            2 => super::conv::gather_even(&images[first..first + 2 * out.len() - 1], out),
+            _ => {
+                for (e, v) in out.iter_mut().enumerate() {
+                    *v = images[first + e * s];
+                }
+            }
+        }
+    }
+}
+
+/// Debug check of the AVX paths' promise: the first and last pixel a tap
+/// reads over the run lie inside `images`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn debug_check_reads(images: &[f32], geo: &Geometry, t: &Tap, run: &Run) {
+    if cfg!(debug_assertions) {
+        let (lo, hi) = t.valid(run, geo.in_h);
+        if lo < hi {
+            let first = t.start(run) + (lo * geo.stride_w) as isize;
+            let last = t.start(run) + ((hi - 1) * geo.stride_w) as isize;
+            debug_assert!(first >= 0 && (last as usize) < images.len());
+        }
+    }
+}
+
+/// Bits `lo..hi` of a 64-bit mask (`lo <= hi <= 64`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn bits(lo: usize, hi: usize) -> u64 {
+    let below = |k: usize| if k >= 64 { u64::MAX } else { (1u64 << k) - 1 };
+    below(hi) & !below(lo)
+}
+
+/// The input positions (relative to the run's first input) that stride `s`
+/// reads for output columns `lo..hi`: `s * lo ..= s * (hi - 1)`, as the
+/// range `s * lo .. s * hi - s + 1` (empty when `lo == hi`). For stride 2
+/// that includes the odd positions between two read ones, which lie in the
+/// same input row.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn positions(s: usize, lo: usize, hi: usize) -> (usize, usize) {
+    if hi > lo {
+        (s * lo, s * hi - s + 1)
+    } else {
+        (0, 0)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{bits, columns, debug_check_reads, positions, Geometry, Run, Tap, KW_TABLE};
+
+    /// [`super::fill_taps`] for runs of at most 32 columns (every run of the
+    /// forward's 32-wide panels) and stride `S` (1 or 2): the load masks of
+    /// each `kw` computed once per run, then per tap two (stride 2: four)
+    /// masked loads, zero in the padding and never touching memory outside
+    /// the input row, a permute that keeps the even values for stride 2,
+    /// and two masked stores that end at the run's end.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `run.len <= 32`, `geo.kernel_w <= KW_TABLE`;
+    /// `dst` holds `(taps.len() - 1) * dst_stride + run.len` floats; every
+    /// pixel a tap sees over the run (per [`Tap::valid`]) lies inside
+    /// `images`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn short<const S: usize>(
+        images: &[f32],
+        geo: &Geometry,
+        taps: &[Tap],
+        run: Run,
+        dst: &mut [f32],
+        dst_stride: usize,
+    ) {
+        let (img, out) = (images.as_ptr(), dst.as_mut_ptr());
+        // Load masks per kw: 16 input positions each, S * 32 positions.
+        let mut table = [[0u16; 4]; KW_TABLE];
+        for (m, &(w_lo, w_hi)) in table.iter_mut().zip(&geo.kw_ranges).take(geo.kernel_w) {
+            let (lo, hi) = columns(w_lo, w_hi, &run);
+            let (p_lo, p_hi) = positions(S, lo, hi);
+            let m64 = bits(p_lo, p_hi);
+            *m = [
+                m64 as u16,
+                (m64 >> 16) as u16,
+                (m64 >> 32) as u16,
+                (m64 >> 48) as u16,
+            ];
+        }
+        let store = bits(0, run.len);
+        let (s0, s1) = (store as __mmask16, (store >> 16) as __mmask16);
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        for (i, t) in taps.iter().enumerate() {
+            debug_check_reads(images, geo, t, &run);
+            // SAFETY: `o` and `o + 16` address row i of `dst` (the
+            // caller's size promise; the stores write only its columns
+            // < len <= 32). Loads enable only the positions of
+            // `positions`, inside the input row of a real row (else all
+            // lanes are off), so inside `images`; `src` is formed with
+            // wrapping arithmetic because it may point before the image
+            // when the run starts in the padding.
+            unsafe {
+                let o = out.add(i * dst_stride);
+                let m = if t.row_ok(&run, geo.in_h) {
+                    table[t.kw]
+                } else {
+                    [0; 4]
+                };
+                let src = img.wrapping_offset(t.start(&run));
+                let a = _mm512_maskz_loadu_ps(m[0], src);
+                let b = _mm512_maskz_loadu_ps(m[1], src.wrapping_add(16));
+                if S == 1 {
+                    _mm512_mask_storeu_ps(o, s0, a);
+                    _mm512_mask_storeu_ps(o.wrapping_add(16), s1, b);
+                } else {
+                    _mm512_mask_storeu_ps(o, s0, _mm512_permutex2var_ps(a, evens, b));
+                    let c = _mm512_maskz_loadu_ps(m[2], src.wrapping_add(32));
+                    let d = _mm512_maskz_loadu_ps(m[3], src.wrapping_add(48));
+                    let v = _mm512_permutex2var_ps(c, evens, d);
+                    _mm512_mask_storeu_ps(o.wrapping_add(16), s1, v);
+                }
+            }
+        }
+    }
+
+    /// [`super::fill_taps`] for any run length (the weight gradient's runs
+    /// along the depth, kernels wider than `KW_TABLE`) and stride `S` (1 or
+    /// 2), 32 columns at a time, each tap's masks computed on their own.
+    ///
+    /// # Safety
+    /// As [`short`], without the limits on `run.len` and `geo.kernel_w`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn long<const S: usize>(
+        images: &[f32],
+        geo: &Geometry,
+        taps: &[Tap],
+        run: Run,
+        dst: &mut [f32],
+        dst_stride: usize,
+    ) {
+        let (img, out) = (images.as_ptr(), dst.as_mut_ptr());
+        let len = run.len;
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        for (i, t) in taps.iter().enumerate() {
+            debug_check_reads(images, geo, t, &run);
+            let (lo, hi) = t.valid(&run, geo.in_h);
+            // Wrapping: see `short`.
+            let src = img.wrapping_offset(t.start(&run));
+            let mut g0 = 0;
+            while g0 < len {
+                let n = (len - g0).min(32);
+                // Columns g0..g0 + n; the valid ones relative to g0.
+                let (vlo, vhi) = (lo.saturating_sub(g0).min(n), hi.saturating_sub(g0).min(n));
+                let (p_lo, p_hi) = positions(S, vlo, vhi);
+                let m = bits(p_lo, p_hi);
+                let store = bits(0, n);
+                let p = src.wrapping_add(S * g0);
+                // SAFETY: `o` is column g0 < len of row i of `dst`; the
+                // stores write its columns g0..g0 + n <= len. Loads as in
+                // `short`.
+                unsafe {
+                    let o = out.add(i * dst_stride + g0);
+                    let a = _mm512_maskz_loadu_ps(m as u16, p);
+                    let b = _mm512_maskz_loadu_ps((m >> 16) as u16, p.wrapping_add(16));
+                    if S == 1 {
+                        _mm512_mask_storeu_ps(o, store as u16, a);
+                        _mm512_mask_storeu_ps(o.wrapping_add(16), (store >> 16) as u16, b);
+                    } else {
+                        _mm512_mask_storeu_ps(o, store as u16, _mm512_permutex2var_ps(a, evens, b));
+                        if n > 16 {
+                            let c = _mm512_maskz_loadu_ps((m >> 32) as u16, p.wrapping_add(32));
+                            let d = _mm512_maskz_loadu_ps((m >> 48) as u16, p.wrapping_add(48));
+                            let v = _mm512_permutex2var_ps(c, evens, d);
+                            _mm512_mask_storeu_ps(o.wrapping_add(16), (store >> 16) as u16, v);
+                        }
+                    }
+                }
+                g0 += 32;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{columns, debug_check_reads, positions, Geometry, Run, Tap, KW_TABLE};
+
+    /// Lanes of `p` (positions, as i32) inside `lo..hi`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn within(p: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+        _mm256_andnot_si256(_mm256_cmpgt_epi32(lo, p), _mm256_cmpgt_epi32(hi, p))
+    }
+
+    /// `[a0 a2 a4 a6 b0 b2 b4 b6]`: the even values of 16 consecutive ones.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn evens(a: __m256, b: __m256) -> __m256 {
+        // [a0 a2 b0 b2 | a4 a6 b4 b6], then swap the middle 64-bit lanes.
+        let v = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+    }
+
+    /// Stores the 8 columns `g0..g0 + 8` of a run of `len` at `o`: whole, or
+    /// masked to the columns `< len`.
+    ///
+    /// # Safety
+    /// AVX2 is available; `o` is column `g0 < len` of a row that holds the
+    /// run's `len` columns.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(o: *mut f32, g0: usize, len: usize, v: __m256) {
+        // SAFETY: the caller's; a whole store only when g0 + 8 <= len.
+        unsafe {
+            if g0 + 8 <= len {
+                _mm256_storeu_ps(o, v);
+            } else {
+                let cols = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let cols = _mm256_add_epi32(cols, _mm256_set1_epi32(g0 as i32));
+                _mm256_maskstore_ps(
+                    o,
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), cols),
+                    v,
+                );
+            }
+        }
+    }
+
+    /// [`super::fill_taps`] for stride `S` (1 or 2), 8 output columns at a
+    /// time, with `vmaskmovps` loads (zero in the padding, no access outside
+    /// the input row); whole groups of 8 stored as they are, the run's last
+    /// partial group with a masked store. Runs of at most 16 columns (the
+    /// forward's 16-wide panels) look their load masks up per `kw`.
+    ///
+    /// # Safety
+    /// AVX2 is available; `dst` holds `(taps.len() - 1) * dst_stride +
+    /// run.len` floats; every pixel a tap sees over the run (per
+    /// [`Tap::valid`]) lies inside `images`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fill<const S: usize>(
+        images: &[f32],
+        geo: &Geometry,
+        taps: &[Tap],
+        run: Run,
+        dst: &mut [f32],
+        dst_stride: usize,
+    ) {
+        let (img, out) = (images.as_ptr(), dst.as_mut_ptr());
+        let len = run.len;
+        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let eight = _mm256_set1_epi32(8);
+        if len <= 16 && geo.tables() {
+            // Load masks per kw, S * 16 positions: four vectors.
+            let zero = _mm256_setzero_si256();
+            let mut table = [[zero; 4]; KW_TABLE];
+            for (m, &(w_lo, w_hi)) in table.iter_mut().zip(&geo.kw_ranges).take(geo.kernel_w) {
+                let (lo, hi) = columns(w_lo, w_hi, &run);
+                let (p_lo, p_hi) = positions(S, lo, hi);
+                let (p_lo, p_hi) = (
+                    _mm256_set1_epi32(p_lo as i32),
+                    _mm256_set1_epi32(p_hi as i32),
+                );
+                for (q, v) in m.iter_mut().enumerate() {
+                    let p = _mm256_add_epi32(iota, _mm256_set1_epi32(8 * q as i32));
+                    *v = within(p, p_lo, p_hi);
+                }
+            }
+            for (i, t) in taps.iter().enumerate() {
+                debug_check_reads(images, geo, t, &run);
+                let m = if t.row_ok(&run, geo.in_h) {
+                    &table[t.kw]
+                } else {
+                    &[zero; 4]
+                };
+                // Wrapping: see the AVX-512 path.
+                let src = img.wrapping_offset(t.start(&run));
+                // SAFETY: `o` is row i of `dst` (the caller's size
+                // promise); loads enable only positions of `positions`,
+                // inside a real input row, so inside `images`.
+                unsafe {
+                    let o = out.add(i * dst_stride);
+                    let a = _mm256_maskload_ps(src, m[0]);
+                    let b = _mm256_maskload_ps(src.wrapping_add(8), m[1]);
+                    if S == 1 {
+                        store(o, 0, len, a);
+                        if len > 8 {
+                            store(o.add(8), 8, len, b);
+                        }
+                    } else {
+                        store(o, 0, len, evens(a, b));
+                        if len > 8 {
+                            let c = _mm256_maskload_ps(src.wrapping_add(16), m[2]);
+                            let d = _mm256_maskload_ps(src.wrapping_add(24), m[3]);
+                            store(o.add(8), 8, len, evens(c, d));
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        for (i, t) in taps.iter().enumerate() {
+            debug_check_reads(images, geo, t, &run);
+            let (lo, hi) = t.valid(&run, geo.in_h);
+            let (p_lo, p_hi) = positions(S, lo, hi);
+            let (p_lo, p_hi) = (
+                _mm256_set1_epi32(p_lo as i32),
+                _mm256_set1_epi32(p_hi as i32),
+            );
+            // Wrapping: see the AVX-512 path.
+            let src = img.wrapping_offset(t.start(&run));
+            let mut g0 = 0;
+            while g0 < len {
+                // Columns g0..g0 + 8 read positions S * g0 + 0..8 * S.
+                let pos = _mm256_add_epi32(iota, _mm256_set1_epi32((S * g0) as i32));
+                let p = src.wrapping_add(S * g0);
+                // SAFETY: as above; `o` is column g0 < len of row i.
+                unsafe {
+                    let a = _mm256_maskload_ps(p, within(pos, p_lo, p_hi));
+                    let v = if S == 1 {
+                        a
+                    } else {
+                        let pos = _mm256_add_epi32(pos, eight);
+                        let b = _mm256_maskload_ps(p.wrapping_add(8), within(pos, p_lo, p_hi));
+                        evens(a, b)
+                    };
+                    store(out.add(i * dst_stride + g0), g0, len, v);
+                }
+                g0 += 8;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::simd;
+    use super::super::test_data::pseudo_random;
+    use super::*;
+
+    /// Input index of output `(oh, ow)` under tap `(c, kh, kw)` of image
+    /// `n`, or `None` in the padding: straight from the definition.
+    fn source(
+        g: &Conv2dGeometry,
+        n: usize,
+        (c, kh, kw): (usize, usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Option<usize> {
+        let ih = (oh * g.stride.0 + kh * g.dilation.0) as isize - g.padding.0 as isize;
+        let iw = (ow * g.stride.1 + kw * g.dilation.1) as isize - g.padding.1 as isize;
+        ((0..g.in_h as isize).contains(&ih) && (0..g.in_w as isize).contains(&iw))
+            .then(|| ((n * g.in_channels + c) * g.in_h + ih as usize) * g.in_w + iw as usize)
+    }
+
+    /// Every run `(oh, ow, len)` of every image of `g`, every tap, on every
+    /// path this CPU supports, into a buffer poisoned with NaN with room
+    /// around each row: the run's values must be the input pixels (0 in
+    /// the padding) and nothing else may change.
+    fn check(g: &Conv2dGeometry, max_len: usize) {
+        let in_image = g.in_channels * g.in_h * g.in_w;
+        let x = pseudo_random(g.batch * in_image, (g.in_w * 7 + g.in_h) as u64);
+        let geo = Geometry::new(g);
+        let mut taps = vec![];
+        let mut ids = vec![];
+        for c in 0..g.in_channels {
+            for kh in 0..g.kernel_h {
+                for kw in 0..g.kernel_w {
+                    taps.push(Tap::new(g, c, kh, kw));
+                    ids.push((c, kh, kw));
+                }
+            }
+        }
+        let pad = 3;
+        for path in simd::supported() {
+            for n in 0..g.batch {
+                for oh in 0..g.out_h {
+                    for ow in 0..g.out_w {
+                        for len in 1..=(g.out_w - ow).min(max_len) {
+                            let stride = len + 2 * pad + (len % 3);
+                            let mut dst = vec![f32::NAN; taps.len() * stride + pad];
+                            let run = Run::new(g, in_image, n, oh, ow, len);
+                            fill_taps(path, &x, &geo, &taps, run, &mut dst[pad..], stride);
+                            for (i, &tap) in ids.iter().enumerate() {
+                                for j in 0..stride {
+                                    let got = dst.get(pad + i * stride + j).copied();
+                                    let Some(got) = got else { continue };
+                                    let what = || {
+                                        format!("{path:?} {g:?} image {n} row {oh} ow {ow} len {len} tap {tap:?} column {j}")
+                                    };
+                                    if j < len {
+                                        let want =
+                                            source(g, n, tap, (oh, ow + j)).map_or(0.0, |s| x[s]);
+                                        assert_eq!(got.to_bits(), want.to_bits(), "{}", what());
+                                    } else {
+                                        assert!(got.is_nan(), "wrote outside the run: {}", what());
+                                    }
+                                }
+                            }
+                            assert!(dst[..pad].iter().all(|v| v.is_nan()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn geometry(
+        input: [usize; 4],
+        k: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        dilation: (usize, usize),
+    ) -> Conv2dGeometry {
+        let weight = [2, input[1], k.0, k.1];
+        Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap()
+    }
+
+    #[test]
+    fn runs_match_the_definition_at_strides_1_2_3() {
+        for s in 1..=3 {
+            // Padding at both edges, 3x3, two images.
+            check(&geometry([2, 2, 5, 9], (3, 3), (s, s), (1, 1), (1, 1)), 40);
+            // Asymmetric: wide padding, dilation, non-square kernel.
+            check(&geometry([1, 2, 6, 11], (2, 3), (1, s), (2, 3), (2, 2)), 40);
+        }
+    }
+
+    #[test]
+    fn long_runs_cross_every_vector_width() {
+        // Rows wider than 32 and 64 columns (the weight gradient's runs and
+        // the portable path's whole rows), at stride 1 and 2, with padding.
+        for s in 1..=2 {
+            let g = geometry([1, 1, 3, 70 * s + 1], (3, 3), (1, s), (1, 1), (1, 1));
+            check(&g, usize::MAX);
+        }
+    }
+
+    #[test]
+    fn tiny_images_and_taps_that_see_only_padding() {
+        // 1-pixel-wide images, a kernel wider than the input, padding
+        // beyond the kernel's reach (whole taps of zeros), a 7-wide stem.
+        check(&geometry([2, 1, 1, 1], (3, 3), (1, 1), (1, 1), (1, 1)), 40);
+        check(&geometry([1, 2, 2, 3], (3, 5), (1, 2), (2, 4), (1, 1)), 40);
+        check(&geometry([1, 1, 3, 2], (1, 1), (1, 1), (1, 3), (1, 1)), 40);
+        check(&geometry([1, 1, 9, 20], (7, 7), (2, 2), (3, 3), (1, 1)), 40);
+        // A kernel wider than the per-kw tables.
+        check(
+            &geometry([1, 1, 2, 40], (1, 17), (1, 1), (0, 8), (1, 1)),
+            40,
+        );
+    }
+}

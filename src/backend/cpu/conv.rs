@@ -182,6 +182,15 @@ impl Plan {
         })
     }
 
+    /// Columns of the widest chunk.
+    fn max_columns(&self, g: &Conv2dGeometry) -> usize {
+        if self.images_per_chunk > 1 {
+            self.images_per_chunk * self.pixels
+        } else {
+            self.rows_per_block.min(g.out_h) * g.out_w
+        }
+    }
+
     /// The chunks covering `batch` images (all of a batch, or one group).
     fn chunks(&self, g: &Conv2dGeometry, batch: usize) -> Vec<Chunk> {
         if self.images_per_chunk > 1 {
@@ -921,13 +930,19 @@ fn input_grad_images(
         // each block scatters onto its own channel planes, and blocks can
         // run in parallel), starting at multiples of the packed `Wᵀ`'s row
         // tile; `dy` packed once for all of them.
+        // Sized from the plan's widest chunk, so that every block of every
+        // chunk of a call asks its thread for the same scratch: blocks of
+        // different sizes let a worker that had only run small ones grow
+        // its buffer in a later step (`tests/cpu_buffer_pool.rs`).
         let per_channel = g.kernel_h * g.kernel_w;
         let unit = lcm(per_channel, row_align(weight_t)) / per_channel;
-        let channels = (plan.dx_block_elems / (width * per_channel))
+        let widest = plan.max_columns(g);
+        let channels = (plan.dx_block_elems / (widest * per_channel))
             .max(1)
             .next_multiple_of(unit)
             .min(g.in_channels.next_multiple_of(unit));
         let blocks = g.in_channels.div_ceil(channels);
+        let block_len = channels.min(g.in_channels) * per_channel * widest;
         // Per block, each image's planes of the block's channels.
         let mut targets: Vec<Vec<&mut [f32]>> = (0..blocks)
             .map(|_| Vec::with_capacity(chunk.images))
@@ -942,7 +957,8 @@ fn input_grad_images(
                 let block = |(b, mut planes): (usize, Vec<&mut [f32]>)| {
                     let c0 = b * channels;
                     let rows = channels.min(g.in_channels - c0) * per_channel;
-                    with_scratch(Slot::Columns, rows * width, |col| {
+                    with_scratch(Slot::Columns, block_len, |col| {
+                        let col = &mut col[..rows * width];
                         let rows = (c0 * per_channel, rows);
                         sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
                         col2im_add(col, g, &chunk, &mut planes);

@@ -772,7 +772,8 @@ fn forward_with(
         buffer_pool::zeroed(op, g.batch * plan.out_image)?
     };
     let weight = MatRef::row_major(w, plan.taps);
-    with_packed_lhs(weight, g.out_channels, plan.taps, |weight| {
+    let columns = g.batch * plan.pixels;
+    with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
         let per_image = Output::PerImage(plan.out_image);
         for_image_groups(op, &plan, g, &mut y, per_image, |first, count, y, par| {
             let x = batch_images(x, plan.in_image, first, count);
@@ -838,7 +839,8 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
     let mut dx = buffer_pool::zeroed(op, g.batch * plan.in_image)?;
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
-    with_packed_lhs(weight_t, plan.taps, g.out_channels, |weight_t| {
+    let columns = g.batch * plan.pixels;
+    with_packed_lhs(weight_t, plan.taps, g.out_channels, columns, |weight_t| {
         let per_image = Output::PerImage(plan.in_image);
         for_image_groups(op, &plan, g, &mut dx, per_image, |first, count, dx, par| {
             let dy = batch_images(dy, plan.out_image, first, count);

@@ -138,25 +138,29 @@ pub(super) enum Rhs<'a> {
 
 /// Runs `f` with `a` (`m x k`) packed once for the active micro-kernel, so
 /// that the many GEMMs of one convolution (its chunks and threads) share
-/// one packing of the weight instead of each re-packing it. On the
-/// portable path, `f` gets the view itself.
+/// one packing of the weight instead of each re-packing it; `n` is the
+/// total of the columns `f` multiplies it with. When the kernels read `a`
+/// in place for that many columns (`microkernel::reads_in_place`: always
+/// for a row-major `a`), and on the portable path, `f` gets the view
+/// itself.
 pub(super) fn with_packed_lhs<R>(
     a: MatRef<'_>,
     m: usize,
     k: usize,
+    n: usize,
     f: impl FnOnce(Lhs<'_>) -> R,
 ) -> R {
     assert!(a.fits(m, k), "gemm: lhs view {m}x{k} exceeds its buffer");
     #[cfg(target_arch = "x86_64")]
     {
-        use super::microkernel::{Avx2, Avx512, Kernel, PackedA, Raw};
+        use super::microkernel::{reads_in_place, Avx2, Avx512, Kernel, PackedA, Raw};
         let path = simd::active();
         let mr = match path {
             SimdPath::Avx512 => Avx512::MR,
             SimdPath::Avx2 => Avx2::MR,
             SimdPath::Portable => 0,
         };
-        if mr > 0 && m > 0 && k > 0 {
+        if mr > 0 && m > 0 && k > 0 && !reads_in_place(a.row_stride, a.col_stride, n) {
             let raw = Raw {
                 ptr: a.data.as_ptr(),
                 rs: a.row_stride,
@@ -718,25 +722,38 @@ mod tests {
 
     #[test]
     fn packed_lhs_and_self_packing_rhs_match_naive() {
-        // A left operand packed once (transposed, as the input gradient's
-        // Wᵀ), a right operand that packs itself, split by rows (m > n:
-        // row blocks of the packed operand) and by columns, k above one
-        // 256-deep block, on the active SIMD path.
-        for &(m, k, n) in &[(700, 300, 90), (40, 270, 800), (13, 5, 7)] {
+        // A left operand prepared once (transposed, as the input gradient's
+        // Wᵀ: read in place for n <= 256 columns, packed for more; or
+        // row-major, as the forward's W: read in place), a right operand
+        // that packs itself, split by rows (m > n: row blocks of the
+        // operand) and by columns, k above one 256-deep block, m a multiple
+        // of neither kernel's row tile, on the active SIMD path.
+        for &(m, k, n, ta) in &[
+            (700, 300, 90, true),
+            (40, 270, 800, true),
+            (13, 5, 7, true),
+            (700, 300, 90, false),
+            (37, 259, 300, false),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let want = naive(&a, &b, m, k, n, true, false);
+            let want = naive(&a, &b, m, k, n, ta, false);
             let source = Packing(&b, k, n);
+            let view = if ta {
+                MatRef::transposed(&a, m)
+            } else {
+                MatRef::row_major(&a, k)
+            };
             for parts in [1, 2, 5] {
                 let mut c = vec![1.0f32; m * n];
-                with_packed_lhs(MatRef::transposed(&a, m), m, k, |lhs| {
+                with_packed_lhs(view, m, k, n, |lhs| {
                     in_parts(parts, m, k, n, lhs, Rhs::Source(&source), 1.0, &mut c, n)
                 });
                 for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
                     let got = f64::from(got);
                     assert!(
                         (got - w - 1.0).abs() < 1e-4,
-                        "{m}x{k}x{n} parts {parts}: [{i}] {got} vs {}",
+                        "{m}x{k}x{n} ta {ta} parts {parts}: [{i}] {got} vs {}",
                         w + 1.0
                     );
                 }
@@ -753,6 +770,11 @@ mod tests {
             (9, 13, 200, false, true),
             (150, 7, 70, true, false),
             (130, 5, 129, true, true),
+            // A transposed left operand for more columns than it is read
+            // in place for (packed per block), and a deep row-major one
+            // (read in place over two depth blocks).
+            (21, 300, 600, true, false),
+            (21, 300, 600, false, false),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();

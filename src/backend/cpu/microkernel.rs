@@ -54,7 +54,112 @@ pub(super) trait Kernel {
         mr: usize,
         nr: usize,
     );
+
+    /// As [`Kernel::run`], with A read where it lies instead of from a
+    /// packed panel: `A[i][p]` at `a + i*rs + p*cs` (see [`InPlace`]).
+    ///
+    /// # Safety
+    /// As [`Kernel::run`] for `b` and `c`; every `(i, p)` with `i < mr`,
+    /// `p < kc` is readable at `a + i*rs + p*cs`; `mr >= 1`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_in_place(
+        kc: usize,
+        a: *const f32,
+        strides: (usize, usize),
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        mr: usize,
+        nr: usize,
+    );
 }
+
+/// How a micro-kernel reads its `MR x kc` block of A: element `(i, p)`,
+/// `i < MR`, `p < kc`.
+pub(super) trait ARead: Copy {
+    /// # Safety
+    /// `i < MR`, `p < kc` of the block the reader was made for.
+    unsafe fn at(self, i: usize, p: usize) -> f32;
+
+    /// A hint to fetch what depth step `p` + some distance will read.
+    #[inline(always)]
+    fn prefetch(self, _p: usize) {}
+}
+
+/// A packed panel: `MR` values per depth step, contiguous.
+#[derive(Clone, Copy)]
+pub(super) struct Packed<const MR: usize>(*const f32);
+
+impl<const MR: usize> ARead for Packed<MR> {
+    #[inline(always)]
+    unsafe fn at(self, i: usize, p: usize) -> f32 {
+        // SAFETY: the panel holds kc * MR floats (caller's contract).
+        unsafe { *self.0.add(p * MR + i) }
+    }
+}
+
+/// A read where it lies (no packing): one pointer per row and the depth
+/// stride. For a row-major weight (`cs = 1`, `ROWS`) each row is a
+/// sequential stream; for a transposed one (`rs = 1`) a depth step's `MR`
+/// values are adjacent. Rows at or past the tile's `mr` valid rows point
+/// at row `mr - 1` (so every address read is inside the operand); what
+/// they compute is discarded by the partial store.
+#[derive(Clone, Copy)]
+pub(super) struct InPlace<const MR: usize, const ROWS: bool> {
+    rows: [*const f32; MR],
+    cs: usize,
+}
+
+impl<const MR: usize, const ROWS: bool> InPlace<MR, ROWS> {
+    /// # Safety
+    /// `1 <= mr`, `cs == 1` if `ROWS`, and every `(i, p)` with `i < mr`,
+    /// `p < kc` is readable at `a + i*rs + p*cs`.
+    #[inline(always)]
+    unsafe fn new(a: *const f32, rs: usize, cs: usize, mr: usize) -> Self {
+        // SAFETY: row min(i, mr - 1) < mr starts inside the operand.
+        let rows = std::array::from_fn(|i| unsafe { a.add(i.min(mr - 1) * rs) });
+        Self { rows, cs }
+    }
+}
+
+impl<const MR: usize, const ROWS: bool> ARead for InPlace<MR, ROWS> {
+    #[inline(always)]
+    unsafe fn at(self, i: usize, p: usize) -> f32 {
+        let step = if ROWS { p } else { p * self.cs };
+        // SAFETY: row pointer i is a valid row (clamped in `new`), p < kc.
+        unsafe { *self.rows[i].add(step) }
+    }
+
+    /// `A_PREFETCH` steps ahead. Row streams: every row once per 8 steps
+    /// (half a cache line of each). Otherwise the one line that step's
+    /// `MR` adjacent values lie in, every step. (One row per step chosen
+    /// by `p % MR` cost a division per step at `MR = 6` and made the AVX2
+    /// kernel 1.5x slower.)
+    #[inline(always)]
+    fn prefetch(self, p: usize) {
+        let hint = |row: *const f32, step: usize| {
+            // SAFETY: a prefetch never faults; the address is formed with
+            // wrapping arithmetic and only hinted at.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(step).cast::<i8>()) }
+        };
+        if ROWS {
+            if p.is_multiple_of(8) {
+                for &row in &self.rows {
+                    hint(row, p + A_PREFETCH);
+                }
+            }
+        } else {
+            hint(self.rows[0], (p + A_PREFETCH) * self.cs);
+        }
+    }
+}
+
+/// Depth steps ahead that an in-place A is prefetched: without the
+/// prefetch, reading in place lost 5–18 % against packed panels on some
+/// batch-8 shapes (the stem, 1x1 downsamples, Wᵀ of layer 4), as the
+/// hardware followed `MR` interleaved streams late; with it, within ±3 %.
+const A_PREFETCH: usize = 24;
 
 /// Writes `acc + beta * C` for the valid `mr x nr` part of a tile held in
 /// `acc` (row-major, `NR` per row).
@@ -134,15 +239,39 @@ macro_rules! micro_kernel {
                 nr: usize,
             ) {
                 // SAFETY: forwarded from the caller's contract.
-                unsafe { $fn(kc, a, b, c, rsc, beta, mr, nr) }
+                unsafe { $fn(kc, Packed::<$mr>(a), b, c, rsc, beta, mr, nr) }
+            }
+
+            unsafe fn run_in_place(
+                kc: usize,
+                a: *const f32,
+                (rs, cs): (usize, usize),
+                b: *const f32,
+                c: *mut f32,
+                rsc: usize,
+                beta: f32,
+                mr: usize,
+                nr: usize,
+            ) {
+                // SAFETY: forwarded from the caller's contract (mr >= 1,
+                // rows < mr and depth < kc readable).
+                unsafe {
+                    if cs == 1 {
+                        let a = InPlace::<$mr, true>::new(a, rs, cs, mr);
+                        $fn(kc, a, b, c, rsc, beta, mr, nr)
+                    } else {
+                        let a = InPlace::<$mr, false>::new(a, rs, cs, mr);
+                        $fn(kc, a, b, c, rsc, beta, mr, nr)
+                    }
+                }
             }
         }
 
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn $fn(
+        unsafe fn $fn<A: ARead>(
             kc: usize,
-            a: *const f32,
+            a: A,
             b: *const f32,
             c: *mut f32,
             rsc: usize,
@@ -156,7 +285,7 @@ macro_rules! micro_kernel {
             if nr <= $narrow {
                 // SAFETY: forwarded from the caller's contract; the CPU
                 // has AVX2 and FMA (implied by this kernel's features).
-                unsafe { narrow_tail::<MR, NR>(kc, a, b, c, rsc, beta, mr, nr) };
+                unsafe { narrow_tail::<MR, NR, A>(kc, a, b, c, rsc, beta, mr, nr) };
                 return;
             }
             if nr <= L {
@@ -165,13 +294,13 @@ macro_rules! micro_kernel {
                 // 7x7 layers): half the FMAs of a full tile.
                 let mut acc = [$setzero(); MR];
                 for p in 0..kc {
-                    // SAFETY: p < kc, so the loads stay inside the packed
-                    // panels (the B panel is NR wide; its first L floats).
+                    // SAFETY: p < kc and i < MR, so the loads stay inside
+                    // the B panel (NR wide; its first L floats) and the A
+                    // block (packed or in place: `ARead`).
                     unsafe {
                         let b0 = $load(b.add(p * NR));
-                        let ap = a.add(p * MR);
                         for (i, v) in acc.iter_mut().enumerate() {
-                            *v = $fmadd($set1(*ap.add(i)), b0, *v);
+                            *v = $fmadd($set1(a.at(i, p)), b0, *v);
                         }
                     }
                 }
@@ -194,14 +323,14 @@ macro_rules! micro_kernel {
                     prefetch_c::<NR>(c, rsc, mr);
                 }
                 for p in lo..hi {
-                    // SAFETY: p < kc, so the loads stay inside the packed
-                    // panels.
+                    a.prefetch(p);
+                    // SAFETY: p < kc and i < MR, so the loads stay inside
+                    // the B panel and the A block (`ARead`).
                     unsafe {
                         let b0 = $load(b.add(p * NR));
                         let b1 = $load(b.add(p * NR + L));
-                        let ap = a.add(p * MR);
                         for (i, row) in acc.iter_mut().enumerate() {
-                            let av = $set1(*ap.add(i));
+                            let av = $set1(a.at(i, p));
                             row[0] = $fmadd(av, b0, row[0]);
                             row[1] = $fmadd(av, b1, row[1]);
                         }
@@ -248,9 +377,9 @@ macro_rules! micro_kernel {
 /// As [`Kernel::run`]; the CPU supports AVX2 and FMA; `NR >= 8`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn narrow_tail<const MR: usize, const NR: usize>(
+unsafe fn narrow_tail<const MR: usize, const NR: usize, A: ARead>(
     kc: usize,
-    a: *const f32,
+    a: A,
     b: *const f32,
     c: *mut f32,
     rsc: usize,
@@ -260,13 +389,12 @@ unsafe fn narrow_tail<const MR: usize, const NR: usize>(
 ) {
     let mut acc = [_mm256_setzero_ps(); MR];
     for p in 0..kc {
-        // SAFETY: p < kc, so the loads stay inside the packed panels (the
-        // first 8 floats of the B panel's row p).
+        // SAFETY: p < kc and i < MR, so the loads stay inside the A block
+        // (`ARead`) and the B panel (the first 8 floats of its row p).
         unsafe {
             let b0 = _mm256_loadu_ps(b.add(p * NR));
-            let ap = a.add(p * MR);
             for (i, v) in acc.iter_mut().enumerate() {
-                *v = _mm256_fmadd_ps(_mm256_set1_ps(*ap.add(i)), b0, *v);
+                *v = _mm256_fmadd_ps(_mm256_set1_ps(a.at(i, p)), b0, *v);
             }
         }
     }
@@ -344,6 +472,13 @@ pub(super) trait PackA: Sync {
         mr: usize,
         buf: &'s mut [f32],
     ) -> &'s [f32];
+
+    /// The operand itself when the kernels should read it where it lies
+    /// ([`Kernel::run_in_place`]) instead of from packed panels, for a
+    /// product with `n` columns.
+    fn in_place(&self, _n: usize) -> Option<Raw> {
+        None
+    }
 }
 
 /// A raw strided matrix view: element `(i, j)` at `ptr + i*rs + j*cs`.
@@ -386,7 +521,49 @@ impl PackA for Raw {
         unsafe { pack_a(self.at(ic, pc), self.rs, self.cs, mc, kc, mr, buf) };
         buf
     }
+
+    fn in_place(&self, n: usize) -> Option<Raw> {
+        reads_in_place(self.rs, self.cs, n).then_some(*self)
+    }
 }
+
+/// Whether the kernels read a left operand with strides `(rs, cs)`, to be
+/// multiplied with `n` columns, where it lies ([`Kernel::run_in_place`])
+/// rather than packing it into panels first.
+///
+/// Why: packing copies the whole operand (for a convolution, the weight:
+/// 44 MB for ResNet-18, in every forward and again as Wᵀ in every
+/// backward), a memory-bound pass that pays off only when the panels are
+/// read often enough, i.e. for many columns. A row-major operand (`cs =
+/// 1`: the forward's W, the weight gradient's dY) is `MR` sequential row
+/// streams that the kernel prefetches, as fast to read in place as packed
+/// at every size measured, so it is never packed. A transposed one (`rs =
+/// 1`: the input gradient's Wᵀ) takes a new cache line (half used) per
+/// depth step and strides whole pages through L1's sets; in place it won
+/// at up to ~200 columns (ResNet-18 at batch 1–2 in layers 3–4: 0.75–0.93x
+/// of the packed time) and lost a few per cent from ~400 columns
+/// (BENCHMARKS.md, "What each change bought", item 18), hence the bound.
+///
+/// `FROSTGRAD_A_IN_PLACE=0` packs every operand, `=1` packs none (for
+/// comparison).
+pub(super) fn reads_in_place(rs: usize, cs: usize, n: usize) -> bool {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *MODE.get_or_init(|| {
+        match std::env::var("FROSTGRAD_A_IN_PLACE")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("0") => Some(false),
+            Ok("1") => Some(true),
+            _ => None,
+        }
+    });
+    forced.unwrap_or(cs == 1 || (rs == 1 && n <= TRANSPOSED_IN_PLACE_MAX_COLS))
+}
+
+/// The most columns a transposed left operand is read in place for (see
+/// [`reads_in_place`]).
+const TRANSPOSED_IN_PLACE_MAX_COLS: usize = 256;
 
 impl PackB for Raw {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
@@ -748,6 +925,7 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
         }
         return;
     }
+    let in_place = a.in_place(n);
     let mut apack = PACK_A.with(Cell::take);
     let mut bpack = PACK_B.with(Cell::take);
     let a_len = MC.div_ceil(K::MR) * K::MR * KC;
@@ -779,29 +957,56 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
             };
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                // SAFETY: the mc x kc block at (i0 + ic, pc) lies inside a;
-                // i0 + ic is a multiple of MR when i0 is (MC is).
-                let ap = unsafe { a.panels(i0 + ic, mc, pc, kc, K::MR, &mut apack) };
+                let ap: &[f32] = match in_place {
+                    Some(_) => &[],
+                    // SAFETY: the mc x kc block at (i0 + ic, pc) lies
+                    // inside a; i0 + ic is a multiple of MR when i0 is (MC
+                    // is).
+                    None => unsafe { a.panels(i0 + ic, mc, pc, kc, K::MR, &mut apack) },
+                };
                 for jr in (0..nc).step_by(K::NR) {
                     let nr = K::NR.min(nc - jr);
                     let bp = &bpanels[(jr / K::NR) * kc * K::NR..][..kc * K::NR];
                     for ir in (0..mc).step_by(K::MR) {
                         let mr = K::MR.min(mc - ir);
-                        let ap = &ap[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
-                        // SAFETY: the panels hold kc*MR and kc*NR floats;
-                        // the mr x nr tile at (ic+ir, jc+jr) is inside c.
-                        unsafe {
-                            K::run(
-                                kc,
-                                ap.as_ptr(),
-                                bp.as_ptr(),
-                                c.add((ic + ir) * rsc + jc + jr),
-                                rsc,
-                                beta_block,
-                                mr,
-                                nr,
-                            )
-                        };
+                        // SAFETY: the mr x nr tile at (ic+ir, jc+jr) is
+                        // inside c; the B panel holds kc*NR floats.
+                        let tile = unsafe { c.add((ic + ir) * rsc + jc + jr) };
+                        match in_place {
+                            // SAFETY: rows i0+ic+ir.. (mr >= 1 of them),
+                            // depth pc..pc+kc lie inside the operand (the
+                            // caller's contract for a); as above for b, c.
+                            Some(v) => unsafe {
+                                K::run_in_place(
+                                    kc,
+                                    v.at(i0 + ic + ir, pc),
+                                    (v.rs, v.cs),
+                                    bp.as_ptr(),
+                                    tile,
+                                    rsc,
+                                    beta_block,
+                                    mr,
+                                    nr,
+                                )
+                            },
+                            None => {
+                                let ap = &ap[(ir / K::MR) * kc * K::MR..][..kc * K::MR];
+                                // SAFETY: the panel holds kc*MR floats; as
+                                // above for b and c.
+                                unsafe {
+                                    K::run(
+                                        kc,
+                                        ap.as_ptr(),
+                                        bp.as_ptr(),
+                                        tile,
+                                        rsc,
+                                        beta_block,
+                                        mr,
+                                        nr,
+                                    )
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -819,51 +1024,93 @@ mod tests {
     /// Every tile shape a kernel can be handed (each `mr <= MR`, each
     /// `nr <= NR`: the full tile, the half-width and narrow last panels, the
     /// partial stores), at depths either side of the C prefetch point,
-    /// with and without `beta`, against a float64 reference.
+    /// with and without `beta`, against a float64 reference; with A read
+    /// from a packed panel and in place ([`Kernel::run_in_place`]) as a
+    /// row-major block (`cs = 1`), a transposed one (`rs = 1`) and a
+    /// general strided one, with strides that are multiples of nothing in
+    /// particular. The in-place operand's buffer ends at its last valid
+    /// element (row `mr - 1`, depth `kc - 1`) and every gap between
+    /// elements holds NaN, so reading a row past `mr` or a wrong element
+    /// shows up in the result.
     fn check_kernel<K: Kernel>() {
         for kc in [1, 7, 47, 48, 49, 127, 128, 129, 300] {
-            let a: Vec<f32> = (0..kc * K::MR).map(|i| (i as f32 * 0.37).sin()).collect();
+            let av = |i: usize, p: usize| ((p * K::MR + i) as f32 * 0.37).sin();
+            let a: Vec<f32> = (0..kc * K::MR).map(|x| av(x % K::MR, x / K::MR)).collect();
             let b: Vec<f32> = (0..kc * K::NR).map(|i| (i as f32 * 0.11).cos()).collect();
+            let dot: Vec<f64> = (0..K::MR * K::NR)
+                .map(|x| {
+                    let (i, j) = (x / K::NR, x % K::NR);
+                    (0..kc)
+                        .map(|p| f64::from(av(i, p)) * f64::from(b[p * K::NR + j]))
+                        .sum()
+                })
+                .collect();
             for mr in 1..=K::MR {
-                for nr in 1..=K::NR {
-                    for beta in [0.0f32, 0.5] {
-                        let rsc = K::NR + 3;
-                        let c0: Vec<f32> = (0..K::MR * rsc).map(|i| i as f32 * 0.01).collect();
-                        let mut c = c0.clone();
-                        // SAFETY: the panels hold kc*MR and kc*NR floats, c
-                        // holds MR rows of rsc >= NR floats; the test only
-                        // runs the kernel when the CPU supports it.
-                        unsafe {
-                            K::run(
-                                kc,
-                                a.as_ptr(),
-                                b.as_ptr(),
-                                c.as_mut_ptr(),
-                                rsc,
-                                beta,
-                                mr,
-                                nr,
-                            )
-                        };
-                        for i in 0..K::MR {
-                            for j in 0..rsc {
-                                let got = f64::from(c[i * rsc + j]);
-                                let old = f64::from(c0[i * rsc + j]);
-                                let want = if i < mr && j < nr {
-                                    let dot: f64 = (0..kc)
-                                        .map(|p| {
-                                            f64::from(a[p * K::MR + i])
-                                                * f64::from(b[p * K::NR + j])
-                                        })
-                                        .sum();
-                                    dot + f64::from(beta) * old
-                                } else {
-                                    old
-                                };
-                                assert!(
-                                    (got - want).abs() <= 1e-5 * (kc as f64).sqrt() * 4.0,
-                                    "kc {kc} mr {mr} nr {nr} beta {beta}: ({i},{j}) {got} vs {want}"
-                                );
+                let strided = [(kc + 3, 1), (1, mr + 3), (2, 2 * mr + 5)];
+                for variant in 0..=strided.len() {
+                    let in_place = variant.checked_sub(1).map(|v| {
+                        let (rs, cs) = strided[v];
+                        let mut buf = vec![f32::NAN; (mr - 1) * rs + (kc - 1) * cs + 1];
+                        for i in 0..mr {
+                            for p in 0..kc {
+                                buf[i * rs + p * cs] = av(i, p);
+                            }
+                        }
+                        (buf, rs, cs)
+                    });
+                    for nr in 1..=K::NR {
+                        for beta in [0.0f32, 0.5] {
+                            let rsc = K::NR + 3;
+                            let c0: Vec<f32> = (0..K::MR * rsc).map(|i| i as f32 * 0.01).collect();
+                            let mut c = c0.clone();
+                            match &in_place {
+                                // SAFETY: the panels hold kc*MR and kc*NR
+                                // floats, c holds MR rows of rsc >= NR
+                                // floats; the test only runs the kernel
+                                // when the CPU supports it.
+                                None => unsafe {
+                                    K::run(
+                                        kc,
+                                        a.as_ptr(),
+                                        b.as_ptr(),
+                                        c.as_mut_ptr(),
+                                        rsc,
+                                        beta,
+                                        mr,
+                                        nr,
+                                    )
+                                },
+                                // SAFETY: as above; `buf` holds every
+                                // (i, p), i < mr, p < kc at i*rs + p*cs.
+                                Some((buf, rs, cs)) => unsafe {
+                                    K::run_in_place(
+                                        kc,
+                                        buf.as_ptr(),
+                                        (*rs, *cs),
+                                        b.as_ptr(),
+                                        c.as_mut_ptr(),
+                                        rsc,
+                                        beta,
+                                        mr,
+                                        nr,
+                                    )
+                                },
+                            }
+                            for i in 0..K::MR {
+                                for j in 0..rsc {
+                                    let got = f64::from(c[i * rsc + j]);
+                                    let old = f64::from(c0[i * rsc + j]);
+                                    let want = if i < mr && j < nr {
+                                        dot[i * K::NR + j] + f64::from(beta) * old
+                                    } else {
+                                        old
+                                    };
+                                    assert!(
+                                        (got - want).abs() <= 1e-5 * (kc as f64).sqrt() * 4.0,
+                                        "variant {variant} kc {kc} mr {mr} nr {nr} beta {beta}: \
+                                         ({i},{j}) {got} vs {want}"
+                                    );
+                                }
                             }
                         }
                     }

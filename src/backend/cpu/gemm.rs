@@ -160,7 +160,7 @@ pub(super) fn with_packed_lhs<R>(
             SimdPath::Avx2 => Avx2::MR,
             SimdPath::Portable => 0,
         };
-        if mr > 0 && m > 0 && k > 0 && !reads_in_place(a.row_stride, a.col_stride, n) {
+        if mr > 0 && m > 0 && k > 0 && !reads_in_place(a.row_stride, a.col_stride, n, mr) {
             let raw = Raw {
                 ptr: a.data.as_ptr(),
                 rs: a.row_stride,
@@ -727,7 +727,8 @@ mod tests {
     #[test]
     fn packed_lhs_and_self_packing_rhs_match_naive() {
         // A left operand prepared once (transposed, as the input gradient's
-        // Wᵀ: read in place for n <= 256 columns, packed for more; or
+        // Wᵀ: on the AVX-512 path read in place for n <= 256 columns,
+        // packed for more, on AVX2 packed; or
         // row-major, as the forward's W: read in place), a right operand
         // that packs itself, split by rows (m > n: row blocks of the
         // operand) and by columns, k above one 256-deep block, m a multiple

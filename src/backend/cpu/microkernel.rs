@@ -475,8 +475,8 @@ pub(super) trait PackA: Sync {
 
     /// The operand itself when the kernels should read it where it lies
     /// ([`Kernel::run_in_place`]) instead of from packed panels, for a
-    /// product with `n` columns.
-    fn in_place(&self, _n: usize) -> Option<Raw> {
+    /// product with `n` columns on kernels of `mr` rows.
+    fn in_place(&self, _n: usize, _mr: usize) -> Option<Raw> {
         None
     }
 }
@@ -522,14 +522,14 @@ impl PackA for Raw {
         buf
     }
 
-    fn in_place(&self, n: usize) -> Option<Raw> {
-        reads_in_place(self.rs, self.cs, n).then_some(*self)
+    fn in_place(&self, n: usize, mr: usize) -> Option<Raw> {
+        reads_in_place(self.rs, self.cs, n, mr).then_some(*self)
     }
 }
 
-/// Whether the kernels read a left operand with strides `(rs, cs)`, to be
-/// multiplied with `n` columns, where it lies ([`Kernel::run_in_place`])
-/// rather than packing it into panels first.
+/// Whether kernels of `mr` rows read a left operand with strides `(rs,
+/// cs)`, to be multiplied with `n` columns, where it lies
+/// ([`Kernel::run_in_place`]) rather than packing it into panels first.
 ///
 /// Why: packing copies the whole operand (for a convolution, the weight:
 /// 44 MB for ResNet-18, in every forward and again as Wᵀ in every
@@ -538,15 +538,17 @@ impl PackA for Raw {
 /// 1`: the forward's W, the weight gradient's dY) is `MR` sequential row
 /// streams that the kernel prefetches, as fast to read in place as packed
 /// at every size measured, so it is never packed. A transposed one (`rs =
-/// 1`: the input gradient's Wᵀ) takes a new cache line (half used) per
-/// depth step and strides whole pages through L1's sets; in place it won
-/// at up to ~200 columns (ResNet-18 at batch 1–2 in layers 3–4: 0.75–0.93x
-/// of the packed time) and lost a few per cent from ~400 columns
-/// (BENCHMARKS.md, "What each change bought", item 18), hence the bound.
+/// 1`: the input gradient's Wᵀ) takes a new cache line (half used) and,
+/// for a large weight, a new page per depth step. For the AVX-512 kernel
+/// (8 rows: 16 FMA cycles per depth step) in place won at up to ~200
+/// columns (layers 3–4 at batch 1–2: 0.77–0.92x of the packed time) and
+/// lost from ~800 (1.09–1.16x); for the AVX2 kernel (6 rows: 6 cycles
+/// per step) it lost at 196 columns (1.09–1.20x) and broke even at 49, so
+/// it packs (BENCHMARKS.md, "What each change bought", item 18).
 ///
 /// `FROSTGRAD_A_IN_PLACE=0` packs every operand, `=1` packs none (for
 /// comparison).
-pub(super) fn reads_in_place(rs: usize, cs: usize, n: usize) -> bool {
+pub(super) fn reads_in_place(rs: usize, cs: usize, n: usize, mr: usize) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = *MODE.get_or_init(|| {
         match std::env::var("FROSTGRAD_A_IN_PLACE")
@@ -558,7 +560,8 @@ pub(super) fn reads_in_place(rs: usize, cs: usize, n: usize) -> bool {
             _ => None,
         }
     });
-    forced.unwrap_or(cs == 1 || (rs == 1 && n <= TRANSPOSED_IN_PLACE_MAX_COLS))
+    let transposed = rs == 1 && mr >= 8 && n <= TRANSPOSED_IN_PLACE_MAX_COLS;
+    forced.unwrap_or(cs == 1 || transposed)
 }
 
 /// The most columns a transposed left operand is read in place for (see
@@ -925,7 +928,7 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
         }
         return;
     }
-    let in_place = a.in_place(n);
+    let in_place = a.in_place(n, K::MR);
     let mut apack = PACK_A.with(Cell::take);
     let a_len = MC.div_ceil(K::MR) * K::MR * KC;
     if apack.len() < a_len {

@@ -414,32 +414,32 @@ impl PackB for Columns<'_> {
         // on, so that the lists never grow in a later step on a thread that
         // rayon first hands a larger part then (issue 9, BENCHMARKS.md item 16).
         let mut temp = PACK_TEMP.with(Cell::take);
-        let PackTemp { taps, runs, rows } = &mut temp;
+        let PackTemp {
+            taps,
+            runs,
+            reads,
+            rows,
+        } = &mut temp;
         // (`rows` written, not just reserved: its pages are touched here.)
         let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
         taps.reserve(depth.max(width).saturating_sub(taps.len()));
         runs.reserve(depth.max(width).saturating_sub(runs.len()));
+        reads.reserve(depth.max(width).saturating_sub(reads.len()));
         if rows.len() < depth * width {
             rows.resize(depth * width, 0.0);
         }
         if !self.transposed {
             // Depth = taps, columns = output pixels: each panel is a few
-            // runs of output pixels, and each run fills its columns of
-            // every tap's row of the panel in one call.
+            // runs of output pixels (stretches of one output row), packed
+            // for every tap in one call.
             taps.clear();
             taps.extend((pc..pc + kc).map(|r| self.tap_read(r)));
             for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
                 runs.clear();
                 self.runs(j0, cols, runs);
-                for &(off, run) in runs.iter() {
-                    let run = self.run_at(run);
-                    im2col::fill_taps(path, self.images, &geo, taps, run, &mut dst[off..], nr);
-                }
-                if cols < nr {
-                    for row in dst.chunks_exact_mut(nr) {
-                        row[cols..].fill(0.0);
-                    }
-                }
+                reads.clear();
+                reads.extend(runs.iter().map(|&(off, run)| (off, self.run_at(run))));
+                im2col::fill_panel(path, self.images, &geo, taps, reads, cols, dst, nr);
             }
         } else {
             // Depth = output pixels, columns = taps. Each tap's values over
@@ -484,6 +484,8 @@ const PACK_TEMP_WIDTH: usize = 32;
 struct PackTemp {
     taps: Vec<im2col::Tap>,
     runs: Vec<(usize, Run)>,
+    /// `runs` as the fills take them.
+    reads: Vec<(usize, im2col::Run)>,
     rows: Vec<f32>,
 }
 
@@ -492,6 +494,7 @@ thread_local! {
         Cell::new(PackTemp {
             taps: Vec::new(),
             runs: Vec::new(),
+            reads: Vec::new(),
             rows: Vec::new(),
         })
     };

@@ -182,6 +182,15 @@ impl Plan {
         })
     }
 
+    /// Columns of the widest chunk.
+    fn max_columns(&self, g: &Conv2dGeometry) -> usize {
+        if self.images_per_chunk > 1 {
+            self.images_per_chunk * self.pixels
+        } else {
+            self.rows_per_block.min(g.out_h) * g.out_w
+        }
+    }
+
     /// The chunks covering `batch` images (all of a batch, or one group).
     fn chunks(&self, g: &Conv2dGeometry, batch: usize) -> Vec<Chunk> {
         if self.images_per_chunk > 1 {
@@ -610,6 +619,8 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut
                             .iter_mut()
                             .zip(grads)
                             .for_each(|(d, &s)| *d += s);
+                    } else if stride_w == 2 {
+                        scatter_even_add(grads, &mut in_row[iw..]);
                     } else {
                         for (j, &s) in grads.iter().enumerate() {
                             in_row[iw + j * stride_w] += s;
@@ -618,6 +629,39 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut
                 });
             }
         }
+    }
+}
+
+/// `dst[2 * e] += src[e]`: the stride-2 col2im (the stride-2 3x3 and 1x1
+/// layers' input gradients), the mirror of [`gather_even`]. One scalar
+/// load, add and store per value were most of `col2im_add`'s samples
+/// (`perf annotate`); SSE adds four values interleaved with `-0.0`, which
+/// leaves the odd elements exactly as they were (`x + -0.0 == x`, zero signs
+/// included).
+#[inline(never)]
+fn scatter_even_add(src: &[f32], dst: &mut [f32]) {
+    let n = src.len();
+    assert!(n == 0 || dst.len() > 2 * (n - 1));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 4 <= n && 2 * e + 8 <= dst.len() {
+        // SAFETY: e + 4 <= n: the load reads src[e .. e + 4]; 2e + 8 <=
+        // dst.len(): the loads and stores touch dst[2e .. 2e + 8]. SSE is
+        // part of x86-64.
+        unsafe {
+            use std::arch::x86_64::*;
+            let v = _mm_loadu_ps(src.as_ptr().add(e));
+            let keep = _mm_set1_ps(-0.0);
+            let out = dst.as_mut_ptr().add(2 * e);
+            let lo = _mm_add_ps(_mm_loadu_ps(out), _mm_unpacklo_ps(v, keep));
+            let hi = _mm_add_ps(_mm_loadu_ps(out.add(4)), _mm_unpackhi_ps(v, keep));
+            _mm_storeu_ps(out, lo);
+            _mm_storeu_ps(out.add(4), hi);
+        }
+        e += 4;
+    }
+    for (i, &v) in src.iter().enumerate().skip(e) {
+        dst[2 * i] += v;
     }
 }
 
@@ -889,13 +933,19 @@ fn input_grad_images(
         // each block scatters onto its own channel planes, and blocks can
         // run in parallel), starting at multiples of the packed `Wᵀ`'s row
         // tile; `dy` packed once for all of them.
+        // Sized from the plan's widest chunk, so that every block of every
+        // chunk of a call asks its thread for the same scratch: blocks of
+        // different sizes let a worker that had only run small ones grow
+        // its buffer in a later step (`tests/cpu_buffer_pool.rs`).
         let per_channel = g.kernel_h * g.kernel_w;
         let unit = lcm(per_channel, row_align(weight_t)) / per_channel;
-        let channels = (plan.dx_block_elems / (width * per_channel))
+        let widest = plan.max_columns(g);
+        let channels = (plan.dx_block_elems / (widest * per_channel))
             .max(1)
             .next_multiple_of(unit)
             .min(g.in_channels.next_multiple_of(unit));
         let blocks = g.in_channels.div_ceil(channels);
+        let block_len = channels.min(g.in_channels) * per_channel * widest;
         // Per block, each image's planes of the block's channels.
         let mut targets: Vec<Vec<&mut [f32]>> = (0..blocks)
             .map(|_| Vec::with_capacity(chunk.images))
@@ -910,7 +960,8 @@ fn input_grad_images(
                 let block = |(b, mut planes): (usize, Vec<&mut [f32]>)| {
                     let c0 = b * channels;
                     let rows = channels.min(g.in_channels - c0) * per_channel;
-                    with_scratch(Slot::Columns, rows * width, |col| {
+                    with_scratch(Slot::Columns, block_len, |col| {
+                        let col = &mut col[..rows * width];
                         let rows = (c0 * per_channel, rows);
                         sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
                         col2im_add(col, g, &chunk, &mut planes);
@@ -1295,7 +1346,6 @@ mod tests {
                     let dx = pool.install(|| {
                         pool.broadcast(|_| {
                             with_scratch(Slot::Columns, 1 << 12, |b| b.fill(f32::NAN));
-                            with_scratch(Slot::PackedRhs, 1 << 12, |b| b.fill(f32::NAN));
                             with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
                         });
                         input_grad_with(&dy, &w, &g, limits).unwrap()
@@ -1331,6 +1381,30 @@ mod tests {
                 "batch {batch} most {most} threads {threads}"
             );
             assert!(balanced_group(batch, most, threads) <= most);
+        }
+    }
+
+    #[test]
+    fn scatter_even_add_touches_only_even_elements_at_every_length() {
+        for n in 0..20 {
+            for extra in [0, 1, 2, 7] {
+                let src: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+                let len = (2 * n).max(1) - 1 + extra;
+                // Odd elements hold -0.0 and NaN-free values that must not move.
+                let before: Vec<f32> = (0..len)
+                    .map(|i| if i % 4 == 1 { -0.0 } else { i as f32 * 0.25 })
+                    .collect();
+                let mut dst = before.clone();
+                scatter_even_add(&src, &mut dst);
+                for (i, (&got, &old)) in dst.iter().zip(&before).enumerate() {
+                    let want = if i % 2 == 0 && i / 2 < n {
+                        old + src[i / 2]
+                    } else {
+                        old
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
         }
     }
 

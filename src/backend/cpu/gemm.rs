@@ -183,8 +183,10 @@ pub(super) fn with_packed_lhs<R>(
 
 /// Runs `f` with `b` (`k x n`) packed once, whole, for the active
 /// micro-kernel, so that several GEMMs over it ([`sgemm_rows`] on row blocks
-/// of one left operand) read the packed panels in place instead of each
-/// packing `b` again. On the portable path, `f` gets `b` itself.
+/// of one left operand, on any thread) read the packed panels in place
+/// instead of each packing `b` again. It is packed into the calling
+/// thread's B packing buffer, of a fixed size; when it does not fit there,
+/// and on the portable path, `f` gets `b` itself.
 pub(super) fn with_packed_rhs<R>(
     b: Rhs<'_>,
     k: usize,
@@ -198,7 +200,7 @@ pub(super) fn with_packed_rhs<R>(
     assert!(fits, "gemm: rhs {k}x{n} exceeds its buffer");
     #[cfg(target_arch = "x86_64")]
     {
-        use super::microkernel::{Avx2, Avx512, Kernel, PackedB, Raw};
+        use super::microkernel::{with_thread_packed_b, Avx2, Avx512, Kernel, Raw};
         let nr = match simd::active() {
             SimdPath::Avx512 => Avx512::NR,
             SimdPath::Avx2 => Avx2::NR,
@@ -217,11 +219,13 @@ pub(super) fn with_packed_rhs<R>(
                 }
                 Rhs::Source(s) => s,
             };
-            return with_scratch(Slot::PackedRhs, PackedB::len(k, n, nr), |buf| {
-                // SAFETY: `source` is `k x n` (checked above).
-                let packed = unsafe { PackedB::pack(source, k, n, nr, buf) };
-                f(Rhs::Source(&packed))
-            });
+            // SAFETY: `source` is `k x n` (checked above).
+            return unsafe {
+                with_thread_packed_b(source, k, n, nr, |packed| match packed {
+                    Some(packed) => f(Rhs::Source(packed)),
+                    None => f(b),
+                })
+            };
         }
     }
     f(b)
@@ -758,6 +762,39 @@ mod tests {
                         w + 1.0
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn row_blocks_over_a_packed_rhs_match_naive() {
+        // The input gradient's use: one left operand packed once, the right
+        // operand packed once for all row blocks (or, too large for the
+        // thread's packing buffer, as 600 x 1000 is, left to each block),
+        // blocks at multiples of the packed row tile, the last one short,
+        // each written into a dirty buffer; on the active SIMD path.
+        for &(m, k, n) in &[(40, 300, 90), (27, 5, 7), (24, 600, 1000)] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want = naive(&a, &b, m, k, n, true, false);
+            // `a` read in place (few columns) and packed (many).
+            for columns in [n, 1 << 20] {
+                with_packed_lhs(MatRef::transposed(&a, m), m, k, columns, |lhs| {
+                    with_packed_rhs(Rhs::View(MatRef::row_major(&b, n)), k, n, |rhs| {
+                        let step = row_align(lhs) * 2;
+                        for i0 in (0..m).step_by(step) {
+                            let rows = step.min(m - i0);
+                            let mut c = vec![f32::NAN; rows * n];
+                            sgemm_rows(lhs, m, (i0, rows), k, n, rhs, &mut c);
+                            for (i, (&got, &w)) in c.iter().zip(&want[i0 * n..]).enumerate() {
+                                assert!(
+                                    (f64::from(got) - w).abs() < 1e-4,
+                                    "{m}x{k}x{n} rows {i0}+{rows}: [{i}] {got} vs {w}"
+                                );
+                            }
+                        }
+                    })
+                });
             }
         }
     }

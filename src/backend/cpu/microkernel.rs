@@ -814,7 +814,7 @@ impl PackA for PackedA<'_> {
 /// A right operand packed once, whole, in the blocks and `nr`-column
 /// panels [`gemm`] packs it into (blocks of [`NC`] columns, each in depth
 /// blocks of [`KC`]), so that several GEMMs over it (the input gradient's
-/// row blocks, gemm.rs `sgemm_row_blocks`) read it in place instead of each
+/// row blocks, gemm.rs `with_packed_rhs`) read it in place instead of each
 /// packing it again. Block `(jc, pc)` starts at `jc * k + pc * nc_pad`,
 /// `nc_pad` its width rounded up to `nr`.
 pub(super) struct PackedB<'a> {
@@ -930,20 +930,13 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
     }
     let in_place = a.in_place(n, K::MR);
     let mut apack = PACK_A.with(Cell::take);
-    let mut bpack = PACK_B.with(Cell::take);
     let a_len = MC.div_ceil(K::MR) * K::MR * KC;
-    // The largest B block any product packs (NC is a multiple of NR), not
-    // this one's: sized to what this call needed, the buffer grew on a
-    // worker thread the first time rayon handed it a wider part, in
-    // whichever step that happened (~60 faults; BENCHMARKS.md, issue 9
-    // item 16). 2 MiB per thread, once.
-    let b_len = NC.next_multiple_of(K::NR) * KC;
     if apack.len() < a_len {
         apack.resize(a_len, 0.0);
     }
-    if bpack.len() < b_len {
-        bpack.resize(b_len, 0.0);
-    }
+    // Taken only when `b` is not packed already (a `PackedB` may live in
+    // this very buffer, see `with_thread_packed_b`).
+    let mut bpack: Option<Vec<f32>> = None;
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(KC) {
@@ -952,10 +945,11 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
             let bpanels = match b.packed(pc, kc, j0 + jc, nc, K::NR) {
                 Some(panels) => panels,
                 None => {
+                    let bpack = bpack.get_or_insert_with(|| take_pack_b(K::NR));
                     // SAFETY: the kc x nc block at (pc, j0 + jc) lies
                     // inside b; bpack holds nc.div_ceil(NR) * NR * kc floats.
-                    unsafe { b.pack(pc, kc, j0 + jc, nc, K::NR, &mut bpack) };
-                    &bpack
+                    unsafe { b.pack(pc, kc, j0 + jc, nc, K::NR, bpack) };
+                    bpack
                 }
             };
             for ic in (0..m).step_by(MC) {
@@ -1016,7 +1010,55 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
         }
     }
     PACK_A.with(|cell| cell.set(apack));
+    if let Some(bpack) = bpack {
+        PACK_B.with(|cell| cell.set(bpack));
+    }
+}
+
+/// This thread's B packing buffer, at least [`pack_b_len`] floats.
+fn take_pack_b(nr: usize) -> Vec<f32> {
+    let mut bpack = PACK_B.with(Cell::take);
+    let len = pack_b_len(nr);
+    if bpack.len() < len {
+        bpack.resize(len, 0.0);
+    }
+    bpack
+}
+
+/// The size of every thread's B packing buffer: the largest B block any
+/// product packs (NC is a multiple of NR), not one call's. Sized to what a
+/// call needed, the buffer grew on a worker thread the first time rayon
+/// handed it a wider part, in whichever step that happened (~60 faults;
+/// BENCHMARKS.md, issue 9 item 16). 2 MiB per thread, once.
+fn pack_b_len(nr: usize) -> usize {
+    NC.next_multiple_of(nr) * KC
+}
+
+/// Runs `f` with `b` (`k x n`) packed whole, for panel width `nr`, into
+/// this thread's B packing buffer, when it fits there (`None` when not).
+/// The GEMMs `f` runs on it, on any thread, read it in place and leave
+/// their own threads' buffers alone; the buffer's size never changes, so a
+/// steady-state step allocates nothing however rayon schedules (a scratch
+/// buffer sized to each call grew on whichever worker first ran a larger
+/// image group, `tests/cpu_buffer_pool.rs`).
+///
+/// # Safety
+/// `b` is a `k x n` operand.
+pub(super) unsafe fn with_thread_packed_b<R>(
+    b: &dyn PackB,
+    k: usize,
+    n: usize,
+    nr: usize,
+    f: impl FnOnce(Option<&PackedB<'_>>) -> R,
+) -> R {
+    if PackedB::len(k, n, nr) > pack_b_len(nr) {
+        return f(None);
+    }
+    let mut bpack = take_pack_b(nr);
+    // SAFETY: the caller's contract; the buffer holds `PackedB::len` floats.
+    let result = f(Some(&unsafe { PackedB::pack(b, k, n, nr, &mut bpack) }));
     PACK_B.with(|cell| cell.set(bpack));
+    result
 }
 
 #[cfg(test)]

@@ -16,15 +16,13 @@ pub(super) enum Slot {
     /// A self-packing right operand written out densely for the portable
     /// GEMM (gemm.rs).
     Dense,
-    /// A GEMM right operand packed once for several row blocks (gemm.rs).
-    PackedRhs,
 }
 
 thread_local! {
     /// Per slot, the thread's free buffers: a stack, one per nesting level
     /// reached so far.
-    static FREE: RefCell<[Vec<Vec<f32>>; 5]> = const {
-        RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()])
+    static FREE: RefCell<[Vec<Vec<f32>>; 4]> = const {
+        RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()])
     };
 }
 

@@ -29,6 +29,9 @@ thread_local! {
 /// Scratch buffers allocated or grown so far, all threads together.
 static GROWTHS: AtomicUsize = AtomicUsize::new(0);
 
+/// Per slot, the largest request any thread has made so far.
+static LARGEST: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+
 /// How many times a scratch request found no free buffer large enough on
 /// its thread, so that the allocator was asked (and the new pages faulted
 /// in). A steady-state step adds none (`tests/cpu_buffer_pool.rs`).
@@ -46,12 +49,26 @@ pub fn growths() -> u64 {
 /// Before, the nested call's buffer was freed again, so every nesting
 /// allocated (and faulted in) ~1 MB afresh, in whichever step rayon
 /// happened to nest (BENCHMARKS.md, issue 9 item 16).
+///
+/// A buffer that grows at all grows to the largest request of its slot on
+/// any thread so far, not just to `len`: the parts of one parallel call
+/// differ in size (a GEMM's last column block, an input gradient's last
+/// channel block), and which thread gets the largest is up to rayon. Sized
+/// to `len`, a thread that had only ever been handed smaller parts grew the
+/// first time it got the largest, in whatever step that happened (a
+/// steady-state growth: `tests/cpu_buffer_pool.rs` failed about one run in
+/// 120 on the portable path under load). Now a thread catches up on its
+/// first request of the slot after another thread set a new largest,
+/// whatever the size of its own part, so a worker that rayon starved of
+/// large parts during warm-up no longer grows later. It costs at most the
+/// slot's largest buffer per thread and nesting level.
 pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let i = slot as usize;
+    let largest = LARGEST[i].fetch_max(len, Ordering::Relaxed).max(len);
     let mut buf = FREE.with(|free| free.borrow_mut()[i].pop().unwrap_or_default());
-    if buf.len() < len {
+    if buf.len() < largest {
         GROWTHS.fetch_add(1, Ordering::Relaxed);
-        buf.resize(len, 0.0);
+        buf.resize(largest, 0.0);
     }
     let result = f(&mut buf[..len]);
     FREE.with(|free| {

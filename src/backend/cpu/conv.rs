@@ -11,9 +11,13 @@
 //!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
-//! (`gemm::PackB`), and the weight (`W` or `Wᵀ`) is packed once per call for
-//! all chunks and threads (`gemm::with_packed_lhs`). The input gradient
-//! still writes `Wᵀ · dy` into a column buffer and scatters it (col2im).
+//! (`gemm::PackB`, the fills in `im2col.rs`). The weight is read by the
+//! micro-kernels where it lies, or packed once per call for all chunks and
+//! threads where that is faster (`gemm::with_packed_lhs`). The input
+//! gradient packs `dy` once per chunk and computes `Wᵀ · dy` in row blocks
+//! of whole input channels ([`INPUT_GRAD_BLOCK_ELEMS`], about 256 KiB),
+//! each scattered onto its channels' planes (col2im) while still in cache,
+//! so no whole column block is ever written out.
 //!
 //! The columns are processed in [`Chunk`]s that bound the scratch memory
 //! ([`COL_BLOCK_ELEMS`]):
@@ -252,8 +256,9 @@ impl Chunk {
 }
 
 /// Images per group for `batch` images in groups of at most `most`: the
-/// same number of groups, or the next multiple of `threads` when there are
-/// more groups than threads, of sizes as equal as can be. Groups of at most
+/// same number of groups, or, when there are more groups than threads, at
+/// most the next multiple of `threads` (fewer when equal sizes need fewer),
+/// of sizes as equal as can be. Groups of at most
 /// 9 images at batch 32 (ResNet's 7x7 stage at 112x112) were 9, 9, 9 and 5,
 /// so with two threads one ran 18 images and the other 14; at 4x4, groups
 /// of 14, 14 and 4 could not be spread over two threads at all.
@@ -448,7 +453,11 @@ impl PackB for Columns<'_> {
                 self.runs(j0, cols, runs);
                 reads.clear();
                 reads.extend(runs.iter().map(|&(off, run)| (off, self.run_at(run))));
-                im2col::fill_panel(path, self.images, &geo, taps, reads, cols, dst, nr);
+                // SAFETY: `self.path` is `simd::active()` (tests: one of
+                // `simd::supported()`), so the CPU runs it; the taps and
+                // runs come from this chunk's geometry over `self.images`,
+                // which holds every image of the chunk.
+                unsafe { im2col::fill_panel(path, self.images, &geo, taps, reads, cols, dst, nr) };
             }
         } else {
             // Depth = output pixels, columns = taps. Each tap's values over
@@ -466,15 +475,18 @@ impl PackB for Columns<'_> {
                 taps.extend((j0..j0 + cols).map(|r| self.tap_read(r)));
                 for &(off, run) in runs.iter() {
                     let rows = &mut rows[..cols * run.len];
-                    im2col::fill_taps(
-                        path,
-                        self.images,
-                        &geo,
-                        taps,
-                        self.run_at(run),
-                        rows,
-                        run.len,
-                    );
+                    // SAFETY: as for `fill_panel` above.
+                    unsafe {
+                        im2col::fill_taps(
+                            path,
+                            self.images,
+                            &geo,
+                            taps,
+                            self.run_at(run),
+                            rows,
+                            run.len,
+                        )
+                    };
                     transpose(rows, cols, run.len, &mut dst[off * nr..], nr);
                 }
             }
@@ -511,7 +523,7 @@ thread_local! {
 
 /// `out[e] = src[2 * e]`: the stride-2 im2col gather (the stem, the
 /// stride-2 3x3 and 1x1 layers). One scalar load, store and bounds check
-/// per value made it most of `Columns::fill`'s time (`perf`); SSE (part of
+/// per value made it most of the im2col fill's time (`perf`); SSE (part of
 /// x86-64) picks four even values out of two loads.
 #[inline(never)]
 pub(super) fn gather_even(src: &[f32], out: &mut [f32]) {
@@ -1313,7 +1325,9 @@ mod tests {
     fn input_grad_row_blocks_match_direct_loops() {
         // Input channels that the row blocks do not divide (blocks of whole
         // channels starting at multiples of the packed Wᵀ's row tile: 8
-        // channels of 9 taps on AVX-512, 2 on AVX2, 1 on portable), block
+        // channels of 9 taps on AVX-512, 2 on AVX2, 1 on portable; AVX-512
+        // reads Wᵀ in place, 1 channel per unit, up to 256 columns, so the
+        // last two cases have more), block
         // sizes from one unit to all channels, stride 2 and padding, batch
         // 1 and a partial image group, blocks in parallel (split) and on
         // one thread (image groups), into dirty scratch buffers.
@@ -1322,6 +1336,8 @@ mod tests {
             ([3, 13, 7, 7], [6, 13, 1, 1], (2, 2), (0, 0), (1, 1)),
             ([1, 17, 5, 6], [4, 17, 3, 3], (2, 2), (1, 1), (1, 1)),
             ([3, 11, 4, 4], [5, 11, 3, 2], (1, 1), (2, 0), (1, 1)),
+            ([3, 19, 10, 10], [7, 19, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 21, 13, 11], [5, 21, 3, 3], (1, 1), (1, 1), (1, 1)),
         ];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)

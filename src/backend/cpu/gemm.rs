@@ -141,7 +141,8 @@ pub(super) enum Rhs<'a> {
 /// one packing of the weight instead of each re-packing it; `n` is the
 /// total of the columns `f` multiplies it with. When the kernels read `a`
 /// in place for that many columns (`microkernel::reads_in_place`: always
-/// for a row-major `a`), and on the portable path, `f` gets the view
+/// for a row-major `a` unless `FROSTGRAD_A_IN_PLACE=0`), and on the
+/// portable path, `f` gets the view
 /// itself.
 pub(super) fn with_packed_lhs<R>(
     a: MatRef<'_>,

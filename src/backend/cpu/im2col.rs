@@ -162,11 +162,14 @@ impl Run {
 /// sees over `run` (0 where it sees padding). Nothing else of `dst` is
 /// written.
 ///
-/// `geo`, the taps and the run must come from one geometry, with the run
-/// inside its output (`ow + len <= out_w`) and the taps' channels inside
-/// its input; `images` must hold the run's image. The AVX paths read
-/// through raw pointers on that promise (checked in debug builds).
-pub(super) fn fill_taps(
+/// # Safety
+/// The CPU supports `path` (as every path [`super::simd::active`] or
+/// [`super::simd::force`] hands out does). `geo`, the taps and the run come
+/// from one geometry, with the run inside its output (`ow + len <= out_w`)
+/// and the taps' channels inside its input, and `images` holds the run's
+/// image: the AVX paths read through raw pointers on that promise (checked
+/// in debug builds only).
+pub(super) unsafe fn fill_taps(
     path: SimdPath,
     images: &[f32],
     geo: &Geometry,
@@ -184,10 +187,9 @@ pub(super) fn fill_taps(
     #[cfg(target_arch = "x86_64")]
     {
         let (short, s) = (geo.tables() && run.len <= 32, geo.stride_w);
-        // SAFETY (every arm): `simd::active` and `simd::force` hand out a
-        // path only when the CPU supports it; `dst` holds every row
-        // (asserted above) and `images` every pixel the taps can see (the
-        // caller's promise).
+        // SAFETY (every arm): the CPU supports `path` and `images` holds
+        // every pixel the taps can see (this function's contract); `dst`
+        // holds every row (asserted above).
         match path {
             SimdPath::Avx512 if short && s == 1 => {
                 return unsafe { avx512::short::<1>(images, geo, taps, run, dst, dst_stride) }
@@ -229,8 +231,11 @@ const PANEL_RUNS: usize = 8;
 /// cost about twice as much (`perf`: 7.8 % of the inference forward's
 /// samples, against the micro-kernel's 65 %). Other paths and widths, and
 /// panels of many short runs, fill run by run.
+///
+/// # Safety
+/// As for [`fill_taps`], for every run.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn fill_panel(
+pub(super) unsafe fn fill_panel(
     path: SimdPath,
     images: &[f32],
     geo: &Geometry,
@@ -251,10 +256,9 @@ pub(super) fn fill_panel(
         // Every run inside the panel: its row stores cover exactly the
         // panel's columns, and the fill's raw-pointer reads rely on it.
         assert!(runs.iter().all(|(off, r)| off + r.len <= cols));
-        // SAFETY: the path is only handed out where the CPU supports it;
-        // `dst` holds `taps.len()` rows of 32 (asserted above) and
-        // `images` every pixel the taps see over the runs (the caller's
-        // promise, as for `fill_taps`).
+        // SAFETY: the CPU supports `path` and `images` holds every pixel
+        // the taps see over the runs (this function's contract); `dst`
+        // holds `taps.len()` rows of 32 (asserted above).
         unsafe {
             if geo.stride_w == 1 {
                 avx512::panel::<1>(images, geo, taps, runs, dst);
@@ -284,7 +288,8 @@ pub(super) fn fill_panel(
         return;
     }
     for &(off, run) in runs {
-        fill_taps(path, images, geo, taps, run, &mut dst[off..], nr);
+        // SAFETY: this function's contract is `fill_taps`'s, run by run.
+        unsafe { fill_taps(path, images, geo, taps, run, &mut dst[off..], nr) };
     }
     if cols < nr {
         for row in dst.chunks_exact_mut(nr).take(taps.len()) {
@@ -879,7 +884,11 @@ mod tests {
                             let stride = len + 2 * pad + (len % 3);
                             let mut dst = vec![f32::NAN; taps.len() * stride + pad];
                             let run = Run::new(g, in_image, n, oh, ow, len);
-                            fill_taps(path, &x, &geo, &taps, run, &mut dst[pad..], stride);
+                            // SAFETY: a supported path; `x` holds the
+                            // geometry's whole batch.
+                            unsafe {
+                                fill_taps(path, &x, &geo, &taps, run, &mut dst[pad..], stride)
+                            };
                             for (i, &tap) in ids.iter().enumerate() {
                                 for j in 0..stride {
                                     let got = dst.get(pad + i * stride + j).copied();
@@ -945,7 +954,8 @@ mod tests {
                     }
                     for path in simd::supported() {
                         let mut dst = vec![f32::NAN; taps.len() * nr + 3];
-                        fill_panel(path, &x, &geo, &taps, &runs, cols, &mut dst, nr);
+                        // SAFETY: as for `fill_taps` in the test above.
+                        unsafe { fill_panel(path, &x, &geo, &taps, &runs, cols, &mut dst, nr) };
                         for (i, &tap) in ids.iter().enumerate() {
                             for e in 0..nr {
                                 let got = dst[i * nr + e];

@@ -18,11 +18,15 @@ pub(super) enum Slot {
     Dense,
 }
 
+/// How many [`Slot`]s there are (the per-slot arrays below; `Dense` is the
+/// last variant).
+const SLOTS: usize = Slot::Dense as usize + 1;
+
 thread_local! {
     /// Per slot, the thread's free buffers: a stack, one per nesting level
     /// reached so far.
-    static FREE: RefCell<[Vec<Vec<f32>>; 4]> = const {
-        RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()])
+    static FREE: RefCell<[Vec<Vec<f32>>; SLOTS]> = const {
+        RefCell::new([const { Vec::new() }; SLOTS])
     };
 }
 
@@ -30,7 +34,7 @@ thread_local! {
 static GROWTHS: AtomicUsize = AtomicUsize::new(0);
 
 /// Per slot, the largest request any thread has made so far.
-static LARGEST: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static LARGEST: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 
 /// How many times a scratch request found no free buffer large enough on
 /// its thread, so that the allocator was asked (and the new pages faulted

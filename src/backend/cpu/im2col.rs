@@ -247,45 +247,36 @@ pub(super) unsafe fn fill_panel(
 ) {
     assert!(cols <= nr && dst.len() >= taps.len() * nr);
     #[cfg(target_arch = "x86_64")]
-    if path == SimdPath::Avx512
-        && nr == 32
-        && geo.tables()
-        && runs.len() <= PANEL_RUNS
-        && matches!(geo.stride_w, 1 | 2)
     {
-        // Every run inside the panel: its row stores cover exactly the
-        // panel's columns, and the fill's raw-pointer reads rely on it.
-        assert!(runs.iter().all(|(off, r)| off + r.len <= cols));
-        // SAFETY: the CPU supports `path` and `images` holds every pixel
-        // the taps see over the runs (this function's contract); `dst`
-        // holds `taps.len()` rows of 32 (asserted above).
-        unsafe {
-            if geo.stride_w == 1 {
-                avx512::panel::<1>(images, geo, taps, runs, dst);
-            } else {
-                avx512::panel::<2>(images, geo, taps, runs, dst);
+        // The panel width each kernel's B panels have; AVX2's mask table
+        // also bounds how many (run, kw) masks one panel may need.
+        let width = match path {
+            SimdPath::Avx512 => Some(32),
+            SimdPath::Avx2 if geo.kernel_w * runs.len() <= avx2::PANEL_MASKS => Some(16),
+            _ => None,
+        };
+        if width == Some(nr)
+            && geo.tables()
+            && runs.len() <= PANEL_RUNS
+            && matches!(geo.stride_w, 1 | 2)
+        {
+            // Every run inside the panel: its row stores cover exactly the
+            // panel's columns, and the fill's raw-pointer reads rely on it.
+            assert!(runs.iter().all(|(off, r)| off + r.len <= cols));
+            // SAFETY: the CPU supports `path` and `images` holds every
+            // pixel the taps see over the runs (this function's contract);
+            // `dst` holds `taps.len()` rows of `nr` (asserted above), the
+            // width the chosen fill writes.
+            unsafe {
+                match (path, geo.stride_w) {
+                    (SimdPath::Avx512, 1) => avx512::panel::<1>(images, geo, taps, runs, dst),
+                    (SimdPath::Avx512, _) => avx512::panel::<2>(images, geo, taps, runs, dst),
+                    (_, 1) => avx2::panel::<1>(images, geo, taps, runs, dst),
+                    (_, _) => avx2::panel::<2>(images, geo, taps, runs, dst),
+                }
             }
+            return;
         }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if path == SimdPath::Avx2
-        && nr == 16
-        && geo.tables()
-        && runs.len() <= PANEL_RUNS
-        && geo.kernel_w * runs.len() <= avx2::PANEL_MASKS
-        && matches!(geo.stride_w, 1 | 2)
-    {
-        assert!(runs.iter().all(|(off, r)| off + r.len <= cols));
-        // SAFETY: as for AVX-512 above, with rows of 16.
-        unsafe {
-            if geo.stride_w == 1 {
-                avx2::panel::<1>(images, geo, taps, runs, dst);
-            } else {
-                avx2::panel::<2>(images, geo, taps, runs, dst);
-            }
-        }
-        return;
     }
     for &(off, run) in runs {
         // SAFETY: this function's contract is `fill_taps`'s, run by run.

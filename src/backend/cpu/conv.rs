@@ -9,6 +9,11 @@
 //! * input grad:   `dx = col2im(Wᵀ · dy)`             (scatter-add back)
 //! * weight grad:  `dW = Σ_images dy · colᵀ`          (GEMM with beta = 1)
 //!
+//! For stride 1 the input gradient is itself a forward convolution (of
+//! `dy`, with the weight flipped and its channels swapped) and runs as
+//! one, with no col2im ([`input_grad_flipped`]); col2im remains for the
+//! other strides and the portable path.
+//!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
 //! (`gemm::PackB`, the fills in `im2col.rs`). The weight is read by the
@@ -45,8 +50,8 @@ use rayon::prelude::*;
 use super::buffer_pool;
 use super::check::checked_numel;
 use super::gemm::{
-    panels, row_align, sgemm, sgemm_rows, with_packed_lhs, with_packed_rhs, Lhs, MatRef, PackB,
-    Par, Rhs, Source,
+    panels, row_align, sgemm, sgemm_rows, with_indexed_lhs, with_packed_lhs, with_packed_rhs, Lhs,
+    MatRef, PackB, Par, Rhs, Source,
 };
 use super::im2col;
 use super::scratch::{with_scratch, Slot};
@@ -820,6 +825,23 @@ fn forward_with(
 ) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
+    let weight = MatRef::row_major(w, plan.taps);
+    let columns = g.batch * plan.pixels;
+    with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
+        forward_lhs(op, x, weight, bias, g, &plan)
+    })
+}
+
+/// The forward of the whole batch with the weight as the GEMM's left
+/// operand `weight` (`[C_out, taps]`).
+fn forward_lhs(
+    op: &'static str,
+    x: &[f32],
+    weight: Lhs<'_>,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    plan: &Plan,
+) -> Result<Vec<f32>> {
     // Every element is written by a GEMM with beta = 0 (or onto the bias)
     // unless there is no tap to sum over.
     let mut y = if plan.taps > 0 {
@@ -827,14 +849,10 @@ fn forward_with(
     } else {
         buffer_pool::zeroed(op, g.batch * plan.out_image)?
     };
-    let weight = MatRef::row_major(w, plan.taps);
-    let columns = g.batch * plan.pixels;
-    with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
-        let per_image = Output::PerImage(plan.out_image);
-        for_image_groups(op, &plan, g, &mut y, per_image, |first, count, y, par| {
-            let x = batch_images(x, plan.in_image, first, count);
-            forward_images(x, weight, bias, g, &plan, y, count, par);
-        })
+    let per_image = Output::PerImage(plan.out_image);
+    for_image_groups(op, plan, g, &mut y, per_image, |first, count, y, par| {
+        let x = batch_images(x, plan.in_image, first, count);
+        forward_images(x, weight, bias, g, plan, y, count, par);
     })?;
     Ok(y)
 }
@@ -884,11 +902,91 @@ fn forward_images(
     }
 }
 
-/// `dx = col2im(Wᵀ · dy)` for every image.
+/// `dx` for every image: the forward convolution of `dy` with the flipped
+/// weight where [`flipped_geometry`] allows it and [`flip_input_grad`]
+/// chooses it, else `col2im(Wᵀ · dy)`.
 pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
-    input_grad_with(dy, w, g, LIMITS)
+    match flipped_geometry(g) {
+        Some(flipped) if flip_input_grad(g) => {
+            input_grad_flipped(dy, w, g, &flipped, FORWARD_LIMITS)
+        }
+        _ => input_grad_with(dy, w, g, LIMITS),
+    }
 }
 
+/// Whether the input gradient runs as a forward convolution
+/// ([`input_grad_flipped`]) for a geometry that allows it.
+/// `FROSTGRAD_CONV_DX=flip` forces it wherever the geometry allows it,
+/// `=col2im` never (for comparison).
+///
+/// The rule: on the micro-kernel paths, for kernels of more than one tap
+/// (a 1x1, stride-1, unpadded input gradient already is one GEMM with no
+/// col2im). On the portable path the flipped weight would have to be
+/// written out first (`matrixmultiply` takes only strided operands).
+fn flip_input_grad(g: &Conv2dGeometry) -> bool {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced =
+        *MODE.get_or_init(
+            || match std::env::var("FROSTGRAD_CONV_DX").as_deref().map(str::trim) {
+                Ok("flip") => Some(true),
+                Ok("col2im") => Some(false),
+                _ => None,
+            },
+        );
+    forced.unwrap_or_else(|| {
+        g.kernel_h * g.kernel_w > 1 && simd::active() != simd::SimdPath::Portable
+    })
+}
+
+/// For stride 1, the input gradient is the forward convolution of `dy`
+/// with the weight flipped in space and with input and output channels
+/// swapped, `W'[c, o, kh, kw] = W[o, c, KH-1-kh, KW-1-kw]`, padded by
+/// `d(k-1) - p` (dilation `d` kept): its geometry, when that padding is not
+/// negative and `dy` is not empty.
+fn flipped_geometry(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+    if g.stride != (1, 1) || g.batch == 0 || g.in_h * g.in_w == 0 {
+        return None;
+    }
+    let pad = |d: usize, k: usize, p: usize| (d * (k - 1)).checked_sub(p);
+    let padding = (
+        pad(g.dilation.0, g.kernel_h, g.padding.0)?,
+        pad(g.dilation.1, g.kernel_w, g.padding.1)?,
+    );
+    let input = [g.batch, g.out_channels, g.out_h, g.out_w];
+    let weight = [g.in_channels, g.out_channels, g.kernel_h, g.kernel_w];
+    let flipped = Conv2dGeometry::new(input, weight, (1, 1), padding, g.dilation).ok()?;
+    (flipped.out_h == g.in_h && flipped.out_w == g.in_w).then_some(flipped)
+}
+
+/// `dx` as the forward convolution of `dy` under the `flipped` geometry
+/// ([`flipped_geometry`]), with the forward's machinery: the self-packing
+/// im2col over `dy`, image groups, the GEMM writing `dx` directly. No
+/// col2im scatter, no zeroing of `dx`, no staging of the GEMM's output.
+///
+/// The flipped weight is never written out: as the GEMM's `[C_in, C_out *
+/// KH*KW]` left operand, row `c` at depth `(o, t)` (`t = kh*KW + kw`, the
+/// im2col's tap order) is `w[o*C_in*KH*KW + c*KH*KW + (KH*KW-1-t)]`: row
+/// stride `KH*KW`, and a depth offset that is not affine in the depth
+/// index, so the micro-kernels read it through a table of offsets
+/// (`gemm::with_indexed_lhs`).
+fn input_grad_flipped(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    flipped: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_input_grad";
+    let plan = Plan::new(op, flipped, limits)?;
+    let taps = g.kernel_h * g.kernel_w;
+    let per_out = g.in_channels * taps;
+    let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
+    with_indexed_lhs(w, taps, (g.in_channels, plan.taps), offset, |weight| {
+        forward_lhs(op, dy, weight, None, flipped, &plan)
+    })
+}
+
+/// `dx = col2im(Wᵀ · dy)` for every image.
 fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, g, limits)?;
@@ -1290,6 +1388,11 @@ mod tests {
                 assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
                 assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
+                if let Some(flipped) = flipped_geometry(&g) {
+                    let dx =
+                        pool.install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
+                    assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
+                }
             }
         }
     }
@@ -1374,6 +1477,113 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn flipped_input_grad_matches_direct_loops() {
+        // The input gradient as a forward convolution of dy with the
+        // flipped weight, on the active SIMD path (the suites run once per
+        // path): kernels 1..7 (square and not), dilation, every padding
+        // from 0 to d(k-1) in some combination, C_in != C_out with C_in
+        // (the GEMM's rows) ragged for both kernels' row tiles and widths
+        // ragged for their panels, batch 1 and several, and chunking and
+        // grouping variants on two threads, into dirty scratch buffers.
+        let mut cases: Vec<Case> = vec![
+            // ResNet-like: 3x3 at 7x7 (grouped images), 1x1 (forced flip).
+            ([3, 16, 7, 7], [24, 16, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 8, 4, 5], [16, 8, 1, 1], (1, 1), (0, 0), (1, 1)),
+        ];
+        for (kh, kw) in [(1, 1), (3, 3), (5, 5), (7, 7), (3, 2), (1, 3)] {
+            for (dh, dw) in [(1, 1), (2, 1)] {
+                let (fh, fw) = (dh * (kh - 1), dw * (kw - 1));
+                for (ph, pw) in [(0, 0), (fh / 2, fw / 2), (fh, fw), (fh, 0)] {
+                    for batch in [1, 3] {
+                        cases.push((
+                            [batch, 13, 14, 11],
+                            [5, 13, kh, kw],
+                            (1, 1),
+                            (ph, pw),
+                            (dh, dw),
+                        ));
+                    }
+                }
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let Ok(g) = Conv2dGeometry::new(input, weight, stride, padding, dilation) else {
+                continue; // an empty output (e.g. 7x7 dilated, unpadded)
+            };
+            let flipped = flipped_geometry(&g).expect("stride 1, padding <= d(k-1)");
+            let x = pseudo_random(input.iter().product(), 21 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 121 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 321 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let pixels = g.in_h * g.in_w;
+            let taps_row = weight[0] * weight[2] * weight[3] * g.in_w;
+            for limits in [
+                FORWARD_LIMITS,
+                LIMITS,
+                // One output row per chunk, then two.
+                Limits {
+                    block_elems: 1,
+                    min_columns: 1,
+                    groups_per_thread: 1,
+                    ..LIMITS
+                },
+                Limits {
+                    block_elems: 2 * taps_row,
+                    min_columns: 1,
+                    groups_per_thread: 0,
+                    ..LIMITS
+                },
+                // Two images per chunk.
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: 2 * pixels,
+                    groups_per_thread: 2,
+                    ..LIMITS
+                },
+            ] {
+                let dx = pool.install(|| {
+                    pool.broadcast(|_| {
+                        with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                        with_scratch(Slot::PackedLhs, 1 << 12, |b| b.fill(f32::NAN));
+                    });
+                    input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap()
+                });
+                let what = format!("case {case} {g:?} dx");
+                assert_close(&what, &dx, &r.dx, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_geometry_only_for_stride_1_and_padding_within_reach() {
+        let geo = |input, weight, stride, padding, dilation| {
+            Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap()
+        };
+        let g = geo([2, 3, 9, 8], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1));
+        let f = flipped_geometry(&g).unwrap();
+        assert_eq!((f.in_channels, f.out_channels), (4, 3));
+        assert_eq!((f.in_h, f.in_w, f.out_h, f.out_w), (9, 8, 9, 8));
+        assert_eq!(f.padding, (1, 1));
+        // Dilation 2, no padding: padded by d(k-1) = 4.
+        let g = geo([1, 2, 9, 9], [2, 2, 3, 3], (1, 1), (0, 0), (2, 2));
+        assert_eq!(flipped_geometry(&g).unwrap().padding, (4, 4));
+        // Stride 2, or padding past the kernel's reach: col2im.
+        assert!(
+            flipped_geometry(&geo([1, 2, 9, 9], [2, 2, 3, 3], (2, 2), (1, 1), (1, 1))).is_none()
+        );
+        assert!(
+            flipped_geometry(&geo([1, 2, 9, 9], [2, 2, 3, 3], (1, 1), (3, 1), (1, 1))).is_none()
+        );
+        assert!(
+            flipped_geometry(&geo([1, 2, 3, 4], [3, 2, 1, 1], (1, 1), (1, 2), (1, 1))).is_none()
+        );
     }
 
     #[test]

@@ -1067,19 +1067,46 @@ fn input_grad_images(
         }
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
             with_packed_rhs(Rhs::View(grad_out), k, width, |grad_out| {
-                let block = |(b, mut planes): (usize, Vec<&mut [f32]>)| {
+                let block = |b: usize, mut planes: Vec<&mut [f32]>, col: &mut [f32]| {
                     let c0 = b * channels;
                     let rows = channels.min(g.in_channels - c0) * per_channel;
-                    with_scratch(Slot::Columns, block_len, |col| {
-                        let col = &mut col[..rows * width];
-                        let rows = (c0 * per_channel, rows);
-                        sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
-                        col2im_add(col, g, &chunk, &mut planes);
-                    });
+                    let col = &mut col[..rows * width];
+                    let rows = (c0 * per_channel, rows);
+                    sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
+                    col2im_add(col, g, &chunk, &mut planes);
                 };
                 match par {
-                    Par::Split => targets.into_par_iter().enumerate().for_each(block),
-                    Par::Serial => targets.into_iter().enumerate().for_each(block),
+                    // One column buffer per rayon thread, taken here on the
+                    // calling thread, rather than each worker's own
+                    // scratch: which worker runs a block is up to rayon, so
+                    // a worker's own buffer could first meet this (often
+                    // the largest) size in any step, and grow then (a
+                    // steady-state growth in `tests/cpu_buffer_pool.rs`
+                    // once the stride-1 input gradients, which used to
+                    // grow every worker's buffer early, stopped using it).
+                    // A block holds its buffer without waiting on other
+                    // tasks, so the lock never waits.
+                    Par::Split => {
+                        let threads = rayon::current_num_threads().max(1);
+                        with_scratch(Slot::Columns, threads * block_len, |cols| {
+                            let cols: Vec<std::sync::Mutex<&mut [f32]>> = cols
+                                .chunks_mut(block_len)
+                                .map(std::sync::Mutex::new)
+                                .collect();
+                            targets.into_par_iter().enumerate().for_each(|(b, planes)| {
+                                let mine = rayon::current_thread_index().unwrap_or(0) % threads;
+                                let mut col = cols[mine]
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                block(b, planes, &mut col);
+                            });
+                        })
+                    }
+                    Par::Serial => with_scratch(Slot::Columns, block_len, |col| {
+                        for (b, planes) in targets.into_iter().enumerate() {
+                            block(b, planes, col);
+                        }
+                    }),
                 }
             })
         });

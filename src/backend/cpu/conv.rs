@@ -919,10 +919,17 @@ pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Re
 /// `FROSTGRAD_CONV_DX=flip` forces it wherever the geometry allows it,
 /// `=col2im` never (for comparison).
 ///
-/// The rule: on the micro-kernel paths, for kernels of more than one tap
-/// (a 1x1, stride-1, unpadded input gradient already is one GEMM with no
-/// col2im). On the portable path the flipped weight would have to be
-/// written out first (`matrixmultiply` takes only strided operands).
+/// The rule: for kernels of more than one tap (a 1x1, stride-1, unpadded
+/// input gradient already is one GEMM with no col2im), on the AVX-512 path
+/// always, on the AVX2 path for images of at most
+/// [`FLIP_AVX2_MAX_PIXELS`]. Measured on Zen 4, batch 8, medians of 12
+/// alternating runs under load (BENCHMARKS.md, issue 9 item 23): AVX-512
+/// 0.88-0.98x the CPU time of col2im on all four stride-1 3x3 layers at 1
+/// and 2 threads; AVX2 0.90-0.95x at 7x7 but 1.02-1.08x at 14x14 to 56x56,
+/// where its forward (whose speed the flipped input gradient takes) is
+/// itself slower than its col2im input gradient. On the portable path the
+/// flipped weight would have to be written out first (`matrixmultiply`
+/// takes only strided operands).
 fn flip_input_grad(g: &Conv2dGeometry) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced =
@@ -934,9 +941,19 @@ fn flip_input_grad(g: &Conv2dGeometry) -> bool {
             },
         );
     forced.unwrap_or_else(|| {
-        g.kernel_h * g.kernel_w > 1 && simd::active() != simd::SimdPath::Portable
+        g.kernel_h * g.kernel_w > 1
+            && match simd::active() {
+                simd::SimdPath::Avx512 => true,
+                simd::SimdPath::Avx2 => g.in_h * g.in_w <= FLIP_AVX2_MAX_PIXELS,
+                simd::SimdPath::Portable => false,
+            }
     })
 }
+
+/// The largest image (`H * W` of `dx`) whose input gradient the AVX2 path
+/// runs flipped ([`flip_input_grad`]): between ResNet's 7x7 (flipped
+/// faster) and 14x14 (slower).
+const FLIP_AVX2_MAX_PIXELS: usize = 100;
 
 /// For stride 1, the input gradient is the forward convolution of `dy`
 /// with the weight flipped in space and with input and output channels

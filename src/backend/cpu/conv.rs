@@ -1104,7 +1104,7 @@ fn shifted_rows(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
 /// taps) took 1.14x the CPU time of the im2col form (its packed block of
 /// 1.2 MB streamed from L3 for each of 11 row blocks), 256->256 at 14x14
 /// (768) 0.97x, i.e. within noise; 64 and 128 channels 0.91x and 0.96x
-/// (BENCHMARKS.md item 23).
+/// (BENCHMARKS.md item 24).
 const SHIFTED_MAX_ROW_TAPS: usize = 512;
 
 /// The weight gradient of a stride-1 convolution whose output rows are as
@@ -1119,7 +1119,7 @@ const SHIFTED_MAX_ROW_TAPS: usize = 512;
 /// reordered into `dW`. `B` is the column matrix of the row taps only (a
 /// `KW`-th of the taps), and it is the operand that is packed with a
 /// transpose (`Columns`, transposed), which was ~14 % of the samples of
-/// ResNet's 3x3 weight gradients (`perf`, BENCHMARKS.md item 23); `A` is a
+/// ResNet's 3x3 weight gradients (`perf`, BENCHMARKS.md item 24); `A` is a
 /// plain shifted copy of `dy`, read by the micro-kernels where it lies.
 /// The multiply-adds are the same.
 fn weight_grad_shifted(

@@ -3,9 +3,11 @@
 //! The machines this project runs on change between sessions (AVX2 one
 //! day, AVX-512 the next), so the kernels are compiled for every path and
 //! the best one the CPU supports is picked when first needed.
-//! `FROSTGRAD_SIMD=avx512|avx2|portable` forces a path (a path the CPU
-//! lacks falls back to the best supported one); tests switch paths with
-//! [`force`] so that every path the machine supports is checked.
+//! `FROSTGRAD_SIMD=avx512|avx2|portable` forces a path (an unknown value,
+//! or a path the CPU lacks, falls back to the best supported one with a
+//! warning on stderr, so a forced comparison never silently measures the
+//! wrong path); tests switch paths with [`force`] so that every path the
+//! machine supports is checked.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -82,13 +84,42 @@ pub fn active() -> SimdPath {
     if let Some(p) = SimdPath::from_code(ACTIVE.load(Ordering::Relaxed)) {
         return p;
     }
-    let requested = std::env::var("FROSTGRAD_SIMD")
-        .ok()
-        .and_then(|v| SimdPath::parse(&v));
-    let best = supported()[0];
-    let p = requested.filter(|p| p.is_supported()).unwrap_or(best);
-    ACTIVE.store(p.code(), Ordering::Relaxed);
+    let requested = std::env::var("FROSTGRAD_SIMD").ok();
+    let (p, warning) = choose(requested.as_deref(), &supported());
+    // Threads racing here decide the same; only the first one warns.
+    let first = ACTIVE.swap(p.code(), Ordering::Relaxed) == 0;
+    if let (true, Some(w)) = (first, warning) {
+        eprintln!("frostgrad: {w}");
+    }
     p
+}
+
+/// The path for a `FROSTGRAD_SIMD` value, given the paths this CPU
+/// supports (fastest first, `portable` last), and a warning when the value
+/// cannot be honoured.
+fn choose(requested: Option<&str>, supported: &[SimdPath]) -> (SimdPath, Option<String>) {
+    let best = supported[0];
+    let Some(value) = requested.map(str::trim).filter(|v| !v.is_empty()) else {
+        return (best, None);
+    };
+    match SimdPath::parse(value) {
+        Some(p) if supported.contains(&p) => (p, None),
+        Some(p) => (
+            best,
+            Some(format!(
+                "FROSTGRAD_SIMD={value}: this CPU cannot run the {} path; using {}",
+                p.name(),
+                best.name()
+            )),
+        ),
+        None => (
+            best,
+            Some(format!(
+                "FROSTGRAD_SIMD={value} is not a path (avx512, avx2 or portable); using {}",
+                best.name()
+            )),
+        ),
+    }
 }
 
 /// Runs every later GEMM on `path` (process-wide), or errors if this CPU
@@ -115,5 +146,24 @@ mod tests {
         }
         assert_eq!(SimdPath::parse("sse9"), None);
         assert_eq!(supported().last(), Some(&SimdPath::Portable));
+    }
+
+    #[test]
+    fn an_unusable_request_falls_back_with_a_warning() {
+        let avx2_only = [SimdPath::Avx2, SimdPath::Portable];
+        assert_eq!(choose(None, &avx2_only), (SimdPath::Avx2, None));
+        assert_eq!(choose(Some(" "), &avx2_only), (SimdPath::Avx2, None));
+        assert_eq!(
+            choose(Some("portable"), &avx2_only),
+            (SimdPath::Portable, None)
+        );
+        let (p, w) = choose(Some("avx512"), &avx2_only);
+        assert_eq!(p, SimdPath::Avx2);
+        assert!(w
+            .unwrap()
+            .contains("cannot run the avx512 path; using avx2"));
+        let (p, w) = choose(Some("avx-512"), &avx2_only);
+        assert_eq!(p, SimdPath::Avx2);
+        assert!(w.unwrap().contains("not a path"));
     }
 }

@@ -1028,6 +1028,9 @@ fn weight_grad_limits(g: &Conv2dGeometry) -> Limits {
 
 fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
     let op = "conv2d_weight_grad";
+    if let Some(rows) = shifted_rows(g) {
+        return weight_grad_shifted(dy, x, g, &rows, limits);
+    }
     let plan = Plan::new(op, g, limits)?;
     let mut dw = buffer_pool::zeroed(op, g.out_channels * plan.taps)?;
     for_image_groups(
@@ -1069,6 +1072,152 @@ fn weight_grad_images(
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
             sgemm(par, m, width, n, Lhs::View(grad_out), col_t, 1.0, dw, n)
         });
+    }
+}
+
+/// The geometry of the shifted weight gradient's row taps (see
+/// [`weight_grad_shifted`]): the convolution with its kernel reduced to
+/// one column, unpadded and undilated along the width, so that tap
+/// `(c, kh)` at output `(oh, w)` reads input pixel `(c, oh + kh * d - p,
+/// w)`. `None` where the shifted form does not apply: strides other than
+/// 1, output rows narrower or wider than the input's, 1-wide kernels, more
+/// than [`SHIFTED_MAX_ROW_TAPS`] row taps, or `FROSTGRAD_DW_SHIFTED=0`
+/// (for comparison).
+fn shifted_rows(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED
+        .get_or_init(|| std::env::var("FROSTGRAD_DW_SHIFTED").map_or(true, |v| v.trim() != "0"));
+    let row_taps = g.in_channels.saturating_mul(g.kernel_h);
+    (enabled
+        && g.stride == (1, 1)
+        && g.kernel_w > 1
+        && g.out_w == g.in_w
+        && row_taps <= SHIFTED_MAX_ROW_TAPS)
+        .then_some(Conv2dGeometry {
+            kernel_w: 1,
+            padding: (g.padding.0, 0),
+            dilation: (g.dilation.0, 1),
+            ..*g
+        })
+}
+
+/// The most row taps (`C_in * KH`, the shifted weight gradient's GEMM
+/// columns) for which it is used: up to 512, one 256-deep block of its
+/// packed right operand (512 KiB) stays in L2 while the micro-kernels walk
+/// the `KW * C_out` rows of `A`. ResNet's 3x3 512->512 at 7x7 (1536 row
+/// taps) took 1.14x the CPU time of the im2col form (its packed block of
+/// 1.2 MB streamed from L3 for each of 11 row blocks), 256->256 at 14x14
+/// (768) 0.97x, i.e. within noise; 64 and 128 channels 0.91x and 0.96x
+/// (BENCHMARKS.md item 24).
+const SHIFTED_MAX_ROW_TAPS: usize = 512;
+
+/// The weight gradient of a stride-1 convolution whose output rows are as
+/// wide as its input's (ResNet's 3x3, padding 1), as `KW` shifted
+/// products sharing one right operand:
+///
+/// `dW[o][c, kh, kw] = Σ_{oh, w} dy[o][oh, w + p - kw·d] · x[c][oh + kh·d - p, w]`
+///
+/// (`dy` is 0 outside its row). So with depth = the output pixels `(oh,
+/// w)`, `A[(kw, o)] = dy[o]` shifted by `p - kw·d` within each row and
+/// `B[(c, kh)] = x`'s rows: `dW' = A · Bᵀ` (`[KW·C_out, C_in·KH]`), then
+/// reordered into `dW`. `B` is the column matrix of the row taps only (a
+/// `KW`-th of the taps), and it is the operand that is packed with a
+/// transpose (`Columns`, transposed), which was ~14 % of the samples of
+/// ResNet's 3x3 weight gradients (`perf`, BENCHMARKS.md item 24); `A` is a
+/// plain shifted copy of `dy`, read by the micro-kernels where it lies.
+/// The multiply-adds are the same.
+fn weight_grad_shifted(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    rows: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_weight_grad";
+    let plan = Plan::new(op, rows, limits)?;
+    let (kw_n, c_out, n) = (g.kernel_w, g.out_channels, plan.taps);
+    let mut shifted = buffer_pool::zeroed(op, kw_n * c_out * n)?;
+    for_image_groups(
+        op,
+        &plan,
+        rows,
+        &mut shifted,
+        Output::Sum,
+        |first, count, out, par| {
+            let dy = batch_images(dy, plan.out_image, first, count);
+            let x = batch_images(x, plan.in_image, first, count);
+            for chunk in plan.chunks(rows, count) {
+                let width = chunk.columns(rows);
+                let images = chunk.images_of(x, plan.in_image);
+                let columns = Columns::new(images, rows, &plan, chunk, true);
+                with_scratch(Slot::Columns, kw_n * c_out * width, |a| {
+                    shift_grad_out(g, &plan, &chunk, dy, a);
+                    let a = MatRef::row_major(a, width);
+                    sgemm(
+                        par,
+                        kw_n * c_out,
+                        width,
+                        n,
+                        Lhs::View(a),
+                        Rhs::Source(&columns),
+                        1.0,
+                        out,
+                        n,
+                    )
+                });
+            }
+        },
+    )?;
+    // dW[o][(c, kh), kw] = dW'[(kw, o)][(c, kh)].
+    let mut dw = buffer_pool::zeroed(op, kw_n * c_out * n)?;
+    for (o, row) in dw.chunks_exact_mut(n * kw_n).enumerate() {
+        for kw in 0..kw_n {
+            let from = &shifted[(kw * c_out + o) * n..][..n];
+            for (d, &v) in row[kw..].iter_mut().step_by(kw_n).zip(from) {
+                *d = v;
+            }
+        }
+    }
+    buffer_pool::recycle(shifted);
+    Ok(dw)
+}
+
+/// The shifted weight gradient's left operand for one chunk (see
+/// [`weight_grad_shifted`]): `a[(kw, o)][j]` for the chunk's columns `j`,
+/// i.e. `dy[o]` of the column's image at `(oh, w + p - kw·d)`, 0 where
+/// that lies outside the row.
+fn shift_grad_out(g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, dy: &[f32], a: &mut [f32]) {
+    let (w, c_out, width) = (g.out_w, g.out_channels, chunk.columns(g));
+    let seg = chunk.image_columns(g);
+    let images = chunk.images_of(dy, plan.out_image);
+    for kw in 0..g.kernel_w {
+        // a[.., j] = dy[.., j + shift] within each row.
+        let shift = g.padding.1 as isize - (kw * g.dilation.1) as isize;
+        let skip = shift.unsigned_abs().min(w);
+        for o in 0..c_out {
+            let dst_row = &mut a[(kw * c_out + o) * width..][..width];
+            for (image, dst) in images
+                .chunks_exact(plan.out_image)
+                .zip(dst_row.chunks_exact_mut(seg))
+            {
+                let src = &image[o * plan.pixels + chunk.rows.0 * w..][..seg];
+                // One copy of the whole block, offset by the shift; then
+                // the `skip` columns of each row that would have come from
+                // the next or previous row (or outside the block) are 0.
+                let len = seg - skip.min(seg);
+                if shift >= 0 {
+                    dst[..len].copy_from_slice(&src[seg - len..]);
+                    for row in dst.chunks_exact_mut(w) {
+                        row[w - skip..].fill(0.0);
+                    }
+                } else {
+                    dst[seg - len..].copy_from_slice(&src[..len]);
+                    for row in dst.chunks_exact_mut(w) {
+                        row[..skip].fill(0.0);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1209,6 +1358,15 @@ mod tests {
         ([2, 6, 9, 9], [4, 6, 1, 1], (2, 2), (0, 0), (1, 1)),
         // 1x1 with padding: the border sees only zeros
         ([1, 2, 3, 4], [3, 2, 1, 1], (1, 1), (1, 2), (1, 1)),
+        // The shifted weight gradient: ResNet's 3x3 padding 1, a 5x5
+        // padding 2 (shifts of up to 2 per row), a 2-wide kernel dilated
+        // 2, a 1x3 kernel unpadded along the height, 1-pixel-wide images
+        // (every shifted value outside its row).
+        ([2, 3, 6, 5], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ([2, 2, 4, 7], [3, 2, 5, 5], (1, 1), (2, 2), (1, 1)),
+        ([1, 2, 5, 6], [2, 2, 2, 2], (1, 1), (1, 1), (2, 2)),
+        ([1, 3, 4, 9], [2, 3, 1, 3], (1, 1), (0, 1), (1, 1)),
+        ([3, 2, 2, 1], [3, 2, 3, 3], (1, 1), (1, 1), (1, 1)),
         // 7x7 stride 2 padding 3: the ResNet stem shape, shrunk
         ([2, 3, 11, 10], [4, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
         // kernel as large as the input, and padding wider than the kernel reach
@@ -1295,6 +1453,30 @@ mod tests {
                 assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
             }
+        }
+    }
+
+    #[test]
+    fn shifted_weight_grad_is_taken_where_it_applies() {
+        let geo = |input, weight, stride, padding| {
+            Conv2dGeometry::new(input, weight, stride, padding, (1, 1)).unwrap()
+        };
+        // ResNet's 3x3 stride-1 layers up to 128 channels; the row taps'
+        // geometry keeps the output and drops the width's kernel.
+        for c in [64, 128] {
+            let g = geo([8, c, 56, 56], [c, c, 3, 3], (1, 1), (1, 1));
+            let rows = shifted_rows(&g).unwrap();
+            assert_eq!((rows.out_h, rows.out_w), (g.out_h, g.out_w));
+            assert_eq!((rows.kernel_w, rows.padding.1), (1, 0));
+        }
+        for g in [
+            // Too many row taps, stride 2, a 1x1, output narrower than input.
+            geo([8, 256, 14, 14], [256, 256, 3, 3], (1, 1), (1, 1)),
+            geo([8, 64, 56, 56], [128, 64, 3, 3], (2, 2), (1, 1)),
+            geo([8, 64, 56, 56], [64, 64, 1, 1], (1, 1), (0, 0)),
+            geo([8, 64, 56, 56], [64, 64, 3, 3], (1, 1), (0, 0)),
+        ] {
+            assert!(shifted_rows(&g).is_none(), "{g:?}");
         }
     }
 

@@ -2,7 +2,7 @@
 //! the main thread allocates, by size, and which blocks are freed on
 //! another thread than the one that allocated them, by size and direction;
 //! the live heap after every step. Diagnosis for issue 9 (BENCHMARKS.md
-//! item 24): glibc's per-thread caches keep the chunks a thread frees, so
+//! item 25): glibc's per-thread caches keep the chunks a thread frees, so
 //! blocks the main thread allocates and a rayon worker frees pile up
 //! there while the main heap creeps onto pages it has not touched yet.
 //!

@@ -63,7 +63,7 @@ thread_local! {
     /// Why: built afresh, its maps grew by rehashing every step, a chain
     /// of heap blocks up to a few KiB freed again at the end, and glibc
     /// served them from newly touched heap pages in otherwise fault-free
-    /// training steps (BENCHMARKS.md, issue 9 item 24). A backward run
+    /// training steps (BENCHMARKS.md, issue 9 item 25). A backward run
     /// from inside a hook finds the cell empty and builds its own.
     static BOOKKEEPING: Cell<Option<Bookkeeping>> = const { Cell::new(None) };
 }

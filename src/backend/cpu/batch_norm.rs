@@ -337,7 +337,7 @@ pub(super) fn train(
     }
     // From the pool, like every tensor's storage: these small buffers
     // churned through glibc were what still faulted in steady-state steps
-    // (BENCHMARKS.md, issue 9 item 24).
+    // (BENCHMARKS.md, issue 9 item 25).
     let mut mean = buffer_pool::uninit("batch_norm", g.channels)?;
     let mut var = buffer_pool::uninit("batch_norm", g.channels)?;
     let mut invstd = buffer_pool::uninit("batch_norm", g.channels)?;

@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 /// (256 B - 2 KiB) and the head's small products (4 - 16 KiB) were what
 /// glibc served from newly touched main-heap pages, as its per-thread
 /// caches slowly filled with chunks of 256 - 1032 bytes (BENCHMARKS.md,
-/// issue 9 items 16 and 24).
+/// issue 9 items 16 and 25).
 pub const MIN_POOLED_BYTES: usize = 256;
 
 /// Size classes per power of two.

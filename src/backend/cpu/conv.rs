@@ -969,19 +969,23 @@ fn input_grad_images(
         }
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
             with_packed_rhs(Rhs::View(grad_out), k, width, |grad_out| {
-                let block = |(b, mut planes): (usize, Vec<&mut [f32]>)| {
+                let block = |(b, planes): (usize, &mut Vec<&mut [f32]>)| {
                     let c0 = b * channels;
                     let rows = channels.min(g.in_channels - c0) * per_channel;
                     with_scratch(Slot::Columns, block_len, |col| {
                         let col = &mut col[..rows * width];
                         let rows = (c0 * per_channel, rows);
                         sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
-                        col2im_add(col, g, &chunk, &mut planes);
+                        col2im_add(col, g, &chunk, planes);
                     });
                 };
+                // By reference: the lists are freed here, on the thread
+                // that made them. Moved into the tasks, a worker freed them
+                // into its own malloc cache and the main heap crept by
+                // their size every step until a page faulted (issue 9).
                 match par {
-                    Par::Split => targets.into_par_iter().enumerate().for_each(block),
-                    Par::Serial => targets.into_iter().enumerate().for_each(block),
+                    Par::Split => targets.par_iter_mut().enumerate().for_each(block),
+                    Par::Serial => targets.iter_mut().enumerate().for_each(block),
                 }
             })
         });

@@ -18,6 +18,7 @@
 //! it produced and its pre-hooks on the incoming gradient, its post-hooks
 //! on the gradients it computed.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -31,6 +32,40 @@ use crate::tensor::Tensor;
 
 fn node_key(node: &Arc<Node>) -> usize {
     Arc::as_ptr(node) as usize
+}
+
+/// The backward pass's bookkeeping: consumer counts, gradients in flight
+/// and the work lists.
+#[derive(Default)]
+struct Bookkeeping {
+    consumers: HashMap<usize, usize>,
+    leaf_consumers: HashMap<usize, usize>,
+    leaf_grads: HashMap<usize, Tensor>,
+    pending_grads: HashMap<usize, Tensor>,
+    stack: Vec<Arc<Node>>,
+    ready: Vec<Arc<Node>>,
+}
+
+impl Bookkeeping {
+    fn clear(&mut self) {
+        self.consumers.clear();
+        self.leaf_consumers.clear();
+        self.leaf_grads.clear();
+        self.pending_grads.clear();
+        self.stack.clear();
+        self.ready.clear();
+    }
+}
+
+thread_local! {
+    /// The last backward pass's bookkeeping, emptied, for the next one.
+    ///
+    /// Why: built afresh, its maps grew by rehashing every step, a chain
+    /// of heap blocks up to a few KiB freed again at the end, and glibc
+    /// served them from newly touched heap pages in otherwise fault-free
+    /// training steps (BENCHMARKS.md, issue 9 item 25). A backward run
+    /// from inside a hook finds the cell empty and builds its own.
+    static BOOKKEEPING: Cell<Option<Bookkeeping>> = const { Cell::new(None) };
 }
 
 /// Runs backward from a one-element tensor. See [`Tensor::backward`].
@@ -57,10 +92,30 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
         return accumulate_into_leaf(root, seed).map(|()| stats);
     };
 
+    let mut book = BOOKKEEPING.with(Cell::take).unwrap_or_default();
+    let result = run_nodes(root_node, seed, &mut book, &mut stats);
+    book.clear();
+    BOOKKEEPING.with(|cell| cell.set(Some(book)));
+    result.map(|()| stats)
+}
+
+/// Passes 1 and 2 of [`backward`] from `root_node`, with `book` empty.
+fn run_nodes(
+    root_node: &Arc<Node>,
+    seed: Tensor,
+    book: &mut Bookkeeping,
+    stats: &mut BackwardStats,
+) -> Result<()> {
+    let Bookkeeping {
+        consumers,
+        leaf_consumers,
+        leaf_grads,
+        pending_grads,
+        stack,
+        ready,
+    } = book;
     // Pass 1: consumer counts, of nodes and of leaves (by tensor id).
-    let mut consumers: HashMap<usize, usize> = HashMap::new();
-    let mut leaf_consumers: HashMap<usize, usize> = HashMap::new();
-    let mut stack = vec![root_node.clone()];
+    stack.push(root_node.clone());
     consumers.insert(node_key(root_node), 0);
     while let Some(node) = stack.pop() {
         for edge in node.edges.iter().flatten() {
@@ -76,13 +131,12 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
             }
         }
     }
-    // A leaf's gradient so far, until its last contribution arrives.
-    let mut leaf_grads: HashMap<usize, Tensor> = HashMap::new();
+    // (`leaf_grads`: a leaf's gradient so far, until its last contribution
+    // arrives.)
 
     // Pass 2: run nodes whose incoming gradient is complete.
-    let mut pending_grads: HashMap<usize, Tensor> = HashMap::new();
     pending_grads.insert(node_key(root_node), seed);
-    let mut ready = vec![root_node.clone()];
+    ready.push(root_node.clone());
     while let Some(node) = ready.pop() {
         let key = node_key(&node);
         let grad_output = pending_grads.remove(&key).ok_or_else(|| {
@@ -186,7 +240,7 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
             }
         }
     }
-    Ok(stats)
+    Ok(())
 }
 
 /// `a + b`, written over whichever of the two nobody else can read

@@ -168,6 +168,9 @@ fn batch_norm_maybe_relu(
                 g.count(),
             )?;
         }
+        // Back to the CPU buffer pool (dropped plainly, it would be freed
+        // and taken afresh every step).
+        stats.var.recycle();
         (r.output, stats.mean, stats.invstd)
     } else {
         let (Some(rm), Some(rv)) = (running_mean, running_var) else {

@@ -335,13 +335,16 @@ pub(super) fn train(
             })
             .collect_into_vec(&mut stats);
     }
-    let mut mean = Vec::with_capacity(g.channels);
-    let mut var = Vec::with_capacity(g.channels);
-    let mut invstd = Vec::with_capacity(g.channels);
+    // From the pool, like every tensor's storage: these small buffers
+    // churned through glibc were what still faulted in steady-state steps
+    // (BENCHMARKS.md, issue 9 item 25).
+    let mut mean = buffer_pool::uninit("batch_norm", g.channels)?;
+    let mut var = buffer_pool::uninit("batch_norm", g.channels)?;
+    let mut invstd = buffer_pool::uninit("batch_norm", g.channels)?;
     for (c, &(m, v)) in stats.iter().enumerate() {
-        mean.push(m as f32);
-        var.push(v as f32);
-        invstd.push(coefficients(c, m, v).0 as f32);
+        mean[c] = m as f32;
+        var[c] = v as f32;
+        invstd[c] = coefficients(c, m, v).0 as f32;
     }
     CHANNEL_SUMS.with(|cell| cell.set(stats));
     Ok(TrainOutput {
@@ -517,13 +520,18 @@ fn backward_impl<const MASK: bool>(
             .transpose()?;
         (sums, dx)
     };
-    let dw = need_dw.then(|| {
-        sums.iter()
-            .zip(invstd)
-            .map(|(&(_, sdx), &is)| (sdx * f64::from(is)) as f32)
-            .collect()
-    });
-    let db = need_db.then(|| sums.iter().map(|&(sd, _)| sd as f32).collect());
+    // From the pool, as `train`'s statistics.
+    let per_channel = |f: &dyn Fn(usize) -> f32| -> Result<Vec<f32>> {
+        let mut v = buffer_pool::uninit("batch_norm_backward", g.channels)?;
+        v.iter_mut().enumerate().for_each(|(c, o)| *o = f(c));
+        Ok(v)
+    };
+    let dw = need_dw
+        .then(|| per_channel(&|c| (sums[c].1 * f64::from(invstd[c])) as f32))
+        .transpose()?;
+    let db = need_db
+        .then(|| per_channel(&|c| sums[c].0 as f32))
+        .transpose()?;
     CHANNEL_SUMS.with(|cell| cell.set(sums));
     Ok([dx, dw, db])
 }

@@ -28,15 +28,21 @@
 //! Every buffer goes through [`try_alloc`], which returns an error instead
 //! of aborting when the allocator cannot provide it.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use crate::core_types::HostData;
 use crate::error::{Error, Result};
 
-/// Buffers smaller than this are not pooled (malloc's heap serves them
-/// from memory it already has).
-pub const MIN_POOLED_BYTES: usize = 16 << 10;
+/// Buffers smaller than this are not pooled: malloc's per-thread caches
+/// serve them without faulting. Larger ones churned through glibc fault in
+/// steady-state steps: batch norm's per-channel statistics and gradients
+/// (256 B - 2 KiB) and the head's small products (4 - 16 KiB) were what
+/// glibc served from newly touched main-heap pages, as its per-thread
+/// caches slowly filled with chunks of 256 - 1032 bytes (BENCHMARKS.md,
+/// issue 9 items 16 and 25).
+pub const MIN_POOLED_BYTES: usize = 256;
 
 /// Size classes per power of two.
 const CLASSES_PER_OCTAVE: usize = 4;
@@ -51,13 +57,30 @@ pub trait Element: Copy + Default + Send + 'static {
 
 /// The free buffers of one element type, by size class.
 pub struct Pool<T> {
-    free: Mutex<Vec<Vec<Vec<T>>>>,
+    lists: Mutex<Lists<T>>,
+}
+
+/// A pool's state, under one lock.
+struct Lists<T> {
+    /// Free buffers by size class.
+    free: Vec<Vec<Vec<T>>>,
+    /// The addresses of the buffers this pool allocated (free or in use).
+    ///
+    /// Why: only these are kept when dropped. A vector built elsewhere
+    /// (`collect()` of 2^k elements) can have exactly a class capacity too;
+    /// kept, it would never be asked for again while its producer took
+    /// fresh heap memory every step, and the held bytes grew every step
+    /// (BENCHMARKS.md, issue 9 item 16, with small buffers pooled).
+    mine: Option<HashSet<usize>>,
 }
 
 impl<T> Pool<T> {
     const fn new() -> Self {
         Pool {
-            free: Mutex::new(Vec::new()),
+            lists: Mutex::new(Lists {
+                free: Vec::new(),
+                mine: None,
+            }),
         }
     }
 }
@@ -105,7 +128,14 @@ pub fn release() -> usize {
 }
 
 fn release_type<T: Element>() -> usize {
-    let lists = std::mem::take(&mut *lock(T::pool()));
+    let mut guard = lock(T::pool());
+    let lists = std::mem::take(&mut guard.free);
+    if let Some(mine) = &mut guard.mine {
+        lists.iter().flatten().for_each(|v| {
+            mine.remove(&(v.as_ptr() as usize));
+        });
+    }
+    drop(guard);
     let bytes: usize = lists
         .iter()
         .flatten()
@@ -115,10 +145,11 @@ fn release_type<T: Element>() -> usize {
     bytes
 }
 
-fn lock<T>(pool: &Pool<T>) -> std::sync::MutexGuard<'_, Vec<Vec<Vec<T>>>> {
+fn lock<T>(pool: &Pool<T>) -> std::sync::MutexGuard<'_, Lists<T>> {
     // A panic while holding the lock leaves the lists consistent (every
-    // operation on them is a single push or pop), so poisoning is ignored.
-    pool.free.lock().unwrap_or_else(|e| e.into_inner())
+    // operation on them is a single push, pop or set update), so poisoning
+    // is ignored.
+    pool.lists.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The size class of a request for `len` elements: its index and its
@@ -186,15 +217,26 @@ pub fn copy_of<T: Element>(op: &'static str, src: &[T]) -> Result<Vec<T>> {
 /// free; its length is whatever its previous user left (all initialised).
 fn take<T: Element>(op: &'static str, len: usize) -> Result<Vec<T>> {
     let class = class_of::<T>(len);
-    if let (Some((idx, _)), true) = (class, enabled()) {
-        if let Some(v) = lock(T::pool()).get_mut(idx).and_then(Vec::pop) {
-            HELD_BYTES.fetch_sub(v.capacity() * std::mem::size_of::<T>(), Ordering::Relaxed);
-            return Ok(v);
-        }
-        MISSES.fetch_add(1, Ordering::Relaxed);
+    let Some((idx, capacity)) = class.filter(|_| enabled()) else {
+        return try_alloc(op, len);
+    };
+    if let Some(v) = lock(T::pool()).free.get_mut(idx).and_then(Vec::pop) {
+        HELD_BYTES.fetch_sub(v.capacity() * std::mem::size_of::<T>(), Ordering::Relaxed);
+        return Ok(v);
     }
-    let capacity = class.map_or(len, |(_, cap)| cap);
-    try_alloc(op, capacity)
+    MISSES.fetch_add(1, Ordering::Relaxed);
+    let v = try_alloc(op, capacity)?;
+    // The set's own growth is an allocation too, but only on a miss, never
+    // in a steady state.
+    let mut lists = lock(T::pool());
+    let mine = lists.mine.get_or_insert_with(HashSet::new);
+    mine.try_reserve(1).map_err(|_| Error::OutOfMemory {
+        what: format!("{op} buffer pool bookkeeping"),
+        shape: vec![mine.len() + 1],
+        bytes: None,
+    })?;
+    mine.insert(v.as_ptr() as usize);
+    Ok(v)
 }
 
 /// The backend's one fallible allocation: an empty vector with room for
@@ -230,7 +272,8 @@ pub fn recycle_host(data: &mut HostData) {
 }
 
 /// Takes back a buffer whose storage is being dropped: kept for reuse if
-/// it has a pool class capacity and caching is on, freed otherwise.
+/// this pool allocated it (so it still has its class capacity) and caching
+/// is on, freed otherwise.
 pub fn recycle<T: Element>(v: Vec<T>) {
     if !enabled() {
         return;
@@ -240,10 +283,18 @@ pub fn recycle<T: Element>(v: Vec<T>) {
     };
     let bytes = v.capacity() * std::mem::size_of::<T>();
     let mut lists = lock(T::pool());
-    if lists.len() <= idx {
-        lists.resize_with(idx + 1, Vec::new);
+    if !lists
+        .mine
+        .as_ref()
+        .is_some_and(|m| m.contains(&(v.as_ptr() as usize)))
+    {
+        return;
     }
-    lists[idx].push(v);
+    if lists.free.len() <= idx {
+        // A class's first return, during warm-up.
+        lists.free.resize_with(idx + 1, Vec::new);
+    }
+    lists.free[idx].push(v);
     HELD_BYTES.fetch_add(bytes, Ordering::Relaxed);
 }
 
@@ -308,7 +359,7 @@ mod tests {
 
     #[test]
     fn classes_cover_each_request_with_at_most_a_quarter_slack() {
-        assert_eq!(class_of::<f32>(100), None, "below MIN_POOLED_BYTES");
+        assert_eq!(class_of::<f32>(10), None, "below MIN_POOLED_BYTES");
         let min = MIN_POOLED_BYTES / 4;
         let mut last_idx = None;
         for len in (min..min * 70).step_by(97).chain([1 << 20, (1 << 20) + 1]) {
@@ -358,6 +409,42 @@ mod tests {
         assert_eq!(v.capacity(), 10);
         // A vector built elsewhere with no class capacity is freed, not kept.
         assert_eq!(class_of_capacity::<f32>(100_003), None);
+    }
+
+    #[test]
+    fn only_buffers_the_pool_allocated_are_kept() {
+        if !enabled() {
+            return;
+        }
+        // Exactly a class capacity, but built elsewhere: freed on recycle.
+        let len = 1 << 17;
+        assert!(class_of_capacity::<i64>(len).is_some());
+        let foreign: Vec<i64> = (0..len as i64).collect();
+        assert_eq!(foreign.capacity(), len);
+        let ptr = foreign.as_ptr() as usize;
+        recycle(foreign);
+        let lists = lock(i64::pool());
+        assert!(
+            !lists
+                .free
+                .iter()
+                .flatten()
+                .any(|v| v.as_ptr() as usize == ptr),
+            "a foreign vector was kept"
+        );
+        drop(lists);
+        // One the pool handed out goes back to it.
+        let ours = uninit::<i64>("test", len - 3).unwrap();
+        let ptr = ours.as_ptr() as usize;
+        recycle(ours);
+        let lists = lock(i64::pool());
+        let kept = lists
+            .free
+            .iter()
+            .flatten()
+            .any(|v| v.as_ptr() as usize == ptr);
+        // (Unless another test took it meanwhile; it is no longer free then.)
+        assert!(kept || lists.mine.as_ref().is_some_and(|m| m.contains(&ptr)));
     }
 
     #[test]

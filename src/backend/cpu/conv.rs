@@ -1096,14 +1096,18 @@ fn input_grad_images(
         }
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
             with_packed_rhs(Rhs::View(grad_out), k, width, |grad_out| {
-                let block = |b: usize, mut planes: Vec<&mut [f32]>, col: &mut [f32]| {
+                let block = |b: usize, planes: &mut Vec<&mut [f32]>, col: &mut [f32]| {
                     let c0 = b * channels;
                     let rows = channels.min(g.in_channels - c0) * per_channel;
                     let col = &mut col[..rows * width];
                     let rows = (c0 * per_channel, rows);
                     sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
-                    col2im_add(col, g, &chunk, &mut planes);
+                    col2im_add(col, g, &chunk, planes);
                 };
+                // By reference: the lists are freed here, on the thread
+                // that made them. Moved into the tasks, a worker freed them
+                // into its own malloc cache and the main heap crept by
+                // their size every step until a page faulted (issue 9).
                 match par {
                     // One column buffer per rayon thread, taken here on the
                     // calling thread, rather than each worker's own
@@ -1122,7 +1126,7 @@ fn input_grad_images(
                                 .chunks_mut(block_len)
                                 .map(std::sync::Mutex::new)
                                 .collect();
-                            targets.into_par_iter().enumerate().for_each(|(b, planes)| {
+                            targets.par_iter_mut().enumerate().for_each(|(b, planes)| {
                                 let mine = rayon::current_thread_index().unwrap_or(0) % threads;
                                 let mut col = cols[mine]
                                     .lock()
@@ -1132,7 +1136,7 @@ fn input_grad_images(
                         })
                     }
                     Par::Serial => with_scratch(Slot::Columns, block_len, |col| {
-                        for (b, planes) in targets.into_iter().enumerate() {
+                        for (b, planes) in targets.iter_mut().enumerate() {
                             block(b, planes, col);
                         }
                     }),

@@ -923,7 +923,7 @@ pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Re
 /// input gradient already is one GEMM with no col2im), on the AVX-512 path
 /// always, on the AVX2 path for images of at most
 /// [`FLIP_AVX2_MAX_PIXELS`]. Measured on Zen 4, batch 8, medians of 12
-/// alternating runs under load (BENCHMARKS.md, issue 9 item 25): AVX-512
+/// alternating runs under load (BENCHMARKS.md, issue 9 item 26): AVX-512
 /// 0.88-0.98x the CPU time of col2im on all four stride-1 3x3 layers at 1
 /// and 2 threads; AVX2 0.90-0.95x at 7x7 but 1.02-1.08x at 14x14 to 56x56,
 /// where its forward (whose speed the flipped input gradient takes) is
@@ -959,7 +959,7 @@ fn flip_input_grad(g: &Conv2dGeometry) -> bool {
 /// `tests/train_parity.rs`'s fine-tune case is ill-conditioned in exactly
 /// that layer: random 1-ulp noise on col2im's layer-4 input gradient moves
 /// its result as far as the flipped one does (12x the bound; BENCHMARKS.md,
-/// issue 9 item 25), so that layer keeps col2im until the test is robust.
+/// issue 9 item 26), so that layer keeps col2im until the test is robust.
 const FLIP_MIN_PIXELS: usize = 9;
 
 /// The largest image (`H * W` of `dx`) whose input gradient the AVX2 path

@@ -10,6 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[derive(Clone, Copy)]
 pub(super) enum Slot {
     Columns,
+    /// The input gradient's column buffers for every thread of a split
+    /// call, taken on the calling thread (conv.rs): its own slot, since its
+    /// size (threads x a block) would otherwise become the largest
+    /// `Columns` request, to which every worker's buffer grows.
+    SplitColumns,
     Staging,
     /// A GEMM left operand packed once for all its uses (gemm.rs).
     PackedLhs,
@@ -38,8 +43,8 @@ thread_local! {
     static STACK_TOUCHED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Bytes of its stack below the first scratch request that a thread
-/// touches once, up front (rayon's workers have 2 MiB).
+/// Bytes of its stack below the first scratch request that a rayon worker
+/// touches once, up front (rayon's workers have 2 MiB by default).
 ///
 /// Why: how deep a worker's stack goes depends on how rayon nests work
 /// (a worker waiting in `join` runs stolen tasks on top of its own), so a
@@ -97,7 +102,10 @@ pub fn growths() -> u64 {
 /// slot's largest buffer per thread and nesting level.
 pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let i = slot as usize;
-    if !STACK_TOUCHED.with(|t| t.replace(true)) {
+    // Only on rayon's workers, whose stacks (2 MiB unless a pool's builder
+    // says otherwise) are where nesting goes deep; a caller's own thread
+    // may have been spawned with a stack smaller than the reserve.
+    if rayon::current_thread_index().is_some() && !STACK_TOUCHED.with(|t| t.replace(true)) {
         touch_stack();
     }
     let largest = LARGEST[i].fetch_max(len, Ordering::Relaxed).max(len);

@@ -47,7 +47,13 @@ fn steady_state_finetune_step_takes_no_page_faults() {
         return;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let mut model = resnet18(10, &mut rng).unwrap();
+    // 32 classes, so that the head's `[2, 32]` logits and their gradients
+    // (256 B) are of a pooled size: an intermediate of the head dropped
+    // without going back to the pool missed it in every step at batch 8
+    // (10 classes), unseen at batch 2 while they were below the pool's
+    // smallest size.
+    let classes = buffer_pool::MIN_POOLED_BYTES / 2 / std::mem::size_of::<f32>();
+    let mut model = resnet18(classes, &mut rng).unwrap();
     // Batch 2 at 96x96: the stem's output is 2x64x48x48 floats (1.2 MB),
     // far above glibc's mmap threshold of 128 KiB; two warm-up steps let
     // the pool (and the momentum buffers) reach their steady state.

@@ -44,7 +44,14 @@ pub fn linear(input: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<
             true,
         )?;
         match bias {
-            Some(b) => xw.add_row_vector(&b.storage(), rows, out_features)?,
+            Some(b) => {
+                let out = xw.add_row_vector(&b.storage(), rows, out_features);
+                // `xw` never became a tensor: back to the pool, or a
+                // steady-state step misses it for the next buffer of its
+                // size (the head's 8 x 10 logits at batch 8).
+                xw.recycle();
+                out?
+            }
             None => xw,
         }
     };

@@ -62,8 +62,12 @@ pub struct Pool<T> {
 
 /// A pool's state, under one lock.
 struct Lists<T> {
-    /// Free buffers by size class.
+    /// Free buffers by size class, each list with room for every buffer
+    /// of its class the pool has allocated: returning one never grows a
+    /// list (and faults) in a steady state.
     free: Vec<Vec<Vec<T>>>,
+    /// Buffers allocated per size class.
+    allocated: Vec<usize>,
     /// The addresses of the buffers this pool allocated (free or in use).
     ///
     /// Why: only these are kept when dropped. A vector built elsewhere
@@ -79,6 +83,7 @@ impl<T> Pool<T> {
         Pool {
             lists: Mutex::new(Lists {
                 free: Vec::new(),
+                allocated: Vec::new(),
                 mine: None,
             }),
         }
@@ -128,17 +133,25 @@ pub fn release() -> usize {
 }
 
 fn release_type<T: Element>() -> usize {
+    let mut released: Vec<Vec<T>> = Vec::new();
     let mut guard = lock(T::pool());
-    let lists = std::mem::take(&mut guard.free);
-    if let Some(mine) = &mut guard.mine {
-        lists.iter().flatten().for_each(|v| {
-            mine.remove(&(v.as_ptr() as usize));
-        });
+    let Lists {
+        free,
+        allocated,
+        mine,
+    } = &mut *guard;
+    for (list, count) in free.iter_mut().zip(allocated.iter_mut()) {
+        *count -= list.len();
+        for v in list.drain(..) {
+            if let Some(mine) = mine.as_mut() {
+                mine.remove(&(v.as_ptr() as usize));
+            }
+            released.push(v);
+        }
     }
     drop(guard);
-    let bytes: usize = lists
+    let bytes: usize = released
         .iter()
-        .flatten()
         .map(|v| v.capacity() * std::mem::size_of::<T>())
         .sum();
     HELD_BYTES.fetch_sub(bytes, Ordering::Relaxed);
@@ -236,6 +249,15 @@ fn take<T: Element>(op: &'static str, len: usize) -> Result<Vec<T>> {
         bytes: None,
     })?;
     mine.insert(v.as_ptr() as usize);
+    if lists.free.len() <= idx {
+        lists.free.resize_with(idx + 1, Vec::new);
+        lists.allocated.resize(idx + 1, 0);
+    }
+    lists.allocated[idx] += 1;
+    let allocated = lists.allocated[idx];
+    let list = &mut lists.free[idx];
+    // (Should this fail, `recycle` grows the list when it must.)
+    let _ = list.try_reserve(allocated.saturating_sub(list.len()));
     Ok(v)
 }
 
@@ -290,11 +312,11 @@ pub fn recycle<T: Element>(v: Vec<T>) {
     {
         return;
     }
-    if lists.free.len() <= idx {
-        // A class's first return, during warm-up.
-        lists.free.resize_with(idx + 1, Vec::new);
+    // (Its class's list exists: the buffer's allocation made it.)
+    match lists.free.get_mut(idx) {
+        Some(list) => list.push(v),
+        None => return,
     }
-    lists.free[idx].push(v);
     HELD_BYTES.fetch_add(bytes, Ordering::Relaxed);
 }
 

@@ -2,7 +2,7 @@
 //! convolutions do not allocate (and page-fault) a fresh column buffer for
 //! every image.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which of a thread's scratch buffers to use: a kernel that needs two at
@@ -28,6 +28,32 @@ thread_local! {
     static FREE: RefCell<[Vec<Vec<f32>>; SLOTS]> = const {
         RefCell::new([const { Vec::new() }; SLOTS])
     };
+}
+
+thread_local! {
+    /// Whether this thread has touched [`STACK_RESERVE`] bytes of its stack.
+    static STACK_TOUCHED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Bytes of its stack below the first scratch request that a thread
+/// touches once, up front (rayon's workers have 2 MiB).
+///
+/// Why: how deep a worker's stack goes depends on how rayon nests work
+/// (a worker waiting in `join` runs stolen tasks on top of its own), so a
+/// worker first reached a new stack page in whatever steady-state step
+/// nesting went one level deeper than before: a minor fault with no
+/// allocation behind it (`perf record -e page-faults`: a store just below
+/// a page boundary in a worker's stack mapping; BENCHMARKS.md, issue 9
+/// item 25). The pages stay resident, so touching them once moves those
+/// faults into the first step.
+const STACK_RESERVE: usize = 256 << 10;
+
+/// Touches [`STACK_RESERVE`] bytes of this thread's stack below the caller.
+#[inline(never)]
+fn touch_stack() {
+    let mut pages = [0u8; STACK_RESERVE];
+    // Keeps the zeroing (one store per page would do) from being optimised out.
+    std::hint::black_box(&mut pages);
 }
 
 /// Scratch buffers allocated or grown so far, all threads together.
@@ -68,6 +94,9 @@ pub fn growths() -> u64 {
 /// slot's largest buffer per thread and nesting level.
 pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let i = slot as usize;
+    if !STACK_TOUCHED.with(|t| t.replace(true)) {
+        touch_stack();
+    }
     let largest = LARGEST[i].fetch_max(len, Ordering::Relaxed).max(len);
     let mut buf = FREE.with(|free| free.borrow_mut()[i].pop().unwrap_or_default());
     if buf.len() < largest {

@@ -644,7 +644,8 @@ mod avx2 {
     /// masks (`false`: every run with `vmaskmovps`, for comparison). On
     /// Zen 4 the masked loads were most of the AVX2 panel fill's samples
     /// (`perf annotate`), and the fill took 1.8x the AVX-512 one's time for
-    /// the same columns (BENCHMARKS.md item 26).
+    /// the same columns (BENCHMARKS.md, "The AVX2 forward: plain loads in
+    /// the panel fill, short row tiles").
     const PLAIN_LOADS: bool = true;
 
     /// [`super::fill_panel`] for 16-wide panels and stride `S` (1 or 2):

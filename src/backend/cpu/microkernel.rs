@@ -216,8 +216,9 @@ fn prefetch_c<const NR: usize>(c: *mut f32, rsc: usize, mr: usize) {
 /// valid ones (the last row tile of a product whose `m` is not a multiple
 /// of `MR`): the AVX2 kernel's 6-row tiles end 64 output channels with 4
 /// rows and 128 with 2, and computing all 6 cost the forward ~3 % of its
-/// FMAs at 64 and 128 channels (BENCHMARKS.md item 26). Four rows still
-/// keep 8 accumulators, enough to hide the FMA latency.
+/// FMAs at 64 and 128 channels (BENCHMARKS.md, "The AVX2 forward: plain
+/// loads in the panel fill, short row tiles"). Four rows still keep 8
+/// accumulators, enough to hide the FMA latency.
 const SHORT_ROWS: usize = 4;
 
 /// One micro-kernel per instruction set, from the same body: an `MR x 2`

@@ -9,6 +9,11 @@
 //! * input grad:   `dx = col2im(Wᵀ · dy)`             (scatter-add back)
 //! * weight grad:  `dW = Σ_images dy · colᵀ`          (GEMM with beta = 1)
 //!
+//! For stride 1 the input gradient is itself a forward convolution (of
+//! `dy`, with the weight flipped and its channels swapped) and runs as
+//! one, with no col2im ([`input_grad_flipped`]); col2im remains for the
+//! other strides and the portable path.
+//!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
 //! (`gemm::PackB`, the fills in `im2col.rs`). The weight is read by the
@@ -45,8 +50,8 @@ use rayon::prelude::*;
 use super::buffer_pool;
 use super::check::checked_numel;
 use super::gemm::{
-    panels, row_align, sgemm, sgemm_rows, with_packed_lhs, with_packed_rhs, Lhs, MatRef, PackB,
-    Par, Rhs, Source,
+    panels, row_align, sgemm, sgemm_rows, with_indexed_lhs, with_packed_lhs, with_packed_rhs, Lhs,
+    MatRef, PackB, Par, Rhs, Source,
 };
 use super::im2col;
 use super::scratch::{with_scratch, Slot};
@@ -820,6 +825,23 @@ fn forward_with(
 ) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
+    let weight = MatRef::row_major(w, plan.taps);
+    let columns = g.batch * plan.pixels;
+    with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
+        forward_lhs(op, x, weight, bias, g, &plan)
+    })
+}
+
+/// The forward of the whole batch with the weight as the GEMM's left
+/// operand `weight` (`[C_out, taps]`).
+fn forward_lhs(
+    op: &'static str,
+    x: &[f32],
+    weight: Lhs<'_>,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    plan: &Plan,
+) -> Result<Vec<f32>> {
     // Every element is written by a GEMM with beta = 0 (or onto the bias)
     // unless there is no tap to sum over.
     let mut y = if plan.taps > 0 {
@@ -827,14 +849,10 @@ fn forward_with(
     } else {
         buffer_pool::zeroed(op, g.batch * plan.out_image)?
     };
-    let weight = MatRef::row_major(w, plan.taps);
-    let columns = g.batch * plan.pixels;
-    with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
-        let per_image = Output::PerImage(plan.out_image);
-        for_image_groups(op, &plan, g, &mut y, per_image, |first, count, y, par| {
-            let x = batch_images(x, plan.in_image, first, count);
-            forward_images(x, weight, bias, g, &plan, y, count, par);
-        })
+    let per_image = Output::PerImage(plan.out_image);
+    for_image_groups(op, plan, g, &mut y, per_image, |first, count, y, par| {
+        let x = batch_images(x, plan.in_image, first, count);
+        forward_images(x, weight, bias, g, plan, y, count, par);
     })?;
     Ok(y)
 }
@@ -884,11 +902,120 @@ fn forward_images(
     }
 }
 
-/// `dx = col2im(Wᵀ · dy)` for every image.
+/// `dx` for every image: the forward convolution of `dy` with the flipped
+/// weight where [`flipped_geometry`] allows it and [`flip_input_grad`]
+/// chooses it, else `col2im(Wᵀ · dy)`.
 pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
-    input_grad_with(dy, w, g, LIMITS)
+    match flipped_geometry(g) {
+        Some(flipped) if flip_input_grad(g) => {
+            input_grad_flipped(dy, w, g, &flipped, FORWARD_LIMITS)
+        }
+        _ => input_grad_with(dy, w, g, LIMITS),
+    }
 }
 
+/// Whether the input gradient runs as a forward convolution
+/// ([`input_grad_flipped`]) for a geometry that allows it.
+/// `FROSTGRAD_CONV_DX=flip` forces it wherever the geometry allows it,
+/// `=col2im` never (for comparison).
+///
+/// The rule: for kernels of more than one tap (a 1x1, stride-1, unpadded
+/// input gradient already is one GEMM with no col2im), on the AVX-512 path
+/// always, on the AVX2 path for images of at most
+/// [`FLIP_AVX2_MAX_PIXELS`]. Measured on Zen 4, batch 8, medians of 12
+/// alternating runs under load (BENCHMARKS.md, issue 9 item 26): AVX-512
+/// 0.88-0.98x the CPU time of col2im on all four stride-1 3x3 layers at 1
+/// and 2 threads; AVX2 0.90-0.95x at 7x7 but 1.02-1.08x at 14x14 to 56x56,
+/// where its forward (whose speed the flipped input gradient takes) is
+/// itself slower than its col2im input gradient. On the portable path the
+/// flipped weight would have to be written out first (`matrixmultiply`
+/// takes only strided operands).
+fn flip_input_grad(g: &Conv2dGeometry) -> bool {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced =
+        *MODE.get_or_init(
+            || match std::env::var("FROSTGRAD_CONV_DX").as_deref().map(str::trim) {
+                Ok("flip") => Some(true),
+                Ok("col2im") => Some(false),
+                _ => None,
+            },
+        );
+    forced.unwrap_or_else(|| {
+        let pixels = g.in_h * g.in_w;
+        g.kernel_h * g.kernel_w > 1
+            && pixels >= FLIP_MIN_PIXELS
+            && match simd::active() {
+                simd::SimdPath::Avx512 => true,
+                simd::SimdPath::Avx2 => pixels <= FLIP_AVX2_MAX_PIXELS,
+                simd::SimdPath::Portable => false,
+            }
+    })
+}
+
+/// The smallest image (`H * W` of `dx`) whose input gradient is run
+/// flipped ([`flip_input_grad`]). At 2x2 (ResNet's layer 4 at 40x40
+/// inputs), where five of a 3x3 kernel's nine taps see only padding, the
+/// flipped one measured within noise of col2im (0.97x, batch 8), and
+/// `tests/train_parity.rs`'s fine-tune case is ill-conditioned in exactly
+/// that layer: random 1-ulp noise on col2im's layer-4 input gradient moves
+/// its result as far as the flipped one does (12x the bound; BENCHMARKS.md,
+/// issue 9 item 26), so that layer keeps col2im until the test is robust.
+const FLIP_MIN_PIXELS: usize = 9;
+
+/// The largest image (`H * W` of `dx`) whose input gradient the AVX2 path
+/// runs flipped ([`flip_input_grad`]): between ResNet's 7x7 (flipped
+/// faster) and 14x14 (slower).
+const FLIP_AVX2_MAX_PIXELS: usize = 100;
+
+/// For stride 1, the input gradient is the forward convolution of `dy`
+/// with the weight flipped in space and with input and output channels
+/// swapped, `W'[c, o, kh, kw] = W[o, c, KH-1-kh, KW-1-kw]`, padded by
+/// `d(k-1) - p` (dilation `d` kept): its geometry, when that padding is not
+/// negative and `dy` is not empty.
+fn flipped_geometry(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+    if g.stride != (1, 1) || g.batch == 0 || g.in_h * g.in_w == 0 {
+        return None;
+    }
+    let pad = |d: usize, k: usize, p: usize| (d * (k - 1)).checked_sub(p);
+    let padding = (
+        pad(g.dilation.0, g.kernel_h, g.padding.0)?,
+        pad(g.dilation.1, g.kernel_w, g.padding.1)?,
+    );
+    let input = [g.batch, g.out_channels, g.out_h, g.out_w];
+    let weight = [g.in_channels, g.out_channels, g.kernel_h, g.kernel_w];
+    let flipped = Conv2dGeometry::new(input, weight, (1, 1), padding, g.dilation).ok()?;
+    (flipped.out_h == g.in_h && flipped.out_w == g.in_w).then_some(flipped)
+}
+
+/// `dx` as the forward convolution of `dy` under the `flipped` geometry
+/// ([`flipped_geometry`]), with the forward's machinery: the self-packing
+/// im2col over `dy`, image groups, the GEMM writing `dx` directly. No
+/// col2im scatter, no zeroing of `dx`, no staging of the GEMM's output.
+///
+/// The flipped weight is never written out: as the GEMM's `[C_in, C_out *
+/// KH*KW]` left operand, row `c` at depth `(o, t)` (`t = kh*KW + kw`, the
+/// im2col's tap order) is `w[o*C_in*KH*KW + c*KH*KW + (KH*KW-1-t)]`: row
+/// stride `KH*KW`, and a depth offset that is not affine in the depth
+/// index, so the micro-kernels read it through a table of offsets
+/// (`gemm::with_indexed_lhs`).
+fn input_grad_flipped(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    flipped: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_input_grad";
+    let plan = Plan::new(op, flipped, limits)?;
+    let taps = g.kernel_h * g.kernel_w;
+    let per_out = g.in_channels * taps;
+    let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
+    with_indexed_lhs(w, taps, (g.in_channels, plan.taps), offset, |weight| {
+        forward_lhs(op, dy, weight, None, flipped, &plan)
+    })
+}
+
+/// `dx = col2im(Wᵀ · dy)` for every image.
 fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, g, limits)?;
@@ -969,23 +1096,50 @@ fn input_grad_images(
         }
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
             with_packed_rhs(Rhs::View(grad_out), k, width, |grad_out| {
-                let block = |(b, planes): (usize, &mut Vec<&mut [f32]>)| {
+                let block = |b: usize, planes: &mut Vec<&mut [f32]>, col: &mut [f32]| {
                     let c0 = b * channels;
                     let rows = channels.min(g.in_channels - c0) * per_channel;
-                    with_scratch(Slot::Columns, block_len, |col| {
-                        let col = &mut col[..rows * width];
-                        let rows = (c0 * per_channel, rows);
-                        sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
-                        col2im_add(col, g, &chunk, planes);
-                    });
+                    let col = &mut col[..rows * width];
+                    let rows = (c0 * per_channel, rows);
+                    sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
+                    col2im_add(col, g, &chunk, planes);
                 };
                 // By reference: the lists are freed here, on the thread
                 // that made them. Moved into the tasks, a worker freed them
                 // into its own malloc cache and the main heap crept by
                 // their size every step until a page faulted (issue 9).
                 match par {
-                    Par::Split => targets.par_iter_mut().enumerate().for_each(block),
-                    Par::Serial => targets.iter_mut().enumerate().for_each(block),
+                    // One column buffer per rayon thread, taken here on the
+                    // calling thread, rather than each worker's own
+                    // scratch: which worker runs a block is up to rayon, so
+                    // a worker's own buffer could first meet this (often
+                    // the largest) size in any step, and grow then (a
+                    // steady-state growth in `tests/cpu_buffer_pool.rs`
+                    // once the stride-1 input gradients, which used to
+                    // grow every worker's buffer early, stopped using it).
+                    // A block holds its buffer without waiting on other
+                    // tasks, so the lock never waits.
+                    Par::Split => {
+                        let threads = rayon::current_num_threads().max(1);
+                        with_scratch(Slot::Columns, threads * block_len, |cols| {
+                            let cols: Vec<std::sync::Mutex<&mut [f32]>> = cols
+                                .chunks_mut(block_len)
+                                .map(std::sync::Mutex::new)
+                                .collect();
+                            targets.par_iter_mut().enumerate().for_each(|(b, planes)| {
+                                let mine = rayon::current_thread_index().unwrap_or(0) % threads;
+                                let mut col = cols[mine]
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                block(b, planes, &mut col);
+                            });
+                        })
+                    }
+                    Par::Serial => with_scratch(Slot::Columns, block_len, |col| {
+                        for (b, planes) in targets.iter_mut().enumerate() {
+                            block(b, planes, col);
+                        }
+                    }),
                 }
             })
         });
@@ -1452,6 +1606,11 @@ mod tests {
                 assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
                 assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
+                if let Some(flipped) = flipped_geometry(&g) {
+                    let dx =
+                        pool.install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
+                    assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
+                }
             }
         }
     }
@@ -1560,6 +1719,119 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn flipped_input_grad_matches_direct_loops() {
+        // The input gradient as a forward convolution of dy with the
+        // flipped weight, on the active SIMD path (the suites run once per
+        // path): kernels 1..7 (square and not), dilation, every padding
+        // from 0 to d(k-1) in some combination, C_in != C_out with C_in
+        // (the GEMM's rows) ragged for both kernels' row tiles and widths
+        // ragged for their panels, batch 1 and several, and chunking and
+        // grouping variants on two threads, into dirty scratch buffers.
+        let mut cases: Vec<Case> = vec![
+            // ResNet-like: 3x3 at 7x7 (grouped images), 1x1 (forced flip).
+            ([3, 16, 7, 7], [24, 16, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 8, 4, 5], [16, 8, 1, 1], (1, 1), (0, 0), (1, 1)),
+            // Tiny images (ResNet at 40x40: 10, 5, 3 and 2 pixels wide, 1).
+            ([4, 16, 10, 10], [16, 16, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([4, 24, 5, 5], [24, 24, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([4, 40, 3, 3], [40, 40, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([4, 64, 2, 2], [64, 64, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 9, 1, 1], [10, 9, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ];
+        for (kh, kw) in [(1, 1), (3, 3), (5, 5), (7, 7), (3, 2), (1, 3)] {
+            for (dh, dw) in [(1, 1), (2, 1)] {
+                let (fh, fw) = (dh * (kh - 1), dw * (kw - 1));
+                for (ph, pw) in [(0, 0), (fh / 2, fw / 2), (fh, fw), (fh, 0)] {
+                    for batch in [1, 3] {
+                        cases.push((
+                            [batch, 13, 14, 11],
+                            [5, 13, kh, kw],
+                            (1, 1),
+                            (ph, pw),
+                            (dh, dw),
+                        ));
+                    }
+                }
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let Ok(g) = Conv2dGeometry::new(input, weight, stride, padding, dilation) else {
+                continue; // an empty output (e.g. 7x7 dilated, unpadded)
+            };
+            let flipped = flipped_geometry(&g).expect("stride 1, padding <= d(k-1)");
+            let x = pseudo_random(input.iter().product(), 21 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 121 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 321 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let pixels = g.in_h * g.in_w;
+            let taps_row = weight[0] * weight[2] * weight[3] * g.in_w;
+            for limits in [
+                FORWARD_LIMITS,
+                LIMITS,
+                // One output row per chunk, then two.
+                Limits {
+                    block_elems: 1,
+                    min_columns: 1,
+                    groups_per_thread: 1,
+                    ..LIMITS
+                },
+                Limits {
+                    block_elems: 2 * taps_row,
+                    min_columns: 1,
+                    groups_per_thread: 0,
+                    ..LIMITS
+                },
+                // Two images per chunk.
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: 2 * pixels,
+                    groups_per_thread: 2,
+                    ..LIMITS
+                },
+            ] {
+                let dx = pool.install(|| {
+                    pool.broadcast(|_| {
+                        with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                        with_scratch(Slot::PackedLhs, 1 << 12, |b| b.fill(f32::NAN));
+                    });
+                    input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap()
+                });
+                let what = format!("case {case} {g:?} dx");
+                assert_close(&what, &dx, &r.dx, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_geometry_only_for_stride_1_and_padding_within_reach() {
+        let geo = |input, weight, stride, padding, dilation| {
+            Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap()
+        };
+        let g = geo([2, 3, 9, 8], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1));
+        let f = flipped_geometry(&g).unwrap();
+        assert_eq!((f.in_channels, f.out_channels), (4, 3));
+        assert_eq!((f.in_h, f.in_w, f.out_h, f.out_w), (9, 8, 9, 8));
+        assert_eq!(f.padding, (1, 1));
+        // Dilation 2, no padding: padded by d(k-1) = 4.
+        let g = geo([1, 2, 9, 9], [2, 2, 3, 3], (1, 1), (0, 0), (2, 2));
+        assert_eq!(flipped_geometry(&g).unwrap().padding, (4, 4));
+        // Stride 2, or padding past the kernel's reach: col2im.
+        assert!(
+            flipped_geometry(&geo([1, 2, 9, 9], [2, 2, 3, 3], (2, 2), (1, 1), (1, 1))).is_none()
+        );
+        assert!(
+            flipped_geometry(&geo([1, 2, 9, 9], [2, 2, 3, 3], (1, 1), (3, 1), (1, 1))).is_none()
+        );
+        assert!(
+            flipped_geometry(&geo([1, 2, 3, 4], [3, 2, 1, 1], (1, 1), (1, 2), (1, 1))).is_none()
+        );
     }
 
     #[test]

@@ -127,6 +127,25 @@ pub(super) enum Lhs<'a> {
         depth: usize,
         path: SimdPath,
     },
+    /// Read where it lies through a depth table (see [`with_indexed_lhs`]).
+    #[cfg(target_arch = "x86_64")]
+    Indexed(IndexedRef<'a>),
+}
+
+/// A `rows x depth` left operand whose element `(i, p)` is `data[i *
+/// row_stride + tables[p]]`, for the micro-kernel of `path`; `tables[depth
+/// + p]` is what the kernel prefetches at step `p`
+/// (`microkernel::prefetch_table`). Built and bounds-checked by
+/// [`with_indexed_lhs`] only.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct IndexedRef<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    tables: &'a [u32],
+    rows: usize,
+    depth: usize,
+    path: SimdPath,
 }
 
 /// The right operand of [`sgemm`].
@@ -180,6 +199,82 @@ pub(super) fn with_packed_lhs<R>(
         }
     }
     f(Lhs::View(a))
+}
+
+/// Runs `f` with the `rows x depth` left operand whose element `(i, p)` is
+/// `data[i * row_stride + offset(p)]`: an operand whose depth index is not
+/// affine in memory (the input gradient's flipped, transposed weight,
+/// conv.rs), so no [`MatRef`] can describe it. The micro-kernels read it
+/// where it lies through a table of the `depth` offsets
+/// (`microkernel::ByTable`), built here once per call: no copy of the
+/// operand. On the portable path, and with `FROSTGRAD_A_IN_PLACE=0`, it is
+/// written out row-major once instead (`f` gets that view).
+///
+/// Panics unless every element lies inside `data` (a bug in the caller).
+pub(super) fn with_indexed_lhs<R>(
+    data: &[f32],
+    row_stride: usize,
+    (rows, depth): (usize, usize),
+    offset: impl Fn(usize) -> usize,
+    f: impl FnOnce(Lhs<'_>) -> R,
+) -> R {
+    let last_row = rows.saturating_sub(1).checked_mul(row_stride);
+    let fits = rows == 0
+        || depth == 0
+        || last_row.is_some_and(|last_row| {
+            (0..depth).all(|p| {
+                offset(p)
+                    .checked_add(last_row)
+                    .is_some_and(|end| end < data.len())
+            })
+        });
+    assert!(fits, "gemm: indexed lhs {rows}x{depth} exceeds its buffer");
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::microkernel::{prefetch_table, reads_in_place, Avx2, Avx512, Kernel};
+        let path = simd::active();
+        let mr = match path {
+            SimdPath::Avx512 => Avx512::MR,
+            SimdPath::Avx2 => Avx2::MR,
+            SimdPath::Portable => 0,
+        };
+        // (`reads_in_place` of a row-major operand: true unless
+        // `FROSTGRAD_A_IN_PLACE=0` asks for packing.)
+        let in_place = mr > 0 && reads_in_place(row_stride, 1, depth, mr);
+        let offsets_fit = u32::try_from(data.len()).is_ok();
+        if in_place && offsets_fit && rows > 0 && depth > 0 {
+            return with_scratch(Slot::Tables, 2 * depth, |buf| {
+                // SAFETY: f32 and u32 have the same size and alignment and
+                // every bit pattern is a valid u32; `buf` is borrowed
+                // mutably for the view's whole life.
+                let tables = unsafe {
+                    std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u32>(), buf.len())
+                };
+                let (offsets, prefetch) = tables.split_at_mut(depth);
+                for (p, o) in offsets.iter_mut().enumerate() {
+                    // offset(p) < data.len() <= u32::MAX (checked above).
+                    *o = offset(p) as u32;
+                }
+                prefetch_table(offsets, row_stride, mr, prefetch);
+                f(Lhs::Indexed(IndexedRef {
+                    data,
+                    row_stride,
+                    tables,
+                    rows,
+                    depth,
+                    path,
+                }))
+            });
+        }
+    }
+    with_scratch(Slot::PackedLhs, rows * depth, |buf| {
+        for (i, row) in buf.chunks_exact_mut(depth.max(1)).enumerate() {
+            for (p, v) in row.iter_mut().enumerate() {
+                *v = data[i * row_stride + offset(p)];
+            }
+        }
+        f(Lhs::View(MatRef::row_major(buf, depth)))
+    })
 }
 
 /// Runs `f` with `b` (`k x n`) packed once, whole, for the active
@@ -246,6 +341,8 @@ pub(super) fn row_align(a: Lhs<'_>) -> usize {
         Lhs::View(_) => 1,
         #[cfg(target_arch = "x86_64")]
         Lhs::Packed { packed, .. } => packed.mr(),
+        #[cfg(target_arch = "x86_64")]
+        Lhs::Indexed(_) => 1,
     }
 }
 
@@ -353,6 +450,8 @@ fn check_views(
         Lhs::View(a) => a.fits(m, k),
         #[cfg(target_arch = "x86_64")]
         Lhs::Packed { rows, depth, .. } => rows == m && depth == k,
+        #[cfg(target_arch = "x86_64")]
+        Lhs::Indexed(v) => v.rows == m && v.depth == k,
     };
     assert!(a_fits, "gemm: lhs {m}x{k} exceeds its buffer");
     let b_fits = match b {
@@ -466,14 +565,25 @@ unsafe fn serial(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        use super::microkernel::{gemm, Avx2, Avx512, PackA, Raw};
+        use super::microkernel::{gemm, Avx2, Avx512, Indexed, PackA, Raw};
         let raw = |v: MatRef<'_>| Raw {
             ptr: v.data.as_ptr(),
             rs: v.row_stride,
             cs: v.col_stride,
         };
         let (a_op, path): (Raw, SimdPath);
+        let a_indexed: Indexed;
         let a_dyn: &dyn PackA = match a {
+            Lhs::Indexed(v) => {
+                path = v.path;
+                a_indexed = Indexed {
+                    ptr: v.data.as_ptr(),
+                    rs: v.row_stride,
+                    offsets: v.tables.as_ptr(),
+                    prefetch: v.tables[v.depth..].as_ptr(),
+                };
+                &a_indexed
+            }
             Lhs::View(v) => {
                 (a_op, path) = (raw(v), simd::active());
                 &a_op

@@ -73,6 +73,28 @@ pub(super) trait Kernel {
         mr: usize,
         nr: usize,
     );
+
+    /// As [`Kernel::run`], with A read where it lies through a depth table:
+    /// `A[i][p]` at `a + i*rs + offsets[p]` (see [`ByTable`]); `prefetch[p]`
+    /// is the offset from `a` of what step `p` hints the cache to fetch.
+    ///
+    /// # Safety
+    /// As [`Kernel::run`] for `b` and `c`; `offsets` and `prefetch` hold
+    /// `kc` values each; every `(i, p)` with `i < mr`, `p < kc` is readable
+    /// at `a + i*rs + offsets[p]`; `mr >= 1`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_indexed(
+        kc: usize,
+        a: *const f32,
+        rs: usize,
+        tables: (*const u32, *const u32),
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        mr: usize,
+        nr: usize,
+    );
 }
 
 /// How a micro-kernel reads its `MR x kc` block of A: element `(i, p)`,
@@ -160,6 +182,68 @@ impl<const MR: usize, const ROWS: bool> ARead for InPlace<MR, ROWS> {
 /// batch-8 shapes (the stem, 1x1 downsamples, Wᵀ of layer 4), as the
 /// hardware followed `MR` interleaved streams late; with it, within ±3 %.
 const A_PREFETCH: usize = 24;
+
+/// A read where it lies through a depth table: one pointer per row and,
+/// per depth step, the offset of that step's element from each row's
+/// start (`at(i, p) = rows[i][offsets[p]]`). For operands whose depth
+/// index is not affine in memory: the input gradient's flipped,
+/// transposed weight (conv.rs), where depth `(o, kh, kw)` of row `c` is
+/// `W[o, c, KH-1-kh, KW-1-kw]`. A broadcast does not need its value's
+/// neighbours, so the table costs one scalar load per depth step, shared
+/// by the `MR` rows. Rows at or past `mr` point at row `mr - 1`, as for
+/// [`InPlace`].
+#[derive(Clone, Copy)]
+pub(super) struct ByTable<const MR: usize> {
+    rows: [*const f32; MR],
+    offsets: *const u32,
+    /// Per depth step, the offset from row 0 to hint (see [`Indexed`]'s
+    /// `prefetch_table`).
+    prefetch: *const u32,
+}
+
+impl<const MR: usize> ByTable<MR> {
+    /// # Safety
+    /// `1 <= mr`; `offsets` and `prefetch` hold `kc` values; every `(i, p)`
+    /// with `i < mr`, `p < kc` is readable at `a + i*rs + offsets[p]`.
+    #[inline(always)]
+    unsafe fn new(
+        a: *const f32,
+        rs: usize,
+        offsets: *const u32,
+        prefetch: *const u32,
+        mr: usize,
+    ) -> Self {
+        // SAFETY: row min(i, mr - 1) < mr starts inside the operand.
+        let rows = std::array::from_fn(|i| unsafe { a.add(i.min(mr - 1) * rs) });
+        Self {
+            rows,
+            offsets,
+            prefetch,
+        }
+    }
+}
+
+impl<const MR: usize> ARead for ByTable<MR> {
+    #[inline(always)]
+    unsafe fn at(self, i: usize, p: usize) -> f32 {
+        // SAFETY: p < kc, so the table entry exists, and (i, p) is readable
+        // at row i plus it (the caller's contract; rows clamped in `new`).
+        unsafe { *self.rows[i].add(*self.offsets.add(p) as usize) }
+    }
+
+    /// One line per step, from the prefetch table: it cycles through the
+    /// rows so that every row of a step `A_PREFETCH` ahead is hinted once
+    /// per `MR` steps, without a division in the loop.
+    #[inline(always)]
+    fn prefetch(self, p: usize) {
+        // SAFETY: p < kc: the table entry exists. A prefetch never faults;
+        // the address is formed with wrapping arithmetic and only hinted at.
+        unsafe {
+            let at = self.rows[0].wrapping_add(*self.prefetch.add(p) as usize);
+            _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>());
+        }
+    }
+}
 
 /// Writes `acc + beta * C` for the valid `mr x nr` part of a tile held in
 /// `acc` (row-major, `NR` per row).
@@ -291,6 +375,30 @@ macro_rules! micro_kernel {
                             let a = InPlace::<$mr, false>::new(a, rs, cs, mr);
                             $fn::<_, $mr>(kc, a, b, c, rsc, beta, mr, nr)
                         }
+                    }
+                }
+            }
+
+            unsafe fn run_indexed(
+                kc: usize,
+                a: *const f32,
+                rs: usize,
+                (offsets, prefetch): (*const u32, *const u32),
+                b: *const f32,
+                c: *mut f32,
+                rsc: usize,
+                beta: f32,
+                mr: usize,
+                nr: usize,
+            ) {
+                // SAFETY: forwarded from the caller's contract (mr >= 1,
+                // tables of kc entries, rows < mr and depth < kc readable).
+                unsafe {
+                    let a = ByTable::<$mr>::new(a, rs, offsets, prefetch, mr);
+                    if mr <= SHORT_ROWS {
+                        $fn::<_, SHORT_ROWS>(kc, a, b, c, rsc, beta, mr, nr)
+                    } else {
+                        $fn::<_, $mr>(kc, a, b, c, rsc, beta, mr, nr)
                     }
                 }
             }
@@ -507,6 +615,12 @@ pub(super) trait PackA: Sync {
     fn in_place(&self, _n: usize, _mr: usize) -> Option<Raw> {
         None
     }
+
+    /// The operand itself when the kernels read it through a depth table
+    /// ([`Kernel::run_indexed`]).
+    fn indexed(&self) -> Option<Indexed> {
+        None
+    }
 }
 
 /// A raw strided matrix view: element `(i, j)` at `ptr + i*rs + j*cs`.
@@ -552,6 +666,84 @@ impl PackA for Raw {
 
     fn in_place(&self, n: usize, mr: usize) -> Option<Raw> {
         reads_in_place(self.rs, self.cs, n, mr).then_some(*self)
+    }
+}
+
+/// A left operand whose depth index is not affine in memory, read through
+/// a table: element `(i, p)` at `ptr + i*rs + offsets[p]` (see
+/// [`ByTable`]; gemm.rs `with_indexed_lhs` builds it and checks it).
+#[derive(Clone, Copy)]
+pub(super) struct Indexed {
+    pub ptr: *const f32,
+    pub rs: usize,
+    /// `depth` offsets, then `depth` prefetch offsets ([`prefetch_table`]).
+    pub offsets: *const u32,
+    pub prefetch: *const u32,
+}
+
+// SAFETY: an `Indexed` is only built from borrowed slices (gemm.rs) and
+// only read through; sharing it between threads is sharing `&[f32]` and
+// `&[u32]`.
+unsafe impl Sync for Indexed {}
+// SAFETY: as above.
+unsafe impl Send for Indexed {}
+
+impl PackA for Indexed {
+    unsafe fn panels<'s>(
+        &'s self,
+        ic: usize,
+        mc: usize,
+        pc: usize,
+        kc: usize,
+        mr: usize,
+        buf: &'s mut [f32],
+    ) -> &'s [f32] {
+        // Not used by `gemm` (which reads it in place), but a valid
+        // packing: zero-padded MR-row panels.
+        for (panel, dst) in buf
+            .chunks_exact_mut(kc * mr)
+            .take(mc.div_ceil(mr))
+            .enumerate()
+        {
+            for p in 0..kc {
+                for i in 0..mr {
+                    let row = ic + panel * mr + i;
+                    dst[p * mr + i] = if row < ic + mc {
+                        // SAFETY: row < ic + mc and pc + p < pc + kc lie
+                        // inside the operand (the caller's contract).
+                        unsafe {
+                            *self
+                                .ptr
+                                .add(row * self.rs + *self.offsets.add(pc + p) as usize)
+                        }
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        buf
+    }
+
+    fn indexed(&self) -> Option<Indexed> {
+        Some(*self)
+    }
+}
+
+/// Fills `out[p]` (one entry per depth step of an [`Indexed`] operand with
+/// the given `offsets` and row stride `rs`) with what [`ByTable`] hints at
+/// step `p` for kernels of `mr` rows: row `p % mr` of step `p +
+/// A_PREFETCH` (the last step's past the end), as an offset from row 0.
+/// Cycling through the rows touches every line of a step's `mr` values
+/// once per `mr` steps (the flipped weight's are `mr * KH*KW` adjacent
+/// floats, used over `KH*KW` steps), at one prefetch per step.
+pub(super) fn prefetch_table(offsets: &[u32], rs: usize, mr: usize, out: &mut [u32]) {
+    let last = offsets.len().saturating_sub(1);
+    for (p, v) in out.iter_mut().enumerate().take(offsets.len()) {
+        let ahead = offsets[(p + A_PREFETCH).min(last)] as usize;
+        // Only a hint: an offset past u32 (impossible for operands that
+        // `with_indexed_lhs` accepts) is cut to the step's own.
+        *v = u32::try_from((p % mr.max(1)) * rs + ahead).unwrap_or(offsets[p]);
     }
 }
 
@@ -956,7 +1148,11 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
         }
         return;
     }
-    let in_place = a.in_place(n, K::MR);
+    let indexed = a.indexed();
+    let in_place = match indexed {
+        Some(_) => None,
+        None => a.in_place(n, K::MR),
+    };
     let mut apack = PACK_A.with(Cell::take);
     let a_len = MC.div_ceil(K::MR) * K::MR * KC;
     if apack.len() < a_len {
@@ -982,12 +1178,13 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
             };
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                let ap: &[f32] = match in_place {
-                    Some(_) => &[],
+                let ap: &[f32] = if in_place.is_some() || indexed.is_some() {
+                    &[]
+                } else {
                     // SAFETY: the mc x kc block at (i0 + ic, pc) lies
                     // inside a; i0 + ic is a multiple of MR when i0 is (MC
                     // is).
-                    None => unsafe { a.panels(i0 + ic, mc, pc, kc, K::MR, &mut apack) },
+                    unsafe { a.panels(i0 + ic, mc, pc, kc, K::MR, &mut apack) }
                 };
                 for jr in (0..nc).step_by(K::NR) {
                     let nr = K::NR.min(nc - jr);
@@ -997,6 +1194,28 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
                         // SAFETY: the mr x nr tile at (ic+ir, jc+jr) is
                         // inside c; the B panel holds kc*NR floats.
                         let tile = unsafe { c.add((ic + ir) * rsc + jc + jr) };
+                        if let Some(t) = indexed {
+                            // SAFETY: rows i0+ic+ir.. (mr >= 1 of them) at
+                            // the table's depth offsets pc..pc+kc lie inside
+                            // the operand, and both tables hold pc+kc
+                            // entries (the caller's contract for a); as
+                            // below for b and c.
+                            unsafe {
+                                K::run_indexed(
+                                    kc,
+                                    t.ptr.add((i0 + ic + ir) * t.rs),
+                                    t.rs,
+                                    (t.offsets.add(pc), t.prefetch.add(pc)),
+                                    bp.as_ptr(),
+                                    tile,
+                                    rsc,
+                                    beta_block,
+                                    mr,
+                                    nr,
+                                )
+                            };
+                            continue;
+                        }
                         match in_place {
                             // SAFETY: rows i0+ic+ir.. (mr >= 1 of them),
                             // depth pc..pc+kc lie inside the operand (the
@@ -1189,6 +1408,102 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// [`Kernel::run_indexed`] ([`ByTable`]) against a float64 reference
+    /// for every tile shape, with A laid out as conv.rs's flipped weight:
+    /// rows `9` apart, depth `(o, t)` at `o * S + 8 - t`, with `S` leaving
+    /// a gap after the rows; every other element is NaN, so a read of a
+    /// wrong element, or of a row past `mr`, shows up in the result.
+    fn check_indexed<K: Kernel>() {
+        let (taps, rows) = (9, K::MR + 2);
+        let (rs, s) = (taps, rows * taps + 5);
+        for kc in [1, 8, 9, 47, 49, 300] {
+            let offsets: Vec<u32> = (0..kc)
+                .map(|p| ((p / taps) * s + taps - 1 - p % taps) as u32)
+                .collect();
+            let mut prefetch = vec![0; kc];
+            prefetch_table(&offsets, rs, K::MR, &mut prefetch);
+            let av = |i: usize, p: usize| ((p * K::MR + i) as f32 * 0.29).sin();
+            let b: Vec<f32> = (0..kc * K::NR).map(|i| (i as f32 * 0.13).cos()).collect();
+            for mr in 1..=K::MR {
+                let mut a = vec![f32::NAN; kc.div_ceil(taps) * s];
+                for i in 0..mr {
+                    for (p, &o) in offsets.iter().enumerate() {
+                        a[i * rs + o as usize] = av(i, p);
+                    }
+                }
+                for nr in [1, 3, 8, 9, K::NR / 2, K::NR / 2 + 1, K::NR] {
+                    for beta in [0.0f32, 0.5] {
+                        let rsc = K::NR + 3;
+                        let c0: Vec<f32> = (0..K::MR * rsc).map(|i| i as f32 * 0.01).collect();
+                        let mut c = c0.clone();
+                        // SAFETY: `a` holds every (i, p), i < mr, p < kc at
+                        // i*rs + offsets[p]; both tables hold kc entries;
+                        // the B panel kc*NR floats; c MR rows of rsc >= NR.
+                        // The test only runs the kernel when the CPU can.
+                        unsafe {
+                            K::run_indexed(
+                                kc,
+                                a.as_ptr(),
+                                rs,
+                                (offsets.as_ptr(), prefetch.as_ptr()),
+                                b.as_ptr(),
+                                c.as_mut_ptr(),
+                                rsc,
+                                beta,
+                                mr,
+                                nr,
+                            )
+                        };
+                        for i in 0..K::MR {
+                            for j in 0..rsc {
+                                let (got, old) =
+                                    (f64::from(c[i * rsc + j]), f64::from(c0[i * rsc + j]));
+                                let want = if i < mr && j < nr {
+                                    let dot: f64 = (0..kc)
+                                        .map(|p| f64::from(av(i, p)) * f64::from(b[p * K::NR + j]))
+                                        .sum();
+                                    dot + f64::from(beta) * old
+                                } else {
+                                    old
+                                };
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * (kc as f64).sqrt() * 4.0,
+                                    "kc {kc} mr {mr} nr {nr} beta {beta}: ({i},{j}) {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn indexed_reads_match_reference_for_every_tile_shape() {
+        for path in [SimdPath::Avx512, SimdPath::Avx2] {
+            if !path.is_supported() {
+                // Not a pass: nothing was checked for this path here.
+                eprintln!("SKIPPED: this CPU has no {} path", path.name());
+                continue;
+            }
+            match path {
+                SimdPath::Avx512 => check_indexed::<Avx512>(),
+                _ => check_indexed::<Avx2>(),
+            }
+        }
+    }
+
+    #[test]
+    fn prefetch_table_cycles_rows_ahead() {
+        let offsets: Vec<u32> = (0..40).map(|p| 3 * p as u32 + 1).collect();
+        let mut out = vec![0; 40];
+        prefetch_table(&offsets, 100, 8, &mut out);
+        for (p, &v) in out.iter().enumerate() {
+            let ahead = offsets[(p + A_PREFETCH).min(39)];
+            assert_eq!(v, (p % 8) as u32 * 100 + ahead, "step {p}");
         }
     }
 

@@ -13,6 +13,9 @@ pub(super) enum Slot {
     Staging,
     /// A GEMM left operand packed once for all its uses (gemm.rs).
     PackedLhs,
+    /// The depth tables of a left operand read through them (gemm.rs
+    /// `with_indexed_lhs`), as `u32` bits.
+    Tables,
     /// A self-packing right operand written out densely for the portable
     /// GEMM (gemm.rs).
     Dense,

@@ -9,11 +9,15 @@ use frostgrad::Device;
 use rand::SeedableRng;
 
 /// Minor faults any single steady-state fine-tuning step may take on the
-/// AVX paths (0-2 measured in 16 runs of 5 steps): glibc serving the
-/// step's small unpooled allocations (autograd nodes, tensors under 16 KiB)
-/// from heap pages it has not touched before, as its per-thread caches
-/// shift chunks between threads (BENCHMARKS.md, issue 9 item 16). Before
-/// item 16 single steps took ~320 (the median was checked, at 8).
+/// AVX paths: glibc's main heap reaching a page it has not touched before
+/// in the first steps after warm-up (rayon's 1.5 KiB injector blocks,
+/// which the main thread allocates and a worker frees, are usually the
+/// allocation that crosses it). Measured 0-1 per step in 48 runs of 5
+/// steps under load 4-7, the same steps in every run (avx512 [1, 0, 1, 0,
+/// 0], avx2 [0, 1, 0, 0, 0]) on this machine's glibc 2.36; 0-2 before
+/// BENCHMARKS.md issue 9 item 25. Kept at 4 until no step takes any: which
+/// steps fault depends on glibc's heap layout, so another glibc (CI's) may
+/// shift them. Before item 16 single steps took ~320.
 const FAULT_BOUND: u64 = 4;
 /// Transfer learning (the head only) takes none on the AVX paths: 0 in
 /// every step measured since item 16.

@@ -39,7 +39,8 @@ thread_local! {
 }
 
 /// Bytes of its stack below the first scratch request that a thread
-/// touches once, up front (rayon's workers have 2 MiB).
+/// touches once, up front (rayon's workers have 2 MiB; see [`touch_stack`]
+/// for threads with less).
 ///
 /// Why: how deep a worker's stack goes depends on how rayon nests work
 /// (a worker waiting in `join` runs stolen tasks on top of its own), so a
@@ -51,12 +52,56 @@ thread_local! {
 /// faults into the first step.
 const STACK_RESERVE: usize = 256 << 10;
 
-/// Touches [`STACK_RESERVE`] bytes of this thread's stack below the caller.
-#[inline(never)]
+/// Stack left untouched below the touched part, for whatever the thread
+/// runs meanwhile (a thread with a small stack touches less, never all).
+const STACK_MARGIN: usize = 128 << 10;
+/// The touched part is built of frames of this size.
+const STACK_FRAME: usize = 16 << 10;
+
+/// Touches up to [`STACK_RESERVE`] bytes of this thread's stack below the
+/// caller, as much as the thread's stack has room for beyond
+/// [`STACK_MARGIN`] (nothing where the platform does not say).
 fn touch_stack() {
-    let mut pages = [0u8; STACK_RESERVE];
-    // Keeps the zeroing (one store per page would do) from being optimised out.
-    std::hint::black_box(&mut pages);
+    let room = stack_room().unwrap_or(0).saturating_sub(STACK_MARGIN);
+    touch_frames(STACK_RESERVE.min(room) / STACK_FRAME);
+}
+
+/// `frames` nested frames of [`STACK_FRAME`] bytes, each zeroed.
+#[inline(never)]
+fn touch_frames(frames: usize) {
+    if frames == 0 {
+        return;
+    }
+    let mut frame = [0u8; STACK_FRAME];
+    // (black_box: keeps the zeroing, and the recursion from becoming a loop.)
+    std::hint::black_box(&mut frame);
+    touch_frames(frames - 1);
+    std::hint::black_box(&frame);
+}
+
+/// Bytes of this thread's stack below the caller's frame.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn stack_room() -> Option<usize> {
+    let mut low: *mut libc::c_void = std::ptr::null_mut();
+    let mut size: libc::size_t = 0;
+    // SAFETY: `attr` is initialised by pthread_getattr_np for the calling
+    // thread before it is read, and destroyed once, after the read.
+    let ok = unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let ok = libc::pthread_attr_getstack(&attr, &mut low, &mut size) == 0;
+        libc::pthread_attr_destroy(&mut attr);
+        ok
+    };
+    let here = &size as *const libc::size_t as usize;
+    ok.then(|| here.checked_sub(low as usize)).flatten()
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn stack_room() -> Option<usize> {
+    None
 }
 
 /// Scratch buffers allocated or grown so far, all threads together.
@@ -114,4 +159,45 @@ pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32])
         stack.insert(at, buf);
     });
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_with_a_small_stack_touches_only_what_it_has_room_for() {
+        // 256 KiB of stack in all: less than STACK_RESERVE + STACK_MARGIN,
+        // so the touch must stop short instead of overflowing.
+        let sum = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                // (glibc may hand the thread a larger cached stack; the
+                // touch follows whatever stack the thread really has.)
+                with_scratch(Slot::Staging, 100, |s| {
+                    s.fill(1.0);
+                    s.iter().sum::<f32>()
+                })
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(sum, 100.0);
+    }
+
+    #[test]
+    fn the_stack_room_is_known_on_linux() {
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            let room = std::thread::Builder::new()
+                .stack_size(1 << 20)
+                .spawn(stack_room)
+                .unwrap()
+                .join()
+                .unwrap()
+                .unwrap();
+            // At least what was asked for, less this frame (glibc may
+            // reuse a larger cached stack, so no upper bound).
+            assert!(room > 512 << 10, "{room}");
+        }
+    }
 }

@@ -12,7 +12,11 @@
 //! For stride 1 the input gradient is itself a forward convolution (of
 //! `dy`, with the weight flipped and its channels swapped) and runs as
 //! one, with no col2im ([`input_grad_flipped`]); col2im remains for the
-//! other strides and the portable path.
+//! other strides and the portable path. For stride 1 with output rows as
+//! wide as the input's and few row taps (ResNet's 3x3 layers up to 128
+//! channels) the weight gradient is `KW` shifted products sharing the
+//! column matrix of the `(c, kh)` taps only ([`weight_grad_shifted`];
+//! `FROSTGRAD_DW_SHIFTED=0` turns it off, for comparison).
 //!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
@@ -1121,7 +1125,7 @@ fn input_grad_images(
                     // tasks, so the lock never waits.
                     Par::Split => {
                         let threads = rayon::current_num_threads().max(1);
-                        with_scratch(Slot::Columns, threads * block_len, |cols| {
+                        with_scratch(Slot::SplitColumns, threads * block_len, |cols| {
                             let cols: Vec<std::sync::Mutex<&mut [f32]>> = cols
                                 .chunks_mut(block_len)
                                 .map(std::sync::Mutex::new)
@@ -1181,10 +1185,21 @@ fn weight_grad_limits(g: &Conv2dGeometry) -> Limits {
 }
 
 fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
-    let op = "conv2d_weight_grad";
-    if let Some(rows) = shifted_rows(g) {
-        return weight_grad_shifted(dy, x, g, &rows, limits);
+    match shifted_rows(g) {
+        Some(rows) => weight_grad_shifted(dy, x, g, &rows, limits),
+        None => weight_grad_im2col(dy, x, g, limits),
     }
+}
+
+/// The weight gradient as `dy · colsᵀ` over the full column matrix: every
+/// geometry (the shifted form covers only some, see [`shifted_rows`]).
+fn weight_grad_im2col(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_weight_grad";
     let plan = Plan::new(op, g, limits)?;
     let mut dw = buffer_pool::zeroed(op, g.out_channels * plan.taps)?;
     for_image_groups(
@@ -1243,6 +1258,7 @@ fn shifted_rows(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
         .get_or_init(|| std::env::var("FROSTGRAD_DW_SHIFTED").map_or(true, |v| v.trim() != "0"));
     let row_taps = g.in_channels.saturating_mul(g.kernel_h);
     (enabled
+        && row_taps > 0
         && g.stride == (1, 1)
         && g.kernel_w > 1
         && g.out_w == g.in_w
@@ -1288,7 +1304,7 @@ fn weight_grad_shifted(
     limits: Limits,
 ) -> Result<Vec<f32>> {
     let op = "conv2d_weight_grad";
-    let plan = Plan::new(op, rows, limits)?;
+    let plan = Plan::new(op, rows, shifted_limits(g, limits))?;
     let (kw_n, c_out, n) = (g.kernel_w, g.out_channels, plan.taps);
     let mut shifted = buffer_pool::zeroed(op, kw_n * c_out * n)?;
     for_image_groups(
@@ -1334,6 +1350,22 @@ fn weight_grad_shifted(
     }
     buffer_pool::recycle(shifted);
     Ok(dw)
+}
+
+/// The limits of the shifted weight gradient's plan. The plan bounds a
+/// chunk's columns by the right operand's rows (`C_in * KH`), but the left
+/// operand, built per chunk in the `Columns` slot, has `KW * C_out` rows:
+/// the block shrinks so that it too stays within the block size (a 3->64
+/// layer's would be 21x larger, and the slot's size is shared by every
+/// thread's buffer). ResNet's layers that take this path have `KW * C_out
+/// == C_in * KH`: unchanged.
+fn shifted_limits(g: &Conv2dGeometry, limits: Limits) -> Limits {
+    let row_taps = (g.in_channels * g.kernel_h).max(1);
+    let left_rows = g.kernel_w * g.out_channels;
+    Limits {
+        block_elems: limits.block_elems / left_rows.div_ceil(row_taps).max(1),
+        ..limits
+    }
 }
 
 /// The shifted weight gradient's left operand for one chunk (see
@@ -1606,6 +1638,12 @@ mod tests {
                 assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
                 assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
+                if shifted_rows(&g).is_some() {
+                    // The im2col form still serves the layers the shifted
+                    // one leaves (more row taps): check it here too.
+                    let dw = pool.install(|| weight_grad_im2col(&dy, &x, &g, limits).unwrap());
+                    assert_close(&what("dw im2col"), &dw, &r.dw, 1e-5);
+                }
                 if let Some(flipped) = flipped_geometry(&g) {
                     let dx =
                         pool.install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
@@ -1634,8 +1672,40 @@ mod tests {
             geo([8, 64, 56, 56], [128, 64, 3, 3], (2, 2), (1, 1)),
             geo([8, 64, 56, 56], [64, 64, 1, 1], (1, 1), (0, 0)),
             geo([8, 64, 56, 56], [64, 64, 3, 3], (1, 1), (0, 0)),
+            // No input channels: nothing to shift (and an empty dW).
+            geo([2, 0, 5, 5], [4, 0, 3, 3], (1, 1), (1, 1)),
         ] {
             assert!(shifted_rows(&g).is_none(), "{g:?}");
+        }
+        let empty = geo([2, 0, 5, 5], [4, 0, 3, 3], (1, 1), (1, 1));
+        let dy = vec![1.0; empty.output_shape().iter().product()];
+        assert!(conv2d_weight_grad(&dy, &[], &empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn shifted_weight_grad_chunks_keep_both_operands_within_the_block() {
+        // Few input channels, many outputs (a 3->64 layer): the left
+        // operand (`KW * C_out` rows) is the larger one.
+        for (c_in, c_out) in [(3, 64), (64, 64), (128, 128), (1, 512)] {
+            let g = Conv2dGeometry::new(
+                [8, c_in, 224, 224],
+                [c_out, c_in, 3, 3],
+                (1, 1),
+                (1, 1),
+                (1, 1),
+            )
+            .unwrap();
+            let rows = shifted_rows(&g).unwrap();
+            let plan = Plan::new("test", &rows, shifted_limits(&g, LIMITS)).unwrap();
+            let columns = plan.max_columns(&rows);
+            let left = 3 * c_out * columns;
+            let right = c_in * 3 * columns;
+            // One output row is the least a chunk holds.
+            let least = 3 * c_out.max(c_in) * g.out_w;
+            assert!(
+                left.max(right) <= COL_BLOCK_ELEMS.max(least),
+                "{c_in}->{c_out}: {left} / {right} floats per chunk"
+            );
         }
     }
 

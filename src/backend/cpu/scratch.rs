@@ -10,6 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[derive(Clone, Copy)]
 pub(super) enum Slot {
     Columns,
+    /// The input gradient's column buffers for every thread of a split
+    /// call, taken on the calling thread (conv.rs): its own slot, since its
+    /// size (threads x a block) would otherwise become the largest
+    /// `Columns` request, to which every worker's buffer grows.
+    SplitColumns,
     Staging,
     /// A GEMM left operand packed once for all its uses (gemm.rs).
     PackedLhs,

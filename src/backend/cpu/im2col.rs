@@ -639,6 +639,15 @@ mod avx2 {
     /// Mask vectors [`panel`] keeps per panel: `kernel_w * runs` of them.
     pub(super) const PANEL_MASKS: usize = 32;
 
+    /// Whether [`panel`] reads a run whose `S * 16` positions from panel
+    /// lane 0 lie inside `images` with plain loads, AND-ed with the load
+    /// masks (`false`: every run with `vmaskmovps`, for comparison). On
+    /// Zen 4 the masked loads were most of the AVX2 panel fill's samples
+    /// (`perf annotate`), and the fill took 1.8x the AVX-512 one's time for
+    /// the same columns (BENCHMARKS.md, "The AVX2 forward: plain loads in
+    /// the panel fill, short row tiles").
+    const PLAIN_LOADS: bool = true;
+
     /// [`super::fill_panel`] for 16-wide panels and stride `S` (1 or 2):
     /// as the AVX-512 `panel`, with `vmaskmovps` loads (zero in masked-off
     /// lanes, which are not accessed) OR-ed into two (stride 2: four)
@@ -697,6 +706,24 @@ mod avx2 {
                 let m = &masks[t.kw * nruns + r];
                 // Wrapping: see the AVX-512 `panel`.
                 let p = img.wrapping_offset(base[r] + t.off);
+                let q = base[r] + t.off;
+                if PLAIN_LOADS && q >= 0 && q as usize + S * 16 <= images.len() {
+                    let and = |a: __m256, m: __m256i| _mm256_and_ps(a, _mm256_castsi256_ps(m));
+                    // SAFETY: the S * 16 positions from `q` lie inside
+                    // `images` (just checked); the masks keep the run's
+                    // valid columns and zero the rest, as the masked loads
+                    // below would.
+                    unsafe {
+                        let p = img.offset(q);
+                        v[0] = or(v[0], and(_mm256_loadu_ps(p), m[0]));
+                        v[1] = or(v[1], and(_mm256_loadu_ps(p.add(8)), m[1]));
+                        if S == 2 {
+                            v[2] = or(v[2], and(_mm256_loadu_ps(p.add(16)), m[2]));
+                            v[3] = or(v[3], and(_mm256_loadu_ps(p.add(24)), m[3]));
+                        }
+                    }
+                    continue;
+                }
                 // SAFETY: the masks enable only positions of the run's
                 // valid columns (and for stride 2 the odd positions between
                 // two of them, in the same input row): inside `images`.

@@ -296,6 +296,15 @@ fn prefetch_c<const NR: usize>(c: *mut f32, rsc: usize, mr: usize) {
     }
 }
 
+/// Rows a micro-kernel call computes when the tile has at most this many
+/// valid ones (the last row tile of a product whose `m` is not a multiple
+/// of `MR`): the AVX2 kernel's 6-row tiles end 64 output channels with 4
+/// rows and 128 with 2, and computing all 6 cost the forward ~3 % of its
+/// FMAs at 64 and 128 channels (BENCHMARKS.md, "The AVX2 forward: plain
+/// loads in the panel fill, short row tiles"). Four rows still keep 8
+/// accumulators, enough to hide the FMA latency.
+const SHORT_ROWS: usize = 4;
+
 /// One micro-kernel per instruction set, from the same body: an `MR x 2`
 /// grid of vector accumulators (`NR` = two vectors), one broadcast of A and
 /// two FMAs per row per depth step. A macro rather than a generic over a
@@ -308,6 +317,9 @@ macro_rules! micro_kernel {
         NARROW = $narrow:literal, PREFETCH_C_AHEAD = $ahead:literal, $setzero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident
     ) => {
         pub(super) struct $kernel;
+
+        // A short tile computes fewer rows than a full one.
+        const _: () = assert!(SHORT_ROWS < $mr);
 
         impl Kernel for $kernel {
             const MR: usize = $mr;
@@ -323,7 +335,13 @@ macro_rules! micro_kernel {
                 nr: usize,
             ) {
                 // SAFETY: forwarded from the caller's contract.
-                unsafe { $fn(kc, Packed::<$mr>(a), b, c, rsc, beta, mr, nr) }
+                unsafe {
+                    if mr <= SHORT_ROWS {
+                        $fn::<_, SHORT_ROWS>(kc, Packed::<$mr>(a), b, c, rsc, beta, mr, nr)
+                    } else {
+                        $fn::<_, $mr>(kc, Packed::<$mr>(a), b, c, rsc, beta, mr, nr)
+                    }
+                }
             }
 
             unsafe fn run_in_place(
@@ -340,12 +358,23 @@ macro_rules! micro_kernel {
                 // SAFETY: forwarded from the caller's contract (mr >= 1,
                 // rows < mr and depth < kc readable).
                 unsafe {
-                    if cs == 1 {
-                        let a = InPlace::<$mr, true>::new(a, rs, cs, mr);
-                        $fn(kc, a, b, c, rsc, beta, mr, nr)
-                    } else {
-                        let a = InPlace::<$mr, false>::new(a, rs, cs, mr);
-                        $fn(kc, a, b, c, rsc, beta, mr, nr)
+                    match (cs == 1, mr <= SHORT_ROWS) {
+                        (true, true) => {
+                            let a = InPlace::<$mr, true>::new(a, rs, cs, mr);
+                            $fn::<_, SHORT_ROWS>(kc, a, b, c, rsc, beta, mr, nr)
+                        }
+                        (true, false) => {
+                            let a = InPlace::<$mr, true>::new(a, rs, cs, mr);
+                            $fn::<_, $mr>(kc, a, b, c, rsc, beta, mr, nr)
+                        }
+                        (false, true) => {
+                            let a = InPlace::<$mr, false>::new(a, rs, cs, mr);
+                            $fn::<_, SHORT_ROWS>(kc, a, b, c, rsc, beta, mr, nr)
+                        }
+                        (false, false) => {
+                            let a = InPlace::<$mr, false>::new(a, rs, cs, mr);
+                            $fn::<_, $mr>(kc, a, b, c, rsc, beta, mr, nr)
+                        }
                     }
                 }
             }
@@ -366,14 +395,18 @@ macro_rules! micro_kernel {
                 // tables of kc entries, rows < mr and depth < kc readable).
                 unsafe {
                     let a = ByTable::<$mr>::new(a, rs, offsets, prefetch, mr);
-                    $fn(kc, a, b, c, rsc, beta, mr, nr)
+                    if mr <= SHORT_ROWS {
+                        $fn::<_, SHORT_ROWS>(kc, a, b, c, rsc, beta, mr, nr)
+                    } else {
+                        $fn::<_, $mr>(kc, a, b, c, rsc, beta, mr, nr)
+                    }
                 }
             }
         }
 
         #[target_feature(enable = $feature)]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn $fn<A: ARead>(
+        unsafe fn $fn<A: ARead, const MR: usize>(
             kc: usize,
             a: A,
             b: *const f32,
@@ -383,7 +416,6 @@ macro_rules! micro_kernel {
             mr: usize,
             nr: usize,
         ) {
-            const MR: usize = $mr;
             const L: usize = $lanes;
             const NR: usize = 2 * L;
             if nr <= $narrow {
@@ -408,14 +440,14 @@ macro_rules! micro_kernel {
                         }
                     }
                 }
-                let mut tile = [0f32; MR * NR];
-                for (i, &v) in acc.iter().enumerate() {
-                    // SAFETY: L floats at i*NR lie inside `tile`.
-                    unsafe { $store(tile.as_mut_ptr().add(i * NR), v) };
+                let mut tile = [[0f32; NR]; MR];
+                for (t, &v) in tile.iter_mut().zip(&acc) {
+                    // SAFETY: L <= NR floats fit in `t`.
+                    unsafe { $store(t.as_mut_ptr(), v) };
                 }
-                // SAFETY: the caller's contract for `c`, `mr`, `nr`; only
-                // the first nr <= L columns of each tile row are read.
-                unsafe { store_partial::<NR>(&tile, c, rsc, beta, mr, nr) };
+                // SAFETY: the caller's contract for `c`, `mr <= MR`, `nr`;
+                // only the first nr <= L columns of each tile row are read.
+                unsafe { store_partial::<NR>(tile.as_flattened(), c, rsc, beta, mr, nr) };
                 return;
             }
             let mut acc = [[$setzero(); 2]; MR];
@@ -459,15 +491,15 @@ macro_rules! micro_kernel {
                     }
                 }
             } else {
-                let mut tile = [0f32; MR * NR];
-                for (i, row) in acc.iter().enumerate() {
+                let mut tile = [[0f32; NR]; MR];
+                for (t, row) in tile.iter_mut().zip(&acc) {
                     for (h, &v) in row.iter().enumerate() {
-                        // SAFETY: L floats at i*NR + h*L lie inside `tile`.
-                        unsafe { $store(tile.as_mut_ptr().add(i * NR + h * L), v) };
+                        // SAFETY: L floats at h*L < NR lie inside `t`.
+                        unsafe { $store(t.as_mut_ptr().add(h * L), v) };
                     }
                 }
-                // SAFETY: the caller's contract for `c`, `mr`, `nr`.
-                unsafe { store_partial::<NR>(&tile, c, rsc, beta, mr, nr) };
+                // SAFETY: the caller's contract for `c`, `mr <= MR`, `nr`.
+                unsafe { store_partial::<NR>(tile.as_flattened(), c, rsc, beta, mr, nr) };
             }
         }
     };

@@ -48,8 +48,15 @@ MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 # name, trainable globs, frozen-bn mode, lr, momentum, weight decay, schedule
+#
+# Fine-tuning at lr 0.01, not 0.02: at 0.02 the trajectory crosses a near-tie
+# that float32 rounding decides, so PyTorch's own float32 runs disagree with
+# each other (worst relative error from float64 8.1e-4 with oneDNN, 7.4e-3
+# with its native convolution) and a 1-ulp change in one layer moved ours 12x
+# past the bound; at 0.01 the two agree (3.2e-4 and 3.6e-4;
+# scripts/train_f32_spread.py, BENCHMARKS.md issue 9 item 26).
 CASES = [
-    ("finetune", "*", "train", 0.02, 0.9, 1e-4, "constant"),
+    ("finetune", "*", "train", 0.01, 0.9, 1e-4, "constant"),
     ("transfer_bn_eval", "fc.*", "eval", 2e-5, 0.9, 1e-4, "constant"),
     ("layer4_fc_bn_train_cosine", "layer4.*,fc.*", "train", 0.05, 0.9, 1e-4, "cosine"),
 ]

@@ -959,11 +959,12 @@ fn flip_input_grad(g: &Conv2dGeometry) -> bool {
 /// The smallest image (`H * W` of `dx`) whose input gradient is run
 /// flipped ([`flip_input_grad`]). At 2x2 (ResNet's layer 4 at 40x40
 /// inputs), where five of a 3x3 kernel's nine taps see only padding, the
-/// flipped one measured within noise of col2im (0.97x, batch 8), and
-/// `tests/train_parity.rs`'s fine-tune case is ill-conditioned in exactly
-/// that layer: random 1-ulp noise on col2im's layer-4 input gradient moves
-/// its result as far as the flipped one does (12x the bound; BENCHMARKS.md,
-/// issue 9 item 26), so that layer keeps col2im until the test is robust.
+/// flipped one measured within noise of col2im (0.97x, batch 8), so it
+/// keeps col2im. (`tests/train_parity.rs`'s fine-tune case, whose layer 4
+/// runs at 2x2, was first too ill-conditioned to tell the two apart: 1-ulp
+/// noise there moved it 12x its bound. Its learning rate is now one at
+/// which PyTorch's own float32 paths agree, and it passes with every 2x2
+/// layer flipped too; BENCHMARKS.md, issue 9 item 26.)
 const FLIP_MIN_PIXELS: usize = 9;
 
 /// The largest image (`H * W` of `dx`) whose input gradient the AVX2 path

@@ -1496,6 +1496,52 @@ mod tests {
         }
     }
 
+    /// `Indexed`'s packing (the `PackA` fallback `gemm` does not take, as
+    /// it reads the operand in place): each panel row is the table's
+    /// element, rows past the block are zero, for ragged blocks at a
+    /// depth offset inside the table.
+    #[test]
+    fn indexed_panels_follow_the_table_and_zero_pad() {
+        let (rows, depth, rs) = (11, 23, 70);
+        // A permuted depth, as the flipped weight's: offsets not monotone.
+        let offsets: Vec<u32> = (0..depth as u32).map(|p| (p * 7) % 23 * 3).collect();
+        let data: Vec<f32> = (0..rows * rs).map(|x| x as f32 * 0.5).collect();
+        let a = Indexed {
+            ptr: data.as_ptr(),
+            rs,
+            offsets: offsets.as_ptr(),
+            prefetch: offsets.as_ptr(),
+        };
+        for (ic, mc, pc, kc, mr) in [
+            (0, 11, 0, 23, 8),
+            (3, 5, 4, 9, 8),
+            (6, 5, 20, 3, 6),
+            (0, 1, 0, 1, 6),
+        ] {
+            let mut buf = vec![f32::NAN; usize::div_ceil(mc, mr) * mr * kc];
+            // SAFETY: rows ic..ic+mc < 11 and depth pc..pc+kc <= 23 lie inside
+            // the table and the data (every offset + row * rs < 11 * 70).
+            let panels = unsafe { a.panels(ic, mc, pc, kc, mr, &mut buf) };
+            for (panel, dst) in panels.chunks_exact(kc * mr).enumerate() {
+                for p in 0..kc {
+                    for i in 0..mr {
+                        let row = ic + panel * mr + i;
+                        let want = if row < ic + mc {
+                            data[row * rs + offsets[pc + p] as usize]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(
+                            dst[p * mr + i],
+                            want,
+                            "block {ic},{mc},{pc},{kc},{mr} row {row} step {p}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn prefetch_table_cycles_rows_ahead() {
         let offsets: Vec<u32> = (0..40).map(|p| 3 * p as u32 + 1).collect();

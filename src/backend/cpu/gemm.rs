@@ -155,6 +155,18 @@ pub(super) enum Rhs<'a> {
     Source(&'a dyn Source),
 }
 
+/// The register tile (`MR`, `NR`) of `path`'s micro-kernel; (0, 0) for
+/// the portable path, which has none of ours.
+#[cfg(target_arch = "x86_64")]
+fn tile(path: SimdPath) -> (usize, usize) {
+    use super::microkernel::{Avx2, Avx512, Kernel};
+    match path {
+        SimdPath::Avx512 => (Avx512::MR, Avx512::NR),
+        SimdPath::Avx2 => (Avx2::MR, Avx2::NR),
+        SimdPath::Portable => (0, 0),
+    }
+}
+
 /// Runs `f` with `a` (`m x k`) packed once for the active micro-kernel, so
 /// that the many GEMMs of one convolution (its chunks and threads) share
 /// one packing of the weight instead of each re-packing it; `n` is the
@@ -173,13 +185,9 @@ pub(super) fn with_packed_lhs<R>(
     assert!(a.fits(m, k), "gemm: lhs view {m}x{k} exceeds its buffer");
     #[cfg(target_arch = "x86_64")]
     {
-        use super::microkernel::{reads_in_place, Avx2, Avx512, Kernel, PackedA, Raw};
+        use super::microkernel::{reads_in_place, PackedA, Raw};
         let path = simd::active();
-        let mr = match path {
-            SimdPath::Avx512 => Avx512::MR,
-            SimdPath::Avx2 => Avx2::MR,
-            SimdPath::Portable => 0,
-        };
+        let (mr, _) = tile(path);
         if mr > 0 && m > 0 && k > 0 && !reads_in_place(a.row_stride, a.col_stride, n, mr) {
             let raw = Raw {
                 ptr: a.data.as_ptr(),
@@ -231,13 +239,9 @@ pub(super) fn with_indexed_lhs<R>(
     assert!(fits, "gemm: indexed lhs {rows}x{depth} exceeds its buffer");
     #[cfg(target_arch = "x86_64")]
     {
-        use super::microkernel::{prefetch_table, reads_in_place, Avx2, Avx512, Kernel};
+        use super::microkernel::{prefetch_table, reads_in_place};
         let path = simd::active();
-        let mr = match path {
-            SimdPath::Avx512 => Avx512::MR,
-            SimdPath::Avx2 => Avx2::MR,
-            SimdPath::Portable => 0,
-        };
+        let (mr, _) = tile(path);
         // (`reads_in_place` of a row-major operand: true unless
         // `FROSTGRAD_A_IN_PLACE=0` asks for packing.)
         let in_place = mr > 0 && reads_in_place(row_stride, 1, depth, mr);
@@ -296,12 +300,8 @@ pub(super) fn with_packed_rhs<R>(
     assert!(fits, "gemm: rhs {k}x{n} exceeds its buffer");
     #[cfg(target_arch = "x86_64")]
     {
-        use super::microkernel::{with_thread_packed_b, Avx2, Avx512, Kernel, Raw};
-        let nr = match simd::active() {
-            SimdPath::Avx512 => Avx512::NR,
-            SimdPath::Avx2 => Avx2::NR,
-            SimdPath::Portable => 0,
-        };
+        use super::microkernel::{with_thread_packed_b, Raw};
+        let (_, nr) = tile(simd::active());
         if nr > 0 && k > 0 && n > 0 {
             let raw;
             let source: &dyn PackB = match b {

@@ -335,13 +335,7 @@ macro_rules! micro_kernel {
                 nr: usize,
             ) {
                 // SAFETY: forwarded from the caller's contract.
-                unsafe {
-                    if mr <= SHORT_ROWS {
-                        $fn::<_, SHORT_ROWS>(kc, Packed::<$mr>(a), b, c, rsc, beta, mr, nr)
-                    } else {
-                        $fn::<_, $mr>(kc, Packed::<$mr>(a), b, c, rsc, beta, mr, nr)
-                    }
-                }
+                unsafe { Self::rows(kc, Packed::<$mr>(a), b, c, rsc, beta, mr, nr) }
             }
 
             unsafe fn run_in_place(
@@ -358,23 +352,12 @@ macro_rules! micro_kernel {
                 // SAFETY: forwarded from the caller's contract (mr >= 1,
                 // rows < mr and depth < kc readable).
                 unsafe {
-                    match (cs == 1, mr <= SHORT_ROWS) {
-                        (true, true) => {
-                            let a = InPlace::<$mr, true>::new(a, rs, cs, mr);
-                            $fn::<_, SHORT_ROWS>(kc, a, b, c, rsc, beta, mr, nr)
-                        }
-                        (true, false) => {
-                            let a = InPlace::<$mr, true>::new(a, rs, cs, mr);
-                            $fn::<_, $mr>(kc, a, b, c, rsc, beta, mr, nr)
-                        }
-                        (false, true) => {
-                            let a = InPlace::<$mr, false>::new(a, rs, cs, mr);
-                            $fn::<_, SHORT_ROWS>(kc, a, b, c, rsc, beta, mr, nr)
-                        }
-                        (false, false) => {
-                            let a = InPlace::<$mr, false>::new(a, rs, cs, mr);
-                            $fn::<_, $mr>(kc, a, b, c, rsc, beta, mr, nr)
-                        }
+                    if cs == 1 {
+                        let a = InPlace::<$mr, true>::new(a, rs, cs, mr);
+                        Self::rows(kc, a, b, c, rsc, beta, mr, nr)
+                    } else {
+                        let a = InPlace::<$mr, false>::new(a, rs, cs, mr);
+                        Self::rows(kc, a, b, c, rsc, beta, mr, nr)
                     }
                 }
             }
@@ -395,6 +378,33 @@ macro_rules! micro_kernel {
                 // tables of kc entries, rows < mr and depth < kc readable).
                 unsafe {
                     let a = ByTable::<$mr>::new(a, rs, offsets, prefetch, mr);
+                    Self::rows(kc, a, b, c, rsc, beta, mr, nr)
+                }
+            }
+        }
+
+        impl $kernel {
+            /// The kernel body for a tile of `mr` valid rows: [`SHORT_ROWS`]
+            /// of them computed when that covers them, `MR` otherwise.
+            ///
+            /// # Safety
+            /// As [`Kernel::run`], with `a` a reader valid for `mr` rows and
+            /// `kc` depth steps.
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn rows<A: ARead>(
+                kc: usize,
+                a: A,
+                b: *const f32,
+                c: *mut f32,
+                rsc: usize,
+                beta: f32,
+                mr: usize,
+                nr: usize,
+            ) {
+                // SAFETY: the caller's contract; both instances compute at
+                // most the `MR` rows the reader was made for.
+                unsafe {
                     if mr <= SHORT_ROWS {
                         $fn::<_, SHORT_ROWS>(kc, a, b, c, rsc, beta, mr, nr)
                     } else {

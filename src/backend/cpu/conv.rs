@@ -45,6 +45,20 @@
 //! A 1x1, stride-1, unpadded convolution of large images needs no column
 //! matrix at all: the input image already is `col`.
 //!
+//! The padding taps: a tap `(kh, kw)` that sees only padding at an output
+//! pixel gives a zero column entry for every channel, and for small images
+//! they are a large share of `col` (3x3, padding 1: 18 % at 7x7, 31 % at
+//! 4x4). For grouped images the forward (and so the flipped input
+//! gradient) orders its columns by the taps they see
+//! ([`super::tap_classes`]: top rows, middle rows, bottom rows, and where
+//! it pays the edge columns apart), un-ordered again on the way out of the
+//! staging buffer, and the micro-kernel GEMM multiplies each column panel
+//! by the depth rows of the taps some column of it sees
+//! (`PackB::pack_live`, `microkernel::gemm_live`) — what a direct
+//! convolution skips. [`skip_order`] decides where;
+//! `FROSTGRAD_CONV_SKIP_PADDING=0` turns it off, `=1` on wherever possible
+//! (for comparison).
+//!
 //! Parallelism: with enough image groups (the images of one chunk) per
 //! rayon thread, whole groups run as parallel tasks, each with its own
 //! im2col and a single-threaded GEMM; otherwise (the 7x7 stage, small

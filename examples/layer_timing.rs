@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `REPS` (default 5) timed repeats follow one untimed warm-up per case;
-//! `FILTER` keeps the cases whose op or shape name contains it. Threads:
+//! `FILTER` keeps the cases whose op or shape name contains it, `LAYER_OP`
+//! (e.g. `conv_dw`) only that op (to profile one kernel). Threads:
 //! rayon's default, or `RAYON_NUM_THREADS`.
 
 use std::time::Instant;
@@ -92,6 +93,9 @@ fn filled(n: usize, seed: usize) -> CpuStorage {
 struct Timer {
     reps: usize,
     filter: Option<String>,
+    /// `LAYER_OP`: only this op (e.g. `conv_dw`), so that one kernel of one
+    /// shape can be profiled on its own.
+    op: Option<String>,
     cases: Vec<Value>,
 }
 
@@ -115,6 +119,9 @@ impl Timer {
                 return Ok(());
             }
         }
+        if self.op.as_deref().is_some_and(|o| o != op) {
+            return Ok(());
+        }
         std::hint::black_box(f()?);
         let (mut wall, mut cpu) = (vec![], vec![]);
         for _ in 0..self.reps {
@@ -137,6 +144,7 @@ fn main() -> frostgrad::Result<()> {
     let mut t = Timer {
         reps,
         filter: args.next(),
+        op: std::env::var("LAYER_OP").ok(),
         cases: vec![],
     };
 

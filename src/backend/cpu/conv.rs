@@ -16,7 +16,11 @@
 //! wide as the input's and few row taps (ResNet's 3x3 layers up to 128
 //! channels) the weight gradient is `KW` shifted products sharing the
 //! column matrix of the `(c, kh)` taps only ([`weight_grad_shifted`];
-//! `FROSTGRAD_DW_SHIFTED=0` turns it off, for comparison).
+//! `FROSTGRAD_DW_SHIFTED=0` turns it off, for comparison). Otherwise the
+//! weight gradient's transposed column matrix (depth = output pixels) is
+//! packed one input patch row at a time on the AVX-512 path
+//! ([`im2col::fill_patches`]; `FROSTGRAD_DW_PATCHES=0` turns it off, for
+//! comparison).
 //!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
@@ -512,6 +516,19 @@ impl PackB for Columns<'_> {
             // element, made this the most expensive packing of all).
             runs.clear();
             self.runs(pc, kc, runs);
+            if im2col::patches_apply(path, self.g, nr) {
+                reads.clear();
+                reads.extend(runs.iter().map(|&(off, run)| (off, self.run_at(run))));
+                // SAFETY: `patches_apply` holds; the runs cover depth
+                // `0..kc` of this chunk over `self.images`, the taps
+                // `jc..jc + nc` lie inside its taps and `out` holds the
+                // panels (asserted above and by the caller's promise).
+                unsafe {
+                    im2col::fill_patches(path, self.images, self.g, reads, kc, (jc, nc), nr, out)
+                };
+                PACK_TEMP.with(|cell| cell.set(temp));
+                return;
+            }
             for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
                 if cols < nr {
                     dst.fill(0.0);
@@ -2172,6 +2189,10 @@ mod tests {
             // A tiny image and a 7x7 stem-like tap set.
             ([2, 1, 1, 2], [1, 1, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([1, 1, 9, 9], [1, 1, 7, 7], (2, 2), (3, 3), (1, 1)),
+            // The stem's shape with channels, and more patch rows (`C_in *
+            // KH` = 70) than `im2col::fill_patches` prepares at once.
+            ([2, 3, 11, 10], [1, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
+            ([1, 10, 8, 9], [1, 10, 7, 5], (2, 1), (3, 2), (1, 1)),
         ];
         for &(input, weight, stride, padding, dilation) in cases {
             let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();

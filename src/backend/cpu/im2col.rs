@@ -289,6 +289,137 @@ pub(super) unsafe fn fill_panel(
     }
 }
 
+/// Kernel widths from which the weight gradient's transposed panels are
+/// packed patch by patch ([`fill_patches`]); 1- and 2-wide kernels (the
+/// 1x1 stride-2 layers) gather tap rows and transpose them
+/// (`conv::Columns::pack`): their patch rows are a value or two each.
+pub(super) const PATCH_MIN_KW: usize = 3;
+
+/// Pieces [`fill_patches`] prepares at once.
+const PATCH_PIECES: usize = 64;
+
+/// The part of one `(c, kh)` row of `KW` taps of a patch that falls in one
+/// panel, for [`fill_patches`]: where it reads (relative to a pixel's
+/// [`Run::base`]) and where it goes (relative to a depth row).
+#[derive(Clone, Copy, Default)]
+struct Piece {
+    /// `c * H * W + dh * W - padding_w`.
+    src: isize,
+    /// `kh * dilation_h - padding_h`.
+    dh: isize,
+    /// Its taps in the panel (bits over `kw`).
+    lanes: u8,
+    /// Where lane 0 would be stored, from the depth row's start in the
+    /// first panel (the lanes are stored, not all in the row).
+    dst: isize,
+}
+
+/// Whether [`fill_patches`] packs this geometry's transposed panels of
+/// width `nr` on `path`: kernels from [`PATCH_MIN_KW`] to 8 taps wide
+/// (one 256-bit masked vector per patch row) with undilated rows, on the
+/// AVX-512 path (with AVX-512VL); never with `FROSTGRAD_DW_PATCHES=0` (for
+/// comparison).
+pub(super) fn patches_apply(path: SimdPath, g: &Conv2dGeometry, nr: usize) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| {
+        // The fill uses AVX-512VL's 256-bit masked loads and stores.
+        #[cfg(target_arch = "x86_64")]
+        let vl = std::arch::is_x86_feature_detected!("avx512vl");
+        #[cfg(not(target_arch = "x86_64"))]
+        let vl = false;
+        vl && std::env::var("FROSTGRAD_DW_PATCHES").map_or(true, |v| v.trim() != "0")
+    });
+    enabled
+        && path == SimdPath::Avx512
+        && (PATCH_MIN_KW..=8).contains(&g.kernel_w)
+        && g.dilation.1 == 1
+        && nr > 0
+}
+
+/// Packs the weight gradient's transposed column matrix (depth = output
+/// pixels, columns = taps): for the `kc` pixels of `runs` (each with its
+/// depth offset) and taps `jc..jc + nc`, the panels of `nr` columns in
+/// `out` (`kc * nr` floats each, zero past `nc`).
+///
+/// A pixel's taps `(c, kh, kw)`, in column order, are its input patch: for
+/// each `(c, kh)` the `KW` consecutive input pixels of one row (undilated
+/// rows), whatever the stride. So the part of a patch row that falls in
+/// one panel is one masked load (zero in the padding) and one masked store
+/// into the pixel's panel row, where gathering each tap's values over a
+/// run and transposing them in 4x4 blocks (`conv::Columns::pack`) cost
+/// about a fifth of the stem's weight gradient (`perf`, BENCHMARKS.md
+/// issue 9 item 31).
+///
+/// # Safety
+/// [`patches_apply`] holds for `path`, `g` and `nr`; the runs come from `g`
+/// over `images` (which holds each run's image, `in_image` floats each)
+/// with their depth offsets inside `0..kc`; `jc + nc` is at most the number
+/// of taps; `out` holds `nc.div_ceil(nr) * nr * kc` floats.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn fill_patches(
+    path: SimdPath,
+    images: &[f32],
+    g: &Conv2dGeometry,
+    runs: &[(usize, Run)],
+    kc: usize,
+    (jc, nc): (usize, usize),
+    nr: usize,
+    out: &mut [f32],
+) {
+    assert!(patches_apply(path, g, nr));
+    assert!(out.len() >= nc.div_ceil(nr) * nr * kc);
+    assert!(runs.iter().all(|(off, r)| off + r.len <= kc));
+    if nc == 0 || kc == 0 {
+        return;
+    }
+    // The last panel's columns past `nc` are zero; every other value is
+    // written by exactly one piece lane below.
+    if nc % nr != 0 {
+        out[(nc / nr) * nr * kc..][..nr * kc].fill(0.0);
+    }
+    let kw_n = g.kernel_w;
+    let plane = (g.in_h * g.in_w) as isize;
+    let mut pieces = [Piece::default(); PATCH_PIECES];
+    // Panel by panel, so that each pixel's panel row is written whole by
+    // consecutive stores (patch row by patch row across all panels wrote
+    // a few lanes of every panel per pixel, and measured slower).
+    for (p, j0) in (0..nc).step_by(nr).enumerate() {
+        let j1 = (j0 + nr).min(nc);
+        // The patch rows `(c, kh)` with taps in columns `j0..j1`.
+        let (first, last) = ((jc + j0) / kw_n, (jc + j1 - 1) / kw_n);
+        let mut q = first;
+        while q <= last {
+            let count = (last + 1 - q).min(PATCH_PIECES);
+            for (s, piece) in pieces.iter_mut().enumerate().take(count) {
+                let (c, kh) = ((q + s) / g.kernel_h, (q + s) % g.kernel_h);
+                let dh = (kh * g.dilation.0) as isize - g.padding.0 as isize;
+                // Column of the row's lane 0 among the packed columns.
+                let t = ((q + s) * kw_n) as isize - jc as isize;
+                let lo = (j0 as isize - t).clamp(0, kw_n as isize) as usize;
+                let hi = (j1 as isize - t).clamp(0, kw_n as isize) as usize;
+                *piece = Piece {
+                    src: c as isize * plane + dh * g.in_w as isize - g.padding.1 as isize,
+                    dh,
+                    lanes: bits(lo, hi) as u8,
+                    // Lane kw lands in column t + kw, i.e. panel p's
+                    // column t + kw - j0.
+                    dst: (p * nr * kc) as isize + t - j0 as isize,
+                };
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `patches_apply` (asserted) means AVX-512F and VL; the
+            // pieces read only real input pixels of the runs' images (their
+            // load masks are the patch's pixels inside the input) and store
+            // only lanes of columns `j0..j1 <= nc` of depth rows `0..kc`
+            // (asserted above) of panel `p` of `out`.
+            unsafe {
+                avx512::patches(images, g, &pieces[..count], runs, out.as_mut_ptr(), nr)
+            };
+            q += count;
+        }
+    }
+}
+
 /// The portable path (and strides other than 1 and 2), in safe code.
 fn fill_scalar(
     images: &[f32],
@@ -338,7 +469,6 @@ fn debug_check_reads(images: &[f32], geo: &Geometry, t: &Tap, run: &Run) {
 }
 
 /// Bits `lo..hi` of a 64-bit mask (`lo <= hi <= 64`).
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn bits(lo: usize, hi: usize) -> u64 {
     let below = |k: usize| if k >= 64 { u64::MAX } else { (1u64 << k) - 1 };
@@ -365,7 +495,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{
-        bits, columns, debug_check_reads, positions, Geometry, Run, Tap, KW_TABLE, PANEL_RUNS,
+        bits, columns, debug_check_reads, positions, Geometry, Piece, Run, Tap, KW_TABLE,
+        PANEL_RUNS,
     };
 
     /// [`super::fill_taps`] for runs of at most 32 columns (every run of the
@@ -526,6 +657,53 @@ mod avx512 {
                 } else {
                     _mm512_storeu_ps(o, _mm512_permutex2var_ps(v[0], evens, v[1]));
                     _mm512_storeu_ps(o.add(16), _mm512_permutex2var_ps(v[2], evens, v[3]));
+                }
+            }
+        }
+    }
+
+    /// [`super::fill_patches`]' loop: per pixel of each run, per piece, a
+    /// masked load of the patch row's lanes (zero where they lie in the
+    /// padding) and a masked store of the same lanes.
+    ///
+    /// # Safety
+    /// AVX-512F and VL are available; `g.kernel_w <= 8`, undilated rows;
+    /// the pieces' lanes address depth rows of `out` below the runs' depth
+    /// offsets plus lengths, inside `out`; `images` holds the runs' images.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub(super) unsafe fn patches(
+        images: &[f32],
+        g: &crate::backend::Conv2dGeometry,
+        pieces: &[Piece],
+        runs: &[(usize, Run)],
+        out: *mut f32,
+        nr: usize,
+    ) {
+        let img = images.as_ptr();
+        let (s, pad, kw_n) = (g.stride.1, g.padding.1, g.kernel_w);
+        let (in_h, in_w) = (g.in_h, g.in_w);
+        for &(off, run) in runs {
+            for i in 0..run.len {
+                // Input column of the patch's kw = 0 is ow * s - pad: the
+                // taps inside the input row are kw in lo..hi.
+                let x0 = (run.ow + i) * s;
+                let lo = pad.saturating_sub(x0).min(kw_n);
+                let hi = (in_w + pad).saturating_sub(x0).clamp(lo, kw_n);
+                let cols = bits(lo, hi) as u8;
+                let base = img.wrapping_add(run.base + i * s);
+                let o = out.wrapping_add((off + i) * nr);
+                for piece in pieces {
+                    let row_ok = ((run.oh_s + piece.dh) as usize) < in_h;
+                    let m = if row_ok { cols & piece.lanes } else { 0 };
+                    // SAFETY: the load reads only the patch row's pixels
+                    // inside a real input row of the run's image; the store
+                    // only the piece's lanes of this depth row (the
+                    // caller's promise). Wrapping: the addresses may lie
+                    // outside where their masks are empty.
+                    unsafe {
+                        let v = _mm256_maskz_loadu_ps(m, base.wrapping_offset(piece.src));
+                        _mm256_mask_storeu_ps(o.wrapping_offset(piece.dst), piece.lanes, v);
+                    }
                 }
             }
         }

@@ -101,6 +101,13 @@ const FORWARD_LIMITS: Limits = Limits {
 /// the GEMM's second depth block, then read by col2im.
 const INPUT_GRAD_BLOCK_ELEMS: usize = 1 << 16;
 
+/// The fewest output pixels (the weight gradient's depth) per thread for
+/// [`Plan::row_groups`]: below it zeroing and adding a partial sum costs
+/// about what splitting saves (the 1x1 256->512 stride-2 layer at batch 1,
+/// 49 pixels, took 0.17 ms instead of 0.12; at 196 pixels it broke even,
+/// at 784 it halved).
+const ROW_GROUP_MIN_PIXELS: usize = 128;
+
 /// Tuning knobs of a [`Plan`]; tests shrink them to exercise every path.
 #[derive(Clone, Copy)]
 struct Limits {
@@ -214,6 +221,14 @@ impl Plan {
 
     /// The chunks covering `batch` images (all of a batch, or one group).
     fn chunks(&self, g: &Conv2dGeometry, batch: usize) -> Vec<Chunk> {
+        self.chunks_rows(g, batch, (0, g.out_h))
+    }
+
+    /// The chunks covering output rows `rows` of each of `batch` images:
+    /// all rows unless [`for_image_groups`] split the images' rows across
+    /// threads (then `images_per_chunk` is 1).
+    fn chunks_rows(&self, g: &Conv2dGeometry, batch: usize, rows: (usize, usize)) -> Vec<Chunk> {
+        debug_assert!(rows == (0, g.out_h) || self.images_per_chunk == 1);
         if self.images_per_chunk > 1 {
             (0..batch)
                 .step_by(self.images_per_chunk)
@@ -227,10 +242,10 @@ impl Plan {
             let step = self.rows_per_block;
             (0..batch)
                 .flat_map(|n| {
-                    (0..g.out_h).step_by(step).map(move |r| Chunk {
+                    (rows.0..rows.1).step_by(step).map(move |r| Chunk {
                         first_image: n,
                         images: 1,
-                        rows: (r, (r + step).min(g.out_h)),
+                        rows: (r, (r + step).min(rows.1)),
                     })
                 })
                 .collect()
@@ -251,6 +266,27 @@ impl Plan {
             && self.in_image > 0
             && self.out_image > 0
             && g.batch.div_ceil(self.images_per_chunk) >= self.groups_per_thread * threads
+    }
+
+    /// Whether a sum (the weight gradient) that is not run as image groups
+    /// splits the batch's output rows across threads instead, each thread
+    /// summing its rows into its own partial sum with single-threaded
+    /// GEMMs, rather than splitting each chunk's product. For a small
+    /// weight only (the plans with one group per thread,
+    /// [`weight_grad_limits`]), whose partial sums cost little: at batch 1
+    /// the stem's product (64 x 147 taps, deep) split into column blocks of
+    /// 128 and 19 taps ran on about one thread (2.92 ms against 2.8 on one
+    /// thread), and the 3x3 64->64 layer's shifted product (192 columns)
+    /// in three blocks on two threads.
+    fn row_groups(&self, g: &Conv2dGeometry) -> bool {
+        let threads = rayon::current_num_threads();
+        threads > 1
+            && self.groups_per_thread == 1
+            && self.images_per_chunk == 1
+            && self.in_image > 0
+            && self.out_image > 0
+            && g.batch * self.pixels >= threads * ROW_GROUP_MIN_PIXELS
+            && g.batch * g.out_h >= threads
     }
 }
 
@@ -759,10 +795,12 @@ enum Output {
 }
 
 /// The one parallel-dispatch skeleton of the three kernels: runs
-/// `work(first_image, images, out, par)` over the whole batch, either as
-/// image groups in parallel (see [`Plan::parallel_groups`]), each on one
-/// thread with `Par::Serial`, or as one call whose chunks split their work
-/// across threads (`Par::Split`).
+/// `work(first_image, images, rows, out, par)` over the whole batch (output
+/// rows `rows` of each of the images), either as image groups in parallel
+/// (see [`Plan::parallel_groups`]), each on one thread with `Par::Serial`,
+/// or as one call whose chunks split their work across threads
+/// (`Par::Split`), or, for a small sum (see [`Plan::row_groups`]), as runs
+/// of output rows, each on one thread.
 ///
 /// `out` is what `work` writes: for [`Output::PerImage`] the block of its
 /// images; for [`Output::Sum`] (where `work` adds onto it) `out` itself or
@@ -774,10 +812,27 @@ fn for_image_groups(
     g: &Conv2dGeometry,
     out: &mut [f32],
     output: Output,
-    work: impl Fn(usize, usize, &mut [f32], Par) + Sync,
+    work: impl Fn(usize, usize, (usize, usize), &mut [f32], Par) + Sync,
 ) -> Result<()> {
+    let all_rows = (0, g.out_h);
     if !plan.parallel_groups(g) {
-        work(0, g.batch, out, Par::Split);
+        if matches!(output, Output::Sum) && plan.row_groups(g) {
+            // Thread t sums rows t * total / runs.. of the batch's
+            // `batch * out_h` output rows (a run may span images).
+            let total = g.batch * g.out_h;
+            let runs = rayon::current_num_threads().clamp(1, total);
+            return in_runs(op, out, runs, |run, out| {
+                let (lo, hi) = (run * total / runs, (run + 1) * total / runs);
+                let mut row = lo;
+                while row < hi {
+                    let (image, r0) = (row / g.out_h, row % g.out_h);
+                    let r1 = g.out_h.min(r0 + hi - row);
+                    work(image, 1, (r0, r1), out, Par::Serial);
+                    row += r1 - r0;
+                }
+            });
+        }
+        work(0, g.batch, all_rows, out, Par::Split);
         return Ok(());
     }
     let group = plan.images_per_chunk;
@@ -785,44 +840,66 @@ fn for_image_groups(
         Output::PerImage(per_image) => {
             out.par_chunks_mut(group * per_image)
                 .enumerate()
-                .for_each(|(i, out)| work(i * group, out.len() / per_image, out, Par::Serial));
+                .for_each(|(i, out)| {
+                    work(i * group, out.len() / per_image, all_rows, out, Par::Serial)
+                });
         }
         Output::Sum => {
             // The groups in one contiguous run per thread, each run summed
-            // in order into its own buffer: the first run straight into
-            // `out`, the others into partials taken before the parallel
-            // part. So a call holds `threads - 1` partials, a number fixed
-            // in advance: with one per group, as many were live as rayon
-            // happened to start, and the pool's size class for them still
-            // grew now and then in a steady-state step (a few page faults
-            // per step, BENCHMARKS.md). The sum's order depends only on the
-            // thread count, not on scheduling.
+            // in order into its own buffer (see `in_runs`).
             let groups = g.batch.div_ceil(group);
             let runs = rayon::current_num_threads().clamp(1, groups);
-            let mut partials = (1..runs)
-                .map(|_| buffer_pool::zeroed(op, out.len()))
-                .collect::<Result<Vec<_>>>()?;
-            let targets: Vec<&mut [f32]> = std::iter::once(&mut *out)
-                .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
-                .collect();
-            targets.into_par_iter().enumerate().for_each(|(run, out)| {
+            in_runs(op, out, runs, |run, out| {
                 for i in run * groups / runs..(run + 1) * groups / runs {
                     let first = i * group;
-                    work(first, group.min(g.batch - first), out, Par::Serial);
+                    work(
+                        first,
+                        group.min(g.batch - first),
+                        all_rows,
+                        out,
+                        Par::Serial,
+                    );
                 }
-            });
-            out.par_chunks_mut(1 << 14)
-                .enumerate()
-                .for_each(|(i, out)| {
-                    for partial in &partials {
-                        out.iter_mut()
-                            .zip(&partial[i << 14..])
-                            .for_each(|(o, &p)| *o += p);
-                    }
-                });
-            partials.into_iter().for_each(buffer_pool::recycle);
+            })?;
         }
     }
+    Ok(())
+}
+
+/// Runs `run(r, buffer)` for `r` in `0..runs` in parallel, each summing
+/// into its own buffer: the first run straight into `out`, the others into
+/// partials taken before the parallel part and added into `out` in run
+/// order afterwards. So a call holds `runs - 1` partials, a number fixed
+/// in advance: with one per group, as many were live as rayon happened to
+/// start, and the pool's size class for them still grew now and then in a
+/// steady-state step (a few page faults per step, BENCHMARKS.md). The
+/// sum's order depends only on `runs`, not on scheduling.
+fn in_runs(
+    op: &'static str,
+    out: &mut [f32],
+    runs: usize,
+    run: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<()> {
+    let mut partials = (1..runs)
+        .map(|_| buffer_pool::zeroed(op, out.len()))
+        .collect::<Result<Vec<_>>>()?;
+    let targets: Vec<&mut [f32]> = std::iter::once(&mut *out)
+        .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
+        .collect();
+    targets
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(r, out)| run(r, out));
+    out.par_chunks_mut(1 << 14)
+        .enumerate()
+        .for_each(|(i, out)| {
+            for partial in &partials {
+                out.iter_mut()
+                    .zip(&partial[i << 14..])
+                    .for_each(|(o, &p)| *o += p);
+            }
+        });
+    partials.into_iter().for_each(buffer_pool::recycle);
     Ok(())
 }
 
@@ -875,7 +952,7 @@ fn forward_lhs(
         buffer_pool::zeroed(op, g.batch * plan.out_image)?
     };
     let per_image = Output::PerImage(plan.out_image);
-    for_image_groups(op, plan, g, &mut y, per_image, |first, count, y, par| {
+    for_image_groups(op, plan, g, &mut y, per_image, |first, count, _, y, par| {
         let x = batch_images(x, plan.in_image, first, count);
         forward_images(x, weight, bias, g, plan, y, count, par);
     })?;
@@ -1051,10 +1128,17 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
     let columns = g.batch * plan.pixels;
     with_packed_lhs(weight_t, plan.taps, g.out_channels, columns, |weight_t| {
         let per_image = Output::PerImage(plan.in_image);
-        for_image_groups(op, &plan, g, &mut dx, per_image, |first, count, dx, par| {
-            let dy = batch_images(dy, plan.out_image, first, count);
-            input_grad_images(dy, weight_t, g, &plan, dx, count, par);
-        })
+        for_image_groups(
+            op,
+            &plan,
+            g,
+            &mut dx,
+            per_image,
+            |first, count, _, dx, par| {
+                let dy = batch_images(dy, plan.out_image, first, count);
+                input_grad_images(dy, weight_t, g, &plan, dx, count, par);
+            },
+        )
     })?;
     Ok(dx)
 }
@@ -1461,10 +1545,10 @@ fn weight_grad_im2col(
         g,
         &mut dw,
         Output::Sum,
-        |first, count, dw, par| {
+        |first, count, rows, dw, par| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            weight_grad_images(dy, x, g, &plan, dw, count, par);
+            weight_grad_images(dy, x, g, &plan, dw, (count, rows), par);
         },
     )?;
     Ok(dw)
@@ -1478,16 +1562,17 @@ fn weight_grad_images(
     g: &Conv2dGeometry,
     plan: &Plan,
     dw: &mut [f32],
-    batch: usize,
+    (batch, rows): (usize, (usize, usize)),
     par: Par,
 ) {
     let (m, n) = (g.out_channels, plan.taps);
-    for chunk in plan.chunks(g, batch) {
+    for chunk in plan.chunks_rows(g, batch, rows) {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
         let columns = Columns::new(images, g, plan, chunk, true);
         let col_t = if plan.pointwise {
-            Rhs::View(MatRef::transposed(images, plan.pixels))
+            let pixels = &images[chunk.rows.0 * g.out_w..];
+            Rhs::View(MatRef::transposed(pixels, plan.pixels))
         } else {
             Rhs::Source(&columns)
         };
@@ -1566,10 +1651,10 @@ fn weight_grad_shifted(
         rows,
         &mut shifted,
         Output::Sum,
-        |first, count, out, par| {
+        |first, count, out_rows, out, par| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            for chunk in plan.chunks(rows, count) {
+            for chunk in plan.chunks_rows(rows, count, out_rows) {
                 let width = chunk.columns(rows);
                 let images = chunk.images_of(x, plan.in_image);
                 let columns = Columns::new(images, rows, &plan, chunk, true);
@@ -1905,6 +1990,53 @@ mod tests {
                     let dx =
                         pool.install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
                     assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weight_grad_row_groups_match_direct_loops_at_every_thread_count() {
+        // Fewer images than threads: the weight gradient's output rows split
+        // across 2, 3 and 4 threads (runs that end mid-image and span two
+        // images at batch 2), with one chunk per run and with one row per
+        // chunk, on the im2col form (stride 2, the stem's kind; a 1x1
+        // stride-1 layer without a column matrix) and the shifted one.
+        // Each with at least 4 x ROW_GROUP_MIN_PIXELS output pixels.
+        let cases: &[Case] = &[
+            ([1, 3, 48, 46], [4, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
+            ([2, 3, 33, 31], [5, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([1, 4, 24, 22], [3, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 3, 17, 16], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 5, 24, 23], [7, 5, 1, 1], (1, 1), (0, 0), (1, 1)),
+        ];
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 11 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 110 + case as u64);
+            let b = pseudo_random(weight[0], 210 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 310 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            for block_elems in [usize::MAX / 2, 1] {
+                let limits = Limits {
+                    block_elems,
+                    ..FORWARD_LIMITS
+                };
+                for threads in [1, 2, 3, 4] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        let plan = Plan::new("test", &g, limits).unwrap();
+                        let split = !plan.parallel_groups(&g) && plan.row_groups(&g);
+                        let what = format!("case {case} block {block_elems} threads {threads}");
+                        assert_eq!(split, threads > g.batch, "{what}: row groups taken");
+                        let dw = weight_grad_with(&dy, &x, &g, limits).unwrap();
+                        assert_close(&what, &dw, &r.dw, 1e-5);
+                        let dw = weight_grad_im2col(&dy, &x, &g, limits).unwrap();
+                        assert_close(&format!("{what} im2col"), &dw, &r.dw, 1e-5);
+                    });
                 }
             }
         }

@@ -66,9 +66,17 @@ const PARALLEL_MIN_MACS: usize = 1 << 21;
 /// work stealing evens out a core that is slowed down by other work.
 const PARTS_PER_THREAD: usize = 3;
 
-/// Width (rows or columns) of the smallest part, and what part widths are
-/// rounded to: a multiple of every `matrixmultiply` micro-kernel's tile.
+/// On the portable path, what part widths (rows or columns) are multiples
+/// of: a multiple of every `matrixmultiply` micro-kernel's tile. (Ours
+/// split at their own tile, [`split_side`].)
 const PART_ALIGN: usize = 64;
+
+/// A right operand shared by the row blocks of a split product is packed
+/// by all threads from this many elements (256 KiB) up, by the calling
+/// thread alone below: for the 1x1 256->512 stride-2 forward at batch 1
+/// (256 x 49) the extra dispatch cost more than the packing (0.12 ms
+/// against 0.10).
+const PARALLEL_PACK_MIN: usize = 1 << 16;
 
 /// A right operand that packs itself: the convolutions' im2col, which
 /// writes the GEMM's `NR`-column panels straight from the image instead of
@@ -317,7 +325,7 @@ pub(super) fn with_packed_rhs<R>(
             };
             // SAFETY: `source` is `k x n` (checked above).
             return unsafe {
-                with_thread_packed_b(source, k, n, nr, |packed| match packed {
+                with_thread_packed_b(source, k, n, nr, false, |packed| match packed {
                     Some(packed) => f(Rhs::Source(packed)),
                     None => f(b),
                 })
@@ -426,7 +434,10 @@ pub(super) fn sgemm(
         return;
     }
     let parts = match par {
-        Par::Split => part_count(m, k, n, m.max(n), rayon::current_num_threads()),
+        Par::Split => {
+            let (_, len, align) = split_side(m, n, a);
+            part_count(m, k, n, len.div_ceil(align), rayon::current_num_threads())
+        }
         Par::Serial => 1,
     };
     in_parts(parts, m, k, n, a, b, beta, c, c_row_stride);
@@ -473,8 +484,52 @@ fn check_views(
     );
 }
 
+/// The side a product is split along (columns when `m <= n`, else
+/// rows), its length, and what the parts' widths are multiples of: the
+/// micro-kernel's register tile along that side (`NR` columns, or `MR`
+/// rows and the row tile of a pre-packed `a`), so no part but the last
+/// ends in a partial tile, or [`PART_ALIGN`] on the portable path.
+fn split_side(m: usize, n: usize, a: Lhs<'_>) -> (bool, usize, usize) {
+    let split_columns = m <= n;
+    let len = if split_columns { n } else { m };
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (mr, nr) = tile(lhs_path(a));
+        if nr > 0 {
+            let align = if split_columns {
+                nr
+            } else {
+                lcm(mr, row_align(a))
+            };
+            return (split_columns, len, align);
+        }
+    }
+    let align = match a {
+        #[cfg(target_arch = "x86_64")]
+        Lhs::Packed { packed, .. } if !split_columns => lcm(PART_ALIGN, packed.mr()),
+        _ => PART_ALIGN,
+    };
+    (split_columns, len, align)
+}
+
+/// The SIMD path `a` is read on: the one it was prepared for, else the
+/// active one.
+#[cfg(target_arch = "x86_64")]
+fn lhs_path(a: Lhs<'_>) -> SimdPath {
+    match a {
+        Lhs::View(_) => simd::active(),
+        Lhs::Packed { path, .. } => path,
+        Lhs::Indexed(v) => v.path,
+    }
+}
+
 /// [`sgemm`]'s body after the checks: the product in about `parts` blocks
-/// along its longer side.
+/// along its longer side, of whole tiles ([`split_side`]) and as equal as
+/// whole tiles allow. Split by rows, every block multiplies all of `b`:
+/// it is packed once, by all threads, into this thread's packing buffer
+/// and read there by every block (each block packed it again itself: the
+/// four row blocks of layer 4's 512-channel convolutions at batch 1 packed
+/// the same im2col four times).
 #[allow(clippy::too_many_arguments)]
 fn in_parts(
     parts: usize,
@@ -487,10 +542,9 @@ fn in_parts(
     c: &mut [f32],
     c_row_stride: usize,
 ) {
-    let split_columns = m <= n;
-    let len = if split_columns { n } else { m };
+    let (split_columns, len, align) = split_side(m, n, a);
     let out = OutPtr(c.as_mut_ptr());
-    let block = |lo: usize, hi: usize| {
+    let block = |b: Rhs<'_>, lo: usize, hi: usize| {
         // The block: columns lo..hi of `b` and `c`, or rows lo..hi of `a`
         // and `c`.
         let (rows, cols, c_off) = if split_columns {
@@ -500,13 +554,14 @@ fn in_parts(
         };
         // SAFETY: `check_views` (called by `sgemm`) guarantees every
         // element of the full `m x k`, `k x n` and `m x n` operands lies
-        // inside `a`, `b` and `c`; a block is a sub-block of them, so its
-        // offsets stay in bounds, and row blocks of a pre-packed `a` start
-        // at multiples of its row tile (`align` below). Distinct blocks
-        // write disjoint elements of `c` (distinct columns, or distinct
-        // rows, and `n <= c_row_stride` keeps those distinct), and `c` is
-        // borrowed mutably for the whole call, so no two calls and nothing
-        // outside race on an element.
+        // inside `a`, `b` and `c` (a packed `b` is the same `k x n`
+        // operand); a block is a sub-block of them, so its offsets stay in
+        // bounds, and row blocks of a pre-packed `a` start at multiples of
+        // its row tile (`align`). Distinct blocks write disjoint elements
+        // of `c` (distinct columns, or distinct rows, and `n <=
+        // c_row_stride` keeps those distinct), and `c` is borrowed mutably
+        // for the whole call, so no two calls and nothing outside race on
+        // an element.
         unsafe {
             serial(
                 a,
@@ -520,20 +575,48 @@ fn in_parts(
             )
         };
     };
+    let units = len.div_ceil(align);
+    let parts = parts.clamp(1, units.max(1));
     if parts <= 1 {
-        block(0, len);
+        block(b, 0, len);
         return;
     }
-    let align = match a {
-        #[cfg(target_arch = "x86_64")]
-        Lhs::Packed { packed, .. } if !split_columns => lcm(PART_ALIGN, packed.mr()),
-        _ => PART_ALIGN,
+    // Part p: tiles p * units / parts .. (p + 1) * units / parts.
+    let bounds = |p: usize| ((p * units / parts) * align).min(len);
+    let run = |b: Rhs<'_>| {
+        use rayon::prelude::*;
+        (0..parts)
+            .into_par_iter()
+            .for_each(|p| block(b, bounds(p), bounds(p + 1)));
     };
-    let width = len.div_ceil(parts).next_multiple_of(align).min(len);
-    use rayon::prelude::*;
-    (0..len.div_ceil(width))
-        .into_par_iter()
-        .for_each(|p| block(p * width, ((p + 1) * width).min(len)));
+    #[cfg(target_arch = "x86_64")]
+    if !split_columns && k > 0 {
+        use super::microkernel::{with_thread_packed_b, Raw};
+        let (_, nr) = tile(lhs_path(a));
+        if nr > 0 {
+            let raw;
+            let source: &dyn PackB = match b {
+                Rhs::View(v) => {
+                    raw = Raw {
+                        ptr: v.data.as_ptr(),
+                        rs: v.row_stride,
+                        cs: v.col_stride,
+                    };
+                    &raw
+                }
+                Rhs::Source(s) => s,
+            };
+            let parallel = k * n >= PARALLEL_PACK_MIN;
+            // SAFETY: `b` is `k x n` (`check_views`).
+            return unsafe {
+                with_thread_packed_b(source, k, n, nr, parallel, |packed| match packed {
+                    Some(packed) => run(Rhs::Source(packed)),
+                    None => run(b),
+                })
+            };
+        }
+    }
+    run(b);
 }
 
 fn lcm(a: usize, b: usize) -> usize {
@@ -704,16 +787,23 @@ unsafe fn portable(
 }
 
 /// How many blocks to split an `m x k x n` product into along a side of
-/// length `len`, with `threads` rayon threads.
-fn part_count(m: usize, k: usize, n: usize, len: usize, threads: usize) -> usize {
+/// `units` tiles, with `threads` rayon threads: a multiple of `threads`
+/// when there are more parts than threads, since a part left over ran
+/// alone at the end (3 parts on 2 threads: 1.5x, not 2x).
+fn part_count(m: usize, k: usize, n: usize, units: usize, threads: usize) -> usize {
     let macs = m.saturating_mul(k).saturating_mul(n);
     if threads <= 1 || macs < PARALLEL_MIN_MACS {
         return 1;
     }
-    (threads * PARTS_PER_THREAD)
+    let parts = (threads * PARTS_PER_THREAD)
         .min(macs / (PARALLEL_MIN_MACS / 2))
-        .min(len / PART_ALIGN)
-        .max(1)
+        .min(units)
+        .max(1);
+    if parts > threads {
+        parts - parts % threads
+    } else {
+        parts
+    }
 }
 
 /// The output pointer, shared by the blocks of one product.
@@ -938,20 +1028,29 @@ mod tests {
             } else {
                 MatRef::row_major(&b, n)
             };
-            for parts in [1, 2, 3, 64] {
+            // Parts of whole tiles, as equal as tiles allow, and the
+            // shared packing of `b` for a row split in pieces per thread:
+            // at 1, 2 and 3 threads.
+            for (parts, threads) in [(1, 2), (2, 1), (2, 2), (3, 3), (4, 2), (64, 3)] {
                 let stride = n + 3;
                 let mut c = vec![1.0f32; m * stride];
-                in_parts(
-                    parts,
-                    m,
-                    k,
-                    n,
-                    Lhs::View(av),
-                    Rhs::View(bv),
-                    1.0,
-                    &mut c,
-                    stride,
-                );
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    in_parts(
+                        parts,
+                        m,
+                        k,
+                        n,
+                        Lhs::View(av),
+                        Rhs::View(bv),
+                        1.0,
+                        &mut c,
+                        stride,
+                    )
+                });
                 for i in 0..m {
                     for j in 0..stride {
                         let got = f64::from(c[i * stride + j]);
@@ -966,11 +1065,47 @@ mod tests {
         }
     }
 
+    /// The packing of a right operand in pieces on several threads
+    /// (several `NC`-column blocks and `KC`-deep blocks, ragged at both
+    /// ends) lays out exactly what one thread's does.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn parallel_packing_matches_serial() {
+        use super::super::microkernel::PackedB;
+        let (k, n) = (600, 4200);
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let source = Packing(&b, k, n);
+        for nr in [16, 32] {
+            let len = PackedB::len(k, n, nr);
+            let mut serial = vec![f32::NAN; len];
+            // SAFETY: `source` is k x n; the buffers hold `len` floats.
+            unsafe { PackedB::pack(&source, k, n, nr, &mut serial, false) };
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut parallel = vec![f32::NAN; len];
+                // SAFETY: as above.
+                pool.install(|| unsafe {
+                    PackedB::pack(&source, k, n, nr, &mut parallel, true);
+                });
+                assert!(
+                    serial
+                        .iter()
+                        .zip(&parallel)
+                        .all(|(s, p)| s.to_bits() == p.to_bits()),
+                    "nr {nr} threads {threads}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn part_count_respects_size_and_threads() {
         assert_eq!(part_count(64, 64, 64, 64, 2), 1, "too small to split");
         assert_eq!(part_count(512, 512, 512, 512, 1), 1, "one thread");
-        let parts = part_count(512, 512, 512, 512, 2);
+        let parts = part_count(512, 512, 512, 16, 2);
         assert!((2..=2 * PARTS_PER_THREAD).contains(&parts), "{parts}");
     }
 

@@ -1063,7 +1063,9 @@ impl<'a> PackedB<'a> {
     }
 
     /// Packs the `k x n` operand `source` into `out` (at least
-    /// [`Self::len`] floats).
+    /// [`Self::len`] floats); with `parallel`, in pieces on rayon's
+    /// threads (for a product split by rows, whose parts all wait for the
+    /// whole packing: on one thread the others sat idle meanwhile).
     ///
     /// # Safety
     /// `source` is a `k x n` operand (every block request inside it is
@@ -1074,17 +1076,50 @@ impl<'a> PackedB<'a> {
         n: usize,
         nr: usize,
         out: &'a mut [f32],
+        parallel: bool,
     ) -> Self {
+        // The pieces: each block `(jc, pc)` (at `jc * k + pc * nc_pad`,
+        // consecutive in `out`) in runs of whole `nr`-column panels, a few
+        // per thread when parallel, so that the split below hands out
+        // disjoint, consecutive slices of `out`.
+        let threads = if parallel {
+            rayon::current_num_threads().max(1)
+        } else {
+            1
+        };
+        let blocks = n.div_ceil(NC) * k.div_ceil(KC);
+        let pieces_per_block = (4 * threads).div_ceil(blocks.max(1));
+        let mut pieces: Vec<(usize, usize, usize, usize, &mut [f32])> = Vec::new();
+        let mut rest = &mut out[..Self::len(k, n, nr)];
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
-            let nc_pad = nc.next_multiple_of(nr);
+            let panels = nc.div_ceil(nr);
+            let split = if threads > 1 {
+                pieces_per_block.min(panels)
+            } else {
+                1
+            };
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                let at = jc * k + pc * nc_pad;
-                // SAFETY: the kc x nc block at (pc, jc) lies inside the
-                // operand; the slice holds nc_pad * kc floats.
-                unsafe { source.pack(pc, kc, jc, nc, nr, &mut out[at..at + nc_pad * kc]) };
+                for s in 0..split {
+                    let (p0, p1) = (s * panels / split, (s + 1) * panels / split);
+                    let (j0, j1) = (jc + p0 * nr, (jc + p1 * nr).min(jc + nc));
+                    let (piece, tail) = std::mem::take(&mut rest).split_at_mut((p1 - p0) * nr * kc);
+                    rest = tail;
+                    pieces.push((pc, kc, j0, j1 - j0, piece));
+                }
             }
+        }
+        let pack = |(pc, kc, jc, nc, out): (usize, usize, usize, usize, &mut [f32])| {
+            // SAFETY: each piece's kc x nc block at (pc, jc) lies inside
+            // the operand (`source` is k x n); its slice holds its panels,
+            // `nc.div_ceil(nr) * nr * kc` floats.
+            unsafe { source.pack(pc, kc, jc, nc, nr, out) }
+        };
+        if threads > 1 && pieces.len() > 1 {
+            pieces.into_par_iter().for_each(pack);
+        } else {
+            pieces.into_iter().for_each(pack);
         }
         Self {
             data: &out[..Self::len(k, n, nr)],
@@ -1306,6 +1341,7 @@ pub(super) unsafe fn with_thread_packed_b<R>(
     k: usize,
     n: usize,
     nr: usize,
+    parallel: bool,
     f: impl FnOnce(Option<&PackedB<'_>>) -> R,
 ) -> R {
     if PackedB::len(k, n, nr) > pack_b_len(nr) {
@@ -1313,7 +1349,9 @@ pub(super) unsafe fn with_thread_packed_b<R>(
     }
     let mut bpack = take_pack_b(nr);
     // SAFETY: the caller's contract; the buffer holds `PackedB::len` floats.
-    let result = f(Some(&unsafe { PackedB::pack(b, k, n, nr, &mut bpack) }));
+    let result = f(Some(&unsafe {
+        PackedB::pack(b, k, n, nr, &mut bpack, parallel)
+    }));
     PACK_B.with(|cell| cell.set(bpack));
     result
 }

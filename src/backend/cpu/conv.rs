@@ -1384,10 +1384,10 @@ fn weight_grad_classes(
         g,
         &mut by_tap,
         Output::Sum,
-        |first, count, out, par| {
+        |first, count, rows, out, par| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            weight_grad_tap_images(dy, x, g, &plan, out, count, par);
+            weight_grad_tap_images(dy, x, g, &plan, out, (count, rows), par);
         },
     )?;
     // dW[o][c, kh, kw] = by_tap[(kh, kw)][o, c].
@@ -1401,15 +1401,15 @@ fn weight_grad_classes(
     Ok(dw)
 }
 
-/// [`weight_grad_classes`] for `batch` images, added onto `out`
-/// (`[KH * KW, C_out, C_in]`).
+/// [`weight_grad_classes`] for output rows `rows` of `batch` images, added
+/// onto `out` (`[KH * KW, C_out, C_in]`).
 fn weight_grad_tap_images(
     dy: &[f32],
     x: &[f32],
     g: &Conv2dGeometry,
     plan: &Plan,
     out: &mut [f32],
-    batch: usize,
+    (batch, rows): (usize, (usize, usize)),
     par: Par,
 ) {
     let (c_out, c_in) = (g.out_channels, g.in_channels);
@@ -1429,7 +1429,7 @@ fn weight_grad_tap_images(
         let xt = &*xt;
         for kh in 0..g.kernel_h {
             for kw in 0..g.kernel_w {
-                let rows = TapRows::new(g, xt, batch, kh, kw);
+                let rows = TapRows::new(g, xt, (batch, rows), kh, kw);
                 if rows.depth == 0 {
                     continue;
                 }
@@ -1460,8 +1460,8 @@ fn weight_grad_tap_images(
 
 /// The right operand of one tap `(kh, kw)` of [`weight_grad_classes`]:
 /// `[depth, C_in]`, row `p` = the input pixel (all channels) that the tap
-/// sees at the `p`-th output pixel of its valid rectangle (image by image),
-/// from channels-last images.
+/// sees at the `p`-th output pixel of its valid rectangle (image by image,
+/// within the output rows asked for), from channels-last images.
 struct TapRows<'a> {
     xt: &'a [f32],
     g: &'a Conv2dGeometry,
@@ -1474,8 +1474,16 @@ struct TapRows<'a> {
 }
 
 impl<'a> TapRows<'a> {
-    fn new(g: &'a Conv2dGeometry, xt: &'a [f32], batch: usize, kh: usize, kw: usize) -> Self {
+    fn new(
+        g: &'a Conv2dGeometry,
+        xt: &'a [f32],
+        (batch, rows): (usize, (usize, usize)),
+        kh: usize,
+        kw: usize,
+    ) -> Self {
         let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+        let h = (h.0.max(rows.0), h.1.min(rows.1));
+        let h = (h.0.min(h.1), h.1);
         let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
         let depth = batch * (h.1 - h.0) * (w.1 - w.0);
         assert!(xt.len() >= batch * g.in_h * g.in_w * g.in_channels);
@@ -2074,15 +2082,17 @@ mod tests {
     #[test]
     fn tap_by_tap_weight_grad_matches_direct_loops_with_many_channels() {
         // More input channels than one panel (ragged at 40), strides 1 and
-        // 2, against the float64 loops; the default limits and single-image
-        // groups, on a 2-thread pool (parallel groups and split GEMMs).
+        // 2, against the float64 loops; the default limits and one group
+        // per thread, on a 2-thread pool: parallel image groups, split
+        // GEMMs, and (one 16x16 image) output rows split across threads.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        for (case, (input, stride)) in [([3, 40, 4, 5], 1), ([2, 40, 7, 7], 2)]
-            .into_iter()
-            .enumerate()
+        for (case, (input, stride)) in
+            [([3, 40, 4, 5], 1), ([2, 40, 7, 7], 2), ([1, 40, 16, 16], 1)]
+                .into_iter()
+                .enumerate()
         {
             let weight = [33, input[1], 3, 3];
             let g = Conv2dGeometry::new(input, weight, (stride, stride), (1, 1), (1, 1)).unwrap();
@@ -2091,7 +2101,8 @@ mod tests {
             let b = vec![0.0; weight[0]];
             let dy = pseudo_random(g.output_shape().iter().product(), 51 + case as u64);
             let r = reference(&g, &x, &w, &b, &dy);
-            assert!(by_classes(&g), "{g:?}");
+            // The 16x16 image is too large to be chosen, but is correct too.
+            assert_eq!(by_classes(&g), case < 2, "{g:?}");
             for limits in [
                 LIMITS,
                 Limits {
@@ -2100,8 +2111,13 @@ mod tests {
                     ..LIMITS
                 },
             ] {
-                let dw = pool.install(|| weight_grad_with(&dy, &x, &g, limits).unwrap());
+                let plan = Plan::new("test", &g, limits).unwrap();
+                let split_rows = pool.install(|| plan.row_groups(&g));
+                assert_eq!(split_rows, case == 2 && limits.groups_per_thread == 1);
+                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
                 assert_close(&format!("case {case}"), &dw, &r.dw, 1e-5);
+                let dw = pool.install(|| weight_grad_with(&dy, &x, &g, limits).unwrap());
+                assert_close(&format!("case {case} chosen"), &dw, &r.dw, 1e-5);
             }
             // The packed right operand at column offsets and ragged widths.
             let xt: Vec<f32> = (0..g.batch)
@@ -2112,7 +2128,7 @@ mod tests {
                         .flat_map(move |q| (0..g.in_channels).map(move |c| image[c * plane + q]))
                 })
                 .collect();
-            let rows = TapRows::new(&g, &xt, g.batch, 0, 2);
+            let rows = TapRows::new(&g, &xt, (g.batch, (0, g.out_h)), 0, 2);
             let (depth, cols) = rows.shape();
             for (pc, kc, jc, nc) in [(0, depth, 0, cols), (1, depth - 2, 5, cols - 7)] {
                 for nr in [32, 16, 5] {

@@ -20,7 +20,11 @@
 //! weight gradient's transposed column matrix (depth = output pixels) is
 //! packed one input patch row at a time on the AVX-512 path
 //! ([`im2col::fill_patches`]; `FROSTGRAD_DW_PATCHES=0` turns it off, for
-//! comparison).
+//! comparison). Over small images where at least an eighth of the column
+//! matrix is padding (ResNet's 7x7 and 4x4 stages) the weight gradient
+//! runs one kernel tap at a time over only the output pixels that tap sees
+//! real input at ([`weight_grad_classes`]; `FROSTGRAD_DW_CLASSES=0` turns
+//! it off, for comparison).
 //!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
@@ -1534,9 +1538,248 @@ fn weight_grad_limits(g: &Conv2dGeometry) -> Limits {
 }
 
 fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
+    if by_classes(g) {
+        return weight_grad_classes(dy, x, g, limits);
+    }
     match shifted_rows(g) {
         Some(rows) => weight_grad_shifted(dy, x, g, &rows, limits),
         None => weight_grad_im2col(dy, x, g, limits),
+    }
+}
+
+/// Output images up to this many pixels may take the weight gradient tap
+/// by tap ([`by_classes`]): ResNet's 7x7 and 4x4 stages, the sizes it was
+/// measured at (its channels-last copy of `x` is as large as `x`).
+const CLASSES_MAX_PIXELS: usize = 64;
+
+/// Whether the weight gradient runs tap by tap ([`weight_grad_classes`]):
+/// kernels of more than one tap over small output images
+/// ([`CLASSES_MAX_PIXELS`]) with at least 32 input channels (one
+/// AVX-512 panel), where at least an eighth of the column matrix is
+/// padding; never with `FROSTGRAD_DW_CLASSES=0` (for comparison).
+///
+/// Measured on Zen 4, batch 32 at 112x112 (BENCHMARKS.md issue 9 item 31),
+/// CPU time against the column-matrix form: 3x3 512->512 at 4x4 (31 %
+/// padding) and 256->512 stride 2 to 4x4 (31 %) 0.82x, 256->256 at 7x7
+/// (18 %) 0.80x, but 128->256 stride 2 to 7x7 (9 %) 1.07x.
+fn by_classes(g: &Conv2dGeometry) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED
+        .get_or_init(|| std::env::var("FROSTGRAD_DW_CLASSES").map_or(true, |v| v.trim() != "0"));
+    if !enabled
+        || g.kernel_h * g.kernel_w < 2
+        || g.out_h * g.out_w > CLASSES_MAX_PIXELS
+        || g.in_channels < 32
+    {
+        return false;
+    }
+    // Products with a real input pixel, of all kernel taps x output pixels.
+    let valid = |out: usize, input: usize, stride: usize, k: usize, d: usize, pad: usize| {
+        (0..k)
+            .map(|t| {
+                let (lo, hi) = valid_outputs(out, input, stride, t * d, pad);
+                hi - lo
+            })
+            .sum::<usize>()
+    };
+    let rows = valid(
+        g.out_h,
+        g.in_h,
+        g.stride.0,
+        g.kernel_h,
+        g.dilation.0,
+        g.padding.0,
+    );
+    let cols = valid(
+        g.out_w,
+        g.in_w,
+        g.stride.1,
+        g.kernel_w,
+        g.dilation.1,
+        g.padding.1,
+    );
+    let all = g.kernel_h * g.out_h * g.kernel_w * g.out_w;
+    8 * (all - rows * cols) >= all
+}
+
+/// The weight gradient one tap `(kh, kw)` at a time, over only the output
+/// pixels where that tap sees a real input pixel:
+///
+/// `dW[:, :, kh, kw] = Σ_{valid p} dy[:, p] · x(kh, kw)[:, p]ᵀ`
+///
+/// (`[C_out, C_in]`, depth = the valid output pixels of every image). The
+/// column matrix multiplies the padding's zeros too: at ResNet's 4x4 stage
+/// 31 % of a 3x3 kernel's products (7x7: 18 %). Here each tap's depth is a
+/// rectangle of output pixels per image; `dy` is read where it lies through
+/// a table of those pixels (`gemm::with_indexed_lhs`) and `x`, transposed
+/// once per image group to channels-last, gives each depth row as `C_in`
+/// consecutive floats ([`TapRows`]), so packing is a copy.
+fn weight_grad_classes(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_weight_grad";
+    let plan = Plan::new(op, g, limits)?;
+    let (c_out, c_in, taps) = (g.out_channels, g.in_channels, g.kernel_h * g.kernel_w);
+    let block = c_out * c_in;
+    let mut by_tap = buffer_pool::zeroed(op, taps * block)?;
+    for_image_groups(
+        op,
+        &plan,
+        g,
+        &mut by_tap,
+        Output::Sum,
+        |first, count, rows, out, par| {
+            let dy = batch_images(dy, plan.out_image, first, count);
+            let x = batch_images(x, plan.in_image, first, count);
+            weight_grad_tap_images(dy, x, g, &plan, out, (count, rows), par);
+        },
+    )?;
+    // dW[o][c, kh, kw] = by_tap[(kh, kw)][o, c].
+    let mut dw = buffer_pool::zeroed(op, taps * block)?;
+    for (i, row) in dw.chunks_exact_mut(taps).enumerate() {
+        for (t, d) in row.iter_mut().enumerate() {
+            *d = by_tap[t * block + i];
+        }
+    }
+    buffer_pool::recycle(by_tap);
+    Ok(dw)
+}
+
+/// [`weight_grad_classes`] for output rows `rows` of `batch` images, added
+/// onto `out` (`[KH * KW, C_out, C_in]`).
+fn weight_grad_tap_images(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    out: &mut [f32],
+    (batch, rows): (usize, (usize, usize)),
+    par: Par,
+) {
+    let (c_out, c_in) = (g.out_channels, g.in_channels);
+    let plane = g.in_h * g.in_w;
+    let block = c_out * c_in;
+    if batch == 0 || block == 0 || plane == 0 {
+        return;
+    }
+    with_scratch(Slot::Staging, batch * plane * c_in, |xt| {
+        // Channels last: xt[(n * H * W + pixel) * C_in + c].
+        for (image, t) in x
+            .chunks_exact(plan.in_image)
+            .zip(xt.chunks_exact_mut(plane * c_in))
+        {
+            transpose(image, c_in, plane, t, c_in);
+        }
+        let xt = &*xt;
+        for kh in 0..g.kernel_h {
+            for kw in 0..g.kernel_w {
+                let rows = TapRows::new(g, xt, (batch, rows), kh, kw);
+                if rows.depth == 0 {
+                    continue;
+                }
+                let out = &mut out[(kh * g.kernel_w + kw) * block..][..block];
+                let pixels = (rows.h.1 - rows.h.0) * (rows.w.1 - rows.w.0);
+                let offset = |p: usize| {
+                    let (n, q) = (p / pixels, p % pixels);
+                    let (oh, ow) = rows.pixel(q);
+                    n * plan.out_image + oh * g.out_w + ow
+                };
+                with_indexed_lhs(dy, plan.pixels, (c_out, rows.depth), offset, |a| {
+                    sgemm(
+                        par,
+                        c_out,
+                        rows.depth,
+                        c_in,
+                        a,
+                        Rhs::Source(&rows),
+                        1.0,
+                        out,
+                        c_in,
+                    )
+                });
+            }
+        }
+    });
+}
+
+/// The right operand of one tap `(kh, kw)` of [`weight_grad_classes`]:
+/// `[depth, C_in]`, row `p` = the input pixel (all channels) that the tap
+/// sees at the `p`-th output pixel of its valid rectangle (image by image,
+/// within the output rows asked for), from channels-last images.
+struct TapRows<'a> {
+    xt: &'a [f32],
+    g: &'a Conv2dGeometry,
+    kh: usize,
+    kw: usize,
+    /// The output rows and columns where the tap sees real input pixels.
+    h: (usize, usize),
+    w: (usize, usize),
+    depth: usize,
+}
+
+impl<'a> TapRows<'a> {
+    fn new(
+        g: &'a Conv2dGeometry,
+        xt: &'a [f32],
+        (batch, rows): (usize, (usize, usize)),
+        kh: usize,
+        kw: usize,
+    ) -> Self {
+        let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+        let h = (h.0.max(rows.0), h.1.min(rows.1));
+        let h = (h.0.min(h.1), h.1);
+        let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+        let depth = batch * (h.1 - h.0) * (w.1 - w.0);
+        assert!(xt.len() >= batch * g.in_h * g.in_w * g.in_channels);
+        Self {
+            xt,
+            g,
+            kh,
+            kw,
+            h,
+            w,
+            depth,
+        }
+    }
+
+    /// The output pixel `(oh, ow)` of the rectangle's `q`-th pixel.
+    fn pixel(&self, q: usize) -> (usize, usize) {
+        let width = self.w.1 - self.w.0;
+        (self.h.0 + q / width, self.w.0 + q % width)
+    }
+
+    /// Depth row `p`: the channels-last input pixel it reads.
+    fn row(&self, p: usize) -> &[f32] {
+        let g = self.g;
+        let pixels = (self.h.1 - self.h.0) * (self.w.1 - self.w.0);
+        let (n, (oh, ow)) = (p / pixels, self.pixel(p % pixels));
+        let ih = oh * g.stride.0 + self.kh * g.dilation.0 - g.padding.0;
+        let iw = ow * g.stride.1 + self.kw * g.dilation.1 - g.padding.1;
+        &self.xt[((n * g.in_h + ih) * g.in_w + iw) * g.in_channels..][..g.in_channels]
+    }
+}
+
+impl PackB for TapRows<'_> {
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        assert!(pc + kc <= self.depth && jc + nc <= self.g.in_channels && nr > 0);
+        let panel = kc * nr;
+        for p in 0..kc {
+            let row = &self.row(pc + p)[jc..jc + nc];
+            for (q, values) in row.chunks(nr).enumerate() {
+                let dst = &mut out[q * panel + p * nr..][..nr];
+                dst[..values.len()].copy_from_slice(values);
+                dst[values.len()..].fill(0.0);
+            }
+        }
+    }
+}
+
+impl Source for TapRows<'_> {
+    fn shape(&self) -> (usize, usize) {
+        (self.depth, self.g.in_channels)
     }
 }
 
@@ -1988,12 +2231,16 @@ mod tests {
                 assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
                 assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
-                if shifted_rows(&g).is_some() {
+                if shifted_rows(&g).is_some() || by_classes(&g) {
                     // The im2col form still serves the layers the shifted
                     // one leaves (more row taps): check it here too.
                     let dw = pool.install(|| weight_grad_im2col(&dy, &x, &g, limits).unwrap());
                     assert_close(&what("dw im2col"), &dw, &r.dw, 1e-5);
                 }
+                // The tap-by-tap form on every geometry, not only the
+                // small padded images it is chosen for.
+                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                assert_close(&what("dw by taps"), &dw, &r.dw, 1e-5);
                 if let Some(flipped) = flipped_geometry(&g) {
                     let dx =
                         pool.install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
@@ -2077,6 +2324,108 @@ mod tests {
         let empty = geo([2, 0, 5, 5], [4, 0, 3, 3], (1, 1), (1, 1));
         let dy = vec![1.0; empty.output_shape().iter().product()];
         assert!(conv2d_weight_grad(&dy, &[], &empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tap_by_tap_weight_grad_matches_direct_loops_with_many_channels() {
+        // More input channels than one panel (ragged at 40), strides 1 and
+        // 2, against the float64 loops; the default limits and one group
+        // per thread, on a 2-thread pool: parallel image groups, split
+        // GEMMs, and (one 16x16 image) output rows split across threads.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, (input, stride)) in
+            [([3, 40, 4, 5], 1), ([2, 40, 7, 7], 2), ([1, 40, 16, 16], 1)]
+                .into_iter()
+                .enumerate()
+        {
+            let weight = [33, input[1], 3, 3];
+            let g = Conv2dGeometry::new(input, weight, (stride, stride), (1, 1), (1, 1)).unwrap();
+            let x = pseudo_random(input.iter().product(), 31 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 41 + case as u64);
+            let b = vec![0.0; weight[0]];
+            let dy = pseudo_random(g.output_shape().iter().product(), 51 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            // The 16x16 image is too large to be chosen, but is correct too.
+            assert_eq!(by_classes(&g), case < 2, "{g:?}");
+            for limits in [
+                LIMITS,
+                Limits {
+                    min_columns: 1,
+                    groups_per_thread: 1,
+                    ..LIMITS
+                },
+            ] {
+                let plan = Plan::new("test", &g, limits).unwrap();
+                let split_rows = pool.install(|| plan.row_groups(&g));
+                assert_eq!(split_rows, case == 2 && limits.groups_per_thread == 1);
+                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                assert_close(&format!("case {case}"), &dw, &r.dw, 1e-5);
+                let dw = pool.install(|| weight_grad_with(&dy, &x, &g, limits).unwrap());
+                assert_close(&format!("case {case} chosen"), &dw, &r.dw, 1e-5);
+            }
+            // The packed right operand at column offsets and ragged widths.
+            let xt: Vec<f32> = (0..g.batch)
+                .flat_map(|n| {
+                    let plane = g.in_h * g.in_w;
+                    let image = &x[n * g.in_channels * plane..][..g.in_channels * plane];
+                    (0..plane)
+                        .flat_map(move |q| (0..g.in_channels).map(move |c| image[c * plane + q]))
+                })
+                .collect();
+            let rows = TapRows::new(&g, &xt, (g.batch, (0, g.out_h)), 0, 2);
+            let (depth, cols) = rows.shape();
+            for (pc, kc, jc, nc) in [(0, depth, 0, cols), (1, depth - 2, 5, cols - 7)] {
+                for nr in [32, 16, 5] {
+                    let len = nc.div_ceil(nr) * nr * kc;
+                    let mut out = vec![f32::NAN; len];
+                    // SAFETY: the block lies inside the shape; `out` holds it.
+                    unsafe { rows.pack(pc, kc, jc, nc, nr, &mut out) };
+                    for (i, &got) in out.iter().enumerate() {
+                        let (q, p, j) = (i / (kc * nr), i % (kc * nr) / nr, i % nr);
+                        let col = q * nr + j;
+                        let want = if col < nc {
+                            rows.row(pc + p)[jc + col]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(got.to_bits(), want.to_bits(), "case {case} nr {nr} {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tap_by_tap_weight_grad_is_taken_where_padding_is_an_eighth() {
+        let geo = |input: [usize; 4], c_out, k, stride, padding| {
+            let weight = [c_out, input[1], k, k];
+            Conv2dGeometry::new(input, weight, (stride, stride), (padding, padding), (1, 1))
+                .unwrap()
+        };
+        // ResNet's 4x4 (31 % padding) and 7x7 (18 %) 3x3 layers.
+        for g in [
+            geo([32, 512, 4, 4], 512, 3, 1, 1),
+            geo([32, 256, 7, 7], 512, 3, 2, 1),
+            geo([8, 512, 7, 7], 512, 3, 1, 1),
+            geo([8, 256, 7, 7], 256, 3, 1, 1),
+        ] {
+            assert!(by_classes(&g), "{g:?}");
+        }
+        for g in [
+            // 9 % padding (stride 2 to 7x7), 14x14, no padding, a 1x1,
+            // the stem's 3 channels, fewer channels than a panel.
+            geo([8, 256, 14, 14], 512, 3, 2, 1),
+            geo([8, 256, 14, 14], 256, 3, 1, 1),
+            geo([8, 512, 7, 7], 512, 3, 1, 0),
+            geo([8, 512, 7, 7], 512, 1, 1, 0),
+            geo([8, 3, 8, 8], 64, 7, 2, 3),
+            geo([8, 16, 4, 4], 64, 3, 1, 1),
+        ] {
+            assert!(!by_classes(&g), "{g:?}");
+        }
     }
 
     #[test]

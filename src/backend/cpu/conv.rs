@@ -863,9 +863,9 @@ fn restage(
     let (p, width) = (plan.pixels, chunk.columns(g));
     let images = chunk.images_of_mut(batch, plan.out_image);
     if let Some(order) = order {
-        // Piece by piece: consecutive columns that are consecutive pixels
-        // of one output row, so every element is still copied once.
-        order.pieces(0, width, |j, image, oh, ow, len, _| {
+        // Span by span: consecutive columns that are consecutive pixels of
+        // one image plane, so every element is still copied once.
+        order.spans(0, width, |j, image, oh, ow, len, _| {
             let image = &mut images[image * plan.out_image..][..plan.out_image];
             let at = oh * g.out_w + ow;
             for co in 0..g.out_channels {

@@ -20,8 +20,8 @@
 //! weight gradient's transposed column matrix (depth = output pixels) is
 //! packed one input patch row at a time on the AVX-512 path
 //! ([`im2col::fill_patches`]; `FROSTGRAD_DW_PATCHES=0` turns it off, for
-//! comparison). Over small images where at least an eighth of the column
-//! matrix is padding (ResNet's 7x7 and 4x4 stages) the weight gradient
+//! comparison). Over small images where enough of the column matrix is
+//! padding (ResNet's 14x14 to 4x4 stages, see [`by_classes`]) the weight gradient
 //! runs one kernel tap at a time over only the output pixels that tap sees
 //! real input at ([`weight_grad_classes`]; `FROSTGRAD_DW_CLASSES=0` turns
 //! it off, for comparison).
@@ -1554,16 +1554,16 @@ fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -
 }
 
 /// Output images up to this many pixels may take the weight gradient tap
-/// by tap ([`by_classes`]): ResNet's 7x7 and 4x4 stages, the sizes it was
-/// measured at (its channels-last copy of `x` is as large as `x`).
-const CLASSES_MAX_PIXELS: usize = 64;
+/// by tap ([`by_classes`]): ResNet's 14x14 stage and smaller, the sizes it
+/// was measured at (its channels-last copy of `x` is as large as `x`).
+const CLASSES_MAX_PIXELS: usize = 256;
 
 /// Whether the weight gradient runs tap by tap ([`weight_grad_classes`]):
 /// kernels of more than one tap over small output images
 /// ([`CLASSES_MAX_PIXELS`]) with at least 32 input channels (one
 /// AVX-512 panel), where at least an eighth of the column matrix is
-/// padding, on the AVX paths; never with `FROSTGRAD_DW_CLASSES=0` (for
-/// comparison).
+/// padding, or, for stride 1 and at least 256 input channels, a sixteenth;
+/// on the AVX paths; never with `FROSTGRAD_DW_CLASSES=0` (for comparison).
 ///
 /// Measured on Zen 4, batch 32 at 112x112 (BENCHMARKS.md issue 9 item 31),
 /// CPU time against the column-matrix form: 3x3 512->512 at 4x4 (31 %
@@ -1571,7 +1571,11 @@ const CLASSES_MAX_PIXELS: usize = 64;
 /// (18 %) 0.80x, but 128->256 stride 2 to 7x7 (9 %) 1.07x; on the AVX2
 /// path 0.70x, 0.74x (and 512->512 at 7x7, batch 8: 0.87x). The portable
 /// path, which writes each tap's operands out for `matrixmultiply`, ranged
-/// from 0.84x to 1.18x (noisy): it keeps the column-matrix form.
+/// from 0.84x to 1.18x (noisy): it keeps the column-matrix form. At batch
+/// 8 x 224 (load 7.7): 256->256 at 14x14 (9 %) 0.86-0.88x in two runs
+/// (where skipped packing adds to skipped padding), but the stride-2
+/// layers to 7x7 (9 %) 1.01-1.04x, 128->128 at 28x28 (5 %, shifted form)
+/// 0.96x and 64->64 at 56x56 (2 %) 1.09x.
 fn by_classes(g: &Conv2dGeometry) -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let enabled = *ENABLED
@@ -1610,7 +1614,8 @@ fn by_classes(g: &Conv2dGeometry) -> bool {
         g.padding.1,
     );
     let all = g.kernel_h * g.out_h * g.kernel_w * g.out_w;
-    8 * (all - rows * cols) >= all
+    let padding = all - rows * cols;
+    8 * padding >= all || (g.stride == (1, 1) && g.in_channels >= 256 && 16 * padding >= all)
 }
 
 /// The weight gradient one tap `(kh, kw)` at a time, over only the output
@@ -2423,15 +2428,19 @@ mod tests {
             geo([32, 256, 7, 7], 512, 3, 2, 1),
             geo([8, 512, 7, 7], 512, 3, 1, 1),
             geo([8, 256, 7, 7], 256, 3, 1, 1),
+            // 9 %, but 256 channels at stride 1.
+            geo([8, 256, 14, 14], 256, 3, 1, 1),
         ] {
             let avx = simd::active() != simd::SimdPath::Portable;
             assert_eq!(by_classes(&g), avx, "{g:?}");
         }
         for g in [
-            // 9 % padding (stride 2 to 7x7), 14x14, no padding, a 1x1,
-            // the stem's 3 channels, fewer channels than a panel.
+            // 9 % padding (stride 2 to 7x7; and 128 channels at 14x14),
+            // 28x28, no padding, a 1x1, the stem's 3 channels, fewer
+            // channels than a panel.
             geo([8, 256, 14, 14], 512, 3, 2, 1),
-            geo([8, 256, 14, 14], 256, 3, 1, 1),
+            geo([8, 128, 14, 14], 128, 3, 1, 1),
+            geo([8, 256, 28, 28], 256, 3, 1, 1),
             geo([8, 512, 7, 7], 512, 3, 1, 0),
             geo([8, 512, 7, 7], 512, 1, 1, 0),
             geo([8, 3, 8, 8], 64, 7, 2, 3),

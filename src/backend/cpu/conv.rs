@@ -2662,7 +2662,6 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        let before = simd::active();
         for (case, &((input, weight, stride, padding, dilation), images)) in
             cases.iter().enumerate()
         {
@@ -2674,7 +2673,9 @@ mod tests {
             let r = reference(&g, &x, &w, &b, &dy);
             let flipped = flipped_geometry(&g);
             for path in simd::supported() {
-                simd::force(path).unwrap();
+                // On this test's threads only (not `simd::force`, which
+                // the other tests running meanwhile would see).
+                simd::set_pool_path(&pool, Some(path));
                 // Images per group: `images` for the forward, and as many
                 // pixels' worth for the flipped gradient's (input-sized)
                 // images; groups run in parallel, or one at a time split.
@@ -2721,7 +2722,49 @@ mod tests {
                 assert!(skip_order(&g, images, weight, Skip::Off).is_none());
             }
         }
-        simd::force(before).unwrap();
+        simd::set_pool_path(&pool, None);
+    }
+
+    /// The padding skip also runs when a group's product is split across
+    /// threads by rows (more output channels than columns): there the
+    /// split used to pack the columns once for all parts, keeping no live
+    /// rows, so the skip was silently lost (review of this session's diff).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_row_split_product_still_skips_the_padding() {
+        use super::super::microkernel::LIVE_CALLS;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let g =
+            Conv2dGeometry::new([4, 256, 4, 4], [512, 256, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+        let x = pseudo_random(4 * 256 * 16, 7);
+        let w = pseudo_random(512 * 256 * 9, 8);
+        let calls = || -> usize { pool.broadcast(|_| LIVE_CALLS.with(Cell::get)).iter().sum() };
+        for path in simd::supported() {
+            if path == simd::SimdPath::Portable {
+                continue; // the skip runs on the micro-kernel paths only
+            }
+            simd::set_pool_path(&pool, Some(path));
+            // Two-image groups, one at a time, each split across threads.
+            let limits = Limits {
+                min_columns: 2 * 16,
+                groups_per_thread: 1000,
+                ..LIMITS
+            };
+            let before = calls();
+            let y = pool
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::On))
+                .unwrap();
+            assert!(calls() > before, "{path:?}: no product skipped the padding");
+            let off = pool
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::Off))
+                .unwrap();
+            let off: Vec<f64> = off.iter().map(|&v| f64::from(v)).collect();
+            assert_close(&format!("{path:?} skip vs dense"), &y, &off, 1e-5);
+        }
+        simd::set_pool_path(&pool, None);
     }
 
     #[test]

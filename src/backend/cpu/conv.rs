@@ -863,9 +863,9 @@ fn restage(
     let (p, width) = (plan.pixels, chunk.columns(g));
     let images = chunk.images_of_mut(batch, plan.out_image);
     if let Some(order) = order {
-        // Piece by piece: consecutive columns that are consecutive pixels
-        // of one output row, so every element is still copied once.
-        order.pieces(0, width, |j, image, oh, ow, len, _| {
+        // Span by span: consecutive columns that are consecutive pixels of
+        // one image plane, so every element is still copied once.
+        order.spans(0, width, |j, image, oh, ow, len, _| {
             let image = &mut images[image * plan.out_image..][..plan.out_image];
             let at = oh * g.out_w + ow;
             for co in 0..g.out_channels {
@@ -1096,6 +1096,28 @@ const SKIP_MAX_LIVE_SHARE: f64 = 0.97;
 /// kept apart only where they save more than this.
 const SPLIT_FILL_SHARE: f64 = 0.08;
 
+/// The column panel width of the micro-kernel that would multiply
+/// `weight`, when that GEMM can skip depth rows (`microkernel::gemm_live`):
+/// on the AVX paths, with a weight that is not pre-packed.
+#[cfg(target_arch = "x86_64")]
+fn skipping_panel_width(weight: Lhs<'_>) -> Option<usize> {
+    use super::microkernel::{Avx2, Avx512, Kernel};
+    if let Lhs::Packed { .. } = weight {
+        return None;
+    }
+    match simd::active() {
+        simd::SimdPath::Avx512 => Some(Avx512::NR),
+        simd::SimdPath::Avx2 => Some(Avx2::NR),
+        simd::SimdPath::Portable => None,
+    }
+}
+
+/// Elsewhere the portable path's `matrixmultiply` multiplies every row.
+#[cfg(not(target_arch = "x86_64"))]
+fn skipping_panel_width(_weight: Lhs<'_>) -> Option<usize> {
+    None
+}
+
 /// The class order for the columns of a chunk of `images` whole images,
 /// when the GEMM is to skip the padding taps: on the micro-kernel paths
 /// (the portable path's `matrixmultiply` multiplies every row), with the
@@ -1124,23 +1146,7 @@ fn skip_order(
         }),
         forced => forced,
     };
-    #[cfg(target_arch = "x86_64")]
-    let nr = {
-        use super::microkernel::{Avx2, Avx512, Kernel};
-        if let Lhs::Packed { .. } = weight {
-            return None;
-        }
-        match simd::active() {
-            simd::SimdPath::Avx512 => Avx512::NR,
-            simd::SimdPath::Avx2 => Avx2::NR,
-            simd::SimdPath::Portable => return None,
-        }
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let nr = {
-        let _ = weight;
-        return None;
-    };
+    let nr = skipping_panel_width(weight)?;
     if mode == Skip::Off || images < 2 {
         return None;
     }

@@ -20,7 +20,11 @@
 //! weight gradient's transposed column matrix (depth = output pixels) is
 //! packed one input patch row at a time on the AVX-512 path
 //! ([`im2col::fill_patches`]; `FROSTGRAD_DW_PATCHES=0` turns it off, for
-//! comparison).
+//! comparison). Over small images where at least an eighth of the column
+//! matrix is padding (ResNet's 7x7 and 4x4 stages) the weight gradient
+//! runs one kernel tap at a time over only the output pixels that tap sees
+//! real input at ([`weight_grad_classes`]; `FROSTGRAD_DW_CLASSES=0` turns
+//! it off, for comparison).
 //!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
@@ -45,6 +49,20 @@
 //! A 1x1, stride-1, unpadded convolution of large images needs no column
 //! matrix at all: the input image already is `col`.
 //!
+//! The padding taps: a tap `(kh, kw)` that sees only padding at an output
+//! pixel gives a zero column entry for every channel, and for small images
+//! they are a large share of `col` (3x3, padding 1: 18 % at 7x7, 31 % at
+//! 4x4). For grouped images the forward (and so the flipped input
+//! gradient) orders its columns by the taps they see
+//! ([`super::tap_classes`]: top rows, middle rows, bottom rows, and where
+//! it pays the edge columns apart), un-ordered again on the way out of the
+//! staging buffer, and the micro-kernel GEMM multiplies each column panel
+//! by the depth rows of the taps some column of it sees
+//! (`PackB::pack_live`, `microkernel::gemm_live`) — what a direct
+//! convolution skips. [`skip_order`] decides where;
+//! `FROSTGRAD_CONV_SKIP_PADDING=0` turns it off, `=1` on wherever possible
+//! (for comparison).
+//!
 //! Parallelism: with enough image groups (the images of one chunk) per
 //! rayon thread, whole groups run as parallel tasks, each with its own
 //! im2col and a single-threaded GEMM; otherwise (the 7x7 stage, small
@@ -64,6 +82,7 @@ use super::gemm::{
 use super::im2col;
 use super::scratch::{with_scratch, Slot};
 use super::simd;
+use super::tap_classes::ClassOrder;
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
 
@@ -401,6 +420,9 @@ struct Columns<'a> {
     /// The SIMD path whose fills pack (the GEMM's, [`simd::active`]; tests
     /// set each path the CPU supports).
     path: simd::SimdPath,
+    /// The forward's columns in class order, so that the GEMM skips the
+    /// padding taps ([`ClassOrder`]; `None`: image by image, row by row).
+    order: Option<ClassOrder>,
 }
 
 /// A run of consecutive columns of the column matrix that lie in one
@@ -432,7 +454,14 @@ impl<'a> Columns<'a> {
             chunk,
             transposed,
             path: simd::active(),
+            order: None,
         }
+    }
+
+    /// The same columns in `order` (whole images only, not transposed).
+    fn ordered(self, order: Option<ClassOrder>) -> Self {
+        let order = order.filter(|_| !self.transposed && self.chunk.rows == (0, self.g.out_h));
+        Self { order, ..self }
     }
 
     /// Where column-matrix row `r`, tap `(c, kh, kw)`, reads.
@@ -451,6 +480,12 @@ impl<'a> Columns<'a> {
     fn runs(&self, j0: usize, count: usize, runs: &mut Vec<(usize, Run)>) {
         let (g, rows) = (self.g, self.chunk.rows);
         if count == 0 || g.out_w == 0 {
+            return;
+        }
+        if let Some(order) = &self.order {
+            order.pieces(j0, count, |off, image, oh, ow, len, _| {
+                runs.push((off, Run { image, oh, ow, len }))
+            });
             return;
         }
         let seg = self.chunk.image_columns(g);
@@ -491,6 +526,7 @@ impl PackB for Columns<'_> {
             runs,
             reads,
             rows,
+            ..
         } = &mut temp;
         // (`rows` written, not just reserved: its pages are touched here.)
         let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
@@ -564,6 +600,75 @@ impl PackB for Columns<'_> {
         }
         PACK_TEMP.with(|cell| cell.set(temp));
     }
+
+    fn depth_period(&self) -> Option<usize> {
+        // Depth row r is tap r % (KH*KW) of channel r / (KH*KW) ([`tap`]).
+        self.order.map(|_| self.g.kernel_h * self.g.kernel_w)
+    }
+
+    fn panel_mask(&self, j0: usize, cols: usize) -> u64 {
+        match &self.order {
+            Some(order) => order.taps_of(j0, cols),
+            None => u64::MAX,
+        }
+    }
+
+    unsafe fn pack_live(
+        &self,
+        (pc, kc): (usize, usize),
+        (jc, nc): (usize, usize),
+        nr: usize,
+        masks: &[u64],
+        out: &mut [f32],
+    ) {
+        // As `pack` (the forward's orientation), with each panel's tap list
+        // cut to the rows its mask keeps.
+        let (depth, width) = self.shape();
+        assert!(!self.transposed && pc + kc <= depth && jc + nc <= width && nr > 0);
+        assert!(masks.len() >= nc.div_ceil(nr));
+        let period = (self.g.kernel_h * self.g.kernel_w).clamp(1, 64);
+        let (path, geo) = (self.path, im2col::Geometry::new(self.g));
+        let mut temp = PACK_TEMP.with(Cell::take);
+        let PackTemp {
+            taps,
+            runs,
+            reads,
+            live,
+            ..
+        } = &mut temp;
+        let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
+        taps.reserve(depth.saturating_sub(taps.len()));
+        live.reserve(depth.saturating_sub(live.len()));
+        runs.reserve(width.saturating_sub(runs.len()));
+        reads.reserve(width.saturating_sub(reads.len()));
+        taps.clear();
+        taps.extend((pc..pc + kc).map(|r| self.tap_read(r)));
+        let mut kept = None;
+        for ((j0, cols, dst), &mask) in panels(out, kc, jc, nc, nr).zip(masks) {
+            if kept != Some(mask) {
+                live.clear();
+                live.extend(
+                    (pc..pc + kc)
+                        .zip(taps.iter())
+                        .filter(|&(r, _)| mask >> (r % period) & 1 == 1)
+                        .map(|(_, &t)| t),
+                );
+                kept = Some(mask);
+            }
+            if live.is_empty() {
+                continue;
+            }
+            runs.clear();
+            self.runs(j0, cols, runs);
+            reads.clear();
+            reads.extend(runs.iter().map(|&(off, run)| (off, self.run_at(run))));
+            // SAFETY: as in `pack`: the path runs on this CPU, the taps and
+            // runs come from this chunk's geometry over `self.images`; `dst`
+            // holds kc >= live.len() rows of nr.
+            unsafe { im2col::fill_panel(path, self.images, &geo, live, reads, cols, dst, nr) };
+        }
+        PACK_TEMP.with(|cell| cell.set(temp));
+    }
 }
 
 /// [`Columns::pack`]'s working lists are reserved for at least this depth
@@ -575,6 +680,8 @@ const PACK_TEMP_WIDTH: usize = 32;
 #[derive(Default)]
 struct PackTemp {
     taps: Vec<im2col::Tap>,
+    /// [`Columns::pack_live`]'s taps of one panel.
+    live: Vec<im2col::Tap>,
     runs: Vec<(usize, Run)>,
     /// `runs` as the fills take them.
     reads: Vec<(usize, im2col::Run)>,
@@ -585,6 +692,7 @@ thread_local! {
     static PACK_TEMP: Cell<PackTemp> = const {
         Cell::new(PackTemp {
             taps: Vec::new(),
+            live: Vec::new(),
             runs: Vec::new(),
             reads: Vec::new(),
             rows: Vec::new(),
@@ -748,9 +856,10 @@ fn scatter_even_add(src: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Copies the chunk's images of a `[N, C_out, P]` buffer side by side into
-/// `staging[C_out, images * P]` (`to_staging`), or back (`!to_staging`),
-/// adding `bias[c]` on the way back when given.
+/// Copies the chunk's images of `staging[C_out, images * P]` (the GEMM's
+/// output, its columns image by image or in `order`) into their places in
+/// the `[N, C_out, P]` buffer `batch`, adding `bias[c]` when given.
+#[allow(clippy::too_many_arguments)]
 fn restage(
     g: &Conv2dGeometry,
     plan: &Plan,
@@ -758,9 +867,27 @@ fn restage(
     batch: &mut [f32],
     staging: &mut [f32],
     bias: Option<&[f32]>,
+    order: Option<&ClassOrder>,
 ) {
     let (p, width) = (plan.pixels, chunk.columns(g));
     let images = chunk.images_of_mut(batch, plan.out_image);
+    if let Some(order) = order {
+        // Piece by piece: consecutive columns that are consecutive pixels
+        // of one output row, so every element is still copied once.
+        order.pieces(0, width, |j, image, oh, ow, len, _| {
+            let image = &mut images[image * plan.out_image..][..plan.out_image];
+            let at = oh * g.out_w + ow;
+            for co in 0..g.out_channels {
+                let stage = &staging[co * width + j..][..len];
+                let dst = &mut image[co * p + at..][..len];
+                match bias {
+                    Some(b) => dst.iter_mut().zip(stage).for_each(|(d, &s)| *d = s + b[co]),
+                    None => dst.copy_from_slice(stage),
+                }
+            }
+        });
+        return;
+    }
     for (j, image) in images.chunks_exact_mut(plan.out_image).enumerate() {
         for co in 0..g.out_channels {
             let stage = &mut staging[co * width + j * p..][..p];
@@ -950,13 +1077,117 @@ fn forward_with(
     g: &Conv2dGeometry,
     limits: Limits,
 ) -> Result<Vec<f32>> {
+    forward_skipping(x, w, bias, g, limits, Skip::Auto)
+}
+
+/// [`forward_with`], skipping the padding taps as `skip` says.
+fn forward_skipping(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    limits: Limits,
+    skip: Skip,
+) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
     let weight = MatRef::row_major(w, plan.taps);
     let columns = g.batch * plan.pixels;
     with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
-        forward_lhs(op, x, weight, bias, g, &plan)
+        forward_lhs(op, x, weight, bias, g, &plan, skip)
     })
+}
+
+/// Whether the forward's GEMM skips the padding taps of grouped small
+/// images ([`skip_order`]): `Auto` decides by the share it saves (and
+/// `FROSTGRAD_CONV_SKIP_PADDING`); `On` skips wherever it can, in the
+/// order `Auto` would choose; `Classes` in the order of every column class
+/// (for tests: the gather fill); `Off` never.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Skip {
+    Auto,
+    On,
+    Classes,
+    Off,
+}
+
+/// Grouped images whose class order ([`ClassOrder`]) leaves at most this
+/// share of the GEMM's FMAs skip the padding taps; the rest keep the
+/// image-by-image column order, whose panel fill is cheaper.
+const SKIP_MAX_LIVE_SHARE: f64 = 0.97;
+
+/// What splitting output rows at their column classes costs in the panel
+/// fill, as a share of the GEMM's FMAs: the pieces are then a few pixels
+/// long (single pixels for the left and right edges) and the panels are
+/// gathered instead of loaded run by run. At 7x7, 256 channels, batch 32
+/// that fill took 8 % of the kernel's samples against 4 % for whole rows
+/// (`perf`, BENCHMARKS.md issue 9 item 29), so the column classes are
+/// kept apart only where they save more than this.
+const SPLIT_FILL_SHARE: f64 = 0.08;
+
+/// The class order for the columns of a chunk of `images` whole images,
+/// when the GEMM is to skip the padding taps: on the micro-kernel paths
+/// (the portable path's `matrixmultiply` multiplies every row), with the
+/// weight read in place or through a table (a packed weight has no depth
+/// table to skip through), and, unless forced, only where the order leaves
+/// at most [`SKIP_MAX_LIVE_SHARE`] of the FMAs.
+/// `FROSTGRAD_CONV_SKIP_PADDING=0` never skips, `=1` skips wherever it can
+/// (for comparison).
+fn skip_order(
+    g: &Conv2dGeometry,
+    images: usize,
+    weight: Lhs<'_>,
+    skip: Skip,
+) -> Option<ClassOrder> {
+    static MODE: std::sync::OnceLock<Skip> = std::sync::OnceLock::new();
+    let mode = match skip {
+        Skip::Auto => *MODE.get_or_init(|| {
+            match std::env::var("FROSTGRAD_CONV_SKIP_PADDING")
+                .as_deref()
+                .map(str::trim)
+            {
+                Ok("0") => Skip::Off,
+                Ok("1") => Skip::On,
+                _ => Skip::Auto,
+            }
+        }),
+        forced => forced,
+    };
+    #[cfg(target_arch = "x86_64")]
+    let nr = {
+        use super::microkernel::{Avx2, Avx512, Kernel};
+        if let Lhs::Packed { .. } = weight {
+            return None;
+        }
+        match simd::active() {
+            simd::SimdPath::Avx512 => Avx512::NR,
+            simd::SimdPath::Avx2 => Avx2::NR,
+            simd::SimdPath::Portable => return None,
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let nr = {
+        let _ = weight;
+        return None;
+    };
+    if mode == Skip::Off || images < 2 {
+        return None;
+    }
+    let taps = g.kernel_h * g.kernel_w;
+    let columns = images * g.out_h * g.out_w;
+    let share = |o: &ClassOrder| o.live_share(columns, nr, taps);
+    if mode == Skip::Classes {
+        return ClassOrder::new(g, images, true);
+    }
+    let rows = ClassOrder::new(g, images, false)?;
+    let mut best = (share(&rows), rows);
+    if let Some(split) = ClassOrder::new(g, images, true) {
+        let s = share(&split);
+        if s + SPLIT_FILL_SHARE < best.0 {
+            best = (s, split);
+        }
+    }
+    (mode == Skip::On || best.0 <= SKIP_MAX_LIVE_SHARE).then_some(best.1)
 }
 
 /// The forward of the whole batch with the weight as the GEMM's left
@@ -968,6 +1199,7 @@ fn forward_lhs(
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     plan: &Plan,
+    skip: Skip,
 ) -> Result<Vec<f32>> {
     // Every element is written by a GEMM with beta = 0 (or onto the bias)
     // unless there is no tap to sum over.
@@ -979,7 +1211,7 @@ fn forward_lhs(
     let per_image = Output::PerImage(plan.out_image);
     for_image_groups(op, plan, g, &mut y, per_image, |first, count, _, y, par| {
         let x = batch_images(x, plan.in_image, first, count);
-        forward_images(x, weight, bias, g, plan, y, count, par);
+        forward_images(x, weight, bias, g, plan, y, count, par, skip);
     })?;
     Ok(y)
 }
@@ -995,24 +1227,31 @@ fn forward_images(
     y: &mut [f32],
     batch: usize,
     par: Par,
+    skip: Skip,
 ) {
     for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
+        let (m, k) = (g.out_channels, plan.taps);
+        if chunk.images > 1 {
+            // Whole images, several side by side (never the pointwise
+            // case), through the staging buffer, which also lets the
+            // columns run in class order so the GEMM skips padding taps.
+            let order = skip_order(g, chunk.images, weight, skip);
+            let columns = Columns::new(images, g, plan, chunk, false).ordered(order);
+            let col = Rhs::Source(&columns);
+            with_scratch(Slot::Staging, g.out_channels * width, |staging| {
+                sgemm(par, m, k, width, weight, col, 0.0, staging, width);
+                restage(g, plan, &chunk, y, staging, bias, order.as_ref());
+            });
+            continue;
+        }
         let columns = Columns::new(images, g, plan, chunk, false);
         let col = if plan.pointwise {
             Rhs::View(MatRef::row_major(images, plan.pixels))
         } else {
             Rhs::Source(&columns)
         };
-        let (m, k) = (g.out_channels, plan.taps);
-        if chunk.images > 1 {
-            with_scratch(Slot::Staging, g.out_channels * width, |staging| {
-                sgemm(par, m, k, width, weight, col, 0.0, staging, width);
-                restage(g, plan, &chunk, y, staging, bias);
-            });
-            continue;
-        }
         // One image (or a block of its rows): the GEMM writes straight into
         // `y`; with a bias, pre-fill the rows with it and accumulate onto it.
         let out = &mut chunk.images_of_mut(y, plan.out_image)[chunk.rows.0 * g.out_w..];
@@ -1133,13 +1372,25 @@ fn input_grad_flipped(
     flipped: &Conv2dGeometry,
     limits: Limits,
 ) -> Result<Vec<f32>> {
+    input_grad_flipped_skipping(dy, w, g, flipped, limits, Skip::Auto)
+}
+
+/// [`input_grad_flipped`], skipping the padding taps as `skip` says.
+fn input_grad_flipped_skipping(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    flipped: &Conv2dGeometry,
+    limits: Limits,
+    skip: Skip,
+) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, flipped, limits)?;
     let taps = g.kernel_h * g.kernel_w;
     let per_out = g.in_channels * taps;
     let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
     with_indexed_lhs(w, taps, (g.in_channels, plan.taps), offset, |weight| {
-        forward_lhs(op, dy, weight, None, flipped, &plan)
+        forward_lhs(op, dy, weight, None, flipped, &plan, skip)
     })
 }
 
@@ -1329,9 +1580,248 @@ fn weight_grad_limits(g: &Conv2dGeometry) -> Limits {
 }
 
 fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
+    if by_classes(g) {
+        return weight_grad_classes(dy, x, g, limits);
+    }
     match shifted_rows(g) {
         Some(rows) => weight_grad_shifted(dy, x, g, &rows, limits),
         None => weight_grad_im2col(dy, x, g, limits),
+    }
+}
+
+/// Output images up to this many pixels may take the weight gradient tap
+/// by tap ([`by_classes`]): ResNet's 7x7 and 4x4 stages, the sizes it was
+/// measured at (its channels-last copy of `x` is as large as `x`).
+const CLASSES_MAX_PIXELS: usize = 64;
+
+/// Whether the weight gradient runs tap by tap ([`weight_grad_classes`]):
+/// kernels of more than one tap over small output images
+/// ([`CLASSES_MAX_PIXELS`]) with at least 32 input channels (one
+/// AVX-512 panel), where at least an eighth of the column matrix is
+/// padding; never with `FROSTGRAD_DW_CLASSES=0` (for comparison).
+///
+/// Measured on Zen 4, batch 32 at 112x112 (BENCHMARKS.md issue 9 item 31),
+/// CPU time against the column-matrix form: 3x3 512->512 at 4x4 (31 %
+/// padding) and 256->512 stride 2 to 4x4 (31 %) 0.82x, 256->256 at 7x7
+/// (18 %) 0.80x, but 128->256 stride 2 to 7x7 (9 %) 1.07x.
+fn by_classes(g: &Conv2dGeometry) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED
+        .get_or_init(|| std::env::var("FROSTGRAD_DW_CLASSES").map_or(true, |v| v.trim() != "0"));
+    if !enabled
+        || g.kernel_h * g.kernel_w < 2
+        || g.out_h * g.out_w > CLASSES_MAX_PIXELS
+        || g.in_channels < 32
+    {
+        return false;
+    }
+    // Products with a real input pixel, of all kernel taps x output pixels.
+    let valid = |out: usize, input: usize, stride: usize, k: usize, d: usize, pad: usize| {
+        (0..k)
+            .map(|t| {
+                let (lo, hi) = valid_outputs(out, input, stride, t * d, pad);
+                hi - lo
+            })
+            .sum::<usize>()
+    };
+    let rows = valid(
+        g.out_h,
+        g.in_h,
+        g.stride.0,
+        g.kernel_h,
+        g.dilation.0,
+        g.padding.0,
+    );
+    let cols = valid(
+        g.out_w,
+        g.in_w,
+        g.stride.1,
+        g.kernel_w,
+        g.dilation.1,
+        g.padding.1,
+    );
+    let all = g.kernel_h * g.out_h * g.kernel_w * g.out_w;
+    8 * (all - rows * cols) >= all
+}
+
+/// The weight gradient one tap `(kh, kw)` at a time, over only the output
+/// pixels where that tap sees a real input pixel:
+///
+/// `dW[:, :, kh, kw] = Σ_{valid p} dy[:, p] · x(kh, kw)[:, p]ᵀ`
+///
+/// (`[C_out, C_in]`, depth = the valid output pixels of every image). The
+/// column matrix multiplies the padding's zeros too: at ResNet's 4x4 stage
+/// 31 % of a 3x3 kernel's products (7x7: 18 %). Here each tap's depth is a
+/// rectangle of output pixels per image; `dy` is read where it lies through
+/// a table of those pixels (`gemm::with_indexed_lhs`) and `x`, transposed
+/// once per image group to channels-last, gives each depth row as `C_in`
+/// consecutive floats ([`TapRows`]), so packing is a copy.
+fn weight_grad_classes(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_weight_grad";
+    let plan = Plan::new(op, g, limits)?;
+    let (c_out, c_in, taps) = (g.out_channels, g.in_channels, g.kernel_h * g.kernel_w);
+    let block = c_out * c_in;
+    let mut by_tap = buffer_pool::zeroed(op, taps * block)?;
+    for_image_groups(
+        op,
+        &plan,
+        g,
+        &mut by_tap,
+        Output::Sum,
+        |first, count, rows, out, par| {
+            let dy = batch_images(dy, plan.out_image, first, count);
+            let x = batch_images(x, plan.in_image, first, count);
+            weight_grad_tap_images(dy, x, g, &plan, out, (count, rows), par);
+        },
+    )?;
+    // dW[o][c, kh, kw] = by_tap[(kh, kw)][o, c].
+    let mut dw = buffer_pool::zeroed(op, taps * block)?;
+    for (i, row) in dw.chunks_exact_mut(taps).enumerate() {
+        for (t, d) in row.iter_mut().enumerate() {
+            *d = by_tap[t * block + i];
+        }
+    }
+    buffer_pool::recycle(by_tap);
+    Ok(dw)
+}
+
+/// [`weight_grad_classes`] for output rows `rows` of `batch` images, added
+/// onto `out` (`[KH * KW, C_out, C_in]`).
+fn weight_grad_tap_images(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    out: &mut [f32],
+    (batch, rows): (usize, (usize, usize)),
+    par: Par,
+) {
+    let (c_out, c_in) = (g.out_channels, g.in_channels);
+    let plane = g.in_h * g.in_w;
+    let block = c_out * c_in;
+    if batch == 0 || block == 0 || plane == 0 {
+        return;
+    }
+    with_scratch(Slot::Staging, batch * plane * c_in, |xt| {
+        // Channels last: xt[(n * H * W + pixel) * C_in + c].
+        for (image, t) in x
+            .chunks_exact(plan.in_image)
+            .zip(xt.chunks_exact_mut(plane * c_in))
+        {
+            transpose(image, c_in, plane, t, c_in);
+        }
+        let xt = &*xt;
+        for kh in 0..g.kernel_h {
+            for kw in 0..g.kernel_w {
+                let rows = TapRows::new(g, xt, (batch, rows), kh, kw);
+                if rows.depth == 0 {
+                    continue;
+                }
+                let out = &mut out[(kh * g.kernel_w + kw) * block..][..block];
+                let pixels = (rows.h.1 - rows.h.0) * (rows.w.1 - rows.w.0);
+                let offset = |p: usize| {
+                    let (n, q) = (p / pixels, p % pixels);
+                    let (oh, ow) = rows.pixel(q);
+                    n * plan.out_image + oh * g.out_w + ow
+                };
+                with_indexed_lhs(dy, plan.pixels, (c_out, rows.depth), offset, |a| {
+                    sgemm(
+                        par,
+                        c_out,
+                        rows.depth,
+                        c_in,
+                        a,
+                        Rhs::Source(&rows),
+                        1.0,
+                        out,
+                        c_in,
+                    )
+                });
+            }
+        }
+    });
+}
+
+/// The right operand of one tap `(kh, kw)` of [`weight_grad_classes`]:
+/// `[depth, C_in]`, row `p` = the input pixel (all channels) that the tap
+/// sees at the `p`-th output pixel of its valid rectangle (image by image,
+/// within the output rows asked for), from channels-last images.
+struct TapRows<'a> {
+    xt: &'a [f32],
+    g: &'a Conv2dGeometry,
+    kh: usize,
+    kw: usize,
+    /// The output rows and columns where the tap sees real input pixels.
+    h: (usize, usize),
+    w: (usize, usize),
+    depth: usize,
+}
+
+impl<'a> TapRows<'a> {
+    fn new(
+        g: &'a Conv2dGeometry,
+        xt: &'a [f32],
+        (batch, rows): (usize, (usize, usize)),
+        kh: usize,
+        kw: usize,
+    ) -> Self {
+        let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+        let h = (h.0.max(rows.0), h.1.min(rows.1));
+        let h = (h.0.min(h.1), h.1);
+        let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+        let depth = batch * (h.1 - h.0) * (w.1 - w.0);
+        assert!(xt.len() >= batch * g.in_h * g.in_w * g.in_channels);
+        Self {
+            xt,
+            g,
+            kh,
+            kw,
+            h,
+            w,
+            depth,
+        }
+    }
+
+    /// The output pixel `(oh, ow)` of the rectangle's `q`-th pixel.
+    fn pixel(&self, q: usize) -> (usize, usize) {
+        let width = self.w.1 - self.w.0;
+        (self.h.0 + q / width, self.w.0 + q % width)
+    }
+
+    /// Depth row `p`: the channels-last input pixel it reads.
+    fn row(&self, p: usize) -> &[f32] {
+        let g = self.g;
+        let pixels = (self.h.1 - self.h.0) * (self.w.1 - self.w.0);
+        let (n, (oh, ow)) = (p / pixels, self.pixel(p % pixels));
+        let ih = oh * g.stride.0 + self.kh * g.dilation.0 - g.padding.0;
+        let iw = ow * g.stride.1 + self.kw * g.dilation.1 - g.padding.1;
+        &self.xt[((n * g.in_h + ih) * g.in_w + iw) * g.in_channels..][..g.in_channels]
+    }
+}
+
+impl PackB for TapRows<'_> {
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        assert!(pc + kc <= self.depth && jc + nc <= self.g.in_channels && nr > 0);
+        let panel = kc * nr;
+        for p in 0..kc {
+            let row = &self.row(pc + p)[jc..jc + nc];
+            for (q, values) in row.chunks(nr).enumerate() {
+                let dst = &mut out[q * panel + p * nr..][..nr];
+                dst[..values.len()].copy_from_slice(values);
+                dst[values.len()..].fill(0.0);
+            }
+        }
+    }
+}
+
+impl Source for TapRows<'_> {
+    fn shape(&self) -> (usize, usize) {
+        (self.depth, self.g.in_channels)
     }
 }
 
@@ -1783,12 +2273,16 @@ mod tests {
                 assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
                 assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                 assert_close(&what("dw"), &dw, &r.dw, 1e-5);
-                if shifted_rows(&g).is_some() {
+                if shifted_rows(&g).is_some() || by_classes(&g) {
                     // The im2col form still serves the layers the shifted
                     // one leaves (more row taps): check it here too.
                     let dw = pool.install(|| weight_grad_im2col(&dy, &x, &g, limits).unwrap());
                     assert_close(&what("dw im2col"), &dw, &r.dw, 1e-5);
                 }
+                // The tap-by-tap form on every geometry, not only the
+                // small padded images it is chosen for.
+                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                assert_close(&what("dw by taps"), &dw, &r.dw, 1e-5);
                 if let Some(flipped) = flipped_geometry(&g) {
                     let dx =
                         pool.install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
@@ -1874,6 +2368,108 @@ mod tests {
         let empty = geo([2, 0, 5, 5], [4, 0, 3, 3], (1, 1), (1, 1));
         let dy = vec![1.0; empty.output_shape().iter().product()];
         assert!(conv2d_weight_grad(&dy, &[], &empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tap_by_tap_weight_grad_matches_direct_loops_with_many_channels() {
+        // More input channels than one panel (ragged at 40), strides 1 and
+        // 2, against the float64 loops; the default limits and one group
+        // per thread, on a 2-thread pool: parallel image groups, split
+        // GEMMs, and (one 16x16 image) output rows split across threads.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, (input, stride)) in
+            [([3, 40, 4, 5], 1), ([2, 40, 7, 7], 2), ([1, 40, 16, 16], 1)]
+                .into_iter()
+                .enumerate()
+        {
+            let weight = [33, input[1], 3, 3];
+            let g = Conv2dGeometry::new(input, weight, (stride, stride), (1, 1), (1, 1)).unwrap();
+            let x = pseudo_random(input.iter().product(), 31 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 41 + case as u64);
+            let b = vec![0.0; weight[0]];
+            let dy = pseudo_random(g.output_shape().iter().product(), 51 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            // The 16x16 image is too large to be chosen, but is correct too.
+            assert_eq!(by_classes(&g), case < 2, "{g:?}");
+            for limits in [
+                LIMITS,
+                Limits {
+                    min_columns: 1,
+                    groups_per_thread: 1,
+                    ..LIMITS
+                },
+            ] {
+                let plan = Plan::new("test", &g, limits).unwrap();
+                let split_rows = pool.install(|| plan.row_groups(&g));
+                assert_eq!(split_rows, case == 2 && limits.groups_per_thread == 1);
+                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                assert_close(&format!("case {case}"), &dw, &r.dw, 1e-5);
+                let dw = pool.install(|| weight_grad_with(&dy, &x, &g, limits).unwrap());
+                assert_close(&format!("case {case} chosen"), &dw, &r.dw, 1e-5);
+            }
+            // The packed right operand at column offsets and ragged widths.
+            let xt: Vec<f32> = (0..g.batch)
+                .flat_map(|n| {
+                    let plane = g.in_h * g.in_w;
+                    let image = &x[n * g.in_channels * plane..][..g.in_channels * plane];
+                    (0..plane)
+                        .flat_map(move |q| (0..g.in_channels).map(move |c| image[c * plane + q]))
+                })
+                .collect();
+            let rows = TapRows::new(&g, &xt, (g.batch, (0, g.out_h)), 0, 2);
+            let (depth, cols) = rows.shape();
+            for (pc, kc, jc, nc) in [(0, depth, 0, cols), (1, depth - 2, 5, cols - 7)] {
+                for nr in [32, 16, 5] {
+                    let len = nc.div_ceil(nr) * nr * kc;
+                    let mut out = vec![f32::NAN; len];
+                    // SAFETY: the block lies inside the shape; `out` holds it.
+                    unsafe { rows.pack(pc, kc, jc, nc, nr, &mut out) };
+                    for (i, &got) in out.iter().enumerate() {
+                        let (q, p, j) = (i / (kc * nr), i % (kc * nr) / nr, i % nr);
+                        let col = q * nr + j;
+                        let want = if col < nc {
+                            rows.row(pc + p)[jc + col]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(got.to_bits(), want.to_bits(), "case {case} nr {nr} {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tap_by_tap_weight_grad_is_taken_where_padding_is_an_eighth() {
+        let geo = |input: [usize; 4], c_out, k, stride, padding| {
+            let weight = [c_out, input[1], k, k];
+            Conv2dGeometry::new(input, weight, (stride, stride), (padding, padding), (1, 1))
+                .unwrap()
+        };
+        // ResNet's 4x4 (31 % padding) and 7x7 (18 %) 3x3 layers.
+        for g in [
+            geo([32, 512, 4, 4], 512, 3, 1, 1),
+            geo([32, 256, 7, 7], 512, 3, 2, 1),
+            geo([8, 512, 7, 7], 512, 3, 1, 1),
+            geo([8, 256, 7, 7], 256, 3, 1, 1),
+        ] {
+            assert!(by_classes(&g), "{g:?}");
+        }
+        for g in [
+            // 9 % padding (stride 2 to 7x7), 14x14, no padding, a 1x1,
+            // the stem's 3 channels, fewer channels than a panel.
+            geo([8, 256, 14, 14], 512, 3, 2, 1),
+            geo([8, 256, 14, 14], 256, 3, 1, 1),
+            geo([8, 512, 7, 7], 512, 3, 1, 0),
+            geo([8, 512, 7, 7], 512, 1, 1, 0),
+            geo([8, 3, 8, 8], 64, 7, 2, 3),
+            geo([8, 16, 4, 4], 64, 3, 1, 1),
+        ] {
+            assert!(!by_classes(&g), "{g:?}");
+        }
     }
 
     #[test]
@@ -2069,6 +2665,206 @@ mod tests {
                 });
                 let what = format!("case {case} {g:?} dx");
                 assert_close(&what, &dx, &r.dx, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn skipping_padding_taps_matches_direct_loops_on_every_path() {
+        // The forward and the flipped input gradient with the columns in
+        // class order and the GEMM skipping the taps a panel's columns all
+        // miss, forced on (and off), against float64 loops, on every SIMD
+        // path this CPU has (the order is taken on the micro-kernel paths
+        // only; the portable path checks the plain one under the same
+        // calls). Geometries that give every class: 3x3 padding 1 at 4x4
+        // and 7x7, stride 2 from 7x7 to 4x4 (both edges padded), 14x14
+        // with a ragged last panel, a 5x5 kernel with padding 2, dilation
+        // 2, 2x2 and 1x1 images, padding past the kernel's reach (columns
+        // that see no tap at all); depths below one 256-deep block and
+        // above it by a few rows (C_in not a multiple of it), output
+        // channels ragged for both row tiles; groups of 1 to 4 images,
+        // with a last group of one.
+        let cases: &[(Case, usize)] = &[
+            (([5, 19, 4, 4], [21, 19, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([5, 29, 7, 7], [10, 29, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([4, 30, 7, 7], [9, 30, 3, 3], (2, 2), (1, 1), (1, 1)), 2),
+            (([3, 8, 14, 14], [6, 8, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([4, 3, 9, 8], [5, 3, 5, 5], (1, 1), (2, 2), (1, 1)), 3),
+            (([3, 4, 6, 7], [3, 4, 3, 3], (1, 1), (2, 2), (2, 2)), 2),
+            (([3, 40, 2, 2], [17, 40, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([3, 7, 1, 1], [5, 7, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([3, 2, 3, 3], [4, 2, 3, 3], (1, 1), (3, 3), (1, 1)), 2),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let before = simd::active();
+        for (case, &((input, weight, stride, padding, dilation), images)) in
+            cases.iter().enumerate()
+        {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 41 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 141 + case as u64);
+            let b = pseudo_random(weight[0], 241 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 341 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            let flipped = flipped_geometry(&g);
+            for path in simd::supported() {
+                simd::force(path).unwrap();
+                // Images per group: `images` for the forward, and as many
+                // pixels' worth for the flipped gradient's (input-sized)
+                // images; groups run in parallel, or one at a time split.
+                for groups_per_thread in [0, 1] {
+                    let limits = |pixels: usize| Limits {
+                        block_elems: usize::MAX / 2,
+                        min_columns: images * pixels,
+                        groups_per_thread,
+                        ..LIMITS
+                    };
+                    for skip in [Skip::On, Skip::Classes, Skip::Off] {
+                        let what = |k: &str| {
+                            format!("case {case} {g:?} {path:?} groups {groups_per_thread} {skip:?} {k}")
+                        };
+                        let limits_y = limits(g.out_h * g.out_w);
+                        let y = pool.install(|| {
+                            pool.broadcast(|_| {
+                                with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                            });
+                            forward_skipping(&x, &w, Some(&b), &g, limits_y, skip).unwrap()
+                        });
+                        assert_close(&what("y"), &y, &r.y, 1e-5);
+                        if let Some(flipped) = &flipped {
+                            let limits_dx = limits(g.in_h * g.in_w);
+                            let dx = pool.install(|| {
+                                input_grad_flipped_skipping(&dy, &w, &g, flipped, limits_dx, skip)
+                                    .unwrap()
+                            });
+                            assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                        }
+                    }
+                }
+                // Where the order is taken: grouped images on the
+                // micro-kernel paths, with the weight read in place.
+                let weight = Lhs::View(MatRef::row_major(&w, w.len() / weight[0]));
+                for skip in [Skip::On, Skip::Classes] {
+                    let taken = skip_order(&g, images, weight, skip).is_some();
+                    assert_eq!(
+                        taken,
+                        path != simd::SimdPath::Portable,
+                        "case {case} {path:?}"
+                    );
+                }
+                assert!(skip_order(&g, images, weight, Skip::Off).is_none());
+            }
+        }
+        simd::force(before).unwrap();
+    }
+
+    #[test]
+    fn ordered_panels_hold_the_live_rows_of_the_column_matrix_on_every_path() {
+        // Columns in class order (whole rows, and every column class:
+        // runs of one pixel, so the gather fill), packed whole and with
+        // only each panel's live rows, against the column matrix from the
+        // definition, for every path's fills at each panel width, blocks
+        // that start inside the taps and columns, into a poisoned buffer.
+        let cases: &[Case] = &[
+            ([3, 2, 4, 4], [1, 2, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([4, 3, 7, 7], [1, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([3, 1, 7, 6], [1, 1, 5, 3], (1, 1), (2, 1), (1, 1)),
+            ([5, 2, 2, 2], [1, 2, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ];
+        for &(input, weight, stride, padding, dilation) in cases {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 23);
+            let plan = Plan::new("test", &g, LIMITS).unwrap();
+            let chunk = Chunk {
+                first_image: 0,
+                images: g.batch,
+                rows: (0, g.out_h),
+            };
+            let (taps, width, period) = (plan.taps, chunk.columns(&g), g.kernel_h * g.kernel_w);
+            for split in [false, true] {
+                let order = ClassOrder::new(&g, g.batch, split).unwrap();
+                // The pixel of every column.
+                let mut pixel = vec![(0, 0, 0); width];
+                order.pieces(0, width, |j, image, oh, ow, len, _| {
+                    for e in 0..len {
+                        pixel[j + e] = (image, oh, ow + e);
+                    }
+                });
+                let col = |r: usize, j: usize| {
+                    let (c, kh, kw) = tap(&g, r);
+                    let (n, oh, ow) = pixel[j];
+                    let ih = source(oh, kh, g.stride.0, g.padding.0, g.dilation.0, g.in_h);
+                    let iw = source(ow, kw, g.stride.1, g.padding.1, g.dilation.1, g.in_w);
+                    match (ih, iw) {
+                        (Some(ih), Some(iw)) => {
+                            x[((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw]
+                        }
+                        _ => 0.0,
+                    }
+                };
+                for (pc, kc, jc, nc) in [(0, taps, 0, width), (1, taps - 2, 3, width - 3)] {
+                    for nr in [32, 16, 5] {
+                        for path in simd::supported() {
+                            let mut columns =
+                                Columns::new(&x, &g, &plan, chunk, false).ordered(Some(order));
+                            columns.path = path;
+                            assert_eq!(columns.depth_period(), Some(period));
+                            let panels = nc.div_ceil(nr);
+                            let masks: Vec<u64> = (0..panels)
+                                .map(|p| columns.panel_mask(jc + p * nr, nr.min(nc - p * nr)))
+                                .collect();
+                            let len = panels * nr * kc;
+                            for live in [false, true] {
+                                let mut out = vec![f32::NAN; len + 7];
+                                // SAFETY: the block lies inside the shape;
+                                // `out` holds it; one mask per panel.
+                                unsafe {
+                                    if live {
+                                        columns.pack_live((pc, kc), (jc, nc), nr, &masks, &mut out)
+                                    } else {
+                                        columns.pack(pc, kc, jc, nc, nr, &mut out)
+                                    }
+                                };
+                                assert!(out[len..].iter().all(|v| v.is_nan()), "wrote past");
+                                for (p, &mask) in masks.iter().enumerate() {
+                                    let rows: Vec<usize> = (pc..pc + kc)
+                                        .filter(|&r| !live || mask >> (r % period) & 1 == 1)
+                                        .collect();
+                                    for (i, &r) in rows.iter().enumerate() {
+                                        for jj in 0..nr {
+                                            let j = p * nr + jj;
+                                            let got = out[p * kc * nr + i * nr + jj];
+                                            let want = if j < nc { col(r, jc + j) } else { 0.0 };
+                                            assert_eq!(
+                                                got.to_bits(),
+                                                want.to_bits(),
+                                                "{g:?} split {split} {path:?} nr {nr} live {live} \
+                                                 block {:?}: panel {p} row {r} column {jj}",
+                                                (pc, kc, jc, nc)
+                                            );
+                                        }
+                                    }
+                                    // The rows a mask drops are zero in
+                                    // every column of the panel.
+                                    for r in
+                                        (pc..pc + kc).filter(|&r| mask >> (r % period) & 1 == 0)
+                                    {
+                                        for j in p * nr..(p * nr + nr).min(nc) {
+                                            assert_eq!(
+                                                col(r, jc + j),
+                                                0.0,
+                                                "{g:?}: a live row dropped"
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -98,6 +98,53 @@ pub(super) trait PackB: Sync {
     fn packed(&self, _pc: usize, _kc: usize, _jc: usize, _nc: usize, _nr: usize) -> Option<&[f32]> {
         None
     }
+
+    /// The period of the operand's zero pattern along the depth, when it
+    /// has one that [`Self::panel_mask`] describes (a padded convolution's
+    /// column matrix: depth row `r` is tap `r % (KH*KW)`, and a tap that
+    /// sees only padding is zero over a whole panel). At most 64. The
+    /// micro-kernel GEMM then multiplies each panel by its live depth rows
+    /// only (`microkernel::gemm`).
+    fn depth_period(&self) -> Option<usize> {
+        None
+    }
+
+    /// For the panel of columns `j0..j0 + cols`: bit `t` is clear only when
+    /// every depth row `r` with `r % period == t` is zero in all of them.
+    fn panel_mask(&self, _j0: usize, _cols: usize) -> u64 {
+        u64::MAX
+    }
+
+    /// As [`Self::pack`], but panel `p` (at `out[p * kc * nr..]`, as there)
+    /// holds only the depth rows `r` in `pc..pc + kc` whose bit `r %
+    /// period` is set in `masks[p]` (one mask per panel), in order, `nr`
+    /// floats each; the rest of the panel's `kc * nr` floats are scratch.
+    ///
+    /// # Safety
+    /// As [`Self::pack`]; [`Self::depth_period`] is `Some(period)` and
+    /// `masks` holds `nc.div_ceil(nr)` masks.
+    unsafe fn pack_live(
+        &self,
+        (pc, kc): (usize, usize),
+        (jc, nc): (usize, usize),
+        nr: usize,
+        masks: &[u64],
+        out: &mut [f32],
+    ) {
+        // The generic way: pack whole panels, then move the live rows up.
+        // SAFETY: the caller's contract is `pack`'s.
+        unsafe { self.pack(pc, kc, jc, nc, nr, out) };
+        let period = self.depth_period().unwrap_or(1).clamp(1, 64);
+        for (panel, &mask) in out.chunks_exact_mut(kc * nr).zip(masks) {
+            let mut live = 0;
+            for r in 0..kc {
+                if mask >> ((pc + r) % period) & 1 == 1 {
+                    panel.copy_within(r * nr..(r + 1) * nr, live * nr);
+                    live += 1;
+                }
+            }
+        }
+    }
 }
 
 /// The `nr`-column panels of a packed `kc x nc` block of columns

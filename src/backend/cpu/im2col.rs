@@ -247,6 +247,36 @@ pub(super) unsafe fn fill_panel(
 ) {
     assert!(cols <= nr && dst.len() >= taps.len() * nr);
     #[cfg(target_arch = "x86_64")]
+    if runs.len() > PANEL_RUNS && !taps.is_empty() {
+        // Many short runs (the class order of the padding skip, `conv.rs`,
+        // cuts rows at every column class): one gather per half panel and
+        // tap, whatever the runs, instead of a masked load and store per
+        // run and tap; on the kernels' own panel widths.
+        let gather_width = match path {
+            SimdPath::Avx512 => 32,
+            SimdPath::Avx2 => 16,
+            SimdPath::Portable => 0,
+        };
+        let lanes = (nr == gather_width)
+            .then(|| Lanes::new(geo, images, runs, cols, nr))
+            .flatten();
+        if let Some(lanes) = lanes {
+            assert!(runs.iter().all(|(off, r)| off + r.len <= cols));
+            // SAFETY: the CPU supports `path` (this function's contract)
+            // and `nr` is its gather's width; `Lanes::new` checked that
+            // every index fits i32; `dst` holds `taps.len()` rows of `nr`
+            // (asserted above); every pixel a tap sees lies in `images`.
+            unsafe {
+                if path == SimdPath::Avx512 {
+                    avx512::gather(images, geo, taps, &lanes, dst)
+                } else {
+                    avx2::gather(images, geo, taps, &lanes, dst)
+                }
+            }
+            return;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     {
         // The panel width each kernel's B panels have; AVX2's mask table
         // also bounds how many (run, kw) masks one panel may need.
@@ -417,6 +447,58 @@ pub(super) unsafe fn fill_patches(
             };
             q += count;
         }
+    }
+}
+
+/// The columns of one panel, lane by lane, for the gather fills: column
+/// `j` (of `cols`) is output pixel `ow[j]` of the output row whose first
+/// input row is `oh_s[j]`, and reads input index `base[j] + Tap::off` for
+/// a tap that sees input there. Lanes past `cols` are off.
+#[cfg(target_arch = "x86_64")]
+struct Lanes {
+    base: [i32; 32],
+    oh_s: [i32; 32],
+    ow: [i32; 32],
+    cols: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes {
+    /// The lanes of `runs` (each `(offset in the panel, run)`), when the
+    /// panel is one a gather fill writes (32 wide on AVX-512, 16 on AVX2:
+    /// `nr` of those) and every index and coordinate fits i32.
+    fn new(
+        geo: &Geometry,
+        images: &[f32],
+        runs: &[(usize, Run)],
+        cols: usize,
+        nr: usize,
+    ) -> Option<Self> {
+        let fits = |v: usize| i32::try_from(v).is_ok();
+        if !(nr == 32 || nr == 16) || cols > nr || !fits(images.len()) || !fits(geo.in_h) {
+            return None;
+        }
+        let mut lanes = Self {
+            base: [0; 32],
+            oh_s: [0; 32],
+            ow: [0; 32],
+            cols,
+        };
+        for &(off, run) in runs {
+            for e in 0..run.len {
+                let j = off + e;
+                // A lane's input index: only read where a tap sees input,
+                // so inside `images`, i.e. below i32::MAX (checked above).
+                lanes.base[j] = i32::try_from(run.base + e * geo.stride_w).ok()?;
+                lanes.oh_s[j] = i32::try_from(run.oh_s).ok()?;
+                lanes.ow[j] = i32::try_from(run.ow + e).ok()?;
+            }
+        }
+        // The taps' column ranges are compared with `ow` as i32 too.
+        geo.kw_ranges
+            .iter()
+            .all(|&(_, hi)| fits(hi))
+            .then_some(lanes)
     }
 }
 
@@ -709,6 +791,61 @@ mod avx512 {
         }
     }
 
+    /// [`super::fill_panel`] for a 32-wide panel of any columns: per tap
+    /// and half panel, the lanes that see input (real row, column inside
+    /// the tap's range, lane below `cols`) from three compares, and one
+    /// masked gather of `base + off`, zero elsewhere; the row stored whole.
+    ///
+    /// # Safety
+    /// AVX-512F is available; `dst` holds `taps.len() * 32` floats; every
+    /// pixel a tap sees over the lanes lies inside `images`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather(
+        images: &[f32],
+        geo: &Geometry,
+        taps: &[Tap],
+        lanes: &super::Lanes,
+        dst: &mut [f32],
+    ) {
+        let (img, out) = (images.as_ptr(), dst.as_mut_ptr());
+        let load = |a: &[i32; 32], h: usize| {
+            // SAFETY: 16 i32s at 16 * h, h < 2, inside the array.
+            unsafe { _mm512_loadu_si512(a.as_ptr().add(16 * h).cast()) }
+        };
+        let (base, oh_s, ow) = (
+            [load(&lanes.base, 0), load(&lanes.base, 1)],
+            [load(&lanes.oh_s, 0), load(&lanes.oh_s, 1)],
+            [load(&lanes.ow, 0), load(&lanes.ow, 1)],
+        );
+        let cols = bits(0, lanes.cols);
+        let on = [cols as u16, (cols >> 16) as u16];
+        let in_h = _mm512_set1_epi32(geo.in_h as i32);
+        for (i, t) in taps.iter().enumerate() {
+            let dh = _mm512_set1_epi32(t.dh as i32);
+            let (lo, hi) = (
+                _mm512_set1_epi32(t.w_lo as i32),
+                _mm512_set1_epi32(t.w_hi as i32),
+            );
+            // Only a hint of where the lanes read: formed with wrapping
+            // arithmetic, dereferenced only at the enabled lanes.
+            let p = img.wrapping_offset(t.off);
+            for h in 0..2 {
+                // A negative row is a huge unsigned one: one compare for
+                // both edges.
+                let row = _mm512_cmplt_epu32_mask(_mm512_add_epi32(oh_s[h], dh), in_h);
+                let col = _mm512_cmpge_epi32_mask(ow[h], lo) & _mm512_cmplt_epi32_mask(ow[h], hi);
+                let m = on[h] & row & col;
+                // SAFETY: an enabled lane is a pixel the tap sees, whose
+                // input index `base + off` lies inside `images` (the
+                // caller's promise); `dst` holds row i (32 floats).
+                unsafe {
+                    let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, base[h], p);
+                    _mm512_storeu_ps(out.add(32 * i + 16 * h), v);
+                }
+            }
+        }
+    }
+
     /// [`super::fill_taps`] for any run length (the weight gradient's runs
     /// along the depth, kernels wider than `KW_TABLE`) and stride `S` (1 or
     /// 2), 32 columns at a time, each tap's masks computed on their own.
@@ -816,6 +953,62 @@ mod avx2 {
 
     /// Mask vectors [`panel`] keeps per panel: `kernel_w * runs` of them.
     pub(super) const PANEL_MASKS: usize = 32;
+
+    /// The AVX-512 `gather` for a 16-wide panel: per tap and half panel,
+    /// the lanes that see input from signed compares (AVX2 has no unsigned
+    /// ones), and one masked gather.
+    ///
+    /// # Safety
+    /// AVX2 is available; `dst` holds `taps.len() * 16` floats; every
+    /// pixel a tap sees over the lanes lies inside `images`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gather(
+        images: &[f32],
+        geo: &Geometry,
+        taps: &[Tap],
+        lanes: &super::Lanes,
+        dst: &mut [f32],
+    ) {
+        let (img, out) = (images.as_ptr(), dst.as_mut_ptr());
+        let load = |a: &[i32; 32], h: usize| {
+            // SAFETY: 8 i32s at 8 * h, h < 2, inside the array.
+            unsafe { _mm256_loadu_si256(a.as_ptr().add(8 * h).cast()) }
+        };
+        let (base, oh_s, ow) = (
+            [load(&lanes.base, 0), load(&lanes.base, 1)],
+            [load(&lanes.oh_s, 0), load(&lanes.oh_s, 1)],
+            [load(&lanes.ow, 0), load(&lanes.ow, 1)],
+        );
+        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let cols = _mm256_set1_epi32(lanes.cols as i32);
+        let on = [
+            _mm256_cmpgt_epi32(cols, iota),
+            _mm256_cmpgt_epi32(cols, _mm256_add_epi32(iota, _mm256_set1_epi32(8))),
+        ];
+        let (in_h, minus_one) = (_mm256_set1_epi32(geo.in_h as i32), _mm256_set1_epi32(-1));
+        for (i, t) in taps.iter().enumerate() {
+            let dh = _mm256_set1_epi32(t.dh as i32);
+            let lo = _mm256_set1_epi32(t.w_lo as i32 - 1);
+            let hi = _mm256_set1_epi32(t.w_hi as i32);
+            let p = img.wrapping_offset(t.off);
+            for h in 0..2 {
+                let ih = _mm256_add_epi32(oh_s[h], dh);
+                let row = _mm256_and_si256(
+                    _mm256_cmpgt_epi32(ih, minus_one),
+                    _mm256_cmpgt_epi32(in_h, ih),
+                );
+                let col =
+                    _mm256_and_si256(_mm256_cmpgt_epi32(ow[h], lo), _mm256_cmpgt_epi32(hi, ow[h]));
+                let m = _mm256_castsi256_ps(_mm256_and_si256(on[h], _mm256_and_si256(row, col)));
+                // SAFETY: as in the AVX-512 `gather`: only enabled lanes,
+                // pixels the tap sees, are read; `dst` holds row i.
+                unsafe {
+                    let v = _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), p, base[h], m);
+                    _mm256_storeu_ps(out.add(16 * i + 8 * h), v);
+                }
+            }
+        }
+    }
 
     /// Whether [`panel`] reads a run whose `S * 16` positions from panel
     /// lane 0 lie inside `images` with plain loads, AND-ed with the load

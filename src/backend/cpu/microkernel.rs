@@ -1198,6 +1198,19 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
         Some(_) => None,
         None => a.in_place(n, K::MR),
     };
+    if let Some(period) = b.depth_period() {
+        let a_table = match (indexed, in_place) {
+            (Some(t), _) => Some(TableA::Indexed(t)),
+            (None, Some(v)) => TableA::strided(v, k),
+            (None, None) => None,
+        };
+        if let Some(a_table) = a_table.filter(|_| (1..=64).contains(&period)) {
+            // SAFETY: the caller's contract, forwarded.
+            return unsafe {
+                gemm_live::<K, B>(a_table, (i0, m), b, (j0, n), k, period, beta, c, rsc)
+            };
+        }
+    }
     let mut apack = PACK_A.with(Cell::take);
     let a_len = MC.div_ceil(K::MR) * K::MR * KC;
     if apack.len() < a_len {
@@ -1305,6 +1318,248 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
     if let Some(bpack) = bpack {
         PACK_B.with(|cell| cell.set(bpack));
     }
+}
+
+/// A left operand read where it lies, as [`gemm_live`] reads it: element
+/// `(i, p)` at `ptr + i*rs + offset(p)`.
+#[derive(Clone, Copy)]
+enum TableA {
+    /// `offset(p) = p * cs` (an in-place [`Raw`] view: the forward's weight).
+    Strided(Raw),
+    /// `offset(p) = offsets[p]` (the flipped input gradient's weight).
+    Indexed(Indexed),
+}
+
+impl TableA {
+    /// An in-place view whose depth offsets (`p * cs`, `p < k`) fit the
+    /// kernels' `u32` tables.
+    fn strided(v: Raw, k: usize) -> Option<Self> {
+        let last = k.saturating_sub(1).checked_mul(v.cs)?;
+        u32::try_from(last).ok().map(|_| Self::Strided(v))
+    }
+
+    fn base(self) -> (*const f32, usize) {
+        match self {
+            Self::Strided(v) => (v.ptr, v.rs),
+            Self::Indexed(t) => (t.ptr, t.rs),
+        }
+    }
+
+    /// The offset of depth step `p` from a row's start.
+    ///
+    /// # Safety
+    /// `p` is a depth step of the operand (`p < k`).
+    unsafe fn offset(self, p: usize) -> u32 {
+        match self {
+            // `p * cs <= (k - 1) * cs` fits u32 (checked in `strided`).
+            Self::Strided(v) => (p * v.cs) as u32,
+            // SAFETY: the table holds `k` entries (`Indexed`'s contract).
+            Self::Indexed(t) => unsafe { *t.offsets.add(p) },
+        }
+    }
+}
+
+/// Distinct panel masks [`gemm_live`] keeps depth tables for at once:
+/// every panel of an `NC`-column block may have its own.
+const LIVE_CLASSES: usize = NC / 16;
+
+thread_local! {
+    /// [`gemm_live`]'s depth tables: per class of panels, `KC` offsets of
+    /// its live depth rows and `KC` prefetch offsets. Sized for the most
+    /// classes from the first use on, so it never grows in a later step.
+    static LIVE_TABLES: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+}
+
+/// [`gemm`] for a right operand whose panels are zero on some depth rows
+/// (`PackB::depth_period`, a padded convolution's column matrix): each
+/// panel is packed with its live depth rows only (`PackB::pack_live`) and
+/// multiplied with the same rows of `a`, read where it lies through a
+/// table of their offsets ([`Kernel::run_indexed`]). A panel whose live
+/// rows are all of them runs exactly as in [`gemm`]. The first depth block
+/// with a live row takes `beta`; a panel with none gets `beta * C`.
+///
+/// Why: the padding taps of a small image are up to a third of its
+/// column matrix (3x3, padding 1: 18 % at 7x7, 31 % at 4x4), and multiplying
+/// them made ResNet's last stages 1.2-1.4x PyTorch's time, whose direct
+/// convolution skips them (BENCHMARKS.md, issue 9 items 21 and 29).
+///
+/// # Safety
+/// As [`gemm`]; `period` is `b`'s (`1..=64`), and `a` reads the `m x k`
+/// block at row `i0` in place.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
+    a: TableA,
+    (i0, m): (usize, usize),
+    b: &B,
+    (j0, n): (usize, usize),
+    k: usize,
+    period: usize,
+    beta: f32,
+    c: *mut f32,
+    rsc: usize,
+) {
+    let every = if period == 64 {
+        u64::MAX
+    } else {
+        (1u64 << period) - 1
+    };
+    let live_rows = |mask: u64, pc: usize, kc: usize| {
+        (pc..pc + kc).filter(move |&r| mask >> (r % period) & 1 == 1)
+    };
+    let (a_ptr, rs) = a.base();
+    let mut tables = LIVE_TABLES.with(Cell::take);
+    if tables.len() < LIVE_CLASSES * 2 * KC {
+        tables.resize(LIVE_CLASSES * 2 * KC, 0);
+    }
+    let mut bpack = take_pack_b(K::NR);
+    const PANELS: usize = NC / 16;
+    let mut masks = [0u64; PANELS];
+    let mut class_of = [0usize; PANELS];
+    let mut first_live = [usize::MAX; PANELS];
+    // The distinct partial masks of a column block, with their live rows
+    // in the current depth block.
+    let mut class_list = [(0u64, 0usize); LIVE_CLASSES];
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        let panels = nc.div_ceil(K::NR);
+        debug_assert!(panels <= PANELS);
+        let mut count = 0;
+        for p in 0..panels {
+            let cols = K::NR.min(nc - p * K::NR);
+            let mask = b.panel_mask(j0 + jc + p * K::NR, cols) & every;
+            masks[p] = mask;
+            // A panel whose every row is live keeps the dense kernels.
+            class_of[p] = if mask == every {
+                usize::MAX
+            } else {
+                match class_list[..count].iter().position(|&(m, _)| m == mask) {
+                    Some(i) => i,
+                    None if count < LIVE_CLASSES => {
+                        class_list[count] = (mask, 0);
+                        count += 1;
+                        count - 1
+                    }
+                    // More distinct masks than tables: computed densely.
+                    None => {
+                        masks[p] = every;
+                        usize::MAX
+                    }
+                }
+            };
+            // The residues repeat every `period` rows: the first live row,
+            // if any, is among the first `period`.
+            first_live[p] = live_rows(masks[p], 0, k.min(period))
+                .next()
+                .map_or(usize::MAX, |r| r / KC * KC);
+        }
+        let classes = &mut class_list[..count];
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            for (ci, (mask, live)) in classes.iter_mut().enumerate() {
+                let (offsets, prefetch) = tables[ci * 2 * KC..][..2 * KC].split_at_mut(KC);
+                *live = 0;
+                for r in live_rows(*mask, pc, kc) {
+                    // SAFETY: r < pc + kc <= k.
+                    offsets[*live] = unsafe { a.offset(r) };
+                    *live += 1;
+                }
+                prefetch_table(&offsets[..*live], rs, K::MR, &mut prefetch[..*live]);
+            }
+            // SAFETY: the kc x nc block at (pc, j0 + jc) lies inside b;
+            // bpack holds nc.div_ceil(NR) * NR * kc floats; one mask per
+            // panel.
+            unsafe { b.pack_live((pc, kc), (j0 + jc, nc), K::NR, &masks[..panels], &mut bpack) };
+            for ic in (0..m).step_by(MC) {
+                let mc = MC.min(m - ic);
+                for p in 0..panels {
+                    if first_live[p] > pc {
+                        continue; // no live row yet (or at all)
+                    }
+                    let jr = p * K::NR;
+                    let nr = K::NR.min(nc - jr);
+                    let beta_block = if first_live[p] == pc { beta } else { 1.0 };
+                    let bp = bpack[p * kc * K::NR..][..kc * K::NR].as_ptr();
+                    let class = match class_of[p] {
+                        usize::MAX => None,
+                        ci => Some((ci, classes[ci].1)),
+                    };
+                    if class.is_some_and(|(_, live)| live == 0) {
+                        continue;
+                    }
+                    for ir in (0..mc).step_by(K::MR) {
+                        let mr = K::MR.min(mc - ir);
+                        let row = i0 + ic + ir;
+                        // SAFETY: the mr x nr tile at (ic+ir, jc+jr) is
+                        // inside c; the panel holds its live rows (kc of
+                        // them for a dense panel), NR floats each; rows
+                        // row..row+mr of `a` at the tables' offsets (of
+                        // depth steps below k) lie inside it (the caller's
+                        // contract for a), and each table holds as many
+                        // entries as the kernel takes steps.
+                        unsafe {
+                            let tile = c.add((ic + ir) * rsc + jc + jr);
+                            let a_row = a_ptr.add(row * rs);
+                            match (class, a) {
+                                (Some((ci, live)), _) => {
+                                    let t = tables[ci * 2 * KC..].as_ptr();
+                                    K::run_indexed(
+                                        live,
+                                        a_row,
+                                        rs,
+                                        (t, t.add(KC)),
+                                        bp,
+                                        tile,
+                                        rsc,
+                                        beta_block,
+                                        mr,
+                                        nr,
+                                    )
+                                }
+                                (None, TableA::Indexed(t)) => K::run_indexed(
+                                    kc,
+                                    a_row,
+                                    rs,
+                                    (t.offsets.add(pc), t.prefetch.add(pc)),
+                                    bp,
+                                    tile,
+                                    rsc,
+                                    beta_block,
+                                    mr,
+                                    nr,
+                                ),
+                                (None, TableA::Strided(v)) => K::run_in_place(
+                                    kc,
+                                    a_row.add(pc * v.cs),
+                                    (v.rs, v.cs),
+                                    bp,
+                                    tile,
+                                    rsc,
+                                    beta_block,
+                                    mr,
+                                    nr,
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Panels without a live row: C = beta * C.
+        for p in (0..panels).filter(|&p| first_live[p] == usize::MAX) {
+            let jr = p * K::NR;
+            for i in 0..m {
+                for j in jr..jr + K::NR.min(nc - jr) {
+                    // SAFETY: inside the m x n block.
+                    unsafe {
+                        let at = c.add(i * rsc + jc + j);
+                        *at = if beta == 0.0 { 0.0 } else { beta * *at };
+                    }
+                }
+            }
+        }
+    }
+    LIVE_TABLES.with(|cell| cell.set(tables));
+    PACK_B.with(|cell| cell.set(bpack));
 }
 
 /// This thread's B packing buffer, at least [`pack_b_len`] floats.
@@ -1620,6 +1875,213 @@ mod tests {
             // Not a pass: this CPU cannot run the kernel, so nothing was
             // checked here (CI on another CPU, or a by-hand run there, does).
             eprintln!("SKIPPED: this CPU has no {} path", SimdPath::Avx2.name());
+        }
+    }
+
+    /// A `k x n` right operand that is zero on the depth rows `r` whose bit
+    /// `r % period` is clear in its column's mask, with that pattern
+    /// declared (`PackB::depth_period`), and packed by the trait's generic
+    /// `pack_live`.
+    struct Periodic {
+        data: Vec<f32>,
+        masks: Vec<u64>,
+        n: usize,
+        period: usize,
+    }
+
+    impl Periodic {
+        fn at(&self, r: usize, j: usize) -> f32 {
+            if self.masks[j] >> (r % self.period) & 1 == 1 {
+                self.data[r * self.n + j]
+            } else {
+                0.0
+            }
+        }
+    }
+
+    impl PackB for Periodic {
+        unsafe fn pack(
+            &self,
+            pc: usize,
+            kc: usize,
+            jc: usize,
+            nc: usize,
+            nr: usize,
+            out: &mut [f32],
+        ) {
+            for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
+                for p in 0..kc {
+                    for j in 0..nr {
+                        dst[p * nr + j] = if j < cols {
+                            self.at(pc + p, j0 + j)
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+
+        fn depth_period(&self) -> Option<usize> {
+            Some(self.period)
+        }
+
+        fn panel_mask(&self, j0: usize, cols: usize) -> u64 {
+            self.masks[j0..j0 + cols].iter().fold(0, |m, &c| m | c)
+        }
+    }
+
+    /// [`gemm_live`] against float64 on kernel `K`: depths below, at and
+    /// above `KC` (ragged last blocks, some shorter than the period), more
+    /// than `NC` columns, ragged panels and row tiles, panels with every
+    /// row live (the dense kernels), some live, none (beta * C), and more
+    /// distinct masks than fit one table per panel; A read in place
+    /// (row-major and transposed) and through an offset table; beta 0 into
+    /// NaN and beta 0.5.
+    fn check_live<K: Kernel>() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for &(m, k, n, period) in &[
+            (13, 9, 40, 9),
+            (20, 300, 70, 9),
+            (9, 517, 2100, 9),
+            (17, 40, 33, 64),
+            (5, 3, 50, 7),
+        ] {
+            let every = if period == 64 {
+                u64::MAX
+            } else {
+                (1 << period) - 1
+            };
+            // Column masks in runs, as a class order makes them: all,
+            // some, none; and in the widest case also every column its own.
+            let masks: Vec<u64> = (0..n)
+                .map(|j| match (j / 24) % 4 {
+                    0 => every,
+                    1 => every & 0b1011_0110,
+                    2 => 0,
+                    _ if n > NC => next() & every,
+                    _ => every & !1,
+                })
+                .collect();
+            let data: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b = Periodic {
+                data,
+                masks,
+                n,
+                period,
+            };
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: Vec<f64> = (0..m * n)
+                .map(|x| {
+                    let (i, j) = (x / n, x % n);
+                    (0..k)
+                        .map(|r| f64::from(a[i * k + r]) * f64::from(b.at(r, j)))
+                        .sum()
+                })
+                .collect();
+            // The same A as a table read of a buffer with its depth reversed.
+            let reversed: Vec<f32> = (0..m * k).map(|x| a[(x / k) * k + k - 1 - x % k]).collect();
+            let mut tables: Vec<u32> = (0..k).map(|p| (k - 1 - p) as u32).collect();
+            let mut prefetch = vec![0; k];
+            prefetch_table(&tables, k, K::MR, &mut prefetch);
+            tables.extend(prefetch);
+            let transposed: Vec<f32> = (0..m * k).map(|x| a[(x % m) * k + x / m]).collect();
+            for variant in 0..3 {
+                for beta in [0.0f32, 0.5] {
+                    let rsc = n + 3;
+                    let c0: Vec<f32> = (0..m * rsc)
+                        .map(|i| {
+                            if beta == 0.0 {
+                                f32::NAN
+                            } else {
+                                i as f32 * 0.01
+                            }
+                        })
+                        .collect();
+                    let mut c = c0.clone();
+                    let row_major = Raw {
+                        ptr: a.as_ptr(),
+                        rs: k,
+                        cs: 1,
+                    };
+                    let by_columns = Raw {
+                        ptr: transposed.as_ptr(),
+                        rs: 1,
+                        cs: m,
+                    };
+                    let indexed = Indexed {
+                        ptr: reversed.as_ptr(),
+                        rs: k,
+                        offsets: tables.as_ptr(),
+                        prefetch: tables[k..].as_ptr(),
+                    };
+                    // SAFETY: every operand holds the m x k / k x n block it
+                    // is described as, c holds m rows of rsc >= n; the test
+                    // only runs kernels the CPU supports.
+                    unsafe {
+                        let a = match variant {
+                            0 => TableA::Strided(row_major),
+                            1 => TableA::Strided(by_columns),
+                            _ => TableA::Indexed(indexed),
+                        };
+                        gemm_live::<K, _>(
+                            a,
+                            (0, m),
+                            &b,
+                            (0, n),
+                            k,
+                            period,
+                            beta,
+                            c.as_mut_ptr(),
+                            rsc,
+                        )
+                    };
+                    for i in 0..m {
+                        for j in 0..rsc {
+                            let got = f64::from(c[i * rsc + j]);
+                            let old = f64::from(c0[i * rsc + j]);
+                            if j >= n {
+                                assert!(
+                                    got.to_bits() == old.to_bits()
+                                        || (got.is_nan() && old.is_nan())
+                                );
+                                continue;
+                            }
+                            let w = want[i * n + j]
+                                + if beta == 0.0 {
+                                    0.0
+                                } else {
+                                    f64::from(beta) * old
+                                };
+                            assert!(
+                                (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                                "{m}x{k}x{n} period {period} variant {variant} beta {beta}: ({i},{j}) {got} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn live_rows_gemm_matches_reference_on_every_kernel() {
+        for path in [SimdPath::Avx512, SimdPath::Avx2] {
+            if !path.is_supported() {
+                // Not a pass: nothing was checked for this kernel here.
+                eprintln!("SKIPPED: this CPU has no {} path", path.name());
+                continue;
+            }
+            match path {
+                SimdPath::Avx512 => check_live::<Avx512>(),
+                _ => check_live::<Avx2>(),
+            }
         }
     }
 }

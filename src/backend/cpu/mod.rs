@@ -36,6 +36,7 @@ pub mod scratch;
 mod sgd;
 pub mod simd;
 mod strided;
+mod tap_classes;
 
 #[cfg(test)]
 mod test_data;

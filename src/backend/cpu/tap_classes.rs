@@ -16,6 +16,14 @@
 //! image by image, row by row. Against the best of all orders of the 9
 //! classes of a 3x3 layer this one leaves 0-2 % of the FMAs (a script's
 //! exhaustive search, 4x4 to 14x14, 2-16 images, both panel widths).
+//!
+//! The column classes cut every output row into pieces of a few pixels
+//! (one for the left and right edges), which the panel fill then gathers;
+//! so the order also comes with all columns as one class (whole rows,
+//! ordered by row class only), which `conv::skip_order` takes unless the
+//! column classes save clearly more (4x4 in groups of 8 on 32-wide panels:
+//! both 30 of 36 tap panels; 7x7 in groups of 8: 0.863 against 0.923 of
+//! the FMAs, not enough to pay for the gathers).
 
 use super::conv::valid_outputs;
 use crate::backend::Conv2dGeometry;
@@ -126,6 +134,7 @@ pub(super) struct ClassOrder {
     rows: Axis,
     cols: Axis,
     kernel_w: usize,
+    out_w: usize,
     images: usize,
 }
 
@@ -164,6 +173,7 @@ impl ClassOrder {
             rows,
             cols,
             kernel_w: g.kernel_w,
+            out_w: g.out_w,
             images,
         })
     }
@@ -199,6 +209,29 @@ impl ClassOrder {
         &self,
         j0: usize,
         count: usize,
+        visit: impl FnMut(usize, usize, usize, usize, usize, u64),
+    ) {
+        self.walk(j0, count, false, visit);
+    }
+
+    /// As [`Self::pieces`], but a piece may run on into the next output
+    /// rows where the pixels stay consecutive in the image plane (a class
+    /// of whole rows that follow each other): `ow + len` may pass `out_w`.
+    /// For copying the output, which needs no row boundaries.
+    pub(super) fn spans(
+        &self,
+        j0: usize,
+        count: usize,
+        visit: impl FnMut(usize, usize, usize, usize, usize, u64),
+    ) {
+        self.walk(j0, count, true, visit);
+    }
+
+    fn walk(
+        &self,
+        j0: usize,
+        count: usize,
+        across_rows: bool,
         mut visit: impl FnMut(usize, usize, usize, usize, usize, u64),
     ) {
         let end = j0 + count;
@@ -214,6 +247,9 @@ impl ClassOrder {
                 continue;
             }
             let taps = self.taps(row, col);
+            // Whole rows, one after the other: an image's pixels of this
+            // class are one stretch of its plane.
+            let plane = across_rows && col.contiguous && row.contiguous && cb == self.out_w;
             let mut q = j0.saturating_sub(start);
             let last = (end - start).min(size);
             while q < last {
@@ -221,7 +257,9 @@ impl ClassOrder {
                 let (ri, ci) = (rem / cb, rem % cb);
                 let oh = usize::from(self.rows.order[usize::from(row.start) + ri]);
                 let ow = usize::from(self.cols.order[usize::from(col.start) + ci]);
-                let len = if col.contiguous {
+                let len = if plane {
+                    (ra * cb - rem).min(last - q)
+                } else if col.contiguous {
                     (cb - ci).min(last - q)
                 } else {
                     1
@@ -335,6 +373,16 @@ mod tests {
                         assert_eq!(covered, count);
                     }
                 }
+                // Spans: the same columns, as stretches of image planes.
+                let mut covered = 0;
+                order.spans(0, columns, |off, image, oh, ow, len, _| {
+                    assert_eq!(off, covered);
+                    covered += len;
+                    for e in 0..len {
+                        assert_eq!(seen[off + e], image * pixels + oh * g.out_w + ow + e);
+                    }
+                });
+                assert_eq!(covered, columns);
                 let mut pixels_seen = seen.clone();
                 pixels_seen.sort_unstable();
                 assert_eq!(pixels_seen, (0..columns).collect::<Vec<_>>(), "{g:?}");

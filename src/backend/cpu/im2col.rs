@@ -321,8 +321,11 @@ pub(super) unsafe fn fill_panel(
 
 /// Kernel widths from which the weight gradient's transposed panels are
 /// packed patch by patch ([`fill_patches`]); 1- and 2-wide kernels (the
-/// 1x1 stride-2 layers) gather tap rows and transpose them
-/// (`conv::Columns::pack`): their patch rows are a value or two each.
+/// 1x1 stride-2 layers, the shifted weight gradient's row taps) gather tap
+/// rows and transpose them (`conv::Columns::pack`): their patch rows are a
+/// value or two each, and patch by patch the 1x1 64->128 stride-2 layer
+/// took 1.22x and the shifted 128->128 one 1.06x the CPU time (batch 32 at
+/// 112x112, BENCHMARKS.md issue 9 item 31).
 pub(super) const PATCH_MIN_KW: usize = 3;
 
 /// Pieces [`fill_patches`] prepares at once.

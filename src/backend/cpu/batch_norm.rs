@@ -675,12 +675,18 @@ mod tests {
             .unwrap();
             (f.output, f.mean, f.var, grads)
         };
-        let before = super::super::simd::active();
-        let reference = run();
-        for path in super::super::simd::supported() {
-            super::super::simd::force(path).unwrap();
-            let got = run();
-            super::super::simd::force(before).unwrap();
+        // Each path on this test's own threads (not `simd::force`, which
+        // the other tests running meanwhile would see).
+        use super::super::simd;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let reference = pool.install(run);
+        for path in simd::supported() {
+            simd::set_pool_path(&pool, Some(path));
+            let got = pool.install(run);
+            simd::set_pool_path(&pool, None);
             assert!(got == reference, "{} differs", path.name());
         }
     }

@@ -207,7 +207,16 @@ impl Plan {
             && g.stride == (1, 1)
             && g.padding == (0, 0);
         // Without a column matrix there is nothing to bound: whole images.
-        let rows_per_block = if pointwise {
+        // Nor where no column block is stored (the forward's and weight
+        // gradient's im2col packs the GEMM's panels itself; the plans with
+        // one group per thread, [`FORWARD_LIMITS`]) and the batch's rows
+        // are split across threads (fewer images than threads): there
+        // chunks only added a synchronisation each and narrower column
+        // blocks. ResNet's 3x3 64->64 forward at batch 1 in one chunk
+        // instead of two (32 and 24 rows): 2.33 -> 1.99 ms of CPU time
+        // (two threads sharing about one core, load 5).
+        let whole_images = limits.groups_per_thread == 1 && g.batch < rayon::current_num_threads();
+        let rows_per_block = if pointwise || whole_images {
             g.out_h.max(1)
         } else {
             rows_per_block
@@ -944,7 +953,7 @@ fn for_image_groups(
             // `batch * out_h` output rows (a run may span images).
             let total = g.batch * g.out_h;
             let runs = rayon::current_num_threads().clamp(1, total);
-            return in_runs(op, out, runs, |run, out| {
+            return in_runs(op, out, runs, true, |run, out| {
                 let (lo, hi) = (run * total / runs, (run + 1) * total / runs);
                 let mut row = lo;
                 while row < hi {
@@ -972,7 +981,7 @@ fn for_image_groups(
             // in order into its own buffer (see `in_runs`).
             let groups = g.batch.div_ceil(group);
             let runs = rayon::current_num_threads().clamp(1, groups);
-            in_runs(op, out, runs, |run, out| {
+            in_runs(op, out, runs, false, |run, out| {
                 for i in run * groups / runs..(run + 1) * groups / runs {
                     let first = i * group;
                     work(
@@ -997,10 +1006,18 @@ fn for_image_groups(
 /// start, and the pool's size class for them still grew now and then in a
 /// steady-state step (a few page faults per step, BENCHMARKS.md). The
 /// sum's order depends only on `runs`, not on scheduling.
+///
+/// With `pinned` and one run per thread, thread `r` of the pool runs run
+/// `r` (`rayon::broadcast`), so each thread meets the same chunk sizes, and
+/// so asks for the same scratch, in every call: the output-row runs of
+/// [`Plan::row_groups`] handed out by work stealing let a thread that had
+/// run no run in one step first take a scratch buffer in a later one (a
+/// steady-state scratch growth in `tests/cpu_buffer_pool.rs` at 3 threads).
 fn in_runs(
     op: &'static str,
     out: &mut [f32],
     runs: usize,
+    pinned: bool,
     run: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Result<()> {
     let mut partials = (1..runs)
@@ -1009,10 +1026,22 @@ fn in_runs(
     let targets: Vec<&mut [f32]> = std::iter::once(&mut *out)
         .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
         .collect();
-    targets
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(r, out)| run(r, out));
+    if pinned && runs == rayon::current_num_threads() {
+        let targets: Vec<std::sync::Mutex<&mut [f32]>> =
+            targets.into_iter().map(std::sync::Mutex::new).collect();
+        rayon::broadcast(|ctx| {
+            // Each index is one thread's alone: the lock never waits.
+            let mut out = targets[ctx.index()]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            run(ctx.index(), &mut out);
+        });
+    } else {
+        targets
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(r, out)| run(r, out));
+    }
     out.par_chunks_mut(1 << 14)
         .enumerate()
         .for_each(|(i, out)| {
@@ -1442,10 +1471,23 @@ fn input_grad_images(
         let per_channel = g.kernel_h * g.kernel_w;
         let unit = lcm(per_channel, row_align(weight_t)) / per_channel;
         let widest = plan.max_columns(g);
-        let channels = (plan.dx_block_elems / (widest * per_channel))
+        let mut channels = (plan.dx_block_elems / (widest * per_channel))
             .max(1)
             .next_multiple_of(unit)
             .min(g.in_channels.next_multiple_of(unit));
+        let threads = rayon::current_num_threads();
+        if par == Par::Split && threads > 1 {
+            // Split across threads: a multiple of the thread count of
+            // blocks as equal as `unit` allows (blocks of 148 and 108
+            // channels for the 256->512 stride-2 layer at batch 1 kept one
+            // thread waiting for the other a sixth of the time).
+            let blocks = g.in_channels.div_ceil(channels).next_multiple_of(threads);
+            channels = g
+                .in_channels
+                .div_ceil(blocks)
+                .next_multiple_of(unit)
+                .min(channels);
+        }
         let blocks = g.in_channels.div_ceil(channels);
         let block_len = channels.min(g.in_channels) * per_channel * widest;
         // Per block, each image's planes of the block's channels.
@@ -2273,6 +2315,8 @@ mod tests {
         // images at batch 2), with one chunk per run and with one row per
         // chunk, on the im2col form (stride 2, the stem's kind; a 1x1
         // stride-1 layer without a column matrix) and the shifted one.
+        // (With one group per thread and fewer images than threads, a
+        // run is one chunk per image it touches, whatever the block size.)
         // Each with at least 4 x ROW_GROUP_MIN_PIXELS output pixels.
         let cases: &[Case] = &[
             ([1, 3, 48, 46], [4, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
@@ -2677,7 +2721,6 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        let before = simd::active();
         for (case, &((input, weight, stride, padding, dilation), images)) in
             cases.iter().enumerate()
         {
@@ -2689,7 +2732,9 @@ mod tests {
             let r = reference(&g, &x, &w, &b, &dy);
             let flipped = flipped_geometry(&g);
             for path in simd::supported() {
-                simd::force(path).unwrap();
+                // On this test's threads only (not `simd::force`, which
+                // the other tests running meanwhile would see).
+                simd::set_pool_path(&pool, Some(path));
                 // Images per group: `images` for the forward, and as many
                 // pixels' worth for the flipped gradient's (input-sized)
                 // images; groups run in parallel, or one at a time split.
@@ -2736,7 +2781,49 @@ mod tests {
                 assert!(skip_order(&g, images, weight, Skip::Off).is_none());
             }
         }
-        simd::force(before).unwrap();
+        simd::set_pool_path(&pool, None);
+    }
+
+    /// The padding skip also runs when a group's product is split across
+    /// threads by rows (more output channels than columns): there the
+    /// split used to pack the columns once for all parts, keeping no live
+    /// rows, so the skip was silently lost (review of this session's diff).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_row_split_product_still_skips_the_padding() {
+        use super::super::microkernel::LIVE_CALLS;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let g =
+            Conv2dGeometry::new([4, 256, 4, 4], [512, 256, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+        let x = pseudo_random(4 * 256 * 16, 7);
+        let w = pseudo_random(512 * 256 * 9, 8);
+        let calls = || -> usize { pool.broadcast(|_| LIVE_CALLS.with(Cell::get)).iter().sum() };
+        for path in simd::supported() {
+            if path == simd::SimdPath::Portable {
+                continue; // the skip runs on the micro-kernel paths only
+            }
+            simd::set_pool_path(&pool, Some(path));
+            // Two-image groups, one at a time, each split across threads.
+            let limits = Limits {
+                min_columns: 2 * 16,
+                groups_per_thread: 1000,
+                ..LIMITS
+            };
+            let before = calls();
+            let y = pool
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::On))
+                .unwrap();
+            assert!(calls() > before, "{path:?}: no product skipped the padding");
+            let off = pool
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::Off))
+                .unwrap();
+            let off: Vec<f64> = off.iter().map(|&v| f64::from(v)).collect();
+            assert_close(&format!("{path:?} skip vs dense"), &y, &off, 1e-5);
+        }
+        simd::set_pool_path(&pool, None);
     }
 
     #[test]

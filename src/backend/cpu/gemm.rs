@@ -636,8 +636,13 @@ fn in_parts(
             .into_par_iter()
             .for_each(|p| block(b, bounds(p), bounds(p + 1)));
     };
+    // A source that can skip all-zero depth rows per panel (the padding
+    // taps of class-ordered convolution columns, `depth_period`) is not
+    // packed whole: the shared packing keeps no live rows, so every part
+    // would multiply the padding again (18-31 % of a 7x7 or 4x4 layer's
+    // products) to save a packing that costs a few percent.
     #[cfg(target_arch = "x86_64")]
-    if !split_columns && k > 0 {
+    if !split_columns && k > 0 && !matches!(b, Rhs::Source(s) if s.depth_period().is_some()) {
         use super::microkernel::{with_thread_packed_b, Raw};
         let (_, nr) = tile(lhs_path(a));
         if nr > 0 {

@@ -1370,6 +1370,13 @@ thread_local! {
     static LIVE_TABLES: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Calls of [`gemm_live`] on this thread (unit tests: whether a
+    /// product took the padding skip at all).
+    pub(super) static LIVE_CALLS: Cell<usize> = const { Cell::new(0) };
+}
+
 /// [`gemm`] for a right operand whose panels are zero on some depth rows
 /// (`PackB::depth_period`, a padded convolution's column matrix): each
 /// panel is packed with its live depth rows only (`PackB::pack_live`) and
@@ -1398,6 +1405,8 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
     c: *mut f32,
     rsc: usize,
 ) {
+    #[cfg(test)]
+    LIVE_CALLS.with(|n| n.set(n.get() + 1));
     let every = if period == 64 {
         u64::MAX
     } else {

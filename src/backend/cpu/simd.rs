@@ -81,6 +81,10 @@ static ACTIVE: AtomicU8 = AtomicU8::new(0);
 
 /// The path the GEMM runs now.
 pub fn active() -> SimdPath {
+    #[cfg(test)]
+    if let Some(p) = THREAD_PATH.with(std::cell::Cell::get) {
+        return p;
+    }
     if let Some(p) = SimdPath::from_code(ACTIVE.load(Ordering::Relaxed)) {
         return p;
     }
@@ -133,6 +137,25 @@ pub fn force(path: SimdPath) -> Result<()> {
     }
     ACTIVE.store(path.code(), Ordering::Relaxed);
     Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// A path [`active`] reports on this thread only (unit tests): set on
+    /// every worker of a test's own rayon pool, it runs that test on each
+    /// path without [`force`], whose process-wide switch other tests of the
+    /// same binary, running meanwhile, would see halfway through.
+    static THREAD_PATH: std::cell::Cell<Option<SimdPath>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes [`active`] report `path` (`None`: the process-wide choice again)
+/// on the calling thread and on every thread of `pool` (unit tests only;
+/// see [`THREAD_PATH`]): work the test runs through `pool.install` then
+/// runs on `path`.
+#[cfg(test)]
+pub(crate) fn set_pool_path(pool: &rayon::ThreadPool, path: Option<SimdPath>) {
+    THREAD_PATH.with(|c| c.set(path));
+    pool.broadcast(|_| THREAD_PATH.with(|c| c.set(path)));
 }
 
 #[cfg(test)]

@@ -355,31 +355,51 @@ pub(super) fn with_packed_rhs<R>(
     assert!(fits, "gemm: rhs {k}x{n} exceeds its buffer");
     #[cfg(target_arch = "x86_64")]
     {
-        use super::microkernel::{with_thread_packed_b, Raw};
         let (_, nr) = tile(simd::active());
         if nr > 0 && k > 0 && n > 0 {
-            let raw;
-            let source: &dyn PackB = match b {
-                Rhs::View(v) => {
-                    raw = Raw {
-                        ptr: v.data.as_ptr(),
-                        rs: v.row_stride,
-                        cs: v.col_stride,
-                    };
-                    &raw
-                }
-                Rhs::Source(s) => s,
-            };
-            // SAFETY: `source` is `k x n` (checked above).
-            return unsafe {
-                with_thread_packed_b(source, k, n, nr, false, |packed| match packed {
-                    Some(packed) => f(Rhs::Source(packed)),
-                    None => f(b),
-                })
-            };
+            // SAFETY: `b` is `k x n` (checked above).
+            return unsafe { with_whole_packed(b, k, n, nr, false, f) };
         }
     }
     f(b)
+}
+
+/// Runs `f` with `b` (`k x n`) packed whole for panel width `nr` into this
+/// thread's packing buffer (in pieces on all threads with `parallel`), or
+/// with `b` itself where it does not fit there
+/// ([`super::microkernel::with_thread_packed_b`]).
+///
+/// # Safety
+/// `b` is a `k x n` operand.
+#[cfg(target_arch = "x86_64")]
+unsafe fn with_whole_packed<R>(
+    b: Rhs<'_>,
+    k: usize,
+    n: usize,
+    nr: usize,
+    parallel: bool,
+    f: impl FnOnce(Rhs<'_>) -> R,
+) -> R {
+    use super::microkernel::{with_thread_packed_b, Raw};
+    let raw;
+    let source: &dyn PackB = match b {
+        Rhs::View(v) => {
+            raw = Raw {
+                ptr: v.data.as_ptr(),
+                rs: v.row_stride,
+                cs: v.col_stride,
+            };
+            &raw
+        }
+        Rhs::Source(s) => s,
+    };
+    // SAFETY: `source` is `b`, `k x n` (the caller's contract).
+    unsafe {
+        with_thread_packed_b(source, k, n, nr, parallel, |packed| match packed {
+            Some(packed) => f(Rhs::Source(packed)),
+            None => f(b),
+        })
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -643,29 +663,11 @@ fn in_parts(
     // products) to save a packing that costs a few percent.
     #[cfg(target_arch = "x86_64")]
     if !split_columns && k > 0 && !matches!(b, Rhs::Source(s) if s.depth_period().is_some()) {
-        use super::microkernel::{with_thread_packed_b, Raw};
         let (_, nr) = tile(lhs_path(a));
         if nr > 0 {
-            let raw;
-            let source: &dyn PackB = match b {
-                Rhs::View(v) => {
-                    raw = Raw {
-                        ptr: v.data.as_ptr(),
-                        rs: v.row_stride,
-                        cs: v.col_stride,
-                    };
-                    &raw
-                }
-                Rhs::Source(s) => s,
-            };
             let parallel = k * n >= PARALLEL_PACK_MIN;
             // SAFETY: `b` is `k x n` (`check_views`).
-            return unsafe {
-                with_thread_packed_b(source, k, n, nr, parallel, |packed| match packed {
-                    Some(packed) => run(Rhs::Source(packed)),
-                    None => run(b),
-                })
-            };
+            return unsafe { with_whole_packed(b, k, n, nr, parallel, run) };
         }
     }
     run(b);

@@ -1182,15 +1182,8 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
         return;
     }
     if k == 0 {
-        for i in 0..m {
-            for j in 0..n {
-                // SAFETY: inside the m x n block.
-                unsafe {
-                    let p = c.add(i * rsc + j);
-                    *p = if beta == 0.0 { 0.0 } else { beta * *p };
-                }
-            }
-        }
+        // SAFETY: the m x n block is the caller's (this function's contract).
+        unsafe { scale_block(c, rsc, m, n, beta) };
         return;
     }
     let indexed = a.indexed();
@@ -1556,19 +1549,31 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
         // Panels without a live row: C = beta * C.
         for p in (0..panels).filter(|&p| first_live[p] == usize::MAX) {
             let jr = p * K::NR;
-            for i in 0..m {
-                for j in jr..jr + K::NR.min(nc - jr) {
-                    // SAFETY: inside the m x n block.
-                    unsafe {
-                        let at = c.add(i * rsc + jc + j);
-                        *at = if beta == 0.0 { 0.0 } else { beta * *at };
-                    }
-                }
-            }
+            // SAFETY: the panel's columns jc + jr.. (at most nc - jr of
+            // them) over all m rows lie inside the m x n block.
+            unsafe { scale_block(c.add(jc + jr), rsc, m, K::NR.min(nc - jr), beta) };
         }
     }
     LIVE_TABLES.with(|cell| cell.set(tables));
     PACK_B.with(|cell| cell.set(bpack));
+}
+
+/// `C = beta * C` for an `m x n` block (a product with nothing to sum):
+/// zeros when `beta` is 0, so whatever `C` held (NaN included) is not read.
+///
+/// # Safety
+/// `c` points at a writable `m x n` block with row stride `rsc` that
+/// nothing else accesses meanwhile.
+unsafe fn scale_block(c: *mut f32, rsc: usize, m: usize, n: usize, beta: f32) {
+    for i in 0..m {
+        for j in 0..n {
+            // SAFETY: inside the m x n block (the caller's contract).
+            unsafe {
+                let p = c.add(i * rsc + j);
+                *p = if beta == 0.0 { 0.0 } else { beta * *p };
+            }
+        }
+    }
 }
 
 /// This thread's B packing buffer, at least [`pack_b_len`] floats.

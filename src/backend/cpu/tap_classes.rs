@@ -15,7 +15,8 @@
 //! missing taps where a panel straddles two of them. Within a class,
 //! image by image, row by row. Against the best of all orders of the 9
 //! classes of a 3x3 layer this one leaves 0-2 % of the FMAs (a script's
-//! exhaustive search, 4x4 to 14x14, 2-16 images, both panel widths).
+//! exhaustive search, 4x4 to 14x14, 2-16 images, both panel widths; the
+//! script was not committed).
 //!
 //! The column classes cut every output row into pieces of a few pixels
 //! (one for the left and right edges), which the panel fill then gathers;

@@ -11,6 +11,9 @@ Timing is wall-clock per phase (with `torch.cuda.synchronize()` on CUDA).
     python3 scripts/bench_pytorch.py --device cpu --batch 8 --size 224 --json out.json
 
 On CUDA, cuDNN is used with TF32 off (fp32 arithmetic, like ours).
+On the CPU the JSON's `cpu_isa` records what ATen and oneDNN actually ran
+(scripts/torch_isa.py); `scripts/compare.sh --isa avx2` limits both through
+the environment (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA).
 """
 
 import argparse
@@ -27,6 +30,8 @@ try:
 except ImportError as e:  # the GPU box may lack PyTorch
     print(f"error: PyTorch/torchvision not available: {e}", file=sys.stderr)
     sys.exit(2)
+
+import torch_isa  # noqa: E402  (scripts/, next to this file)
 
 MODES = {
     "finetune": "*",
@@ -166,6 +171,7 @@ def main():
         "framework": f"pytorch {torch.__version__}",
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
+        "cpu_isa": torch_isa.report() if args.device == "cpu" else None,
         "batch": args.batch,
         "size": args.size,
         "modes": results,

@@ -22,6 +22,10 @@ def main():
     t = {m["name"]: m for m in theirs["modes"]}
     print(f"frostgrad vs {theirs['framework']} on {theirs['device']}, "
           f"batch {ours['batch']} at {ours['size']}px (median ms per step)")
+    isa = theirs.get("cpu_isa")
+    if isa:
+        print(f"ISA: frostgrad {ours.get('simd_path', '?')}; PyTorch ATen {isa['aten']}, "
+              f"oneDNN {isa['onednn_isa']} (convolution {isa['onednn_conv']}); CPU {ours.get('cpu_model', '?')}")
     print(f"{'mode':<10} {'frostgrad':>10} {'PyTorch':>10} {'ours/theirs':>12} "
           f"{'fwd ours/theirs':>16} {'bwd ours/theirs':>16} {'peak MiB ours/theirs':>21}")
     for m in ours["modes"]:

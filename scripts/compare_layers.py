@@ -20,6 +20,12 @@ total a step spends (occurrences x median).
 
     /work/venv/bin/python scripts/compare_layers.py [--reps 5] [--rounds 2]
         [--threads N] [--filter bn] [--batch 8] [--size 224] [--json out.json] [--no-build]
+        [--isa native|avx2|avx512]
+
+`--isa avx2` limits both sides to AVX2+FMA (ours: FROSTGRAD_SIMD=avx2;
+PyTorch: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2, see
+scripts/torch_isa.py); on an AVX-512 machine that is a proxy for an
+AVX2-only CPU, not one. The header and the JSON name what each side ran.
 
 It asserts nothing: speed is reported, never tested.
 """
@@ -32,6 +38,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch_isa  # scripts/, next to this file
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "target" / "release" / "examples" / "layer_timing"
@@ -163,7 +171,10 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224, help="input resolution")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--isa", default="native", choices=sorted(torch_isa.ISA_ENV))
     args = ap.parse_args()
+    # Before `import torch`: ATen and oneDNN read their limits when they load.
+    torch_isa.request(args.isa)
     if not args.no_build:
         subprocess.run(
             ["cargo", "build", "--release", "--example", "layer_timing"], cwd=ROOT, check=True
@@ -171,6 +182,7 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
+    isa = torch_isa.report()
     ours, theirs, meta = {}, {}, None
     for _ in range(args.rounds):
         doc = run_frostgrad(args.reps, args.threads, args.filter, args.batch, args.size)
@@ -191,7 +203,8 @@ def main():
     print(
         f"CPU {model}; batch {args.batch} at {args.size}x{args.size}; "
         f"{args.threads} threads both sides; frostgrad SIMD path {meta['simd']}; "
-        f"PyTorch {torch.__version__}; medians of {args.rounds} rounds x {args.reps} repeats; "
+        f"PyTorch {torch.__version__} (ATen {isa['aten']}, oneDNN {isa['onednn_isa']}, "
+        f"convolution {isa['onednn_conv']}); medians of {args.rounds} rounds x {args.reps} repeats; "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     head = (
@@ -249,6 +262,8 @@ def main():
                     "threads": args.threads,
                     "simd": meta["simd"],
                     "torch": torch.__version__,
+                    "isa_requested": args.isa,
+                    "torch_isa": isa,
                     "rows": rows,
                 },
                 indent=1,

@@ -105,8 +105,31 @@ const MIN_GEMM_COLUMNS: usize = 768;
 /// gradients keep two per thread (but see [`weight_grad_limits`]).
 const FORWARD_LIMITS: Limits = Limits {
     groups_per_thread: 1,
+    group_pack_elems: Some(GROUP_PACK_ELEMS),
     ..LIMITS
 };
+
+/// The most floats of one depth block of a forward image group's packed
+/// columns (1 MiB: Zen 4's L2 per core), in blocks [`GROUP_PACK_DEPTH`]
+/// deep. The forward (and the flipped input gradient) stores no column
+/// matrix: its GEMM packs the group's columns from the images one depth
+/// block at a time (`Columns::pack` / `pack_live`) and multiplies every
+/// 144-row block of the weight by that packed block, so the block, not
+/// `C_in * KH * KW` rows of columns, is what has to stay in cache. So the
+/// group is bounded by `GROUP_PACK_DEPTH * columns`, not by
+/// `COL_BLOCK_ELEMS / (taps * pixels)` (which held ResNet's 4x4 and 7x7
+/// stages at batch 32 to groups of 8 images: 14 and 9 fit). That allows
+/// up to 1024 columns; [`MIN_GEMM_COLUMNS`] and the one-group-per-thread
+/// share take 16 images at 4x4 (256 columns, a 256 KiB block) and at 7x7
+/// (784 columns, 784 KiB). 16 images at 4x4 let the padding skip separate
+/// the corner and edge columns into whole panels (0.750 of the FMAs
+/// against 0.833 with 8, `ClassOrder::live_share`); at batch 32 x 112,
+/// AVX-512, 3x3 512->512 @4 and 256->256 @7 forwards took 0.96x the CPU
+/// time of groups of 8 (BENCHMARKS.md, issue 9).
+const GROUP_PACK_ELEMS: usize = 1 << 18;
+
+/// The depth of the micro-kernel GEMM's packed blocks (`microkernel::KC`).
+const GROUP_PACK_DEPTH: usize = 256;
 
 /// The input gradient computes `Wᵀ · dy` in row blocks of whole input
 /// channels of about this many floats (256 KiB, a quarter of Zen 4's L2)
@@ -134,6 +157,10 @@ struct Limits {
     /// Target size of the input gradient's row blocks
     /// ([`INPUT_GRAD_BLOCK_ELEMS`]).
     dx_block_elems: usize,
+    /// For plans whose GEMM packs the columns itself, one depth block at
+    /// a time ([`GROUP_PACK_ELEMS`]): the bound on a packed block, which
+    /// then sizes image groups instead of `block_elems`.
+    group_pack_elems: Option<usize>,
 }
 
 const LIMITS: Limits = Limits {
@@ -141,6 +168,7 @@ const LIMITS: Limits = Limits {
     min_columns: MIN_GEMM_COLUMNS,
     groups_per_thread: 2,
     dx_block_elems: INPUT_GRAD_BLOCK_ELEMS,
+    group_pack_elems: None,
 };
 
 /// A set of output columns processed together: output rows `rows` of
@@ -185,7 +213,10 @@ impl Plan {
             1
         } else {
             let wanted = limits.min_columns.div_ceil(pixels.max(1));
-            let fit = limits.block_elems / (taps * pixels).max(1);
+            let fit = match limits.group_pack_elems {
+                Some(elems) => elems / (taps.min(GROUP_PACK_DEPTH) * pixels).max(1),
+                None => limits.block_elems / (taps * pixels).max(1),
+            };
             // With one group per thread (the forward), at least as many
             // groups as threads: one group of all 8 images (layer4's
             // 256->512 stride-2 forward) ran its GEMM split by rows, each
@@ -1719,7 +1750,12 @@ const SMALL_WEIGHT_ELEMS: usize = 1 << 18;
 fn weight_grad_limits(g: &Conv2dGeometry) -> Limits {
     let elems = g.out_channels * g.in_channels * g.kernel_h * g.kernel_w;
     if elems <= SMALL_WEIGHT_ELEMS {
-        FORWARD_LIMITS
+        // Its im2col is stored whole per group (the GEMM's depth is the
+        // pixels): groups stay bounded by `block_elems`.
+        Limits {
+            group_pack_elems: None,
+            ..FORWARD_LIMITS
+        }
     } else {
         LIMITS
     }
@@ -2387,12 +2423,14 @@ mod tests {
                     min_columns: 1,
                     groups_per_thread: 2,
                     dx_block_elems: 1,
+                    group_pack_elems: None,
                 },
                 Limits {
                     block_elems: 2 * taps_row,
                     min_columns: 1,
                     groups_per_thread: 2,
                     dx_block_elems: 1,
+                    group_pack_elems: None,
                 },
                 // One whole image per chunk (the 1x1 case takes the im2col-free path).
                 Limits {
@@ -2400,6 +2438,7 @@ mod tests {
                     min_columns: 1,
                     groups_per_thread: 2,
                     dx_block_elems: 1,
+                    group_pack_elems: None,
                 },
                 // Two images per chunk, so a batch of 3 ends in a partial group.
                 Limits {
@@ -2407,6 +2446,7 @@ mod tests {
                     min_columns: 2 * pixels,
                     groups_per_thread: 2,
                     dx_block_elems: 1,
+                    group_pack_elems: None,
                 },
             ];
             // Each variant again with image groups run in parallel (on a
@@ -2706,6 +2746,43 @@ mod tests {
     }
 
     #[test]
+    fn forward_groups_are_bounded_by_the_packed_block() {
+        // ResNet's stride-1 3x3 layers at batch 32 x 112: the forward packs
+        // one 256-deep block of its columns at a time, so 4x4 and 7x7
+        // images go 16 to a group (one per thread), where the whole column
+        // matrix (4608 or 2304 taps deep) held them to 14 and 9, i.e.
+        // groups of 8; 14x14 stays at 4 (768 columns), 28x28 at one.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for (c, size, want, old) in [
+                (512, 4, 16, 8),
+                (256, 7, 16, 8),
+                (128, 14, 4, 4),
+                (64, 28, 1, 1),
+            ] {
+                let g =
+                    Conv2dGeometry::new([32, c, size, size], [c, c, 3, 3], (1, 1), (1, 1), (1, 1))
+                        .unwrap();
+                let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+                assert_eq!(plan.images_per_chunk, want, "{c} @{size}");
+                assert!(plan.parallel_groups(&g));
+                // Bounded by the whole column matrix (what a plan that
+                // stores it keeps).
+                let limits = Limits {
+                    group_pack_elems: None,
+                    ..FORWARD_LIMITS
+                };
+                let plan = Plan::new("test", &g, limits).unwrap();
+                assert_eq!(plan.images_per_chunk, old, "{c} @{size}, stored");
+                assert!(want * size * size * GROUP_PACK_DEPTH <= GROUP_PACK_ELEMS);
+            }
+        });
+    }
+
+    #[test]
     fn input_grad_row_blocks_match_direct_loops() {
         // Input channels that the row blocks do not divide (blocks of whole
         // channels starting at multiples of the packed Wᵀ's row tile: 8
@@ -2742,6 +2819,7 @@ mod tests {
                         min_columns,
                         groups_per_thread,
                         dx_block_elems,
+                        group_pack_elems: None,
                     };
                     let dx = pool.install(|| {
                         pool.broadcast(|_| {
@@ -2862,9 +2940,12 @@ mod tests {
         // that see no tap at all); depths below one 256-deep block and
         // above it by a few rows (C_in not a multiple of it), output
         // channels ragged for both row tiles; groups of 1 to 4 images,
-        // with a last group of one.
+        // with a last group of one; and 16 images.
         let cases: &[(Case, usize)] = &[
             (([5, 19, 4, 4], [21, 19, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            // 16 images at 4x4: the corner and edge columns fill whole
+            // 32-wide panels (the forward's groups at batch 32).
+            (([17, 5, 4, 4], [9, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 16),
             (([5, 29, 7, 7], [10, 29, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
             (([4, 30, 7, 7], [9, 30, 3, 3], (2, 2), (1, 1), (1, 1)), 2),
             (([3, 8, 14, 14], [6, 8, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
@@ -3283,6 +3364,7 @@ mod tests {
             min_columns: 1,
             groups_per_thread: 2,
             dx_block_elems: 1,
+            group_pack_elems: None,
         };
         let poison = || {
             with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));

@@ -3299,6 +3299,7 @@ mod tests {
                     min_columns,
                     groups_per_thread,
                     dx_block_elems: 1 << 10,
+                    group_pack_elems: None,
                 };
                 for overwrite in [true, false] {
                     // A dirty buffer of dx's size for the pool to hand out.

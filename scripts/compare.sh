@@ -4,7 +4,13 @@
 # and each side's speedup of transfer learning over fine-tuning.
 #
 #   scripts/compare.sh [--device cpu|cuda] [--batch N] [--size S] [--steps K] [--warmup W]
-#                      [--modes a,b] [--isa native|avx2|avx512]
+#                      [--modes a,b] [--isa native|avx2|avx512] [--threads N]
+#
+# --threads N runs both sides on N threads (RAYON_NUM_THREADS for ours,
+# torch.set_num_threads for PyTorch); default: each side's own default. On a
+# machine shared with other jobs, one thread per side is the steadier
+# comparison: PyTorch's OpenMP threads wait for each other at every
+# parallel region, so another job's load costs it far more than its share.
 #
 # --isa avx2 limits both sides to AVX2+FMA: ours with FROSTGRAD_SIMD=avx2,
 # PyTorch with ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2. On an
@@ -18,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-device=cpu batch="" size=224 steps=5 warmup=1 isa=native modes=""
+device=cpu batch="" size=224 steps=5 warmup=1 isa=native modes="" threads=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -28,6 +34,7 @@ while [ $# -gt 0 ]; do
     --warmup) warmup=$2; shift 2 ;;
     --modes) modes=$2; shift 2 ;;
     --isa) isa=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
     *) echo "error: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -49,10 +56,15 @@ esac
 
 common=(--device "$device" --batch "$batch" --size "$size" --steps "$steps" --warmup "$warmup")
 [ -z "$modes" ] || common+=(--modes "$modes")
+torch_threads=()
+if [ -n "$threads" ]; then
+  ours_env+=(RAYON_NUM_THREADS="$threads")
+  torch_threads=(--threads "$threads")
+fi
 echo "== frostgrad (isa $isa)" >&2
 env "${ours_env[@]}" "$FROSTGRAD" bench "${common[@]}" --json "$OUT/frostgrad.json" --svg "$OUT/frostgrad.svg"
 echo "== PyTorch (isa $isa)" >&2
-env "${torch_env[@]}" "$PYTHON" scripts/bench_pytorch.py "${common[@]}" --json "$OUT/pytorch.json"
+env "${torch_env[@]}" "$PYTHON" scripts/bench_pytorch.py "${common[@]}" "${torch_threads[@]}" --json "$OUT/pytorch.json"
 
 echo
 "$PYTHON" scripts/compare_json.py "$OUT/frostgrad.json" "$OUT/pytorch.json"

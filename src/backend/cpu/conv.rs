@@ -854,6 +854,104 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut
     }
 }
 
+/// [`col2im_add`] for a 1x1, unpadded kernel ([`overwrites_dx`]), which
+/// writes every element of the chunk's rows of `planes` instead of adding
+/// onto them: input pixel `(oh * sh, ow * sw)` takes the gradient of
+/// output `(oh, ow)` (at most one, the taps do not overlap) and every other
+/// pixel of those rows is 0. So `dx` needs no zeroing pass first: for the
+/// 1x1 stride-2 layers three quarters of it are those zeros, and the
+/// zeroing, then adding onto it, was a second and third pass over it.
+fn col2im_set(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut [f32]]) {
+    debug_assert!(g.kernel_h == 1 && g.kernel_w == 1 && g.padding == (0, 0));
+    let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
+    let plane_len = g.in_h * g.in_w;
+    let (sh, sw) = g.stride;
+    if plane_len == 0 {
+        return;
+    }
+    // The input rows this chunk's output rows cover: from its first
+    // output row's, up to the next chunk's (the last one to the end).
+    let ih0 = chunk.rows.0 * sh;
+    let ih1 = if chunk.rows.1 >= g.out_h {
+        g.in_h
+    } else {
+        chunk.rows.1 * sh
+    };
+    let rows_out = chunk.rows.1 - chunk.rows.0;
+    for (j, image) in planes.iter_mut().enumerate() {
+        for (c, plane) in image.chunks_exact_mut(plane_len).enumerate() {
+            let src = &col[c * width + j * seg..][..seg];
+            if sh == 2 && sw == 2 && g.out_w * 2 <= g.in_w + 1 {
+                // The stride-2 layers (rows of 4 or 7 values): one zeroing
+                // of the block's rows and one store per value, with no
+                // call per row (most of the time at these widths).
+                let block = &mut plane[ih0 * g.in_w..ih1 * g.in_w];
+                block.fill(0.0);
+                for (r, grads) in src.chunks_exact(g.out_w).take(rows_out).enumerate() {
+                    let row = &mut block[2 * r * g.in_w..][..g.in_w];
+                    for (ow, &v) in grads.iter().enumerate() {
+                        row[2 * ow] = v;
+                    }
+                }
+                continue;
+            }
+            for ih in ih0..ih1 {
+                let row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                let local = ih - ih0;
+                if !local.is_multiple_of(sh) {
+                    row.fill(0.0);
+                    continue;
+                }
+                let grads = &src[local / sh * g.out_w..][..g.out_w];
+                if sw == 1 {
+                    row[..grads.len()].copy_from_slice(grads);
+                    row[grads.len()..].fill(0.0);
+                } else if sw == 2 {
+                    scatter_even_set(grads, row);
+                } else {
+                    row.fill(0.0);
+                    for (ow, &v) in grads.iter().enumerate() {
+                        row[ow * sw] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[2 * e] = src[e]`, every other element of `dst` 0: one row of the
+/// 1x1 stride-2 input gradient ([`col2im_set`]). SSE interleaves four
+/// values with zeros per step.
+#[inline(never)]
+fn scatter_even_set(src: &[f32], dst: &mut [f32]) {
+    let n = src.len();
+    assert!(n == 0 || dst.len() > 2 * (n - 1));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 4 <= n && 2 * e + 8 <= dst.len() {
+        // SAFETY: e + 4 <= n: the load reads src[e .. e + 4]; 2e + 8 <=
+        // dst.len(): the stores write dst[2e .. 2e + 8]. SSE is part of
+        // x86-64.
+        unsafe {
+            use std::arch::x86_64::*;
+            let v = _mm_loadu_ps(src.as_ptr().add(e));
+            let zero = _mm_setzero_ps();
+            let out = dst.as_mut_ptr().add(2 * e);
+            _mm_storeu_ps(out, _mm_unpacklo_ps(v, zero));
+            _mm_storeu_ps(out.add(4), _mm_unpackhi_ps(v, zero));
+        }
+        e += 4;
+    }
+    for (i, &v) in src.iter().enumerate().skip(e) {
+        dst[2 * i] = v;
+        if let Some(odd) = dst.get_mut(2 * i + 1) {
+            *odd = 0.0;
+        }
+    }
+    let written = (2 * n).min(dst.len());
+    dst[written..].fill(0.0);
+}
+
 /// `dst[2 * e] += src[e]`: the stride-2 col2im (the stride-2 3x3 and 1x1
 /// layers' input gradients), the mirror of [`gather_even`]. One scalar
 /// load, add and store per value were most of `col2im_add`'s samples
@@ -1617,9 +1715,46 @@ fn input_grad_flipped_skipping(
 
 /// `dx = col2im(Wᵀ · dy)` for every image.
 fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
+    input_grad_col2im(dy, w, g, limits, overwrites_dx(g))
+}
+
+/// Whether the col2im input gradient writes `dx` whole rather than adding
+/// onto a zeroed one ([`col2im_set`]): for 1x1 unpadded kernels (whose
+/// taps do not overlap) with at least one output channel (else nothing
+/// would be written). `FROSTGRAD_CONV_DX_FILL=zero` keeps the zeroing and
+/// adding (for comparison; the tests run both).
+fn overwrites_dx(g: &Conv2dGeometry) -> bool {
+    static ZERO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let zero = *ZERO
+        .get_or_init(|| std::env::var("FROSTGRAD_CONV_DX_FILL").is_ok_and(|v| v.trim() == "zero"));
+    !zero && pointwise_taps(g) && g.out_channels > 0
+}
+
+/// A 1x1 unpadded kernel: every input pixel is read by at most one output
+/// pixel (any stride).
+fn pointwise_taps(g: &Conv2dGeometry) -> bool {
+    g.kernel_h == 1 && g.kernel_w == 1 && g.padding == (0, 0)
+}
+
+/// [`input_grad_with`], writing `dx` whole (`overwrite`, only where
+/// [`pointwise_taps`] and `C_out > 0`) or adding onto a zeroed one.
+fn input_grad_col2im(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+    overwrite: bool,
+) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, g, limits)?;
-    let mut dx = buffer_pool::zeroed(op, g.batch * plan.in_image)?;
+    let overwrite = overwrite && pointwise_taps(g) && g.out_channels > 0;
+    let mut dx = if overwrite {
+        // Every element is written: by the pointwise GEMM (beta 0) or by
+        // `col2im_set` (chunks cover all output rows, blocks all channels).
+        buffer_pool::uninit(op, g.batch * plan.in_image)?
+    } else {
+        buffer_pool::zeroed(op, g.batch * plan.in_image)?
+    };
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
     let columns = g.batch * plan.pixels;
@@ -1633,7 +1768,7 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
             per_image,
             |first, count, _, dx, par| {
                 let dy = batch_images(dy, plan.out_image, first, count);
-                input_grad_images(dy, weight_t, g, &plan, dx, count, par);
+                input_grad_images(dy, weight_t, g, &plan, dx, count, par, overwrite);
             },
         )
     })?;
@@ -1650,6 +1785,7 @@ fn input_grad_images(
     dx: &mut [f32],
     batch: usize,
     par: Par,
+    overwrite: bool,
 ) {
     let (m, k) = (plan.taps, g.out_channels);
     for chunk in plan.chunks(g, batch) {
@@ -1673,7 +1809,7 @@ fn input_grad_images(
         }
         let plane = g.in_h * g.in_w;
         if width == 0 || plane == 0 || m == 0 || k == 0 {
-            continue; // nothing to add onto the zeroed `dx`
+            continue; // nothing to add onto the zeroed `dx` (or an empty one)
         }
         // Row blocks of `Wᵀ · dy` of `channels` whole input channels (so
         // each block scatters onto its own channel planes, and blocks can
@@ -1722,7 +1858,11 @@ fn input_grad_images(
                     let col = &mut col[..rows * width];
                     let rows = (c0 * per_channel, rows);
                     sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
-                    col2im_add(col, g, &chunk, planes);
+                    if overwrite {
+                        col2im_set(col, g, &chunk, planes);
+                    } else {
+                        col2im_add(col, g, &chunk, planes);
+                    }
                 };
                 // By reference: the lists are freed here, on the thread
                 // that made them. Moved into the tasks, a worker freed them
@@ -3390,6 +3530,79 @@ mod tests {
                         old
                     };
                     assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scatter_even_set_writes_every_element_at_every_length() {
+        for n in 0..20 {
+            let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+            for len in (2 * n).max(1) - 1..2 * n + 3 {
+                let mut dst = vec![f32::NAN; len];
+                scatter_even_set(&src, &mut dst);
+                for (i, &got) in dst.iter().enumerate() {
+                    let want = if i % 2 == 0 && i / 2 < n {
+                        src[i / 2]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pointwise_input_grad_writes_dx_whole_like_the_zeroed_form() {
+        // 1x1 unpadded kernels at strides 1 to 3 (the stride-2 one with
+        // rows of 4 and 7 values, as ResNet's), odd sizes that the strides
+        // do not divide, whole-image groups and row chunks of one image,
+        // split and on one thread: `dx` written whole (from a dirty pool
+        // buffer) and the zeroed col2im form both match the f64 loops.
+        let cases: &[Case] = &[
+            ([3, 13, 7, 7], [6, 13, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 9, 14, 14], [5, 9, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 7, 8, 9], [4, 7, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 5, 10, 11], [3, 5, 1, 1], (3, 2), (0, 0), (1, 1)),
+            ([3, 6, 7, 5], [4, 6, 1, 1], (1, 3), (0, 0), (1, 1)),
+            ([2, 4, 5, 6], [3, 4, 1, 1], (1, 1), (0, 0), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            assert!(pointwise_taps(&g));
+            let x = pseudo_random(input.iter().product(), 21 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 120 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 320 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let len = input.iter().product();
+            for (block_elems, min_columns, groups_per_thread) in
+                [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
+            {
+                let limits = Limits {
+                    block_elems,
+                    min_columns,
+                    groups_per_thread,
+                    dx_block_elems: 1 << 10,
+                    group_pack_elems: None,
+                };
+                for overwrite in [true, false] {
+                    // A dirty buffer of dx's size for the pool to hand out.
+                    let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
+                    dirty.fill(f32::NAN);
+                    buffer_pool::recycle(dirty);
+                    let dx =
+                        pool.install(|| input_grad_col2im(&dy, &w, &g, limits, overwrite).unwrap());
+                    let what = format!(
+                        "case {case} blocks {block_elems} columns {min_columns} \
+                         groups/thread {groups_per_thread} overwrite {overwrite} dx"
+                    );
+                    assert_close(&what, &dx, &r.dx, 1e-5);
                 }
             }
         }

@@ -1343,6 +1343,14 @@ fn skip_order(
 /// wider, so not taken there.
 const DIRECT_MAX_OUT_CHANNELS: usize = 128;
 
+/// The most floats of a direct convolution's product block
+/// ([`forward_direct`]: whole output rows x `C_out`), 256 KiB, so that it
+/// stays in L2 next to the padded image and the weight panels while the
+/// depth blocks accumulate into it (at 56x56 the whole image's product is
+/// 784 KiB at 64 channels; large images would take their whole product
+/// as scratch).
+const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
+
 /// The micro-kernel panel width with which the forward of `g` (planned as
 /// `plan`) runs as a direct convolution ([`forward_direct`]), or `None`:
 /// on the AVX paths, for stride-1 kernels of more than one tap over whole
@@ -1377,9 +1385,7 @@ fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<
         && plan.pixels > 0
         && g.out_channels > 0
         && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
-    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS
-        && g.batch >= rayon::current_num_threads()
-        && plan.rows_per_block >= g.out_h;
+    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS && g.batch >= rayon::current_num_threads();
     (shape && mode.unwrap_or(rule)).then_some(nr)
 }
 
@@ -1389,7 +1395,8 @@ fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<
 /// rows, broadcast one at a time; depth `(c, kh, kw)` through a table of
 /// offsets into the padded planes), against the weight as a right operand
 /// packed once per call (`wt(o, p)` is output channel `o`, depth `p`); the
-/// `pixels x C_out` product is then transposed into the image's output.
+/// `pixels x C_out` product, in blocks of whole output rows of at most
+/// [`DIRECT_BLOCK_ELEMS`], is then transposed into the image's output.
 /// What this saves is the im2col panels (`C_in * KH * KW` rows of every
 /// pixel, packed per image); what it adds is the padded copy, the
 /// transpose, and a short last tile where a row's width is not a multiple
@@ -1408,6 +1415,9 @@ fn forward_direct(
     let plane = hp * wp;
     let in_image = g.in_channels * g.in_h * g.in_w;
     let out_image = n * pixels;
+    // Output rows per block, as equal as the block size allows.
+    let most = (DIRECT_BLOCK_ELEMS / (g.out_w * n).max(1)).clamp(1, g.out_h.max(1));
+    let block_rows = g.out_h.div_ceil(g.out_h.div_ceil(most).max(1)).max(1);
     let mut y = buffer_pool::uninit(op, g.batch * out_image)?;
     let panels = n.div_ceil(nr);
     with_scratch(Slot::PackedLhs, panels * k * nr, |b| {
@@ -1447,30 +1457,36 @@ fn forward_direct(
             let (offsets, prefetch) = (&*offsets, &*prefetch);
             y.par_chunks_mut(out_image).enumerate().for_each(|(i, y)| {
                 let x = &x[i * in_image..][..in_image];
-                with_scratch(Slot::Staging, g.in_channels * plane + pixels * n, |buf| {
+                let block = block_rows * g.out_w * n;
+                with_scratch(Slot::Staging, g.in_channels * plane + block, |buf| {
                     let (padded, c) = buf.split_at_mut(g.in_channels * plane);
                     pad_planes(x, g, padded);
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the CPU supports the active path, which has
-                    // a panel width (`direct_width`); pixel (oh, ow) at
-                    // depth (ch, kh, kw) reads padded row oh + kh * d_h,
-                    // column ow + kw * d_w of plane ch, inside it since the
-                    // output size leaves (out - 1) + d (k - 1) < the
-                    // padded size (stride 1); the tables hold k entries,
-                    // `b` the panels, `c` pixels rows of n.
-                    unsafe {
-                        super::microkernel::direct_rows(
-                            simd::active(),
-                            padded.as_ptr(),
-                            (g.out_h, g.out_w, wp, 1),
-                            (offsets, prefetch),
-                            b,
-                            (k, n),
-                            c.as_mut_ptr(),
-                            n,
-                        );
+                    for r0 in (0..g.out_h).step_by(block_rows) {
+                        let rows = block_rows.min(g.out_h - r0);
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the CPU supports the active path, which
+                        // has a panel width (`direct_width`); pixel (oh,
+                        // ow) at depth (ch, kh, kw) reads padded row oh +
+                        // kh * d_h, column ow + kw * d_w of plane ch,
+                        // inside it since the output size leaves (out - 1)
+                        // + d (k - 1) < the padded size (stride 1); the
+                        // tables hold k entries, `b` the panels, `c` the
+                        // block's rows * out_w rows of n.
+                        unsafe {
+                            super::microkernel::direct_rows(
+                                simd::active(),
+                                padded.as_ptr().add(r0 * wp),
+                                (rows, g.out_w, wp, 1),
+                                (offsets, prefetch),
+                                b,
+                                (k, n),
+                                c.as_mut_ptr(),
+                                n,
+                            );
+                        }
+                        let q = rows * g.out_w;
+                        transpose(&c[..q * n], q, n, &mut y[r0 * g.out_w..], pixels);
                     }
-                    transpose(c, pixels, n, y, pixels);
                     if let Some(bias) = bias {
                         for (row, &bv) in y.chunks_exact_mut(pixels).zip(bias) {
                             row.iter_mut().for_each(|v| *v += bv);
@@ -3224,7 +3240,8 @@ mod tests {
         // of either kernel's tile (13, 5 and 2 wide: short tiles), depths
         // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
         // 2, a 3x2 kernel with padding on one axis only, no padding; batch
-        // 1 and 3 on two threads; into a dirty output scratch. The rule:
+        // 1 and 3 on two threads; an image in two blocks of output rows;
+        // into a dirty output scratch. The rule:
         // taken for ResNet's 3x3 64->64 at 28x28, batch 32, and 128->128,
         // not for 256 output channels, grouped small images or a stride
         // of 2.
@@ -3235,6 +3252,9 @@ mod tests {
             ([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
             ([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)),
             ([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)),
+            // Two product blocks of 21 and 20 output rows (41 x 64 floats
+            // per row against DIRECT_BLOCK_ELEMS).
+            ([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
         ];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)

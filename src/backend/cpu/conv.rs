@@ -1206,10 +1206,11 @@ fn forward_with(
     g: &Conv2dGeometry,
     limits: Limits,
 ) -> Result<Vec<f32>> {
-    forward_skipping(x, w, bias, g, limits, Skip::Auto)
+    forward_skipping(x, w, bias, g, limits, Skip::Auto, None)
 }
 
-/// [`forward_with`], skipping the padding taps as `skip` says.
+/// [`forward_with`], skipping the padding taps as `skip` says, and as a
+/// direct convolution as `direct` says ([`direct_width`]).
 fn forward_skipping(
     x: &[f32],
     w: &[f32],
@@ -1217,9 +1218,14 @@ fn forward_skipping(
     g: &Conv2dGeometry,
     limits: Limits,
     skip: Skip,
+    direct: Option<bool>,
 ) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
+    if let Some(nr) = direct_width(g, &plan, direct) {
+        let taps = plan.taps;
+        return forward_direct(op, x, |o, p| w[o * taps + p], bias, g, nr);
+    }
     let weight = MatRef::row_major(w, plan.taps);
     let columns = g.batch * plan.pixels;
     with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
@@ -1323,6 +1329,179 @@ fn skip_order(
         }
     }
     (mode == Skip::On || best.0 <= SKIP_MAX_LIVE_SHARE).then_some(best.1)
+}
+
+/// The most output channels for which a forward of whole images runs as a
+/// direct convolution ([`forward_direct`]): there the weight is the
+/// GEMM's small operand, and the im2col panels it packs are multiplied by
+/// only `C_out` rows each, so packing them is a large share of the time
+/// (3x3 64->64 at 28x28: 13 % of the samples next to the micro-kernel's
+/// 71 %, `perf`, one thread). Measured (CPU time against the im2col GEMM,
+/// AVX-512, 2 threads, BENCHMARKS.md issue 9): 3x3 64->64 at 28x28
+/// (batch 32) 0.90x forward and input gradient, at 56x56 (batch 8) 0.89x
+/// and 0.94x; 128->128 at 28x28 (batch 8) 0.92x and 0.95x. Not measured
+/// wider, so not taken there.
+const DIRECT_MAX_OUT_CHANNELS: usize = 128;
+
+/// The micro-kernel panel width with which the forward of `g` (planned as
+/// `plan`) runs as a direct convolution ([`forward_direct`]), or `None`:
+/// on the AVX paths, for stride-1 kernels of more than one tap over whole
+/// images one at a time (not the grouped small images, whose padding taps
+/// the class order skips), at least one image per thread, and at most
+/// [`DIRECT_MAX_OUT_CHANNELS`] output channels. `force` (tests), else
+/// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
+/// it regardless of channels and batch (for comparison).
+fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<usize> {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let mode = force.or_else(|| {
+        *MODE.get_or_init(|| {
+            match std::env::var("FROSTGRAD_CONV_DIRECT")
+                .as_deref()
+                .map(str::trim)
+            {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            }
+        })
+    });
+    #[cfg(target_arch = "x86_64")]
+    let nr = super::microkernel::panel_width(simd::active())?;
+    #[cfg(not(target_arch = "x86_64"))]
+    let nr: usize = return None;
+    let padded = (g.in_h + 2 * g.padding.0) * (g.in_w + 2 * g.padding.1);
+    let shape = g.stride == (1, 1)
+        && g.kernel_h * g.kernel_w > 1
+        && plan.images_per_chunk == 1
+        && plan.taps > 0
+        && plan.pixels > 0
+        && g.out_channels > 0
+        && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
+    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS
+        && g.batch >= rayon::current_num_threads()
+        && plan.rows_per_block >= g.out_h;
+    (shape && mode.unwrap_or(rule)).then_some(nr)
+}
+
+/// The forward of every image as a direct convolution: each image's input
+/// copied once into a zero-bordered plane per channel, which the
+/// micro-kernels read where it lies as the left operand (output pixels as
+/// rows, broadcast one at a time; depth `(c, kh, kw)` through a table of
+/// offsets into the padded planes), against the weight as a right operand
+/// packed once per call (`wt(o, p)` is output channel `o`, depth `p`); the
+/// `pixels x C_out` product is then transposed into the image's output.
+/// What this saves is the im2col panels (`C_in * KH * KW` rows of every
+/// pixel, packed per image); what it adds is the padded copy, the
+/// transpose, and a short last tile where a row's width is not a multiple
+/// of the kernel's rows. Only where [`direct_width`] says so.
+fn forward_direct(
+    op: &'static str,
+    x: &[f32],
+    wt: impl Fn(usize, usize) -> f32,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    nr: usize,
+) -> Result<Vec<f32>> {
+    let (k, n) = (g.in_channels * g.kernel_h * g.kernel_w, g.out_channels);
+    let pixels = g.out_h * g.out_w;
+    let (hp, wp) = (g.in_h + 2 * g.padding.0, g.in_w + 2 * g.padding.1);
+    let plane = hp * wp;
+    let in_image = g.in_channels * g.in_h * g.in_w;
+    let out_image = n * pixels;
+    let mut y = buffer_pool::uninit(op, g.batch * out_image)?;
+    let panels = n.div_ceil(nr);
+    with_scratch(Slot::PackedLhs, panels * k * nr, |b| {
+        // Panel jp, depth p: output channels jp * nr.., zero past n.
+        for (jp, panel) in b.chunks_exact_mut(k * nr).enumerate() {
+            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let o = jp * nr + j;
+                    *v = if o < n { wt(o, p) } else { 0.0 };
+                }
+            }
+        }
+        let b = &*b;
+        with_scratch(Slot::Tables, 2 * k, |buf| {
+            // SAFETY: f32 and u32 have the same size and alignment and
+            // every bit pattern is a valid u32; `buf` is borrowed mutably
+            // for the tables' whole life.
+            let tables = unsafe {
+                std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u32>(), buf.len())
+            };
+            let (offsets, prefetch) = tables.split_at_mut(k);
+            let taps = g.kernel_h * g.kernel_w;
+            for (p, o) in offsets.iter_mut().enumerate() {
+                let (c, t) = (p / taps, p % taps);
+                let (kh, kw) = (t / g.kernel_w, t % g.kernel_w);
+                // < in_channels * plane, which fits u32 (`direct_width`).
+                *o = (c * plane + kh * g.dilation.0 * wp + kw * g.dilation.1) as u32;
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mr = match simd::active() {
+                    simd::SimdPath::Avx512 => 8,
+                    _ => 6,
+                };
+                super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
+            }
+            let (offsets, prefetch) = (&*offsets, &*prefetch);
+            y.par_chunks_mut(out_image).enumerate().for_each(|(i, y)| {
+                let x = &x[i * in_image..][..in_image];
+                with_scratch(Slot::Staging, g.in_channels * plane + pixels * n, |buf| {
+                    let (padded, c) = buf.split_at_mut(g.in_channels * plane);
+                    pad_planes(x, g, padded);
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU supports the active path, which has
+                    // a panel width (`direct_width`); pixel (oh, ow) at
+                    // depth (ch, kh, kw) reads padded row oh + kh * d_h,
+                    // column ow + kw * d_w of plane ch, inside it since the
+                    // output size leaves (out - 1) + d (k - 1) < the
+                    // padded size (stride 1); the tables hold k entries,
+                    // `b` the panels, `c` pixels rows of n.
+                    unsafe {
+                        super::microkernel::direct_rows(
+                            simd::active(),
+                            padded.as_ptr(),
+                            (g.out_h, g.out_w, wp, 1),
+                            (offsets, prefetch),
+                            b,
+                            (k, n),
+                            c.as_mut_ptr(),
+                            n,
+                        );
+                    }
+                    transpose(c, pixels, n, y, pixels);
+                    if let Some(bias) = bias {
+                        for (row, &bv) in y.chunks_exact_mut(pixels).zip(bias) {
+                            row.iter_mut().for_each(|v| *v += bv);
+                        }
+                    }
+                });
+            });
+        });
+    });
+    Ok(y)
+}
+
+/// Copies the `C_in` planes of one image `x` into `padded`, each inside a
+/// border of `g.padding` zeros.
+fn pad_planes(x: &[f32], g: &Conv2dGeometry, padded: &mut [f32]) {
+    let (ph, pw) = g.padding;
+    let wp = g.in_w + 2 * pw;
+    let plane = (g.in_h + 2 * ph) * wp;
+    for (src, dst) in x
+        .chunks_exact(g.in_h * g.in_w)
+        .zip(padded.chunks_exact_mut(plane))
+    {
+        dst[..ph * wp].fill(0.0);
+        dst[(ph + g.in_h) * wp..].fill(0.0);
+        for (r, row) in src.chunks_exact(g.in_w).enumerate() {
+            let out = &mut dst[(ph + r) * wp..][..wp];
+            out[..pw].fill(0.0);
+            out[pw..pw + g.in_w].copy_from_slice(row);
+            out[pw + g.in_w..].fill(0.0);
+        }
+    }
 }
 
 /// The forward of the whole batch with the weight as the GEMM's left
@@ -1507,10 +1686,11 @@ fn input_grad_flipped(
     flipped: &Conv2dGeometry,
     limits: Limits,
 ) -> Result<Vec<f32>> {
-    input_grad_flipped_skipping(dy, w, g, flipped, limits, Skip::Auto)
+    input_grad_flipped_skipping(dy, w, g, flipped, limits, Skip::Auto, None)
 }
 
-/// [`input_grad_flipped`], skipping the padding taps as `skip` says.
+/// [`input_grad_flipped`], skipping the padding taps as `skip` says, and
+/// as a direct convolution as `direct` says ([`direct_width`]).
 fn input_grad_flipped_skipping(
     dy: &[f32],
     w: &[f32],
@@ -1518,12 +1698,16 @@ fn input_grad_flipped_skipping(
     flipped: &Conv2dGeometry,
     limits: Limits,
     skip: Skip,
+    direct: Option<bool>,
 ) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, flipped, limits)?;
     let taps = g.kernel_h * g.kernel_w;
     let per_out = g.in_channels * taps;
     let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
+    if let Some(nr) = direct_width(flipped, &plan, direct) {
+        return forward_direct(op, dy, |o, p| w[o * taps + offset(p)], None, flipped, nr);
+    }
     with_indexed_lhs(w, taps, (g.in_channels, plan.taps), offset, |weight| {
         forward_lhs(op, dy, weight, None, flipped, &plan, skip)
     })
@@ -2992,14 +3176,23 @@ mod tests {
                             pool.broadcast(|_| {
                                 with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
                             });
-                            forward_skipping(&x, &w, Some(&b), &g, limits_y, skip).unwrap()
+                            forward_skipping(&x, &w, Some(&b), &g, limits_y, skip, Some(false))
+                                .unwrap()
                         });
                         assert_close(&what("y"), &y, &r.y, 1e-5);
                         if let Some(flipped) = &flipped {
                             let limits_dx = limits(g.in_h * g.in_w);
                             let dx = pool.install(|| {
-                                input_grad_flipped_skipping(&dy, &w, &g, flipped, limits_dx, skip)
-                                    .unwrap()
+                                input_grad_flipped_skipping(
+                                    &dy,
+                                    &w,
+                                    &g,
+                                    flipped,
+                                    limits_dx,
+                                    skip,
+                                    Some(false),
+                                )
+                                .unwrap()
                             });
                             assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                         }
@@ -3020,6 +3213,103 @@ mod tests {
             }
         }
         simd::set_pool_path(&pool, None);
+    }
+
+    #[test]
+    fn direct_convolution_matches_direct_loops_on_every_path() {
+        // The forward and the flipped input gradient as direct
+        // convolutions (forced), against float64 loops, on every micro-
+        // kernel path this CPU has: output channels ragged for both panel
+        // widths (21, 40: AVX-512's narrow last panel), rows not a multiple
+        // of either kernel's tile (13, 5 and 2 wide: short tiles), depths
+        // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
+        // 2, a 3x2 kernel with padding on one axis only, no padding; batch
+        // 1 and 3 on two threads; into a dirty output scratch. The rule:
+        // taken for ResNet's 3x3 64->64 at 28x28, batch 32, and 128->128,
+        // not for 256 output channels, grouped small images or a stride
+        // of 2.
+        let cases: &[Case] = &[
+            ([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 4, 9, 8], [5, 4, 5, 5], (1, 1), (2, 2), (1, 1)),
+            ([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
+            ([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)),
+            ([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 51 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 151 + case as u64);
+            let b = pseudo_random(weight[0], 251 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 351 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            let flipped = flipped_geometry(&g);
+            for path in simd::supported() {
+                simd::set_pool_path(&pool, Some(path));
+                let what = |k: &str| format!("case {case} {g:?} {path:?} {k}");
+                let limits = Limits {
+                    min_columns: 1,
+                    ..FORWARD_LIMITS
+                };
+                let taken = pool.install(|| {
+                    let plan = Plan::new("test", &g, limits).unwrap();
+                    direct_width(&g, &plan, Some(true)).is_some()
+                });
+                assert_eq!(taken, path != simd::SimdPath::Portable, "{}", what("taken"));
+                let y = pool.install(|| {
+                    pool.broadcast(|_| {
+                        with_scratch(Slot::Staging, 1 << 14, |b| b.fill(f32::NAN));
+                    });
+                    forward_skipping(&x, &w, Some(&b), &g, limits, Skip::Auto, Some(true)).unwrap()
+                });
+                assert_close(&what("y"), &y, &r.y, 1e-5);
+                if let Some(flipped) = &flipped {
+                    let dx = pool.install(|| {
+                        input_grad_flipped_skipping(
+                            &dy,
+                            &w,
+                            &g,
+                            flipped,
+                            limits,
+                            Skip::Auto,
+                            Some(true),
+                        )
+                        .unwrap()
+                    });
+                    assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                }
+            }
+        }
+        simd::set_pool_path(&pool, None);
+        // Where the rule takes it (on a micro-kernel path).
+        if simd::active() == simd::SimdPath::Portable {
+            return;
+        }
+        pool.install(|| {
+            let resnet = |c: usize, size: usize, stride: usize| {
+                let g = Conv2dGeometry::new(
+                    [32, c, size, size],
+                    [c, c, 3, 3],
+                    (stride, stride),
+                    (1, 1),
+                    (1, 1),
+                )
+                .unwrap();
+                let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+                direct_width(&g, &plan, None).is_some()
+            };
+            if std::env::var("FROSTGRAD_CONV_DIRECT").is_err() {
+                assert!(resnet(64, 28, 1));
+                assert!(resnet(128, 28, 1));
+                assert!(!resnet(256, 28, 1));
+                assert!(!resnet(64, 7, 1));
+                assert!(!resnet(64, 28, 2));
+            }
+        });
     }
 
     /// The padding skip also runs when a group's product is split across
@@ -3052,11 +3342,11 @@ mod tests {
             };
             let before = calls();
             let y = pool
-                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::On))
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::On, Some(false)))
                 .unwrap();
             assert!(calls() > before, "{path:?}: no product skipped the padding");
             let off = pool
-                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::Off))
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::Off, Some(false)))
                 .unwrap();
             let off: Vec<f64> = off.iter().map(|&v| f64::from(v)).collect();
             assert_close(&format!("{path:?} skip vs dense"), &y, &off, 1e-5);

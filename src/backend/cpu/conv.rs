@@ -854,6 +854,104 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut
     }
 }
 
+/// [`col2im_add`] for a 1x1, unpadded kernel ([`overwrites_dx`]), which
+/// writes every element of the chunk's rows of `planes` instead of adding
+/// onto them: input pixel `(oh * sh, ow * sw)` takes the gradient of
+/// output `(oh, ow)` (at most one, the taps do not overlap) and every other
+/// pixel of those rows is 0. So `dx` needs no zeroing pass first: for the
+/// 1x1 stride-2 layers three quarters of it are those zeros, and the
+/// zeroing, then adding onto it, was a second and third pass over it.
+fn col2im_set(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut [f32]]) {
+    debug_assert!(g.kernel_h == 1 && g.kernel_w == 1 && g.padding == (0, 0));
+    let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
+    let plane_len = g.in_h * g.in_w;
+    let (sh, sw) = g.stride;
+    if plane_len == 0 {
+        return;
+    }
+    // The input rows this chunk's output rows cover: from its first
+    // output row's, up to the next chunk's (the last one to the end).
+    let ih0 = chunk.rows.0 * sh;
+    let ih1 = if chunk.rows.1 >= g.out_h {
+        g.in_h
+    } else {
+        chunk.rows.1 * sh
+    };
+    let rows_out = chunk.rows.1 - chunk.rows.0;
+    for (j, image) in planes.iter_mut().enumerate() {
+        for (c, plane) in image.chunks_exact_mut(plane_len).enumerate() {
+            let src = &col[c * width + j * seg..][..seg];
+            if sh == 2 && sw == 2 && g.out_w * 2 <= g.in_w + 1 {
+                // The stride-2 layers (rows of 4 or 7 values): one zeroing
+                // of the block's rows and one store per value, with no
+                // call per row (most of the time at these widths).
+                let block = &mut plane[ih0 * g.in_w..ih1 * g.in_w];
+                block.fill(0.0);
+                for (r, grads) in src.chunks_exact(g.out_w).take(rows_out).enumerate() {
+                    let row = &mut block[2 * r * g.in_w..][..g.in_w];
+                    for (ow, &v) in grads.iter().enumerate() {
+                        row[2 * ow] = v;
+                    }
+                }
+                continue;
+            }
+            for ih in ih0..ih1 {
+                let row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                let local = ih - ih0;
+                if !local.is_multiple_of(sh) {
+                    row.fill(0.0);
+                    continue;
+                }
+                let grads = &src[local / sh * g.out_w..][..g.out_w];
+                if sw == 1 {
+                    row[..grads.len()].copy_from_slice(grads);
+                    row[grads.len()..].fill(0.0);
+                } else if sw == 2 {
+                    scatter_even_set(grads, row);
+                } else {
+                    row.fill(0.0);
+                    for (ow, &v) in grads.iter().enumerate() {
+                        row[ow * sw] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[2 * e] = src[e]`, every other element of `dst` 0: one row of the
+/// 1x1 stride-2 input gradient ([`col2im_set`]). SSE interleaves four
+/// values with zeros per step.
+#[inline(never)]
+fn scatter_even_set(src: &[f32], dst: &mut [f32]) {
+    let n = src.len();
+    assert!(n == 0 || dst.len() > 2 * (n - 1));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 4 <= n && 2 * e + 8 <= dst.len() {
+        // SAFETY: e + 4 <= n: the load reads src[e .. e + 4]; 2e + 8 <=
+        // dst.len(): the stores write dst[2e .. 2e + 8]. SSE is part of
+        // x86-64.
+        unsafe {
+            use std::arch::x86_64::*;
+            let v = _mm_loadu_ps(src.as_ptr().add(e));
+            let zero = _mm_setzero_ps();
+            let out = dst.as_mut_ptr().add(2 * e);
+            _mm_storeu_ps(out, _mm_unpacklo_ps(v, zero));
+            _mm_storeu_ps(out.add(4), _mm_unpackhi_ps(v, zero));
+        }
+        e += 4;
+    }
+    for (i, &v) in src.iter().enumerate().skip(e) {
+        dst[2 * i] = v;
+        if let Some(odd) = dst.get_mut(2 * i + 1) {
+            *odd = 0.0;
+        }
+    }
+    let written = (2 * n).min(dst.len());
+    dst[written..].fill(0.0);
+}
+
 /// `dst[2 * e] += src[e]`: the stride-2 col2im (the stride-2 3x3 and 1x1
 /// layers' input gradients), the mirror of [`gather_even`]. One scalar
 /// load, add and store per value were most of `col2im_add`'s samples
@@ -1108,10 +1206,11 @@ fn forward_with(
     g: &Conv2dGeometry,
     limits: Limits,
 ) -> Result<Vec<f32>> {
-    forward_skipping(x, w, bias, g, limits, Skip::Auto)
+    forward_skipping(x, w, bias, g, limits, Skip::Auto, None)
 }
 
-/// [`forward_with`], skipping the padding taps as `skip` says.
+/// [`forward_with`], skipping the padding taps as `skip` says, and as a
+/// direct convolution as `direct` says ([`direct_width`]).
 fn forward_skipping(
     x: &[f32],
     w: &[f32],
@@ -1119,9 +1218,14 @@ fn forward_skipping(
     g: &Conv2dGeometry,
     limits: Limits,
     skip: Skip,
+    direct: Option<bool>,
 ) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
+    if let Some(nr) = direct_width(g, &plan, direct) {
+        let taps = plan.taps;
+        return forward_direct(op, x, |o, p| w[o * taps + p], bias, g, nr);
+    }
     let weight = MatRef::row_major(w, plan.taps);
     let columns = g.batch * plan.pixels;
     with_packed_lhs(weight, g.out_channels, plan.taps, columns, |weight| {
@@ -1225,6 +1329,179 @@ fn skip_order(
         }
     }
     (mode == Skip::On || best.0 <= SKIP_MAX_LIVE_SHARE).then_some(best.1)
+}
+
+/// The most output channels for which a forward of whole images runs as a
+/// direct convolution ([`forward_direct`]): there the weight is the
+/// GEMM's small operand, and the im2col panels it packs are multiplied by
+/// only `C_out` rows each, so packing them is a large share of the time
+/// (3x3 64->64 at 28x28: 13 % of the samples next to the micro-kernel's
+/// 71 %, `perf`, one thread). Measured (CPU time against the im2col GEMM,
+/// AVX-512, 2 threads, BENCHMARKS.md issue 9): 3x3 64->64 at 28x28
+/// (batch 32) 0.90x forward and input gradient, at 56x56 (batch 8) 0.89x
+/// and 0.94x; 128->128 at 28x28 (batch 8) 0.92x and 0.95x. Not measured
+/// wider, so not taken there.
+const DIRECT_MAX_OUT_CHANNELS: usize = 128;
+
+/// The micro-kernel panel width with which the forward of `g` (planned as
+/// `plan`) runs as a direct convolution ([`forward_direct`]), or `None`:
+/// on the AVX paths, for stride-1 kernels of more than one tap over whole
+/// images one at a time (not the grouped small images, whose padding taps
+/// the class order skips), at least one image per thread, and at most
+/// [`DIRECT_MAX_OUT_CHANNELS`] output channels. `force` (tests), else
+/// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
+/// it regardless of channels and batch (for comparison).
+fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<usize> {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let mode = force.or_else(|| {
+        *MODE.get_or_init(|| {
+            match std::env::var("FROSTGRAD_CONV_DIRECT")
+                .as_deref()
+                .map(str::trim)
+            {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            }
+        })
+    });
+    #[cfg(target_arch = "x86_64")]
+    let nr = super::microkernel::panel_width(simd::active())?;
+    #[cfg(not(target_arch = "x86_64"))]
+    let nr: usize = return None;
+    let padded = (g.in_h + 2 * g.padding.0) * (g.in_w + 2 * g.padding.1);
+    let shape = g.stride == (1, 1)
+        && g.kernel_h * g.kernel_w > 1
+        && plan.images_per_chunk == 1
+        && plan.taps > 0
+        && plan.pixels > 0
+        && g.out_channels > 0
+        && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
+    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS
+        && g.batch >= rayon::current_num_threads()
+        && plan.rows_per_block >= g.out_h;
+    (shape && mode.unwrap_or(rule)).then_some(nr)
+}
+
+/// The forward of every image as a direct convolution: each image's input
+/// copied once into a zero-bordered plane per channel, which the
+/// micro-kernels read where it lies as the left operand (output pixels as
+/// rows, broadcast one at a time; depth `(c, kh, kw)` through a table of
+/// offsets into the padded planes), against the weight as a right operand
+/// packed once per call (`wt(o, p)` is output channel `o`, depth `p`); the
+/// `pixels x C_out` product is then transposed into the image's output.
+/// What this saves is the im2col panels (`C_in * KH * KW` rows of every
+/// pixel, packed per image); what it adds is the padded copy, the
+/// transpose, and a short last tile where a row's width is not a multiple
+/// of the kernel's rows. Only where [`direct_width`] says so.
+fn forward_direct(
+    op: &'static str,
+    x: &[f32],
+    wt: impl Fn(usize, usize) -> f32,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    nr: usize,
+) -> Result<Vec<f32>> {
+    let (k, n) = (g.in_channels * g.kernel_h * g.kernel_w, g.out_channels);
+    let pixels = g.out_h * g.out_w;
+    let (hp, wp) = (g.in_h + 2 * g.padding.0, g.in_w + 2 * g.padding.1);
+    let plane = hp * wp;
+    let in_image = g.in_channels * g.in_h * g.in_w;
+    let out_image = n * pixels;
+    let mut y = buffer_pool::uninit(op, g.batch * out_image)?;
+    let panels = n.div_ceil(nr);
+    with_scratch(Slot::PackedLhs, panels * k * nr, |b| {
+        // Panel jp, depth p: output channels jp * nr.., zero past n.
+        for (jp, panel) in b.chunks_exact_mut(k * nr).enumerate() {
+            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let o = jp * nr + j;
+                    *v = if o < n { wt(o, p) } else { 0.0 };
+                }
+            }
+        }
+        let b = &*b;
+        with_scratch(Slot::Tables, 2 * k, |buf| {
+            // SAFETY: f32 and u32 have the same size and alignment and
+            // every bit pattern is a valid u32; `buf` is borrowed mutably
+            // for the tables' whole life.
+            let tables = unsafe {
+                std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u32>(), buf.len())
+            };
+            let (offsets, prefetch) = tables.split_at_mut(k);
+            let taps = g.kernel_h * g.kernel_w;
+            for (p, o) in offsets.iter_mut().enumerate() {
+                let (c, t) = (p / taps, p % taps);
+                let (kh, kw) = (t / g.kernel_w, t % g.kernel_w);
+                // < in_channels * plane, which fits u32 (`direct_width`).
+                *o = (c * plane + kh * g.dilation.0 * wp + kw * g.dilation.1) as u32;
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mr = match simd::active() {
+                    simd::SimdPath::Avx512 => 8,
+                    _ => 6,
+                };
+                super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
+            }
+            let (offsets, prefetch) = (&*offsets, &*prefetch);
+            y.par_chunks_mut(out_image).enumerate().for_each(|(i, y)| {
+                let x = &x[i * in_image..][..in_image];
+                with_scratch(Slot::Staging, g.in_channels * plane + pixels * n, |buf| {
+                    let (padded, c) = buf.split_at_mut(g.in_channels * plane);
+                    pad_planes(x, g, padded);
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU supports the active path, which has
+                    // a panel width (`direct_width`); pixel (oh, ow) at
+                    // depth (ch, kh, kw) reads padded row oh + kh * d_h,
+                    // column ow + kw * d_w of plane ch, inside it since the
+                    // output size leaves (out - 1) + d (k - 1) < the
+                    // padded size (stride 1); the tables hold k entries,
+                    // `b` the panels, `c` pixels rows of n.
+                    unsafe {
+                        super::microkernel::direct_rows(
+                            simd::active(),
+                            padded.as_ptr(),
+                            (g.out_h, g.out_w, wp, 1),
+                            (offsets, prefetch),
+                            b,
+                            (k, n),
+                            c.as_mut_ptr(),
+                            n,
+                        );
+                    }
+                    transpose(c, pixels, n, y, pixels);
+                    if let Some(bias) = bias {
+                        for (row, &bv) in y.chunks_exact_mut(pixels).zip(bias) {
+                            row.iter_mut().for_each(|v| *v += bv);
+                        }
+                    }
+                });
+            });
+        });
+    });
+    Ok(y)
+}
+
+/// Copies the `C_in` planes of one image `x` into `padded`, each inside a
+/// border of `g.padding` zeros.
+fn pad_planes(x: &[f32], g: &Conv2dGeometry, padded: &mut [f32]) {
+    let (ph, pw) = g.padding;
+    let wp = g.in_w + 2 * pw;
+    let plane = (g.in_h + 2 * ph) * wp;
+    for (src, dst) in x
+        .chunks_exact(g.in_h * g.in_w)
+        .zip(padded.chunks_exact_mut(plane))
+    {
+        dst[..ph * wp].fill(0.0);
+        dst[(ph + g.in_h) * wp..].fill(0.0);
+        for (r, row) in src.chunks_exact(g.in_w).enumerate() {
+            let out = &mut dst[(ph + r) * wp..][..wp];
+            out[..pw].fill(0.0);
+            out[pw..pw + g.in_w].copy_from_slice(row);
+            out[pw + g.in_w..].fill(0.0);
+        }
+    }
 }
 
 /// The forward of the whole batch with the weight as the GEMM's left
@@ -1409,10 +1686,11 @@ fn input_grad_flipped(
     flipped: &Conv2dGeometry,
     limits: Limits,
 ) -> Result<Vec<f32>> {
-    input_grad_flipped_skipping(dy, w, g, flipped, limits, Skip::Auto)
+    input_grad_flipped_skipping(dy, w, g, flipped, limits, Skip::Auto, None)
 }
 
-/// [`input_grad_flipped`], skipping the padding taps as `skip` says.
+/// [`input_grad_flipped`], skipping the padding taps as `skip` says, and
+/// as a direct convolution as `direct` says ([`direct_width`]).
 fn input_grad_flipped_skipping(
     dy: &[f32],
     w: &[f32],
@@ -1420,12 +1698,16 @@ fn input_grad_flipped_skipping(
     flipped: &Conv2dGeometry,
     limits: Limits,
     skip: Skip,
+    direct: Option<bool>,
 ) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, flipped, limits)?;
     let taps = g.kernel_h * g.kernel_w;
     let per_out = g.in_channels * taps;
     let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
+    if let Some(nr) = direct_width(flipped, &plan, direct) {
+        return forward_direct(op, dy, |o, p| w[o * taps + offset(p)], None, flipped, nr);
+    }
     with_indexed_lhs(w, taps, (g.in_channels, plan.taps), offset, |weight| {
         forward_lhs(op, dy, weight, None, flipped, &plan, skip)
     })
@@ -1433,9 +1715,46 @@ fn input_grad_flipped_skipping(
 
 /// `dx = col2im(Wᵀ · dy)` for every image.
 fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
+    input_grad_col2im(dy, w, g, limits, overwrites_dx(g))
+}
+
+/// Whether the col2im input gradient writes `dx` whole rather than adding
+/// onto a zeroed one ([`col2im_set`]): for 1x1 unpadded kernels (whose
+/// taps do not overlap) with at least one output channel (else nothing
+/// would be written). `FROSTGRAD_CONV_DX_FILL=zero` keeps the zeroing and
+/// adding (for comparison; the tests run both).
+fn overwrites_dx(g: &Conv2dGeometry) -> bool {
+    static ZERO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let zero = *ZERO
+        .get_or_init(|| std::env::var("FROSTGRAD_CONV_DX_FILL").is_ok_and(|v| v.trim() == "zero"));
+    !zero && pointwise_taps(g) && g.out_channels > 0
+}
+
+/// A 1x1 unpadded kernel: every input pixel is read by at most one output
+/// pixel (any stride).
+fn pointwise_taps(g: &Conv2dGeometry) -> bool {
+    g.kernel_h == 1 && g.kernel_w == 1 && g.padding == (0, 0)
+}
+
+/// [`input_grad_with`], writing `dx` whole (`overwrite`, only where
+/// [`pointwise_taps`] and `C_out > 0`) or adding onto a zeroed one.
+fn input_grad_col2im(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+    overwrite: bool,
+) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, g, limits)?;
-    let mut dx = buffer_pool::zeroed(op, g.batch * plan.in_image)?;
+    let overwrite = overwrite && pointwise_taps(g) && g.out_channels > 0;
+    let mut dx = if overwrite {
+        // Every element is written: by the pointwise GEMM (beta 0) or by
+        // `col2im_set` (chunks cover all output rows, blocks all channels).
+        buffer_pool::uninit(op, g.batch * plan.in_image)?
+    } else {
+        buffer_pool::zeroed(op, g.batch * plan.in_image)?
+    };
     // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
     let weight_t = MatRef::transposed(w, plan.taps);
     let columns = g.batch * plan.pixels;
@@ -1449,7 +1768,7 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
             per_image,
             |first, count, _, dx, par| {
                 let dy = batch_images(dy, plan.out_image, first, count);
-                input_grad_images(dy, weight_t, g, &plan, dx, count, par);
+                input_grad_images(dy, weight_t, g, &plan, dx, count, par, overwrite);
             },
         )
     })?;
@@ -1466,6 +1785,7 @@ fn input_grad_images(
     dx: &mut [f32],
     batch: usize,
     par: Par,
+    overwrite: bool,
 ) {
     let (m, k) = (plan.taps, g.out_channels);
     for chunk in plan.chunks(g, batch) {
@@ -1489,7 +1809,7 @@ fn input_grad_images(
         }
         let plane = g.in_h * g.in_w;
         if width == 0 || plane == 0 || m == 0 || k == 0 {
-            continue; // nothing to add onto the zeroed `dx`
+            continue; // nothing to add onto the zeroed `dx` (or an empty one)
         }
         // Row blocks of `Wᵀ · dy` of `channels` whole input channels (so
         // each block scatters onto its own channel planes, and blocks can
@@ -1538,7 +1858,11 @@ fn input_grad_images(
                     let col = &mut col[..rows * width];
                     let rows = (c0 * per_channel, rows);
                     sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
-                    col2im_add(col, g, &chunk, planes);
+                    if overwrite {
+                        col2im_set(col, g, &chunk, planes);
+                    } else {
+                        col2im_add(col, g, &chunk, planes);
+                    }
                 };
                 // By reference: the lists are freed here, on the thread
                 // that made them. Moved into the tasks, a worker freed them
@@ -2852,14 +3176,23 @@ mod tests {
                             pool.broadcast(|_| {
                                 with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
                             });
-                            forward_skipping(&x, &w, Some(&b), &g, limits_y, skip).unwrap()
+                            forward_skipping(&x, &w, Some(&b), &g, limits_y, skip, Some(false))
+                                .unwrap()
                         });
                         assert_close(&what("y"), &y, &r.y, 1e-5);
                         if let Some(flipped) = &flipped {
                             let limits_dx = limits(g.in_h * g.in_w);
                             let dx = pool.install(|| {
-                                input_grad_flipped_skipping(&dy, &w, &g, flipped, limits_dx, skip)
-                                    .unwrap()
+                                input_grad_flipped_skipping(
+                                    &dy,
+                                    &w,
+                                    &g,
+                                    flipped,
+                                    limits_dx,
+                                    skip,
+                                    Some(false),
+                                )
+                                .unwrap()
                             });
                             assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                         }
@@ -2880,6 +3213,103 @@ mod tests {
             }
         }
         simd::set_pool_path(&pool, None);
+    }
+
+    #[test]
+    fn direct_convolution_matches_direct_loops_on_every_path() {
+        // The forward and the flipped input gradient as direct
+        // convolutions (forced), against float64 loops, on every micro-
+        // kernel path this CPU has: output channels ragged for both panel
+        // widths (21, 40: AVX-512's narrow last panel), rows not a multiple
+        // of either kernel's tile (13, 5 and 2 wide: short tiles), depths
+        // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
+        // 2, a 3x2 kernel with padding on one axis only, no padding; batch
+        // 1 and 3 on two threads; into a dirty output scratch. The rule:
+        // taken for ResNet's 3x3 64->64 at 28x28, batch 32, and 128->128,
+        // not for 256 output channels, grouped small images or a stride
+        // of 2.
+        let cases: &[Case] = &[
+            ([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 4, 9, 8], [5, 4, 5, 5], (1, 1), (2, 2), (1, 1)),
+            ([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
+            ([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)),
+            ([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 51 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 151 + case as u64);
+            let b = pseudo_random(weight[0], 251 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 351 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            let flipped = flipped_geometry(&g);
+            for path in simd::supported() {
+                simd::set_pool_path(&pool, Some(path));
+                let what = |k: &str| format!("case {case} {g:?} {path:?} {k}");
+                let limits = Limits {
+                    min_columns: 1,
+                    ..FORWARD_LIMITS
+                };
+                let taken = pool.install(|| {
+                    let plan = Plan::new("test", &g, limits).unwrap();
+                    direct_width(&g, &plan, Some(true)).is_some()
+                });
+                assert_eq!(taken, path != simd::SimdPath::Portable, "{}", what("taken"));
+                let y = pool.install(|| {
+                    pool.broadcast(|_| {
+                        with_scratch(Slot::Staging, 1 << 14, |b| b.fill(f32::NAN));
+                    });
+                    forward_skipping(&x, &w, Some(&b), &g, limits, Skip::Auto, Some(true)).unwrap()
+                });
+                assert_close(&what("y"), &y, &r.y, 1e-5);
+                if let Some(flipped) = &flipped {
+                    let dx = pool.install(|| {
+                        input_grad_flipped_skipping(
+                            &dy,
+                            &w,
+                            &g,
+                            flipped,
+                            limits,
+                            Skip::Auto,
+                            Some(true),
+                        )
+                        .unwrap()
+                    });
+                    assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                }
+            }
+        }
+        simd::set_pool_path(&pool, None);
+        // Where the rule takes it (on a micro-kernel path).
+        if simd::active() == simd::SimdPath::Portable {
+            return;
+        }
+        pool.install(|| {
+            let resnet = |c: usize, size: usize, stride: usize| {
+                let g = Conv2dGeometry::new(
+                    [32, c, size, size],
+                    [c, c, 3, 3],
+                    (stride, stride),
+                    (1, 1),
+                    (1, 1),
+                )
+                .unwrap();
+                let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+                direct_width(&g, &plan, None).is_some()
+            };
+            if std::env::var("FROSTGRAD_CONV_DIRECT").is_err() {
+                assert!(resnet(64, 28, 1));
+                assert!(resnet(128, 28, 1));
+                assert!(!resnet(256, 28, 1));
+                assert!(!resnet(64, 7, 1));
+                assert!(!resnet(64, 28, 2));
+            }
+        });
     }
 
     /// The padding skip also runs when a group's product is split across
@@ -2912,11 +3342,11 @@ mod tests {
             };
             let before = calls();
             let y = pool
-                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::On))
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::On, Some(false)))
                 .unwrap();
             assert!(calls() > before, "{path:?}: no product skipped the padding");
             let off = pool
-                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::Off))
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::Off, Some(false)))
                 .unwrap();
             let off: Vec<f64> = off.iter().map(|&v| f64::from(v)).collect();
             assert_close(&format!("{path:?} skip vs dense"), &y, &off, 1e-5);
@@ -3100,6 +3530,79 @@ mod tests {
                         old
                     };
                     assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scatter_even_set_writes_every_element_at_every_length() {
+        for n in 0..20 {
+            let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+            for len in (2 * n).max(1) - 1..2 * n + 3 {
+                let mut dst = vec![f32::NAN; len];
+                scatter_even_set(&src, &mut dst);
+                for (i, &got) in dst.iter().enumerate() {
+                    let want = if i % 2 == 0 && i / 2 < n {
+                        src[i / 2]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pointwise_input_grad_writes_dx_whole_like_the_zeroed_form() {
+        // 1x1 unpadded kernels at strides 1 to 3 (the stride-2 one with
+        // rows of 4 and 7 values, as ResNet's), odd sizes that the strides
+        // do not divide, whole-image groups and row chunks of one image,
+        // split and on one thread: `dx` written whole (from a dirty pool
+        // buffer) and the zeroed col2im form both match the f64 loops.
+        let cases: &[Case] = &[
+            ([3, 13, 7, 7], [6, 13, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 9, 14, 14], [5, 9, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 7, 8, 9], [4, 7, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 5, 10, 11], [3, 5, 1, 1], (3, 2), (0, 0), (1, 1)),
+            ([3, 6, 7, 5], [4, 6, 1, 1], (1, 3), (0, 0), (1, 1)),
+            ([2, 4, 5, 6], [3, 4, 1, 1], (1, 1), (0, 0), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            assert!(pointwise_taps(&g));
+            let x = pseudo_random(input.iter().product(), 21 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 120 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 320 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let len = input.iter().product();
+            for (block_elems, min_columns, groups_per_thread) in
+                [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
+            {
+                let limits = Limits {
+                    block_elems,
+                    min_columns,
+                    groups_per_thread,
+                    dx_block_elems: 1 << 10,
+                    group_pack_elems: None,
+                };
+                for overwrite in [true, false] {
+                    // A dirty buffer of dx's size for the pool to hand out.
+                    let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
+                    dirty.fill(f32::NAN);
+                    buffer_pool::recycle(dirty);
+                    let dx =
+                        pool.install(|| input_grad_col2im(&dy, &w, &g, limits, overwrite).unwrap());
+                    let what = format!(
+                        "case {case} blocks {block_elems} columns {min_columns} \
+                         groups/thread {groups_per_thread} overwrite {overwrite} dx"
+                    );
+                    assert_close(&what, &dx, &r.dx, 1e-5);
                 }
             }
         }

@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 
 use super::gemm::{panels, PackB};
+use super::simd::SimdPath;
 use rayon::prelude::*;
 
 /// Depth of one packed block (A panel width, B panel height).
@@ -1556,6 +1557,115 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
     }
     LIVE_TABLES.with(|cell| cell.set(tables));
     PACK_B.with(|cell| cell.set(bpack));
+}
+
+/// The panel width of `path`'s micro-kernel (`None`: the portable path,
+/// which has none).
+pub(super) fn panel_width(path: SimdPath) -> Option<usize> {
+    match path {
+        SimdPath::Avx512 => Some(Avx512::NR),
+        SimdPath::Avx2 => Some(Avx2::NR),
+        SimdPath::Portable => None,
+    }
+}
+
+/// The direct convolution's product (conv.rs `forward_direct`): output
+/// pixels as the rows of `C` (`C[q][o]`, row stride `rsc`), the output
+/// channels as its `n` columns, for one image whose padded input `a` the
+/// kernels read where it lies: pixel `ow` of output row `oh` at depth `p`
+/// is `a[oh * row_step + ow * rs + offsets[p]]`. Each output row is cut
+/// into tiles of `MR` pixels (the last one short), each multiplied by the
+/// `k`-deep panels of `b` ([`panel_width`] columns each, `k` rows of them
+/// per panel, panel after panel), depth block by depth block, so a
+/// 32 KiB block of a weight panel stays in L1 over all the image's tiles.
+///
+/// # Safety
+/// The CPU supports `path` (not portable); `offsets` and `prefetch` hold
+/// `k` entries; every `(oh, ow, p)` with `oh < rows`, `ow < cols`, `p < k`
+/// is readable at that address; `b` holds `n.div_ceil(NR) * k * NR`
+/// floats; `c` holds `rows * cols` rows of `rsc >= n` floats, writable,
+/// accessed by nothing else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn direct_rows(
+    path: SimdPath,
+    a: *const f32,
+    (rows, cols, row_step, rs): (usize, usize, usize, usize),
+    (offsets, prefetch): (&[u32], &[u32]),
+    b: &[f32],
+    (k, n): (usize, usize),
+    c: *mut f32,
+    rsc: usize,
+) {
+    assert!(offsets.len() >= k && prefetch.len() >= k);
+    // SAFETY: forwarded (the CPU supports the kernel of `path`).
+    unsafe {
+        match path {
+            SimdPath::Avx512 => direct_rows_with::<Avx512>(
+                a,
+                (rows, cols, row_step, rs),
+                (offsets, prefetch),
+                b,
+                (k, n),
+                c,
+                rsc,
+            ),
+            SimdPath::Avx2 => direct_rows_with::<Avx2>(
+                a,
+                (rows, cols, row_step, rs),
+                (offsets, prefetch),
+                b,
+                (k, n),
+                c,
+                rsc,
+            ),
+            SimdPath::Portable => unreachable!("direct_rows on the portable path"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_rows_with<K: Kernel>(
+    a: *const f32,
+    (rows, cols, row_step, rs): (usize, usize, usize, usize),
+    (offsets, prefetch): (&[u32], &[u32]),
+    b: &[f32],
+    (k, n): (usize, usize),
+    c: *mut f32,
+    rsc: usize,
+) {
+    assert!(b.len() >= n.div_ceil(K::NR) * k * K::NR);
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        let beta = if pc == 0 { 0.0 } else { 1.0 };
+        for jp in 0..n.div_ceil(K::NR) {
+            let nr = K::NR.min(n - jp * K::NR);
+            let bp = b[(jp * k + pc) * K::NR..][..kc * K::NR].as_ptr();
+            for oh in 0..rows {
+                for ow in (0..cols).step_by(K::MR) {
+                    let mr = K::MR.min(cols - ow);
+                    // SAFETY: the tile's pixels (oh, ow..ow + mr) at depth
+                    // pc..pc + kc are readable (the caller's contract), the
+                    // tables hold kc entries from pc, the panel kc * NR
+                    // floats (asserted), and the C tile (rows oh * cols +
+                    // ow.., columns jp * NR..) lies inside `c`.
+                    unsafe {
+                        K::run_indexed(
+                            kc,
+                            a.add(oh * row_step + ow * rs),
+                            rs,
+                            (offsets.as_ptr().add(pc), prefetch.as_ptr().add(pc)),
+                            bp,
+                            c.add((oh * cols + ow) * rsc + jp * K::NR),
+                            rsc,
+                            beta,
+                            mr,
+                            nr,
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `C = beta * C` for an `m x n` block (a product with nothing to sum):

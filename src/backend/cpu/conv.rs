@@ -819,12 +819,47 @@ impl Source for Columns<'_> {
 /// input-image gradients it came from: `col[rows, columns]` holds the rows
 /// (taps) of whole input channels `c0..`, and `planes[j]` is image `j`'s
 /// gradient for those channels (as many planes as the block has channels).
-fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut [f32]]) {
+///
+/// With `merge` and a row of three taps at stride 2 ([`merges_tap_rows`]),
+/// the three taps of one kernel row are added onto each input row in one
+/// pass ([`add_tap_row_triple`]).
+fn col2im_add(
+    col: &[f32],
+    g: &Conv2dGeometry,
+    chunk: &Chunk,
+    planes: &mut [&mut [f32]],
+    merge: bool,
+) {
     let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
     let plane_len = g.in_h * g.in_w;
     let taps_per_channel = g.kernel_h * g.kernel_w;
     let stride_w = g.stride.1;
     if plane_len == 0 {
+        return;
+    }
+    if merge && merges_tap_rows(g) {
+        for (j, image) in planes.iter_mut().enumerate() {
+            for (c, plane) in image.chunks_exact_mut(plane_len).enumerate() {
+                for kh in 0..g.kernel_h {
+                    let r = c * taps_per_channel + kh * 3;
+                    let src = |kw: usize| &col[(r + kw) * width + j * seg..][..seg];
+                    let (c0, c1, c2) = (src(0), src(1), src(2));
+                    // (Every output column of the middle tap is live:
+                    // `merges_tap_rows`.)
+                    for_each_tap_row(g, kh, 1, chunk.rows, |i, ih, _, _, _| {
+                        let at = i * g.out_w;
+                        add_tap_row_triple(
+                            [
+                                &c0[at..][..g.out_w],
+                                &c1[at..][..g.out_w],
+                                &c2[at..][..g.out_w],
+                            ],
+                            &mut plane[ih * g.in_w..(ih + 1) * g.in_w],
+                        );
+                    });
+                }
+            }
+        }
         return;
     }
     for (j, image) in planes.iter_mut().enumerate() {
@@ -850,6 +885,70 @@ fn col2im_add(col: &[f32], g: &Conv2dGeometry, chunk: &Chunk, planes: &mut [&mut
                     }
                 });
             }
+        }
+    }
+}
+
+/// Whether [`col2im_add`] may add a kernel row's three taps in one pass:
+/// 3 wide, stride 2, padding 1, no dilation (ResNet's stride-2 3x3
+/// layers), with every output column live for the middle tap (input
+/// column `2 * ow`). At 7- and 4-value rows, a call and a pass per tap and
+/// row were a fifth of these input gradients' time (`perf`).
+/// `FROSTGRAD_COL2IM_MERGE=0` adds tap by tap (for comparison; the tests
+/// run both).
+fn merges_tap_rows(g: &Conv2dGeometry) -> bool {
+    g.kernel_w == 3
+        && g.stride.1 == 2
+        && g.padding.1 == 1
+        && g.dilation.1 == 1
+        && valid_outputs(g.out_w, g.in_w, 2, 1, 1) == (0, g.out_w)
+}
+
+/// Whether the input gradient merges tap rows where it can
+/// ([`merges_tap_rows`]): unless `FROSTGRAD_COL2IM_MERGE=0`.
+fn merge_tap_rows_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FROSTGRAD_COL2IM_MERGE").map_or(true, |v| v.trim() != "0"))
+}
+
+/// Adds one kernel row's three taps (`taps[kw][ow]`, stride 2, padding 1)
+/// onto input row `row`: `row[2ow] += taps[1][ow]`, and `row[2ow + 1]`
+/// gets `taps[0][ow + 1]` and then `taps[2][ow]`, the order in which the
+/// tap-by-tap loop adds them, so the sums are the same bit for bit. SSE
+/// does four output columns (eight input columns) a step; the even lanes'
+/// second add is of `-0.0`, which leaves every value as it is.
+fn add_tap_row_triple(taps: [&[f32]; 3], row: &mut [f32]) {
+    let [t0, t1, t2] = taps;
+    let n = t1.len();
+    let w = row.len();
+    assert!(t0.len() == n && t2.len() == n && (n == 0 || 2 * (n - 1) < w));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 5 <= n && 2 * e + 8 <= w {
+        // SAFETY: e + 5 <= n: the loads read t1[e..e + 4], t2[e..e + 4]
+        // and t0[e + 1..e + 5]; 2e + 8 <= w: the loads and stores touch
+        // row[2e..2e + 8]. SSE is part of x86-64.
+        unsafe {
+            use std::arch::x86_64::*;
+            let v0 = _mm_loadu_ps(t0.as_ptr().add(e + 1));
+            let v1 = _mm_loadu_ps(t1.as_ptr().add(e));
+            let v2 = _mm_loadu_ps(t2.as_ptr().add(e));
+            let keep = _mm_set1_ps(-0.0);
+            let out = row.as_mut_ptr().add(2 * e);
+            let lo = _mm_add_ps(_mm_loadu_ps(out), _mm_unpacklo_ps(v1, v0));
+            let hi = _mm_add_ps(_mm_loadu_ps(out.add(4)), _mm_unpackhi_ps(v1, v0));
+            _mm_storeu_ps(out, _mm_add_ps(lo, _mm_unpacklo_ps(keep, v2)));
+            _mm_storeu_ps(out.add(4), _mm_add_ps(hi, _mm_unpackhi_ps(keep, v2)));
+        }
+        e += 4;
+    }
+    for ow in e..n {
+        row[2 * ow] += t1[ow];
+        if let Some(odd) = row.get_mut(2 * ow + 1) {
+            if ow + 1 < n {
+                *odd += t0[ow + 1];
+            }
+            *odd += t2[ow];
         }
     }
 }
@@ -1731,7 +1830,7 @@ fn input_grad_flipped_skipping(
 
 /// `dx = col2im(Wᵀ · dy)` for every image.
 fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) -> Result<Vec<f32>> {
-    input_grad_col2im(dy, w, g, limits, overwrites_dx(g))
+    input_grad_col2im(dy, w, g, limits, overwrites_dx(g), merge_tap_rows_on())
 }
 
 /// Whether the col2im input gradient writes `dx` whole rather than adding
@@ -1753,13 +1852,16 @@ fn pointwise_taps(g: &Conv2dGeometry) -> bool {
 }
 
 /// [`input_grad_with`], writing `dx` whole (`overwrite`, only where
-/// [`pointwise_taps`] and `C_out > 0`) or adding onto a zeroed one.
+/// [`pointwise_taps`] and `C_out > 0`) or adding onto a zeroed one, with
+/// a kernel row's taps added in one pass where `merge` and
+/// [`merges_tap_rows`].
 fn input_grad_col2im(
     dy: &[f32],
     w: &[f32],
     g: &Conv2dGeometry,
     limits: Limits,
     overwrite: bool,
+    merge: bool,
 ) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, g, limits)?;
@@ -1784,7 +1886,8 @@ fn input_grad_col2im(
             per_image,
             |first, count, _, dx, par| {
                 let dy = batch_images(dy, plan.out_image, first, count);
-                input_grad_images(dy, weight_t, g, &plan, dx, count, par, overwrite);
+                let form = (overwrite, merge);
+                input_grad_images(dy, weight_t, g, &plan, dx, count, par, form);
             },
         )
     })?;
@@ -1801,7 +1904,7 @@ fn input_grad_images(
     dx: &mut [f32],
     batch: usize,
     par: Par,
-    overwrite: bool,
+    (overwrite, merge): (bool, bool),
 ) {
     let (m, k) = (plan.taps, g.out_channels);
     for chunk in plan.chunks(g, batch) {
@@ -1877,7 +1980,7 @@ fn input_grad_images(
                     if overwrite {
                         col2im_set(col, g, &chunk, planes);
                     } else {
-                        col2im_add(col, g, &chunk, planes);
+                        col2im_add(col, g, &chunk, planes, merge);
                     }
                 };
                 // By reference: the lists are freed here, on the thread
@@ -3556,6 +3659,54 @@ mod tests {
     }
 
     #[test]
+    fn merged_tap_rows_give_the_tap_by_tap_sums_bit_for_bit() {
+        // 3-wide kernels at stride 2, padding 1 (the merged rows): even and
+        // odd widths (the last odd input column with or without a right
+        // tap), rows long enough for the SSE steps (up to 23 outputs) and
+        // as short as 1, kernel heights 3 and 1, vertical strides 2 and 1,
+        // whole-image groups and row chunks: the merged form equals the
+        // tap-by-tap one bit for bit and both match the f64 loops.
+        let cases: &[Case] = &[
+            ([2, 5, 14, 14], [3, 5, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([3, 4, 7, 7], [5, 4, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([2, 3, 9, 45], [4, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([2, 3, 6, 46], [2, 3, 1, 3], (1, 2), (0, 1), (1, 1)),
+            ([1, 2, 5, 1], [3, 2, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([1, 2, 4, 2], [3, 2, 3, 3], (2, 2), (1, 1), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            assert!(merges_tap_rows(&g), "case {case}");
+            let x = pseudo_random(input.iter().product(), 31 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 130 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 330 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            for (block_elems, min_columns, groups_per_thread) in
+                [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
+            {
+                let limits = Limits {
+                    block_elems,
+                    min_columns,
+                    groups_per_thread,
+                    dx_block_elems: 1 << 10,
+                    group_pack_elems: None,
+                };
+                let [merged, by_tap] = [true, false].map(|merge| {
+                    pool.install(|| input_grad_col2im(&dy, &w, &g, limits, false, merge).unwrap())
+                });
+                let what = format!("case {case} blocks {block_elems} columns {min_columns} dx");
+                assert_close(&what, &merged, &r.dx, 1e-5);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&merged) == bits(&by_tap), "{what}: merged differs");
+            }
+        }
+    }
+
+    #[test]
     fn scatter_even_set_writes_every_element_at_every_length() {
         for n in 0..20 {
             let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
@@ -3616,8 +3767,9 @@ mod tests {
                     let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
                     dirty.fill(f32::NAN);
                     buffer_pool::recycle(dirty);
-                    let dx =
-                        pool.install(|| input_grad_col2im(&dy, &w, &g, limits, overwrite).unwrap());
+                    let dx = pool.install(|| {
+                        input_grad_col2im(&dy, &w, &g, limits, overwrite, true).unwrap()
+                    });
                     let what = format!(
                         "case {case} blocks {block_elems} columns {min_columns} \
                          groups/thread {groups_per_thread} overwrite {overwrite} dx"

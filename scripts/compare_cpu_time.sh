@@ -47,9 +47,15 @@ case "$isa" in
 esac
 
 # CPU seconds (user + system) of one command, its output in $OUT/last.log.
+# A failed run stops the script: GNU time still writes its times (after a
+# "Command exited with non-zero status" line), which would otherwise give a
+# ratio of nothing.
 cpu() {
-  /usr/bin/time -f "%U %S" -o "$OUT/time" "$@" > "$OUT/last.log" 2>&1
-  awk '{ print $1 + $2 }' "$OUT/time"
+  if ! /usr/bin/time -f "%U %S" -o "$OUT/time" "$@" > "$OUT/last.log" 2>&1; then
+    echo "error: '$*' failed; its output is in $OUT/last.log" >&2
+    return 1
+  fi
+  tail -n 1 "$OUT/time" | awk '{ print $1 + $2 }'
 }
 
 echo "CPU $(lscpu | sed -n 's/^Model name: *//p'); isa $isa; $threads thread(s) per side;" \

@@ -130,6 +130,8 @@ const GROUP_PACK_ELEMS: usize = 1 << 18;
 
 /// The depth of the micro-kernel GEMM's packed blocks (`microkernel::KC`).
 const GROUP_PACK_DEPTH: usize = 256;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(GROUP_PACK_DEPTH == super::microkernel::KC);
 
 /// The input gradient computes `Wᵀ · dy` in row blocks of whole input
 /// channels of about this many floats (256 KiB, a quarter of Zen 4's L2)
@@ -213,7 +215,10 @@ impl Plan {
             1
         } else {
             let wanted = limits.min_columns.div_ceil(pixels.max(1));
-            let fit = match limits.group_pack_elems {
+            // The portable path's GEMM (`matrixmultiply`) takes the
+            // group's whole column matrix stored: there the old bound holds.
+            let packs_in_blocks = simd::active() != simd::SimdPath::Portable;
+            let fit = match limits.group_pack_elems.filter(|_| packs_in_blocks) {
                 Some(elems) => elems / (taps.min(GROUP_PACK_DEPTH) * pixels).max(1),
                 None => limits.block_elems / (taps * pixels).max(1),
             };
@@ -1321,9 +1326,9 @@ fn forward_skipping(
 ) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
-    if let Some(nr) = direct_width(g, &plan, direct) {
+    if let Some(tile) = direct_width(g, &plan, direct) {
         let taps = plan.taps;
-        return forward_direct(op, x, |o, p| w[o * taps + p], bias, g, nr);
+        return forward_direct(op, x, |o, p| w[o * taps + p], bias, g, tile);
     }
     let weight = MatRef::row_major(w, plan.taps);
     let columns = g.batch * plan.pixels;
@@ -1364,15 +1369,11 @@ const SPLIT_FILL_SHARE: f64 = 0.08;
 /// on the AVX paths, with a weight that is not pre-packed.
 #[cfg(target_arch = "x86_64")]
 fn skipping_panel_width(weight: Lhs<'_>) -> Option<usize> {
-    use super::microkernel::{Avx2, Avx512, Kernel};
     if let Lhs::Packed { .. } = weight {
         return None;
     }
-    match simd::active() {
-        simd::SimdPath::Avx512 => Some(Avx512::NR),
-        simd::SimdPath::Avx2 => Some(Avx2::NR),
-        simd::SimdPath::Portable => None,
-    }
+    let (_, nr) = super::gemm::tile(simd::active());
+    (nr > 0).then_some(nr)
 }
 
 /// Elsewhere the portable path's `matrixmultiply` multiplies every row.
@@ -1458,7 +1459,7 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// [`DIRECT_MAX_OUT_CHANNELS`] output channels. `force` (tests), else
 /// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
 /// it regardless of channels and batch (for comparison).
-fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<usize> {
+fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<DirectTile> {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let mode = force.or_else(|| {
         *MODE.get_or_init(|| {
@@ -1473,10 +1474,18 @@ fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<
         })
     });
     #[cfg(target_arch = "x86_64")]
-    let nr = super::microkernel::panel_width(simd::active())?;
+    let tile = {
+        let path = simd::active();
+        let (mr, nr) = super::gemm::tile(path);
+        (nr > 0).then_some(DirectTile { path, mr, nr })?
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let nr: usize = return None;
-    let padded = (g.in_h + 2 * g.padding.0) * (g.in_w + 2 * g.padding.1);
+    let tile: DirectTile = return None;
+    // Checked: a huge padding must fall back to the im2col path (which
+    // reports it), not wrap here.
+    let hp = g.in_h.checked_add(g.padding.0.checked_mul(2)?)?;
+    let wp = g.in_w.checked_add(g.padding.1.checked_mul(2)?)?;
+    let padded = hp.checked_mul(wp)?;
     let shape = g.stride == (1, 1)
         && g.kernel_h * g.kernel_w > 1
         && plan.images_per_chunk == 1
@@ -1485,7 +1494,18 @@ fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<
         && g.out_channels > 0
         && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
     let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS && g.batch >= rayon::current_num_threads();
-    (shape && mode.unwrap_or(rule)).then_some(nr)
+    (shape && mode.unwrap_or(rule)).then_some(tile)
+}
+
+/// The SIMD path and micro-kernel tile one direct convolution runs with,
+/// read once per call: the packing of the weight (`nr` wide), the prefetch
+/// table (`mr` rows) and every worker's kernel must agree, even if the
+/// process-wide path is switched (`simd::force`) while the call runs.
+#[derive(Clone, Copy, Debug)]
+struct DirectTile {
+    path: simd::SimdPath,
+    mr: usize,
+    nr: usize,
 }
 
 /// The forward of every image as a direct convolution: each image's input
@@ -1506,8 +1526,9 @@ fn forward_direct(
     wt: impl Fn(usize, usize) -> f32,
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
-    nr: usize,
+    tile: DirectTile,
 ) -> Result<Vec<f32>> {
+    let DirectTile { path, mr, nr } = tile;
     let (k, n) = (g.in_channels * g.kernel_h * g.kernel_w, g.out_channels);
     let pixels = g.out_h * g.out_w;
     let (hp, wp) = (g.in_h + 2 * g.padding.0, g.in_w + 2 * g.padding.1);
@@ -1546,13 +1567,9 @@ fn forward_direct(
                 *o = (c * plane + kh * g.dilation.0 * wp + kw * g.dilation.1) as u32;
             }
             #[cfg(target_arch = "x86_64")]
-            {
-                let mr = match simd::active() {
-                    simd::SimdPath::Avx512 => 8,
-                    _ => 6,
-                };
-                super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
-            }
+            super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (mr, prefetch);
             let (offsets, prefetch) = (&*offsets, &*prefetch);
             y.par_chunks_mut(out_image).enumerate().for_each(|(i, y)| {
                 let x = &x[i * in_image..][..in_image];
@@ -1563,8 +1580,10 @@ fn forward_direct(
                     for r0 in (0..g.out_h).step_by(block_rows) {
                         let rows = block_rows.min(g.out_h - r0);
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the CPU supports the active path, which
-                        // has a panel width (`direct_width`); pixel (oh,
+                        // SAFETY: the CPU supports `path` (the active
+                        // path, read once by `direct_width`, which only
+                        // returns one with a tile) and `b` was packed `nr`
+                        // wide for that same path; pixel (oh,
                         // ow) at depth (ch, kh, kw) reads padded row oh +
                         // kh * d_h, column ow + kw * d_w of plane ch,
                         // inside it since the output size leaves (out - 1)
@@ -1573,7 +1592,7 @@ fn forward_direct(
                         // block's rows * out_w rows of n.
                         unsafe {
                             super::microkernel::direct_rows(
-                                simd::active(),
+                                path,
                                 padded.as_ptr().add(r0 * wp),
                                 (rows, g.out_w, wp, 1),
                                 (offsets, prefetch),
@@ -1820,8 +1839,8 @@ fn input_grad_flipped_skipping(
     let taps = g.kernel_h * g.kernel_w;
     let per_out = g.in_channels * taps;
     let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
-    if let Some(nr) = direct_width(flipped, &plan, direct) {
-        return forward_direct(op, dy, |o, p| w[o * taps + offset(p)], None, flipped, nr);
+    if let Some(tile) = direct_width(flipped, &plan, direct) {
+        return forward_direct(op, dy, |o, p| w[o * taps + offset(p)], None, flipped, tile);
     }
     with_indexed_lhs(w, taps, (g.in_channels, plan.taps), offset, |weight| {
         forward_lhs(op, dy, weight, None, flipped, &plan, skip)
@@ -3054,23 +3073,38 @@ mod tests {
         // one 256-deep block of its columns at a time, so 4x4 and 7x7
         // images go 16 to a group (one per thread), where the whole column
         // matrix (4608 or 2304 taps deep) held them to 14 and 9, i.e.
-        // groups of 8; 14x14 stays at 4 (768 columns), 28x28 at one.
+        // groups of 8; 14x14 stays at 4 (768 columns), 28x28 at one. The
+        // portable path, whose GEMM takes the column matrix stored, keeps
+        // the old bound.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        pool.install(|| {
-            for (c, size, want, old) in [
-                (512, 4, 16, 8),
-                (256, 7, 16, 8),
-                (128, 14, 4, 4),
-                (64, 28, 1, 1),
-            ] {
+        for path in simd::supported() {
+            simd::set_pool_path(&pool, Some(path));
+            pool.install(|| forward_groups_for_path(path));
+        }
+        simd::set_pool_path(&pool, None);
+    }
+
+    fn forward_groups_for_path(path: simd::SimdPath) {
+        for (c, size, want, old) in [
+            (512, 4, 16, 8),
+            (256, 7, 16, 8),
+            (128, 14, 4, 4),
+            (64, 28, 1, 1),
+        ] {
+            {
                 let g =
                     Conv2dGeometry::new([32, c, size, size], [c, c, 3, 3], (1, 1), (1, 1), (1, 1))
                         .unwrap();
                 let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
-                assert_eq!(plan.images_per_chunk, want, "{c} @{size}");
+                let want = if path == simd::SimdPath::Portable {
+                    old
+                } else {
+                    want
+                };
+                assert_eq!(plan.images_per_chunk, want, "{c} @{size} {path:?}");
                 assert!(plan.parallel_groups(&g));
                 // Bounded by the whole column matrix (what a plan that
                 // stores it keeps).
@@ -3082,7 +3116,7 @@ mod tests {
                 assert_eq!(plan.images_per_chunk, old, "{c} @{size}, stored");
                 assert!(want * size * size * GROUP_PACK_DEPTH <= GROUP_PACK_ELEMS);
             }
-        });
+        }
     }
 
     #[test]
@@ -3344,9 +3378,10 @@ mod tests {
         // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
         // 2, a 3x2 kernel with padding on one axis only, no padding; batch
         // 1 and 3 on two threads; an image in two blocks of output rows;
-        // into a dirty output scratch. The rule:
-        // taken for ResNet's 3x3 64->64 at 28x28, batch 32, and 128->128,
-        // not for 256 output channels, grouped small images or a stride
+        // into a dirty output scratch; the flipped input gradient checked
+        // to take the direct path too. The rule: taken for ResNet's 3x3
+        // 64->64 at 28x28, batch 32, 128->128, and 64->64 at 56x56, batch
+        // 8; not for 256 output channels, grouped small images or a stride
         // of 2.
         let cases: &[Case] = &[
             ([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)),
@@ -3391,6 +3426,16 @@ mod tests {
                 });
                 assert_close(&what("y"), &y, &r.y, 1e-5);
                 if let Some(flipped) = &flipped {
+                    let taken = pool.install(|| {
+                        let plan = Plan::new("test", flipped, limits).unwrap();
+                        direct_width(flipped, &plan, Some(true)).is_some()
+                    });
+                    assert_eq!(
+                        taken,
+                        path != simd::SimdPath::Portable,
+                        "{}",
+                        what("dx taken")
+                    );
                     let dx = pool.install(|| {
                         input_grad_flipped_skipping(
                             &dy,
@@ -3413,9 +3458,9 @@ mod tests {
             return;
         }
         pool.install(|| {
-            let resnet = |c: usize, size: usize, stride: usize| {
+            let resnet = |batch: usize, c: usize, size: usize, stride: usize| {
                 let g = Conv2dGeometry::new(
-                    [32, c, size, size],
+                    [batch, c, size, size],
                     [c, c, 3, 3],
                     (stride, stride),
                     (1, 1),
@@ -3426,11 +3471,14 @@ mod tests {
                 direct_width(&g, &plan, None).is_some()
             };
             if std::env::var("FROSTGRAD_CONV_DIRECT").is_err() {
-                assert!(resnet(64, 28, 1));
-                assert!(resnet(128, 28, 1));
-                assert!(!resnet(256, 28, 1));
-                assert!(!resnet(64, 7, 1));
-                assert!(!resnet(64, 28, 2));
+                assert!(resnet(32, 64, 28, 1));
+                assert!(resnet(32, 128, 28, 1));
+                // 56x56 at batch 8 (a whole image per chunk only once the
+                // image is split into blocks of output rows).
+                assert!(resnet(8, 64, 56, 1));
+                assert!(!resnet(32, 256, 28, 1));
+                assert!(!resnet(32, 64, 7, 1));
+                assert!(!resnet(32, 64, 28, 2));
             }
         });
     }

@@ -213,7 +213,7 @@ pub(super) enum Rhs<'a> {
 /// The register tile (`MR`, `NR`) of `path`'s micro-kernel; (0, 0) for
 /// the portable path, which has none of ours.
 #[cfg(target_arch = "x86_64")]
-fn tile(path: SimdPath) -> (usize, usize) {
+pub(super) fn tile(path: SimdPath) -> (usize, usize) {
     use super::microkernel::{Avx2, Avx512, Kernel};
     match path {
         SimdPath::Avx512 => (Avx512::MR, Avx512::NR),

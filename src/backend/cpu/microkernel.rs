@@ -22,7 +22,7 @@ use super::simd::SimdPath;
 use rayon::prelude::*;
 
 /// Depth of one packed block (A panel width, B panel height).
-const KC: usize = 256;
+pub(super) const KC: usize = 256;
 
 /// Packed operands of at least this many floats (1 MiB) are packed by
 /// several threads; below it a rayon dispatch costs more than it saves.
@@ -1559,23 +1559,13 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
     PACK_B.with(|cell| cell.set(bpack));
 }
 
-/// The panel width of `path`'s micro-kernel (`None`: the portable path,
-/// which has none).
-pub(super) fn panel_width(path: SimdPath) -> Option<usize> {
-    match path {
-        SimdPath::Avx512 => Some(Avx512::NR),
-        SimdPath::Avx2 => Some(Avx2::NR),
-        SimdPath::Portable => None,
-    }
-}
-
 /// The direct convolution's product (conv.rs `forward_direct`): output
 /// pixels as the rows of `C` (`C[q][o]`, row stride `rsc`), the output
 /// channels as its `n` columns, for one image whose padded input `a` the
 /// kernels read where it lies: pixel `ow` of output row `oh` at depth `p`
 /// is `a[oh * row_step + ow * rs + offsets[p]]`. Each output row is cut
 /// into tiles of `MR` pixels (the last one short), each multiplied by the
-/// `k`-deep panels of `b` ([`panel_width`] columns each, `k` rows of them
+/// `k`-deep panels of `b` (the kernel's `NR` columns each, `k` rows of them
 /// per panel, panel after panel), depth block by depth block, so a
 /// 32 KiB block of a weight panel stays in L1 over all the image's tiles.
 ///

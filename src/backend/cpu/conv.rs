@@ -1721,7 +1721,7 @@ fn forward_images(
 /// chooses it, else `col2im(Wᵀ · dy)`.
 pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Result<Vec<f32>> {
     match flipped_geometry(g) {
-        Some(flipped) if flip_input_grad(g) => {
+        Some(flipped) if flip_input_grad(g, &flipped) => {
             input_grad_flipped(dy, w, g, &flipped, FORWARD_LIMITS)
         }
         _ => input_grad_with(dy, w, g, LIMITS),
@@ -1736,15 +1736,20 @@ pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Re
 /// The rule: for kernels of more than one tap (a 1x1, stride-1, unpadded
 /// input gradient already is one GEMM with no col2im), on the AVX-512 path
 /// always, on the AVX2 path for images of at most
-/// [`FLIP_AVX2_MAX_PIXELS`]. Measured on Zen 4, batch 8, medians of 12
-/// alternating runs under load (BENCHMARKS.md, issue 9 item 26): AVX-512
-/// 0.88-0.98x the CPU time of col2im on all four stride-1 3x3 layers at 1
-/// and 2 threads; AVX2 0.90-0.95x at 7x7 but 1.02-1.08x at 14x14 to 56x56,
-/// where its forward (whose speed the flipped input gradient takes) is
-/// itself slower than its col2im input gradient. On the portable path the
-/// flipped weight would have to be written out first (`matrixmultiply`
-/// takes only strided operands).
-fn flip_input_grad(g: &Conv2dGeometry) -> bool {
+/// [`FLIP_AVX2_MAX_PIXELS`] or where the flipped forward runs as a direct
+/// convolution ([`direct_width`] of `flipped`). Measured on Zen 4, batch
+/// 8, medians of 12 alternating runs under load (BENCHMARKS.md, issue 9
+/// item 26): AVX-512 0.88-0.98x the CPU time of col2im on all four
+/// stride-1 3x3 layers at 1 and 2 threads; AVX2 0.90-0.95x at 7x7 but
+/// 1.02-1.08x at 14x14 to 56x56 through the im2col forward, which on AVX2
+/// is itself slower than its col2im input gradient. Through the direct
+/// convolution the AVX2 flipped input gradient is faster: 0.88x (64@56,
+/// batch 8), 0.96x (128@28, batch 8), 0.86x (64@28, batch 32) the CPU time
+/// of col2im (one thread, medians of 5-6 alternating runs, load 6.5,
+/// /work/coord/bench-avx2b.md). On the portable path the flipped weight
+/// would have to be written out first (`matrixmultiply` takes only
+/// strided operands).
+fn flip_input_grad(g: &Conv2dGeometry, flipped: &Conv2dGeometry) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced =
         *MODE.get_or_init(
@@ -1760,10 +1765,18 @@ fn flip_input_grad(g: &Conv2dGeometry) -> bool {
             && pixels >= FLIP_MIN_PIXELS
             && match simd::active() {
                 simd::SimdPath::Avx512 => true,
-                simd::SimdPath::Avx2 => pixels <= FLIP_AVX2_MAX_PIXELS,
+                simd::SimdPath::Avx2 => pixels <= FLIP_AVX2_MAX_PIXELS || flips_direct(flipped),
                 simd::SimdPath::Portable => false,
             }
     })
+}
+
+/// Whether the flipped input gradient of geometry `flipped` would run as
+/// a direct convolution ([`input_grad_flipped_skipping`] asks the same
+/// [`direct_width`] with the same plan).
+fn flips_direct(flipped: &Conv2dGeometry) -> bool {
+    Plan::new("conv2d_input_grad", flipped, FORWARD_LIMITS)
+        .is_ok_and(|plan| direct_width(flipped, &plan, None).is_some())
 }
 
 /// The smallest image (`H * W` of `dx`) whose input gradient is run
@@ -1778,8 +1791,8 @@ fn flip_input_grad(g: &Conv2dGeometry) -> bool {
 const FLIP_MIN_PIXELS: usize = 9;
 
 /// The largest image (`H * W` of `dx`) whose input gradient the AVX2 path
-/// runs flipped ([`flip_input_grad`]): between ResNet's 7x7 (flipped
-/// faster) and 14x14 (slower).
+/// runs flipped through the im2col forward ([`flip_input_grad`]):
+/// between ResNet's 7x7 (flipped faster) and 14x14 (slower).
 const FLIP_AVX2_MAX_PIXELS: usize = 100;
 
 /// For stride 1, the input gradient is the forward convolution of `dy`
@@ -3631,6 +3644,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The AVX2 path's rule for the flipped input gradient: small images
+    /// always, larger ones where the flipped forward runs as a direct
+    /// convolution (ResNet's 64@56 and 128@28 at batch 8), not where it
+    /// would run through im2col (256@14), where col2im is as fast.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it() {
+        if !simd::SimdPath::Avx2.is_supported()
+            || std::env::var("FROSTGRAD_CONV_DIRECT").is_ok()
+            || std::env::var("FROSTGRAD_CONV_DX").is_ok()
+        {
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        simd::set_pool_path(&pool, Some(simd::SimdPath::Avx2));
+        pool.install(|| {
+            let flips = |batch: usize, c: usize, size: usize| {
+                let g = Conv2dGeometry::new(
+                    [batch, c, size, size],
+                    [c, c, 3, 3],
+                    (1, 1),
+                    (1, 1),
+                    (1, 1),
+                )
+                .unwrap();
+                flip_input_grad(&g, &flipped_geometry(&g).unwrap())
+            };
+            assert!(flips(8, 64, 56));
+            assert!(flips(8, 128, 28));
+            assert!(flips(32, 64, 28));
+            assert!(!flips(8, 256, 14));
+            assert!(flips(8, 512, 7));
+            // One image for two threads: no direct convolution, so col2im.
+            assert!(!flips(1, 64, 56));
+        });
+        simd::set_pool_path(&pool, None);
     }
 
     #[test]

@@ -1868,13 +1868,15 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
 /// Whether the col2im input gradient writes `dx` whole rather than adding
 /// onto a zeroed one ([`col2im_set`]): for 1x1 unpadded kernels (whose
 /// taps do not overlap) with at least one output channel (else nothing
-/// would be written). `FROSTGRAD_CONV_DX_FILL=zero` keeps the zeroing and
-/// adding (for comparison; the tests run both).
+/// would be written). `FROSTGRAD_CONV_DX_OVERWRITE=0` keeps the zeroing
+/// and adding (for comparison; the tests run both), like the other `=0`
+/// switches.
 fn overwrites_dx(g: &Conv2dGeometry) -> bool {
-    static ZERO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let zero = *ZERO
-        .get_or_init(|| std::env::var("FROSTGRAD_CONV_DX_FILL").is_ok_and(|v| v.trim() == "zero"));
-    !zero && pointwise_taps(g) && g.out_channels > 0
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| {
+        std::env::var("FROSTGRAD_CONV_DX_OVERWRITE").map_or(true, |v| v.trim() != "0")
+    });
+    on && pointwise_taps(g) && g.out_channels > 0
 }
 
 /// A 1x1 unpadded kernel: every input pixel is read by at most one output
@@ -3822,6 +3824,78 @@ mod tests {
                         0.0
                     };
                     assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_set_writes_every_element_of_its_rows_into_nan_planes() {
+        // `col2im_set` alone, into planes filled with NaN (so a value it
+        // failed to write, a zero it skipped, shows): strides 1 to 3 on
+        // either axis, sizes the strides do not divide, two images, the
+        // output rows whole and split into chunks. Inside the chunk's input
+        // rows every element is the one gradient that lands there or 0;
+        // outside them nothing is touched.
+        for (in_h, in_w, stride) in [
+            (7, 7, (2, 2)),
+            (14, 14, (2, 2)),
+            (8, 9, (2, 2)),
+            (10, 11, (3, 2)),
+            (7, 5, (1, 3)),
+            (5, 6, (1, 1)),
+        ] {
+            let (c, images) = (3, 2);
+            let g = Conv2dGeometry::new(
+                [images, c, in_h, in_w],
+                [4, c, 1, 1],
+                stride,
+                (0, 0),
+                (1, 1),
+            )
+            .unwrap();
+            let (sh, sw) = stride;
+            let splits = [(0, g.out_h), (0, g.out_h / 2), (g.out_h / 2, g.out_h)];
+            for rows in splits.into_iter().filter(|r| r.0 < r.1) {
+                let chunk = Chunk {
+                    first_image: 0,
+                    images,
+                    rows,
+                };
+                let (width, seg) = (chunk.columns(&g), chunk.image_columns(&g));
+                let col = pseudo_random(c * width, (in_h * 7 + in_w + rows.0) as u64);
+                let plane_len = in_h * in_w;
+                let mut data = vec![f32::NAN; images * c * plane_len];
+                {
+                    let mut planes: Vec<&mut [f32]> =
+                        data.chunks_exact_mut(c * plane_len).collect();
+                    col2im_set(&col, &g, &chunk, &mut planes);
+                }
+                let ih0 = rows.0 * sh;
+                let ih1 = if rows.1 >= g.out_h { in_h } else { rows.1 * sh };
+                for j in 0..images {
+                    for ch in 0..c {
+                        for ih in 0..in_h {
+                            for iw in 0..in_w {
+                                let got = data[(j * c + ch) * plane_len + ih * in_w + iw];
+                                let what =
+                                    format!("{g:?} rows {rows:?} image {j} c {ch} ({ih}, {iw})");
+                                if !(ih0..ih1).contains(&ih) {
+                                    assert!(got.is_nan(), "{what}: written outside the chunk");
+                                    continue;
+                                }
+                                let (oh, ow) = (ih / sh, iw / sw);
+                                let lands =
+                                    ih % sh == 0 && iw % sw == 0 && oh < rows.1 && ow < g.out_w;
+                                let want = if lands {
+                                    col[ch * width + j * seg + (oh - rows.0) * g.out_w + ow]
+                                } else {
+                                    0.0
+                                };
+                                assert_eq!(got.to_bits(), want.to_bits(), "{what}");
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -1571,7 +1571,7 @@ fn forward_direct(
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (mr, prefetch);
             let (offsets, prefetch) = (&*offsets, &*prefetch);
-            y.par_chunks_mut(out_image).enumerate().for_each(|(i, y)| {
+            let image = |i: usize, y: &mut [f32]| {
                 let x = &x[i * in_image..][..in_image];
                 let block = block_rows * g.out_w * n;
                 with_scratch(Slot::Staging, g.in_channels * plane + block, |buf| {
@@ -1611,6 +1611,36 @@ fn forward_direct(
                         }
                     }
                 });
+            };
+            // Thread t of the pool runs images t * batch / threads.. of
+            // the batch (`rayon::broadcast`), so each thread asks for the
+            // same scratch in every call: handed out by work stealing, a
+            // worker that had run no image of this layer in one step took
+            // its first (and grew its buffer) in a later one, now and then
+            // (`tests/cpu_buffer_pool.rs`, AVX2).
+            let threads = rayon::current_num_threads().max(1);
+            let mut rest = &mut *y;
+            let runs: Vec<std::sync::Mutex<(usize, &mut [f32])>> = (0..threads)
+                .map(|t| {
+                    let (lo, hi) = (t * g.batch / threads, (t + 1) * g.batch / threads);
+                    let (part, tail) =
+                        std::mem::take(&mut rest).split_at_mut((hi - lo) * out_image);
+                    rest = tail;
+                    std::sync::Mutex::new((lo, part))
+                })
+                .collect();
+            rayon::broadcast(|ctx| {
+                // Each index is one thread's alone: the lock never waits.
+                let Some(run) = runs.get(ctx.index()) else {
+                    return;
+                };
+                let mut run = run
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let first = run.0;
+                for (j, y) in run.1.chunks_exact_mut(out_image).enumerate() {
+                    image(first + j, y);
+                }
             });
         });
     });

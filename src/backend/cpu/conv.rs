@@ -1455,7 +1455,8 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// `plan`) runs as a direct convolution ([`forward_direct`]), or `None`:
 /// on the AVX paths, for stride-1 kernels of more than one tap over whole
 /// images one at a time (not the grouped small images, whose padding taps
-/// the class order skips), at least one image per thread, and at most
+/// the class order skips, except on AVX2 from [`DIRECT_MIN_GROUPED_PIXELS`]
+/// up), at least one image per thread, and at most
 /// [`DIRECT_MAX_OUT_CHANNELS`] output channels. `force` (tests), else
 /// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
 /// it regardless of channels and batch (for comparison).
@@ -1488,13 +1489,29 @@ fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<
     let padded = hp.checked_mul(wp)?;
     let shape = g.stride == (1, 1)
         && g.kernel_h * g.kernel_w > 1
-        && plan.images_per_chunk == 1
+        && (plan.images_per_chunk == 1 || grouped_direct(tile, g))
         && plan.taps > 0
         && plan.pixels > 0
         && g.out_channels > 0
         && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
     let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS && g.batch >= rayon::current_num_threads();
     (shape && mode.unwrap_or(rule)).then_some(tile)
+}
+
+/// The fewest output pixels per image at which images small enough to be
+/// grouped for the im2col GEMM (`Plan::images_per_chunk` > 1) still run
+/// as a direct convolution, on the AVX2 path: the GEMM skips their padding
+/// taps ([`skip_order`]; 9 % of a 3x3 kernel's at 14x14, 18 % at 7x7),
+/// which the direct convolution computes, but it packs no panels. At 3x3
+/// 128->128, 14x14, batch 32 the direct convolution took 0.91x the CPU
+/// time of the grouped GEMM forward, 0.92x input gradient (one thread,
+/// Zen 2; BENCHMARKS.md). Smaller images were not measured, nor AVX-512.
+const DIRECT_MIN_GROUPED_PIXELS: usize = 14 * 14;
+
+/// Whether images that the im2col GEMM would group run as a direct
+/// convolution ([`DIRECT_MIN_GROUPED_PIXELS`]).
+fn grouped_direct(tile: DirectTile, g: &Conv2dGeometry) -> bool {
+    tile.path == simd::SimdPath::Avx2 && g.out_h * g.out_w >= DIRECT_MIN_GROUPED_PIXELS
 }
 
 /// The SIMD path and micro-kernel tile one direct convolution runs with,
@@ -3523,6 +3540,12 @@ mod tests {
                 assert!(resnet(8, 64, 56, 1));
                 assert!(!resnet(32, 256, 28, 1));
                 assert!(!resnet(32, 64, 7, 1));
+                // 14x14 images, grouped for the im2col GEMM: direct on
+                // AVX2 only (DIRECT_MIN_GROUPED_PIXELS).
+                assert_eq!(
+                    resnet(32, 128, 14, 1),
+                    simd::active() == simd::SimdPath::Avx2
+                );
                 assert!(!resnet(32, 64, 28, 2));
             }
         });

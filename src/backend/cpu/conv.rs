@@ -125,7 +125,7 @@ const FORWARD_LIMITS: Limits = Limits {
 /// the corner and edge columns into whole panels (0.750 of the FMAs
 /// against 0.833 with 8, `ClassOrder::live_share`); at batch 32 x 112,
 /// AVX-512, 3x3 512->512 @4 and 256->256 @7 forwards took 0.96x the CPU
-/// time of groups of 8 (BENCHMARKS.md, issue 9).
+/// time of groups of 8 (BENCHMARKS.md, issue 9 item 35).
 const GROUP_PACK_ELEMS: usize = 1 << 18;
 
 /// The depth of the micro-kernel GEMM's packed blocks (`microkernel::KC`).
@@ -1470,7 +1470,7 @@ fn skip_order(
 /// only `C_out` rows each, so packing them is a large share of the time
 /// (3x3 64->64 at 28x28: 13 % of the samples next to the micro-kernel's
 /// 71 %, `perf`, one thread). Measured (CPU time against the im2col GEMM,
-/// AVX-512, 2 threads, BENCHMARKS.md issue 9): 3x3 64->64 at 28x28
+/// AVX-512, 2 threads, BENCHMARKS.md issue 9 item 35): 3x3 64->64 at 28x28
 /// (batch 32) 0.90x forward and input gradient, at 56x56 (batch 8) 0.89x
 /// and 0.94x; 128->128 at 28x28 (batch 8) 0.92x and 0.95x. Not measured
 /// wider, so not taken there.
@@ -1816,7 +1816,7 @@ pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Re
 /// convolution the AVX2 flipped input gradient is faster: 0.88x (64@56,
 /// batch 8), 0.96x (128@28, batch 8), 0.86x (64@28, batch 32) the CPU time
 /// of col2im (one thread, medians of 5-6 alternating runs, load 6.5,
-/// /work/coord/bench-avx2b.md). On the portable path the flipped weight
+/// BENCHMARKS.md issue 9 item 37). On the portable path the flipped weight
 /// would have to be written out first (`matrixmultiply` takes only
 /// strided operands).
 fn flip_input_grad(g: &Conv2dGeometry, flipped: &Conv2dGeometry) -> bool {

@@ -96,6 +96,27 @@ pub(super) trait Kernel {
         mr: usize,
         nr: usize,
     );
+
+    /// As [`Kernel::run_indexed`], with one pointer per row instead of a
+    /// row stride and no prefetch (see [`ByPixel`]): `A[i][p]` at `rows[i]
+    /// + offsets[p]`.
+    ///
+    /// # Safety
+    /// As [`Kernel::run`] for `b` and `c`; `offsets` holds `kc` values;
+    /// `1 <= mr <= rows.len()`; every `(i, p)` with `i < mr`, `p < kc` is
+    /// readable at `rows[i] + offsets[p]`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_indexed_rows(
+        kc: usize,
+        rows: &[*const f32],
+        offsets: *const u32,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        beta: f32,
+        mr: usize,
+        nr: usize,
+    );
 }
 
 /// How a micro-kernel reads its `MR x kc` block of A: element `(i, p)`,
@@ -246,6 +267,44 @@ impl<const MR: usize> ARead for ByTable<MR> {
     }
 }
 
+/// A read where it lies through a depth table, as [`ByTable`], with one
+/// pointer per row however far apart (`at(i, p) = rows[i][offsets[p]]`)
+/// and no prefetch: the direct convolution's tiles of output pixels that
+/// wrap from one output row to the next (`direct_rows`). What they read is
+/// a block of the padded input already in L1 or L2 (`forward_direct`), and
+/// [`ByTable`]'s prefetch (a table load and a hint per depth step) cost it
+/// 5 % at 3x3 128->128, 28x28, forward and input gradient, 1-5 % at
+/// 64->64, 56x56 (CPU time, one thread, Zen 2; BENCHMARKS.md).
+#[derive(Clone, Copy)]
+pub(super) struct ByPixel<const MR: usize> {
+    rows: [*const f32; MR],
+    offsets: *const u32,
+}
+
+impl<const MR: usize> ByPixel<MR> {
+    /// A reader whose row `i` starts at `rows[i]` (rows at or past `mr` at
+    /// `rows[mr - 1]`).
+    ///
+    /// # Safety
+    /// `1 <= mr <= rows.len()`; `offsets` holds `kc` values; every `(i,
+    /// p)` with `i < mr`, `p < kc` is readable at `rows[i] + offsets[p]`.
+    #[inline(always)]
+    unsafe fn new(rows: &[*const f32], offsets: *const u32, mr: usize) -> Self {
+        // SAFETY: min(i, mr - 1) < mr <= rows.len() (the caller's contract).
+        let rows = std::array::from_fn(|i| unsafe { *rows.get_unchecked(i.min(mr - 1)) });
+        Self { rows, offsets }
+    }
+}
+
+impl<const MR: usize> ARead for ByPixel<MR> {
+    #[inline(always)]
+    unsafe fn at(self, i: usize, p: usize) -> f32 {
+        // SAFETY: p < kc, so the table entry exists, and (i, p) is readable
+        // at row i plus it (the caller's contract; rows clamped in `new`).
+        unsafe { *self.rows[i].add(*self.offsets.add(p) as usize) }
+    }
+}
+
 /// Writes `acc + beta * C` for the valid `mr x nr` part of a tile held in
 /// `acc` (row-major, `NR` per row).
 ///
@@ -379,6 +438,25 @@ macro_rules! micro_kernel {
                 // tables of kc entries, rows < mr and depth < kc readable).
                 unsafe {
                     let a = ByTable::<$mr>::new(a, rs, offsets, prefetch, mr);
+                    Self::rows(kc, a, b, c, rsc, beta, mr, nr)
+                }
+            }
+
+            unsafe fn run_indexed_rows(
+                kc: usize,
+                rows: &[*const f32],
+                offsets: *const u32,
+                b: *const f32,
+                c: *mut f32,
+                rsc: usize,
+                beta: f32,
+                mr: usize,
+                nr: usize,
+            ) {
+                // SAFETY: forwarded from the caller's contract (1 <= mr <=
+                // rows.len(), a table of kc entries, (i, p) readable).
+                unsafe {
+                    let a = ByPixel::<$mr>::new(rows, offsets, mr);
                     Self::rows(kc, a, b, c, rsc, beta, mr, nr)
                 }
             }
@@ -1563,8 +1641,8 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
 /// pixels as the rows of `C` (`C[q][o]`, row stride `rsc`), the output
 /// channels as its `n` columns, for one image whose padded input `a` the
 /// kernels read where it lies: pixel `ow` of output row `oh` at depth `p`
-/// is `a[oh * row_step + ow * rs + offsets[p]]`. Each output row is cut
-/// into tiles of `MR` pixels (the last one short), each multiplied by the
+/// is `a[oh * row_step + ow * rs + offsets[p]]`. The pixels are cut into
+/// tiles of `MR` (see [`DirectTiles`] for how), each multiplied by the
 /// `k`-deep panels of `b` (the kernel's `NR` columns each, `k` rows of them
 /// per panel, panel after panel), depth block by depth block, so a
 /// 32 KiB block of a weight panel stays in L1 over all the image's tiles.
@@ -1587,30 +1665,73 @@ pub(super) unsafe fn direct_rows(
     rsc: usize,
 ) {
     assert!(offsets.len() >= k && prefetch.len() >= k);
+    let geometry = (rows, cols, row_step, rs);
     // SAFETY: forwarded (the CPU supports the kernel of `path`).
     unsafe {
         match path {
             SimdPath::Avx512 => direct_rows_with::<Avx512>(
                 a,
-                (rows, cols, row_step, rs),
+                geometry,
                 (offsets, prefetch),
                 b,
                 (k, n),
                 c,
                 rsc,
+                DirectTiles::PerRow,
             ),
             SimdPath::Avx2 => direct_rows_with::<Avx2>(
                 a,
-                (rows, cols, row_step, rs),
+                geometry,
                 (offsets, prefetch),
                 b,
                 (k, n),
                 c,
                 rsc,
+                direct_tiles_avx2(),
             ),
             SimdPath::Portable => unreachable!("direct_rows on the portable path"),
         }
     }
+}
+
+/// How [`direct_rows`] cuts its block of output pixels into tiles of `MR`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum DirectTiles {
+    /// Each output row on its own: a short last tile per row where the
+    /// width is not a multiple of `MR`, each tile's rows `rs` apart
+    /// ([`Kernel::run_indexed`]).
+    PerRow,
+    /// The block's pixels in row-major order, `MR` at a time, a tile
+    /// wrapping from the end of one output row to the start of the next
+    /// (one pointer per pixel, [`Kernel::run_indexed_rows`]): one short
+    /// tile per block instead of one per row.
+    Wrapping,
+}
+
+/// The tiling of the AVX2 direct convolution: [`DirectTiles::Wrapping`].
+/// Its 6-pixel tiles end every row of 56 pixels with a 2-pixel tile (and
+/// 14 with 2, 28 with 4), computed as a 4-row short tile whose 8
+/// accumulators do not hide the FMA latency: at 3x3 64->64, 56x56, those
+/// tiles took 6.9 % of the forward's samples for 3.6 % of its FMAs
+/// (`perf`, one thread, Zen 2). Wrapping leaves one short tile per block
+/// of rows (784 = 130 x 6 + 4 pixels at 56x56 and 28x28). With its
+/// reader's prefetch dropped ([`ByPixel`]): 0.93x the CPU time of the row
+/// tiles at 3x3 64->64, 56x56 and 128->128, 28x28, forward, 0.94x input
+/// gradient (batch 8, one thread, Zen 2; BENCHMARKS.md).
+/// `FROSTGRAD_DIRECT_TILES=rows` tiles row by row (for comparison and
+/// tests). The AVX-512 kernel (8 pixels, 56 = 7 x 8) keeps its row tiles:
+/// not measured there.
+fn direct_tiles_avx2() -> DirectTiles {
+    static MODE: std::sync::OnceLock<DirectTiles> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        match std::env::var("FROSTGRAD_DIRECT_TILES")
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("rows") => DirectTiles::PerRow,
+            _ => DirectTiles::Wrapping,
+        }
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1622,41 +1743,88 @@ unsafe fn direct_rows_with<K: Kernel>(
     (k, n): (usize, usize),
     c: *mut f32,
     rsc: usize,
+    tiles: DirectTiles,
 ) {
     assert!(b.len() >= n.div_ceil(K::NR) * k * K::NR);
+    assert!(K::MR <= MAX_MR);
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         let beta = if pc == 0 { 0.0 } else { 1.0 };
+        // SAFETY (both): the tables hold kc entries from pc (asserted).
+        let tables = unsafe { (offsets.as_ptr().add(pc), prefetch.as_ptr().add(pc)) };
         for jp in 0..n.div_ceil(K::NR) {
             let nr = K::NR.min(n - jp * K::NR);
             let bp = b[(jp * k + pc) * K::NR..][..kc * K::NR].as_ptr();
-            for oh in 0..rows {
-                for ow in (0..cols).step_by(K::MR) {
-                    let mr = K::MR.min(cols - ow);
-                    // SAFETY: the tile's pixels (oh, ow..ow + mr) at depth
-                    // pc..pc + kc are readable (the caller's contract), the
-                    // tables hold kc entries from pc, the panel kc * NR
-                    // floats (asserted), and the C tile (rows oh * cols +
-                    // ow.., columns jp * NR..) lies inside `c`.
-                    unsafe {
-                        K::run_indexed(
-                            kc,
-                            a.add(oh * row_step + ow * rs),
-                            rs,
-                            (offsets.as_ptr().add(pc), prefetch.as_ptr().add(pc)),
-                            bp,
-                            c.add((oh * cols + ow) * rsc + jp * K::NR),
-                            rsc,
-                            beta,
-                            mr,
-                            nr,
-                        );
+            match tiles {
+                DirectTiles::PerRow => {
+                    for oh in 0..rows {
+                        for ow in (0..cols).step_by(K::MR) {
+                            let mr = K::MR.min(cols - ow);
+                            // SAFETY: the tile's pixels (oh, ow..ow + mr) at
+                            // depth pc..pc + kc are readable (the caller's
+                            // contract), the panel holds kc * NR floats
+                            // (asserted), and the C tile (rows oh * cols +
+                            // ow.., columns jp * NR..) lies inside `c`.
+                            unsafe {
+                                K::run_indexed(
+                                    kc,
+                                    a.add(oh * row_step + ow * rs),
+                                    rs,
+                                    tables,
+                                    bp,
+                                    c.add((oh * cols + ow) * rsc + jp * K::NR),
+                                    rsc,
+                                    beta,
+                                    mr,
+                                    nr,
+                                );
+                            }
+                        }
+                    }
+                }
+                DirectTiles::Wrapping => {
+                    let (mut oh, mut ow) = (0, 0);
+                    let mut ptrs = [a; MAX_MR];
+                    for q in (0..rows * cols).step_by(K::MR) {
+                        let mr = K::MR.min(rows * cols - q);
+                        for ptr in &mut ptrs[..mr] {
+                            // SAFETY: pixel q + i = (oh, ow) is inside the
+                            // block (q + i < rows * cols), so its row of the
+                            // padded input is inside `a` (the caller's
+                            // contract).
+                            *ptr = unsafe { a.add(oh * row_step + ow * rs) };
+                            ow += 1;
+                            if ow == cols {
+                                (oh, ow) = (oh + 1, 0);
+                            }
+                        }
+                        // SAFETY: each of the tile's pixels, at depth pc..pc
+                        // + kc, is readable from its pointer (the caller's
+                        // contract), the panel holds kc * NR floats
+                        // (asserted), and the C tile (rows q.., columns jp *
+                        // NR..) lies inside `c`.
+                        unsafe {
+                            K::run_indexed_rows(
+                                kc,
+                                &ptrs[..mr],
+                                tables.0,
+                                bp,
+                                c.add(q * rsc + jp * K::NR),
+                                rsc,
+                                beta,
+                                mr,
+                                nr,
+                            );
+                        }
                     }
                 }
             }
         }
     }
 }
+
+/// The most rows of any micro-kernel here.
+const MAX_MR: usize = 8;
 
 /// `C = beta * C` for an `m x n` block (a product with nothing to sum):
 /// zeros when `beta` is 0, so whatever `C` held (NaN included) is not read.
@@ -1978,6 +2146,86 @@ mod tests {
             // Not a pass: this CPU cannot run the kernel, so nothing was
             // checked here (CI on another CPU, or a by-hand run there, does).
             eprintln!("SKIPPED: this CPU has no {} path", SimdPath::Avx512.name());
+        }
+    }
+
+    /// [`direct_rows`] in both tilings ([`DirectTiles`]) on every kernel
+    /// this CPU has, against float64 loops: a block whose rows (13 and 5
+    /// pixels wide) are no multiple of either kernel's tile, so tiles wrap
+    /// and end short; a padded row (`row_step`) and pixel stride (`rs`)
+    /// wider than the block's; a depth above one `KC` block with a table
+    /// that is not affine; output channels ragged for both panel widths;
+    /// into a C block of NaN (beta 0 on the first depth block), its
+    /// padding columns left as they were.
+    fn check_direct_rows<K: Kernel>(tiles: DirectTiles) {
+        for (rows, cols, rs, k, n) in [(3, 13, 1, 300, 21), (2, 5, 2, 40, 40), (1, 1, 1, 9, 7)] {
+            let row_step = cols * rs + 4;
+            let offsets: Vec<u32> = (0..k).map(|p| ((p * 7) % 31 + p / 3) as u32).collect();
+            let len = (rows - 1) * row_step
+                + (cols - 1) * rs
+                + *offsets.iter().max().unwrap() as usize
+                + 1;
+            let a: Vec<f32> = (0..len).map(|x| (x as f32 * 0.37).sin()).collect();
+            let w = |p: usize, o: usize| ((p * n + o) as f32 * 0.11).cos();
+            let panels = n.div_ceil(K::NR);
+            let b: Vec<f32> = (0..panels * k * K::NR)
+                .map(|x| {
+                    let (jp, p, j) = (x / (k * K::NR), x / K::NR % k, x % K::NR);
+                    let o = jp * K::NR + j;
+                    if o < n {
+                        w(p, o)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let rsc = n + 3;
+            let mut c = vec![f32::NAN; rows * cols * rsc];
+            // SAFETY: the CPU supports K (the callers check); every pixel
+            // (oh < rows, ow < cols) at every depth lies inside `a` (its
+            // length is the largest such address + 1); `b` holds the
+            // panels; `c` rows * cols rows of rsc >= n.
+            unsafe {
+                direct_rows_with::<K>(
+                    a.as_ptr(),
+                    (rows, cols, row_step, rs),
+                    (&offsets, &offsets),
+                    &b,
+                    (k, n),
+                    c.as_mut_ptr(),
+                    rsc,
+                    tiles,
+                );
+            }
+            for q in 0..rows * cols {
+                let at = (q / cols) * row_step + (q % cols) * rs;
+                for o in 0..rsc {
+                    let got = c[q * rsc + o];
+                    if o >= n {
+                        assert!(got.is_nan(), "{tiles:?} padding column {o} written");
+                        continue;
+                    }
+                    let want: f64 = (0..k)
+                        .map(|p| f64::from(a[at + offsets[p] as usize]) * f64::from(w(p, o)))
+                        .sum();
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-4,
+                        "{tiles:?} rows {rows} cols {cols} k {k} n {n}: ({q}, {o}) {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn direct_rows_match_reference_in_both_tilings() {
+        for tiles in [DirectTiles::PerRow, DirectTiles::Wrapping] {
+            if SimdPath::Avx2.is_supported() {
+                check_direct_rows::<Avx2>(tiles);
+            }
+            if SimdPath::Avx512.is_supported() {
+                check_direct_rows::<Avx512>(tiles);
+            }
         }
     }
 

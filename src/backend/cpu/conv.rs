@@ -1155,31 +1155,65 @@ fn gather(g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, batch: &[f32], staging
 enum Output {
     /// Each image writes its own block of this many elements (`y`, `dx`).
     PerImage(usize),
-    /// Every image adds onto the whole buffer (`dW`).
+    /// Every image adds onto the whole buffer (`dW`); see [`Beta`].
     Sum,
 }
 
+/// What a call of [`for_image_groups`]'s `work` does with its buffer:
+/// `0.0`, the buffer's first call, overwrites it whole (its contents are
+/// unspecified: a buffer from the pool, not zeroed); `1.0` adds onto it.
+/// For [`Output::Sum`] only (the weight gradient); [`Output::PerImage`]
+/// calls get `0.0` and write their own images' block whole anyway.
+///
+/// Why: the weight gradient's sums started from zeroed buffers, a memset
+/// of all of `dW` (9 MiB in layer4's 3x3 512->512) and a GEMM that read
+/// the zeros back, for work that is a few hundred multiply-adds per
+/// element (the GEMM's depth is the batch's output pixels). Layer4's 3x3
+/// 512->512 weight gradient at batch 8 x 224 took 0.97x the CPU time
+/// (Zen 2, one thread, in two runs; the other weight gradients at batch 8
+/// and 1 0.99-1.00x).
+type Beta = f32;
+
+/// A buffer for an [`Output::Sum`] whose every element its first call
+/// writes ([`Beta`]): from the pool, not zeroed. Under `cfg(test)` it is
+/// filled with NaN, so the unit tests (which compare every form of the
+/// weight gradient with f64 loops) fail where any element is left unwritten.
+fn unset_sum(op: &'static str, len: usize) -> Result<Vec<f32>> {
+    #[allow(unused_mut)]
+    let mut out = buffer_pool::uninit(op, len)?;
+    #[cfg(test)]
+    out.fill(f32::NAN);
+    Ok(out)
+}
+
 /// The one parallel-dispatch skeleton of the three kernels: runs
-/// `work(first_image, images, rows, out, par)` over the whole batch (output
-/// rows `rows` of each of the images), either as image groups in parallel
+/// `work(first_image, images, rows, out, par, beta)` over the whole batch
+/// (output rows `rows` of each of the images), either as image groups in parallel
 /// (see [`Plan::parallel_groups`]), each on one thread with `Par::Serial`,
 /// or as one call whose chunks split their work across threads
 /// (`Par::Split`), or, for a small sum (see [`Plan::row_groups`]), as runs
 /// of output rows, each on one thread.
 ///
 /// `out` is what `work` writes: for [`Output::PerImage`] the block of its
-/// images; for [`Output::Sum`] (where `work` adds onto it) `out` itself or
-/// a zeroed partial sum, one per thread's run of groups, added into `out`
-/// in run order afterwards so the result does not depend on scheduling.
+/// images; for [`Output::Sum`] (where `work` overwrites it on its first
+/// call and adds onto it after, see [`Beta`]) `out` itself or a partial
+/// sum, one per thread's run of groups, added into `out` in run order
+/// afterwards so the result does not depend on scheduling. A sum over no
+/// images at all is zeroed here.
 fn for_image_groups(
     op: &'static str,
     plan: &Plan,
     g: &Conv2dGeometry,
     out: &mut [f32],
     output: Output,
-    work: impl Fn(usize, usize, (usize, usize), &mut [f32], Par) + Sync,
+    work: impl Fn(usize, usize, (usize, usize), &mut [f32], Par, Beta) + Sync,
 ) -> Result<()> {
     let all_rows = (0, g.out_h);
+    if matches!(output, Output::Sum) && g.batch * plan.pixels == 0 {
+        // No work call would write it.
+        out.fill(0.0);
+        return Ok(());
+    }
     if !plan.parallel_groups(g) {
         if matches!(output, Output::Sum) && plan.row_groups(g) {
             // Thread t sums rows t * total / runs.. of the batch's
@@ -1192,12 +1226,13 @@ fn for_image_groups(
                 while row < hi {
                     let (image, r0) = (row / g.out_h, row % g.out_h);
                     let r1 = g.out_h.min(r0 + hi - row);
-                    work(image, 1, (r0, r1), out, Par::Serial);
+                    let beta = if row == lo { 0.0 } else { 1.0 };
+                    work(image, 1, (r0, r1), out, Par::Serial, beta);
                     row += r1 - r0;
                 }
             });
         }
-        work(0, g.batch, all_rows, out, Par::Split);
+        work(0, g.batch, all_rows, out, Par::Split, 0.0);
         return Ok(());
     }
     let group = plan.images_per_chunk;
@@ -1206,7 +1241,8 @@ fn for_image_groups(
             out.par_chunks_mut(group * per_image)
                 .enumerate()
                 .for_each(|(i, out)| {
-                    work(i * group, out.len() / per_image, all_rows, out, Par::Serial)
+                    let count = out.len() / per_image;
+                    work(i * group, count, all_rows, out, Par::Serial, 0.0)
                 });
         }
         Output::Sum => {
@@ -1215,15 +1251,12 @@ fn for_image_groups(
             let groups = g.batch.div_ceil(group);
             let runs = rayon::current_num_threads().clamp(1, groups);
             in_runs(op, out, runs, false, |run, out| {
-                for i in run * groups / runs..(run + 1) * groups / runs {
+                let (lo, hi) = (run * groups / runs, (run + 1) * groups / runs);
+                for i in lo..hi {
                     let first = i * group;
-                    work(
-                        first,
-                        group.min(g.batch - first),
-                        all_rows,
-                        out,
-                        Par::Serial,
-                    );
+                    let count = group.min(g.batch - first);
+                    let beta = if i == lo { 0.0 } else { 1.0 };
+                    work(first, count, all_rows, out, Par::Serial, beta);
                 }
             })?;
         }
@@ -1232,10 +1265,10 @@ fn for_image_groups(
 }
 
 /// Runs `run(r, buffer)` for `r` in `0..runs` in parallel, each summing
-/// into its own buffer: the first run straight into `out`, the others into
-/// partials taken before the parallel part and added into `out` in run
-/// order afterwards. So a call holds `runs - 1` partials, a number fixed
-/// in advance: with one per group, as many were live as rayon happened to
+/// into its own buffer, which it overwrites whole first ([`Beta`]): the
+/// first run straight into `out`, the others into partials taken before
+/// the parallel part and added into `out` in run order afterwards. So a
+/// call holds `runs - 1` partials, a number fixed in advance: with one per group, as many were live as rayon happened to
 /// start, and the pool's size class for them still grew now and then in a
 /// steady-state step (a few page faults per step, BENCHMARKS.md). The
 /// sum's order depends only on `runs`, not on scheduling.
@@ -1254,7 +1287,7 @@ fn in_runs(
     run: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Result<()> {
     let mut partials = (1..runs)
-        .map(|_| buffer_pool::zeroed(op, out.len()))
+        .map(|_| unset_sum(op, out.len()))
         .collect::<Result<Vec<_>>>()?;
     let targets: Vec<&mut [f32]> = std::iter::once(&mut *out)
         .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
@@ -1704,10 +1737,17 @@ fn forward_lhs(
         buffer_pool::zeroed(op, g.batch * plan.out_image)?
     };
     let per_image = Output::PerImage(plan.out_image);
-    for_image_groups(op, plan, g, &mut y, per_image, |first, count, _, y, par| {
-        let x = batch_images(x, plan.in_image, first, count);
-        forward_images(x, weight, bias, g, plan, y, count, par, skip);
-    })?;
+    for_image_groups(
+        op,
+        plan,
+        g,
+        &mut y,
+        per_image,
+        |first, count, _, y, par, _| {
+            let x = batch_images(x, plan.in_image, first, count);
+            forward_images(x, weight, bias, g, plan, y, count, par, skip);
+        },
+    )?;
     Ok(y)
 }
 
@@ -1965,7 +2005,7 @@ fn input_grad_col2im(
             g,
             &mut dx,
             per_image,
-            |first, count, _, dx, par| {
+            |first, count, _, dx, par, _| {
                 let dy = batch_images(dy, plan.out_image, first, count);
                 let form = (overwrite, merge);
                 input_grad_images(dy, weight_t, g, &plan, dx, count, par, form);
@@ -2253,21 +2293,21 @@ fn weight_grad_classes(
     let plan = Plan::new(op, g, limits)?;
     let (c_out, c_in, taps) = (g.out_channels, g.in_channels, g.kernel_h * g.kernel_w);
     let block = c_out * c_in;
-    let mut by_tap = buffer_pool::zeroed(op, taps * block)?;
+    let mut by_tap = unset_sum(op, taps * block)?;
     for_image_groups(
         op,
         &plan,
         g,
         &mut by_tap,
         Output::Sum,
-        |first, count, rows, out, par| {
+        |first, count, rows, out, par, beta| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            weight_grad_tap_images(dy, x, g, &plan, out, (count, rows), par);
+            weight_grad_tap_images(dy, x, g, &plan, out, (count, rows), par, beta);
         },
     )?;
-    // dW[o][c, kh, kw] = by_tap[(kh, kw)][o, c].
-    let mut dw = buffer_pool::zeroed(op, taps * block)?;
+    // dW[o][c, kh, kw] = by_tap[(kh, kw)][o, c]: every element written.
+    let mut dw = buffer_pool::uninit(op, taps * block)?;
     for (i, row) in dw.chunks_exact_mut(taps).enumerate() {
         for (t, d) in row.iter_mut().enumerate() {
             *d = by_tap[t * block + i];
@@ -2277,8 +2317,10 @@ fn weight_grad_classes(
     Ok(dw)
 }
 
-/// [`weight_grad_classes`] for output rows `rows` of `batch` images, added
-/// onto `out` (`[KH * KW, C_out, C_in]`).
+/// [`weight_grad_classes`] for output rows `rows` of `batch` images, into
+/// `out` (`[KH * KW, C_out, C_in]`; overwritten with `beta` 0, see
+/// [`Beta`]).
+#[allow(clippy::too_many_arguments)]
 fn weight_grad_tap_images(
     dy: &[f32],
     x: &[f32],
@@ -2287,11 +2329,15 @@ fn weight_grad_tap_images(
     out: &mut [f32],
     (batch, rows): (usize, (usize, usize)),
     par: Par,
+    beta: Beta,
 ) {
     let (c_out, c_in) = (g.out_channels, g.in_channels);
     let plane = g.in_h * g.in_w;
     let block = c_out * c_in;
     if batch == 0 || block == 0 || plane == 0 {
+        if beta == 0.0 {
+            out.fill(0.0);
+        }
         return;
     }
     with_scratch(Slot::Staging, batch * plane * c_in, |xt| {
@@ -2306,10 +2352,13 @@ fn weight_grad_tap_images(
         for kh in 0..g.kernel_h {
             for kw in 0..g.kernel_w {
                 let rows = TapRows::new(g, xt, (batch, rows), kh, kw);
+                let out = &mut out[(kh * g.kernel_w + kw) * block..][..block];
                 if rows.depth == 0 {
+                    if beta == 0.0 {
+                        out.fill(0.0);
+                    }
                     continue;
                 }
-                let out = &mut out[(kh * g.kernel_w + kw) * block..][..block];
                 let pixels = (rows.h.1 - rows.h.0) * (rows.w.1 - rows.w.0);
                 let offset = |p: usize| {
                     let (n, q) = (p / pixels, p % pixels);
@@ -2324,7 +2373,7 @@ fn weight_grad_tap_images(
                         c_in,
                         a,
                         Rhs::Source(&rows),
-                        1.0,
+                        beta,
                         out,
                         c_in,
                     )
@@ -2422,23 +2471,24 @@ fn weight_grad_im2col(
 ) -> Result<Vec<f32>> {
     let op = "conv2d_weight_grad";
     let plan = Plan::new(op, g, limits)?;
-    let mut dw = buffer_pool::zeroed(op, g.out_channels * plan.taps)?;
+    let mut dw = unset_sum(op, g.out_channels * plan.taps)?;
     for_image_groups(
         op,
         &plan,
         g,
         &mut dw,
         Output::Sum,
-        |first, count, rows, dw, par| {
+        |first, count, rows, dw, par, beta| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            weight_grad_images(dy, x, g, &plan, dw, (count, rows), par);
+            weight_grad_images(dy, x, g, &plan, dw, (count, rows), par, beta);
         },
     )?;
     Ok(dw)
 }
 
-/// The weight gradient of `batch` images, added onto `dw`.
+/// The weight gradient of `batch` images, into `dw` (overwritten with
+/// `beta` 0, see [`Beta`]).
 #[allow(clippy::too_many_arguments)]
 fn weight_grad_images(
     dy: &[f32],
@@ -2448,9 +2498,17 @@ fn weight_grad_images(
     dw: &mut [f32],
     (batch, rows): (usize, (usize, usize)),
     par: Par,
+    beta: Beta,
 ) {
     let (m, n) = (g.out_channels, plan.taps);
-    for chunk in plan.chunks_rows(g, batch, rows) {
+    let chunks = plan.chunks_rows(g, batch, rows);
+    if chunks.is_empty() && beta == 0.0 {
+        dw.fill(0.0);
+    }
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        // The first chunk overwrites (with `beta` 0; a GEMM of depth 0
+        // writes zeros), the others add.
+        let beta = if i == 0 { beta } else { 1.0 };
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
         let columns = Columns::new(images, g, plan, chunk, true);
@@ -2461,7 +2519,7 @@ fn weight_grad_images(
             Rhs::Source(&columns)
         };
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
-            sgemm(par, m, width, n, Lhs::View(grad_out), col_t, 1.0, dw, n)
+            sgemm(par, m, width, n, Lhs::View(grad_out), col_t, beta, dw, n)
         });
     }
 }
@@ -2528,17 +2586,23 @@ fn weight_grad_shifted(
     let op = "conv2d_weight_grad";
     let plan = Plan::new(op, rows, shifted_limits(g, limits))?;
     let (kw_n, c_out, n) = (g.kernel_w, g.out_channels, plan.taps);
-    let mut shifted = buffer_pool::zeroed(op, kw_n * c_out * n)?;
+    let mut shifted = unset_sum(op, kw_n * c_out * n)?;
     for_image_groups(
         op,
         &plan,
         rows,
         &mut shifted,
         Output::Sum,
-        |first, count, out_rows, out, par| {
+        |first, count, out_rows, out, par, beta| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            for chunk in plan.chunks_rows(rows, count, out_rows) {
+            let chunks = plan.chunks_rows(rows, count, out_rows);
+            if chunks.is_empty() && beta == 0.0 {
+                out.fill(0.0);
+            }
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                // The first chunk overwrites, the others add ([`Beta`]).
+                let beta = if i == 0 { beta } else { 1.0 };
                 let width = chunk.columns(rows);
                 let images = chunk.images_of(x, plan.in_image);
                 let columns = Columns::new(images, rows, &plan, chunk, true);
@@ -2552,7 +2616,7 @@ fn weight_grad_shifted(
                         n,
                         Lhs::View(a),
                         Rhs::Source(&columns),
-                        1.0,
+                        beta,
                         out,
                         n,
                     )
@@ -2560,8 +2624,8 @@ fn weight_grad_shifted(
             }
         },
     )?;
-    // dW[o][(c, kh), kw] = dW'[(kw, o)][(c, kh)].
-    let mut dw = buffer_pool::zeroed(op, kw_n * c_out * n)?;
+    // dW[o][(c, kh), kw] = dW'[(kw, o)][(c, kh)]: every element written.
+    let mut dw = buffer_pool::uninit(op, kw_n * c_out * n)?;
     for (o, row) in dw.chunks_exact_mut(n * kw_n).enumerate() {
         for kw in 0..kw_n {
             let from = &shifted[(kw * c_out + o) * n..][..n];

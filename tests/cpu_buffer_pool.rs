@@ -2,7 +2,7 @@
 //! for its tensors, and the pool's bytes are reported apart from tensor
 //! memory. Its own test binary, so no other test allocates meanwhile.
 
-use frostgrad::backend::cpu::buffer_pool;
+use frostgrad::backend::cpu::{buffer_pool, scratch};
 use frostgrad::bench::{self, BenchConfig};
 use frostgrad::nn::resnet18;
 use frostgrad::Device;
@@ -35,6 +35,30 @@ const PORTABLE_MEDIAN_BOUND: u64 = 16;
 /// this: a tenth of the 10 784 faults per fine-tune step measured here
 /// without the pool.
 const PORTABLE_STEP_BOUND: u64 = 1_000;
+
+/// The pool misses and scratch growths a mode's steady-state steps took,
+/// by number ([`buffer_pool::Miss::number`]): `(before, last]`, where
+/// `before` is the count before its first steady-state step.
+struct Spans {
+    misses: (u64, u64),
+    growths: (u64, u64),
+}
+
+impl Spans {
+    /// The recorded misses and growths within the spans, one a line.
+    fn describe(&self) -> String {
+        let within = |(before, last): (u64, u64), n: u64| n > before && n <= last;
+        let misses = buffer_pool::recent_misses()
+            .into_iter()
+            .filter(|m| within(self.misses, m.number))
+            .map(|m| m.to_string());
+        let growths = scratch::recent_growths()
+            .into_iter()
+            .filter(|g| within(self.growths, g.number))
+            .map(|g| g.to_string());
+        misses.chain(growths).collect::<Vec<_>>().join("\n")
+    }
+}
 
 fn portable() -> bool {
     frostgrad::backend::cpu::simd::active() == frostgrad::backend::cpu::simd::SimdPath::Portable
@@ -73,10 +97,10 @@ fn steady_state_finetune_step_takes_no_page_faults() {
     // scratch growths, which must not happen in a steady state on any
     // path. (Room for every step up front: growing this list in a step
     // would fault.)
-    let mut steps: Vec<(String, usize, u64, u64)> =
+    let mut steps: Vec<(String, usize, u64, (u64, u64))> =
         Vec::with_capacity(modes.len() * (cfg.warmup + cfg.steps));
     let report = bench::run(&mut model, &modes, &cfg, |mode, done, _| {
-        let allocations = buffer_pool::misses() + frostgrad::backend::cpu::scratch::growths();
+        let allocations = (buffer_pool::misses(), scratch::growths());
         if let Some(f) = frostgrad::bench::machine::minor_faults() {
             steps.push((mode.to_string(), done, f, allocations));
         }
@@ -86,34 +110,51 @@ fn steady_state_finetune_step_takes_no_page_faults() {
         eprintln!("no getrusage on this platform");
         return;
     }
-    // Faults and allocations of each steady-state step, per mode.
-    let mut per_mode: Vec<(String, Vec<u64>, Vec<u64>)> = vec![];
+    // Faults and allocations of each steady-state step, per mode, and the
+    // misses' and growths' numbers those steps span.
+    let mut per_mode: Vec<(String, Vec<u64>, Vec<u64>, Spans)> = vec![];
     for pair in steps.windows(2) {
         let ((prev_mode, _, before, allocs_before), (mode, done, after, allocs_after)) =
             (&pair[0], &pair[1]);
         if *done <= cfg.warmup || prev_mode != mode {
             continue; // a warm-up step, or a mode's first step
         }
-        let (f, a) = (after - before, allocs_after - allocs_before);
+        let f = after - before;
+        let a = allocs_after.0 - allocs_before.0 + allocs_after.1 - allocs_before.1;
         match per_mode.last_mut() {
-            Some((m, fs, als)) if m == mode => {
+            Some((m, fs, als, spans)) if m == mode => {
                 fs.push(f);
                 als.push(a);
+                spans.misses.1 = allocs_after.0;
+                spans.growths.1 = allocs_after.1;
             }
-            _ => per_mode.push((mode.clone(), vec![f], vec![a])),
+            _ => per_mode.push((
+                mode.clone(),
+                vec![f],
+                vec![a],
+                Spans {
+                    misses: (allocs_before.0, allocs_after.0),
+                    growths: (allocs_before.1, allocs_after.1),
+                },
+            )),
         }
     }
     assert_eq!(per_mode.len(), modes.len());
-    for (mode, faults, allocations) in &per_mode {
+    for (mode, faults, allocations, spans) in &per_mode {
         eprintln!("{mode}: minor faults per steady-state step {faults:?}");
         eprintln!("{mode}: pool misses + scratch growths per step {allocations:?}");
         // The order of a step's allocations is fixed, and every buffer a
         // parallel loop needs is taken before it (one per thread) or kept
-        // per thread for every nesting level: however rayon schedules, the
-        // pool and the scratch buffers serve the whole step.
+        // per thread for every nesting level, and a loop whose threads ask
+        // for scratch runs one fixed part per thread (`rayon::broadcast`):
+        // however rayon schedules, the pool and the scratch buffers serve
+        // the whole step.
+        // The failure names what missed (op, size, thread; slot, nesting
+        // level), so a rare miss says where to look without a rerun.
         assert!(
             allocations.iter().all(|&a| a == 0),
-            "{mode}: the pool or a scratch buffer missed in a steady-state step: {allocations:?}"
+            "{mode}: the pool or a scratch buffer missed in a steady-state step: {allocations:?}\n{}",
+            spans.describe()
         );
         // A step frees and re-allocates every activation: without the pool
         // that is 10 784 faults per fine-tune step at this size (40 000 at

@@ -126,6 +126,57 @@ pub fn misses() -> u64 {
     MISSES.load(Ordering::Relaxed) as u64
 }
 
+/// One request that missed the pool, kept for diagnosis: which op asked,
+/// for how much, on which thread, and how many buffers of its class the
+/// pool had then allocated (this one included).
+///
+/// Why: a steady-state miss shows up in `tests/cpu_buffer_pool.rs` as a
+/// bare count, once in tens of runs under load; the op and the size say
+/// which call site's pool traffic depends on scheduling without a rerun
+/// under `perf`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Miss {
+    /// Its place in the order of all misses: the value [`misses`] reached
+    /// with it (1 for the first).
+    pub number: u64,
+    /// The op name the caller gave.
+    pub op: &'static str,
+    /// Elements requested.
+    pub len: usize,
+    /// Bytes of the size class the buffer was allocated with.
+    pub class_bytes: usize,
+    /// Buffers of that class allocated so far, this one included: more
+    /// than in earlier steps means more were live at once.
+    pub class_count: usize,
+    /// The rayon worker that asked (`None`: a thread outside the pool).
+    pub thread: Option<usize>,
+}
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "miss #{} by {}: {} elements, class of {} B (buffer {} of the class), thread {:?}",
+            self.number, self.op, self.len, self.class_bytes, self.class_count, self.thread
+        )
+    }
+}
+
+/// How many misses [`recent_misses`] keeps.
+const RECENT: usize = 64;
+
+/// The last [`RECENT`] misses, by `number % RECENT`. A fixed array, so
+/// recording one allocates nothing.
+static RECENT_MISSES: Mutex<[Option<Miss>; RECENT]> = Mutex::new([None; RECENT]);
+
+/// The last misses (up to 64), oldest first: see [`Miss`].
+pub fn recent_misses() -> Vec<Miss> {
+    let ring = *RECENT_MISSES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut v: Vec<Miss> = ring.into_iter().flatten().collect();
+    v.sort_by_key(|m| m.number);
+    v
+}
+
 /// Gives every cached buffer back to the allocator (and so, for large
 /// ones, to the OS). Returns the bytes released.
 pub fn release() -> usize {
@@ -237,7 +288,7 @@ fn take<T: Element>(op: &'static str, len: usize) -> Result<Vec<T>> {
         HELD_BYTES.fetch_sub(v.capacity() * std::mem::size_of::<T>(), Ordering::Relaxed);
         return Ok(v);
     }
-    MISSES.fetch_add(1, Ordering::Relaxed);
+    let number = MISSES.fetch_add(1, Ordering::Relaxed) as u64 + 1;
     let v = try_alloc(op, capacity)?;
     // The set's own growth is an allocation too, but only on a miss, never
     // in a steady state.
@@ -258,6 +309,16 @@ fn take<T: Element>(op: &'static str, len: usize) -> Result<Vec<T>> {
     let list = &mut lists.free[idx];
     // (Should this fail, `recycle` grows the list when it must.)
     let _ = list.try_reserve(allocated.saturating_sub(list.len()));
+    drop(lists);
+    RECENT_MISSES.lock().unwrap_or_else(|e| e.into_inner())[number as usize % RECENT] =
+        Some(Miss {
+            number,
+            op,
+            len,
+            class_bytes: capacity * std::mem::size_of::<T>(),
+            class_count: allocated,
+            thread: rayon::current_thread_index(),
+        });
     Ok(v)
 }
 
@@ -467,6 +528,26 @@ mod tests {
             .any(|v| v.as_ptr() as usize == ptr);
         // (Unless another test took it meanwhile; it is no longer free then.)
         assert!(kept || lists.mine.as_ref().is_some_and(|m| m.contains(&ptr)));
+    }
+
+    #[test]
+    fn a_miss_is_recorded_with_its_op_and_size() {
+        if !enabled() {
+            return;
+        }
+        // A size no other test asks for, so its class has no free buffer.
+        let len = (3 << 20) + 12_345;
+        let v = uninit::<f32>("recorded_miss", len).unwrap();
+        let (_, cap) = class_of::<f32>(len).unwrap();
+        let miss = recent_misses()
+            .into_iter()
+            .find(|m| m.op == "recorded_miss")
+            .expect("the miss was recorded");
+        assert_eq!((miss.len, miss.class_bytes), (len, cap * 4));
+        assert!(miss.class_count >= 1 && miss.number >= 1 && miss.number <= misses());
+        assert_eq!(miss.thread, None, "the test thread is no rayon worker");
+        assert!(miss.to_string().contains("by recorded_miss"), "{miss}");
+        recycle(v);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Which of a thread's scratch buffers to use: a kernel that needs two at
 /// once (a column matrix and a staging copy of `y`) takes one of each.
@@ -24,6 +25,19 @@ pub(super) enum Slot {
     /// A self-packing right operand written out densely for the portable
     /// GEMM (gemm.rs).
     Dense,
+}
+
+impl Slot {
+    fn name(self) -> &'static str {
+        match self {
+            Slot::Columns => "Columns",
+            Slot::SplitColumns => "SplitColumns",
+            Slot::Staging => "Staging",
+            Slot::PackedLhs => "PackedLhs",
+            Slot::Tables => "Tables",
+            Slot::Dense => "Dense",
+        }
+    }
 }
 
 /// How many [`Slot`]s there are (the per-slot arrays below; `Dense` is the
@@ -122,6 +136,62 @@ pub fn growths() -> u64 {
     GROWTHS.load(Ordering::Relaxed) as u64
 }
 
+/// One scratch request that allocated, kept for diagnosis (the pool's
+/// [`super::buffer_pool::Miss`] for scratch buffers): which slot, how much,
+/// on which thread and nesting level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Growth {
+    /// Its place in the order of all growths: the value [`growths`]
+    /// reached with it (1 for the first).
+    pub number: u64,
+    /// The slot's name.
+    pub slot: &'static str,
+    /// Elements requested.
+    pub len: usize,
+    /// Elements of the buffer before (0: a new nesting level, or the
+    /// thread's first request of the slot).
+    pub from: usize,
+    /// Elements after: the slot's largest request on any thread so far.
+    pub to: usize,
+    /// Buffers of the slot in use on this thread at the time (the nesting
+    /// level: 0 outermost).
+    pub depth: usize,
+    /// The rayon worker that asked (`None`: a thread outside the pool).
+    pub thread: Option<usize>,
+}
+
+impl std::fmt::Display for Growth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "growth #{} of {} (request {}): {} -> {} elements, depth {}, thread {:?}",
+            self.number, self.slot, self.len, self.from, self.to, self.depth, self.thread
+        )
+    }
+}
+
+/// How many growths [`recent_growths`] keeps.
+const RECENT: usize = 64;
+
+/// The last [`RECENT`] growths, by `number % RECENT`. A fixed array, so
+/// recording one allocates nothing.
+static RECENT_GROWTHS: Mutex<[Option<Growth>; RECENT]> = Mutex::new([None; RECENT]);
+
+/// The last growths (up to 64), oldest first: see [`Growth`].
+pub fn recent_growths() -> Vec<Growth> {
+    let ring = *RECENT_GROWTHS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut v: Vec<Growth> = ring.into_iter().flatten().collect();
+    v.sort_by_key(|g| g.number);
+    v
+}
+
+thread_local! {
+    /// Per slot, how many of the thread's buffers are in use (taken off
+    /// [`FREE`] by calls still running): the nesting level a [`Growth`]
+    /// reports.
+    static IN_USE: [Cell<usize>; SLOTS] = const { [const { Cell::new(0) }; SLOTS] };
+}
+
 /// Runs `f` on a scratch slice of `len` elements whose contents are
 /// unspecified (callers overwrite it before reading).
 ///
@@ -152,11 +222,24 @@ pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32])
     }
     let largest = LARGEST[i].fetch_max(len, Ordering::Relaxed).max(len);
     let mut buf = FREE.with(|free| free.borrow_mut()[i].pop().unwrap_or_default());
+    let depth = IN_USE.with(|u| u[i].replace(u[i].get() + 1));
     if buf.len() < largest {
-        GROWTHS.fetch_add(1, Ordering::Relaxed);
+        let number = GROWTHS.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        let from = buf.len();
         buf.resize(largest, 0.0);
+        RECENT_GROWTHS.lock().unwrap_or_else(|e| e.into_inner())[number as usize % RECENT] =
+            Some(Growth {
+                number,
+                slot: slot.name(),
+                len,
+                from,
+                to: largest,
+                depth,
+                thread: rayon::current_thread_index(),
+            });
     }
     let result = f(&mut buf[..len]);
+    IN_USE.with(|u| u[i].set(depth));
     FREE.with(|free| {
         let stack = &mut free.borrow_mut()[i];
         // Largest on top: the outermost (usually largest) request finds it.
@@ -188,6 +271,27 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(sum, 100.0);
+    }
+
+    #[test]
+    fn a_growth_is_recorded_with_its_slot_and_nesting_level() {
+        // A fresh thread: its buffers start empty, so the nested request
+        // (depth 1) grows from 0 to the slot's largest request so far.
+        let before = growths();
+        std::thread::spawn(|| {
+            with_scratch(Slot::Tables, 1000, |_| {
+                with_scratch(Slot::Tables, 777, |s| s.fill(0.0));
+            })
+        })
+        .join()
+        .unwrap();
+        let nested = recent_growths()
+            .into_iter()
+            .find(|g| g.number > before && g.slot == "Tables" && g.len == 777)
+            .expect("the nested growth was recorded");
+        assert_eq!((nested.from, nested.depth, nested.thread), (0, 1, None));
+        assert!(nested.to >= 1000, "{nested}");
+        assert!(nested.to_string().contains("of Tables"), "{nested}");
     }
 
     #[test]

@@ -1220,7 +1220,7 @@ fn for_image_groups(
             // `batch * out_h` output rows (a run may span images).
             let total = g.batch * g.out_h;
             let runs = rayon::current_num_threads().clamp(1, total);
-            return in_runs(op, out, runs, true, |run, out| {
+            return in_runs(op, out, runs, |run, out| {
                 let (lo, hi) = (run * total / runs, (run + 1) * total / runs);
                 let mut row = lo;
                 while row < hi {
@@ -1247,10 +1247,11 @@ fn for_image_groups(
         }
         Output::Sum => {
             // The groups in one contiguous run per thread, each run summed
-            // in order into its own buffer (see `in_runs`).
+            // in order into its own buffer, thread t running run t (see
+            // `in_runs`).
             let groups = g.batch.div_ceil(group);
             let runs = rayon::current_num_threads().clamp(1, groups);
-            in_runs(op, out, runs, false, |run, out| {
+            in_runs(op, out, runs, |run, out| {
                 let (lo, hi) = (run * groups / runs, (run + 1) * groups / runs);
                 for i in lo..hi {
                     let first = i * group;
@@ -1273,17 +1274,21 @@ fn for_image_groups(
 /// steady-state step (a few page faults per step, BENCHMARKS.md). The
 /// sum's order depends only on `runs`, not on scheduling.
 ///
-/// With `pinned` and one run per thread, thread `r` of the pool runs run
-/// `r` (`rayon::broadcast`), so each thread meets the same chunk sizes, and
-/// so asks for the same scratch, in every call: the output-row runs of
-/// [`Plan::row_groups`] handed out by work stealing let a thread that had
-/// run no run in one step first take a scratch buffer in a later one (a
-/// steady-state scratch growth in `tests/cpu_buffer_pool.rs` at 3 threads).
+/// With one run per thread, thread `r` of the pool runs run `r`
+/// (`rayon::broadcast`), so each thread meets the same chunk sizes, and so
+/// asks for the same scratch, in every call. Handed out by work stealing,
+/// a thread that had run no run in one step first took a scratch buffer
+/// in a later one (a steady-state scratch growth in
+/// `tests/cpu_buffer_pool.rs`): the output-row runs of
+/// [`Plan::row_groups`] at 3 threads, and the image-group runs of the
+/// small weight gradients on the portable path at 2 threads (a worker
+/// that ran neither shifted 3x3 weight gradient run of layers 1-2 in
+/// the two warm-up steps grew its `Columns` buffer from 0 in a later one,
+/// 3 runs of 70 under load, BENCHMARKS.md "test reliability").
 fn in_runs(
     op: &'static str,
     out: &mut [f32],
     runs: usize,
-    pinned: bool,
     run: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Result<()> {
     let mut partials = (1..runs)
@@ -1292,7 +1297,7 @@ fn in_runs(
     let targets: Vec<&mut [f32]> = std::iter::once(&mut *out)
         .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
         .collect();
-    if pinned && runs == rayon::current_num_threads() {
+    if runs == rayon::current_num_threads() {
         let targets: Vec<std::sync::Mutex<&mut [f32]>> =
             targets.into_iter().map(std::sync::Mutex::new).collect();
         rayon::broadcast(|ctx| {
@@ -4251,5 +4256,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn in_runs_runs_run_r_on_thread_r() {
+        // Which thread sums which run is not up to work stealing: a worker
+        // that ran no weight-gradient run in one step first asked for its
+        // `Columns` scratch (and grew it) in a later one
+        // (`tests/cpu_buffer_pool.rs`, portable path). Called from inside
+        // the pool, where a parallel iterator runs the first part on the
+        // calling thread, whatever its index.
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let threads = 3;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for _ in 0..20 {
+                let ran: Vec<AtomicUsize> =
+                    (0..threads).map(|_| AtomicUsize::new(usize::MAX)).collect();
+                let mut out = vec![f32::NAN; 1000];
+                in_runs("test", &mut out, threads, |r, out| {
+                    ran[r].store(rayon::current_thread_index().unwrap_or(usize::MAX), SeqCst);
+                    out.fill(r as f32 + 1.0);
+                })
+                .unwrap();
+                let ran: Vec<usize> = ran.iter().map(|t| t.load(SeqCst)).collect();
+                assert_eq!(ran, (0..threads).collect::<Vec<_>>(), "run r on thread r");
+                assert!(out.iter().all(|&v| v == 6.0), "the runs' sum: 1 + 2 + 3");
+            }
+        });
     }
 }

@@ -142,7 +142,7 @@ const _: () = assert!(GROUP_PACK_DEPTH == super::microkernel::KC);
 const INPUT_GRAD_BLOCK_ELEMS: usize = 1 << 16;
 
 /// The fewest output pixels (the weight gradient's depth) per thread for
-/// [`Plan::row_groups`]: below it zeroing and adding a partial sum costs
+/// [`Plan::row_groups`]: below it writing and adding a partial sum costs
 /// about what splitting saves (the 1x1 256->512 stride-2 layer at batch 1,
 /// 49 pixels, took 0.17 ms instead of 0.12; at 196 pixels it broke even,
 /// at 784 it halved).
@@ -1171,17 +1171,20 @@ enum Output {
 /// element (the GEMM's depth is the batch's output pixels). Layer4's 3x3
 /// 512->512 weight gradient at batch 8 x 224 took 0.97x the CPU time
 /// (Zen 2, one thread, in two runs; the other weight gradients at batch 8
-/// and 1 0.99-1.00x).
+/// and 1 0.99-1.00x; BENCHMARKS.md issue 9 item 38).
 type Beta = f32;
 
 /// A buffer for an [`Output::Sum`] whose every element its first call
-/// writes ([`Beta`]): from the pool, not zeroed. Under `cfg(test)` it is
-/// filled with NaN, so the unit tests (which compare every form of the
-/// weight gradient with f64 loops) fail where any element is left unwritten.
+/// writes ([`Beta`]): from the pool, not zeroed. In unit tests and debug
+/// builds (`cargo test`'s parity suites) it is filled with NaN, so that
+/// the tests that compare every form of the weight gradient with f64
+/// loops, or a step with PyTorch's, fail where any element is left
+/// unwritten (in a release build a missed element would hold a stale,
+/// plausible value from the pool).
 fn unset_sum(op: &'static str, len: usize) -> Result<Vec<f32>> {
     #[allow(unused_mut)]
     let mut out = buffer_pool::uninit(op, len)?;
-    #[cfg(test)]
+    #[cfg(any(test, debug_assertions))]
     out.fill(f32::NAN);
     Ok(out)
 }
@@ -1268,8 +1271,8 @@ fn for_image_groups(
 /// into its own buffer, which it overwrites whole first ([`Beta`]): the
 /// first run straight into `out`, the others into partials taken before
 /// the parallel part and added into `out` in run order afterwards. So a
-/// call holds `runs - 1` partials, a number fixed in advance: with one per group, as many were live as rayon happened to
-/// start, and the pool's size class for them still grew now and then in a
+/// call holds `runs - 1` partials, a number fixed in advance: with one
+/// per group, as many were live as rayon happened to start, and the pool's size class for them still grew now and then in a
 /// steady-state step (a few page faults per step, BENCHMARKS.md). The
 /// sum's order depends only on `runs`, not on scheduling.
 ///
@@ -1570,8 +1573,10 @@ struct DirectTile {
 /// [`DIRECT_BLOCK_ELEMS`], is then transposed into the image's output.
 /// What this saves is the im2col panels (`C_in * KH * KW` rows of every
 /// pixel, packed per image); what it adds is the padded copy, the
-/// transpose, and a short last tile where a row's width is not a multiple
-/// of the kernel's rows. Only where [`direct_width`] says so.
+/// transpose, and short tiles: one per output row whose width is not a
+/// multiple of the kernel's rows, or on AVX2, whose tiles wrap from one
+/// output row to the next (`microkernel::DirectTiles`), one per block of
+/// rows. Only where [`direct_width`] says so.
 fn forward_direct(
     op: &'static str,
     x: &[f32],
@@ -1687,6 +1692,8 @@ fn forward_direct(
                 })
                 .collect();
             rayon::broadcast(|ctx| {
+                // One run per thread of this pool, so every image is run.
+                debug_assert_eq!(ctx.num_threads(), runs.len());
                 // Each index is one thread's alone: the lock never waits.
                 let Some(run) = runs.get(ctx.index()) else {
                     return;
@@ -2954,6 +2961,22 @@ mod tests {
                     assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
                 }
             }
+        }
+    }
+
+    /// A batch of no images has a weight gradient of zeros: no GEMM call
+    /// writes the sum (which starts unset, [`Beta`]), so
+    /// [`for_image_groups`] must.
+    #[test]
+    fn weight_grad_of_an_empty_batch_is_zero() {
+        for (input, weight, stride, padding) in [
+            ([0, 3, 9, 9], [4, 3, 3, 3], (1, 1), (1, 1)),
+            ([0, 2, 8, 8], [5, 2, 1, 1], (2, 2), (0, 0)),
+        ] {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, (1, 1)).unwrap();
+            let dw = conv2d_weight_grad(&[], &[], &g).unwrap();
+            assert_eq!(dw.len(), weight.iter().product::<usize>());
+            assert!(dw.iter().all(|&v| v == 0.0), "{input:?}: {dw:?}");
         }
     }
 

@@ -1,5 +1,5 @@
 //! Gradient hooks with PyTorch's semantics. The expected values and call
-//! orders are PyTorch 2.9's, from this script (run with /work/venv):
+//! orders are PyTorch 2.9's, from this script (run with a Python that has torch 2.9):
 //!
 //! ```python
 //! x = torch.tensor([1., -2., 3.], requires_grad=True)

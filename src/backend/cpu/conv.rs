@@ -142,7 +142,7 @@ const _: () = assert!(GROUP_PACK_DEPTH == super::microkernel::KC);
 const INPUT_GRAD_BLOCK_ELEMS: usize = 1 << 16;
 
 /// The fewest output pixels (the weight gradient's depth) per thread for
-/// [`Plan::row_groups`]: below it zeroing and adding a partial sum costs
+/// [`Plan::row_groups`]: below it writing and adding a partial sum costs
 /// about what splitting saves (the 1x1 256->512 stride-2 layer at batch 1,
 /// 49 pixels, took 0.17 ms instead of 0.12; at 196 pixels it broke even,
 /// at 784 it halved).
@@ -1171,17 +1171,20 @@ enum Output {
 /// element (the GEMM's depth is the batch's output pixels). Layer4's 3x3
 /// 512->512 weight gradient at batch 8 x 224 took 0.97x the CPU time
 /// (Zen 2, one thread, in two runs; the other weight gradients at batch 8
-/// and 1 0.99-1.00x).
+/// and 1 0.99-1.00x; BENCHMARKS.md issue 9 item 38).
 type Beta = f32;
 
 /// A buffer for an [`Output::Sum`] whose every element its first call
-/// writes ([`Beta`]): from the pool, not zeroed. Under `cfg(test)` it is
-/// filled with NaN, so the unit tests (which compare every form of the
-/// weight gradient with f64 loops) fail where any element is left unwritten.
+/// writes ([`Beta`]): from the pool, not zeroed. In unit tests and debug
+/// builds (`cargo test`'s parity suites) it is filled with NaN, so that
+/// the tests that compare every form of the weight gradient with f64
+/// loops, or a step with PyTorch's, fail where any element is left
+/// unwritten (in a release build a missed element would hold a stale,
+/// plausible value from the pool).
 fn unset_sum(op: &'static str, len: usize) -> Result<Vec<f32>> {
     #[allow(unused_mut)]
     let mut out = buffer_pool::uninit(op, len)?;
-    #[cfg(test)]
+    #[cfg(any(test, debug_assertions))]
     out.fill(f32::NAN);
     Ok(out)
 }
@@ -1269,8 +1272,8 @@ fn for_image_groups(
 /// into its own buffer, which it overwrites whole first ([`Beta`]): the
 /// first run straight into `out`, the others into partials taken before
 /// the parallel part and added into `out` in run order afterwards. So a
-/// call holds `runs - 1` partials, a number fixed in advance: with one per group, as many were live as rayon happened to
-/// start, and the pool's size class for them still grew now and then in a
+/// call holds `runs - 1` partials, a number fixed in advance: with one
+/// per group, as many were live as rayon happened to start, and the pool's size class for them still grew now and then in a
 /// steady-state step (a few page faults per step, BENCHMARKS.md). The
 /// sum's order depends only on `runs`, not on scheduling.
 ///
@@ -1366,7 +1369,8 @@ fn forward_skipping(
     let plan = Plan::new(op, g, limits)?;
     if let Some(tile) = direct_width(g, &plan, direct) {
         let taps = plan.taps;
-        return forward_direct(op, x, |o, p| w[o * taps + p], bias, g, tile);
+        let kk = g.kernel_h * g.kernel_w;
+        return forward_direct(op, x, |o, c, t| w[o * taps + c * kk + t], bias, g, tile);
     }
     let weight = MatRef::row_major(w, plan.taps);
     let columns = g.batch * plan.pixels;
@@ -1568,17 +1572,20 @@ struct DirectTile {
 /// micro-kernels read where it lies as the left operand (output pixels as
 /// rows, broadcast one at a time; depth `(c, kh, kw)` through a table of
 /// offsets into the padded planes), against the weight as a right operand
-/// packed once per call (`wt(o, p)` is output channel `o`, depth `p`); the
+/// packed once per call (`wt(o, c, t)` is output channel `o`, input
+/// channel `c`, tap `t = kh * KW + kw`, i.e. depth `c * KH * KW + t`); the
 /// `pixels x C_out` product, in blocks of whole output rows of at most
 /// [`DIRECT_BLOCK_ELEMS`], is then transposed into the image's output.
 /// What this saves is the im2col panels (`C_in * KH * KW` rows of every
 /// pixel, packed per image); what it adds is the padded copy, the
-/// transpose, and a short last tile where a row's width is not a multiple
-/// of the kernel's rows. Only where [`direct_width`] says so.
+/// transpose, and short tiles: one per output row whose width is not a
+/// multiple of the kernel's rows, or on AVX2, whose tiles wrap from one
+/// output row to the next (`microkernel::DirectTiles`), one per block of
+/// rows. Only where [`direct_width`] says so.
 fn forward_direct(
     op: &'static str,
     x: &[f32],
-    wt: impl Fn(usize, usize) -> f32,
+    wt: impl Fn(usize, usize, usize) -> f32,
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     tile: DirectTile,
@@ -1596,12 +1603,17 @@ fn forward_direct(
     let mut y = buffer_pool::uninit(op, g.batch * out_image)?;
     let panels = n.div_ceil(nr);
     with_scratch(Slot::PackedLhs, panels * k * nr, |b| {
-        // Panel jp, depth p: output channels jp * nr.., zero past n.
+        // Panel jp, depth p = (c, t): output channels jp * nr.., zero past
+        // n. Depth as (c, t) so that `wt` needs no division by the taps
+        // (the flipped input gradient's did two per element: at 3x3
+        // 128->128, 28x28, batch 1 its packing cost ~0.5 ms of 3.3, Zen 2).
+        let taps = g.kernel_h * g.kernel_w;
         for (jp, panel) in b.chunks_exact_mut(k * nr).enumerate() {
             for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                let (c, t) = (p / taps, p % taps);
                 for (j, v) in row.iter_mut().enumerate() {
                     let o = jp * nr + j;
-                    *v = if o < n { wt(o, p) } else { 0.0 };
+                    *v = if o < n { wt(o, c, t) } else { 0.0 };
                 }
             }
         }
@@ -1685,6 +1697,8 @@ fn forward_direct(
                 })
                 .collect();
             rayon::broadcast(|ctx| {
+                // One run per thread of this pool, so every image is run.
+                debug_assert_eq!(ctx.num_threads(), runs.len());
                 // Each index is one thread's alone: the lock never waits.
                 let Some(run) = runs.get(ctx.index()) else {
                     return;
@@ -1945,7 +1959,10 @@ fn input_grad_flipped_skipping(
     let per_out = g.in_channels * taps;
     let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
     if let Some(tile) = direct_width(flipped, &plan, direct) {
-        return forward_direct(op, dy, |o, p| w[o * taps + offset(p)], None, flipped, tile);
+        // Depth (c, t) of output channel o: offset(c * taps + t), without
+        // its divisions.
+        let wt = |o: usize, c: usize, t: usize| w[o * taps + c * per_out + (taps - 1 - t)];
+        return forward_direct(op, dy, wt, None, flipped, tile);
     }
     with_indexed_lhs(w, taps, (g.in_channels, plan.taps), offset, |weight| {
         forward_lhs(op, dy, weight, None, flipped, &plan, skip)
@@ -2949,6 +2966,22 @@ mod tests {
                     assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
                 }
             }
+        }
+    }
+
+    /// A batch of no images has a weight gradient of zeros: no GEMM call
+    /// writes the sum (which starts unset, [`Beta`]), so
+    /// [`for_image_groups`] must.
+    #[test]
+    fn weight_grad_of_an_empty_batch_is_zero() {
+        for (input, weight, stride, padding) in [
+            ([0, 3, 9, 9], [4, 3, 3, 3], (1, 1), (1, 1)),
+            ([0, 2, 8, 8], [5, 2, 1, 1], (2, 2), (0, 0)),
+        ] {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, (1, 1)).unwrap();
+            let dw = conv2d_weight_grad(&[], &[], &g).unwrap();
+            assert_eq!(dw.len(), weight.iter().product::<usize>());
+            assert!(dw.iter().all(|&v| v == 0.0), "{input:?}: {dw:?}");
         }
     }
 

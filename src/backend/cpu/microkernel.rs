@@ -273,8 +273,8 @@ impl<const MR: usize> ARead for ByTable<MR> {
 /// wrap from one output row to the next (`direct_rows`). What they read is
 /// a block of the padded input already in L1 or L2 (`forward_direct`), and
 /// [`ByTable`]'s prefetch (a table load and a hint per depth step) cost it
-/// 5 % at 3x3 128->128, 28x28, forward and input gradient, 1-5 % at
-/// 64->64, 56x56 (CPU time, one thread, Zen 2; BENCHMARKS.md).
+/// 5 % at 3x3 128->128, 28x28, forward and input gradient (CPU time, one
+/// thread, Zen 2; BENCHMARKS.md issue 9 item 38).
 #[derive(Clone, Copy)]
 pub(super) struct ByPixel<const MR: usize> {
     rows: [*const f32; MR],
@@ -1714,17 +1714,18 @@ pub(super) enum DirectTiles {
 /// accumulators do not hide the FMA latency: at 3x3 64->64, 56x56, those
 /// tiles took 6.9 % of the forward's samples for 3.6 % of its FMAs
 /// (`perf`, one thread, Zen 2). Wrapping leaves one short tile per block
-/// of rows (784 = 130 x 6 + 4 pixels at 56x56 and 28x28). With its
-/// reader's prefetch dropped ([`ByPixel`]): 0.93x the CPU time of the row
-/// tiles at 3x3 64->64, 56x56 and 128->128, 28x28, forward, 0.94x input
-/// gradient (batch 8, one thread, Zen 2; BENCHMARKS.md).
-/// `FROSTGRAD_DIRECT_TILES=rows` tiles row by row (for comparison and
-/// tests). The AVX-512 kernel (8 pixels, 56 = 7 x 8) keeps its row tiles:
-/// not measured there.
+/// of rows (at 3x3 64->64, 56x56, a block of 14 rows is 784 = 130 x 6 + 4
+/// pixels; at 128->128, 28x28 one of 14 rows is 392 = 65 x 6 + 2). With
+/// its reader's prefetch dropped ([`ByPixel`]): 0.93x the CPU time of the
+/// row tiles at 3x3 64->64, 56x56 and 128->128, 28x28, forward, 0.94x
+/// input gradient (batch 8, one thread, Zen 2; BENCHMARKS.md issue 9 item
+/// 38). `FROSTGRAD_CONV_DIRECT_TILES=rows` tiles row by row (for
+/// comparison and tests). The AVX-512 kernel (8 pixels: 56 = 7 x 8, while
+/// 28 and 14 end in short tiles) keeps its row tiles: not measured there.
 fn direct_tiles_avx2() -> DirectTiles {
     static MODE: std::sync::OnceLock<DirectTiles> = std::sync::OnceLock::new();
     *MODE.get_or_init(|| {
-        match std::env::var("FROSTGRAD_DIRECT_TILES")
+        match std::env::var("FROSTGRAD_CONV_DIRECT_TILES")
             .as_deref()
             .map(str::trim)
         {
@@ -1746,6 +1747,7 @@ unsafe fn direct_rows_with<K: Kernel>(
     tiles: DirectTiles,
 ) {
     assert!(b.len() >= n.div_ceil(K::NR) * k * K::NR);
+    assert!(offsets.len() >= k && prefetch.len() >= k);
     assert!(K::MR <= MAX_MR);
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
@@ -2158,7 +2160,15 @@ mod tests {
     /// into a C block of NaN (beta 0 on the first depth block), its
     /// padding columns left as they were.
     fn check_direct_rows<K: Kernel>(tiles: DirectTiles) {
-        for (rows, cols, rs, k, n) in [(3, 13, 1, 300, 21), (2, 5, 2, 40, 40), (1, 1, 1, 9, 7)] {
+        // (5, 2): 2-pixel rows, so one tile spans 3 (AVX2) or 4 (AVX-512)
+        // output rows.
+        let cases = [
+            (3, 13, 1, 300, 21),
+            (2, 5, 2, 40, 40),
+            (1, 1, 1, 9, 7),
+            (5, 2, 3, 20, 16),
+        ];
+        for (rows, cols, rs, k, n) in cases {
             let row_step = cols * rs + 4;
             let offsets: Vec<u32> = (0..k).map(|p| ((p * 7) % 31 + p / 3) as u32).collect();
             let len = (rows - 1) * row_step

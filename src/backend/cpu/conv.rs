@@ -1273,12 +1273,13 @@ fn for_image_groups(
 /// first run straight into `out`, the others into partials taken before
 /// the parallel part and added into `out` in run order afterwards. So a
 /// call holds `runs - 1` partials, a number fixed in advance: with one
-/// per group, as many were live as rayon happened to start, and the pool's size class for them still grew now and then in a
-/// steady-state step (a few page faults per step, BENCHMARKS.md). The
+/// per group, as many were live as rayon happened to start, and the
+/// pool's size class for them still grew now and then in a steady-state
+/// step (a few page faults per step, BENCHMARKS.md). The
 /// sum's order depends only on `runs`, not on scheduling.
 ///
 /// With one run per thread, thread `r` of the pool runs run `r`
-/// (`rayon::broadcast`), so each thread meets the same chunk sizes, and so
+/// ([`part_per_thread`]), so each thread meets the same chunk sizes, and so
 /// asks for the same scratch, in every call. Handed out by work stealing,
 /// a thread that had run no run in one step first took a scratch buffer
 /// in a later one (a steady-state scratch growth in
@@ -1287,7 +1288,7 @@ fn for_image_groups(
 /// small weight gradients on the portable path at 2 threads (a worker
 /// that ran neither shifted 3x3 weight gradient run of layers 1-2 in
 /// the two warm-up steps grew its `Columns` buffer from 0 in a later one,
-/// 3 runs of 70 under load, BENCHMARKS.md "test reliability").
+/// 3 runs of 70 under load, BENCHMARKS.md issue 9 item 39).
 fn in_runs(
     op: &'static str,
     out: &mut [f32],
@@ -1301,15 +1302,7 @@ fn in_runs(
         .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
         .collect();
     if runs == rayon::current_num_threads() {
-        let targets: Vec<std::sync::Mutex<&mut [f32]>> =
-            targets.into_iter().map(std::sync::Mutex::new).collect();
-        rayon::broadcast(|ctx| {
-            // Each index is one thread's alone: the lock never waits.
-            let mut out = targets[ctx.index()]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            run(ctx.index(), &mut out);
-        });
+        part_per_thread(targets, &run);
     } else {
         targets
             .into_par_iter()
@@ -1327,6 +1320,33 @@ fn in_runs(
         });
     partials.into_iter().for_each(buffer_pool::recycle);
     Ok(())
+}
+
+/// Runs `f(t, part)` for each of `parts` on thread `t` of the current
+/// rayon pool (`rayon::broadcast`): one part per thread, which thread gets
+/// which never left to work stealing. So each thread meets the same part,
+/// and asks for the same scratch, in every call: a worker that ran no part
+/// of a layer in one step (the other thread took both) first grew its
+/// scratch in a later step (`tests/cpu_buffer_pool.rs`, BENCHMARKS.md
+/// issue 9 items 37 and 39). The price: a descheduled thread's part is not
+/// taken over by the other.
+fn part_per_thread<T: Send>(parts: Vec<T>, f: impl Fn(usize, T) + Sync) {
+    debug_assert_eq!(parts.len(), rayon::current_num_threads());
+    let parts: Vec<std::sync::Mutex<Option<T>>> = parts
+        .into_iter()
+        .map(|p| std::sync::Mutex::new(Some(p)))
+        .collect();
+    rayon::broadcast(|ctx| {
+        // Each index is one thread's alone: the lock never waits.
+        let part = parts.get(ctx.index()).and_then(|p| {
+            p.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        });
+        if let Some(part) = part {
+            f(ctx.index(), part);
+        }
+    });
 }
 
 /// Images `first..first + count` of a batch buffer of `per_image` elements each.
@@ -1680,34 +1700,24 @@ fn forward_direct(
                 });
             };
             // Thread t of the pool runs images t * batch / threads.. of
-            // the batch (`rayon::broadcast`), so each thread asks for the
+            // the batch ([`part_per_thread`]), so each thread asks for the
             // same scratch in every call: handed out by work stealing, a
             // worker that had run no image of this layer in one step took
             // its first (and grew its buffer) in a later one, now and then
             // (`tests/cpu_buffer_pool.rs`, AVX2).
             let threads = rayon::current_num_threads().max(1);
             let mut rest = &mut *y;
-            let runs: Vec<std::sync::Mutex<(usize, &mut [f32])>> = (0..threads)
+            let runs: Vec<(usize, &mut [f32])> = (0..threads)
                 .map(|t| {
                     let (lo, hi) = (t * g.batch / threads, (t + 1) * g.batch / threads);
                     let (part, tail) =
                         std::mem::take(&mut rest).split_at_mut((hi - lo) * out_image);
                     rest = tail;
-                    std::sync::Mutex::new((lo, part))
+                    (lo, part)
                 })
                 .collect();
-            rayon::broadcast(|ctx| {
-                // One run per thread of this pool, so every image is run.
-                debug_assert_eq!(ctx.num_threads(), runs.len());
-                // Each index is one thread's alone: the lock never waits.
-                let Some(run) = runs.get(ctx.index()) else {
-                    return;
-                };
-                let mut run = run
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let first = run.0;
-                for (j, y) in run.1.chunks_exact_mut(out_image).enumerate() {
+            part_per_thread(runs, |_, (first, y)| {
+                for (j, y) in y.chunks_exact_mut(out_image).enumerate() {
                     image(first + j, y);
                 }
             });

@@ -162,19 +162,12 @@ impl std::fmt::Display for Miss {
     }
 }
 
-/// How many misses [`recent_misses`] keeps.
-const RECENT: usize = 64;
-
-/// The last [`RECENT`] misses, by `number % RECENT`. A fixed array, so
-/// recording one allocates nothing.
-static RECENT_MISSES: Mutex<[Option<Miss>; RECENT]> = Mutex::new([None; RECENT]);
+/// The last misses ([`super::recent::KEPT`] of them).
+static RECENT_MISSES: super::recent::Recent<Miss> = super::recent::Recent::new();
 
 /// The last misses (up to 64), oldest first: see [`Miss`].
 pub fn recent_misses() -> Vec<Miss> {
-    let ring = *RECENT_MISSES.lock().unwrap_or_else(|e| e.into_inner());
-    let mut v: Vec<Miss> = ring.into_iter().flatten().collect();
-    v.sort_by_key(|m| m.number);
-    v
+    RECENT_MISSES.oldest_first()
 }
 
 /// Gives every cached buffer back to the allocator (and so, for large
@@ -310,15 +303,17 @@ fn take<T: Element>(op: &'static str, len: usize) -> Result<Vec<T>> {
     // (Should this fail, `recycle` grows the list when it must.)
     let _ = list.try_reserve(allocated.saturating_sub(list.len()));
     drop(lists);
-    RECENT_MISSES.lock().unwrap_or_else(|e| e.into_inner())[number as usize % RECENT] =
-        Some(Miss {
+    RECENT_MISSES.record(
+        number,
+        Miss {
             number,
             op,
             len,
             class_bytes: capacity * std::mem::size_of::<T>(),
             class_count: allocated,
             thread: rayon::current_thread_index(),
-        });
+        },
+    );
     Ok(v)
 }
 

@@ -32,6 +32,7 @@ mod loss;
 #[cfg(target_arch = "x86_64")]
 mod microkernel;
 mod pool;
+mod recent;
 pub mod scratch;
 mod sgd;
 pub mod simd;

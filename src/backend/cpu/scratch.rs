@@ -4,7 +4,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// Which of a thread's scratch buffers to use: a kernel that needs two at
 /// once (a column matrix and a staging copy of `y`) takes one of each.
@@ -170,19 +169,12 @@ impl std::fmt::Display for Growth {
     }
 }
 
-/// How many growths [`recent_growths`] keeps.
-const RECENT: usize = 64;
-
-/// The last [`RECENT`] growths, by `number % RECENT`. A fixed array, so
-/// recording one allocates nothing.
-static RECENT_GROWTHS: Mutex<[Option<Growth>; RECENT]> = Mutex::new([None; RECENT]);
+/// The last growths ([`super::recent::KEPT`] of them).
+static RECENT_GROWTHS: super::recent::Recent<Growth> = super::recent::Recent::new();
 
 /// The last growths (up to 64), oldest first: see [`Growth`].
 pub fn recent_growths() -> Vec<Growth> {
-    let ring = *RECENT_GROWTHS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut v: Vec<Growth> = ring.into_iter().flatten().collect();
-    v.sort_by_key(|g| g.number);
-    v
+    RECENT_GROWTHS.oldest_first()
 }
 
 thread_local! {
@@ -227,8 +219,9 @@ pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32])
         let number = GROWTHS.fetch_add(1, Ordering::Relaxed) as u64 + 1;
         let from = buf.len();
         buf.resize(largest, 0.0);
-        RECENT_GROWTHS.lock().unwrap_or_else(|e| e.into_inner())[number as usize % RECENT] =
-            Some(Growth {
+        RECENT_GROWTHS.record(
+            number,
+            Growth {
                 number,
                 slot: slot.name(),
                 len,
@@ -236,7 +229,8 @@ pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32])
                 to: largest,
                 depth,
                 thread: rayon::current_thread_index(),
-            });
+            },
+        );
     }
     let result = f(&mut buf[..len]);
     IN_USE.with(|u| u[i].set(depth));

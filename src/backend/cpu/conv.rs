@@ -2725,14 +2725,7 @@ fn weight_grad_images(
     beta: Beta,
 ) {
     let (m, n) = (g.out_channels, plan.taps);
-    let chunks = plan.chunks_rows(g, batch, rows);
-    if chunks.is_empty() && beta == 0.0 {
-        dw.fill(0.0);
-    }
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        // The first chunk overwrites (with `beta` 0; a GEMM of depth 0
-        // writes zeros), the others add.
-        let beta = if i == 0 { beta } else { 1.0 };
+    sum_chunks(plan, g, (batch, rows), dw, beta, |chunk, dw, beta| {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
         let columns = Columns::new(images, g, plan, chunk, true);
@@ -2745,6 +2738,29 @@ fn weight_grad_images(
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
             sgemm(par, m, width, n, Lhs::View(grad_out), col_t, beta, dw, n)
         });
+    });
+}
+
+/// Runs `add(chunk, out, beta)` for the chunks of output rows `rows` of
+/// `batch` images ([`Plan::chunks_rows`]), each adding its product onto the
+/// sum `out`: the first chunk with the caller's `beta` (0 overwrites it, see
+/// [`Beta`]; a GEMM of depth 0 writes zeros), the others with 1; with no
+/// chunk at all, `out` is zeroed when `beta` is 0. The loop of the im2col
+/// and the shifted weight gradients.
+fn sum_chunks(
+    plan: &Plan,
+    g: &Conv2dGeometry,
+    (batch, rows): (usize, (usize, usize)),
+    out: &mut [f32],
+    beta: Beta,
+    mut add: impl FnMut(Chunk, &mut [f32], Beta),
+) {
+    let chunks = plan.chunks_rows(g, batch, rows);
+    if chunks.is_empty() && beta == 0.0 {
+        out.fill(0.0);
+    }
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        add(chunk, out, if i == 0 { beta } else { 1.0 });
     }
 }
 
@@ -2820,32 +2836,33 @@ fn weight_grad_shifted(
         |first, count, out_rows, out, par, beta| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            let chunks = plan.chunks_rows(rows, count, out_rows);
-            if chunks.is_empty() && beta == 0.0 {
-                out.fill(0.0);
-            }
-            for (i, chunk) in chunks.into_iter().enumerate() {
-                // The first chunk overwrites, the others add ([`Beta`]).
-                let beta = if i == 0 { beta } else { 1.0 };
-                let width = chunk.columns(rows);
-                let images = chunk.images_of(x, plan.in_image);
-                let columns = Columns::new(images, rows, &plan, chunk, true);
-                with_scratch(Slot::Columns, kw_n * c_out * width, |a| {
-                    shift_grad_out(g, &plan, &chunk, dy, a);
-                    let a = MatRef::row_major(a, width);
-                    sgemm(
-                        par,
-                        kw_n * c_out,
-                        width,
-                        n,
-                        Lhs::View(a),
-                        Rhs::Source(&columns),
-                        beta,
-                        out,
-                        n,
-                    )
-                });
-            }
+            sum_chunks(
+                &plan,
+                rows,
+                (count, out_rows),
+                out,
+                beta,
+                |chunk, out, beta| {
+                    let width = chunk.columns(rows);
+                    let images = chunk.images_of(x, plan.in_image);
+                    let columns = Columns::new(images, rows, &plan, chunk, true);
+                    with_scratch(Slot::Columns, kw_n * c_out * width, |a| {
+                        shift_grad_out(g, &plan, &chunk, dy, a);
+                        let a = MatRef::row_major(a, width);
+                        sgemm(
+                            par,
+                            kw_n * c_out,
+                            width,
+                            n,
+                            Lhs::View(a),
+                            Rhs::Source(&columns),
+                            beta,
+                            out,
+                            n,
+                        )
+                    });
+                },
+            );
         },
     )?;
     // dW[o][(c, kh), kw] = dW'[(kw, o)][(c, kh)]: every element written.

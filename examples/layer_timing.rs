@@ -14,13 +14,7 @@
 //! `REPS` (default 5) timed repeats follow one untimed warm-up per case;
 //! `FILTER` keeps the cases whose op or shape name contains it, `LAYER_OP`
 //! (e.g. `conv_dw`) only that op (to profile one kernel). Threads:
-//! rayon's default, or `RAYON_NUM_THREADS`. `LAYER_RECYCLE=1` hands each
-//! convolution's output back to the CPU buffer pool, as a training step's
-//! dropped tensors are; by default it is freed, so every call takes a fresh
-//! allocation whose pages fault in (and is zeroed by `Vec::resize`): for the
-//! 9 MiB weight gradient of 3x3 512->512 a serial pass of a few tenths of
-//! a millisecond to ~2 ms that a step does not pay (BENCHMARKS.md issue 9
-//! item 40).
+//! rayon's default, or `RAYON_NUM_THREADS`.
 
 use std::time::Instant;
 
@@ -86,19 +80,6 @@ const ACTIVATIONS: &[(usize, usize, usize, usize, usize)] = &[
     (256, 4, 2, 3, 2),
     (512, 5, 2, 3, 2),
 ];
-
-/// A convolution's output, handed back to the buffer pool when dropped if
-/// `LAYER_RECYCLE=1` (see the module comment).
-struct Pooled(CpuStorage);
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        static RECYCLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *RECYCLE.get_or_init(|| std::env::var("LAYER_RECYCLE").is_ok_and(|v| v.trim() == "1")) {
-            frostgrad::backend::cpu::buffer_pool::recycle_host(&mut self.0);
-        }
-    }
-}
 
 /// Deterministic values in [-0.5, 0.5).
 fn filled(n: usize, seed: usize) -> CpuStorage {
@@ -243,7 +224,7 @@ fn main() -> frostgrad::Result<()> {
             4 * (nx + nw + ny),
             flops,
             params.clone(),
-            || x.conv2d(&w, None, &g).map(Pooled),
+            || x.conv2d(&w, None, &g),
         )?;
         // The stem's input gradient is never needed in training.
         let dx_count = if name.starts_with("stem") { 0 } else { count };
@@ -254,7 +235,7 @@ fn main() -> frostgrad::Result<()> {
             4 * (nx + nw + ny),
             flops,
             params.clone(),
-            || dy.conv2d_input_grad(&w, &g).map(Pooled),
+            || dy.conv2d_input_grad(&w, &g),
         )?;
         t.case(
             "conv_dw",
@@ -263,7 +244,7 @@ fn main() -> frostgrad::Result<()> {
             4 * (nx + nw + ny),
             flops,
             params,
-            || dy.conv2d_weight_grad(&x, &g).map(Pooled),
+            || dy.conv2d_weight_grad(&x, &g),
         )?;
     }
 

@@ -90,6 +90,56 @@ fn filled(n: usize, seed: usize) -> CpuStorage {
     )
 }
 
+/// A case's result, handed back to the CPU buffer pool as a training step
+/// hands back every tensor it drops: dropped plainly, each call's output
+/// would miss the pool, and `buffer_pool::uninit` would zero a fresh
+/// allocation on the calling thread before the kernel ran (a serial pass
+/// over the output the step never pays). The recycle happens inside the
+/// timed region, as a step's drop does.
+trait Recycle {
+    fn recycle(self);
+}
+
+impl Recycle for CpuStorage {
+    fn recycle(mut self) {
+        frostgrad::backend::cpu::buffer_pool::recycle_host(&mut self);
+    }
+}
+
+impl Recycle for () {
+    fn recycle(self) {}
+}
+
+impl<A: Recycle, B: Recycle> Recycle for (A, B) {
+    fn recycle(self) {
+        self.0.recycle();
+        self.1.recycle();
+    }
+}
+
+impl<T: Recycle> Recycle for Option<T> {
+    fn recycle(self) {
+        if let Some(t) = self {
+            t.recycle();
+        }
+    }
+}
+
+impl<T: Recycle, const K: usize> Recycle for [T; K] {
+    fn recycle(self) {
+        self.into_iter().for_each(Recycle::recycle);
+    }
+}
+
+impl Recycle for frostgrad::backend::BatchNormOutput<CpuStorage> {
+    fn recycle(self) {
+        self.output.recycle();
+        if let Some(s) = self.batch_stats {
+            (s.mean, (s.var, s.invstd)).recycle();
+        }
+    }
+}
+
 struct Timer {
     reps: usize,
     filter: Option<String>,
@@ -104,7 +154,7 @@ impl Timer {
     /// `params` describes the case for the PyTorch side.
     // Each argument is one field of the case's JSON record.
     #[allow(clippy::too_many_arguments)]
-    fn case<T>(
+    fn case<T: Recycle>(
         &mut self,
         op: &str,
         shape: &str,
@@ -122,11 +172,11 @@ impl Timer {
         if self.op.as_deref().is_some_and(|o| o != op) {
             return Ok(());
         }
-        std::hint::black_box(f()?);
+        std::hint::black_box(f()?).recycle();
         let (mut wall, mut cpu) = (vec![], vec![]);
         for _ in 0..self.reps {
             let (t, c) = (Instant::now(), cpu_seconds());
-            std::hint::black_box(f()?);
+            std::hint::black_box(f()?).recycle();
             wall.push(t.elapsed().as_secs_f64() * 1e3);
             cpu.push((cpu_seconds() - c) * 1e3);
         }

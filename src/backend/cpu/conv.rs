@@ -2313,8 +2313,27 @@ fn by_classes(g: &Conv2dGeometry) -> bool {
 /// 31 % of a 3x3 kernel's products (7x7: 18 %). Here each tap's depth is a
 /// rectangle of output pixels per image; `dy` is read where it lies through
 /// a table of those pixels (`gemm::with_indexed_lhs`) and `x`, transposed
-/// once per image group to channels-last, gives each depth row as `C_in`
-/// consecutive floats ([`TapRows`]), so packing is a copy.
+/// to channels-last, gives each depth row as consecutive floats
+/// ([`TapRows`]), so packing is a copy.
+///
+/// Parallelism: thread `t` of the pool ([`part_per_thread`]) takes whole
+/// column panels of every tap (input channels `c0..c1`,
+/// [`tap_column_parts`]) over all images: it transposes those channels of
+/// the images itself (in blocks of at most `limits.block_elems` floats of
+/// `x`, every block after the first adding onto its per-tap sums, see
+/// [`Beta`]), multiplies, and writes those columns of `dW` in their final
+/// `[C_out, C_in, KH, KW]` order. So each thread owns a disjoint part of
+/// `dW` and reads only the part of `x` it transposed: one parallel call, no
+/// partial sums, and no pass left to one thread.
+///
+/// Why: as image groups (each thread a partial sum of all per-tap blocks
+/// over its images, the partials then added and the blocks reordered into
+/// `dW` on the calling thread alone), ResNet's 3x3 256->256 weight gradient
+/// at 14x14 spent ~7 % of its wall time in that reorder with both workers
+/// idle, and layer4's 512->512 at 7x7 (split GEMMs, one per tap, each its
+/// own fork-join) transposed `x` and reordered its 9 MiB `dW` on one thread
+/// (`perf record -e cpu-clock`, batch 8 x 224, 2 threads, Zen 2;
+/// BENCHMARKS.md issue 9 item 40).
 fn weight_grad_classes(
     dy: &[f32],
     x: &[f32],
@@ -2324,157 +2343,330 @@ fn weight_grad_classes(
     let op = "conv2d_weight_grad";
     let plan = Plan::new(op, g, limits)?;
     let (c_out, c_in, taps) = (g.out_channels, g.in_channels, g.kernel_h * g.kernel_w);
-    let block = c_out * c_in;
-    let mut by_tap = unset_sum(op, taps * block)?;
-    for_image_groups(
-        op,
-        &plan,
-        g,
-        &mut by_tap,
-        Output::Sum,
-        |first, count, rows, out, par, beta| {
-            let dy = batch_images(dy, plan.out_image, first, count);
-            let x = batch_images(x, plan.in_image, first, count);
-            weight_grad_tap_images(dy, x, g, &plan, out, (count, rows), par, beta);
-        },
-    )?;
-    // dW[o][c, kh, kw] = by_tap[(kh, kw)][o, c]: every element written.
-    let mut dw = buffer_pool::uninit(op, taps * block)?;
-    for (i, row) in dw.chunks_exact_mut(taps).enumerate() {
-        for (t, d) in row.iter_mut().enumerate() {
-            *d = by_tap[t * block + i];
-        }
+    let plane = g.in_h * g.in_w;
+    let mut dw = unset_sum(op, taps * c_out * c_in)?;
+    if g.batch * plan.pixels == 0 || dw.is_empty() || plane == 0 {
+        dw.fill(0.0);
+        return Ok(dw);
     }
+    let images = (limits.block_elems / plan.in_image).clamp(1, g.batch);
+    let tables = TapTables::new(op, g, &plan, images)?;
+    // Thread t's per-tap sums, `[KH * KW, C_out, c1 - c0]`, side by side.
+    let mut by_tap = unset_sum(op, taps * c_out * c_in)?;
+    let mut pieces = vec![];
+    let mut rest = &mut by_tap[..];
+    for (c0, c1) in tap_column_parts(c_in, rayon::current_num_threads()) {
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(taps * c_out * (c1 - c0));
+        pieces.push(((c0, c1), piece));
+        rest = tail;
+    }
+    let dw_out = SharedOut(dw.as_mut_ptr());
+    part_per_thread(pieces, |_, ((c0, c1), sums)| {
+        let width = c1 - c0;
+        if width == 0 {
+            return;
+        }
+        with_scratch(Slot::Staging, images * plane * width, |xt| {
+            for first in (0..g.batch).step_by(images) {
+                let count = images.min(g.batch - first);
+                // Channels c0..c1, last: xt[(n * H * W + pixel) * width + c - c0].
+                let x = batch_images(x, plan.in_image, first, count);
+                for (image, t) in x
+                    .chunks_exact(plan.in_image)
+                    .zip(xt.chunks_exact_mut(plane * width))
+                {
+                    transpose(&image[c0 * plane..c1 * plane], width, plane, t, width);
+                }
+                let dy = batch_images(dy, plan.out_image, first, count);
+                let xt = &xt[..count * plane * width];
+                let beta = if first == 0 { 0.0 } else { 1.0 };
+                weight_grad_tap_columns(dy, xt, g, &plan, &tables, sums, (count, width), beta);
+            }
+        });
+        // SAFETY: `dw` outlives this call and nothing else touches it
+        // meanwhile; each thread writes the elements of its own input
+        // channels c0..c1 (disjoint: `tap_column_parts`) of each row.
+        unsafe { reorder_tap_columns(sums, g, (c0, c1), &dw_out) };
+    });
+    tables.recycle();
     buffer_pool::recycle(by_tap);
     Ok(dw)
 }
 
-/// [`weight_grad_classes`] for output rows `rows` of `batch` images, into
-/// `out` (`[KH * KW, C_out, C_in]`; overwritten with `beta` 0, see
-/// [`Beta`]).
-#[allow(clippy::too_many_arguments)]
-fn weight_grad_tap_images(
-    dy: &[f32],
-    x: &[f32],
-    g: &Conv2dGeometry,
-    plan: &Plan,
-    out: &mut [f32],
-    (batch, rows): (usize, (usize, usize)),
-    par: Par,
-    beta: Beta,
-) {
-    let (c_out, c_in) = (g.out_channels, g.in_channels);
-    let plane = g.in_h * g.in_w;
-    let block = c_out * c_in;
-    if batch == 0 || block == 0 || plane == 0 {
-        if beta == 0.0 {
-            out.fill(0.0);
-        }
-        return;
-    }
-    with_scratch(Slot::Staging, batch * plane * c_in, |xt| {
-        // Channels last: xt[(n * H * W + pixel) * C_in + c].
-        for (image, t) in x
-            .chunks_exact(plan.in_image)
-            .zip(xt.chunks_exact_mut(plane * c_in))
-        {
-            transpose(image, c_in, plane, t, c_in);
-        }
-        let xt = &*xt;
-        for kh in 0..g.kernel_h {
-            for kw in 0..g.kernel_w {
-                let rows = TapRows::new(g, xt, (batch, rows), kh, kw);
-                let out = &mut out[(kh * g.kernel_w + kw) * block..][..block];
-                if rows.depth == 0 {
-                    if beta == 0.0 {
-                        out.fill(0.0);
-                    }
-                    continue;
-                }
-                let pixels = (rows.h.1 - rows.h.0) * (rows.w.1 - rows.w.0);
-                let offset = |p: usize| {
-                    let (n, q) = (p / pixels, p % pixels);
-                    let (oh, ow) = rows.pixel(q);
-                    n * plan.out_image + oh * g.out_w + ow
-                };
-                with_indexed_lhs(dy, plan.pixels, (c_out, rows.depth), offset, |a| {
-                    sgemm(
-                        par,
-                        c_out,
-                        rows.depth,
-                        c_in,
-                        a,
-                        Rhs::Source(&rows),
-                        beta,
-                        out,
-                        c_in,
-                    )
-                });
-            }
-        }
-    });
+/// `dW`'s buffer, written by several threads at once at disjoint
+/// elements ([`reorder_tap_columns`]).
+struct SharedOut(*mut f32);
+// SAFETY: the threads that share it write disjoint elements (see its uses).
+unsafe impl Sync for SharedOut {}
+
+/// The input channels of [`weight_grad_classes`]'s parts, one per thread:
+/// whole column panels of the micro-kernel (the last part may end in a
+/// partial one), as equal as whole panels allow; empty parts where there
+/// are fewer panels than threads.
+fn tap_column_parts(c_in: usize, threads: usize) -> Vec<(usize, usize)> {
+    let align = tap_column_align();
+    let units = c_in.div_ceil(align);
+    let threads = threads.max(1);
+    let bound = |t: usize| (t * units / threads * align).min(c_in);
+    (0..threads).map(|t| (bound(t), bound(t + 1))).collect()
 }
 
-/// The right operand of one tap `(kh, kw)` of [`weight_grad_classes`]:
-/// `[depth, C_in]`, row `p` = the input pixel (all channels) that the tap
-/// sees at the `p`-th output pixel of its valid rectangle (image by image,
-/// within the output rows asked for), from channels-last images.
+/// The micro-kernel's panel width on the active path (16 elsewhere: the
+/// tap-by-tap form runs on the AVX paths only, [`by_classes`]).
+fn tap_column_align() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (_, nr) = super::gemm::tile(simd::active());
+        if nr > 0 {
+            return nr;
+        }
+    }
+    16
+}
+
+/// Per tap, for up to `images` images, the offsets of the depth rows of
+/// [`weight_grad_classes`]: of `dy`'s pixel (`n * C_out * OH * OW + oh * OW
+/// + ow`, the left operand's table) and of `x`'s pixel (`n * H * W + ih * W
+/// + iw`, the channels-last row [`TapRows`] copies). Built once per call,
+/// without a division per row, and shared by every thread (each had built
+/// the left operand's offsets itself, four divisions per row, ~2 % of the
+/// samples at 256->256 @14, `perf`). The rows of the first `n` images are
+/// the first `n * rows` entries of a tap's table, whatever block of images.
+struct TapTables {
+    /// Per tap: where its entries start and how many it has per image.
+    taps: Vec<(usize, usize)>,
+    /// The `dy` offsets of all taps, then the `x` offsets of all taps.
+    data: Vec<i64>,
+}
+
+impl TapTables {
+    fn new(op: &'static str, g: &Conv2dGeometry, plan: &Plan, images: usize) -> Result<Self> {
+        let mut taps = Vec::with_capacity(g.kernel_h * g.kernel_w);
+        let mut total = 0;
+        for kh in 0..g.kernel_h {
+            let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+            for kw in 0..g.kernel_w {
+                let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+                let rows = (h.1 - h.0) * (w.1 - w.0);
+                taps.push((total, rows));
+                total += images * rows;
+            }
+        }
+        let mut data = buffer_pool::uninit::<i64>(op, 2 * total)?;
+        let (dy_at, x_at) = data.split_at_mut(total);
+        let mut i = 0;
+        for kh in 0..g.kernel_h {
+            let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+            for kw in 0..g.kernel_w {
+                let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+                for n in 0..images {
+                    for oh in h.0..h.1 {
+                        let ih = oh * g.stride.0 + kh * g.dilation.0 - g.padding.0;
+                        for ow in w.0..w.1 {
+                            let iw = ow * g.stride.1 + kw * g.dilation.1 - g.padding.1;
+                            dy_at[i] = (n * plan.out_image + oh * g.out_w + ow) as i64;
+                            x_at[i] = ((n * g.in_h + ih) * g.in_w + iw) as i64;
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+        debug_assert_eq!(i, total);
+        Ok(Self { taps, data })
+    }
+
+    /// Tap `t`'s `dy` and `x` offsets for the first `images` images.
+    fn tap(&self, t: usize, images: usize) -> (&[i64], &[i64]) {
+        let (start, rows) = self.taps[t];
+        let total = self.data.len() / 2;
+        let len = images * rows;
+        (
+            &self.data[start..start + len],
+            &self.data[total + start..total + start + len],
+        )
+    }
+
+    fn recycle(self) {
+        buffer_pool::recycle(self.data);
+    }
+}
+
+/// One part of [`weight_grad_classes`]: input channels `c0..c1` (`width`
+/// of them) of every tap's sum over `batch` images, from those channels of
+/// the images, channels-last (`xt`), into `sums` (`[KH * KW, C_out,
+/// width]`; overwritten with `beta` 0, see [`Beta`]).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_tap_columns(
+    dy: &[f32],
+    xt: &[f32],
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    tables: &TapTables,
+    sums: &mut [f32],
+    (batch, width): (usize, usize),
+    beta: Beta,
+) {
+    let c_out = g.out_channels;
+    let block = c_out * width;
+    for (t, out) in sums
+        .chunks_exact_mut(block.max(1))
+        .take(g.kernel_h * g.kernel_w)
+        .enumerate()
+    {
+        let (dy_at, x_at) = tables.tap(t, batch);
+        let depth = dy_at.len();
+        if depth == 0 {
+            if beta == 0.0 {
+                out.fill(0.0);
+            }
+            continue;
+        }
+        let rows = TapRows::new(xt, x_at, width);
+        with_indexed_lhs(
+            dy,
+            plan.pixels,
+            (c_out, depth),
+            |p| dy_at[p] as usize,
+            |a| {
+                sgemm(
+                    Par::Serial,
+                    c_out,
+                    depth,
+                    width,
+                    a,
+                    Rhs::Source(&rows),
+                    beta,
+                    out,
+                    width,
+                )
+            },
+        );
+    }
+}
+
+/// Writes input channels `c0..c1` of `dW` (`[C_out, C_in, KH, KW]`) from
+/// one part's per-tap sums (`[KH * KW, C_out, c1 - c0]`): for each output
+/// channel one contiguous run of `dW`, filled tap by tap from sequential
+/// reads while it stays in L1.
+///
+/// # Safety
+/// `dw` points at `C_out * C_in * KH * KW` writable floats that no other
+/// thread reads or writes in input channels `c0..c1` meanwhile.
+unsafe fn reorder_tap_columns(
+    sums: &[f32],
+    g: &Conv2dGeometry,
+    (c0, c1): (usize, usize),
+    dw: &SharedOut,
+) {
+    let (c_out, c_in, taps) = (g.out_channels, g.in_channels, g.kernel_h * g.kernel_w);
+    let width = c1 - c0;
+    let block = c_out * width;
+    assert!(c0 <= c1 && c1 <= c_in && sums.len() >= taps * block);
+    if width == 0 {
+        return;
+    }
+    for o in 0..c_out {
+        // SAFETY: the run lies inside dW (o < C_out, c1 <= C_in) and is
+        // this thread's alone (the caller's contract).
+        let row = unsafe {
+            std::slice::from_raw_parts_mut(dw.0.add((o * c_in + c0) * taps), width * taps)
+        };
+        let sums = &sums[o * width..];
+        match taps {
+            9 => interleave_taps::<9>(sums, block, row),
+            _ => {
+                for (c, d) in row.chunks_exact_mut(taps).enumerate() {
+                    for (t, d) in d.iter_mut().enumerate() {
+                        *d = sums[t * block + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `row[c * T + t] = sums[t * block + c]`: one output channel's run of
+/// [`reorder_tap_columns`] with the tap count a constant (3x3 kernels), so
+/// the `T` reads per element are fixed offsets (a loop over taps with
+/// strided stores took 1.2x the samples of this pass at 3x3 512->512 @7,
+/// `perf`, one thread).
+fn interleave_taps<const T: usize>(sums: &[f32], block: usize, row: &mut [f32]) {
+    let width = row.len() / T;
+    let from: [&[f32]; T] = std::array::from_fn(|t| &sums[t * block..][..width]);
+    for (c, d) in row.chunks_exact_mut(T).enumerate() {
+        let d: &mut [f32; T] = d.try_into().expect("T floats");
+        for (t, d) in d.iter_mut().enumerate() {
+            *d = from[t][c];
+        }
+    }
+}
+
+/// The right operand of one tap of [`weight_grad_classes`]: `[depth,
+/// width]`, row `p` = the input pixel `at[p]` (`width` channels) of
+/// channels-last images `xt`: the pixel the tap sees at the `p`-th output
+/// pixel of its valid rectangle, image by image ([`TapTables`]).
 struct TapRows<'a> {
     xt: &'a [f32],
-    g: &'a Conv2dGeometry,
-    kh: usize,
-    kw: usize,
-    /// The output rows and columns where the tap sees real input pixels.
-    h: (usize, usize),
-    w: (usize, usize),
-    depth: usize,
+    at: &'a [i64],
+    width: usize,
 }
 
 impl<'a> TapRows<'a> {
-    fn new(
-        g: &'a Conv2dGeometry,
-        xt: &'a [f32],
-        (batch, rows): (usize, (usize, usize)),
-        kh: usize,
-        kw: usize,
-    ) -> Self {
-        let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
-        let h = (h.0.max(rows.0), h.1.min(rows.1));
-        let h = (h.0.min(h.1), h.1);
-        let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
-        let depth = batch * (h.1 - h.0) * (w.1 - w.0);
-        assert!(xt.len() >= batch * g.in_h * g.in_w * g.in_channels);
-        Self {
-            xt,
-            g,
-            kh,
-            kw,
-            h,
-            w,
-            depth,
-        }
-    }
-
-    /// The output pixel `(oh, ow)` of the rectangle's `q`-th pixel.
-    fn pixel(&self, q: usize) -> (usize, usize) {
-        let width = self.w.1 - self.w.0;
-        (self.h.0 + q / width, self.w.0 + q % width)
+    fn new(xt: &'a [f32], at: &'a [i64], width: usize) -> Self {
+        let fits = at.iter().all(|&a| {
+            (a as usize)
+                .checked_add(1)
+                .and_then(|e| e.checked_mul(width))
+                .is_some_and(|e| e <= xt.len())
+        });
+        assert!(fits, "tap rows outside the images");
+        Self { xt, at, width }
     }
 
     /// Depth row `p`: the channels-last input pixel it reads.
     fn row(&self, p: usize) -> &[f32] {
-        let g = self.g;
-        let pixels = (self.h.1 - self.h.0) * (self.w.1 - self.w.0);
-        let (n, (oh, ow)) = (p / pixels, self.pixel(p % pixels));
-        let ih = oh * g.stride.0 + self.kh * g.dilation.0 - g.padding.0;
-        let iw = ow * g.stride.1 + self.kw * g.dilation.1 - g.padding.1;
-        &self.xt[((n * g.in_h + ih) * g.in_w + iw) * g.in_channels..][..g.in_channels]
+        &self.xt[self.at[p] as usize * self.width..][..self.width]
+    }
+
+    /// [`PackB::pack`] with the panel width a constant, so that a whole
+    /// panel row is a few vector moves rather than a `memcpy` call.
+    fn pack_panels<const NR: usize>(
+        &self,
+        pc: usize,
+        kc: usize,
+        jc: usize,
+        nc: usize,
+        out: &mut [f32],
+    ) {
+        let panel = kc * NR;
+        for p in 0..kc {
+            let row = &self.row(pc + p)[jc..jc + nc];
+            let mut whole = row.chunks_exact(NR);
+            for (q, values) in whole.by_ref().enumerate() {
+                let dst: &mut [f32; NR] = (&mut out[q * panel + p * NR..][..NR])
+                    .try_into()
+                    .expect("NR floats");
+                *dst = values.try_into().expect("NR floats");
+            }
+            let values = whole.remainder();
+            if !values.is_empty() {
+                let dst = &mut out[nc / NR * panel + p * NR..][..NR];
+                dst[..values.len()].copy_from_slice(values);
+                dst[values.len()..].fill(0.0);
+            }
+        }
     }
 }
 
 impl PackB for TapRows<'_> {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
-        assert!(pc + kc <= self.depth && jc + nc <= self.g.in_channels && nr > 0);
+        assert!(pc + kc <= self.at.len() && jc + nc <= self.width && nr > 0);
+        match nr {
+            16 => return self.pack_panels::<16>(pc, kc, jc, nc, out),
+            32 => return self.pack_panels::<32>(pc, kc, jc, nc, out),
+            _ => {}
+        }
         let panel = kc * nr;
         for p in 0..kc {
             let row = &self.row(pc + p)[jc..jc + nc];
@@ -2489,7 +2681,7 @@ impl PackB for TapRows<'_> {
 
 impl Source for TapRows<'_> {
     fn shape(&self) -> (usize, usize) {
-        (self.depth, self.g.in_channels)
+        (self.at.len(), self.width)
     }
 }
 
@@ -2533,14 +2725,7 @@ fn weight_grad_images(
     beta: Beta,
 ) {
     let (m, n) = (g.out_channels, plan.taps);
-    let chunks = plan.chunks_rows(g, batch, rows);
-    if chunks.is_empty() && beta == 0.0 {
-        dw.fill(0.0);
-    }
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        // The first chunk overwrites (with `beta` 0; a GEMM of depth 0
-        // writes zeros), the others add.
-        let beta = if i == 0 { beta } else { 1.0 };
+    sum_chunks(plan, g, (batch, rows), dw, beta, |chunk, dw, beta| {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
         let columns = Columns::new(images, g, plan, chunk, true);
@@ -2553,6 +2738,29 @@ fn weight_grad_images(
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
             sgemm(par, m, width, n, Lhs::View(grad_out), col_t, beta, dw, n)
         });
+    });
+}
+
+/// Runs `add(chunk, out, beta)` for the chunks of output rows `rows` of
+/// `batch` images ([`Plan::chunks_rows`]), each adding its product onto the
+/// sum `out`: the first chunk with the caller's `beta` (0 overwrites it, see
+/// [`Beta`]; a GEMM of depth 0 writes zeros), the others with 1; with no
+/// chunk at all, `out` is zeroed when `beta` is 0. The loop of the im2col
+/// and the shifted weight gradients.
+fn sum_chunks(
+    plan: &Plan,
+    g: &Conv2dGeometry,
+    (batch, rows): (usize, (usize, usize)),
+    out: &mut [f32],
+    beta: Beta,
+    mut add: impl FnMut(Chunk, &mut [f32], Beta),
+) {
+    let chunks = plan.chunks_rows(g, batch, rows);
+    if chunks.is_empty() && beta == 0.0 {
+        out.fill(0.0);
+    }
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        add(chunk, out, if i == 0 { beta } else { 1.0 });
     }
 }
 
@@ -2628,32 +2836,33 @@ fn weight_grad_shifted(
         |first, count, out_rows, out, par, beta| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            let chunks = plan.chunks_rows(rows, count, out_rows);
-            if chunks.is_empty() && beta == 0.0 {
-                out.fill(0.0);
-            }
-            for (i, chunk) in chunks.into_iter().enumerate() {
-                // The first chunk overwrites, the others add ([`Beta`]).
-                let beta = if i == 0 { beta } else { 1.0 };
-                let width = chunk.columns(rows);
-                let images = chunk.images_of(x, plan.in_image);
-                let columns = Columns::new(images, rows, &plan, chunk, true);
-                with_scratch(Slot::Columns, kw_n * c_out * width, |a| {
-                    shift_grad_out(g, &plan, &chunk, dy, a);
-                    let a = MatRef::row_major(a, width);
-                    sgemm(
-                        par,
-                        kw_n * c_out,
-                        width,
-                        n,
-                        Lhs::View(a),
-                        Rhs::Source(&columns),
-                        beta,
-                        out,
-                        n,
-                    )
-                });
-            }
+            sum_chunks(
+                &plan,
+                rows,
+                (count, out_rows),
+                out,
+                beta,
+                |chunk, out, beta| {
+                    let width = chunk.columns(rows);
+                    let images = chunk.images_of(x, plan.in_image);
+                    let columns = Columns::new(images, rows, &plan, chunk, true);
+                    with_scratch(Slot::Columns, kw_n * c_out * width, |a| {
+                        shift_grad_out(g, &plan, &chunk, dy, a);
+                        let a = MatRef::row_major(a, width);
+                        sgemm(
+                            par,
+                            kw_n * c_out,
+                            width,
+                            n,
+                            Lhs::View(a),
+                            Rhs::Source(&columns),
+                            beta,
+                            out,
+                            n,
+                        )
+                    });
+                },
+            );
         },
     )?;
     // dW[o][(c, kh), kw] = dW'[(kw, o)][(c, kh)]: every element written.
@@ -3124,7 +3333,10 @@ mod tests {
                         .flat_map(move |q| (0..g.in_channels).map(move |c| image[c * plane + q]))
                 })
                 .collect();
-            let rows = TapRows::new(&g, &xt, (g.batch, (0, g.out_h)), 0, 2);
+            let plan = Plan::new("test", &g, LIMITS).unwrap();
+            let tables = TapTables::new("test", &g, &plan, g.batch).unwrap();
+            let (_, x_at) = tables.tap(2, g.batch);
+            let rows = TapRows::new(&xt, x_at, g.in_channels);
             let (depth, cols) = rows.shape();
             for (pc, kc, jc, nc) in [(0, depth, 0, cols), (1, depth - 2, 5, cols - 7)] {
                 for nr in [32, 16, 5] {
@@ -3142,6 +3354,55 @@ mod tests {
                         };
                         assert_eq!(got.to_bits(), want.to_bits(), "case {case} nr {nr} {i}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tap_by_tap_parts_own_disjoint_columns_at_every_thread_count() {
+        // Each thread's part of the tap-by-tap form (its input channels of
+        // every tap, written into dW in place) at 1-5 threads, so that
+        // parts are uneven, end in a partial panel (40 and 72 channels) or
+        // are empty (more threads than panels); with every image in one
+        // block and with one image per block (the later blocks adding onto
+        // the sums); strides 1 and 2, a dilated kernel, a 3x2 kernel, and a
+        // 1x1 image whose corner taps see no pixel at all. Against the
+        // float64 loops; dW and the per-tap sums start as NaN in tests, so
+        // an element no part writes fails.
+        let cases: &[Case] = &[
+            ([3, 40, 5, 4], [33, 40, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 72, 7, 7], [17, 72, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([2, 32, 6, 6], [9, 32, 3, 3], (1, 1), (2, 2), (2, 2)),
+            ([3, 48, 4, 5], [5, 48, 3, 2], (1, 1), (1, 0), (1, 1)),
+            ([4, 33, 1, 1], [6, 33, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ];
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 61 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 71 + case as u64);
+            let b = vec![0.0; weight[0]];
+            let dy = pseudo_random(g.output_shape().iter().product(), 81 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            for threads in 1..=5 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let parts = tap_column_parts(input[1], threads);
+                assert_eq!(parts.len(), threads);
+                assert_eq!((parts[0].0, parts[threads - 1].1), (0, input[1]));
+                assert!(parts
+                    .windows(2)
+                    .all(|p| p[0].1 == p[1].0 && p[0].0 <= p[0].1));
+                for block_elems in [usize::MAX / 2, 1] {
+                    let limits = Limits {
+                        block_elems,
+                        ..LIMITS
+                    };
+                    let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                    let what = format!("case {case} threads {threads} block {block_elems}");
+                    assert_close(&what, &dw, &r.dw, 1e-5);
                 }
             }
         }

@@ -2228,9 +2228,13 @@ fn weight_grad_with(dy: &[f32], x: &[f32], g: &Conv2dGeometry, limits: Limits) -
 }
 
 /// Output images up to this many pixels may take the weight gradient tap
-/// by tap ([`by_classes`]): ResNet's 14x14 stage and smaller, the sizes it
-/// was measured at (its channels-last copy of `x` is as large as `x`).
-const CLASSES_MAX_PIXELS: usize = 256;
+/// by tap ([`by_classes`]): up to 20x20, ResNet's layer3 at 320x320 input
+/// (3x3 256->256, 6.6 % padding), the largest size it was measured at: at
+/// batch 4 it took 0.90x the CPU time of the column-matrix form at 2
+/// threads, 0.94x at one (Zen 2, BENCHMARKS.md issue 9 item 40). Each
+/// thread's channels-last copy of its channels of a block of images
+/// together are as large as that block of `x`.
+const CLASSES_MAX_PIXELS: usize = 400;
 
 /// The fewest output pixels of a whole batch (a tap's GEMM depth, less its
 /// padding) for [`by_classes`]: shallower, the nine products per call each
@@ -3498,6 +3502,8 @@ mod tests {
             // Batch 1 at 14x14 (196 output pixels), 8 at 4x4 (128), 2 at
             // 7x7 (98): at least CLASSES_MIN_DEPTH.
             geo([1, 256, 14, 14], 256, 3, 1, 1),
+            // 20x20 (6.6 %, 256 channels at stride 1): CLASSES_MAX_PIXELS.
+            geo([4, 256, 20, 20], 256, 3, 1, 1),
             geo([8, 512, 4, 4], 512, 3, 1, 1),
             geo([2, 512, 7, 7], 512, 3, 1, 1),
         ] {
@@ -3515,6 +3521,9 @@ mod tests {
             geo([8, 512, 7, 7], 512, 1, 1, 0),
             geo([8, 3, 8, 8], 64, 7, 2, 3),
             geo([8, 16, 4, 4], 64, 3, 1, 1),
+            // Larger than CLASSES_MAX_PIXELS: 21x21 (a 5x5 kernel, 11 %
+            // padding).
+            geo([4, 256, 21, 21], 256, 5, 1, 2),
             // Too few output pixels in the batch (CLASSES_MIN_DEPTH): batch
             // 1 at 7x7, batch 4 at 4x4.
             geo([1, 512, 7, 7], 512, 3, 1, 1),

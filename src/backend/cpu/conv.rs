@@ -1605,7 +1605,7 @@ struct DirectTile {
 fn forward_direct(
     op: &'static str,
     x: &[f32],
-    wt: impl Fn(usize, usize, usize) -> f32,
+    wt: impl Fn(usize, usize, usize) -> f32 + Sync,
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     tile: DirectTile,
@@ -1627,16 +1627,22 @@ fn forward_direct(
         // n. Depth as (c, t) so that `wt` needs no division by the taps
         // (the flipped input gradient's did two per element: at 3x3
         // 128->128, 28x28, batch 1 its packing cost ~0.5 ms of 3.3, Zen 2).
+        // Panels packed in parallel: serial, the packing of 3x3 128->128
+        // (147 K strided reads) took ~2 % of the forward's CPU time at one
+        // thread (`perf`, batch 8, Zen 2), ahead of the images' parallel
+        // part (BENCHMARKS.md issue 9 item 40).
         let taps = g.kernel_h * g.kernel_w;
-        for (jp, panel) in b.chunks_exact_mut(k * nr).enumerate() {
-            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
-                let (c, t) = (p / taps, p % taps);
-                for (j, v) in row.iter_mut().enumerate() {
-                    let o = jp * nr + j;
-                    *v = if o < n { wt(o, c, t) } else { 0.0 };
+        b.par_chunks_exact_mut(k * nr)
+            .enumerate()
+            .for_each(|(jp, panel)| {
+                for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                    let (c, t) = (p / taps, p % taps);
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let o = jp * nr + j;
+                        *v = if o < n { wt(o, c, t) } else { 0.0 };
+                    }
                 }
-            }
-        }
+            });
         let b = &*b;
         with_scratch(Slot::Tables, 2 * k, |buf| {
             // SAFETY: f32 and u32 have the same size and alignment and
@@ -1653,10 +1659,17 @@ fn forward_direct(
                 // < in_channels * plane, which fits u32 (`direct_width`).
                 *o = (c * plane + kh * g.dilation.0 * wp + kw * g.dilation.1) as u32;
             }
+            // The prefetch table only for the kernels that read it (not
+            // the AVX2 default tiles): otherwise left empty.
             #[cfg(target_arch = "x86_64")]
-            super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
+            let prefetch = if super::microkernel::direct_reads_prefetch(path) {
+                super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
+                prefetch
+            } else {
+                &mut prefetch[..0]
+            };
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (mr, prefetch);
+            let _ = (mr, path);
             let (offsets, prefetch) = (&*offsets, &*prefetch);
             let image = |i: usize, y: &mut [f32]| {
                 let x = &x[i * in_image..][..in_image];
@@ -1740,10 +1753,39 @@ fn pad_planes(x: &[f32], g: &Conv2dGeometry, padded: &mut [f32]) {
         dst[(ph + g.in_h) * wp..].fill(0.0);
         for (r, row) in src.chunks_exact(g.in_w).enumerate() {
             let out = &mut dst[(ph + r) * wp..][..wp];
-            out[..pw].fill(0.0);
-            out[pw..pw + g.in_w].copy_from_slice(row);
-            out[pw + g.in_w..].fill(0.0);
+            let (left, rest) = out.split_at_mut(pw);
+            let (mid, right) = rest.split_at_mut(g.in_w);
+            left.iter_mut().for_each(|v| *v = 0.0);
+            copy_short(row, mid);
+            right.iter_mut().for_each(|v| *v = 0.0);
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for short rows, in fixed 8-float pieces
+/// that compile to vector moves: `copy_from_slice` and `fill` of a
+/// runtime length call libc's `memmove`/`memset`, three calls per row of
+/// 14-56 floats in [`pad_planes`] (with them it took ~2 % of the direct
+/// forward's samples at 3x3 128->128, 28x28, `perf`, Zen 2).
+/// A tail of under 8 is copied as the last 8 (again over some already
+/// copied), since a loop over it compiles to a `memcpy` call too.
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    let len = src.len().min(dst.len());
+    let (src, dst) = (&src[..len], &mut dst[..len]);
+    let copy8 = |d: &mut [f32], s: &[f32]| {
+        if let (Ok(d), Ok(s)) = (<&mut [f32; 8]>::try_from(d), <&[f32; 8]>::try_from(s)) {
+            *d = *s;
+        }
+    };
+    if len < 8 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        copy8(d, s);
+    }
+    if !len.is_multiple_of(8) {
+        copy8(&mut dst[len - 8..], &src[len - 8..]);
     }
 }
 
@@ -3808,7 +3850,7 @@ mod tests {
         // The forward and the flipped input gradient as direct
         // convolutions (forced), against float64 loops, on every micro-
         // kernel path this CPU has: output channels ragged for both panel
-        // widths (21, 40: AVX-512's narrow last panel), rows not a multiple
+        // widths (21, 40: AVX-512's narrow last panel; 29), rows not a multiple
         // of either kernel's tile (13, 5 and 2 wide: short tiles), depths
         // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
         // 2, a 3x2 kernel with padding on one axis only, no padding; batch
@@ -3825,6 +3867,10 @@ mod tests {
             ([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
             ([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)),
             ([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)),
+            // A last panel of 13 columns (29 = 16 + 13) for the AVX2
+            // walking kernel's partial store; 1-pixel output rows.
+            ([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 4, 5, 1], [16, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
             // Two product blocks of 21 and 20 output rows (41 x 64 floats
             // per row against DIRECT_BLOCK_ELEMS).
             ([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),

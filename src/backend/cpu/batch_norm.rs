@@ -19,6 +19,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::buffer_pool;
+use super::simd::{active, SimdPath};
 use crate::backend::BatchNormGeometry;
 use crate::error::Result;
 
@@ -88,21 +89,45 @@ impl ChannelWriter {
     }
 }
 
-/// Channels per parallel task in the per-channel passes: 1 for planes of
-/// 256 values and more; for smaller planes enough consecutive channels
-/// that a task reads about 256 consecutive values per image (16 channels of
-/// ResNet's 4x4 planes at 112x112, 5 of its 7x7 at 224x224). One channel
-/// at a time, a 4x4 channel is 16 values in each of `N` images 32 KiB
-/// apart: the reductions waited on those scattered loads and on their own
-/// accumulators, a chain through memory from one 16-value segment to the
-/// next (`perf annotate`), 2.6x PyTorch's time for the backward at batch
-/// 32. Within a block the images are the outer loop and the channels the
-/// inner one, so each channel's segments are still summed in image order:
-/// the same operations in the same order as one channel at a time, so the
-/// same results.
+/// Channels per parallel task in the per-channel passes: as many
+/// consecutive channels as make about [`BLOCK_VALUES`] values of each
+/// input over all `N` images (1 for planes of that size and more), at most
+/// [`MAX_BLOCK_CHANNELS`], and few enough that there are at least four
+/// tasks per thread to balance.
+///
+/// Why blocks: one channel at a time, a 4x4 channel is 16 values in each
+/// of `N` images 32 KiB apart: the reductions waited on those scattered
+/// loads and on their own accumulators, a chain through memory from one
+/// 16-value segment to the next (`perf annotate`), 2.6x PyTorch's time for
+/// the backward at batch 32. A block's sums also run as one loop compiled
+/// for the SIMD path ([`with_sum_features`]) instead of one dispatched call
+/// per segment, whose entry, accumulator loads and scalar tail were a
+/// large part of a 14x14 or 7x7 segment's cost.
+///
+/// Why this size: blocks of about 256 values per image (what this was
+/// before) left ResNet's 14x14 planes at one channel per task; blocks of
+/// 2^14 values over the batch took 0.82x the CPU time of that for the
+/// backward at 256x14x14, 0.89x at 512x7x7, 0.97x at 128x28x28 (batch 8 x
+/// 224), 0.88x at 128x14x14 (batch 32 x 112) and 0.67x at 256x14x14
+/// (batch 1), the forward alike, and the same elsewhere within the noise
+/// (Zen 2, one thread, alternating runs of `examples/layer_timing`; commit
+/// message). A block then is 64 KiB of each input and of the output, so
+/// its inputs are still in L2 when the pass that writes `dx` reads them
+/// again.
+///
+/// Within a block the images are the outer loop and the channels the inner
+/// one, so each channel's segments are still summed in image order: the
+/// same operations in the same order as one channel at a time, so the same
+/// results whatever the split.
 fn channels_per_task(g: &BatchNormGeometry) -> usize {
-    (256 / g.spatial.max(1)).clamp(1, MAX_BLOCK_CHANNELS)
+    let per_block = BLOCK_VALUES / (g.spatial.max(1) * g.batch.max(1));
+    let spread = g.channels / (4 * rayon::current_num_threads().max(1));
+    per_block.min(spread).clamp(1, MAX_BLOCK_CHANNELS)
 }
+
+/// Values of each input a block of channels spans over the batch (see
+/// [`channels_per_task`]).
+const BLOCK_VALUES: usize = 1 << 14;
 
 /// The most channels [`channels_per_task`] puts in a block (their
 /// accumulators live on the stack).
@@ -136,13 +161,21 @@ fn lane_sums(
     let (a_full, a_rest) = a.as_chunks::<LANES>();
     let (b_full, b_rest) = b.as_chunks::<LANES>();
     let (c_full, c_rest) = c.as_chunks::<LANES>();
+    // The sums in locals through the main loop, indexed only by the
+    // unrolled lane number, so that they live in registers wherever this is
+    // inlined. Kept in `acc` itself, they were loaded, added and stored back
+    // every 8 values in some builds (a chain through memory: `perf
+    // annotate`, 1.1-1.8x the CPU time of the same loop with the sums in
+    // registers, depending on how the compiler split the crate; Zen 2).
+    let [mut s0, mut s1] = *acc;
     for ((a, b), c) in a_full.iter().zip(b_full).zip(c_full) {
         for l in 0..LANES {
             let (u, v) = f(a[l], b[l], c[l]);
-            acc[0][l] += u;
-            acc[1][l] += v;
+            s0[l] += u;
+            s1[l] += v;
         }
     }
+    *acc = [s0, s1];
     for (l, ((&a, &b), &c)) in a_rest.iter().zip(b_rest).zip(c_rest).enumerate() {
         let (u, v) = f(a, b, c);
         acc[0][l] += u;
@@ -150,15 +183,19 @@ fn lane_sums(
     }
 }
 
-/// [`lane_sums`] compiled for the SIMD path the CPU kernels run
+/// [`lane_sums`] compiled for `path`, the SIMD path the CPU kernels run
 /// ([`super::simd::active`], so `FROSTGRAD_SIMD` and the tests that force a
-/// path cover it): f32 -> f64 conversion and f64 arithmetic are 2 lanes
+/// path cover it), which each call of [`train`] and [`backward`] looks up
+/// once: f32 -> f64 conversion and f64 arithmetic are 2 lanes
 /// wide at the baseline target, 4 with AVX2 and 8 with AVX-512F, which is
 /// what keeps f64 accumulation at memory speed. Same operations in the same
 /// order on every path, so the same results. (Compiling the elementwise
-/// passes this way too measured 1.1-1.7x slower: only the reductions.)
+/// passes this way too measured 1.1-1.7x slower: only the reductions. On
+/// Zen 2 the backward's `dx` pass so compiled measured 1.04-1.11x slower
+/// again.)
 #[inline(always)]
 fn lane_sums_dispatch(
+    path: SimdPath,
     a: &[f32],
     b: &[f32],
     c: &[f32],
@@ -166,44 +203,74 @@ fn lane_sums_dispatch(
     f: impl Fn(f32, f32, f32) -> (f64, f64),
 ) {
     #[cfg(target_arch = "x86_64")]
-    {
-        use super::simd::{active, SimdPath};
-        match active() {
-            // SAFETY: `active()` only returns a path the CPU supports
-            // (`SimdPath::is_supported`), and each function enables exactly
-            // that path's features.
-            SimdPath::Avx512 => return unsafe { lane_sums_avx512(a, b, c, acc, f) },
-            // SAFETY: as above.
-            SimdPath::Avx2 => return unsafe { lane_sums_avx2(a, b, c, acc, f) },
-            SimdPath::Portable => {}
-        }
+    match path {
+        // SAFETY: `path` came from `active()`, which only returns a path
+        // the CPU supports (`SimdPath::is_supported`), and each function
+        // enables exactly that path's features.
+        SimdPath::Avx512 => return unsafe { lane_sums_avx512(a, b, c, acc, f) },
+        // SAFETY: as above.
+        SimdPath::Avx2 => return unsafe { lane_sums_avx2(a, b, c, acc, f) },
+        SimdPath::Portable => {}
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
     lane_sums(a, b, c, acc, f)
 }
 
-/// Runs `body` compiled for the SIMD path the CPU kernels run, as
-/// [`lane_sums_dispatch`] does for one call of [`lane_sums`]: for a block
-/// of small planes' sums ([`channels_per_task`] > 1), whose `body` calls
-/// [`lane_sums`] once per segment. Dispatched per segment, the path check
-/// and the call were a tenth of the 4x4 backward's time (`perf`). Not for
-/// large planes (one channel per task): there the whole loop compiled this
-/// way measured 1.05-1.6x slower than one dispatched call per segment.
+/// Runs `body` compiled for `path`, as [`lane_sums_dispatch`] does for
+/// one call of [`lane_sums`]: for a block of small planes' sums
+/// ([`channels_per_task`] > 1), whose `body` calls [`lane_sums`] once per
+/// segment. Dispatched per segment, the path check and the call were a
+/// tenth of the 4x4 backward's time (`perf`). Not for large planes (one
+/// channel per task): there the whole loop compiled this way measured
+/// 1.05-1.6x slower than one dispatched call per segment.
 #[inline(always)]
-fn with_sum_features<R>(body: impl FnOnce() -> R) -> R {
+fn with_sum_features<R>(path: SimdPath, body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    {
-        use super::simd::{active, SimdPath};
-        match active() {
-            // SAFETY: `active()` only returns a path the CPU supports
-            // (`SimdPath::is_supported`), and each function enables exactly
-            // that path's features.
-            SimdPath::Avx512 => return unsafe { run_avx512(body) },
-            // SAFETY: as above.
-            SimdPath::Avx2 => return unsafe { run_avx2(body) },
-            SimdPath::Portable => {}
-        }
+    match path {
+        // SAFETY: `path` came from `active()`, which only returns a path
+        // the CPU supports (`SimdPath::is_supported`), and each function
+        // enables exactly that path's features.
+        SimdPath::Avx512 => return unsafe { run_avx512(body) },
+        // SAFETY: as above.
+        SimdPath::Avx2 => return unsafe { run_avx2(body) },
+        SimdPath::Portable => {}
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
     body()
+}
+
+/// Runs `$segments!(mode)`, a block of channels' loop over its segments
+/// that sums each with `lane_sums_as!(mode, path, a, b, c, acc, f)` (see
+/// [`channels_per_task`]): as one loop compiled for `$path` when the block
+/// has several channels (`$blocked`), with one dispatched call per segment
+/// otherwise. The one place both reductions ([`block_mean_var`], the
+/// backward's sums) choose between the two.
+macro_rules! block_lane_sums {
+    ($path:expr, $blocked:expr, $segments:ident) => {
+        if $blocked {
+            with_sum_features(
+                $path,
+                #[inline(always)]
+                || $segments!(inline),
+            );
+        } else {
+            $segments!(dispatch);
+        }
+    };
+}
+
+/// One segment's [`lane_sums`]: `inline` in a loop [`with_sum_features`]
+/// compiles, `dispatch` through [`lane_sums_dispatch`] (which takes the
+/// path as well).
+macro_rules! lane_sums_as {
+    (inline, $path:expr, $($arg:expr),*) => {
+        lane_sums($($arg),*)
+    };
+    (dispatch, $path:expr, $($arg:expr),*) => {
+        lane_sums_dispatch($path, $($arg),*)
+    };
 }
 
 /// `body` inside a function compiled with `$features`.
@@ -323,14 +390,14 @@ fn affine_per_channel(
 /// a sample of the channel, `|mean - K|` is a few standard deviations, so
 /// the subtraction loses only a few bits of f64's 53 — far below f32
 /// precision — where a two-pass mean-then-squares reads `x` twice.
-fn channel_mean_var(x: &[f32], g: &BatchNormGeometry, c: usize) -> (f64, f64) {
+fn channel_mean_var(path: SimdPath, x: &[f32], g: &BatchNormGeometry, c: usize) -> (f64, f64) {
     let count = g.count() as f64;
     let shift = channel_segments(x, g, c)
         .find_map(|seg| seg.first())
         .map_or(0.0, |&v| f64::from(v));
     let mut acc = [[0f64; LANES]; 2];
     for seg in channel_segments(x, g, c) {
-        lane_sums_dispatch(seg, seg, seg, &mut acc, |v, _, _| {
+        lane_sums_dispatch(path, seg, seg, seg, &mut acc, |v, _, _| {
             let d = f64::from(v) - shift;
             (d, d * d)
         });
@@ -343,15 +410,23 @@ fn channel_mean_var(x: &[f32], g: &BatchNormGeometry, c: usize) -> (f64, f64) {
 
 /// [`channel_mean_var`] of channels `c0..c0 + out.len()` (at most
 /// [`MAX_BLOCK_CHANNELS`], `S > 0`) into `out`, the images the outer loop
-/// (see [`channels_per_task`]): the same sums in the same order.
-fn block_mean_var(x: &[f32], g: &BatchNormGeometry, c0: usize, out: &mut [(f64, f64)]) {
+/// (see [`channels_per_task`]): the same sums in the same order. `blocked`:
+/// the call's blocks have several channels ([`block_lane_sums`]).
+fn block_mean_var(
+    path: SimdPath,
+    blocked: bool,
+    x: &[f32],
+    g: &BatchNormGeometry,
+    c0: usize,
+    out: &mut [(f64, f64)],
+) {
     let count = g.count() as f64;
     let channels = out.len();
     let mut acc = [[[0f64; LANES]; 2]; MAX_BLOCK_CHANNELS];
     let mut shift = [0f64; MAX_BLOCK_CHANNELS];
     if g.batch == 0 || g.spatial == 0 {
         for (i, o) in out.iter_mut().enumerate() {
-            *o = channel_mean_var(x, g, c0 + i);
+            *o = channel_mean_var(path, x, g, c0 + i);
         }
         return;
     }
@@ -364,7 +439,7 @@ fn block_mean_var(x: &[f32], g: &BatchNormGeometry, c0: usize, out: &mut [(f64, 
                 for i in 0..channels {
                     let seg = segment(x, g, n, c0 + i);
                     let k = shift[i];
-                    $sum(seg, seg, seg, &mut acc[i], |v, _, _| {
+                    lane_sums_as!($sum, path, seg, seg, seg, &mut acc[i], |v, _, _| {
                         let d = f64::from(v) - k;
                         (d, d * d)
                     });
@@ -372,14 +447,7 @@ fn block_mean_var(x: &[f32], g: &BatchNormGeometry, c0: usize, out: &mut [(f64, 
             }
         };
     }
-    if channels_per_task(g) > 1 {
-        with_sum_features(
-            #[inline(always)]
-            || sums!(lane_sums),
-        );
-    } else {
-        sums!(lane_sums_dispatch);
-    }
+    block_lane_sums!(path, blocked, sums);
     for (i, o) in out.iter_mut().enumerate() {
         let (s1, s2) = combine_lanes(&acc[i]);
         let mean_shifted = s1 / count;
@@ -427,12 +495,15 @@ pub(super) fn train(
     let mut output = buffer_pool::uninit("batch_norm", x.len())?;
     // (Reused per thread, like the backward's sums.)
     let mut stats = CHANNEL_SUMS.with(Cell::take);
+    // The SIMD path, looked up once per call.
+    let path = active();
     if g.spatial == 0 {
         stats.clear();
-        stats.extend((0..g.channels).map(|c| channel_mean_var(x, g, c)));
+        stats.extend((0..g.channels).map(|c| channel_mean_var(path, x, g, c)));
     } else {
         let writer = ChannelWriter::new(&mut output, g)?;
         let per_task = channels_per_task(g);
+        let blocked = per_task > 1;
         stats.clear();
         stats.resize(g.channels, (0.0, 0.0));
         stats
@@ -440,7 +511,7 @@ pub(super) fn train(
             .enumerate()
             .for_each(|(b, stats)| {
                 let c0 = b * per_task;
-                block_mean_var(x, g, c0, stats);
+                block_mean_var(path, blocked, x, g, c0, stats);
                 let mut ab = [(0f32, 0f32); MAX_BLOCK_CHANNELS];
                 for (i, &(m, v)) in stats.iter().enumerate() {
                     let (_, a, b) = coefficients(c0 + i, m, v);
@@ -560,6 +631,10 @@ fn backward_impl<const MASK: bool>(
     let [need_dx, need_dw, need_db] = needs;
     let reads_input = need_dw || (need_dx && training);
     let needs_sum_dy = need_db || (need_dx && training);
+    // The SIMD path and the split, decided once per call.
+    let path = active();
+    let per_task = channels_per_task(g);
+    let blocked = per_task > 1;
     // Σdy (f64) per channel, and Σ dy·(x - mean) when x̂ is involved, in
     // one pass over dy (and x): of channels `c0..c0 + out.len()`, the
     // images the outer loop ([`channels_per_task`]), each channel's
@@ -575,12 +650,12 @@ fn backward_impl<const MASK: bool>(
                         if reads_input {
                             let m = f64::from(mean[c]);
                             let x = segment(input, g, n, c);
-                            $sum(d, y, x, acc, |d, y, x| {
+                            lane_sums_as!($sum, path, d, y, x, acc, |d, y, x| {
                                 let d = f64::from(masked::<MASK>(d, y));
                                 (d, d * (f64::from(x) - m))
                             });
                         } else if needs_sum_dy {
-                            $sum(d, y, d, acc, |d, y, _| {
+                            lane_sums_as!($sum, path, d, y, d, acc, |d, y, _| {
                                 (f64::from(masked::<MASK>(d, y)), 0.0)
                             });
                         }
@@ -588,14 +663,7 @@ fn backward_impl<const MASK: bool>(
                 }
             };
         }
-        if channels_per_task(g) > 1 {
-            with_sum_features(
-                #[inline(always)]
-                || sums!(lane_sums),
-            );
-        } else {
-            sums!(lane_sums_dispatch);
-        }
+        block_lane_sums!(path, blocked, sums);
         for (o, acc) in out.iter_mut().zip(&acc) {
             *o = combine_lanes(acc);
         }
@@ -625,7 +693,6 @@ fn backward_impl<const MASK: bool>(
         let mut sums = CHANNEL_SUMS.with(Cell::take);
         sums.clear();
         sums.resize(g.channels, (0.0, 0.0));
-        let per_task = channels_per_task(g);
         let s = g.spatial;
         sums.par_chunks_mut(per_task)
             .enumerate()
@@ -671,7 +738,6 @@ fn backward_impl<const MASK: bool>(
         let mut sums = CHANNEL_SUMS.with(Cell::take);
         sums.clear();
         sums.resize(g.channels, (0.0, 0.0));
-        let per_task = channels_per_task(g);
         sums.par_chunks_mut(per_task)
             .enumerate()
             .for_each(|(b, sums)| block_sums(b * per_task, sums));
@@ -808,63 +874,99 @@ mod tests {
     #[test]
     fn every_simd_path_gives_the_same_bits() {
         // The f64 reductions are compiled per SIMD path; the operations and
-        // their order are the same, so the results must be identical.
-        let g = BatchNormGeometry {
-            batch: 3,
-            channels: 4,
-            spatial: 29, // not a multiple of the 8 lanes
-        };
-        let x: Vec<f32> = pseudo_random(g.numel(), 41)
-            .iter()
-            .map(|v| v + 3.0)
-            .collect();
-        let dy = pseudo_random(g.numel(), 42);
-        let gamma = pseudo_random(4, 43);
-        let run = || {
-            let f = train(&x, Some(&gamma), None, &g, EPS as f32, true).unwrap();
-            let grads = backward(
-                &dy,
-                Some(&f.output),
-                Some(&x),
-                Some(&gamma),
-                &f.mean,
-                &f.invstd,
-                &g,
-                true,
-                [true; 3],
-            )
-            .unwrap();
-            (f.output, f.mean, f.var, grads)
-        };
-        // Each path on this test's own threads (not `simd::force`, which
-        // the other tests running meanwhile would see).
+        // their order are the same, so the results must be identical: one
+        // channel a task (29 values, not a multiple of the 8 lanes) and
+        // blocks of channels (70 channels of 3 values: 8 of 8 and one of 6,
+        // on these 2 threads), with and without the ReLU.
         use super::super::simd;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        let reference = pool.install(run);
-        for path in simd::supported() {
-            simd::set_pool_path(&pool, Some(path));
-            let got = pool.install(run);
-            simd::set_pool_path(&pool, None);
-            assert!(got == reference, "{} differs", path.name());
-        }
-    }
-
-    #[test]
-    fn channel_blocks_match_the_definition_in_f64() {
-        // Small planes run in blocks of channels (`channels_per_task`):
-        // 70 channels of 3 values are blocks of 32, 32 and 6 (a short last
-        // one), 9 channels of 100 values blocks of 2 and a last of 1; the
-        // forward, the masked backward and the backward without `dx`
-        // against f64 loops from the definition, on 2 threads.
-        for (batch, channels, spatial) in [(3, 70, 3), (2, 9, 100), (1, 33, 16)] {
+        for (batch, channels, spatial, relu) in [
+            (3, 4, 29, true),
+            (3, 4, 29, false),
+            (3, 70, 3, true),
+            (3, 70, 3, false),
+        ] {
             let g = BatchNormGeometry {
                 batch,
                 channels,
                 spatial,
             };
+            let x: Vec<f32> = pseudo_random(g.numel(), 41)
+                .iter()
+                .map(|v| v + 3.0)
+                .collect();
+            let dy = pseudo_random(g.numel(), 42);
+            let gamma = pseudo_random(channels, 43);
+            let run = || {
+                let f = train(&x, Some(&gamma), None, &g, EPS as f32, relu).unwrap();
+                let grads = backward(
+                    &dy,
+                    relu.then_some(&f.output[..]),
+                    Some(&x),
+                    Some(&gamma),
+                    &f.mean,
+                    &f.invstd,
+                    &g,
+                    true,
+                    [true; 3],
+                )
+                .unwrap();
+                (f.output, f.mean, f.var, grads)
+            };
+            // Each path on this test's own threads (not `simd::force`, which
+            // the other tests running meanwhile would see).
+            let reference = pool.install(run);
+            for path in simd::supported() {
+                simd::set_pool_path(&pool, Some(path));
+                let got = pool.install(run);
+                simd::set_pool_path(&pool, None);
+                assert!(
+                    got == reference,
+                    "{} differs at {batch}x{channels}x{spatial} relu {relu}",
+                    path.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn channel_blocks_match_the_definition_in_f64() {
+        // Small planes run in blocks of channels (`channels_per_task`; on
+        // these 2 threads at most C/8 channels a block): the forward, the
+        // backward with and without the ReLU mask and the backward without
+        // `dx`, against f64 loops from the definition, on every SIMD path.
+        // The shapes cover blocks with a short last one (70 channels of 3
+        // values: 8 blocks of 8 and one of 6; 300 of 7 values, fewer than a
+        // vector: 9 of 32, the most a block holds, and one of 12), batch 1
+        // (33 channels of 16: 8 of 4 and one of 1; 64 of 49: 8 of 8),
+        // planes of one value (37 channels: 9 of 4 and one of 1), and one
+        // channel a task (9 channels of 100, 2 of 9000 values in one image).
+        use super::super::simd;
+        let cases = [
+            (3, 70, 3),
+            (4, 300, 7),
+            (1, 33, 16),
+            (1, 64, 49),
+            (5, 37, 1),
+            (2, 9, 100),
+            (1, 2, 9000),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut splits = vec![];
+        for (batch, channels, spatial) in cases {
+            let g = BatchNormGeometry {
+                batch,
+                channels,
+                spatial,
+            };
+            let per_task = pool.install(|| channels_per_task(&g));
+            splits.push((per_task, channels % per_task));
             let x: Vec<f32> = pseudo_random(g.numel(), 51)
                 .iter()
                 .map(|v| v + 2.0)
@@ -872,63 +974,89 @@ mod tests {
             let gamma = pseudo_random(channels, 52);
             let beta = pseudo_random(channels, 53);
             let dy = pseudo_random(g.numel(), 54);
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap();
-            let (f, grads, sums_only) = pool.install(|| {
-                let f = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32, true).unwrap();
-                let args = |need_dx| {
-                    backward(
-                        &dy,
-                        Some(&f.output),
-                        Some(&x),
-                        Some(&gamma),
-                        &f.mean,
-                        &f.invstd,
-                        &g,
-                        true,
-                        [need_dx, true, true],
-                    )
-                    .unwrap()
+            let (ry, mean, var) = reference_train(&to_f64(&x), &to_f64(&gamma), &to_f64(&beta), &g);
+            for relu in [true, false] {
+                let y: Vec<f64> = if relu {
+                    ry.iter().map(|&v| v.max(0.0)).collect()
+                } else {
+                    ry.clone()
                 };
-                let (grads, sums_only) = (args(true), args(false));
-                (f, grads, sums_only)
-            });
-            let what = |k: &str| format!("{batch}x{channels}x{spatial} {k}");
-            let (y, mean, var) = reference_train(&to_f64(&x), &to_f64(&gamma), &to_f64(&beta), &g);
-            let y: Vec<f64> = y.iter().map(|&v| v.max(0.0)).collect();
-            assert_close(&what("mean"), &f.mean, &mean, 1e-6);
-            assert_close(&what("var"), &f.var, &var, 1e-6);
-            assert_close(&what("output"), &f.output, &y, 1e-5);
-            // dx = γ·invstd/M · (M·d - Σd - x̂·Σ(d·x̂)) with d = dy masked
-            // by the ReLU's output; dγ = Σ d·x̂, dβ = Σ d.
-            let (cs, m) = (channels * spatial, (batch * spatial) as f64);
-            let at = |n: usize, c: usize, s: usize| n * cs + c * spatial + s;
-            let mut dx = vec![0f64; g.numel()];
-            let (mut dw, mut db) = (vec![0f64; channels], vec![0f64; channels]);
-            for c in 0..channels {
-                let is = 1.0 / (var[c] + EPS).sqrt();
-                let idx: Vec<usize> = (0..batch)
-                    .flat_map(|n| (0..spatial).map(move |s| at(n, c, s)))
-                    .collect();
-                let d = |i: usize| if y[i] > 0.0 { f64::from(dy[i]) } else { 0.0 };
-                let xh = |i: usize| (f64::from(x[i]) - mean[c]) * is;
-                db[c] = idx.iter().map(|&i| d(i)).sum();
-                dw[c] = idx.iter().map(|&i| d(i) * xh(i)).sum();
-                for &i in &idx {
-                    dx[i] = f64::from(gamma[c]) * is / m * (m * d(i) - db[c] - xh(i) * dw[c]);
+                // dx = γ·invstd/M · (M·d - Σd - x̂·Σ(d·x̂)) with d = dy
+                // (masked by the ReLU's output with the ReLU); dγ = Σ d·x̂,
+                // dβ = Σ d.
+                let (cs, m) = (channels * spatial, (batch * spatial) as f64);
+                let at = |n: usize, c: usize, s: usize| n * cs + c * spatial + s;
+                let mut dx = vec![0f64; g.numel()];
+                let (mut dw, mut db) = (vec![0f64; channels], vec![0f64; channels]);
+                for c in 0..channels {
+                    let is = 1.0 / (var[c] + EPS).sqrt();
+                    let idx: Vec<usize> = (0..batch)
+                        .flat_map(|n| (0..spatial).map(move |s| at(n, c, s)))
+                        .collect();
+                    let d = |i: usize| {
+                        if relu && y[i] <= 0.0 {
+                            0.0
+                        } else {
+                            f64::from(dy[i])
+                        }
+                    };
+                    let xh = |i: usize| (f64::from(x[i]) - mean[c]) * is;
+                    db[c] = idx.iter().map(|&i| d(i)).sum();
+                    dw[c] = idx.iter().map(|&i| d(i) * xh(i)).sum();
+                    for &i in &idx {
+                        dx[i] = f64::from(gamma[c]) * is / m * (m * d(i) - db[c] - xh(i) * dw[c]);
+                    }
+                }
+                for path in simd::supported() {
+                    simd::set_pool_path(&pool, Some(path));
+                    let (f, grads, sums_only) = pool.install(|| {
+                        let f = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32, relu).unwrap();
+                        let args = |need_dx| {
+                            backward(
+                                &dy,
+                                relu.then_some(&f.output[..]),
+                                Some(&x),
+                                Some(&gamma),
+                                &f.mean,
+                                &f.invstd,
+                                &g,
+                                true,
+                                [need_dx, true, true],
+                            )
+                            .unwrap()
+                        };
+                        let (grads, sums_only) = (args(true), args(false));
+                        (f, grads, sums_only)
+                    });
+                    simd::set_pool_path(&pool, None);
+                    let what = |k: &str| {
+                        format!(
+                            "{batch}x{channels}x{spatial} relu {relu} {} {k}",
+                            path.name()
+                        )
+                    };
+                    assert_close(&what("mean"), &f.mean, &mean, 1e-6);
+                    assert_close(&what("var"), &f.var, &var, 1e-6);
+                    assert_close(&what("output"), &f.output, &y, 1e-5);
+                    let [gx, gw, gb] = grads;
+                    assert_close(&what("dx"), &gx.unwrap(), &dx, 1e-4);
+                    assert_close(&what("dgamma"), &gw.unwrap(), &dw, 1e-4);
+                    assert_close(&what("dbeta"), &gb.unwrap(), &db, 1e-4);
+                    let [none, sw, sb] = sums_only;
+                    assert!(none.is_none());
+                    assert_close(&what("dgamma without dx"), &sw.unwrap(), &dw, 1e-4);
+                    assert_close(&what("dbeta without dx"), &sb.unwrap(), &db, 1e-4);
                 }
             }
-            let [gx, gw, gb] = grads;
-            assert_close(&what("dx"), &gx.unwrap(), &dx, 1e-4);
-            assert_close(&what("dgamma"), &gw.unwrap(), &dw, 1e-4);
-            assert_close(&what("dbeta"), &gb.unwrap(), &db, 1e-4);
-            let [none, sw, sb] = sums_only;
-            assert!(none.is_none());
-            assert_close(&what("dgamma without dx"), &sw.unwrap(), &dw, 1e-4);
-            assert_close(&what("dbeta without dx"), &sb.unwrap(), &db, 1e-4);
         }
+        // The shapes do cover what the comment says: one channel a task,
+        // blocks with a short last one, and full blocks of the most channels.
+        assert!(splits.contains(&(1, 0)), "{splits:?}");
+        assert!(splits.iter().any(|&(k, r)| k > 1 && r > 0), "{splits:?}");
+        assert!(
+            splits.iter().any(|&(k, _)| k == MAX_BLOCK_CHANNELS),
+            "{splits:?}"
+        );
     }
 
     #[test]

@@ -2659,12 +2659,80 @@ unsafe fn reorder_tap_columns(
 fn interleave_taps<const T: usize>(sums: &[f32], block: usize, row: &mut [f32]) {
     let width = row.len() / T;
     let from: [&[f32]; T] = std::array::from_fn(|t| &sums[t * block..][..width]);
-    for (c, d) in row.chunks_exact_mut(T).enumerate() {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if T == 9 && simd::SimdPath::Avx2.is_supported() {
+        let nine: &[&[f32]; 9] = from[..].try_into().expect("9 taps");
+        // SAFETY: AVX is there (every AVX2 CPU has it); each of `nine`
+        // holds `width` floats and `row` 9 * `width`.
+        done = unsafe { interleave_nine_avx(nine, row) };
+    }
+    for (c, d) in row.chunks_exact_mut(T).enumerate().skip(done) {
         let d: &mut [f32; T] = d.try_into().expect("T floats");
         for (t, d) in d.iter_mut().enumerate() {
             *d = from[t][c];
         }
     }
+}
+
+/// [`interleave_taps`] for 3x3 kernels, 8 input channels at a time: an
+/// 8x8 transpose of taps 0-7 in registers, stored as 8-float rows 9 apart,
+/// and tap 8 written beside each. Returns how many channels it wrote (a
+/// multiple of 8; the caller writes the rest). The scalar form, ~2 cycles
+/// an element, took 6 % of the samples of 3x3 512->512 @7 at 2 threads
+/// (`perf`, Zen 2; BENCHMARKS.md issue 9 item 40).
+///
+/// # Safety
+/// The CPU has AVX; every `from[t]` holds `row.len() / 9` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn interleave_nine_avx(from: &[&[f32]; 9], row: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let width = row.len() / 9;
+    assert!(from.iter().all(|f| f.len() >= width));
+    let whole = width - width % 8;
+    for c in (0..whole).step_by(8) {
+        // SAFETY: c + 8 <= width floats of each tap (asserted above); the 72
+        // floats at 9 * c lie inside `row` (9 * (c + 8) <= row.len()).
+        unsafe {
+            let r = |t: usize| _mm256_loadu_ps(from[t].as_ptr().add(c));
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
+            let t0 = _mm256_unpacklo_ps(r0, r1);
+            let t1 = _mm256_unpackhi_ps(r0, r1);
+            let t2 = _mm256_unpacklo_ps(r2, r3);
+            let t3 = _mm256_unpackhi_ps(r2, r3);
+            let t4 = _mm256_unpacklo_ps(r4, r5);
+            let t5 = _mm256_unpackhi_ps(r4, r5);
+            let t6 = _mm256_unpacklo_ps(r6, r7);
+            let t7 = _mm256_unpackhi_ps(r6, r7);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            // Channel k's taps 0-7.
+            let u = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            let out = row.as_mut_ptr().add(9 * c);
+            for (k, &u) in u.iter().enumerate() {
+                _mm256_storeu_ps(out.add(9 * k), u);
+                *out.add(9 * k + 8) = *from[8].as_ptr().add(c + k);
+            }
+        }
+    }
+    whole
 }
 
 /// The right operand of one tap of [`weight_grad_classes`]: `[depth,

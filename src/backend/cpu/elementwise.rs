@@ -47,10 +47,52 @@ pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
 }
 
 /// `a += b`: [`add`] over `a` itself (read two, write one, no new buffer).
+/// 8 lanes wide on the AVX2 path ([`with_avx2`]).
 pub(super) fn add_assign(a: &mut [f32], b: &[f32]) {
+    let path = super::simd::active();
     a.par_chunks_mut(PAR_CHUNK)
         .zip(b.par_chunks(PAR_CHUNK))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b));
+        .for_each(|(a, b)| {
+            with_avx2(
+                path,
+                #[inline(always)]
+                || a.iter_mut().zip(b).for_each(|(a, &b)| *a += b),
+            )
+        });
+}
+
+/// Runs `body` compiled with AVX2 when `path` (the active SIMD path, looked
+/// up once per call) is AVX2, compiled for the baseline target otherwise.
+///
+/// Why: the in-place sums of the residual blocks ([`add_assign`],
+/// [`add_relu_assign`]) at the baseline target are 4 lanes wide; 8 wide
+/// they took 0.83-0.91x the CPU time on ResNet's 56x56, 28x28 and 14x14
+/// planes at batch 8 (Zen 2, one thread, `scripts/ab_layers.py`-style
+/// alternating runs; commit message), where the data is in L2 or L3. Only
+/// where measured: compiled so, ReLU's in-place backward became a masked
+/// store (`vmaskmovps`) 3x slower on Zen 2, and batch norm's `dx` pass
+/// measured slower (see `batch_norm::lane_sums_dispatch`). The AVX-512
+/// path keeps the baseline loops (it cannot be measured on this CPU).
+/// Same operations in the same order (no FMA contraction), so the same
+/// bits on every path.
+#[inline(always)]
+fn with_avx2<R>(path: super::simd::SimdPath, body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if path == super::simd::SimdPath::Avx2 {
+        // SAFETY: `path` came from `simd::active()`, which only returns a
+        // path the CPU supports, and AVX2 is exactly what `run_avx2` enables.
+        return unsafe { run_avx2(body) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = path;
+    body()
+}
+
+/// `body` inside a function compiled with AVX2 (see [`with_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_avx2<R>(body: impl FnOnce() -> R) -> R {
+    body()
 }
 
 pub(super) fn scale(x: &[f32], factor: f32) -> Result<Vec<f32>> {
@@ -80,9 +122,16 @@ pub(super) fn add_relu(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
 /// [`add_relu`] over `a` itself: reads `a` and `b`, writes `a`, and so
 /// needs no output buffer (nor the cache misses of first writes to one).
 pub(super) fn add_relu_assign(a: &mut [f32], b: &[f32]) {
+    let path = super::simd::active();
     a.par_chunks_mut(PAR_CHUNK)
         .zip(b.par_chunks(PAR_CHUNK))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a = relu1(*a + b)));
+        .for_each(|(a, b)| {
+            with_avx2(
+                path,
+                #[inline(always)]
+                || a.iter_mut().zip(b).for_each(|(a, &b)| *a = relu1(*a + b)),
+            )
+        });
 }
 
 /// PyTorch's `threshold_backward(grad, output, 0)`: zero where
@@ -191,6 +240,43 @@ mod tests {
         assert_eq!(bits(&in_place), bits(&expected));
         assert!(fused[0].is_nan());
         assert_eq!(fused[1].to_bits(), 0.0f32.to_bits());
+    }
+
+    #[test]
+    fn in_place_sums_match_scalar_loops_on_every_path() {
+        // `add_assign` and `add_relu_assign` are compiled per SIMD path
+        // (`with_avx2`): bit for bit the scalar definition on each, over
+        // several parallel chunks and a tail shorter than a vector, with
+        // relu's edge cases (NaN kept, -0.0 and negatives zeroed).
+        use super::super::simd;
+        let n = 2 * PAR_CHUNK + 13;
+        let mut a: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let mut b: Vec<f32> = (0..n)
+            .map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5)
+            .collect();
+        a[n - 5..].copy_from_slice(&[f32::NAN, -0.0, 1.0, -1.0, 1e8]);
+        b[n - 5..].copy_from_slice(&[1.0, 0.0, -1.0, 0.5, 1.0]);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let sum: Vec<f32> = a.iter().zip(&b).map(|(&a, &b)| a + b).collect();
+        let sum_relu: Vec<f32> = sum.iter().map(|&v| relu1(v)).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for path in simd::supported() {
+            simd::set_pool_path(&pool, Some(path));
+            let (added, added_relu) = pool.install(|| {
+                let (mut s, mut r) = (a.clone(), a.clone());
+                add_assign(&mut s, &b);
+                add_relu_assign(&mut r, &b);
+                (s, r)
+            });
+            simd::set_pool_path(&pool, None);
+            assert_eq!(bits(&added), bits(&sum), "{}", path.name());
+            assert_eq!(bits(&added_relu), bits(&sum_relu), "{}", path.name());
+        }
     }
 
     #[test]

@@ -215,13 +215,31 @@ pub(super) fn max_pool2d_backward(
     let in_plane = checked_numel(op, &[g.in_h, g.in_w])?;
     let out_plane = checked_numel(op, &[g.out_h, g.out_w])?;
     let out_len = checked_numel(op, &[planes, out_plane])?;
-    let mut dx = buffer_pool::zeroed(op, checked_numel(op, &[planes, in_plane])?)?;
-    if out_len == 0 || in_plane == 0 {
-        return Ok(dx);
+    let dx_len = checked_numel(op, &[planes, in_plane])?;
+    // (Checked by the caller too; here because a short `dy` would leave
+    // planes of the unzeroed output unwritten.)
+    if dy.len() != out_len || indices.len() != out_len {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{} gradients and {} indices for {out_len} pooled values",
+                dy.len(),
+                indices.len()
+            ),
+        ));
     }
+    if out_len == 0 || in_plane == 0 {
+        return buffer_pool::zeroed(op, dx_len);
+    }
+    // Every plane is zeroed by its own task just before its scatter, while
+    // it is in that core's cache: zeroed up front (`buffer_pool::zeroed`),
+    // the whole 25 MiB gradient of ResNet's stem pool at batch 8 x 224 was
+    // one more pass over memory, on the calling thread alone.
+    let mut dx = buffer_pool::uninit(op, dx_len)?;
     dx.par_chunks_mut(in_plane)
         .zip(dy.par_chunks(out_plane).zip(indices.par_chunks(out_plane)))
         .try_for_each(|(dst, (grads, idxs))| {
+            dst.fill(0.0);
             for (&gv, &i) in grads.iter().zip(idxs) {
                 let slot = usize::try_from(i)
                     .ok()
@@ -378,14 +396,30 @@ mod tests {
             assert_eq!(idxs, want_idxs, "case {i}");
 
             let dy = pseudo_random(vals.len(), 50 + i as u64);
-            let dx = max_pool2d_backward(&dy, &idxs, g).unwrap();
             let plane = g.in_h * g.in_w;
             let mut want = vec![0f64; x.len()];
             for (j, (&d, &ix)) in dy.iter().zip(&want_idxs).enumerate() {
                 want[(j / (g.out_h * g.out_w)) * plane + ix as usize] += f64::from(d);
             }
-            for (a, b) in dx.iter().zip(&want) {
-                assert!((f64::from(*a) - b).abs() < 1e-6, "case {i} backward");
+            // The gradient's buffer is zeroed plane by plane by the tasks
+            // that scatter into it: the second time, the buffer pool holds
+            // one of its size full of NaN (what a previous user could
+            // leave), which the backward takes unless a test running
+            // meanwhile takes it first.
+            for dirty in [false, true] {
+                if dirty {
+                    let mut junk = buffer_pool::uninit::<f32>("test", x.len()).unwrap();
+                    junk.fill(f32::NAN);
+                    buffer_pool::recycle(junk);
+                }
+                let dx = max_pool2d_backward(&dy, &idxs, g).unwrap();
+                assert_eq!(dx.len(), want.len());
+                for (a, b) in dx.iter().zip(&want) {
+                    assert!(
+                        (f64::from(*a) - b).abs() < 1e-6,
+                        "case {i} backward, dirty {dirty}"
+                    );
+                }
             }
         }
     }
@@ -434,6 +468,9 @@ mod tests {
         let g = geometry([1, 1, 3, 3], (2, 2), (1, 1), (0, 0), (1, 1));
         assert!(max_pool2d_backward(&[1.0; 4], &[0, 1, 9, 2], &g).is_err());
         assert!(max_pool2d_backward(&[1.0; 4], &[0, -1, 2, 2], &g).is_err());
+        // Fewer gradients or indices than pooled values.
+        assert!(max_pool2d_backward(&[1.0; 3], &[0, 1, 2], &g).is_err());
+        assert!(max_pool2d_backward(&[1.0; 4], &[0, 1, 2], &g).is_err());
     }
 
     #[test]

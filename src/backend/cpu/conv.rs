@@ -2299,13 +2299,17 @@ const CLASSES_MAX_PIXELS: usize = 256;
 
 /// The fewest output pixels of a whole batch (a tap's GEMM depth, less its
 /// padding) for [`by_classes`]: shallower, the nine products per call each
-/// read and write all of `dW` for little work. At batch 1 x 224 (paired
-/// runs against `FROSTGRAD_DW_CLASSES=0`, load 1.6) 3x3 512->512 at 7x7
-/// (49 pixels) took 2.66 ms against 1.32, 256->256 at 14x14 (196) 1.44
-/// against 1.20; at batch 2 the 7x7 layer 1.47x, at batch 4 (196) even,
-/// and at 8 x 112 the 4x4 stage (128) 1.33x; at batch 8 x 224 (7x7, 392)
-/// it was 0.91x, at batch 32 x 112 (4x4, 512) 0.82x.
-const CLASSES_MIN_DEPTH: usize = 256;
+/// write all of their per-tap sums for little work, and those are reordered
+/// into `dW` after. Measured again once the threads each wrote their own
+/// columns of `dW` (BENCHMARKS.md issue 9 item 40; Zen 2, 2 threads,
+/// build vs build, CPU time): at batch 1 x 224, 256->256 at 14x14 (196
+/// pixels) 0.93x, but 512->512 at 7x7 (49) 1.16x; at batch 2, 512->512 at
+/// 7x7 (98) 0.91x; at 2 x 112, 256->256 at 7x7 (98) 0.85x; at 8 x 112 the
+/// 4x4 stage (128) 0.79-0.82x (one thread 0.73-0.84x); at batch 4, 512->512
+/// at 7x7 (196) 0.91x. (Before, with the reorder on one thread, the bound
+/// was 256: batch 1 at 7x7 took 2.0x, batch 2 1.47x, 8 x 112's 4x4 stage
+/// 1.33x.)
+const CLASSES_MIN_DEPTH: usize = 96;
 
 /// Whether the weight gradient runs tap by tap ([`weight_grad_classes`]):
 /// kernels of more than one tap over small output images
@@ -3556,6 +3560,11 @@ mod tests {
             geo([8, 256, 7, 7], 256, 3, 1, 1),
             // 9 %, but 256 channels at stride 1.
             geo([8, 256, 14, 14], 256, 3, 1, 1),
+            // Batch 1 at 14x14 (196 output pixels), 8 at 4x4 (128), 2 at
+            // 7x7 (98): at least CLASSES_MIN_DEPTH.
+            geo([1, 256, 14, 14], 256, 3, 1, 1),
+            geo([8, 512, 4, 4], 512, 3, 1, 1),
+            geo([2, 512, 7, 7], 512, 3, 1, 1),
         ] {
             let avx = simd::active() != simd::SimdPath::Portable;
             assert_eq!(by_classes(&g), avx, "{g:?}");
@@ -3572,10 +3581,9 @@ mod tests {
             geo([8, 3, 8, 8], 64, 7, 2, 3),
             geo([8, 16, 4, 4], 64, 3, 1, 1),
             // Too few output pixels in the batch (CLASSES_MIN_DEPTH): batch
-            // 1 at 7x7 and 14x14, batch 8 at 4x4.
+            // 1 at 7x7, batch 4 at 4x4.
             geo([1, 512, 7, 7], 512, 3, 1, 1),
-            geo([1, 256, 14, 14], 256, 3, 1, 1),
-            geo([8, 512, 4, 4], 512, 3, 1, 1),
+            geo([4, 512, 4, 4], 512, 3, 1, 1),
         ] {
             assert!(!by_classes(&g), "{g:?}");
         }

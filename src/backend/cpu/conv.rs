@@ -1658,8 +1658,16 @@ fn forward_direct(
         b.par_chunks_exact_mut(k * nr)
             .enumerate()
             .for_each(|(jp, panel)| {
+                let full = (jp + 1) * nr <= n;
                 for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
                     let (c, t) = (p / taps, p % taps);
+                    // A full 16-wide panel row (the AVX2 kernel's) as one
+                    // fixed-size array: the loop unrolled, no bounds test
+                    // or channel test per element.
+                    if let (true, Ok(row)) = (full, <&mut [f32; 16]>::try_from(&mut *row)) {
+                        *row = std::array::from_fn(|j| wt(jp * 16 + j, c, t));
+                        continue;
+                    }
                     for (j, v) in row.iter_mut().enumerate() {
                         let o = jp * nr + j;
                         *v = if o < n { wt(o, c, t) } else { 0.0 };

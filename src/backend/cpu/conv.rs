@@ -4236,8 +4236,11 @@ mod tests {
 
     /// The AVX2 path's rule for the flipped input gradient: small images
     /// always, larger ones where the flipped forward runs as a direct
-    /// convolution (ResNet's 64@56 and 128@28 at batch 8), not where it
-    /// would run through im2col (256@14), where col2im is as fast.
+    /// convolution (ResNet's 64@56, 128@28 and, from 4 images a thread,
+    /// 256@14 at batch 8), not where it would run through im2col (one
+    /// image for two threads), where col2im is as fast. Says SKIPPED where
+    /// it cannot check the rule: no AVX2, or the rule overridden by
+    /// FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it() {
@@ -4245,6 +4248,10 @@ mod tests {
             || std::env::var("FROSTGRAD_CONV_DIRECT").is_ok()
             || std::env::var("FROSTGRAD_CONV_DX").is_ok()
         {
+            eprintln!(
+                "SKIPPED avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it: \
+                 no AVX2 on this CPU, or FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX set"
+            );
             return;
         }
         let pool = rayon::ThreadPoolBuilder::new()

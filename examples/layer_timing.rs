@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release --example layer_timing [-- REPS [FILTER]]
-//! /work/venv/bin/python scripts/compare_layers.py    # both sides, ratios
+//! python3 scripts/compare_layers.py    # both sides, ratios (needs torch)
 //! ```
 //!
 //! `REPS` (default 5) timed repeats follow one untimed warm-up per case;

@@ -1502,8 +1502,24 @@ fn skip_order(
 /// AVX-512, 2 threads, BENCHMARKS.md issue 9 item 35): 3x3 64->64 at 28x28
 /// (batch 32) 0.90x forward and input gradient, at 56x56 (batch 8) 0.89x
 /// and 0.94x; 128->128 at 28x28 (batch 8) 0.92x and 0.95x. Not measured
-/// wider, so not taken there.
+/// wider, so not taken there. On AVX2 see [`DIRECT_MAX_OUT_CHANNELS_AVX2`].
 const DIRECT_MAX_OUT_CHANNELS: usize = 128;
+
+/// [`DIRECT_MAX_OUT_CHANNELS`] on the AVX2 path, where a thread has at
+/// least [`DIRECT_WIDE_MIN_IMAGES`] images: with the walking kernel
+/// (`microkernel::DirectTiles::Walking`), 3x3 256->256 at 14x14, batch 8,
+/// took 0.98x the im2col GEMM's CPU time forward and 0.95x input gradient
+/// (one thread, Zen 2; BENCHMARKS.md issue 9 item 40); before it, 1.02x
+/// and 0.99x (item 38).
+const DIRECT_MAX_OUT_CHANNELS_AVX2: usize = 256;
+
+/// The fewest images per thread for which more than
+/// [`DIRECT_MAX_OUT_CHANNELS`] output channels run as a direct convolution
+/// on AVX2: its weight is packed once per call, and at batch 1 (one
+/// thread) that packing took 27 % of the 256->256, 14x14 forward
+/// (`perf`, Zen 2), which then took 1.18x the im2col GEMM's time forward,
+/// 1.21x input gradient (BENCHMARKS.md issue 9 item 40).
+const DIRECT_WIDE_MIN_IMAGES: usize = 4;
 
 /// The most floats of a direct convolution's product block
 /// ([`forward_direct`]: whole output rows x `C_out`), 256 KiB, so that it
@@ -1519,7 +1535,9 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// images one at a time (not the grouped small images, whose padding taps
 /// the class order skips, except on AVX2 from [`DIRECT_MIN_GROUPED_PIXELS`]
 /// up), at least one image per thread, and at most
-/// [`DIRECT_MAX_OUT_CHANNELS`] output channels. `force` (tests), else
+/// [`DIRECT_MAX_OUT_CHANNELS`] output channels ([`DIRECT_MAX_OUT_CHANNELS_AVX2`]
+/// on AVX2 from [`DIRECT_WIDE_MIN_IMAGES`] images per thread). `force`
+/// (tests), else
 /// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
 /// it regardless of channels and batch (for comparison).
 fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<DirectTile> {
@@ -1556,7 +1574,12 @@ fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<
         && plan.pixels > 0
         && g.out_channels > 0
         && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
-    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS && g.batch >= rayon::current_num_threads();
+    let threads = rayon::current_num_threads();
+    let rule = g.batch >= threads
+        && (g.out_channels <= DIRECT_MAX_OUT_CHANNELS
+            || (tile.path == simd::SimdPath::Avx2
+                && g.out_channels <= DIRECT_MAX_OUT_CHANNELS_AVX2
+                && g.batch >= DIRECT_WIDE_MIN_IMAGES * threads));
     (shape && mode.unwrap_or(rule)).then_some(tile)
 }
 
@@ -1605,7 +1628,7 @@ struct DirectTile {
 fn forward_direct(
     op: &'static str,
     x: &[f32],
-    wt: impl Fn(usize, usize, usize) -> f32,
+    wt: impl Fn(usize, usize, usize) -> f32 + Sync,
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     tile: DirectTile,
@@ -1627,16 +1650,30 @@ fn forward_direct(
         // n. Depth as (c, t) so that `wt` needs no division by the taps
         // (the flipped input gradient's did two per element: at 3x3
         // 128->128, 28x28, batch 1 its packing cost ~0.5 ms of 3.3, Zen 2).
+        // Panels packed in parallel: serial, the packing of 3x3 128->128
+        // (147 K strided reads) took ~2 % of the forward's CPU time at one
+        // thread (`perf`, batch 8, Zen 2), ahead of the images' parallel
+        // part (BENCHMARKS.md issue 9 item 40).
         let taps = g.kernel_h * g.kernel_w;
-        for (jp, panel) in b.chunks_exact_mut(k * nr).enumerate() {
-            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
-                let (c, t) = (p / taps, p % taps);
-                for (j, v) in row.iter_mut().enumerate() {
-                    let o = jp * nr + j;
-                    *v = if o < n { wt(o, c, t) } else { 0.0 };
+        b.par_chunks_exact_mut(k * nr)
+            .enumerate()
+            .for_each(|(jp, panel)| {
+                let full = (jp + 1) * nr <= n;
+                for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                    let (c, t) = (p / taps, p % taps);
+                    // A full 16-wide panel row (the AVX2 kernel's) as one
+                    // fixed-size array: the loop unrolled, no bounds test
+                    // or channel test per element.
+                    if let (true, Ok(row)) = (full, <&mut [f32; 16]>::try_from(&mut *row)) {
+                        *row = std::array::from_fn(|j| wt(jp * 16 + j, c, t));
+                        continue;
+                    }
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let o = jp * nr + j;
+                        *v = if o < n { wt(o, c, t) } else { 0.0 };
+                    }
                 }
-            }
-        }
+            });
         let b = &*b;
         with_scratch(Slot::Tables, 2 * k, |buf| {
             // SAFETY: f32 and u32 have the same size and alignment and
@@ -1653,10 +1690,17 @@ fn forward_direct(
                 // < in_channels * plane, which fits u32 (`direct_width`).
                 *o = (c * plane + kh * g.dilation.0 * wp + kw * g.dilation.1) as u32;
             }
+            // The prefetch table only for the kernels that read it (not
+            // the AVX2 default tiles): otherwise left empty.
             #[cfg(target_arch = "x86_64")]
-            super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
+            let prefetch = if super::microkernel::direct_reads_prefetch(path) {
+                super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
+                prefetch
+            } else {
+                &mut prefetch[..0]
+            };
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (mr, prefetch);
+            let _ = (mr, path);
             let (offsets, prefetch) = (&*offsets, &*prefetch);
             let image = |i: usize, y: &mut [f32]| {
                 let x = &x[i * in_image..][..in_image];
@@ -1740,10 +1784,39 @@ fn pad_planes(x: &[f32], g: &Conv2dGeometry, padded: &mut [f32]) {
         dst[(ph + g.in_h) * wp..].fill(0.0);
         for (r, row) in src.chunks_exact(g.in_w).enumerate() {
             let out = &mut dst[(ph + r) * wp..][..wp];
-            out[..pw].fill(0.0);
-            out[pw..pw + g.in_w].copy_from_slice(row);
-            out[pw + g.in_w..].fill(0.0);
+            let (left, rest) = out.split_at_mut(pw);
+            let (mid, right) = rest.split_at_mut(g.in_w);
+            left.iter_mut().for_each(|v| *v = 0.0);
+            copy_short(row, mid);
+            right.iter_mut().for_each(|v| *v = 0.0);
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for short rows, in fixed 8-float pieces
+/// that compile to vector moves: `copy_from_slice` and `fill` of a
+/// runtime length call libc's `memmove`/`memset`, three calls per row of
+/// 14-56 floats in [`pad_planes`] (with them it took ~2 % of the direct
+/// forward's samples at 3x3 128->128, 28x28, `perf`, Zen 2).
+/// A tail of under 8 is copied as the last 8 (again over some already
+/// copied), since a loop over it compiles to a `memcpy` call too.
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    let len = src.len().min(dst.len());
+    let (src, dst) = (&src[..len], &mut dst[..len]);
+    let copy8 = |d: &mut [f32], s: &[f32]| {
+        if let (Ok(d), Ok(s)) = (<&mut [f32; 8]>::try_from(d), <&[f32; 8]>::try_from(s)) {
+            *d = *s;
+        }
+    };
+    if len < 8 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        copy8(d, s);
+    }
+    if !len.is_multiple_of(8) {
+        copy8(&mut dst[len - 8..], &src[len - 8..]);
     }
 }
 
@@ -3893,7 +3966,7 @@ mod tests {
         // The forward and the flipped input gradient as direct
         // convolutions (forced), against float64 loops, on every micro-
         // kernel path this CPU has: output channels ragged for both panel
-        // widths (21, 40: AVX-512's narrow last panel), rows not a multiple
+        // widths (21, 40: AVX-512's narrow last panel; 29), rows not a multiple
         // of either kernel's tile (13, 5 and 2 wide: short tiles), depths
         // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
         // 2, a 3x2 kernel with padding on one axis only, no padding; batch
@@ -3901,8 +3974,8 @@ mod tests {
         // into a dirty output scratch; the flipped input gradient checked
         // to take the direct path too. The rule: taken for ResNet's 3x3
         // 64->64 at 28x28, batch 32, 128->128, and 64->64 at 56x56, batch
-        // 8; not for 256 output channels, grouped small images or a stride
-        // of 2.
+        // 8; 256 output channels on AVX2 only; not for 512, grouped small
+        // images or a stride of 2.
         let cases: &[Case] = &[
             ([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)),
@@ -3910,6 +3983,10 @@ mod tests {
             ([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
             ([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)),
             ([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)),
+            // A last panel of 13 columns (29 = 16 + 13) for the AVX2
+            // walking kernel's partial store; 1-pixel output rows.
+            ([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 4, 5, 1], [16, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
             // Two product blocks of 21 and 20 output rows (41 x 64 floats
             // per row against DIRECT_BLOCK_ELEMS).
             ([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
@@ -3996,7 +4073,14 @@ mod tests {
                 // 56x56 at batch 8 (a whole image per chunk only once the
                 // image is split into blocks of output rows).
                 assert!(resnet(8, 64, 56, 1));
-                assert!(!resnet(32, 256, 28, 1));
+                // 256 output channels on AVX2 only, from 4 images a thread
+                // (the test's pool has 2 threads).
+                assert_eq!(
+                    resnet(8, 256, 14, 1),
+                    simd::active() == simd::SimdPath::Avx2
+                );
+                assert!(!resnet(4, 256, 14, 1));
+                assert!(!resnet(32, 512, 28, 1));
                 assert!(!resnet(32, 64, 7, 1));
                 // 14x14 images, grouped for the im2col GEMM: direct on
                 // AVX2 only (DIRECT_MIN_GROUPED_PIXELS).
@@ -4161,8 +4245,11 @@ mod tests {
 
     /// The AVX2 path's rule for the flipped input gradient: small images
     /// always, larger ones where the flipped forward runs as a direct
-    /// convolution (ResNet's 64@56 and 128@28 at batch 8), not where it
-    /// would run through im2col (256@14), where col2im is as fast.
+    /// convolution (ResNet's 64@56, 128@28 and, from 4 images a thread,
+    /// 256@14 at batch 8), not where it would run through im2col (one
+    /// image for two threads), where col2im is as fast. Says SKIPPED where
+    /// it cannot check the rule: no AVX2, or the rule overridden by
+    /// FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it() {
@@ -4170,6 +4257,10 @@ mod tests {
             || std::env::var("FROSTGRAD_CONV_DIRECT").is_ok()
             || std::env::var("FROSTGRAD_CONV_DX").is_ok()
         {
+            eprintln!(
+                "SKIPPED avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it: \
+                 no AVX2 on this CPU, or FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX set"
+            );
             return;
         }
         let pool = rayon::ThreadPoolBuilder::new()
@@ -4192,7 +4283,10 @@ mod tests {
             assert!(flips(8, 64, 56));
             assert!(flips(8, 128, 28));
             assert!(flips(32, 64, 28));
-            assert!(!flips(8, 256, 14));
+            // Direct from 256 channels at 14x14 (DIRECT_MAX_OUT_CHANNELS_AVX2),
+            // from 4 images a thread (DIRECT_WIDE_MIN_IMAGES).
+            assert!(flips(8, 256, 14));
+            assert!(!flips(4, 256, 14));
             assert!(flips(8, 512, 7));
             // One image for two threads: no direct convolution, so col2im.
             assert!(!flips(1, 64, 56));

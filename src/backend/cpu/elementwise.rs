@@ -66,13 +66,16 @@ pub(super) fn add_assign(a: &mut [f32], b: &[f32]) {
 ///
 /// Why: the in-place sums of the residual blocks ([`add_assign`],
 /// [`add_relu_assign`]) at the baseline target are 4 lanes wide; 8 wide
-/// they took 0.83-0.91x the CPU time on ResNet's 56x56, 28x28 and 14x14
-/// planes at batch 8 (Zen 2, one thread, `scripts/ab_layers.py`-style
-/// alternating runs; commit message), where the data is in L2 or L3. Only
-/// where measured: compiled so, ReLU's in-place backward became a masked
-/// store (`vmaskmovps`) 3x slower on Zen 2, and batch norm's `dx` pass
-/// measured slower (see `batch_norm::lane_sums_dispatch`). The AVX-512
-/// path keeps the baseline loops (it cannot be measured on this CPU).
+/// they took 0.81-0.92x the CPU time on ResNet's 56x56, 28x28 and 14x14
+/// planes at batch 8, where the data is in L2 or L3 (Zen 2, AMD EPYC family
+/// 23 model 49, one thread, alternating runs against the previous build;
+/// commit 91cb336, BENCHMARKS.md issue 9 item 40). On 7x7 planes, whose
+/// data is in L1, it is a wash (grad_add 0.97x, add_relu 1.07x, 3 us), so
+/// it applies at every size. Only these two: compiled so, ReLU's in-place
+/// backward became a masked store (`vmaskmovps`) 1.9-3.7x slower on Zen
+/// 2, and batch norm's `dx` pass measured slower (see
+/// `batch_norm::lane_sums_dispatch`). The AVX-512 path keeps the baseline
+/// loops (not measured: no AVX-512 CPU in that session).
 /// Same operations in the same order (no FMA contraction), so the same
 /// bits on every path.
 #[inline(always)]

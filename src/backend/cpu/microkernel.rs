@@ -213,11 +213,11 @@ const A_PREFETCH: usize = 24;
 /// `W[o, c, KH-1-kh, KW-1-kw]`. A broadcast does not need its value's
 /// neighbours, so the table costs one scalar load per depth step, shared
 /// by the `MR` rows. Rows at or past `mr` point at row `mr - 1`, as for
-/// [`InPlace`].
+/// [`InPlace`]. What it reads is [`ByPixel`]'s, rows `rs` apart; it adds
+/// a prefetch.
 #[derive(Clone, Copy)]
 pub(super) struct ByTable<const MR: usize> {
-    rows: [*const f32; MR],
-    offsets: *const u32,
+    pixels: ByPixel<MR>,
     /// Per depth step, the offset from row 0 to hint (see [`Indexed`]'s
     /// `prefetch_table`).
     prefetch: *const u32,
@@ -238,8 +238,7 @@ impl<const MR: usize> ByTable<MR> {
         // SAFETY: row min(i, mr - 1) < mr starts inside the operand.
         let rows = std::array::from_fn(|i| unsafe { a.add(i.min(mr - 1) * rs) });
         Self {
-            rows,
-            offsets,
+            pixels: ByPixel { rows, offsets },
             prefetch,
         }
     }
@@ -248,9 +247,8 @@ impl<const MR: usize> ByTable<MR> {
 impl<const MR: usize> ARead for ByTable<MR> {
     #[inline(always)]
     unsafe fn at(self, i: usize, p: usize) -> f32 {
-        // SAFETY: p < kc, so the table entry exists, and (i, p) is readable
-        // at row i plus it (the caller's contract; rows clamped in `new`).
-        unsafe { *self.rows[i].add(*self.offsets.add(p) as usize) }
+        // SAFETY: the same contract as ByPixel's (rows clamped in `new`).
+        unsafe { self.pixels.at(i, p) }
     }
 
     /// One line per step, from the prefetch table: it cycles through the
@@ -261,17 +259,17 @@ impl<const MR: usize> ARead for ByTable<MR> {
         // SAFETY: p < kc: the table entry exists. A prefetch never faults;
         // the address is formed with wrapping arithmetic and only hinted at.
         unsafe {
-            let at = self.rows[0].wrapping_add(*self.prefetch.add(p) as usize);
+            let at = self.pixels.rows[0].wrapping_add(*self.prefetch.add(p) as usize);
             _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>());
         }
     }
 }
 
-/// A read where it lies through a depth table, as [`ByTable`], with one
-/// pointer per row however far apart (`at(i, p) = rows[i][offsets[p]]`)
-/// and no prefetch: the direct convolution's tiles of output pixels that
-/// wrap from one output row to the next (`direct_rows`). What they read is
-/// a block of the padded input already in L1 or L2 (`forward_direct`), and
+/// A read where it lies through a depth table, with one pointer per row
+/// however far apart (`at(i, p) = rows[i][offsets[p]]`) and no prefetch:
+/// the direct convolution's tiles of output pixels that wrap from one
+/// output row to the next (`direct_rows`). What they read is a block of
+/// the padded input already in L1 or L2 (`forward_direct`), and
 /// [`ByTable`]'s prefetch (a table load and a hint per depth step) cost it
 /// 5 % at 3x3 128->128, 28x28, forward and input gradient (CPU time, one
 /// thread, Zen 2; BENCHMARKS.md issue 9 item 38).
@@ -1646,13 +1644,15 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
 /// `k`-deep panels of `b` (the kernel's `NR` columns each, `k` rows of them
 /// per panel, panel after panel), depth block by depth block, so a
 /// 32 KiB block of a weight panel stays in L1 over all the image's tiles.
+/// `prefetch` (see [`prefetch_table`]) is read only where
+/// [`direct_reads_prefetch`] says so, and may be empty elsewhere.
 ///
 /// # Safety
-/// The CPU supports `path` (not portable); `offsets` and `prefetch` hold
-/// `k` entries; every `(oh, ow, p)` with `oh < rows`, `ow < cols`, `p < k`
-/// is readable at that address; `b` holds `n.div_ceil(NR) * k * NR`
-/// floats; `c` holds `rows * cols` rows of `rsc >= n` floats, writable,
-/// accessed by nothing else meanwhile.
+/// The CPU supports `path` (not portable); `offsets` holds `k` entries,
+/// and so does `prefetch` where it is read; every `(oh, ow, p)` with `oh <
+/// rows`, `ow < cols`, `p < k` is readable at that address; `b` holds
+/// `n.div_ceil(NR) * k * NR` floats; `c` holds `rows * cols` rows of `rsc
+/// >= n` floats, writable, accessed by nothing else meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn direct_rows(
     path: SimdPath,
@@ -1664,8 +1664,44 @@ pub(super) unsafe fn direct_rows(
     c: *mut f32,
     rsc: usize,
 ) {
-    assert!(offsets.len() >= k && prefetch.len() >= k);
-    let geometry = (rows, cols, row_step, rs);
+    let tiles = match path {
+        SimdPath::Avx2 => direct_tiles_avx2(),
+        _ => DirectTiles::PerRow,
+    };
+    // SAFETY: forwarded.
+    unsafe {
+        direct_rows_tiled(
+            path,
+            tiles,
+            a,
+            (rows, cols, row_step, rs),
+            (offsets, prefetch),
+            b,
+            (k, n),
+            c,
+            rsc,
+        )
+    }
+}
+
+/// [`direct_rows`] in the given tiling: walking ones on the AVX2 kernel
+/// only, and only where the table [`walks`] (elsewhere wrapping).
+///
+/// # Safety
+/// As [`direct_rows`]; `prefetch` holds `k` entries for the row tiles.
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_rows_tiled(
+    path: SimdPath,
+    tiles: DirectTiles,
+    a: *const f32,
+    geometry: (usize, usize, usize, usize),
+    (offsets, prefetch): (&[u32], &[u32]),
+    b: &[f32],
+    (k, n): (usize, usize),
+    c: *mut f32,
+    rsc: usize,
+) {
+    assert!(offsets.len() >= k);
     // SAFETY: forwarded (the CPU supports the kernel of `path`).
     unsafe {
         match path {
@@ -1677,20 +1713,37 @@ pub(super) unsafe fn direct_rows(
                 (k, n),
                 c,
                 rsc,
-                DirectTiles::PerRow,
+                tiles,
             ),
-            SimdPath::Avx2 => direct_rows_with::<Avx2>(
-                a,
-                geometry,
-                (offsets, prefetch),
-                b,
-                (k, n),
-                c,
-                rsc,
-                direct_tiles_avx2(),
-            ),
+            SimdPath::Avx2 => {
+                if tiles == DirectTiles::Walking && walks(&offsets[..k]) {
+                    direct_rows_walking(a, geometry, offsets, b, (k, n), c, rsc);
+                } else {
+                    direct_rows_with::<Avx2>(
+                        a,
+                        geometry,
+                        (offsets, prefetch),
+                        b,
+                        (k, n),
+                        c,
+                        rsc,
+                        tiles,
+                    )
+                }
+            }
             SimdPath::Portable => unreachable!("direct_rows on the portable path"),
         }
+    }
+}
+
+/// Whether [`direct_rows`] on `path` reads its prefetch table: only the
+/// row tiles do ([`ByTable`]); the AVX2 default tiles read none, so the
+/// caller need not build it.
+pub(super) fn direct_reads_prefetch(path: SimdPath) -> bool {
+    match path {
+        SimdPath::Avx512 => true,
+        SimdPath::Avx2 => direct_tiles_avx2() == DirectTiles::PerRow,
+        SimdPath::Portable => false,
     }
 }
 
@@ -1706,10 +1759,18 @@ pub(super) enum DirectTiles {
     /// (one pointer per pixel, [`Kernel::run_indexed_rows`]): one short
     /// tile per block instead of one per row.
     Wrapping,
+    /// The tiles of `Wrapping`, with a kernel that reads the table once
+    /// per [`WALK`] depth steps: where every table entry `3g` is followed
+    /// by `+1` and `+2` (a kernel row of 3 taps, dilation 1, as in
+    /// ResNet's 3x3 layers; [`walks`]), the kernel reads those steps at
+    /// fixed offsets from one table load ([`walk_kernel_avx2`]). AVX2
+    /// only; elsewhere as `Wrapping`.
+    Walking,
 }
 
-/// The tiling of the AVX2 direct convolution: [`DirectTiles::Wrapping`].
-/// Its 6-pixel tiles end every row of 56 pixels with a 2-pixel tile (and
+/// The tiling of the AVX2 direct convolution: [`DirectTiles::Walking`]
+/// (falling back to `Wrapping`). Wrapping, against row tiles: 6-pixel
+/// tiles end every row of 56 pixels with a 2-pixel tile (and
 /// 14 with 2, 28 with 4), computed as a 4-row short tile whose 8
 /// accumulators do not hide the FMA latency: at 3x3 64->64, 56x56, those
 /// tiles took 6.9 % of the forward's samples for 3.6 % of its FMAs
@@ -1719,9 +1780,11 @@ pub(super) enum DirectTiles {
 /// its reader's prefetch dropped ([`ByPixel`]): 0.93x the CPU time of the
 /// row tiles at 3x3 64->64, 56x56 and 128->128, 28x28, forward, 0.94x
 /// input gradient (batch 8, one thread, Zen 2; BENCHMARKS.md issue 9 item
-/// 38). `FROSTGRAD_CONV_DIRECT_TILES=rows` tiles row by row (for
-/// comparison and tests). The AVX-512 kernel (8 pixels: 56 = 7 x 8, while
-/// 28 and 14 end in short tiles) keeps its row tiles: not measured there.
+/// 38). Walking against wrapping: see [`walk_kernel_avx2`].
+/// `FROSTGRAD_CONV_DIRECT_TILES=rows` tiles row by row, `=wrap` wraps
+/// without walking (for comparison and tests). The AVX-512 kernel (8
+/// pixels: 56 = 7 x 8, while 28 and 14 end in short tiles) keeps its row
+/// tiles: not measured there.
 fn direct_tiles_avx2() -> DirectTiles {
     static MODE: std::sync::OnceLock<DirectTiles> = std::sync::OnceLock::new();
     *MODE.get_or_init(|| {
@@ -1730,9 +1793,29 @@ fn direct_tiles_avx2() -> DirectTiles {
             .map(str::trim)
         {
             Ok("rows") => DirectTiles::PerRow,
-            _ => DirectTiles::Wrapping,
+            Ok("wrap") => DirectTiles::Wrapping,
+            _ => DirectTiles::Walking,
         }
     })
+}
+
+/// Depth steps a walking kernel reads from one table entry: the taps of
+/// one kernel row of a 3-wide kernel.
+const WALK: usize = 3;
+
+/// Depth steps per block of the walking tiles: [`KC`] cut to whole groups
+/// of [`WALK`] (255).
+const WALK_KC: usize = KC - KC % WALK;
+
+/// Whether a depth table has the walking kernel's shape: whole groups of
+/// [`WALK`] entries, each `t, t + 1, t + 2`.
+fn walks(offsets: &[u32]) -> bool {
+    offsets.len().is_multiple_of(WALK)
+        && offsets.chunks_exact(WALK).all(|g| {
+            g.iter()
+                .enumerate()
+                .all(|(j, &v)| u32::try_from(j).ok().and_then(|j| g[0].checked_add(j)) == Some(v))
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1747,13 +1830,18 @@ unsafe fn direct_rows_with<K: Kernel>(
     tiles: DirectTiles,
 ) {
     assert!(b.len() >= n.div_ceil(K::NR) * k * K::NR);
-    assert!(offsets.len() >= k && prefetch.len() >= k);
+    assert!(offsets.len() >= k && (tiles != DirectTiles::PerRow || prefetch.len() >= k));
     assert!(K::MR <= MAX_MR);
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         let beta = if pc == 0 { 0.0 } else { 1.0 };
-        // SAFETY (both): the tables hold kc entries from pc (asserted).
-        let tables = unsafe { (offsets.as_ptr().add(pc), prefetch.as_ptr().add(pc)) };
+        // SAFETY: the offsets hold kc entries from pc (asserted). The
+        // prefetch table, read by the row tiles only, may be empty in the
+        // others: its pointer is formed with wrapping arithmetic.
+        let tables = (
+            unsafe { offsets.as_ptr().add(pc) },
+            prefetch.as_ptr().wrapping_add(pc),
+        );
         for jp in 0..n.div_ceil(K::NR) {
             let nr = K::NR.min(n - jp * K::NR);
             let bp = b[(jp * k + pc) * K::NR..][..kc * K::NR].as_ptr();
@@ -1784,7 +1872,9 @@ unsafe fn direct_rows_with<K: Kernel>(
                         }
                     }
                 }
-                DirectTiles::Wrapping => {
+                // Walking where the table does not walk: its tiles, the
+                // table read at every step.
+                DirectTiles::Wrapping | DirectTiles::Walking => {
                     let (mut oh, mut ow) = (0, 0);
                     let mut ptrs = [a; MAX_MR];
                     for q in (0..rows * cols).step_by(K::MR) {
@@ -1827,6 +1917,174 @@ unsafe fn direct_rows_with<K: Kernel>(
 
 /// The most rows of any micro-kernel here.
 const MAX_MR: usize = 8;
+
+/// [`direct_rows`] in [`DirectTiles::Walking`] on the AVX2 kernel: the
+/// wrapping tiles of [`direct_rows_with`], each run by
+/// [`walk_kernel_avx2`] in depth blocks of [`WALK_KC`].
+///
+/// # Safety
+/// As [`direct_rows`], on a CPU with AVX2 and FMA, for a table that
+/// [`walks`] (`offsets[..k]`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn direct_rows_walking(
+    a: *const f32,
+    (rows, cols, row_step, rs): (usize, usize, usize, usize),
+    offsets: &[u32],
+    b: &[f32],
+    (k, n): (usize, usize),
+    c: *mut f32,
+    rsc: usize,
+) {
+    const MR: usize = Avx2::MR;
+    const NR: usize = Avx2::NR;
+    assert!(b.len() >= n.div_ceil(NR) * k * NR);
+    assert!(offsets.len() >= k && walks(&offsets[..k]));
+    for pc in (0..k).step_by(WALK_KC) {
+        // A multiple of WALK: k and WALK_KC both are.
+        let kc = WALK_KC.min(k - pc);
+        let beta = if pc == 0 { 0.0 } else { 1.0 };
+        let table = &offsets[pc..pc + kc];
+        for jp in 0..n.div_ceil(NR) {
+            let nr = NR.min(n - jp * NR);
+            let bp = b[(jp * k + pc) * NR..][..kc * NR].as_ptr();
+            let (mut oh, mut ow) = (0, 0);
+            let mut ptrs = [a; MR];
+            for q in (0..rows * cols).step_by(MR) {
+                let mr = MR.min(rows * cols - q);
+                for ptr in &mut ptrs[..mr] {
+                    // SAFETY: pixel q + i = (oh, ow) is inside the block
+                    // (q + i < rows * cols), so its row of the padded
+                    // input is inside `a` (the caller's contract).
+                    *ptr = unsafe { a.add(oh * row_step + ow * rs) };
+                    ow += 1;
+                    if ow == cols {
+                        (oh, ow) = (oh + 1, 0);
+                    }
+                }
+                let last = ptrs[mr - 1];
+                ptrs[mr..].fill(last);
+                // SAFETY: each of the tile's pixels (and the rows past mr,
+                // copies of the last), at depth pc..pc + kc, is readable
+                // from its pointer (the caller's contract), the table
+                // walks (asserted), the panel holds kc * NR floats
+                // (asserted), and the C tile (rows q.., columns jp * NR..)
+                // lies inside `c`; the CPU has AVX2 and FMA.
+                unsafe {
+                    let c = c.add(q * rsc + jp * NR);
+                    if nr <= NR / 2 {
+                        // A half-width last panel (no ResNet layer has
+                        // one): the non-walking kernel's half path.
+                        Avx2::run_indexed_rows(
+                            kc,
+                            &ptrs[..mr],
+                            table.as_ptr(),
+                            bp,
+                            c,
+                            rsc,
+                            beta,
+                            mr,
+                            nr,
+                        );
+                    } else if mr <= SHORT_ROWS {
+                        walk_kernel_avx2::<SHORT_ROWS>(kc, &ptrs, table, bp, c, rsc, beta, mr, nr);
+                    } else {
+                        walk_kernel_avx2::<MR>(kc, &ptrs, table, bp, c, rsc, beta, mr, nr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 6x16 micro-kernel ([`Avx2`]) for a tile of pixels `rows` (row
+/// `i` of A at `rows[i] + table[p]`) whose depth table [`walks`]: per
+/// group of [`WALK`] depth steps, one table load, then the steps' `R`
+/// broadcasts at fixed offsets `+0, +1, +2` from it, two panel loads and
+/// `2R` FMAs each. The [`ByPixel`] kernel loads the table every step.
+/// Measured in a kernel-only loop on L1/L2-resident data (3x3 128->128 at
+/// 28x28, one thread, Zen 2): 99.8 GF/s against 97.0 for [`ByPixel`] and
+/// 101 for packed panels; the layers: BENCHMARKS.md issue 9 item 40.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `R <= rows.len()`, `1 <= mr <= R`, `NR / 2 <
+/// nr <= NR`; `kc` is a multiple of [`WALK`] and `table` holds `kc`
+/// entries that [`walks`]; every `(i, p)` with `i < R`, `p < kc` is
+/// readable at `rows[i] + table[p]`; `b` holds `kc * NR` floats; `c` as
+/// for [`Kernel::run`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn walk_kernel_avx2<const R: usize>(
+    kc: usize,
+    rows: &[*const f32],
+    table: &[u32],
+    b: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    beta: f32,
+    mr: usize,
+    nr: usize,
+) {
+    const L: usize = 8;
+    const NR: usize = 2 * L;
+    // PREFETCH_C_AHEAD of the Avx2 kernel (128 depth steps), in groups.
+    const AHEAD: usize = 128 / WALK;
+    let rows: [*const f32; R] = std::array::from_fn(|i| rows[i]);
+    let groups = kc / WALK;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let split = groups.saturating_sub(AHEAD);
+    for (lo, hi) in [(0, split), (split, groups)] {
+        if lo == split {
+            prefetch_c::<NR>(c, rsc, mr);
+        }
+        for g in lo..hi {
+            // SAFETY: g * WALK < kc entries of the table.
+            let off = unsafe { *table.get_unchecked(g * WALK) } as usize;
+            for t in 0..WALK {
+                // SAFETY: step p = g * WALK + t < kc: the panel's row p
+                // lies inside `b`, and (i, p) is readable at rows[i] +
+                // table[p] = rows[i] + off + t (the table walks).
+                unsafe {
+                    let bp = b.add((g * WALK + t) * NR);
+                    let b0 = _mm256_loadu_ps(bp);
+                    let b1 = _mm256_loadu_ps(bp.add(L));
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let av = _mm256_broadcast_ss(&*rows[i].add(off + t));
+                        row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                        row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+                    }
+                }
+            }
+        }
+    }
+    if mr == R && nr == NR {
+        let vb = _mm256_set1_ps(beta);
+        for (i, row) in acc.iter().enumerate() {
+            for (h, &v) in row.iter().enumerate() {
+                // SAFETY: a full tile: rows < R, columns < NR are inside
+                // the caller's block.
+                unsafe {
+                    let p = c.add(i * rsc + h * L);
+                    let out = if beta != 0.0 {
+                        _mm256_fmadd_ps(_mm256_loadu_ps(p), vb, v)
+                    } else {
+                        v
+                    };
+                    _mm256_storeu_ps(p, out);
+                }
+            }
+        }
+    } else {
+        let mut tile = [[0f32; NR]; R];
+        for (t, row) in tile.iter_mut().zip(&acc) {
+            for (h, &v) in row.iter().enumerate() {
+                // SAFETY: L floats at h*L < NR lie inside `t`.
+                unsafe { _mm256_storeu_ps(t.as_mut_ptr().add(h * L), v) };
+            }
+        }
+        // SAFETY: the caller's contract for `c`, `mr <= R`, `nr`.
+        unsafe { store_partial::<NR>(tile.as_flattened(), c, rsc, beta, mr, nr) };
+    }
+}
 
 /// `C = beta * C` for an `m x n` block (a product with nothing to sum):
 /// zeros when `beta` is 0, so whatever `C` held (NaN included) is not read.
@@ -2151,92 +2409,135 @@ mod tests {
         }
     }
 
-    /// [`direct_rows`] in both tilings ([`DirectTiles`]) on every kernel
-    /// this CPU has, against float64 loops: a block whose rows (13 and 5
-    /// pixels wide) are no multiple of either kernel's tile, so tiles wrap
-    /// and end short; a padded row (`row_step`) and pixel stride (`rs`)
-    /// wider than the block's; a depth above one `KC` block with a table
-    /// that is not affine; output channels ragged for both panel widths;
-    /// into a C block of NaN (beta 0 on the first depth block), its
-    /// padding columns left as they were.
-    fn check_direct_rows<K: Kernel>(tiles: DirectTiles) {
+    /// [`direct_rows`] in every tiling ([`DirectTiles`]) on every kernel
+    /// this CPU has, against float64 loops: blocks whose rows (13, 7, 5, 2
+    /// and 1 pixels wide) are no multiple of either kernel's tile, so tiles
+    /// wrap across rows and end short (full and 4-row short tiles); a
+    /// padded row (`row_step`) and pixel stride (`rs`) wider than the
+    /// block's; a depth above one `KC` block; two tables, one that is not
+    /// affine and one that walks ([`walks`]: groups `t, t + 1, t + 2` at
+    /// scattered `t`) where the depth allows it; output channels ragged
+    /// for both panel widths (a last panel of 5, 8, 13 columns); into a C
+    /// block of NaN (beta 0 on the first depth block), its padding columns
+    /// left as they were.
+    fn check_direct_rows(path: SimdPath, tiles: DirectTiles) {
+        let nr = super::super::gemm::tile(path).1;
         // (5, 2): 2-pixel rows, so one tile spans 3 (AVX2) or 4 (AVX-512)
-        // output rows.
+        // output rows; (4, 1): 1-pixel rows.
         let cases = [
             (3, 13, 1, 300, 21),
             (2, 5, 2, 40, 40),
             (1, 1, 1, 9, 7),
             (5, 2, 3, 20, 16),
+            (4, 7, 1, 33, 29),
+            (4, 1, 2, 27, 32),
         ];
         for (rows, cols, rs, k, n) in cases {
-            let row_step = cols * rs + 4;
-            let offsets: Vec<u32> = (0..k).map(|p| ((p * 7) % 31 + p / 3) as u32).collect();
-            let len = (rows - 1) * row_step
-                + (cols - 1) * rs
-                + *offsets.iter().max().unwrap() as usize
-                + 1;
-            let a: Vec<f32> = (0..len).map(|x| (x as f32 * 0.37).sin()).collect();
-            let w = |p: usize, o: usize| ((p * n + o) as f32 * 0.11).cos();
-            let panels = n.div_ceil(K::NR);
-            let b: Vec<f32> = (0..panels * k * K::NR)
-                .map(|x| {
-                    let (jp, p, j) = (x / (k * K::NR), x / K::NR % k, x % K::NR);
-                    let o = jp * K::NR + j;
-                    if o < n {
-                        w(p, o)
-                    } else {
-                        0.0
-                    }
-                })
+            let scattered: Vec<u32> = (0..k).map(|p| ((p * 7) % 31 + p / 3) as u32).collect();
+            let walking: Vec<u32> = (0..k - k % WALK)
+                .map(|p| ((p / WALK * 13) % 37 + p / WALK / 2 + p % WALK) as u32)
                 .collect();
-            let rsc = n + 3;
-            let mut c = vec![f32::NAN; rows * cols * rsc];
-            // SAFETY: the CPU supports K (the callers check); every pixel
-            // (oh < rows, ow < cols) at every depth lies inside `a` (its
-            // length is the largest such address + 1); `b` holds the
-            // panels; `c` rows * cols rows of rsc >= n.
-            unsafe {
-                direct_rows_with::<K>(
-                    a.as_ptr(),
-                    (rows, cols, row_step, rs),
-                    (&offsets, &offsets),
-                    &b,
-                    (k, n),
-                    c.as_mut_ptr(),
-                    rsc,
-                    tiles,
-                );
-            }
-            for q in 0..rows * cols {
-                let at = (q / cols) * row_step + (q % cols) * rs;
-                for o in 0..rsc {
-                    let got = c[q * rsc + o];
-                    if o >= n {
-                        assert!(got.is_nan(), "{tiles:?} padding column {o} written");
-                        continue;
-                    }
-                    let want: f64 = (0..k)
-                        .map(|p| f64::from(a[at + offsets[p] as usize]) * f64::from(w(p, o)))
-                        .sum();
-                    assert!(
-                        (f64::from(got) - want).abs() <= 1e-4,
-                        "{tiles:?} rows {rows} cols {cols} k {k} n {n}: ({q}, {o}) {got} vs {want}"
+            assert!(walks(&walking) && !walks(&scattered));
+            for offsets in [scattered, walking] {
+                let k = offsets.len();
+                if k == 0 {
+                    continue;
+                }
+                let row_step = cols * rs + 4;
+                let len = (rows - 1) * row_step
+                    + (cols - 1) * rs
+                    + *offsets.iter().max().unwrap() as usize
+                    + 1;
+                let a: Vec<f32> = (0..len).map(|x| (x as f32 * 0.37).sin()).collect();
+                let w = |p: usize, o: usize| ((p * n + o) as f32 * 0.11).cos();
+                let panels = n.div_ceil(nr);
+                let b: Vec<f32> = (0..panels * k * nr)
+                    .map(|x| {
+                        let (jp, p, j) = (x / (k * nr), x / nr % k, x % nr);
+                        let o = jp * nr + j;
+                        if o < n {
+                            w(p, o)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let rsc = n + 3;
+                let mut c = vec![f32::NAN; rows * cols * rsc];
+                // The prefetch table only where it is read.
+                let prefetch = if tiles == DirectTiles::PerRow {
+                    offsets.clone()
+                } else {
+                    Vec::new()
+                };
+                // SAFETY: the CPU supports `path` (the callers check);
+                // every pixel (oh < rows, ow < cols) at every depth lies
+                // inside `a` (its length is the largest such address + 1);
+                // `b` holds the panels; `c` rows * cols rows of rsc >= n.
+                unsafe {
+                    direct_rows_tiled(
+                        path,
+                        tiles,
+                        a.as_ptr(),
+                        (rows, cols, row_step, rs),
+                        (&offsets, &prefetch),
+                        &b,
+                        (k, n),
+                        c.as_mut_ptr(),
+                        rsc,
                     );
+                }
+                for q in 0..rows * cols {
+                    let at = (q / cols) * row_step + (q % cols) * rs;
+                    for o in 0..rsc {
+                        let got = c[q * rsc + o];
+                        if o >= n {
+                            assert!(got.is_nan(), "{tiles:?} padding column {o} written");
+                            continue;
+                        }
+                        let want: f64 = (0..k)
+                            .map(|p| f64::from(a[at + offsets[p] as usize]) * f64::from(w(p, o)))
+                            .sum();
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-4,
+                            "{path:?} {tiles:?} rows {rows} cols {cols} k {k} n {n}: ({q}, {o}) \
+                             {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
     }
 
     #[test]
-    fn direct_rows_match_reference_in_both_tilings() {
-        for tiles in [DirectTiles::PerRow, DirectTiles::Wrapping] {
-            if SimdPath::Avx2.is_supported() {
-                check_direct_rows::<Avx2>(tiles);
-            }
-            if SimdPath::Avx512.is_supported() {
-                check_direct_rows::<Avx512>(tiles);
+    fn direct_rows_match_reference_in_every_tiling() {
+        let paths: Vec<SimdPath> = [SimdPath::Avx2, SimdPath::Avx512]
+            .into_iter()
+            .filter(|p| p.is_supported())
+            .collect();
+        if paths.is_empty() {
+            // Not a pass: the direct convolution has no portable form, and
+            // this CPU runs neither kernel, so nothing was checked here.
+            eprintln!("SKIPPED: this CPU has neither the avx2 nor the avx512 path");
+        }
+        for path in paths {
+            for tiles in [
+                DirectTiles::PerRow,
+                DirectTiles::Wrapping,
+                DirectTiles::Walking,
+            ] {
+                check_direct_rows(path, tiles);
             }
         }
+    }
+
+    #[test]
+    fn walks_only_on_groups_of_adjacent_taps() {
+        assert!(walks(&[]));
+        assert!(walks(&[5, 6, 7, 0, 1, 2]));
+        assert!(!walks(&[5, 6, 7, 0, 1]));
+        assert!(!walks(&[5, 6, 8]));
+        assert!(!walks(&[u32::MAX, 0, 1]));
     }
 
     #[test]

@@ -386,7 +386,9 @@ mod tests {
         let cases = [
             geometry([2, 3, 9, 8], (3, 3), (2, 2), (1, 1), (1, 1)), // ResNet's pool, odd size
             geometry([1, 2, 10, 7], (3, 2), (2, 1), (1, 1), (2, 3)), // dilation, asymmetric
-            geometry([1, 1, 5, 6], (2, 2), (2, 2), (0, 0), (1, 1)),
+            // 2 x 2 x 5 x 6 = 120 floats: the input gradient is at least
+            // buffer_pool::MIN_POOLED_BYTES, so the dirty pass below pools it.
+            geometry([2, 2, 5, 6], (2, 2), (2, 2), (0, 0), (1, 1)),
         ];
         for (i, g) in cases.iter().enumerate() {
             let x = pseudo_random(g.input_shape().iter().product(), 7 + i as u64);
@@ -405,7 +407,8 @@ mod tests {
             // that scatter into it: the second time, the buffer pool holds
             // one of its size full of NaN (what a previous user could
             // leave), which the backward takes unless a test running
-            // meanwhile takes it first.
+            // meanwhile takes it first. (Every case's gradient is at least
+            // MIN_POOLED_BYTES; smaller buffers are never pooled.)
             for dirty in [false, true] {
                 if dirty {
                     let mut junk = buffer_pool::uninit::<f32>("test", x.len()).unwrap();

@@ -532,12 +532,25 @@ mod tests {
         }
         // A size no other test asks for, so its class has no free buffer.
         let len = (3 << 20) + 12_345;
+        let before = misses();
         let v = uninit::<f32>("recorded_miss", len).unwrap();
         let (_, cap) = class_of::<f32>(len).unwrap();
-        let miss = recent_misses()
+        let Some(miss) = recent_misses()
             .into_iter()
             .find(|m| m.op == "recorded_miss")
-            .expect("the miss was recorded");
+        else {
+            // Only if the tests running beside this one missed the pool
+            // more than the ring keeps meanwhile (the tap-by-tap weight
+            // gradient's tests miss it at every new size, on every thread
+            // count): its record was recorded, then overwritten.
+            let since = misses() - before;
+            assert!(
+                since > super::super::recent::KEPT as u64,
+                "the miss was recorded ({since} since)"
+            );
+            recycle(v);
+            return;
+        };
         assert_eq!((miss.len, miss.class_bytes), (len, cap * 4));
         assert!(miss.class_count >= 1 && miss.number >= 1 && miss.number <= misses());
         assert_eq!(miss.thread, None, "the test thread is no rayon worker");

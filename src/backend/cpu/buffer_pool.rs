@@ -111,7 +111,7 @@ impl Element for i64 {
 /// Whether caching is on (`FROSTGRAD_CPU_POOL` unset or anything but `0`).
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FROSTGRAD_CPU_POOL").map_or(true, |v| v.trim() != "0"))
+    super::env_switch::on_unless_zero(&ON, "FROSTGRAD_CPU_POOL")
 }
 
 /// Bytes the pool holds in free buffers, not counted as tensor memory.

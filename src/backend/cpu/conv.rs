@@ -913,7 +913,7 @@ fn merges_tap_rows(g: &Conv2dGeometry) -> bool {
 /// ([`merges_tap_rows`]): unless `FROSTGRAD_COL2IM_MERGE=0`.
 fn merge_tap_rows_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FROSTGRAD_COL2IM_MERGE").map_or(true, |v| v.trim() != "0"))
+    super::env_switch::on_unless_zero(&ON, "FROSTGRAD_COL2IM_MERGE")
 }
 
 /// Adds one kernel row's three taps (`taps[kw][ow]`, stride 2, padding 1)
@@ -1460,16 +1460,13 @@ fn skip_order(
 ) -> Option<ClassOrder> {
     static MODE: std::sync::OnceLock<Skip> = std::sync::OnceLock::new();
     let mode = match skip {
-        Skip::Auto => *MODE.get_or_init(|| {
-            match std::env::var("FROSTGRAD_CONV_SKIP_PADDING")
-                .as_deref()
-                .map(str::trim)
-            {
-                Ok("0") => Skip::Off,
-                Ok("1") => Skip::On,
+        Skip::Auto => {
+            super::env_switch::choice(&MODE, "FROSTGRAD_CONV_SKIP_PADDING", |v| match v {
+                Some("0") => Skip::Off,
+                Some("1") => Skip::On,
                 _ => Skip::Auto,
-            }
-        }),
+            })
+        }
         forced => forced,
     };
     let nr = skipping_panel_width(weight)?;
@@ -1542,18 +1539,8 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// it regardless of channels and batch (for comparison).
 fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<DirectTile> {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let mode = force.or_else(|| {
-        *MODE.get_or_init(|| {
-            match std::env::var("FROSTGRAD_CONV_DIRECT")
-                .as_deref()
-                .map(str::trim)
-            {
-                Ok("0") => Some(false),
-                Ok("1") => Some(true),
-                _ => None,
-            }
-        })
-    });
+    let mode =
+        force.or_else(|| super::env_switch::forced(&MODE, "FROSTGRAD_CONV_DIRECT", "1", "0"));
     #[cfg(target_arch = "x86_64")]
     let tile = {
         let path = simd::active();
@@ -1940,14 +1927,7 @@ pub(super) fn conv2d_input_grad(dy: &[f32], w: &[f32], g: &Conv2dGeometry) -> Re
 /// strided operands).
 fn flip_input_grad(g: &Conv2dGeometry, flipped: &Conv2dGeometry) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced =
-        *MODE.get_or_init(
-            || match std::env::var("FROSTGRAD_CONV_DX").as_deref().map(str::trim) {
-                Ok("flip") => Some(true),
-                Ok("col2im") => Some(false),
-                _ => None,
-            },
-        );
+    let forced = super::env_switch::forced(&MODE, "FROSTGRAD_CONV_DX", "flip", "col2im");
     forced.unwrap_or_else(|| {
         let pixels = g.in_h * g.in_w;
         g.kernel_h * g.kernel_w > 1
@@ -2065,9 +2045,7 @@ fn input_grad_with(dy: &[f32], w: &[f32], g: &Conv2dGeometry, limits: Limits) ->
 /// switches.
 fn overwrites_dx(g: &Conv2dGeometry) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| {
-        std::env::var("FROSTGRAD_CONV_DX_OVERWRITE").map_or(true, |v| v.trim() != "0")
-    });
+    let on = super::env_switch::on_unless_zero(&ON, "FROSTGRAD_CONV_DX_OVERWRITE");
     on && pointwise_taps(g) && g.out_channels > 0
 }
 
@@ -2343,8 +2321,7 @@ const CLASSES_MIN_DEPTH: usize = 96;
 /// 0.96x and 64->64 at 56x56 (2 %) 1.09x.
 fn by_classes(g: &Conv2dGeometry) -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enabled = *ENABLED
-        .get_or_init(|| std::env::var("FROSTGRAD_DW_CLASSES").map_or(true, |v| v.trim() != "0"));
+    let enabled = super::env_switch::on_unless_zero(&ENABLED, "FROSTGRAD_DW_CLASSES");
     if !enabled
         || simd::active() == simd::SimdPath::Portable
         || g.kernel_h * g.kernel_w < 2
@@ -2923,8 +2900,7 @@ fn sum_chunks(
 /// (for comparison).
 fn shifted_rows(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enabled = *ENABLED
-        .get_or_init(|| std::env::var("FROSTGRAD_DW_SHIFTED").map_or(true, |v| v.trim() != "0"));
+    let enabled = super::env_switch::on_unless_zero(&ENABLED, "FROSTGRAD_DW_SHIFTED");
     let row_taps = g.in_channels.saturating_mul(g.kernel_h);
     (enabled
         && row_taps > 0

@@ -354,13 +354,13 @@ struct Piece {
 /// comparison).
 pub(super) fn patches_apply(path: SimdPath, g: &Conv2dGeometry, nr: usize) -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enabled = *ENABLED.get_or_init(|| {
+    let enabled = super::env_switch::choice(&ENABLED, "FROSTGRAD_DW_PATCHES", |v| {
         // The fill uses AVX-512VL's 256-bit masked loads and stores.
         #[cfg(target_arch = "x86_64")]
         let vl = std::arch::is_x86_feature_detected!("avx512vl");
         #[cfg(not(target_arch = "x86_64"))]
         let vl = false;
-        vl && std::env::var("FROSTGRAD_DW_PATCHES").map_or(true, |v| v.trim() != "0")
+        vl && super::env_switch::unless_zero(v)
     });
     enabled
         && path == SimdPath::Avx512

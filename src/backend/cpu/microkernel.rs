@@ -857,16 +857,7 @@ pub(super) fn prefetch_table(offsets: &[u32], rs: usize, mr: usize, out: &mut [u
 /// comparison).
 pub(super) fn reads_in_place(rs: usize, cs: usize, n: usize, mr: usize) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *MODE.get_or_init(|| {
-        match std::env::var("FROSTGRAD_A_IN_PLACE")
-            .as_deref()
-            .map(str::trim)
-        {
-            Ok("0") => Some(false),
-            Ok("1") => Some(true),
-            _ => None,
-        }
-    });
+    let forced = super::env_switch::forced(&MODE, "FROSTGRAD_A_IN_PLACE", "1", "0");
     let transposed = rs == 1 && mr >= 8 && n <= TRANSPOSED_IN_PLACE_MAX_COLS;
     forced.unwrap_or(cs == 1 || transposed)
 }
@@ -1787,15 +1778,10 @@ pub(super) enum DirectTiles {
 /// tiles: not measured there.
 fn direct_tiles_avx2() -> DirectTiles {
     static MODE: std::sync::OnceLock<DirectTiles> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| {
-        match std::env::var("FROSTGRAD_CONV_DIRECT_TILES")
-            .as_deref()
-            .map(str::trim)
-        {
-            Ok("rows") => DirectTiles::PerRow,
-            Ok("wrap") => DirectTiles::Wrapping,
-            _ => DirectTiles::Walking,
-        }
+    super::env_switch::choice(&MODE, "FROSTGRAD_CONV_DIRECT_TILES", |v| match v {
+        Some("rows") => DirectTiles::PerRow,
+        Some("wrap") => DirectTiles::Wrapping,
+        _ => DirectTiles::Walking,
     })
 }
 

@@ -26,6 +26,7 @@ mod batch_norm;
 pub mod buffer_pool;
 mod conv;
 mod elementwise;
+mod env_switch;
 mod gemm;
 mod im2col;
 mod loss;

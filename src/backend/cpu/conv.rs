@@ -1506,7 +1506,7 @@ const DIRECT_MAX_OUT_CHANNELS: usize = 128;
 /// least [`DIRECT_WIDE_MIN_IMAGES`] images: with the walking kernel
 /// (`microkernel::DirectTiles::Walking`), 3x3 256->256 at 14x14, batch 8,
 /// took 0.98x the im2col GEMM's CPU time forward and 0.95x input gradient
-/// (one thread, Zen 2; BENCHMARKS.md issue 9 item 40); before it, 1.02x
+/// (one thread, Zen 2; BENCHMARKS.md issue 9 item 41); before it, 1.02x
 /// and 0.99x (item 38).
 const DIRECT_MAX_OUT_CHANNELS_AVX2: usize = 256;
 
@@ -1515,7 +1515,7 @@ const DIRECT_MAX_OUT_CHANNELS_AVX2: usize = 256;
 /// on AVX2: its weight is packed once per call, and at batch 1 (one
 /// thread) that packing took 27 % of the 256->256, 14x14 forward
 /// (`perf`, Zen 2), which then took 1.18x the im2col GEMM's time forward,
-/// 1.21x input gradient (BENCHMARKS.md issue 9 item 40).
+/// 1.21x input gradient (BENCHMARKS.md issue 9 item 41).
 const DIRECT_WIDE_MIN_IMAGES: usize = 4;
 
 /// The most floats of a direct convolution's product block
@@ -1640,7 +1640,7 @@ fn forward_direct(
         // Panels packed in parallel: serial, the packing of 3x3 128->128
         // (147 K strided reads) took ~2 % of the forward's CPU time at one
         // thread (`perf`, batch 8, Zen 2), ahead of the images' parallel
-        // part (BENCHMARKS.md issue 9 item 40).
+        // part (BENCHMARKS.md issue 9 item 41).
         let taps = g.kernel_h * g.kernel_w;
         b.par_chunks_exact_mut(k * nr)
             .enumerate()
@@ -2378,7 +2378,7 @@ fn by_classes(g: &Conv2dGeometry) -> bool {
 /// column panels of every tap (input channels `c0..c1`,
 /// [`tap_column_parts`]) over all images: it transposes those channels of
 /// the images itself (in blocks of at most `limits.block_elems` floats of
-/// `x`, every block after the first adding onto its per-tap sums, see
+/// `x` and at least one image, every block after the first adding onto its per-tap sums, see
 /// [`Beta`]), multiplies, and writes those columns of `dW` in their final
 /// `[C_out, C_in, KH, KW]` order. So each thread owns a disjoint part of
 /// `dW` and reads only the part of `x` it transposed: one parallel call, no
@@ -2624,6 +2624,9 @@ unsafe fn reorder_tap_columns(
     if width == 0 {
         return;
     }
+    // The AVX transpose where the active path is a SIMD one (looked up once
+    // per call; a forced `portable` path runs the scalar form).
+    let avx = simd::active() != simd::SimdPath::Portable && simd::SimdPath::Avx2.is_supported();
     for o in 0..c_out {
         // SAFETY: the run lies inside dW (o < C_out, c1 <= C_in) and is
         // this thread's alone (the caller's contract).
@@ -2632,7 +2635,7 @@ unsafe fn reorder_tap_columns(
         };
         let sums = &sums[o * width..];
         match taps {
-            9 => interleave_taps::<9>(sums, block, row),
+            9 => interleave_taps::<9>(sums, block, row, avx),
             _ => {
                 for (c, d) in row.chunks_exact_mut(taps).enumerate() {
                     for (t, d) in d.iter_mut().enumerate() {
@@ -2649,14 +2652,17 @@ unsafe fn reorder_tap_columns(
 /// the `T` reads per element are fixed offsets (a loop over taps with
 /// strided stores took 1.2x the samples of this pass at 3x3 512->512 @7,
 /// `perf`, one thread).
-fn interleave_taps<const T: usize>(sums: &[f32], block: usize, row: &mut [f32]) {
+///
+/// `avx`: the CPU has AVX and the active path is not `portable`.
+fn interleave_taps<const T: usize>(sums: &[f32], block: usize, row: &mut [f32], avx: bool) {
     let width = row.len() / T;
     let from: [&[f32]; T] = std::array::from_fn(|t| &sums[t * block..][..width]);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if T == 9 && simd::SimdPath::Avx2.is_supported() {
+    if T == 9 && avx {
         let nine: &[&[f32]; 9] = from[..].try_into().expect("9 taps");
-        // SAFETY: AVX is there (every AVX2 CPU has it); each of `nine`
+        // SAFETY: AVX is there (`avx`: AVX2 is supported, and every AVX2
+        // CPU has AVX); each of `nine`
         // holds `width` floats and `row` 9 * `width`.
         done = unsafe { interleave_nine_avx(nine, row) };
     }
@@ -3490,8 +3496,9 @@ mod tests {
         // every tap, written into dW in place) at 1-5 threads, so that
         // parts are uneven, end in a partial panel (40 and 72 channels) or
         // are empty (more threads than panels); with every image in one
-        // block and with one image per block (the later blocks adding onto
-        // the sums); strides 1 and 2, a dilated kernel, a 3x2 kernel, and a
+        // block, with one image per block (the later blocks adding onto
+        // the sums) and with two (batch 3: a last block of one image, so
+        // a block shorter than the others); strides 1 and 2, a dilated kernel, a 3x2 kernel, and a
         // 1x1 image whose corner taps see no pixel at all. Against the
         // float64 loops; dW and the per-tap sums start as NaN in tests, so
         // an element no part writes fails.
@@ -3520,7 +3527,7 @@ mod tests {
                 assert!(parts
                     .windows(2)
                     .all(|p| p[0].1 == p[1].0 && p[0].0 <= p[0].1));
-                for block_elems in [usize::MAX / 2, 1] {
+                for block_elems in [usize::MAX / 2, 1, 2 * input[1] * input[2] * input[3]] {
                     let limits = Limits {
                         block_elems,
                         ..LIMITS
@@ -3555,6 +3562,8 @@ mod tests {
             geo([4, 256, 20, 20], 256, 3, 1, 1),
             geo([8, 512, 4, 4], 512, 3, 1, 1),
             geo([2, 512, 7, 7], 512, 3, 1, 1),
+            // Exactly CLASSES_MIN_DEPTH output pixels (6 images of 4x4).
+            geo([6, 512, 4, 4], 512, 3, 1, 1),
         ] {
             let avx = simd::active() != simd::SimdPath::Portable;
             assert_eq!(by_classes(&g), avx, "{g:?}");
@@ -3577,6 +3586,8 @@ mod tests {
             // 1 at 7x7, batch 4 at 4x4.
             geo([1, 512, 7, 7], 512, 3, 1, 1),
             geo([4, 512, 4, 4], 512, 3, 1, 1),
+            // One image fewer than CLASSES_MIN_DEPTH needs (80 pixels).
+            geo([5, 512, 4, 4], 512, 3, 1, 1),
         ] {
             assert!(!by_classes(&g), "{g:?}");
         }

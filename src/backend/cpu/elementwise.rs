@@ -69,7 +69,7 @@ pub(super) fn add_assign(a: &mut [f32], b: &[f32]) {
 /// they took 0.81-0.92x the CPU time on ResNet's 56x56, 28x28 and 14x14
 /// planes at batch 8, where the data is in L2 or L3 (Zen 2, AMD EPYC family
 /// 23 model 49, one thread, alternating runs against the previous build;
-/// commit 91cb336, BENCHMARKS.md issue 9 item 40). On 7x7 planes, whose
+/// commit 91cb336, BENCHMARKS.md issue 9 item 42). On 7x7 planes, whose
 /// data is in L1, it is a wash (grad_add 0.97x, add_relu 1.07x, 3 us), so
 /// it applies at every size. Only these two: compiled so, ReLU's in-place
 /// backward became a masked store (`vmaskmovps`) 1.9-3.7x slower on Zen

@@ -1498,25 +1498,14 @@ fn skip_order(
 /// 71 %, `perf`, one thread). Measured (CPU time against the im2col GEMM,
 /// AVX-512, 2 threads, BENCHMARKS.md issue 9 item 35): 3x3 64->64 at 28x28
 /// (batch 32) 0.90x forward and input gradient, at 56x56 (batch 8) 0.89x
-/// and 0.94x; 128->128 at 28x28 (batch 8) 0.92x and 0.95x. Not measured
-/// wider, so not taken there. On AVX2 see [`DIRECT_MAX_OUT_CHANNELS_AVX2`].
+/// and 0.94x; 128->128 at 28x28 (batch 8) 0.92x and 0.95x. Wider: on AVX2
+/// (Zen 2) with the walking kernel, 256->256 at 14x14, batch 8, took
+/// 0.95-0.98x the im2col GEMM's time when timed alone, but 1.08x forward
+/// when timed beside its own input and weight gradients, and a whole
+/// training step's forward took ~3 ms longer (187-189 against 184-187 ms,
+/// 3 alternating runs of `frostgrad bench`); so not taken (BENCHMARKS.md
+/// issue 9 item 41).
 const DIRECT_MAX_OUT_CHANNELS: usize = 128;
-
-/// [`DIRECT_MAX_OUT_CHANNELS`] on the AVX2 path, where a thread has at
-/// least [`DIRECT_WIDE_MIN_IMAGES`] images: with the walking kernel
-/// (`microkernel::DirectTiles::Walking`), 3x3 256->256 at 14x14, batch 8,
-/// took 0.98x the im2col GEMM's CPU time forward and 0.95x input gradient
-/// (one thread, Zen 2; BENCHMARKS.md issue 9 item 41); before it, 1.02x
-/// and 0.99x (item 38).
-const DIRECT_MAX_OUT_CHANNELS_AVX2: usize = 256;
-
-/// The fewest images per thread for which more than
-/// [`DIRECT_MAX_OUT_CHANNELS`] output channels run as a direct convolution
-/// on AVX2: its weight is packed once per call, and at batch 1 (one
-/// thread) that packing took 27 % of the 256->256, 14x14 forward
-/// (`perf`, Zen 2), which then took 1.18x the im2col GEMM's time forward,
-/// 1.21x input gradient (BENCHMARKS.md issue 9 item 41).
-const DIRECT_WIDE_MIN_IMAGES: usize = 4;
 
 /// The most floats of a direct convolution's product block
 /// ([`forward_direct`]: whole output rows x `C_out`), 256 KiB, so that it
@@ -1532,9 +1521,7 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// images one at a time (not the grouped small images, whose padding taps
 /// the class order skips, except on AVX2 from [`DIRECT_MIN_GROUPED_PIXELS`]
 /// up), at least one image per thread, and at most
-/// [`DIRECT_MAX_OUT_CHANNELS`] output channels ([`DIRECT_MAX_OUT_CHANNELS_AVX2`]
-/// on AVX2 from [`DIRECT_WIDE_MIN_IMAGES`] images per thread). `force`
-/// (tests), else
+/// [`DIRECT_MAX_OUT_CHANNELS`] output channels. `force` (tests), else
 /// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
 /// it regardless of channels and batch (for comparison).
 fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<DirectTile> {
@@ -1561,12 +1548,7 @@ fn direct_width(g: &Conv2dGeometry, plan: &Plan, force: Option<bool>) -> Option<
         && plan.pixels > 0
         && g.out_channels > 0
         && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
-    let threads = rayon::current_num_threads();
-    let rule = g.batch >= threads
-        && (g.out_channels <= DIRECT_MAX_OUT_CHANNELS
-            || (tile.path == simd::SimdPath::Avx2
-                && g.out_channels <= DIRECT_MAX_OUT_CHANNELS_AVX2
-                && g.batch >= DIRECT_WIDE_MIN_IMAGES * threads));
+    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS && g.batch >= rayon::current_num_threads();
     (shape && mode.unwrap_or(rule)).then_some(tile)
 }
 
@@ -3961,8 +3943,8 @@ mod tests {
         // into a dirty output scratch; the flipped input gradient checked
         // to take the direct path too. The rule: taken for ResNet's 3x3
         // 64->64 at 28x28, batch 32, 128->128, and 64->64 at 56x56, batch
-        // 8; 256 output channels on AVX2 only; not for 512, grouped small
-        // images or a stride of 2.
+        // 8; not for 256 output channels, grouped small images or a stride
+        // of 2.
         let cases: &[Case] = &[
             ([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)),
@@ -4060,14 +4042,7 @@ mod tests {
                 // 56x56 at batch 8 (a whole image per chunk only once the
                 // image is split into blocks of output rows).
                 assert!(resnet(8, 64, 56, 1));
-                // 256 output channels on AVX2 only, from 4 images a thread
-                // (the test's pool has 2 threads).
-                assert_eq!(
-                    resnet(8, 256, 14, 1),
-                    simd::active() == simd::SimdPath::Avx2
-                );
-                assert!(!resnet(4, 256, 14, 1));
-                assert!(!resnet(32, 512, 28, 1));
+                assert!(!resnet(32, 256, 28, 1));
                 assert!(!resnet(32, 64, 7, 1));
                 // 14x14 images, grouped for the im2col GEMM: direct on
                 // AVX2 only (DIRECT_MIN_GROUPED_PIXELS).
@@ -4232,9 +4207,9 @@ mod tests {
 
     /// The AVX2 path's rule for the flipped input gradient: small images
     /// always, larger ones where the flipped forward runs as a direct
-    /// convolution (ResNet's 64@56, 128@28 and, from 4 images a thread,
-    /// 256@14 at batch 8), not where it would run through im2col (one
-    /// image for two threads), where col2im is as fast. Says SKIPPED where
+    /// convolution (ResNet's 64@56 and 128@28 at batch 8), not where it
+    /// would run through im2col (256@14; one image for two threads), where
+    /// col2im is as fast. Says SKIPPED where
     /// it cannot check the rule: no AVX2, or the rule overridden by
     /// FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX.
     #[cfg(target_arch = "x86_64")]
@@ -4270,10 +4245,7 @@ mod tests {
             assert!(flips(8, 64, 56));
             assert!(flips(8, 128, 28));
             assert!(flips(32, 64, 28));
-            // Direct from 256 channels at 14x14 (DIRECT_MAX_OUT_CHANNELS_AVX2),
-            // from 4 images a thread (DIRECT_WIDE_MIN_IMAGES).
-            assert!(flips(8, 256, 14));
-            assert!(!flips(4, 256, 14));
+            assert!(!flips(8, 256, 14));
             assert!(flips(8, 512, 7));
             // One image for two threads: no direct convolution, so col2im.
             assert!(!flips(1, 64, 56));

@@ -267,7 +267,7 @@ pub(super) fn with_packed_lhs<R>(
 /// Runs `f` with the `rows x depth` left operand whose element `(i, p)` is
 /// `data[i * row_stride + offset(p)]`: an operand whose depth index is not
 /// affine in memory (the input gradient's flipped, transposed weight,
-/// conv.rs), so no [`MatRef`] can describe it. The micro-kernels read it
+/// conv/input_grad.rs), so no [`MatRef`] can describe it. The micro-kernels read it
 /// where it lies through a table of the `depth` offsets
 /// (`microkernel::ByTable`), built here once per call: no copy of the
 /// operand. On the portable path, and with `FROSTGRAD_A_IN_PLACE=0`, it is

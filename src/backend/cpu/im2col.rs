@@ -1,4 +1,4 @@
-//! The inner loop of the convolution's im2col packing (`conv::Columns`):
+//! The inner loop of the convolution's im2col packing (`conv::columns::Columns`):
 //! what a list of weight taps sees over one run of output pixels, written
 //! as rows of a packed GEMM panel.
 //!
@@ -248,7 +248,7 @@ pub(super) unsafe fn fill_panel(
     assert!(cols <= nr && dst.len() >= taps.len() * nr);
     #[cfg(target_arch = "x86_64")]
     if runs.len() > PANEL_RUNS && !taps.is_empty() {
-        // Many short runs (the class order of the padding skip, `conv.rs`,
+        // Many short runs (the class order of the padding skip, `conv/forward.rs`,
         // cuts rows at every column class): one gather per half panel and
         // tap, whatever the runs, instead of a masked load and store per
         // run and tap; on the kernels' own panel widths.
@@ -322,7 +322,7 @@ pub(super) unsafe fn fill_panel(
 /// Kernel widths from which the weight gradient's transposed panels are
 /// packed patch by patch ([`fill_patches`]); 1- and 2-wide kernels (the
 /// 1x1 stride-2 layers, the shifted weight gradient's row taps) gather tap
-/// rows and transpose them (`conv::Columns::pack`): their patch rows are a
+/// rows and transpose them (`conv::columns::Columns::pack`): their patch rows are a
 /// value or two each, and patch by patch the 1x1 64->128 stride-2 layer
 /// took 1.22x and the shifted 128->128 one 1.06x the CPU time (batch 32 at
 /// 112x112, BENCHMARKS.md issue 9 item 31).
@@ -379,7 +379,7 @@ pub(super) fn patches_apply(path: SimdPath, g: &Conv2dGeometry, nr: usize) -> bo
 /// rows), whatever the stride. So the part of a patch row that falls in
 /// one panel is one masked load (zero in the padding) and one masked store
 /// into the pixel's panel row, where gathering each tap's values over a
-/// run and transposing them in 4x4 blocks (`conv::Columns::pack`) cost
+/// run and transposing them in 4x4 blocks (`conv::columns::Columns::pack`) cost
 /// about a fifth of the stem's weight gradient (`perf`, BENCHMARKS.md
 /// issue 9 item 31).
 ///

@@ -209,7 +209,7 @@ const A_PREFETCH: usize = 24;
 /// per depth step, the offset of that step's element from each row's
 /// start (`at(i, p) = rows[i][offsets[p]]`). For operands whose depth
 /// index is not affine in memory: the input gradient's flipped,
-/// transposed weight (conv.rs), where depth `(o, kh, kw)` of row `c` is
+/// transposed weight (conv/input_grad.rs), where depth `(o, kh, kw)` of row `c` is
 /// `W[o, c, KH-1-kh, KW-1-kw]`. A broadcast does not need its value's
 /// neighbours, so the table costs one scalar load per depth step, shared
 /// by the `MR` rows. Rows at or past `mr` point at row `mr - 1`, as for
@@ -1626,7 +1626,7 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
     PACK_B.with(|cell| cell.set(bpack));
 }
 
-/// The direct convolution's product (conv.rs `forward_direct`): output
+/// The direct convolution's product (conv/direct.rs `forward_direct`): output
 /// pixels as the rows of `C` (`C[q][o]`, row stride `rsc`), the output
 /// channels as its `n` columns, for one image whose padded input `a` the
 /// kernels read where it lies: pixel `ow` of output row `oh` at depth `p`
@@ -2243,7 +2243,7 @@ mod tests {
     }
 
     /// [`Kernel::run_indexed`] ([`ByTable`]) against a float64 reference
-    /// for every tile shape, with A laid out as conv.rs's flipped weight:
+    /// for every tile shape, with A laid out as conv/input_grad.rs's flipped weight:
     /// rows `9` apart, depth `(o, t)` at `o * S + 8 - t`, with `S` leaving
     /// a gap after the rows; every other element is NaN, so a read of a
     /// wrong element, or of a row past `mr`, shows up in the result.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(super) enum Slot {
     Columns,
     /// The input gradient's column buffers for every thread of a split
-    /// call, taken on the calling thread (conv.rs): its own slot, since its
+    /// call, taken on the calling thread (conv/input_grad.rs): its own slot, since its
     /// size (threads x a block) would otherwise become the largest
     /// `Columns` request, to which every worker's buffer grows.
     SplitColumns,

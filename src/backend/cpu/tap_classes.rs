@@ -1,5 +1,5 @@
 //! The order in which a chunk of small images lays out its output pixels
-//! as GEMM columns when the GEMM skips the padding taps (`conv.rs`,
+//! as GEMM columns when the GEMM skips the padding taps (`conv/forward.rs`,
 //! `microkernel::gemm`'s live-row path).
 //!
 //! A pixel's *class* is the set of kernel taps `(kh, kw)` that see a real
@@ -21,7 +21,7 @@
 //! The column classes cut every output row into pieces of a few pixels
 //! (one for the left and right edges), which the panel fill then gathers;
 //! so the order also comes with all columns as one class (whole rows,
-//! ordered by row class only), which `conv::skip_order` takes unless the
+//! ordered by row class only), which `conv::forward::skip_order` takes unless the
 //! column classes save clearly more (4x4 in groups of 8 on 32-wide panels:
 //! both 30 of 36 tap panels; 7x7 in groups of 8: 0.863 against 0.923 of
 //! the FMAs, not enough to pay for the gathers).

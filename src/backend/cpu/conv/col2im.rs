@@ -1,0 +1,332 @@
+//! col2im: scattering the input gradient's column rows (`Wᵀ · dy`) back
+//! onto the input planes.
+
+use super::super::tap_classes::ClassOrder;
+use super::columns::for_each_tap_row;
+use super::{valid_outputs, Chunk, Plan};
+use crate::backend::Conv2dGeometry;
+
+/// Adds a block of the chunk's column-matrix gradient back onto the
+/// input-image gradients it came from: `col[rows, columns]` holds the rows
+/// (taps) of whole input channels `c0..`, and `planes[j]` is image `j`'s
+/// gradient for those channels (as many planes as the block has channels).
+///
+/// With `merge` and a row of three taps at stride 2 ([`merges_tap_rows`]),
+/// the three taps of one kernel row are added onto each input row in one
+/// pass ([`add_tap_row_triple`]).
+pub(super) fn col2im_add(
+    col: &[f32],
+    g: &Conv2dGeometry,
+    chunk: &Chunk,
+    planes: &mut [&mut [f32]],
+    merge: bool,
+) {
+    let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
+    let plane_len = g.in_h * g.in_w;
+    let taps_per_channel = g.kernel_h * g.kernel_w;
+    let stride_w = g.stride.1;
+    if plane_len == 0 {
+        return;
+    }
+    if merge && merges_tap_rows(g) {
+        for (j, image) in planes.iter_mut().enumerate() {
+            for (c, plane) in image.chunks_exact_mut(plane_len).enumerate() {
+                for kh in 0..g.kernel_h {
+                    let r = c * taps_per_channel + kh * 3;
+                    let src = |kw: usize| &col[(r + kw) * width + j * seg..][..seg];
+                    let (c0, c1, c2) = (src(0), src(1), src(2));
+                    // (Every output column of the middle tap is live:
+                    // `merges_tap_rows`.)
+                    for_each_tap_row(g, kh, 1, chunk.rows, |i, ih, _, _, _| {
+                        let at = i * g.out_w;
+                        add_tap_row_triple(
+                            [
+                                &c0[at..][..g.out_w],
+                                &c1[at..][..g.out_w],
+                                &c2[at..][..g.out_w],
+                            ],
+                            &mut plane[ih * g.in_w..(ih + 1) * g.in_w],
+                        );
+                    });
+                }
+            }
+        }
+        return;
+    }
+    for (j, image) in planes.iter_mut().enumerate() {
+        for (c, plane) in image.chunks_exact_mut(plane_len).enumerate() {
+            for t in 0..taps_per_channel {
+                let r = c * taps_per_channel + t;
+                let (kh, kw) = (t / g.kernel_w, t % g.kernel_w);
+                let src = &col[r * width + j * seg..r * width + (j + 1) * seg];
+                for_each_tap_row(g, kh, kw, chunk.rows, |i, ih, lo, hi, iw| {
+                    let grads = &src[i * g.out_w + lo..i * g.out_w + hi];
+                    let in_row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                    if stride_w == 1 {
+                        in_row[iw..iw + grads.len()]
+                            .iter_mut()
+                            .zip(grads)
+                            .for_each(|(d, &s)| *d += s);
+                    } else if stride_w == 2 {
+                        scatter_even_add(grads, &mut in_row[iw..]);
+                    } else {
+                        for (j, &s) in grads.iter().enumerate() {
+                            in_row[iw + j * stride_w] += s;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Whether [`col2im_add`] may add a kernel row's three taps in one pass:
+/// 3 wide, stride 2, padding 1, no dilation (ResNet's stride-2 3x3
+/// layers), with every output column live for the middle tap (input
+/// column `2 * ow`). At 7- and 4-value rows, a call and a pass per tap and
+/// row were a fifth of these input gradients' time (`perf`).
+/// `FROSTGRAD_COL2IM_MERGE=0` adds tap by tap (for comparison; the tests
+/// run both).
+pub(super) fn merges_tap_rows(g: &Conv2dGeometry) -> bool {
+    g.kernel_w == 3
+        && g.stride.1 == 2
+        && g.padding.1 == 1
+        && g.dilation.1 == 1
+        && valid_outputs(g.out_w, g.in_w, 2, 1, 1) == (0, g.out_w)
+}
+
+/// Whether the input gradient merges tap rows where it can
+/// ([`merges_tap_rows`]): unless `FROSTGRAD_COL2IM_MERGE=0`.
+pub(super) fn merge_tap_rows_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    super::super::env_switch::on_unless_zero(&ON, "FROSTGRAD_COL2IM_MERGE")
+}
+
+/// Adds one kernel row's three taps (`taps[kw][ow]`, stride 2, padding 1)
+/// onto input row `row`: `row[2ow] += taps[1][ow]`, and `row[2ow + 1]`
+/// gets `taps[0][ow + 1]` and then `taps[2][ow]`, the order in which the
+/// tap-by-tap loop adds them, so the sums are the same bit for bit. SSE
+/// does four output columns (eight input columns) a step; the even lanes'
+/// second add is of `-0.0`, which leaves every value as it is.
+fn add_tap_row_triple(taps: [&[f32]; 3], row: &mut [f32]) {
+    let [t0, t1, t2] = taps;
+    let n = t1.len();
+    let w = row.len();
+    assert!(t0.len() == n && t2.len() == n && (n == 0 || 2 * (n - 1) < w));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 5 <= n && 2 * e + 8 <= w {
+        // SAFETY: e + 5 <= n: the loads read t1[e..e + 4], t2[e..e + 4]
+        // and t0[e + 1..e + 5]; 2e + 8 <= w: the loads and stores touch
+        // row[2e..2e + 8]. SSE is part of x86-64.
+        unsafe {
+            use std::arch::x86_64::*;
+            let v0 = _mm_loadu_ps(t0.as_ptr().add(e + 1));
+            let v1 = _mm_loadu_ps(t1.as_ptr().add(e));
+            let v2 = _mm_loadu_ps(t2.as_ptr().add(e));
+            let keep = _mm_set1_ps(-0.0);
+            let out = row.as_mut_ptr().add(2 * e);
+            let lo = _mm_add_ps(_mm_loadu_ps(out), _mm_unpacklo_ps(v1, v0));
+            let hi = _mm_add_ps(_mm_loadu_ps(out.add(4)), _mm_unpackhi_ps(v1, v0));
+            _mm_storeu_ps(out, _mm_add_ps(lo, _mm_unpacklo_ps(keep, v2)));
+            _mm_storeu_ps(out.add(4), _mm_add_ps(hi, _mm_unpackhi_ps(keep, v2)));
+        }
+        e += 4;
+    }
+    for ow in e..n {
+        row[2 * ow] += t1[ow];
+        if let Some(odd) = row.get_mut(2 * ow + 1) {
+            if ow + 1 < n {
+                *odd += t0[ow + 1];
+            }
+            *odd += t2[ow];
+        }
+    }
+}
+
+/// [`col2im_add`] for a 1x1, unpadded kernel ([`overwrites_dx`]), which
+/// writes every element of the chunk's rows of `planes` instead of adding
+/// onto them: input pixel `(oh * sh, ow * sw)` takes the gradient of
+/// output `(oh, ow)` (at most one, the taps do not overlap) and every other
+/// pixel of those rows is 0. So `dx` needs no zeroing pass first: for the
+/// 1x1 stride-2 layers three quarters of it are those zeros, and the
+/// zeroing, then adding onto it, was a second and third pass over it.
+///
+/// [`overwrites_dx`]: super::input_grad::overwrites_dx
+pub(super) fn col2im_set(
+    col: &[f32],
+    g: &Conv2dGeometry,
+    chunk: &Chunk,
+    planes: &mut [&mut [f32]],
+) {
+    debug_assert!(g.kernel_h == 1 && g.kernel_w == 1 && g.padding == (0, 0));
+    let (width, seg) = (chunk.columns(g), chunk.image_columns(g));
+    let plane_len = g.in_h * g.in_w;
+    let (sh, sw) = g.stride;
+    if plane_len == 0 {
+        return;
+    }
+    // The input rows this chunk's output rows cover: from its first
+    // output row's, up to the next chunk's (the last one to the end).
+    let ih0 = chunk.rows.0 * sh;
+    let ih1 = if chunk.rows.1 >= g.out_h {
+        g.in_h
+    } else {
+        chunk.rows.1 * sh
+    };
+    let rows_out = chunk.rows.1 - chunk.rows.0;
+    for (j, image) in planes.iter_mut().enumerate() {
+        for (c, plane) in image.chunks_exact_mut(plane_len).enumerate() {
+            let src = &col[c * width + j * seg..][..seg];
+            if sh == 2 && sw == 2 && g.out_w * 2 <= g.in_w + 1 {
+                // The stride-2 layers (rows of 4 or 7 values): one zeroing
+                // of the block's rows and one store per value, with no
+                // call per row (most of the time at these widths).
+                let block = &mut plane[ih0 * g.in_w..ih1 * g.in_w];
+                block.fill(0.0);
+                for (r, grads) in src.chunks_exact(g.out_w).take(rows_out).enumerate() {
+                    let row = &mut block[2 * r * g.in_w..][..g.in_w];
+                    for (ow, &v) in grads.iter().enumerate() {
+                        row[2 * ow] = v;
+                    }
+                }
+                continue;
+            }
+            for ih in ih0..ih1 {
+                let row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                let local = ih - ih0;
+                if !local.is_multiple_of(sh) {
+                    row.fill(0.0);
+                    continue;
+                }
+                let grads = &src[local / sh * g.out_w..][..g.out_w];
+                if sw == 1 {
+                    row[..grads.len()].copy_from_slice(grads);
+                    row[grads.len()..].fill(0.0);
+                } else if sw == 2 {
+                    scatter_even_set(grads, row);
+                } else {
+                    row.fill(0.0);
+                    for (ow, &v) in grads.iter().enumerate() {
+                        row[ow * sw] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[2 * e] = src[e]`, every other element of `dst` 0: one row of the
+/// 1x1 stride-2 input gradient ([`col2im_set`]). SSE interleaves four
+/// values with zeros per step.
+#[inline(never)]
+pub(super) fn scatter_even_set(src: &[f32], dst: &mut [f32]) {
+    let n = src.len();
+    assert!(n == 0 || dst.len() > 2 * (n - 1));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 4 <= n && 2 * e + 8 <= dst.len() {
+        // SAFETY: e + 4 <= n: the load reads src[e .. e + 4]; 2e + 8 <=
+        // dst.len(): the stores write dst[2e .. 2e + 8]. SSE is part of
+        // x86-64.
+        unsafe {
+            use std::arch::x86_64::*;
+            let v = _mm_loadu_ps(src.as_ptr().add(e));
+            let zero = _mm_setzero_ps();
+            let out = dst.as_mut_ptr().add(2 * e);
+            _mm_storeu_ps(out, _mm_unpacklo_ps(v, zero));
+            _mm_storeu_ps(out.add(4), _mm_unpackhi_ps(v, zero));
+        }
+        e += 4;
+    }
+    for (i, &v) in src.iter().enumerate().skip(e) {
+        dst[2 * i] = v;
+        if let Some(odd) = dst.get_mut(2 * i + 1) {
+            *odd = 0.0;
+        }
+    }
+    let written = (2 * n).min(dst.len());
+    dst[written..].fill(0.0);
+}
+
+/// `dst[2 * e] += src[e]`: the stride-2 col2im (the stride-2 3x3 and 1x1
+/// layers' input gradients), the mirror of [`gather_even`]. One scalar
+/// load, add and store per value were most of `col2im_add`'s samples
+/// (`perf annotate`); SSE adds four values interleaved with `-0.0`, which
+/// leaves the odd elements exactly as they were (`x + -0.0 == x`, zero signs
+/// included).
+///
+/// [`gather_even`]: super::columns::gather_even
+#[inline(never)]
+pub(super) fn scatter_even_add(src: &[f32], dst: &mut [f32]) {
+    let n = src.len();
+    assert!(n == 0 || dst.len() > 2 * (n - 1));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 4 <= n && 2 * e + 8 <= dst.len() {
+        // SAFETY: e + 4 <= n: the load reads src[e .. e + 4]; 2e + 8 <=
+        // dst.len(): the loads and stores touch dst[2e .. 2e + 8]. SSE is
+        // part of x86-64.
+        unsafe {
+            use std::arch::x86_64::*;
+            let v = _mm_loadu_ps(src.as_ptr().add(e));
+            let keep = _mm_set1_ps(-0.0);
+            let out = dst.as_mut_ptr().add(2 * e);
+            let lo = _mm_add_ps(_mm_loadu_ps(out), _mm_unpacklo_ps(v, keep));
+            let hi = _mm_add_ps(_mm_loadu_ps(out.add(4)), _mm_unpackhi_ps(v, keep));
+            _mm_storeu_ps(out, lo);
+            _mm_storeu_ps(out.add(4), hi);
+        }
+        e += 4;
+    }
+    for (i, &v) in src.iter().enumerate().skip(e) {
+        dst[2 * i] += v;
+    }
+}
+
+/// Copies the chunk's images of `staging[C_out, images * P]` (the GEMM's
+/// output, its columns image by image or in `order`) into their places in
+/// the `[N, C_out, P]` buffer `batch`, adding `bias[c]` when given.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn restage(
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    chunk: &Chunk,
+    batch: &mut [f32],
+    staging: &mut [f32],
+    bias: Option<&[f32]>,
+    order: Option<&ClassOrder>,
+) {
+    let (p, width) = (plan.pixels, chunk.columns(g));
+    let images = chunk.images_of_mut(batch, plan.out_image);
+    if let Some(order) = order {
+        // Span by span: consecutive columns that are consecutive pixels of
+        // one image plane, so every element is still copied once.
+        order.spans(0, width, |j, image, oh, ow, len, _| {
+            let image = &mut images[image * plan.out_image..][..plan.out_image];
+            let at = oh * g.out_w + ow;
+            for co in 0..g.out_channels {
+                let stage = &staging[co * width + j..][..len];
+                let dst = &mut image[co * p + at..][..len];
+                match bias {
+                    Some(b) => dst.iter_mut().zip(stage).for_each(|(d, &s)| *d = s + b[co]),
+                    None => dst.copy_from_slice(stage),
+                }
+            }
+        });
+        return;
+    }
+    for (j, image) in images.chunks_exact_mut(plan.out_image).enumerate() {
+        for co in 0..g.out_channels {
+            let stage = &mut staging[co * width + j * p..][..p];
+            let dst = &mut image[co * p..(co + 1) * p];
+            match bias {
+                Some(b) => dst
+                    .iter_mut()
+                    .zip(stage.iter())
+                    .for_each(|(d, &s)| *d = s + b[co]),
+                None => dst.copy_from_slice(stage),
+            }
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The column matrix without storing it: [`Columns`] packs the GEMM's
+//! panels straight from the images (im2col), plus the gathers and
+//! transposes its packing and the staging buffers use.
+
+use std::cell::Cell;
+
+use super::super::gemm::{panels, PackB, Source};
+use super::super::im2col;
+use super::super::simd;
+use super::super::tap_classes::ClassOrder;
+use super::{valid_outputs, Chunk, Plan};
+use crate::backend::Conv2dGeometry;
+
+/// Where tap `(kh, kw)` reads for output rows `rows` of one image plane:
+/// calls `visit(out_row_index_in_block, in_row, ow_lo, ow_hi, iw_lo)` for
+/// every output row that sees a real input row; output columns
+/// `ow_lo..ow_hi` read input columns `iw_lo, iw_lo + stride_w, ...`.
+/// Rows and columns outside those ranges see padding.
+pub(super) fn for_each_tap_row(
+    g: &Conv2dGeometry,
+    kh: usize,
+    kw: usize,
+    rows: (usize, usize),
+    mut visit: impl FnMut(usize, usize, usize, usize, usize),
+) {
+    let (h_lo, h_hi) = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+    let (w_lo, w_hi) = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+    if w_lo == w_hi {
+        return;
+    }
+    let iw_lo = w_lo * g.stride.1 + kw * g.dilation.1 - g.padding.1;
+    for oh in rows.0.max(h_lo)..rows.1.min(h_hi) {
+        let ih = oh * g.stride.0 + kh * g.dilation.0 - g.padding.0;
+        visit(oh - rows.0, ih, w_lo, w_hi, iw_lo);
+    }
+}
+
+/// Splits a column-matrix row index into `(channel, kh, kw)`.
+pub(super) fn tap(g: &Conv2dGeometry, r: usize) -> (usize, usize, usize) {
+    let per_channel = g.kernel_h * g.kernel_w;
+    (
+        r / per_channel,
+        (r % per_channel) / g.kernel_w,
+        r % g.kernel_w,
+    )
+}
+
+/// The chunk's column matrix `col[taps, columns]` (or its transpose), never
+/// stored: it packs the GEMM's panels straight from the images, so the
+/// gathered values are written once, into the panel the micro-kernel
+/// reads, instead of into a column matrix that the GEMM copies again.
+pub(super) struct Columns<'a> {
+    images: &'a [f32],
+    g: &'a Conv2dGeometry,
+    in_image: usize,
+    taps: usize,
+    chunk: Chunk,
+    /// `col` is the GEMM's left-to-right operand `[taps, columns]` (the
+    /// forward), or its transpose `[columns, taps]` (the weight gradient).
+    transposed: bool,
+    /// The SIMD path whose fills pack (the GEMM's, [`simd::active`]; tests
+    /// set each path the CPU supports).
+    pub(super) path: simd::SimdPath,
+    /// The forward's columns in class order, so that the GEMM skips the
+    /// padding taps ([`ClassOrder`]; `None`: image by image, row by row).
+    order: Option<ClassOrder>,
+}
+
+/// A run of consecutive columns of the column matrix that lie in one
+/// output row of one image.
+#[derive(Clone, Copy)]
+struct Run {
+    image: usize,
+    oh: usize,
+    ow: usize,
+    len: usize,
+}
+
+impl<'a> Columns<'a> {
+    pub(super) fn new(
+        images: &'a [f32],
+        g: &'a Conv2dGeometry,
+        plan: &Plan,
+        chunk: Chunk,
+        transposed: bool,
+    ) -> Self {
+        // The vector fills read through raw pointers: every pixel a tap
+        // sees lies in the chunk's images, which must all be here.
+        assert!(images.len() >= chunk.images * plan.in_image);
+        Self {
+            images,
+            g,
+            in_image: plan.in_image,
+            taps: plan.taps,
+            chunk,
+            transposed,
+            path: simd::active(),
+            order: None,
+        }
+    }
+
+    /// The same columns in `order` (whole images only, not transposed).
+    pub(super) fn ordered(self, order: Option<ClassOrder>) -> Self {
+        let order = order.filter(|_| !self.transposed && self.chunk.rows == (0, self.g.out_h));
+        Self { order, ..self }
+    }
+
+    /// Where column-matrix row `r`, tap `(c, kh, kw)`, reads.
+    fn tap_read(&self, r: usize) -> im2col::Tap {
+        let (c, kh, kw) = tap(self.g, r);
+        im2col::Tap::new(self.g, c, kh, kw)
+    }
+
+    /// `run` in the chunk's images, as [`im2col::fill_taps`] takes it.
+    fn run_at(&self, run: Run) -> im2col::Run {
+        im2col::Run::new(self.g, self.in_image, run.image, run.oh, run.ow, run.len)
+    }
+
+    /// The runs of columns `j0..j0 + count`, each with its offset from
+    /// `j0`, appended to `runs`.
+    fn runs(&self, j0: usize, count: usize, runs: &mut Vec<(usize, Run)>) {
+        let (g, rows) = (self.g, self.chunk.rows);
+        if count == 0 || g.out_w == 0 {
+            return;
+        }
+        if let Some(order) = &self.order {
+            order.pieces(j0, count, |off, image, oh, ow, len, _| {
+                runs.push((off, Run { image, oh, ow, len }))
+            });
+            return;
+        }
+        let seg = self.chunk.image_columns(g);
+        let (mut image, q) = (j0 / seg, j0 % seg);
+        let (mut oh, mut ow) = (rows.0 + q / g.out_w, q % g.out_w);
+        let mut done = 0;
+        while done < count {
+            let len = (g.out_w - ow).min(count - done);
+            runs.push((done, Run { image, oh, ow, len }));
+            done += len;
+            ow += len;
+            if ow == g.out_w {
+                ow = 0;
+                oh += 1;
+                if oh == rows.1 {
+                    oh = rows.0;
+                    image += 1;
+                }
+            }
+        }
+    }
+}
+
+impl PackB for Columns<'_> {
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        // The fills below index `images` through raw pointers from tap and
+        // run numbers: check the caller's promise that they are in range.
+        let (depth, width) = self.shape();
+        assert!(pc + kc <= depth && jc + nc <= width && nr > 0);
+        let (path, geo) = (self.path, im2col::Geometry::new(self.g));
+        // Reused per thread: a steady-state step allocates nothing. Room
+        // for the largest block (KC deep, NR <= 32 wide) from the first use
+        // on, so that the lists never grow in a later step on a thread that
+        // rayon first hands a larger part then (issue 9, BENCHMARKS.md item 16).
+        let mut temp = PACK_TEMP.with(Cell::take);
+        let PackTemp {
+            taps,
+            runs,
+            reads,
+            rows,
+            ..
+        } = &mut temp;
+        // (`rows` written, not just reserved: its pages are touched here.)
+        let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
+        taps.reserve(depth.max(width).saturating_sub(taps.len()));
+        runs.reserve(depth.max(width).saturating_sub(runs.len()));
+        reads.reserve(depth.max(width).saturating_sub(reads.len()));
+        if rows.len() < depth * width {
+            rows.resize(depth * width, 0.0);
+        }
+        if !self.transposed {
+            // Depth = taps, columns = output pixels: each panel is a few
+            // runs of output pixels (stretches of one output row), packed
+            // for every tap in one call.
+            taps.clear();
+            taps.extend((pc..pc + kc).map(|r| self.tap_read(r)));
+            for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
+                runs.clear();
+                self.runs(j0, cols, runs);
+                reads.clear();
+                reads.extend(runs.iter().map(|&(off, run)| (off, self.run_at(run))));
+                // SAFETY: `self.path` is `simd::active()` (tests: one of
+                // `simd::supported()`), so the CPU runs it; the taps and
+                // runs come from this chunk's geometry over `self.images`,
+                // which holds every image of the chunk.
+                unsafe { im2col::fill_panel(path, self.images, &geo, taps, reads, cols, dst, nr) };
+            }
+        } else {
+            // Depth = output pixels, columns = taps. Each tap's values over
+            // a run are contiguous in the image but one column of the
+            // panel: gather them as rows of `rows`, then transpose into
+            // the panel in 4x4 blocks (strided scalar stores, one per
+            // element, made this the most expensive packing of all).
+            runs.clear();
+            self.runs(pc, kc, runs);
+            if im2col::patches_apply(path, self.g, nr) {
+                reads.clear();
+                reads.extend(runs.iter().map(|&(off, run)| (off, self.run_at(run))));
+                // SAFETY: `patches_apply` holds; the runs cover depth
+                // `0..kc` of this chunk over `self.images`, the taps
+                // `jc..jc + nc` lie inside its taps and `out` holds the
+                // panels (asserted above and by the caller's promise).
+                unsafe {
+                    im2col::fill_patches(path, self.images, self.g, reads, kc, (jc, nc), nr, out)
+                };
+                PACK_TEMP.with(|cell| cell.set(temp));
+                return;
+            }
+            for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
+                if cols < nr {
+                    dst.fill(0.0);
+                }
+                taps.clear();
+                taps.extend((j0..j0 + cols).map(|r| self.tap_read(r)));
+                for &(off, run) in runs.iter() {
+                    let rows = &mut rows[..cols * run.len];
+                    // SAFETY: as for `fill_panel` above.
+                    unsafe {
+                        im2col::fill_taps(
+                            path,
+                            self.images,
+                            &geo,
+                            taps,
+                            self.run_at(run),
+                            rows,
+                            run.len,
+                        )
+                    };
+                    transpose(rows, cols, run.len, &mut dst[off * nr..], nr);
+                }
+            }
+        }
+        PACK_TEMP.with(|cell| cell.set(temp));
+    }
+
+    fn depth_period(&self) -> Option<usize> {
+        // Depth row r is tap r % (KH*KW) of channel r / (KH*KW) ([`tap`]).
+        self.order.map(|_| self.g.kernel_h * self.g.kernel_w)
+    }
+
+    fn panel_mask(&self, j0: usize, cols: usize) -> u64 {
+        match &self.order {
+            Some(order) => order.taps_of(j0, cols),
+            None => u64::MAX,
+        }
+    }
+
+    unsafe fn pack_live(
+        &self,
+        (pc, kc): (usize, usize),
+        (jc, nc): (usize, usize),
+        nr: usize,
+        masks: &[u64],
+        out: &mut [f32],
+    ) {
+        // As `pack` (the forward's orientation), with each panel's tap list
+        // cut to the rows its mask keeps.
+        let (depth, width) = self.shape();
+        assert!(!self.transposed && pc + kc <= depth && jc + nc <= width && nr > 0);
+        assert!(masks.len() >= nc.div_ceil(nr));
+        let period = (self.g.kernel_h * self.g.kernel_w).clamp(1, 64);
+        let (path, geo) = (self.path, im2col::Geometry::new(self.g));
+        let mut temp = PACK_TEMP.with(Cell::take);
+        let PackTemp {
+            taps,
+            runs,
+            reads,
+            live,
+            ..
+        } = &mut temp;
+        let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
+        taps.reserve(depth.saturating_sub(taps.len()));
+        live.reserve(depth.saturating_sub(live.len()));
+        runs.reserve(width.saturating_sub(runs.len()));
+        reads.reserve(width.saturating_sub(reads.len()));
+        taps.clear();
+        taps.extend((pc..pc + kc).map(|r| self.tap_read(r)));
+        let mut kept = None;
+        for ((j0, cols, dst), &mask) in panels(out, kc, jc, nc, nr).zip(masks) {
+            if kept != Some(mask) {
+                live.clear();
+                live.extend(
+                    (pc..pc + kc)
+                        .zip(taps.iter())
+                        .filter(|&(r, _)| mask >> (r % period) & 1 == 1)
+                        .map(|(_, &t)| t),
+                );
+                kept = Some(mask);
+            }
+            if live.is_empty() {
+                continue;
+            }
+            runs.clear();
+            self.runs(j0, cols, runs);
+            reads.clear();
+            reads.extend(runs.iter().map(|&(off, run)| (off, self.run_at(run))));
+            // SAFETY: as in `pack`: the path runs on this CPU, the taps and
+            // runs come from this chunk's geometry over `self.images`; `dst`
+            // holds kc >= live.len() rows of nr.
+            unsafe { im2col::fill_panel(path, self.images, &geo, live, reads, cols, dst, nr) };
+        }
+        PACK_TEMP.with(|cell| cell.set(temp));
+    }
+}
+
+/// [`Columns::pack`]'s working lists are reserved for at least this depth
+/// (the AVX kernels' `KC`) and panel width (the AVX-512 kernel's `NR`).
+const PACK_TEMP_DEPTH: usize = 256;
+const PACK_TEMP_WIDTH: usize = 32;
+
+/// [`Columns::pack`]'s working lists, kept per thread.
+#[derive(Default)]
+struct PackTemp {
+    taps: Vec<im2col::Tap>,
+    /// [`Columns::pack_live`]'s taps of one panel.
+    live: Vec<im2col::Tap>,
+    runs: Vec<(usize, Run)>,
+    /// `runs` as the fills take them.
+    reads: Vec<(usize, im2col::Run)>,
+    rows: Vec<f32>,
+}
+
+thread_local! {
+    static PACK_TEMP: Cell<PackTemp> = const {
+        Cell::new(PackTemp {
+            taps: Vec::new(),
+            live: Vec::new(),
+            runs: Vec::new(),
+            reads: Vec::new(),
+            rows: Vec::new(),
+        })
+    };
+}
+
+/// `out[e] = src[2 * e]`: the stride-2 im2col gather (the stem, the
+/// stride-2 3x3 and 1x1 layers). One scalar load, store and bounds check
+/// per value made it most of the im2col fill's time (`perf`); SSE (part of
+/// x86-64) picks four even values out of two loads.
+#[inline(never)]
+pub(in super::super) fn gather_even(src: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(n == 0 || src.len() > 2 * (n - 1));
+    let mut e = 0;
+    #[cfg(target_arch = "x86_64")]
+    while e + 4 < n {
+        // SAFETY: e + 4 < n, so the loads read src[2e .. 2e + 8], and
+        // 2e + 8 <= 2(n - 1) < src.len() (asserted above); the store writes
+        // out[e .. e + 4] with e + 4 < n.
+        unsafe {
+            use std::arch::x86_64::*;
+            let a = _mm_loadu_ps(src.as_ptr().add(2 * e));
+            let b = _mm_loadu_ps(src.as_ptr().add(2 * e + 4));
+            _mm_storeu_ps(
+                out.as_mut_ptr().add(e),
+                _mm_shuffle_ps::<0b10_00_10_00>(a, b),
+            );
+        }
+        e += 4;
+    }
+    for (i, v) in out.iter_mut().enumerate().skip(e) {
+        *v = src[2 * i];
+    }
+}
+
+/// `dst[e * dst_stride + j] = src[j * len + e]` for `j < rows`, `e < len`.
+pub(super) fn transpose(src: &[f32], rows: usize, len: usize, dst: &mut [f32], dst_stride: usize) {
+    let (rows4, len4) = (rows - rows % 4, len - len % 4);
+    if rows4 > 0 && len4 > 0 {
+        assert!(src.len() >= rows * len && dst.len() > (len - 1) * dst_stride + rows - 1);
+    }
+    for j in (0..rows4).step_by(4) {
+        for e in (0..len4).step_by(4) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: rows j..j+4 of src hold elements e..e+4 (e + 4 <=
+            // len, j + 4 <= rows, src holds rows * len); rows e..e+4 of dst
+            // hold elements j..j+4 (checked above). SSE is part of x86-64.
+            unsafe {
+                use std::arch::x86_64::*;
+                let at = |r: usize| _mm_loadu_ps(src.as_ptr().add((j + r) * len + e));
+                let (r0, r1, r2, r3) = (at(0), at(1), at(2), at(3));
+                let t0 = _mm_unpacklo_ps(r0, r1);
+                let t1 = _mm_unpacklo_ps(r2, r3);
+                let t2 = _mm_unpackhi_ps(r0, r1);
+                let t3 = _mm_unpackhi_ps(r2, r3);
+                let out = dst.as_mut_ptr().add(e * dst_stride + j);
+                _mm_storeu_ps(out, _mm_movelh_ps(t0, t1));
+                _mm_storeu_ps(out.add(dst_stride), _mm_movehl_ps(t1, t0));
+                _mm_storeu_ps(out.add(2 * dst_stride), _mm_movelh_ps(t2, t3));
+                _mm_storeu_ps(out.add(3 * dst_stride), _mm_movehl_ps(t3, t2));
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            for jj in j..j + 4 {
+                for ee in e..e + 4 {
+                    dst[ee * dst_stride + jj] = src[jj * len + ee];
+                }
+            }
+        }
+    }
+    // The edges: columns len4.. of the blocked rows, then the last rows.
+    for j in 0..rows {
+        let from = if j < rows4 { len4 } else { 0 };
+        for e in from..len {
+            dst[e * dst_stride + j] = src[j * len + e];
+        }
+    }
+}
+
+impl Source for Columns<'_> {
+    fn shape(&self) -> (usize, usize) {
+        let columns = self.chunk.columns(self.g);
+        if self.transposed {
+            (columns, self.taps)
+        } else {
+            (self.taps, columns)
+        }
+    }
+}
+
+/// Gathers the chunk's images of `[N, C_out, P]` `batch` into `staging[C_out, images * P]`.
+pub(super) fn gather(
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    chunk: &Chunk,
+    batch: &[f32],
+    staging: &mut [f32],
+) {
+    let (p, width) = (plan.pixels, chunk.columns(g));
+    for (j, image) in chunk
+        .images_of(batch, plan.out_image)
+        .chunks_exact(plan.out_image)
+        .enumerate()
+    {
+        for co in 0..g.out_channels {
+            staging[co * width + j * p..][..p].copy_from_slice(&image[co * p..(co + 1) * p]);
+        }
+    }
+}

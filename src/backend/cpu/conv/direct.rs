@@ -1,0 +1,317 @@
+//! The direct convolution: the forward (and flipped input gradient) of
+//! small-channel layers without a column matrix.
+
+use rayon::prelude::*;
+
+use super::super::buffer_pool;
+use super::super::scratch::{with_scratch, Slot};
+use super::super::simd;
+use super::columns::transpose;
+use super::{part_per_thread, Plan};
+use crate::backend::Conv2dGeometry;
+use crate::error::Result;
+
+/// The most output channels for which a forward of whole images runs as a
+/// direct convolution ([`forward_direct`]): there the weight is the
+/// GEMM's small operand, and the im2col panels it packs are multiplied by
+/// only `C_out` rows each, so packing them is a large share of the time
+/// (3x3 64->64 at 28x28: 13 % of the samples next to the micro-kernel's
+/// 71 %, `perf`, one thread). Measured (CPU time against the im2col GEMM,
+/// AVX-512, 2 threads, BENCHMARKS.md issue 9 item 35): 3x3 64->64 at 28x28
+/// (batch 32) 0.90x forward and input gradient, at 56x56 (batch 8) 0.89x
+/// and 0.94x; 128->128 at 28x28 (batch 8) 0.92x and 0.95x. Wider: on AVX2
+/// (Zen 2) with the walking kernel, 256->256 at 14x14, batch 8, took
+/// 0.95-0.98x the im2col GEMM's time when timed alone, but 1.08x forward
+/// when timed beside its own input and weight gradients, and a whole
+/// training step's forward took ~3 ms longer (187-189 against 184-187 ms,
+/// 3 alternating runs of `frostgrad bench`); so not taken (BENCHMARKS.md
+/// issue 9 item 41).
+const DIRECT_MAX_OUT_CHANNELS: usize = 128;
+
+/// The most floats of a direct convolution's product block
+/// ([`forward_direct`]: whole output rows x `C_out`), 256 KiB, so that it
+/// stays in L2 next to the padded image and the weight panels while the
+/// depth blocks accumulate into it (at 56x56 the whole image's product is
+/// 784 KiB at 64 channels; large images would take their whole product
+/// as scratch).
+const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
+
+/// The micro-kernel panel width with which the forward of `g` (planned as
+/// `plan`) runs as a direct convolution ([`forward_direct`]), or `None`:
+/// on the AVX paths, for stride-1 kernels of more than one tap over whole
+/// images one at a time (not the grouped small images, whose padding taps
+/// the class order skips, except on AVX2 from [`DIRECT_MIN_GROUPED_PIXELS`]
+/// up), at least one image per thread, and at most
+/// [`DIRECT_MAX_OUT_CHANNELS`] output channels. `force` (tests), else
+/// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
+/// it regardless of channels and batch (for comparison).
+pub(super) fn direct_width(
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    force: Option<bool>,
+) -> Option<DirectTile> {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let mode = force
+        .or_else(|| super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_DIRECT", "1", "0"));
+    #[cfg(target_arch = "x86_64")]
+    let tile = {
+        let path = simd::active();
+        let (mr, nr) = super::super::gemm::tile(path);
+        (nr > 0).then_some(DirectTile { path, mr, nr })?
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let tile: DirectTile = return None;
+    // Checked: a huge padding must fall back to the im2col path (which
+    // reports it), not wrap here.
+    let hp = g.in_h.checked_add(g.padding.0.checked_mul(2)?)?;
+    let wp = g.in_w.checked_add(g.padding.1.checked_mul(2)?)?;
+    let padded = hp.checked_mul(wp)?;
+    let shape = g.stride == (1, 1)
+        && g.kernel_h * g.kernel_w > 1
+        && (plan.images_per_chunk == 1 || grouped_direct(tile, g))
+        && plan.taps > 0
+        && plan.pixels > 0
+        && g.out_channels > 0
+        && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
+    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS && g.batch >= rayon::current_num_threads();
+    (shape && mode.unwrap_or(rule)).then_some(tile)
+}
+
+/// The fewest output pixels per image at which images small enough to be
+/// grouped for the im2col GEMM (`Plan::images_per_chunk` > 1) still run
+/// as a direct convolution, on the AVX2 path: the GEMM skips their padding
+/// taps ([`skip_order`]; 9 % of a 3x3 kernel's at 14x14, 18 % at 7x7),
+/// which the direct convolution computes, but it packs no panels. At 3x3
+/// 128->128, 14x14, batch 32 the direct convolution took 0.91x the CPU
+/// time of the grouped GEMM forward, 0.92x input gradient (one thread,
+/// Zen 2; BENCHMARKS.md). Smaller images were not measured, nor AVX-512.
+///
+/// [`skip_order`]: super::forward::skip_order
+const DIRECT_MIN_GROUPED_PIXELS: usize = 14 * 14;
+
+/// Whether images that the im2col GEMM would group run as a direct
+/// convolution ([`DIRECT_MIN_GROUPED_PIXELS`]).
+fn grouped_direct(tile: DirectTile, g: &Conv2dGeometry) -> bool {
+    tile.path == simd::SimdPath::Avx2 && g.out_h * g.out_w >= DIRECT_MIN_GROUPED_PIXELS
+}
+
+/// The SIMD path and micro-kernel tile one direct convolution runs with,
+/// read once per call: the packing of the weight (`nr` wide), the prefetch
+/// table (`mr` rows) and every worker's kernel must agree, even if the
+/// process-wide path is switched (`simd::force`) while the call runs.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DirectTile {
+    path: simd::SimdPath,
+    mr: usize,
+    nr: usize,
+}
+
+/// The forward of every image as a direct convolution: each image's input
+/// copied once into a zero-bordered plane per channel, which the
+/// micro-kernels read where it lies as the left operand (output pixels as
+/// rows, broadcast one at a time; depth `(c, kh, kw)` through a table of
+/// offsets into the padded planes), against the weight as a right operand
+/// packed once per call (`wt(o, c, t)` is output channel `o`, input
+/// channel `c`, tap `t = kh * KW + kw`, i.e. depth `c * KH * KW + t`); the
+/// `pixels x C_out` product, in blocks of whole output rows of at most
+/// [`DIRECT_BLOCK_ELEMS`], is then transposed into the image's output.
+/// What this saves is the im2col panels (`C_in * KH * KW` rows of every
+/// pixel, packed per image); what it adds is the padded copy, the
+/// transpose, and short tiles: one per output row whose width is not a
+/// multiple of the kernel's rows, or on AVX2, whose tiles wrap from one
+/// output row to the next (`microkernel::DirectTiles`), one per block of
+/// rows. Only where [`direct_width`] says so.
+pub(super) fn forward_direct(
+    op: &'static str,
+    x: &[f32],
+    wt: impl Fn(usize, usize, usize) -> f32 + Sync,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    tile: DirectTile,
+) -> Result<Vec<f32>> {
+    let DirectTile { path, mr, nr } = tile;
+    let (k, n) = (g.in_channels * g.kernel_h * g.kernel_w, g.out_channels);
+    let pixels = g.out_h * g.out_w;
+    let (hp, wp) = (g.in_h + 2 * g.padding.0, g.in_w + 2 * g.padding.1);
+    let plane = hp * wp;
+    let in_image = g.in_channels * g.in_h * g.in_w;
+    let out_image = n * pixels;
+    // Output rows per block, as equal as the block size allows.
+    let most = (DIRECT_BLOCK_ELEMS / (g.out_w * n).max(1)).clamp(1, g.out_h.max(1));
+    let block_rows = g.out_h.div_ceil(g.out_h.div_ceil(most).max(1)).max(1);
+    let mut y = buffer_pool::uninit(op, g.batch * out_image)?;
+    let panels = n.div_ceil(nr);
+    with_scratch(Slot::PackedLhs, panels * k * nr, |b| {
+        // Panel jp, depth p = (c, t): output channels jp * nr.., zero past
+        // n. Depth as (c, t) so that `wt` needs no division by the taps
+        // (the flipped input gradient's did two per element: at 3x3
+        // 128->128, 28x28, batch 1 its packing cost ~0.5 ms of 3.3, Zen 2).
+        // Panels packed in parallel: serial, the packing of 3x3 128->128
+        // (147 K strided reads) took ~2 % of the forward's CPU time at one
+        // thread (`perf`, batch 8, Zen 2), ahead of the images' parallel
+        // part (BENCHMARKS.md issue 9 item 41).
+        let taps = g.kernel_h * g.kernel_w;
+        b.par_chunks_exact_mut(k * nr)
+            .enumerate()
+            .for_each(|(jp, panel)| {
+                let full = (jp + 1) * nr <= n;
+                for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                    let (c, t) = (p / taps, p % taps);
+                    // A full 16-wide panel row (the AVX2 kernel's) as one
+                    // fixed-size array: the loop unrolled, no bounds test
+                    // or channel test per element.
+                    if let (true, Ok(row)) = (full, <&mut [f32; 16]>::try_from(&mut *row)) {
+                        *row = std::array::from_fn(|j| wt(jp * 16 + j, c, t));
+                        continue;
+                    }
+                    for (j, v) in row.iter_mut().enumerate() {
+                        let o = jp * nr + j;
+                        *v = if o < n { wt(o, c, t) } else { 0.0 };
+                    }
+                }
+            });
+        let b = &*b;
+        with_scratch(Slot::Tables, 2 * k, |buf| {
+            // SAFETY: f32 and u32 have the same size and alignment and
+            // every bit pattern is a valid u32; `buf` is borrowed mutably
+            // for the tables' whole life.
+            let tables = unsafe {
+                std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u32>(), buf.len())
+            };
+            let (offsets, prefetch) = tables.split_at_mut(k);
+            let taps = g.kernel_h * g.kernel_w;
+            for (p, o) in offsets.iter_mut().enumerate() {
+                let (c, t) = (p / taps, p % taps);
+                let (kh, kw) = (t / g.kernel_w, t % g.kernel_w);
+                // < in_channels * plane, which fits u32 (`direct_width`).
+                *o = (c * plane + kh * g.dilation.0 * wp + kw * g.dilation.1) as u32;
+            }
+            // The prefetch table only for the kernels that read it (not
+            // the AVX2 default tiles): otherwise left empty.
+            #[cfg(target_arch = "x86_64")]
+            let prefetch = if super::super::microkernel::direct_reads_prefetch(path) {
+                super::super::microkernel::prefetch_table(offsets, 1, mr, prefetch);
+                prefetch
+            } else {
+                &mut prefetch[..0]
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (mr, path);
+            let (offsets, prefetch) = (&*offsets, &*prefetch);
+            let image = |i: usize, y: &mut [f32]| {
+                let x = &x[i * in_image..][..in_image];
+                let block = block_rows * g.out_w * n;
+                with_scratch(Slot::Staging, g.in_channels * plane + block, |buf| {
+                    let (padded, c) = buf.split_at_mut(g.in_channels * plane);
+                    pad_planes(x, g, padded);
+                    for r0 in (0..g.out_h).step_by(block_rows) {
+                        let rows = block_rows.min(g.out_h - r0);
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the CPU supports `path` (the active
+                        // path, read once by `direct_width`, which only
+                        // returns one with a tile) and `b` was packed `nr`
+                        // wide for that same path; pixel (oh,
+                        // ow) at depth (ch, kh, kw) reads padded row oh +
+                        // kh * d_h, column ow + kw * d_w of plane ch,
+                        // inside it since the output size leaves (out - 1)
+                        // + d (k - 1) < the padded size (stride 1); the
+                        // tables hold k entries, `b` the panels, `c` the
+                        // block's rows * out_w rows of n.
+                        unsafe {
+                            super::super::microkernel::direct_rows(
+                                path,
+                                padded.as_ptr().add(r0 * wp),
+                                (rows, g.out_w, wp, 1),
+                                (offsets, prefetch),
+                                b,
+                                (k, n),
+                                c.as_mut_ptr(),
+                                n,
+                            );
+                        }
+                        let q = rows * g.out_w;
+                        transpose(&c[..q * n], q, n, &mut y[r0 * g.out_w..], pixels);
+                    }
+                    if let Some(bias) = bias {
+                        for (row, &bv) in y.chunks_exact_mut(pixels).zip(bias) {
+                            row.iter_mut().for_each(|v| *v += bv);
+                        }
+                    }
+                });
+            };
+            // Thread t of the pool runs images t * batch / threads.. of
+            // the batch ([`part_per_thread`]), so each thread asks for the
+            // same scratch in every call: handed out by work stealing, a
+            // worker that had run no image of this layer in one step took
+            // its first (and grew its buffer) in a later one, now and then
+            // (`tests/cpu_buffer_pool.rs`, AVX2).
+            let threads = rayon::current_num_threads().max(1);
+            let mut rest = &mut *y;
+            let runs: Vec<(usize, &mut [f32])> = (0..threads)
+                .map(|t| {
+                    let (lo, hi) = (t * g.batch / threads, (t + 1) * g.batch / threads);
+                    let (part, tail) =
+                        std::mem::take(&mut rest).split_at_mut((hi - lo) * out_image);
+                    rest = tail;
+                    (lo, part)
+                })
+                .collect();
+            part_per_thread(runs, |_, (first, y)| {
+                for (j, y) in y.chunks_exact_mut(out_image).enumerate() {
+                    image(first + j, y);
+                }
+            });
+        });
+    });
+    Ok(y)
+}
+
+/// Copies the `C_in` planes of one image `x` into `padded`, each inside a
+/// border of `g.padding` zeros.
+fn pad_planes(x: &[f32], g: &Conv2dGeometry, padded: &mut [f32]) {
+    let (ph, pw) = g.padding;
+    let wp = g.in_w + 2 * pw;
+    let plane = (g.in_h + 2 * ph) * wp;
+    for (src, dst) in x
+        .chunks_exact(g.in_h * g.in_w)
+        .zip(padded.chunks_exact_mut(plane))
+    {
+        dst[..ph * wp].fill(0.0);
+        dst[(ph + g.in_h) * wp..].fill(0.0);
+        for (r, row) in src.chunks_exact(g.in_w).enumerate() {
+            let out = &mut dst[(ph + r) * wp..][..wp];
+            let (left, rest) = out.split_at_mut(pw);
+            let (mid, right) = rest.split_at_mut(g.in_w);
+            left.iter_mut().for_each(|v| *v = 0.0);
+            copy_short(row, mid);
+            right.iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for short rows, in fixed 8-float pieces
+/// that compile to vector moves: `copy_from_slice` and `fill` of a
+/// runtime length call libc's `memmove`/`memset`, three calls per row of
+/// 14-56 floats in [`pad_planes`] (with them it took ~2 % of the direct
+/// forward's samples at 3x3 128->128, 28x28, `perf`, Zen 2).
+/// A tail of under 8 is copied as the last 8 (again over some already
+/// copied), since a loop over it compiles to a `memcpy` call too.
+fn copy_short(src: &[f32], dst: &mut [f32]) {
+    let len = src.len().min(dst.len());
+    let (src, dst) = (&src[..len], &mut dst[..len]);
+    let copy8 = |d: &mut [f32], s: &[f32]| {
+        if let (Ok(d), Ok(s)) = (<&mut [f32; 8]>::try_from(d), <&[f32; 8]>::try_from(s)) {
+            *d = *s;
+        }
+    };
+    if len < 8 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+        copy8(d, s);
+    }
+    if !len.is_multiple_of(8) {
+        copy8(&mut dst[len - 8..], &src[len - 8..]);
+    }
+}

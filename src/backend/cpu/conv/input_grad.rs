@@ -1,0 +1,367 @@
+//! The input gradient `dx`: flipped into a forward convolution for stride
+//! 1, else `col2im(Wᵀ · dy)`.
+
+use rayon::prelude::*;
+
+use super::super::buffer_pool;
+use super::super::gemm::{
+    row_align, sgemm, sgemm_rows, with_indexed_lhs, with_packed_lhs, with_packed_rhs, Lhs, MatRef,
+    Par, Rhs,
+};
+use super::super::scratch::{with_scratch, Slot};
+use super::super::simd;
+use super::col2im::{col2im_add, col2im_set, merge_tap_rows_on};
+use super::direct::{direct_width, forward_direct};
+use super::forward::{forward_lhs, Skip};
+use super::weight_grad::with_grad_out;
+use super::{batch_images, for_image_groups, lcm, Limits, Output, Plan, FORWARD_LIMITS, LIMITS};
+use crate::backend::Conv2dGeometry;
+use crate::error::Result;
+
+/// `dx` for every image: the forward convolution of `dy` with the flipped
+/// weight where [`flipped_geometry`] allows it and [`flip_input_grad`]
+/// chooses it, else `col2im(Wᵀ · dy)`.
+pub(in super::super) fn conv2d_input_grad(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+) -> Result<Vec<f32>> {
+    match flipped_geometry(g) {
+        Some(flipped) if flip_input_grad(g, &flipped) => {
+            input_grad_flipped(dy, w, g, &flipped, FORWARD_LIMITS)
+        }
+        _ => input_grad_with(dy, w, g, LIMITS),
+    }
+}
+
+/// Whether the input gradient runs as a forward convolution
+/// ([`input_grad_flipped`]) for a geometry that allows it.
+/// `FROSTGRAD_CONV_DX=flip` forces it wherever the geometry allows it,
+/// `=col2im` never (for comparison).
+///
+/// The rule: for kernels of more than one tap (a 1x1, stride-1, unpadded
+/// input gradient already is one GEMM with no col2im), on the AVX-512 path
+/// always, on the AVX2 path for images of at most
+/// [`FLIP_AVX2_MAX_PIXELS`] or where the flipped forward runs as a direct
+/// convolution ([`direct_width`] of `flipped`). Measured on Zen 4, batch
+/// 8, medians of 12 alternating runs under load (BENCHMARKS.md, issue 9
+/// item 26): AVX-512 0.88-0.98x the CPU time of col2im on all four
+/// stride-1 3x3 layers at 1 and 2 threads; AVX2 0.90-0.95x at 7x7 but
+/// 1.02-1.08x at 14x14 to 56x56 through the im2col forward, which on AVX2
+/// is itself slower than its col2im input gradient. Through the direct
+/// convolution the AVX2 flipped input gradient is faster: 0.88x (64@56,
+/// batch 8), 0.96x (128@28, batch 8), 0.86x (64@28, batch 32) the CPU time
+/// of col2im (one thread, medians of 5-6 alternating runs, load 6.5,
+/// BENCHMARKS.md issue 9 item 37). On the portable path the flipped weight
+/// would have to be written out first (`matrixmultiply` takes only
+/// strided operands).
+pub(super) fn flip_input_grad(g: &Conv2dGeometry, flipped: &Conv2dGeometry) -> bool {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_DX", "flip", "col2im");
+    forced.unwrap_or_else(|| {
+        let pixels = g.in_h * g.in_w;
+        g.kernel_h * g.kernel_w > 1
+            && pixels >= FLIP_MIN_PIXELS
+            && match simd::active() {
+                simd::SimdPath::Avx512 => true,
+                simd::SimdPath::Avx2 => pixels <= FLIP_AVX2_MAX_PIXELS || flips_direct(flipped),
+                simd::SimdPath::Portable => false,
+            }
+    })
+}
+
+/// Whether the flipped input gradient of geometry `flipped` would run as
+/// a direct convolution ([`input_grad_flipped_skipping`] asks the same
+/// [`direct_width`] with the same plan).
+fn flips_direct(flipped: &Conv2dGeometry) -> bool {
+    Plan::new("conv2d_input_grad", flipped, FORWARD_LIMITS)
+        .is_ok_and(|plan| direct_width(flipped, &plan, None).is_some())
+}
+
+/// The smallest image (`H * W` of `dx`) whose input gradient is run
+/// flipped ([`flip_input_grad`]). At 2x2 (ResNet's layer 4 at 40x40
+/// inputs), where five of a 3x3 kernel's nine taps see only padding, the
+/// flipped one measured within noise of col2im (0.97x, batch 8), so it
+/// keeps col2im. (`tests/train_parity.rs`'s fine-tune case, whose layer 4
+/// runs at 2x2, was first too ill-conditioned to tell the two apart: 1-ulp
+/// noise there moved it 12x its bound. Its learning rate is now one at
+/// which PyTorch's own float32 paths agree, and it passes with every 2x2
+/// layer flipped too; BENCHMARKS.md, issue 9 item 26.)
+const FLIP_MIN_PIXELS: usize = 9;
+
+/// The largest image (`H * W` of `dx`) whose input gradient the AVX2 path
+/// runs flipped through the im2col forward ([`flip_input_grad`]):
+/// between ResNet's 7x7 (flipped faster) and 14x14 (slower).
+const FLIP_AVX2_MAX_PIXELS: usize = 100;
+
+/// For stride 1, the input gradient is the forward convolution of `dy`
+/// with the weight flipped in space and with input and output channels
+/// swapped, `W'[c, o, kh, kw] = W[o, c, KH-1-kh, KW-1-kw]`, padded by
+/// `d(k-1) - p` (dilation `d` kept): its geometry, when that padding is not
+/// negative and `dy` is not empty.
+pub(super) fn flipped_geometry(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+    if g.stride != (1, 1) || g.batch == 0 || g.in_h * g.in_w == 0 {
+        return None;
+    }
+    let pad = |d: usize, k: usize, p: usize| (d * (k - 1)).checked_sub(p);
+    let padding = (
+        pad(g.dilation.0, g.kernel_h, g.padding.0)?,
+        pad(g.dilation.1, g.kernel_w, g.padding.1)?,
+    );
+    let input = [g.batch, g.out_channels, g.out_h, g.out_w];
+    let weight = [g.in_channels, g.out_channels, g.kernel_h, g.kernel_w];
+    let flipped = Conv2dGeometry::new(input, weight, (1, 1), padding, g.dilation).ok()?;
+    (flipped.out_h == g.in_h && flipped.out_w == g.in_w).then_some(flipped)
+}
+
+/// `dx` as the forward convolution of `dy` under the `flipped` geometry
+/// ([`flipped_geometry`]), with the forward's machinery: the self-packing
+/// im2col over `dy`, image groups, the GEMM writing `dx` directly. No
+/// col2im scatter, no zeroing of `dx`, no staging of the GEMM's output.
+///
+/// The flipped weight is never written out: as the GEMM's `[C_in, C_out *
+/// KH*KW]` left operand, row `c` at depth `(o, t)` (`t = kh*KW + kw`, the
+/// im2col's tap order) is `w[o*C_in*KH*KW + c*KH*KW + (KH*KW-1-t)]`: row
+/// stride `KH*KW`, and a depth offset that is not affine in the depth
+/// index, so the micro-kernels read it through a table of offsets
+/// (`gemm::with_indexed_lhs`).
+pub(super) fn input_grad_flipped(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    flipped: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    input_grad_flipped_skipping(dy, w, g, flipped, limits, Skip::Auto, None)
+}
+
+/// [`input_grad_flipped`], skipping the padding taps as `skip` says, and
+/// as a direct convolution as `direct` says ([`direct_width`]).
+pub(super) fn input_grad_flipped_skipping(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    flipped: &Conv2dGeometry,
+    limits: Limits,
+    skip: Skip,
+    direct: Option<bool>,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_input_grad";
+    let plan = Plan::new(op, flipped, limits)?;
+    let taps = g.kernel_h * g.kernel_w;
+    let per_out = g.in_channels * taps;
+    let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
+    if let Some(tile) = direct_width(flipped, &plan, direct) {
+        // Depth (c, t) of output channel o: offset(c * taps + t), without
+        // its divisions.
+        let wt = |o: usize, c: usize, t: usize| w[o * taps + c * per_out + (taps - 1 - t)];
+        return forward_direct(op, dy, wt, None, flipped, tile);
+    }
+    with_indexed_lhs(w, taps, (g.in_channels, plan.taps), offset, |weight| {
+        forward_lhs(op, dy, weight, None, flipped, &plan, skip)
+    })
+}
+
+/// `dx = col2im(Wᵀ · dy)` for every image.
+pub(super) fn input_grad_with(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    input_grad_col2im(dy, w, g, limits, overwrites_dx(g), merge_tap_rows_on())
+}
+
+/// Whether the col2im input gradient writes `dx` whole rather than adding
+/// onto a zeroed one ([`col2im_set`]): for 1x1 unpadded kernels (whose
+/// taps do not overlap) with at least one output channel (else nothing
+/// would be written). `FROSTGRAD_CONV_DX_OVERWRITE=0` keeps the zeroing
+/// and adding (for comparison; the tests run both), like the other `=0`
+/// switches.
+pub(super) fn overwrites_dx(g: &Conv2dGeometry) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = super::super::env_switch::on_unless_zero(&ON, "FROSTGRAD_CONV_DX_OVERWRITE");
+    on && pointwise_taps(g) && g.out_channels > 0
+}
+
+/// A 1x1 unpadded kernel: every input pixel is read by at most one output
+/// pixel (any stride).
+pub(super) fn pointwise_taps(g: &Conv2dGeometry) -> bool {
+    g.kernel_h == 1 && g.kernel_w == 1 && g.padding == (0, 0)
+}
+
+/// [`input_grad_with`], writing `dx` whole (`overwrite`, only where
+/// [`pointwise_taps`] and `C_out > 0`) or adding onto a zeroed one, with
+/// a kernel row's taps added in one pass where `merge` and
+/// [`merges_tap_rows`].
+///
+/// [`merges_tap_rows`]: super::col2im::merges_tap_rows
+pub(super) fn input_grad_col2im(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+    overwrite: bool,
+    merge: bool,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_input_grad";
+    let plan = Plan::new(op, g, limits)?;
+    let overwrite = overwrite && pointwise_taps(g) && g.out_channels > 0;
+    let mut dx = if overwrite {
+        // Every element is written: by the pointwise GEMM (beta 0) or by
+        // `col2im_set` (chunks cover all output rows, blocks all channels).
+        buffer_pool::uninit(op, g.batch * plan.in_image)?
+    } else {
+        buffer_pool::zeroed(op, g.batch * plan.in_image)?
+    };
+    // Wᵀ as a [taps, C_out] view of the [C_out, taps] weight.
+    let weight_t = MatRef::transposed(w, plan.taps);
+    let columns = g.batch * plan.pixels;
+    with_packed_lhs(weight_t, plan.taps, g.out_channels, columns, |weight_t| {
+        let per_image = Output::PerImage(plan.in_image);
+        for_image_groups(
+            op,
+            &plan,
+            g,
+            &mut dx,
+            per_image,
+            |first, count, _, dx, par, _| {
+                let dy = batch_images(dy, plan.out_image, first, count);
+                let form = (overwrite, merge);
+                input_grad_images(dy, weight_t, g, &plan, dx, count, par, form);
+            },
+        )
+    })?;
+    Ok(dx)
+}
+
+/// The input gradient of `batch` images of `dy`, added onto `dx`.
+#[allow(clippy::too_many_arguments)]
+fn input_grad_images(
+    dy: &[f32],
+    weight_t: Lhs<'_>,
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    dx: &mut [f32],
+    batch: usize,
+    par: Par,
+    (overwrite, merge): (bool, bool),
+) {
+    let (m, k) = (plan.taps, g.out_channels);
+    for chunk in plan.chunks(g, batch) {
+        let width = chunk.columns(g);
+        let grad_in = chunk.images_of_mut(dx, plan.in_image);
+        if plan.pointwise {
+            let grad_out = MatRef::row_major(chunk.images_of(dy, plan.out_image), plan.pixels);
+            let grad_out = Rhs::View(grad_out);
+            sgemm(
+                par,
+                m,
+                k,
+                plan.pixels,
+                weight_t,
+                grad_out,
+                0.0,
+                grad_in,
+                plan.pixels,
+            );
+            continue;
+        }
+        let plane = g.in_h * g.in_w;
+        if width == 0 || plane == 0 || m == 0 || k == 0 {
+            continue; // nothing to add onto the zeroed `dx` (or an empty one)
+        }
+        // Row blocks of `Wᵀ · dy` of `channels` whole input channels (so
+        // each block scatters onto its own channel planes, and blocks can
+        // run in parallel), starting at multiples of the packed `Wᵀ`'s row
+        // tile; `dy` packed once for all of them.
+        // Sized from the plan's widest chunk, so that every block of every
+        // chunk of a call asks its thread for the same scratch: blocks of
+        // different sizes let a worker that had only run small ones grow
+        // its buffer in a later step (`tests/cpu_buffer_pool.rs`).
+        let per_channel = g.kernel_h * g.kernel_w;
+        let unit = lcm(per_channel, row_align(weight_t)) / per_channel;
+        let widest = plan.max_columns(g);
+        let mut channels = (plan.dx_block_elems / (widest * per_channel))
+            .max(1)
+            .next_multiple_of(unit)
+            .min(g.in_channels.next_multiple_of(unit));
+        let threads = rayon::current_num_threads();
+        if par == Par::Split && threads > 1 {
+            // Split across threads: a multiple of the thread count of
+            // blocks as equal as `unit` allows (blocks of 148 and 108
+            // channels for the 256->512 stride-2 layer at batch 1 kept one
+            // thread waiting for the other a sixth of the time).
+            let blocks = g.in_channels.div_ceil(channels).next_multiple_of(threads);
+            channels = g
+                .in_channels
+                .div_ceil(blocks)
+                .next_multiple_of(unit)
+                .min(channels);
+        }
+        let blocks = g.in_channels.div_ceil(channels);
+        let block_len = channels.min(g.in_channels) * per_channel * widest;
+        // Per block, each image's planes of the block's channels.
+        let mut targets: Vec<Vec<&mut [f32]>> = (0..blocks)
+            .map(|_| Vec::with_capacity(chunk.images))
+            .collect();
+        for image in grad_in.chunks_exact_mut(plan.in_image) {
+            for (b, planes) in image.chunks_mut(channels * plane).enumerate() {
+                targets[b].push(planes);
+            }
+        }
+        with_grad_out(g, plan, &chunk, dy, |grad_out| {
+            with_packed_rhs(Rhs::View(grad_out), k, width, |grad_out| {
+                let block = |b: usize, planes: &mut Vec<&mut [f32]>, col: &mut [f32]| {
+                    let c0 = b * channels;
+                    let rows = channels.min(g.in_channels - c0) * per_channel;
+                    let col = &mut col[..rows * width];
+                    let rows = (c0 * per_channel, rows);
+                    sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
+                    if overwrite {
+                        col2im_set(col, g, &chunk, planes);
+                    } else {
+                        col2im_add(col, g, &chunk, planes, merge);
+                    }
+                };
+                // By reference: the lists are freed here, on the thread
+                // that made them. Moved into the tasks, a worker freed them
+                // into its own malloc cache and the main heap crept by
+                // their size every step until a page faulted (issue 9).
+                match par {
+                    // One column buffer per rayon thread, taken here on the
+                    // calling thread, rather than each worker's own
+                    // scratch: which worker runs a block is up to rayon, so
+                    // a worker's own buffer could first meet this (often
+                    // the largest) size in any step, and grow then (a
+                    // steady-state growth in `tests/cpu_buffer_pool.rs`
+                    // once the stride-1 input gradients, which used to
+                    // grow every worker's buffer early, stopped using it).
+                    // A block holds its buffer without waiting on other
+                    // tasks, so the lock never waits.
+                    Par::Split => {
+                        let threads = rayon::current_num_threads().max(1);
+                        with_scratch(Slot::SplitColumns, threads * block_len, |cols| {
+                            let cols: Vec<std::sync::Mutex<&mut [f32]>> = cols
+                                .chunks_mut(block_len)
+                                .map(std::sync::Mutex::new)
+                                .collect();
+                            targets.par_iter_mut().enumerate().for_each(|(b, planes)| {
+                                let mine = rayon::current_thread_index().unwrap_or(0) % threads;
+                                let mut col = cols[mine]
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                block(b, planes, &mut col);
+                            });
+                        })
+                    }
+                    Par::Serial => with_scratch(Slot::Columns, block_len, |col| {
+                        for (b, planes) in targets.iter_mut().enumerate() {
+                            block(b, planes, col);
+                        }
+                    }),
+                }
+            })
+        });
+    }
+}

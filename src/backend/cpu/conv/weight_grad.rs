@@ -1,0 +1,334 @@
+//! The weight gradient `dW = Σ_images dy · colᵀ`: the entry point, the
+//! column-matrix form and the shifted form of stride-1 layers.
+
+use super::super::buffer_pool;
+use super::super::gemm::{sgemm, Lhs, MatRef, Par, Rhs};
+use super::super::scratch::{with_scratch, Slot};
+use super::columns::{gather, Columns};
+use super::weight_grad_taps::{by_classes, weight_grad_classes};
+use super::{
+    batch_images, for_image_groups, unset_sum, Beta, Chunk, Limits, Output, Plan, FORWARD_LIMITS,
+    LIMITS,
+};
+use crate::backend::Conv2dGeometry;
+use crate::error::Result;
+
+/// `dW = Σ_images dy · colᵀ`.
+pub(in super::super) fn conv2d_weight_grad(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+) -> Result<Vec<f32>> {
+    weight_grad_with(dy, x, g, weight_grad_limits(g))
+}
+
+/// Weights up to this many elements (1 MiB) take the forward's one image
+/// group per thread in the weight gradient.
+const SMALL_WEIGHT_ELEMS: usize = 1 << 18;
+
+/// The weight gradient's limits. Two groups per thread by default: with
+/// one, layer4's 9 MiB weight gradient needs a partial sum as large per
+/// thread (measured slower, BENCHMARKS.md). A small weight's partial costs
+/// little, while the split chunk it would otherwise run (all images in one
+/// chunk) divides its GEMM by rows, each row block packing the same im2col
+/// again: ResNet's 1x1 stride-2 weight gradients (32K and 128K elements)
+/// took 0.67-0.69x the CPU time with one group per thread (BENCHMARKS.md,
+/// issue 9, "What each change bought").
+pub(super) fn weight_grad_limits(g: &Conv2dGeometry) -> Limits {
+    let elems = g.out_channels * g.in_channels * g.kernel_h * g.kernel_w;
+    if elems <= SMALL_WEIGHT_ELEMS {
+        // Its im2col is stored whole per group (the GEMM's depth is the
+        // pixels): groups stay bounded by `block_elems`.
+        Limits {
+            group_pack_elems: None,
+            ..FORWARD_LIMITS
+        }
+    } else {
+        LIMITS
+    }
+}
+
+pub(super) fn weight_grad_with(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    if by_classes(g) {
+        return weight_grad_classes(dy, x, g, limits);
+    }
+    match shifted_rows(g) {
+        Some(rows) => weight_grad_shifted(dy, x, g, &rows, limits),
+        None => weight_grad_im2col(dy, x, g, limits),
+    }
+}
+
+/// The weight gradient as `dy · colsᵀ` over the full column matrix: every
+/// geometry (the shifted form covers only some, see [`shifted_rows`]).
+pub(super) fn weight_grad_im2col(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_weight_grad";
+    let plan = Plan::new(op, g, limits)?;
+    let mut dw = unset_sum(op, g.out_channels * plan.taps)?;
+    for_image_groups(
+        op,
+        &plan,
+        g,
+        &mut dw,
+        Output::Sum,
+        |first, count, rows, dw, par, beta| {
+            let dy = batch_images(dy, plan.out_image, first, count);
+            let x = batch_images(x, plan.in_image, first, count);
+            weight_grad_images(dy, x, g, &plan, dw, (count, rows), par, beta);
+        },
+    )?;
+    Ok(dw)
+}
+
+/// The weight gradient of `batch` images, into `dw` (overwritten with
+/// `beta` 0, see [`Beta`]).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_images(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    dw: &mut [f32],
+    (batch, rows): (usize, (usize, usize)),
+    par: Par,
+    beta: Beta,
+) {
+    let (m, n) = (g.out_channels, plan.taps);
+    sum_chunks(plan, g, (batch, rows), dw, beta, |chunk, dw, beta| {
+        let width = chunk.columns(g);
+        let images = chunk.images_of(x, plan.in_image);
+        let columns = Columns::new(images, g, plan, chunk, true);
+        let col_t = if plan.pointwise {
+            let pixels = &images[chunk.rows.0 * g.out_w..];
+            Rhs::View(MatRef::transposed(pixels, plan.pixels))
+        } else {
+            Rhs::Source(&columns)
+        };
+        with_grad_out(g, plan, &chunk, dy, |grad_out| {
+            sgemm(par, m, width, n, Lhs::View(grad_out), col_t, beta, dw, n)
+        });
+    });
+}
+
+/// Runs `add(chunk, out, beta)` for the chunks of output rows `rows` of
+/// `batch` images ([`Plan::chunks_rows`]), each adding its product onto the
+/// sum `out`: the first chunk with the caller's `beta` (0 overwrites it, see
+/// [`Beta`]; a GEMM of depth 0 writes zeros), the others with 1; with no
+/// chunk at all, `out` is zeroed when `beta` is 0. The loop of the im2col
+/// and the shifted weight gradients.
+fn sum_chunks(
+    plan: &Plan,
+    g: &Conv2dGeometry,
+    (batch, rows): (usize, (usize, usize)),
+    out: &mut [f32],
+    beta: Beta,
+    mut add: impl FnMut(Chunk, &mut [f32], Beta),
+) {
+    let chunks = plan.chunks_rows(g, batch, rows);
+    if chunks.is_empty() && beta == 0.0 {
+        out.fill(0.0);
+    }
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        add(chunk, out, if i == 0 { beta } else { 1.0 });
+    }
+}
+
+/// The geometry of the shifted weight gradient's row taps (see
+/// [`weight_grad_shifted`]): the convolution with its kernel reduced to
+/// one column, unpadded and undilated along the width, so that tap
+/// `(c, kh)` at output `(oh, w)` reads input pixel `(c, oh + kh * d - p,
+/// w)`. `None` where the shifted form does not apply: strides other than
+/// 1, output rows narrower or wider than the input's, 1-wide kernels, more
+/// than [`SHIFTED_MAX_ROW_TAPS`] row taps, or `FROSTGRAD_DW_SHIFTED=0`
+/// (for comparison).
+pub(super) fn shifted_rows(g: &Conv2dGeometry) -> Option<Conv2dGeometry> {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = super::super::env_switch::on_unless_zero(&ENABLED, "FROSTGRAD_DW_SHIFTED");
+    let row_taps = g.in_channels.saturating_mul(g.kernel_h);
+    (enabled
+        && row_taps > 0
+        && g.stride == (1, 1)
+        && g.kernel_w > 1
+        && g.out_w == g.in_w
+        && row_taps <= SHIFTED_MAX_ROW_TAPS)
+        .then_some(Conv2dGeometry {
+            kernel_w: 1,
+            padding: (g.padding.0, 0),
+            dilation: (g.dilation.0, 1),
+            ..*g
+        })
+}
+
+/// The most row taps (`C_in * KH`, the shifted weight gradient's GEMM
+/// columns) for which it is used: up to 512, one 256-deep block of its
+/// packed right operand (512 KiB) stays in L2 while the micro-kernels walk
+/// the `KW * C_out` rows of `A`. ResNet's 3x3 512->512 at 7x7 (1536 row
+/// taps) took 1.14x the CPU time of the im2col form (its packed block of
+/// 1.2 MB streamed from L3 for each of 11 row blocks), 256->256 at 14x14
+/// (768) 0.97x, i.e. within noise; 64 and 128 channels 0.91x and 0.96x
+/// (BENCHMARKS.md item 24).
+const SHIFTED_MAX_ROW_TAPS: usize = 512;
+
+/// The weight gradient of a stride-1 convolution whose output rows are as
+/// wide as its input's (ResNet's 3x3, padding 1), as `KW` shifted
+/// products sharing one right operand:
+///
+/// `dW[o][c, kh, kw] = Σ_{oh, w} dy[o][oh, w + p - kw·d] · x[c][oh + kh·d - p, w]`
+///
+/// (`dy` is 0 outside its row). So with depth = the output pixels `(oh,
+/// w)`, `A[(kw, o)] = dy[o]` shifted by `p - kw·d` within each row and
+/// `B[(c, kh)] = x`'s rows: `dW' = A · Bᵀ` (`[KW·C_out, C_in·KH]`), then
+/// reordered into `dW`. `B` is the column matrix of the row taps only (a
+/// `KW`-th of the taps), and it is the operand that is packed with a
+/// transpose (`Columns`, transposed), which was ~14 % of the samples of
+/// ResNet's 3x3 weight gradients (`perf`, BENCHMARKS.md item 24); `A` is a
+/// plain shifted copy of `dy`, read by the micro-kernels where it lies.
+/// The multiply-adds are the same.
+pub(super) fn weight_grad_shifted(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    rows: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_weight_grad";
+    let plan = Plan::new(op, rows, shifted_limits(g, limits))?;
+    let (kw_n, c_out, n) = (g.kernel_w, g.out_channels, plan.taps);
+    let mut shifted = unset_sum(op, kw_n * c_out * n)?;
+    for_image_groups(
+        op,
+        &plan,
+        rows,
+        &mut shifted,
+        Output::Sum,
+        |first, count, out_rows, out, par, beta| {
+            let dy = batch_images(dy, plan.out_image, first, count);
+            let x = batch_images(x, plan.in_image, first, count);
+            sum_chunks(
+                &plan,
+                rows,
+                (count, out_rows),
+                out,
+                beta,
+                |chunk, out, beta| {
+                    let width = chunk.columns(rows);
+                    let images = chunk.images_of(x, plan.in_image);
+                    let columns = Columns::new(images, rows, &plan, chunk, true);
+                    with_scratch(Slot::Columns, kw_n * c_out * width, |a| {
+                        shift_grad_out(g, &plan, &chunk, dy, a);
+                        let a = MatRef::row_major(a, width);
+                        sgemm(
+                            par,
+                            kw_n * c_out,
+                            width,
+                            n,
+                            Lhs::View(a),
+                            Rhs::Source(&columns),
+                            beta,
+                            out,
+                            n,
+                        )
+                    });
+                },
+            );
+        },
+    )?;
+    // dW[o][(c, kh), kw] = dW'[(kw, o)][(c, kh)]: every element written.
+    let mut dw = buffer_pool::uninit(op, kw_n * c_out * n)?;
+    for (o, row) in dw.chunks_exact_mut(n * kw_n).enumerate() {
+        for kw in 0..kw_n {
+            let from = &shifted[(kw * c_out + o) * n..][..n];
+            for (d, &v) in row[kw..].iter_mut().step_by(kw_n).zip(from) {
+                *d = v;
+            }
+        }
+    }
+    buffer_pool::recycle(shifted);
+    Ok(dw)
+}
+
+/// The limits of the shifted weight gradient's plan. The plan bounds a
+/// chunk's columns by the right operand's rows (`C_in * KH`), but the left
+/// operand, built per chunk in the `Columns` slot, has `KW * C_out` rows:
+/// the block shrinks so that it too stays within the block size (a 3->64
+/// layer's would be 21x larger, and the slot's size is shared by every
+/// thread's buffer). ResNet's layers that take this path have `KW * C_out
+/// == C_in * KH`: unchanged.
+pub(super) fn shifted_limits(g: &Conv2dGeometry, limits: Limits) -> Limits {
+    let row_taps = (g.in_channels * g.kernel_h).max(1);
+    let left_rows = g.kernel_w * g.out_channels;
+    Limits {
+        block_elems: limits.block_elems / left_rows.div_ceil(row_taps).max(1),
+        ..limits
+    }
+}
+
+/// The shifted weight gradient's left operand for one chunk (see
+/// [`weight_grad_shifted`]): `a[(kw, o)][j]` for the chunk's columns `j`,
+/// i.e. `dy[o]` of the column's image at `(oh, w + p - kw·d)`, 0 where
+/// that lies outside the row.
+fn shift_grad_out(g: &Conv2dGeometry, plan: &Plan, chunk: &Chunk, dy: &[f32], a: &mut [f32]) {
+    let (w, c_out, width) = (g.out_w, g.out_channels, chunk.columns(g));
+    let seg = chunk.image_columns(g);
+    let images = chunk.images_of(dy, plan.out_image);
+    for kw in 0..g.kernel_w {
+        // a[.., j] = dy[.., j + shift] within each row.
+        let shift = g.padding.1 as isize - (kw * g.dilation.1) as isize;
+        let skip = shift.unsigned_abs().min(w);
+        for o in 0..c_out {
+            let dst_row = &mut a[(kw * c_out + o) * width..][..width];
+            for (image, dst) in images
+                .chunks_exact(plan.out_image)
+                .zip(dst_row.chunks_exact_mut(seg))
+            {
+                let src = &image[o * plan.pixels + chunk.rows.0 * w..][..seg];
+                // One copy of the whole block, offset by the shift; then
+                // the `skip` columns of each row that would have come from
+                // the next or previous row (or outside the block) are 0.
+                let len = seg - skip.min(seg);
+                if shift >= 0 {
+                    dst[..len].copy_from_slice(&src[seg - len..]);
+                    for row in dst.chunks_exact_mut(w) {
+                        row[w - skip..].fill(0.0);
+                    }
+                } else {
+                    dst[seg - len..].copy_from_slice(&src[..len]);
+                    for row in dst.chunks_exact_mut(w) {
+                        row[..skip].fill(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f` on the chunk's `dy` as a `[C_out, columns]` matrix: a view of
+/// `dy` itself for one image (or a block of its rows), or its images
+/// gathered side by side into a staging buffer.
+pub(super) fn with_grad_out<R>(
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    chunk: &Chunk,
+    dy: &[f32],
+    f: impl FnOnce(MatRef<'_>) -> R,
+) -> R {
+    let width = chunk.columns(g);
+    if chunk.images > 1 {
+        with_scratch(Slot::Staging, g.out_channels * width, |staging| {
+            gather(g, plan, chunk, dy, staging);
+            f(MatRef::row_major(staging, width))
+        })
+    } else {
+        let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
+        f(MatRef::strided(grad_out, plan.pixels))
+    }
+}

@@ -1,0 +1,555 @@
+//! The weight gradient tap by tap over small, padded images: each kernel
+//! tap's GEMM over only the output pixels that see real input.
+
+use super::super::buffer_pool;
+use super::super::gemm::{sgemm, with_indexed_lhs, PackB, Par, Rhs, Source};
+use super::super::scratch::{with_scratch, Slot};
+use super::super::simd;
+use super::columns::transpose;
+use super::{batch_images, part_per_thread, unset_sum, valid_outputs, Beta, Limits, Plan};
+use crate::backend::Conv2dGeometry;
+use crate::error::Result;
+
+/// Output images up to this many pixels may take the weight gradient tap
+/// by tap ([`by_classes`]): up to 20x20, ResNet's layer3 at 320x320 input
+/// (3x3 256->256, 6.6 % padding), the largest size it was measured at: at
+/// batch 4 it took 0.90x the CPU time of the column-matrix form at 2
+/// threads, 0.94x at one (Zen 2, BENCHMARKS.md issue 9 item 40). Each
+/// thread's channels-last copy of its channels of a block of images
+/// together are as large as that block of `x`.
+const CLASSES_MAX_PIXELS: usize = 400;
+
+/// The fewest output pixels of a whole batch (a tap's GEMM depth, less its
+/// padding) for [`by_classes`]: shallower, the nine products per call each
+/// write all of their per-tap sums for little work, and those are reordered
+/// into `dW` after. Measured again once the threads each wrote their own
+/// columns of `dW` (BENCHMARKS.md issue 9 item 40; Zen 2, 2 threads,
+/// build vs build, CPU time): at batch 1 x 224, 256->256 at 14x14 (196
+/// pixels) 0.93x, but 512->512 at 7x7 (49) 1.16x; at batch 2, 512->512 at
+/// 7x7 (98) 0.91x; at 2 x 112, 256->256 at 7x7 (98) 0.85x; at 8 x 112 the
+/// 4x4 stage (128) 0.79-0.82x (one thread 0.73-0.84x); at batch 4, 512->512
+/// at 7x7 (196) 0.91x. (Before, with the reorder on one thread, the bound
+/// was 256: batch 1 at 7x7 took 2.0x, batch 2 1.47x, 8 x 112's 4x4 stage
+/// 1.33x.)
+const CLASSES_MIN_DEPTH: usize = 96;
+
+/// Whether the weight gradient runs tap by tap ([`weight_grad_classes`]):
+/// kernels of more than one tap over small output images
+/// ([`CLASSES_MAX_PIXELS`]) with at least 32 input channels (one
+/// AVX-512 panel), where at least an eighth of the column matrix is
+/// padding, or, for stride 1 and at least 256 input channels, a sixteenth;
+/// on the AVX paths; never with `FROSTGRAD_DW_CLASSES=0` (for comparison).
+///
+/// Measured on Zen 4, batch 32 at 112x112 (BENCHMARKS.md issue 9 item 31),
+/// CPU time against the column-matrix form: 3x3 512->512 at 4x4 (31 %
+/// padding) and 256->512 stride 2 to 4x4 (31 %) 0.82x, 256->256 at 7x7
+/// (18 %) 0.80x, but 128->256 stride 2 to 7x7 (9 %) 1.07x; on the AVX2
+/// path 0.70x, 0.74x (and 512->512 at 7x7, batch 8: 0.87x). The portable
+/// path, which writes each tap's operands out for `matrixmultiply`, ranged
+/// from 0.84x to 1.18x (noisy): it keeps the column-matrix form. At batch
+/// 8 x 224 (load 7.7): 256->256 at 14x14 (9 %) 0.86-0.88x in two runs
+/// (where skipped packing adds to skipped padding), but the stride-2
+/// layers to 7x7 (9 %) 1.01-1.04x, 128->128 at 28x28 (5 %, shifted form)
+/// 0.96x and 64->64 at 56x56 (2 %) 1.09x.
+pub(super) fn by_classes(g: &Conv2dGeometry) -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = super::super::env_switch::on_unless_zero(&ENABLED, "FROSTGRAD_DW_CLASSES");
+    if !enabled
+        || simd::active() == simd::SimdPath::Portable
+        || g.kernel_h * g.kernel_w < 2
+        || g.out_h * g.out_w > CLASSES_MAX_PIXELS
+        || g.batch * g.out_h * g.out_w < CLASSES_MIN_DEPTH
+        || g.in_channels < 32
+    {
+        return false;
+    }
+    // Products with a real input pixel, of all kernel taps x output pixels.
+    let valid = |out: usize, input: usize, stride: usize, k: usize, d: usize, pad: usize| {
+        (0..k)
+            .map(|t| {
+                let (lo, hi) = valid_outputs(out, input, stride, t * d, pad);
+                hi - lo
+            })
+            .sum::<usize>()
+    };
+    let rows = valid(
+        g.out_h,
+        g.in_h,
+        g.stride.0,
+        g.kernel_h,
+        g.dilation.0,
+        g.padding.0,
+    );
+    let cols = valid(
+        g.out_w,
+        g.in_w,
+        g.stride.1,
+        g.kernel_w,
+        g.dilation.1,
+        g.padding.1,
+    );
+    let all = g.kernel_h * g.out_h * g.kernel_w * g.out_w;
+    let padding = all - rows * cols;
+    8 * padding >= all || (g.stride == (1, 1) && g.in_channels >= 256 && 16 * padding >= all)
+}
+
+/// The weight gradient one tap `(kh, kw)` at a time, over only the output
+/// pixels where that tap sees a real input pixel:
+///
+/// `dW[:, :, kh, kw] = Σ_{valid p} dy[:, p] · x(kh, kw)[:, p]ᵀ`
+///
+/// (`[C_out, C_in]`, depth = the valid output pixels of every image). The
+/// column matrix multiplies the padding's zeros too: at ResNet's 4x4 stage
+/// 31 % of a 3x3 kernel's products (7x7: 18 %). Here each tap's depth is a
+/// rectangle of output pixels per image; `dy` is read where it lies through
+/// a table of those pixels (`gemm::with_indexed_lhs`) and `x`, transposed
+/// to channels-last, gives each depth row as consecutive floats
+/// ([`TapRows`]), so packing is a copy.
+///
+/// Parallelism: thread `t` of the pool ([`part_per_thread`]) takes whole
+/// column panels of every tap (input channels `c0..c1`,
+/// [`tap_column_parts`]) over all images: it transposes those channels of
+/// the images itself (in blocks of at most `limits.block_elems` floats of
+/// `x` and at least one image, every block after the first adding onto its per-tap sums, see
+/// [`Beta`]), multiplies, and writes those columns of `dW` in their final
+/// `[C_out, C_in, KH, KW]` order. So each thread owns a disjoint part of
+/// `dW` and reads only the part of `x` it transposed: one parallel call, no
+/// partial sums, and no pass left to one thread.
+///
+/// Why: as image groups (each thread a partial sum of all per-tap blocks
+/// over its images, the partials then added and the blocks reordered into
+/// `dW` on the calling thread alone), ResNet's 3x3 256->256 weight gradient
+/// at 14x14 spent ~7 % of its wall time in that reorder with both workers
+/// idle, and layer4's 512->512 at 7x7 (split GEMMs, one per tap, each its
+/// own fork-join) transposed `x` and reordered its 9 MiB `dW` on one thread
+/// (`perf record -e cpu-clock`, batch 8 x 224, 2 threads, Zen 2;
+/// BENCHMARKS.md issue 9 item 40).
+pub(super) fn weight_grad_classes(
+    dy: &[f32],
+    x: &[f32],
+    g: &Conv2dGeometry,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let op = "conv2d_weight_grad";
+    let plan = Plan::new(op, g, limits)?;
+    let (c_out, c_in, taps) = (g.out_channels, g.in_channels, g.kernel_h * g.kernel_w);
+    let plane = g.in_h * g.in_w;
+    let mut dw = unset_sum(op, taps * c_out * c_in)?;
+    if g.batch * plan.pixels == 0 || dw.is_empty() || plane == 0 {
+        dw.fill(0.0);
+        return Ok(dw);
+    }
+    let images = (limits.block_elems / plan.in_image).clamp(1, g.batch);
+    let tables = TapTables::new(op, g, &plan, images)?;
+    // Thread t's per-tap sums, `[KH * KW, C_out, c1 - c0]`, side by side.
+    let mut by_tap = unset_sum(op, taps * c_out * c_in)?;
+    let mut pieces = vec![];
+    let mut rest = &mut by_tap[..];
+    for (c0, c1) in tap_column_parts(c_in, rayon::current_num_threads()) {
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(taps * c_out * (c1 - c0));
+        pieces.push(((c0, c1), piece));
+        rest = tail;
+    }
+    let dw_out = SharedOut(dw.as_mut_ptr());
+    part_per_thread(pieces, |_, ((c0, c1), sums)| {
+        let width = c1 - c0;
+        if width == 0 {
+            return;
+        }
+        with_scratch(Slot::Staging, images * plane * width, |xt| {
+            for first in (0..g.batch).step_by(images) {
+                let count = images.min(g.batch - first);
+                // Channels c0..c1, last: xt[(n * H * W + pixel) * width + c - c0].
+                let x = batch_images(x, plan.in_image, first, count);
+                for (image, t) in x
+                    .chunks_exact(plan.in_image)
+                    .zip(xt.chunks_exact_mut(plane * width))
+                {
+                    transpose(&image[c0 * plane..c1 * plane], width, plane, t, width);
+                }
+                let dy = batch_images(dy, plan.out_image, first, count);
+                let xt = &xt[..count * plane * width];
+                let beta = if first == 0 { 0.0 } else { 1.0 };
+                weight_grad_tap_columns(dy, xt, g, &plan, &tables, sums, (count, width), beta);
+            }
+        });
+        // SAFETY: `dw` outlives this call and nothing else touches it
+        // meanwhile; each thread writes the elements of its own input
+        // channels c0..c1 (disjoint: `tap_column_parts`) of each row.
+        unsafe { reorder_tap_columns(sums, g, (c0, c1), &dw_out) };
+    });
+    tables.recycle();
+    buffer_pool::recycle(by_tap);
+    Ok(dw)
+}
+
+/// `dW`'s buffer, written by several threads at once at disjoint
+/// elements ([`reorder_tap_columns`]).
+struct SharedOut(*mut f32);
+// SAFETY: the threads that share it write disjoint elements (see its uses).
+unsafe impl Sync for SharedOut {}
+
+/// The input channels of [`weight_grad_classes`]'s parts, one per thread:
+/// whole column panels of the micro-kernel (the last part may end in a
+/// partial one), as equal as whole panels allow; empty parts where there
+/// are fewer panels than threads.
+pub(super) fn tap_column_parts(c_in: usize, threads: usize) -> Vec<(usize, usize)> {
+    let align = tap_column_align();
+    let units = c_in.div_ceil(align);
+    let threads = threads.max(1);
+    let bound = |t: usize| (t * units / threads * align).min(c_in);
+    (0..threads).map(|t| (bound(t), bound(t + 1))).collect()
+}
+
+/// The micro-kernel's panel width on the active path (16 elsewhere: the
+/// tap-by-tap form runs on the AVX paths only, [`by_classes`]).
+fn tap_column_align() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (_, nr) = super::super::gemm::tile(simd::active());
+        if nr > 0 {
+            return nr;
+        }
+    }
+    16
+}
+
+/// Per tap, for up to `images` images, the offsets of the depth rows of
+/// [`weight_grad_classes`]: of `dy`'s pixel (`n * C_out * OH * OW + oh * OW
+/// + ow`, the left operand's table) and of `x`'s pixel (`n * H * W + ih * W
+/// + iw`, the channels-last row [`TapRows`] copies). Built once per call,
+/// without a division per row, and shared by every thread (each had built
+/// the left operand's offsets itself, four divisions per row, ~2 % of the
+/// samples at 256->256 @14, `perf`). The rows of the first `n` images are
+/// the first `n * rows` entries of a tap's table, whatever block of images.
+pub(super) struct TapTables {
+    /// Per tap: where its entries start and how many it has per image.
+    taps: Vec<(usize, usize)>,
+    /// The `dy` offsets of all taps, then the `x` offsets of all taps.
+    data: Vec<i64>,
+}
+
+impl TapTables {
+    pub(super) fn new(
+        op: &'static str,
+        g: &Conv2dGeometry,
+        plan: &Plan,
+        images: usize,
+    ) -> Result<Self> {
+        let mut taps = Vec::with_capacity(g.kernel_h * g.kernel_w);
+        let mut total = 0;
+        for kh in 0..g.kernel_h {
+            let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+            for kw in 0..g.kernel_w {
+                let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+                let rows = (h.1 - h.0) * (w.1 - w.0);
+                taps.push((total, rows));
+                total += images * rows;
+            }
+        }
+        let mut data = buffer_pool::uninit::<i64>(op, 2 * total)?;
+        let (dy_at, x_at) = data.split_at_mut(total);
+        let mut i = 0;
+        for kh in 0..g.kernel_h {
+            let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
+            for kw in 0..g.kernel_w {
+                let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+                for n in 0..images {
+                    for oh in h.0..h.1 {
+                        let ih = oh * g.stride.0 + kh * g.dilation.0 - g.padding.0;
+                        for ow in w.0..w.1 {
+                            let iw = ow * g.stride.1 + kw * g.dilation.1 - g.padding.1;
+                            dy_at[i] = (n * plan.out_image + oh * g.out_w + ow) as i64;
+                            x_at[i] = ((n * g.in_h + ih) * g.in_w + iw) as i64;
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+        debug_assert_eq!(i, total);
+        Ok(Self { taps, data })
+    }
+
+    /// Tap `t`'s `dy` and `x` offsets for the first `images` images.
+    pub(super) fn tap(&self, t: usize, images: usize) -> (&[i64], &[i64]) {
+        let (start, rows) = self.taps[t];
+        let total = self.data.len() / 2;
+        let len = images * rows;
+        (
+            &self.data[start..start + len],
+            &self.data[total + start..total + start + len],
+        )
+    }
+
+    fn recycle(self) {
+        buffer_pool::recycle(self.data);
+    }
+}
+
+/// One part of [`weight_grad_classes`]: input channels `c0..c1` (`width`
+/// of them) of every tap's sum over `batch` images, from those channels of
+/// the images, channels-last (`xt`), into `sums` (`[KH * KW, C_out,
+/// width]`; overwritten with `beta` 0, see [`Beta`]).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_tap_columns(
+    dy: &[f32],
+    xt: &[f32],
+    g: &Conv2dGeometry,
+    plan: &Plan,
+    tables: &TapTables,
+    sums: &mut [f32],
+    (batch, width): (usize, usize),
+    beta: Beta,
+) {
+    let c_out = g.out_channels;
+    let block = c_out * width;
+    for (t, out) in sums
+        .chunks_exact_mut(block.max(1))
+        .take(g.kernel_h * g.kernel_w)
+        .enumerate()
+    {
+        let (dy_at, x_at) = tables.tap(t, batch);
+        let depth = dy_at.len();
+        if depth == 0 {
+            if beta == 0.0 {
+                out.fill(0.0);
+            }
+            continue;
+        }
+        let rows = TapRows::new(xt, x_at, width);
+        with_indexed_lhs(
+            dy,
+            plan.pixels,
+            (c_out, depth),
+            |p| dy_at[p] as usize,
+            |a| {
+                sgemm(
+                    Par::Serial,
+                    c_out,
+                    depth,
+                    width,
+                    a,
+                    Rhs::Source(&rows),
+                    beta,
+                    out,
+                    width,
+                )
+            },
+        );
+    }
+}
+
+/// Writes input channels `c0..c1` of `dW` (`[C_out, C_in, KH, KW]`) from
+/// one part's per-tap sums (`[KH * KW, C_out, c1 - c0]`): for each output
+/// channel one contiguous run of `dW`, filled tap by tap from sequential
+/// reads while it stays in L1.
+///
+/// # Safety
+/// `dw` points at `C_out * C_in * KH * KW` writable floats that no other
+/// thread reads or writes in input channels `c0..c1` meanwhile.
+unsafe fn reorder_tap_columns(
+    sums: &[f32],
+    g: &Conv2dGeometry,
+    (c0, c1): (usize, usize),
+    dw: &SharedOut,
+) {
+    let (c_out, c_in, taps) = (g.out_channels, g.in_channels, g.kernel_h * g.kernel_w);
+    let width = c1 - c0;
+    let block = c_out * width;
+    assert!(c0 <= c1 && c1 <= c_in && sums.len() >= taps * block);
+    if width == 0 {
+        return;
+    }
+    // The AVX transpose where the active path is a SIMD one (looked up once
+    // per call; a forced `portable` path runs the scalar form).
+    let avx = simd::active() != simd::SimdPath::Portable && simd::SimdPath::Avx2.is_supported();
+    for o in 0..c_out {
+        // SAFETY: the run lies inside dW (o < C_out, c1 <= C_in) and is
+        // this thread's alone (the caller's contract).
+        let row = unsafe {
+            std::slice::from_raw_parts_mut(dw.0.add((o * c_in + c0) * taps), width * taps)
+        };
+        let sums = &sums[o * width..];
+        match taps {
+            9 => interleave_taps::<9>(sums, block, row, avx),
+            _ => {
+                for (c, d) in row.chunks_exact_mut(taps).enumerate() {
+                    for (t, d) in d.iter_mut().enumerate() {
+                        *d = sums[t * block + c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `row[c * T + t] = sums[t * block + c]`: one output channel's run of
+/// [`reorder_tap_columns`] with the tap count a constant (3x3 kernels), so
+/// the `T` reads per element are fixed offsets (a loop over taps with
+/// strided stores took 1.2x the samples of this pass at 3x3 512->512 @7,
+/// `perf`, one thread).
+///
+/// `avx`: the CPU has AVX and the active path is not `portable`.
+fn interleave_taps<const T: usize>(sums: &[f32], block: usize, row: &mut [f32], avx: bool) {
+    let width = row.len() / T;
+    let from: [&[f32]; T] = std::array::from_fn(|t| &sums[t * block..][..width]);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if T == 9 && avx {
+        let nine: &[&[f32]; 9] = from[..].try_into().expect("9 taps");
+        // SAFETY: AVX is there (`avx`: AVX2 is supported, and every AVX2
+        // CPU has AVX); each of `nine`
+        // holds `width` floats and `row` 9 * `width`.
+        done = unsafe { interleave_nine_avx(nine, row) };
+    }
+    for (c, d) in row.chunks_exact_mut(T).enumerate().skip(done) {
+        let d: &mut [f32; T] = d.try_into().expect("T floats");
+        for (t, d) in d.iter_mut().enumerate() {
+            *d = from[t][c];
+        }
+    }
+}
+
+/// [`interleave_taps`] for 3x3 kernels, 8 input channels at a time: an
+/// 8x8 transpose of taps 0-7 in registers, stored as 8-float rows 9 apart,
+/// and tap 8 written beside each. Returns how many channels it wrote (a
+/// multiple of 8; the caller writes the rest). The scalar form, ~2 cycles
+/// an element, took 6 % of the samples of 3x3 512->512 @7 at 2 threads
+/// (`perf`, Zen 2; BENCHMARKS.md issue 9 item 40).
+///
+/// # Safety
+/// The CPU has AVX; every `from[t]` holds `row.len() / 9` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn interleave_nine_avx(from: &[&[f32]; 9], row: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let width = row.len() / 9;
+    assert!(from.iter().all(|f| f.len() >= width));
+    let whole = width - width % 8;
+    for c in (0..whole).step_by(8) {
+        // SAFETY: c + 8 <= width floats of each tap (asserted above); the 72
+        // floats at 9 * c lie inside `row` (9 * (c + 8) <= row.len()).
+        unsafe {
+            let r = |t: usize| _mm256_loadu_ps(from[t].as_ptr().add(c));
+            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+            let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
+            let t0 = _mm256_unpacklo_ps(r0, r1);
+            let t1 = _mm256_unpackhi_ps(r0, r1);
+            let t2 = _mm256_unpacklo_ps(r2, r3);
+            let t3 = _mm256_unpackhi_ps(r2, r3);
+            let t4 = _mm256_unpacklo_ps(r4, r5);
+            let t5 = _mm256_unpackhi_ps(r4, r5);
+            let t6 = _mm256_unpacklo_ps(r6, r7);
+            let t7 = _mm256_unpackhi_ps(r6, r7);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            // Channel k's taps 0-7.
+            let u = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            let out = row.as_mut_ptr().add(9 * c);
+            for (k, &u) in u.iter().enumerate() {
+                _mm256_storeu_ps(out.add(9 * k), u);
+                *out.add(9 * k + 8) = *from[8].as_ptr().add(c + k);
+            }
+        }
+    }
+    whole
+}
+
+/// The right operand of one tap of [`weight_grad_classes`]: `[depth,
+/// width]`, row `p` = the input pixel `at[p]` (`width` channels) of
+/// channels-last images `xt`: the pixel the tap sees at the `p`-th output
+/// pixel of its valid rectangle, image by image ([`TapTables`]).
+pub(super) struct TapRows<'a> {
+    xt: &'a [f32],
+    at: &'a [i64],
+    width: usize,
+}
+
+impl<'a> TapRows<'a> {
+    pub(super) fn new(xt: &'a [f32], at: &'a [i64], width: usize) -> Self {
+        let fits = at.iter().all(|&a| {
+            (a as usize)
+                .checked_add(1)
+                .and_then(|e| e.checked_mul(width))
+                .is_some_and(|e| e <= xt.len())
+        });
+        assert!(fits, "tap rows outside the images");
+        Self { xt, at, width }
+    }
+
+    /// Depth row `p`: the channels-last input pixel it reads.
+    pub(super) fn row(&self, p: usize) -> &[f32] {
+        &self.xt[self.at[p] as usize * self.width..][..self.width]
+    }
+
+    /// [`PackB::pack`] with the panel width a constant, so that a whole
+    /// panel row is a few vector moves rather than a `memcpy` call.
+    fn pack_panels<const NR: usize>(
+        &self,
+        pc: usize,
+        kc: usize,
+        jc: usize,
+        nc: usize,
+        out: &mut [f32],
+    ) {
+        let panel = kc * NR;
+        for p in 0..kc {
+            let row = &self.row(pc + p)[jc..jc + nc];
+            let mut whole = row.chunks_exact(NR);
+            for (q, values) in whole.by_ref().enumerate() {
+                let dst: &mut [f32; NR] = (&mut out[q * panel + p * NR..][..NR])
+                    .try_into()
+                    .expect("NR floats");
+                *dst = values.try_into().expect("NR floats");
+            }
+            let values = whole.remainder();
+            if !values.is_empty() {
+                let dst = &mut out[nc / NR * panel + p * NR..][..NR];
+                dst[..values.len()].copy_from_slice(values);
+                dst[values.len()..].fill(0.0);
+            }
+        }
+    }
+}
+
+impl PackB for TapRows<'_> {
+    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+        assert!(pc + kc <= self.at.len() && jc + nc <= self.width && nr > 0);
+        match nr {
+            16 => return self.pack_panels::<16>(pc, kc, jc, nc, out),
+            32 => return self.pack_panels::<32>(pc, kc, jc, nc, out),
+            _ => {}
+        }
+        let panel = kc * nr;
+        for p in 0..kc {
+            let row = &self.row(pc + p)[jc..jc + nc];
+            for (q, values) in row.chunks(nr).enumerate() {
+                let dst = &mut out[q * panel + p * nr..][..nr];
+                dst[..values.len()].copy_from_slice(values);
+                dst[values.len()..].fill(0.0);
+            }
+        }
+    }
+}
+
+impl Source for TapRows<'_> {
+    fn shape(&self) -> (usize, usize) {
+        (self.at.len(), self.width)
+    }
+}

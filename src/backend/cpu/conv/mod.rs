@@ -21,7 +21,8 @@
 //! packed one input patch row at a time on the AVX-512 path
 //! ([`im2col::fill_patches`]; `FROSTGRAD_DW_PATCHES=0` turns it off, for
 //! comparison). Over small images where enough of the column matrix is
-//! padding (ResNet's 14x14 to 4x4 stages, see [`by_classes`]) the weight gradient
+//! padding (ResNet's 14x14 to 4x4 stages, and 20x20 at 320x320 input, see
+//! [`by_classes`]) the weight gradient
 //! runs one kernel tap at a time over only the output pixels that tap sees
 //! real input at ([`weight_grad_classes`]; `FROSTGRAD_DW_CLASSES=0` turns
 //! it off, for comparison).
@@ -68,6 +69,17 @@
 //! im2col and a single-threaded GEMM; otherwise (the 7x7 stage, small
 //! batches) chunks run one at a time with their im2col rows and GEMM
 //! blocks split across threads. See [`Plan::parallel_groups`].
+//!
+//! Files, one job each: this one holds the chunk plan ([`Plan`],
+//! [`Chunk`], [`Limits`]) and the group drivers every direction shares;
+//! `columns.rs` packs im2col panels for the GEMM ([`Columns`]);
+//! `col2im.rs` scatters the input gradient's columns back onto images;
+//! `forward.rs` is the forward and its padding-tap skip; `direct.rs` the
+//! direct convolution (no column matrix) of stride-1 layers;
+//! `input_grad.rs` the input gradient (flipped forward or col2im);
+//! `weight_grad.rs` the weight gradient's im2col and shifted forms, and
+//! `weight_grad_taps.rs` its tap-by-tap form for small padded images;
+//! `tests.rs` checks all of them against float64 loops.
 //!
 //! [`input_grad_flipped`]: input_grad::input_grad_flipped
 //! [`weight_grad_shifted`]: weight_grad::weight_grad_shifted

@@ -204,6 +204,17 @@ pub(super) fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    /// Two deterministic operands of `n` values in [-0.5, 0.5).
+    fn operands(n: usize) -> (Vec<f32>, Vec<f32>) {
+        let a = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let b = (0..n)
+            .map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5)
+            .collect();
+        (a, b)
+    }
+
     #[test]
     fn relu_keeps_nan_and_zeroes_negatives() {
         let y = relu(&[-1.0, 0.0, 2.5, f32::NAN, f32::NEG_INFINITY]).unwrap();
@@ -226,12 +237,7 @@ mod tests {
         // Several parallel chunks, and the edge cases of relu: NaN kept,
         // -0.0 and negatives zeroed, a sum that rounds.
         let n = 3 * PAR_CHUNK + 5;
-        let mut a: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
-            .collect();
-        let mut b: Vec<f32> = (0..n)
-            .map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5)
-            .collect();
+        let (mut a, mut b) = operands(n);
         a[..5].copy_from_slice(&[f32::NAN, -0.0, 1.0, -1.0, 1e8]);
         b[..5].copy_from_slice(&[1.0, 0.0, -1.0, 0.5, 1.0]);
         let expected = relu(&add(&a, &b).unwrap()).unwrap();
@@ -253,12 +259,7 @@ mod tests {
         // relu's edge cases (NaN kept, -0.0 and negatives zeroed).
         use super::super::simd;
         let n = 2 * PAR_CHUNK + 13;
-        let mut a: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
-            .collect();
-        let mut b: Vec<f32> = (0..n)
-            .map(|i| ((i * 104_729) % 997) as f32 * 1e-3 - 0.5)
-            .collect();
+        let (mut a, mut b) = operands(n);
         a[n - 5..].copy_from_slice(&[f32::NAN, -0.0, 1.0, -1.0, 1e8]);
         b[n - 5..].copy_from_slice(&[1.0, 0.0, -1.0, 0.5, 1.0]);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

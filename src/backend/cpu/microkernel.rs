@@ -1989,7 +1989,9 @@ unsafe fn direct_rows_walking(
 /// `2R` FMAs each. The [`ByPixel`] kernel loads the table every step.
 /// Measured in a kernel-only loop on L1/L2-resident data (3x3 128->128 at
 /// 28x28, one thread, Zen 2): 99.8 GF/s against 97.0 for [`ByPixel`] and
-/// 101 for packed panels; the layers: BENCHMARKS.md issue 9 item 41.
+/// 101 for packed panels (a throwaway harness, not in the repository);
+/// the layers, measured with `scripts/ab_layers.py`: BENCHMARKS.md issue 9
+/// item 41.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `R <= rows.len()`, `1 <= mr <= R`, `NR / 2 <

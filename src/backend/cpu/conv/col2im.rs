@@ -87,7 +87,7 @@ pub(super) fn col2im_add(
 /// row were a fifth of these input gradients' time (`perf`).
 /// `FROSTGRAD_COL2IM_MERGE=0` adds tap by tap (for comparison; the tests
 /// run both).
-pub(super) fn merges_tap_rows(g: &Conv2dGeometry) -> bool {
+fn merges_tap_rows(g: &Conv2dGeometry) -> bool {
     g.kernel_w == 3
         && g.stride.1 == 2
         && g.padding.1 == 1
@@ -220,7 +220,7 @@ pub(super) fn col2im_set(
 /// 1x1 stride-2 input gradient ([`col2im_set`]). SSE interleaves four
 /// values with zeros per step.
 #[inline(never)]
-pub(super) fn scatter_even_set(src: &[f32], dst: &mut [f32]) {
+fn scatter_even_set(src: &[f32], dst: &mut [f32]) {
     let n = src.len();
     assert!(n == 0 || dst.len() > 2 * (n - 1));
     let mut e = 0;
@@ -258,7 +258,7 @@ pub(super) fn scatter_even_set(src: &[f32], dst: &mut [f32]) {
 ///
 /// [`gather_even`]: super::columns::gather_even
 #[inline(never)]
-pub(super) fn scatter_even_add(src: &[f32], dst: &mut [f32]) {
+fn scatter_even_add(src: &[f32], dst: &mut [f32]) {
     let n = src.len();
     assert!(n == 0 || dst.len() > 2 * (n - 1));
     let mut e = 0;
@@ -326,6 +326,178 @@ pub(super) fn restage(
                     .zip(stage.iter())
                     .for_each(|(d, &s)| *d = s + b[co]),
                 None => dst.copy_from_slice(stage),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::input_grad::input_grad_col2im;
+    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::Limits;
+    use super::*;
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    #[test]
+    fn scatter_even_add_touches_only_even_elements_at_every_length() {
+        for n in 0..20 {
+            for extra in [0, 1, 2, 7] {
+                let src: Vec<f32> = (0..n).map(|i| i as f32 + 0.5).collect();
+                let len = (2 * n).max(1) - 1 + extra;
+                // Odd elements hold -0.0 and NaN-free values that must not move.
+                let before: Vec<f32> = (0..len)
+                    .map(|i| if i % 4 == 1 { -0.0 } else { i as f32 * 0.25 })
+                    .collect();
+                let mut dst = before.clone();
+                scatter_even_add(&src, &mut dst);
+                for (i, (&got, &old)) in dst.iter().zip(&before).enumerate() {
+                    let want = if i % 2 == 0 && i / 2 < n {
+                        old + src[i / 2]
+                    } else {
+                        old
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn merged_tap_rows_give_the_tap_by_tap_sums_bit_for_bit() {
+        // 3-wide kernels at stride 2, padding 1 (the merged rows): even and
+        // odd widths (the last odd input column with or without a right
+        // tap), rows long enough for the SSE steps (up to 23 outputs) and
+        // as short as 1, kernel heights 3 and 1, vertical strides 2 and 1,
+        // whole-image groups and row chunks: the merged form equals the
+        // tap-by-tap one bit for bit and both match the f64 loops.
+        let cases: &[Case] = &[
+            ([2, 5, 14, 14], [3, 5, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([3, 4, 7, 7], [5, 4, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([2, 3, 9, 45], [4, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([2, 3, 6, 46], [2, 3, 1, 3], (1, 2), (0, 1), (1, 1)),
+            ([1, 2, 5, 1], [3, 2, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([1, 2, 4, 2], [3, 2, 3, 3], (2, 2), (1, 1), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            assert!(merges_tap_rows(&g), "case {case}");
+            let x = pseudo_random(input.iter().product(), 31 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 130 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 330 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            for (block_elems, min_columns, groups_per_thread) in
+                [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
+            {
+                let limits = Limits {
+                    block_elems,
+                    min_columns,
+                    groups_per_thread,
+                    dx_block_elems: 1 << 10,
+                    group_pack_elems: None,
+                };
+                let [merged, by_tap] = [true, false].map(|merge| {
+                    pool.install(|| input_grad_col2im(&dy, &w, &g, limits, false, merge).unwrap())
+                });
+                let what = format!("case {case} blocks {block_elems} columns {min_columns} dx");
+                assert_close(&what, &merged, &r.dx, 1e-5);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&merged) == bits(&by_tap), "{what}: merged differs");
+            }
+        }
+    }
+
+    #[test]
+    fn scatter_even_set_writes_every_element_at_every_length() {
+        for n in 0..20 {
+            let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+            for len in (2 * n).max(1) - 1..2 * n + 3 {
+                let mut dst = vec![f32::NAN; len];
+                scatter_even_set(&src, &mut dst);
+                for (i, &got) in dst.iter().enumerate() {
+                    let want = if i % 2 == 0 && i / 2 < n {
+                        src[i / 2]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(got.to_bits(), want.to_bits(), "n {n} len {len} [{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_set_writes_every_element_of_its_rows_into_nan_planes() {
+        // `col2im_set` alone, into planes filled with NaN (so a value it
+        // failed to write, a zero it skipped, shows): strides 1 to 3 on
+        // either axis, sizes the strides do not divide, two images, the
+        // output rows whole and split into chunks. Inside the chunk's input
+        // rows every element is the one gradient that lands there or 0;
+        // outside them nothing is touched.
+        for (in_h, in_w, stride) in [
+            (7, 7, (2, 2)),
+            (14, 14, (2, 2)),
+            (8, 9, (2, 2)),
+            (10, 11, (3, 2)),
+            (7, 5, (1, 3)),
+            (5, 6, (1, 1)),
+        ] {
+            let (c, images) = (3, 2);
+            let g = Conv2dGeometry::new(
+                [images, c, in_h, in_w],
+                [4, c, 1, 1],
+                stride,
+                (0, 0),
+                (1, 1),
+            )
+            .unwrap();
+            let (sh, sw) = stride;
+            let splits = [(0, g.out_h), (0, g.out_h / 2), (g.out_h / 2, g.out_h)];
+            for rows in splits.into_iter().filter(|r| r.0 < r.1) {
+                let chunk = Chunk {
+                    first_image: 0,
+                    images,
+                    rows,
+                };
+                let (width, seg) = (chunk.columns(&g), chunk.image_columns(&g));
+                let col = pseudo_random(c * width, (in_h * 7 + in_w + rows.0) as u64);
+                let plane_len = in_h * in_w;
+                let mut data = vec![f32::NAN; images * c * plane_len];
+                {
+                    let mut planes: Vec<&mut [f32]> =
+                        data.chunks_exact_mut(c * plane_len).collect();
+                    col2im_set(&col, &g, &chunk, &mut planes);
+                }
+                let ih0 = rows.0 * sh;
+                let ih1 = if rows.1 >= g.out_h { in_h } else { rows.1 * sh };
+                for j in 0..images {
+                    for ch in 0..c {
+                        for ih in 0..in_h {
+                            for iw in 0..in_w {
+                                let got = data[(j * c + ch) * plane_len + ih * in_w + iw];
+                                let what =
+                                    format!("{g:?} rows {rows:?} image {j} c {ch} ({ih}, {iw})");
+                                if !(ih0..ih1).contains(&ih) {
+                                    assert!(got.is_nan(), "{what}: written outside the chunk");
+                                    continue;
+                                }
+                                let (oh, ow) = (ih / sh, iw / sw);
+                                let lands =
+                                    ih % sh == 0 && iw % sw == 0 && oh < rows.1 && ow < g.out_w;
+                                let want = if lands {
+                                    col[ch * width + j * seg + (oh - rows.0) * g.out_w + ow]
+                                } else {
+                                    0.0
+                                };
+                                assert_eq!(got.to_bits(), want.to_bits(), "{what}");
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -36,7 +36,7 @@ pub(super) fn for_each_tap_row(
 }
 
 /// Splits a column-matrix row index into `(channel, kh, kw)`.
-pub(super) fn tap(g: &Conv2dGeometry, r: usize) -> (usize, usize, usize) {
+fn tap(g: &Conv2dGeometry, r: usize) -> (usize, usize, usize) {
     let per_channel = g.kernel_h * g.kernel_w;
     (
         r / per_channel,
@@ -60,7 +60,7 @@ pub(super) struct Columns<'a> {
     transposed: bool,
     /// The SIMD path whose fills pack (the GEMM's, [`simd::active`]; tests
     /// set each path the CPU supports).
-    pub(super) path: simd::SimdPath,
+    path: simd::SimdPath,
     /// The forward's columns in class order, so that the GEMM skips the
     /// padding taps ([`ClassOrder`]; `None`: image by image, row by row).
     order: Option<ClassOrder>,
@@ -441,6 +441,305 @@ pub(super) fn gather(
     {
         for co in 0..g.out_channels {
             staging[co * width + j * p..][..p].copy_from_slice(&image[co * p..(co + 1) * p]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::forward::forward_with;
+    use super::super::test_support::{assert_close, reference, source, Case};
+    use super::super::weight_grad::weight_grad_with;
+    use super::super::{Limits, LIMITS};
+    use super::*;
+    use crate::backend::cpu::scratch::{with_scratch, Slot};
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    #[test]
+    fn ordered_panels_hold_the_live_rows_of_the_column_matrix_on_every_path() {
+        // Columns in class order (whole rows, and every column class:
+        // runs of one pixel, so the gather fill), packed whole and with
+        // only each panel's live rows, against the column matrix from the
+        // definition, for every path's fills at each panel width, blocks
+        // that start inside the taps and columns, into a poisoned buffer.
+        let cases: &[Case] = &[
+            ([3, 2, 4, 4], [1, 2, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([4, 3, 7, 7], [1, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([3, 1, 7, 6], [1, 1, 5, 3], (1, 1), (2, 1), (1, 1)),
+            ([5, 2, 2, 2], [1, 2, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ];
+        for &(input, weight, stride, padding, dilation) in cases {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 23);
+            let plan = Plan::new("test", &g, LIMITS).unwrap();
+            let chunk = Chunk {
+                first_image: 0,
+                images: g.batch,
+                rows: (0, g.out_h),
+            };
+            let (taps, width, period) = (plan.taps, chunk.columns(&g), g.kernel_h * g.kernel_w);
+            for split in [false, true] {
+                let order = ClassOrder::new(&g, g.batch, split).unwrap();
+                // The pixel of every column.
+                let mut pixel = vec![(0, 0, 0); width];
+                order.pieces(0, width, |j, image, oh, ow, len, _| {
+                    for e in 0..len {
+                        pixel[j + e] = (image, oh, ow + e);
+                    }
+                });
+                let col = |r: usize, j: usize| {
+                    let (c, kh, kw) = tap(&g, r);
+                    let (n, oh, ow) = pixel[j];
+                    let ih = source(oh, kh, g.stride.0, g.padding.0, g.dilation.0, g.in_h);
+                    let iw = source(ow, kw, g.stride.1, g.padding.1, g.dilation.1, g.in_w);
+                    match (ih, iw) {
+                        (Some(ih), Some(iw)) => {
+                            x[((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw]
+                        }
+                        _ => 0.0,
+                    }
+                };
+                for (pc, kc, jc, nc) in [(0, taps, 0, width), (1, taps - 2, 3, width - 3)] {
+                    for nr in [32, 16, 5] {
+                        for path in simd::supported() {
+                            let mut columns =
+                                Columns::new(&x, &g, &plan, chunk, false).ordered(Some(order));
+                            columns.path = path;
+                            assert_eq!(columns.depth_period(), Some(period));
+                            let panels = nc.div_ceil(nr);
+                            let masks: Vec<u64> = (0..panels)
+                                .map(|p| columns.panel_mask(jc + p * nr, nr.min(nc - p * nr)))
+                                .collect();
+                            let len = panels * nr * kc;
+                            for live in [false, true] {
+                                let mut out = vec![f32::NAN; len + 7];
+                                // SAFETY: the block lies inside the shape;
+                                // `out` holds it; one mask per panel.
+                                unsafe {
+                                    if live {
+                                        columns.pack_live((pc, kc), (jc, nc), nr, &masks, &mut out)
+                                    } else {
+                                        columns.pack(pc, kc, jc, nc, nr, &mut out)
+                                    }
+                                };
+                                assert!(out[len..].iter().all(|v| v.is_nan()), "wrote past");
+                                for (p, &mask) in masks.iter().enumerate() {
+                                    let rows: Vec<usize> = (pc..pc + kc)
+                                        .filter(|&r| !live || mask >> (r % period) & 1 == 1)
+                                        .collect();
+                                    for (i, &r) in rows.iter().enumerate() {
+                                        for jj in 0..nr {
+                                            let j = p * nr + jj;
+                                            let got = out[p * kc * nr + i * nr + jj];
+                                            let want = if j < nc { col(r, jc + j) } else { 0.0 };
+                                            assert_eq!(
+                                                got.to_bits(),
+                                                want.to_bits(),
+                                                "{g:?} split {split} {path:?} nr {nr} live {live} \
+                                                 block {:?}: panel {p} row {r} column {jj}",
+                                                (pc, kc, jc, nc)
+                                            );
+                                        }
+                                    }
+                                    // The rows a mask drops are zero in
+                                    // every column of the panel.
+                                    for r in
+                                        (pc..pc + kc).filter(|&r| mask >> (r % period) & 1 == 0)
+                                    {
+                                        for j in p * nr..(p * nr + nr).min(nc) {
+                                            assert_eq!(
+                                                col(r, jc + j),
+                                                0.0,
+                                                "{g:?}: a live row dropped"
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gather_even_takes_every_other_value_at_every_length() {
+        for n in 0..20 {
+            let src: Vec<f32> = (0..(2 * n).max(1) - 1).map(|i| i as f32).collect();
+            let mut out = vec![f32::NAN; n];
+            gather_even(&src, &mut out);
+            let want: Vec<f32> = (0..n).map(|e| (2 * e) as f32).collect();
+            assert_eq!(out, want, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn transpose_handles_blocks_and_edges() {
+        for (rows, len, stride) in [(8, 8, 8), (7, 9, 11), (3, 2, 5), (12, 5, 16)] {
+            let src = pseudo_random(rows * len, (rows * 31 + len) as u64);
+            let mut dst = vec![f32::NAN; len * stride];
+            transpose(&src, rows, len, &mut dst, stride);
+            for e in 0..len {
+                for j in 0..stride {
+                    let got = dst[e * stride + j];
+                    if j < rows {
+                        assert_eq!(got, src[j * len + e], "{rows}x{len}: ({e}, {j})");
+                    } else {
+                        assert!(got.is_nan(), "{rows}x{len}: wrote outside ({e}, {j})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn im2col_zeroes_padding_in_a_dirty_scratch_buffer() {
+        // im2col writes only the padding zeros and the real pixels, not a
+        // full clear: poison this thread's reused scratch buffers (the
+        // portable path's dense column block among them) and check that no
+        // stale value leaks into a padded convolution.
+        let (input, weight) = ([2, 3, 7, 9], [4, 3, 3, 3]);
+        let g = Conv2dGeometry::new(input, weight, (2, 1), (2, 1), (1, 1)).unwrap();
+        let x = pseudo_random(input.iter().product(), 7);
+        let w = pseudo_random(weight.iter().product(), 8);
+        let dy = pseudo_random(g.output_shape().iter().product(), 9);
+        let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+        let limits = Limits {
+            block_elems: 1,
+            min_columns: 1,
+            groups_per_thread: 2,
+            dx_block_elems: 1,
+            group_pack_elems: None,
+        };
+        let poison = || {
+            with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
+            with_scratch(Slot::Dense, 1 << 16, |col| col.fill(f32::NAN));
+        };
+        poison();
+        let y = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| {
+                poison();
+                forward_with(&x, &w, None, &g, limits).unwrap()
+            });
+        assert_close("y", &y, &r.y, 1e-5);
+        assert_close(
+            "dw",
+            &weight_grad_with(&dy, &x, &g, limits).unwrap(),
+            &r.dw,
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn packed_panels_match_the_column_matrix_on_every_path() {
+        // Columns::pack against the column matrix from the definition, in
+        // both orientations, for blocks that start and end inside a run,
+        // an image and the taps, panels of every width the kernels use and
+        // ragged ones, into a poisoned buffer: every panel value must be
+        // the column matrix's (0 past its edge) and nothing after the
+        // panels may be written.
+        let cases: &[Case] = &[
+            // Padding at both edges; runs cross image boundaries in a chunk.
+            ([3, 2, 5, 7], [1, 2, 3, 3], (1, 1), (1, 1), (1, 1)),
+            // Stride 2 (and 3 below), padding, dilation, rows wider than 32.
+            ([2, 2, 4, 37], [1, 2, 3, 3], (2, 2), (1, 2), (1, 2)),
+            ([2, 1, 7, 11], [1, 1, 2, 3], (3, 3), (2, 1), (1, 1)),
+            // A tiny image and a 7x7 stem-like tap set.
+            ([2, 1, 1, 2], [1, 1, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 1, 9, 9], [1, 1, 7, 7], (2, 2), (3, 3), (1, 1)),
+            // The stem's shape with channels, and more patch rows (`C_in *
+            // KH` = 70) than `im2col::fill_patches` prepares at once.
+            ([2, 3, 11, 10], [1, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
+            ([1, 10, 8, 9], [1, 10, 7, 5], (2, 1), (3, 2), (1, 1)),
+        ];
+        for &(input, weight, stride, padding, dilation) in cases {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 17);
+            for limits in [
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: usize::MAX / 2,
+                    groups_per_thread: 2,
+                    ..LIMITS
+                },
+                Limits {
+                    block_elems: 2 * g.kernel_h * g.kernel_w * g.in_channels * g.out_w,
+                    min_columns: 1,
+                    groups_per_thread: 2,
+                    ..LIMITS
+                },
+            ] {
+                let plan = Plan::new("test", &g, limits).unwrap();
+                for chunk in plan.chunks(&g, g.batch) {
+                    let (taps, width) = (plan.taps, chunk.columns(&g));
+                    let seg = chunk.image_columns(&g);
+                    // col[r][j] from the definition.
+                    let col = |r: usize, j: usize| {
+                        let (c, kh, kw) = tap(&g, r);
+                        let (n, q) = (chunk.first_image + j / seg, j % seg);
+                        let (oh, ow) = (chunk.rows.0 + q / g.out_w, q % g.out_w);
+                        let ih = source(oh, kh, g.stride.0, g.padding.0, g.dilation.0, g.in_h);
+                        let iw = source(ow, kw, g.stride.1, g.padding.1, g.dilation.1, g.in_w);
+                        match (ih, iw) {
+                            (Some(ih), Some(iw)) => {
+                                x[((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw]
+                            }
+                            _ => 0.0,
+                        }
+                    };
+                    let images = chunk.images_of(&x, plan.in_image);
+                    for transposed in [false, true] {
+                        let (depth, cols) = if transposed {
+                            (width, taps)
+                        } else {
+                            (taps, width)
+                        };
+                        let blocks = [(0, depth, 0, cols), (1, depth - 1, 1, cols - 1)];
+                        let blocks =
+                            blocks
+                                .into_iter()
+                                .chain([(depth / 3, depth / 2, cols / 3, cols / 2)]);
+                        for (pc, kc, jc, nc) in blocks.filter(|b| b.1 > 0 && b.3 > 0) {
+                            for nr in [32, 16, 5, 1, nc] {
+                                for path in simd::supported() {
+                                    let mut columns =
+                                        Columns::new(images, &g, &plan, chunk, transposed);
+                                    columns.path = path;
+                                    let len = nc.div_ceil(nr) * nr * kc;
+                                    let mut out = vec![f32::NAN; len + 7];
+                                    // SAFETY: the block lies inside the shape; `out` holds it.
+                                    unsafe { columns.pack(pc, kc, jc, nc, nr, &mut out) };
+                                    for (i, &got) in out.iter().enumerate() {
+                                        let (p, k, jj) =
+                                            (i / (kc * nr), i % (kc * nr) / nr, i % nr);
+                                        let j = p * nr + jj;
+                                        let want = if i >= len {
+                                            assert!(got.is_nan(), "wrote past the panels");
+                                            continue;
+                                        } else if j >= nc {
+                                            0.0
+                                        } else if transposed {
+                                            col(jc + j, pc + k)
+                                        } else {
+                                            col(pc + k, jc + j)
+                                        };
+                                        assert_eq!(
+                                            got.to_bits(),
+                                            want.to_bits(),
+                                            "{g:?} {chunk:?} {path:?} transposed {transposed} block {:?} nr {nr}: panel {p} row {k} column {jj}",
+                                            (pc, kc, jc, nc)
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -315,3 +315,138 @@ fn copy_short(src: &[f32], dst: &mut [f32]) {
         copy8(&mut dst[len - 8..], &src[len - 8..]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::forward::{forward_skipping, Skip};
+    use super::super::input_grad::{flipped_geometry, input_grad_flipped_skipping};
+    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::{Limits, FORWARD_LIMITS};
+    use super::*;
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    #[test]
+    fn direct_convolution_matches_direct_loops_on_every_path() {
+        // The forward and the flipped input gradient as direct
+        // convolutions (forced), against float64 loops, on every micro-
+        // kernel path this CPU has: output channels ragged for both panel
+        // widths (21, 40: AVX-512's narrow last panel; 29), rows not a multiple
+        // of either kernel's tile (13, 5 and 2 wide: short tiles), depths
+        // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
+        // 2, a 3x2 kernel with padding on one axis only, no padding; batch
+        // 1 and 3 on two threads; an image in two blocks of output rows;
+        // into a dirty output scratch; the flipped input gradient checked
+        // to take the direct path too. The rule: taken for ResNet's 3x3
+        // 64->64 at 28x28, batch 32, 128->128, and 64->64 at 56x56, batch
+        // 8; not for 256 output channels, grouped small images or a stride
+        // of 2.
+        let cases: &[Case] = &[
+            ([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 4, 9, 8], [5, 4, 5, 5], (1, 1), (2, 2), (1, 1)),
+            ([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
+            ([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)),
+            ([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)),
+            // A last panel of 13 columns (29 = 16 + 13) for the AVX2
+            // walking kernel's partial store; 1-pixel output rows.
+            ([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 4, 5, 1], [16, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+            // Two product blocks of 21 and 20 output rows (41 x 64 floats
+            // per row against DIRECT_BLOCK_ELEMS).
+            ([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 51 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 151 + case as u64);
+            let b = pseudo_random(weight[0], 251 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 351 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            let flipped = flipped_geometry(&g);
+            for path in simd::supported() {
+                simd::set_pool_path(&pool, Some(path));
+                let what = |k: &str| format!("case {case} {g:?} {path:?} {k}");
+                let limits = Limits {
+                    min_columns: 1,
+                    ..FORWARD_LIMITS
+                };
+                let taken = pool.install(|| {
+                    let plan = Plan::new("test", &g, limits).unwrap();
+                    direct_width(&g, &plan, Some(true)).is_some()
+                });
+                assert_eq!(taken, path != simd::SimdPath::Portable, "{}", what("taken"));
+                let y = pool.install(|| {
+                    pool.broadcast(|_| {
+                        with_scratch(Slot::Staging, 1 << 14, |b| b.fill(f32::NAN));
+                    });
+                    forward_skipping(&x, &w, Some(&b), &g, limits, Skip::Auto, Some(true)).unwrap()
+                });
+                assert_close(&what("y"), &y, &r.y, 1e-5);
+                if let Some(flipped) = &flipped {
+                    let taken = pool.install(|| {
+                        let plan = Plan::new("test", flipped, limits).unwrap();
+                        direct_width(flipped, &plan, Some(true)).is_some()
+                    });
+                    assert_eq!(
+                        taken,
+                        path != simd::SimdPath::Portable,
+                        "{}",
+                        what("dx taken")
+                    );
+                    let dx = pool.install(|| {
+                        input_grad_flipped_skipping(
+                            &dy,
+                            &w,
+                            &g,
+                            flipped,
+                            limits,
+                            Skip::Auto,
+                            Some(true),
+                        )
+                        .unwrap()
+                    });
+                    assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                }
+            }
+        }
+        simd::set_pool_path(&pool, None);
+        // Where the rule takes it (on a micro-kernel path).
+        if simd::active() == simd::SimdPath::Portable {
+            return;
+        }
+        pool.install(|| {
+            let resnet = |batch: usize, c: usize, size: usize, stride: usize| {
+                let g = Conv2dGeometry::new(
+                    [batch, c, size, size],
+                    [c, c, 3, 3],
+                    (stride, stride),
+                    (1, 1),
+                    (1, 1),
+                )
+                .unwrap();
+                let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+                direct_width(&g, &plan, None).is_some()
+            };
+            if std::env::var("FROSTGRAD_CONV_DIRECT").is_err() {
+                assert!(resnet(32, 64, 28, 1));
+                assert!(resnet(32, 128, 28, 1));
+                // 56x56 at batch 8 (a whole image per chunk only once the
+                // image is split into blocks of output rows).
+                assert!(resnet(8, 64, 56, 1));
+                assert!(!resnet(32, 256, 28, 1));
+                assert!(!resnet(32, 64, 7, 1));
+                // 14x14 images, grouped for the im2col GEMM: direct on
+                // AVX2 only (DIRECT_MIN_GROUPED_PIXELS).
+                assert_eq!(
+                    resnet(32, 128, 14, 1),
+                    simd::active() == simd::SimdPath::Avx2
+                );
+                assert!(!resnet(32, 64, 28, 2));
+            }
+        });
+    }
+}

@@ -111,7 +111,7 @@ fn skipping_panel_width(_weight: Lhs<'_>) -> Option<usize> {
 /// at most [`SKIP_MAX_LIVE_SHARE`] of the FMAs.
 /// `FROSTGRAD_CONV_SKIP_PADDING=0` never skips, `=1` skips wherever it can
 /// (for comparison).
-pub(super) fn skip_order(
+fn skip_order(
     g: &Conv2dGeometry,
     images: usize,
     weight: Lhs<'_>,
@@ -231,5 +231,165 @@ fn forward_images(
             None => 0.0,
         };
         sgemm(par, m, k, width, weight, col, beta, out, plan.pixels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::super::input_grad::{flipped_geometry, input_grad_flipped_skipping};
+    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::LIMITS;
+    use super::*;
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    #[test]
+    fn skipping_padding_taps_matches_direct_loops_on_every_path() {
+        // The forward and the flipped input gradient with the columns in
+        // class order and the GEMM skipping the taps a panel's columns all
+        // miss, forced on (and off), against float64 loops, on every SIMD
+        // path this CPU has (the order is taken on the micro-kernel paths
+        // only; the portable path checks the plain one under the same
+        // calls). Geometries that give every class: 3x3 padding 1 at 4x4
+        // and 7x7, stride 2 from 7x7 to 4x4 (both edges padded), 14x14
+        // with a ragged last panel, a 5x5 kernel with padding 2, dilation
+        // 2, 2x2 and 1x1 images, padding past the kernel's reach (columns
+        // that see no tap at all); depths below one 256-deep block and
+        // above it by a few rows (C_in not a multiple of it), output
+        // channels ragged for both row tiles; groups of 1 to 4 images,
+        // with a last group of one; and 16 images.
+        let cases: &[(Case, usize)] = &[
+            (([5, 19, 4, 4], [21, 19, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            // 16 images at 4x4: the corner and edge columns fill whole
+            // 32-wide panels (the forward's groups at batch 32).
+            (([17, 5, 4, 4], [9, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 16),
+            (([5, 29, 7, 7], [10, 29, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([4, 30, 7, 7], [9, 30, 3, 3], (2, 2), (1, 1), (1, 1)), 2),
+            (([3, 8, 14, 14], [6, 8, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([4, 3, 9, 8], [5, 3, 5, 5], (1, 1), (2, 2), (1, 1)), 3),
+            (([3, 4, 6, 7], [3, 4, 3, 3], (1, 1), (2, 2), (2, 2)), 2),
+            (([3, 40, 2, 2], [17, 40, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([3, 7, 1, 1], [5, 7, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([3, 2, 3, 3], [4, 2, 3, 3], (1, 1), (3, 3), (1, 1)), 2),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &((input, weight, stride, padding, dilation), images)) in
+            cases.iter().enumerate()
+        {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 41 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 141 + case as u64);
+            let b = pseudo_random(weight[0], 241 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 341 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            let flipped = flipped_geometry(&g);
+            for path in simd::supported() {
+                // On this test's threads only (not `simd::force`, which
+                // the other tests running meanwhile would see).
+                simd::set_pool_path(&pool, Some(path));
+                // Images per group: `images` for the forward, and as many
+                // pixels' worth for the flipped gradient's (input-sized)
+                // images; groups run in parallel, or one at a time split.
+                for groups_per_thread in [0, 1] {
+                    let limits = |pixels: usize| Limits {
+                        block_elems: usize::MAX / 2,
+                        min_columns: images * pixels,
+                        groups_per_thread,
+                        ..LIMITS
+                    };
+                    for skip in [Skip::On, Skip::Classes, Skip::Off] {
+                        let what = |k: &str| {
+                            format!(
+                                "case {case} {g:?} {path:?} groups {groups_per_thread} {skip:?} {k}"
+                            )
+                        };
+                        let limits_y = limits(g.out_h * g.out_w);
+                        let y = pool.install(|| {
+                            pool.broadcast(|_| {
+                                with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                            });
+                            forward_skipping(&x, &w, Some(&b), &g, limits_y, skip, Some(false))
+                                .unwrap()
+                        });
+                        assert_close(&what("y"), &y, &r.y, 1e-5);
+                        if let Some(flipped) = &flipped {
+                            let limits_dx = limits(g.in_h * g.in_w);
+                            let dx = pool.install(|| {
+                                input_grad_flipped_skipping(
+                                    &dy,
+                                    &w,
+                                    &g,
+                                    flipped,
+                                    limits_dx,
+                                    skip,
+                                    Some(false),
+                                )
+                                .unwrap()
+                            });
+                            assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                        }
+                    }
+                }
+                // Where the order is taken: grouped images on the
+                // micro-kernel paths, with the weight read in place.
+                let weight = Lhs::View(MatRef::row_major(&w, w.len() / weight[0]));
+                for skip in [Skip::On, Skip::Classes] {
+                    let taken = skip_order(&g, images, weight, skip).is_some();
+                    assert_eq!(
+                        taken,
+                        path != simd::SimdPath::Portable,
+                        "case {case} {path:?}"
+                    );
+                }
+                assert!(skip_order(&g, images, weight, Skip::Off).is_none());
+            }
+        }
+        simd::set_pool_path(&pool, None);
+    }
+
+    /// The padding skip also runs when a group's product is split across
+    /// threads by rows (more output channels than columns): there the
+    /// split used to pack the columns once for all parts, keeping no live
+    /// rows, so the skip was silently lost (review of this session's diff).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_row_split_product_still_skips_the_padding() {
+        use crate::backend::cpu::microkernel::LIVE_CALLS;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let g =
+            Conv2dGeometry::new([4, 256, 4, 4], [512, 256, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+        let x = pseudo_random(4 * 256 * 16, 7);
+        let w = pseudo_random(512 * 256 * 9, 8);
+        let calls = || -> usize { pool.broadcast(|_| LIVE_CALLS.with(Cell::get)).iter().sum() };
+        for path in simd::supported() {
+            if path == simd::SimdPath::Portable {
+                continue; // the skip runs on the micro-kernel paths only
+            }
+            simd::set_pool_path(&pool, Some(path));
+            // Two-image groups, one at a time, each split across threads.
+            let limits = Limits {
+                min_columns: 2 * 16,
+                groups_per_thread: 1000,
+                ..LIMITS
+            };
+            let before = calls();
+            let y = pool
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::On, Some(false)))
+                .unwrap();
+            assert!(calls() > before, "{path:?}: no product skipped the padding");
+            let off = pool
+                .install(|| forward_skipping(&x, &w, None, &g, limits, Skip::Off, Some(false)))
+                .unwrap();
+            let off: Vec<f64> = off.iter().map(|&v| f64::from(v)).collect();
+            assert_close(&format!("{path:?} skip vs dense"), &y, &off, 1e-5);
+        }
+        simd::set_pool_path(&pool, None);
     }
 }

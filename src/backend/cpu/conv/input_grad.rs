@@ -55,7 +55,7 @@ pub(in super::super) fn conv2d_input_grad(
 /// BENCHMARKS.md issue 9 item 37). On the portable path the flipped weight
 /// would have to be written out first (`matrixmultiply` takes only
 /// strided operands).
-pub(super) fn flip_input_grad(g: &Conv2dGeometry, flipped: &Conv2dGeometry) -> bool {
+fn flip_input_grad(g: &Conv2dGeometry, flipped: &Conv2dGeometry) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_DX", "flip", "col2im");
     forced.unwrap_or_else(|| {
@@ -178,7 +178,7 @@ pub(super) fn input_grad_with(
 /// would be written). `FROSTGRAD_CONV_DX_OVERWRITE=0` keeps the zeroing
 /// and adding (for comparison; the tests run both), like the other `=0`
 /// switches.
-pub(super) fn overwrites_dx(g: &Conv2dGeometry) -> bool {
+fn overwrites_dx(g: &Conv2dGeometry) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = super::super::env_switch::on_unless_zero(&ON, "FROSTGRAD_CONV_DX_OVERWRITE");
     on && pointwise_taps(g) && g.out_channels > 0
@@ -186,7 +186,7 @@ pub(super) fn overwrites_dx(g: &Conv2dGeometry) -> bool {
 
 /// A 1x1 unpadded kernel: every input pixel is read by at most one output
 /// pixel (any stride).
-pub(super) fn pointwise_taps(g: &Conv2dGeometry) -> bool {
+fn pointwise_taps(g: &Conv2dGeometry) -> bool {
     g.kernel_h == 1 && g.kernel_w == 1 && g.padding == (0, 0)
 }
 
@@ -363,5 +363,284 @@ fn input_grad_images(
                 }
             })
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{assert_close, reference, Case};
+    use super::*;
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    #[test]
+    fn input_grad_row_blocks_match_direct_loops() {
+        // Input channels that the row blocks do not divide (blocks of whole
+        // channels starting at multiples of the packed Wᵀ's row tile: 8
+        // channels of 9 taps on AVX-512, 2 on AVX2, 1 on portable; AVX-512
+        // reads Wᵀ in place, 1 channel per unit, up to 256 columns, so the
+        // last two cases have more), block
+        // sizes from one unit to all channels, stride 2 and padding, batch
+        // 1 and a partial image group, blocks in parallel (split) and on
+        // one thread (image groups), into dirty scratch buffers.
+        let cases: &[Case] = &[
+            ([2, 19, 6, 5], [7, 19, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 13, 7, 7], [6, 13, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([1, 17, 5, 6], [4, 17, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([3, 11, 4, 4], [5, 11, 3, 2], (1, 1), (2, 0), (1, 1)),
+            ([3, 19, 10, 10], [7, 19, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 21, 13, 11], [5, 21, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 11 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 110 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 310 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let pixels = g.out_h * g.out_w;
+            let taps = weight[1] * weight[2] * weight[3];
+            for dx_block_elems in [1, 3 * taps * pixels, 9 * taps * pixels, usize::MAX / 2] {
+                for (min_columns, groups_per_thread) in [(1, 0), (1, 2), (2 * pixels, 1)] {
+                    let limits = Limits {
+                        block_elems: usize::MAX / 2,
+                        min_columns,
+                        groups_per_thread,
+                        dx_block_elems,
+                        group_pack_elems: None,
+                    };
+                    let dx = pool.install(|| {
+                        pool.broadcast(|_| {
+                            with_scratch(Slot::Columns, 1 << 12, |b| b.fill(f32::NAN));
+                            with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                        });
+                        input_grad_with(&dy, &w, &g, limits).unwrap()
+                    });
+                    let what = format!(
+                        "case {case} block {dx_block_elems} columns {min_columns} \
+                         groups/thread {groups_per_thread} dx"
+                    );
+                    assert_close(&what, &dx, &r.dx, 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_input_grad_matches_direct_loops() {
+        // The input gradient as a forward convolution of dy with the
+        // flipped weight, on the active SIMD path (the suites run once per
+        // path): kernels 1..7 (square and not), dilation, every padding
+        // from 0 to d(k-1) in some combination, C_in != C_out with C_in
+        // (the GEMM's rows) ragged for both kernels' row tiles and widths
+        // ragged for their panels, batch 1 and several, and chunking and
+        // grouping variants on two threads, into dirty scratch buffers.
+        let mut cases: Vec<Case> = vec![
+            // ResNet-like: 3x3 at 7x7 (grouped images), 1x1 (forced flip).
+            ([3, 16, 7, 7], [24, 16, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 8, 4, 5], [16, 8, 1, 1], (1, 1), (0, 0), (1, 1)),
+            // Tiny images (ResNet at 40x40: 10, 5, 3 and 2 pixels wide, 1).
+            ([4, 16, 10, 10], [16, 16, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([4, 24, 5, 5], [24, 24, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([4, 40, 3, 3], [40, 40, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([4, 64, 2, 2], [64, 64, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 9, 1, 1], [10, 9, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ];
+        for (kh, kw) in [(1, 1), (3, 3), (5, 5), (7, 7), (3, 2), (1, 3)] {
+            for (dh, dw) in [(1, 1), (2, 1)] {
+                let (fh, fw) = (dh * (kh - 1), dw * (kw - 1));
+                for (ph, pw) in [(0, 0), (fh / 2, fw / 2), (fh, fw), (fh, 0)] {
+                    for batch in [1, 3] {
+                        cases.push((
+                            [batch, 13, 14, 11],
+                            [5, 13, kh, kw],
+                            (1, 1),
+                            (ph, pw),
+                            (dh, dw),
+                        ));
+                    }
+                }
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let Ok(g) = Conv2dGeometry::new(input, weight, stride, padding, dilation) else {
+                continue; // an empty output (e.g. 7x7 dilated, unpadded)
+            };
+            let flipped = flipped_geometry(&g).expect("stride 1, padding <= d(k-1)");
+            let x = pseudo_random(input.iter().product(), 21 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 121 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 321 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let pixels = g.in_h * g.in_w;
+            let taps_row = weight[0] * weight[2] * weight[3] * g.in_w;
+            for limits in [
+                FORWARD_LIMITS,
+                LIMITS,
+                // One output row per chunk, then two.
+                Limits {
+                    block_elems: 1,
+                    min_columns: 1,
+                    groups_per_thread: 1,
+                    ..LIMITS
+                },
+                Limits {
+                    block_elems: 2 * taps_row,
+                    min_columns: 1,
+                    groups_per_thread: 0,
+                    ..LIMITS
+                },
+                // Two images per chunk.
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: 2 * pixels,
+                    groups_per_thread: 2,
+                    ..LIMITS
+                },
+            ] {
+                let dx = pool.install(|| {
+                    pool.broadcast(|_| {
+                        with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                        with_scratch(Slot::PackedLhs, 1 << 12, |b| b.fill(f32::NAN));
+                    });
+                    input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap()
+                });
+                let what = format!("case {case} {g:?} dx");
+                assert_close(&what, &dx, &r.dx, 1e-5);
+            }
+        }
+    }
+
+    /// The AVX2 path's rule for the flipped input gradient: small images
+    /// always, larger ones where the flipped forward runs as a direct
+    /// convolution (ResNet's 64@56 and 128@28 at batch 8), not where it
+    /// would run through im2col (256@14; one image for two threads), where
+    /// col2im is as fast. Says SKIPPED where
+    /// it cannot check the rule: no AVX2, or the rule overridden by
+    /// FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it() {
+        if !simd::SimdPath::Avx2.is_supported()
+            || std::env::var("FROSTGRAD_CONV_DIRECT").is_ok()
+            || std::env::var("FROSTGRAD_CONV_DX").is_ok()
+        {
+            eprintln!(
+                "SKIPPED avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it: \
+                 no AVX2 on this CPU, or FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX set"
+            );
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        simd::set_pool_path(&pool, Some(simd::SimdPath::Avx2));
+        pool.install(|| {
+            let flips = |batch: usize, c: usize, size: usize| {
+                let g = Conv2dGeometry::new(
+                    [batch, c, size, size],
+                    [c, c, 3, 3],
+                    (1, 1),
+                    (1, 1),
+                    (1, 1),
+                )
+                .unwrap();
+                flip_input_grad(&g, &flipped_geometry(&g).unwrap())
+            };
+            assert!(flips(8, 64, 56));
+            assert!(flips(8, 128, 28));
+            assert!(flips(32, 64, 28));
+            assert!(!flips(8, 256, 14));
+            assert!(flips(8, 512, 7));
+            // One image for two threads: no direct convolution, so col2im.
+            assert!(!flips(1, 64, 56));
+        });
+        simd::set_pool_path(&pool, None);
+    }
+
+    #[test]
+    fn flipped_geometry_only_for_stride_1_and_padding_within_reach() {
+        let geo = |input, weight, stride, padding, dilation| {
+            Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap()
+        };
+        let g = geo([2, 3, 9, 8], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1));
+        let f = flipped_geometry(&g).unwrap();
+        assert_eq!((f.in_channels, f.out_channels), (4, 3));
+        assert_eq!((f.in_h, f.in_w, f.out_h, f.out_w), (9, 8, 9, 8));
+        assert_eq!(f.padding, (1, 1));
+        // Dilation 2, no padding: padded by d(k-1) = 4.
+        let g = geo([1, 2, 9, 9], [2, 2, 3, 3], (1, 1), (0, 0), (2, 2));
+        assert_eq!(flipped_geometry(&g).unwrap().padding, (4, 4));
+        // Stride 2, or padding past the kernel's reach: col2im.
+        assert!(
+            flipped_geometry(&geo([1, 2, 9, 9], [2, 2, 3, 3], (2, 2), (1, 1), (1, 1))).is_none()
+        );
+        assert!(
+            flipped_geometry(&geo([1, 2, 9, 9], [2, 2, 3, 3], (1, 1), (3, 1), (1, 1))).is_none()
+        );
+        assert!(
+            flipped_geometry(&geo([1, 2, 3, 4], [3, 2, 1, 1], (1, 1), (1, 2), (1, 1))).is_none()
+        );
+    }
+
+    #[test]
+    fn pointwise_input_grad_writes_dx_whole_like_the_zeroed_form() {
+        // 1x1 unpadded kernels at strides 1 to 3 (the stride-2 one with
+        // rows of 4 and 7 values, as ResNet's), odd sizes that the strides
+        // do not divide, whole-image groups and row chunks of one image,
+        // split and on one thread: `dx` written whole (from a dirty pool
+        // buffer) and the zeroed col2im form both match the f64 loops.
+        let cases: &[Case] = &[
+            ([3, 13, 7, 7], [6, 13, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 9, 14, 14], [5, 9, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 7, 8, 9], [4, 7, 1, 1], (2, 2), (0, 0), (1, 1)),
+            ([2, 5, 10, 11], [3, 5, 1, 1], (3, 2), (0, 0), (1, 1)),
+            ([3, 6, 7, 5], [4, 6, 1, 1], (1, 3), (0, 0), (1, 1)),
+            ([2, 4, 5, 6], [3, 4, 1, 1], (1, 1), (0, 0), (1, 1)),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            assert!(pointwise_taps(&g));
+            let x = pseudo_random(input.iter().product(), 21 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 120 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 320 + case as u64);
+            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let len = input.iter().product();
+            for (block_elems, min_columns, groups_per_thread) in
+                [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
+            {
+                let limits = Limits {
+                    block_elems,
+                    min_columns,
+                    groups_per_thread,
+                    dx_block_elems: 1 << 10,
+                    group_pack_elems: None,
+                };
+                for overwrite in [true, false] {
+                    // A dirty buffer of dx's size for the pool to hand out.
+                    let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
+                    dirty.fill(f32::NAN);
+                    buffer_pool::recycle(dirty);
+                    let dx = pool.install(|| {
+                        input_grad_col2im(&dy, &w, &g, limits, overwrite, true).unwrap()
+                    });
+                    let what = format!(
+                        "case {case} blocks {block_elems} columns {min_columns} \
+                         groups/thread {groups_per_thread} overwrite {overwrite} dx"
+                    );
+                    assert_close(&what, &dx, &r.dx, 1e-5);
+                }
+            }
+        }
     }
 }

@@ -79,7 +79,8 @@
 //! `input_grad.rs` the input gradient (flipped forward or col2im);
 //! `weight_grad.rs` the weight gradient's im2col and shifted forms, and
 //! `weight_grad_taps.rs` its tap-by-tap form for small padded images;
-//! `tests.rs` checks all of them against float64 loops.
+//! each file's `tests` module checks its code against float64 loops
+//! (the direct convolution in `test_support.rs`, which they share).
 //!
 //! [`input_grad_flipped`]: input_grad::input_grad_flipped
 //! [`weight_grad_shifted`]: weight_grad::weight_grad_shifted
@@ -104,7 +105,7 @@ mod direct;
 mod forward;
 mod input_grad;
 #[cfg(test)]
-mod tests;
+mod test_support;
 mod weight_grad;
 mod weight_grad_taps;
 
@@ -647,4 +648,281 @@ fn lcm(a: usize, b: usize) -> usize {
         (x, y) = (y, x % y);
     }
     a / x * b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forward::forward_with;
+    use super::input_grad::{flipped_geometry, input_grad_flipped, input_grad_with};
+    use super::test_support::{assert_close, reference, Case};
+    use super::weight_grad::{
+        shifted_rows, weight_grad_im2col, weight_grad_limits, weight_grad_with,
+    };
+    use super::weight_grad_taps::{by_classes, weight_grad_classes};
+    use super::*;
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    const CASES: &[Case] = &[
+        // stride 2, padding 1, odd non-square input
+        ([2, 3, 7, 9], [5, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+        // asymmetric stride / padding / dilation, non-square kernel
+        ([1, 4, 8, 6], [3, 4, 3, 2], (1, 2), (2, 0), (2, 1)),
+        // dilation 2 on both axes with padding 2
+        ([2, 3, 9, 8], [2, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
+        // 1x1 stride 1: the im2col-free path
+        ([3, 5, 6, 7], [7, 5, 1, 1], (1, 1), (0, 0), (1, 1)),
+        // 1x1 stride 2 (ResNet downsample): goes through im2col
+        ([2, 6, 9, 9], [4, 6, 1, 1], (2, 2), (0, 0), (1, 1)),
+        // 1x1 with padding: the border sees only zeros
+        ([1, 2, 3, 4], [3, 2, 1, 1], (1, 1), (1, 2), (1, 1)),
+        // The shifted weight gradient: ResNet's 3x3 padding 1, a 5x5
+        // padding 2 (shifts of up to 2 per row), a 2-wide kernel dilated
+        // 2, a 1x3 kernel unpadded along the height, 1-pixel-wide images
+        // (every shifted value outside its row).
+        ([2, 3, 6, 5], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ([2, 2, 4, 7], [3, 2, 5, 5], (1, 1), (2, 2), (1, 1)),
+        ([1, 2, 5, 6], [2, 2, 2, 2], (1, 1), (1, 1), (2, 2)),
+        ([1, 3, 4, 9], [2, 3, 1, 3], (1, 1), (0, 1), (1, 1)),
+        ([3, 2, 2, 1], [3, 2, 3, 3], (1, 1), (1, 1), (1, 1)),
+        // 7x7 stride 2 padding 3: the ResNet stem shape, shrunk
+        ([2, 3, 11, 10], [4, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
+        // kernel as large as the input, and padding wider than the kernel reach
+        ([1, 2, 5, 5], [3, 2, 5, 5], (1, 1), (0, 0), (1, 1)),
+        ([1, 2, 3, 4], [2, 2, 3, 3], (3, 1), (2, 2), (1, 1)),
+    ];
+
+    #[test]
+    fn conv_matches_direct_loops_on_odd_shapes() {
+        for (case, &(input, weight, stride, padding, dilation)) in CASES.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 1 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 100 + case as u64);
+            let b = pseudo_random(weight[0], 200 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 300 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            let pixels = g.out_h * g.out_w;
+            let no_bias: Vec<f64> =
+                r.y.iter()
+                    .enumerate()
+                    .map(|(i, &v)| v - f64::from(b[(i / pixels) % g.out_channels]))
+                    .collect();
+            let taps_row = g.kernel_h * g.kernel_w * g.in_channels * g.out_w;
+            let variants = [
+                // The defaults: these small images are grouped per chunk.
+                LIMITS,
+                // One output row per chunk, then two: exercises the block seams.
+                Limits {
+                    block_elems: 1,
+                    min_columns: 1,
+                    groups_per_thread: 2,
+                    dx_block_elems: 1,
+                    group_pack_elems: None,
+                },
+                Limits {
+                    block_elems: 2 * taps_row,
+                    min_columns: 1,
+                    groups_per_thread: 2,
+                    dx_block_elems: 1,
+                    group_pack_elems: None,
+                },
+                // One whole image per chunk (the 1x1 case takes the im2col-free path).
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: 1,
+                    groups_per_thread: 2,
+                    dx_block_elems: 1,
+                    group_pack_elems: None,
+                },
+                // Two images per chunk, so a batch of 3 ends in a partial group.
+                Limits {
+                    block_elems: usize::MAX / 2,
+                    min_columns: 2 * pixels,
+                    groups_per_thread: 2,
+                    dx_block_elems: 1,
+                    group_pack_elems: None,
+                },
+            ];
+            // Each variant again with image groups run in parallel (on a
+            // 2-thread pool, so the group path is taken for any batch), and
+            // with the forward's one group per thread (which also caps the
+            // images per group so that there are two groups).
+            let variants = variants.iter().flat_map(|&l| {
+                [0, 1]
+                    .map(|groups_per_thread| Limits {
+                        groups_per_thread,
+                        ..l
+                    })
+                    .into_iter()
+                    .chain([l])
+            });
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            for (v, limits) in variants.enumerate() {
+                let what = |k: &str| format!("case {case} limits #{v} {k}");
+                let (y, y_no_bias, dx, dw) = pool.install(|| {
+                    (
+                        forward_with(&x, &w, Some(&b), &g, limits).unwrap(),
+                        forward_with(&x, &w, None, &g, limits).unwrap(),
+                        input_grad_with(&dy, &w, &g, limits).unwrap(),
+                        weight_grad_with(&dy, &x, &g, limits).unwrap(),
+                    )
+                });
+                assert_close(&what("y"), &y, &r.y, 1e-5);
+                assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
+                assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                assert_close(&what("dw"), &dw, &r.dw, 1e-5);
+                if shifted_rows(&g).is_some() || by_classes(&g) {
+                    // The im2col form still serves the layers the shifted
+                    // one leaves (more row taps): check it here too.
+                    let dw = pool.install(|| weight_grad_im2col(&dy, &x, &g, limits).unwrap());
+                    assert_close(&what("dw im2col"), &dw, &r.dw, 1e-5);
+                }
+                // The tap-by-tap form on every geometry, not only the
+                // small padded images it is chosen for.
+                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                assert_close(&what("dw by taps"), &dw, &r.dw, 1e-5);
+                if let Some(flipped) = flipped_geometry(&g) {
+                    let dx =
+                        pool.install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
+                    assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forward_gives_every_thread_an_image_group() {
+        // Layer4's 3x3 256->512 stride 2 at batch 8: eight 7x7 outputs fit
+        // one chunk, which left one of two threads idle in the forward.
+        let g = Conv2dGeometry::new([8, 256, 14, 14], [512, 256, 3, 3], (2, 2), (1, 1), (1, 1))
+            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+            assert_eq!(plan.images_per_chunk, 4);
+            assert!(plan.parallel_groups(&g));
+            // The gradients keep one chunk of all eight, split inside.
+            let plan = Plan::new("test", &g, weight_grad_limits(&g)).unwrap();
+            assert_eq!(plan.images_per_chunk, 8);
+            assert!(!plan.parallel_groups(&g));
+            // ... but not the 1x1 downsample's small weight gradient.
+            let g = Conv2dGeometry::new([8, 256, 14, 14], [512, 256, 1, 1], (2, 2), (0, 0), (1, 1))
+                .unwrap();
+            let plan = Plan::new("test", &g, weight_grad_limits(&g)).unwrap();
+            assert_eq!(plan.images_per_chunk, 4);
+            assert!(plan.parallel_groups(&g));
+        });
+    }
+
+    #[test]
+    fn forward_groups_are_bounded_by_the_packed_block() {
+        // ResNet's stride-1 3x3 layers at batch 32 x 112: the forward packs
+        // one 256-deep block of its columns at a time, so 4x4 and 7x7
+        // images go 16 to a group (one per thread), where the whole column
+        // matrix (4608 or 2304 taps deep) held them to 14 and 9, i.e.
+        // groups of 8; 14x14 stays at 4 (768 columns), 28x28 at one. The
+        // portable path, whose GEMM takes the column matrix stored, keeps
+        // the old bound.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for path in simd::supported() {
+            simd::set_pool_path(&pool, Some(path));
+            pool.install(|| forward_groups_for_path(path));
+        }
+        simd::set_pool_path(&pool, None);
+    }
+
+    fn forward_groups_for_path(path: simd::SimdPath) {
+        for (c, size, want, old) in [
+            (512, 4, 16, 8),
+            (256, 7, 16, 8),
+            (128, 14, 4, 4),
+            (64, 28, 1, 1),
+        ] {
+            {
+                let g =
+                    Conv2dGeometry::new([32, c, size, size], [c, c, 3, 3], (1, 1), (1, 1), (1, 1))
+                        .unwrap();
+                let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+                let want = if path == simd::SimdPath::Portable {
+                    old
+                } else {
+                    want
+                };
+                assert_eq!(plan.images_per_chunk, want, "{c} @{size} {path:?}");
+                assert!(plan.parallel_groups(&g));
+                // Bounded by the whole column matrix (what a plan that
+                // stores it keeps).
+                let limits = Limits {
+                    group_pack_elems: None,
+                    ..FORWARD_LIMITS
+                };
+                let plan = Plan::new("test", &g, limits).unwrap();
+                assert_eq!(plan.images_per_chunk, old, "{c} @{size}, stored");
+                assert!(want * size * size * GROUP_PACK_DEPTH <= GROUP_PACK_ELEMS);
+            }
+        }
+    }
+
+    #[test]
+    fn image_groups_are_balanced_over_threads() {
+        // (batch, most per group, threads) -> images per group
+        for (batch, most, threads, want) in [
+            (32, 9, 2, 8),  // 9, 9, 9, 5 -> four groups of 8
+            (32, 14, 2, 8), // 14, 14, 4 -> four groups of 8
+            (8, 4, 2, 4),   // already two equal groups
+            (8, 2, 2, 2),   // four equal groups
+            (7, 3, 2, 2),   // 3, 3, 1 -> 2, 2, 2, 1
+            (3, 2, 2, 2),   // two groups for two threads: unchanged
+            (5, 1, 4, 1),   // one image per group
+            (1, 16, 2, 1),  // batch 1
+            (32, 9, 1, 8),  // one thread: only equalised
+            (10, 3, 3, 2),  // 4 groups -> 6 groups of 2 (5 used)
+        ] {
+            assert_eq!(
+                balanced_group(batch, most, threads),
+                want,
+                "batch {batch} most {most} threads {threads}"
+            );
+            assert!(balanced_group(batch, most, threads) <= most);
+        }
+    }
+
+    #[test]
+    fn in_runs_runs_run_r_on_thread_r() {
+        // Which thread sums which run is not up to work stealing: a worker
+        // that ran no weight-gradient run in one step first asked for its
+        // `Columns` scratch (and grew it) in a later one
+        // (`tests/cpu_buffer_pool.rs`, portable path). Called from inside
+        // the pool, where a parallel iterator runs the first part on the
+        // calling thread, whatever its index.
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let threads = 3;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for _ in 0..20 {
+                let ran: Vec<AtomicUsize> =
+                    (0..threads).map(|_| AtomicUsize::new(usize::MAX)).collect();
+                let mut out = vec![f32::NAN; 1000];
+                in_runs("test", &mut out, threads, |r, out| {
+                    ran[r].store(rayon::current_thread_index().unwrap_or(usize::MAX), SeqCst);
+                    out.fill(r as f32 + 1.0);
+                })
+                .unwrap();
+                let ran: Vec<usize> = ran.iter().map(|t| t.load(SeqCst)).collect();
+                assert_eq!(ran, (0..threads).collect::<Vec<_>>(), "run r on thread r");
+                assert!(out.iter().all(|&v| v == 6.0), "the runs' sum: 1 + 2 + 3");
+            }
+        });
+    }
 }

@@ -193,7 +193,7 @@ const SHIFTED_MAX_ROW_TAPS: usize = 512;
 /// ResNet's 3x3 weight gradients (`perf`, BENCHMARKS.md item 24); `A` is a
 /// plain shifted copy of `dy`, read by the micro-kernels where it lies.
 /// The multiply-adds are the same.
-pub(super) fn weight_grad_shifted(
+fn weight_grad_shifted(
     dy: &[f32],
     x: &[f32],
     g: &Conv2dGeometry,
@@ -263,7 +263,7 @@ pub(super) fn weight_grad_shifted(
 /// layer's would be 21x larger, and the slot's size is shared by every
 /// thread's buffer). ResNet's layers that take this path have `KW * C_out
 /// == C_in * KH`: unchanged.
-pub(super) fn shifted_limits(g: &Conv2dGeometry, limits: Limits) -> Limits {
+fn shifted_limits(g: &Conv2dGeometry, limits: Limits) -> Limits {
     let row_taps = (g.in_channels * g.kernel_h).max(1);
     let left_rows = g.kernel_w * g.out_channels;
     Limits {
@@ -330,5 +330,134 @@ pub(super) fn with_grad_out<R>(
     } else {
         let grad_out = &chunk.images_of(dy, plan.out_image)[chunk.rows.0 * g.out_w..];
         f(MatRef::strided(grad_out, plan.pixels))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::COL_BLOCK_ELEMS;
+    use super::*;
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    /// A batch of no images has a weight gradient of zeros: no GEMM call
+    /// writes the sum (which starts unset, [`Beta`]), so
+    /// [`for_image_groups`] must.
+    #[test]
+    fn weight_grad_of_an_empty_batch_is_zero() {
+        for (input, weight, stride, padding) in [
+            ([0, 3, 9, 9], [4, 3, 3, 3], (1, 1), (1, 1)),
+            ([0, 2, 8, 8], [5, 2, 1, 1], (2, 2), (0, 0)),
+        ] {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, (1, 1)).unwrap();
+            let dw = conv2d_weight_grad(&[], &[], &g).unwrap();
+            assert_eq!(dw.len(), weight.iter().product::<usize>());
+            assert!(dw.iter().all(|&v| v == 0.0), "{input:?}: {dw:?}");
+        }
+    }
+
+    #[test]
+    fn weight_grad_row_groups_match_direct_loops_at_every_thread_count() {
+        // Fewer images than threads: the weight gradient's output rows split
+        // across 2, 3 and 4 threads (runs that end mid-image and span two
+        // images at batch 2), with one chunk per run and with one row per
+        // chunk, on the im2col form (stride 2, the stem's kind; a 1x1
+        // stride-1 layer without a column matrix) and the shifted one.
+        // (With one group per thread and fewer images than threads, a
+        // run is one chunk per image it touches, whatever the block size.)
+        // Each with at least 4 x ROW_GROUP_MIN_PIXELS output pixels.
+        let cases: &[Case] = &[
+            ([1, 3, 48, 46], [4, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
+            ([2, 3, 33, 31], [5, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([1, 4, 24, 22], [3, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 3, 17, 16], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 5, 24, 23], [7, 5, 1, 1], (1, 1), (0, 0), (1, 1)),
+        ];
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 11 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 110 + case as u64);
+            let b = pseudo_random(weight[0], 210 + case as u64);
+            let dy = pseudo_random(g.output_shape().iter().product(), 310 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            for block_elems in [usize::MAX / 2, 1] {
+                let limits = Limits {
+                    block_elems,
+                    ..FORWARD_LIMITS
+                };
+                for threads in [1, 2, 3, 4] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        let plan = Plan::new("test", &g, limits).unwrap();
+                        let split = !plan.parallel_groups(&g) && plan.row_groups(&g);
+                        let what = format!("case {case} block {block_elems} threads {threads}");
+                        assert_eq!(split, threads > g.batch, "{what}: row groups taken");
+                        let dw = weight_grad_with(&dy, &x, &g, limits).unwrap();
+                        assert_close(&what, &dw, &r.dw, 1e-5);
+                        let dw = weight_grad_im2col(&dy, &x, &g, limits).unwrap();
+                        assert_close(&format!("{what} im2col"), &dw, &r.dw, 1e-5);
+                    });
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shifted_weight_grad_is_taken_where_it_applies() {
+        let geo = |input, weight, stride, padding| {
+            Conv2dGeometry::new(input, weight, stride, padding, (1, 1)).unwrap()
+        };
+        // ResNet's 3x3 stride-1 layers up to 128 channels; the row taps'
+        // geometry keeps the output and drops the width's kernel.
+        for c in [64, 128] {
+            let g = geo([8, c, 56, 56], [c, c, 3, 3], (1, 1), (1, 1));
+            let rows = shifted_rows(&g).unwrap();
+            assert_eq!((rows.out_h, rows.out_w), (g.out_h, g.out_w));
+            assert_eq!((rows.kernel_w, rows.padding.1), (1, 0));
+        }
+        for g in [
+            // Too many row taps, stride 2, a 1x1, output narrower than input.
+            geo([8, 256, 14, 14], [256, 256, 3, 3], (1, 1), (1, 1)),
+            geo([8, 64, 56, 56], [128, 64, 3, 3], (2, 2), (1, 1)),
+            geo([8, 64, 56, 56], [64, 64, 1, 1], (1, 1), (0, 0)),
+            geo([8, 64, 56, 56], [64, 64, 3, 3], (1, 1), (0, 0)),
+            // No input channels: nothing to shift (and an empty dW).
+            geo([2, 0, 5, 5], [4, 0, 3, 3], (1, 1), (1, 1)),
+        ] {
+            assert!(shifted_rows(&g).is_none(), "{g:?}");
+        }
+        let empty = geo([2, 0, 5, 5], [4, 0, 3, 3], (1, 1), (1, 1));
+        let dy = vec![1.0; empty.output_shape().iter().product()];
+        assert!(conv2d_weight_grad(&dy, &[], &empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn shifted_weight_grad_chunks_keep_both_operands_within_the_block() {
+        // Few input channels, many outputs (a 3->64 layer): the left
+        // operand (`KW * C_out` rows) is the larger one.
+        for (c_in, c_out) in [(3, 64), (64, 64), (128, 128), (1, 512)] {
+            let g = Conv2dGeometry::new(
+                [8, c_in, 224, 224],
+                [c_out, c_in, 3, 3],
+                (1, 1),
+                (1, 1),
+                (1, 1),
+            )
+            .unwrap();
+            let rows = shifted_rows(&g).unwrap();
+            let plan = Plan::new("test", &rows, shifted_limits(&g, LIMITS)).unwrap();
+            let columns = plan.max_columns(&rows);
+            let left = 3 * c_out * columns;
+            let right = c_in * 3 * columns;
+            // One output row is the least a chunk holds.
+            let least = 3 * c_out.max(c_in) * g.out_w;
+            assert!(
+                left.max(right) <= COL_BLOCK_ELEMS.max(least),
+                "{c_in}->{c_out}: {left} / {right} floats per chunk"
+            );
+        }
     }
 }

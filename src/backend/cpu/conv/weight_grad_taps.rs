@@ -193,7 +193,7 @@ unsafe impl Sync for SharedOut {}
 /// whole column panels of the micro-kernel (the last part may end in a
 /// partial one), as equal as whole panels allow; empty parts where there
 /// are fewer panels than threads.
-pub(super) fn tap_column_parts(c_in: usize, threads: usize) -> Vec<(usize, usize)> {
+fn tap_column_parts(c_in: usize, threads: usize) -> Vec<(usize, usize)> {
     let align = tap_column_align();
     let units = c_in.div_ceil(align);
     let threads = threads.max(1);
@@ -222,7 +222,7 @@ fn tap_column_align() -> usize {
 /// the left operand's offsets itself, four divisions per row, ~2 % of the
 /// samples at 256->256 @14, `perf`). The rows of the first `n` images are
 /// the first `n * rows` entries of a tap's table, whatever block of images.
-pub(super) struct TapTables {
+struct TapTables {
     /// Per tap: where its entries start and how many it has per image.
     taps: Vec<(usize, usize)>,
     /// The `dy` offsets of all taps, then the `x` offsets of all taps.
@@ -230,12 +230,7 @@ pub(super) struct TapTables {
 }
 
 impl TapTables {
-    pub(super) fn new(
-        op: &'static str,
-        g: &Conv2dGeometry,
-        plan: &Plan,
-        images: usize,
-    ) -> Result<Self> {
+    fn new(op: &'static str, g: &Conv2dGeometry, plan: &Plan, images: usize) -> Result<Self> {
         let mut taps = Vec::with_capacity(g.kernel_h * g.kernel_w);
         let mut total = 0;
         for kh in 0..g.kernel_h {
@@ -272,7 +267,7 @@ impl TapTables {
     }
 
     /// Tap `t`'s `dy` and `x` offsets for the first `images` images.
-    pub(super) fn tap(&self, t: usize, images: usize) -> (&[i64], &[i64]) {
+    fn tap(&self, t: usize, images: usize) -> (&[i64], &[i64]) {
         let (start, rows) = self.taps[t];
         let total = self.data.len() / 2;
         let len = images * rows;
@@ -475,14 +470,14 @@ unsafe fn interleave_nine_avx(from: &[&[f32]; 9], row: &mut [f32]) -> usize {
 /// width]`, row `p` = the input pixel `at[p]` (`width` channels) of
 /// channels-last images `xt`: the pixel the tap sees at the `p`-th output
 /// pixel of its valid rectangle, image by image ([`TapTables`]).
-pub(super) struct TapRows<'a> {
+struct TapRows<'a> {
     xt: &'a [f32],
     at: &'a [i64],
     width: usize,
 }
 
 impl<'a> TapRows<'a> {
-    pub(super) fn new(xt: &'a [f32], at: &'a [i64], width: usize) -> Self {
+    fn new(xt: &'a [f32], at: &'a [i64], width: usize) -> Self {
         let fits = at.iter().all(|&a| {
             (a as usize)
                 .checked_add(1)
@@ -494,7 +489,7 @@ impl<'a> TapRows<'a> {
     }
 
     /// Depth row `p`: the channels-last input pixel it reads.
-    pub(super) fn row(&self, p: usize) -> &[f32] {
+    fn row(&self, p: usize) -> &[f32] {
         &self.xt[self.at[p] as usize * self.width..][..self.width]
     }
 
@@ -551,5 +546,194 @@ impl PackB for TapRows<'_> {
 impl Source for TapRows<'_> {
     fn shape(&self) -> (usize, usize) {
         (self.at.len(), self.width)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::weight_grad::weight_grad_with;
+    use super::super::LIMITS;
+    use super::*;
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    #[test]
+    fn tap_by_tap_weight_grad_matches_direct_loops_with_many_channels() {
+        // More input channels than one panel (ragged at 40), strides 1 and
+        // 2, against the float64 loops; the default limits and one group
+        // per thread, on a 2-thread pool: parallel image groups, split
+        // GEMMs, and (one 16x16 image) output rows split across threads.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, (input, stride)) in
+            [([3, 40, 4, 5], 1), ([2, 40, 7, 7], 2), ([1, 40, 16, 16], 1)]
+                .into_iter()
+                .enumerate()
+        {
+            let weight = [33, input[1], 3, 3];
+            let g = Conv2dGeometry::new(input, weight, (stride, stride), (1, 1), (1, 1)).unwrap();
+            let x = pseudo_random(input.iter().product(), 31 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 41 + case as u64);
+            let b = vec![0.0; weight[0]];
+            let dy = pseudo_random(g.output_shape().iter().product(), 51 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            // None is chosen (the 16x16 image is too large, the others'
+            // batches have too few output pixels, CLASSES_MIN_DEPTH), but
+            // each is correct.
+            assert!(!by_classes(&g), "{g:?}");
+            for limits in [
+                LIMITS,
+                Limits {
+                    min_columns: 1,
+                    groups_per_thread: 1,
+                    ..LIMITS
+                },
+            ] {
+                let plan = Plan::new("test", &g, limits).unwrap();
+                let split_rows = pool.install(|| plan.row_groups(&g));
+                assert_eq!(split_rows, case == 2 && limits.groups_per_thread == 1);
+                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                assert_close(&format!("case {case}"), &dw, &r.dw, 1e-5);
+                let dw = pool.install(|| weight_grad_with(&dy, &x, &g, limits).unwrap());
+                assert_close(&format!("case {case} chosen"), &dw, &r.dw, 1e-5);
+            }
+            // The packed right operand at column offsets and ragged widths.
+            let xt: Vec<f32> = (0..g.batch)
+                .flat_map(|n| {
+                    let plane = g.in_h * g.in_w;
+                    let image = &x[n * g.in_channels * plane..][..g.in_channels * plane];
+                    (0..plane)
+                        .flat_map(move |q| (0..g.in_channels).map(move |c| image[c * plane + q]))
+                })
+                .collect();
+            let plan = Plan::new("test", &g, LIMITS).unwrap();
+            let tables = TapTables::new("test", &g, &plan, g.batch).unwrap();
+            let (_, x_at) = tables.tap(2, g.batch);
+            let rows = TapRows::new(&xt, x_at, g.in_channels);
+            let (depth, cols) = rows.shape();
+            for (pc, kc, jc, nc) in [(0, depth, 0, cols), (1, depth - 2, 5, cols - 7)] {
+                for nr in [32, 16, 5] {
+                    let len = nc.div_ceil(nr) * nr * kc;
+                    let mut out = vec![f32::NAN; len];
+                    // SAFETY: the block lies inside the shape; `out` holds it.
+                    unsafe { rows.pack(pc, kc, jc, nc, nr, &mut out) };
+                    for (i, &got) in out.iter().enumerate() {
+                        let (q, p, j) = (i / (kc * nr), i % (kc * nr) / nr, i % nr);
+                        let col = q * nr + j;
+                        let want = if col < nc {
+                            rows.row(pc + p)[jc + col]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(got.to_bits(), want.to_bits(), "case {case} nr {nr} {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tap_by_tap_parts_own_disjoint_columns_at_every_thread_count() {
+        // Each thread's part of the tap-by-tap form (its input channels of
+        // every tap, written into dW in place) at 1-5 threads, so that
+        // parts are uneven, end in a partial panel (40 and 72 channels) or
+        // are empty (more threads than panels); with every image in one
+        // block, with one image per block (the later blocks adding onto
+        // the sums) and with two (batch 3: a last block of one image, so
+        // a block shorter than the others); strides 1 and 2, a dilated kernel, a 3x2 kernel, and a
+        // 1x1 image whose corner taps see no pixel at all. Against the
+        // float64 loops; dW and the per-tap sums start as NaN in tests, so
+        // an element no part writes fails.
+        let cases: &[Case] = &[
+            ([3, 40, 5, 4], [33, 40, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 72, 7, 7], [17, 72, 3, 3], (2, 2), (1, 1), (1, 1)),
+            ([2, 32, 6, 6], [9, 32, 3, 3], (1, 1), (2, 2), (2, 2)),
+            ([3, 48, 4, 5], [5, 48, 3, 2], (1, 1), (1, 0), (1, 1)),
+            ([4, 33, 1, 1], [6, 33, 3, 3], (1, 1), (1, 1), (1, 1)),
+        ];
+        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
+            let x = pseudo_random(input.iter().product(), 61 + case as u64);
+            let w = pseudo_random(weight.iter().product(), 71 + case as u64);
+            let b = vec![0.0; weight[0]];
+            let dy = pseudo_random(g.output_shape().iter().product(), 81 + case as u64);
+            let r = reference(&g, &x, &w, &b, &dy);
+            for threads in 1..=5 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let parts = tap_column_parts(input[1], threads);
+                assert_eq!(parts.len(), threads);
+                assert_eq!((parts[0].0, parts[threads - 1].1), (0, input[1]));
+                assert!(parts
+                    .windows(2)
+                    .all(|p| p[0].1 == p[1].0 && p[0].0 <= p[0].1));
+                for block_elems in [usize::MAX / 2, 1, 2 * input[1] * input[2] * input[3]] {
+                    let limits = Limits {
+                        block_elems,
+                        ..LIMITS
+                    };
+                    let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                    let what = format!("case {case} threads {threads} block {block_elems}");
+                    assert_close(&what, &dw, &r.dw, 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tap_by_tap_weight_grad_is_taken_where_padding_is_an_eighth() {
+        let geo = |input: [usize; 4], c_out, k, stride, padding| {
+            let weight = [c_out, input[1], k, k];
+            Conv2dGeometry::new(input, weight, (stride, stride), (padding, padding), (1, 1))
+                .unwrap()
+        };
+        // ResNet's 4x4 (31 % padding) and 7x7 (18 %) 3x3 layers.
+        for g in [
+            geo([32, 512, 4, 4], 512, 3, 1, 1),
+            geo([32, 256, 7, 7], 512, 3, 2, 1),
+            geo([8, 512, 7, 7], 512, 3, 1, 1),
+            geo([8, 256, 7, 7], 256, 3, 1, 1),
+            // 9 %, but 256 channels at stride 1.
+            geo([8, 256, 14, 14], 256, 3, 1, 1),
+            // Batch 1 at 14x14 (196 output pixels), 8 at 4x4 (128), 2 at
+            // 7x7 (98): at least CLASSES_MIN_DEPTH.
+            geo([1, 256, 14, 14], 256, 3, 1, 1),
+            // 20x20 (6.6 %, 256 channels at stride 1): CLASSES_MAX_PIXELS.
+            geo([4, 256, 20, 20], 256, 3, 1, 1),
+            geo([8, 512, 4, 4], 512, 3, 1, 1),
+            geo([2, 512, 7, 7], 512, 3, 1, 1),
+            // Exactly CLASSES_MIN_DEPTH output pixels (6 images of 4x4).
+            geo([6, 512, 4, 4], 512, 3, 1, 1),
+        ] {
+            let avx = simd::active() != simd::SimdPath::Portable;
+            assert_eq!(by_classes(&g), avx, "{g:?}");
+        }
+        for g in [
+            // 9 % padding (stride 2 to 7x7; and 128 channels at 14x14),
+            // 28x28, no padding, a 1x1, the stem's 3 channels, fewer
+            // channels than a panel.
+            geo([8, 256, 14, 14], 512, 3, 2, 1),
+            geo([8, 128, 14, 14], 128, 3, 1, 1),
+            geo([8, 256, 28, 28], 256, 3, 1, 1),
+            geo([8, 512, 7, 7], 512, 3, 1, 0),
+            geo([8, 512, 7, 7], 512, 1, 1, 0),
+            geo([8, 3, 8, 8], 64, 7, 2, 3),
+            geo([8, 16, 4, 4], 64, 3, 1, 1),
+            // Larger than CLASSES_MAX_PIXELS: 21x21 (a 5x5 kernel, 11 %
+            // padding).
+            geo([4, 256, 21, 21], 256, 5, 1, 2),
+            // Too few output pixels in the batch (CLASSES_MIN_DEPTH): batch
+            // 1 at 7x7, batch 4 at 4x4.
+            geo([1, 512, 7, 7], 512, 3, 1, 1),
+            geo([4, 512, 4, 4], 512, 3, 1, 1),
+            // One image fewer than CLASSES_MIN_DEPTH needs (80 pixels).
+            geo([5, 512, 4, 4], 512, 3, 1, 1),
+        ] {
+            assert!(!by_classes(&g), "{g:?}");
+        }
     }
 }

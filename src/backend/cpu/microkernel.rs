@@ -31,6 +31,16 @@ const PARALLEL_PACK_ELEMS: usize = 1 << 18;
 const MC: usize = 144;
 /// Columns of B packed at once (a multiple of both kernels' NR).
 const NC: usize = 2048;
+// Packed A's row blocks and B's column blocks hold whole register tiles
+// only if MC and NC are multiples of every kernel's tile (PackedA::panels
+// only debug-asserts it): checked here so that a retuned constant cannot
+// break a path this CPU does not run. Tiles: AVX2 6 x 16, AVX-512 8 x 32.
+const _: () = assert!(
+    MC.is_multiple_of(<Avx2 as Kernel>::MR)
+        && MC.is_multiple_of(<Avx512 as Kernel>::MR)
+        && NC.is_multiple_of(<Avx2 as Kernel>::NR)
+        && NC.is_multiple_of(<Avx512 as Kernel>::NR)
+);
 
 /// A register-tile micro-kernel: `MR x NR` of C from packed panels.
 pub(super) trait Kernel {

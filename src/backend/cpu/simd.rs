@@ -42,8 +42,16 @@ impl SimdPath {
     /// Whether this CPU can run the path.
     pub fn is_supported(self) -> bool {
         match self {
+            // The AVX-512 kernels also run AVX2 + FMA code (the narrow
+            // last panel, microkernel.rs), which `avx512f` implies when
+            // compiling but not in CPUID: a VM may show one without the
+            // others, so all three are checked.
             #[cfg(target_arch = "x86_64")]
-            SimdPath::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            SimdPath::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(target_arch = "x86_64")]
             SimdPath::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")

@@ -919,16 +919,14 @@ mod tests {
             // Each path on this test's own threads (not `simd::force`, which
             // the other tests running meanwhile would see).
             let reference = pool.install(run);
-            for path in simd::supported() {
-                simd::set_pool_path(&pool, Some(path));
+            simd::on_every_path(&pool, |path| {
                 let got = pool.install(run);
-                simd::set_pool_path(&pool, None);
                 assert!(
                     got == reference,
                     "{} differs at {batch}x{channels}x{spatial} relu {relu}",
                     path.name()
                 );
-            }
+            });
         }
     }
 
@@ -1007,8 +1005,7 @@ mod tests {
                         dx[i] = f64::from(gamma[c]) * is / m * (m * d(i) - db[c] - xh(i) * dw[c]);
                     }
                 }
-                for path in simd::supported() {
-                    simd::set_pool_path(&pool, Some(path));
+                simd::on_every_path(&pool, |path| {
                     let (f, grads, sums_only) = pool.install(|| {
                         let f = train(&x, Some(&gamma), Some(&beta), &g, EPS as f32, relu).unwrap();
                         let args = |need_dx| {
@@ -1028,7 +1025,6 @@ mod tests {
                         let (grads, sums_only) = (args(true), args(false));
                         (f, grads, sums_only)
                     });
-                    simd::set_pool_path(&pool, None);
                     let what = |k: &str| {
                         format!(
                             "{batch}x{channels}x{spatial} relu {relu} {} {k}",
@@ -1046,7 +1042,7 @@ mod tests {
                     assert!(none.is_none());
                     assert_close(&what("dgamma without dx"), &sw.unwrap(), &dw, 1e-4);
                     assert_close(&what("dbeta without dx"), &sb.unwrap(), &db, 1e-4);
-                }
+                });
             }
         }
         // The shapes do cover what the comment says: one channel a task,

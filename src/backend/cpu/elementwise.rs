@@ -269,18 +269,16 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        for path in simd::supported() {
-            simd::set_pool_path(&pool, Some(path));
+        simd::on_every_path(&pool, |path| {
             let (added, added_relu) = pool.install(|| {
                 let (mut s, mut r) = (a.clone(), a.clone());
                 add_assign(&mut s, &b);
                 add_relu_assign(&mut r, &b);
                 (s, r)
             });
-            simd::set_pool_path(&pool, None);
             assert_eq!(bits(&added), bits(&sum), "{}", path.name());
             assert_eq!(bits(&added_relu), bits(&sum_relu), "{}", path.name());
-        }
+        });
     }
 
     #[test]

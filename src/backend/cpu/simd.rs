@@ -161,9 +161,37 @@ thread_local! {
 /// see [`THREAD_PATH`]): work the test runs through `pool.install` then
 /// runs on `path`.
 #[cfg(test)]
-pub(crate) fn set_pool_path(pool: &rayon::ThreadPool, path: Option<SimdPath>) {
+fn set_pool_path(pool: &rayon::ThreadPool, path: Option<SimdPath>) {
     THREAD_PATH.with(|c| c.set(path));
     pool.broadcast(|_| THREAD_PATH.with(|c| c.set(path)));
+}
+
+/// Runs `body(path)` once for every path this CPU supports (fastest
+/// first), each through [`on_path`]: what `body` runs on the calling
+/// thread or through `pool.install` runs on `path` (unit tests only).
+#[cfg(test)]
+pub(crate) fn on_every_path(pool: &rayon::ThreadPool, mut body: impl FnMut(SimdPath)) {
+    for path in supported() {
+        on_path(pool, path, || body(path));
+    }
+}
+
+/// Runs `body` with [`active`] reporting `path` on the calling thread and
+/// on every thread of `pool` (unit tests only; see [`THREAD_PATH`]), and
+/// gives them the process-wide choice back afterwards, also when `body`
+/// panics (a failed assertion), so no later work on these threads runs on
+/// a path it did not ask for.
+#[cfg(test)]
+pub(crate) fn on_path<R>(pool: &rayon::ThreadPool, path: SimdPath, body: impl FnOnce() -> R) -> R {
+    struct Reset<'a>(&'a rayon::ThreadPool);
+    impl Drop for Reset<'_> {
+        fn drop(&mut self) {
+            set_pool_path(self.0, None);
+        }
+    }
+    set_pool_path(pool, Some(path));
+    let _reset = Reset(pool);
+    body()
 }
 
 #[cfg(test)]
@@ -177,6 +205,37 @@ mod tests {
         }
         assert_eq!(SimdPath::parse("sse9"), None);
         assert_eq!(supported().last(), Some(&SimdPath::Portable));
+    }
+
+    #[test]
+    fn on_every_path_runs_each_path_on_the_pool_and_resets_after_a_panic() {
+        use std::cell::Cell;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut seen = vec![];
+        on_every_path(&pool, |path| {
+            assert_eq!(active(), path);
+            assert!(pool.broadcast(|_| active()).iter().all(|&p| p == path));
+            seen.push(path);
+        });
+        assert_eq!(seen, supported());
+        let unset = || {
+            THREAD_PATH.with(Cell::get).is_none()
+                && pool
+                    .broadcast(|_| THREAD_PATH.with(Cell::get))
+                    .iter()
+                    .all(Option::is_none)
+        };
+        assert!(unset());
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            on_path(&pool, SimdPath::Portable, || {
+                pool.install(|| panic!("a failed assertion on the portable path"))
+            })
+        }));
+        assert!(failed.is_err());
+        assert!(unset(), "the path outlived the panic");
     }
 
     #[test]

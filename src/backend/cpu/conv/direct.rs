@@ -367,8 +367,7 @@ mod tests {
             let dy = pseudo_random(g.output_shape().iter().product(), 351 + case as u64);
             let r = reference(&g, &x, &w, &b, &dy);
             let flipped = flipped_geometry(&g);
-            for path in simd::supported() {
-                simd::set_pool_path(&pool, Some(path));
+            simd::on_every_path(&pool, |path| {
                 let what = |k: &str| format!("case {case} {g:?} {path:?} {k}");
                 let limits = Limits {
                     min_columns: 1,
@@ -411,9 +410,8 @@ mod tests {
                     });
                     assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                 }
-            }
+            });
         }
-        simd::set_pool_path(&pool, None);
         // Where the rule takes it (on a micro-kernel path).
         if simd::active() == simd::SimdPath::Portable {
             return;

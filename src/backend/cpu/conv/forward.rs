@@ -287,10 +287,9 @@ mod tests {
             let dy = pseudo_random(g.output_shape().iter().product(), 341 + case as u64);
             let r = reference(&g, &x, &w, &b, &dy);
             let flipped = flipped_geometry(&g);
-            for path in simd::supported() {
-                // On this test's threads only (not `simd::force`, which
-                // the other tests running meanwhile would see).
-                simd::set_pool_path(&pool, Some(path));
+            // On this test's threads only (not `simd::force`, which
+            // the other tests running meanwhile would see).
+            simd::on_every_path(&pool, |path| {
                 // Images per group: `images` for the forward, and as many
                 // pixels' worth for the flipped gradient's (input-sized)
                 // images; groups run in parallel, or one at a time split.
@@ -346,9 +345,8 @@ mod tests {
                     );
                 }
                 assert!(skip_order(&g, images, weight, Skip::Off).is_none());
-            }
+            });
         }
-        simd::set_pool_path(&pool, None);
     }
 
     /// The padding skip also runs when a group's product is split across
@@ -368,11 +366,10 @@ mod tests {
         let x = pseudo_random(4 * 256 * 16, 7);
         let w = pseudo_random(512 * 256 * 9, 8);
         let calls = || -> usize { pool.broadcast(|_| LIVE_CALLS.with(Cell::get)).iter().sum() };
-        for path in simd::supported() {
+        simd::on_every_path(&pool, |path| {
             if path == simd::SimdPath::Portable {
-                continue; // the skip runs on the micro-kernel paths only
+                return; // the skip runs on the micro-kernel paths only
             }
-            simd::set_pool_path(&pool, Some(path));
             // Two-image groups, one at a time, each split across threads.
             let limits = Limits {
                 min_columns: 2 * 16,
@@ -389,7 +386,6 @@ mod tests {
                 .unwrap();
             let off: Vec<f64> = off.iter().map(|&v| f64::from(v)).collect();
             assert_close(&format!("{path:?} skip vs dense"), &y, &off, 1e-5);
-        }
-        simd::set_pool_path(&pool, None);
+        });
     }
 }

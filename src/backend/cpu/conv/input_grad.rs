@@ -540,28 +540,28 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        simd::set_pool_path(&pool, Some(simd::SimdPath::Avx2));
-        pool.install(|| {
-            let flips = |batch: usize, c: usize, size: usize| {
-                let g = Conv2dGeometry::new(
-                    [batch, c, size, size],
-                    [c, c, 3, 3],
-                    (1, 1),
-                    (1, 1),
-                    (1, 1),
-                )
-                .unwrap();
-                flip_input_grad(&g, &flipped_geometry(&g).unwrap())
-            };
-            assert!(flips(8, 64, 56));
-            assert!(flips(8, 128, 28));
-            assert!(flips(32, 64, 28));
-            assert!(!flips(8, 256, 14));
-            assert!(flips(8, 512, 7));
-            // One image for two threads: no direct convolution, so col2im.
-            assert!(!flips(1, 64, 56));
+        simd::on_path(&pool, simd::SimdPath::Avx2, || {
+            pool.install(|| {
+                let flips = |batch: usize, c: usize, size: usize| {
+                    let g = Conv2dGeometry::new(
+                        [batch, c, size, size],
+                        [c, c, 3, 3],
+                        (1, 1),
+                        (1, 1),
+                        (1, 1),
+                    )
+                    .unwrap();
+                    flip_input_grad(&g, &flipped_geometry(&g).unwrap())
+                };
+                assert!(flips(8, 64, 56));
+                assert!(flips(8, 128, 28));
+                assert!(flips(32, 64, 28));
+                assert!(!flips(8, 256, 14));
+                assert!(flips(8, 512, 7));
+                // One image for two threads: no direct convolution, so col2im.
+                assert!(!flips(1, 64, 56));
+            });
         });
-        simd::set_pool_path(&pool, None);
     }
 
     #[test]

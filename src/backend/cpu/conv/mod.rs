@@ -832,11 +832,7 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        for path in simd::supported() {
-            simd::set_pool_path(&pool, Some(path));
-            pool.install(|| forward_groups_for_path(path));
-        }
-        simd::set_pool_path(&pool, None);
+        simd::on_every_path(&pool, |path| pool.install(|| forward_groups_for_path(path)));
     }
 
     fn forward_groups_for_path(path: simd::SimdPath) {

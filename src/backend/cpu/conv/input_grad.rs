@@ -381,7 +381,8 @@ mod tests {
         // last two cases have more), block
         // sizes from one unit to all channels, stride 2 and padding, batch
         // 1 and a partial image group, blocks in parallel (split) and on
-        // one thread (image groups), into dirty scratch buffers.
+        // one thread (image groups), into dirty scratch buffers, on every
+        // SIMD path this CPU has.
         let cases: &[Case] = &[
             ([2, 19, 6, 5], [7, 19, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([3, 13, 7, 7], [6, 13, 1, 1], (2, 2), (0, 0), (1, 1)),
@@ -402,41 +403,43 @@ mod tests {
             let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
             let pixels = g.out_h * g.out_w;
             let taps = weight[1] * weight[2] * weight[3];
-            for dx_block_elems in [1, 3 * taps * pixels, 9 * taps * pixels, usize::MAX / 2] {
-                for (min_columns, groups_per_thread) in [(1, 0), (1, 2), (2 * pixels, 1)] {
-                    let limits = Limits {
-                        block_elems: usize::MAX / 2,
-                        min_columns,
-                        groups_per_thread,
-                        dx_block_elems,
-                        group_pack_elems: None,
-                    };
-                    let dx = pool.install(|| {
-                        pool.broadcast(|_| {
-                            with_scratch(Slot::Columns, 1 << 12, |b| b.fill(f32::NAN));
-                            with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+            simd::on_every_path(&pool, |path| {
+                for dx_block_elems in [1, 3 * taps * pixels, 9 * taps * pixels, usize::MAX / 2] {
+                    for (min_columns, groups_per_thread) in [(1, 0), (1, 2), (2 * pixels, 1)] {
+                        let limits = Limits {
+                            block_elems: usize::MAX / 2,
+                            min_columns,
+                            groups_per_thread,
+                            dx_block_elems,
+                            group_pack_elems: None,
+                        };
+                        let dx = pool.install(|| {
+                            pool.broadcast(|_| {
+                                with_scratch(Slot::Columns, 1 << 12, |b| b.fill(f32::NAN));
+                                with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                            });
+                            input_grad_with(&dy, &w, &g, limits).unwrap()
                         });
-                        input_grad_with(&dy, &w, &g, limits).unwrap()
-                    });
-                    let what = format!(
-                        "case {case} block {dx_block_elems} columns {min_columns} \
-                         groups/thread {groups_per_thread} dx"
-                    );
-                    assert_close(&what, &dx, &r.dx, 1e-5);
+                        let what = format!(
+                            "case {case} {path:?} block {dx_block_elems} columns {min_columns} \
+                             groups/thread {groups_per_thread} dx"
+                        );
+                        assert_close(&what, &dx, &r.dx, 1e-5);
+                    }
                 }
-            }
+            });
         }
     }
 
     #[test]
     fn flipped_input_grad_matches_direct_loops() {
         // The input gradient as a forward convolution of dy with the
-        // flipped weight, on the active SIMD path (the suites run once per
-        // path): kernels 1..7 (square and not), dilation, every padding
-        // from 0 to d(k-1) in some combination, C_in != C_out with C_in
-        // (the GEMM's rows) ragged for both kernels' row tiles and widths
-        // ragged for their panels, batch 1 and several, and chunking and
-        // grouping variants on two threads, into dirty scratch buffers.
+        // flipped weight, on every SIMD path this CPU has: kernels 1..7
+        // (square and not), dilation, every padding from 0 to d(k-1) in
+        // some combination, C_in != C_out with C_in (the GEMM's rows)
+        // ragged for both kernels' row tiles and widths ragged for their
+        // panels, batch 1 and several, and chunking and grouping variants
+        // on two threads, into dirty scratch buffers.
         let mut cases: Vec<Case> = vec![
             // ResNet-like: 3x3 at 7x7 (grouped images), 1x1 (forced flip).
             ([3, 16, 7, 7], [24, 16, 3, 3], (1, 1), (1, 1), (1, 1)),
@@ -479,40 +482,42 @@ mod tests {
             let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
             let pixels = g.in_h * g.in_w;
             let taps_row = weight[0] * weight[2] * weight[3] * g.in_w;
-            for limits in [
-                FORWARD_LIMITS,
-                LIMITS,
-                // One output row per chunk, then two.
-                Limits {
-                    block_elems: 1,
-                    min_columns: 1,
-                    groups_per_thread: 1,
-                    ..LIMITS
-                },
-                Limits {
-                    block_elems: 2 * taps_row,
-                    min_columns: 1,
-                    groups_per_thread: 0,
-                    ..LIMITS
-                },
-                // Two images per chunk.
-                Limits {
-                    block_elems: usize::MAX / 2,
-                    min_columns: 2 * pixels,
-                    groups_per_thread: 2,
-                    ..LIMITS
-                },
-            ] {
-                let dx = pool.install(|| {
-                    pool.broadcast(|_| {
-                        with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
-                        with_scratch(Slot::PackedLhs, 1 << 12, |b| b.fill(f32::NAN));
+            simd::on_every_path(&pool, |path| {
+                for limits in [
+                    FORWARD_LIMITS,
+                    LIMITS,
+                    // One output row per chunk, then two.
+                    Limits {
+                        block_elems: 1,
+                        min_columns: 1,
+                        groups_per_thread: 1,
+                        ..LIMITS
+                    },
+                    Limits {
+                        block_elems: 2 * taps_row,
+                        min_columns: 1,
+                        groups_per_thread: 0,
+                        ..LIMITS
+                    },
+                    // Two images per chunk.
+                    Limits {
+                        block_elems: usize::MAX / 2,
+                        min_columns: 2 * pixels,
+                        groups_per_thread: 2,
+                        ..LIMITS
+                    },
+                ] {
+                    let dx = pool.install(|| {
+                        pool.broadcast(|_| {
+                            with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
+                            with_scratch(Slot::PackedLhs, 1 << 12, |b| b.fill(f32::NAN));
+                        });
+                        input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap()
                     });
-                    input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap()
-                });
-                let what = format!("case {case} {g:?} dx");
-                assert_close(&what, &dx, &r.dx, 1e-5);
-            }
+                    let what = format!("case {case} {g:?} {path:?} dx");
+                    assert_close(&what, &dx, &r.dx, 1e-5);
+                }
+            });
         }
     }
 

@@ -759,36 +759,39 @@ mod tests {
                 .num_threads(2)
                 .build()
                 .unwrap();
-            for (v, limits) in variants.enumerate() {
-                let what = |k: &str| format!("case {case} limits #{v} {k}");
-                let (y, y_no_bias, dx, dw) = pool.install(|| {
-                    (
-                        forward_with(&x, &w, Some(&b), &g, limits).unwrap(),
-                        forward_with(&x, &w, None, &g, limits).unwrap(),
-                        input_grad_with(&dy, &w, &g, limits).unwrap(),
-                        weight_grad_with(&dy, &x, &g, limits).unwrap(),
-                    )
-                });
-                assert_close(&what("y"), &y, &r.y, 1e-5);
-                assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
-                assert_close(&what("dx"), &dx, &r.dx, 1e-5);
-                assert_close(&what("dw"), &dw, &r.dw, 1e-5);
-                if shifted_rows(&g).is_some() || by_classes(&g) {
-                    // The im2col form still serves the layers the shifted
-                    // one leaves (more row taps): check it here too.
-                    let dw = pool.install(|| weight_grad_im2col(&dy, &x, &g, limits).unwrap());
-                    assert_close(&what("dw im2col"), &dw, &r.dw, 1e-5);
+            // All of it on every SIMD path this CPU has.
+            simd::on_every_path(&pool, |path| {
+                for (v, limits) in variants.clone().enumerate() {
+                    let what = |k: &str| format!("case {case} {path:?} limits #{v} {k}");
+                    let (y, y_no_bias, dx, dw) = pool.install(|| {
+                        (
+                            forward_with(&x, &w, Some(&b), &g, limits).unwrap(),
+                            forward_with(&x, &w, None, &g, limits).unwrap(),
+                            input_grad_with(&dy, &w, &g, limits).unwrap(),
+                            weight_grad_with(&dy, &x, &g, limits).unwrap(),
+                        )
+                    });
+                    assert_close(&what("y"), &y, &r.y, 1e-5);
+                    assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
+                    assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                    assert_close(&what("dw"), &dw, &r.dw, 1e-5);
+                    if shifted_rows(&g).is_some() || by_classes(&g) {
+                        // The im2col form still serves the layers the shifted
+                        // one leaves (more row taps): check it here too.
+                        let dw = pool.install(|| weight_grad_im2col(&dy, &x, &g, limits).unwrap());
+                        assert_close(&what("dw im2col"), &dw, &r.dw, 1e-5);
+                    }
+                    // The tap-by-tap form on every geometry, not only the
+                    // small padded images it is chosen for.
+                    let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                    assert_close(&what("dw by taps"), &dw, &r.dw, 1e-5);
+                    if let Some(flipped) = flipped_geometry(&g) {
+                        let dx = pool
+                            .install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
+                        assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
+                    }
                 }
-                // The tap-by-tap form on every geometry, not only the
-                // small padded images it is chosen for.
-                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
-                assert_close(&what("dw by taps"), &dw, &r.dw, 1e-5);
-                if let Some(flipped) = flipped_geometry(&g) {
-                    let dx =
-                        pool.install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
-                    assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
-                }
-            }
+            });
         }
     }
 

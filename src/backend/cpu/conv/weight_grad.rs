@@ -335,6 +335,7 @@ pub(super) fn with_grad_out<R>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::simd;
     use super::super::test_support::{assert_close, reference, Case};
     use super::super::COL_BLOCK_ELEMS;
     use super::*;
@@ -345,14 +346,20 @@ mod tests {
     /// [`for_image_groups`] must.
     #[test]
     fn weight_grad_of_an_empty_batch_is_zero() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
         for (input, weight, stride, padding) in [
             ([0, 3, 9, 9], [4, 3, 3, 3], (1, 1), (1, 1)),
             ([0, 2, 8, 8], [5, 2, 1, 1], (2, 2), (0, 0)),
         ] {
             let g = Conv2dGeometry::new(input, weight, stride, padding, (1, 1)).unwrap();
-            let dw = conv2d_weight_grad(&[], &[], &g).unwrap();
-            assert_eq!(dw.len(), weight.iter().product::<usize>());
-            assert!(dw.iter().all(|&v| v == 0.0), "{input:?}: {dw:?}");
+            simd::on_every_path(&pool, |path| {
+                let dw = pool.install(|| conv2d_weight_grad(&[], &[], &g).unwrap());
+                assert_eq!(dw.len(), weight.iter().product::<usize>());
+                assert!(dw.iter().all(|&v| v == 0.0), "{input:?} {path:?}: {dw:?}");
+            });
         }
     }
 
@@ -365,7 +372,8 @@ mod tests {
         // stride-1 layer without a column matrix) and the shifted one.
         // (With one group per thread and fewer images than threads, a
         // run is one chunk per image it touches, whatever the block size.)
-        // Each with at least 4 x ROW_GROUP_MIN_PIXELS output pixels.
+        // Each with at least 4 x ROW_GROUP_MIN_PIXELS output pixels, on
+        // every SIMD path this CPU has.
         let cases: &[Case] = &[
             ([1, 3, 48, 46], [4, 3, 7, 7], (2, 2), (3, 3), (1, 1)),
             ([2, 3, 33, 31], [5, 3, 3, 3], (2, 2), (1, 1), (1, 1)),
@@ -390,15 +398,19 @@ mod tests {
                         .num_threads(threads)
                         .build()
                         .unwrap();
-                    pool.install(|| {
-                        let plan = Plan::new("test", &g, limits).unwrap();
-                        let split = !plan.parallel_groups(&g) && plan.row_groups(&g);
-                        let what = format!("case {case} block {block_elems} threads {threads}");
-                        assert_eq!(split, threads > g.batch, "{what}: row groups taken");
-                        let dw = weight_grad_with(&dy, &x, &g, limits).unwrap();
-                        assert_close(&what, &dw, &r.dw, 1e-5);
-                        let dw = weight_grad_im2col(&dy, &x, &g, limits).unwrap();
-                        assert_close(&format!("{what} im2col"), &dw, &r.dw, 1e-5);
+                    simd::on_every_path(&pool, |path| {
+                        pool.install(|| {
+                            let plan = Plan::new("test", &g, limits).unwrap();
+                            let split = !plan.parallel_groups(&g) && plan.row_groups(&g);
+                            let what = format!(
+                                "case {case} {path:?} block {block_elems} threads {threads}"
+                            );
+                            assert_eq!(split, threads > g.batch, "{what}: row groups taken");
+                            let dw = weight_grad_with(&dy, &x, &g, limits).unwrap();
+                            assert_close(&what, &dw, &r.dw, 1e-5);
+                            let dw = weight_grad_im2col(&dy, &x, &g, limits).unwrap();
+                            assert_close(&format!("{what} im2col"), &dw, &r.dw, 1e-5);
+                        });
                     });
                 }
             }

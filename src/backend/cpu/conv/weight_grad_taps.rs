@@ -562,7 +562,8 @@ mod tests {
         // More input channels than one panel (ragged at 40), strides 1 and
         // 2, against the float64 loops; the default limits and one group
         // per thread, on a 2-thread pool: parallel image groups, split
-        // GEMMs, and (one 16x16 image) output rows split across threads.
+        // GEMMs, and (one 16x16 image) output rows split across threads,
+        // on every SIMD path this CPU has.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
@@ -582,23 +583,25 @@ mod tests {
             // None is chosen (the 16x16 image is too large, the others'
             // batches have too few output pixels, CLASSES_MIN_DEPTH), but
             // each is correct.
-            assert!(!by_classes(&g), "{g:?}");
-            for limits in [
-                LIMITS,
-                Limits {
-                    min_columns: 1,
-                    groups_per_thread: 1,
-                    ..LIMITS
-                },
-            ] {
-                let plan = Plan::new("test", &g, limits).unwrap();
-                let split_rows = pool.install(|| plan.row_groups(&g));
-                assert_eq!(split_rows, case == 2 && limits.groups_per_thread == 1);
-                let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
-                assert_close(&format!("case {case}"), &dw, &r.dw, 1e-5);
-                let dw = pool.install(|| weight_grad_with(&dy, &x, &g, limits).unwrap());
-                assert_close(&format!("case {case} chosen"), &dw, &r.dw, 1e-5);
-            }
+            simd::on_every_path(&pool, |path| {
+                assert!(!by_classes(&g), "{g:?} {path:?}");
+                for limits in [
+                    LIMITS,
+                    Limits {
+                        min_columns: 1,
+                        groups_per_thread: 1,
+                        ..LIMITS
+                    },
+                ] {
+                    let plan = Plan::new("test", &g, limits).unwrap();
+                    let split_rows = pool.install(|| plan.row_groups(&g));
+                    assert_eq!(split_rows, case == 2 && limits.groups_per_thread == 1);
+                    let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                    assert_close(&format!("case {case} {path:?}"), &dw, &r.dw, 1e-5);
+                    let dw = pool.install(|| weight_grad_with(&dy, &x, &g, limits).unwrap());
+                    assert_close(&format!("case {case} {path:?} chosen"), &dw, &r.dw, 1e-5);
+                }
+            });
             // The packed right operand at column offsets and ragged widths.
             let xt: Vec<f32> = (0..g.batch)
                 .flat_map(|n| {
@@ -645,7 +648,8 @@ mod tests {
         // a block shorter than the others); strides 1 and 2, a dilated kernel, a 3x2 kernel, and a
         // 1x1 image whose corner taps see no pixel at all. Against the
         // float64 loops; dW and the per-tap sums start as NaN in tests, so
-        // an element no part writes fails.
+        // an element no part writes fails. On every SIMD path this CPU has
+        // (the parts follow its panel width).
         let cases: &[Case] = &[
             ([3, 40, 5, 4], [33, 40, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([2, 72, 7, 7], [17, 72, 3, 3], (2, 2), (1, 1), (1, 1)),
@@ -665,21 +669,24 @@ mod tests {
                     .num_threads(threads)
                     .build()
                     .unwrap();
-                let parts = tap_column_parts(input[1], threads);
-                assert_eq!(parts.len(), threads);
-                assert_eq!((parts[0].0, parts[threads - 1].1), (0, input[1]));
-                assert!(parts
-                    .windows(2)
-                    .all(|p| p[0].1 == p[1].0 && p[0].0 <= p[0].1));
-                for block_elems in [usize::MAX / 2, 1, 2 * input[1] * input[2] * input[3]] {
-                    let limits = Limits {
-                        block_elems,
-                        ..LIMITS
-                    };
-                    let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
-                    let what = format!("case {case} threads {threads} block {block_elems}");
-                    assert_close(&what, &dw, &r.dw, 1e-5);
-                }
+                simd::on_every_path(&pool, |path| {
+                    let parts = tap_column_parts(input[1], threads);
+                    assert_eq!(parts.len(), threads);
+                    assert_eq!((parts[0].0, parts[threads - 1].1), (0, input[1]));
+                    assert!(parts
+                        .windows(2)
+                        .all(|p| p[0].1 == p[1].0 && p[0].0 <= p[0].1));
+                    for block_elems in [usize::MAX / 2, 1, 2 * input[1] * input[2] * input[3]] {
+                        let limits = Limits {
+                            block_elems,
+                            ..LIMITS
+                        };
+                        let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                        let what =
+                            format!("case {case} {path:?} threads {threads} block {block_elems}");
+                        assert_close(&what, &dw, &r.dw, 1e-5);
+                    }
+                });
             }
         }
     }

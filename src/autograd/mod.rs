@@ -2,9 +2,9 @@
 //!
 //! Reading order for the curious:
 //! 1. [`grad_mode`]: the `no_grad` switch.
-//! 2. [`graph`]: what an op records (a [`Node`] with a [`BackwardOp`]) and,
+//! 2. `graph`: what an op records (a [`Node`] with a [`BackwardOp`]) and,
 //!    crucially, *when* it records nothing at all.
-//! 3. [`engine`]: the backward pass, which runs each node once, asks it only
+//! 3. `engine`: the backward pass, which runs each node once, asks it only
 //!    for the input gradients someone needs, and counts what it skipped.
 //! 4. `inspect`: [`Tensor::graph`](crate::Tensor::graph), the recorded
 //!    graph as data (what each node saved, which gradients it will skip);

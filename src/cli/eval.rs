@@ -33,7 +33,7 @@ pub struct EvalArgs {
     pub weights: PathBuf,
     #[arg(long, value_name = "P")]
     pub strip_prefix: Option<String>,
-    /// Image folder DIR/<class>/*.png|jpg (DIR/val is used when it exists).
+    /// Image folder `DIR/<class>/*.png|jpg` (`DIR/val` is used when it exists).
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     #[arg(long, default_value_t = 224)]

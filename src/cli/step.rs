@@ -21,7 +21,7 @@
 //!   parameter only, `param.<name>` for every parameter and
 //!   `buffer.<name>` for every buffer after the step (f32, except
 //!   `num_batches_tracked`: i64).
-//! - `S.json`: the backward pass's [`BackwardStats`](crate::BackwardStats) as JSON.
+//! - `S.json`: the backward pass's [`BackwardStats`] as JSON.
 
 use std::path::{Path, PathBuf};
 
@@ -43,7 +43,7 @@ pub struct StepArgs {
     /// `--weights` (safetensors or .pth), `--strip-prefix`, `--num-classes`.
     #[command(flatten)]
     pub weights: WeightsArgs,
-    /// Batch with `images` [N,3,H,W] f32 and `labels` [N] i64/i32 (safetensors).
+    /// Batch (safetensors) with `images` (f32 `[N,3,H,W]`) and `labels` (i64/i32 `[N]`).
     #[arg(long, value_name = "B.safetensors")]
     pub batch: PathBuf,
     /// Comma-separated globs of trainable parameters: `*`, `fc.*`,

@@ -49,10 +49,11 @@ pub enum FrozenBnArg {
 
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Image folder: DIR/train/<class>/*.png|jpg and DIR/val/<class>/...
+    /// Image folder: `DIR/train/<class>/*.png|jpg` and `DIR/val/<class>/...`
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
-    /// Without DIR/train: hold out this fraction of every class of DIR/<class>/ for validation.
+    /// Without `DIR/train`: hold out this fraction of every class of
+    /// `DIR/<class>/` for validation.
     #[arg(long, value_name = "F")]
     pub val_fraction: Option<f64>,
     /// Number of classes (must equal the number of class folders).

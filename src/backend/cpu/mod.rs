@@ -2,8 +2,8 @@
 //! convolutions and dense layers, `rayon` across channels and planes.
 //!
 //! This file is only the [`BackendStorage`] impl: it unwraps the dtypes and
-//! delegates to one kernel module per family ([`conv`], [`batch_norm`],
-//! [`pool`], [`loss`], [`sgd`], [`elementwise`], [`gemm`]) after running
+//! delegates to one kernel module per family (`conv`, `batch_norm`,
+//! `pool`, `loss`, `sgd`, `elementwise`, `gemm`) after running
 //! the family's argument check from `backend::check`, which the CUDA
 //! backend shares; the kernels index the validated buffers directly.
 

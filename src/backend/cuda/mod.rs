@@ -6,10 +6,10 @@
 //!   NVRTC, a device) without panicking, and keeps one context + stream per
 //!   device ordinal.
 //! - [`allocator`]: the caching, stream-ordered device allocator.
-//! - [`module_cache`]: compiles each kernel file once per device.
-//! - [`params`]: the kernels' `#[repr(C)]` parameter structs and the
+//! - `module_cache`: compiles each kernel file once per device.
+//! - `params`: the kernels' `#[repr(C)]` parameter structs and the
 //!   layout checks that tie them to their `.cu` declarations.
-//! - [`storage`]: [`CudaStorage`], the device buffer, its
+//! - `storage`: [`CudaStorage`], the device buffer, its
 //!   [`BackendStorage`](crate::backend::BackendStorage) implementation (one
 //!   line per kernel, calling the op family's file) and the launch helpers.
 //! - one file per op family, like `cpu/`: `elementwise`, `gemm`, `conv`,

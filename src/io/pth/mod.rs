@@ -5,13 +5,13 @@
 //! first bytes:
 //! - zip (`torch.save` since PyTorch 1.6): `<root>/data.pkl` is the pickled
 //!   object, `<root>/data/<key>` the raw bytes of each storage,
-//!   `<root>/byteorder` says `little`; see [`zip`] and the notes there;
+//!   `<root>/byteorder` says `little`; see `zip` and the notes there;
 //! - legacy (`_use_new_zipfile_serialization=False`, old model-zoo files):
-//!   several pickles followed by the storages; see [`legacy`].
+//!   several pickles followed by the storages; see `legacy`.
 //!
 //! Both hold a pickle, read by [`pickle`] (an allowlist of globals, no code
 //! run: the promise of `torch.load(weights_only=True)`), whose tensors
-//! [`rebuild`] turns into contiguous host tensors after checking every
+//! `rebuild` turns into contiguous host tensors after checking every
 //! offset, size and stride against the bytes present. Floats become f32 and
 //! integers i64; each conversion is reported in [`PthCheckpoint::notes`].
 

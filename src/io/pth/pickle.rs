@@ -10,9 +10,9 @@
 //! fetching a value twice never copies it. Memory use is therefore linear in
 //! the input's length, whatever the pickle says.
 //!
-//! `GLOBAL` resolves a name through [`super::globals::resolve`] (anything off
+//! `GLOBAL` resolves a name through `globals::resolve` (anything off
 //! the allowlist is an error), and `REDUCE` on an allowed function only
-//! records the call ([`Object::Call`]); [`super::rebuild`] interprets it.
+//! records the call ([`Object::Call`]); `rebuild` interprets it.
 //! Opcodes a `torch.save` pickle never uses are rejected by name.
 
 use std::collections::HashMap;

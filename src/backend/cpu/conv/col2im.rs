@@ -144,15 +144,13 @@ fn add_tap_row_triple(taps: [&[f32]; 3], row: &mut [f32]) {
     }
 }
 
-/// [`col2im_add`] for a 1x1, unpadded kernel ([`overwrites_dx`]), which
+/// [`col2im_add`] for a 1x1, unpadded kernel (`input_grad::overwrites_dx`), which
 /// writes every element of the chunk's rows of `planes` instead of adding
 /// onto them: input pixel `(oh * sh, ow * sw)` takes the gradient of
 /// output `(oh, ow)` (at most one, the taps do not overlap) and every other
 /// pixel of those rows is 0. So `dx` needs no zeroing pass first: for the
 /// 1x1 stride-2 layers three quarters of it are those zeros, and the
 /// zeroing, then adding onto it, was a second and third pass over it.
-///
-/// [`overwrites_dx`]: super::input_grad::overwrites_dx
 pub(super) fn col2im_set(
     col: &[f32],
     g: &Conv2dGeometry,

@@ -80,13 +80,11 @@ pub(super) fn direct_width(
 /// The fewest output pixels per image at which images small enough to be
 /// grouped for the im2col GEMM (`Plan::images_per_chunk` > 1) still run
 /// as a direct convolution, on the AVX2 path: the GEMM skips their padding
-/// taps ([`skip_order`]; 9 % of a 3x3 kernel's at 14x14, 18 % at 7x7),
+/// taps (`forward::skip_order`; 9 % of a 3x3 kernel's at 14x14, 18 % at 7x7),
 /// which the direct convolution computes, but it packs no panels. At 3x3
 /// 128->128, 14x14, batch 32 the direct convolution took 0.91x the CPU
 /// time of the grouped GEMM forward, 0.92x input gradient (one thread,
 /// Zen 2; BENCHMARKS.md). Smaller images were not measured, nor AVX-512.
-///
-/// [`skip_order`]: super::forward::skip_order
 const DIRECT_MIN_GROUPED_PIXELS: usize = 14 * 14;
 
 /// Whether images that the im2col GEMM would group run as a direct

@@ -193,9 +193,7 @@ fn pointwise_taps(g: &Conv2dGeometry) -> bool {
 /// [`input_grad_with`], writing `dx` whole (`overwrite`, only where
 /// [`pointwise_taps`] and `C_out > 0`) or adding onto a zeroed one, with
 /// a kernel row's taps added in one pass where `merge` and
-/// [`merges_tap_rows`].
-///
-/// [`merges_tap_rows`]: super::col2im::merges_tap_rows
+/// `col2im::merges_tap_rows`.
 pub(super) fn input_grad_col2im(
     dy: &[f32],
     w: &[f32],

@@ -15,7 +15,7 @@
 //! other strides and the portable path. For stride 1 with output rows as
 //! wide as the input's and few row taps (ResNet's 3x3 layers up to 128
 //! channels) the weight gradient is `KW` shifted products sharing the
-//! column matrix of the `(c, kh)` taps only ([`weight_grad_shifted`];
+//! column matrix of the `(c, kh)` taps only (`weight_grad::weight_grad_shifted`;
 //! `FROSTGRAD_DW_SHIFTED=0` turns it off, for comparison). Otherwise the
 //! weight gradient's transposed column matrix (depth = output pixels) is
 //! packed one input patch row at a time on the AVX-512 path
@@ -60,7 +60,7 @@
 //! staging buffer, and the micro-kernel GEMM multiplies each column panel
 //! by the depth rows of the taps some column of it sees
 //! (`PackB::pack_live`, `microkernel::gemm_live`) — what a direct
-//! convolution skips. [`skip_order`] decides where;
+//! convolution skips. `forward::skip_order` decides where;
 //! `FROSTGRAD_CONV_SKIP_PADDING=0` turns it off, `=1` on wherever possible
 //! (for comparison).
 //!
@@ -83,12 +83,10 @@
 //! (the direct convolution in `test_support.rs`, which they share).
 //!
 //! [`input_grad_flipped`]: input_grad::input_grad_flipped
-//! [`weight_grad_shifted`]: weight_grad::weight_grad_shifted
 //! [`im2col::fill_patches`]: super::im2col::fill_patches
 //! [`by_classes`]: weight_grad_taps::by_classes
 //! [`weight_grad_classes`]: weight_grad_taps::weight_grad_classes
 //! [`Columns`]: columns::Columns
-//! [`skip_order`]: forward::skip_order
 
 use rayon::prelude::*;
 

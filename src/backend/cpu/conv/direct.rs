@@ -73,6 +73,12 @@ pub(super) fn direct_width(
         && plan.taps > 0
         && plan.pixels > 0
         && g.out_channels > 0
+        // Not for an empty input (every window padding, or no image): its
+        // chunks of zero floats per image or channel would panic below;
+        // the im2col path gives the bias there.
+        && g.in_h > 0
+        && g.in_w > 0
+        && g.batch > 0
         && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
     let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS;
     (shape && mode.unwrap_or(rule)).then_some(tile)

@@ -413,3 +413,85 @@ fn fixtures_cover_every_op_and_stay_small() {
         "tests/fixtures/ops is {bytes} bytes; keep it under 1 MiB"
     );
 }
+
+/// Inputs of zero height or width (or batch 0, or no input channels) with
+/// enough padding for a non-empty output: every window sees padding only,
+/// so `y` is the bias (0 without one), `dW` is 0, `db` the cotangent's sum
+/// per channel, `dx` empty. (PyTorch 2.9.1 raises "Only zero batch or zero
+/// channel inputs are supported" for a zero-height or zero-width input of
+/// batch > 0, and gives these values for batch 0 and for no input
+/// channels; this engine gives them for all.) On pools of 1 to 4 threads,
+/// so that both the direct convolution's whole-image form (batch >= threads)
+/// and its row split (batch < threads) would be asked: before
+/// `direct_width` turned these shapes away, its chunks of zero input
+/// floats panicked there; with no input channels the im2col GEMM's depth
+/// blocks of zero floats panicked (the forward now returns the bias).
+#[test]
+fn conv2d_of_empty_inputs_gives_the_bias_without_panicking() {
+    let t = |v: Vec<f32>, shape: &[usize]| {
+        Tensor::from_vec(v, shape, frostgrad::Device::Cpu)
+            .and_then(|t| t.requires_grad_(true))
+            .expect("leaf")
+    };
+    type Case = ([usize; 4], [usize; 4], (usize, usize));
+    let cases: &[Case] = &[
+        ([1, 3, 0, 0], [4, 3, 2, 2], (1, 1)),
+        ([2, 3, 0, 0], [4, 3, 2, 2], (1, 1)),
+        ([3, 3, 0, 0], [5, 3, 3, 3], (2, 2)),
+        ([1, 3, 0, 5], [4, 3, 2, 3], (1, 1)),
+        ([2, 5, 4, 0], [6, 5, 3, 2], (1, 1)),
+        ([0, 3, 4, 4], [4, 3, 2, 2], (1, 1)),
+        ([1, 0, 4, 4], [4, 0, 3, 3], (1, 1)),
+    ];
+    on_every_simd_path(|| {
+        for threads in 1..=4 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            for &(input, weight, padding) in cases {
+                let what =
+                    format!("{input:?} * {weight:?}, padding {padding:?}, {threads} threads");
+                let x = t(vec![], &input);
+                let w_len = weight.iter().product();
+                let w = t((0..w_len).map(|i| i as f32 * 0.25 - 1.0).collect(), &weight);
+                let b_vals: Vec<f32> = (0..weight[0]).map(|i| i as f32 + 0.5).collect();
+                let b = t(b_vals.clone(), &[weight[0]]);
+                let opts = Conv2dOptions {
+                    stride: (1, 1),
+                    padding,
+                    dilation: (1, 1),
+                };
+                pool.install(|| {
+                    let out_h = input[2] + 2 * padding.0 + 1 - weight[2];
+                    let out_w = input[3] + 2 * padding.1 + 1 - weight[3];
+                    let shape = [input[0], weight[0], out_h, out_w];
+                    let pixels = out_h * out_w;
+                    let y = ops::conv2d(&x, &w, Some(&b), opts)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert_eq!(y.shape(), &shape[..], "{what}: shape");
+                    let y_vals = y.to_vec_f32().expect("y");
+                    let want: Vec<f32> = (0..y_vals.len())
+                        .map(|i| b_vals[i / pixels % weight[0]])
+                        .collect();
+                    assert_eq!(y_vals, want, "{what}: y is the bias");
+                    let unbiased = ops::conv2d(&x, &w, None, opts).expect("no bias");
+                    let zeros = unbiased.to_vec_f32().expect("y");
+                    assert!(zeros.iter().all(|&v| v == 0.0), "{what}: y without bias");
+                    // Backward of sum(y * R), R = 1, 2, 3, ...
+                    let r: Vec<f32> = (0..y_vals.len()).map(|i| i as f32 + 1.0).collect();
+                    contract(&y, &r)
+                        .backward()
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(grad_of(&x).is_empty(), "{what}: dx");
+                    assert_eq!(grad_of(&w), vec![0.0; w_len], "{what}: dW");
+                    let mut db = vec![0.0; weight[0]];
+                    for (i, &v) in r.iter().enumerate() {
+                        db[i / pixels % weight[0]] += f64::from(v);
+                    }
+                    assert_eq!(grad_of(&b), db, "{what}: db");
+                });
+            }
+        }
+    });
+}

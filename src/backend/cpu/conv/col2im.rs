@@ -39,14 +39,17 @@ pub(super) fn col2im_add(
                     // `merges_tap_rows`.)
                     for_each_tap_row(g, kh, 1, chunk.rows, |i, ih, _, _, _| {
                         let at = i * g.out_w;
-                        add_tap_row_triple(
-                            [
-                                &c0[at..][..g.out_w],
-                                &c1[at..][..g.out_w],
-                                &c2[at..][..g.out_w],
-                            ],
-                            &mut plane[ih * g.in_w..(ih + 1) * g.in_w],
-                        );
+                        let taps = [
+                            &c0[at..][..g.out_w],
+                            &c1[at..][..g.out_w],
+                            &c2[at..][..g.out_w],
+                        ];
+                        let row = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                        if stride_w == 1 {
+                            add_tap_row_triple_s1(taps, row);
+                        } else {
+                            add_tap_row_triple(taps, row);
+                        }
                     });
                 }
             }
@@ -81,18 +84,55 @@ pub(super) fn col2im_add(
 }
 
 /// Whether [`col2im_add`] may add a kernel row's three taps in one pass:
-/// 3 wide, stride 2, padding 1, no dilation (ResNet's stride-2 3x3
-/// layers), with every output column live for the middle tap (input
-/// column `2 * ow`). At 7- and 4-value rows, a call and a pass per tap and
-/// row were a fifth of these input gradients' time (`perf`).
+/// 3 wide, padding 1, no dilation, with every output column live for the
+/// middle tap: at stride 2 (ResNet's stride-2 3x3 layers) input column
+/// `2 * ow`, where at 7- and 4-value rows a call and a pass per tap and row
+/// were a fifth of these input gradients' time (`perf`); at stride 1
+/// (rows as wide as the input's: the stride-1 3x3 input gradients that do
+/// not flip, such as layer3's 256->256 on AVX2) input column `ow`, where
+/// the tap-by-tap scatter was ~10 % of the samples of 3x3 256->256 at
+/// 14x14, batch 8, and merged ~5 % (`perf`, one thread, Zen 2;
+/// BENCHMARKS.md issue 9, ninth session).
 /// `FROSTGRAD_COL2IM_MERGE=0` adds tap by tap (for comparison; the tests
 /// run both).
 fn merges_tap_rows(g: &Conv2dGeometry) -> bool {
     g.kernel_w == 3
-        && g.stride.1 == 2
         && g.padding.1 == 1
         && g.dilation.1 == 1
-        && valid_outputs(g.out_w, g.in_w, 2, 1, 1) == (0, g.out_w)
+        && match g.stride.1 {
+            1 => g.out_w == g.in_w,
+            2 => valid_outputs(g.out_w, g.in_w, 2, 1, 1) == (0, g.out_w),
+            _ => false,
+        }
+}
+
+/// Adds one kernel row's three taps (`taps[kw][ow]`, stride 1, padding 1,
+/// rows as wide as `row`) onto input row `row`: `row[iw]` gets
+/// `taps[0][iw + 1]`, then `taps[1][iw]`, then `taps[2][iw - 1]` (those
+/// that exist), the order in which the tap-by-tap loop adds them, so the
+/// sums are the same bit for bit. One pass over the row instead of three;
+/// the inner loop is plain slices, which the compiler vectorises.
+fn add_tap_row_triple_s1(taps: [&[f32]; 3], row: &mut [f32]) {
+    let [t0, t1, t2] = taps;
+    let n = row.len();
+    assert!(t0.len() == n && t1.len() == n && t2.len() == n);
+    match n {
+        0 => {}
+        1 => row[0] += t1[0],
+        _ => {
+            row[0] = row[0] + t0[1] + t1[0];
+            let (inner, last) = row[1..].split_at_mut(n - 2);
+            for (((d, &a), &b), &c) in inner
+                .iter_mut()
+                .zip(&t0[2..])
+                .zip(&t1[1..n - 1])
+                .zip(&t2[..n - 2])
+            {
+                *d = *d + a + b + c;
+            }
+            last[0] = last[0] + t1[n - 1] + t2[n - 2];
+        }
+    }
 }
 
 /// Whether the input gradient merges tap rows where it can
@@ -368,8 +408,15 @@ mod tests {
         // tap), rows long enough for the SSE steps (up to 23 outputs) and
         // as short as 1, kernel heights 3 and 1, vertical strides 2 and 1,
         // whole-image groups and row chunks: the merged form equals the
-        // tap-by-tap one bit for bit and both match the f64 loops.
+        // tap-by-tap one bit for bit and both match the f64 loops. Stride 1
+        // too (rows as wide as the input's): widths 14, 2 and 1 (no left or
+        // right tap), kernel height 1, vertical stride 2.
         let cases: &[Case] = &[
+            ([2, 5, 14, 14], [3, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([3, 4, 6, 2], [5, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 3, 5, 1], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([2, 3, 6, 23], [2, 3, 1, 3], (1, 1), (0, 1), (1, 1)),
+            ([2, 3, 9, 17], [4, 3, 3, 3], (2, 1), (1, 1), (1, 1)),
             ([2, 5, 14, 14], [3, 5, 3, 3], (2, 2), (1, 1), (1, 1)),
             ([3, 4, 7, 7], [5, 4, 3, 3], (2, 2), (1, 1), (1, 1)),
             ([2, 3, 9, 45], [4, 3, 3, 3], (2, 2), (1, 1), (1, 1)),

@@ -373,16 +373,36 @@ pub(in super::super) fn gather_even(src: &[f32], out: &mut [f32]) {
 
 /// `dst[e * dst_stride + j] = src[j * len + e]` for `j < rows`, `e < len`.
 pub(super) fn transpose(src: &[f32], rows: usize, len: usize, dst: &mut [f32], dst_stride: usize) {
-    let (rows4, len4) = (rows - rows % 4, len - len % 4);
-    if rows4 > 0 && len4 > 0 {
+    if rows > 0 && len > 0 {
         assert!(src.len() >= rows * len && dst.len() > (len - 1) * dst_stride + rows - 1);
     }
+    // SAFETY: `dst` holds every element written (asserted) and is borrowed
+    // mutably for the call.
+    unsafe { transpose_raw(src, rows, len, dst.as_mut_ptr(), dst_stride) }
+}
+
+/// [`transpose`] through a pointer, for outputs that several threads write
+/// at disjoint elements (the direct convolution's row parts).
+///
+/// # Safety
+/// `dst.add(e * dst_stride + j)` for `e < len`, `j < rows` is writable and
+/// written by nothing else meanwhile.
+pub(super) unsafe fn transpose_raw(
+    src: &[f32],
+    rows: usize,
+    len: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
+    let (rows4, len4) = (rows - rows % 4, len - len % 4);
+    assert!(src.len() >= rows * len);
     for j in (0..rows4).step_by(4) {
         for e in (0..len4).step_by(4) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: rows j..j+4 of src hold elements e..e+4 (e + 4 <=
             // len, j + 4 <= rows, src holds rows * len); rows e..e+4 of dst
-            // hold elements j..j+4 (checked above). SSE is part of x86-64.
+            // hold elements j..j+4 (the caller's contract). SSE is part of
+            // x86-64.
             unsafe {
                 use std::arch::x86_64::*;
                 let at = |r: usize| _mm_loadu_ps(src.as_ptr().add((j + r) * len + e));
@@ -391,7 +411,7 @@ pub(super) fn transpose(src: &[f32], rows: usize, len: usize, dst: &mut [f32], d
                 let t1 = _mm_unpacklo_ps(r2, r3);
                 let t2 = _mm_unpackhi_ps(r0, r1);
                 let t3 = _mm_unpackhi_ps(r2, r3);
-                let out = dst.as_mut_ptr().add(e * dst_stride + j);
+                let out = dst.add(e * dst_stride + j);
                 _mm_storeu_ps(out, _mm_movelh_ps(t0, t1));
                 _mm_storeu_ps(out.add(dst_stride), _mm_movehl_ps(t1, t0));
                 _mm_storeu_ps(out.add(2 * dst_stride), _mm_movelh_ps(t2, t3));
@@ -400,7 +420,8 @@ pub(super) fn transpose(src: &[f32], rows: usize, len: usize, dst: &mut [f32], d
             #[cfg(not(target_arch = "x86_64"))]
             for jj in j..j + 4 {
                 for ee in e..e + 4 {
-                    dst[ee * dst_stride + jj] = src[jj * len + ee];
+                    // SAFETY: ee < len, jj < rows (the caller's contract).
+                    unsafe { *dst.add(ee * dst_stride + jj) = src[jj * len + ee] };
                 }
             }
         }
@@ -409,7 +430,8 @@ pub(super) fn transpose(src: &[f32], rows: usize, len: usize, dst: &mut [f32], d
     for j in 0..rows {
         let from = if j < rows4 { len4 } else { 0 };
         for e in from..len {
-            dst[e * dst_stride + j] = src[j * len + e];
+            // SAFETY: e < len, j < rows (the caller's contract).
+            unsafe { *dst.add(e * dst_stride + j) = src[j * len + e] };
         }
     }
 }

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::super::buffer_pool;
 use super::super::scratch::{with_scratch, Slot};
 use super::super::simd;
-use super::columns::transpose;
+use super::columns::{transpose, transpose_raw};
 use super::{part_per_thread, Plan};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -41,8 +41,9 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// on the AVX paths, for stride-1 kernels of more than one tap over whole
 /// images one at a time (not the grouped small images, whose padding taps
 /// the class order skips, except on AVX2 from [`DIRECT_MIN_GROUPED_PIXELS`]
-/// up), at least one image per thread, and at most
-/// [`DIRECT_MAX_OUT_CHANNELS`] output channels. `force` (tests), else
+/// up), and at most [`DIRECT_MAX_OUT_CHANNELS`] output channels, at any
+/// batch (with fewer images than threads, [`forward_direct`] splits each
+/// image's output rows across them). `force` (tests), else
 /// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
 /// it regardless of channels and batch (for comparison).
 pub(super) fn direct_width(
@@ -72,8 +73,14 @@ pub(super) fn direct_width(
         && plan.taps > 0
         && plan.pixels > 0
         && g.out_channels > 0
+        // Not for an empty input (every window padding, or no image): its
+        // chunks of zero floats per image or channel would panic below;
+        // the im2col path gives the bias there.
+        && g.in_h > 0
+        && g.in_w > 0
+        && g.batch > 0
         && u32::try_from(g.in_channels.checked_mul(padded)?).is_ok();
-    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS && g.batch >= rayon::current_num_threads();
+    let rule = g.out_channels <= DIRECT_MAX_OUT_CHANNELS;
     (shape && mode.unwrap_or(rule)).then_some(tile)
 }
 
@@ -244,6 +251,77 @@ pub(super) fn forward_direct(
             // its first (and grew its buffer) in a later one, now and then
             // (`tests/cpu_buffer_pool.rs`, AVX2).
             let threads = rayon::current_num_threads().max(1);
+            if g.batch < threads {
+                // Fewer images than threads (batch 1 on two): each image
+                // padded once, in parallel by channels, then its output
+                // rows split across the threads.
+                let most = (DIRECT_BLOCK_ELEMS / (g.out_w * n).max(1)).max(1);
+                let part_rows = g.out_h.div_ceil(threads);
+                let block_rows = part_rows.div_ceil(part_rows.div_ceil(most).max(1)).max(1);
+                let block = block_rows * g.out_w * n;
+                with_scratch(Slot::Staging, g.in_channels * plane, |padded| {
+                    for (x, y) in x.chunks_exact(in_image).zip(y.chunks_exact_mut(out_image)) {
+                        let per_task = g.in_channels.div_ceil(threads).max(1);
+                        padded
+                            .par_chunks_mut(per_task * plane)
+                            .zip(x.par_chunks(per_task * g.in_h * g.in_w))
+                            .for_each(|(padded, x)| pad_planes(x, g, padded));
+                        let padded = &*padded;
+                        let out = SharedOut(y.as_mut_ptr());
+                        let parts = (0..threads)
+                            .map(|t| (t * g.out_h / threads, (t + 1) * g.out_h / threads))
+                            .collect();
+                        part_per_thread(parts, |_, (lo, hi)| {
+                            let out = &out;
+                            with_scratch(Slot::Staging, block, |c| {
+                                for r0 in (lo..hi).step_by(block_rows) {
+                                    let rows = block_rows.min(hi - r0);
+                                    #[cfg(target_arch = "x86_64")]
+                                    // SAFETY: as in `image` below: rows r0..r0
+                                    // + rows of the padded image, read in
+                                    // place; `c` holds block >= rows * out_w
+                                    // rows of n.
+                                    unsafe {
+                                        super::super::microkernel::direct_rows(
+                                            path,
+                                            padded.as_ptr().add(r0 * wp),
+                                            (rows, g.out_w, wp, 1),
+                                            (offsets, prefetch),
+                                            b,
+                                            (k, n),
+                                            c.as_mut_ptr(),
+                                            n,
+                                        );
+                                    }
+                                    let q = rows * g.out_w;
+                                    // SAFETY: this part writes output pixels
+                                    // r0 * out_w..(r0 + rows) * out_w of every
+                                    // channel plane of this image (inside
+                                    // `y`, which outlives the broadcast);
+                                    // the parts' row ranges are disjoint, so
+                                    // no element is written by two threads,
+                                    // and nothing reads `y` meanwhile.
+                                    unsafe {
+                                        transpose_raw(
+                                            &c[..q * n],
+                                            q,
+                                            n,
+                                            out.0.add(r0 * g.out_w),
+                                            pixels,
+                                        );
+                                    }
+                                }
+                            });
+                        });
+                        if let Some(bias) = bias {
+                            for (row, &bv) in y.chunks_exact_mut(pixels).zip(bias) {
+                                row.iter_mut().for_each(|v| *v += bv);
+                            }
+                        }
+                    }
+                });
+                return;
+            }
             let mut rest = &mut *y;
             let runs: Vec<(usize, &mut [f32])> = (0..threads)
                 .map(|t| {
@@ -263,6 +341,15 @@ pub(super) fn forward_direct(
     });
     Ok(y)
 }
+
+/// The output of one image, written by several threads at disjoint
+/// pixels ([`forward_direct`] with fewer images than threads).
+struct SharedOut(*mut f32);
+
+// SAFETY: the pointer is only written through at pixels that one thread
+// alone owns (each part its own output rows), while the image's output
+// buffer outlives every use (`part_per_thread` returns after all parts).
+unsafe impl Sync for SharedOut {}
 
 /// Copies the `C_in` planes of one image `x` into `padded`, each inside a
 /// border of `g.padding` zeros.
@@ -352,6 +439,12 @@ mod tests {
             // Two product blocks of 21 and 20 output rows (41 x 64 floats
             // per row against DIRECT_BLOCK_ELEMS).
             ([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+            // One image for two threads: its output rows split across them,
+            // two blocks of 20 rows each (80 rows); rows 0..0 and 0..1 (one
+            // output row: one thread without a part); 7 rows (3 and 4).
+            ([1, 3, 80, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 4, 1, 7], [19, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+            ([1, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
         ];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -433,6 +526,10 @@ mod tests {
                 // 56x56 at batch 8 (a whole image per chunk only once the
                 // image is split into blocks of output rows).
                 assert!(resnet(8, 64, 56, 1));
+                // Batch 1 on two threads: rows split across them.
+                assert!(resnet(1, 64, 56, 1));
+                assert!(resnet(1, 128, 28, 1));
+                assert!(!resnet(1, 256, 14, 1));
                 assert!(!resnet(32, 256, 28, 1));
                 assert!(!resnet(32, 64, 7, 1));
                 // 14x14 images, grouped for the im2col GEMM: direct on

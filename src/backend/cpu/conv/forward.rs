@@ -46,6 +46,21 @@ pub(super) fn forward_skipping(
 ) -> Result<Vec<f32>> {
     let op = "conv2d";
     let plan = Plan::new(op, g, limits)?;
+    if plan.taps == 0 {
+        // No input channels: a product of depth 0, so `y` is the bias (0
+        // without one), as in PyTorch. The GEMM's depth blocks of zero
+        // floats would panic.
+        let mut y = buffer_pool::zeroed(op, g.batch * plan.out_image)?;
+        if let Some(bias) = bias {
+            for (plane, &bv) in y
+                .chunks_exact_mut(plan.pixels.max(1))
+                .zip(bias.iter().cycle())
+            {
+                plane.fill(bv);
+            }
+        }
+        return Ok(y);
+    }
     if let Some(tile) = direct_width(g, &plan, direct) {
         let taps = plan.taps;
         let kk = g.kernel_h * g.kernel_w;

@@ -522,10 +522,10 @@ mod tests {
     /// The AVX2 path's rule for the flipped input gradient: small images
     /// always, larger ones where the flipped forward runs as a direct
     /// convolution (ResNet's 64@56 and 128@28 at batch 8), not where it
-    /// would run through im2col (256@14; one image for two threads), where
-    /// col2im is as fast. Says SKIPPED where
-    /// it cannot check the rule: no AVX2, or the rule overridden by
-    /// FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX.
+    /// would run through im2col (256@14), where col2im is as fast; one
+    /// image for two threads included (the direct convolution splits its
+    /// rows). Says SKIPPED where it cannot check the rule: no AVX2, or the
+    /// rule overridden by FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it() {
@@ -561,8 +561,12 @@ mod tests {
                 assert!(flips(32, 64, 28));
                 assert!(!flips(8, 256, 14));
                 assert!(flips(8, 512, 7));
-                // One image for two threads: no direct convolution, so col2im.
-                assert!(!flips(1, 64, 56));
+                // One image for two threads: a direct convolution with its
+                // output rows split across them, so flipped; 256 channels
+                // still col2im.
+                assert!(flips(1, 64, 56));
+                assert!(flips(1, 128, 28));
+                assert!(!flips(1, 256, 14));
             });
         });
     }

@@ -291,14 +291,6 @@ impl ResNet {
                 format!("stages {stages:?} outside 0..{}", Self::STAGES),
             ));
         }
-        // On the CPU, the stages run on one of rayon's workers: from the
-        // caller's thread every parallel kernel would hand its work to the
-        // pool and wait, about 10 us a call (see `ops::on_workers`).
-        crate::ops::on_workers(x.device(), || self.run_stages(x, stages))
-    }
-
-    /// [`ResNet::forward_stages`] after its check, on the calling thread.
-    fn run_stages(&self, x: &Tensor, stages: std::ops::Range<usize>) -> Result<Tensor> {
         let mut x = x.clone();
         for s in stages {
             x = match s {

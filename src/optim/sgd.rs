@@ -155,7 +155,7 @@ impl Sgd {
             .map(Tensor::device)
             .find(|d| *d != Device::Cpu)
             .unwrap_or(Device::Cpu);
-        crate::ops::on_workers(device, || self.step_here())
+        crate::ops::on_workers(device, || self.step_here())?
     }
 
     /// [`Sgd::step`] on the calling thread.

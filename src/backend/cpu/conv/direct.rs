@@ -419,38 +419,66 @@ mod tests {
         // of either kernel's tile (13, 5 and 2 wide: short tiles), depths
         // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
         // 2, a 3x2 kernel with padding on one axis only, no padding; batch
-        // 1 and 3 on two threads; an image in two blocks of output rows;
-        // into a dirty output scratch; the flipped input gradient checked
+        // 1 and 3 on two threads, 1 and 2 on three, 1 to 3 on four; an
+        // image in two blocks of output rows; into a dirty output scratch; the flipped input gradient checked
         // to take the direct path too. The rule: taken for ResNet's 3x3
         // 64->64 at 28x28, batch 32, 128->128, and 64->64 at 56x56, batch
         // 8; not for 256 output channels, grouped small images or a stride
-        // of 2.
-        let cases: &[Case] = &[
-            ([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([3, 4, 9, 8], [5, 4, 5, 5], (1, 1), (2, 2), (1, 1)),
-            ([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
-            ([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)),
-            ([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)),
+        // of 2. Each case with the threads of its pool: the row split (fewer
+        // images than threads) on 2, 3 and 4 threads.
+        let cases: &[(Case, usize)] = &[
+            (([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([3, 4, 9, 8], [5, 4, 5, 5], (1, 1), (2, 2), (1, 1)), 2),
+            (([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)), 2),
+            (([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)), 2),
+            (([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)), 2),
             // A last panel of 13 columns (29 = 16 + 13) for the AVX2
             // walking kernel's partial store; 1-pixel output rows.
-            ([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([3, 4, 5, 1], [16, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+            (([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([3, 4, 5, 1], [16, 4, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
             // Two product blocks of 21 and 20 output rows (41 x 64 floats
             // per row against DIRECT_BLOCK_ELEMS).
-            ([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+            (([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
             // One image for two threads: its output rows split across them,
             // two blocks of 20 rows each (80 rows); rows 0..0 and 0..1 (one
             // output row: one thread without a part); 7 rows (3 and 4).
-            ([1, 3, 80, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([1, 4, 1, 7], [19, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([1, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
+            (([1, 3, 80, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([1, 4, 1, 7], [19, 4, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([1, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            // 81 rows: parts of 40 and 41 rows, each in two blocks with a
+            // short last one (21 + 19, 21 + 20).
+            (([1, 3, 81, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            // Three threads: 7 rows in parts of 2, 2 and 3; batch 2 (the
+            // loop over images, reusing the padded scratch and adding the
+            // bias to each); 5 input channels padded in three chunks
+            // (2, 2, 1).
+            (([1, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 3),
+            (([2, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 3),
+            (([2, 4, 7, 6], [21, 4, 3, 3], (1, 1), (1, 1), (1, 1)), 3),
+            // Four threads: 2 output rows (parts 0..0, 0..1, 1..1, 1..2:
+            // two empty) at batch 1 and 2; batch 3; 5 input channels
+            // padded in three chunks (2, 2, 1), 7 in four (2, 2, 2, 1);
+            // 81 rows in four parts of 20-21 rows.
+            (([1, 4, 2, 6], [19, 4, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([2, 5, 2, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([3, 7, 9, 5], [17, 7, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([1, 3, 81, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
         ];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+        // Pools of 0 (unused) to 4 threads, indexed by their threads.
+        let pools: Vec<rayon::ThreadPool> = (0..=4)
+            .map(|threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads.max(1))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for (case, &((input, weight, stride, padding, dilation), threads)) in
+            cases.iter().enumerate()
+        {
+            let pool = &pools[threads];
             let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
             let x = pseudo_random(input.iter().product(), 51 + case as u64);
             let w = pseudo_random(weight.iter().product(), 151 + case as u64);
@@ -458,8 +486,8 @@ mod tests {
             let dy = pseudo_random(g.output_shape().iter().product(), 351 + case as u64);
             let r = reference(&g, &x, &w, &b, &dy);
             let flipped = flipped_geometry(&g);
-            simd::on_every_path(&pool, |path| {
-                let what = |k: &str| format!("case {case} {g:?} {path:?} {k}");
+            simd::on_every_path(pool, |path| {
+                let what = |k: &str| format!("case {case} {g:?} {threads} threads {path:?} {k}");
                 let limits = Limits {
                     min_columns: 1,
                     ..FORWARD_LIMITS
@@ -507,7 +535,7 @@ mod tests {
         if simd::active() == simd::SimdPath::Portable {
             return;
         }
-        pool.install(|| {
+        pools[2].install(|| {
             let resnet = |batch: usize, c: usize, size: usize, stride: usize| {
                 let g = Conv2dGeometry::new(
                     [batch, c, size, size],

@@ -371,6 +371,7 @@ pub(super) fn restage(
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::simd;
     use super::super::input_grad::input_grad_col2im;
     use super::super::test_support::{assert_close, reference, Case};
     use super::super::Limits;
@@ -410,7 +411,8 @@ mod tests {
         // whole-image groups and row chunks: the merged form equals the
         // tap-by-tap one bit for bit and both match the f64 loops. Stride 1
         // too (rows as wide as the input's): widths 14, 2 and 1 (no left or
-        // right tap), kernel height 1, vertical stride 2.
+        // right tap), kernel height 1, vertical stride 2. On every SIMD
+        // path this CPU has (the columns `Wᵀ · dy` come from its GEMM).
         let cases: &[Case] = &[
             ([2, 5, 14, 14], [3, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([3, 4, 6, 2], [5, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
@@ -435,24 +437,30 @@ mod tests {
             let w = pseudo_random(weight.iter().product(), 130 + case as u64);
             let dy = pseudo_random(g.output_shape().iter().product(), 330 + case as u64);
             let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
-            for (block_elems, min_columns, groups_per_thread) in
-                [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
-            {
-                let limits = Limits {
-                    block_elems,
-                    min_columns,
-                    groups_per_thread,
-                    dx_block_elems: 1 << 10,
-                    group_pack_elems: None,
-                };
-                let [merged, by_tap] = [true, false].map(|merge| {
-                    pool.install(|| input_grad_col2im(&dy, &w, &g, limits, false, merge).unwrap())
-                });
-                let what = format!("case {case} blocks {block_elems} columns {min_columns} dx");
-                assert_close(&what, &merged, &r.dx, 1e-5);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert!(bits(&merged) == bits(&by_tap), "{what}: merged differs");
-            }
+            simd::on_every_path(&pool, |path| {
+                for (block_elems, min_columns, groups_per_thread) in
+                    [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
+                {
+                    let limits = Limits {
+                        block_elems,
+                        min_columns,
+                        groups_per_thread,
+                        dx_block_elems: 1 << 10,
+                        group_pack_elems: None,
+                    };
+                    let [merged, by_tap] = [true, false].map(|merge| {
+                        pool.install(|| {
+                            input_grad_col2im(&dy, &w, &g, limits, false, merge).unwrap()
+                        })
+                    });
+                    let what = format!(
+                        "case {case} {path:?} blocks {block_elems} columns {min_columns} dx"
+                    );
+                    assert_close(&what, &merged, &r.dx, 1e-5);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert!(bits(&merged) == bits(&by_tap), "{what}: merged differs");
+                }
+            });
         }
     }
 

@@ -11,9 +11,10 @@ use crate::backend::Conv2dGeometry;
 /// (taps) of whole input channels `c0..`, and `planes[j]` is image `j`'s
 /// gradient for those channels (as many planes as the block has channels).
 ///
-/// With `merge` and a row of three taps at stride 2 ([`merges_tap_rows`]),
-/// the three taps of one kernel row are added onto each input row in one
-/// pass ([`add_tap_row_triple`]).
+/// With `merge` and a row of three taps at stride 2 or 1
+/// ([`merges_tap_rows`]), the three taps of one kernel row are added onto
+/// each input row in one pass ([`add_tap_row_triple`] at stride 2,
+/// [`add_tap_row_triple_s1`] at stride 1).
 pub(super) fn col2im_add(
     col: &[f32],
     g: &Conv2dGeometry,
@@ -92,7 +93,7 @@ pub(super) fn col2im_add(
 /// not flip, such as layer3's 256->256 on AVX2) input column `ow`, where
 /// the tap-by-tap scatter was ~10 % of the samples of 3x3 256->256 at
 /// 14x14, batch 8, and merged ~5 % (`perf`, one thread, Zen 2;
-/// BENCHMARKS.md issue 9, ninth session).
+/// BENCHMARKS.md issue 9 item 45, commit fb19b3e).
 /// `FROSTGRAD_COL2IM_MERGE=0` adds tap by tap (for comparison; the tests
 /// run both).
 fn merges_tap_rows(g: &Conv2dGeometry) -> bool {

@@ -7,7 +7,7 @@ use super::super::buffer_pool;
 use super::super::scratch::{with_scratch, Slot};
 use super::super::simd;
 use super::columns::{transpose, transpose_raw};
-use super::{part_per_thread, Plan};
+use super::{part_per_thread, Plan, SharedOut};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
 
@@ -42,10 +42,16 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// images one at a time (not the grouped small images, whose padding taps
 /// the class order skips, except on AVX2 from [`DIRECT_MIN_GROUPED_PIXELS`]
 /// up), and at most [`DIRECT_MAX_OUT_CHANNELS`] output channels, at any
-/// batch (with fewer images than threads, [`forward_direct`] splits each
-/// image's output rows across them). `force` (tests), else
+/// batch: with fewer images than threads, [`forward_direct`] splits each
+/// image's output rows across them. That split was measured at batch 1 on
+/// two threads only (Zen 2, per layer at 1 x 224 against the im2col
+/// forward and col2im input gradient it replaced, wall time: forward 3x3
+/// 64@56 0.96x, 128@28 0.94x, flipped input gradient 0.79x and 0.91x;
+/// commit a4d81a1, BENCHMARKS.md issue 9 item 45); with more threads (e.g.
+/// batch 2-15 on 16) it is unmeasured. Not for an empty input (zero
+/// height, width or batch). `force` (tests), else
 /// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
-/// it regardless of channels and batch (for comparison).
+/// it, whatever the output channels (for comparison).
 pub(super) fn direct_width(
     g: &Conv2dGeometry,
     plan: &Plan,
@@ -244,12 +250,6 @@ pub(super) fn forward_direct(
                     }
                 });
             };
-            // Thread t of the pool runs images t * batch / threads.. of
-            // the batch ([`part_per_thread`]), so each thread asks for the
-            // same scratch in every call: handed out by work stealing, a
-            // worker that had run no image of this layer in one step took
-            // its first (and grew its buffer) in a later one, now and then
-            // (`tests/cpu_buffer_pool.rs`, AVX2).
             let threads = rayon::current_num_threads().max(1);
             if g.batch < threads {
                 // Fewer images than threads (batch 1 on two): each image
@@ -266,6 +266,7 @@ pub(super) fn forward_direct(
                             .par_chunks_mut(per_task * plane)
                             .zip(x.par_chunks(per_task * g.in_h * g.in_w))
                             .for_each(|(padded, x)| pad_planes(x, g, padded));
+                        #[cfg(target_arch = "x86_64")]
                         let padded = &*padded;
                         let out = SharedOut(y.as_mut_ptr());
                         let parts = (0..threads)
@@ -277,7 +278,7 @@ pub(super) fn forward_direct(
                                 for r0 in (lo..hi).step_by(block_rows) {
                                     let rows = block_rows.min(hi - r0);
                                     #[cfg(target_arch = "x86_64")]
-                                    // SAFETY: as in `image` below: rows r0..r0
+                                    // SAFETY: as in `image` above: rows r0..r0
                                     // + rows of the padded image, read in
                                     // place; `c` holds block >= rows * out_w
                                     // rows of n.
@@ -322,6 +323,12 @@ pub(super) fn forward_direct(
                 });
                 return;
             }
+            // Thread t of the pool runs images t * batch / threads.. of
+            // the batch ([`part_per_thread`]), so each thread asks for the
+            // same scratch in every call: handed out by work stealing, a
+            // worker that had run no image of this layer in one step took
+            // its first (and grew its buffer) in a later one, now and then
+            // (`tests/cpu_buffer_pool.rs`, AVX2).
             let mut rest = &mut *y;
             let runs: Vec<(usize, &mut [f32])> = (0..threads)
                 .map(|t| {
@@ -341,15 +348,6 @@ pub(super) fn forward_direct(
     });
     Ok(y)
 }
-
-/// The output of one image, written by several threads at disjoint
-/// pixels ([`forward_direct`] with fewer images than threads).
-struct SharedOut(*mut f32);
-
-// SAFETY: the pointer is only written through at pixels that one thread
-// alone owns (each part its own output rows), while the image's output
-// buffer outlives every use (`part_per_thread` returns after all parts).
-unsafe impl Sync for SharedOut {}
 
 /// Copies the `C_in` planes of one image `x` into `padded`, each inside a
 /// border of `g.padding` zeros.

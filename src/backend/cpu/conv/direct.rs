@@ -64,10 +64,13 @@ pub(super) fn direct_width(
     let tile = {
         let path = simd::active();
         let (mr, nr) = super::super::gemm::tile(path);
-        (nr > 0).then_some(DirectTile { path, mr, nr })?
+        (nr > 0).then_some(DirectTile { path, mr, nr })
     };
+    // Elsewhere no micro-kernel: never (an `Option` rather than an early
+    // return, so the checks below compile without warnings there too).
     #[cfg(not(target_arch = "x86_64"))]
-    let tile: DirectTile = return None;
+    let tile: Option<DirectTile> = None;
+    let tile = tile?;
     // Checked: a huge padding must fall back to the im2col path (which
     // reports it), not wrap here.
     let hp = g.in_h.checked_add(g.padding.0.checked_mul(2)?)?;
@@ -206,9 +209,10 @@ pub(super) fn forward_direct(
             } else {
                 &mut prefetch[..0]
             };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (mr, path);
             let (offsets, prefetch) = (&*offsets, &*prefetch);
+            // Read only by the x86_64 micro-kernel calls below.
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (mr, path, b, offsets, prefetch);
             let image = |i: usize, y: &mut [f32]| {
                 let x = &x[i * in_image..][..in_image];
                 let block = block_rows * g.out_w * n;

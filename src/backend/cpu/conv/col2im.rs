@@ -11,9 +11,10 @@ use crate::backend::Conv2dGeometry;
 /// (taps) of whole input channels `c0..`, and `planes[j]` is image `j`'s
 /// gradient for those channels (as many planes as the block has channels).
 ///
-/// With `merge` and a row of three taps at stride 2 ([`merges_tap_rows`]),
-/// the three taps of one kernel row are added onto each input row in one
-/// pass ([`add_tap_row_triple`]).
+/// With `merge` and a row of three taps at stride 2 or 1
+/// ([`merges_tap_rows`]), the three taps of one kernel row are added onto
+/// each input row in one pass ([`add_tap_row_triple`] at stride 2,
+/// [`add_tap_row_triple_s1`] at stride 1).
 pub(super) fn col2im_add(
     col: &[f32],
     g: &Conv2dGeometry,
@@ -92,7 +93,7 @@ pub(super) fn col2im_add(
 /// not flip, such as layer3's 256->256 on AVX2) input column `ow`, where
 /// the tap-by-tap scatter was ~10 % of the samples of 3x3 256->256 at
 /// 14x14, batch 8, and merged ~5 % (`perf`, one thread, Zen 2;
-/// BENCHMARKS.md issue 9, ninth session).
+/// BENCHMARKS.md issue 9 item 45, commit fb19b3e).
 /// `FROSTGRAD_COL2IM_MERGE=0` adds tap by tap (for comparison; the tests
 /// run both).
 fn merges_tap_rows(g: &Conv2dGeometry) -> bool {
@@ -371,6 +372,7 @@ pub(super) fn restage(
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::simd;
     use super::super::input_grad::input_grad_col2im;
     use super::super::test_support::{assert_close, reference, Case};
     use super::super::Limits;
@@ -410,7 +412,8 @@ mod tests {
         // whole-image groups and row chunks: the merged form equals the
         // tap-by-tap one bit for bit and both match the f64 loops. Stride 1
         // too (rows as wide as the input's): widths 14, 2 and 1 (no left or
-        // right tap), kernel height 1, vertical stride 2.
+        // right tap), kernel height 1, vertical stride 2. On every SIMD
+        // path this CPU has (the columns `Wᵀ · dy` come from its GEMM).
         let cases: &[Case] = &[
             ([2, 5, 14, 14], [3, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([3, 4, 6, 2], [5, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
@@ -435,24 +438,30 @@ mod tests {
             let w = pseudo_random(weight.iter().product(), 130 + case as u64);
             let dy = pseudo_random(g.output_shape().iter().product(), 330 + case as u64);
             let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
-            for (block_elems, min_columns, groups_per_thread) in
-                [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
-            {
-                let limits = Limits {
-                    block_elems,
-                    min_columns,
-                    groups_per_thread,
-                    dx_block_elems: 1 << 10,
-                    group_pack_elems: None,
-                };
-                let [merged, by_tap] = [true, false].map(|merge| {
-                    pool.install(|| input_grad_col2im(&dy, &w, &g, limits, false, merge).unwrap())
-                });
-                let what = format!("case {case} blocks {block_elems} columns {min_columns} dx");
-                assert_close(&what, &merged, &r.dx, 1e-5);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert!(bits(&merged) == bits(&by_tap), "{what}: merged differs");
-            }
+            simd::on_every_path(&pool, |path| {
+                for (block_elems, min_columns, groups_per_thread) in
+                    [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
+                {
+                    let limits = Limits {
+                        block_elems,
+                        min_columns,
+                        groups_per_thread,
+                        dx_block_elems: 1 << 10,
+                        group_pack_elems: None,
+                    };
+                    let [merged, by_tap] = [true, false].map(|merge| {
+                        pool.install(|| {
+                            input_grad_col2im(&dy, &w, &g, limits, false, merge).unwrap()
+                        })
+                    });
+                    let what = format!(
+                        "case {case} {path:?} blocks {block_elems} columns {min_columns} dx"
+                    );
+                    assert_close(&what, &merged, &r.dx, 1e-5);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert!(bits(&merged) == bits(&by_tap), "{what}: merged differs");
+                }
+            });
         }
     }
 

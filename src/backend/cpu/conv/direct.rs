@@ -7,7 +7,7 @@ use super::super::buffer_pool;
 use super::super::scratch::{with_scratch, Slot};
 use super::super::simd;
 use super::columns::{transpose, transpose_raw};
-use super::{part_per_thread, Plan};
+use super::{part_per_thread, Plan, SharedOut};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
 
@@ -42,10 +42,16 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// images one at a time (not the grouped small images, whose padding taps
 /// the class order skips, except on AVX2 from [`DIRECT_MIN_GROUPED_PIXELS`]
 /// up), and at most [`DIRECT_MAX_OUT_CHANNELS`] output channels, at any
-/// batch (with fewer images than threads, [`forward_direct`] splits each
-/// image's output rows across them). `force` (tests), else
+/// batch: with fewer images than threads, [`forward_direct`] splits each
+/// image's output rows across them. That split was measured at batch 1 on
+/// two threads only (Zen 2, per layer at 1 x 224 against the im2col
+/// forward and col2im input gradient it replaced, wall time: forward 3x3
+/// 64@56 0.96x, 128@28 0.94x, flipped input gradient 0.79x and 0.91x;
+/// commit a4d81a1, BENCHMARKS.md issue 9 item 45); with more threads (e.g.
+/// batch 2-15 on 16) it is unmeasured. Not for an empty input (zero
+/// height, width or batch). `force` (tests), else
 /// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
-/// it regardless of channels and batch (for comparison).
+/// it, whatever the output channels (for comparison).
 pub(super) fn direct_width(
     g: &Conv2dGeometry,
     plan: &Plan,
@@ -58,10 +64,13 @@ pub(super) fn direct_width(
     let tile = {
         let path = simd::active();
         let (mr, nr) = super::super::gemm::tile(path);
-        (nr > 0).then_some(DirectTile { path, mr, nr })?
+        (nr > 0).then_some(DirectTile { path, mr, nr })
     };
+    // Elsewhere no micro-kernel: never (an `Option` rather than an early
+    // return, so the checks below compile without warnings there too).
     #[cfg(not(target_arch = "x86_64"))]
-    let tile: DirectTile = return None;
+    let tile: Option<DirectTile> = None;
+    let tile = tile?;
     // Checked: a huge padding must fall back to the im2col path (which
     // reports it), not wrap here.
     let hp = g.in_h.checked_add(g.padding.0.checked_mul(2)?)?;
@@ -200,9 +209,10 @@ pub(super) fn forward_direct(
             } else {
                 &mut prefetch[..0]
             };
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = (mr, path);
             let (offsets, prefetch) = (&*offsets, &*prefetch);
+            // Read only by the x86_64 micro-kernel calls below.
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (mr, path, b, offsets, prefetch);
             let image = |i: usize, y: &mut [f32]| {
                 let x = &x[i * in_image..][..in_image];
                 let block = block_rows * g.out_w * n;
@@ -244,12 +254,6 @@ pub(super) fn forward_direct(
                     }
                 });
             };
-            // Thread t of the pool runs images t * batch / threads.. of
-            // the batch ([`part_per_thread`]), so each thread asks for the
-            // same scratch in every call: handed out by work stealing, a
-            // worker that had run no image of this layer in one step took
-            // its first (and grew its buffer) in a later one, now and then
-            // (`tests/cpu_buffer_pool.rs`, AVX2).
             let threads = rayon::current_num_threads().max(1);
             if g.batch < threads {
                 // Fewer images than threads (batch 1 on two): each image
@@ -266,6 +270,7 @@ pub(super) fn forward_direct(
                             .par_chunks_mut(per_task * plane)
                             .zip(x.par_chunks(per_task * g.in_h * g.in_w))
                             .for_each(|(padded, x)| pad_planes(x, g, padded));
+                        #[cfg(target_arch = "x86_64")]
                         let padded = &*padded;
                         let out = SharedOut(y.as_mut_ptr());
                         let parts = (0..threads)
@@ -277,7 +282,7 @@ pub(super) fn forward_direct(
                                 for r0 in (lo..hi).step_by(block_rows) {
                                     let rows = block_rows.min(hi - r0);
                                     #[cfg(target_arch = "x86_64")]
-                                    // SAFETY: as in `image` below: rows r0..r0
+                                    // SAFETY: as in `image` above: rows r0..r0
                                     // + rows of the padded image, read in
                                     // place; `c` holds block >= rows * out_w
                                     // rows of n.
@@ -322,6 +327,12 @@ pub(super) fn forward_direct(
                 });
                 return;
             }
+            // Thread t of the pool runs images t * batch / threads.. of
+            // the batch ([`part_per_thread`]), so each thread asks for the
+            // same scratch in every call: handed out by work stealing, a
+            // worker that had run no image of this layer in one step took
+            // its first (and grew its buffer) in a later one, now and then
+            // (`tests/cpu_buffer_pool.rs`, AVX2).
             let mut rest = &mut *y;
             let runs: Vec<(usize, &mut [f32])> = (0..threads)
                 .map(|t| {
@@ -341,15 +352,6 @@ pub(super) fn forward_direct(
     });
     Ok(y)
 }
-
-/// The output of one image, written by several threads at disjoint
-/// pixels ([`forward_direct`] with fewer images than threads).
-struct SharedOut(*mut f32);
-
-// SAFETY: the pointer is only written through at pixels that one thread
-// alone owns (each part its own output rows), while the image's output
-// buffer outlives every use (`part_per_thread` returns after all parts).
-unsafe impl Sync for SharedOut {}
 
 /// Copies the `C_in` planes of one image `x` into `padded`, each inside a
 /// border of `g.padding` zeros.
@@ -419,38 +421,66 @@ mod tests {
         // of either kernel's tile (13, 5 and 2 wide: short tiles), depths
         // above one 256-deep block (30 x 9), 5x5 with padding 2, dilation
         // 2, a 3x2 kernel with padding on one axis only, no padding; batch
-        // 1 and 3 on two threads; an image in two blocks of output rows;
-        // into a dirty output scratch; the flipped input gradient checked
+        // 1 and 3 on two threads, 1 and 2 on three, 1 to 3 on four; an
+        // image in two blocks of output rows; into a dirty output scratch; the flipped input gradient checked
         // to take the direct path too. The rule: taken for ResNet's 3x3
         // 64->64 at 28x28, batch 32, 128->128, and 64->64 at 56x56, batch
         // 8; not for 256 output channels, grouped small images or a stride
-        // of 2.
-        let cases: &[Case] = &[
-            ([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([3, 4, 9, 8], [5, 4, 5, 5], (1, 1), (2, 2), (1, 1)),
-            ([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)),
-            ([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)),
-            ([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)),
+        // of 2. Each case with the threads of its pool: the row split (fewer
+        // images than threads) on 2, 3 and 4 threads.
+        let cases: &[(Case, usize)] = &[
+            (([3, 7, 9, 13], [21, 7, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([1, 30, 6, 5], [40, 30, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([3, 4, 9, 8], [5, 4, 5, 5], (1, 1), (2, 2), (1, 1)), 2),
+            (([3, 3, 7, 9], [6, 3, 3, 3], (1, 1), (2, 2), (2, 2)), 2),
+            (([3, 5, 6, 3], [9, 5, 3, 2], (1, 1), (1, 0), (1, 1)), 2),
+            (([3, 6, 8, 8], [33, 6, 3, 3], (1, 1), (0, 0), (1, 1)), 2),
             // A last panel of 13 columns (29 = 16 + 13) for the AVX2
             // walking kernel's partial store; 1-pixel output rows.
-            ([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([3, 4, 5, 1], [16, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
+            (([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([3, 4, 5, 1], [16, 4, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
             // Two product blocks of 21 and 20 output rows (41 x 64 floats
             // per row against DIRECT_BLOCK_ELEMS).
-            ([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
+            (([2, 3, 41, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
             // One image for two threads: its output rows split across them,
             // two blocks of 20 rows each (80 rows); rows 0..0 and 0..1 (one
             // output row: one thread without a part); 7 rows (3 and 4).
-            ([1, 3, 80, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([1, 4, 1, 7], [19, 4, 3, 3], (1, 1), (1, 1), (1, 1)),
-            ([1, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)),
+            (([1, 3, 80, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([1, 4, 1, 7], [19, 4, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            (([1, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            // 81 rows: parts of 40 and 41 rows, each in two blocks with a
+            // short last one (21 + 19, 21 + 20).
+            (([1, 3, 81, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
+            // Three threads: 7 rows in parts of 2, 2 and 3; batch 2 (the
+            // loop over images, reusing the padded scratch and adding the
+            // bias to each); 5 input channels padded in three chunks
+            // (2, 2, 1).
+            (([1, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 3),
+            (([2, 5, 7, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 3),
+            (([2, 4, 7, 6], [21, 4, 3, 3], (1, 1), (1, 1), (1, 1)), 3),
+            // Four threads: 2 output rows (parts 0..0, 0..1, 1..1, 1..2:
+            // two empty) at batch 1 and 2; batch 3; 5 input channels
+            // padded in three chunks (2, 2, 1), 7 in four (2, 2, 2, 1);
+            // 81 rows in four parts of 20-21 rows.
+            (([1, 4, 2, 6], [19, 4, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([2, 5, 2, 9], [16, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([3, 5, 6, 7], [29, 5, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([3, 7, 9, 5], [17, 7, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
+            (([1, 3, 81, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
         ];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
+        // Pools of 0 (unused) to 4 threads, indexed by their threads.
+        let pools: Vec<rayon::ThreadPool> = (0..=4)
+            .map(|threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads.max(1))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for (case, &((input, weight, stride, padding, dilation), threads)) in
+            cases.iter().enumerate()
+        {
+            let pool = &pools[threads];
             let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
             let x = pseudo_random(input.iter().product(), 51 + case as u64);
             let w = pseudo_random(weight.iter().product(), 151 + case as u64);
@@ -458,8 +488,8 @@ mod tests {
             let dy = pseudo_random(g.output_shape().iter().product(), 351 + case as u64);
             let r = reference(&g, &x, &w, &b, &dy);
             let flipped = flipped_geometry(&g);
-            simd::on_every_path(&pool, |path| {
-                let what = |k: &str| format!("case {case} {g:?} {path:?} {k}");
+            simd::on_every_path(pool, |path| {
+                let what = |k: &str| format!("case {case} {g:?} {threads} threads {path:?} {k}");
                 let limits = Limits {
                     min_columns: 1,
                     ..FORWARD_LIMITS
@@ -507,7 +537,7 @@ mod tests {
         if simd::active() == simd::SimdPath::Portable {
             return;
         }
-        pool.install(|| {
+        pools[2].install(|| {
             let resnet = |batch: usize, c: usize, size: usize, stride: usize| {
                 let g = Conv2dGeometry::new(
                     [batch, c, size, size],

@@ -79,8 +79,8 @@
 //! `input_grad.rs` the input gradient (flipped forward or col2im);
 //! `weight_grad.rs` the weight gradient's im2col and shifted forms, and
 //! `weight_grad_taps.rs` its tap-by-tap form for small padded images;
-//! each file's `tests` module checks its code against float64 loops
-//! (the direct convolution in `test_support.rs`, which they share).
+//! each file's `tests` module checks its code against the float64
+//! reference loops in `test_support.rs`, which they share.
 //!
 //! [`input_grad_flipped`]: input_grad::input_grad_flipped
 //! [`im2col::fill_patches`]: super::im2col::fill_patches
@@ -607,6 +607,20 @@ fn in_runs(
     partials.into_iter().for_each(buffer_pool::recycle);
     Ok(())
 }
+
+/// An output buffer that several threads of one [`part_per_thread`] call
+/// write at once, each at elements no other thread touches: `dW` in
+/// `weight_grad_taps::reorder_tap_columns` (each part its own input
+/// channels), one image's output in `direct::forward_direct` with fewer
+/// images than threads (each part its own output rows). Every write
+/// through it is an `unsafe` block that states which elements it owns.
+struct SharedOut(*mut f32);
+
+// SAFETY: sharing the pointer across threads is sound because each use
+// writes only elements that its thread alone owns (disjoint parts, stated
+// at each write), nothing reads the buffer meanwhile, and the buffer
+// outlives every use (`part_per_thread` returns after all parts ran).
+unsafe impl Sync for SharedOut {}
 
 /// Runs `f(t, part)` for each of `parts` on thread `t` of the current
 /// rayon pool (`rayon::broadcast`): one part per thread, which thread gets

@@ -6,7 +6,9 @@ use super::super::gemm::{sgemm, with_indexed_lhs, PackB, Par, Rhs, Source};
 use super::super::scratch::{with_scratch, Slot};
 use super::super::simd;
 use super::columns::transpose;
-use super::{batch_images, part_per_thread, unset_sum, valid_outputs, Beta, Limits, Plan};
+use super::{
+    batch_images, part_per_thread, unset_sum, valid_outputs, Beta, Limits, Plan, SharedOut,
+};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
 
@@ -182,12 +184,6 @@ pub(super) fn weight_grad_classes(
     buffer_pool::recycle(by_tap);
     Ok(dw)
 }
-
-/// `dW`'s buffer, written by several threads at once at disjoint
-/// elements ([`reorder_tap_columns`]).
-struct SharedOut(*mut f32);
-// SAFETY: the threads that share it write disjoint elements (see its uses).
-unsafe impl Sync for SharedOut {}
 
 /// The input channels of [`weight_grad_classes`]'s parts, one per thread:
 /// whole column panels of the micro-kernel (the last part may end in a

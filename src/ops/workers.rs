@@ -29,8 +29,9 @@ use std::sync::{Mutex, PoisonError};
 /// Held by the caller of [`on_workers`] while its `f` runs on the pool.
 static TURN: Mutex<()> = Mutex::new(());
 
-/// Runs `f` on worker 0 of rayon's global pool and returns its result, when `device` is the CPU and the caller is not already on a
-/// rayon worker; otherwise runs `f` here. Either way `f` sees the caller's
+/// Runs `f` on worker 0 of rayon's global pool and returns its result,
+/// when `device` is the CPU and the caller is not already on a rayon
+/// worker; otherwise runs `f` here. Either way `f` sees the caller's
 /// grad mode and FLOP count ([`crate::ops::flops`]), and the caller sees
 /// the FLOP count `f` left, as if `f` had run on the calling thread.
 /// A panic in `f` is passed on to the caller (rayon's `broadcast`).

@@ -83,14 +83,6 @@ pub fn backward(root: &Tensor) -> Result<BackwardStats> {
                 .into(),
         ));
     }
-    // On the CPU, the whole pass runs on one of rayon's workers: from the
-    // caller's thread every parallel kernel would hand its work to the pool
-    // and wait, about 10 us a call (see `ops::on_workers`).
-    crate::ops::on_workers(root.device(), || run(root))?
-}
-
-/// [`backward`] after its checks, on the thread that runs the pass.
-fn run(root: &Tensor) -> Result<BackwardStats> {
     let _no_grad = NoGradGuard::new();
     let seed = Tensor::ones(root.shape(), root.device())?;
     let mut stats = BackwardStats::default();

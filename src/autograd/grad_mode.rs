@@ -41,24 +41,3 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     let _guard = NoGradGuard::new();
     f()
 }
-
-/// Sets grad mode on this thread to `enabled` until dropped, then restores
-/// the previous mode (how [`crate::ops::on_workers`] carries the
-/// caller's mode onto the thread that runs its work).
-#[must_use = "grad mode is restored when the guard is dropped"]
-pub(crate) struct GradModeGuard {
-    previous: bool,
-}
-
-impl GradModeGuard {
-    pub(crate) fn new(enabled: bool) -> Self {
-        let previous = GRAD_ENABLED.with(|g| g.replace(enabled));
-        GradModeGuard { previous }
-    }
-}
-
-impl Drop for GradModeGuard {
-    fn drop(&mut self) {
-        GRAD_ENABLED.with(|g| g.set(self.previous));
-    }
-}

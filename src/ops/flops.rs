@@ -25,9 +25,3 @@ pub fn reset() {
 pub(crate) fn add_macs(macs: u64) {
     EXECUTED.with(|c| c.set(c.get() + 2 * macs));
 }
-
-/// Sets this thread's count (how [`crate::ops::on_workers`]
-/// carries the caller's count onto the thread that runs its work, and back).
-pub(crate) fn set(value: u64) {
-    EXECUTED.with(|c| c.set(value));
-}

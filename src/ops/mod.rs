@@ -36,7 +36,6 @@ mod sigmoid;
 mod sub;
 mod tanh;
 mod view;
-mod workers;
 
 pub use adaptive_avg_pool2d::adaptive_avg_pool2d;
 pub use add::add;
@@ -49,7 +48,6 @@ pub use max_pool2d::{max_pool2d, MaxPool2dOptions};
 pub use reduce::{mean, sum};
 pub use relu::relu;
 pub use view::{flatten, reshape};
-pub use workers::on_workers;
 
 // The general op set: broadcasting elementwise ops, maps, matmul,
 // transposes and reductions over chosen dims (see `broadcast`).

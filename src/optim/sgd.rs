@@ -16,7 +16,6 @@
 //! exactly as it is and its momentum buffer (if any) is not touched.
 
 use crate::backend::{BackendStorage, SgdConfig};
-use crate::core_types::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -145,21 +144,6 @@ impl Sgd {
     /// Updates, in place, every parameter that requires a gradient and has
     /// one. Returns how many were updated.
     pub fn step(&mut self) -> Result<usize> {
-        // On the CPU, every parameter's update on one of rayon's workers:
-        // from the caller's thread each parallel update would hand its work
-        // to the pool and wait, about 10 us a parameter (see
-        // `ops::on_workers`).
-        let device = self
-            .params
-            .iter()
-            .map(Tensor::device)
-            .find(|d| *d != Device::Cpu)
-            .unwrap_or(Device::Cpu);
-        crate::ops::on_workers(device, || self.step_here())?
-    }
-
-    /// [`Sgd::step`] on the calling thread.
-    fn step_here(&mut self) -> Result<usize> {
         let cfg = self.config;
         let mut updated = 0;
         for (param, buffer) in self.params.iter().zip(&mut self.momentum_buffers) {

@@ -213,6 +213,45 @@ pub(super) fn forward_direct(
             // Read only by the x86_64 micro-kernel calls below.
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (mr, path, b, offsets, prefetch);
+            // The product of output rows r0..r0 + rows (of an image whose
+            // zero-bordered copy is `padded`) with the packed weight, into
+            // `c` as rows * out_w rows of n.
+            let product = |padded: &[f32], r0: usize, rows: usize, c: &mut [f32]| {
+                debug_assert!(c.len() >= rows * g.out_w * n);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU supports `path` (the active path, read
+                // once by `direct_width`, which only returns one with a
+                // tile) and `b` was packed `nr` wide for that same path;
+                // pixel (oh, ow) at depth (ch, kh, kw) reads padded row oh +
+                // kh * d_h, column ow + kw * d_w of plane ch, inside
+                // `padded` (one image's C_in padded planes) since the output
+                // size leaves (out - 1) + d (k - 1) < the padded size (stride
+                // 1) and r0 + rows <= out_h; the tables hold k entries, `b`
+                // the panels, `c` at least rows * out_w rows of n (every
+                // caller takes it `block_rows * out_w * n` long).
+                unsafe {
+                    super::super::microkernel::direct_rows(
+                        path,
+                        padded.as_ptr().add(r0 * wp),
+                        (rows, g.out_w, wp, 1),
+                        (offsets, prefetch),
+                        b,
+                        (k, n),
+                        c.as_mut_ptr(),
+                        n,
+                    );
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (padded, r0, rows, c);
+            };
+            // Adds each output channel's bias to its plane of one image.
+            let add_bias = |y: &mut [f32]| {
+                if let Some(bias) = bias {
+                    for (row, &bv) in y.chunks_exact_mut(pixels).zip(bias) {
+                        row.iter_mut().for_each(|v| *v += bv);
+                    }
+                }
+            };
             let image = |i: usize, y: &mut [f32]| {
                 let x = &x[i * in_image..][..in_image];
                 let block = block_rows * g.out_w * n;
@@ -221,37 +260,11 @@ pub(super) fn forward_direct(
                     pad_planes(x, g, padded);
                     for r0 in (0..g.out_h).step_by(block_rows) {
                         let rows = block_rows.min(g.out_h - r0);
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the CPU supports `path` (the active
-                        // path, read once by `direct_width`, which only
-                        // returns one with a tile) and `b` was packed `nr`
-                        // wide for that same path; pixel (oh,
-                        // ow) at depth (ch, kh, kw) reads padded row oh +
-                        // kh * d_h, column ow + kw * d_w of plane ch,
-                        // inside it since the output size leaves (out - 1)
-                        // + d (k - 1) < the padded size (stride 1); the
-                        // tables hold k entries, `b` the panels, `c` the
-                        // block's rows * out_w rows of n.
-                        unsafe {
-                            super::super::microkernel::direct_rows(
-                                path,
-                                padded.as_ptr().add(r0 * wp),
-                                (rows, g.out_w, wp, 1),
-                                (offsets, prefetch),
-                                b,
-                                (k, n),
-                                c.as_mut_ptr(),
-                                n,
-                            );
-                        }
+                        product(padded, r0, rows, c);
                         let q = rows * g.out_w;
                         transpose(&c[..q * n], q, n, &mut y[r0 * g.out_w..], pixels);
                     }
-                    if let Some(bias) = bias {
-                        for (row, &bv) in y.chunks_exact_mut(pixels).zip(bias) {
-                            row.iter_mut().for_each(|v| *v += bv);
-                        }
-                    }
+                    add_bias(y);
                 });
             };
             let threads = rayon::current_num_threads().max(1);
@@ -270,7 +283,6 @@ pub(super) fn forward_direct(
                             .par_chunks_mut(per_task * plane)
                             .zip(x.par_chunks(per_task * g.in_h * g.in_w))
                             .for_each(|(padded, x)| pad_planes(x, g, padded));
-                        #[cfg(target_arch = "x86_64")]
                         let padded = &*padded;
                         let out = SharedOut(y.as_mut_ptr());
                         let parts = (0..threads)
@@ -281,23 +293,7 @@ pub(super) fn forward_direct(
                             with_scratch(Slot::Staging, block, |c| {
                                 for r0 in (lo..hi).step_by(block_rows) {
                                     let rows = block_rows.min(hi - r0);
-                                    #[cfg(target_arch = "x86_64")]
-                                    // SAFETY: as in `image` above: rows r0..r0
-                                    // + rows of the padded image, read in
-                                    // place; `c` holds block >= rows * out_w
-                                    // rows of n.
-                                    unsafe {
-                                        super::super::microkernel::direct_rows(
-                                            path,
-                                            padded.as_ptr().add(r0 * wp),
-                                            (rows, g.out_w, wp, 1),
-                                            (offsets, prefetch),
-                                            b,
-                                            (k, n),
-                                            c.as_mut_ptr(),
-                                            n,
-                                        );
-                                    }
+                                    product(padded, r0, rows, c);
                                     let q = rows * g.out_w;
                                     // SAFETY: this part writes output pixels
                                     // r0 * out_w..(r0 + rows) * out_w of every
@@ -318,11 +314,7 @@ pub(super) fn forward_direct(
                                 }
                             });
                         });
-                        if let Some(bias) = bias {
-                            for (row, &bv) in y.chunks_exact_mut(pixels).zip(bias) {
-                                row.iter_mut().for_each(|v| *v += bv);
-                            }
-                        }
+                        add_bias(y);
                     }
                 });
                 return;

@@ -1095,3 +1095,56 @@ fn argument_errors_read_the_same_on_both_devices() {
         );
     });
 }
+
+#[test]
+fn conv2d_of_empty_inputs_matches_cpu() {
+    // Images of zero height or width whose padding still gives an output,
+    // batch 0 and no input channels (tests/ops_parity.rs has the CPU side
+    // on every SIMD path): the output is the bias, dW is 0, db the sum of
+    // the output gradient, on both devices, and nothing panics.
+    cuda_emu::cuda_test("conv2d_of_empty_inputs_matches_cpu", || {
+        type Case = ([usize; 4], [usize; 4], (usize, usize));
+        let cases: &[Case] = &[
+            ([1, 3, 0, 0], [4, 3, 2, 2], (1, 1)),
+            ([2, 3, 0, 5], [4, 3, 2, 3], (1, 1)),
+            ([0, 3, 4, 4], [4, 3, 2, 2], (1, 1)),
+            ([1, 0, 4, 4], [4, 0, 3, 3], (1, 1)),
+        ];
+        for &(input, weight, padding) in cases {
+            let opts = ops::Conv2dOptions {
+                stride: (1, 1),
+                padding,
+                dilation: (1, 1),
+            };
+            let run = |device: Device| {
+                let leaf = |v: Vec<f32>, shape: &[usize]| {
+                    Tensor::from_vec(v, shape, device)
+                        .and_then(|t| t.requires_grad_(true))
+                        .unwrap()
+                };
+                let x = leaf(vec![], &input);
+                let w_len: usize = weight.iter().product();
+                let w = leaf((0..w_len).map(|i| i as f32 * 0.25 - 1.0).collect(), &weight);
+                let b = leaf(
+                    (0..weight[0]).map(|i| i as f32 + 0.5).collect(),
+                    &[weight[0]],
+                );
+                let y = ops::conv2d(&x, &w, Some(&b), opts)
+                    .unwrap_or_else(|e| panic!("{device:?} {input:?}: {e}"));
+                let y_vals = y.to_vec_f32().unwrap();
+                let r: Vec<f32> = (0..y_vals.len()).map(|i| i as f32 + 1.0).collect();
+                let r = Tensor::from_vec(r, y.shape(), device).unwrap();
+                ops::sum(&ops::mul(&y, &r).unwrap())
+                    .unwrap()
+                    .backward()
+                    .unwrap_or_else(|e| panic!("{device:?} {input:?}: {e}"));
+                let grad = |t: &Tensor| t.grad().map(|g| g.to_vec_f32().unwrap());
+                (y.shape().to_vec(), y_vals, grad(&x), grad(&w), grad(&b))
+            };
+            let cpu = run(Device::Cpu);
+            let cuda = run(Device::Cuda(0));
+            assert_eq!(cuda, cpu, "{input:?} * {weight:?}");
+            assert!(cpu.3.as_ref().unwrap().iter().all(|&v| v == 0.0), "dW");
+        }
+    });
+}

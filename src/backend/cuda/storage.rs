@@ -103,12 +103,17 @@ pub(super) fn per_item_launch(items: usize, threads: u32) -> LaunchConfig {
 
 /// The tiled GEMM kernels' launch: 64 x 64 output tiles of 16 x 16 threads.
 pub(super) const TILE: usize = 64;
+/// At least one block in every dimension, as [`linear_launch`] does: a grid
+/// of zero blocks is an invalid launch (`CUDA_ERROR_INVALID_VALUE`), and an
+/// empty side happens for real (the input gradient of a zero-size image
+/// whose padding still gives an output); every tiled kernel checks its
+/// rows and columns against the sizes, so the one block writes nothing.
 pub(super) fn tile_launch(rows: usize, cols: usize, splits: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (
-            cols.div_ceil(TILE) as u32,
-            rows.div_ceil(TILE) as u32,
-            splits as u32,
+            cols.div_ceil(TILE).max(1) as u32,
+            rows.div_ceil(TILE).max(1) as u32,
+            splits.max(1) as u32,
         ),
         block_dim: (16, 16, 1),
         shared_mem_bytes: 0,

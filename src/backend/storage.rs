@@ -2,9 +2,9 @@
 //! backend operation to the backend that owns the data, so ops are written
 //! once against [`BackendStorage`] and never against `Vec<f32>`.
 //!
-//! Each method is written once: [`each_backend!`] expands its body for every
-//! variant with `B` naming that variant's storage type, and [`arg`] pulls an
-//! argument out as the same type, or reports a device mismatch.
+//! Each method is written once: `each_backend!` (below) expands its body for
+//! every variant with `B` naming that variant's storage type, and [`arg`]
+//! pulls an argument out as the same type, or reports a device mismatch.
 
 use crate::backend::cpu::CpuStorage;
 use crate::backend::cuda::CudaStorage;

@@ -35,7 +35,8 @@ use crate::ops::{add, grad_tensor, relu, same_device};
 use crate::tensor::Tensor;
 
 /// `F.relu(lhs + rhs)` in one pass each way (see the module docs); the same
-/// values and gradients as [`crate::ops::relu`] of [`crate::ops::add`].
+/// values and gradients as [`crate::ops::relu`](fn@crate::ops::relu) of
+/// [`crate::ops::add`](fn@crate::ops::add).
 /// Operands of different shapes broadcast through those two ops instead.
 /// Pass `lhs` by value (a clone of a handle you keep is cheap): its buffer
 /// is reused only when nothing else can read it.

@@ -70,8 +70,8 @@ pub fn batch_norm(
 
 /// `F.relu(F.batch_norm(..))` in one fused op (see the module docs): same
 /// arguments, values, gradients and running-statistics update as
-/// [`batch_norm`] followed by [`crate::ops::relu`], one pass fewer over the
-/// activation in each direction.
+/// [`batch_norm`] followed by [`crate::ops::relu`](fn@crate::ops::relu), one
+/// pass fewer over the activation in each direction.
 pub fn batch_norm_relu(
     input: &Tensor,
     weight: Option<&Tensor>,

@@ -87,9 +87,10 @@ pub(super) trait PackB: Sync {
     /// nc` that is the row-major `kc x nc` block itself.
     ///
     /// # Safety
-    /// The ranges lie inside [`Self::shape`] and `out` holds at least
-    /// `nc.div_ceil(nr) * nr * kc` floats. (Implementations written in safe
-    /// code need not rely on it; the raw-pointer view of the kernels does.)
+    /// The ranges lie inside the operand's shape (its [`Source::shape`])
+    /// and `out` holds at least `nc.div_ceil(nr) * nr * kc` floats.
+    /// (Implementations written in safe code need not rely on it; the
+    /// raw-pointer view of the kernels does.)
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]);
 
     /// The same block already packed, when the operand holds it in exactly

@@ -108,8 +108,8 @@ pub(super) trait Kernel {
     );
 
     /// As [`Kernel::run_indexed`], with one pointer per row instead of a
-    /// row stride and no prefetch (see [`ByPixel`]): `A[i][p]` at `rows[i]
-    /// + offsets[p]`.
+    /// row stride and no prefetch (see [`ByPixel`]): `A[i][p]` at
+    /// `rows[i] + offsets[p]`.
     ///
     /// # Safety
     /// As [`Kernel::run`] for `b` and `c`; `offsets` holds `kc` values;

@@ -374,7 +374,9 @@ pub(super) fn restage(
 mod tests {
     use super::super::super::simd;
     use super::super::input_grad::input_grad_col2im;
-    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::test_support::{
+        assert_close, col2im_limits, for_each_case, thread_pool, Case, Seeds,
+    };
     use super::super::Limits;
     use super::*;
     use crate::backend::cpu::test_data::pseudo_random;
@@ -427,42 +429,30 @@ mod tests {
             ([1, 2, 5, 1], [3, 2, 3, 3], (2, 2), (1, 1), (1, 1)),
             ([1, 2, 4, 2], [3, 2, 3, 3], (2, 2), (1, 1), (1, 1)),
         ];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            assert!(merges_tap_rows(&g), "case {case}");
-            let x = pseudo_random(input.iter().product(), 31 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 130 + case as u64);
-            let dy = pseudo_random(g.output_shape().iter().product(), 330 + case as u64);
-            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+        let pool = thread_pool(2);
+        let seeds = Seeds::new(31, 130, None, 330);
+        for_each_case(cases, seeds, |case, _, d| {
+            let (g, w, dy) = (&d.g, &d.w, &d.dy);
+            assert!(merges_tap_rows(g), "case {case}");
             simd::on_every_path(&pool, |path| {
-                for (block_elems, min_columns, groups_per_thread) in
-                    [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
-                {
-                    let limits = Limits {
+                for limits in col2im_limits() {
+                    let Limits {
                         block_elems,
                         min_columns,
-                        groups_per_thread,
-                        dx_block_elems: 1 << 10,
-                        group_pack_elems: None,
-                    };
+                        ..
+                    } = limits;
                     let [merged, by_tap] = [true, false].map(|merge| {
-                        pool.install(|| {
-                            input_grad_col2im(&dy, &w, &g, limits, false, merge).unwrap()
-                        })
+                        pool.install(|| input_grad_col2im(dy, w, g, limits, false, merge).unwrap())
                     });
                     let what = format!(
                         "case {case} {path:?} blocks {block_elems} columns {min_columns} dx"
                     );
-                    assert_close(&what, &merged, &r.dx, 1e-5);
+                    assert_close(&what, &merged, &d.r.dx, 1e-5);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert!(bits(&merged) == bits(&by_tap), "{what}: merged differs");
                 }
             });
-        }
+        });
     }
 
     #[test]

@@ -470,7 +470,7 @@ pub(super) fn gather(
 #[cfg(test)]
 mod tests {
     use super::super::forward::forward_with;
-    use super::super::test_support::{assert_close, reference, source, Case};
+    use super::super::test_support::{assert_close, column_entry, reference, thread_pool, Case};
     use super::super::weight_grad::weight_grad_with;
     use super::super::{Limits, LIMITS};
     use super::*;
@@ -509,18 +509,7 @@ mod tests {
                         pixel[j + e] = (image, oh, ow + e);
                     }
                 });
-                let col = |r: usize, j: usize| {
-                    let (c, kh, kw) = tap(&g, r);
-                    let (n, oh, ow) = pixel[j];
-                    let ih = source(oh, kh, g.stride.0, g.padding.0, g.dilation.0, g.in_h);
-                    let iw = source(ow, kw, g.stride.1, g.padding.1, g.dilation.1, g.in_w);
-                    match (ih, iw) {
-                        (Some(ih), Some(iw)) => {
-                            x[((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw]
-                        }
-                        _ => 0.0,
-                    }
-                };
+                let col = |r: usize, j: usize| column_entry(&g, &x, tap(&g, r), pixel[j]);
                 for (pc, kc, jc, nc) in [(0, taps, 0, width), (1, taps - 2, 3, width - 3)] {
                     for nr in [32, 16, 5] {
                         for path in simd::supported() {
@@ -639,14 +628,10 @@ mod tests {
             with_scratch(Slot::Dense, 1 << 16, |col| col.fill(f32::NAN));
         };
         poison();
-        let y = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap()
-            .install(|| {
-                poison();
-                forward_with(&x, &w, None, &g, limits).unwrap()
-            });
+        let y = thread_pool(1).install(|| {
+            poison();
+            forward_with(&x, &w, None, &g, limits).unwrap()
+        });
         assert_close("y", &y, &r.y, 1e-5);
         assert_close(
             "dw",
@@ -701,17 +686,9 @@ mod tests {
                     let seg = chunk.image_columns(&g);
                     // col[r][j] from the definition.
                     let col = |r: usize, j: usize| {
-                        let (c, kh, kw) = tap(&g, r);
                         let (n, q) = (chunk.first_image + j / seg, j % seg);
                         let (oh, ow) = (chunk.rows.0 + q / g.out_w, q % g.out_w);
-                        let ih = source(oh, kh, g.stride.0, g.padding.0, g.dilation.0, g.in_h);
-                        let iw = source(ow, kw, g.stride.1, g.padding.1, g.dilation.1, g.in_w);
-                        match (ih, iw) {
-                            (Some(ih), Some(iw)) => {
-                                x[((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw]
-                            }
-                            _ => 0.0,
-                        }
+                        column_entry(&g, &x, tap(&g, r), (n, oh, ow))
                     };
                     let images = chunk.images_of(&x, plan.in_image);
                     for transposed in [false, true] {

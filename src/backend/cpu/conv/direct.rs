@@ -399,10 +399,11 @@ fn copy_short(src: &[f32], dst: &mut [f32]) {
 mod tests {
     use super::super::forward::{forward_skipping, Skip};
     use super::super::input_grad::{flipped_geometry, input_grad_flipped_skipping};
-    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::test_support::{
+        assert_close, for_each_case, poison_scratch, thread_pool, Case, Seeds,
+    };
     use super::super::{Limits, FORWARD_LIMITS};
     use super::*;
-    use crate::backend::cpu::test_data::pseudo_random;
 
     #[test]
     fn direct_convolution_matches_direct_loops_on_every_path() {
@@ -461,25 +462,12 @@ mod tests {
             (([1, 3, 81, 41], [64, 3, 3, 3], (1, 1), (1, 1), (1, 1)), 4),
         ];
         // Pools of 0 (unused) to 4 threads, indexed by their threads.
-        let pools: Vec<rayon::ThreadPool> = (0..=4)
-            .map(|threads: usize| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads.max(1))
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        for (case, &((input, weight, stride, padding, dilation), threads)) in
-            cases.iter().enumerate()
-        {
+        let pools: Vec<rayon::ThreadPool> = (0..=4).map(thread_pool).collect();
+        let seeds = Seeds::new(51, 151, Some(251), 351);
+        for_each_case(cases, seeds, |case, &(_, threads), d| {
             let pool = &pools[threads];
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            let x = pseudo_random(input.iter().product(), 51 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 151 + case as u64);
-            let b = pseudo_random(weight[0], 251 + case as u64);
-            let dy = pseudo_random(g.output_shape().iter().product(), 351 + case as u64);
-            let r = reference(&g, &x, &w, &b, &dy);
-            let flipped = flipped_geometry(&g);
+            let (g, x, w, b, dy) = (&d.g, &d.x, &d.w, &d.b, &d.dy);
+            let flipped = flipped_geometry(g);
             simd::on_every_path(pool, |path| {
                 let what = |k: &str| format!("case {case} {g:?} {threads} threads {path:?} {k}");
                 let limits = Limits {
@@ -487,17 +475,15 @@ mod tests {
                     ..FORWARD_LIMITS
                 };
                 let taken = pool.install(|| {
-                    let plan = Plan::new("test", &g, limits).unwrap();
-                    direct_width(&g, &plan, Some(true)).is_some()
+                    let plan = Plan::new("test", g, limits).unwrap();
+                    direct_width(g, &plan, Some(true)).is_some()
                 });
                 assert_eq!(taken, path != simd::SimdPath::Portable, "{}", what("taken"));
                 let y = pool.install(|| {
-                    pool.broadcast(|_| {
-                        with_scratch(Slot::Staging, 1 << 14, |b| b.fill(f32::NAN));
-                    });
-                    forward_skipping(&x, &w, Some(&b), &g, limits, Skip::Auto, Some(true)).unwrap()
+                    poison_scratch(pool, &[Slot::Staging], 1 << 14);
+                    forward_skipping(x, w, Some(b), g, limits, Skip::Auto, Some(true)).unwrap()
                 });
-                assert_close(&what("y"), &y, &r.y, 1e-5);
+                assert_close(&what("y"), &y, &d.r.y, 1e-5);
                 if let Some(flipped) = &flipped {
                     let taken = pool.install(|| {
                         let plan = Plan::new("test", flipped, limits).unwrap();
@@ -511,9 +497,9 @@ mod tests {
                     );
                     let dx = pool.install(|| {
                         input_grad_flipped_skipping(
-                            &dy,
-                            &w,
-                            &g,
+                            dy,
+                            w,
+                            g,
                             flipped,
                             limits,
                             Skip::Auto,
@@ -521,10 +507,10 @@ mod tests {
                         )
                         .unwrap()
                     });
-                    assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                    assert_close(&what("dx"), &dx, &d.r.dx, 1e-5);
                 }
             });
-        }
+        });
         // Where the rule takes it (on a micro-kernel path).
         if simd::active() == simd::SimdPath::Portable {
             return;

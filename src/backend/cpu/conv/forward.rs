@@ -264,7 +264,9 @@ mod tests {
     use std::cell::Cell;
 
     use super::super::input_grad::{flipped_geometry, input_grad_flipped_skipping};
-    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::test_support::{
+        assert_close, for_each_case, poison_scratch, thread_pool, Case, Seeds,
+    };
     use super::super::LIMITS;
     use super::*;
     use crate::backend::cpu::test_data::pseudo_random;
@@ -298,20 +300,11 @@ mod tests {
             (([3, 7, 1, 1], [5, 7, 3, 3], (1, 1), (1, 1), (1, 1)), 2),
             (([3, 2, 3, 3], [4, 2, 3, 3], (1, 1), (3, 3), (1, 1)), 2),
         ];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (case, &((input, weight, stride, padding, dilation), images)) in
-            cases.iter().enumerate()
-        {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            let x = pseudo_random(input.iter().product(), 41 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 141 + case as u64);
-            let b = pseudo_random(weight[0], 241 + case as u64);
-            let dy = pseudo_random(g.output_shape().iter().product(), 341 + case as u64);
-            let r = reference(&g, &x, &w, &b, &dy);
-            let flipped = flipped_geometry(&g);
+        let pool = thread_pool(2);
+        let seeds = Seeds::new(41, 141, Some(241), 341);
+        for_each_case(cases, seeds, |case, &((_, weight, ..), images), d| {
+            let (g, x, w, b, dy) = (&d.g, &d.x, &d.w, &d.b, &d.dy);
+            let flipped = flipped_geometry(g);
             // On this test's threads only (not `simd::force`, which
             // the other tests running meanwhile would see).
             simd::on_every_path(&pool, |path| {
@@ -333,20 +326,17 @@ mod tests {
                         };
                         let limits_y = limits(g.out_h * g.out_w);
                         let y = pool.install(|| {
-                            pool.broadcast(|_| {
-                                with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
-                            });
-                            forward_skipping(&x, &w, Some(&b), &g, limits_y, skip, Some(false))
-                                .unwrap()
+                            poison_scratch(&pool, &[Slot::Staging], 1 << 12);
+                            forward_skipping(x, w, Some(b), g, limits_y, skip, Some(false)).unwrap()
                         });
-                        assert_close(&what("y"), &y, &r.y, 1e-5);
+                        assert_close(&what("y"), &y, &d.r.y, 1e-5);
                         if let Some(flipped) = &flipped {
                             let limits_dx = limits(g.in_h * g.in_w);
                             let dx = pool.install(|| {
                                 input_grad_flipped_skipping(
-                                    &dy,
-                                    &w,
-                                    &g,
+                                    dy,
+                                    w,
+                                    g,
                                     flipped,
                                     limits_dx,
                                     skip,
@@ -354,24 +344,24 @@ mod tests {
                                 )
                                 .unwrap()
                             });
-                            assert_close(&what("dx"), &dx, &r.dx, 1e-5);
+                            assert_close(&what("dx"), &dx, &d.r.dx, 1e-5);
                         }
                     }
                 }
                 // Where the order is taken: grouped images on the
                 // micro-kernel paths, with the weight read in place.
-                let weight = Lhs::View(MatRef::row_major(&w, w.len() / weight[0]));
+                let weight = Lhs::View(MatRef::row_major(w, w.len() / weight[0]));
                 for skip in [Skip::On, Skip::Classes] {
-                    let taken = skip_order(&g, images, weight, skip).is_some();
+                    let taken = skip_order(g, images, weight, skip).is_some();
                     assert_eq!(
                         taken,
                         path != simd::SimdPath::Portable,
                         "case {case} {path:?}"
                     );
                 }
-                assert!(skip_order(&g, images, weight, Skip::Off).is_none());
+                assert!(skip_order(g, images, weight, Skip::Off).is_none());
             });
-        }
+        });
     }
 
     /// The padding skip also runs when a group's product is split across
@@ -382,10 +372,7 @@ mod tests {
     #[test]
     fn a_row_split_product_still_skips_the_padding() {
         use crate::backend::cpu::microkernel::LIVE_CALLS;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = thread_pool(2);
         let g =
             Conv2dGeometry::new([4, 256, 4, 4], [512, 256, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
         let x = pseudo_random(4 * 256 * 16, 7);

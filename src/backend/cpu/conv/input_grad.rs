@@ -380,9 +380,11 @@ fn input_grad_images(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::test_support::{
+        assert_close, case_data, col2im_limits, for_each_case, poison_scratch, thread_pool, Case,
+        Seeds,
+    };
     use super::*;
-    use crate::backend::cpu::test_data::pseudo_random;
 
     #[test]
     fn input_grad_row_blocks_match_direct_loops() {
@@ -403,16 +405,10 @@ mod tests {
             ([3, 19, 10, 10], [7, 19, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([2, 21, 13, 11], [5, 21, 3, 3], (1, 1), (1, 1), (1, 1)),
         ];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            let x = pseudo_random(input.iter().product(), 11 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 110 + case as u64);
-            let dy = pseudo_random(g.output_shape().iter().product(), 310 + case as u64);
-            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+        let pool = thread_pool(2);
+        let seeds = Seeds::new(11, 110, None, 310);
+        for_each_case(cases, seeds, |case, &(_, weight, ..), d| {
+            let (g, w, dy) = (&d.g, &d.w, &d.dy);
             let pixels = g.out_h * g.out_w;
             let taps = weight[1] * weight[2] * weight[3];
             simd::on_every_path(&pool, |path| {
@@ -426,21 +422,18 @@ mod tests {
                             group_pack_elems: None,
                         };
                         let dx = pool.install(|| {
-                            pool.broadcast(|_| {
-                                with_scratch(Slot::Columns, 1 << 12, |b| b.fill(f32::NAN));
-                                with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
-                            });
-                            input_grad_with(&dy, &w, &g, limits).unwrap()
+                            poison_scratch(&pool, &[Slot::Columns, Slot::Staging], 1 << 12);
+                            input_grad_with(dy, w, g, limits).unwrap()
                         });
                         let what = format!(
                             "case {case} {path:?} block {dx_block_elems} columns {min_columns} \
                              groups/thread {groups_per_thread} dx"
                         );
-                        assert_close(&what, &dx, &r.dx, 1e-5);
+                        assert_close(&what, &dx, &d.r.dx, 1e-5);
                     }
                 }
             });
-        }
+        });
     }
 
     #[test]
@@ -479,19 +472,15 @@ mod tests {
                 }
             }
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
-            let Ok(g) = Conv2dGeometry::new(input, weight, stride, padding, dilation) else {
+        let pool = thread_pool(2);
+        let seeds = Seeds::new(21, 121, None, 321);
+        for (case, item) in cases.iter().enumerate() {
+            let weight = item.1;
+            let Some(d) = case_data(case, item, seeds) else {
                 continue; // an empty output (e.g. 7x7 dilated, unpadded)
             };
-            let flipped = flipped_geometry(&g).expect("stride 1, padding <= d(k-1)");
-            let x = pseudo_random(input.iter().product(), 21 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 121 + case as u64);
-            let dy = pseudo_random(g.output_shape().iter().product(), 321 + case as u64);
-            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+            let (g, w, dy) = (&d.g, &d.w, &d.dy);
+            let flipped = flipped_geometry(g).expect("stride 1, padding <= d(k-1)");
             let pixels = g.in_h * g.in_w;
             let taps_row = weight[0] * weight[2] * weight[3] * g.in_w;
             simd::on_every_path(&pool, |path| {
@@ -520,14 +509,11 @@ mod tests {
                     },
                 ] {
                     let dx = pool.install(|| {
-                        pool.broadcast(|_| {
-                            with_scratch(Slot::Staging, 1 << 12, |b| b.fill(f32::NAN));
-                            with_scratch(Slot::PackedLhs, 1 << 12, |b| b.fill(f32::NAN));
-                        });
-                        input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap()
+                        poison_scratch(&pool, &[Slot::Staging, Slot::PackedLhs], 1 << 12);
+                        input_grad_flipped(dy, w, g, &flipped, limits).unwrap()
                     });
                     let what = format!("case {case} {g:?} {path:?} dx");
-                    assert_close(&what, &dx, &r.dx, 1e-5);
+                    assert_close(&what, &dx, &d.r.dx, 1e-5);
                 }
             });
         }
@@ -555,10 +541,7 @@ mod tests {
             );
             return;
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = thread_pool(2);
         simd::on_path(&pool, simd::SimdPath::Avx2, || {
             pool.install(|| {
                 let flips = |batch: usize, c: usize, size: usize| {
@@ -628,43 +611,33 @@ mod tests {
             ([3, 6, 7, 5], [4, 6, 1, 1], (1, 3), (0, 0), (1, 1)),
             ([2, 4, 5, 6], [3, 4, 1, 1], (1, 1), (0, 0), (1, 1)),
         ];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            assert!(pointwise_taps(&g));
-            let x = pseudo_random(input.iter().product(), 21 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 120 + case as u64);
-            let dy = pseudo_random(g.output_shape().iter().product(), 320 + case as u64);
-            let r = reference(&g, &x, &w, &vec![0.0; weight[0]], &dy);
+        let pool = thread_pool(2);
+        let seeds = Seeds::new(21, 120, None, 320);
+        for_each_case(cases, seeds, |case, &(input, ..), d| {
+            let (g, w, dy) = (&d.g, &d.w, &d.dy);
+            assert!(pointwise_taps(g));
             let len = input.iter().product();
-            for (block_elems, min_columns, groups_per_thread) in
-                [(usize::MAX / 2, 1, 0), (1, 1, 2), (usize::MAX / 2, 64, 1)]
-            {
-                let limits = Limits {
+            for limits in col2im_limits() {
+                let Limits {
                     block_elems,
                     min_columns,
                     groups_per_thread,
-                    dx_block_elems: 1 << 10,
-                    group_pack_elems: None,
-                };
+                    ..
+                } = limits;
                 for overwrite in [true, false] {
                     // A dirty buffer of dx's size for the pool to hand out.
                     let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
                     dirty.fill(f32::NAN);
                     buffer_pool::recycle(dirty);
-                    let dx = pool.install(|| {
-                        input_grad_col2im(&dy, &w, &g, limits, overwrite, true).unwrap()
-                    });
+                    let dx = pool
+                        .install(|| input_grad_col2im(dy, w, g, limits, overwrite, true).unwrap());
                     let what = format!(
                         "case {case} blocks {block_elems} columns {min_columns} \
                          groups/thread {groups_per_thread} overwrite {overwrite} dx"
                     );
-                    assert_close(&what, &dx, &r.dx, 1e-5);
+                    assert_close(&what, &dx, &d.r.dx, 1e-5);
                 }
             }
-        }
+        });
     }
 }

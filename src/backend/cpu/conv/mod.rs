@@ -683,13 +683,12 @@ fn lcm(a: usize, b: usize) -> usize {
 mod tests {
     use super::forward::forward_with;
     use super::input_grad::{flipped_geometry, input_grad_flipped, input_grad_with};
-    use super::test_support::{assert_close, reference, Case};
+    use super::test_support::{assert_close, for_each_case, thread_pool, Case, Seeds};
     use super::weight_grad::{
         shifted_rows, weight_grad_im2col, weight_grad_limits, weight_grad_with,
     };
     use super::weight_grad_taps::{by_classes, weight_grad_classes};
     use super::*;
-    use crate::backend::cpu::test_data::pseudo_random;
 
     const CASES: &[Case] = &[
         // stride 2, padding 1, odd non-square input
@@ -722,13 +721,10 @@ mod tests {
 
     #[test]
     fn conv_matches_direct_loops_on_odd_shapes() {
-        for (case, &(input, weight, stride, padding, dilation)) in CASES.iter().enumerate() {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            let x = pseudo_random(input.iter().product(), 1 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 100 + case as u64);
-            let b = pseudo_random(weight[0], 200 + case as u64);
-            let dy = pseudo_random(g.output_shape().iter().product(), 300 + case as u64);
-            let r = reference(&g, &x, &w, &b, &dy);
+        let pool = thread_pool(2);
+        let seeds = Seeds::new(1, 100, Some(200), 300);
+        for_each_case(CASES, seeds, |case, _, d| {
+            let (g, x, w, b, dy, r) = (&d.g, &d.x, &d.w, &d.b, &d.dy, &d.r);
             let pixels = g.out_h * g.out_w;
             let no_bias: Vec<f64> =
                 r.y.iter()
@@ -736,39 +732,33 @@ mod tests {
                     .map(|(i, &v)| v - f64::from(b[(i / pixels) % g.out_channels]))
                     .collect();
             let taps_row = g.kernel_h * g.kernel_w * g.in_channels * g.out_w;
+            // One output row per chunk: exercises the block seams.
+            let one_row = Limits {
+                block_elems: 1,
+                min_columns: 1,
+                groups_per_thread: 2,
+                dx_block_elems: 1,
+                group_pack_elems: None,
+            };
             let variants = [
                 // The defaults: these small images are grouped per chunk.
                 LIMITS,
-                // One output row per chunk, then two: exercises the block seams.
-                Limits {
-                    block_elems: 1,
-                    min_columns: 1,
-                    groups_per_thread: 2,
-                    dx_block_elems: 1,
-                    group_pack_elems: None,
-                },
+                one_row,
+                // Two output rows per chunk.
                 Limits {
                     block_elems: 2 * taps_row,
-                    min_columns: 1,
-                    groups_per_thread: 2,
-                    dx_block_elems: 1,
-                    group_pack_elems: None,
+                    ..one_row
                 },
                 // One whole image per chunk (the 1x1 case takes the im2col-free path).
                 Limits {
                     block_elems: usize::MAX / 2,
-                    min_columns: 1,
-                    groups_per_thread: 2,
-                    dx_block_elems: 1,
-                    group_pack_elems: None,
+                    ..one_row
                 },
                 // Two images per chunk, so a batch of 3 ends in a partial group.
                 Limits {
                     block_elems: usize::MAX / 2,
                     min_columns: 2 * pixels,
-                    groups_per_thread: 2,
-                    dx_block_elems: 1,
-                    group_pack_elems: None,
+                    ..one_row
                 },
             ];
             // Each variant again with image groups run in parallel (on a
@@ -784,44 +774,40 @@ mod tests {
                     .into_iter()
                     .chain([l])
             });
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap();
             // All of it on every SIMD path this CPU has.
             simd::on_every_path(&pool, |path| {
                 for (v, limits) in variants.clone().enumerate() {
                     let what = |k: &str| format!("case {case} {path:?} limits #{v} {k}");
                     let (y, y_no_bias, dx, dw) = pool.install(|| {
                         (
-                            forward_with(&x, &w, Some(&b), &g, limits).unwrap(),
-                            forward_with(&x, &w, None, &g, limits).unwrap(),
-                            input_grad_with(&dy, &w, &g, limits).unwrap(),
-                            weight_grad_with(&dy, &x, &g, limits).unwrap(),
+                            forward_with(x, w, Some(b), g, limits).unwrap(),
+                            forward_with(x, w, None, g, limits).unwrap(),
+                            input_grad_with(dy, w, g, limits).unwrap(),
+                            weight_grad_with(dy, x, g, limits).unwrap(),
                         )
                     });
                     assert_close(&what("y"), &y, &r.y, 1e-5);
                     assert_close(&what("y without bias"), &y_no_bias, &no_bias, 1e-5);
                     assert_close(&what("dx"), &dx, &r.dx, 1e-5);
                     assert_close(&what("dw"), &dw, &r.dw, 1e-5);
-                    if shifted_rows(&g).is_some() || by_classes(&g) {
+                    if shifted_rows(g).is_some() || by_classes(g) {
                         // The im2col form still serves the layers the shifted
                         // one leaves (more row taps): check it here too.
-                        let dw = pool.install(|| weight_grad_im2col(&dy, &x, &g, limits).unwrap());
+                        let dw = pool.install(|| weight_grad_im2col(dy, x, g, limits).unwrap());
                         assert_close(&what("dw im2col"), &dw, &r.dw, 1e-5);
                     }
                     // The tap-by-tap form on every geometry, not only the
                     // small padded images it is chosen for.
-                    let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                    let dw = pool.install(|| weight_grad_classes(dy, x, g, limits).unwrap());
                     assert_close(&what("dw by taps"), &dw, &r.dw, 1e-5);
-                    if let Some(flipped) = flipped_geometry(&g) {
+                    if let Some(flipped) = flipped_geometry(g) {
                         let dx = pool
-                            .install(|| input_grad_flipped(&dy, &w, &g, &flipped, limits).unwrap());
+                            .install(|| input_grad_flipped(dy, w, g, &flipped, limits).unwrap());
                         assert_close(&what("dx flipped"), &dx, &r.dx, 1e-5);
                     }
                 }
             });
-        }
+        });
     }
 
     #[test]
@@ -830,10 +816,7 @@ mod tests {
         // one chunk, which left one of two threads idle in the forward.
         let g = Conv2dGeometry::new([8, 256, 14, 14], [512, 256, 3, 3], (2, 2), (1, 1), (1, 1))
             .unwrap();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = thread_pool(2);
         pool.install(|| {
             let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
             assert_eq!(plan.images_per_chunk, 4);
@@ -860,10 +843,7 @@ mod tests {
         // groups of 8; 14x14 stays at 4 (768 columns), 28x28 at one. The
         // portable path, whose GEMM takes the column matrix stored, keeps
         // the old bound.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = thread_pool(2);
         simd::on_every_path(&pool, |path| pool.install(|| forward_groups_for_path(path)));
     }
 
@@ -933,10 +913,7 @@ mod tests {
         // calling thread, whatever its index.
         use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
         let threads = 3;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = thread_pool(threads);
         pool.install(|| {
             for _ in 0..20 {
                 let ran: Vec<AtomicUsize> =

@@ -336,20 +336,16 @@ pub(super) fn with_grad_out<R>(
 #[cfg(test)]
 mod tests {
     use super::super::simd;
-    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::test_support::{assert_close, for_each_case, thread_pool, Case, Seeds};
     use super::super::COL_BLOCK_ELEMS;
     use super::*;
-    use crate::backend::cpu::test_data::pseudo_random;
 
     /// A batch of no images has a weight gradient of zeros: no GEMM call
     /// writes the sum (which starts unset, [`Beta`]), so
     /// [`for_image_groups`] must.
     #[test]
     fn weight_grad_of_an_empty_batch_is_zero() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = thread_pool(2);
         for (input, weight, stride, padding) in [
             ([0, 3, 9, 9], [4, 3, 3, 3], (1, 1), (1, 1)),
             ([0, 2, 8, 8], [5, 2, 1, 1], (2, 2), (0, 0)),
@@ -381,40 +377,33 @@ mod tests {
             ([2, 3, 17, 16], [4, 3, 3, 3], (1, 1), (1, 1), (1, 1)),
             ([1, 5, 24, 23], [7, 5, 1, 1], (1, 1), (0, 0), (1, 1)),
         ];
-        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            let x = pseudo_random(input.iter().product(), 11 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 110 + case as u64);
-            let b = pseudo_random(weight[0], 210 + case as u64);
-            let dy = pseudo_random(g.output_shape().iter().product(), 310 + case as u64);
-            let r = reference(&g, &x, &w, &b, &dy);
+        let seeds = Seeds::new(11, 110, Some(210), 310);
+        for_each_case(cases, seeds, |case, _, d| {
+            let (g, x, dy, r) = (&d.g, &d.x, &d.dy, &d.r);
             for block_elems in [usize::MAX / 2, 1] {
                 let limits = Limits {
                     block_elems,
                     ..FORWARD_LIMITS
                 };
                 for threads in [1, 2, 3, 4] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
+                    let pool = thread_pool(threads);
                     simd::on_every_path(&pool, |path| {
                         pool.install(|| {
-                            let plan = Plan::new("test", &g, limits).unwrap();
-                            let split = !plan.parallel_groups(&g) && plan.row_groups(&g);
+                            let plan = Plan::new("test", g, limits).unwrap();
+                            let split = !plan.parallel_groups(g) && plan.row_groups(g);
                             let what = format!(
                                 "case {case} {path:?} block {block_elems} threads {threads}"
                             );
                             assert_eq!(split, threads > g.batch, "{what}: row groups taken");
-                            let dw = weight_grad_with(&dy, &x, &g, limits).unwrap();
+                            let dw = weight_grad_with(dy, x, g, limits).unwrap();
                             assert_close(&what, &dw, &r.dw, 1e-5);
-                            let dw = weight_grad_im2col(&dy, &x, &g, limits).unwrap();
+                            let dw = weight_grad_im2col(dy, x, g, limits).unwrap();
                             assert_close(&format!("{what} im2col"), &dw, &r.dw, 1e-5);
                         });
                     });
                 }
             }
-        }
+        });
     }
 
     #[test]

@@ -547,11 +547,10 @@ impl Source for TapRows<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{assert_close, reference, Case};
+    use super::super::test_support::{assert_close, for_each_case, thread_pool, Case, Seeds};
     use super::super::weight_grad::weight_grad_with;
     use super::super::LIMITS;
     use super::*;
-    use crate::backend::cpu::test_data::pseudo_random;
 
     #[test]
     fn tap_by_tap_weight_grad_matches_direct_loops_with_many_channels() {
@@ -560,27 +559,18 @@ mod tests {
         // per thread, on a 2-thread pool: parallel image groups, split
         // GEMMs, and (one 16x16 image) output rows split across threads,
         // on every SIMD path this CPU has.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        for (case, (input, stride)) in
-            [([3, 40, 4, 5], 1), ([2, 40, 7, 7], 2), ([1, 40, 16, 16], 1)]
-                .into_iter()
-                .enumerate()
-        {
-            let weight = [33, input[1], 3, 3];
-            let g = Conv2dGeometry::new(input, weight, (stride, stride), (1, 1), (1, 1)).unwrap();
-            let x = pseudo_random(input.iter().product(), 31 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 41 + case as u64);
-            let b = vec![0.0; weight[0]];
-            let dy = pseudo_random(g.output_shape().iter().product(), 51 + case as u64);
-            let r = reference(&g, &x, &w, &b, &dy);
+        let pool = thread_pool(2);
+        let cases: Vec<Case> = [([3, 40, 4, 5], 1), ([2, 40, 7, 7], 2), ([1, 40, 16, 16], 1)]
+            .map(|(input, s)| (input, [33, input[1], 3, 3], (s, s), (1, 1), (1, 1)))
+            .into();
+        let seeds = Seeds::new(31, 41, None, 51);
+        for_each_case(&cases, seeds, |case, _, d| {
+            let (g, x, dy, r) = (&d.g, &d.x, &d.dy, &d.r);
             // None is chosen (the 16x16 image is too large, the others'
             // batches have too few output pixels, CLASSES_MIN_DEPTH), but
             // each is correct.
             simd::on_every_path(&pool, |path| {
-                assert!(!by_classes(&g), "{g:?} {path:?}");
+                assert!(!by_classes(g), "{g:?} {path:?}");
                 for limits in [
                     LIMITS,
                     Limits {
@@ -589,12 +579,12 @@ mod tests {
                         ..LIMITS
                     },
                 ] {
-                    let plan = Plan::new("test", &g, limits).unwrap();
-                    let split_rows = pool.install(|| plan.row_groups(&g));
+                    let plan = Plan::new("test", g, limits).unwrap();
+                    let split_rows = pool.install(|| plan.row_groups(g));
                     assert_eq!(split_rows, case == 2 && limits.groups_per_thread == 1);
-                    let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                    let dw = pool.install(|| weight_grad_classes(dy, x, g, limits).unwrap());
                     assert_close(&format!("case {case} {path:?}"), &dw, &r.dw, 1e-5);
-                    let dw = pool.install(|| weight_grad_with(&dy, &x, &g, limits).unwrap());
+                    let dw = pool.install(|| weight_grad_with(dy, x, g, limits).unwrap());
                     assert_close(&format!("case {case} {path:?} chosen"), &dw, &r.dw, 1e-5);
                 }
             });
@@ -607,8 +597,8 @@ mod tests {
                         .flat_map(move |q| (0..g.in_channels).map(move |c| image[c * plane + q]))
                 })
                 .collect();
-            let plan = Plan::new("test", &g, LIMITS).unwrap();
-            let tables = TapTables::new("test", &g, &plan, g.batch).unwrap();
+            let plan = Plan::new("test", g, LIMITS).unwrap();
+            let tables = TapTables::new("test", g, &plan, g.batch).unwrap();
             let (_, x_at) = tables.tap(2, g.batch);
             let rows = TapRows::new(&xt, x_at, g.in_channels);
             let (depth, cols) = rows.shape();
@@ -630,7 +620,7 @@ mod tests {
                     }
                 }
             }
-        }
+        });
     }
 
     #[test]
@@ -653,18 +643,11 @@ mod tests {
             ([3, 48, 4, 5], [5, 48, 3, 2], (1, 1), (1, 0), (1, 1)),
             ([4, 33, 1, 1], [6, 33, 3, 3], (1, 1), (1, 1), (1, 1)),
         ];
-        for (case, &(input, weight, stride, padding, dilation)) in cases.iter().enumerate() {
-            let g = Conv2dGeometry::new(input, weight, stride, padding, dilation).unwrap();
-            let x = pseudo_random(input.iter().product(), 61 + case as u64);
-            let w = pseudo_random(weight.iter().product(), 71 + case as u64);
-            let b = vec![0.0; weight[0]];
-            let dy = pseudo_random(g.output_shape().iter().product(), 81 + case as u64);
-            let r = reference(&g, &x, &w, &b, &dy);
+        let seeds = Seeds::new(61, 71, None, 81);
+        for_each_case(cases, seeds, |case, &(input, ..), d| {
+            let (g, x, dy, r) = (&d.g, &d.x, &d.dy, &d.r);
             for threads in 1..=5 {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
+                let pool = thread_pool(threads);
                 simd::on_every_path(&pool, |path| {
                     let parts = tap_column_parts(input[1], threads);
                     assert_eq!(parts.len(), threads);
@@ -677,14 +660,14 @@ mod tests {
                             block_elems,
                             ..LIMITS
                         };
-                        let dw = pool.install(|| weight_grad_classes(&dy, &x, &g, limits).unwrap());
+                        let dw = pool.install(|| weight_grad_classes(dy, x, g, limits).unwrap());
                         let what =
                             format!("case {case} {path:?} threads {threads} block {block_elems}");
                         assert_close(&what, &dw, &r.dw, 1e-5);
                     }
                 });
             }
-        }
+        });
     }
 
     #[test]

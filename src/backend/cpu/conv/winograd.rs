@@ -274,7 +274,7 @@ fn weight_row(wt: Weight<'_>, c_in: usize, c_out: usize, kp: usize, o: usize, ou
     }
 }
 
-/// Whether the transforms run compiled for AVX2 ([`avx2_twin`]): on the
+/// Whether the transforms run compiled for AVX2 (`avx2_twin!`): on the
 /// AVX paths (AVX-512F implies AVX2 and FMA there, `simd::SimdPath::
 /// is_supported`); the portable path keeps the baseline build.
 fn avx2_transforms() -> bool {

@@ -125,7 +125,9 @@ pub struct ModeResult {
     pub nodes: usize,
     pub computed: BTreeMap<String, usize>,
     pub skipped: BTreeMap<String, usize>,
-    /// Conv + linear FLOPs executed per phase (see `ops::flops`).
+    /// Conv + linear FLOPs per phase, direct-equivalent (see `ops::flops`):
+    /// the FLOPs of the direct definition, not of the algorithm that ran
+    /// (the Winograd 3x3 layers execute 2.25x fewer multiply-adds).
     pub forward_gflop: f64,
     pub backward_gflop: f64,
     /// Backward FLOPs a full fine-tuning step executes that this mode did not.
@@ -138,15 +140,18 @@ impl ModeResult {
     pub fn gflop(&self) -> f64 {
         self.forward_gflop + self.backward_gflop
     }
-    /// Achieved conv + linear GFLOP/s over the median step.
+    /// Achieved conv + linear GFLOP/s over the median step, from the
+    /// direct-equivalent count (so it can exceed the FMA peak).
     pub fn gflops_per_second(&self) -> f64 {
         rate(self.gflop(), self.step_ms.median)
     }
-    /// Achieved conv + linear GFLOP/s of the forward phase (median).
+    /// Achieved conv + linear GFLOP/s of the forward phase (median),
+    /// direct-equivalent.
     pub fn forward_gflops_per_second(&self) -> f64 {
         rate(self.forward_gflop, self.forward_ms)
     }
-    /// Achieved conv + linear GFLOP/s of the backward phase (median).
+    /// Achieved conv + linear GFLOP/s of the backward phase (median),
+    /// direct-equivalent.
     pub fn backward_gflops_per_second(&self) -> f64 {
         rate(self.backward_gflop, self.backward_ms)
     }

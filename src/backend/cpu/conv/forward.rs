@@ -9,6 +9,7 @@ use super::super::tap_classes::ClassOrder;
 use super::col2im::restage;
 use super::columns::Columns;
 use super::direct::{direct_width, forward_direct};
+use super::winograd;
 use super::{batch_images, for_image_groups, Limits, Output, Plan, FORWARD_LIMITS};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -60,6 +61,15 @@ pub(super) fn forward_skipping(
             }
         }
         return Ok(y);
+    }
+    if direct.is_none() && winograd::chosen(g) {
+        let wt = winograd::Weight {
+            w,
+            o_stride: plan.taps,
+            c_stride: 9,
+            flip: false,
+        };
+        return winograd::forward_winograd(op, x, wt, bias, g, winograd::BLOCKS);
     }
     if let Some(tile) = direct_width(g, &plan, direct) {
         let taps = plan.taps;

@@ -14,6 +14,7 @@ use super::col2im::{col2im_add, col2im_set, merge_tap_rows_on};
 use super::direct::{direct_width, forward_direct};
 use super::forward::{forward_lhs, Skip};
 use super::weight_grad::with_grad_out;
+use super::winograd;
 use super::{batch_images, for_image_groups, lcm, Limits, Output, Plan, FORWARD_LIMITS, LIMITS};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -64,7 +65,11 @@ fn flip_input_grad(g: &Conv2dGeometry, flipped: &Conv2dGeometry) -> bool {
             && pixels >= FLIP_MIN_PIXELS
             && match simd::active() {
                 simd::SimdPath::Avx512 => true,
-                simd::SimdPath::Avx2 => pixels <= FLIP_AVX2_MAX_PIXELS || flips_direct(flipped),
+                simd::SimdPath::Avx2 => {
+                    pixels <= FLIP_AVX2_MAX_PIXELS
+                        || flips_direct(flipped)
+                        || winograd::chosen(flipped)
+                }
                 simd::SimdPath::Portable => false,
             }
     })
@@ -151,6 +156,15 @@ pub(super) fn input_grad_flipped_skipping(
     let taps = g.kernel_h * g.kernel_w;
     let per_out = g.in_channels * taps;
     let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
+    if direct.is_none() && winograd::chosen(flipped) {
+        let wt = winograd::Weight {
+            w,
+            o_stride: taps,
+            c_stride: per_out,
+            flip: true,
+        };
+        return winograd::forward_winograd(op, dy, wt, None, flipped, winograd::BLOCKS);
+    }
     if let Some(tile) = direct_width(flipped, &plan, direct) {
         // Depth (c, t) of output channel o: offset(c * taps + t), without
         // its divisions.
@@ -518,10 +532,12 @@ mod tests {
         if !simd::SimdPath::Avx2.is_supported()
             || std::env::var("FROSTGRAD_CONV_DIRECT").is_ok()
             || std::env::var("FROSTGRAD_CONV_DX").is_ok()
+            || std::env::var("FROSTGRAD_CONV_WINOGRAD").is_ok()
         {
             eprintln!(
                 "SKIPPED avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it: \
-                 no AVX2 on this CPU, or FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX set"
+                 no AVX2 on this CPU, or FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX / \
+                 FROSTGRAD_CONV_WINOGRAD set"
             );
             return;
         }
@@ -542,14 +558,15 @@ mod tests {
                 assert!(flips(8, 64, 56));
                 assert!(flips(8, 128, 28));
                 assert!(flips(32, 64, 28));
-                assert!(!flips(8, 256, 14));
+                // Through Winograd F(2x2, 3x3) (winograd.rs), else col2im.
+                assert!(flips(8, 256, 14));
                 assert!(flips(8, 512, 7));
                 // One image for two threads: a direct convolution with its
                 // output rows split across them, so flipped; 256 channels
-                // still col2im.
+                // through Winograd (49 tiles).
                 assert!(flips(1, 64, 56));
                 assert!(flips(1, 128, 28));
-                assert!(!flips(1, 256, 14));
+                assert!(flips(1, 256, 14));
             });
         });
     }

@@ -27,6 +27,19 @@
 //! real input at ([`weight_grad_classes`]; `FROSTGRAD_DW_CLASSES=0` turns
 //! it off, for comparison).
 //!
+//! The stride-1, padding-1 3x3 forward and flipped input gradient (all of
+//! ResNet-18's stride-1 3x3 layers) run through Winograd's F(2x2, 3x3)
+//! where it pays ([`winograd`]): 16 multiplications per 2x2 output tile
+//! and channel pair instead of 36, as 16 GEMMs over channels on the same
+//! micro-kernels, between an input and an output transform. Those layers
+//! were at the FMA roofline (~100 of the 104 GF/s one-thread probe on Zen
+//! 2), so only fewer multiplications could make them faster: 0.66-0.89x
+//! the CPU time of the direct or im2col path at batch 8, 224x224 (one
+//! thread, BENCHMARKS.md). Chosen on the AVX2 path from 40 tiles per batch
+//! up (below that the per-call weight transform costs more than it saves);
+//! `FROSTGRAD_CONV_WINOGRAD=0` never, `=1` wherever the shape allows (for
+//! comparison).
+//!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
 //! (`gemm::PackB`, the fills in `im2col.rs`). The weight is read by the
@@ -79,6 +92,8 @@
 //! `input_grad.rs` the input gradient (flipped forward or col2im);
 //! `weight_grad.rs` the weight gradient's im2col and shifted forms, and
 //! `weight_grad_taps.rs` its tap-by-tap form for small padded images;
+//! `winograd.rs` F(2x2, 3x3) for the stride-1 3x3 forward and input
+//! gradient;
 //! each file's `tests` module checks its code against the float64
 //! reference loops in `test_support.rs`, which they share.
 //!
@@ -87,6 +102,7 @@
 //! [`by_classes`]: weight_grad_taps::by_classes
 //! [`weight_grad_classes`]: weight_grad_taps::weight_grad_classes
 //! [`Columns`]: columns::Columns
+//! [`winograd`]: winograd
 
 use rayon::prelude::*;
 
@@ -106,6 +122,7 @@ mod input_grad;
 mod test_support;
 mod weight_grad;
 mod weight_grad_taps;
+mod winograd;
 
 pub(super) use columns::gather_even;
 pub(super) use forward::conv2d;

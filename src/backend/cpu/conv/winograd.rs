@@ -1,0 +1,766 @@
+//! Winograd's minimal filtering F(2x2, 3x3) for the stride-1, padding-1
+//! 3x3 convolution (the forward, and the input gradient as the forward of
+//! `dy` with the flipped weight): each 2x2 tile of the output is
+//! `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d Bᵀ')] A` over its 4x4 input patch `d`, 16 products
+//! per input/output channel pair instead of 36 (2.25x fewer FMAs).
+//!
+//! Summed over input channels, the 16 element-wise products become 16
+//! independent GEMMs `M_k = U_k · V_k` (`k` the position in the 4x4 tile):
+//! `U_k` is the transformed weight `[C_out, C_in]`, computed once per call,
+//! `V_k` the transformed input `[C_in, tiles]` of a block of tiles. So the
+//! GEMM runs on the existing micro-kernels (every SIMD path, the portable
+//! one through `matrixmultiply`), and only the transforms are new. They use
+//! only 0, ±1 and ±1/2 (in `G`), so their float32 rounding adds little to
+//! the direct sum's (the tests report both errors against float64).
+//!
+//! Work: rows of tiles (2 output rows of one image each) are split evenly
+//! across rayon's threads (one contiguous part per thread, so each asks
+//! for the same scratch in every call); a thread runs its part in blocks
+//! of whole tile rows sized so that the block's `V` and `M` stay in L2
+//! ([`BLOCK_BYTES`]): input transform, 16 GEMMs, output transform (+ bias).
+
+use rayon::prelude::*;
+
+use super::super::buffer_pool;
+use super::super::check::checked_numel;
+use super::super::gemm::{sgemm_rows, with_packed_lhs, MatRef, Rhs};
+use super::super::scratch::{with_scratch, Slot};
+use super::{part_per_thread, SharedOut};
+use crate::backend::Conv2dGeometry;
+use crate::error::Result;
+
+/// The bytes of one block's transformed input `V` (`16 x C_in x tiles`)
+/// and products `M` (`16 x C_out x tiles`) together: 3/4 of Zen 2's
+/// 512 KiB L2, the rest for the GEMM's packed panels.
+pub(super) const BLOCK_BYTES: usize = 384 << 10;
+
+/// The fewest tiles per block (the GEMMs' column count) whatever the
+/// channels: below a few micro-kernel panels the GEMMs' per-call costs
+/// (packing, edge tiles) grow, and for wide layers each block re-reads the
+/// whole transformed weight (16 MiB at 512 channels) from memory.
+pub(super) const MIN_BLOCK_TILES: usize = 192;
+
+/// Whether `g` is a convolution F(2x2, 3x3) computes: 3x3, stride 1,
+/// padding 1, dilation 1 (groups are always 1 here), output as large as
+/// the input, nothing empty.
+pub(super) fn applies(g: &Conv2dGeometry) -> bool {
+    g.kernel_h == 3
+        && g.kernel_w == 3
+        && g.stride == (1, 1)
+        && g.padding == (1, 1)
+        && g.dilation == (1, 1)
+        && g.batch > 0
+        && g.in_h > 0
+        && g.in_w > 0
+        && g.in_channels > 0
+        && g.out_channels > 0
+        && g.out_h == g.in_h
+        && g.out_w == g.in_w
+}
+
+/// Whether the convolution `g` (a forward, or the flipped geometry of an
+/// input gradient) runs through F(2x2, 3x3): `FROSTGRAD_CONV_WINOGRAD=0`
+/// never, `=1` wherever it [`applies`] (on every SIMD path; for
+/// comparison), unset (or any other value) where [`pays`] says.
+pub(super) fn chosen(g: &Conv2dGeometry) -> bool {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let mode = super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_WINOGRAD", "1", "0");
+    applies(g) && mode.unwrap_or_else(|| pays(g))
+}
+
+/// The fewest 2x2 tiles (over the whole batch) for which F(2x2, 3x3) is
+/// chosen: the weight transform costs the same at any batch (it writes and
+/// the GEMMs re-read 16 floats per channel pair, 16 MiB at 512 channels),
+/// and below a few dozen tiles it is more than the 2.25x fewer FMAs save.
+/// Measured (one thread, CPU time against the direct or im2col path it
+/// replaces, Zen 2, AVX2; BENCHMARKS.md): 512@7 at batch 1 (16 tiles)
+/// 1.63x forward, 1.85x input gradient; 256@14 at batch 1 (49 tiles)
+/// 0.80x and 0.87x; 512@7 at batch 8 and 512@4 at batch 32 (128 tiles)
+/// 0.89-0.96x.
+const MIN_TILES: usize = 40;
+
+/// The measured rule: on the AVX2 path (the only one measured; AVX-512 is
+/// not, and the portable path's `matrixmultiply` GEMM neither) from
+/// [`MIN_TILES`] tiles up. Forward and flipped input gradient alike: they
+/// measured within a few percent of each other on every ResNet-18 shape.
+fn pays(g: &Conv2dGeometry) -> bool {
+    let tiles = g.batch * g.out_h.div_ceil(2) * g.out_w.div_ceil(2);
+    super::super::simd::active() == super::super::simd::SimdPath::Avx2 && tiles >= MIN_TILES
+}
+
+/// The block sizing of one call: bytes of `V` and `M` per block, and the
+/// fewest tiles per block. Tests shrink them to run many blocks.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Blocks {
+    pub(super) bytes: usize,
+    pub(super) min_tiles: usize,
+}
+
+pub(super) const BLOCKS: Blocks = Blocks {
+    bytes: BLOCK_BYTES,
+    min_tiles: MIN_BLOCK_TILES,
+};
+
+/// `y = conv2d(x, w) + bias` for a geometry that [`applies`], with the
+/// weight `wt`: the forward's, or the input gradient's flipped one.
+pub(super) fn forward_winograd(
+    op: &'static str,
+    x: &[f32],
+    wt: Weight<'_>,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    blocks: Blocks,
+) -> Result<Vec<f32>> {
+    debug_assert!(applies(g));
+    let (c_in, c_out) = (g.in_channels, g.out_channels);
+    let (h, w) = (g.in_h, g.in_w);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    // Each `U_k` padded to whole row tiles of the micro-kernel, so a row
+    // block of a packed `U` starts at a multiple of its tile
+    // (`gemm::row_align`); the padding rows are zero and their products
+    // never read.
+    #[cfg(target_arch = "x86_64")]
+    let mr = super::super::gemm::tile(super::super::simd::active())
+        .0
+        .max(1);
+    #[cfg(not(target_arch = "x86_64"))]
+    let mr = 1;
+    let kp = c_out.div_ceil(mr) * mr;
+    let u_len = checked_numel(op, &[16, kp, c_in])?;
+    let tile_rows = checked_numel(op, &[g.batch, th])?;
+    let y_len = checked_numel(op, &[g.batch, c_out, h, w])?;
+    debug_assert!(x.len() == g.batch * c_in * h * w);
+    let per_tile = 16 * (c_in + kp) * std::mem::size_of::<f32>();
+    let want_tiles = (blocks.bytes / per_tile).max(blocks.min_tiles);
+    // No more than one thread's part (the scratch is sized by the block).
+    let part_rows = tile_rows.div_ceil(rayon::current_num_threads().max(1));
+    let rows_per_block = (want_tiles / tw).clamp(1, part_rows);
+    let block_tiles = rows_per_block * tw;
+    let v_len = checked_numel(op, &[16, c_in, block_tiles])?;
+    let m_len = checked_numel(op, &[16, kp, block_tiles])?;
+    // Rows of the transforms' temporaries: 4 input rows as even and odd
+    // columns, then 4 rows of 4 column sums (or 4 output rows), `tw + 1`
+    // long each.
+    let temp_len = 24 * (tw + 1);
+    let avx2 = avx2_transforms();
+    let mut y = buffer_pool::uninit(op, y_len)?;
+    with_scratch(Slot::PackedLhs, u_len, |u| {
+        transform_weight(wt, c_in, c_out, kp, u, avx2);
+        let u = &*u;
+        let columns = tile_rows * tw;
+        with_packed_lhs(MatRef::row_major(u, c_in), 16 * kp, c_in, columns, |lhs| {
+            let out = SharedOut(y.as_mut_ptr());
+            let threads = rayon::current_num_threads().max(1);
+            let parts = (0..threads)
+                .map(|t| (t * tile_rows / threads, (t + 1) * tile_rows / threads))
+                .collect();
+            part_per_thread(parts, |_, (lo, hi)| {
+                let out = &out;
+                with_scratch(Slot::Columns, v_len, |v| {
+                    with_scratch(Slot::Staging, m_len + temp_len, |buf| {
+                        let (m, temp) = buf.split_at_mut(m_len);
+                        for r0 in (lo..hi).step_by(rows_per_block) {
+                            let rows = rows_per_block.min(hi - r0);
+                            let tiles = rows * tw;
+                            let v = &mut v[..16 * c_in * tiles];
+                            let m = &mut m[..16 * kp * tiles];
+                            input_twin(avx2, x, g, (r0, rows), v, temp);
+                            for k in 0..16 {
+                                let vk = &v[k * c_in * tiles..(k + 1) * c_in * tiles];
+                                let mk = &mut m[k * kp * tiles..(k + 1) * kp * tiles];
+                                let vk = Rhs::View(MatRef::row_major(vk, tiles));
+                                sgemm_rows(lhs, 16 * kp, (k * kp, kp), c_in, tiles, vk, mk);
+                            }
+                            // SAFETY: this part owns tile rows lo..hi, i.e.
+                            // output rows 2 * ty, 2 * ty + 1 of its images
+                            // (every channel), disjoint from the other
+                            // parts'; `y` (y_len floats) outlives the
+                            // broadcast and nothing reads it meanwhile.
+                            let owned = unsafe { OwnedRows::new(out) };
+                            output_twin(avx2, m, kp, bias, g, (r0, rows), &owned, temp);
+                        }
+                    });
+                });
+            });
+        });
+    });
+    Ok(y)
+}
+
+/// The weight of one Winograd forward: output channel `o`'s taps for input
+/// channel `c` are the 9 floats at `o * o_stride + c * c_stride`, in tap
+/// order (`kh * 3 + kw`), or reversed with `flip` (the input gradient's
+/// flipped weight, whose channels are also swapped through the strides).
+#[derive(Clone, Copy)]
+pub(super) struct Weight<'a> {
+    pub(super) w: &'a [f32],
+    pub(super) o_stride: usize,
+    pub(super) c_stride: usize,
+    pub(super) flip: bool,
+}
+
+/// `U = G g Gᵀ` for every (output, input) channel pair into `u` as
+/// `[16][kp][C_in]` (rows `C_out..kp` of each `U_k` zero), with
+/// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
+/// In parallel over output channels, vectorised over input channels in
+/// chunks of [`WEIGHT_CHUNK`] gathered onto the stack.
+fn transform_weight(
+    wt: Weight<'_>,
+    c_in: usize,
+    c_out: usize,
+    kp: usize,
+    u: &mut [f32],
+    avx2: bool,
+) {
+    assert_eq!(u.len(), 16 * kp * c_in);
+    let out = SharedOut(u.as_mut_ptr());
+    let out = &out;
+    (0..kp).into_par_iter().with_min_len(8).for_each(|o| {
+        weight_twin(avx2, wt, c_in, c_out, kp, o, out);
+    });
+}
+
+/// Row `o` of every `U_k` ([`transform_weight`]).
+#[inline(always)]
+fn weight_row(wt: Weight<'_>, c_in: usize, c_out: usize, kp: usize, o: usize, out: &SharedOut) {
+    let plane = kp * c_in;
+    {
+        for c0 in (0..c_in).step_by(WEIGHT_CHUNK) {
+            let n = WEIGHT_CHUNK.min(c_in - c0);
+            // SAFETY: task `o` writes only row `o` of each `U_k`
+            // (elements k * plane + o * c_in + c0..+n, inside `u`, which
+            // is 16 * plane long, asserted in `transform_weight`): no two tasks touch the
+            // same element, nothing else reads or writes `u` meanwhile,
+            // and `u` outlives the parallel loop.
+            let mut dst: [&mut [f32]; 16] = std::array::from_fn(|k| unsafe {
+                std::slice::from_raw_parts_mut(out.0.add(k * plane + o * c_in + c0), n)
+            });
+            if o >= c_out {
+                dst.iter_mut().for_each(|d| d.fill(0.0));
+                continue;
+            }
+            let mut gt = [[0f32; WEIGHT_CHUNK]; 9];
+            for j in 0..n {
+                let at = o * wt.o_stride + (c0 + j) * wt.c_stride;
+                let taps: &[f32; 9] = match wt.w[at..at + 9].try_into() {
+                    Ok(taps) => taps,
+                    Err(_) => unreachable!("a slice of 9"),
+                };
+                for (t, row) in gt.iter_mut().enumerate() {
+                    row[j] = taps[if wt.flip { 8 - t } else { t }];
+                }
+            }
+            // Row r of G g (its three columns), then that row times Gᵀ
+            // into U[4r..4r + 4].
+            let [d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15] = dst;
+            let mut mid = [[0f32; WEIGHT_CHUNK]; 3];
+            times_gt([d0, d1, d2, d3], [&gt[0], &gt[1], &gt[2]], n);
+            for (col, m) in mid.iter_mut().enumerate() {
+                let (a, b, c) = (&gt[col], &gt[3 + col], &gt[6 + col]);
+                for j in 0..WEIGHT_CHUNK {
+                    m[j] = 0.5 * (a[j] + b[j] + c[j]);
+                }
+            }
+            times_gt([d4, d5, d6, d7], [&mid[0], &mid[1], &mid[2]], n);
+            for (col, m) in mid.iter_mut().enumerate() {
+                let (a, b, c) = (&gt[col], &gt[3 + col], &gt[6 + col]);
+                for j in 0..WEIGHT_CHUNK {
+                    m[j] = 0.5 * (a[j] - b[j] + c[j]);
+                }
+            }
+            times_gt([d8, d9, d10, d11], [&mid[0], &mid[1], &mid[2]], n);
+            times_gt([d12, d13, d14, d15], [&gt[6], &gt[7], &gt[8]], n);
+        }
+    }
+}
+
+/// Whether the transforms run compiled for AVX2 (`avx2_twin!`): on the
+/// AVX paths (AVX-512F implies AVX2 and FMA there, `simd::SimdPath::
+/// is_supported`); the portable path keeps the baseline build.
+fn avx2_transforms() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::super::simd::active() != super::super::simd::SimdPath::Portable;
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// Defines `$name`, which runs the `#[inline(always)]` function `$body`
+/// compiled for AVX2 + FMA when its first argument (from
+/// [`avx2_transforms`]) says so, else as built: the crate's baseline is
+/// SSE2, where the transforms' loops are vectorised only 4 wide.
+macro_rules! avx2_twin {
+    ($(#[$m:meta])* $name:ident = $body:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name(avx2: bool, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn twin($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: `avx2` comes from `avx2_transforms`: the active
+                // path is an AVX one, which the CPU supports
+                // (`simd::active`).
+                return unsafe { twin($($arg),*) };
+            }
+            let _ = avx2;
+            $body($($arg),*)
+        }
+    };
+}
+
+avx2_twin!(
+    /// [`transform_input`], for AVX2 where `avx2`.
+    input_twin = transform_input(
+        x: &[f32],
+        g: &Conv2dGeometry,
+        block: (usize, usize),
+        v: &mut [f32],
+        temp: &mut [f32]
+    )
+);
+
+avx2_twin!(
+    /// [`output_safe`], for AVX2 where `avx2`.
+    output_twin = output_safe(
+        m: &[f32],
+        kp: usize,
+        bias: Option<&[f32]>,
+        g: &Conv2dGeometry,
+        block: (usize, usize),
+        out: &OwnedRows<'_>,
+        temp: &mut [f32]
+    )
+);
+
+avx2_twin!(
+    /// [`weight_row`], for AVX2 where `avx2`.
+    weight_twin = weight_row(
+        wt: Weight<'_>,
+        c_in: usize,
+        c_out: usize,
+        kp: usize,
+        o: usize,
+        out: &SharedOut
+    )
+);
+
+/// The output through a [`SharedOut`], as a caller that alone writes the
+/// rows of the tile rows it hands to [`output_safe`] (a promise made by the
+/// `unsafe` block that builds it).
+struct OwnedRows<'a>(&'a SharedOut);
+
+impl<'a> OwnedRows<'a> {
+    /// # Safety
+    /// `out` points at the `[N, C_out, H, W]` output, and while the result
+    /// lives the caller alone writes the output rows of the tile rows it
+    /// hands to [`output_safe`] through it.
+    unsafe fn new(out: &'a SharedOut) -> Self {
+        Self(out)
+    }
+}
+
+/// [`transform_output`] through rows the caller owns ([`OwnedRows`]).
+#[inline(always)]
+fn output_safe(
+    m: &[f32],
+    kp: usize,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    block: (usize, usize),
+    out: &OwnedRows<'_>,
+    temp: &mut [f32],
+) {
+    // SAFETY: `OwnedRows::new`'s contract: the output rows of these tile
+    // rows are the caller's alone while this runs.
+    unsafe { transform_output(m, kp, bias, g, block, out.0, temp) }
+}
+
+/// One row `(a, b, c)` of `G g` times `Gᵀ`: `(a, (a + b + c) / 2,
+/// (a - b + c) / 2, c)`, for the first `n` channels of a chunk.
+#[inline(always)]
+fn times_gt(dst: [&mut [f32]; 4], [a, b, c]: [&[f32; WEIGHT_CHUNK]; 3], n: usize) {
+    let [d0, d1, d2, d3] = dst;
+    let (d0, d1, d2, d3) = (&mut d0[..n], &mut d1[..n], &mut d2[..n], &mut d3[..n]);
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    for j in 0..n {
+        d0[j] = a[j];
+        d1[j] = 0.5 * (a[j] + b[j] + c[j]);
+        d2[j] = 0.5 * (a[j] - b[j] + c[j]);
+        d3[j] = c[j];
+    }
+}
+
+/// Input channels per chunk of the weight transform (its temporaries are
+/// arrays of this length on the stack).
+const WEIGHT_CHUNK: usize = 64;
+
+/// `V = Bᵀ d B` of tile rows `r0..r0 + rows` (row `r` is tile row `r % th`
+/// of image `r / th`) into `v` as `[16][C_in][tiles]`, tile `i * tw + tx`
+/// of the block at column `i * tw + tx`, with
+/// `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+/// Each input row (of the padded image, zero outside) is split into its
+/// even and odd columns, so that the column transform of all tiles of a
+/// row reads contiguous slices (vectorised over the row's tiles).
+#[inline(always)]
+fn transform_input(
+    x: &[f32],
+    g: &Conv2dGeometry,
+    (r0, rows): (usize, usize),
+    v: &mut [f32],
+    temp: &mut [f32],
+) {
+    let (c_in, h, w) = (g.in_channels, g.in_h, g.in_w);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let tiles = rows * tw;
+    let plane_len = c_in * tiles;
+    let (half, sums) = temp.split_at_mut(2 * (tw + 1));
+    let row_sums = 4 * (tw + 1);
+    for c in 0..c_in {
+        for i in 0..rows {
+            let r = r0 + i;
+            let (n, ty) = (r / th, r % th);
+            let plane = &x[(n * c_in + c) * h * w..][..h * w];
+            // Row j of the tile's padded 4x4 patch is input row 2 ty - 1 + j;
+            // rows 2 and 3 of the previous tile row of the same image are
+            // this one's rows 0 and 1: their column sums are kept.
+            let first = if i > 0 && ty > 0 {
+                sums.copy_within(2 * row_sums..4 * row_sums, 0);
+                2
+            } else {
+                0
+            };
+            for j in first..4 {
+                let (even, odd) = half.split_at_mut(tw + 1);
+                let row = (2 * ty + j)
+                    .checked_sub(1)
+                    .filter(|&r| r < h)
+                    .map(|r| &plane[r * w..][..w]);
+                split_row(row, even, odd);
+                // Column transform (d B) of the patch row, for all tiles.
+                let s = &mut sums[j * row_sums..][..row_sums];
+                let (s0, rest) = s.split_at_mut(tw + 1);
+                let (s1, rest) = rest.split_at_mut(tw + 1);
+                let (s2, s3) = rest.split_at_mut(tw + 1);
+                let (even, odd) = (&*even, &*odd);
+                for t in 0..tw {
+                    // The patch row is (even[t], odd[t], even[t + 1], odd[t + 1]).
+                    let (d0, d1, d2, d3) = (even[t], odd[t], even[t + 1], odd[t + 1]);
+                    s0[t] = d0 - d2;
+                    s1[t] = d1 + d2;
+                    s2[t] = d2 - d1;
+                    s3[t] = d1 - d3;
+                }
+            }
+            // Row transform (Bᵀ ·) of the 4 rows of each column sum.
+            let at = c * tiles + i * tw;
+            for col in 0..4 {
+                let row = |j: usize| &sums[4 * (tw + 1) * j + (tw + 1) * col..][..tw];
+                let (a, b, cc, d) = (row(0), row(1), row(2), row(3));
+                let (v0, rest) = v.split_at_mut(4 * plane_len);
+                let (v1, rest) = rest.split_at_mut(4 * plane_len);
+                let (v2, v3) = rest.split_at_mut(4 * plane_len);
+                let at = col * plane_len + at;
+                zip2(&mut v0[at..][..tw], a, cc, |a, c| a - c);
+                zip2(&mut v1[at..][..tw], b, cc, |b, c| b + c);
+                zip2(&mut v2[at..][..tw], cc, b, |c, b| c - b);
+                zip2(&mut v3[at..][..tw], b, d, |b, d| b - d);
+            }
+        }
+    }
+}
+
+/// `dst[t] = f(a[t], b[t])`, vectorised by the compiler.
+#[inline(always)]
+fn zip2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for (o, (&a, &b)) in dst.iter_mut().zip(a.iter().zip(b)) {
+        *o = f(a, b);
+    }
+}
+
+/// `dst[t] = f(a[t], b[t], c[t])`, vectorised by the compiler.
+#[inline(always)]
+fn zip3(dst: &mut [f32], a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) {
+    for (o, (&a, (&b, &c))) in dst.iter_mut().zip(a.iter().zip(b.iter().zip(c))) {
+        *o = f(a, b, c);
+    }
+}
+
+/// Splits one row of the zero-padded input (`row`, or zeros for a padding
+/// row) into the even and odd columns of its padded form: padded column
+/// `p` is input column `p - 1`, so `even[m]` = column `2m - 1`, `odd[m]` =
+/// column `2m` (zero outside the row).
+#[inline(always)]
+fn split_row(row: Option<&[f32]>, even: &mut [f32], odd: &mut [f32]) {
+    let Some(row) = row else {
+        even.fill(0.0);
+        odd.fill(0.0);
+        return;
+    };
+    // (`tw + 1` long each; only the ends are padding.)
+    let tw = even.len() - 1;
+    even[0] = 0.0;
+    odd[tw] = 0.0;
+    let pairs = row.chunks_exact(2);
+    if let [last] = pairs.remainder() {
+        odd[tw - 1] = *last;
+        even[tw] = 0.0;
+    }
+    for (m, pair) in pairs.enumerate() {
+        odd[m] = pair[0];
+        even[m + 1] = pair[1];
+    }
+}
+
+/// `Y = Aᵀ M A` (+ bias) of tile rows `r0..r0 + rows` from `m`
+/// (`[16][kp][tiles]`) into the output through `out`, with
+/// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`; the second row or column of the
+/// last tiles is dropped where the output's height or width is odd.
+///
+/// # Safety
+/// `out` points at the `[N, C_out, H, W]` output, and the caller alone
+/// writes output rows `2 ty, 2 ty + 1` of the images of these tile rows
+/// while this runs.
+#[inline(always)]
+unsafe fn transform_output(
+    m: &[f32],
+    kp: usize,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    (r0, rows): (usize, usize),
+    out: &SharedOut,
+    temp: &mut [f32],
+) {
+    let (c_out, h, w) = (g.out_channels, g.out_h, g.out_w);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let tiles = rows * tw;
+    let plane_len = kp * tiles;
+    let (y0, rest) = temp.split_at_mut(tw);
+    let (y1, rest) = rest.split_at_mut(tw);
+    let (y2, rest) = rest.split_at_mut(tw);
+    let (y3, rest) = rest.split_at_mut(tw);
+    // The column sums: for each of the 4 columns, rows 0 + 1 + 2 and
+    // 1 - 2 - 3.
+    let sums = &mut rest[..8 * tw];
+    for o in 0..c_out {
+        let b = bias.map_or(0.0, |b| b[o]);
+        for i in 0..rows {
+            let at = o * tiles + i * tw;
+            let mk = |k: usize| &m[k * plane_len + at..][..tw];
+            // Aᵀ ·: rows 0 + 1 + 2 and 1 - 2 - 3 of each column.
+            for (j, sd) in sums.chunks_exact_mut(2 * tw).enumerate() {
+                let (s, d) = sd.split_at_mut(tw);
+                zip3(s, mk(j), mk(4 + j), mk(8 + j), |a, b, c| a + b + c);
+                zip3(d, mk(4 + j), mk(8 + j), mk(12 + j), |a, b, c| a - b - c);
+            }
+            // · A, plus the bias.
+            for (row, (left, right)) in [(&mut *y0, &mut *y1), (&mut *y2, &mut *y3)]
+                .into_iter()
+                .enumerate()
+            {
+                let col = |j: usize| &sums[2 * tw * j + tw * row..][..tw];
+                zip3(left, col(0), col(1), col(2), |a, bb, c| a + bb + c + b);
+                zip3(right, col(1), col(2), col(3), |a, bb, c| a - bb - c + b);
+            }
+            let r = r0 + i;
+            let (n, ty) = (r / th, r % th);
+            for (dy, (left, right)) in [(&*y0, &*y1), (&*y2, &*y3)].into_iter().enumerate() {
+                let oh = 2 * ty + dy;
+                if oh >= h {
+                    break;
+                }
+                // SAFETY: output row oh of channel o of image n lies inside
+                // the output (n < batch, o < C_out, oh < H) and is this
+                // caller's alone (the function's contract).
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out.0.add(((n * c_out + o) * h + oh) * w), w)
+                };
+                let mut pairs = dst.chunks_exact_mut(2);
+                for (pair, (&a, &bb)) in (&mut pairs).zip(left.iter().zip(right.iter())) {
+                    pair[0] = a;
+                    pair[1] = bb;
+                }
+                if let [last] = pairs.into_remainder() {
+                    *last = left[tw - 1];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::conv::input_grad::flipped_geometry;
+    use crate::backend::cpu::conv::test_support::reference;
+    use crate::backend::cpu::simd;
+    use crate::backend::cpu::test_data::pseudo_random;
+
+    /// The largest error against `want`, relative as `assert_close`
+    /// measures it (`|got - want| / (1 + |want|)`).
+    fn max_err(got: &[f32], want: &[f64]) -> f64 {
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(want)
+            .map(|(&g, &w)| (f64::from(g) - w).abs() / (1.0 + w.abs()))
+            .fold(0.0, f64::max)
+    }
+
+    /// The forward and flipped input gradient through F(2x2, 3x3) of
+    /// `[n, c, h, w]` -> `o` channels, against the float64 loops.
+    fn check(n: usize, c: usize, o: usize, h: usize, w: usize, blocks: Blocks, threads: usize) {
+        let g = Conv2dGeometry::new([n, c, h, w], [o, c, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+        assert!(applies(&g));
+        let seed = (n * 1000 + c * 100 + o * 10 + h * 3 + w) as u64;
+        let x = pseudo_random(n * c * h * w, seed);
+        let wgt = pseudo_random(o * c * 9, seed + 1);
+        let b = pseudo_random(o, seed + 2);
+        let dy = pseudo_random(n * o * h * w, seed + 3);
+        let r = reference(&g, &x, &wgt, &b, &dy);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let flipped = flipped_geometry(&g).unwrap();
+        assert!(applies(&flipped));
+        let taps = 9;
+        let per_out = c * taps;
+        simd::on_every_path(&pool, |path| {
+            let what = format!("{n}x{c}x{h}x{w} -> {o}, {threads} threads, {blocks:?}, {path:?}");
+            let (y, dx) = pool.install(|| {
+                let wt = Weight {
+                    w: &wgt,
+                    o_stride: per_out,
+                    c_stride: taps,
+                    flip: false,
+                };
+                let y = forward_winograd("test", &x, wt, Some(&b), &g, blocks).unwrap();
+                // The flipped, channel-swapped weight of the input gradient.
+                let wt = Weight {
+                    w: &wgt,
+                    o_stride: taps,
+                    c_stride: per_out,
+                    flip: true,
+                };
+                let dx = forward_winograd("test", &dy, wt, None, &flipped, blocks).unwrap();
+                (y, dx)
+            });
+            let ey = max_err(&y, &r.y);
+            let edx = max_err(&dx, &r.dx);
+            assert!(ey <= 1e-5, "{what}: y error {ey:e}");
+            assert!(edx <= 1e-5, "{what}: dx error {edx:e}");
+        });
+    }
+
+    #[test]
+    fn winograd_matches_direct_loops_on_odd_shapes() {
+        // Tiny blocks (one tile row each) and the default sizing; odd and
+        // even sizes (partial last tiles), 1x1, 2x2 and 1-wide images,
+        // channels not multiples of the kernels' 6- or 8-row tiles.
+        let tiny = Blocks {
+            bytes: 0,
+            min_tiles: 1,
+        };
+        for (threads, blocks) in [(1, BLOCKS), (2, tiny), (3, BLOCKS), (4, tiny)] {
+            for &(n, c, o, h, w) in &[
+                (1, 3, 5, 1, 1),
+                (2, 4, 7, 2, 2),
+                (3, 5, 3, 7, 9),
+                (1, 2, 13, 5, 1),
+                (2, 17, 10, 6, 5),
+                (1, 1, 1, 3, 4),
+            ] {
+                check(n, c, o, h, w, blocks, threads);
+            }
+        }
+    }
+
+    #[test]
+    fn the_entry_points_take_winograd_where_it_pays() {
+        // 5 images of 8x8: 80 tiles, over `MIN_TILES`, so on AVX2 the
+        // forward and the input gradient (flipped) run through F(2x2, 3x3)
+        // from the crate's entry points; on the other paths they keep
+        // their own, and must agree all the same.
+        let g = Conv2dGeometry::new([5, 4, 8, 7], [6, 4, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+        let x = pseudo_random(5 * 4 * 8 * 7, 11);
+        let w = pseudo_random(6 * 4 * 9, 12);
+        let b = pseudo_random(6, 13);
+        let dy = pseudo_random(5 * 6 * 8 * 7, 14);
+        let r = reference(&g, &x, &w, &b, &dy);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        simd::on_every_path(&pool, |path| {
+            let flipped = flipped_geometry(&g).unwrap();
+            let want = path == simd::SimdPath::Avx2;
+            // (Unless FROSTGRAD_CONV_WINOGRAD forces it either way.)
+            if std::env::var("FROSTGRAD_CONV_WINOGRAD").is_err() {
+                assert_eq!(pool.install(|| chosen(&g)), want, "{path:?}");
+                assert_eq!(pool.install(|| chosen(&flipped)), want, "{path:?}");
+            }
+            let (y, dx) = pool.install(|| {
+                (
+                    super::super::conv2d(&x, &w, Some(&b), &g).unwrap(),
+                    super::super::conv2d_input_grad(&dy, &w, &g).unwrap(),
+                )
+            });
+            assert!(max_err(&y, &r.y) <= 1e-5, "{path:?} y");
+            assert!(max_err(&dx, &r.dx) <= 1e-5, "{path:?} dx");
+        });
+    }
+
+    #[test]
+    fn winograd_error_is_comparable_to_the_direct_paths() {
+        // ResNet-18's widest 3x3 layers (the longest sums), one image
+        // each: F(2x2, 3x3)'s error against the float64 loops next to the
+        // direct / im2col path's on the same case (`cargo test -- --nocapture`
+        // prints them). Its transforms use only 0, ±1 and ±1/2, so it
+        // stays within a small factor of the direct sum's.
+        use super::super::forward::{forward_skipping, Skip};
+        use super::super::FORWARD_LIMITS;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (c, size) in [(64, 14), (256, 7), (512, 4)] {
+            let g = Conv2dGeometry::new([1, c, size, size], [c, c, 3, 3], (1, 1), (1, 1), (1, 1))
+                .unwrap();
+            let x = pseudo_random(c * size * size, 21);
+            let w = pseudo_random(c * c * 9, 22);
+            let b = pseudo_random(c, 23);
+            let dy = pseudo_random(c * size * size, 24);
+            let r = reference(&g, &x, &w, &b, &dy);
+            simd::on_every_path(&pool, |path| {
+                let (wino, other) = pool.install(|| {
+                    let wt = Weight {
+                        w: &w,
+                        o_stride: c * 9,
+                        c_stride: 9,
+                        flip: false,
+                    };
+                    let wino = forward_winograd("test", &x, wt, Some(&b), &g, BLOCKS).unwrap();
+                    let other = forward_skipping(
+                        &x,
+                        &w,
+                        Some(&b),
+                        &g,
+                        FORWARD_LIMITS,
+                        Skip::Auto,
+                        Some(true),
+                    )
+                    .unwrap();
+                    (wino, other)
+                });
+                let (ew, eo) = (max_err(&wino, &r.y), max_err(&other, &r.y));
+                println!("{c}@{size} {path:?}: winograd {ew:.2e}, direct/im2col {eo:.2e}");
+                assert!(
+                    ew <= 4.0 * eo + 1e-7,
+                    "{c}@{size} {path:?}: {ew:e} vs {eo:e}"
+                );
+            });
+        }
+    }
+}

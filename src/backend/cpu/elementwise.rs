@@ -50,15 +50,37 @@ pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
 /// 8 lanes wide on the AVX2 path ([`with_avx2`]).
 pub(super) fn add_assign(a: &mut [f32], b: &[f32]) {
     let path = super::simd::active();
+    let add = |a: &mut [f32], b: &[f32]| {
+        with_avx2(
+            path,
+            #[inline(always)]
+            || a.iter_mut().zip(b).for_each(|(a, &b)| *a += b),
+        )
+    };
+    if on_caller(a.len()) {
+        add(a, b);
+        return;
+    }
     a.par_chunks_mut(PAR_CHUNK)
         .zip(b.par_chunks(PAR_CHUNK))
-        .for_each(|(a, b)| {
-            with_avx2(
-                path,
-                #[inline(always)]
-                || a.iter_mut().zip(b).for_each(|(a, &b)| *a += b),
-            )
-        });
+        .for_each(|(a, b)| add(a, b));
+}
+
+/// Elements up to which an in-place pass runs on the calling thread:
+/// PyTorch's grain size (`at::internal::GRAIN_SIZE`, 32 768), below which
+/// its `parallel_for` does not split either.
+const ON_CALLER_MAX: usize = 1 << 15;
+
+/// Whether a pass over `len` elements runs on the calling thread instead of
+/// rayon's pool: when it is small ([`ON_CALLER_MAX`]), or the pool has one
+/// thread. Why: a parallel loop called from outside the pool hands its
+/// tasks to a worker and sleeps until they are done (rayon's injection and
+/// a latch), a fixed cost of a few microseconds that a split of a small
+/// pass, or no split at all, does not pay back: `grad_add` at batch 1 was
+/// 1.25-2.8x PyTorch's one-thread CPU time on ResNet's 64x56x56 to
+/// 512x7x7 (commit message of this function).
+fn on_caller(len: usize) -> bool {
+    len <= ON_CALLER_MAX || rayon::current_num_threads() <= 1
 }
 
 /// Runs `body` compiled with AVX2 when `path` (the active SIMD path, looked
@@ -256,29 +278,37 @@ mod tests {
         // `add_assign` and `add_relu_assign` are compiled per SIMD path
         // (`with_avx2`): bit for bit the scalar definition on each, over
         // several parallel chunks and a tail shorter than a vector, with
-        // relu's edge cases (NaN kept, -0.0 and negatives zeroed).
+        // relu's edge cases (NaN kept, -0.0 and negatives zeroed). The sum
+        // both on the calling thread (up to ON_CALLER_MAX elements, or a
+        // one-thread pool) and split across a two-thread pool.
         use super::super::simd;
-        let n = 2 * PAR_CHUNK + 13;
-        let (mut a, mut b) = operands(n);
-        a[n - 5..].copy_from_slice(&[f32::NAN, -0.0, 1.0, -1.0, 1e8]);
-        b[n - 5..].copy_from_slice(&[1.0, 0.0, -1.0, 0.5, 1.0]);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let sum: Vec<f32> = a.iter().zip(&b).map(|(&a, &b)| a + b).collect();
-        let sum_relu: Vec<f32> = sum.iter().map(|&v| relu1(v)).collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        simd::on_every_path(&pool, |path| {
-            let (added, added_relu) = pool.install(|| {
-                let (mut s, mut r) = (a.clone(), a.clone());
-                add_assign(&mut s, &b);
-                add_relu_assign(&mut r, &b);
-                (s, r)
-            });
-            assert_eq!(bits(&added), bits(&sum), "{}", path.name());
-            assert_eq!(bits(&added_relu), bits(&sum_relu), "{}", path.name());
-        });
+        for n in [ON_CALLER_MAX - 3, 2 * PAR_CHUNK + 13, 5 * PAR_CHUNK + 1] {
+            let (mut a, mut b) = operands(n);
+            a[n - 5..].copy_from_slice(&[f32::NAN, -0.0, 1.0, -1.0, 1e8]);
+            b[n - 5..].copy_from_slice(&[1.0, 0.0, -1.0, 0.5, 1.0]);
+            let sum: Vec<f32> = a.iter().zip(&b).map(|(&a, &b)| a + b).collect();
+            let sum_relu: Vec<f32> = sum.iter().map(|&v| relu1(v)).collect();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let caller = pool.install(|| on_caller(n));
+                assert_eq!(caller, threads == 1 || n <= ON_CALLER_MAX, "{n} {threads}");
+                simd::on_every_path(&pool, |path| {
+                    let (added, added_relu) = pool.install(|| {
+                        let (mut s, mut r) = (a.clone(), a.clone());
+                        add_assign(&mut s, &b);
+                        add_relu_assign(&mut r, &b);
+                        (s, r)
+                    });
+                    let what = format!("{} n {n} threads {threads}", path.name());
+                    assert_eq!(bits(&added), bits(&sum), "{what}");
+                    assert_eq!(bits(&added_relu), bits(&sum_relu), "{what}");
+                });
+            }
+        }
     }
 
     #[test]

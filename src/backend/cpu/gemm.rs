@@ -819,26 +819,29 @@ unsafe fn portable(
     c: *mut f32,
     rsc: usize,
 ) {
-    // SAFETY: the caller's contract; strides index live slices so they fit
-    // in isize.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.0,
-            a.1 as isize,
-            a.2 as isize,
-            b.0,
-            b.1 as isize,
-            b.2 as isize,
-            beta,
-            c,
-            rsc as isize,
-            1,
-        )
-    }
+    // Its packing buffers' faults are counted apart (see the function).
+    super::simd::counting_portable_faults(|| {
+        // SAFETY: the caller's contract; strides index live slices so they
+        // fit in isize.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.0,
+                a.1 as isize,
+                a.2 as isize,
+                b.0,
+                b.1 as isize,
+                b.2 as isize,
+                beta,
+                c,
+                rsc as isize,
+                1,
+            )
+        }
+    })
 }
 
 /// How many blocks to split an `m x k x n` product into along a side of

@@ -24,6 +24,13 @@ pub(super) enum Slot {
     /// A self-packing right operand written out densely for the portable
     /// GEMM (gemm.rs).
     Dense,
+    /// The transposed column packing's rows of taps before their transpose
+    /// (conv/columns.rs). A per-thread list grown in place used to hold
+    /// them: on the portable path, which packs a whole `k x n` operand at
+    /// once, a worker that rayon first handed the largest pack in a
+    /// steady-state step grew it there, uncounted: 246 minor faults in one
+    /// step of `tests/cpu_buffer_pool.rs` (commit message of this change).
+    PackRows,
 }
 
 impl Slot {
@@ -35,13 +42,14 @@ impl Slot {
             Slot::PackedLhs => "PackedLhs",
             Slot::Tables => "Tables",
             Slot::Dense => "Dense",
+            Slot::PackRows => "PackRows",
         }
     }
 }
 
-/// How many [`Slot`]s there are (the per-slot arrays below; `Dense` is the
-/// last variant).
-const SLOTS: usize = Slot::Dense as usize + 1;
+/// How many [`Slot`]s there are (the per-slot arrays below; `PackRows` is
+/// the last variant).
+const SLOTS: usize = Slot::PackRows as usize + 1;
 
 thread_local! {
     /// Per slot, the thread's free buffers: a stack, one per nesting level
@@ -169,6 +177,50 @@ impl std::fmt::Display for Growth {
     }
 }
 
+/// Makes room in `list`, a kernel's per-thread working list, for `len`
+/// items, and for as many as any thread has asked of the lists sharing
+/// `largest` so far, with the new room's pages touched: what
+/// [`with_scratch`] does for its buffers, for lists of other types (a
+/// growth is counted and kept as one of slot `name`, depth 0).
+///
+/// Why: reserved only for the request at hand, a list grew on whichever
+/// thread rayon first handed a larger part, in whatever step that was, and
+/// reserved but untouched room faulted when first filled: 42 minor faults
+/// in the first steady-state step of about one portable run in fifty of
+/// `tests/cpu_buffer_pool.rs`, whose dense right operand packs a whole
+/// product's columns at once (commit message of this function).
+pub(super) fn reserve_list<T>(
+    name: &'static str,
+    largest: &AtomicUsize,
+    list: &mut Vec<T>,
+    len: usize,
+) {
+    let want = largest.fetch_max(len, Ordering::Relaxed).max(len);
+    if list.capacity() >= want {
+        return;
+    }
+    let from = list.capacity();
+    list.reserve_exact(want - list.len());
+    let spare = list.spare_capacity_mut();
+    // SAFETY: the spare capacity is allocated memory of `spare.len()`
+    // items; writing bytes there leaves the list's length and items as
+    // they are (MaybeUninit may hold any bytes).
+    unsafe { std::ptr::write_bytes(spare.as_mut_ptr(), 0, spare.len()) };
+    let number = GROWTHS.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+    RECENT_GROWTHS.record(
+        number,
+        Growth {
+            number,
+            slot: name,
+            len,
+            from,
+            to: want,
+            depth: 0,
+            thread: rayon::current_thread_index(),
+        },
+    );
+}
+
 /// The last growths ([`super::recent::KEPT`] of them).
 static RECENT_GROWTHS: super::recent::Recent<Growth> = super::recent::Recent::new();
 
@@ -286,6 +338,42 @@ mod tests {
         assert_eq!((nested.from, nested.depth, nested.thread), (0, 1, None));
         assert!(nested.to >= 1000, "{nested}");
         assert!(nested.to_string().contains("of Tables"), "{nested}");
+    }
+
+    #[test]
+    fn a_list_catches_up_with_the_largest_request_on_any_thread() {
+        // One thread asks for 10 items, another for 1000; the first
+        // thread's next request, however small, grows its list to 1000
+        // (counted as a growth), keeps its items, and the one after that
+        // grows nothing.
+        static LARGEST: AtomicUsize = AtomicUsize::new(0);
+        let mut list: Vec<u64> = vec![7, 8];
+        reserve_list("test list", &LARGEST, &mut list, 10);
+        assert!(list.capacity() >= 10);
+        std::thread::spawn(|| {
+            let mut other: Vec<u64> = Vec::new();
+            reserve_list("test list", &LARGEST, &mut other, 1000);
+            assert!(other.capacity() >= 1000 && other.is_empty());
+        })
+        .join()
+        .unwrap();
+        let before = growths();
+        reserve_list("test list", &LARGEST, &mut list, 5);
+        assert!(list.capacity() >= 1000);
+        assert_eq!(list, [7, 8]);
+        let grown = recent_growths()
+            .into_iter()
+            .find(|g| g.number > before && g.slot == "test list" && g.len == 5)
+            .expect("the catch-up was recorded");
+        assert_eq!(grown.to, 1000);
+        let after = growths();
+        reserve_list("test list", &LARGEST, &mut list, 900);
+        assert!(
+            !recent_growths()
+                .iter()
+                .any(|g| g.number > after && g.slot == "test list"),
+            "a list that holds the largest request grew again"
+        );
     }
 
     #[test]

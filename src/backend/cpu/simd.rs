@@ -9,7 +9,7 @@
 //! wrong path); tests switch paths with [`force`] so that every path the
 //! machine supports is checked.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -74,6 +74,55 @@ impl SimdPath {
     fn from_code(c: u8) -> Option<SimdPath> {
         Self::ALL.into_iter().find(|p| p.code() == c)
     }
+}
+
+/// Minor page faults taken inside `matrixmultiply::sgemm`, the portable
+/// path's GEMM, on the threads that called it, since the process started;
+/// None where a thread's own fault count cannot be read (Linux only).
+///
+/// Why: matrixmultiply allocates its packing buffers through the system
+/// allocator on every call, outside this crate's buffer pool and scratch.
+/// glibc serves them from the calling thread's arena, which grows (and
+/// faults its new pages in) the first time a thread needs more of it, in
+/// whichever step rayon first hands that thread a large product: bursts of
+/// 60-330 faults in about one portable run of three of
+/// `tests/cpu_buffer_pool.rs` (commit message of this function). That test
+/// checks every other fault of a step against the AVX paths' bounds.
+pub fn portable_gemm_faults() -> Option<u64> {
+    thread_minor_faults().map(|_| PORTABLE_GEMM_FAULTS.load(Ordering::Relaxed))
+}
+
+static PORTABLE_GEMM_FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `f` (a matrixmultiply call), adding the minor faults the calling
+/// thread takes meanwhile to [`portable_gemm_faults`].
+pub(super) fn counting_portable_faults<R>(f: impl FnOnce() -> R) -> R {
+    let before = thread_minor_faults();
+    let result = f();
+    if let (Some(before), Some(after)) = (before, thread_minor_faults()) {
+        PORTABLE_GEMM_FAULTS.fetch_add(after.saturating_sub(before), Ordering::Relaxed);
+    }
+    result
+}
+
+/// The calling thread's minor page faults so far.
+#[cfg(target_os = "linux")]
+fn thread_minor_faults() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable `rusage`; getrusage only writes
+    // into it and returns nonzero on failure, checked below.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised and filled by a successful getrusage.
+    let usage = unsafe { usage.assume_init() };
+    u64::try_from(usage.ru_minflt).ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_minor_faults() -> Option<u64> {
+    None
 }
 
 /// Every path this CPU supports, fastest first.

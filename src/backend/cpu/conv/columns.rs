@@ -3,9 +3,11 @@
 //! transposes its packing and the staging buffers use.
 
 use std::cell::Cell;
+use std::sync::atomic::AtomicUsize;
 
 use super::super::gemm::{panels, PackB, Source};
 use super::super::im2col;
+use super::super::scratch::{reserve_list, with_scratch, Slot};
 use super::super::simd;
 use super::super::tap_classes::ClassOrder;
 use super::{valid_outputs, Chunk, Plan};
@@ -163,20 +165,13 @@ impl PackB for Columns<'_> {
         // rayon first hands a larger part then (issue 9, BENCHMARKS.md item 16).
         let mut temp = PACK_TEMP.with(Cell::take);
         let PackTemp {
-            taps,
-            runs,
-            reads,
-            rows,
-            ..
+            taps, runs, reads, ..
         } = &mut temp;
-        // (`rows` written, not just reserved: its pages are touched here.)
         let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
-        taps.reserve(depth.max(width).saturating_sub(taps.len()));
-        runs.reserve(depth.max(width).saturating_sub(runs.len()));
-        reads.reserve(depth.max(width).saturating_sub(reads.len()));
-        if rows.len() < depth * width {
-            rows.resize(depth * width, 0.0);
-        }
+        let items = depth.max(width);
+        reserve_list("pack taps", &PACK_TEMP_LARGEST, taps, items);
+        reserve_list("pack runs", &PACK_TEMP_LARGEST, runs, items);
+        reserve_list("pack reads", &PACK_TEMP_LARGEST, reads, items);
         if !self.transposed {
             // Depth = taps, columns = output pixels: each panel is a few
             // runs of output pixels (stretches of one output row), packed
@@ -215,29 +210,35 @@ impl PackB for Columns<'_> {
                 PACK_TEMP.with(|cell| cell.set(temp));
                 return;
             }
-            for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
-                if cols < nr {
-                    dst.fill(0.0);
+            // A run is at most the block's depth long, a panel `nr` wide.
+            // Per-thread scratch, so that a larger block grows every
+            // thread's (and counts as a growth), not whichever thread
+            // rayon hands it to first.
+            with_scratch(Slot::PackRows, depth * width, |all_rows| {
+                for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
+                    if cols < nr {
+                        dst.fill(0.0);
+                    }
+                    taps.clear();
+                    taps.extend((j0..j0 + cols).map(|r| self.tap_read(r)));
+                    for &(off, run) in runs.iter() {
+                        let rows = &mut all_rows[..cols * run.len];
+                        // SAFETY: as for `fill_panel` above.
+                        unsafe {
+                            im2col::fill_taps(
+                                path,
+                                self.images,
+                                &geo,
+                                taps,
+                                self.run_at(run),
+                                rows,
+                                run.len,
+                            )
+                        };
+                        transpose(rows, cols, run.len, &mut dst[off * nr..], nr);
+                    }
                 }
-                taps.clear();
-                taps.extend((j0..j0 + cols).map(|r| self.tap_read(r)));
-                for &(off, run) in runs.iter() {
-                    let rows = &mut rows[..cols * run.len];
-                    // SAFETY: as for `fill_panel` above.
-                    unsafe {
-                        im2col::fill_taps(
-                            path,
-                            self.images,
-                            &geo,
-                            taps,
-                            self.run_at(run),
-                            rows,
-                            run.len,
-                        )
-                    };
-                    transpose(rows, cols, run.len, &mut dst[off * nr..], nr);
-                }
-            }
+            });
         }
         PACK_TEMP.with(|cell| cell.set(temp));
     }
@@ -278,10 +279,11 @@ impl PackB for Columns<'_> {
             ..
         } = &mut temp;
         let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
-        taps.reserve(depth.saturating_sub(taps.len()));
-        live.reserve(depth.saturating_sub(live.len()));
-        runs.reserve(width.saturating_sub(runs.len()));
-        reads.reserve(width.saturating_sub(reads.len()));
+        let items = depth.max(width);
+        reserve_list("pack taps", &PACK_TEMP_LARGEST, taps, items);
+        reserve_list("pack live taps", &PACK_TEMP_LARGEST, live, items);
+        reserve_list("pack runs", &PACK_TEMP_LARGEST, runs, items);
+        reserve_list("pack reads", &PACK_TEMP_LARGEST, reads, items);
         taps.clear();
         taps.extend((pc..pc + kc).map(|r| self.tap_read(r)));
         let mut kept = None;
@@ -317,6 +319,10 @@ impl PackB for Columns<'_> {
 const PACK_TEMP_DEPTH: usize = 256;
 const PACK_TEMP_WIDTH: usize = 32;
 
+/// The most items any thread's [`PackTemp`] lists were asked to hold:
+/// every thread's grow to it ([`reserve_list`]).
+static PACK_TEMP_LARGEST: AtomicUsize = AtomicUsize::new(0);
+
 /// [`Columns::pack`]'s working lists, kept per thread.
 #[derive(Default)]
 struct PackTemp {
@@ -326,7 +332,6 @@ struct PackTemp {
     runs: Vec<(usize, Run)>,
     /// `runs` as the fills take them.
     reads: Vec<(usize, im2col::Run)>,
-    rows: Vec<f32>,
 }
 
 thread_local! {
@@ -336,7 +341,6 @@ thread_local! {
             live: Vec::new(),
             runs: Vec::new(),
             reads: Vec::new(),
-            rows: Vec::new(),
         })
     };
 }

@@ -151,12 +151,31 @@ pub(super) fn input_grad_flipped_skipping(
     skip: Skip,
     direct: Option<bool>,
 ) -> Result<Vec<f32>> {
+    input_grad_flipped_choosing(dy, w, g, flipped, limits, skip, direct, None)
+}
+
+/// [`input_grad_flipped_skipping`], through Winograd's F(2x2, 3x3) as
+/// `winograd` says: `Some(false)` never (tests of the im2col path's
+/// chunkings, which Winograd, ignoring `limits`, would otherwise take on
+/// AVX2), `Some(true)` wherever it applies, `None` where
+/// [`winograd::chosen`]; only while `direct` is `None`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn input_grad_flipped_choosing(
+    dy: &[f32],
+    w: &[f32],
+    g: &Conv2dGeometry,
+    flipped: &Conv2dGeometry,
+    limits: Limits,
+    skip: Skip,
+    direct: Option<bool>,
+    winograd: Option<bool>,
+) -> Result<Vec<f32>> {
     let op = "conv2d_input_grad";
     let plan = Plan::new(op, flipped, limits)?;
     let taps = g.kernel_h * g.kernel_w;
     let per_out = g.in_channels * taps;
     let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
-    if direct.is_none() && winograd::chosen(flipped) {
+    if direct.is_none() && winograd::wanted(flipped, winograd) {
         let wt = winograd::Weight {
             w,
             o_stride: taps,
@@ -508,9 +527,21 @@ mod tests {
                         ..LIMITS
                     },
                 ] {
+                    // Winograd off: it ignores `limits`, and has its own
+                    // tests (winograd.rs).
                     let dx = pool.install(|| {
                         poison_scratch(&pool, &[Slot::Staging, Slot::PackedLhs], 1 << 12);
-                        input_grad_flipped(dy, w, g, &flipped, limits).unwrap()
+                        input_grad_flipped_choosing(
+                            dy,
+                            w,
+                            g,
+                            &flipped,
+                            limits,
+                            Skip::Auto,
+                            None,
+                            Some(false),
+                        )
+                        .unwrap()
                     });
                     let what = format!("case {case} {g:?} {path:?} dx");
                     assert_close(&what, &dx, &d.r.dx, 1e-5);

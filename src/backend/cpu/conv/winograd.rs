@@ -68,6 +68,15 @@ pub(super) fn chosen(g: &Conv2dGeometry) -> bool {
     applies(g) && mode.unwrap_or_else(|| pays(g))
 }
 
+/// Whether `g` runs through F(2x2, 3x3) with `force` (tests): `Some(on)`
+/// `on` wherever it [`applies`], `None` where [`chosen`].
+pub(super) fn wanted(g: &Conv2dGeometry, force: Option<bool>) -> bool {
+    match force {
+        Some(on) => on && applies(g),
+        None => chosen(g),
+    }
+}
+
 /// The fewest 2x2 output tiles per rayon thread for which F(2x2, 3x3) is
 /// chosen: the weight transform costs the same at any batch (it writes,
 /// and every thread's GEMMs re-read, 16 floats per channel pair: 16 MiB

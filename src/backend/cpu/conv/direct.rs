@@ -51,7 +51,9 @@ const DIRECT_BLOCK_ELEMS: usize = 1 << 16;
 /// batch 2-15 on 16) it is unmeasured. Not for an empty input (zero
 /// height, width or batch). `force` (tests), else
 /// `FROSTGRAD_CONV_DIRECT=0` never, `=1` wherever the path and shape allow
-/// it, whatever the output channels (for comparison).
+/// it, whatever the output channels (for comparison; `=1` also keeps the
+/// stride-1 3x3 layers off Winograd unless `FROSTGRAD_CONV_WINOGRAD=1` is
+/// set too, which then wins: `winograd::chosen`, asked first).
 pub(super) fn direct_width(
     g: &Conv2dGeometry,
     plan: &Plan,

@@ -39,7 +39,9 @@
 //! thread up (below that the per-call weight transform costs more than it
 //! saves);
 //! `FROSTGRAD_CONV_WINOGRAD=0` never, `=1` wherever the shape allows (for
-//! comparison).
+//! comparison). Precedence: `FROSTGRAD_CONV_DIRECT=1` (forced direct
+//! convolution) keeps these layers off Winograd unless
+//! `FROSTGRAD_CONV_WINOGRAD=1` is also set, which wins.
 //!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images

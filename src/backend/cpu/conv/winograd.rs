@@ -61,11 +61,16 @@ pub(super) fn applies(g: &Conv2dGeometry) -> bool {
 /// Whether the convolution `g` (a forward, or the flipped geometry of an
 /// input gradient) runs through F(2x2, 3x3): `FROSTGRAD_CONV_WINOGRAD=0`
 /// never, `=1` wherever it [`applies`] (on every SIMD path; for
-/// comparison), unset (or any other value) where [`pays`] says.
+/// comparison), unset (or any other value) where [`pays`] says, except
+/// when `FROSTGRAD_CONV_DIRECT=1` forces the direct convolution: an
+/// explicitly forced direct path wins over the measured rule, and only an
+/// explicit `FROSTGRAD_CONV_WINOGRAD=1` wins over it.
 pub(super) fn chosen(g: &Conv2dGeometry) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    static DIRECT: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let mode = super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_WINOGRAD", "1", "0");
-    applies(g) && mode.unwrap_or_else(|| pays(g))
+    let direct = super::super::env_switch::forced(&DIRECT, "FROSTGRAD_CONV_DIRECT", "1", "0");
+    applies(g) && mode.unwrap_or_else(|| direct != Some(true) && pays(g))
 }
 
 /// Whether `g` runs through F(2x2, 3x3) with `force` (tests): `Some(on)`

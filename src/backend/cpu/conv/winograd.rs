@@ -70,7 +70,22 @@ pub(super) fn chosen(g: &Conv2dGeometry) -> bool {
     static DIRECT: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let mode = super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_WINOGRAD", "1", "0");
     let direct = super::super::env_switch::forced(&DIRECT, "FROSTGRAD_CONV_DIRECT", "1", "0");
-    applies(g) && mode.unwrap_or_else(|| direct != Some(true) && pays(g))
+    let threads = rayon::current_num_threads();
+    chosen_by(mode, direct, super::super::simd::active(), g, threads)
+}
+
+/// [`chosen`]'s rule without the environment: `mode` the value of
+/// `FROSTGRAD_CONV_WINOGRAD` (`Some(on)` forced), `direct` that of
+/// `FROSTGRAD_CONV_DIRECT`, on SIMD path `path` with `threads` rayon
+/// threads.
+pub(super) fn chosen_by(
+    mode: Option<bool>,
+    direct: Option<bool>,
+    path: super::super::simd::SimdPath,
+    g: &Conv2dGeometry,
+    threads: usize,
+) -> bool {
+    applies(g) && mode.unwrap_or_else(|| direct != Some(true) && pays(path, g, threads))
 }
 
 /// Whether `g` runs through F(2x2, 3x3) with `force` (tests): `Some(on)`
@@ -100,11 +115,10 @@ const MIN_TILES_PER_THREAD: usize = 40;
 /// [`MIN_TILES_PER_THREAD`] up. Forward and flipped input gradient alike:
 /// they measured within a few percent of each other on every ResNet-18
 /// shape.
-fn pays(g: &Conv2dGeometry) -> bool {
+fn pays(path: super::super::simd::SimdPath, g: &Conv2dGeometry, threads: usize) -> bool {
     let tiles = g.batch * g.out_h.div_ceil(2) * g.out_w.div_ceil(2);
-    let threads = rayon::current_num_threads().max(1);
-    super::super::simd::active() == super::super::simd::SimdPath::Avx2
-        && tiles >= MIN_TILES_PER_THREAD * threads
+    path == super::super::simd::SimdPath::Avx2
+        && tiles >= MIN_TILES_PER_THREAD.saturating_mul(threads.max(1))
 }
 
 /// The block sizing of one call: bytes of `V` and `M` per block, and the
@@ -748,10 +762,10 @@ mod tests {
         simd::on_every_path(&pool, |path| {
             let flipped = flipped_geometry(&g).unwrap();
             let want = path == simd::SimdPath::Avx2;
-            // (Unless FROSTGRAD_CONV_WINOGRAD forces it either way.)
-            if std::env::var("FROSTGRAD_CONV_WINOGRAD").is_err() {
-                assert_eq!(pool.install(|| chosen(&g)), want, "{path:?}");
-                assert_eq!(pool.install(|| chosen(&flipped)), want, "{path:?}");
+            // The rule as the entry points ask it (the environment's
+            // switches unset; `chosen_by_table` tests them).
+            for g in [&g, &flipped] {
+                assert_eq!(chosen_by(None, None, path, g, 2), want, "{path:?}");
             }
             let (y, dx) = pool.install(|| {
                 poison(&pool, 5 * 6 * 8 * 7);
@@ -762,6 +776,55 @@ mod tests {
             assert!(max_err(&y, &r.y) <= 1e-5, "{path:?} y");
             assert!(max_err(&dx, &r.dx) <= 1e-5, "{path:?} dx");
         });
+    }
+
+    #[test]
+    fn chosen_by_table() {
+        use simd::SimdPath::{Avx2, Avx512, Portable};
+        let conv = |n: usize, c: usize, h: usize, w: usize, stride: usize| {
+            Conv2dGeometry::new([n, c, h, w], [c, c, 3, 3], (stride, stride), (1, 1), (1, 1))
+                .unwrap()
+        };
+        // (geometry, threads, whether the measured rule takes it on AVX2):
+        // 39 and 40 tiles per thread (2 rows of 77 / 79 / 157 / 159
+        // pixels: 39, 40, 79, 80 tiles), and ResNet-18's stride-1 3x3
+        // layers at 224x224, batch 1 and 8 (tiles 784, 196, 49, 16 per
+        // image).
+        let mut table = vec![
+            (conv(1, 8, 2, 77, 1), 1, false),
+            (conv(1, 8, 2, 79, 1), 1, true),
+            (conv(1, 8, 2, 157, 1), 2, false),
+            (conv(1, 8, 2, 159, 1), 2, true),
+            // Not F(2x2, 3x3)'s shape: never, whatever is forced.
+            (conv(8, 64, 56, 56, 2), 1, false),
+        ];
+        for (c, size, batch1_one_thread, batch1_two) in [
+            (64, 56, true, true),
+            (128, 28, true, true),
+            (256, 14, true, false),
+            (512, 7, false, false),
+        ] {
+            table.push((conv(1, c, size, size, 1), 1, batch1_one_thread));
+            table.push((conv(1, c, size, size, 1), 2, batch1_two));
+            // Batch 8: 128 tiles and more, from 40 per thread on 2.
+            table.push((conv(8, c, size, size, 1), 2, true));
+        }
+        for (g, threads, pays) in &table {
+            let fits = applies(g);
+            for path in [Avx512, Avx2, Portable] {
+                for direct in [None, Some(false), Some(true)] {
+                    let what = format!("{g:?} {threads} threads {path:?} direct {direct:?}");
+                    let auto = *pays && path == Avx2 && direct != Some(true);
+                    assert_eq!(chosen_by(None, direct, path, g, *threads), auto, "{what}");
+                    assert_eq!(
+                        chosen_by(Some(true), direct, path, g, *threads),
+                        fits,
+                        "{what}"
+                    );
+                    assert!(!chosen_by(Some(false), direct, path, g, *threads), "{what}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -116,9 +116,14 @@ const MIN_TILES_PER_THREAD: usize = 40;
 /// they measured within a few percent of each other on every ResNet-18
 /// shape.
 fn pays(path: super::super::simd::SimdPath, g: &Conv2dGeometry, threads: usize) -> bool {
-    let tiles = g.batch * g.out_h.div_ceil(2) * g.out_w.div_ceil(2);
+    // (A tile count that overflows is no shape to run: not chosen, the
+    // other paths report it.)
+    let tiles = checked_numel(
+        "winograd",
+        &[g.batch, g.out_h.div_ceil(2), g.out_w.div_ceil(2)],
+    );
     path == super::super::simd::SimdPath::Avx2
-        && tiles >= MIN_TILES_PER_THREAD.saturating_mul(threads.max(1))
+        && tiles.is_ok_and(|t| t >= MIN_TILES_PER_THREAD.saturating_mul(threads.max(1)))
 }
 
 /// The block sizing of one call: bytes of `V` and `M` per block, and the
@@ -158,12 +163,12 @@ pub(super) fn forward_winograd(
         .max(1);
     #[cfg(not(target_arch = "x86_64"))]
     let mr = 1;
-    let kp = c_out.div_ceil(mr) * mr;
+    let kp = checked_numel(op, &[c_out.div_ceil(mr), mr])?;
     let u_len = checked_numel(op, &[16, kp, c_in])?;
     let tile_rows = checked_numel(op, &[g.batch, th])?;
     let y_len = checked_numel(op, &[g.batch, c_out, h, w])?;
     debug_assert!(x.len() == g.batch * c_in * h * w);
-    let per_tile = 16 * (c_in + kp) * std::mem::size_of::<f32>();
+    let per_tile = checked_numel(op, &[16, checked_sum(op, &[c_in, kp])?, 4])?;
     let want_tiles = (blocks.bytes / per_tile).max(blocks.min_tiles);
     // No more than one thread's part (the scratch is sized by the block).
     let part_rows = tile_rows.div_ceil(rayon::current_num_threads().max(1));
@@ -173,23 +178,26 @@ pub(super) fn forward_winograd(
     let m_len = checked_numel(op, &[16, kp, block_tiles])?;
     // The transforms' temporaries: the input's split row (`2 (tw + 1)`)
     // and column sums (`16 x tiles`), or the output's (`12 x tiles`).
-    let temp_len = 2 * (tw + 1) + 16 * block_tiles;
+    let temp_len = checked_sum(op, &[2 * (tw + 1), checked_numel(op, &[16, block_tiles])?])?;
+    let staging_len = checked_sum(op, &[m_len, temp_len])?;
+    let columns = checked_numel(op, &[tile_rows, tw])?;
+    let threads = rayon::current_num_threads().max(1);
+    // The parts' bounds `t * tile_rows` (t < threads) below.
+    checked_numel(op, &[tile_rows, threads])?;
     let avx2 = avx2_transforms();
     let mut y = buffer_pool::uninit(op, y_len)?;
     with_scratch(Slot::PackedLhs, u_len, |u| {
         transform_weight(wt, c_in, c_out, kp, u, avx2);
         let u = &*u;
-        let columns = tile_rows * tw;
         with_packed_lhs(MatRef::row_major(u, c_in), 16 * kp, c_in, columns, |lhs| {
             let out = SharedOut(y.as_mut_ptr());
-            let threads = rayon::current_num_threads().max(1);
             let parts = (0..threads)
                 .map(|t| (t * tile_rows / threads, (t + 1) * tile_rows / threads))
                 .collect();
             part_per_thread(parts, |_, (lo, hi)| {
                 let out = &out;
                 with_scratch(Slot::Columns, v_len, |v| {
-                    with_scratch(Slot::Staging, m_len + temp_len, |buf| {
+                    with_scratch(Slot::Staging, staging_len, |buf| {
                         let (m, temp) = buf.split_at_mut(m_len);
                         for r0 in (lo..hi).step_by(rows_per_block) {
                             let rows = rows_per_block.min(hi - r0);
@@ -217,6 +225,16 @@ pub(super) fn forward_winograd(
         });
     });
     Ok(y)
+}
+
+/// `a + b + ...` with overflow reported as the crate's error, as
+/// [`checked_numel`] reports products.
+fn checked_sum(op: &'static str, terms: &[usize]) -> Result<usize> {
+    terms.iter().try_fold(0usize, |acc, &t| {
+        acc.checked_add(t).ok_or_else(|| {
+            crate::error::Error::shape(op, format!("the sum of {terms:?} overflows usize"))
+        })
+    })
 }
 
 /// The weight of one Winograd forward: output channel `o`'s taps for input

@@ -44,7 +44,9 @@ pub(in super::super) fn conv2d_input_grad(
 /// input gradient already is one GEMM with no col2im), on the AVX-512 path
 /// always, on the AVX2 path for images of at most
 /// [`FLIP_AVX2_MAX_PIXELS`] or where the flipped forward runs as a direct
-/// convolution ([`direct_width`] of `flipped`). Measured on Zen 4, batch
+/// convolution ([`direct_width`] of `flipped`) or through Winograd's
+/// F(2x2, 3x3) ([`winograd::chosen`] of `flipped`, which replaces both the
+/// im2col forward and col2im there: commit c4de002). Measured on Zen 4, batch
 /// 8, medians of 12 alternating runs under load (BENCHMARKS.md, issue 9
 /// item 26): AVX-512 0.88-0.98x the CPU time of col2im on all four
 /// stride-1 3x3 layers at 1 and 2 threads; AVX2 0.90-0.95x at 7x7 but

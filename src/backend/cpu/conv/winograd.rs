@@ -1,7 +1,7 @@
 //! Winograd's minimal filtering F(2x2, 3x3) for the stride-1, padding-1
 //! 3x3 convolution (the forward, and the input gradient as the forward of
 //! `dy` with the flipped weight): each 2x2 tile of the output is
-//! `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d Bᵀ')] A` over its 4x4 input patch `d`, 16 products
+//! `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` over its 4x4 input patch `d`, 16 products
 //! per input/output channel pair instead of 36 (2.25x fewer FMAs).
 //!
 //! Summed over input channels, the 16 element-wise products become 16
@@ -31,7 +31,12 @@ use crate::error::Result;
 
 /// The bytes of one block's transformed input `V` (`16 x C_in x tiles`)
 /// and products `M` (`16 x C_out x tiles`) together: 3/4 of Zen 2's
-/// 512 KiB L2, the rest for the GEMM's packed panels.
+/// 512 KiB L2, the rest for the GEMM's packed panels. It binds only where
+/// more than [`MIN_BLOCK_TILES`] tiles fit, i.e. `C_in` plus the padded
+/// `C_out` under 32 (64 bytes per tile and channel): on every real layer
+/// (ResNet-18's have 64 + 64 and up) the block is [`MIN_BLOCK_TILES`]
+/// tiles, whose `V` and `M` (1.5 MiB at 64 channels, 12 MiB at 512)
+/// overflow L2.
 pub(super) const BLOCK_BYTES: usize = 384 << 10;
 
 /// The fewest tiles per block (the GEMMs' column count) whatever the
@@ -102,12 +107,13 @@ pub(super) fn wanted(g: &Conv2dGeometry, force: Option<bool>) -> bool {
 /// and every thread's GEMMs re-read, 16 floats per channel pair: 16 MiB
 /// at 512 channels), and below a few dozen tiles per thread it is more
 /// than the 2.25x fewer FMAs save. Measured (CPU time against the direct
-/// or im2col path it replaces, Zen 2, AVX2; BENCHMARKS.md): one thread,
-/// 512@7 at batch 1 (16 tiles) 1.63x forward, 1.85x input gradient;
-/// 256@14 at batch 1 (49 tiles) 0.80-0.91x and 0.76-0.87x; 512@7 at batch
-/// 8 and 512@4 at batch 32 (128 tiles) 0.89-0.96x; two threads, 256@14 at
-/// batch 1 (25 tiles per thread) 1.25x and 1.29x, 512@7 at batch 8 (64
-/// per thread) 0.98x and 0.97x.
+/// or im2col path it replaces, Zen 2, AVX2; commits c4de002 and f56e3f0,
+/// BENCHMARKS.md issue 9 item 47): one thread, 512@7 at batch 1 (16
+/// tiles) 1.63x forward, 1.85x input gradient; 256@14 at batch 1 (49
+/// tiles) 0.91x and 0.76x; 512@7 at batch 8 and 512@4 at batch 32 (128
+/// tiles) 0.89-0.96x; two threads, 256@14 at batch 1 (25 tiles per
+/// thread) 1.25x and 1.29x, 512@7 at batch 8 (64 per thread) 0.98x and
+/// 0.97x.
 const MIN_TILES_PER_THREAD: usize = 40;
 
 /// The measured rule: on the AVX2 path (the only one measured; AVX-512 is

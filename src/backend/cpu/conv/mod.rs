@@ -35,8 +35,9 @@
 //! were at the FMA roofline (~100 of the 104 GF/s one-thread probe on Zen
 //! 2), so only fewer multiplications could make them faster: 0.66-0.89x
 //! the CPU time of the direct or im2col path at batch 8, 224x224 (one
-//! thread, BENCHMARKS.md). Chosen on the AVX2 path from 40 tiles per batch
-//! up (below that the per-call weight transform costs more than it saves);
+//! thread, BENCHMARKS.md). Chosen on the AVX2 path from 40 tiles per
+//! thread up (below that the per-call weight transform costs more than it
+//! saves);
 //! `FROSTGRAD_CONV_WINOGRAD=0` never, `=1` wherever the shape allows (for
 //! comparison).
 //!

@@ -68,24 +68,29 @@ pub(super) fn chosen(g: &Conv2dGeometry) -> bool {
     applies(g) && mode.unwrap_or_else(|| pays(g))
 }
 
-/// The fewest 2x2 tiles (over the whole batch) for which F(2x2, 3x3) is
-/// chosen: the weight transform costs the same at any batch (it writes and
-/// the GEMMs re-read 16 floats per channel pair, 16 MiB at 512 channels),
-/// and below a few dozen tiles it is more than the 2.25x fewer FMAs save.
-/// Measured (one thread, CPU time against the direct or im2col path it
-/// replaces, Zen 2, AVX2; BENCHMARKS.md): 512@7 at batch 1 (16 tiles)
-/// 1.63x forward, 1.85x input gradient; 256@14 at batch 1 (49 tiles)
-/// 0.80x and 0.87x; 512@7 at batch 8 and 512@4 at batch 32 (128 tiles)
-/// 0.89-0.96x.
-const MIN_TILES: usize = 40;
+/// The fewest 2x2 output tiles per rayon thread for which F(2x2, 3x3) is
+/// chosen: the weight transform costs the same at any batch (it writes,
+/// and every thread's GEMMs re-read, 16 floats per channel pair: 16 MiB
+/// at 512 channels), and below a few dozen tiles per thread it is more
+/// than the 2.25x fewer FMAs save. Measured (CPU time against the direct
+/// or im2col path it replaces, Zen 2, AVX2; BENCHMARKS.md): one thread,
+/// 512@7 at batch 1 (16 tiles) 1.63x forward, 1.85x input gradient;
+/// 256@14 at batch 1 (49 tiles) 0.80-0.91x and 0.76-0.87x; 512@7 at batch
+/// 8 and 512@4 at batch 32 (128 tiles) 0.89-0.96x; two threads, 256@14 at
+/// batch 1 (25 tiles per thread) 1.25x and 1.29x, 512@7 at batch 8 (64
+/// per thread) 0.98x and 0.97x.
+const MIN_TILES_PER_THREAD: usize = 40;
 
 /// The measured rule: on the AVX2 path (the only one measured; AVX-512 is
 /// not, and the portable path's `matrixmultiply` GEMM neither) from
-/// [`MIN_TILES`] tiles up. Forward and flipped input gradient alike: they
-/// measured within a few percent of each other on every ResNet-18 shape.
+/// [`MIN_TILES_PER_THREAD`] up. Forward and flipped input gradient alike:
+/// they measured within a few percent of each other on every ResNet-18
+/// shape.
 fn pays(g: &Conv2dGeometry) -> bool {
     let tiles = g.batch * g.out_h.div_ceil(2) * g.out_w.div_ceil(2);
-    super::super::simd::active() == super::super::simd::SimdPath::Avx2 && tiles >= MIN_TILES
+    let threads = rayon::current_num_threads().max(1);
+    super::super::simd::active() == super::super::simd::SimdPath::Avx2
+        && tiles >= MIN_TILES_PER_THREAD * threads
 }
 
 /// The block sizing of one call: bytes of `V` and `M` per block, and the
@@ -679,10 +684,10 @@ mod tests {
 
     #[test]
     fn the_entry_points_take_winograd_where_it_pays() {
-        // 5 images of 8x8: 80 tiles, over `MIN_TILES`, so on AVX2 the
-        // forward and the input gradient (flipped) run through F(2x2, 3x3)
-        // from the crate's entry points; on the other paths they keep
-        // their own, and must agree all the same.
+        // 5 images of 8x7: 80 tiles, 40 per thread (`MIN_TILES_PER_THREAD`),
+        // so on AVX2 the forward and the input gradient (flipped) run
+        // through F(2x2, 3x3) from the crate's entry points; on the other
+        // paths they keep their own, and must agree all the same.
         let g = Conv2dGeometry::new([5, 4, 8, 7], [6, 4, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
         let x = pseudo_random(5 * 4 * 8 * 7, 11);
         let w = pseudo_random(6 * 4 * 9, 12);

@@ -143,10 +143,9 @@ pub(super) fn forward_winograd(
     let block_tiles = rows_per_block * tw;
     let v_len = checked_numel(op, &[16, c_in, block_tiles])?;
     let m_len = checked_numel(op, &[16, kp, block_tiles])?;
-    // Rows of the transforms' temporaries: 4 input rows as even and odd
-    // columns, then 4 rows of 4 column sums (or 4 output rows), `tw + 1`
-    // long each.
-    let temp_len = 24 * (tw + 1);
+    // The transforms' temporaries: the input's split row (`2 (tw + 1)`)
+    // and column sums (`16 x tiles`), or the output's (`12 x tiles`).
+    let temp_len = 2 * (tw + 1) + 16 * block_tiles;
     let avx2 = avx2_transforms();
     let mut y = buffer_pool::uninit(op, y_len)?;
     with_scratch(Slot::PackedLhs, u_len, |u| {
@@ -422,7 +421,11 @@ fn transform_input(
     let tiles = rows * tw;
     let plane_len = c_in * tiles;
     let (half, sums) = temp.split_at_mut(2 * (tw + 1));
-    let row_sums = 4 * (tw + 1);
+    // The column sums of patch row j, column `col` of every tile of the
+    // block at `sums[(4 j + col) * tiles..][..tiles]`, so that the row
+    // transform runs over the whole block at once (long loops, where a
+    // row's few tiles, 4 at 7x7, would leave scalar remainders).
+    let sums = &mut sums[..16 * tiles];
     for c in 0..c_in {
         for i in 0..rows {
             let r = r0 + i;
@@ -430,9 +433,12 @@ fn transform_input(
             let plane = &x[(n * c_in + c) * h * w..][..h * w];
             // Row j of the tile's padded 4x4 patch is input row 2 ty - 1 + j;
             // rows 2 and 3 of the previous tile row of the same image are
-            // this one's rows 0 and 1: their column sums are kept.
+            // this one's rows 0 and 1: their column sums are copied.
             let first = if i > 0 && ty > 0 {
-                sums.copy_within(2 * row_sums..4 * row_sums, 0);
+                for jc in 0..8 {
+                    let from = (8 + jc) * tiles + (i - 1) * tw;
+                    sums.copy_within(from..from + tw, jc * tiles + i * tw);
+                }
                 2
             } else {
                 0
@@ -445,10 +451,13 @@ fn transform_input(
                     .map(|r| &plane[r * w..][..w]);
                 split_row(row, even, odd);
                 // Column transform (d B) of the patch row, for all tiles.
-                let s = &mut sums[j * row_sums..][..row_sums];
-                let (s0, rest) = s.split_at_mut(tw + 1);
-                let (s1, rest) = rest.split_at_mut(tw + 1);
-                let (s2, s3) = rest.split_at_mut(tw + 1);
+                let s = &mut sums[4 * j * tiles..][..4 * tiles];
+                let (s0, rest) = s.split_at_mut(tiles);
+                let (s1, rest) = rest.split_at_mut(tiles);
+                let (s2, s3) = rest.split_at_mut(tiles);
+                let at = i * tw..(i + 1) * tw;
+                let (s0, s1) = (&mut s0[at.clone()], &mut s1[at.clone()]);
+                let (s2, s3) = (&mut s2[at.clone()], &mut s3[at]);
                 let (even, odd) = (&*even, &*odd);
                 for t in 0..tw {
                     // The patch row is (even[t], odd[t], even[t + 1], odd[t + 1]).
@@ -459,20 +468,19 @@ fn transform_input(
                     s3[t] = d1 - d3;
                 }
             }
-            // Row transform (Bᵀ ·) of the 4 rows of each column sum.
-            let at = c * tiles + i * tw;
-            for col in 0..4 {
-                let row = |j: usize| &sums[4 * (tw + 1) * j + (tw + 1) * col..][..tw];
-                let (a, b, cc, d) = (row(0), row(1), row(2), row(3));
-                let (v0, rest) = v.split_at_mut(4 * plane_len);
-                let (v1, rest) = rest.split_at_mut(4 * plane_len);
-                let (v2, v3) = rest.split_at_mut(4 * plane_len);
-                let at = col * plane_len + at;
-                zip2(&mut v0[at..][..tw], a, cc, |a, c| a - c);
-                zip2(&mut v1[at..][..tw], b, cc, |b, c| b + c);
-                zip2(&mut v2[at..][..tw], cc, b, |c, b| c - b);
-                zip2(&mut v3[at..][..tw], b, d, |b, d| b - d);
-            }
+        }
+        // Row transform (Bᵀ ·) of the 4 rows of each column sum, all tiles.
+        for col in 0..4 {
+            let row = |j: usize| &sums[(4 * j + col) * tiles..][..tiles];
+            let (a, b, cc, d) = (row(0), row(1), row(2), row(3));
+            let (v0, rest) = v.split_at_mut(4 * plane_len);
+            let (v1, rest) = rest.split_at_mut(4 * plane_len);
+            let (v2, v3) = rest.split_at_mut(4 * plane_len);
+            let at = col * plane_len + c * tiles;
+            zip2(&mut v0[at..][..tiles], a, cc, |a, c| a - c);
+            zip2(&mut v1[at..][..tiles], b, cc, |b, c| b + c);
+            zip2(&mut v2[at..][..tiles], cc, b, |c, b| c - b);
+            zip2(&mut v3[at..][..tiles], b, d, |b, d| b - d);
         }
     }
 }
@@ -542,36 +550,41 @@ unsafe fn transform_output(
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let tiles = rows * tw;
     let plane_len = kp * tiles;
-    let (y0, rest) = temp.split_at_mut(tw);
-    let (y1, rest) = rest.split_at_mut(tw);
-    let (y2, rest) = rest.split_at_mut(tw);
-    let (y3, rest) = rest.split_at_mut(tw);
+    // Over all the block's tiles at once (one output channel's products
+    // are contiguous across its tile rows): long loops, vectorised whole
+    // where a row's few tiles (4 at 7x7) would leave scalar remainders.
+    let (y0, rest) = temp.split_at_mut(tiles);
+    let (y1, rest) = rest.split_at_mut(tiles);
+    let (y2, rest) = rest.split_at_mut(tiles);
+    let (y3, rest) = rest.split_at_mut(tiles);
     // The column sums: for each of the 4 columns, rows 0 + 1 + 2 and
     // 1 - 2 - 3.
-    let sums = &mut rest[..8 * tw];
+    let sums = &mut rest[..8 * tiles];
     for o in 0..c_out {
         let b = bias.map_or(0.0, |b| b[o]);
+        let mk = |k: usize| &m[k * plane_len + o * tiles..][..tiles];
+        // Aᵀ ·: rows 0 + 1 + 2 and 1 - 2 - 3 of each column.
+        for (j, sd) in sums.chunks_exact_mut(2 * tiles).enumerate() {
+            let (s, d) = sd.split_at_mut(tiles);
+            zip3(s, mk(j), mk(4 + j), mk(8 + j), |a, b, c| a + b + c);
+            zip3(d, mk(4 + j), mk(8 + j), mk(12 + j), |a, b, c| a - b - c);
+        }
+        // · A, plus the bias.
+        for (row, (left, right)) in [(&mut *y0, &mut *y1), (&mut *y2, &mut *y3)]
+            .into_iter()
+            .enumerate()
+        {
+            let col = |j: usize| &sums[2 * tiles * j + tiles * row..][..tiles];
+            zip3(left, col(0), col(1), col(2), |a, bb, c| a + bb + c + b);
+            zip3(right, col(1), col(2), col(3), |a, bb, c| a - bb - c + b);
+        }
         for i in 0..rows {
-            let at = o * tiles + i * tw;
-            let mk = |k: usize| &m[k * plane_len + at..][..tw];
-            // Aᵀ ·: rows 0 + 1 + 2 and 1 - 2 - 3 of each column.
-            for (j, sd) in sums.chunks_exact_mut(2 * tw).enumerate() {
-                let (s, d) = sd.split_at_mut(tw);
-                zip3(s, mk(j), mk(4 + j), mk(8 + j), |a, b, c| a + b + c);
-                zip3(d, mk(4 + j), mk(8 + j), mk(12 + j), |a, b, c| a - b - c);
-            }
-            // · A, plus the bias.
-            for (row, (left, right)) in [(&mut *y0, &mut *y1), (&mut *y2, &mut *y3)]
-                .into_iter()
-                .enumerate()
-            {
-                let col = |j: usize| &sums[2 * tw * j + tw * row..][..tw];
-                zip3(left, col(0), col(1), col(2), |a, bb, c| a + bb + c + b);
-                zip3(right, col(1), col(2), col(3), |a, bb, c| a - bb - c + b);
-            }
+            let at = i * tw..(i + 1) * tw;
+            let (y0, y1) = (&y0[at.clone()], &y1[at.clone()]);
+            let (y2, y3) = (&y2[at.clone()], &y3[at]);
             let r = r0 + i;
             let (n, ty) = (r / th, r % th);
-            for (dy, (left, right)) in [(&*y0, &*y1), (&*y2, &*y3)].into_iter().enumerate() {
+            for (dy, (left, right)) in [(y0, y1), (y2, y3)].into_iter().enumerate() {
                 let oh = 2 * ty + dy;
                 if oh >= h {
                     break;

@@ -194,6 +194,11 @@ pub struct BenchReport {
     pub simd_path: String,
     /// Whether the CPU buffer pool was on (`FROSTGRAD_CPU_POOL`).
     pub cpu_pool: bool,
+    /// The Winograd F(2x2, 3x3) convolution mode (`FROSTGRAD_CONV_WINOGRAD`,
+    /// [`crate::backend::cpu::conv_winograd`]): `auto`, `on` or `off`. Where
+    /// it runs, a layer does fewer multiply-adds than its FLOP count (which
+    /// is direct-equivalent), so its GFLOP/s can exceed the FMA peak.
+    pub conv_winograd: String,
     /// This machine's peak f32 GFLOP/s per SIMD path and thread count
     /// ([`machine::probe_peaks`], measured at start-up; empty off the CPU).
     pub peak_gflops: Vec<machine::PeakGflops>,
@@ -288,6 +293,7 @@ pub fn run(
         cpu_model: machine::cpu_model(),
         simd_path: crate::backend::cpu::simd::active().name().to_string(),
         cpu_pool: crate::backend::cpu::buffer_pool::enabled(),
+        conv_winograd: crate::backend::cpu::conv_winograd().to_string(),
         peak_gflops,
         modes: results,
     })

@@ -11,6 +11,22 @@ fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// How the table's GFLOP columns count (`"flop_count": "direct-equivalent"`
+/// in the JSON), and, unless Winograd is off, why they can exceed the peak.
+fn flop_note(conv_winograd: &str) -> String {
+    let mut note =
+        "FLOP counts are direct-equivalent: 2 per multiply-add of a direct convolution, \
+                    whichever algorithm ran"
+            .to_string();
+    if conv_winograd != "off" {
+        note.push_str(
+            ".\nLayers run through Winograd F(2x2, 3x3) (stride-1 3x3) do 2.25x fewer multiply-adds \
+             than counted, so their GFLOP/s and %pk can exceed the FMA peak",
+        );
+    }
+    note
+}
+
 /// The terminal table: one row per mode, then the backward statistics
 /// (computed/skipped per `op.input`) with one column per mode.
 pub fn render_table(r: &BenchReport) -> String {
@@ -22,11 +38,13 @@ pub fn render_table(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "CPU: {}; CPU GEMM path {}; CPU buffer pool {}\n",
+        "CPU: {}; CPU GEMM path {}; CPU buffer pool {}; Winograd convolution {} (FROSTGRAD_CONV_WINOGRAD)",
         r.cpu_model,
         r.simd_path,
-        if r.cpu_pool { "on" } else { "off" }
+        if r.cpu_pool { "on" } else { "off" },
+        r.conv_winograd
     );
+    let _ = writeln!(out, "{}\n", flop_note(&r.conv_winograd));
     if !r.peak_gflops.is_empty() {
         let peaks: Vec<String> = r
             .peak_gflops
@@ -35,9 +53,7 @@ pub fn render_table(r: &BenchReport) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "FMA probe peak GFLOP/s: {}; %peak below is of this machine's fastest path at {} threads (GEMM path used: {})\n\
-             GFLOP and GFLOP/s are direct-equivalent: 2 per multiply-add of the direct convolution; the stride-1 3x3 layers run \
-             through Winograd F(2x2, 3x3) execute fewer, so GFLOP/s and %pk can exceed what the FMA peak allows\n",
+            "FMA probe peak GFLOP/s: {}; %peak below is of this machine's fastest path at {} threads (GEMM path used: {})\n",
             peaks.join(", "),
             r.threads,
             r.simd_path
@@ -195,9 +211,13 @@ fn mode_json(m: &ModeResult, peak: Option<f64>) -> String {
     )
 }
 
-/// `{"device", "batch", "size", "modes": [{"name", "trainable", "step_ms":
-/// {"median", "min", "max"}, "forward_ms", "backward_ms", "optimizer_ms",
-/// "peak_bytes", "computed", "skipped", "gflop", ...}]}`.
+/// `{"device", "cpu_model", "simd_path", "cpu_pool", "conv_winograd"
+/// ("auto", "on" or "off"), "flop_count": "direct-equivalent" (how "gflop"
+/// and the GFLOP/s below count: 2 per multiply-add of a direct convolution,
+/// whichever algorithm ran), "threads", "peak_gflops", "batch", "size",
+/// "steps", "warmup", "modes": [{"name", "trainable", "step_ms": {"median",
+/// "min", "max"}, "forward_ms", "backward_ms", "optimizer_ms", "peak_bytes",
+/// "minor_faults", "computed", "skipped", "gflop", ...}]}`.
 pub fn to_json(r: &BenchReport) -> String {
     let modes: Vec<String> = r
         .modes
@@ -217,12 +237,13 @@ pub fn to_json(r: &BenchReport) -> String {
         })
         .collect();
     format!(
-        "{{\n  \"framework\": \"frostgrad {}\",\n  \"device\": {},\n  \"cpu_model\": {},\n  \"simd_path\": {},\n  \"cpu_pool\": {},\n  \"threads\": {},\n  \"peak_gflops\": [{}],\n  \"batch\": {},\n  \"size\": {},\n  \"steps\": {},\n  \"warmup\": {},\n  \"modes\": [\n{}\n  ]\n}}\n",
+        "{{\n  \"framework\": \"frostgrad {}\",\n  \"device\": {},\n  \"cpu_model\": {},\n  \"simd_path\": {},\n  \"cpu_pool\": {},\n  \"conv_winograd\": {},\n  \"flop_count\": \"direct-equivalent\",\n  \"threads\": {},\n  \"peak_gflops\": [{}],\n  \"batch\": {},\n  \"size\": {},\n  \"steps\": {},\n  \"warmup\": {},\n  \"modes\": [\n{}\n  ]\n}}\n",
         env!("CARGO_PKG_VERSION"),
         json_str(&r.device),
         json_str(&r.cpu_model),
         json_str(&r.simd_path),
         r.cpu_pool,
+        json_str(&r.conv_winograd),
         r.threads,
         peaks.join(", "),
         r.batch,
@@ -319,4 +340,57 @@ pub fn render_svg(r: &BenchReport) -> crate::Result<String> {
         root.present().map_err(|e| err(&e))?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(conv_winograd: &str) -> BenchReport {
+        BenchReport {
+            device: "cpu".into(),
+            batch: 2,
+            size: 32,
+            steps: 1,
+            warmup: 0,
+            threads: 1,
+            cpu_model: "test".into(),
+            simd_path: "avx2".into(),
+            cpu_pool: true,
+            conv_winograd: conv_winograd.into(),
+            peak_gflops: vec![],
+            modes: vec![],
+        }
+    }
+
+    #[test]
+    fn json_and_table_say_how_flops_count_and_the_winograd_mode() {
+        for mode in ["auto", "on", "off"] {
+            let r = report(mode);
+            let json = to_json(&r);
+            assert!(
+                json.contains("\"flop_count\": \"direct-equivalent\""),
+                "{json}"
+            );
+            assert!(
+                json.contains(&format!("\"conv_winograd\": \"{mode}\"")),
+                "{json}"
+            );
+            let table = render_table(&r);
+            assert!(
+                table.contains(&format!("Winograd convolution {mode} ")),
+                "{table}"
+            );
+            assert!(
+                table.contains("FLOP counts are direct-equivalent"),
+                "{table}"
+            );
+            // The note on exceeding the peak only where Winograd can run.
+            assert_eq!(
+                table.contains("can exceed the FMA peak"),
+                mode != "off",
+                "{table}"
+            );
+        }
+    }
 }

@@ -57,9 +57,21 @@ pub(super) fn direct_width(
     plan: &Plan,
     force: Option<bool>,
 ) -> Option<DirectTile> {
+    direct_width_in(g, plan, force.or_else(direct_mode))
+}
+
+/// `FROSTGRAD_CONV_DIRECT`: `Some(true)` at `1`, `Some(false)` at `0`,
+/// else `None` (the rule), read once.
+fn direct_mode() -> Option<bool> {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let mode = force
-        .or_else(|| super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_DIRECT", "1", "0"));
+    super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_DIRECT", "1", "0")
+}
+
+/// [`direct_width`] with the mode given (`None`: the rule), reading no
+/// environment: a function of the mode, the SIMD path ([`simd::active`])
+/// and the geometry alone, so its tests assert the same table whatever
+/// `FROSTGRAD_CONV_DIRECT` is set to.
+fn direct_width_in(g: &Conv2dGeometry, plan: &Plan, mode: Option<bool>) -> Option<DirectTile> {
     #[cfg(target_arch = "x86_64")]
     let tile = {
         let path = simd::active();
@@ -511,42 +523,76 @@ mod tests {
                 }
             });
         });
-        // Where the rule takes it (on a micro-kernel path).
-        if simd::active() == simd::SimdPath::Portable {
-            return;
-        }
-        pools[2].install(|| {
-            let resnet = |batch: usize, c: usize, size: usize, stride: usize| {
-                let g = Conv2dGeometry::new(
-                    [batch, c, size, size],
-                    [c, c, 3, 3],
-                    (stride, stride),
-                    (1, 1),
-                    (1, 1),
-                )
-                .unwrap();
-                let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
-                direct_width(&g, &plan, None).is_some()
-            };
-            if std::env::var("FROSTGRAD_CONV_DIRECT").is_err() {
-                assert!(resnet(32, 64, 28, 1));
-                assert!(resnet(32, 128, 28, 1));
+        // Where the rule takes it: the table on each path (none on the
+        // portable one, which has no micro-kernel), and what either forced
+        // mode makes of it, whatever FROSTGRAD_CONV_DIRECT is set to.
+        let resnet = |batch: usize, c: usize, size: usize, stride: usize, mode: Option<bool>| {
+            let g = Conv2dGeometry::new(
+                [batch, c, size, size],
+                [c, c, 3, 3],
+                (stride, stride),
+                (1, 1),
+                (1, 1),
+            )
+            .unwrap();
+            let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+            direct_width_in(&g, &plan, mode).is_some()
+        };
+        // (batch, channels, size, stride, whether the rule takes it on the
+        // micro-kernel paths).
+        simd::on_every_path(&pools[2], |path| {
+            let micro = path != simd::SimdPath::Portable;
+            let table = [
+                (32, 64, 28, 1, micro),
+                (32, 128, 28, 1, micro),
                 // 56x56 at batch 8 (a whole image per chunk only once the
                 // image is split into blocks of output rows).
-                assert!(resnet(8, 64, 56, 1));
+                (8, 64, 56, 1, micro),
                 // Batch 1 on two threads: rows split across them.
-                assert!(resnet(1, 64, 56, 1));
-                assert!(resnet(1, 128, 28, 1));
-                assert!(!resnet(1, 256, 14, 1));
-                assert!(!resnet(32, 256, 28, 1));
-                assert!(!resnet(32, 64, 7, 1));
+                (1, 64, 56, 1, micro),
+                (1, 128, 28, 1, micro),
+                (1, 256, 14, 1, false),
+                (32, 256, 28, 1, false),
+                (32, 64, 7, 1, false),
                 // 14x14 images, grouped for the im2col GEMM: direct on
                 // AVX2 only (DIRECT_MIN_GROUPED_PIXELS).
-                assert_eq!(
-                    resnet(32, 128, 14, 1),
-                    simd::active() == simd::SimdPath::Avx2
-                );
-                assert!(!resnet(32, 64, 28, 2));
+                (32, 128, 14, 1, path == simd::SimdPath::Avx2),
+                (32, 64, 28, 2, false),
+            ];
+            for (batch, c, size, stride, want) in table {
+                let what = format!("{path:?} {batch}x{c}@{size} stride {stride}");
+                pools[2].install(|| {
+                    assert_eq!(resnet(batch, c, size, stride, None), want, "{what} rule");
+                    assert!(!resnet(batch, c, size, stride, Some(false)), "{what} off");
+                    // Forced on: every shape the path allows, whatever the
+                    // channels (256 included); never stride 2, nor a grouped
+                    // 7x7 or a portable path.
+                    let allowed = micro
+                        && stride == 1
+                        && (size != 7 && (size != 14 || path == simd::SimdPath::Avx2)
+                            || batch == 1);
+                    assert_eq!(
+                        resnet(batch, c, size, stride, Some(true)),
+                        allowed,
+                        "{what} on"
+                    );
+                    // The switch in effect, read once, gives what its mode does.
+                    let g = Conv2dGeometry::new(
+                        [batch, c, size, size],
+                        [c, c, 3, 3],
+                        (stride, stride),
+                        (1, 1),
+                        (1, 1),
+                    )
+                    .unwrap();
+                    let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+                    assert_eq!(
+                        direct_width(&g, &plan, None).is_some(),
+                        resnet(batch, c, size, stride, direct_mode()),
+                        "{what} FROSTGRAD_CONV_DIRECT={:?}",
+                        std::env::var("FROSTGRAD_CONV_DIRECT").ok()
+                    );
+                });
             }
         });
     }

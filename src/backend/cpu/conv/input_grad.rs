@@ -519,32 +519,52 @@ mod tests {
         }
     }
 
-    /// The AVX2 path's rule for the flipped input gradient: small images
-    /// always, larger ones where the flipped forward runs as a direct
-    /// convolution (ResNet's 64@56 and 128@28 at batch 8), not where it
-    /// would run through im2col (256@14), where col2im is as fast; one
-    /// image for two threads included (the direct convolution splits its
-    /// rows). Says SKIPPED where it cannot check the rule: no AVX2, or the
-    /// rule overridden by FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX.
+    /// The flipped input gradient's rule ([`flip_input_grad`]) on every
+    /// path this CPU runs: never on the portable path, always on AVX-512;
+    /// on AVX2 small images always, larger ones where the flipped forward
+    /// runs as a direct convolution (ResNet's 64@56 and 128@28) or through
+    /// Winograd F(2x2, 3x3) (winograd.rs: 256@14 at batch 8), else col2im
+    /// (256@14 at batch 1, too few tiles per thread for Winograd); one image
+    /// for two threads included (the direct convolution splits its rows).
+    /// The rule reads FROSTGRAD_CONV_DX, FROSTGRAD_CONV_DIRECT and
+    /// FROSTGRAD_CONV_WINOGRAD: the table below says what each of their
+    /// modes must give, and the test asserts the one in effect (read
+    /// through the same `env_switch::forced` as the code), so it checks
+    /// something under every setting instead of skipping.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it() {
-        if !simd::SimdPath::Avx2.is_supported()
-            || std::env::var("FROSTGRAD_CONV_DIRECT").is_ok()
-            || std::env::var("FROSTGRAD_CONV_DX").is_ok()
-            || std::env::var("FROSTGRAD_CONV_WINOGRAD").is_ok()
-        {
-            eprintln!(
-                "SKIPPED avx2_flips_the_input_gradient_where_the_direct_convolution_takes_it: \
-                 no AVX2 on this CPU, or FROSTGRAD_CONV_DIRECT / FROSTGRAD_CONV_DX / \
-                 FROSTGRAD_CONV_WINOGRAD set"
-            );
-            return;
-        }
+        use std::sync::OnceLock;
+        static DX: OnceLock<Option<bool>> = OnceLock::new();
+        static DIRECT: OnceLock<Option<bool>> = OnceLock::new();
+        static WINOGRAD: OnceLock<Option<bool>> = OnceLock::new();
+        let env = super::super::super::env_switch::forced;
+        let dx = env(&DX, "FROSTGRAD_CONV_DX", "flip", "col2im");
+        let direct = env(&DIRECT, "FROSTGRAD_CONV_DIRECT", "1", "0");
+        let winograd = env(&WINOGRAD, "FROSTGRAD_CONV_WINOGRAD", "1", "0");
+        // AVX2 is what this test is about; CI's machines all have it.
+        assert!(
+            simd::SimdPath::Avx2.is_supported() || std::env::var("CI").as_deref() != Ok("true"),
+            "no AVX2 under CI=true: the AVX2 rule goes unchecked"
+        );
+        // (batch, channels, size; on AVX2: small enough to flip through
+        // the im2col forward (FLIP_AVX2_MAX_PIXELS), direct by the rule,
+        // direct where forced on (any channels), Winograd by the rule (at
+        // least MIN_TILES_PER_THREAD 2x2 tiles per thread, two threads)).
+        let table = [
+            (8, 64, 56, false, true, true, true),
+            (8, 128, 28, false, true, true, true),
+            (32, 64, 28, false, true, true, true),
+            (8, 256, 14, false, false, true, true),
+            (8, 512, 7, true, false, false, true),
+            (1, 64, 56, false, true, true, true),
+            (1, 128, 28, false, true, true, true),
+            (1, 256, 14, false, false, true, false),
+        ];
         let pool = thread_pool(2);
-        simd::on_path(&pool, simd::SimdPath::Avx2, || {
+        simd::on_every_path(&pool, |path| {
             pool.install(|| {
-                let flips = |batch: usize, c: usize, size: usize| {
+                for (batch, c, size, small, by_rule, forced_on, tiles) in table {
                     let g = Conv2dGeometry::new(
                         [batch, c, size, size],
                         [c, c, 3, 3],
@@ -553,20 +573,21 @@ mod tests {
                         (1, 1),
                     )
                     .unwrap();
-                    flip_input_grad(&g, &flipped_geometry(&g).unwrap())
-                };
-                assert!(flips(8, 64, 56));
-                assert!(flips(8, 128, 28));
-                assert!(flips(32, 64, 28));
-                // Through Winograd F(2x2, 3x3) (winograd.rs), else col2im.
-                assert!(flips(8, 256, 14));
-                assert!(flips(8, 512, 7));
-                // One image for two threads: a direct convolution with its
-                // output rows split across them, so flipped; 256 channels
-                // still col2im (49 tiles: too few per thread for Winograd).
-                assert!(flips(1, 64, 56));
-                assert!(flips(1, 128, 28));
-                assert!(!flips(1, 256, 14));
+                    let flips = flip_input_grad(&g, &flipped_geometry(&g).unwrap());
+                    let takes_direct = direct.map_or(by_rule, |on| on && forced_on);
+                    // Forced on, F(2x2, 3x3) applies to every one of them.
+                    let takes_winograd = winograd.unwrap_or(tiles);
+                    let want = dx.unwrap_or(match path {
+                        simd::SimdPath::Portable => false,
+                        simd::SimdPath::Avx512 => true,
+                        simd::SimdPath::Avx2 => small || takes_direct || takes_winograd,
+                    });
+                    assert_eq!(
+                        flips, want,
+                        "{path:?} {batch}x{c}@{size}: DX {dx:?}, DIRECT {direct:?}, \
+                         WINOGRAD {winograd:?}"
+                    );
+                }
             });
         });
     }

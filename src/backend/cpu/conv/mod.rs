@@ -431,6 +431,17 @@ fn balanced_group(batch: usize, most: usize, threads: usize) -> usize {
     batch.div_ceil(groups.max(1)).max(1)
 }
 
+/// `FROSTGRAD_CONV_WINOGRAD` as [`winograd::chosen`] reads it: `Some(true)`
+/// at `1` (wherever F(2x2, 3x3) applies), `Some(false)` at `0` (never),
+/// `None` (unset or any other value: the measured rule), through the same
+/// `env_switch::forced`, read once; for `frostgrad bench`'s report
+/// (`super::conv_winograd`). The test
+/// `winograd_mode_is_the_one_dispatch_reads` holds the two reads together.
+pub(super) fn winograd_mode() -> Option<bool> {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    super::env_switch::forced(&MODE, "FROSTGRAD_CONV_WINOGRAD", "1", "0")
+}
+
 /// Output positions `o` in `0..out` whose input coordinate
 /// `o * stride + offset - pad` falls inside `0..input`, as a range `lo..hi`
 /// (empty when none do).
@@ -690,6 +701,36 @@ mod tests {
     };
     use super::weight_grad_taps::{by_classes, weight_grad_classes};
     use super::*;
+
+    /// The mode the bench reports is the one the dispatch follows: 512@7
+    /// at batch 1 (16 tiles) where F(2x2, 3x3) applies but never pays, so
+    /// it runs there only when forced on; 64@56 at batch 8 (6 272 tiles),
+    /// which pays on AVX2, so it runs there unless forced off.
+    #[test]
+    fn winograd_mode_is_the_one_dispatch_reads() {
+        let mode = winograd_mode();
+        let geo = |batch, c, size| {
+            Conv2dGeometry::new([batch, c, size, size], [c, c, 3, 3], (1, 1), (1, 1), (1, 1))
+                .unwrap()
+        };
+        let pool = thread_pool(2);
+        simd::on_every_path(&pool, |path| {
+            pool.install(|| {
+                let what = format!("{path:?} FROSTGRAD_CONV_WINOGRAD {mode:?}");
+                assert_eq!(
+                    winograd::chosen(&geo(1, 512, 7)),
+                    mode == Some(true),
+                    "{what}"
+                );
+                let pays = path == simd::SimdPath::Avx2;
+                assert_eq!(
+                    winograd::chosen(&geo(8, 64, 56)),
+                    mode.unwrap_or(pays),
+                    "{what}"
+                );
+            });
+        });
+    }
 
     const CASES: &[Case] = &[
         // stride 2, padding 1, odd non-square input

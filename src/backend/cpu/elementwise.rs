@@ -78,7 +78,7 @@ fn in_place_pass(a: &mut [f32], b: &[f32], body: impl Fn(&mut [f32], &[f32]) + S
 /// Elements up to which an in-place pass runs on the calling thread:
 /// PyTorch's grain size (`at::internal::GRAIN_SIZE`, 32 768), below which
 /// its `parallel_for` does not split either.
-const ON_CALLER_MAX: usize = 1 << 15;
+pub(super) const ON_CALLER_MAX: usize = 1 << 15;
 
 /// Whether a pass over `len` elements runs on the calling thread instead of
 /// rayon's pool: when it is small ([`ON_CALLER_MAX`]), or the pool has one
@@ -90,6 +90,21 @@ const ON_CALLER_MAX: usize = 1 << 15;
 /// 512x7x7 (commit message of this function).
 pub(super) fn on_caller(len: usize) -> bool {
     len <= ON_CALLER_MAX || rayon::current_num_threads() <= 1
+}
+
+/// `with_min_len` for a rayon loop over a pass of `len` elements whose
+/// tasks take at least `min` items each: when [`on_caller`] says so, more
+/// items than any loop has, so rayon does not split the loop and runs its
+/// tasks one after another on the calling thread (rayon hands work to its
+/// pool only when it splits); `min` otherwise. For loops whose tasks must
+/// stay as they are (batch norm's blocks of channels), where
+/// [`in_place_pass`] does not fit: the same tasks either way.
+pub(super) fn min_len(len: usize, min: usize) -> usize {
+    if on_caller(len) {
+        usize::MAX
+    } else {
+        min
+    }
 }
 
 /// Runs `body` compiled with AVX2 when `path` (the active SIMD path, looked

@@ -612,18 +612,36 @@ unsafe fn transform_output(
 mod tests {
     use super::*;
     use crate::backend::cpu::conv::input_grad::flipped_geometry;
-    use crate::backend::cpu::conv::test_support::reference;
+    use crate::backend::cpu::conv::test_support::{poison_scratch, reference};
     use crate::backend::cpu::simd;
     use crate::backend::cpu::test_data::pseudo_random;
 
     /// The largest error against `want`, relative as `assert_close`
-    /// measures it (`|got - want| / (1 + |want|)`).
+    /// measures it (`|got - want| / (1 + |want|)`); infinite where any
+    /// output is NaN (`f64::max` alone would drop a NaN and score it 0).
     fn max_err(got: &[f32], want: &[f64]) -> f64 {
         assert_eq!(got.len(), want.len());
         got.iter()
             .zip(want)
             .map(|(&g, &w)| (f64::from(g) - w).abs() / (1.0 + w.abs()))
+            .map(|e| if e.is_nan() { f64::INFINITY } else { e })
             .fold(0.0, f64::max)
+    }
+
+    /// Fills the scratch the Winograd path uses with NaN on every thread of
+    /// `pool`, and hands the buffer pool a NaN-filled buffer of the
+    /// output's `len` for the next call's `y`: a transform that reads
+    /// scratch it did not write, or leaves an output element unwritten,
+    /// then fails the comparison.
+    fn poison(pool: &rayon::ThreadPool, len: usize) {
+        poison_scratch(
+            pool,
+            &[Slot::PackedLhs, Slot::Columns, Slot::Staging],
+            1 << 16,
+        );
+        let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
+        dirty.fill(f32::NAN);
+        buffer_pool::recycle(dirty);
     }
 
     /// The forward and flipped input gradient through F(2x2, 3x3) of
@@ -654,6 +672,7 @@ mod tests {
                     c_stride: taps,
                     flip: false,
                 };
+                poison(&pool, n * o * h * w);
                 let y = forward_winograd("test", &x, wt, Some(&b), &g, blocks).unwrap();
                 // The flipped, channel-swapped weight of the input gradient.
                 let wt = Weight {
@@ -662,6 +681,7 @@ mod tests {
                     c_stride: per_out,
                     flip: true,
                 };
+                poison(&pool, n * c * h * w);
                 let dx = forward_winograd("test", &dy, wt, None, &flipped, blocks).unwrap();
                 (y, dx)
             });
@@ -720,10 +740,10 @@ mod tests {
                 assert_eq!(pool.install(|| chosen(&flipped)), want, "{path:?}");
             }
             let (y, dx) = pool.install(|| {
-                (
-                    super::super::conv2d(&x, &w, Some(&b), &g).unwrap(),
-                    super::super::conv2d_input_grad(&dy, &w, &g).unwrap(),
-                )
+                poison(&pool, 5 * 6 * 8 * 7);
+                let y = super::super::conv2d(&x, &w, Some(&b), &g).unwrap();
+                poison(&pool, 5 * 4 * 8 * 7);
+                (y, super::super::conv2d_input_grad(&dy, &w, &g).unwrap())
             });
             assert!(max_err(&y, &r.y) <= 1e-5, "{path:?} y");
             assert!(max_err(&dx, &r.dx) <= 1e-5, "{path:?} dx");

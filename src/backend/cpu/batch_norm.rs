@@ -19,6 +19,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::buffer_pool;
+use super::elementwise::min_len;
 use super::simd::{active, SimdPath};
 use crate::backend::BatchNormGeometry;
 use crate::error::Result;
@@ -320,6 +321,7 @@ fn channel_sum_f64(x: &[f32], g: &BatchNormGeometry, c: usize) -> f64 {
 pub(super) fn channel_sums(x: &[f32], g: &BatchNormGeometry) -> Result<Vec<f32>> {
     Ok((0..g.channels)
         .into_par_iter()
+        .with_min_len(min_len(x.len(), 1))
         .map(|c| channel_sum_f64(x, g, c) as f32)
         .collect())
 }
@@ -374,7 +376,7 @@ fn affine_per_channel(
     }
     out.par_chunks_mut(g.spatial)
         .zip(x.par_chunks(g.spatial))
-        .with_min_len(segments_per_task(g))
+        .with_min_len(min_len(x.len(), segments_per_task(g)))
         .enumerate()
         .for_each(|(i, (o, x))| {
             let c = i % g.channels;
@@ -508,6 +510,7 @@ pub(super) fn train(
         stats.resize(g.channels, (0.0, 0.0));
         stats
             .par_chunks_mut(per_task)
+            .with_min_len(min_len(x.len(), 1))
             .enumerate()
             .for_each(|(b, stats)| {
                 let c0 = b * per_task;
@@ -695,6 +698,7 @@ fn backward_impl<const MASK: bool>(
         sums.resize(g.channels, (0.0, 0.0));
         let s = g.spatial;
         sums.par_chunks_mut(per_task)
+            .with_min_len(min_len(dy.len(), 1))
             .enumerate()
             .for_each(|(b, sums)| {
                 let c0 = b * per_task;
@@ -739,6 +743,7 @@ fn backward_impl<const MASK: bool>(
         sums.clear();
         sums.resize(g.channels, (0.0, 0.0));
         sums.par_chunks_mut(per_task)
+            .with_min_len(min_len(dy.len(), 1))
             .enumerate()
             .for_each(|(b, sums)| block_sums(b * per_task, sums));
         // (S = 0 or N = 0: an empty dx.)
@@ -877,7 +882,9 @@ mod tests {
         // their order are the same, so the results must be identical: one
         // channel a task (29 values, not a multiple of the 8 lanes) and
         // blocks of channels (70 channels of 3 values: 8 of 8 and one of 6,
-        // on these 2 threads), with and without the ReLU.
+        // on these 2 threads), with and without the ReLU; on the calling
+        // thread (`elementwise::min_len`) and, 70 channels of 300 values,
+        // split across the threads.
         use super::super::simd;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -888,6 +895,8 @@ mod tests {
             (3, 4, 29, false),
             (3, 70, 3, true),
             (3, 70, 3, false),
+            (2, 70, 300, true),
+            (2, 70, 300, false),
         ] {
             let g = BatchNormGeometry {
                 batch,
@@ -942,6 +951,11 @@ mod tests {
         // (33 channels of 16: 8 of 4 and one of 1; 64 of 49: 8 of 8),
         // planes of one value (37 channels: 9 of 4 and one of 1), and one
         // channel a task (9 channels of 100, 2 of 9000 values in one image).
+        // All of these run on the calling thread (at most 32 768 values:
+        // `elementwise::min_len`); split across the threads: blocks with a
+        // short last one (70 channels of 2 x 300 values: 8 of 8 and one of
+        // 6) and one channel a task (2 of 20 000 values).
+        use super::super::elementwise::{on_caller, ON_CALLER_MAX};
         use super::super::simd;
         let cases = [
             (3, 70, 3),
@@ -951,6 +965,8 @@ mod tests {
             (5, 37, 1),
             (2, 9, 100),
             (1, 2, 9000),
+            (2, 70, 300),
+            (1, 2, 20_000),
         ];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -964,7 +980,13 @@ mod tests {
                 spatial,
             };
             let per_task = pool.install(|| channels_per_task(&g));
-            splits.push((per_task, channels % per_task));
+            let caller = pool.install(|| on_caller(g.numel()));
+            assert_eq!(
+                caller,
+                g.numel() <= ON_CALLER_MAX,
+                "{batch}x{channels}x{spatial}"
+            );
+            splits.push((per_task, channels % per_task, caller));
             let x: Vec<f32> = pseudo_random(g.numel(), 51)
                 .iter()
                 .map(|v| v + 2.0)
@@ -1047,10 +1069,18 @@ mod tests {
         }
         // The shapes do cover what the comment says: one channel a task,
         // blocks with a short last one, and full blocks of the most channels.
-        assert!(splits.contains(&(1, 0)), "{splits:?}");
-        assert!(splits.iter().any(|&(k, r)| k > 1 && r > 0), "{splits:?}");
+        // And both forms of the first two.
+        for caller in [true, false] {
+            assert!(splits.contains(&(1, 0, caller)), "{splits:?}");
+            assert!(
+                splits
+                    .iter()
+                    .any(|&(k, r, c)| k > 1 && r > 0 && c == caller),
+                "{splits:?}"
+            );
+        }
         assert!(
-            splits.iter().any(|&(k, _)| k == MAX_BLOCK_CHANNELS),
+            splits.iter().any(|&(k, _, _)| k == MAX_BLOCK_CHANNELS),
             "{splits:?}"
         );
     }

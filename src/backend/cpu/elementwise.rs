@@ -50,26 +50,35 @@ pub(super) fn add(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
 /// 8 lanes wide on the AVX2 path ([`with_avx2`]).
 pub(super) fn add_assign(a: &mut [f32], b: &[f32]) {
     let path = super::simd::active();
-    let add = |a: &mut [f32], b: &[f32]| {
+    in_place_pass(a, b, |a, b| {
         with_avx2(
             path,
             #[inline(always)]
             || a.iter_mut().zip(b).for_each(|(a, &b)| *a += b),
         )
-    };
+    });
+}
+
+/// `body(a, b)` over `a` and `b` (the same length) in one call on the
+/// calling thread when [`on_caller`] says so, else over their
+/// [`PAR_CHUNK`]-long pieces on rayon's pool. Every in-place pass of this
+/// module goes through here, so all share one rule for when to split.
+/// `body` must treat each element on its own (no carry across elements):
+/// then both forms give the same bits.
+fn in_place_pass(a: &mut [f32], b: &[f32], body: impl Fn(&mut [f32], &[f32]) + Sync) {
     if on_caller(a.len()) {
-        add(a, b);
+        body(a, b);
         return;
     }
     a.par_chunks_mut(PAR_CHUNK)
         .zip(b.par_chunks(PAR_CHUNK))
-        .for_each(|(a, b)| add(a, b));
+        .for_each(|(a, b)| body(a, b));
 }
 
 /// Elements up to which an in-place pass runs on the calling thread:
 /// PyTorch's grain size (`at::internal::GRAIN_SIZE`, 32 768), below which
 /// its `parallel_for` does not split either.
-const ON_CALLER_MAX: usize = 1 << 15;
+pub(super) const ON_CALLER_MAX: usize = 1 << 15;
 
 /// Whether a pass over `len` elements runs on the calling thread instead of
 /// rayon's pool: when it is small ([`ON_CALLER_MAX`]), or the pool has one
@@ -79,8 +88,23 @@ const ON_CALLER_MAX: usize = 1 << 15;
 /// pass, or no split at all, does not pay back: `grad_add` at batch 1 was
 /// 1.25-2.8x PyTorch's one-thread CPU time on ResNet's 64x56x56 to
 /// 512x7x7 (commit message of this function).
-fn on_caller(len: usize) -> bool {
+pub(super) fn on_caller(len: usize) -> bool {
     len <= ON_CALLER_MAX || rayon::current_num_threads() <= 1
+}
+
+/// `with_min_len` for a rayon loop over a pass of `len` elements whose
+/// tasks take at least `min` items each: when [`on_caller`] says so, more
+/// items than any loop has, so rayon does not split the loop and runs its
+/// tasks one after another on the calling thread (rayon hands work to its
+/// pool only when it splits); `min` otherwise. For loops whose tasks must
+/// stay as they are (batch norm's blocks of channels), where
+/// [`in_place_pass`] does not fit: the same tasks either way.
+pub(super) fn min_len(len: usize, min: usize) -> usize {
+    if on_caller(len) {
+        usize::MAX
+    } else {
+        min
+    }
 }
 
 /// Runs `body` compiled with AVX2 when `path` (the active SIMD path, looked
@@ -148,15 +172,13 @@ pub(super) fn add_relu(a: &[f32], b: &[f32]) -> Result<Vec<f32>> {
 /// needs no output buffer (nor the cache misses of first writes to one).
 pub(super) fn add_relu_assign(a: &mut [f32], b: &[f32]) {
     let path = super::simd::active();
-    a.par_chunks_mut(PAR_CHUNK)
-        .zip(b.par_chunks(PAR_CHUNK))
-        .for_each(|(a, b)| {
-            with_avx2(
-                path,
-                #[inline(always)]
-                || a.iter_mut().zip(b).for_each(|(a, &b)| *a = relu1(*a + b)),
-            )
-        });
+    in_place_pass(a, b, |a, b| {
+        with_avx2(
+            path,
+            #[inline(always)]
+            || a.iter_mut().zip(b).for_each(|(a, &b)| *a = relu1(*a + b)),
+        )
+    });
 }
 
 /// PyTorch's `threshold_backward(grad, output, 0)`: zero where
@@ -169,13 +191,11 @@ pub(super) fn relu_backward(grad: &[f32], output: &[f32]) -> Result<Vec<f32>> {
 
 /// [`relu_backward`] over `grad` itself: read two, write one, no new buffer.
 pub(super) fn relu_backward_assign(grad: &mut [f32], output: &[f32]) {
-    grad.par_chunks_mut(PAR_CHUNK)
-        .zip(output.par_chunks(PAR_CHUNK))
-        .for_each(|(g, y)| {
-            g.iter_mut()
-                .zip(y)
-                .for_each(|(g, &y)| *g = if y <= 0.0 { 0.0 } else { *g })
-        });
+    in_place_pass(grad, output, |g, y| {
+        g.iter_mut()
+            .zip(y)
+            .for_each(|(g, &y)| *g = if y <= 0.0 { 0.0 } else { *g })
+    });
 }
 
 /// Sum of all elements, accumulated in f64.
@@ -274,21 +294,35 @@ mod tests {
     }
 
     #[test]
-    fn in_place_sums_match_scalar_loops_on_every_path() {
-        // `add_assign` and `add_relu_assign` are compiled per SIMD path
-        // (`with_avx2`): bit for bit the scalar definition on each, over
-        // several parallel chunks and a tail shorter than a vector, with
-        // relu's edge cases (NaN kept, -0.0 and negatives zeroed). The sum
-        // both on the calling thread (up to ON_CALLER_MAX elements, or a
-        // one-thread pool) and split across a two-thread pool.
+    fn in_place_passes_match_scalar_loops_on_every_path() {
+        // Every in-place pass (`in_place_pass`: `add_assign`,
+        // `add_relu_assign`, `relu_backward_assign`) bit for bit the scalar
+        // definition on each SIMD path (the first two are compiled per path,
+        // `with_avx2`), over several parallel chunks and a tail shorter than
+        // a vector, with relu's edge cases (NaN kept, -0.0 and negatives
+        // zeroed) at the start, at a chunk boundary and at the end. Both
+        // forms: on the calling thread (up to ON_CALLER_MAX elements, or a
+        // one-thread pool) and split across a two-thread pool; a split that
+        // dropped, repeated or shifted a chunk would change the bits.
         use super::super::simd;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let edges_a = [f32::NAN, -0.0, 1.0, -1.0, 1e8];
+        let edges_b = [1.0, 0.0, -1.0, 0.5, 1.0];
         for n in [ON_CALLER_MAX - 3, 2 * PAR_CHUNK + 13, 5 * PAR_CHUNK + 1] {
             let (mut a, mut b) = operands(n);
-            a[n - 5..].copy_from_slice(&[f32::NAN, -0.0, 1.0, -1.0, 1e8]);
-            b[n - 5..].copy_from_slice(&[1.0, 0.0, -1.0, 0.5, 1.0]);
+            for at in [0, PAR_CHUNK - 2, n - 5] {
+                a[at..at + 5].copy_from_slice(&edges_a);
+                b[at..at + 5].copy_from_slice(&edges_b);
+            }
             let sum: Vec<f32> = a.iter().zip(&b).map(|(&a, &b)| a + b).collect();
             let sum_relu: Vec<f32> = sum.iter().map(|&v| relu1(v)).collect();
+            // `relu_backward_assign(a, sum)`: a's gradient where the sum
+            // (NaN, 0.0, negatives and positives at the edges) is > 0 or NaN.
+            let masked: Vec<f32> = a
+                .iter()
+                .zip(&sum)
+                .map(|(&g, &y)| if y > 0.0 || y.is_nan() { g } else { 0.0 })
+                .collect();
             for threads in [1, 2] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -297,15 +331,17 @@ mod tests {
                 let caller = pool.install(|| on_caller(n));
                 assert_eq!(caller, threads == 1 || n <= ON_CALLER_MAX, "{n} {threads}");
                 simd::on_every_path(&pool, |path| {
-                    let (added, added_relu) = pool.install(|| {
-                        let (mut s, mut r) = (a.clone(), a.clone());
+                    let (added, added_relu, relu_bwd) = pool.install(|| {
+                        let (mut s, mut r, mut m) = (a.clone(), a.clone(), a.clone());
                         add_assign(&mut s, &b);
                         add_relu_assign(&mut r, &b);
-                        (s, r)
+                        relu_backward_assign(&mut m, &sum);
+                        (s, r, m)
                     });
                     let what = format!("{} n {n} threads {threads}", path.name());
                     assert_eq!(bits(&added), bits(&sum), "{what}");
                     assert_eq!(bits(&added_relu), bits(&sum_relu), "{what}");
+                    assert_eq!(bits(&relu_bwd), bits(&masked), "{what}");
                 });
             }
         }

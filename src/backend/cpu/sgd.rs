@@ -28,9 +28,11 @@ pub(super) fn sgd_step(
     // whenever momentum is non-zero.
     let buffer = momentum_buffer.filter(|_| cfg.momentum != 0.0);
     // One pass over p, g (and the buffer), split across the threads for a
-    // large parameter (ResNet-18's biggest is 2.4M elements): each element's
-    // update is independent, so the result is the same bits either way.
-    if param.len() < PAR_CHUNK {
+    // large parameter (ResNet-18's biggest is 2.4M elements) when the pool
+    // has more than one thread; on the calling thread otherwise, by the
+    // rule of the elementwise in-place passes (`elementwise::on_caller`):
+    // each element's update is independent, so the same bits either way.
+    if super::elementwise::on_caller(param.len()) {
         step_slice(param, grad, buffer, cfg, initialize_buffer);
         return Ok(());
     }
@@ -166,7 +168,10 @@ mod tests {
     #[test]
     fn split_across_threads_matches_one_pass() {
         // Several parallel chunks and a ragged tail: the same bits as one
-        // serial pass, every element updated exactly once.
+        // serial pass, every element updated exactly once, in both forms:
+        // on the calling thread (a one-thread pool) and split across a
+        // two-thread pool (`elementwise::on_caller`), on every SIMD path.
+        use super::super::{elementwise::on_caller, simd};
         let n = 3 * PAR_CHUNK + 5;
         let values = |seed: u32| -> Vec<f32> {
             (0..n as u32)
@@ -175,26 +180,32 @@ mod tests {
         };
         let c = cfg(0.05, 0.9, 0.1, 0.01, false);
         let grad = values(1);
-        let (mut p, mut b) = (values(2), values(3));
-        let (mut p_serial, mut b_serial) = (p.clone(), b.clone());
-        sgd_step(&mut p, &grad, Some(&mut b), &c, false).unwrap();
+        let (mut p_serial, mut b_serial) = (values(2), values(3));
         step_slice(&mut p_serial, &grad, Some(&mut b_serial), &c, false);
-        assert_eq!(p, p_serial);
-        assert_eq!(b, b_serial);
-        let mut p_plain = values(2);
-        sgd_step(
-            &mut p_plain,
-            &grad,
-            None,
-            &cfg(0.05, 0.0, 0.0, 0.0, false),
-            false,
-        )
-        .unwrap();
-        let want: Vec<f32> = values(2)
+        let want_plain: Vec<f32> = values(2)
             .iter()
             .zip(&grad)
             .map(|(p, g)| p - 0.05 * g)
             .collect();
-        assert_eq!(p_plain, want);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            assert_eq!(pool.install(|| on_caller(n)), threads == 1);
+            simd::on_every_path(&pool, |path| {
+                let what = format!("{} threads {threads}", path.name());
+                let (mut p, mut b) = (values(2), values(3));
+                let mut p_plain = values(2);
+                pool.install(|| {
+                    sgd_step(&mut p, &grad, Some(&mut b), &c, false).unwrap();
+                    let plain = cfg(0.05, 0.0, 0.0, 0.0, false);
+                    sgd_step(&mut p_plain, &grad, None, &plain, false).unwrap();
+                });
+                assert_eq!(p, p_serial, "{what}");
+                assert_eq!(b, b_serial, "{what}");
+                assert_eq!(p_plain, want_plain, "{what}");
+            });
+        }
     }
 }

@@ -190,10 +190,10 @@ pub(super) fn forward_winograd(
     let threads = rayon::current_num_threads().max(1);
     // The parts' bounds `t * tile_rows` (t < threads) below.
     checked_numel(op, &[tile_rows, threads])?;
-    let avx2 = avx2_transforms();
+    let cpu = Avx2Fma::detect();
     let mut y = buffer_pool::uninit(op, y_len)?;
     with_scratch(Slot::PackedLhs, u_len, |u| {
-        transform_weight(wt, c_in, c_out, kp, u, avx2);
+        transform_weight(wt, c_in, c_out, kp, u, cpu);
         let u = &*u;
         with_packed_lhs(MatRef::row_major(u, c_in), 16 * kp, c_in, columns, |lhs| {
             let out = SharedOut(y.as_mut_ptr());
@@ -210,7 +210,7 @@ pub(super) fn forward_winograd(
                             let tiles = rows * tw;
                             let v = &mut v[..16 * c_in * tiles];
                             let m = &mut m[..16 * kp * tiles];
-                            input_twin(avx2, x, g, (r0, rows), v, temp);
+                            input_twin(cpu, x, g, (r0, rows), v, temp);
                             for k in 0..16 {
                                 let vk = &v[k * c_in * tiles..(k + 1) * c_in * tiles];
                                 let mk = &mut m[k * kp * tiles..(k + 1) * kp * tiles];
@@ -222,8 +222,7 @@ pub(super) fn forward_winograd(
                             // (every channel), disjoint from the other
                             // parts'; `y` (y_len floats) outlives the
                             // broadcast and nothing reads it meanwhile.
-                            let owned = unsafe { OwnedRows::new(out) };
-                            output_twin(avx2, m, kp, bias, g, (r0, rows), &owned, temp);
+                            unsafe { output_twin(cpu, m, kp, bias, g, (r0, rows), out, temp) };
                         }
                     });
                 });
@@ -266,109 +265,160 @@ fn transform_weight(
     c_out: usize,
     kp: usize,
     u: &mut [f32],
-    avx2: bool,
+    cpu: Option<Avx2Fma>,
 ) {
     assert_eq!(u.len(), 16 * kp * c_in);
     let out = SharedOut(u.as_mut_ptr());
     let out = &out;
     (0..kp).into_par_iter().with_min_len(8).for_each(|o| {
-        weight_twin(avx2, wt, c_in, c_out, kp, o, out);
+        // SAFETY: `out` points at `u`, 16 * kp * c_in floats (asserted
+        // above), which outlives the loop and which nothing else reads or
+        // writes meanwhile; task `o` is the only one given row `o`.
+        unsafe { weight_twin(cpu, wt, c_in, c_out, kp, o, out) };
     });
 }
 
 /// Row `o` of every `U_k` ([`transform_weight`]).
+///
+/// # Safety
+/// `out` points at `U`, `16 * kp * c_in` floats, and while this runs no
+/// one else reads or writes row `o` of any `U_k` (`o < kp`).
 #[inline(always)]
-fn weight_row(wt: Weight<'_>, c_in: usize, c_out: usize, kp: usize, o: usize, out: &SharedOut) {
+unsafe fn weight_row(
+    wt: Weight<'_>,
+    c_in: usize,
+    c_out: usize,
+    kp: usize,
+    o: usize,
+    out: &SharedOut,
+) {
     let plane = kp * c_in;
-    {
-        for c0 in (0..c_in).step_by(WEIGHT_CHUNK) {
-            let n = WEIGHT_CHUNK.min(c_in - c0);
-            // SAFETY: task `o` writes only row `o` of each `U_k`
-            // (elements k * plane + o * c_in + c0..+n, inside `u`, which
-            // is 16 * plane long, asserted in `transform_weight`): no two tasks touch the
-            // same element, nothing else reads or writes `u` meanwhile,
-            // and `u` outlives the parallel loop.
-            let mut dst: [&mut [f32]; 16] = std::array::from_fn(|k| unsafe {
-                std::slice::from_raw_parts_mut(out.0.add(k * plane + o * c_in + c0), n)
-            });
-            if o >= c_out {
-                dst.iter_mut().for_each(|d| d.fill(0.0));
-                continue;
-            }
-            let mut gt = [[0f32; WEIGHT_CHUNK]; 9];
-            for j in 0..n {
-                let at = o * wt.o_stride + (c0 + j) * wt.c_stride;
-                let taps: &[f32; 9] = match wt.w[at..at + 9].try_into() {
-                    Ok(taps) => taps,
-                    Err(_) => unreachable!("a slice of 9"),
-                };
-                for (t, row) in gt.iter_mut().enumerate() {
-                    row[j] = taps[if wt.flip { 8 - t } else { t }];
-                }
-            }
-            // Row r of G g (its three columns), then that row times Gᵀ
-            // into U[4r..4r + 4].
-            let [d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15] = dst;
-            let mut mid = [[0f32; WEIGHT_CHUNK]; 3];
-            times_gt([d0, d1, d2, d3], [&gt[0], &gt[1], &gt[2]], n);
-            for (col, m) in mid.iter_mut().enumerate() {
-                let (a, b, c) = (&gt[col], &gt[3 + col], &gt[6 + col]);
-                for j in 0..WEIGHT_CHUNK {
-                    m[j] = 0.5 * (a[j] + b[j] + c[j]);
-                }
-            }
-            times_gt([d4, d5, d6, d7], [&mid[0], &mid[1], &mid[2]], n);
-            for (col, m) in mid.iter_mut().enumerate() {
-                let (a, b, c) = (&gt[col], &gt[3 + col], &gt[6 + col]);
-                for j in 0..WEIGHT_CHUNK {
-                    m[j] = 0.5 * (a[j] - b[j] + c[j]);
-                }
-            }
-            times_gt([d8, d9, d10, d11], [&mid[0], &mid[1], &mid[2]], n);
-            times_gt([d12, d13, d14, d15], [&gt[6], &gt[7], &gt[8]], n);
+    for c0 in (0..c_in).step_by(WEIGHT_CHUNK) {
+        let n = WEIGHT_CHUNK.min(c_in - c0);
+        // SAFETY: the contract above: `out` is `U` (16 * plane
+        // floats), whose row `o` of each `U_k` (elements
+        // k * plane + o * c_in + c0..+n) is this call's alone.
+        let mut dst: [&mut [f32]; 16] = std::array::from_fn(|k| unsafe {
+            std::slice::from_raw_parts_mut(out.0.add(k * plane + o * c_in + c0), n)
+        });
+        if o >= c_out {
+            dst.iter_mut().for_each(|d| d.fill(0.0));
+            continue;
         }
+        let mut gt = [[0f32; WEIGHT_CHUNK]; 9];
+        for j in 0..n {
+            let at = o * wt.o_stride + (c0 + j) * wt.c_stride;
+            let mut taps = [0f32; 9];
+            taps.copy_from_slice(&wt.w[at..at + 9]);
+            for (t, row) in gt.iter_mut().enumerate() {
+                row[j] = taps[if wt.flip { 8 - t } else { t }];
+            }
+        }
+        // Row r of G g (its three columns), then that row times Gᵀ
+        // into U[4r..4r + 4].
+        let [d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, d12, d13, d14, d15] = dst;
+        let mut mid = [[0f32; WEIGHT_CHUNK]; 3];
+        times_gt([d0, d1, d2, d3], [&gt[0], &gt[1], &gt[2]], n);
+        for (col, m) in mid.iter_mut().enumerate() {
+            let (a, b, c) = (&gt[col], &gt[3 + col], &gt[6 + col]);
+            for j in 0..WEIGHT_CHUNK {
+                m[j] = 0.5 * (a[j] + b[j] + c[j]);
+            }
+        }
+        times_gt([d4, d5, d6, d7], [&mid[0], &mid[1], &mid[2]], n);
+        for (col, m) in mid.iter_mut().enumerate() {
+            let (a, b, c) = (&gt[col], &gt[3 + col], &gt[6 + col]);
+            for j in 0..WEIGHT_CHUNK {
+                m[j] = 0.5 * (a[j] - b[j] + c[j]);
+            }
+        }
+        times_gt([d8, d9, d10, d11], [&mid[0], &mid[1], &mid[2]], n);
+        times_gt([d12, d13, d14, d15], [&gt[6], &gt[7], &gt[8]], n);
     }
 }
 
-/// Whether the transforms run compiled for AVX2 (`avx2_twin!`): on the
-/// AVX paths (AVX-512F implies AVX2 and FMA there, `simd::SimdPath::
-/// is_supported`); the portable path keeps the baseline build.
-fn avx2_transforms() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return super::super::simd::active() != super::super::simd::SimdPath::Portable;
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
+/// The proof [`avx2_twin!`]'s fast path needs: an [`Avx2Fma`] exists
+/// only where the CPU runs AVX2 + FMA code, so a safe caller cannot reach
+/// that code on a CPU without it (a plain `bool` would let one).
+mod token {
+    /// The CPU runs AVX2 + FMA code. The private field keeps every
+    /// constructor but [`Avx2Fma::detect`] out.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2Fma(());
+
+    impl Avx2Fma {
+        /// `Some` on the AVX paths (AVX-512F implies AVX2 and FMA there,
+        /// `simd::SimdPath::is_supported`) where the CPU reports AVX2 and
+        /// FMA; `None` on the portable path, which keeps the baseline build.
+        pub(super) fn detect() -> Option<Self> {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use crate::backend::cpu::simd::{active, SimdPath};
+                if active() != SimdPath::Portable
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    return Some(Self(()));
+                }
+            }
+            None
+        }
+    }
 }
+use token::Avx2Fma;
 
 /// Defines `$name`, which runs the `#[inline(always)]` function `$body`
-/// compiled for AVX2 + FMA when its first argument (from
-/// [`avx2_transforms`]) says so, else as built: the crate's baseline is
-/// SSE2, where the transforms' loops are vectorised only 4 wide.
+/// compiled for AVX2 + FMA when its first argument holds an [`Avx2Fma`]
+/// (from [`Avx2Fma::detect`]), else as built: the crate's baseline is
+/// SSE2, where the transforms' loops are vectorised only 4 wide. With
+/// `unsafe` before the name, `$body` is an `unsafe fn` and so is `$name`,
+/// with `$body`'s contract.
 macro_rules! avx2_twin {
+    ($(#[$m:meta])* unsafe $name:ident = $body:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(cpu: Option<Avx2Fma>, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if cpu.is_some() {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn twin($($arg: $ty),*) {
+                    // SAFETY: `$body`'s contract, passed on by the caller.
+                    unsafe { $body($($arg),*) }
+                }
+                // SAFETY: an `Avx2Fma` exists only where the CPU runs
+                // AVX2 + FMA code (`Avx2Fma::detect`); `$body`'s contract
+                // is the caller's.
+                return unsafe { twin($($arg),*) };
+            }
+            let _ = cpu;
+            // SAFETY: `$body`'s contract, passed on by the caller.
+            unsafe { $body($($arg),*) }
+        }
+    };
     ($(#[$m:meta])* $name:ident = $body:ident($($arg:ident: $ty:ty),*)) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
-        fn $name(avx2: bool, $($arg: $ty),*) {
+        fn $name(cpu: Option<Avx2Fma>, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            if avx2 {
+            if cpu.is_some() {
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn twin($($arg: $ty),*) {
                     $body($($arg),*)
                 }
-                // SAFETY: `avx2` comes from `avx2_transforms`: the active
-                // path is an AVX one, which the CPU supports
-                // (`simd::active`).
+                // SAFETY: an `Avx2Fma` exists only where the CPU runs
+                // AVX2 + FMA code (`Avx2Fma::detect`).
                 return unsafe { twin($($arg),*) };
             }
-            let _ = avx2;
+            let _ = cpu;
             $body($($arg),*)
         }
     };
 }
 
 avx2_twin!(
-    /// [`transform_input`], for AVX2 where `avx2`.
+    /// [`transform_input`], for AVX2 where the CPU runs it.
     input_twin = transform_input(
         x: &[f32],
         g: &Conv2dGeometry,
@@ -379,21 +429,27 @@ avx2_twin!(
 );
 
 avx2_twin!(
-    /// [`output_safe`], for AVX2 where `avx2`.
-    output_twin = output_safe(
+    /// [`transform_output`], for AVX2 where the CPU runs it.
+    ///
+    /// # Safety
+    /// [`transform_output`]'s.
+    unsafe output_twin = transform_output(
         m: &[f32],
         kp: usize,
         bias: Option<&[f32]>,
         g: &Conv2dGeometry,
         block: (usize, usize),
-        out: &OwnedRows<'_>,
+        out: &SharedOut,
         temp: &mut [f32]
     )
 );
 
 avx2_twin!(
-    /// [`weight_row`], for AVX2 where `avx2`.
-    weight_twin = weight_row(
+    /// [`weight_row`], for AVX2 where the CPU runs it.
+    ///
+    /// # Safety
+    /// [`weight_row`]'s.
+    unsafe weight_twin = weight_row(
         wt: Weight<'_>,
         c_in: usize,
         c_out: usize,
@@ -402,37 +458,6 @@ avx2_twin!(
         out: &SharedOut
     )
 );
-
-/// The output through a [`SharedOut`], as a caller that alone writes the
-/// rows of the tile rows it hands to [`output_safe`] (a promise made by the
-/// `unsafe` block that builds it).
-struct OwnedRows<'a>(&'a SharedOut);
-
-impl<'a> OwnedRows<'a> {
-    /// # Safety
-    /// `out` points at the `[N, C_out, H, W]` output, and while the result
-    /// lives the caller alone writes the output rows of the tile rows it
-    /// hands to [`output_safe`] through it.
-    unsafe fn new(out: &'a SharedOut) -> Self {
-        Self(out)
-    }
-}
-
-/// [`transform_output`] through rows the caller owns ([`OwnedRows`]).
-#[inline(always)]
-fn output_safe(
-    m: &[f32],
-    kp: usize,
-    bias: Option<&[f32]>,
-    g: &Conv2dGeometry,
-    block: (usize, usize),
-    out: &OwnedRows<'_>,
-    temp: &mut [f32],
-) {
-    // SAFETY: `OwnedRows::new`'s contract: the output rows of these tile
-    // rows are the caller's alone while this runs.
-    unsafe { transform_output(m, kp, bias, g, block, out.0, temp) }
-}
 
 /// One row `(a, b, c)` of `G g` times `Gᵀ`: `(a, (a + b + c) / 2,
 /// (a - b + c) / 2, c)`, for the first `n` channels of a chunk.

@@ -337,7 +337,7 @@ unsafe fn weight_row(
     }
 }
 
-/// The proof [`avx2_twin!`]'s fast path needs: an [`Avx2Fma`] exists
+/// The proof `avx2_twin!`'s fast path needs: an [`Avx2Fma`] exists
 /// only where the CPU runs AVX2 + FMA code, so a safe caller cannot reach
 /// that code on a CPU without it (a plain `bool` would let one).
 mod token {

@@ -528,7 +528,7 @@ mod tests {
         // Where the rule takes it: the table on each path (none on the
         // portable one, which has no micro-kernel), and what either forced
         // mode makes of it, whatever FROSTGRAD_CONV_DIRECT is set to.
-        let resnet = |batch: usize, c: usize, size: usize, stride: usize, mode: Option<bool>| {
+        let geometry = |batch: usize, c: usize, size: usize, stride: usize| {
             let g = Conv2dGeometry::new(
                 [batch, c, size, size],
                 [c, c, 3, 3],
@@ -538,6 +538,10 @@ mod tests {
             )
             .unwrap();
             let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+            (g, plan)
+        };
+        let resnet = |batch: usize, c: usize, size: usize, stride: usize, mode: Option<bool>| {
+            let (g, plan) = geometry(batch, c, size, stride);
             direct_width_in(&g, &plan, mode).is_some()
         };
         // (batch, channels, size, stride, whether the rule takes it on the
@@ -579,15 +583,7 @@ mod tests {
                         "{what} on"
                     );
                     // The switch in effect, read once, gives what its mode does.
-                    let g = Conv2dGeometry::new(
-                        [batch, c, size, size],
-                        [c, c, 3, 3],
-                        (stride, stride),
-                        (1, 1),
-                        (1, 1),
-                    )
-                    .unwrap();
-                    let plan = Plan::new("test", &g, FORWARD_LIMITS).unwrap();
+                    let (g, plan) = geometry(batch, c, size, stride);
                     assert_eq!(
                         direct_width(&g, &plan, None).is_some(),
                         resnet(batch, c, size, stride, direct_mode()),

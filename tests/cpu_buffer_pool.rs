@@ -271,7 +271,11 @@ fn steady_state_finetune_step_takes_no_page_faults() {
                 "{mode}: {own:?} minor faults per steady-state step outside matrixmultiply \
                  (at most {bound} each; {faults:?} with its own)"
             );
-        } else if portable() {
+        }
+        if portable() {
+            // All faults too, matrixmultiply's included: what the count
+            // inside it excludes could be first touches of our memory (an
+            // operand or output in fresh pages), which no pool miss shows.
             let mut sorted = faults.clone();
             sorted.sort_unstable();
             let median = sorted[sorted.len() / 2];

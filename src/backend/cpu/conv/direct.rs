@@ -518,6 +518,7 @@ mod tests {
                             limits,
                             Skip::Auto,
                             Some(true),
+                            None,
                         )
                         .unwrap()
                     });

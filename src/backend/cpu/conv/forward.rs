@@ -341,6 +341,7 @@ mod tests {
                                     limits_dx,
                                     skip,
                                     Some(false),
+                                    None,
                                 )
                                 .unwrap()
                             });

@@ -139,30 +139,17 @@ pub(super) fn input_grad_flipped(
     flipped: &Conv2dGeometry,
     limits: Limits,
 ) -> Result<Vec<f32>> {
-    input_grad_flipped_skipping(dy, w, g, flipped, limits, Skip::Auto, None)
+    input_grad_flipped_skipping(dy, w, g, flipped, limits, Skip::Auto, None, None)
 }
 
-/// [`input_grad_flipped`], skipping the padding taps as `skip` says, and
-/// as a direct convolution as `direct` says ([`direct_width`]).
-pub(super) fn input_grad_flipped_skipping(
-    dy: &[f32],
-    w: &[f32],
-    g: &Conv2dGeometry,
-    flipped: &Conv2dGeometry,
-    limits: Limits,
-    skip: Skip,
-    direct: Option<bool>,
-) -> Result<Vec<f32>> {
-    input_grad_flipped_choosing(dy, w, g, flipped, limits, skip, direct, None)
-}
-
-/// [`input_grad_flipped_skipping`], through Winograd's F(2x2, 3x3) as
-/// `winograd` says: `Some(false)` never (tests of the im2col path's
+/// [`input_grad_flipped`], skipping the padding taps as `skip` says, as a
+/// direct convolution as `direct` says ([`direct_width`]), and through
+/// Winograd's F(2x2, 3x3) as `winograd` says: `Some(false)` never (tests of the im2col path's
 /// chunkings, which Winograd, ignoring `limits`, would otherwise take on
 /// AVX2), `Some(true)` wherever it applies, `None` where
 /// [`winograd::chosen`]; only while `direct` is `None`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn input_grad_flipped_choosing(
+pub(super) fn input_grad_flipped_skipping(
     dy: &[f32],
     w: &[f32],
     g: &Conv2dGeometry,
@@ -533,7 +520,7 @@ mod tests {
                     // tests (winograd.rs).
                     let dx = pool.install(|| {
                         poison_scratch(&pool, &[Slot::Staging, Slot::PackedLhs], 1 << 12);
-                        input_grad_flipped_choosing(
+                        input_grad_flipped_skipping(
                             dy,
                             w,
                             g,

@@ -992,6 +992,7 @@ mod tests {
                         limits,
                         Skip::Auto,
                         Some(true),
+                        None,
                     )
                     .unwrap();
                     [wy, oy, wdx, odx].map(|v| pick(&v))

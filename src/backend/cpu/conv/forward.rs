@@ -63,12 +63,7 @@ pub(super) fn forward_skipping(
         return Ok(y);
     }
     if direct.is_none() && winograd::chosen(g) {
-        let wt = winograd::Weight {
-            w,
-            o_stride: plan.taps,
-            c_stride: 9,
-            flip: false,
-        };
+        let wt = winograd::Weight::forward(w, g.in_channels);
         return winograd::forward_winograd(op, x, wt, bias, g, winograd::BLOCKS);
     }
     if let Some(tile) = direct_width(g, &plan, direct) {

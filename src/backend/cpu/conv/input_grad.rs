@@ -165,12 +165,7 @@ pub(super) fn input_grad_flipped_skipping(
     let per_out = g.in_channels * taps;
     let offset = |p: usize| (p / taps) * per_out + (taps - 1 - p % taps);
     if direct.is_none() && winograd::wanted(flipped, winograd) {
-        let wt = winograd::Weight {
-            w,
-            o_stride: taps,
-            c_stride: per_out,
-            flip: true,
-        };
+        let wt = winograd::Weight::flipped(w, g.in_channels);
         return winograd::forward_winograd(op, dy, wt, None, flipped, winograd::BLOCKS);
     }
     if let Some(tile) = direct_width(flipped, &plan, direct) {

@@ -254,6 +254,31 @@ pub(super) struct Weight<'a> {
     pub(super) flip: bool,
 }
 
+impl<'a> Weight<'a> {
+    /// A forward's `[C_out, C_in, 3, 3]` weight `w`.
+    pub(super) fn forward(w: &'a [f32], c_in: usize) -> Self {
+        Self {
+            w,
+            o_stride: c_in * 9,
+            c_stride: 9,
+            flip: false,
+        }
+    }
+
+    /// The weight of the input gradient's flipped convolution, read from the
+    /// forward's `[C_out, C_in, 3, 3]` weight `w`: its output channels are the
+    /// forward's `C_in`, its input channels the forward's `C_out`, its taps
+    /// reversed.
+    pub(super) fn flipped(w: &'a [f32], c_in: usize) -> Self {
+        Self {
+            w,
+            o_stride: 9,
+            c_stride: c_in * 9,
+            flip: true,
+        }
+    }
+}
+
 /// `U = G g Gᵀ` for every (output, input) channel pair into `u` as
 /// `[16][kp][C_in]` (rows `C_out..kp` of each `U_k` zero), with
 /// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
@@ -738,26 +763,14 @@ mod tests {
             .unwrap();
         let flipped = flipped_geometry(&g).unwrap();
         assert!(applies(&flipped));
-        let taps = 9;
-        let per_out = c * taps;
         simd::on_every_path(&pool, |path| {
             let what = format!("{n}x{c}x{h}x{w} -> {o}, {threads} threads, {blocks:?}, {path:?}");
             let (y, dx) = pool.install(|| {
-                let wt = Weight {
-                    w: &wgt,
-                    o_stride: per_out,
-                    c_stride: taps,
-                    flip: false,
-                };
+                let wt = Weight::forward(&wgt, c);
                 poison(&pool, n * o * h * w);
                 let y = forward_winograd("test", &x, wt, Some(&b), &g, blocks).unwrap();
                 // The flipped, channel-swapped weight of the input gradient.
-                let wt = Weight {
-                    w: &wgt,
-                    o_stride: taps,
-                    c_stride: per_out,
-                    flip: true,
-                };
+                let wt = Weight::flipped(&wgt, c);
                 poison(&pool, n * c * h * w);
                 let dx = forward_winograd("test", &dy, wt, None, &flipped, blocks).unwrap();
                 (y, dx)
@@ -966,19 +979,9 @@ mod tests {
             };
             simd::on_every_path(&pool, |path| {
                 let [wy, oy, wdx, odx] = pool.install(|| {
-                    let wt = Weight {
-                        w: &w,
-                        o_stride: c * 9,
-                        c_stride: 9,
-                        flip: false,
-                    };
+                    let wt = Weight::forward(&w, c);
                     let wy = forward_winograd("test", &x, wt, Some(&b), &g, BLOCKS).unwrap();
-                    let wt = Weight {
-                        w: &w,
-                        o_stride: 9,
-                        c_stride: c * 9,
-                        flip: true,
-                    };
+                    let wt = Weight::flipped(&w, c);
                     let wdx = forward_winograd("test", &dy, wt, None, &flipped, BLOCKS).unwrap();
                     // The direct convolution (im2col on the portable path).
                     let limits = FORWARD_LIMITS;

@@ -43,6 +43,13 @@
 //! comparison). Precedence: `FROSTGRAD_CONV_DIRECT=1` (forced direct
 //! convolution) keeps these layers off Winograd unless
 //! `FROSTGRAD_CONV_WINOGRAD=1` is also set, which wins.
+//! The weight gradient of the same layers runs through
+//! F(2x2, 3x3) too where it pays (`winograd/weight_grad.rs`): 16 GEMMs
+//! `M_ξ = dŶ_ξ · V_ξᵀ` summed over the tiles (`V` the forward's
+//! transformed input, `dŶ = A dY Aᵀ`), then `Gᵀ M G` per channel pair; on
+//! AVX2, from 40 tiles per thread, and not at 7x7 (whose tiles cover 64
+//! pixels for 49); the same `FROSTGRAD_CONV_WINOGRAD` switch
+//! (`FROSTGRAD_CONV_DIRECT` does not concern it).
 //!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images
@@ -97,7 +104,7 @@
 //! `weight_grad.rs` the weight gradient's im2col and shifted forms, and
 //! `weight_grad_taps.rs` its tap-by-tap form for small padded images;
 //! `winograd.rs` F(2x2, 3x3) for the stride-1 3x3 forward and input
-//! gradient;
+//! gradient, `winograd/weight_grad.rs` for their weight gradient;
 //! each file's `tests` module checks its code against the float64
 //! reference loops in `test_support.rs`, which they share.
 //!

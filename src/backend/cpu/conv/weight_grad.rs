@@ -6,12 +6,15 @@ use super::super::gemm::{sgemm, Lhs, MatRef, Par, Rhs};
 use super::super::scratch::{with_scratch, Slot};
 use super::columns::{gather, Columns};
 use super::weight_grad_taps::{by_classes, weight_grad_classes};
+use super::winograd::weight_grad as winograd;
+use super::winograd::BLOCKS;
 use super::{
     batch_images, for_image_groups, unset_sum, Beta, Chunk, Limits, Output, Plan, FORWARD_LIMITS,
     LIMITS,
 };
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
+use winograd::PARTIALS_BYTES;
 
 /// `dW = Σ_images dy · colᵀ`.
 pub(in super::super) fn conv2d_weight_grad(
@@ -19,6 +22,9 @@ pub(in super::super) fn conv2d_weight_grad(
     x: &[f32],
     g: &Conv2dGeometry,
 ) -> Result<Vec<f32>> {
+    if winograd::chosen(g) {
+        return winograd::weight_grad_winograd(dy, x, g, BLOCKS, PARTIALS_BYTES);
+    }
     weight_grad_with(dy, x, g, weight_grad_limits(g))
 }
 

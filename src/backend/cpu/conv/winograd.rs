@@ -710,6 +710,9 @@ unsafe fn transform_output(
     }
 }
 
+// (After `avx2_twin!`, which it uses.)
+pub(super) mod weight_grad;
+
 #[cfg(test)]
 mod tests {
     use super::*;

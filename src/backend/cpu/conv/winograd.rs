@@ -215,7 +215,7 @@ pub(super) fn forward_winograd(
                                 let vk = &v[k * c_in * tiles..(k + 1) * c_in * tiles];
                                 let mk = &mut m[k * kp * tiles..(k + 1) * kp * tiles];
                                 let vk = Rhs::View(MatRef::row_major(vk, tiles));
-                                sgemm_rows(lhs, 16 * kp, (k * kp, kp), c_in, tiles, vk, mk);
+                                sgemm_rows(lhs, 16 * kp, (k * kp, kp), c_in, tiles, vk, mk)?;
                             }
                             // SAFETY: this part owns tile rows lo..hi, i.e.
                             // output rows 2 * ty, 2 * ty + 1 of its images
@@ -224,11 +224,12 @@ pub(super) fn forward_winograd(
                             // broadcast and nothing reads it meanwhile.
                             unsafe { output_twin(cpu, m, kp, bias, g, (r0, rows), out, temp) };
                         }
-                    });
-                });
-            });
-        });
-    });
+                        Ok(())
+                    })
+                })
+            })
+        })
+    })?;
     Ok(y)
 }
 

@@ -199,7 +199,7 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
         part_per_thread(parts, |_, part| {
             let (xi_lo, xi_hi) = part.xi;
             if xi_lo == xi_hi {
-                return;
+                return Ok(());
             }
             // SAFETY: `out` points at the partial sums (`groups * m_len`
             // floats, `partial < groups`), which outlive the broadcast; the
@@ -217,7 +217,7 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
             if lo == hi {
                 // (Fewer tile rows than threads: this partial adds nothing.)
                 m.fill(0.0);
-                return;
+                return Ok(());
             }
             with_scratch(Slot::Columns, v_len, |v| {
                 with_scratch(Slot::Staging, staging_len, |buf| {
@@ -247,18 +247,20 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
                                 beta,
                                 mk,
                                 c_in,
-                            );
+                            )?;
                         }
                     }
-                });
-            });
-        });
+                    Ok(())
+                })
+            })
+        })?;
         let partials = &*partials;
         dw.par_chunks_mut(9 * c_in)
             .enumerate()
             .with_min_len(4)
             .for_each(|(o, row)| out_twin(cpu, partials, groups, m_len, c_in, o, row));
-    });
+        Ok(())
+    })?;
     Ok(dw)
 }
 
@@ -470,7 +472,11 @@ mod tests {
         let slots = [Slot::SplitColumns, Slot::Columns, Slot::Staging];
         poison_scratch(pool, &slots, 1 << 16);
         for slot in slots {
-            with_scratch(slot, 1 << 16, |b| b.fill(f32::NAN));
+            with_scratch(slot, 1 << 16, |b| {
+                b.fill(f32::NAN);
+                Ok(())
+            })
+            .unwrap();
         }
         let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
         dirty.fill(f32::NAN);

@@ -507,10 +507,9 @@ fn transform_weight(
     });
 }
 
-/// Output channel `o`'s row of every `U_k` ([`transform_weight`]; zero
-/// for a padding row `o >= C_out`), written as row `at_row` of `U` stored
-/// as `[16][rows][C_in]` (all of `U`: `rows = kp`, `at_row = o`; a block
-/// of its rows: [`forward_by_channels`]).
+/// Output channel `o`'s row of every `U_k` from input channel `from` on
+/// ([`weight_twin`]), in chunks of [`WEIGHT_CHUNK`] input channels
+/// gathered onto the stack.
 ///
 /// # Safety
 /// `out` points at `16 * rows * c_in` floats, and while this runs no one
@@ -523,10 +522,11 @@ unsafe fn weight_row(
     c_out: usize,
     o: usize,
     (rows, at_row): (usize, usize),
+    from: usize,
     out: &SharedOut,
 ) {
     let plane = rows * c_in;
-    for c0 in (0..c_in).step_by(WEIGHT_CHUNK) {
+    for c0 in (from..c_in).step_by(WEIGHT_CHUNK) {
         let n = WEIGHT_CHUNK.min(c_in - c0);
         // SAFETY: the contract above: `out` holds 16 * plane floats,
         // whose row `at_row` of each plane (elements
@@ -682,15 +682,178 @@ avx2_twin!(
     ///
     /// # Safety
     /// [`weight_row`]'s.
-    unsafe weight_twin = weight_row(
+    unsafe weight_rest = weight_row(
         wt: Weight<'_>,
         c_in: usize,
         c_out: usize,
         o: usize,
         rows: (usize, usize),
+        from: usize,
         out: &SharedOut
     )
 );
+
+/// Output channel `o`'s row of every `U_k` ([`transform_weight`]; zero
+/// for a padding row `o >= C_out`), written as row `at_row` of `U` stored
+/// as `[16][rows][C_in]` (all of `U`: `rows = kp`, `at_row = o`; a block
+/// of its rows: [`forward_by_channels`]): with AVX2, 8 input channels at a
+/// time through [`weight_eights_avx2`], the rest through [`weight_rest`].
+///
+/// # Safety
+/// `out` points at `16 * rows * c_in` floats, and while this runs no one
+/// else reads or writes row `at_row` of any of its 16 planes (`at_row <
+/// rows`).
+unsafe fn weight_twin(
+    cpu: Option<Avx2Fma>,
+    wt: Weight<'_>,
+    c_in: usize,
+    c_out: usize,
+    o: usize,
+    rows: (usize, usize),
+    out: &SharedOut,
+) {
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if cpu.is_some() && o < c_out {
+        // SAFETY: an `Avx2Fma` exists only where the CPU runs AVX2 + FMA
+        // code (`Avx2Fma::detect`); `out` as this function's contract.
+        done = unsafe { weight_eights_avx2(wt, c_in, o, rows, out) };
+    }
+    // SAFETY: this function's contract.
+    unsafe { weight_rest(cpu, wt, c_in, c_out, o, rows, done, out) };
+}
+
+/// [`weight_twin`]'s rows for input channels `0..8 * (C_in / 8)`, 8 at a
+/// time: each of the 8 channel pairs' 9 taps loaded as one row (taps 0-7,
+/// or 1-8 when flipped), an 8x8 transpose in registers (as
+/// `weight_grad_taps.rs` `interleave_nine_avx`) and the odd tap beside, so
+/// each tap of 8 pairs is one vector; then `G g Gᵀ` on vectors, 16
+/// stores. Returns how many input channels it wrote. The scalar gather
+/// onto the stack it replaces stored 9 floats one by one per pair and was
+/// the weight transform's cost (the transform took 1.5x the GEMMs' samples
+/// of 512@7's input gradient at batch 1, `perf`, Zen 2).
+///
+/// # Safety
+/// The CPU runs AVX2 and FMA; `out` as [`weight_twin`]'s, and `o <
+/// C_out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_eights_avx2(
+    wt: Weight<'_>,
+    c_in: usize,
+    o: usize,
+    (rows, at_row): (usize, usize),
+    out: &SharedOut,
+) -> usize {
+    use std::arch::x86_64::*;
+    let whole = c_in - c_in % 8;
+    if whole == 0 {
+        return 0;
+    }
+    // Every pair's 9 taps lie inside the weight (a bug in the caller if
+    // not: the loads below rely on it): the last pair's end is the largest.
+    let last = o * wt.o_stride + (whole - 1) * wt.c_stride + 9;
+    assert!(last <= wt.w.len(), "winograd: weight too short");
+    let plane = rows * c_in;
+    let (load_at, odd_at) = if wt.flip { (1, 0) } else { (0, 8) };
+    let half = _mm256_set1_ps(0.5);
+    let w = wt.w.as_ptr();
+    for c0 in (0..whole).step_by(8) {
+        let at: [usize; 8] = std::array::from_fn(|j| o * wt.o_stride + (c0 + j) * wt.c_stride);
+        // SAFETY: each pair's 9 taps at[j]..at[j] + 9 lie inside the weight
+        // (asserted above: c0 + j < whole); the 8 loaded from load_at and
+        // the one at odd_at are among them.
+        let (r, odd) = unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(w.add(at[j] + load_at)));
+            let odd = _mm256_setr_ps(
+                *w.add(at[0] + odd_at),
+                *w.add(at[1] + odd_at),
+                *w.add(at[2] + odd_at),
+                *w.add(at[3] + odd_at),
+                *w.add(at[4] + odd_at),
+                *w.add(at[5] + odd_at),
+                *w.add(at[6] + odd_at),
+                *w.add(at[7] + odd_at),
+            );
+            (r, odd)
+        };
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        // Column t of the 8 loaded rows: loaded tap t of the 8 pairs.
+        let col = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        // The taps in the forward's order: flipped, tap t is the weight's
+        // 8 - t (loaded columns hold taps 1-8, the odd one tap 0).
+        let g: [__m256; 9] = if wt.flip {
+            [
+                col[7], col[6], col[5], col[4], col[3], col[2], col[1], col[0], odd,
+            ]
+        } else {
+            [
+                col[0], col[1], col[2], col[3], col[4], col[5], col[6], col[7], odd,
+            ]
+        };
+        // Rows of G g (each 3 columns), as `weight_row`: r0, (r0 + r1 +
+        // r2) / 2, (r0 - r1 + r2) / 2, r2; then each row times Gᵀ.
+        let sum = |col: usize| {
+            _mm256_mul_ps(
+                half,
+                _mm256_add_ps(_mm256_add_ps(g[col], g[3 + col]), g[6 + col]),
+            )
+        };
+        let dif = |col: usize| {
+            _mm256_mul_ps(
+                half,
+                _mm256_add_ps(_mm256_sub_ps(g[col], g[3 + col]), g[6 + col]),
+            )
+        };
+        let gg = [
+            [g[0], g[1], g[2]],
+            [sum(0), sum(1), sum(2)],
+            [dif(0), dif(1), dif(2)],
+            [g[6], g[7], g[8]],
+        ];
+        for (i, [a, b, c]) in gg.into_iter().enumerate() {
+            let u = [
+                a,
+                _mm256_mul_ps(half, _mm256_add_ps(_mm256_add_ps(a, b), c)),
+                _mm256_mul_ps(half, _mm256_add_ps(_mm256_sub_ps(a, b), c)),
+                c,
+            ];
+            for (j, u) in u.into_iter().enumerate() {
+                let k = 4 * i + j;
+                // SAFETY: row `at_row` of plane k, channels c0..c0 + 8 (<=
+                // c_in), lies inside `out`'s 16 * rows * c_in floats and is
+                // this call's alone (the contract).
+                unsafe { _mm256_storeu_ps(out.0.add(k * plane + at_row * c_in + c0), u) };
+            }
+        }
+    }
+    whole
+}
 
 /// One row `(a, b, c)` of `G g` times `Gᵀ`: `(a, (a + b + c) / 2,
 /// (a - b + c) / 2, c)`, for the first `n` channels of a chunk.

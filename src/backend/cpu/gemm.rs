@@ -93,6 +93,16 @@ pub(super) trait PackB: Sync {
     /// raw-pointer view of the kernels does.)
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]);
 
+    /// Makes room on this thread for whatever working storage a
+    /// [`Self::pack`] of `kc`-deep, `nr`-wide panels needs, or says why it
+    /// cannot ([`crate::error::Error::OutOfMemory`]). The portable GEMM packs
+    /// a whole block as one panel (gemm.rs `serial`), so its room grows with
+    /// the operand and is made here, fallibly, first; the micro-kernels'
+    /// blocks are at most `KC` deep and `NR` wide, a few KiB.
+    fn reserve(&self, _kc: usize, _nr: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// The same block already packed, when the operand holds it in exactly
     /// the layout [`Self::pack`] would write (a [`with_packed_rhs`]
     /// operand), so the GEMM reads it in place instead of copying it.
@@ -236,8 +246,8 @@ pub(super) fn with_packed_lhs<R>(
     m: usize,
     k: usize,
     n: usize,
-    f: impl FnOnce(Lhs<'_>) -> R,
-) -> R {
+    f: impl FnOnce(Lhs<'_>) -> Result<R>,
+) -> Result<R> {
     assert!(a.fits(m, k), "gemm: lhs view {m}x{k} exceeds its buffer");
     #[cfg(target_arch = "x86_64")]
     {
@@ -280,8 +290,8 @@ pub(super) fn with_indexed_lhs<R>(
     row_stride: usize,
     (rows, depth): (usize, usize),
     offset: impl Fn(usize) -> usize,
-    f: impl FnOnce(Lhs<'_>) -> R,
-) -> R {
+    f: impl FnOnce(Lhs<'_>) -> Result<R>,
+) -> Result<R> {
     let last_row = rows.saturating_sub(1).checked_mul(row_stride);
     let fits = rows == 0
         || depth == 0
@@ -439,7 +449,7 @@ pub(super) fn sgemm_rows(
     n: usize,
     b: Rhs<'_>,
     c: &mut [f32],
-) {
+) -> Result<()> {
     assert!(
         i0.checked_add(m).is_some_and(|end| end <= rows) && i0.is_multiple_of(row_align(a)),
         "gemm: row block {i0}+{m} of {rows} rows"
@@ -451,13 +461,13 @@ pub(super) fn sgemm_rows(
         "gemm: output view {m}x{n} exceeds its buffer"
     );
     if m == 0 || n == 0 {
-        return;
+        return Ok(());
     }
     // SAFETY: `check_views` and the asserts above: rows i0..i0 + m of `a`
     // (starting at a multiple of a packed `a`'s row tile), all of `b`, and
     // the m x n block of `c` lie inside their operands; `c` is borrowed
     // mutably, so nothing else accesses it.
-    unsafe { serial(a, (i0, m), b, (0, n), k, 0.0, c.as_mut_ptr(), n) };
+    unsafe { serial(a, (i0, m), b, (0, n), k, 0.0, c.as_mut_ptr(), n) }
 }
 
 /// How a product's work is run: split across rayon's threads, or all on
@@ -496,10 +506,10 @@ pub(super) fn sgemm(
     beta: f32,
     c: &mut [f32],
     c_row_stride: usize,
-) {
+) -> Result<()> {
     check_views(m, k, n, a, b, c, c_row_stride, true);
     if m == 0 || n == 0 {
-        return;
+        return Ok(());
     }
     let parts = match par {
         Par::Split => {
@@ -508,7 +518,7 @@ pub(super) fn sgemm(
         }
         Par::Serial => 1,
     };
-    in_parts(parts, m, k, n, a, b, beta, c, c_row_stride);
+    in_parts(parts, m, k, n, a, b, beta, c, c_row_stride)
 }
 
 /// Panics unless every element of the `m x k`, `k x n` and (when
@@ -609,7 +619,7 @@ fn in_parts(
     beta: f32,
     c: &mut [f32],
     c_row_stride: usize,
-) {
+) -> Result<()> {
     let (split_columns, len, align) = split_side(m, n, a);
     let out = OutPtr(c.as_mut_ptr());
     let block = |b: Rhs<'_>, lo: usize, hi: usize| {
@@ -641,13 +651,12 @@ fn in_parts(
                 out.get().add(c_off),
                 c_row_stride,
             )
-        };
+        }
     };
     let units = len.div_ceil(align);
     let parts = parts.clamp(1, units.max(1));
     if parts <= 1 {
-        block(b, 0, len);
-        return;
+        return block(b, 0, len);
     }
     // Part p: tiles p * units / parts .. (p + 1) * units / parts.
     let bounds = |p: usize| ((p * units / parts) * align).min(len);
@@ -655,7 +664,7 @@ fn in_parts(
         use rayon::prelude::*;
         (0..parts)
             .into_par_iter()
-            .for_each(|p| block(b, bounds(p), bounds(p + 1)));
+            .try_for_each(|p| block(b, bounds(p), bounds(p + 1)))
     };
     // A source that can skip all-zero depth rows per panel (the padding
     // taps of class-ordered convolution columns, `depth_period`) is not
@@ -671,7 +680,7 @@ fn in_parts(
             return unsafe { with_whole_packed(b, k, n, nr, parallel, run) };
         }
     }
-    run(b);
+    run(b)
 }
 
 fn lcm(a: usize, b: usize) -> usize {
@@ -700,7 +709,7 @@ unsafe fn serial(
     beta: f32,
     c: *mut f32,
     rsc: usize,
-) {
+) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     {
         use super::microkernel::{gemm, Avx2, Avx512, Indexed, PackA, Raw};
@@ -747,11 +756,13 @@ unsafe fn serial(
             // supports it (`simd::active`/`force` check); operands as the
             // caller promised.
             SimdPath::Avx512 => {
-                return unsafe { gemm::<Avx512, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) }
+                unsafe { gemm::<Avx512, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) };
+                return Ok(());
             }
             // SAFETY: as above.
             SimdPath::Avx2 => {
-                return unsafe { gemm::<Avx2, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) }
+                unsafe { gemm::<Avx2, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) };
+                return Ok(());
             }
             SimdPath::Portable => {}
         }
@@ -779,9 +790,14 @@ unsafe fn serial(
                     c,
                     rsc,
                 )
-            }
+            };
+            Ok(())
         }
-        Rhs::Source(s) => with_scratch(Slot::Dense, k * n, |dense| {
+        Rhs::Source(s) => with_scratch(Slot::Dense, k.saturating_mul(n), |dense| {
+            // One panel as deep and as wide as the whole block: the
+            // packing's own working room grows with it, so it is made
+            // here, where a refusal can be returned.
+            s.reserve(k, n)?;
             // SAFETY: the k x n block at column j0 lies inside `s`, and
             // `dense` holds k * n floats: one n-wide panel, i.e. the
             // row-major block.
@@ -798,7 +814,8 @@ unsafe fn serial(
                     c,
                     rsc,
                 )
-            }
+            };
+            Ok(())
         }),
     }
 }
@@ -908,7 +925,7 @@ pub(super) fn matmul(
         0.0,
         &mut out,
         n,
-    );
+    )?;
     Ok(out)
 }
 
@@ -1012,7 +1029,8 @@ mod tests {
                 let mut c = vec![1.0f32; m * n];
                 with_packed_lhs(view, m, k, n, |lhs| {
                     in_parts(parts, m, k, n, lhs, Rhs::Source(&source), 1.0, &mut c, n)
-                });
+                })
+                .unwrap();
                 for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
                     let got = f64::from(got);
                     assert!(
@@ -1044,7 +1062,7 @@ mod tests {
                         for i0 in (0..m).step_by(step) {
                             let rows = step.min(m - i0);
                             let mut c = vec![f32::NAN; rows * n];
-                            sgemm_rows(lhs, m, (i0, rows), k, n, rhs, &mut c);
+                            sgemm_rows(lhs, m, (i0, rows), k, n, rhs, &mut c)?;
                             for (i, (&got, &w)) in c.iter().zip(&want[i0 * n..]).enumerate() {
                                 assert!(
                                     (f64::from(got) - w).abs() < 1e-4,
@@ -1052,8 +1070,10 @@ mod tests {
                                 );
                             }
                         }
+                        Ok(())
                     })
-                });
+                })
+                .unwrap();
             }
         }
     }
@@ -1108,7 +1128,8 @@ mod tests {
                         &mut c,
                         stride,
                     )
-                });
+                })
+                .unwrap();
                 for i in 0..m {
                     for j in 0..stride {
                         let got = f64::from(c[i * stride + j]);

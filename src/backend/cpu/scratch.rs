@@ -5,6 +5,8 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::error::{Error, Result};
+
 /// Which of a thread's scratch buffers to use: a kernel that needs two at
 /// once (a column matrix and a staging copy of `y`) takes one of each.
 #[derive(Clone, Copy)]
@@ -194,31 +196,75 @@ pub(super) fn reserve_list<T>(
     largest: &AtomicUsize,
     list: &mut Vec<T>,
     len: usize,
-) {
-    let want = largest.fetch_max(len, Ordering::Relaxed).max(len);
+) -> Result<()> {
+    let want = largest.load(Ordering::Relaxed).max(len);
     if list.capacity() >= want {
-        return;
+        largest.fetch_max(len, Ordering::Relaxed);
+        return Ok(());
     }
     let from = list.capacity();
-    list.reserve_exact(want - list.len());
+    // The catch-up to `want` is for page faults only: where the allocator
+    // refuses it, room for this request alone will do.
+    let to = [want, len]
+        .into_iter()
+        .find(|&to| to <= list.capacity() || list.try_reserve_exact(to - list.len()).is_ok())
+        .ok_or_else(|| out_of_memory(name, len, std::mem::size_of::<T>()))?;
+    // (Raised only by a request that was met, as in `with_scratch`.)
+    largest.fetch_max(len, Ordering::Relaxed);
+    if list.capacity() == from {
+        return Ok(());
+    }
     let spare = list.spare_capacity_mut();
     // SAFETY: the spare capacity is allocated memory of `spare.len()`
     // items; writing bytes there leaves the list's length and items as
     // they are (MaybeUninit may hold any bytes).
     unsafe { std::ptr::write_bytes(spare.as_mut_ptr(), 0, spare.len()) };
+    record_growth(name, len, from, to, 0);
+    Ok(())
+}
+
+/// Counts a growth and keeps it among the recent ones.
+fn record_growth(slot: &'static str, len: usize, from: usize, to: usize, depth: usize) {
     let number = GROWTHS.fetch_add(1, Ordering::Relaxed) as u64 + 1;
-    RECENT_GROWTHS.record(
+    let growth = Growth {
         number,
-        Growth {
-            number,
-            slot: name,
-            len,
-            from,
-            to: want,
-            depth: 0,
-            thread: rayon::current_thread_index(),
-        },
-    );
+        slot,
+        len,
+        from,
+        to,
+        depth,
+        thread: rayon::current_thread_index(),
+    };
+    RECENT_GROWTHS.record(number, growth);
+    #[cfg(test)]
+    THREAD_GROWTHS.with(|g| g.borrow_mut().push(growth));
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unit tests: every growth on this thread, in order. The recent ring
+    /// is shared by all threads, so the tests running meanwhile can push a
+    /// test's own growth out of it before the test looks.
+    static THREAD_GROWTHS: RefCell<Vec<Growth>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Unit tests: the growths on the calling thread so far, oldest first.
+#[cfg(test)]
+fn thread_growths() -> Vec<Growth> {
+    THREAD_GROWTHS.with(|g| g.borrow().clone())
+}
+
+/// The error for a scratch request of `len` elements of `elem_bytes` bytes
+/// that the allocator refused: which buffer, how much, and what to do.
+fn out_of_memory(name: &str, len: usize, elem_bytes: usize) -> Error {
+    Error::OutOfMemory {
+        what: format!(
+            "the CPU kernels' per-thread scratch buffer {name:?} (a smaller batch, \
+             image size or thread count needs less)"
+        ),
+        shape: vec![len],
+        bytes: (len as u128).checked_mul(elem_bytes as u128),
+    }
 }
 
 /// The last growths ([`super::recent::KEPT`] of them).
@@ -237,7 +283,10 @@ thread_local! {
 }
 
 /// Runs `f` on a scratch slice of `len` elements whose contents are
-/// unspecified (callers overwrite it before reading).
+/// unspecified (callers overwrite it before reading), returning what `f`
+/// returns; an [`Error::OutOfMemory`] naming the slot and the bytes when
+/// the buffer cannot grow to `len` (the allocator's abort before: the
+/// process died on a request too large for the machine).
 ///
 /// The buffer is taken off the thread's stack for the slot while `f` runs,
 /// so a nested call on the same thread (rayon may run another kernel on
@@ -258,41 +307,96 @@ thread_local! {
 /// first request of the slot after another thread set a new largest,
 /// whatever the size of its own part, so a worker that rayon starved of
 /// large parts during warm-up no longer grows later. It costs at most the
-/// slot's largest buffer per thread and nesting level.
-pub(super) fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+/// slot's largest buffer per thread and nesting level; where the allocator
+/// refuses that catch-up, the buffer grows to `len` only.
+pub(super) fn with_scratch<R>(
+    slot: Slot,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> Result<R>,
+) -> Result<R> {
     let i = slot as usize;
     if !STACK_TOUCHED.with(|t| t.replace(true)) {
         touch_stack();
     }
-    let largest = LARGEST[i].fetch_max(len, Ordering::Relaxed).max(len);
+    let largest = LARGEST[i].load(Ordering::Relaxed).max(len);
     let mut buf = FREE.with(|free| free.borrow_mut()[i].pop().unwrap_or_default());
     let depth = IN_USE.with(|u| u[i].replace(u[i].get() + 1));
     if buf.len() < largest {
-        let number = GROWTHS.fetch_add(1, Ordering::Relaxed) as u64 + 1;
         let from = buf.len();
-        buf.resize(largest, 0.0);
-        RECENT_GROWTHS.record(
-            number,
-            Growth {
-                number,
-                slot: slot.name(),
-                len,
-                from,
-                to: largest,
-                depth,
-                thread: rayon::current_thread_index(),
-            },
-        );
+        let grown = [largest, len]
+            .into_iter()
+            .find(|&to| to <= from || try_grow(&mut buf, to));
+        let Some(to) = grown else {
+            IN_USE.with(|u| u[i].set(depth));
+            put_back(i, buf);
+            return Err(out_of_memory(slot.name(), len, std::mem::size_of::<f32>()));
+        };
+        if to > from {
+            buf.resize(to, 0.0);
+            record_growth(slot.name(), len, from, to, depth);
+        }
     }
+    // (Only a request that was met raises the slot's largest: one refused
+    // would make every later request retry it.)
+    LARGEST[i].fetch_max(len, Ordering::Relaxed);
     let result = f(&mut buf[..len]);
     IN_USE.with(|u| u[i].set(depth));
+    put_back(i, buf);
+    result
+}
+
+/// Reserves room for `to` elements in `buf` (of `buf.len()` now), or
+/// says the allocator refused.
+fn try_grow(buf: &mut Vec<f32>, to: usize) -> bool {
+    #[cfg(test)]
+    if to > REFUSE_ABOVE.with(Cell::get) {
+        return false;
+    }
+    buf.try_reserve_exact(to - buf.len()).is_ok()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unit tests: growth to more elements than this is refused on this
+    /// thread as if by the allocator, so a test can see a kernel's error
+    /// path without asking the machine for exabytes (set on a test's own
+    /// pool by [`refusing_growth`]).
+    static REFUSE_ABOVE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Runs `body` with every scratch growth beyond `limit` elements refused
+/// on the calling thread and on every thread of `pool` (unit tests only;
+/// see [`REFUSE_ABOVE`]), and lifts the refusal afterwards, also when
+/// `body` panics.
+#[cfg(test)]
+pub(crate) fn refusing_growth<R>(
+    pool: &rayon::ThreadPool,
+    limit: usize,
+    body: impl FnOnce() -> R,
+) -> R {
+    fn set(pool: &rayon::ThreadPool, limit: usize) {
+        REFUSE_ABOVE.with(|c| c.set(limit));
+        pool.broadcast(|_| REFUSE_ABOVE.with(|c| c.set(limit)));
+    }
+    struct Lift<'a>(&'a rayon::ThreadPool);
+    impl Drop for Lift<'_> {
+        fn drop(&mut self) {
+            set(self.0, usize::MAX);
+        }
+    }
+    set(pool, limit);
+    let _lift = Lift(pool);
+    body()
+}
+
+/// Returns a buffer taken by [`with_scratch`] to its slot's free stack.
+fn put_back(slot: usize, buf: Vec<f32>) {
     FREE.with(|free| {
-        let stack = &mut free.borrow_mut()[i];
+        let stack = &mut free.borrow_mut()[slot];
         // Largest on top: the outermost (usually largest) request finds it.
         let at = stack.partition_point(|b| b.len() <= buf.len());
         stack.insert(at, buf);
     });
-    result
 }
 
 #[cfg(test)]
@@ -310,34 +414,58 @@ mod tests {
                 // touch follows whatever stack the thread really has.)
                 with_scratch(Slot::Staging, 100, |s| {
                     s.fill(1.0);
-                    s.iter().sum::<f32>()
+                    Ok(s.iter().sum::<f32>())
                 })
             })
             .unwrap()
             .join()
             .unwrap();
-        assert_eq!(sum, 100.0);
+        assert_eq!(sum.unwrap(), 100.0);
+    }
+
+    /// Whether the shared ring holds `growth`, or has had room to drop it
+    /// since: other tests of the binary grow their threads' buffers
+    /// meanwhile, and the ring keeps only the last [`super::super::recent::KEPT`].
+    fn in_ring_unless_evicted(growth: &Growth) -> bool {
+        recent_growths().contains(growth)
+            || growths() - growth.number >= super::super::recent::KEPT as u64
     }
 
     #[test]
     fn a_growth_is_recorded_with_its_slot_and_nesting_level() {
         // A fresh thread: its buffers start empty, so the nested request
         // (depth 1) grows from 0 to the slot's largest request so far.
-        let before = growths();
-        std::thread::spawn(|| {
+        // (Read from the thread's own record: see `THREAD_GROWTHS`.)
+        let mine = std::thread::spawn(|| {
             with_scratch(Slot::Tables, 1000, |_| {
-                with_scratch(Slot::Tables, 777, |s| s.fill(0.0));
+                with_scratch(Slot::Tables, 777, |s| {
+                    s.fill(0.0);
+                    Ok(())
+                })
             })
+            .unwrap();
+            thread_growths()
         })
         .join()
         .unwrap();
-        let nested = recent_growths()
-            .into_iter()
-            .find(|g| g.number > before && g.slot == "Tables" && g.len == 777)
-            .expect("the nested growth was recorded");
-        assert_eq!((nested.from, nested.depth, nested.thread), (0, 1, None));
+        let [outer, nested] = mine.as_slice() else {
+            panic!("two growths on a fresh thread: {mine:?}");
+        };
+        assert_eq!((outer.slot, outer.len, outer.depth), ("Tables", 1000, 0));
+        assert_eq!(
+            (
+                nested.slot,
+                nested.len,
+                nested.from,
+                nested.depth,
+                nested.thread
+            ),
+            ("Tables", 777, 0, 1, None)
+        );
         assert!(nested.to >= 1000, "{nested}");
+        assert!(nested.number > outer.number, "{outer} then {nested}");
         assert!(nested.to_string().contains("of Tables"), "{nested}");
+        assert!(in_ring_unless_evicted(nested), "{nested} not in the ring");
     }
 
     #[test]
@@ -345,35 +473,119 @@ mod tests {
         // One thread asks for 10 items, another for 1000; the first
         // thread's next request, however small, grows its list to 1000
         // (counted as a growth), keeps its items, and the one after that
-        // grows nothing.
+        // grows nothing. On a thread of its own, whose growths are all
+        // this test's (`thread_growths`).
         static LARGEST: AtomicUsize = AtomicUsize::new(0);
-        let mut list: Vec<u64> = vec![7, 8];
-        reserve_list("test list", &LARGEST, &mut list, 10);
-        assert!(list.capacity() >= 10);
         std::thread::spawn(|| {
-            let mut other: Vec<u64> = Vec::new();
-            reserve_list("test list", &LARGEST, &mut other, 1000);
-            assert!(other.capacity() >= 1000 && other.is_empty());
+            let mut list: Vec<u64> = vec![7, 8];
+            reserve_list("test list", &LARGEST, &mut list, 10).unwrap();
+            assert!(list.capacity() >= 10);
+            std::thread::spawn(|| {
+                let mut other: Vec<u64> = Vec::new();
+                reserve_list("test list", &LARGEST, &mut other, 1000).unwrap();
+                assert!(other.capacity() >= 1000 && other.is_empty());
+            })
+            .join()
+            .unwrap();
+            let before = thread_growths().len();
+            reserve_list("test list", &LARGEST, &mut list, 5).unwrap();
+            assert!(list.capacity() >= 1000);
+            assert_eq!(list, [7, 8]);
+            let grown = thread_growths();
+            let [catch_up] = &grown[before..] else {
+                panic!("one growth for the catch-up: {grown:?}");
+            };
+            assert_eq!(
+                (catch_up.slot, catch_up.len, catch_up.to),
+                ("test list", 5, 1000)
+            );
+            assert!(
+                in_ring_unless_evicted(catch_up),
+                "{catch_up} not in the ring"
+            );
+            reserve_list("test list", &LARGEST, &mut list, 900).unwrap();
+            assert_eq!(
+                thread_growths().len(),
+                grown.len(),
+                "a list that holds the largest request grew again"
+            );
         })
         .join()
         .unwrap();
-        let before = growths();
-        reserve_list("test list", &LARGEST, &mut list, 5);
-        assert!(list.capacity() >= 1000);
-        assert_eq!(list, [7, 8]);
-        let grown = recent_growths()
-            .into_iter()
-            .find(|g| g.number > before && g.slot == "test list" && g.len == 5)
-            .expect("the catch-up was recorded");
-        assert_eq!(grown.to, 1000);
-        let after = growths();
-        reserve_list("test list", &LARGEST, &mut list, 900);
-        assert!(
-            !recent_growths()
-                .iter()
-                .any(|g| g.number > after && g.slot == "test list"),
-            "a list that holds the largest request grew again"
-        );
+    }
+
+    #[test]
+    fn a_request_the_allocator_refuses_is_an_error_not_an_abort() {
+        // About 8 EiB: more than any machine maps, so the allocator says
+        // no (a `Vec::resize` aborted the process here).
+        let len = isize::MAX as usize / 4;
+        std::thread::spawn(move || {
+            let mut ran = false;
+            let err = with_scratch(Slot::Staging, len, |_| {
+                ran = true;
+                Ok(())
+            })
+            .unwrap_err();
+            assert!(!ran, "f ran without its buffer");
+            let msg = err.to_string();
+            assert!(matches!(err, Error::OutOfMemory { .. }), "{msg}");
+            assert!(
+                msg.contains("scratch buffer \"Staging\"")
+                    && msg.contains(&format!("{} bytes", len as u128 * 4))
+                    && msg.contains("smaller batch"),
+                "{msg}"
+            );
+            // The thread's slot is usable at once, at its nesting level,
+            // and the refused size became nobody's largest request (every
+            // later request would have retried it).
+            let sum = with_scratch(Slot::Staging, 10, |s| {
+                s.fill(1.0);
+                Ok(s.iter().sum::<f32>())
+            })
+            .unwrap();
+            assert_eq!(sum, 10.0);
+            assert_eq!(IN_USE.with(|u| u[Slot::Staging as usize].get()), 0);
+            assert!(LARGEST[Slot::Staging as usize].load(Ordering::Relaxed) < len);
+            // A list the same.
+            static LIST_LARGEST: AtomicUsize = AtomicUsize::new(0);
+            let mut list: Vec<u64> = vec![3];
+            let err = reserve_list("huge list", &LIST_LARGEST, &mut list, len / 2).unwrap_err();
+            assert!(err.to_string().contains("\"huge list\""), "{err}");
+            assert_eq!(
+                (list.as_slice(), LIST_LARGEST.load(Ordering::Relaxed)),
+                (&[3][..], 0)
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_refused_catch_up_grows_to_the_request_only() {
+        // Another thread sets the slot's largest request at 5000 or more;
+        // on a thread whose growth beyond 100 elements is refused, a
+        // request of 50 still gets its buffer (of 50: the catch-up is
+        // dropped), and one of 200 is an error.
+        std::thread::spawn(|| with_scratch(Slot::Dense, 5000, |_| Ok(())))
+            .join()
+            .unwrap()
+            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let (small, large, kept) = refusing_growth(&pool, 100, || {
+            pool.install(|| {
+                let small = with_scratch(Slot::Dense, 50, |s| Ok(s.len()));
+                let large = with_scratch(Slot::Dense, 200, |s| Ok(s.len()));
+                let kept =
+                    FREE.with(|f| f.borrow()[Slot::Dense as usize].iter().map(Vec::len).max());
+                (small, large, kept)
+            })
+        });
+        assert_eq!(small.unwrap(), 50);
+        assert!(matches!(large, Err(Error::OutOfMemory { .. })), "{large:?}");
+        assert_eq!(kept, Some(50));
     }
 
     #[test]

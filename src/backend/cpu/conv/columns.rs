@@ -12,6 +12,7 @@ use super::super::simd;
 use super::super::tap_classes::ClassOrder;
 use super::{valid_outputs, Chunk, Plan};
 use crate::backend::Conv2dGeometry;
+use crate::error::Result;
 
 /// Where tap `(kh, kw)` reads for output rows `rows` of one image plane:
 /// calls `visit(out_row_index_in_block, in_row, ow_lo, ow_hi, iw_lo)` for
@@ -164,14 +165,15 @@ impl PackB for Columns<'_> {
         // on, so that the lists never grow in a later step on a thread that
         // rayon first hands a larger part then (issue 9, BENCHMARKS.md item 16).
         let mut temp = PACK_TEMP.with(Cell::take);
+        let (items, rows_len) = pack_room(kc, nr);
+        // (An error leaves the lists to grow as they fill, infallibly: where
+        // a pack's size is unbounded, `reserve` made this room fallibly
+        // first, so only the micro-kernels' packs, of at most `KC` x `NR`,
+        // get here unreserved.)
+        let _ = temp.reserve(items, false);
         let PackTemp {
             taps, runs, reads, ..
         } = &mut temp;
-        let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
-        let items = depth.max(width);
-        reserve_list("pack taps", &PACK_TEMP_LARGEST, taps, items);
-        reserve_list("pack runs", &PACK_TEMP_LARGEST, runs, items);
-        reserve_list("pack reads", &PACK_TEMP_LARGEST, reads, items);
         if !self.transposed {
             // Depth = taps, columns = output pixels: each panel is a few
             // runs of output pixels (stretches of one output row), packed
@@ -214,7 +216,7 @@ impl PackB for Columns<'_> {
             // Per-thread scratch, so that a larger block grows every
             // thread's (and counts as a growth), not whichever thread
             // rayon hands it to first.
-            with_scratch(Slot::PackRows, depth * width, |all_rows| {
+            let mut fill_rows = |all_rows: &mut [f32]| {
                 for (j0, cols, dst) in panels(out, kc, jc, nc, nr) {
                     if cols < nr {
                         dst.fill(0.0);
@@ -238,9 +240,30 @@ impl PackB for Columns<'_> {
                         transpose(rows, cols, run.len, &mut dst[off * nr..], nr);
                     }
                 }
+            };
+            let taken = with_scratch(Slot::PackRows, rows_len, |all_rows| {
+                fill_rows(all_rows);
+                Ok(())
             });
+            if taken.is_err() {
+                // Only a pack no `reserve` came before (see above): at most
+                // `KC` x `NR` floats, allocated as any small Vec.
+                fill_rows(&mut vec![0.0; rows_len]);
+            }
         }
         PACK_TEMP.with(|cell| cell.set(temp));
+    }
+
+    fn reserve(&self, kc: usize, nr: usize) -> Result<()> {
+        let (items, rows_len) = pack_room(kc, nr);
+        let mut temp = PACK_TEMP.with(Cell::take);
+        let reserved = temp.reserve(items, false);
+        PACK_TEMP.with(|cell| cell.set(temp));
+        reserved?;
+        if self.transposed && !im2col::patches_apply(self.path, self.g, nr) {
+            with_scratch(Slot::PackRows, rows_len, |_| Ok(()))?;
+        }
+        Ok(())
     }
 
     fn depth_period(&self) -> Option<usize> {
@@ -271,6 +294,10 @@ impl PackB for Columns<'_> {
         let period = (self.g.kernel_h * self.g.kernel_w).clamp(1, 64);
         let (path, geo) = (self.path, im2col::Geometry::new(self.g));
         let mut temp = PACK_TEMP.with(Cell::take);
+        let (items, _) = pack_room(kc, nr);
+        // (As in `pack`: only the micro-kernels take this path, with
+        // blocks of at most `KC` x `NR`.)
+        let _ = temp.reserve(items, true);
         let PackTemp {
             taps,
             runs,
@@ -278,12 +305,6 @@ impl PackB for Columns<'_> {
             live,
             ..
         } = &mut temp;
-        let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
-        let items = depth.max(width);
-        reserve_list("pack taps", &PACK_TEMP_LARGEST, taps, items);
-        reserve_list("pack live taps", &PACK_TEMP_LARGEST, live, items);
-        reserve_list("pack runs", &PACK_TEMP_LARGEST, runs, items);
-        reserve_list("pack reads", &PACK_TEMP_LARGEST, reads, items);
         taps.clear();
         taps.extend((pc..pc + kc).map(|r| self.tap_read(r)));
         let mut kept = None;
@@ -322,6 +343,26 @@ const PACK_TEMP_WIDTH: usize = 32;
 /// The most items any thread's [`PackTemp`] lists were asked to hold:
 /// every thread's grow to it ([`reserve_list`]).
 static PACK_TEMP_LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+/// The items each of [`PackTemp`]'s lists holds for a pack of `kc`-deep,
+/// `nr`-wide panels, and the floats of its transposed rows ([`Slot::PackRows`]).
+fn pack_room(kc: usize, nr: usize) -> (usize, usize) {
+    let (depth, width) = (kc.max(PACK_TEMP_DEPTH), nr.max(PACK_TEMP_WIDTH));
+    (depth.max(width), depth.saturating_mul(width))
+}
+
+impl PackTemp {
+    /// Room for `items` in each list (and in `live` with `live`), or the
+    /// allocator's refusal.
+    fn reserve(&mut self, items: usize, live: bool) -> Result<()> {
+        reserve_list("pack taps", &PACK_TEMP_LARGEST, &mut self.taps, items)?;
+        if live {
+            reserve_list("pack live taps", &PACK_TEMP_LARGEST, &mut self.live, items)?;
+        }
+        reserve_list("pack runs", &PACK_TEMP_LARGEST, &mut self.runs, items)?;
+        reserve_list("pack reads", &PACK_TEMP_LARGEST, &mut self.reads, items)
+    }
+}
 
 /// [`Columns::pack`]'s working lists, kept per thread.
 #[derive(Default)]
@@ -628,8 +669,12 @@ mod tests {
             group_pack_elems: None,
         };
         let poison = || {
-            with_scratch(Slot::Columns, 1 << 16, |col| col.fill(f32::NAN));
-            with_scratch(Slot::Dense, 1 << 16, |col| col.fill(f32::NAN));
+            let nan = |col: &mut [f32]| {
+                col.fill(f32::NAN);
+                Ok(())
+            };
+            with_scratch(Slot::Columns, 1 << 16, nan).unwrap();
+            with_scratch(Slot::Dense, 1 << 16, nan).unwrap();
         };
         poison();
         let y = thread_pool(1).install(|| {

@@ -279,7 +279,8 @@ pub(super) fn forward_direct(
                         transpose(&c[..q * n], q, n, &mut y[r0 * g.out_w..], pixels);
                     }
                     add_bias(y);
-                });
+                    Ok(())
+                })
             };
             let threads = rayon::current_num_threads().max(1);
             if g.batch < threads {
@@ -290,7 +291,7 @@ pub(super) fn forward_direct(
                 let part_rows = g.out_h.div_ceil(threads);
                 let block_rows = part_rows.div_ceil(part_rows.div_ceil(most).max(1)).max(1);
                 let block = block_rows * g.out_w * n;
-                with_scratch(Slot::Staging, g.in_channels * plane, |padded| {
+                return with_scratch(Slot::Staging, g.in_channels * plane, |padded| {
                     for (x, y) in x.chunks_exact(in_image).zip(y.chunks_exact_mut(out_image)) {
                         let per_task = g.in_channels.div_ceil(threads).max(1);
                         padded
@@ -326,12 +327,13 @@ pub(super) fn forward_direct(
                                         );
                                     }
                                 }
-                            });
-                        });
+                                Ok(())
+                            })
+                        })?;
                         add_bias(y);
                     }
+                    Ok(())
                 });
-                return;
             }
             // Thread t of the pool runs images t * batch / threads.. of
             // the batch ([`part_per_thread`]), so each thread asks for the
@@ -351,11 +353,12 @@ pub(super) fn forward_direct(
                 .collect();
             part_per_thread(runs, |_, (first, y)| {
                 for (j, y) in y.chunks_exact_mut(out_image).enumerate() {
-                    image(first + j, y);
+                    image(first + j, y)?;
                 }
-            });
-        });
-    });
+                Ok(())
+            })
+        })
+    })?;
     Ok(y)
 }
 

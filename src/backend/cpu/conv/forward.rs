@@ -196,7 +196,7 @@ pub(super) fn forward_lhs(
         per_image,
         |first, count, _, y, par, _| {
             let x = batch_images(x, plan.in_image, first, count);
-            forward_images(x, weight, bias, g, plan, y, count, par, skip);
+            forward_images(x, weight, bias, g, plan, y, count, par, skip)
         },
     )?;
     Ok(y)
@@ -214,7 +214,7 @@ fn forward_images(
     batch: usize,
     par: Par,
     skip: Skip,
-) {
+) -> Result<()> {
     for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
         let images = chunk.images_of(x, plan.in_image);
@@ -227,9 +227,10 @@ fn forward_images(
             let columns = Columns::new(images, g, plan, chunk, false).ordered(order);
             let col = Rhs::Source(&columns);
             with_scratch(Slot::Staging, g.out_channels * width, |staging| {
-                sgemm(par, m, k, width, weight, col, 0.0, staging, width);
+                sgemm(par, m, k, width, weight, col, 0.0, staging, width)?;
                 restage(g, plan, &chunk, y, staging, bias, order.as_ref());
-            });
+                Ok(())
+            })?;
             continue;
         }
         let columns = Columns::new(images, g, plan, chunk, false);
@@ -250,8 +251,9 @@ fn forward_images(
             }
             None => 0.0,
         };
-        sgemm(par, m, k, width, weight, col, beta, out, plan.pixels);
+        sgemm(par, m, k, width, weight, col, beta, out, plan.pixels)?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

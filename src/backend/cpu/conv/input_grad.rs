@@ -243,7 +243,7 @@ pub(super) fn input_grad_col2im(
             |first, count, _, dx, par, _| {
                 let dy = batch_images(dy, plan.out_image, first, count);
                 let form = (overwrite, merge);
-                input_grad_images(dy, weight_t, g, &plan, dx, count, par, form);
+                input_grad_images(dy, weight_t, g, &plan, dx, count, par, form)
             },
         )
     })?;
@@ -261,7 +261,7 @@ fn input_grad_images(
     batch: usize,
     par: Par,
     (overwrite, merge): (bool, bool),
-) {
+) -> Result<()> {
     let (m, k) = (plan.taps, g.out_channels);
     for chunk in plan.chunks(g, batch) {
         let width = chunk.columns(g);
@@ -279,7 +279,7 @@ fn input_grad_images(
                 0.0,
                 grad_in,
                 plan.pixels,
-            );
+            )?;
             continue;
         }
         let plane = g.in_h * g.in_w;
@@ -332,12 +332,13 @@ fn input_grad_images(
                     let rows = channels.min(g.in_channels - c0) * per_channel;
                     let col = &mut col[..rows * width];
                     let rows = (c0 * per_channel, rows);
-                    sgemm_rows(weight_t, m, rows, k, width, grad_out, col);
+                    sgemm_rows(weight_t, m, rows, k, width, grad_out, col)?;
                     if overwrite {
                         col2im_set(col, g, &chunk, planes);
                     } else {
                         col2im_add(col, g, &chunk, planes, merge);
                     }
+                    Ok(())
                 };
                 // By reference: the lists are freed here, on the thread
                 // that made them. Moved into the tasks, a worker freed them
@@ -361,24 +362,29 @@ fn input_grad_images(
                                 .chunks_mut(block_len)
                                 .map(std::sync::Mutex::new)
                                 .collect();
-                            targets.par_iter_mut().enumerate().for_each(|(b, planes)| {
-                                let mine = rayon::current_thread_index().unwrap_or(0) % threads;
-                                let mut col = cols[mine]
-                                    .lock()
-                                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                                block(b, planes, &mut col);
-                            });
+                            targets
+                                .par_iter_mut()
+                                .enumerate()
+                                .try_for_each(|(b, planes)| {
+                                    let mine = rayon::current_thread_index().unwrap_or(0) % threads;
+                                    let mut col = cols[mine]
+                                        .lock()
+                                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                                    block(b, planes, &mut col)
+                                })
                         })
                     }
                     Par::Serial => with_scratch(Slot::Columns, block_len, |col| {
                         for (b, planes) in targets.iter_mut().enumerate() {
-                            block(b, planes, col);
+                            block(b, planes, col)?;
                         }
+                        Ok(())
                     }),
                 }
             })
-        });
+        })?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -527,7 +527,7 @@ fn for_image_groups(
     g: &Conv2dGeometry,
     out: &mut [f32],
     output: Output,
-    work: impl Fn(usize, usize, (usize, usize), &mut [f32], Par, Beta) + Sync,
+    work: impl Fn(usize, usize, (usize, usize), &mut [f32], Par, Beta) -> Result<()> + Sync,
 ) -> Result<()> {
     let all_rows = (0, g.out_h);
     if matches!(output, Output::Sum) && g.batch * plan.pixels == 0 {
@@ -548,23 +548,23 @@ fn for_image_groups(
                     let (image, r0) = (row / g.out_h, row % g.out_h);
                     let r1 = g.out_h.min(r0 + hi - row);
                     let beta = if row == lo { 0.0 } else { 1.0 };
-                    work(image, 1, (r0, r1), out, Par::Serial, beta);
+                    work(image, 1, (r0, r1), out, Par::Serial, beta)?;
                     row += r1 - r0;
                 }
+                Ok(())
             });
         }
-        work(0, g.batch, all_rows, out, Par::Split, 0.0);
-        return Ok(());
+        return work(0, g.batch, all_rows, out, Par::Split, 0.0);
     }
     let group = plan.images_per_chunk;
     match output {
         Output::PerImage(per_image) => {
             out.par_chunks_mut(group * per_image)
                 .enumerate()
-                .for_each(|(i, out)| {
+                .try_for_each(|(i, out)| {
                     let count = out.len() / per_image;
                     work(i * group, count, all_rows, out, Par::Serial, 0.0)
-                });
+                })?;
         }
         Output::Sum => {
             // The groups in one contiguous run per thread, each run summed
@@ -578,8 +578,9 @@ fn for_image_groups(
                     let first = i * group;
                     let count = group.min(g.batch - first);
                     let beta = if i == lo { 0.0 } else { 1.0 };
-                    work(first, count, all_rows, out, Par::Serial, beta);
+                    work(first, count, all_rows, out, Par::Serial, beta)?;
                 }
+                Ok(())
             })?;
         }
     }
@@ -611,7 +612,7 @@ fn in_runs(
     op: &'static str,
     out: &mut [f32],
     runs: usize,
-    run: impl Fn(usize, &mut [f32]) + Sync,
+    run: impl Fn(usize, &mut [f32]) -> Result<()> + Sync,
 ) -> Result<()> {
     let mut partials = (1..runs)
         .map(|_| unset_sum(op, out.len()))
@@ -619,13 +620,17 @@ fn in_runs(
     let targets: Vec<&mut [f32]> = std::iter::once(&mut *out)
         .chain(partials.iter_mut().map(|p| p.as_mut_slice()))
         .collect();
-    if runs == rayon::current_num_threads() {
-        part_per_thread(targets, &run);
+    let ran = if runs == rayon::current_num_threads() {
+        part_per_thread(targets, &run)
     } else {
         targets
             .into_par_iter()
             .enumerate()
-            .for_each(|(r, out)| run(r, out));
+            .try_for_each(|(r, out)| run(r, out))
+    };
+    if let Err(e) = ran {
+        partials.into_iter().for_each(buffer_pool::recycle);
+        return Err(e);
     }
     out.par_chunks_mut(1 << 14)
         .enumerate()
@@ -661,8 +666,12 @@ unsafe impl Sync for SharedOut {}
 /// of a layer in one step (the other thread took both) first grew its
 /// scratch in a later step (`tests/cpu_buffer_pool.rs`, BENCHMARKS.md
 /// issue 9 items 37 and 39). The price: a descheduled thread's part is not
-/// taken over by the other.
-fn part_per_thread<T: Send>(parts: Vec<T>, f: impl Fn(usize, T) + Sync) {
+/// taken over by the other. Every part runs; the first error of any part
+/// (in thread order) is returned.
+fn part_per_thread<T: Send>(
+    parts: Vec<T>,
+    f: impl Fn(usize, T) -> Result<()> + Sync,
+) -> Result<()> {
     debug_assert_eq!(parts.len(), rayon::current_num_threads());
     let parts: Vec<std::sync::Mutex<Option<T>>> = parts
         .into_iter()
@@ -675,10 +684,13 @@ fn part_per_thread<T: Send>(parts: Vec<T>, f: impl Fn(usize, T) + Sync) {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take()
         });
-        if let Some(part) = part {
-            f(ctx.index(), part);
+        match part {
+            Some(part) => f(ctx.index(), part),
+            None => Ok(()),
         }
-    });
+    })
+    .into_iter()
+    .collect()
 }
 
 /// Images `first..first + count` of a batch buffer of `per_image` elements each.
@@ -704,6 +716,7 @@ mod tests {
     };
     use super::weight_grad_taps::{by_classes, weight_grad_classes};
     use super::*;
+    use crate::error::Error;
 
     /// The mode the bench reports is the one the dispatch follows: 512@7
     /// at batch 1 (16 tiles) where F(2x2, 3x3) applies but never pays, so
@@ -967,12 +980,70 @@ mod tests {
                 in_runs("test", &mut out, threads, |r, out| {
                     ran[r].store(rayon::current_thread_index().unwrap_or(usize::MAX), SeqCst);
                     out.fill(r as f32 + 1.0);
+                    Ok(())
                 })
                 .unwrap();
                 let ran: Vec<usize> = ran.iter().map(|t| t.load(SeqCst)).collect();
                 assert_eq!(ran, (0..threads).collect::<Vec<_>>(), "run r on thread r");
                 assert!(out.iter().all(|&v| v == 6.0), "the runs' sum: 1 + 2 + 3");
             }
+        });
+    }
+
+    /// With every scratch growth refused (as the allocator refuses a
+    /// request too large for the machine), each entry point on each path
+    /// returns the out-of-memory error from whichever thread met it, or,
+    /// where it needed no new scratch, the right result: no abort, no
+    /// panic, no result computed in a buffer it did not get. And each
+    /// kernel meets the refusal on some case on each path, so the errors
+    /// are really propagated (a kernel that dropped one would fail here).
+    #[test]
+    fn a_refused_scratch_buffer_is_an_error_from_every_entry_point() {
+        use crate::backend::cpu::scratch::refusing_growth;
+        let mut cases: Vec<Case> = CASES.to_vec();
+        // Winograd-sized 3x3 layers, several images and one.
+        cases.push(([4, 16, 12, 12], [16, 16, 3, 3], (1, 1), (1, 1), (1, 1)));
+        cases.push(([1, 16, 12, 12], [16, 16, 3, 3], (1, 1), (1, 1), (1, 1)));
+        let pool = thread_pool(2);
+        simd::on_every_path(&pool, |path| {
+            let mut refused = [0; 3];
+            for_each_case(&cases, Seeds::new(31, 32, Some(33), 34), |case, _, d| {
+                // (A fresh pool's threads have no scratch yet; this one's
+                // have whatever earlier cases left, which only makes some
+                // calls succeed.)
+                let got = refusing_growth(&pool, 0, || {
+                    pool.install(|| {
+                        [
+                            forward::conv2d(&d.x, &d.w, Some(&d.b), &d.g),
+                            input_grad::conv2d_input_grad(&d.dy, &d.w, &d.g),
+                            weight_grad::conv2d_weight_grad(&d.dy, &d.x, &d.g),
+                        ]
+                    })
+                });
+                let want = [&d.r.y, &d.r.dx, &d.r.dw];
+                for (k, (got, want)) in got.into_iter().zip(want).enumerate() {
+                    let what = format!("{path:?} case {case} kernel {k}");
+                    match got {
+                        Ok(v) => assert_close(&what, &v, want, 1e-4),
+                        Err(e @ Error::OutOfMemory { .. }) => {
+                            assert!(e.to_string().contains("scratch buffer"), "{what}: {e}");
+                            refused[k] += 1;
+                        }
+                        Err(e) => panic!("{what}: {e}"),
+                    }
+                }
+            });
+            assert!(
+                refused.iter().all(|&n| n > 0),
+                "{path:?}: refusals {refused:?}"
+            );
+            // Lifted, the same pool runs them again.
+            let d = super::test_support::case_data(0, &cases[0], Seeds::new(31, 32, Some(33), 34))
+                .unwrap();
+            let y = pool
+                .install(|| forward::conv2d(&d.x, &d.w, Some(&d.b), &d.g))
+                .unwrap();
+            assert_close("after the refusal", &y, &d.r.y, 1e-4);
         });
     }
 }

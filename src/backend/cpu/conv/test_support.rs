@@ -195,7 +195,11 @@ pub(super) fn for_each_case<C: HasCase>(
 pub(super) fn poison_scratch(pool: &rayon::ThreadPool, slots: &[Slot], len: usize) {
     pool.broadcast(|_| {
         for &slot in slots {
-            with_scratch(slot, len, |b| b.fill(f32::NAN));
+            with_scratch(slot, len, |b| {
+                b.fill(f32::NAN);
+                Ok(())
+            })
+            .unwrap();
         }
     });
 }

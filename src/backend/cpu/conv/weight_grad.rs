@@ -83,7 +83,7 @@ pub(super) fn weight_grad_im2col(
         |first, count, rows, dw, par, beta| {
             let dy = batch_images(dy, plan.out_image, first, count);
             let x = batch_images(x, plan.in_image, first, count);
-            weight_grad_images(dy, x, g, &plan, dw, (count, rows), par, beta);
+            weight_grad_images(dy, x, g, &plan, dw, (count, rows), par, beta)
         },
     )?;
     Ok(dw)
@@ -101,7 +101,7 @@ fn weight_grad_images(
     (batch, rows): (usize, (usize, usize)),
     par: Par,
     beta: Beta,
-) {
+) -> Result<()> {
     let (m, n) = (g.out_channels, plan.taps);
     sum_chunks(plan, g, (batch, rows), dw, beta, |chunk, dw, beta| {
         let width = chunk.columns(g);
@@ -115,8 +115,8 @@ fn weight_grad_images(
         };
         with_grad_out(g, plan, &chunk, dy, |grad_out| {
             sgemm(par, m, width, n, Lhs::View(grad_out), col_t, beta, dw, n)
-        });
-    });
+        })
+    })
 }
 
 /// Runs `add(chunk, out, beta)` for the chunks of output rows `rows` of
@@ -131,15 +131,16 @@ fn sum_chunks(
     (batch, rows): (usize, (usize, usize)),
     out: &mut [f32],
     beta: Beta,
-    mut add: impl FnMut(Chunk, &mut [f32], Beta),
-) {
+    mut add: impl FnMut(Chunk, &mut [f32], Beta) -> Result<()>,
+) -> Result<()> {
     let chunks = plan.chunks_rows(g, batch, rows);
     if chunks.is_empty() && beta == 0.0 {
         out.fill(0.0);
     }
     for (i, chunk) in chunks.into_iter().enumerate() {
-        add(chunk, out, if i == 0 { beta } else { 1.0 });
+        add(chunk, out, if i == 0 { beta } else { 1.0 })?;
     }
+    Ok(())
 }
 
 /// The geometry of the shifted weight gradient's row taps (see
@@ -237,9 +238,9 @@ fn weight_grad_shifted(
                             out,
                             n,
                         )
-                    });
+                    })
                 },
-            );
+            )
         },
     )?;
     // dW[o][(c, kh), kw] = dW'[(kw, o)][(c, kh)]: every element written.
@@ -319,8 +320,8 @@ pub(super) fn with_grad_out<R>(
     plan: &Plan,
     chunk: &Chunk,
     dy: &[f32],
-    f: impl FnOnce(MatRef<'_>) -> R,
-) -> R {
+    f: impl FnOnce(MatRef<'_>) -> Result<R>,
+) -> Result<R> {
     let width = chunk.columns(g);
     if chunk.images > 1 {
         with_scratch(Slot::Staging, g.out_channels * width, |staging| {

@@ -156,7 +156,7 @@ pub(super) fn weight_grad_classes(
     part_per_thread(pieces, |_, ((c0, c1), sums)| {
         let width = c1 - c0;
         if width == 0 {
-            return;
+            return Ok(());
         }
         with_scratch(Slot::Staging, images * plane * width, |xt| {
             for first in (0..g.batch).step_by(images) {
@@ -172,14 +172,16 @@ pub(super) fn weight_grad_classes(
                 let dy = batch_images(dy, plan.out_image, first, count);
                 let xt = &xt[..count * plane * width];
                 let beta = if first == 0 { 0.0 } else { 1.0 };
-                weight_grad_tap_columns(dy, xt, g, &plan, &tables, sums, (count, width), beta);
+                weight_grad_tap_columns(dy, xt, g, &plan, &tables, sums, (count, width), beta)?;
             }
-        });
+            Ok(())
+        })?;
         // SAFETY: `dw` outlives this call and nothing else touches it
         // meanwhile; each thread writes the elements of its own input
         // channels c0..c1 (disjoint: `tap_column_parts`) of each row.
         unsafe { reorder_tap_columns(sums, g, (c0, c1), &dw_out) };
-    });
+        Ok(())
+    })?;
     tables.recycle();
     buffer_pool::recycle(by_tap);
     Ok(dw)
@@ -292,7 +294,7 @@ fn weight_grad_tap_columns(
     sums: &mut [f32],
     (batch, width): (usize, usize),
     beta: Beta,
-) {
+) -> Result<()> {
     let c_out = g.out_channels;
     let block = c_out * width;
     for (t, out) in sums
@@ -327,8 +329,9 @@ fn weight_grad_tap_columns(
                     width,
                 )
             },
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Writes input channels `c0..c1` of `dW` (`[C_out, C_in, KH, KW]`) from

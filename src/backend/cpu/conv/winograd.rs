@@ -258,7 +258,7 @@ pub(super) fn forward_winograd(
                                 let vk = &v[k * c_in * tiles..(k + 1) * c_in * tiles];
                                 let mk = &mut m[k * kp * tiles..(k + 1) * kp * tiles];
                                 let vk = Rhs::View(MatRef::row_major(vk, tiles));
-                                sgemm_rows(lhs, 16 * kp, (k * kp, kp), c_in, tiles, vk, mk);
+                                sgemm_rows(lhs, 16 * kp, (k * kp, kp), c_in, tiles, vk, mk)?;
                             }
                             // SAFETY: this part owns tile rows lo..hi, i.e.
                             // output rows 2 * ty, 2 * ty + 1 of its images
@@ -269,11 +269,12 @@ pub(super) fn forward_winograd(
                                 output_twin(cpu, m, (kp, 0, c_out), bias, g, (r0, rows), out, temp)
                             };
                         }
-                    });
-                });
-            });
-        });
-    });
+                        Ok(())
+                    })
+                })
+            })
+        })
+    })?;
     Ok(y)
 }
 
@@ -380,7 +381,7 @@ fn forward_by_channels(
                                             tiles,
                                             vk,
                                             mk,
-                                        );
+                                        )?;
                                     }
                                     // SAFETY: this part owns output channels
                                     // lo..hi (of every image and row), disjoint
@@ -400,9 +401,10 @@ fn forward_by_channels(
                                         )
                                     };
                                 }
-                            });
-                        });
-                    });
+                                Ok(())
+                            })
+                        })
+                    })
                 };
                 #[cfg(target_arch = "x86_64")]
                 if nr > 0 {
@@ -420,16 +422,14 @@ fn forward_by_channels(
                         packed.push(unsafe { PackedB::pack(raw, c_in, tiles, nr, dst, false) });
                     }
                     let rhs: Vec<Rhs<'_>> = packed.iter().map(|p| Rhs::Source(p)).collect();
-                    run(&rhs);
-                    return Ok(());
+                    return run(&rhs);
                 }
                 let _ = vp;
                 let rhs: Vec<Rhs<'_>> = v
                     .chunks_exact(v_plane)
                     .map(|vk| Rhs::View(MatRef::row_major(vk, tiles)))
                     .collect();
-                run(&rhs);
-                Ok(())
+                run(&rhs)
             },
         )
     })?;

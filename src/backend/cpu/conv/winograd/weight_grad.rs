@@ -527,6 +527,7 @@ mod tests {
         let tiny = Blocks {
             bytes: 0,
             min_tiles: 1,
+            ..super::super::BLOCKS
         };
         for (threads, blocks, partials) in [
             (1, super::super::BLOCKS, PARTIALS_BYTES),

@@ -544,9 +544,9 @@ mod tests {
     /// path this CPU runs: never on the portable path, always on AVX-512;
     /// on AVX2 small images always, larger ones where the flipped forward
     /// runs as a direct convolution (ResNet's 64@56 and 128@28) or through
-    /// Winograd F(2x2, 3x3) (winograd.rs: 256@14 at batch 8), else col2im
-    /// (256@14 at batch 1, too few tiles per thread for Winograd); one image
-    /// for two threads included (the direct convolution splits its rows).
+    /// Winograd F(2x2, 3x3) (winograd.rs: 256@14 at batch 8 and 1), else
+    /// col2im (256@14 at batch 1 with Winograd forced off); one image for
+    /// two threads included (the direct convolution splits its rows).
     /// The rule reads FROSTGRAD_CONV_DX, FROSTGRAD_CONV_DIRECT and
     /// FROSTGRAD_CONV_WINOGRAD: the table below says what each of their
     /// modes must give, and the test asserts the one in effect (read
@@ -571,7 +571,7 @@ mod tests {
         // (batch, channels, size; on AVX2: small enough to flip through
         // the im2col forward (FLIP_AVX2_MAX_PIXELS), direct by the rule,
         // direct where forced on (any channels), Winograd by the rule (at
-        // least MIN_TILES_PER_THREAD 2x2 tiles per thread, two threads)).
+        // least MIN_TILES 2x2 tiles)).
         let table = [
             (8, 64, 56, false, true, true, true),
             (8, 128, 28, false, true, true, true),
@@ -580,7 +580,7 @@ mod tests {
             (8, 512, 7, true, false, false, true),
             (1, 64, 56, false, true, true, true),
             (1, 128, 28, false, true, true, true),
-            (1, 256, 14, false, false, true, false),
+            (1, 256, 14, false, false, true, true),
         ];
         let pool = thread_pool(2);
         simd::on_every_path(&pool, |path| {

@@ -18,12 +18,15 @@
 //! for the same scratch in every call); a thread runs its part in blocks
 //! of whole tile rows sized so that the block's `V` and `M` stay in L2
 //! ([`BLOCK_BYTES`]): input transform, 16 GEMMs, output transform (+ bias).
+//! With few tiles per thread (a batch of one or two at 14x14 or 7x7) the
+//! output channels are split instead ([`forward_by_channels`]): each
+//! thread transforms and multiplies only its own rows of the weight.
 
 use rayon::prelude::*;
 
 use super::super::buffer_pool;
 use super::super::check::checked_numel;
-use super::super::gemm::{sgemm_rows, with_packed_lhs, MatRef, Rhs};
+use super::super::gemm::{sgemm_rows, with_packed_lhs, Lhs, MatRef, Rhs};
 use super::super::scratch::{with_scratch, Slot};
 use super::{part_per_thread, SharedOut};
 use crate::backend::Conv2dGeometry;
@@ -75,22 +78,19 @@ pub(super) fn chosen(g: &Conv2dGeometry) -> bool {
     static DIRECT: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let mode = super::super::env_switch::forced(&MODE, "FROSTGRAD_CONV_WINOGRAD", "1", "0");
     let direct = super::super::env_switch::forced(&DIRECT, "FROSTGRAD_CONV_DIRECT", "1", "0");
-    let threads = rayon::current_num_threads();
-    chosen_by(mode, direct, super::super::simd::active(), g, threads)
+    chosen_by(mode, direct, super::super::simd::active(), g)
 }
 
 /// [`chosen`]'s rule without the environment: `mode` the value of
 /// `FROSTGRAD_CONV_WINOGRAD` (`Some(on)` forced), `direct` that of
-/// `FROSTGRAD_CONV_DIRECT`, on SIMD path `path` with `threads` rayon
-/// threads.
+/// `FROSTGRAD_CONV_DIRECT`, on SIMD path `path`.
 pub(super) fn chosen_by(
     mode: Option<bool>,
     direct: Option<bool>,
     path: super::super::simd::SimdPath,
     g: &Conv2dGeometry,
-    threads: usize,
 ) -> bool {
-    applies(g) && mode.unwrap_or_else(|| direct != Some(true) && pays(path, g, threads))
+    applies(g) && mode.unwrap_or_else(|| direct != Some(true) && pays(path, g))
 }
 
 /// Whether `g` runs through F(2x2, 3x3) with `force` (tests): `Some(on)`
@@ -102,35 +102,57 @@ pub(super) fn wanted(g: &Conv2dGeometry, force: Option<bool>) -> bool {
     }
 }
 
-/// The fewest 2x2 output tiles per rayon thread for which F(2x2, 3x3) is
-/// chosen: the weight transform costs the same at any batch (it writes,
-/// and every thread's GEMMs re-read, 16 floats per channel pair: 16 MiB
-/// at 512 channels), and below a few dozen tiles per thread it is more
-/// than the 2.25x fewer FMAs save. Measured (CPU time against the direct
-/// or im2col path it replaces, Zen 2, AVX2; commits c4de002 and f56e3f0,
-/// BENCHMARKS.md issue 9 item 47): one thread, 512@7 at batch 1 (16
-/// tiles) 1.63x forward, 1.85x input gradient; 256@14 at batch 1 (49
-/// tiles) 0.91x and 0.76x; 512@7 at batch 8 and 512@4 at batch 32 (128
-/// tiles) 0.89-0.96x; two threads, 256@14 at batch 1 (25 tiles per
-/// thread) 1.25x and 1.29x, 512@7 at batch 8 (64 per thread) 0.98x and
-/// 0.97x.
-const MIN_TILES_PER_THREAD: usize = 40;
+/// The fewest 2x2 output tiles (all images, any thread count) for which
+/// F(2x2, 3x3) is chosen: the weight transform costs the same at any batch
+/// (9 reads and 16 writes per channel pair), and below a few dozen tiles it
+/// is more than the 2.25x fewer FMAs save. With few tiles the work is split
+/// by output channels ([`split_by_channels`]), so each thread transforms
+/// only its own rows of the weight and the count per thread no longer
+/// matters. Measured (CPU time against the direct or im2col path it
+/// replaces, `scripts/ab_layers.py`, Zen 2, AVX2, load ~4; BENCHMARKS.md
+/// issue 9 item 47 and the commit that split by channels): 256@14 at batch
+/// 1 (49 tiles), forward / input gradient, two threads 0.78x / 0.79x, one
+/// thread 0.93x / 1.00x; 512@7 at batch 2 (32 tiles) 0.79x / 0.87x and
+/// 0.93x / 1.01x; 512@7 at batch 1 (16 tiles) 1.10x / 1.18x and 1.16x /
+/// 1.22x. Split by tile rows (each thread transforming and re-reading the
+/// whole weight), 256@14 at batch 1 on two threads had taken 1.25x / 1.29x
+/// (commit c4de002).
+const MIN_TILES: usize = 40;
 
 /// The measured rule: on the AVX2 path (the only one measured; AVX-512 is
 /// not, and the portable path's `matrixmultiply` GEMM neither) from
-/// [`MIN_TILES_PER_THREAD`] up. Forward and flipped input gradient alike:
-/// they measured within a few percent of each other on every ResNet-18
-/// shape.
-fn pays(path: super::super::simd::SimdPath, g: &Conv2dGeometry, threads: usize) -> bool {
+/// [`MIN_TILES`] up. Forward and flipped input gradient alike: they
+/// measured within a few percent of each other on every ResNet-18 shape.
+fn pays(path: super::super::simd::SimdPath, g: &Conv2dGeometry) -> bool {
     // (A tile count that overflows is no shape to run: not chosen, the
     // other paths report it.)
     let tiles = checked_numel(
         "winograd",
         &[g.batch, g.out_h.div_ceil(2), g.out_w.div_ceil(2)],
     );
-    path == super::super::simd::SimdPath::Avx2
-        && tiles.is_ok_and(|t| t >= MIN_TILES_PER_THREAD.saturating_mul(threads.max(1)))
+    path == super::super::simd::SimdPath::Avx2 && tiles.is_ok_and(|t| t >= MIN_TILES)
 }
+
+/// Whether [`forward_winograd`] splits its work by output channels
+/// ([`forward_by_channels`]) rather than by tile rows: below
+/// [`BY_CHANNELS_TILES_PER_THREAD`] tiles per thread, counted for at least
+/// two threads. Split by rows, every thread transforms and reads the whole
+/// weight, a cost the same at any tile count; split by channels, each its
+/// own rows only, but every thread reads every tile's transformed input
+/// and the GEMMs run on all tiles at once. Measured (CPU time, by channels
+/// / by rows, forward / input gradient, Zen 2, AVX2, load ~4, `ab_layers.py
+/// --rounds 3 --reps 5`): two threads, 512@7 at batch 1 (8 tiles per
+/// thread) 0.56x / 0.53x, 256@14 at batch 1 (25) 0.89x / 0.84x, at batch 2
+/// (49) 0.94x / 0.78x, 512@7 at batch 8 (64) 0.94x / 1.02x, 256@14 at
+/// batch 8 (196) 1.11x / 1.10x; one thread 256@14 at batch 2 (98 tiles)
+/// 0.83x / 0.82x, 512@7 at batch 8 (128) 1.04x / 1.02x, 256@14 at batch 8
+/// (392) 1.16x / 1.21x.
+pub(super) fn split_by_channels(tiles: usize, threads: usize) -> bool {
+    tiles < BY_CHANNELS_TILES_PER_THREAD.saturating_mul(threads.max(2))
+}
+
+/// See [`split_by_channels`].
+const BY_CHANNELS_TILES_PER_THREAD: usize = 64;
 
 /// The block sizing of one call: bytes of `V` and `M` per block, and the
 /// fewest tiles per block. Tests shrink them to run many blocks.
@@ -138,12 +160,27 @@ fn pays(path: super::super::simd::SimdPath, g: &Conv2dGeometry, threads: usize) 
 pub(super) struct Blocks {
     pub(super) bytes: usize,
     pub(super) min_tiles: usize,
+    /// `Some(true)` splits the work by output channels
+    /// ([`forward_by_channels`]), `Some(false)` by tile rows, `None` as
+    /// [`split_by_channels`] says.
+    pub(super) by_channels: Option<bool>,
+    /// The bytes of one block of transformed weight rows in
+    /// [`forward_by_channels`] (at least one row tile of the micro-kernel).
+    pub(super) channel_bytes: usize,
 }
 
 pub(super) const BLOCKS: Blocks = Blocks {
     bytes: BLOCK_BYTES,
     min_tiles: MIN_BLOCK_TILES,
+    by_channels: None,
+    channel_bytes: CHANNEL_BLOCK_BYTES,
 };
+
+/// The bytes of one block of `U`'s rows (`16 x rows x C_in` floats) in
+/// [`forward_by_channels`]: written by the weight transform and read back
+/// by the block's 16 GEMMs while still in L2 (half of Zen 2's 512 KiB,
+/// the rest for the packed `V` panels and the products).
+pub(super) const CHANNEL_BLOCK_BYTES: usize = 192 << 10;
 
 /// `y = conv2d(x, w) + bias` for a geometry that [`applies`], with the
 /// weight `wt`: the forward's, or the input gradient's flipped one.
@@ -191,6 +228,12 @@ pub(super) fn forward_winograd(
     // The parts' bounds `t * tile_rows` (t < threads) below.
     checked_numel(op, &[tile_rows, threads])?;
     let cpu = Avx2Fma::detect();
+    if blocks
+        .by_channels
+        .unwrap_or_else(|| split_by_channels(columns, threads))
+    {
+        return forward_by_channels(op, x, wt, bias, g, mr, blocks.channel_bytes);
+    }
     let mut y = buffer_pool::uninit(op, y_len)?;
     with_scratch(Slot::PackedLhs, u_len, |u| {
         transform_weight(wt, c_in, c_out, kp, u, cpu);
@@ -222,13 +265,173 @@ pub(super) fn forward_winograd(
                             // (every channel), disjoint from the other
                             // parts'; `y` (y_len floats) outlives the
                             // broadcast and nothing reads it meanwhile.
-                            unsafe { output_twin(cpu, m, kp, bias, g, (r0, rows), out, temp) };
+                            unsafe {
+                                output_twin(cpu, m, (kp, 0, c_out), bias, g, (r0, rows), out, temp)
+                            };
                         }
                         Ok(())
                     })
                 })
             })
         })
+    })?;
+    Ok(y)
+}
+
+/// [`forward_winograd`] for few tiles: the input transform of every tile
+/// once, on the calling thread, then the micro-kernel's row tiles of the
+/// output channels split evenly across the threads; each runs its channels
+/// in blocks of `channel_bytes` of transformed weight: the weight
+/// transform of the block's rows (so no thread transforms, or reads, the
+/// others' rows, and the block is read back from L2 rather than memory),
+/// 16 GEMMs over all tiles, the output transform of its channels.
+fn forward_by_channels(
+    op: &'static str,
+    x: &[f32],
+    wt: Weight<'_>,
+    bias: Option<&[f32]>,
+    g: &Conv2dGeometry,
+    mr: usize,
+    channel_bytes: usize,
+) -> Result<Vec<f32>> {
+    let (c_in, c_out) = (g.in_channels, g.out_channels);
+    let (h, w) = (g.in_h, g.in_w);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let kp = checked_numel(op, &[c_out.div_ceil(mr), mr])?;
+    let tile_rows = checked_numel(op, &[g.batch, th])?;
+    let tiles = checked_numel(op, &[tile_rows, tw])?;
+    let y_len = checked_numel(op, &[g.batch, c_out, h, w])?;
+    let v_plane = checked_numel(op, &[c_in, tiles])?;
+    let v_len = checked_numel(op, &[16, v_plane])?;
+    // The input transform's temporaries (`transform_input`), and the
+    // output transform's (`12 x tiles`).
+    let temp_in = checked_sum(op, &[2 * (tw + 1), checked_numel(op, &[16, tiles])?])?;
+    let temp_out = checked_numel(op, &[12, tiles])?;
+    // Each V_k packed once into the micro-kernel's panels (read in place
+    // by every thread's GEMMs); on the portable path read as it lies.
+    #[cfg(target_arch = "x86_64")]
+    let nr = super::super::gemm::tile(super::super::simd::active()).1;
+    #[cfg(not(target_arch = "x86_64"))]
+    let nr = 0;
+    let vp_plane = if nr > 0 {
+        checked_numel(op, &[c_in, tiles.next_multiple_of(nr)])?
+    } else {
+        0
+    };
+    let vp_len = checked_numel(op, &[16, vp_plane])?;
+    let threads = rayon::current_num_threads().max(1);
+    let units = kp / mr;
+    checked_numel(op, &[units, threads])?;
+    let row_bytes = checked_numel(op, &[16, c_in, 4])?;
+    let cb = (channel_bytes / row_bytes / mr).max(1) * mr;
+    let u_len = checked_numel(op, &[16, cb, c_in])?;
+    let m_len = checked_numel(op, &[16, cb, tiles])?;
+    let staging_len = checked_sum(op, &[m_len, temp_out])?;
+    let cpu = Avx2Fma::detect();
+    let mut y = buffer_pool::uninit(op, y_len)?;
+    let out = SharedOut(y.as_mut_ptr());
+    let out = &out;
+    with_scratch(Slot::Columns, v_len, |v| {
+        with_scratch(
+            Slot::SplitColumns,
+            checked_sum(op, &[vp_len, temp_in])?,
+            |buf| {
+                let (vp, temp) = buf.split_at_mut(vp_len);
+                input_twin(cpu, x, g, (0, tile_rows), v, temp);
+                let v = &*v;
+                let run = |rhs: &[Rhs<'_>]| {
+                    let parts = (0..threads)
+                        .map(|t| (t * units / threads * mr, (t + 1) * units / threads * mr))
+                        .collect();
+                    part_per_thread(parts, |_, (lo, hi)| {
+                        with_scratch(Slot::PackedLhs, u_len, |u| {
+                            with_scratch(Slot::Staging, staging_len, |buf| {
+                                let (m, temp) = buf.split_at_mut(m_len);
+                                for o0 in (lo..hi).step_by(cb) {
+                                    let rows = cb.min(hi - o0);
+                                    let u = &mut u[..16 * rows * c_in];
+                                    let u_out = SharedOut(u.as_mut_ptr());
+                                    for r in 0..rows {
+                                        // SAFETY: `u` holds 16 * rows * c_in
+                                        // floats, this thread's alone; each call
+                                        // writes its own row `r` of each plane.
+                                        unsafe {
+                                            weight_twin(
+                                                cpu,
+                                                wt,
+                                                c_in,
+                                                c_out,
+                                                o0 + r,
+                                                (rows, r),
+                                                &u_out,
+                                            )
+                                        };
+                                    }
+                                    let u = &*u;
+                                    let lhs = Lhs::View(MatRef::row_major(u, c_in));
+                                    let m = &mut m[..16 * rows * tiles];
+                                    for (k, (mk, &vk)) in
+                                        m.chunks_exact_mut(rows * tiles).zip(rhs).enumerate()
+                                    {
+                                        sgemm_rows(
+                                            lhs,
+                                            16 * rows,
+                                            (k * rows, rows),
+                                            c_in,
+                                            tiles,
+                                            vk,
+                                            mk,
+                                        )?;
+                                    }
+                                    // SAFETY: this part owns output channels
+                                    // lo..hi (of every image and row), disjoint
+                                    // from the other parts'; `y` (y_len floats)
+                                    // outlives the broadcast and nothing reads
+                                    // it meanwhile.
+                                    unsafe {
+                                        output_twin(
+                                            cpu,
+                                            m,
+                                            (rows, o0, o0 + rows),
+                                            bias,
+                                            g,
+                                            (0, tile_rows),
+                                            out,
+                                            temp,
+                                        )
+                                    };
+                                }
+                                Ok(())
+                            })
+                        })
+                    })
+                };
+                #[cfg(target_arch = "x86_64")]
+                if nr > 0 {
+                    use super::super::microkernel::{PackedB, Raw};
+                    let raws: [Raw; 16] = std::array::from_fn(|k| Raw {
+                        ptr: v[k * v_plane..][..v_plane].as_ptr(),
+                        rs: tiles,
+                        cs: 1,
+                    });
+                    let mut packed = Vec::with_capacity(16);
+                    for (raw, dst) in raws.iter().zip(vp.chunks_exact_mut(vp_plane)) {
+                        // SAFETY: `raw` is V_k, the row-major c_in x tiles
+                        // matrix at v[k * v_plane..][..v_plane]; `dst` holds
+                        // PackedB::len(c_in, tiles, nr) = vp_plane floats.
+                        packed.push(unsafe { PackedB::pack(raw, c_in, tiles, nr, dst, false) });
+                    }
+                    let rhs: Vec<Rhs<'_>> = packed.iter().map(|p| Rhs::Source(p)).collect();
+                    return run(&rhs);
+                }
+                let _ = vp;
+                let rhs: Vec<Rhs<'_>> = v
+                    .chunks_exact(v_plane)
+                    .map(|vk| Rhs::View(MatRef::row_major(vk, tiles)))
+                    .collect();
+                run(&rhs)
+            },
+        )
     })?;
     Ok(y)
 }
@@ -300,32 +503,36 @@ fn transform_weight(
         // SAFETY: `out` points at `u`, 16 * kp * c_in floats (asserted
         // above), which outlives the loop and which nothing else reads or
         // writes meanwhile; task `o` is the only one given row `o`.
-        unsafe { weight_twin(cpu, wt, c_in, c_out, kp, o, out) };
+        unsafe { weight_twin(cpu, wt, c_in, c_out, o, (kp, o), out) };
     });
 }
 
-/// Row `o` of every `U_k` ([`transform_weight`]).
+/// Output channel `o`'s row of every `U_k` from input channel `from` on
+/// ([`weight_twin`]), in chunks of [`WEIGHT_CHUNK`] input channels
+/// gathered onto the stack.
 ///
 /// # Safety
-/// `out` points at `U`, `16 * kp * c_in` floats, and while this runs no
-/// one else reads or writes row `o` of any `U_k` (`o < kp`).
+/// `out` points at `16 * rows * c_in` floats, and while this runs no one
+/// else reads or writes row `at_row` of any of its 16 planes (`at_row <
+/// rows`).
 #[inline(always)]
 unsafe fn weight_row(
     wt: Weight<'_>,
     c_in: usize,
     c_out: usize,
-    kp: usize,
     o: usize,
+    (rows, at_row): (usize, usize),
+    from: usize,
     out: &SharedOut,
 ) {
-    let plane = kp * c_in;
-    for c0 in (0..c_in).step_by(WEIGHT_CHUNK) {
+    let plane = rows * c_in;
+    for c0 in (from..c_in).step_by(WEIGHT_CHUNK) {
         let n = WEIGHT_CHUNK.min(c_in - c0);
-        // SAFETY: the contract above: `out` is `U` (16 * plane
-        // floats), whose row `o` of each `U_k` (elements
-        // k * plane + o * c_in + c0..+n) is this call's alone.
+        // SAFETY: the contract above: `out` holds 16 * plane floats,
+        // whose row `at_row` of each plane (elements
+        // k * plane + at_row * c_in + c0..+n) is this call's alone.
         let mut dst: [&mut [f32]; 16] = std::array::from_fn(|k| unsafe {
-            std::slice::from_raw_parts_mut(out.0.add(k * plane + o * c_in + c0), n)
+            std::slice::from_raw_parts_mut(out.0.add(k * plane + at_row * c_in + c0), n)
         });
         if o >= c_out {
             dst.iter_mut().for_each(|d| d.fill(0.0));
@@ -461,7 +668,7 @@ avx2_twin!(
     /// [`transform_output`]'s.
     unsafe output_twin = transform_output(
         m: &[f32],
-        kp: usize,
+        channels: (usize, usize, usize),
         bias: Option<&[f32]>,
         g: &Conv2dGeometry,
         block: (usize, usize),
@@ -475,15 +682,178 @@ avx2_twin!(
     ///
     /// # Safety
     /// [`weight_row`]'s.
-    unsafe weight_twin = weight_row(
+    unsafe weight_rest = weight_row(
         wt: Weight<'_>,
         c_in: usize,
         c_out: usize,
-        kp: usize,
         o: usize,
+        rows: (usize, usize),
+        from: usize,
         out: &SharedOut
     )
 );
+
+/// Output channel `o`'s row of every `U_k` ([`transform_weight`]; zero
+/// for a padding row `o >= C_out`), written as row `at_row` of `U` stored
+/// as `[16][rows][C_in]` (all of `U`: `rows = kp`, `at_row = o`; a block
+/// of its rows: [`forward_by_channels`]): with AVX2, 8 input channels at a
+/// time through [`weight_eights_avx2`], the rest through [`weight_rest`].
+///
+/// # Safety
+/// `out` points at `16 * rows * c_in` floats, and while this runs no one
+/// else reads or writes row `at_row` of any of its 16 planes (`at_row <
+/// rows`).
+unsafe fn weight_twin(
+    cpu: Option<Avx2Fma>,
+    wt: Weight<'_>,
+    c_in: usize,
+    c_out: usize,
+    o: usize,
+    rows: (usize, usize),
+    out: &SharedOut,
+) {
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if cpu.is_some() && o < c_out {
+        // SAFETY: an `Avx2Fma` exists only where the CPU runs AVX2 + FMA
+        // code (`Avx2Fma::detect`); `out` as this function's contract.
+        done = unsafe { weight_eights_avx2(wt, c_in, o, rows, out) };
+    }
+    // SAFETY: this function's contract.
+    unsafe { weight_rest(cpu, wt, c_in, c_out, o, rows, done, out) };
+}
+
+/// [`weight_twin`]'s rows for input channels `0..8 * (C_in / 8)`, 8 at a
+/// time: each of the 8 channel pairs' 9 taps loaded as one row (taps 0-7,
+/// or 1-8 when flipped), an 8x8 transpose in registers (as
+/// `weight_grad_taps.rs` `interleave_nine_avx`) and the odd tap beside, so
+/// each tap of 8 pairs is one vector; then `G g Gᵀ` on vectors, 16
+/// stores. Returns how many input channels it wrote. The scalar gather
+/// onto the stack it replaces stored 9 floats one by one per pair and was
+/// the weight transform's cost (the transform took 1.5x the GEMMs' samples
+/// of 512@7's input gradient at batch 1, `perf`, Zen 2).
+///
+/// # Safety
+/// The CPU runs AVX2 and FMA; `out` as [`weight_twin`]'s, and `o <
+/// C_out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_eights_avx2(
+    wt: Weight<'_>,
+    c_in: usize,
+    o: usize,
+    (rows, at_row): (usize, usize),
+    out: &SharedOut,
+) -> usize {
+    use std::arch::x86_64::*;
+    let whole = c_in - c_in % 8;
+    if whole == 0 {
+        return 0;
+    }
+    // Every pair's 9 taps lie inside the weight (a bug in the caller if
+    // not: the loads below rely on it): the last pair's end is the largest.
+    let last = o * wt.o_stride + (whole - 1) * wt.c_stride + 9;
+    assert!(last <= wt.w.len(), "winograd: weight too short");
+    let plane = rows * c_in;
+    let (load_at, odd_at) = if wt.flip { (1, 0) } else { (0, 8) };
+    let half = _mm256_set1_ps(0.5);
+    let w = wt.w.as_ptr();
+    for c0 in (0..whole).step_by(8) {
+        let at: [usize; 8] = std::array::from_fn(|j| o * wt.o_stride + (c0 + j) * wt.c_stride);
+        // SAFETY: each pair's 9 taps at[j]..at[j] + 9 lie inside the weight
+        // (asserted above: c0 + j < whole); the 8 loaded from load_at and
+        // the one at odd_at are among them.
+        let (r, odd) = unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(w.add(at[j] + load_at)));
+            let odd = _mm256_setr_ps(
+                *w.add(at[0] + odd_at),
+                *w.add(at[1] + odd_at),
+                *w.add(at[2] + odd_at),
+                *w.add(at[3] + odd_at),
+                *w.add(at[4] + odd_at),
+                *w.add(at[5] + odd_at),
+                *w.add(at[6] + odd_at),
+                *w.add(at[7] + odd_at),
+            );
+            (r, odd)
+        };
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        // Column t of the 8 loaded rows: loaded tap t of the 8 pairs.
+        let col = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        // The taps in the forward's order: flipped, tap t is the weight's
+        // 8 - t (loaded columns hold taps 1-8, the odd one tap 0).
+        let g: [__m256; 9] = if wt.flip {
+            [
+                col[7], col[6], col[5], col[4], col[3], col[2], col[1], col[0], odd,
+            ]
+        } else {
+            [
+                col[0], col[1], col[2], col[3], col[4], col[5], col[6], col[7], odd,
+            ]
+        };
+        // Rows of G g (each 3 columns), as `weight_row`: r0, (r0 + r1 +
+        // r2) / 2, (r0 - r1 + r2) / 2, r2; then each row times Gᵀ.
+        let sum = |col: usize| {
+            _mm256_mul_ps(
+                half,
+                _mm256_add_ps(_mm256_add_ps(g[col], g[3 + col]), g[6 + col]),
+            )
+        };
+        let dif = |col: usize| {
+            _mm256_mul_ps(
+                half,
+                _mm256_add_ps(_mm256_sub_ps(g[col], g[3 + col]), g[6 + col]),
+            )
+        };
+        let gg = [
+            [g[0], g[1], g[2]],
+            [sum(0), sum(1), sum(2)],
+            [dif(0), dif(1), dif(2)],
+            [g[6], g[7], g[8]],
+        ];
+        for (i, [a, b, c]) in gg.into_iter().enumerate() {
+            let u = [
+                a,
+                _mm256_mul_ps(half, _mm256_add_ps(_mm256_add_ps(a, b), c)),
+                _mm256_mul_ps(half, _mm256_add_ps(_mm256_sub_ps(a, b), c)),
+                c,
+            ];
+            for (j, u) in u.into_iter().enumerate() {
+                let k = 4 * i + j;
+                // SAFETY: row `at_row` of plane k, channels c0..c0 + 8 (<=
+                // c_in), lies inside `out`'s 16 * rows * c_in floats and is
+                // this call's alone (the contract).
+                unsafe { _mm256_storeu_ps(out.0.add(k * plane + at_row * c_in + c0), u) };
+            }
+        }
+    }
+    whole
+}
 
 /// One row `(a, b, c)` of `G g` times `Gᵀ`: `(a, (a + b + c) / 2,
 /// (a - b + c) / 2, c)`, for the first `n` channels of a chunk.
@@ -630,19 +1000,20 @@ fn split_row(row: Option<&[f32]>, even: &mut [f32], odd: &mut [f32]) {
     }
 }
 
-/// `Y = Aᵀ M A` (+ bias) of tile rows `r0..r0 + rows` from `m`
-/// (`[16][kp][tiles]`) into the output through `out`, with
+/// `Y = Aᵀ M A` (+ bias) of output channels `o0..o1` (those below
+/// `C_out`) of tile rows `r0..r0 + rows` from `m` (`[16][m_rows][tiles]`,
+/// channel `o` at row `o - o0`) into the output through `out`, with
 /// `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`; the second row or column of the
 /// last tiles is dropped where the output's height or width is odd.
 ///
 /// # Safety
 /// `out` points at the `[N, C_out, H, W]` output, and the caller alone
-/// writes output rows `2 ty, 2 ty + 1` of the images of these tile rows
-/// while this runs.
+/// writes output rows `2 ty, 2 ty + 1` of channels `o0..o1` of the images
+/// of these tile rows while this runs.
 #[inline(always)]
 unsafe fn transform_output(
     m: &[f32],
-    kp: usize,
+    (m_rows, o0, o1): (usize, usize, usize),
     bias: Option<&[f32]>,
     g: &Conv2dGeometry,
     (r0, rows): (usize, usize),
@@ -652,7 +1023,7 @@ unsafe fn transform_output(
     let (c_out, h, w) = (g.out_channels, g.out_h, g.out_w);
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let tiles = rows * tw;
-    let plane_len = kp * tiles;
+    let plane_len = m_rows * tiles;
     // Over all the block's tiles at once (one output channel's products
     // are contiguous across its tile rows): long loops, vectorised whole
     // where a row's few tiles (4 at 7x7) would leave scalar remainders.
@@ -663,9 +1034,9 @@ unsafe fn transform_output(
     // The column sums: for each of the 4 columns, rows 0 + 1 + 2 and
     // 1 - 2 - 3.
     let sums = &mut rest[..8 * tiles];
-    for o in 0..c_out {
+    for o in o0..o1.min(c_out) {
         let b = bias.map_or(0.0, |b| b[o]);
-        let mk = |k: usize| &m[k * plane_len + o * tiles..][..tiles];
+        let mk = |k: usize| &m[k * plane_len + (o - o0) * tiles..][..tiles];
         // Aᵀ ·: rows 0 + 1 + 2 and 1 - 2 - 3 of each column.
         for (j, sd) in sums.chunks_exact_mut(2 * tiles).enumerate() {
             let (s, d) = sd.split_at_mut(tiles);
@@ -788,11 +1159,37 @@ mod tests {
         // Tiny blocks (one tile row each) and the default sizing; odd and
         // even sizes (partial last tiles), 1x1, 2x2 and 1-wide images,
         // channels not multiples of the kernels' 6- or 8-row tiles.
+        // Each split forced: by tile rows, and by output channels with
+        // blocks of one row tile and of the default size.
         let tiny = Blocks {
             bytes: 0,
             min_tiles: 1,
+            by_channels: Some(false),
+            channel_bytes: 0,
         };
-        for (threads, blocks) in [(1, BLOCKS), (2, tiny), (3, BLOCKS), (4, tiny)] {
+        let rows = Blocks {
+            by_channels: Some(false),
+            ..BLOCKS
+        };
+        let channels = Blocks {
+            by_channels: Some(true),
+            ..BLOCKS
+        };
+        let channels_tiny = Blocks {
+            by_channels: Some(true),
+            ..tiny
+        };
+        for (threads, blocks) in [
+            (1, rows),
+            (2, tiny),
+            (3, rows),
+            (4, tiny),
+            (1, channels),
+            (2, channels_tiny),
+            (3, channels),
+            (1, channels_tiny),
+            (2, channels),
+        ] {
             for &(n, c, o, h, w) in &[
                 (1, 3, 5, 1, 1),
                 (2, 4, 7, 2, 2),
@@ -800,6 +1197,10 @@ mod tests {
                 (1, 2, 13, 5, 1),
                 (2, 17, 10, 6, 5),
                 (1, 1, 1, 3, 4),
+                (1, 70, 20, 7, 7),
+                // More input channels than the GEMM's depth block (256),
+                // several blocks of weight rows.
+                (1, 300, 20, 5, 6),
             ] {
                 check(n, c, o, h, w, blocks, threads);
             }
@@ -808,37 +1209,71 @@ mod tests {
 
     #[test]
     fn the_entry_points_take_winograd_where_it_pays() {
-        // 5 images of 8x7: 80 tiles, 40 per thread (`MIN_TILES_PER_THREAD`),
-        // so on AVX2 the forward and the input gradient (flipped) run
-        // through F(2x2, 3x3) from the crate's entry points; on the other
-        // paths they keep their own, and must agree all the same.
-        let g = Conv2dGeometry::new([5, 4, 8, 7], [6, 4, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
-        let x = pseudo_random(5 * 4 * 8 * 7, 11);
-        let w = pseudo_random(6 * 4 * 9, 12);
-        let b = pseudo_random(6, 13);
-        let dy = pseudo_random(5 * 6 * 8 * 7, 14);
-        let r = reference(&g, &x, &w, &b, &dy);
+        // 5 images of 8x7 (80 tiles: from `MIN_TILES` up, split by output
+        // channels on two threads) and of 8x13 (140 tiles: split by tile
+        // rows), so on AVX2 the forward and the input gradient (flipped)
+        // run through F(2x2, 3x3) from the crate's entry points, each
+        // split once; on the other paths they keep their own, and must
+        // agree all the same.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        simd::on_every_path(&pool, |path| {
-            let flipped = flipped_geometry(&g).unwrap();
-            let want = path == simd::SimdPath::Avx2;
-            // The rule as the entry points ask it (the environment's
-            // switches unset; `chosen_by_table` tests them).
-            for g in [&g, &flipped] {
-                assert_eq!(chosen_by(None, None, path, g, 2), want, "{path:?}");
-            }
-            let (y, dx) = pool.install(|| {
-                poison(&pool, 5 * 6 * 8 * 7);
-                let y = super::super::conv2d(&x, &w, Some(&b), &g).unwrap();
-                poison(&pool, 5 * 4 * 8 * 7);
-                (y, super::super::conv2d_input_grad(&dy, &w, &g).unwrap())
+        for (w_px, by_channels) in [(7, true), (13, false)] {
+            let g =
+                Conv2dGeometry::new([5, 4, 8, w_px], [6, 4, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+            let tiles = 5 * 4 * w_px.div_ceil(2);
+            assert_eq!(split_by_channels(tiles, 2), by_channels, "{tiles} tiles");
+            let x = pseudo_random(5 * 4 * 8 * w_px, 11);
+            let w = pseudo_random(6 * 4 * 9, 12);
+            let b = pseudo_random(6, 13);
+            let dy = pseudo_random(5 * 6 * 8 * w_px, 14);
+            let r = reference(&g, &x, &w, &b, &dy);
+            simd::on_every_path(&pool, |path| {
+                let flipped = flipped_geometry(&g).unwrap();
+                let want = path == simd::SimdPath::Avx2;
+                // The rule as the entry points ask it (the environment's
+                // switches unset; `chosen_by_table` tests them).
+                for g in [&g, &flipped] {
+                    assert_eq!(chosen_by(None, None, path, g), want, "{path:?}");
+                }
+                let (y, dx) = pool.install(|| {
+                    poison(&pool, 5 * 6 * 8 * w_px);
+                    let y = super::super::conv2d(&x, &w, Some(&b), &g).unwrap();
+                    poison(&pool, 5 * 4 * 8 * w_px);
+                    (y, super::super::conv2d_input_grad(&dy, &w, &g).unwrap())
+                });
+                assert!(max_err(&y, &r.y) <= 1e-5, "{path:?} {w_px} y");
+                assert!(max_err(&dx, &r.dx) <= 1e-5, "{path:?} {w_px} dx");
             });
-            assert!(max_err(&y, &r.y) <= 1e-5, "{path:?} y");
-            assert!(max_err(&dx, &r.dx) <= 1e-5, "{path:?} dx");
-        });
+        }
+    }
+
+    #[test]
+    fn split_by_channels_table() {
+        // (tiles, threads, split by output channels): below 64 tiles per
+        // thread, counted for at least two threads; ResNet-18's stride-1
+        // 3x3 layers at 224x224 have 784, 196, 49 and 16 tiles per image.
+        for (tiles, threads, want) in [
+            (1, 1, true),
+            (16, 2, true),
+            (49, 1, true),
+            (98, 2, true),
+            (127, 1, true),
+            (128, 1, false),
+            (128, 2, false),
+            (191, 3, true),
+            (192, 3, false),
+            (196, 2, false),
+            (392, 1, false),
+            (usize::MAX, 0, false),
+        ] {
+            assert_eq!(
+                split_by_channels(tiles, threads),
+                want,
+                "{tiles} tiles, {threads} threads"
+            );
+        }
     }
 
     #[test]
@@ -848,43 +1283,36 @@ mod tests {
             Conv2dGeometry::new([n, c, h, w], [c, c, 3, 3], (stride, stride), (1, 1), (1, 1))
                 .unwrap()
         };
-        // (geometry, threads, whether the measured rule takes it on AVX2):
-        // 39 and 40 tiles per thread (2 rows of 77 / 79 / 157 / 159
-        // pixels: 39, 40, 79, 80 tiles), and ResNet-18's stride-1 3x3
-        // layers at 224x224, batch 1 and 8 (tiles 784, 196, 49, 16 per
-        // image).
+        // (geometry, whether the measured rule takes it on AVX2): 39 and
+        // 40 tiles (2 rows of 77 / 79 pixels; 1 x 78 / 1 x 80 images), and
+        // ResNet-18's stride-1 3x3 layers at 224x224, batch 1 and 8 (tiles
+        // 784, 196, 49, 16 per image): the thread count does not matter.
         let mut table = vec![
-            (conv(1, 8, 2, 77, 1), 1, false),
-            (conv(1, 8, 2, 79, 1), 1, true),
-            (conv(1, 8, 2, 157, 1), 2, false),
-            (conv(1, 8, 2, 159, 1), 2, true),
+            (conv(1, 8, 2, 77, 1), false),
+            (conv(1, 8, 2, 79, 1), true),
+            (conv(1, 8, 1, 78, 1), false),
+            (conv(1, 8, 1, 80, 1), true),
             // Not F(2x2, 3x3)'s shape: never, whatever is forced.
-            (conv(8, 64, 56, 56, 2), 1, false),
+            (conv(8, 64, 56, 56, 2), false),
         ];
-        for (c, size, batch1_one_thread, batch1_two) in [
-            (64, 56, true, true),
-            (128, 28, true, true),
-            (256, 14, true, false),
-            (512, 7, false, false),
+        for (c, size, batch1) in [
+            (64, 56, true),
+            (128, 28, true),
+            (256, 14, true),
+            (512, 7, false),
         ] {
-            table.push((conv(1, c, size, size, 1), 1, batch1_one_thread));
-            table.push((conv(1, c, size, size, 1), 2, batch1_two));
-            // Batch 8: 128 tiles and more, from 40 per thread on 2.
-            table.push((conv(8, c, size, size, 1), 2, true));
+            table.push((conv(1, c, size, size, 1), batch1));
+            table.push((conv(8, c, size, size, 1), true));
         }
-        for (g, threads, pays) in &table {
+        for (g, pays) in &table {
             let fits = applies(g);
             for path in [Avx512, Avx2, Portable] {
                 for direct in [None, Some(false), Some(true)] {
-                    let what = format!("{g:?} {threads} threads {path:?} direct {direct:?}");
+                    let what = format!("{g:?} {path:?} direct {direct:?}");
                     let auto = *pays && path == Avx2 && direct != Some(true);
-                    assert_eq!(chosen_by(None, direct, path, g, *threads), auto, "{what}");
-                    assert_eq!(
-                        chosen_by(Some(true), direct, path, g, *threads),
-                        fits,
-                        "{what}"
-                    );
-                    assert!(!chosen_by(Some(false), direct, path, g, *threads), "{what}");
+                    assert_eq!(chosen_by(None, direct, path, g), auto, "{what}");
+                    assert_eq!(chosen_by(Some(true), direct, path, g), fits, "{what}");
+                    assert!(!chosen_by(Some(false), direct, path, g), "{what}");
                 }
             }
         }

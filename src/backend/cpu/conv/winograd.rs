@@ -104,20 +104,22 @@ pub(super) fn wanted(g: &Conv2dGeometry, force: Option<bool>) -> bool {
 
 /// The fewest 2x2 output tiles (all images, any thread count) for which
 /// F(2x2, 3x3) is chosen: the weight transform costs the same at any batch
-/// (9 reads and 16 writes per channel pair), and below a few dozen tiles it
-/// is more than the 2.25x fewer FMAs save. With few tiles the work is split
-/// by output channels ([`split_by_channels`]), so each thread transforms
-/// only its own rows of the weight and the count per thread no longer
-/// matters. Measured (CPU time against the direct or im2col path it
-/// replaces, `scripts/ab_layers.py`, Zen 2, AVX2, load ~4; BENCHMARKS.md
-/// issue 9 item 47 and the commit that split by channels): 256@14 at batch
-/// 1 (49 tiles), forward / input gradient, two threads 0.78x / 0.79x, one
-/// thread 0.93x / 1.00x; 512@7 at batch 2 (32 tiles) 0.79x / 0.87x and
-/// 0.93x / 1.01x; 512@7 at batch 1 (16 tiles) 1.10x / 1.18x and 1.16x /
-/// 1.22x. Split by tile rows (each thread transforming and re-reading the
-/// whole weight), 256@14 at batch 1 on two threads had taken 1.25x / 1.29x
-/// (commit c4de002).
-const MIN_TILES: usize = 40;
+/// (9 reads and 16 writes per channel pair, and the weight streamed from
+/// memory), and below a few dozen tiles it is more than the 2.25x fewer
+/// FMAs save. With few tiles the work is split by output channels
+/// ([`split_by_channels`]), so each thread transforms only its own rows of
+/// the weight and the count per thread no longer matters. Measured (CPU
+/// time against the direct or im2col path it replaces, forward / input
+/// gradient, `scripts/ab_layers.py`, Zen 2, AVX2, load 4-6; BENCHMARKS.md
+/// issue 9 item 47 and the commits that split by channels and vectorised
+/// the weight transform): 512@7 at batch 2 (32 tiles), two threads 0.73x /
+/// 0.78x, one thread 0.93x / 0.95x; 512@7 at batch 1 (16 tiles) 1.11x /
+/// 1.13x and 1.14x / 1.22x; 256@14 at batch 1 (49 tiles) 0.78x / 0.79x
+/// and 0.93x / 1.00x (before the vectorised weight transform); 512@7 at
+/// batch 4 (64 tiles) 0.74x / 0.81x and 0.90x / 0.90x. Split by tile rows
+/// (each thread transforming and re-reading the whole weight), 256@14 at
+/// batch 1 on two threads had taken 1.25x / 1.29x (commit c4de002).
+const MIN_TILES: usize = 32;
 
 /// The measured rule: on the AVX2 path (the only one measured; AVX-512 is
 /// not, and the portable path's `matrixmultiply` GEMM neither) from
@@ -1283,15 +1285,17 @@ mod tests {
             Conv2dGeometry::new([n, c, h, w], [c, c, 3, 3], (stride, stride), (1, 1), (1, 1))
                 .unwrap()
         };
-        // (geometry, whether the measured rule takes it on AVX2): 39 and
-        // 40 tiles (2 rows of 77 / 79 pixels; 1 x 78 / 1 x 80 images), and
+        // (geometry, whether the measured rule takes it on AVX2): 31 and
+        // 32 tiles (2 rows of 61 / 63 pixels; 1 x 62 / 1 x 64 images), and
         // ResNet-18's stride-1 3x3 layers at 224x224, batch 1 and 8 (tiles
-        // 784, 196, 49, 16 per image): the thread count does not matter.
+        // 784, 196, 49, 16 per image; 512@7 at batch 2: 32): the thread
+        // count does not matter.
         let mut table = vec![
-            (conv(1, 8, 2, 77, 1), false),
-            (conv(1, 8, 2, 79, 1), true),
-            (conv(1, 8, 1, 78, 1), false),
-            (conv(1, 8, 1, 80, 1), true),
+            (conv(1, 8, 2, 61, 1), false),
+            (conv(1, 8, 2, 63, 1), true),
+            (conv(1, 8, 1, 62, 1), false),
+            (conv(1, 8, 1, 64, 1), true),
+            (conv(2, 512, 7, 7, 1), true),
             // Not F(2x2, 3x3)'s shape: never, whatever is forced.
             (conv(8, 64, 56, 56, 2), false),
         ];

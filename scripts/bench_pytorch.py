@@ -14,6 +14,15 @@ On CUDA, cuDNN is used with TF32 off (fp32 arithmetic, like ours).
 On the CPU the JSON's `cpu_isa` records what ATen and oneDNN actually ran
 (scripts/torch_isa.py); `scripts/compare.sh --isa avx2` limits both through
 the environment (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA).
+
+`flop_count` is "direct-equivalent", as in `frostgrad bench --json`: the
+GFLOP fields count 2 per multiply-add of a direct convolution
+(`forward_macs`), whichever algorithm ran. `conv_winograd` says whether
+PyTorch ran the stride-1 3x3 convolution through Winograd: on the CPU, "on"
+or "off" from oneDNN's implementation of the probed 3x3 stride-1
+convolution (`cpu_isa.onednn_conv`, e.g. "jit:avx2"; "unknown" where it
+could not be read); on CUDA "unknown" (cuDNN picks its algorithm per shape
+and it is not read back). Ours is "auto", "on" or "off" (the switch).
 """
 
 import argparse
@@ -70,6 +79,16 @@ def forward_macs(model, images):
     for h in hooks:
         h.remove()
     return sum(macs)
+
+
+def winograd_of(cpu_isa):
+    """"on"/"off": whether oneDNN ran the probed stride-1 3x3 convolution
+    through Winograd (its implementation name says "wino"); "unknown" where
+    that was not read (CUDA, or no verbose line)."""
+    impl = (cpu_isa or {}).get("onednn_conv", "?")
+    if impl == "?":
+        return "unknown"
+    return "on" if "wino" in impl else "off"
 
 
 def sync(device):
@@ -167,11 +186,14 @@ def main():
         print(f"{name:>10}: {r['step_ms']['median']:8.1f} ms/step  (fwd {r['forward_ms']:.1f}, "
               f"bwd {r['backward_ms']:.1f}, opt {r['optimizer_ms']:.1f})", file=sys.stderr)
 
+    cpu_isa = torch_isa.report() if args.device == "cpu" else None
     out = {
         "framework": f"pytorch {torch.__version__}",
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
-        "cpu_isa": torch_isa.report() if args.device == "cpu" else None,
+        "cpu_isa": cpu_isa,
+        "conv_winograd": winograd_of(cpu_isa),
+        "flop_count": "direct-equivalent",
         "batch": args.batch,
         "size": args.size,
         "modes": results,

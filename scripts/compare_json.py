@@ -26,6 +26,10 @@ def main():
     if isa:
         print(f"ISA: frostgrad {ours.get('simd_path', '?')}; PyTorch ATen {isa['aten']}, "
               f"oneDNN {isa['onednn_isa']} (convolution {isa['onednn_conv']}); CPU {ours.get('cpu_model', '?')}")
+    if "conv_winograd" in ours or "conv_winograd" in theirs:
+        print(f"Winograd 3x3: frostgrad {ours.get('conv_winograd', '?')}, "
+              f"PyTorch {theirs.get('conv_winograd', '?')}; GFLOP counted "
+              f"{ours.get('flop_count', '?')} / {theirs.get('flop_count', '?')}")
     print(f"{'mode':<10} {'frostgrad':>10} {'PyTorch':>10} {'ours/theirs':>12} "
           f"{'fwd ours/theirs':>16} {'bwd ours/theirs':>16} {'peak MiB ours/theirs':>21}")
     for m in ours["modes"]:

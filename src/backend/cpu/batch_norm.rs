@@ -19,7 +19,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::buffer_pool;
-use super::elementwise::min_len;
+use super::elementwise::{min_len, note_task};
 use super::simd::{active, SimdPath};
 use crate::backend::BatchNormGeometry;
 use crate::error::Result;
@@ -322,7 +322,10 @@ pub(super) fn channel_sums(x: &[f32], g: &BatchNormGeometry) -> Result<Vec<f32>>
     Ok((0..g.channels)
         .into_par_iter()
         .with_min_len(min_len(x.len(), 1))
-        .map(|c| channel_sum_f64(x, g, c) as f32)
+        .map(|c| {
+            note_task();
+            channel_sum_f64(x, g, c) as f32
+        })
         .collect())
 }
 
@@ -379,6 +382,7 @@ fn affine_per_channel(
         .with_min_len(min_len(x.len(), segments_per_task(g)))
         .enumerate()
         .for_each(|(i, (o, x))| {
+            note_task();
             let c = i % g.channels;
             affine_segment(o, x, scale[c], shift[c], relu_after);
         });
@@ -513,6 +517,7 @@ pub(super) fn train(
             .with_min_len(min_len(x.len(), 1))
             .enumerate()
             .for_each(|(b, stats)| {
+                note_task();
                 let c0 = b * per_task;
                 block_mean_var(path, blocked, x, g, c0, stats);
                 let mut ab = [(0f32, 0f32); MAX_BLOCK_CHANNELS];
@@ -701,6 +706,7 @@ fn backward_impl<const MASK: bool>(
             .with_min_len(min_len(dy.len(), 1))
             .enumerate()
             .for_each(|(b, sums)| {
+                note_task();
                 let c0 = b * per_task;
                 block_sums(c0, sums);
                 let mut coefficients = [(0f32, 0f32, 0f32, 0f32); MAX_BLOCK_CHANNELS];
@@ -745,7 +751,10 @@ fn backward_impl<const MASK: bool>(
         sums.par_chunks_mut(per_task)
             .with_min_len(min_len(dy.len(), 1))
             .enumerate()
-            .for_each(|(b, sums)| block_sums(b * per_task, sums));
+            .for_each(|(b, sums)| {
+                note_task();
+                block_sums(b * per_task, sums)
+            });
         // (S = 0 or N = 0: an empty dx.)
         let dx = need_dx
             .then(|| buffer_pool::uninit("batch_norm_backward", dy.len()))
@@ -937,6 +946,88 @@ mod tests {
                 );
             });
         }
+    }
+
+    #[test]
+    fn each_pass_runs_where_min_len_says() {
+        // Not only the rule (`elementwise::min_len`) but each pass's
+        // following it, seen through its tasks (`elementwise::note_task`),
+        // from a test's own thread, which is in no pool: up to
+        // ON_CALLER_MAX values (64 channels of 2 x 256 in 8 blocks here,
+        // which a split would hand to the global pool) every task of the
+        // training forward, the eval forward, the backward with and
+        // without `dx` and the channel sums runs here; above it (70
+        // channels of 2 x 300; 2 of 20 000), none where the global pool
+        // has more than one thread. The tasks are the same either way
+        // (blocks of channels, segments, channels), so they are counted.
+        use super::super::elementwise::{count_tasks, on_caller};
+        assert_eq!(
+            rayon::current_thread_index(),
+            None,
+            "a test thread is in no pool"
+        );
+        let idle = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for (batch, channels, spatial) in [(2, 64, 256), (2, 70, 300), (1, 2, 20_000)] {
+            let g = BatchNormGeometry {
+                batch,
+                channels,
+                spatial,
+            };
+            let x = pseudo_random(g.numel(), 61);
+            let dy = pseudo_random(g.numel(), 62);
+            let gamma = pseudo_random(channels, 63);
+            let blocks = channels.div_ceil(channels_per_task(&g)) as u64;
+            let here = on_caller(g.numel());
+            let what = format!("{batch}x{channels}x{spatial}");
+            let mut out = None;
+            let (train_tasks, _) = count_tasks(&idle, || {
+                out = Some(train(&x, Some(&gamma), None, &g, 1e-5, false).unwrap());
+            });
+            let t = out.unwrap();
+            let (eval_tasks, _) = count_tasks(&idle, || {
+                eval(&x, Some(&gamma), None, &t.mean, &t.var, &g, 1e-5, true).unwrap();
+            });
+            let backward_tasks = |needs| {
+                count_tasks(&idle, || {
+                    let args = (&t.mean, &t.invstd, &g);
+                    backward(
+                        &dy,
+                        None,
+                        Some(&x),
+                        Some(&gamma),
+                        args.0,
+                        args.1,
+                        args.2,
+                        true,
+                        needs,
+                    )
+                    .unwrap();
+                })
+                .0
+            };
+            let with_dx = backward_tasks([true, true, true]);
+            let without_dx = backward_tasks([false, true, true]);
+            let (sum_tasks, _) = count_tasks(&idle, || {
+                channel_sums(&x, &g).unwrap();
+            });
+            let counts = [train_tasks, eval_tasks, with_dx, without_dx, sum_tasks];
+            let all = [
+                blocks,
+                (batch * channels) as u64,
+                blocks,
+                blocks,
+                channels as u64,
+            ];
+            let want = if here { all } else { [0; 5] };
+            assert_eq!(
+                counts, want,
+                "{what}: tasks on the calling thread (caller {here})"
+            );
+        }
+        assert!(on_caller(2 * 64 * 256), "the small case is within the rule");
     }
 
     #[test]

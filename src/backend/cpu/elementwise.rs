@@ -67,12 +67,48 @@ pub(super) fn add_assign(a: &mut [f32], b: &[f32]) {
 /// then both forms give the same bits.
 fn in_place_pass(a: &mut [f32], b: &[f32], body: impl Fn(&mut [f32], &[f32]) + Sync) {
     if on_caller(a.len()) {
+        note_task();
         body(a, b);
         return;
     }
     a.par_chunks_mut(PAR_CHUNK)
         .zip(b.par_chunks(PAR_CHUNK))
-        .for_each(|(a, b)| body(a, b));
+        .for_each(|(a, b)| {
+            note_task();
+            body(a, b)
+        });
+}
+
+/// Marks one task of a pass that [`on_caller`] or [`min_len`] places
+/// (the in-place passes, `sgd_step`, batch norm's passes) as run on this
+/// thread, for the unit tests that check each pass follows the rule
+/// ([`count_tasks`]); nothing outside them.
+#[inline(always)]
+pub(super) fn note_task() {
+    #[cfg(test)]
+    TASKS_HERE.with(|t| t.set(t.get() + 1));
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unit tests: the tasks [`note_task`] marked on this thread.
+    static TASKS_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Unit tests: the tasks ([`note_task`]) that ran while `body` ran, on the
+/// calling thread and on the threads of `pool` (the test's own, so no
+/// other test's tasks land there).
+#[cfg(test)]
+pub(super) fn count_tasks(pool: &rayon::ThreadPool, body: impl FnOnce()) -> (u64, u64) {
+    let here = || TASKS_HERE.with(std::cell::Cell::get);
+    let on_pool = || {
+        pool.broadcast(|_| TASKS_HERE.with(std::cell::Cell::get))
+            .iter()
+            .sum::<u64>()
+    };
+    let (here0, pool0) = (here(), on_pool());
+    body();
+    (here() - here0, on_pool() - pool0)
 }
 
 /// Elements up to which an in-place pass runs on the calling thread:
@@ -343,6 +379,87 @@ mod tests {
                     assert_eq!(bits(&added_relu), bits(&sum_relu), "{what}");
                     assert_eq!(bits(&relu_bwd), bits(&masked), "{what}");
                 });
+            }
+        }
+    }
+
+    #[test]
+    fn each_in_place_pass_runs_where_on_caller_says() {
+        // Not only the rule (`on_caller`) but each pass's following it,
+        // seen through the tasks it marks (`note_task`). From a test's own
+        // thread, which is outside every rayon pool: a pass the rule keeps
+        // on the caller runs here in one task (the empty pass included),
+        // up to ON_CALLER_MAX elements, two chunks, which a split would
+        // hand to the global pool; above it, where the global pool has
+        // more than one thread, no task runs here. Inside a pool: one task
+        // (one thread) or one per chunk (two threads).
+        assert_eq!(
+            rayon::current_thread_index(),
+            None,
+            "a test thread is in no pool"
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        type Pass = fn(&mut [f32], &[f32]);
+        type Definition = fn(f32, f32) -> f32;
+        let passes: [(&str, Pass, Definition); 3] = [
+            ("add_assign", add_assign, |a, b| a + b),
+            ("add_relu_assign", add_relu_assign, |a, b| relu1(a + b)),
+            ("relu_backward_assign", relu_backward_assign, |g, y| {
+                if y <= 0.0 {
+                    0.0
+                } else {
+                    g
+                }
+            }),
+        ];
+        let check = |n: usize, pool: &rayon::ThreadPool, inside: bool| {
+            let (a, b) = operands(n);
+            for (name, pass, f) in passes {
+                let mut got = a.clone();
+                let (here, on_pool) = if inside {
+                    count_tasks(pool, || pool.install(|| pass(&mut got, &b)))
+                } else {
+                    count_tasks(pool, || pass(&mut got, &b))
+                };
+                let want: Vec<f32> = a.iter().zip(&b).map(|(&a, &b)| f(a, b)).collect();
+                let what = format!("{name} n {n} inside a pool {inside}");
+                assert_eq!(bits(&got), bits(&want), "{what}");
+                if inside {
+                    let one = pool.install(|| on_caller(n));
+                    let want = if one { 1 } else { n.div_ceil(PAR_CHUNK) as u64 };
+                    assert_eq!(
+                        (here, on_pool),
+                        (0, want),
+                        "{what}: tasks here, on the pool"
+                    );
+                } else {
+                    let want = u64::from(on_caller(n));
+                    assert_eq!(here, want, "{what}: tasks on the calling thread");
+                }
+            }
+        };
+        let idle = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for n in [
+            0,
+            1,
+            100,
+            PAR_CHUNK + 1,
+            ON_CALLER_MAX,
+            ON_CALLER_MAX + 1,
+            3 * PAR_CHUNK + 7,
+        ] {
+            check(n, &idle, false);
+        }
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for n in [0, ON_CALLER_MAX, 3 * PAR_CHUNK + 7] {
+                check(n, &pool, true);
             }
         }
     }

@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use super::elementwise::note_task;
+
 use crate::backend::SgdConfig;
 use crate::error::Result;
 
@@ -33,6 +35,7 @@ pub(super) fn sgd_step(
     // rule of the elementwise in-place passes (`elementwise::on_caller`):
     // each element's update is independent, so the same bits either way.
     if super::elementwise::on_caller(param.len()) {
+        note_task();
         step_slice(param, grad, buffer, cfg, initialize_buffer);
         return Ok(());
     }
@@ -40,10 +43,16 @@ pub(super) fn sgd_step(
         .par_chunks_mut(PAR_CHUNK)
         .zip(grad.par_chunks(PAR_CHUNK));
     match buffer {
-        None => params.for_each(|(p, g)| step_slice(p, g, None, cfg, initialize_buffer)),
+        None => params.for_each(|(p, g)| {
+            note_task();
+            step_slice(p, g, None, cfg, initialize_buffer)
+        }),
         Some(buf) => params
             .zip(buf.par_chunks_mut(PAR_CHUNK))
-            .for_each(|((p, g), b)| step_slice(p, g, Some(b), cfg, initialize_buffer)),
+            .for_each(|((p, g), b)| {
+                note_task();
+                step_slice(p, g, Some(b), cfg, initialize_buffer)
+            }),
     }
     Ok(())
 }
@@ -163,6 +172,73 @@ mod tests {
             three_steps(cfg(0.1, 0.9, 0.5, 0.1, false)),
             [0.94, 0.8563, 0.7516885],
         );
+    }
+
+    #[test]
+    fn a_step_runs_where_on_caller_says() {
+        // The step's following the rule (`elementwise::on_caller`), seen
+        // through its tasks (`elementwise::note_task`): from a test's own
+        // thread (in no pool), up to ON_CALLER_MAX elements in one task
+        // here, the empty parameter included; above, none here where the
+        // global pool has more than one thread. In a pool: one task (one
+        // thread) or one per chunk (two). With and without momentum.
+        use super::super::elementwise::{count_tasks, on_caller, ON_CALLER_MAX};
+        assert_eq!(
+            rayon::current_thread_index(),
+            None,
+            "a test thread is in no pool"
+        );
+        let momentum = cfg(0.05, 0.9, 0.0, 0.0, false);
+        let plain = cfg(0.05, 0.0, 0.0, 0.0, false);
+        let check = |n: usize, pool: &rayon::ThreadPool, inside: bool| {
+            for c in [&momentum, &plain] {
+                let grad = vec![1.0f32; n];
+                let (mut p, mut b) = (vec![2.0f32; n], vec![0.5f32; n]);
+                let mut step = || sgd_step(&mut p, &grad, Some(&mut b), c, false).unwrap();
+                let (here, on_pool) = if inside {
+                    count_tasks(pool, || pool.install(&mut step))
+                } else {
+                    count_tasks(pool, &mut step)
+                };
+                // p - lr * (momentum * b + g) with momentum, p - lr * g without.
+                let want = if c.momentum != 0.0 {
+                    2.0 - 0.05 * 1.45
+                } else {
+                    2.0 - 0.05
+                };
+                let what = format!("n {n} momentum {} inside a pool {inside}", c.momentum);
+                assert!(p.iter().all(|&v| (v - want).abs() < 1e-6), "{what}");
+                let b_want = if c.momentum != 0.0 { 1.45 } else { 0.5 };
+                assert!(b.iter().all(|&v| (v - b_want).abs() < 1e-6), "{what}");
+                if inside {
+                    let one = pool.install(|| on_caller(n));
+                    let want = if one { 1 } else { n.div_ceil(PAR_CHUNK) as u64 };
+                    assert_eq!(
+                        (here, on_pool),
+                        (0, want),
+                        "{what}: tasks here, on the pool"
+                    );
+                } else {
+                    assert_eq!(here, u64::from(on_caller(n)), "{what}: tasks here");
+                }
+            }
+        };
+        let idle = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for n in [0, 1, ON_CALLER_MAX, ON_CALLER_MAX + 1, 3 * PAR_CHUNK + 5] {
+            check(n, &idle, false);
+        }
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for n in [0, ON_CALLER_MAX, 3 * PAR_CHUNK + 5] {
+                check(n, &pool, true);
+            }
+        }
     }
 
     #[test]

@@ -77,8 +77,10 @@ impl SimdPath {
 }
 
 /// Minor page faults taken inside `matrixmultiply::sgemm`, the portable
-/// path's GEMM, on the threads that called it, since the process started;
-/// None where a thread's own fault count cannot be read (Linux only).
+/// path's GEMM, on the threads that called it, while counting was on
+/// ([`count_portable_gemm_faults`], or `FROSTGRAD_COUNT_GEMM_FAULTS=1`);
+/// None while it is off, and where a thread's own fault count cannot be
+/// read (Linux only).
 ///
 /// Why: matrixmultiply allocates its packing buffers through the system
 /// allocator on every call, outside this crate's buffer pool and scratch.
@@ -89,14 +91,63 @@ impl SimdPath {
 /// `tests/cpu_buffer_pool.rs` (commit message of this function). That test
 /// checks every other fault of a step against the AVX paths' bounds.
 pub fn portable_gemm_faults() -> Option<u64> {
+    if !counting_gemm_faults() {
+        return None;
+    }
     thread_minor_faults().map(|_| PORTABLE_GEMM_FAULTS.load(Ordering::Relaxed))
 }
 
 static PORTABLE_GEMM_FAULTS: AtomicU64 = AtomicU64::new(0);
 
+/// Whether [`counting_portable_faults`] counts: 0 until decided (by
+/// `FROSTGRAD_COUNT_GEMM_FAULTS` on first use, or by
+/// [`count_portable_gemm_faults`]), then 1 off, 2 on.
+static COUNTING: AtomicU8 = AtomicU8::new(0);
+
+/// Turns the counting of [`portable_gemm_faults`] on or off for the rest
+/// of the process (overriding `FROSTGRAD_COUNT_GEMM_FAULTS`). Off by
+/// default: it costs two `getrusage` system calls around every portable
+/// GEMM call, which every portable user (every non-x86 one) would pay for
+/// a test's sake. `tests/cpu_buffer_pool.rs` turns it on.
+pub fn count_portable_gemm_faults(on: bool) {
+    COUNTING.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// Whether the faults inside matrixmultiply are counted now: as set by
+/// [`count_portable_gemm_faults`], else on only where
+/// `FROSTGRAD_COUNT_GEMM_FAULTS` is `1` (read once).
+fn counting_gemm_faults() -> bool {
+    match COUNTING.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            let on = super::env_switch::choice(&ENV, "FROSTGRAD_COUNT_GEMM_FAULTS", counts_faults);
+            // (A racing `count_portable_gemm_faults` wins.)
+            let _ = COUNTING.compare_exchange(
+                0,
+                if on { 2 } else { 1 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            COUNTING.load(Ordering::Relaxed) == 2
+        }
+    }
+}
+
+/// `FROSTGRAD_COUNT_GEMM_FAULTS`'s rule for a trimmed value: on for `1`
+/// only.
+fn counts_faults(value: Option<&str>) -> bool {
+    value == Some("1")
+}
+
 /// Runs `f` (a matrixmultiply call), adding the minor faults the calling
-/// thread takes meanwhile to [`portable_gemm_faults`].
+/// thread takes meanwhile to [`portable_gemm_faults`] while counting is on
+/// ([`count_portable_gemm_faults`]); otherwise just runs it.
 pub(super) fn counting_portable_faults<R>(f: impl FnOnce() -> R) -> R {
+    if !counting_gemm_faults() {
+        return f();
+    }
     let before = thread_minor_faults();
     let result = f();
     if let (Some(before), Some(after)) = (before, thread_minor_faults()) {
@@ -285,6 +336,39 @@ mod tests {
         }));
         assert!(failed.is_err());
         assert!(unset(), "the path outlived the panic");
+    }
+
+    #[test]
+    fn gemm_fault_counting_is_off_unless_asked_for() {
+        assert!(!counts_faults(None));
+        assert!(counts_faults(Some("1")));
+        assert!(!counts_faults(Some("0")) && !counts_faults(Some("yes")));
+        // 16 fresh pages touched inside the counted call: 64 MiB is above
+        // glibc's largest mmap threshold, so they are new mappings, each
+        // a minor fault when first written. (Only this test turns
+        // counting on in this binary.)
+        let faulting = || {
+            let mut fresh = vec![0u8; 64 << 20];
+            for page in 0..16 {
+                fresh[page << 12] = 1;
+            }
+            std::hint::black_box(&fresh);
+        };
+        count_portable_gemm_faults(false);
+        let before = PORTABLE_GEMM_FAULTS.load(Ordering::Relaxed);
+        counting_portable_faults(faulting);
+        assert_eq!(PORTABLE_GEMM_FAULTS.load(Ordering::Relaxed), before);
+        assert_eq!(portable_gemm_faults(), None, "off: nothing counted");
+        count_portable_gemm_faults(true);
+        counting_portable_faults(faulting);
+        let counted = portable_gemm_faults();
+        count_portable_gemm_faults(false);
+        if cfg!(target_os = "linux") {
+            assert!(
+                counted.is_some_and(|c| c >= before + 16),
+                "{counted:?} from {before}"
+            );
+        }
     }
 
     #[test]

@@ -328,7 +328,12 @@ fn forward_by_channels(
     let cb = (channel_bytes / row_bytes / mr).max(1) * mr;
     let u_len = checked_numel(op, &[16, cb, c_in])?;
     let m_len = checked_numel(op, &[16, cb, tiles])?;
-    let staging_len = checked_sum(op, &[m_len, temp_out])?;
+    // One staging buffer per thread for the block's weight rows, products
+    // and output temporaries: the slot the row split's workers use too (a
+    // worker's first request of a slot grows it to that slot's largest on
+    // any thread, and `PackedLhs`'s largest is a caller's whole packed
+    // weight, megabytes).
+    let staging_len = checked_sum(op, &[u_len, m_len, temp_out])?;
     let cpu = Avx2Fma::detect();
     let mut y = buffer_pool::uninit(op, y_len)?;
     let out = SharedOut(y.as_mut_ptr());
@@ -346,65 +351,56 @@ fn forward_by_channels(
                         .map(|t| (t * units / threads * mr, (t + 1) * units / threads * mr))
                         .collect();
                     part_per_thread(parts, |_, (lo, hi)| {
-                        with_scratch(Slot::PackedLhs, u_len, |u| {
-                            with_scratch(Slot::Staging, staging_len, |buf| {
-                                let (m, temp) = buf.split_at_mut(m_len);
-                                for o0 in (lo..hi).step_by(cb) {
-                                    let rows = cb.min(hi - o0);
-                                    let u = &mut u[..16 * rows * c_in];
-                                    let u_out = SharedOut(u.as_mut_ptr());
-                                    for r in 0..rows {
-                                        // SAFETY: `u` holds 16 * rows * c_in
-                                        // floats, this thread's alone; each call
-                                        // writes its own row `r` of each plane.
-                                        unsafe {
-                                            weight_twin(
-                                                cpu,
-                                                wt,
-                                                c_in,
-                                                c_out,
-                                                o0 + r,
-                                                (rows, r),
-                                                &u_out,
-                                            )
-                                        };
-                                    }
-                                    let u = &*u;
-                                    let lhs = Lhs::View(MatRef::row_major(u, c_in));
-                                    let m = &mut m[..16 * rows * tiles];
-                                    for (k, (mk, &vk)) in
-                                        m.chunks_exact_mut(rows * tiles).zip(rhs).enumerate()
-                                    {
-                                        sgemm_rows(
-                                            lhs,
-                                            16 * rows,
-                                            (k * rows, rows),
-                                            c_in,
-                                            tiles,
-                                            vk,
-                                            mk,
-                                        )?;
-                                    }
-                                    // SAFETY: this part owns output channels
-                                    // lo..hi (of every image and row), disjoint
-                                    // from the other parts'; `y` (y_len floats)
-                                    // outlives the broadcast and nothing reads
-                                    // it meanwhile.
+                        with_scratch(Slot::Staging, staging_len, |buf| {
+                            let (u, rest) = buf.split_at_mut(u_len);
+                            let (m, temp) = rest.split_at_mut(m_len);
+                            for o0 in (lo..hi).step_by(cb) {
+                                let rows = cb.min(hi - o0);
+                                let u = &mut u[..16 * rows * c_in];
+                                let u_out = SharedOut(u.as_mut_ptr());
+                                for r in 0..rows {
+                                    // SAFETY: `u` holds 16 * rows * c_in
+                                    // floats, this thread's alone; each call
+                                    // writes its own row `r` of each plane.
                                     unsafe {
-                                        output_twin(
-                                            cpu,
-                                            m,
-                                            (rows, o0, o0 + rows),
-                                            bias,
-                                            g,
-                                            (0, tile_rows),
-                                            out,
-                                            temp,
-                                        )
+                                        weight_twin(cpu, wt, c_in, c_out, o0 + r, (rows, r), &u_out)
                                     };
                                 }
-                                Ok(())
-                            })
+                                let u = &*u;
+                                let lhs = Lhs::View(MatRef::row_major(u, c_in));
+                                let m = &mut m[..16 * rows * tiles];
+                                for (k, (mk, &vk)) in
+                                    m.chunks_exact_mut(rows * tiles).zip(rhs).enumerate()
+                                {
+                                    sgemm_rows(
+                                        lhs,
+                                        16 * rows,
+                                        (k * rows, rows),
+                                        c_in,
+                                        tiles,
+                                        vk,
+                                        mk,
+                                    )?;
+                                }
+                                // SAFETY: this part owns output channels
+                                // lo..hi (of every image and row), disjoint
+                                // from the other parts'; `y` (y_len floats)
+                                // outlives the broadcast and nothing reads
+                                // it meanwhile.
+                                unsafe {
+                                    output_twin(
+                                        cpu,
+                                        m,
+                                        (rows, o0, o0 + rows),
+                                        bias,
+                                        g,
+                                        (0, tile_rows),
+                                        out,
+                                        temp,
+                                    )
+                                };
+                            }
+                            Ok(())
                         })
                     })
                 };
@@ -1112,7 +1108,12 @@ mod tests {
     fn poison(pool: &rayon::ThreadPool, len: usize) {
         poison_scratch(
             pool,
-            &[Slot::PackedLhs, Slot::Columns, Slot::Staging],
+            &[
+                Slot::PackedLhs,
+                Slot::Columns,
+                Slot::SplitColumns,
+                Slot::Staging,
+            ],
             1 << 16,
         );
         let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();

@@ -148,9 +148,13 @@ fn pays(path: super::super::simd::SimdPath, g: &Conv2dGeometry) -> bool {
 /// (49) 0.94x / 0.78x, 512@7 at batch 8 (64) 0.94x / 1.02x, 256@14 at
 /// batch 8 (196) 1.11x / 1.10x; one thread 256@14 at batch 2 (98 tiles)
 /// 0.83x / 0.82x, 512@7 at batch 8 (128) 1.04x / 1.02x, 256@14 at batch 8
-/// (392) 1.16x / 1.21x.
-pub(super) fn split_by_channels(tiles: usize, threads: usize) -> bool {
-    tiles < BY_CHANNELS_TILES_PER_THREAD.saturating_mul(threads.max(2))
+/// (392) 1.16x / 1.21x. Only with at least one row tile of the
+/// micro-kernel (`units`, the padded output channels over its rows) per
+/// thread: with fewer, some threads would have no channels and sit idle
+/// (ResNet-18's 64 output channels are 11 row tiles on AVX2, so from 12
+/// threads up; only one and two threads were measured).
+pub(super) fn split_by_channels(tiles: usize, threads: usize, units: usize) -> bool {
+    tiles < BY_CHANNELS_TILES_PER_THREAD.saturating_mul(threads.max(2)) && units >= threads
 }
 
 /// See [`split_by_channels`].
@@ -232,7 +236,7 @@ pub(super) fn forward_winograd(
     let cpu = Avx2Fma::detect();
     if blocks
         .by_channels
-        .unwrap_or_else(|| split_by_channels(columns, threads))
+        .unwrap_or_else(|| split_by_channels(columns, threads, kp / mr))
     {
         return forward_by_channels(op, x, wt, bias, g, mr, blocks.channel_bytes);
     }
@@ -1195,6 +1199,7 @@ mod tests {
             (3, channels),
             (1, channels_tiny),
             (2, channels),
+            (4, channels_tiny),
         ] {
             for &(n, c, o, h, w) in &[
                 (1, 3, 5, 1, 1),
@@ -1204,6 +1209,9 @@ mod tests {
                 (2, 17, 10, 6, 5),
                 (1, 1, 1, 3, 4),
                 (1, 70, 20, 7, 7),
+                // Whole groups of 8 input channels for the AVX2 weight
+                // transform (its flipped form: 9 = 8 + 1).
+                (1, 16, 9, 5, 5),
                 // More input channels than the GEMM's depth block (256),
                 // several blocks of weight rows.
                 (1, 300, 20, 5, 6),
@@ -1220,20 +1228,27 @@ mod tests {
         // rows), so on AVX2 the forward and the input gradient (flipped)
         // run through F(2x2, 3x3) from the crate's entry points, each
         // split once; on the other paths they keep their own, and must
-        // agree all the same.
+        // agree all the same. 12 channels: two row tiles of AVX2's 6-row
+        // micro-kernel, one per thread for the channel split, and a group
+        // of 8 input channels plus 4 for the weight transform.
+        const C: usize = 12;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
         for (w_px, by_channels) in [(7, true), (13, false)] {
             let g =
-                Conv2dGeometry::new([5, 4, 8, w_px], [6, 4, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+                Conv2dGeometry::new([5, C, 8, w_px], [C, C, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
             let tiles = 5 * 4 * w_px.div_ceil(2);
-            assert_eq!(split_by_channels(tiles, 2), by_channels, "{tiles} tiles");
-            let x = pseudo_random(5 * 4 * 8 * w_px, 11);
-            let w = pseudo_random(6 * 4 * 9, 12);
-            let b = pseudo_random(6, 13);
-            let dy = pseudo_random(5 * 6 * 8 * w_px, 14);
+            assert_eq!(
+                split_by_channels(tiles, 2, C / 6),
+                by_channels,
+                "{tiles} tiles"
+            );
+            let x = pseudo_random(5 * C * 8 * w_px, 11);
+            let w = pseudo_random(C * C * 9, 12);
+            let b = pseudo_random(C, 13);
+            let dy = pseudo_random(5 * C * 8 * w_px, 14);
             let r = reference(&g, &x, &w, &b, &dy);
             simd::on_every_path(&pool, |path| {
                 let flipped = flipped_geometry(&g).unwrap();
@@ -1244,9 +1259,9 @@ mod tests {
                     assert_eq!(chosen_by(None, None, path, g), want, "{path:?}");
                 }
                 let (y, dx) = pool.install(|| {
-                    poison(&pool, 5 * 6 * 8 * w_px);
+                    poison(&pool, 5 * C * 8 * w_px);
                     let y = super::super::conv2d(&x, &w, Some(&b), &g).unwrap();
-                    poison(&pool, 5 * 4 * 8 * w_px);
+                    poison(&pool, 5 * C * 8 * w_px);
                     (y, super::super::conv2d_input_grad(&dy, &w, &g).unwrap())
                 });
                 assert!(max_err(&y, &r.y) <= 1e-5, "{path:?} {w_px} y");
@@ -1257,27 +1272,32 @@ mod tests {
 
     #[test]
     fn split_by_channels_table() {
-        // (tiles, threads, split by output channels): below 64 tiles per
-        // thread, counted for at least two threads; ResNet-18's stride-1
+        // (tiles, threads, row tiles of output channels, split by output
+        // channels): below 64 tiles per thread, counted for at least two
+        // threads, and a row tile for each thread; ResNet-18's stride-1
         // 3x3 layers at 224x224 have 784, 196, 49 and 16 tiles per image.
-        for (tiles, threads, want) in [
-            (1, 1, true),
-            (16, 2, true),
-            (49, 1, true),
-            (98, 2, true),
-            (127, 1, true),
-            (128, 1, false),
-            (128, 2, false),
-            (191, 3, true),
-            (192, 3, false),
-            (196, 2, false),
-            (392, 1, false),
-            (usize::MAX, 0, false),
+        for (tiles, threads, units, want) in [
+            (1, 1, 1, true),
+            (16, 2, 86, true),
+            (49, 1, 43, true),
+            (98, 2, 2, true),
+            (98, 2, 1, false),
+            (127, 1, 1, true),
+            (128, 1, 11, false),
+            (128, 2, 11, false),
+            (191, 3, 3, true),
+            (191, 3, 2, false),
+            (192, 3, 11, false),
+            (196, 2, 22, false),
+            (392, 1, 11, false),
+            (784, 16, 11, false),
+            (784, 16, 16, true),
+            (usize::MAX, 0, 0, false),
         ] {
             assert_eq!(
-                split_by_channels(tiles, threads),
+                split_by_channels(tiles, threads, units),
                 want,
-                "{tiles} tiles, {threads} threads"
+                "{tiles} tiles, {threads} threads, {units} row tiles"
             );
         }
     }

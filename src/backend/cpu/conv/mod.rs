@@ -1011,15 +1011,22 @@ mod tests {
                 // (A fresh pool's threads have no scratch yet; this one's
                 // have whatever earlier cases left, which only makes some
                 // calls succeed.)
-                let got = refusing_growth(&pool, 0, || {
-                    pool.install(|| {
-                        [
-                            forward::conv2d(&d.x, &d.w, Some(&d.b), &d.g),
-                            input_grad::conv2d_input_grad(&d.dy, &d.w, &d.g),
-                            weight_grad::conv2d_weight_grad(&d.dy, &d.x, &d.g),
-                        ]
-                    })
-                });
+                let got = refusing_growth(
+                    &pool,
+                    crate::backend::cpu::scratch::Refusal {
+                        only: None,
+                        above: 0,
+                    },
+                    || {
+                        pool.install(|| {
+                            [
+                                forward::conv2d(&d.x, &d.w, Some(&d.b), &d.g),
+                                input_grad::conv2d_input_grad(&d.dy, &d.w, &d.g),
+                                weight_grad::conv2d_weight_grad(&d.dy, &d.x, &d.g),
+                            ]
+                        })
+                    },
+                );
                 let want = [&d.r.y, &d.r.dx, &d.r.dw];
                 for (k, (got, want)) in got.into_iter().zip(want).enumerate() {
                     let what = format!("{path:?} case {case} kernel {k}");

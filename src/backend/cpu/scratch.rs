@@ -135,7 +135,9 @@ fn stack_room() -> Option<usize> {
 /// Scratch buffers allocated or grown so far, all threads together.
 static GROWTHS: AtomicUsize = AtomicUsize::new(0);
 
-/// Per slot, the largest request any thread has made so far.
+/// Per slot, the largest request met so far on any thread: raised only
+/// after its buffer was allocated, since a refused size kept here would
+/// make every later request's catch-up ask for it again.
 static LARGEST: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 
 /// How many times a scratch request found no free buffer large enough on
@@ -160,7 +162,8 @@ pub struct Growth {
     /// Elements of the buffer before (0: a new nesting level, or the
     /// thread's first request of the slot).
     pub from: usize,
-    /// Elements after: the slot's largest request on any thread so far.
+    /// Elements after: the slot's largest met request on any thread so
+    /// far, or the request itself where the allocator refused that catch-up.
     pub to: usize,
     /// Buffers of the slot in use on this thread at the time (the nesting
     /// level: 0 outermost).
@@ -180,8 +183,9 @@ impl std::fmt::Display for Growth {
 }
 
 /// Makes room in `list`, a kernel's per-thread working list, for `len`
-/// items, and for as many as any thread has asked of the lists sharing
-/// `largest` so far, with the new room's pages touched: what
+/// items, and for as many as any thread has been granted of the lists
+/// sharing `largest` so far (unless the allocator refuses that catch-up),
+/// with the new room's pages touched: what
 /// [`with_scratch`] does for its buffers, for lists of other types (a
 /// growth is counted and kept as one of slot `name`, depth 0).
 ///
@@ -197,9 +201,10 @@ pub(super) fn reserve_list<T>(
     list: &mut Vec<T>,
     len: usize,
 ) -> Result<()> {
-    let want = largest.load(Ordering::Relaxed).max(len);
+    let loaded = largest.load(Ordering::Relaxed);
+    let want = loaded.max(len);
     if list.capacity() >= want {
-        largest.fetch_max(len, Ordering::Relaxed);
+        raise_largest(largest, loaded, len);
         return Ok(());
     }
     let from = list.capacity();
@@ -226,7 +231,7 @@ pub(super) fn reserve_list<T>(
         })
         .ok_or_else(|| out_of_memory(name, len, std::mem::size_of::<T>()))?;
     // (Raised only by a request that was met, as in `with_scratch`.)
-    largest.fetch_max(len, Ordering::Relaxed);
+    raise_largest(largest, loaded, len);
     if list.capacity() == from {
         return Ok(());
     }
@@ -255,6 +260,19 @@ fn refused_list_catch_up(key: (usize, &'static str)) -> usize {
             .find(|(k, _)| *k == key)
             .map_or(0, |&(_, size)| size)
     })
+}
+
+/// Raises `largest` (read as `loaded` before) to a met request of `len`.
+/// Written only when `len` is larger: a `fetch_max` on every request was a
+/// write to a cache line that every thread's requests share, though the
+/// value had long stopped changing (review of the commit that made the
+/// scratch fallible). A request that raced past a concurrent raise just
+/// does the `fetch_max`, which keeps the larger.
+#[inline]
+fn raise_largest(largest: &AtomicUsize, loaded: usize, len: usize) {
+    if len > loaded {
+        largest.fetch_max(len, Ordering::Relaxed);
+    }
 }
 
 /// Counts a growth and keeps it among the recent ones.
@@ -330,8 +348,8 @@ thread_local! {
 /// allocated (and faulted in) ~1 MB afresh, in whichever step rayon
 /// happened to nest (BENCHMARKS.md, issue 9 item 16).
 ///
-/// A buffer that grows at all grows to the largest request of its slot on
-/// any thread so far, not just to `len`: the parts of one parallel call
+/// A buffer that grows at all grows to the largest met request of its slot
+/// on any thread so far, not just to `len`: the parts of one parallel call
 /// differ in size (a GEMM's last column block, an input gradient's last
 /// channel block), and which thread gets the largest is up to rayon. Sized
 /// to `len`, a thread that had only ever been handed smaller parts grew the
@@ -352,7 +370,8 @@ pub(super) fn with_scratch<R>(
     if !STACK_TOUCHED.with(|t| t.replace(true)) {
         touch_stack();
     }
-    let largest = LARGEST[i].load(Ordering::Relaxed).max(len);
+    let loaded = LARGEST[i].load(Ordering::Relaxed);
+    let largest = loaded.max(len);
     let mut buf = FREE.with(|free| free.borrow_mut()[i].pop().unwrap_or_default());
     let depth = IN_USE.with(|u| u[i].replace(u[i].get() + 1));
     if buf.len() < largest {
@@ -386,7 +405,7 @@ pub(super) fn with_scratch<R>(
     }
     // (Only a request that was met raises the slot's largest: one refused
     // would make every later request retry it.)
-    LARGEST[i].fetch_max(len, Ordering::Relaxed);
+    raise_largest(&LARGEST[i], loaded, len);
     let result = f(&mut buf[..len]);
     IN_USE.with(|u| u[i].set(depth));
     put_back(i, buf);

@@ -187,7 +187,9 @@ impl std::fmt::Display for Growth {
 /// sharing `largest` so far (unless the allocator refuses that catch-up),
 /// with the new room's pages touched: what
 /// [`with_scratch`] does for its buffers, for lists of other types (a
-/// growth is counted and kept as one of slot `name`, depth 0).
+/// growth is counted and kept as one of slot `name`, depth 0). The error,
+/// as `with_scratch`'s, is for room the allocator refuses, not every
+/// shortage (overcommit).
 ///
 /// Why: reserved only for the request at hand, a list grew on whichever
 /// thread rayon first handed a larger part, in whatever step that was, and
@@ -315,7 +317,8 @@ fn out_of_memory(name: &str, len: usize, elem_bytes: usize) -> Error {
              image size or thread count needs less)"
         ),
         shape: vec![len],
-        bytes: (len as u128).checked_mul(elem_bytes as u128),
+        // (Two 64-bit factors: their product always fits a u128.)
+        bytes: Some(len as u128 * elem_bytes as u128),
     }
 }
 
@@ -337,8 +340,12 @@ thread_local! {
 /// Runs `f` on a scratch slice of `len` elements whose contents are
 /// unspecified (callers overwrite it before reading), returning what `f`
 /// returns; an [`Error::OutOfMemory`] naming the slot and the bytes when
-/// the buffer cannot grow to `len` (the allocator's abort before: the
-/// process died on a request too large for the machine).
+/// the allocator refuses to grow the buffer to `len` (the allocator's
+/// abort before: the process died on a request too large for the machine).
+/// That covers requests the allocator turns down (past the address space,
+/// a ulimit, or with overcommit off), not every shortage: under Linux's
+/// default overcommit a granted request may still meet the OOM killer
+/// when its pages are first touched (here, by the zeroing).
 ///
 /// The buffer is taken off the thread's stack for the slot while `f` runs,
 /// so a nested call on the same thread (rayon may run another kernel on

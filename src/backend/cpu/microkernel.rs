@@ -728,7 +728,8 @@ pub(super) struct Raw {
     pub cs: usize,
 }
 
-// SAFETY: a `Raw` is only built from a borrowed slice (gemm.rs) and only
+// SAFETY: a `Raw` is only built from a borrowed slice (gemm.rs, and
+// conv/winograd.rs's channel split over its transformed input) and only
 // read through; sharing it between threads is sharing a `&[f32]`.
 unsafe impl Sync for Raw {}
 // SAFETY: as above.

@@ -36,7 +36,7 @@
 //! 2), so only fewer multiplications could make them faster: 0.67-0.89x
 //! (forward) and 0.70-0.94x (input gradient) the CPU time of the direct
 //! or im2col path at batch 8, 224x224 (one thread; commit c4de002,
-//! BENCHMARKS.md issue 9 item 47). Chosen on the AVX2 path from 40 output
+//! BENCHMARKS.md issue 9 item 47). Chosen on the AVX2 path from 32 output
 //! tiles up (below that the per-call weight transform costs more than it
 //! saves; with few tiles per thread the work splits by output channels);
 //! `FROSTGRAD_CONV_WINOGRAD=0` never, `=1` wherever the shape allows (for

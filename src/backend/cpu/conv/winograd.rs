@@ -104,20 +104,22 @@ pub(super) fn wanted(g: &Conv2dGeometry, force: Option<bool>) -> bool {
 
 /// The fewest 2x2 output tiles (all images, any thread count) for which
 /// F(2x2, 3x3) is chosen: the weight transform costs the same at any batch
-/// (9 reads and 16 writes per channel pair), and below a few dozen tiles it
-/// is more than the 2.25x fewer FMAs save. With few tiles the work is split
-/// by output channels ([`split_by_channels`]), so each thread transforms
-/// only its own rows of the weight and the count per thread no longer
-/// matters. Measured (CPU time against the direct or im2col path it
-/// replaces, `scripts/ab_layers.py`, Zen 2, AVX2, load ~4; BENCHMARKS.md
-/// issue 9 item 47 and the commit that split by channels): 256@14 at batch
-/// 1 (49 tiles), forward / input gradient, two threads 0.78x / 0.79x, one
-/// thread 0.93x / 1.00x; 512@7 at batch 2 (32 tiles) 0.79x / 0.87x and
-/// 0.93x / 1.01x; 512@7 at batch 1 (16 tiles) 1.10x / 1.18x and 1.16x /
-/// 1.22x. Split by tile rows (each thread transforming and re-reading the
-/// whole weight), 256@14 at batch 1 on two threads had taken 1.25x / 1.29x
-/// (commit c4de002).
-const MIN_TILES: usize = 40;
+/// (9 reads and 16 writes per channel pair, and the weight streamed from
+/// memory), and below a few dozen tiles it is more than the 2.25x fewer
+/// FMAs save. With few tiles the work is split by output channels
+/// ([`split_by_channels`]), so each thread transforms only its own rows of
+/// the weight and the count per thread no longer matters. Measured (CPU
+/// time against the direct or im2col path it replaces, forward / input
+/// gradient, `scripts/ab_layers.py`, Zen 2, AVX2, load 4-6; BENCHMARKS.md
+/// issue 9 item 47 and the commits that split by channels and vectorised
+/// the weight transform): 512@7 at batch 2 (32 tiles), two threads 0.73x /
+/// 0.78x, one thread 0.93x / 0.95x; 512@7 at batch 1 (16 tiles) 1.11x /
+/// 1.13x and 1.14x / 1.22x; 256@14 at batch 1 (49 tiles) 0.78x / 0.79x
+/// and 0.93x / 1.00x (before the vectorised weight transform); 512@7 at
+/// batch 4 (64 tiles) 0.74x / 0.81x and 0.90x / 0.90x. Split by tile rows
+/// (each thread transforming and re-reading the whole weight), 256@14 at
+/// batch 1 on two threads had taken 1.25x / 1.29x (commit c4de002).
+const MIN_TILES: usize = 32;
 
 /// The measured rule: on the AVX2 path (the only one measured; AVX-512 is
 /// not, and the portable path's `matrixmultiply` GEMM neither) from
@@ -146,9 +148,13 @@ fn pays(path: super::super::simd::SimdPath, g: &Conv2dGeometry) -> bool {
 /// (49) 0.94x / 0.78x, 512@7 at batch 8 (64) 0.94x / 1.02x, 256@14 at
 /// batch 8 (196) 1.11x / 1.10x; one thread 256@14 at batch 2 (98 tiles)
 /// 0.83x / 0.82x, 512@7 at batch 8 (128) 1.04x / 1.02x, 256@14 at batch 8
-/// (392) 1.16x / 1.21x.
-pub(super) fn split_by_channels(tiles: usize, threads: usize) -> bool {
-    tiles < BY_CHANNELS_TILES_PER_THREAD.saturating_mul(threads.max(2))
+/// (392) 1.16x / 1.21x. Only with at least one row tile of the
+/// micro-kernel (`units`, the padded output channels over its rows) per
+/// thread: with fewer, some threads would have no channels and sit idle
+/// (ResNet-18's 64 output channels are 11 row tiles on AVX2, so from 12
+/// threads up; only one and two threads were measured).
+pub(super) fn split_by_channels(tiles: usize, threads: usize, units: usize) -> bool {
+    tiles < BY_CHANNELS_TILES_PER_THREAD.saturating_mul(threads.max(2)) && units >= threads
 }
 
 /// See [`split_by_channels`].
@@ -230,7 +236,7 @@ pub(super) fn forward_winograd(
     let cpu = Avx2Fma::detect();
     if blocks
         .by_channels
-        .unwrap_or_else(|| split_by_channels(columns, threads))
+        .unwrap_or_else(|| split_by_channels(columns, threads, kp / mr))
     {
         return forward_by_channels(op, x, wt, bias, g, mr, blocks.channel_bytes);
     }
@@ -326,7 +332,12 @@ fn forward_by_channels(
     let cb = (channel_bytes / row_bytes / mr).max(1) * mr;
     let u_len = checked_numel(op, &[16, cb, c_in])?;
     let m_len = checked_numel(op, &[16, cb, tiles])?;
-    let staging_len = checked_sum(op, &[m_len, temp_out])?;
+    // One staging buffer per thread for the block's weight rows, products
+    // and output temporaries: the slot the row split's workers use too (a
+    // worker's first request of a slot grows it to that slot's largest on
+    // any thread, and `PackedLhs`'s largest is a caller's whole packed
+    // weight, megabytes).
+    let staging_len = checked_sum(op, &[u_len, m_len, temp_out])?;
     let cpu = Avx2Fma::detect();
     let mut y = buffer_pool::uninit(op, y_len)?;
     let out = SharedOut(y.as_mut_ptr());
@@ -344,65 +355,56 @@ fn forward_by_channels(
                         .map(|t| (t * units / threads * mr, (t + 1) * units / threads * mr))
                         .collect();
                     part_per_thread(parts, |_, (lo, hi)| {
-                        with_scratch(Slot::PackedLhs, u_len, |u| {
-                            with_scratch(Slot::Staging, staging_len, |buf| {
-                                let (m, temp) = buf.split_at_mut(m_len);
-                                for o0 in (lo..hi).step_by(cb) {
-                                    let rows = cb.min(hi - o0);
-                                    let u = &mut u[..16 * rows * c_in];
-                                    let u_out = SharedOut(u.as_mut_ptr());
-                                    for r in 0..rows {
-                                        // SAFETY: `u` holds 16 * rows * c_in
-                                        // floats, this thread's alone; each call
-                                        // writes its own row `r` of each plane.
-                                        unsafe {
-                                            weight_twin(
-                                                cpu,
-                                                wt,
-                                                c_in,
-                                                c_out,
-                                                o0 + r,
-                                                (rows, r),
-                                                &u_out,
-                                            )
-                                        };
-                                    }
-                                    let u = &*u;
-                                    let lhs = Lhs::View(MatRef::row_major(u, c_in));
-                                    let m = &mut m[..16 * rows * tiles];
-                                    for (k, (mk, &vk)) in
-                                        m.chunks_exact_mut(rows * tiles).zip(rhs).enumerate()
-                                    {
-                                        sgemm_rows(
-                                            lhs,
-                                            16 * rows,
-                                            (k * rows, rows),
-                                            c_in,
-                                            tiles,
-                                            vk,
-                                            mk,
-                                        )?;
-                                    }
-                                    // SAFETY: this part owns output channels
-                                    // lo..hi (of every image and row), disjoint
-                                    // from the other parts'; `y` (y_len floats)
-                                    // outlives the broadcast and nothing reads
-                                    // it meanwhile.
+                        with_scratch(Slot::Staging, staging_len, |buf| {
+                            let (u, rest) = buf.split_at_mut(u_len);
+                            let (m, temp) = rest.split_at_mut(m_len);
+                            for o0 in (lo..hi).step_by(cb) {
+                                let rows = cb.min(hi - o0);
+                                let u = &mut u[..16 * rows * c_in];
+                                let u_out = SharedOut(u.as_mut_ptr());
+                                for r in 0..rows {
+                                    // SAFETY: `u` holds 16 * rows * c_in
+                                    // floats, this thread's alone; each call
+                                    // writes its own row `r` of each plane.
                                     unsafe {
-                                        output_twin(
-                                            cpu,
-                                            m,
-                                            (rows, o0, o0 + rows),
-                                            bias,
-                                            g,
-                                            (0, tile_rows),
-                                            out,
-                                            temp,
-                                        )
+                                        weight_twin(cpu, wt, c_in, c_out, o0 + r, (rows, r), &u_out)
                                     };
                                 }
-                                Ok(())
-                            })
+                                let u = &*u;
+                                let lhs = Lhs::View(MatRef::row_major(u, c_in));
+                                let m = &mut m[..16 * rows * tiles];
+                                for (k, (mk, &vk)) in
+                                    m.chunks_exact_mut(rows * tiles).zip(rhs).enumerate()
+                                {
+                                    sgemm_rows(
+                                        lhs,
+                                        16 * rows,
+                                        (k * rows, rows),
+                                        c_in,
+                                        tiles,
+                                        vk,
+                                        mk,
+                                    )?;
+                                }
+                                // SAFETY: this part owns output channels
+                                // lo..hi (of every image and row), disjoint
+                                // from the other parts'; `y` (y_len floats)
+                                // outlives the broadcast and nothing reads
+                                // it meanwhile.
+                                unsafe {
+                                    output_twin(
+                                        cpu,
+                                        m,
+                                        (rows, o0, o0 + rows),
+                                        bias,
+                                        g,
+                                        (0, tile_rows),
+                                        out,
+                                        temp,
+                                    )
+                                };
+                            }
+                            Ok(())
                         })
                     })
                 };
@@ -1110,7 +1112,12 @@ mod tests {
     fn poison(pool: &rayon::ThreadPool, len: usize) {
         poison_scratch(
             pool,
-            &[Slot::PackedLhs, Slot::Columns, Slot::Staging],
+            &[
+                Slot::PackedLhs,
+                Slot::Columns,
+                Slot::SplitColumns,
+                Slot::Staging,
+            ],
             1 << 16,
         );
         let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
@@ -1189,6 +1196,7 @@ mod tests {
             (3, channels),
             (1, channels_tiny),
             (2, channels),
+            (4, channels_tiny),
         ] {
             for &(n, c, o, h, w) in &[
                 (1, 3, 5, 1, 1),
@@ -1198,6 +1206,9 @@ mod tests {
                 (2, 17, 10, 6, 5),
                 (1, 1, 1, 3, 4),
                 (1, 70, 20, 7, 7),
+                // Whole groups of 8 input channels for the AVX2 weight
+                // transform (its flipped form: 9 = 8 + 1).
+                (1, 16, 9, 5, 5),
                 // More input channels than the GEMM's depth block (256),
                 // several blocks of weight rows.
                 (1, 300, 20, 5, 6),
@@ -1214,20 +1225,27 @@ mod tests {
         // rows), so on AVX2 the forward and the input gradient (flipped)
         // run through F(2x2, 3x3) from the crate's entry points, each
         // split once; on the other paths they keep their own, and must
-        // agree all the same.
+        // agree all the same. 12 channels: two row tiles of AVX2's 6-row
+        // micro-kernel, one per thread for the channel split, and a group
+        // of 8 input channels plus 4 for the weight transform.
+        const C: usize = 12;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
         for (w_px, by_channels) in [(7, true), (13, false)] {
             let g =
-                Conv2dGeometry::new([5, 4, 8, w_px], [6, 4, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
+                Conv2dGeometry::new([5, C, 8, w_px], [C, C, 3, 3], (1, 1), (1, 1), (1, 1)).unwrap();
             let tiles = 5 * 4 * w_px.div_ceil(2);
-            assert_eq!(split_by_channels(tiles, 2), by_channels, "{tiles} tiles");
-            let x = pseudo_random(5 * 4 * 8 * w_px, 11);
-            let w = pseudo_random(6 * 4 * 9, 12);
-            let b = pseudo_random(6, 13);
-            let dy = pseudo_random(5 * 6 * 8 * w_px, 14);
+            assert_eq!(
+                split_by_channels(tiles, 2, C / 6),
+                by_channels,
+                "{tiles} tiles"
+            );
+            let x = pseudo_random(5 * C * 8 * w_px, 11);
+            let w = pseudo_random(C * C * 9, 12);
+            let b = pseudo_random(C, 13);
+            let dy = pseudo_random(5 * C * 8 * w_px, 14);
             let r = reference(&g, &x, &w, &b, &dy);
             simd::on_every_path(&pool, |path| {
                 let flipped = flipped_geometry(&g).unwrap();
@@ -1238,9 +1256,9 @@ mod tests {
                     assert_eq!(chosen_by(None, None, path, g), want, "{path:?}");
                 }
                 let (y, dx) = pool.install(|| {
-                    poison(&pool, 5 * 6 * 8 * w_px);
+                    poison(&pool, 5 * C * 8 * w_px);
                     let y = super::super::conv2d(&x, &w, Some(&b), &g).unwrap();
-                    poison(&pool, 5 * 4 * 8 * w_px);
+                    poison(&pool, 5 * C * 8 * w_px);
                     (y, super::super::conv2d_input_grad(&dy, &w, &g).unwrap())
                 });
                 assert!(max_err(&y, &r.y) <= 1e-5, "{path:?} {w_px} y");
@@ -1251,27 +1269,32 @@ mod tests {
 
     #[test]
     fn split_by_channels_table() {
-        // (tiles, threads, split by output channels): below 64 tiles per
-        // thread, counted for at least two threads; ResNet-18's stride-1
+        // (tiles, threads, row tiles of output channels, split by output
+        // channels): below 64 tiles per thread, counted for at least two
+        // threads, and a row tile for each thread; ResNet-18's stride-1
         // 3x3 layers at 224x224 have 784, 196, 49 and 16 tiles per image.
-        for (tiles, threads, want) in [
-            (1, 1, true),
-            (16, 2, true),
-            (49, 1, true),
-            (98, 2, true),
-            (127, 1, true),
-            (128, 1, false),
-            (128, 2, false),
-            (191, 3, true),
-            (192, 3, false),
-            (196, 2, false),
-            (392, 1, false),
-            (usize::MAX, 0, false),
+        for (tiles, threads, units, want) in [
+            (1, 1, 1, true),
+            (16, 2, 86, true),
+            (49, 1, 43, true),
+            (98, 2, 2, true),
+            (98, 2, 1, false),
+            (127, 1, 1, true),
+            (128, 1, 11, false),
+            (128, 2, 11, false),
+            (191, 3, 3, true),
+            (191, 3, 2, false),
+            (192, 3, 11, false),
+            (196, 2, 22, false),
+            (392, 1, 11, false),
+            (784, 16, 11, false),
+            (784, 16, 16, true),
+            (usize::MAX, 0, 0, false),
         ] {
             assert_eq!(
-                split_by_channels(tiles, threads),
+                split_by_channels(tiles, threads, units),
                 want,
-                "{tiles} tiles, {threads} threads"
+                "{tiles} tiles, {threads} threads, {units} row tiles"
             );
         }
     }
@@ -1283,15 +1306,17 @@ mod tests {
             Conv2dGeometry::new([n, c, h, w], [c, c, 3, 3], (stride, stride), (1, 1), (1, 1))
                 .unwrap()
         };
-        // (geometry, whether the measured rule takes it on AVX2): 39 and
-        // 40 tiles (2 rows of 77 / 79 pixels; 1 x 78 / 1 x 80 images), and
+        // (geometry, whether the measured rule takes it on AVX2): 31 and
+        // 32 tiles (2 rows of 61 / 63 pixels; 1 x 62 / 1 x 64 images), and
         // ResNet-18's stride-1 3x3 layers at 224x224, batch 1 and 8 (tiles
-        // 784, 196, 49, 16 per image): the thread count does not matter.
+        // 784, 196, 49, 16 per image; 512@7 at batch 2: 32): the thread
+        // count does not matter.
         let mut table = vec![
-            (conv(1, 8, 2, 77, 1), false),
-            (conv(1, 8, 2, 79, 1), true),
-            (conv(1, 8, 1, 78, 1), false),
-            (conv(1, 8, 1, 80, 1), true),
+            (conv(1, 8, 2, 61, 1), false),
+            (conv(1, 8, 2, 63, 1), true),
+            (conv(1, 8, 1, 62, 1), false),
+            (conv(1, 8, 1, 64, 1), true),
+            (conv(2, 512, 7, 7, 1), true),
             // Not F(2x2, 3x3)'s shape: never, whatever is forced.
             (conv(8, 64, 56, 56, 2), false),
         ];

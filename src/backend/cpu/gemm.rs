@@ -337,7 +337,10 @@ pub(super) fn with_indexed_lhs<R>(
             });
         }
     }
-    with_scratch(Slot::PackedLhs, rows * depth, |buf| {
+    // (Saturating, as in `serial`: a product past usize is a request no
+    // allocator meets, so an out-of-memory error instead of a wrapped,
+    // too-small buffer.)
+    with_scratch(Slot::PackedLhs, rows.saturating_mul(depth), |buf| {
         for (i, row) in buf.chunks_exact_mut(depth.max(1)).enumerate() {
             for (p, v) in row.iter_mut().enumerate() {
                 *v = data[i * row_stride + offset(p)];
@@ -932,6 +935,35 @@ pub(super) fn matmul(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_indexed_lhs_too_large_to_pack_is_an_error() {
+        // 2^40 rows of 2^24 (all reading the one element: row stride 0):
+        // 2^64 floats to pack on the portable path, which wrapped to an
+        // empty buffer before the product saturated.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let got = simd::on_path(&pool, simd::SimdPath::Portable, || {
+            pool.install(|| {
+                with_indexed_lhs(
+                    &[1.0],
+                    0,
+                    (1 << 40, 1 << 24),
+                    |_| 0,
+                    |lhs| match lhs {
+                        Lhs::View(v) => Ok(v.data.len()),
+                        _ => Ok(usize::MAX),
+                    },
+                )
+            })
+        });
+        assert!(
+            matches!(got, Err(crate::error::Error::OutOfMemory { .. })),
+            "{got:?}"
+        );
+    }
 
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<f64> {
         let mut c = vec![0f64; m * n];

@@ -135,7 +135,9 @@ fn stack_room() -> Option<usize> {
 /// Scratch buffers allocated or grown so far, all threads together.
 static GROWTHS: AtomicUsize = AtomicUsize::new(0);
 
-/// Per slot, the largest request any thread has made so far.
+/// Per slot, the largest request met so far on any thread: raised only
+/// after its buffer was allocated, since a refused size kept here would
+/// make every later request's catch-up ask for it again.
 static LARGEST: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 
 /// How many times a scratch request found no free buffer large enough on
@@ -160,7 +162,8 @@ pub struct Growth {
     /// Elements of the buffer before (0: a new nesting level, or the
     /// thread's first request of the slot).
     pub from: usize,
-    /// Elements after: the slot's largest request on any thread so far.
+    /// Elements after: the slot's largest met request on any thread so
+    /// far, or the request itself where the allocator refused that catch-up.
     pub to: usize,
     /// Buffers of the slot in use on this thread at the time (the nesting
     /// level: 0 outermost).
@@ -180,10 +183,13 @@ impl std::fmt::Display for Growth {
 }
 
 /// Makes room in `list`, a kernel's per-thread working list, for `len`
-/// items, and for as many as any thread has asked of the lists sharing
-/// `largest` so far, with the new room's pages touched: what
+/// items, and for as many as any thread has been granted of the lists
+/// sharing `largest` so far (unless the allocator refuses that catch-up),
+/// with the new room's pages touched: what
 /// [`with_scratch`] does for its buffers, for lists of other types (a
-/// growth is counted and kept as one of slot `name`, depth 0).
+/// growth is counted and kept as one of slot `name`, depth 0). The error,
+/// as `with_scratch`'s, is for room the allocator refuses, not every
+/// shortage (overcommit).
 ///
 /// Why: reserved only for the request at hand, a list grew on whichever
 /// thread rayon first handed a larger part, in whatever step that was, and
@@ -197,20 +203,37 @@ pub(super) fn reserve_list<T>(
     list: &mut Vec<T>,
     len: usize,
 ) -> Result<()> {
-    let want = largest.load(Ordering::Relaxed).max(len);
+    let loaded = largest.load(Ordering::Relaxed);
+    let want = loaded.max(len);
     if list.capacity() >= want {
-        largest.fetch_max(len, Ordering::Relaxed);
+        raise_largest(largest, loaded, len);
         return Ok(());
     }
     let from = list.capacity();
     // The catch-up to `want` is for page faults only: where the allocator
-    // refuses it, room for this request alone will do.
-    let to = [want, len]
+    // refuses it, room for this request alone will do, and this thread
+    // tries no catch-up up to that size for this list again (as in
+    // `with_scratch`; looked up only on this growth branch).
+    let key = (largest as *const AtomicUsize as usize, name);
+    let catch_up = (want > len && want > refused_list_catch_up(key)).then_some(want);
+    let to = catch_up
         .into_iter()
-        .find(|&to| to <= list.capacity() || list.try_reserve_exact(to - list.len()).is_ok())
+        .find(|&to| try_reserve_list(name, list, to))
+        .or_else(|| {
+            if let Some(refused) = catch_up {
+                REFUSED_LIST_CATCH_UP.with(|r| {
+                    let mut r = r.borrow_mut();
+                    match r.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, size)) => *size = refused,
+                        None => r.push((key, refused)),
+                    }
+                });
+            }
+            (len <= from || try_reserve_list(name, list, len)).then_some(len.max(from))
+        })
         .ok_or_else(|| out_of_memory(name, len, std::mem::size_of::<T>()))?;
     // (Raised only by a request that was met, as in `with_scratch`.)
-    largest.fetch_max(len, Ordering::Relaxed);
+    raise_largest(largest, loaded, len);
     if list.capacity() == from {
         return Ok(());
     }
@@ -221,6 +244,37 @@ pub(super) fn reserve_list<T>(
     unsafe { std::ptr::write_bytes(spare.as_mut_ptr(), 0, spare.len()) };
     record_growth(name, len, from, to, 0);
     Ok(())
+}
+
+thread_local! {
+    /// Per list (the address of its `largest` and its name), the largest
+    /// catch-up [`reserve_list`] had refused on this thread: a few entries
+    /// (one per kind of working list).
+    static REFUSED_LIST_CATCH_UP: RefCell<Vec<((usize, &'static str), usize)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// The largest catch-up refused on this thread for the list `key` (0: none).
+fn refused_list_catch_up(key: (usize, &'static str)) -> usize {
+    REFUSED_LIST_CATCH_UP.with(|r| {
+        r.borrow()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |&(_, size)| size)
+    })
+}
+
+/// Raises `largest` (read as `loaded` before) to a met request of `len`.
+/// Written only when `len` is larger: a `fetch_max` on every request was a
+/// write to a cache line that every thread's requests share, though the
+/// value had long stopped changing (review of the commit that made the
+/// scratch fallible). A request that raced past a concurrent raise just
+/// does the `fetch_max`, which keeps the larger.
+#[inline]
+fn raise_largest(largest: &AtomicUsize, loaded: usize, len: usize) {
+    if len > loaded {
+        largest.fetch_max(len, Ordering::Relaxed);
+    }
 }
 
 /// Counts a growth and keeps it among the recent ones.
@@ -263,7 +317,8 @@ fn out_of_memory(name: &str, len: usize, elem_bytes: usize) -> Error {
              image size or thread count needs less)"
         ),
         shape: vec![len],
-        bytes: (len as u128).checked_mul(elem_bytes as u128),
+        // (Two 64-bit factors: their product always fits a u128.)
+        bytes: Some(len as u128 * elem_bytes as u128),
     }
 }
 
@@ -285,8 +340,12 @@ thread_local! {
 /// Runs `f` on a scratch slice of `len` elements whose contents are
 /// unspecified (callers overwrite it before reading), returning what `f`
 /// returns; an [`Error::OutOfMemory`] naming the slot and the bytes when
-/// the buffer cannot grow to `len` (the allocator's abort before: the
-/// process died on a request too large for the machine).
+/// the allocator refuses to grow the buffer to `len` (the allocator's
+/// abort before: the process died on a request too large for the machine).
+/// That covers requests the allocator turns down (past the address space,
+/// a ulimit, or with overcommit off), not every shortage: under Linux's
+/// default overcommit a granted request may still meet the OOM killer
+/// when its pages are first touched (here, by the zeroing).
 ///
 /// The buffer is taken off the thread's stack for the slot while `f` runs,
 /// so a nested call on the same thread (rayon may run another kernel on
@@ -296,8 +355,8 @@ thread_local! {
 /// allocated (and faulted in) ~1 MB afresh, in whichever step rayon
 /// happened to nest (BENCHMARKS.md, issue 9 item 16).
 ///
-/// A buffer that grows at all grows to the largest request of its slot on
-/// any thread so far, not just to `len`: the parts of one parallel call
+/// A buffer that grows at all grows to the largest met request of its slot
+/// on any thread so far, not just to `len`: the parts of one parallel call
 /// differ in size (a GEMM's last column block, an input gradient's last
 /// channel block), and which thread gets the largest is up to rayon. Sized
 /// to `len`, a thread that had only ever been handed smaller parts grew the
@@ -318,14 +377,29 @@ pub(super) fn with_scratch<R>(
     if !STACK_TOUCHED.with(|t| t.replace(true)) {
         touch_stack();
     }
-    let largest = LARGEST[i].load(Ordering::Relaxed).max(len);
+    let loaded = LARGEST[i].load(Ordering::Relaxed);
+    let largest = loaded.max(len);
     let mut buf = FREE.with(|free| free.borrow_mut()[i].pop().unwrap_or_default());
     let depth = IN_USE.with(|u| u[i].replace(u[i].get() + 1));
     if buf.len() < largest {
         let from = buf.len();
-        let grown = [largest, len]
+        // The catch-up to `largest` (for page faults only), unless this
+        // thread's allocator already refused one at least as large: else,
+        // once refused, every later request here (each kernel part) asked
+        // the allocator for it again, and under overcommit one that then
+        // succeeded grew and zeroed the buffer in the middle of a
+        // steady-state step. This check runs only on the growth branch.
+        let catch_up =
+            (largest > len && largest > REFUSED_CATCH_UP.with(|r| r[i].get())).then_some(largest);
+        let grown = catch_up
             .into_iter()
-            .find(|&to| to <= from || try_grow(&mut buf, to));
+            .find(|&to| try_grow(slot, &mut buf, to))
+            .or_else(|| {
+                if let Some(refused) = catch_up {
+                    REFUSED_CATCH_UP.with(|r| r[i].set(refused));
+                }
+                (len <= from || try_grow(slot, &mut buf, len)).then_some(len.max(from))
+            });
         let Some(to) = grown else {
             IN_USE.with(|u| u[i].set(depth));
             put_back(i, buf);
@@ -338,53 +412,104 @@ pub(super) fn with_scratch<R>(
     }
     // (Only a request that was met raises the slot's largest: one refused
     // would make every later request retry it.)
-    LARGEST[i].fetch_max(len, Ordering::Relaxed);
+    raise_largest(&LARGEST[i], loaded, len);
     let result = f(&mut buf[..len]);
     IN_USE.with(|u| u[i].set(depth));
     put_back(i, buf);
     result
 }
 
-/// Reserves room for `to` elements in `buf` (of `buf.len()` now), or
-/// says the allocator refused.
-fn try_grow(buf: &mut Vec<f32>, to: usize) -> bool {
+thread_local! {
+    /// Per slot, the largest catch-up (growth beyond the request itself, to
+    /// the slot's largest request) that the allocator refused on this
+    /// thread: [`with_scratch`] tries no catch-up up to this size again
+    /// (0: none refused).
+    static REFUSED_CATCH_UP: [Cell<usize>; SLOTS] = const { [const { Cell::new(0) }; SLOTS] };
+}
+
+/// Reserves room for `to` elements in `buf` (of `buf.len()` now) for
+/// `slot`, or says the allocator refused.
+fn try_grow(slot: Slot, buf: &mut Vec<f32>, to: usize) -> bool {
     #[cfg(test)]
-    if to > REFUSE_ABOVE.with(Cell::get) {
+    if refused_by_test(slot.name(), to) {
         return false;
     }
+    let _ = slot;
     buf.try_reserve_exact(to - buf.len()).is_ok()
+}
+
+/// Reserves room for `to` items in `list` (list `name`), or says the
+/// allocator refused.
+fn try_reserve_list<T>(name: &'static str, list: &mut Vec<T>, to: usize) -> bool {
+    #[cfg(test)]
+    if refused_by_test(name, to) {
+        return false;
+    }
+    let _ = name;
+    list.try_reserve_exact(to - list.len()).is_ok()
+}
+
+/// Unit tests: which growths [`REFUSE`] refuses on a thread.
+#[cfg(test)]
+#[derive(Clone, Copy)]
+pub(crate) struct Refusal {
+    /// The slot (or [`reserve_list`] list) name whose growths are refused;
+    /// `None`: every one's.
+    pub only: Option<&'static str>,
+    /// Growth to more elements than this is refused.
+    pub above: usize,
 }
 
 #[cfg(test)]
 thread_local! {
-    /// Unit tests: growth to more elements than this is refused on this
-    /// thread as if by the allocator, so a test can see a kernel's error
-    /// path without asking the machine for exabytes (set on a test's own
-    /// pool by [`refusing_growth`]).
-    static REFUSE_ABOVE: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Unit tests: growth refused on this thread as if by the allocator,
+    /// so a test can see a kernel's error path without asking the machine
+    /// for exabytes (set on a test's own pool by [`refusing_growth`]).
+    static REFUSE: Cell<Option<Refusal>> = const { Cell::new(None) };
+    /// Unit tests: the growths refused on this thread by [`REFUSE`], as
+    /// (name, elements), oldest first.
+    static REFUSED: RefCell<Vec<(&'static str, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `body` with every scratch growth beyond `limit` elements refused
-/// on the calling thread and on every thread of `pool` (unit tests only;
-/// see [`REFUSE_ABOVE`]), and lifts the refusal afterwards, also when
-/// `body` panics.
+/// Unit tests: whether [`REFUSE`] refuses growth of `name` to `to`
+/// elements on this thread (logged in [`REFUSED`] if so).
+#[cfg(test)]
+fn refused_by_test(name: &'static str, to: usize) -> bool {
+    let refuse = REFUSE
+        .with(Cell::get)
+        .is_some_and(|r| r.only.is_none_or(|only| only == name) && to > r.above);
+    if refuse {
+        REFUSED.with(|r| r.borrow_mut().push((name, to)));
+    }
+    refuse
+}
+
+/// Unit tests: the growths refused on the calling thread so far.
+#[cfg(test)]
+fn refused_on_thread() -> Vec<(&'static str, usize)> {
+    REFUSED.with(|r| r.borrow().clone())
+}
+
+/// Runs `body` with the growths that `refusal` names refused on the
+/// calling thread and on every thread of `pool` (unit tests only; see
+/// [`REFUSE`]), and lifts the refusal afterwards, also when `body` panics.
 #[cfg(test)]
 pub(crate) fn refusing_growth<R>(
     pool: &rayon::ThreadPool,
-    limit: usize,
+    refusal: Refusal,
     body: impl FnOnce() -> R,
 ) -> R {
-    fn set(pool: &rayon::ThreadPool, limit: usize) {
-        REFUSE_ABOVE.with(|c| c.set(limit));
-        pool.broadcast(|_| REFUSE_ABOVE.with(|c| c.set(limit)));
+    fn set(pool: &rayon::ThreadPool, refusal: Option<Refusal>) {
+        REFUSE.with(|c| c.set(refusal));
+        pool.broadcast(|_| REFUSE.with(|c| c.set(refusal)));
     }
     struct Lift<'a>(&'a rayon::ThreadPool);
     impl Drop for Lift<'_> {
         fn drop(&mut self) {
-            set(self.0, usize::MAX);
+            set(self.0, None);
         }
     }
-    set(pool, limit);
+    set(pool, Some(refusal));
     let _lift = Lift(pool);
     body()
 }
@@ -561,11 +686,14 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_catch_up_grows_to_the_request_only() {
+    fn a_refused_catch_up_grows_to_the_request_only_and_is_not_retried() {
         // Another thread sets the slot's largest request at 5000 or more;
         // on a thread whose growth beyond 100 elements is refused, a
         // request of 50 still gets its buffer (of 50: the catch-up is
-        // dropped), and one of 200 is an error.
+        // dropped), later requests ask the allocator for no catch-up it
+        // has refused already (they retried it on every request before),
+        // one of 200 is an error, and one larger than any so far (no
+        // catch-up) is refused once, not twice.
         std::thread::spawn(|| with_scratch(Slot::Dense, 5000, |_| Ok(())))
             .join()
             .unwrap()
@@ -574,18 +702,93 @@ mod tests {
             .num_threads(1)
             .build()
             .unwrap();
-        let (small, large, kept) = refusing_growth(&pool, 100, || {
+        let huge = isize::MAX as usize / 8;
+        let refusal = Refusal {
+            only: Some("Dense"),
+            above: 100,
+        };
+        let (small, again, large, huge_err, kept, refused) =
+            refusing_growth(&pool, refusal, || {
+                pool.install(|| {
+                    let small = with_scratch(Slot::Dense, 50, |s| Ok(s.len()));
+                    let again: Vec<Result<usize>> = (0..5)
+                        .map(|k| with_scratch(Slot::Dense, 10 + 10 * k, |s| Ok(s.len())))
+                        .collect();
+                    let large = with_scratch(Slot::Dense, 200, |s| Ok(s.len()));
+                    let huge_err = with_scratch(Slot::Dense, huge, |s| Ok(s.len()));
+                    let kept =
+                        FREE.with(|f| f.borrow()[Slot::Dense as usize].iter().map(Vec::len).max());
+                    (small, again, large, huge_err, kept, refused_on_thread())
+                })
+            });
+        assert_eq!(small.unwrap(), 50);
+        let again: Vec<usize> = again.into_iter().map(Result::unwrap).collect();
+        assert_eq!(again, [10, 20, 30, 40, 50]);
+        assert!(matches!(large, Err(Error::OutOfMemory { .. })), "{large:?}");
+        assert!(
+            matches!(huge_err, Err(Error::OutOfMemory { .. })),
+            "{huge_err:?}"
+        );
+        assert_eq!(kept, Some(50));
+        // The refused sizes: catch-ups (each larger than the last: other
+        // tests may raise the slot's largest meanwhile, which earns one
+        // more try), the request of 200, the huge one once.
+        let sizes: Vec<usize> = refused
+            .iter()
+            .map(|&(name, to)| {
+                assert_eq!(name, "Dense");
+                to
+            })
+            .collect();
+        let (&[.., last_catch_up, two_hundred, last], catch_ups) =
+            (sizes.as_slice(), &sizes[..sizes.len().saturating_sub(2)])
+        else {
+            panic!("refused: {sizes:?}");
+        };
+        assert!(last_catch_up >= 5000, "{sizes:?}");
+        assert_eq!((two_hundred, last), (200, huge), "{sizes:?}");
+        assert!(
+            catch_ups.windows(2).all(|w| w[0] < w[1]),
+            "a refused catch-up was retried: {sizes:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_list_catch_up_is_not_retried() {
+        // The same for `reserve_list`: another thread's list set the
+        // largest at 5000; here growth beyond 100 is refused, so requests
+        // of 50, 20 and 60 get room for themselves and the catch-up to
+        // 5000 is asked for once.
+        static LARGEST: AtomicUsize = AtomicUsize::new(0);
+        std::thread::spawn(|| {
+            let mut other: Vec<u32> = Vec::new();
+            reserve_list("test refused list", &LARGEST, &mut other, 5000).unwrap();
+        })
+        .join()
+        .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let refusal = Refusal {
+            only: Some("test refused list"),
+            above: 100,
+        };
+        let (caps, refused) = refusing_growth(&pool, refusal, || {
             pool.install(|| {
-                let small = with_scratch(Slot::Dense, 50, |s| Ok(s.len()));
-                let large = with_scratch(Slot::Dense, 200, |s| Ok(s.len()));
-                let kept =
-                    FREE.with(|f| f.borrow()[Slot::Dense as usize].iter().map(Vec::len).max());
-                (small, large, kept)
+                let mut list: Vec<u32> = Vec::new();
+                let caps: Vec<usize> = [50, 20, 60]
+                    .into_iter()
+                    .map(|len| {
+                        reserve_list("test refused list", &LARGEST, &mut list, len).unwrap();
+                        list.capacity()
+                    })
+                    .collect();
+                (caps, refused_on_thread())
             })
         });
-        assert_eq!(small.unwrap(), 50);
-        assert!(matches!(large, Err(Error::OutOfMemory { .. })), "{large:?}");
-        assert_eq!(kept, Some(50));
+        assert!(caps[0] >= 50 && caps[0] < 5000 && caps[2] >= 60, "{caps:?}");
+        assert_eq!(refused, [("test refused list", 5000)]);
     }
 
     #[test]

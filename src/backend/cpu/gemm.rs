@@ -98,7 +98,8 @@ pub(super) trait PackB: Sync {
     /// cannot ([`crate::error::Error::OutOfMemory`]). The portable GEMM packs
     /// a whole block as one panel (gemm.rs `serial`), so its room grows with
     /// the operand and is made here, fallibly, first; the micro-kernels'
-    /// blocks are at most `KC` deep and `NR` wide, a few KiB.
+    /// blocks are at most `KC` deep and `NR` wide (32 KiB at `KC` = 256,
+    /// `NR` = 32), whose room may grow in place where this fails.
     fn reserve(&self, _kc: usize, _nr: usize) -> Result<()> {
         Ok(())
     }

@@ -1220,6 +1220,12 @@ impl PackB for PackedB<'_> {
         unsafe { self.source.pack(pc, kc, jc, nc, nr, out) }
     }
 
+    // (Forwarded as `pack` is: a request in another layout packs from
+    // the source, whose working room is reserved fallibly first.)
+    fn reserve(&self, kc: usize, nr: usize) -> crate::error::Result<()> {
+        self.source.reserve(kc, nr)
+    }
+
     fn packed(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize) -> Option<&[f32]> {
         let whole_block = nr == self.nr
             && jc.is_multiple_of(NC)
@@ -2156,6 +2162,44 @@ pub(super) unsafe fn with_thread_packed_b<R>(
 mod tests {
     use super::*;
     use crate::backend::cpu::simd::SimdPath;
+
+    #[test]
+    fn a_packed_b_reserves_through_its_source() {
+        // A source whose working room for packs deeper than 10 the
+        // allocator refuses: the packed operand, asked in another layout,
+        // packs from it, so its `reserve` is the source's (the trait's
+        // default said Ok to everything).
+        struct Refusing;
+        impl PackB for Refusing {
+            unsafe fn pack(
+                &self,
+                _: usize,
+                _: usize,
+                _: usize,
+                _: usize,
+                _: usize,
+                out: &mut [f32],
+            ) {
+                out.fill(0.0);
+            }
+            fn reserve(&self, kc: usize, _nr: usize) -> crate::error::Result<()> {
+                if kc > 10 {
+                    Err(crate::error::Error::OutOfMemory {
+                        what: "test".into(),
+                        shape: vec![kc],
+                        bytes: None,
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+        let mut out = vec![1.0; PackedB::len(4, 4, 8)];
+        // SAFETY: `Refusing` packs any block into an `out` of its size.
+        let packed = unsafe { PackedB::pack(&Refusing, 4, 4, 8, &mut out, false) };
+        assert!(packed.reserve(4, 8).is_ok());
+        assert!(packed.reserve(20, 8).is_err());
+    }
 
     /// Every tile shape a kernel can be handed (each `mr <= MR`, each
     /// `nr <= NR`: the full tile, the half-width and narrow last panels, the

@@ -170,7 +170,12 @@ impl PackB for Columns<'_> {
         // a pack's size is unbounded, `reserve` made this room fallibly
         // first, so only the micro-kernels' packs, of at most `KC` x `NR`,
         // get here unreserved.)
-        let _ = temp.reserve(items, false);
+        if temp.reserve(items, false).is_err() {
+            debug_assert!(
+                kc <= PACK_TEMP_DEPTH && nr <= PACK_TEMP_WIDTH,
+                "an unreserved pack of {kc} x {nr} (only the micro-kernels' bounded ones may be)"
+            );
+        }
         let PackTemp {
             taps, runs, reads, ..
         } = &mut temp;
@@ -246,6 +251,10 @@ impl PackB for Columns<'_> {
                 Ok(())
             });
             if taken.is_err() {
+                debug_assert!(
+            kc <= PACK_TEMP_DEPTH && nr <= PACK_TEMP_WIDTH,
+            "an unreserved pack of {kc} x {nr} (only the micro-kernels' bounded ones may be)"
+        );
                 // Only a pack no `reserve` came before (see above): at most
                 // `KC` x `NR` floats, allocated as any small Vec.
                 fill_rows(&mut vec![0.0; rows_len]);
@@ -297,7 +306,12 @@ impl PackB for Columns<'_> {
         let (items, _) = pack_room(kc, nr);
         // (As in `pack`: only the micro-kernels take this path, with
         // blocks of at most `KC` x `NR`.)
-        let _ = temp.reserve(items, true);
+        if temp.reserve(items, true).is_err() {
+            debug_assert!(
+                kc <= PACK_TEMP_DEPTH && nr <= PACK_TEMP_WIDTH,
+                "an unreserved pack of {kc} x {nr} (only the micro-kernels' bounded ones may be)"
+            );
+        }
         let PackTemp {
             taps,
             runs,

@@ -43,7 +43,8 @@ mod tap_classes;
 /// The Winograd F(2x2, 3x3) convolution mode in effect, as `frostgrad
 /// bench` reports it: `"on"` (`FROSTGRAD_CONV_WINOGRAD=1`: wherever the
 /// shape allows), `"off"` (`=0`: never), `"auto"` (unset or any other
-/// value: the measured rule, AVX2 from 32 output tiles).
+/// value: the measured rule, AVX2 from 32 output tiles for the forward and
+/// input gradient, 40 tiles per thread for the weight gradient).
 pub fn conv_winograd() -> &'static str {
     match conv::winograd_mode() {
         Some(true) => "on",

@@ -12,9 +12,12 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy)]
 pub(super) enum Slot {
     Columns,
-    /// The input gradient's column buffers for every thread of a split
-    /// call, taken on the calling thread (conv/input_grad.rs): its own slot, since its
-    /// size (threads x a block) would otherwise become the largest
+    /// Whole-call buffers taken on the calling thread only: the input
+    /// gradient's column buffers for every thread of a split call
+    /// (conv/input_grad.rs), Winograd's transformed input of all tiles and
+    /// its packing (conv/winograd.rs) and the weight gradient's partial
+    /// sums (conv/winograd/weight_grad.rs, bounded by its rule). Its own
+    /// slot, since such a size would otherwise become the largest
     /// `Columns` request, to which every worker's buffer grows.
     SplitColumns,
     Staging,

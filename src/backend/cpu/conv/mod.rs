@@ -48,8 +48,12 @@
 //! `M_ξ = dŶ_ξ · V_ξᵀ` summed over the tiles (`V` the forward's
 //! transformed input, `dŶ = A dY Aᵀ`), then `Gᵀ M G` per channel pair; on
 //! AVX2, from 40 tiles per thread, and not at 7x7 (whose tiles cover 64
-//! pixels for 49); the same `FROSTGRAD_CONV_WINOGRAD` switch
-//! (`FROSTGRAD_CONV_DIRECT` does not concern it).
+//! pixels for 49), and where the threads' partial sums of `M` fit 8 MiB
+//! (else the positions would be split and every thread transform every
+//! tile); the same `FROSTGRAD_CONV_WINOGRAD` switch
+//! (`FROSTGRAD_CONV_DIRECT` does not concern it). On the layers it takes,
+//! `FROSTGRAD_DW_SHIFTED`, `_DW_PATCHES` and `_DW_CLASSES` compare their
+//! forms only with `FROSTGRAD_CONV_WINOGRAD=0`.
 //!
 //! The column matrix is never stored for the forward and the weight
 //! gradient: [`Columns`] packs the GEMM's panels straight from the images

@@ -22,8 +22,10 @@
 //! the part's `M`. The parts split either the tiles (each with its own
 //! partial `M`, summed in the output transform) or, where `threads`
 //! partial sums would take more than [`PARTIALS_BYTES`], the 16
-//! positions `ξ` (each thread all tiles, its own `M_ξ`; the transforms
-//! are then run by every thread, a `C_out`-th or so of the GEMMs' work).
+//! positions `ξ` (each thread all tiles, its own `M_ξ`; both transforms
+//! are then run by every thread over every tile, about a fifth of a
+//! thread's time at 8x224, so the measured rule never takes that split on
+//! more than one thread: only `FROSTGRAD_CONV_WINOGRAD=1` reaches it).
 
 use rayon::prelude::*;
 
@@ -43,8 +45,10 @@ use crate::error::{Error, Result};
 /// tiles are split up to 256 x 256 channels (2 x 4 MiB), the positions
 /// from 512 x 512 (one `M` of 16 MiB instead of two). Measured on 256@14
 /// at batch 8, two threads (Zen 2, AVX2, CPU time against the form it
-/// replaces, bench-wgrad.md): 0.75x with the tiles split, 0.96x with the
-/// positions split, where each thread transforms every tile.
+/// replaces, BENCHMARKS.md issue 9 item 51): 0.75x with the tiles split,
+/// 0.96x with the positions split, where each thread transforms every
+/// tile; so the measured rule ([`pays`]) takes a layer on several threads
+/// only where the tiles split.
 pub(in crate::backend::cpu::conv) const PARTIALS_BYTES: usize = 8 << 20;
 
 /// Whether the weight gradient of `g` runs through F(2x2, 3x3):
@@ -54,8 +58,7 @@ pub(in crate::backend::cpu::conv) const PARTIALS_BYTES: usize = 8 << 20;
 /// `FROSTGRAD_CONV_DIRECT` does not concern it: the weight gradient has no
 /// direct form.
 pub(in crate::backend::cpu::conv) fn chosen(g: &Conv2dGeometry) -> bool {
-    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let mode = crate::backend::cpu::env_switch::forced(&MODE, "FROSTGRAD_CONV_WINOGRAD", "1", "0");
+    let mode = crate::backend::cpu::conv::winograd_mode();
     let threads = rayon::current_num_threads();
     chosen_by(mode, crate::backend::cpu::simd::active(), g, threads)
 }
@@ -73,17 +76,20 @@ pub(in crate::backend::cpu::conv) fn chosen_by(
 }
 
 /// The fewest 2x2 tiles per rayon thread for which the weight gradient
-/// runs through F(2x2, 3x3) by default: as for the forward (the parent's
-/// `MIN_TILES_PER_THREAD`); the fewest measured to pay was 49 (256@14 at
-/// batch 1, one thread: 0.77x the CPU time of the form it replaces).
+/// runs through F(2x2, 3x3) by default: the forward's first rule (item 47,
+/// before it split few tiles by output channels); the fewest measured to
+/// pay was 49 (256@14 at batch 1, one thread: 0.77x the CPU time of the
+/// form it replaces).
 const MIN_TILES_PER_THREAD: usize = 40;
 
 /// The measured rule: on the AVX2 path only (AVX-512 cannot be measured
 /// on the machine this was written on, and the portable path's GEMM is
 /// `matrixmultiply`'s), from [`MIN_TILES_PER_THREAD`] up, where the tiles
-/// cover the output with at most 1/8 to spare ([`tiles_fit`]). Measured
-/// one thread, CPU time against the im2col / shifted / tap-class forms on
-/// Zen 2 (AVX2), `scripts/ab_layers.py` (bench-wgrad.md): 0.65-0.80x at
+/// cover the output with at most 1/8 to spare ([`tiles_fit`]), and where
+/// the partial sums allow the tiles to be split ([`partials_fit`]).
+/// Measured one thread, CPU time against the im2col / shifted / tap-class
+/// forms on Zen 2 (AVX2), `scripts/ab_layers.py` (BENCHMARKS.md issue 9
+/// item 51): 0.65-0.80x at
 /// 56x56 to 14x14 and 0.93x at 4x4 (512@4, batch 32), but 0.99x and
 /// 1.02x at 7x7 (512@7 at batch 8, 256@7 at batch 32), whose 2x2 tiles
 /// cover 8x8 pixels for 49 real ones, where the tap-class form skips the
@@ -95,13 +101,38 @@ fn pays(path: SimdPath, g: &Conv2dGeometry, threads: usize) -> bool {
     );
     path == SimdPath::Avx2
         && tiles_fit(g)
+        && partials_fit(g, threads, PARTIALS_BYTES)
         && tiles.is_ok_and(|t| t >= MIN_TILES_PER_THREAD.saturating_mul(threads.max(1)))
 }
 
+/// Whether the partial sums of `M` (`16 x C_out x C_in` floats a thread)
+/// let `threads` threads split the tiles within `bytes`, or, on one
+/// thread, its one `M` fits in twice that (16 MiB: ResNet-18's 512 x 512).
+/// The rule's bound on the scratch the weight gradient holds (scratch is
+/// kept for the next step, never shrunk), and on the split: with more
+/// threads than this allows the positions would be split, each thread
+/// transforming every tile (0.96x the old form at 256@14 on two threads,
+/// against 0.75x with the tiles split).
+fn partials_fit(g: &Conv2dGeometry, threads: usize, bytes: usize) -> bool {
+    let threads = threads.max(1);
+    let limit = if threads == 1 {
+        bytes.saturating_mul(2)
+    } else {
+        bytes
+    };
+    checked_numel("winograd", &[threads, 16, g.out_channels, g.in_channels, 4])
+        .is_ok_and(|b| b <= limit)
+}
+
 /// Whether the 2x2 tiles of `g`'s output cover at most 9/8 of its pixels:
-/// all even sizes, and odd ones from 17 up (never 7x7, 64 for 49).
+/// all even sizes, and odd ones from 17 up (never 7x7, 64 for 49). The
+/// 9/8 is set between the measured sizes, not measured itself: 1.0 (even
+/// sizes) pays, 64/49 = 1.31 (7x7) does not.
 fn tiles_fit(g: &Conv2dGeometry) -> bool {
-    let covered = (g.out_h.div_ceil(2) * 2).checked_mul(g.out_w.div_ceil(2) * 2);
+    let even = |n: usize| n.checked_next_multiple_of(2);
+    let covered = even(g.out_h)
+        .zip(even(g.out_w))
+        .and_then(|(h, w)| h.checked_mul(w));
     let real = g.out_h.checked_mul(g.out_w);
     match (covered, real) {
         (Some(c), Some(r)) => c
@@ -177,8 +208,9 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
             }
         })
         .collect();
-    // The block: `V` and `dŶ` of its tiles within `blocks.bytes`, at
-    // least `blocks.min_tiles` tiles, no more than one part's rows.
+    // The block: whole tile rows, `V` and `dŶ` of its tiles within
+    // `blocks.bytes` but at least `blocks.min_tiles` tiles (less a
+    // row's remainder: the rows are whole), no more than one part's rows.
     let per_tile = checked_numel(op, &[16, checked_sum(op, &[c_in, c_out])?, 4])?;
     let want_tiles = (blocks.bytes / per_tile).max(blocks.min_tiles);
     let part_rows = tile_rows.div_ceil(groups);
@@ -595,7 +627,14 @@ mod rule_and_accuracy_tests {
             (conv(1, 256, 14, 14, 1), 1, true),
             (conv(1, 256, 14, 14, 1), 2, false),
             (conv(32, 256, 7, 7, 1), 2, false),
-            (conv(32, 512, 4, 4, 1), 2, true),
+            // Partial sums: two of 16 MiB at 512 x 512 would exceed the
+            // 8 MiB bound (the positions would be split, each thread
+            // transforming every tile), one of 16 MiB is allowed on one
+            // thread, one of 64 MiB (1024 x 1024) is not.
+            (conv(32, 512, 4, 4, 1), 2, false),
+            (conv(32, 512, 4, 4, 1), 1, true),
+            (conv(32, 1024, 4, 4, 1), 1, false),
+            (conv(64, 256, 14, 14, 1), 4, false),
             // 17 wide: 18 x 18 tile pixels for 17 x 17 (1.12x) fit, 15 do not.
             (conv(8, 8, 17, 17, 1), 1, true),
             (conv(8, 8, 15, 15, 1), 1, false),
@@ -642,6 +681,19 @@ mod rule_and_accuracy_tests {
                 super::super::super::conv2d_weight_grad(&dy, &x, &g).unwrap()
             });
             assert!(max_err(&dw, &r.dw) <= 1e-5, "{path:?} dW");
+            // The route, not only the numbers (every form agrees on them):
+            // where the rule takes the layer, the entry point's result is
+            // F(2x2, 3x3)'s to the bit.
+            if crate::backend::cpu::conv::winograd_mode().is_none() && path == simd::SimdPath::Avx2
+            {
+                let own = pool.install(|| {
+                    weight_grad_winograd(&dy, &x, &g, super::super::BLOCKS, PARTIALS_BYTES).unwrap()
+                });
+                assert_eq!(
+                    dw, own,
+                    "{path:?}: the entry point did not take F(2x2, 3x3)"
+                );
+            }
         });
     }
 

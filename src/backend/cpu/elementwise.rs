@@ -82,7 +82,7 @@ fn in_place_pass(a: &mut [f32], b: &[f32], body: impl Fn(&mut [f32], &[f32]) + S
 /// Marks one task of a pass that [`on_caller`] or [`min_len`] places
 /// (the in-place passes, `sgd_step`, batch norm's passes) as run on this
 /// thread, for the unit tests that check each pass follows the rule
-/// ([`count_tasks`]); nothing outside them.
+/// (`count_tasks`, built for tests only); nothing outside them.
 #[inline(always)]
 pub(super) fn note_task() {
     #[cfg(test)]

@@ -12,7 +12,7 @@
 //! tiles, the 16 element-wise products become 16 independent GEMMs
 //! `M_ξ[C_out, C_in] = dŶ_ξ[C_out, tiles] · V_ξ[C_in, tiles]ᵀ` (`ξ` the
 //! position in the 4x4 tile): `V` is exactly the forward's transformed
-//! input ([`transform_input`]), `dŶ = A dY Aᵀ` the transformed output
+//! input ([`transform_input`](super::transform_input)), `dŶ = A dY Aᵀ` the transformed output
 //! gradient ([`transform_grad`]), and a 3x3 output transform `Gᵀ M G` per
 //! channel pair gives `dW`. 16 multiplications per tile and channel pair
 //! instead of the direct form's 36.

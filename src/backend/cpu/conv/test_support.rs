@@ -81,6 +81,19 @@ pub(super) fn reference(
     Reference { y, dx, dw }
 }
 
+/// The largest error of `got` against `want`, relative as [`assert_close`]
+/// measures it (`|got - want| / (1 + |want|)`); infinite where any output
+/// is NaN (`f64::max` alone would drop a NaN and score it 0). For tests
+/// that compare errors rather than hold them to a tolerance.
+pub(super) fn max_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - w).abs() / (1.0 + w.abs()))
+        .map(|e| if e.is_nan() { f64::INFINITY } else { e })
+        .fold(0.0, f64::max)
+}
+
 pub(super) fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {

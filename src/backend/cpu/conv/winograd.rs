@@ -1091,21 +1091,9 @@ pub(super) mod weight_grad;
 mod tests {
     use super::*;
     use crate::backend::cpu::conv::input_grad::flipped_geometry;
-    use crate::backend::cpu::conv::test_support::{poison_scratch, reference};
+    use crate::backend::cpu::conv::test_support::{max_err, poison_scratch, reference};
     use crate::backend::cpu::simd;
     use crate::backend::cpu::test_data::pseudo_random;
-
-    /// The largest error against `want`, relative as `assert_close`
-    /// measures it (`|got - want| / (1 + |want|)`); infinite where any
-    /// output is NaN (`f64::max` alone would drop a NaN and score it 0).
-    fn max_err(got: &[f32], want: &[f64]) -> f64 {
-        assert_eq!(got.len(), want.len());
-        got.iter()
-            .zip(want)
-            .map(|(&g, &w)| (f64::from(g) - w).abs() / (1.0 + w.abs()))
-            .map(|e| if e.is_nan() { f64::INFINITY } else { e })
-            .fold(0.0, f64::max)
-    }
 
     /// Fills the scratch the Winograd path uses with NaN on every thread of
     /// `pool`, and hands the buffer pool a NaN-filled buffer of the

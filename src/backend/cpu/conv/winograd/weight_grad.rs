@@ -479,21 +479,9 @@ fn output_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::conv::test_support::{poison_scratch, reference};
+    use crate::backend::cpu::conv::test_support::{max_err, poison_scratch, reference};
     use crate::backend::cpu::simd;
     use crate::backend::cpu::test_data::pseudo_random;
-
-    /// The largest error against `want`, relative as `assert_close`
-    /// measures it (`|got - want| / (1 + |want|)`); infinite where any
-    /// output is NaN.
-    fn max_err(got: &[f32], want: &[f64]) -> f64 {
-        assert_eq!(got.len(), want.len());
-        got.iter()
-            .zip(want)
-            .map(|(&g, &w)| (f64::from(g) - w).abs() / (1.0 + w.abs()))
-            .map(|e| if e.is_nan() { f64::INFINITY } else { e })
-            .fold(0.0, f64::max)
-    }
 
     /// Fills the scratch this path uses with NaN on every thread of `pool`
     /// (and the calling thread's, which holds the partial sums), and hands
@@ -581,23 +569,6 @@ mod tests {
                 check(shape, blocks, partials, threads);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod rule_and_accuracy_tests {
-    use super::*;
-    use crate::backend::cpu::conv::test_support::reference;
-    use crate::backend::cpu::simd;
-    use crate::backend::cpu::test_data::pseudo_random;
-
-    fn max_err(got: &[f32], want: &[f64]) -> f64 {
-        assert_eq!(got.len(), want.len());
-        got.iter()
-            .zip(want)
-            .map(|(&g, &w)| (f64::from(g) - w).abs() / (1.0 + w.abs()))
-            .map(|e| if e.is_nan() { f64::INFINITY } else { e })
-            .fold(0.0, f64::max)
     }
 
     #[test]

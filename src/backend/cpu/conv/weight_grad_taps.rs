@@ -426,35 +426,9 @@ unsafe fn interleave_nine_avx(from: &[&[f32]; 9], row: &mut [f32]) -> usize {
         // floats at 9 * c lie inside `row` (9 * (c + 8) <= row.len()).
         unsafe {
             let r = |t: usize| _mm256_loadu_ps(from[t].as_ptr().add(c));
-            let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
-            let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
-            let t0 = _mm256_unpacklo_ps(r0, r1);
-            let t1 = _mm256_unpackhi_ps(r0, r1);
-            let t2 = _mm256_unpacklo_ps(r2, r3);
-            let t3 = _mm256_unpackhi_ps(r2, r3);
-            let t4 = _mm256_unpacklo_ps(r4, r5);
-            let t5 = _mm256_unpackhi_ps(r4, r5);
-            let t6 = _mm256_unpacklo_ps(r6, r7);
-            let t7 = _mm256_unpackhi_ps(r6, r7);
-            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-            // Channel k's taps 0-7.
-            let u = [
-                _mm256_permute2f128_ps::<0x20>(s0, s4),
-                _mm256_permute2f128_ps::<0x20>(s1, s5),
-                _mm256_permute2f128_ps::<0x20>(s2, s6),
-                _mm256_permute2f128_ps::<0x20>(s3, s7),
-                _mm256_permute2f128_ps::<0x31>(s0, s4),
-                _mm256_permute2f128_ps::<0x31>(s1, s5),
-                _mm256_permute2f128_ps::<0x31>(s2, s6),
-                _mm256_permute2f128_ps::<0x31>(s3, s7),
-            ];
+            // Channel k's taps 0-7 (the CPU has AVX: this function's
+            // contract).
+            let u = crate::backend::cpu::simd::transpose8x8_avx(std::array::from_fn(r));
             let out = row.as_mut_ptr().add(9 * c);
             for (k, &u) in u.iter().enumerate() {
                 _mm256_storeu_ps(out.add(9 * k), u);

@@ -67,6 +67,45 @@ fn a_padding_that_overflows_usize_is_an_error() {
 }
 
 #[test]
+fn a_dilation_whose_window_overflows_usize_is_an_error() {
+    // The window's span `dilation * (kernel - 1) + 1` past usize.
+    let x = zeros(&[1, 1, 2, 2], false);
+    let w = zeros(&[1, 1, 3, 3], false);
+    for dilation in [(usize::MAX / 2 + 1, 1), (1, usize::MAX)] {
+        let o = Conv2dOptions {
+            dilation,
+            ..Conv2dOptions::default()
+        };
+        let err = ops::conv2d(&x, &w, None, o).expect_err("overflowing window");
+        assert!(matches!(err, Error::Shape { .. }), "{dilation:?}: {err}");
+    }
+}
+
+#[test]
+fn a_pool_padding_or_dilation_that_overflows_usize_is_an_error() {
+    // `2 * padding` (the padding's bound) and the padded input, and the
+    // dilated window, past usize: errors, as for the convolution.
+    let x = zeros(&[1, 1, 4, 4], false);
+    for (kernel, padding, dilation) in [
+        ((2, 2), (usize::MAX / 2 + 1, 0), (1, 1)),
+        ((usize::MAX, 2), (usize::MAX / 2, 0), (1, 1)),
+        ((3, 3), (0, 0), (usize::MAX, 1)),
+    ] {
+        let o = ops::MaxPool2dOptions {
+            kernel,
+            stride: (1, 1),
+            padding,
+            dilation,
+        };
+        let err = ops::max_pool2d(&x, o).expect_err("overflowing pool window");
+        assert!(
+            matches!(err, Error::Shape { .. } | Error::InvalidArgument { .. }),
+            "{kernel:?} {padding:?} {dilation:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn an_empty_batch_of_huge_images_is_empty_not_a_panic() {
     // No image: every buffer is empty, so the geometry's element counts
     // pass, while one image (~2^62 floats) or an output row of columns

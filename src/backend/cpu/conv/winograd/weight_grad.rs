@@ -228,7 +228,9 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
     let cpu = Avx2Fma::detect();
     // V_ξᵀ through the 8x8 transposes on the AVX2 micro-kernel's path only
     // (see [`TransposedV`]; the AVX-512 path keeps the GEMM's own packing:
-    // not measured, the machine this was written on has no AVX-512).
+    // not measured, the machine this was written on has no AVX-512; and
+    // AVX-512 reaches this form only with FROSTGRAD_CONV_WINOGRAD=1, the
+    // measured rule `pays` being AVX2's alone).
     let transposer = cpu.filter(|_| crate::backend::cpu::simd::active() == SimdPath::Avx2);
     let mut dw = buffer_pool::uninit(op, dw_len)?;
     with_scratch(Slot::SplitColumns, partials_len, |partials| {
@@ -345,8 +347,8 @@ struct TransposedV<'a> {
 
 impl PackB for TransposedV<'_> {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
-        // (Safe code: every access below is bounds-checked, so the
-        // contract is not relied on.)
+        // (Not relied on: every access below is bounds-checked, the
+        // transposes' once, up front, with checked arithmetic.)
         for (j0, cols, panel) in panels(out, kc, jc, nc, nr) {
             pack_panel(self, (pc, kc), (j0, cols), nr, panel);
         }
@@ -409,10 +411,11 @@ fn pack_panel(
 /// Depth rows `pc..pc + deep` x columns `j0..j0 + eights` of `V_ξᵀ` (both
 /// multiples of 8) into `panel` (row `p` at `p * nr`): each 8 channels x
 /// 8 tiles of `v` (8 loads along the tiles) transposed in registers and
-/// stored as 8 panel rows of 8 channels, a panel row's groups one after
-/// the other (whole cache lines). Bounds are checked once, up front: with
-/// a check per load and store the loop kept its 16 row pointers on the
-/// stack (`perf annotate`).
+/// stored as 8 panel rows of 8 channels (contiguous 32-byte stores, a
+/// panel row's groups one after the other; the panel buffer is a plain
+/// `Vec<f32>`, so a row need not start a cache line). Bounds are checked
+/// once, up front: with a check per load and store the loop kept its 16
+/// row pointers on the stack (`perf annotate`).
 ///
 /// # Safety
 /// The CPU runs AVX2 + FMA code.
@@ -430,15 +433,22 @@ unsafe fn transpose_eights(
     if eights == 0 || deep == 0 {
         return;
     }
-    // The last float read and the last written, as checked indices.
-    let last_in = (j0 + eights - 1) * tiles + pc + deep - 1;
-    let last_out = (deep - 1) * nr + eights - 1;
+    // The last float read and the last written, as checked indices (with
+    // checked arithmetic: an overflow fails the check, not wraps past it).
+    let last_in = j0
+        .checked_add(eights - 1)
+        .and_then(|x| x.checked_mul(tiles))
+        .and_then(|x| x.checked_add(pc))
+        .and_then(|x| x.checked_add(deep - 1));
+    let last_out = (deep - 1)
+        .checked_mul(nr)
+        .and_then(|x| x.checked_add(eights - 1));
     assert!(
         eights.is_multiple_of(8)
             && deep.is_multiple_of(8)
             && eights <= nr
-            && last_in < v.len()
-            && last_out < panel.len(),
+            && last_in.is_some_and(|i| i < v.len())
+            && last_out.is_some_and(|i| i < panel.len()),
         "winograd weight gradient: transpose out of bounds"
     );
     let src = v[j0 * tiles + pc..].as_ptr();

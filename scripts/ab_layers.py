@@ -8,9 +8,9 @@ change in the machine's load over both sides; on a shared machine the CPU
 time is the steadier figure.
 
     git stash; cargo build --release --example layer_timing
-    cp target/release/examples/layer_timing /tmp/lt_a; git stash pop
+    cp target/release/examples/layer_timing target/lt_a; git stash pop
     cargo build --release --example layer_timing
-    python3 scripts/ab_layers.py /tmp/lt_a target/release/examples/layer_timing \\
+    python3 scripts/ab_layers.py target/lt_a target/release/examples/layer_timing \\
         [--rounds 4] [--reps 5] [--filter bn] [--threads 2]
 """
 

@@ -2,9 +2,9 @@
 """Checks `frostgrad step` against PyTorch on random torchvision ResNet-18
 weights and a random batch, the way the issue's held-out check does.
 
-    /work/venv/bin/python scripts/check_step_vs_pytorch.py --size 57 --batch 3 \
+    .venv/bin/python scripts/check_step_vs_pytorch.py --size 57 --batch 3 \
         --trainable 'conv1.*,bn1.*,fc.*' [--eval] [--device cpu|cuda] [--binary target/release/frostgrad]
-    /work/venv/bin/python scripts/check_step_vs_pytorch.py --sweep [--devices cpu,cuda] [--json out.json] \
+    .venv/bin/python scripts/check_step_vs_pytorch.py --sweep [--devices cpu,cuda] [--json out.json] \
         [--emu "$(scripts/build-cuda-emu.sh)"]
 
 The same step is computed by PyTorch in float64 (the reference) and in
@@ -23,6 +23,10 @@ quarter of that: a near-tie case, judged by the ratio alone), when an output is 
 float32's error on the same tensor (errors below FLOOR, a few float32
 roundings, count as FLOOR), when a frozen parameter has a `grad.` entry, or
 when a trainable one lacks it.
+
+`.venv` (in the repository root) is a virtual environment with PyTorch 2.9.1 (the version the figures
+and fixtures were made with):
+`python3 -m venv .venv && .venv/bin/pip install torch==2.9.1 torchvision==0.24.1 numpy safetensors`.
 """
 
 import argparse
@@ -127,7 +131,7 @@ def check(size, batch, seed, trainable, train, device, binary, classes=10, lr=0.
           weight_decay=1e-4, quiet=False, emu=None, diagnose=False):
     model, images, labels = build_case(size, batch, classes, seed)
     # Removed when this function returns (CPython frees it at once): a
-    # sweep of sizes used to leave ~130 MB per case in /tmp.
+    # sweep of sizes used to leave ~130 MB per case in the temporary directory.
     scratch = tempfile.TemporaryDirectory(prefix="frostgrad-check-")
     tmp = scratch.name
     wpath, bpath, opath = (os.path.join(tmp, n) for n in ("w.safetensors", "b.safetensors", "o.safetensors"))

@@ -18,7 +18,7 @@ Prints per case the medians, ours/PyTorch, and the achieved GFLOP/s
 output written once, the same count for both sides), then per op kind the
 total a step spends (occurrences x median).
 
-    /work/venv/bin/python scripts/compare_layers.py [--reps 5] [--rounds 2]
+    .venv/bin/python scripts/compare_layers.py [--reps 5] [--rounds 2]
         [--threads N] [--filter bn] [--batch 8] [--size 224] [--json out.json] [--no-build]
         [--isa native|avx2|avx512]
 
@@ -28,6 +28,10 @@ scripts/torch_isa.py); on an AVX-512 machine that is a proxy for an
 AVX2-only CPU, not one. The header and the JSON name what each side ran.
 
 It asserts nothing: speed is reported, never tested.
+
+`.venv` (in the repository root) is a virtual environment with PyTorch 2.9.1 (the version the figures
+and fixtures were made with):
+`python3 -m venv .venv && .venv/bin/pip install torch==2.9.1 torchvision==0.24.1 numpy safetensors`.
 """
 
 import argparse

@@ -4,7 +4,11 @@ Each case is computed in float64: the inputs, the output, and the gradient
 of L = sum(out * R) for a fixed random cotangent R with respect to every
 input, plus the grad_fn name PyTorch prints. Shapes are odd and broadcast.
 
-    /work/venv/bin/python scripts/gen_general_ops.py
+    .venv/bin/python scripts/gen_general_ops.py
+
+`.venv` (in the repository root) is a virtual environment with PyTorch 2.9.1 (the version the figures
+and fixtures were made with):
+`python3 -m venv .venv && .venv/bin/pip install torch==2.9.1 torchvision==0.24.1 numpy safetensors`.
 """
 import os
 

@@ -5,7 +5,11 @@ once) and counts nodes by `grad_fn` name, `AccumulateGrad` included. The
 counts do not depend on the weights, the batch or the image size.
 tests/graph_walk.rs compares frostgrad's `Tensor::graph()` with them.
 
-    /work/venv/bin/python scripts/gen_graph_nodes.py > tests/fixtures/graph/resnet18_nodes.txt
+    .venv/bin/python scripts/gen_graph_nodes.py > tests/fixtures/graph/resnet18_nodes.txt
+
+`.venv` (in the repository root) is a virtual environment with PyTorch 2.9.1 (the version the figures
+and fixtures were made with):
+`python3 -m venv .venv && .venv/bin/pip install torch==2.9.1 torchvision==0.24.1 numpy safetensors`.
 """
 import collections
 import fnmatch

@@ -5,7 +5,11 @@ below and over all tensors, ||f32 - f64|| / ||f64||. Used to judge
 `tests/train_parity.rs`'s bound (BENCHMARKS.md, issue 9 item 26): the
 fixture's `f32err` is the first variant only.
 
-    cd scripts && /work/venv/bin/python train_f32_spread.py
+    cd scripts && ../.venv/bin/python train_f32_spread.py
+
+`.venv` (in the repository root) is a virtual environment with PyTorch 2.9.1 (the version the figures
+and fixtures were made with):
+`python3 -m venv .venv && .venv/bin/pip install torch==2.9.1 torchvision==0.24.1 numpy safetensors`.
 """
 
 import torch

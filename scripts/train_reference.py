@@ -4,7 +4,7 @@ order, from the same weights.
 
 Run from the repository root with PyTorch 2.9.1 / torchvision 0.24.1:
 
-    /work/venv/bin/python scripts/train_reference.py
+    .venv/bin/python scripts/train_reference.py
 
 The test draws the image folder itself; this script computes the same
 pixels from the same formula (``pixel`` below, mirrored in the test), so
@@ -25,6 +25,10 @@ PyTorch's own float32 run lands from float64), and writes
 after training, ``ref.<name>`` = ``summarize`` (numel, L2 norm, sum, probe
 dot, 16 samples; float64) and ``f32err.<name>`` = ||torch_f32 - f64|| /
 ||f64|| (0-d), plus ``loss`` = the mean training loss of each epoch (float64).
+
+`.venv` (in the repository root) is a virtual environment with PyTorch 2.9.1 (the version the figures
+and fixtures were made with):
+`python3 -m venv .venv && .venv/bin/pip install torch==2.9.1 torchvision==0.24.1 numpy safetensors`.
 """
 
 import os

@@ -361,8 +361,8 @@ pub(super) fn with_packed_rhs<R>(
     b: Rhs<'_>,
     k: usize,
     n: usize,
-    f: impl FnOnce(Rhs<'_>) -> R,
-) -> R {
+    f: impl FnOnce(Rhs<'_>) -> Result<R>,
+) -> Result<R> {
     let fits = match b {
         Rhs::View(v) => v.fits(k, n),
         Rhs::Source(s) => s.shape() == (k, n),
@@ -393,8 +393,8 @@ unsafe fn with_whole_packed<R>(
     n: usize,
     nr: usize,
     parallel: bool,
-    f: impl FnOnce(Rhs<'_>) -> R,
-) -> R {
+    f: impl FnOnce(Rhs<'_>) -> Result<R>,
+) -> Result<R> {
     use super::microkernel::{with_thread_packed_b, Raw};
     let raw;
     let source: &dyn PackB = match b {
@@ -760,13 +760,11 @@ unsafe fn serial(
             // supports it (`simd::active`/`force` check); operands as the
             // caller promised.
             SimdPath::Avx512 => {
-                unsafe { gemm::<Avx512, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) };
-                return Ok(());
+                return unsafe { gemm::<Avx512, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) };
             }
             // SAFETY: as above.
             SimdPath::Avx2 => {
-                unsafe { gemm::<Avx2, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) };
-                return Ok(());
+                return unsafe { gemm::<Avx2, _, _>(a_dyn, rows, b_dyn, cols, k, beta, c, rsc) };
             }
             SimdPath::Portable => {}
         }

@@ -19,6 +19,7 @@ use std::cell::Cell;
 
 use super::gemm::{panels, PackB};
 use super::simd::SimdPath;
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// Depth of one packed block (A panel width, B panel height).
@@ -1262,14 +1263,14 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
     beta: f32,
     c: *mut f32,
     rsc: usize,
-) {
+) -> Result<()> {
     if m == 0 || n == 0 {
-        return;
+        return Ok(());
     }
     if k == 0 {
         // SAFETY: the m x n block is the caller's (this function's contract).
         unsafe { scale_block(c, rsc, m, n, beta) };
-        return;
+        return Ok(());
     }
     let indexed = a.indexed();
     let in_place = match indexed {
@@ -1289,11 +1290,7 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
             };
         }
     }
-    let mut apack = PACK_A.with(Cell::take);
-    let a_len = MC.div_ceil(K::MR) * K::MR * KC;
-    if apack.len() < a_len {
-        apack.resize(a_len, 0.0);
-    }
+    let mut apack = take_grown(&PACK_A, "micro-kernel A packing", pack_a_len(K::MR), 0.0)?;
     // Taken only when `b` is not packed already (a `PackedB` may live in
     // this very buffer, see `with_thread_packed_b`).
     let mut bpack: Option<Vec<f32>> = None;
@@ -1305,7 +1302,18 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
             let bpanels = match b.packed(pc, kc, j0 + jc, nc, K::NR) {
                 Some(panels) => panels,
                 None => {
-                    let bpack = bpack.get_or_insert_with(|| take_pack_b(K::NR));
+                    if bpack.is_none() {
+                        match take_pack_b(K::NR) {
+                            Ok(taken) => bpack = Some(taken),
+                            Err(e) => {
+                                PACK_A.with(|cell| cell.set(apack));
+                                return Err(e);
+                            }
+                        }
+                    }
+                    let Some(bpack) = bpack.as_mut() else {
+                        unreachable!("taken just above")
+                    };
                     // SAFETY: the kc x nc block at (pc, j0 + jc) lies
                     // inside b; bpack holds nc.div_ceil(NR) * NR * kc floats.
                     unsafe { b.pack(pc, kc, j0 + jc, nc, K::NR, bpack) };
@@ -1396,6 +1404,7 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
     if let Some(bpack) = bpack {
         PACK_B.with(|cell| cell.set(bpack));
     }
+    Ok(())
 }
 
 /// A left operand read where it lies, as [`gemm_live`] reads it: element
@@ -1482,7 +1491,7 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
     beta: f32,
     c: *mut f32,
     rsc: usize,
-) {
+) -> Result<()> {
     #[cfg(test)]
     LIVE_CALLS.with(|n| n.set(n.get() + 1));
     let every = if period == 64 {
@@ -1494,11 +1503,19 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
         (pc..pc + kc).filter(move |&r| mask >> (r % period) & 1 == 1)
     };
     let (a_ptr, rs) = a.base();
-    let mut tables = LIVE_TABLES.with(Cell::take);
-    if tables.len() < LIVE_CLASSES * 2 * KC {
-        tables.resize(LIVE_CLASSES * 2 * KC, 0);
-    }
-    let mut bpack = take_pack_b(K::NR);
+    let mut tables = take_grown(
+        &LIVE_TABLES,
+        "micro-kernel live-row tables",
+        LIVE_CLASSES * 2 * KC,
+        0,
+    )?;
+    let mut bpack = match take_pack_b(K::NR) {
+        Ok(bpack) => bpack,
+        Err(e) => {
+            LIVE_TABLES.with(|cell| cell.set(tables));
+            return Err(e);
+        }
+    };
     const PANELS: usize = NC / 16;
     let mut masks = [0u64; PANELS];
     let mut class_of = [0usize; PANELS];
@@ -1641,6 +1658,7 @@ unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
     }
     LIVE_TABLES.with(|cell| cell.set(tables));
     PACK_B.with(|cell| cell.set(bpack));
+    Ok(())
 }
 
 /// The direct convolution's product (conv/direct.rs `forward_direct`): output
@@ -2109,14 +2127,36 @@ unsafe fn scale_block(c: *mut f32, rsc: usize, m: usize, n: usize, beta: f32) {
     }
 }
 
-/// This thread's B packing buffer, at least [`pack_b_len`] floats.
-fn take_pack_b(nr: usize) -> Vec<f32> {
-    let mut bpack = PACK_B.with(Cell::take);
-    let len = pack_b_len(nr);
-    if bpack.len() < len {
-        bpack.resize(len, 0.0);
+/// This thread's buffer `cell`, taken out of it and grown to at least
+/// `len` items of `fill` where it holds fewer: one of the micro-kernels'
+/// fixed-size buffers ([`PACK_A`], [`PACK_B`], [`LIVE_TABLES`]), whose
+/// growth the allocator may refuse ([`crate::error::Error::OutOfMemory`] naming buffer
+/// `name`; the cell keeps the buffer as it was).
+fn take_grown<T: Clone>(
+    cell: &'static std::thread::LocalKey<Cell<Vec<T>>>,
+    name: &'static str,
+    len: usize,
+    fill: T,
+) -> Result<Vec<T>> {
+    let mut buf = cell.with(Cell::take);
+    match super::scratch::grow_fixed(name, &mut buf, len, fill) {
+        Ok(()) => Ok(buf),
+        Err(e) => {
+            cell.with(|c| c.set(buf));
+            Err(e)
+        }
     }
-    bpack
+}
+
+/// This thread's B packing buffer, at least [`pack_b_len`] floats.
+fn take_pack_b(nr: usize) -> Result<Vec<f32>> {
+    take_grown(&PACK_B, "micro-kernel B packing", pack_b_len(nr), 0.0)
+}
+
+/// The size of every thread's A packing buffer: one `MC x KC` block in
+/// panels of `mr` rows.
+fn pack_a_len(mr: usize) -> usize {
+    MC.div_ceil(mr) * mr * KC
 }
 
 /// The size of every thread's B packing buffer: the largest B block any
@@ -2144,12 +2184,12 @@ pub(super) unsafe fn with_thread_packed_b<R>(
     n: usize,
     nr: usize,
     parallel: bool,
-    f: impl FnOnce(Option<&PackedB<'_>>) -> R,
-) -> R {
+    f: impl FnOnce(Option<&PackedB<'_>>) -> Result<R>,
+) -> Result<R> {
     if PackedB::len(k, n, nr) > pack_b_len(nr) {
         return f(None);
     }
-    let mut bpack = take_pack_b(nr);
+    let mut bpack = take_pack_b(nr)?;
     // SAFETY: the caller's contract; the buffer holds `PackedB::len` floats.
     let result = f(Some(&unsafe {
         PackedB::pack(b, k, n, nr, &mut bpack, parallel)
@@ -2757,6 +2797,7 @@ mod tests {
                             c.as_mut_ptr(),
                             rsc,
                         )
+                        .unwrap()
                     };
                     for i in 0..m {
                         for j in 0..rsc {
@@ -2782,6 +2823,101 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The micro-kernels' per-thread packing buffers and depth tables grow
+    /// fallibly: on a fresh thread whose growth of one of them the
+    /// allocator refuses (the scratch module's test hook), [`gemm`] and
+    /// [`gemm_live`] return the [`crate::error::Error::OutOfMemory`]
+    /// naming that buffer (a `Vec::resize` aborted the process there), and
+    /// the same call on the same thread succeeds, with the right product,
+    /// once the refusal is lifted.
+    #[test]
+    fn a_refused_packing_buffer_is_an_error_naming_it() {
+        use crate::backend::cpu::scratch::{refusing_growth, Refusal};
+        use crate::error::Error;
+        if !SimdPath::Avx2.is_supported() {
+            eprintln!("SKIPPED: this CPU has no {} path", SimdPath::Avx2.name());
+            return;
+        }
+        let (m, k, n, period) = (7, 20, 19, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 - 6.0).collect();
+        let b = Periodic {
+            data: (0..k * n).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect(),
+            masks: (0..n as u64).map(|j| j % 7 + 1).collect(),
+            n,
+            period,
+        };
+        let dense_b: Vec<f32> = (0..k * n).map(|i| b.at(i / n, i % n)).collect();
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| {
+                (0..k)
+                    .map(|p| a[i / n * k + p] * dense_b[p * n + i % n])
+                    .sum()
+            })
+            .collect();
+        let a_raw = Raw {
+            ptr: a.as_ptr(),
+            rs: k,
+            cs: 1,
+        };
+        let b_raw = Raw {
+            ptr: dense_b.as_ptr(),
+            rs: n,
+            cs: 1,
+        };
+        // (dense: `gemm`; live rows: `gemm_live`), into `c`.
+        let run = |live: bool, c: &mut [f32]| {
+            // SAFETY: a is m x k, b (either form) k x n, c m x n with row
+            // stride n; the AVX2 kernel runs only where supported (above).
+            unsafe {
+                if live {
+                    gemm_live::<Avx2, _>(
+                        TableA::Strided(a_raw),
+                        (0, m),
+                        &b,
+                        (0, n),
+                        k,
+                        period,
+                        0.0,
+                        c.as_mut_ptr(),
+                        n,
+                    )
+                } else {
+                    gemm::<Avx2, _, _>(&a_raw, (0, m), &b_raw, (0, n), k, 0.0, c.as_mut_ptr(), n)
+                }
+            }
+        };
+        for (live, name) in [
+            (false, "micro-kernel A packing"),
+            (false, "micro-kernel B packing"),
+            (true, "micro-kernel live-row tables"),
+            (true, "micro-kernel B packing"),
+        ] {
+            // A fresh thread: its buffers are empty, so the call must grow
+            // them.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let refusal = Refusal {
+                only: Some(name),
+                above: 0,
+            };
+            let mut c = vec![f32::NAN; m * n];
+            let refused = refusing_growth(&pool, refusal, || pool.install(|| run(live, &mut c)));
+            let err = refused.unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::OutOfMemory { .. }), "{name}: {msg}");
+            assert!(msg.contains(&format!("{name:?}")), "{name}: {msg}");
+            pool.install(|| run(live, &mut c)).unwrap();
+            for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                assert!(
+                    (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{name} ({i}): {got} vs {w}"
+                );
             }
         }
     }

@@ -441,6 +441,28 @@ fn try_grow(slot: Slot, buf: &mut Vec<f32>, to: usize) -> bool {
     buf.try_reserve_exact(to - buf.len()).is_ok()
 }
 
+/// Grows `buf`, one of a kernel's fixed-size per-thread buffers (buffer
+/// `name`: the micro-kernels' packing buffers and depth tables), to `len`
+/// items of `fill` where it holds fewer, or returns the
+/// [`Error::OutOfMemory`] naming it where the allocator refuses (`buf` is
+/// then as it was). A `Vec::resize` aborted the process there. The sizes
+/// are constants (a few MiB at most), so this is met once per thread;
+/// growth is not counted as a scratch growth (those buffers never were).
+pub(super) fn grow_fixed<T: Clone>(
+    name: &'static str,
+    buf: &mut Vec<T>,
+    len: usize,
+    fill: T,
+) -> Result<()> {
+    if buf.len() < len {
+        if !try_reserve_list(name, buf, len) {
+            return Err(out_of_memory(name, len, std::mem::size_of::<T>()));
+        }
+        buf.resize(len, fill);
+    }
+    Ok(())
+}
+
 /// Reserves room for `to` items in `list` (list `name`), or says the
 /// allocator refused.
 fn try_reserve_list<T>(name: &'static str, list: &mut Vec<T>, to: usize) -> bool {

@@ -32,6 +32,14 @@ pub(crate) fn checked_numel(op: &'static str, dims: &[usize]) -> Result<usize> {
     })
 }
 
+/// `a + b + ...` with overflow reported as an error rather than wrapping.
+pub(crate) fn checked_sum(op: &'static str, terms: &[usize]) -> Result<usize> {
+    terms.iter().try_fold(0usize, |acc, &t| {
+        acc.checked_add(t)
+            .ok_or_else(|| Error::shape(op, format!("the sum of {terms:?} overflows usize")))
+    })
+}
+
 fn dtype<S: BackendStorage>(op: &'static str, s: &S, expected: DType) -> Result<()> {
     let got = s.dtype();
     if got == expected {

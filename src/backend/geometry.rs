@@ -5,16 +5,34 @@ use crate::error::{Error, Result};
 
 /// Output size of a convolution or pooling window along one axis, or `None`
 /// when the (dilated) window does not fit into the padded input.
+///
+/// An error where the padded input (`input + 2 * padding`) or the window's
+/// span (`dilation * (kernel - 1) + 1`) overflows usize: unchecked, a
+/// hostile padding or dilation wrapped to a small size (or panicked in a
+/// build that checks overflow) instead of being reported.
 fn window_output(
+    op: &'static str,
     input: usize,
     kernel: usize,
     stride: usize,
     padding: usize,
     dilation: usize,
-) -> Option<usize> {
-    let span = dilation * (kernel - 1) + 1;
-    let padded = input + 2 * padding;
-    (padded >= span).then(|| (padded - span) / stride + 1)
+) -> Result<Option<usize>> {
+    let span = kernel
+        .checked_sub(1)
+        .and_then(|k| k.checked_mul(dilation))
+        .and_then(|s| s.checked_add(1));
+    let padded = padding.checked_mul(2).and_then(|p| p.checked_add(input));
+    let (Some(span), Some(padded)) = (span, padded) else {
+        return Err(Error::shape(
+            op,
+            format!(
+                "input {input} with padding {padding}, or kernel {kernel} at dilation \
+                 {dilation}, overflows usize"
+            ),
+        ));
+    };
+    Ok((padded >= span).then(|| (padded - span) / stride + 1))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +80,8 @@ impl Conv2dGeometry {
                 format!("empty weight shape {weight:?}"),
             ));
         }
-        let out_h = window_output(in_h, kernel_h, stride.0, padding.0, dilation.0);
-        let out_w = window_output(in_w, kernel_w, stride.1, padding.1, dilation.1);
+        let out_h = window_output("conv2d", in_h, kernel_h, stride.0, padding.0, dilation.0)?;
+        let out_w = window_output("conv2d", in_w, kernel_w, stride.1, padding.1, dilation.1)?;
         let (Some(out_h), Some(out_w)) = (out_h, out_w) else {
             return Err(Error::shape(
                 "conv2d",
@@ -145,14 +163,30 @@ impl Pool2dGeometry {
             ));
         }
         // PyTorch: "pad should be at most half of effective kernel size".
-        if 2 * padding.0 > kernel.0 || 2 * padding.1 > kernel.1 {
+        // (`padding > kernel / 2` is `2 * padding > kernel` without the
+        // overflow of a hostile padding.)
+        if padding.0 > kernel.0 / 2 || padding.1 > kernel.1 / 2 {
             return Err(Error::invalid(
                 "max_pool2d",
                 format!("padding {padding:?} must be at most half the kernel {kernel:?}"),
             ));
         }
-        let out_h = window_output(in_h, kernel.0, stride.0, padding.0, dilation.0);
-        let out_w = window_output(in_w, kernel.1, stride.1, padding.1, dilation.1);
+        let out_h = window_output(
+            "max_pool2d",
+            in_h,
+            kernel.0,
+            stride.0,
+            padding.0,
+            dilation.0,
+        )?;
+        let out_w = window_output(
+            "max_pool2d",
+            in_w,
+            kernel.1,
+            stride.1,
+            padding.1,
+            dilation.1,
+        )?;
         let (Some(out_h), Some(out_w)) = (out_h, out_w) else {
             return Err(Error::shape(
                 "max_pool2d",

@@ -27,6 +27,21 @@
 //!
 //! Every buffer goes through [`try_alloc`], which returns an error instead
 //! of aborting when the allocator cannot provide it.
+//!
+//! A buffer taken from the pool by an op that then fails (an output from
+//! [`uninit`] abandoned when a later step returns `Err`, e.g. a scratch
+//! buffer the allocator refused) is dropped, i.e. freed to the allocator,
+//! not returned here. Nothing that matters is lost, so no guard recycles
+//! it: [`held_bytes`] counts free buffers only and a taken buffer had left
+//! that count already, so the report stays exact; tensor memory never saw
+//! it. What remains is bookkeeping of the freed buffer: its class's
+//! allocated count (which sizes the class's free list and the
+//! `class_count` of a later [`Miss`]) stays one higher, and its address
+//! stays in the set of this pool's buffers, so a vector the allocator
+//! later places there with exactly that class capacity would be kept when
+//! its storage is dropped (then handed out like any pooled buffer). Both
+//! are bounded by the number of failed calls, and the next call of the
+//! failed op misses the pool once; a step that succeeds is unaffected.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1062,9 +1062,11 @@ pub(super) struct PackedA<'a> {
 }
 
 impl<'a> PackedA<'a> {
-    /// Floats needed to pack an `m x k` operand for row tile `mr`.
+    /// Floats needed to pack an `m x k` operand for row tile `mr`
+    /// (saturating: a size no allocator grants, so never a wrapped one).
     pub fn len(m: usize, k: usize, mr: usize) -> usize {
-        m.next_multiple_of(mr) * k
+        m.checked_next_multiple_of(mr)
+            .map_or(usize::MAX, |rows| rows.saturating_mul(k))
     }
 
     /// Packs `a` (`m x k`) into `out` (at least [`Self::len`] floats).
@@ -1137,9 +1139,12 @@ pub(super) struct PackedB<'a> {
 }
 
 impl<'a> PackedB<'a> {
-    /// Floats needed to pack a `k x n` operand for panel width `nr`.
+    /// Floats needed to pack a `k x n` operand for panel width `nr`
+    /// (saturating: [`with_thread_packed_b`] compares it with its buffer's
+    /// size, which a wrapped product could pass).
     pub fn len(k: usize, n: usize, nr: usize) -> usize {
-        n.next_multiple_of(nr) * k
+        n.checked_next_multiple_of(nr)
+            .map_or(usize::MAX, |cols| cols.saturating_mul(k))
     }
 
     /// Packs the `k x n` operand `source` into `out` (at least

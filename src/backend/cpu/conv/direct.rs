@@ -7,7 +7,7 @@ use super::super::buffer_pool;
 use super::super::scratch::{with_scratch, Slot};
 use super::super::simd;
 use super::columns::{transpose, transpose_raw};
-use super::{part_per_thread, Plan, SharedOut};
+use super::{checked_numel, part_per_thread, Plan, SharedOut};
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
 
@@ -169,7 +169,14 @@ pub(super) fn forward_direct(
     let block_rows = g.out_h.div_ceil(g.out_h.div_ceil(most).max(1)).max(1);
     let mut y = buffer_pool::uninit(op, g.batch * out_image)?;
     let panels = n.div_ceil(nr);
-    with_scratch(Slot::PackedLhs, panels * k * nr, |b| {
+    // The weight's floats with the output channels rounded up to whole
+    // panels: up to `nr` times the weight, so checked. The other sizes
+    // here are bounded by the geometry's checks: the padded planes fit u32
+    // (`direct_width`), a block of output rows holds at most
+    // `max(DIRECT_BLOCK_ELEMS, out_w * C_out)` floats, and `2 * k` is at
+    // most twice the weight.
+    let packed_len = checked_numel(op, &[panels, k, nr])?;
+    with_scratch(Slot::PackedLhs, packed_len, |b| {
         // Panel jp, depth p = (c, t): output channels jp * nr.., zero past
         // n. Depth as (c, t) so that `wt` needs no division by the taps
         // (the flipped input gradient's did two per element: at 3x3

@@ -10,6 +10,7 @@ use super::super::gemm::{
 };
 use super::super::scratch::{with_scratch, Slot};
 use super::super::simd;
+use super::checked_numel;
 use super::col2im::{col2im_add, col2im_set, merge_tap_rows_on};
 use super::direct::{direct_width, forward_direct};
 use super::forward::{forward_lhs, Skip};
@@ -27,6 +28,8 @@ pub(in super::super) fn conv2d_input_grad(
     w: &[f32],
     g: &Conv2dGeometry,
 ) -> Result<Vec<f32>> {
+    // (Before the choice of form, which multiplies the plane's pixels.)
+    super::check_sizes("conv2d_input_grad", g)?;
     match flipped_geometry(g) {
         Some(flipped) if flip_input_grad(g, &flipped) => {
             input_grad_flipped(dy, w, g, &flipped, FORWARD_LIMITS)
@@ -297,7 +300,7 @@ fn input_grad_images(
         let per_channel = g.kernel_h * g.kernel_w;
         let unit = lcm(per_channel, row_align(weight_t)) / per_channel;
         let widest = plan.max_columns(g);
-        let mut channels = (plan.dx_block_elems / (widest * per_channel))
+        let mut channels = (plan.dx_block_elems / widest.saturating_mul(per_channel).max(1))
             .max(1)
             .next_multiple_of(unit)
             .min(g.in_channels.next_multiple_of(unit));
@@ -315,7 +318,11 @@ fn input_grad_images(
                 .min(channels);
         }
         let blocks = g.in_channels.div_ceil(channels);
-        let block_len = channels.min(g.in_channels) * per_channel * widest;
+        // A block of one channel's taps over the widest chunk's columns:
+        // `KH * KW` times a row of output pixels, a product the geometry's
+        // checks do not bound (nor the thread count's copies of it below).
+        let op = "conv2d_input_grad";
+        let block_len = checked_numel(op, &[channels.min(g.in_channels), per_channel, widest])?;
         // Per block, each image's planes of the block's channels.
         let mut targets: Vec<Vec<&mut [f32]>> = (0..blocks)
             .map(|_| Vec::with_capacity(chunk.images))
@@ -357,7 +364,8 @@ fn input_grad_images(
                     // tasks, so the lock never waits.
                     Par::Split => {
                         let threads = rayon::current_num_threads().max(1);
-                        with_scratch(Slot::SplitColumns, threads * block_len, |cols| {
+                        let all = checked_numel(op, &[threads, block_len])?;
+                        with_scratch(Slot::SplitColumns, all, |cols| {
                             let cols: Vec<std::sync::Mutex<&mut [f32]>> = cols
                                 .chunks_mut(block_len)
                                 .map(std::sync::Mutex::new)

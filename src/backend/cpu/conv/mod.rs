@@ -122,7 +122,7 @@
 use rayon::prelude::*;
 
 use super::buffer_pool;
-use super::check::checked_numel;
+use super::check::{checked_numel, checked_sum};
 use super::gemm::Par;
 use super::simd;
 use crate::backend::Conv2dGeometry;
@@ -262,14 +262,36 @@ struct Plan {
     dx_block_elems: usize,
 }
 
+/// Checks the size products that the three kernels' entry points and
+/// plans derive from the geometry (a plane of input or output pixels, the
+/// batch's output pixels, the taps of a kernel, the taps of all output
+/// channels): the geometry's own checks bound the input, weight and output
+/// element counts, but with no input channel or no image those are 0
+/// whatever the other sizes, so a hostile shape could overflow these.
+/// Once per call, at entry (`conv2d_input_grad` and `conv2d_weight_grad`
+/// before choosing a form; the forward and every form through
+/// [`Plan::new`]). Products of these with each other (a chunk's columns of
+/// all taps) are checked where a buffer is sized from them.
+fn check_sizes(op: &'static str, g: &Conv2dGeometry) -> Result<()> {
+    checked_numel(op, &[g.in_h, g.in_w])?;
+    checked_numel(op, &[g.batch, g.out_h, g.out_w])?;
+    checked_numel(op, &[g.in_channels, g.kernel_h, g.kernel_w])?;
+    checked_numel(op, &[g.out_channels, g.kernel_h, g.kernel_w])?;
+    Ok(())
+}
+
 impl Plan {
     fn new(op: &'static str, g: &Conv2dGeometry, limits: Limits) -> Result<Self> {
+        check_sizes(op, g)?;
         let taps = checked_numel(op, &[g.in_channels, g.kernel_h, g.kernel_w])?;
         let pixels = checked_numel(op, &[g.out_h, g.out_w])?;
         let in_image = checked_numel(op, &[g.in_channels, g.in_h, g.in_w])?;
         let out_image = checked_numel(op, &[g.out_channels, pixels])?;
         checked_numel(op, &[g.batch, in_image.max(out_image)])?;
-        let row_elems = (taps * g.out_w).max(1);
+        // Saturating: these only divide a block size (an output row of
+        // columns larger than usize holds is larger than any block); the
+        // buffers are sized from products checked where they are made.
+        let row_elems = taps.saturating_mul(g.out_w).max(1);
         let rows_per_block = (limits.block_elems / row_elems).clamp(1, g.out_h.max(1));
         let images_per_chunk = if rows_per_block < g.out_h {
             1
@@ -279,8 +301,8 @@ impl Plan {
             // group's whole column matrix stored: there the old bound holds.
             let packs_in_blocks = simd::active() != simd::SimdPath::Portable;
             let fit = match limits.group_pack_elems.filter(|_| packs_in_blocks) {
-                Some(elems) => elems / (taps.min(GROUP_PACK_DEPTH) * pixels).max(1),
-                None => limits.block_elems / (taps * pixels).max(1),
+                Some(elems) => elems / taps.min(GROUP_PACK_DEPTH).saturating_mul(pixels).max(1),
+                None => limits.block_elems / taps.saturating_mul(pixels).max(1),
             };
             // With one group per thread (the forward), at least as many
             // groups as threads: one group of all 8 images (layer4's
@@ -1014,7 +1036,7 @@ mod tests {
     #[test]
     fn a_refused_scratch_buffer_is_an_error_from_every_entry_point() {
         use crate::backend::cpu::scratch::{refusing_growth, Refusal};
-        const NAMES: [&str; 11] = [
+        const NAMES: [&str; 14] = [
             "Columns",
             "SplitColumns",
             "Staging",
@@ -1026,6 +1048,10 @@ mod tests {
             "pack live taps",
             "pack runs",
             "pack reads",
+            // The micro-kernels' fixed-size buffers (microkernel.rs).
+            "micro-kernel A packing",
+            "micro-kernel B packing",
+            "micro-kernel live-row tables",
         ];
         let mut cases: Vec<Case> = CASES.to_vec();
         // Winograd-sized 3x3 layers, several images and one.
@@ -1093,7 +1119,16 @@ mod tests {
             // kernels' part is asserted there.)
             use simd::SimdPath;
             let used: &[&str] = match path {
-                SimdPath::Avx2 => &["Columns", "SplitColumns", "Staging", "PackedLhs", "Tables"],
+                SimdPath::Avx2 => &[
+                    "Columns",
+                    "SplitColumns",
+                    "Staging",
+                    "PackedLhs",
+                    "Tables",
+                    "micro-kernel A packing",
+                    "micro-kernel B packing",
+                    "micro-kernel live-row tables",
+                ],
                 SimdPath::Portable => &[
                     "Columns",
                     "SplitColumns",

@@ -4,6 +4,7 @@
 use super::super::buffer_pool;
 use super::super::gemm::{sgemm, Lhs, MatRef, Par, Rhs};
 use super::super::scratch::{with_scratch, Slot};
+use super::checked_numel;
 use super::columns::{gather, Columns};
 use super::weight_grad_taps::{by_classes, weight_grad_classes};
 use super::winograd::weight_grad as winograd;
@@ -22,6 +23,8 @@ pub(in super::super) fn conv2d_weight_grad(
     x: &[f32],
     g: &Conv2dGeometry,
 ) -> Result<Vec<f32>> {
+    // (Before the choice of form, which multiplies the output pixels.)
+    super::check_sizes("conv2d_weight_grad", g)?;
     if winograd::chosen(g) {
         return winograd::weight_grad_winograd(dy, x, g, BLOCKS, PARTIALS_BYTES);
     }
@@ -230,7 +233,10 @@ fn weight_grad_shifted(
                     let width = chunk.columns(rows);
                     let images = chunk.images_of(x, plan.in_image);
                     let columns = Columns::new(images, rows, &plan, chunk, true);
-                    with_scratch(Slot::Columns, kw_n * c_out * width, |a| {
+                    // `KW` shifted copies of the chunk's `dy`: more than
+                    // `dy` itself holds, so checked.
+                    let a_len = checked_numel(op, &[kw_n, c_out, width])?;
+                    with_scratch(Slot::Columns, a_len, |a| {
                         shift_grad_out(g, &plan, &chunk, dy, a);
                         let a = MatRef::row_major(a, width);
                         sgemm(

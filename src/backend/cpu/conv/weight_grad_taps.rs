@@ -7,7 +7,8 @@ use super::super::scratch::{with_scratch, Slot};
 use super::super::simd;
 use super::columns::transpose;
 use super::{
-    batch_images, part_per_thread, unset_sum, valid_outputs, Beta, Limits, Plan, SharedOut,
+    batch_images, checked_numel, checked_sum, part_per_thread, unset_sum, valid_outputs, Beta,
+    Limits, Plan, SharedOut,
 };
 use crate::backend::Conv2dGeometry;
 use crate::error::Result;
@@ -158,6 +159,7 @@ pub(super) fn weight_grad_classes(
         if width == 0 {
             return Ok(());
         }
+        // (`width` channels of `images` images: within the input.)
         with_scratch(Slot::Staging, images * plane * width, |xt| {
             for first in (0..g.batch).step_by(images) {
                 let count = images.min(g.batch - first);
@@ -235,12 +237,17 @@ impl TapTables {
             let h = valid_outputs(g.out_h, g.in_h, g.stride.0, kh * g.dilation.0, g.padding.0);
             for kw in 0..g.kernel_w {
                 let w = valid_outputs(g.out_w, g.in_w, g.stride.1, kw * g.dilation.1, g.padding.1);
+                // (Within an output plane, checked at entry.)
                 let rows = (h.1 - h.0) * (w.1 - w.0);
                 taps.push((total, rows));
-                total += images * rows;
+                // The valid pixels of every tap and image: up to `KH * KW`
+                // times the images' output pixels, so checked (once per
+                // tap, not per element).
+                total = checked_numel(op, &[images, rows])
+                    .and_then(|more| checked_sum(op, &[total, more]))?;
             }
         }
-        let mut data = buffer_pool::uninit::<i64>(op, 2 * total)?;
+        let mut data = buffer_pool::uninit::<i64>(op, checked_numel(op, &[2, total])?)?;
         let (dy_at, x_at) = data.split_at_mut(total);
         let mut i = 0;
         for kh in 0..g.kernel_h {

@@ -211,7 +211,8 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
         .collect();
     // The block: whole tile rows, `V` and `dŶ` of its tiles within
     // `blocks.bytes` but at least `blocks.min_tiles` tiles (less a
-    // row's remainder: the rows are whole), no more than one part's rows.
+    // row's remainder: the rows are whole), no more than one part's rows;
+    // each part cuts its rows into equal blocks of at most this many.
     let per_tile = checked_numel(op, &[16, checked_sum(op, &[c_in, c_out])?, 4])?;
     let want_tiles = (blocks.bytes / per_tile).max(blocks.min_tiles);
     let part_rows = tile_rows.div_ceil(groups);
@@ -259,8 +260,18 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
             with_scratch(Slot::Columns, v_len, |v| {
                 with_scratch(Slot::Staging, staging_len, |buf| {
                     let (d, temp) = buf.split_at_mut(d_len);
-                    for (b, r0) in (lo..hi).step_by(rows_per_block).enumerate() {
-                        let rows = rows_per_block.min(hi - r0);
+                    // The part's rows in equal blocks of at most
+                    // `rows_per_block`: every block reads and writes all
+                    // of the part's `M` (16 x 256 x 256 floats at 256@14),
+                    // so a last block of a row or two (1 of 28 at 256@14
+                    // on two threads, batch 8) cost about as much as a
+                    // full one for a few tiles' products.
+                    let len = hi - lo;
+                    let count = len.div_ceil(rows_per_block);
+                    let (base, extra) = (len / count, len % count);
+                    let mut r0 = lo;
+                    for b in 0..count {
+                        let rows = base + usize::from(b < extra);
                         let tiles = rows * tw;
                         let v = &mut v[..16 * c_in * tiles];
                         let d = &mut d[..16 * c_out * tiles];
@@ -298,6 +309,7 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
                                 c_in,
                             )?;
                         }
+                        r0 += rows;
                     }
                     Ok(())
                 })
@@ -703,8 +715,18 @@ mod tests {
             min_tiles: 1,
             ..super::super::BLOCKS
         };
+        // Blocks of at least `min_tiles` tiles, cut into equal blocks of
+        // whole rows: 8 tile rows of 3 at most as 3 + 3 + 2 (4x9x4x4, one
+        // thread), 3 rows of 2 at most as 2 + 1 (2x21x9x17, three threads).
+        let at_least = |min_tiles| Blocks {
+            bytes: 0,
+            min_tiles,
+            ..super::super::BLOCKS
+        };
         for (threads, blocks, partials) in [
             (1, super::super::BLOCKS, PARTIALS_BYTES),
+            (1, at_least(7), PARTIALS_BYTES),
+            (3, at_least(19), PARTIALS_BYTES),
             (2, tiny, PARTIALS_BYTES),
             (2, super::super::BLOCKS, 0),
             (3, tiny, 0),

@@ -228,7 +228,9 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
     let cpu = Avx2Fma::detect();
     // V_ξᵀ through the 8x8 transposes on the AVX2 micro-kernel's path only
     // (see [`TransposedV`]; the AVX-512 path keeps the GEMM's own packing:
-    // not measured, the machine this was written on has no AVX-512).
+    // not measured, the machine this was written on has no AVX-512; and
+    // AVX-512 reaches this form only with FROSTGRAD_CONV_WINOGRAD=1, the
+    // measured rule `pays` being AVX2's alone).
     let transposer = cpu.filter(|_| crate::backend::cpu::simd::active() == SimdPath::Avx2);
     let mut dw = buffer_pool::uninit(op, dw_len)?;
     with_scratch(Slot::SplitColumns, partials_len, |partials| {
@@ -345,8 +347,8 @@ struct TransposedV<'a> {
 
 impl PackB for TransposedV<'_> {
     unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
-        // (Safe code: every access below is bounds-checked, so the
-        // contract is not relied on.)
+        // (Not relied on: every access below is bounds-checked, the
+        // transposes' once, up front, with checked arithmetic.)
         for (j0, cols, panel) in panels(out, kc, jc, nc, nr) {
             pack_panel(self, (pc, kc), (j0, cols), nr, panel);
         }
@@ -409,10 +411,11 @@ fn pack_panel(
 /// Depth rows `pc..pc + deep` x columns `j0..j0 + eights` of `V_ξᵀ` (both
 /// multiples of 8) into `panel` (row `p` at `p * nr`): each 8 channels x
 /// 8 tiles of `v` (8 loads along the tiles) transposed in registers and
-/// stored as 8 panel rows of 8 channels, a panel row's groups one after
-/// the other (whole cache lines). Bounds are checked once, up front: with
-/// a check per load and store the loop kept its 16 row pointers on the
-/// stack (`perf annotate`).
+/// stored as 8 panel rows of 8 channels (contiguous 32-byte stores, a
+/// panel row's groups one after the other; the panel buffer is a plain
+/// `Vec<f32>`, so a row need not start a cache line). Bounds are checked
+/// once, up front: with a check per load and store the loop kept its 16
+/// row pointers on the stack (`perf annotate`).
 ///
 /// # Safety
 /// The CPU runs AVX2 + FMA code.
@@ -430,15 +433,22 @@ unsafe fn transpose_eights(
     if eights == 0 || deep == 0 {
         return;
     }
-    // The last float read and the last written, as checked indices.
-    let last_in = (j0 + eights - 1) * tiles + pc + deep - 1;
-    let last_out = (deep - 1) * nr + eights - 1;
+    // The last float read and the last written, as checked indices (with
+    // checked arithmetic: an overflow fails the check, not wraps past it).
+    let last_in = j0
+        .checked_add(eights - 1)
+        .and_then(|x| x.checked_mul(tiles))
+        .and_then(|x| x.checked_add(pc))
+        .and_then(|x| x.checked_add(deep - 1));
+    let last_out = (deep - 1)
+        .checked_mul(nr)
+        .and_then(|x| x.checked_add(eights - 1));
     assert!(
         eights.is_multiple_of(8)
             && deep.is_multiple_of(8)
             && eights <= nr
-            && last_in < v.len()
-            && last_out < panel.len(),
+            && last_in.is_some_and(|i| i < v.len())
+            && last_out.is_some_and(|i| i < panel.len()),
         "winograd weight gradient: transpose out of bounds"
     );
     let src = v[j0 * tiles + pc..].as_ptr();
@@ -760,22 +770,24 @@ mod tests {
     #[test]
     fn transposed_v_packs_as_the_gemm_would() {
         // Every block request the micro-kernels make (depth blocks at 0 or
-        // inside, column blocks at any start, panel widths 16 and 32 and
-        // widths not a multiple of 8), against the layout `PackB::pack`
-        // promises, on a NaN-filled output: a float left unwritten, a
-        // transpose that swapped the wrong lanes or a missing zero fails.
-        let (tiles, c_in) = (45, 37);
+        // inside, past the GEMM's first depth block of 256 with a
+        // remainder, column blocks at any start, panel widths 16 and 32 and
+        // widths not a multiple of 8), against the GEMM's own packing of
+        // the transposed view TransposedV replaces (microkernel.rs
+        // `Raw::pack`, whatever layout the micro-kernels read), bit for bit,
+        // on a NaN-filled output: a float left unwritten, a transpose that
+        // swapped the wrong lanes or a missing zero fails. Once, on the
+        // AVX2 path: the packing does not depend on the path.
+        let (tiles, c_in) = (301, 37);
         let v = pseudo_random(tiles * c_in, 7);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap();
-        let mut ran = false;
-        simd::on_every_path(&pool, |path| {
+        let ran = simd::on_path(&pool, SimdPath::Avx2, || {
             let Some(cpu) = Avx2Fma::detect() else {
-                return;
+                return false;
             };
-            ran = true;
             let vt = TransposedV {
                 v: &v,
                 tiles,
@@ -783,6 +795,12 @@ mod tests {
                 cpu,
             };
             assert_eq!(Source::shape(&vt), (tiles, c_in));
+            let raw = crate::backend::cpu::microkernel::Raw {
+                ptr: v.as_ptr(),
+                rs: 1,
+                cs: tiles,
+            };
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             for (pc, kc) in [
                 (0usize, 45usize),
                 (0, 40),
@@ -790,6 +808,9 @@ mod tests {
                 (3, 17),
                 (40, 5),
                 (0, 7),
+                (256, 45),
+                (256, 37),
+                (259, 42),
             ] {
                 for (jc, nc) in [
                     (0usize, 37usize),
@@ -800,28 +821,24 @@ mod tests {
                     (8, 8),
                 ] {
                     for nr in [16usize, 32, 8, 6, 37] {
-                        let mut out = vec![f32::NAN; nc.div_ceil(nr) * nr * kc];
-                        // SAFETY: the block lies inside the 45 x 37
-                        // operand, `out` holds its panels.
-                        unsafe { vt.pack(pc, kc, jc, nc, nr, &mut out) };
-                        for (i, &got) in out.iter().enumerate() {
-                            let (panel, at) = (i / (kc * nr), i % (kc * nr));
-                            let (p, j) = (at / nr, panel * nr + at % nr);
-                            let want = if j < nc {
-                                v[(jc + j) * tiles + pc + p]
-                            } else {
-                                0.0
-                            };
-                            assert_eq!(
-                                got.to_bits(),
-                                want.to_bits(),
-                                "{path:?}: depth {pc}+{kc}, columns {jc}+{nc}, nr {nr}, \
-                                 row {p}, column {j}"
-                            );
+                        let len = nc.div_ceil(nr) * nr * kc;
+                        let mut out = vec![f32::NAN; len];
+                        let mut want = vec![f32::NAN; len];
+                        // SAFETY: the block lies inside the 301 x 37
+                        // operand (and view), `out` and `want` hold its
+                        // panels.
+                        unsafe {
+                            vt.pack(pc, kc, jc, nc, nr, &mut out);
+                            raw.pack(pc, kc, jc, nc, nr, &mut want);
                         }
+                        assert!(
+                            bits(&out) == bits(&want),
+                            "depth {pc}+{kc}, columns {jc}+{nc}, nr {nr}"
+                        );
                     }
                 }
             }
+            true
         });
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
@@ -829,6 +846,79 @@ mod tests {
             std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
         );
+        #[cfg(not(target_arch = "x86_64"))]
+        assert!(!ran);
+    }
+
+    #[test]
+    fn transposed_v_gemm_matches_the_view_bit_for_bit() {
+        // Through the real AVX2 GEMM, the product with TransposedV against
+        // the product with the transposed view it replaces: the same
+        // panels, so the same floats to the bit (an end-to-end comparison
+        // with float64 loops this deep is float32 rounding's: 2.4e-5 at 289
+        // tiles, the same for every packing and path). The shapes reach the
+        // GEMM's second and third depth blocks (pc = 256, 512) with
+        // remainders of 1 to 5 tiles, accumulate onto the first block
+        // (beta 1 from the second), a second column block (C_in 2100 > NC
+        // = 2048, jc = 2048), and channel counts with remainders past the
+        // groups of 8; beta = 1 on random `M` checks the accumulation too.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let ran = simd::on_path(&pool, SimdPath::Avx2, || {
+            let Some(cpu) = Avx2Fma::detect() else {
+                return false;
+            };
+            for &(m, tiles, c_in) in &[(6, 300, 21), (13, 517, 37), (3, 257, 8), (5, 263, 2100)] {
+                let d = pseudo_random(m * tiles, 3);
+                let v = pseudo_random(c_in * tiles, 4);
+                let a = MatRef::row_major(&d, tiles);
+                let mut want = pseudo_random(m * c_in, 5);
+                let mut got = want.clone();
+                sgemm(
+                    Par::Serial,
+                    m,
+                    tiles,
+                    c_in,
+                    Lhs::View(a),
+                    Rhs::View(MatRef::transposed(&v, tiles)),
+                    1.0,
+                    &mut want,
+                    c_in,
+                )
+                .unwrap();
+                let vt = TransposedV {
+                    v: &v,
+                    tiles,
+                    c_in,
+                    cpu,
+                };
+                sgemm(
+                    Par::Serial,
+                    m,
+                    tiles,
+                    c_in,
+                    Lhs::View(a),
+                    Rhs::Source(&vt),
+                    1.0,
+                    &mut got,
+                    c_in,
+                )
+                .unwrap();
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&got) == bits(&want), "{m} x {tiles} x {c_in}");
+            }
+            true
+        });
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            ran,
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        );
+        #[cfg(not(target_arch = "x86_64"))]
+        assert!(!ran);
     }
 
     #[test]

@@ -234,7 +234,7 @@ pub(super) fn reserve_list<T>(
             }
             (len <= from || try_reserve_list(name, list, len)).then_some(len.max(from))
         })
-        .ok_or_else(|| out_of_memory(name, len, std::mem::size_of::<T>()))?;
+        .ok_or_else(|| out_of_memory(name, len, std::mem::size_of::<T>(), SIZED_REMEDY))?;
     // (Raised only by a request that was met, as in `with_scratch`.)
     raise_largest(largest, loaded, len);
     if list.capacity() == from {
@@ -311,14 +311,19 @@ fn thread_growths() -> Vec<Growth> {
     THREAD_GROWTHS.with(|g| g.borrow().clone())
 }
 
+/// What to do when a scratch buffer sized to the call cannot grow.
+const SIZED_REMEDY: &str = "a smaller batch, image size or thread count needs less";
+
+/// What to do when a fixed-size buffer ([`grow_fixed`]) cannot grow.
+const FIXED_SIZE_REMEDY: &str =
+    "of a fixed size on every thread: fewer threads need less, or free memory elsewhere";
+
 /// The error for a scratch request of `len` elements of `elem_bytes` bytes
-/// that the allocator refused: which buffer, how much, and what to do.
-fn out_of_memory(name: &str, len: usize, elem_bytes: usize) -> Error {
+/// that the allocator refused: which buffer, how much, and what to do
+/// (`remedy`).
+fn out_of_memory(name: &str, len: usize, elem_bytes: usize, remedy: &str) -> Error {
     Error::OutOfMemory {
-        what: format!(
-            "the CPU kernels' per-thread scratch buffer {name:?} (a smaller batch, \
-             image size or thread count needs less)"
-        ),
+        what: format!("the CPU kernels' per-thread scratch buffer {name:?} ({remedy})"),
         shape: vec![len],
         // (Two 64-bit factors: their product always fits a u128.)
         bytes: Some(len as u128 * elem_bytes as u128),
@@ -406,7 +411,12 @@ pub(super) fn with_scratch<R>(
         let Some(to) = grown else {
             IN_USE.with(|u| u[i].set(depth));
             put_back(i, buf);
-            return Err(out_of_memory(slot.name(), len, std::mem::size_of::<f32>()));
+            return Err(out_of_memory(
+                slot.name(),
+                len,
+                std::mem::size_of::<f32>(),
+                SIZED_REMEDY,
+            ));
         };
         if to > from {
             buf.resize(to, 0.0);
@@ -456,7 +466,14 @@ pub(super) fn grow_fixed<T: Clone>(
 ) -> Result<()> {
     if buf.len() < len {
         if !try_reserve_list(name, buf, len) {
-            return Err(out_of_memory(name, len, std::mem::size_of::<T>()));
+            // (These sizes are constants: batch and image sizes do not
+            // change them, only the thread count their total.)
+            return Err(out_of_memory(
+                name,
+                len,
+                std::mem::size_of::<T>(),
+                FIXED_SIZE_REMEDY,
+            ));
         }
         buf.resize(len, fill);
     }
@@ -478,7 +495,8 @@ fn try_reserve_list<T>(name: &'static str, list: &mut Vec<T>, to: usize) -> bool
 #[cfg(test)]
 #[derive(Clone, Copy)]
 pub(crate) struct Refusal {
-    /// The slot (or [`reserve_list`] list) name whose growths are refused;
+    /// The slot (or [`reserve_list`] list, or [`grow_fixed`] buffer) name
+    /// whose growths are refused;
     /// `None`: every one's.
     pub only: Option<&'static str>,
     /// Growth to more elements than this is refused.

@@ -14,8 +14,10 @@ pub(super) enum Slot {
     Columns,
     /// Whole-call buffers taken on the calling thread only: the input
     /// gradient's column buffers for every thread of a split call
-    /// (conv/input_grad.rs), Winograd's transformed input of all tiles and
-    /// its packing (conv/winograd.rs) and the weight gradient's partial
+    /// (conv/input_grad.rs), the Winograd channel split's transformed
+    /// input of all tiles, its packing and, on one thread, its input
+    /// transform's temporaries, in one request (conv/winograd.rs
+    /// `forward_by_channels`) and the weight gradient's partial
     /// sums (conv/winograd/weight_grad.rs, bounded by its rule). Its own
     /// slot, since such a size would otherwise become the largest
     /// `Columns` request, to which every worker's buffer grows.

@@ -107,6 +107,9 @@ pub(super) trait PackB: Sync {
     /// The same block already packed, when the operand holds it in exactly
     /// the layout [`Self::pack`] would write (a [`with_packed_rhs`]
     /// operand), so the GEMM reads it in place instead of copying it.
+    /// Answered from the arguments alone: the micro-kernel GEMM asks once
+    /// per block before writing any, to take its B buffer only where some
+    /// block needs it, and again per block.
     fn packed(&self, _pc: usize, _kc: usize, _jc: usize, _nc: usize, _nr: usize) -> Option<&[f32]> {
         None
     }
@@ -356,7 +359,9 @@ pub(super) fn with_indexed_lhs<R>(
 /// of one left operand, on any thread) read the packed panels in place
 /// instead of each packing `b` again. It is packed into the calling
 /// thread's B packing buffer, of a fixed size; when it does not fit there,
-/// and on the portable path, `f` gets `b` itself.
+/// and on the portable path, `f` gets `b` itself. Where it fits but that
+/// buffer cannot grow to its size, the buffer's OutOfMemory is returned
+/// and `f` does not run.
 pub(super) fn with_packed_rhs<R>(
     b: Rhs<'_>,
     k: usize,
@@ -381,8 +386,9 @@ pub(super) fn with_packed_rhs<R>(
 
 /// Runs `f` with `b` (`k x n`) packed whole for panel width `nr` into this
 /// thread's packing buffer (in pieces on all threads with `parallel`), or
-/// with `b` itself where it does not fit there
-/// ([`super::microkernel::with_thread_packed_b`]).
+/// with `b` itself where it does not fit there, or returns the
+/// OutOfMemory of that buffer, without running `f`, where it fits but
+/// cannot grow ([`super::microkernel::with_thread_packed_b`]).
 ///
 /// # Safety
 /// `b` is a `k x n` operand.

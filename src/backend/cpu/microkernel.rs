@@ -1335,6 +1335,13 @@ impl PackB for PackedB<'_> {
 /// column `j0` lie inside their operands; `c` is a writable `m x n` block
 /// with row stride `rsc >= n` (or `m <= 1`) that nothing else accesses
 /// meanwhile.
+///
+/// # Errors
+/// [`crate::error::Error::OutOfMemory`] naming "micro-kernel A packing",
+/// "micro-kernel B packing" (or, through [`gemm_live`], "micro-kernel
+/// live-row tables") when this thread's buffer of that name cannot grow to
+/// its fixed size; every buffer is taken before the first block is
+/// written, so `c` is then untouched and the thread keeps its buffers.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
     a: &A,
@@ -1372,10 +1379,33 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
             };
         }
     }
+    // Taken even where `a` is read in place or through a table and the
+    // buffer stays unused: its size is fixed, so a thread grows it once,
+    // in whichever product it meets first, and a steady-state step never
+    // grows it later (`tests/cpu_buffer_pool.rs`).
     let mut apack = take_grown(&PACK_A, "micro-kernel A packing", pack_a_len(K::MR), 0.0)?;
-    // Taken only when `b` is not packed already (a `PackedB` may live in
-    // this very buffer, see `with_thread_packed_b`).
+    // B's buffer is taken only when some block of `b` is not packed
+    // already (a `PackedB` may live in this very buffer, see
+    // `with_thread_packed_b`), and before any block is written, so that its
+    // refusal leaves `c` untouched (a `PackedB` over part of its columns
+    // has its last block unpacked). `packed` is asked once per block here,
+    // not per element.
+    let needs_b = (0..n).step_by(NC).any(|jc| {
+        (0..k).step_by(KC).any(|pc| {
+            b.packed(pc, KC.min(k - pc), j0 + jc, NC.min(n - jc), K::NR)
+                .is_none()
+        })
+    });
     let mut bpack: Option<Vec<f32>> = None;
+    if needs_b {
+        match take_pack_b(K::NR) {
+            Ok(taken) => bpack = Some(taken),
+            Err(e) => {
+                PACK_A.with(|cell| cell.set(apack));
+                return Err(e);
+            }
+        }
+    }
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(KC) {
@@ -1384,17 +1414,17 @@ pub(super) unsafe fn gemm<K: Kernel, A: PackA + ?Sized, B: PackB + ?Sized>(
             let bpanels = match b.packed(pc, kc, j0 + jc, nc, K::NR) {
                 Some(panels) => panels,
                 None => {
-                    if bpack.is_none() {
-                        match take_pack_b(K::NR) {
-                            Ok(taken) => bpack = Some(taken),
+                    let bpack = match &mut bpack {
+                        Some(taken) => taken,
+                        // Not met: `needs_b` saw this block unpacked
+                        // (`PackB::packed` answers from its arguments).
+                        slot @ None => match take_pack_b(K::NR) {
+                            Ok(taken) => slot.insert(taken),
                             Err(e) => {
                                 PACK_A.with(|cell| cell.set(apack));
                                 return Err(e);
                             }
-                        }
-                    }
-                    let Some(bpack) = bpack.as_mut() else {
-                        unreachable!("taken just above")
+                        },
                     };
                     // SAFETY: the kc x nc block at (pc, j0 + jc) lies
                     // inside b; bpack holds nc.div_ceil(NR) * NR * kc floats.
@@ -1562,6 +1592,11 @@ thread_local! {
 /// # Safety
 /// As [`gemm`]; `period` is `b`'s (`1..=64`), and `a` reads the `m x k`
 /// block at row `i0` in place.
+///
+/// # Errors
+/// As [`gemm`]: the OutOfMemory of this thread's "micro-kernel live-row
+/// tables" or "micro-kernel B packing", both taken before any write to
+/// `c`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_live<K: Kernel, B: PackB + ?Sized>(
     a: TableA,
@@ -2252,6 +2287,10 @@ fn pack_b_len(nr: usize) -> usize {
 
 /// Runs `f` with `b` (`k x n`) packed whole, for panel width `nr`, into
 /// this thread's B packing buffer, when it fits there (`None` when not).
+/// Where it fits but the buffer cannot grow to its fixed size, the
+/// buffer's OutOfMemory is returned without running `f`, rather than
+/// `f(None)`: the GEMMs `f` would run then need a buffer of that size on
+/// their own threads, this one's included.
 /// The GEMMs `f` runs on it, on any thread, read it in place and leave
 /// their own threads' buffers alone; the buffer's size never changes, so a
 /// steady-state step allocates nothing however rayon schedules (a scratch
@@ -2913,9 +2952,14 @@ mod tests {
     /// fallibly: on a fresh thread whose growth of one of them the
     /// allocator refuses (the scratch module's test hook), [`gemm`] and
     /// [`gemm_live`] return the [`crate::error::Error::OutOfMemory`]
-    /// naming that buffer (a `Vec::resize` aborted the process there), and
-    /// the same call on the same thread succeeds, with the right product,
-    /// once the refusal is lifted.
+    /// naming that buffer (a `Vec::resize` aborted the process there),
+    /// with `c` untouched (`beta = 1`: a block accumulated before the
+    /// error would show) and the buffers taken before the refused one put
+    /// back grown (the call succeeds with their growth refused); once the
+    /// refusal is lifted the same call on the same thread gives the right
+    /// product, and then needs no growth at all. The dense `a` is
+    /// column-major, so `gemm` packs it into the regrown A buffer rather
+    /// than reading it in place.
     #[test]
     fn a_refused_packing_buffer_is_an_error_naming_it() {
         use crate::backend::cpu::scratch::{refusing_growth, Refusal};
@@ -2926,6 +2970,12 @@ mod tests {
         }
         let (m, k, n, period) = (7, 20, 19, 3);
         let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 - 6.0).collect();
+        // The same `a`, column-major: not read in place on AVX2
+        // (`reads_in_place`: MR = 6 < 8).
+        let a_t: Vec<f32> = (0..k * m).map(|i| a[i % m * k + i / m]).collect();
+        if std::env::var_os("FROSTGRAD_A_IN_PLACE").is_none() {
+            assert!(!reads_in_place(1, m, n, Avx2::MR), "a_col is packed");
+        }
         let b = Periodic {
             data: (0..k * n).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect(),
             masks: (0..n as u64).map(|j| j % 7 + 1).collect(),
@@ -2933,50 +2983,76 @@ mod tests {
             period,
         };
         let dense_b: Vec<f32> = (0..k * n).map(|i| b.at(i / n, i % n)).collect();
+        let c0: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        // C = A·B + C, in float64.
         let want: Vec<f32> = (0..m * n)
             .map(|i| {
-                (0..k)
-                    .map(|p| a[i / n * k + p] * dense_b[p * n + i % n])
-                    .sum()
+                let dot: f64 = (0..k)
+                    .map(|p| a[i / n * k + p] as f64 * dense_b[p * n + i % n] as f64)
+                    .sum();
+                (dot + c0[i] as f64) as f32
             })
             .collect();
-        let a_raw = Raw {
+        let a_row = Raw {
             ptr: a.as_ptr(),
             rs: k,
             cs: 1,
+        };
+        let a_col = Raw {
+            ptr: a_t.as_ptr(),
+            rs: 1,
+            cs: m,
         };
         let b_raw = Raw {
             ptr: dense_b.as_ptr(),
             rs: n,
             cs: 1,
         };
-        // (dense: `gemm`; live rows: `gemm_live`), into `c`.
+        // (dense: `gemm`; live rows: `gemm_live`), C = A·B + C.
         let run = |live: bool, c: &mut [f32]| {
-            // SAFETY: a is m x k, b (either form) k x n, c m x n with row
-            // stride n; the AVX2 kernel runs only where supported (above).
+            // SAFETY: a is m x k (either layout), b (either form) k x n,
+            // c m x n with row stride n; the AVX2 kernel runs only where
+            // supported (above).
             unsafe {
                 if live {
                     gemm_live::<Avx2, _>(
-                        TableA::Strided(a_raw),
+                        TableA::Strided(a_row),
                         (0, m),
                         &b,
                         (0, n),
                         k,
                         period,
-                        0.0,
+                        1.0,
                         c.as_mut_ptr(),
                         n,
                     )
                 } else {
-                    gemm::<Avx2, _, _>(&a_raw, (0, m), &b_raw, (0, n), k, 0.0, c.as_mut_ptr(), n)
+                    gemm::<Avx2, _, _>(&a_col, (0, m), &b_raw, (0, n), k, 1.0, c.as_mut_ptr(), n)
                 }
             }
         };
-        for (live, name) in [
-            (false, "micro-kernel A packing"),
-            (false, "micro-kernel B packing"),
-            (true, "micro-kernel live-row tables"),
-            (true, "micro-kernel B packing"),
+        let check = |what: &str, c: &[f32]| {
+            for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                assert!(
+                    (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{what} ({i}): {got} vs {w}"
+                );
+            }
+        };
+        // (live, the refused buffer, the one taken before it)
+        for (live, name, before) in [
+            (false, "micro-kernel A packing", None),
+            (
+                false,
+                "micro-kernel B packing",
+                Some("micro-kernel A packing"),
+            ),
+            (true, "micro-kernel live-row tables", None),
+            (
+                true,
+                "micro-kernel B packing",
+                Some("micro-kernel live-row tables"),
+            ),
         ] {
             // A fresh thread: its buffers are empty, so the call must grow
             // them.
@@ -2984,23 +3060,101 @@ mod tests {
                 .num_threads(1)
                 .build()
                 .unwrap();
-            let refusal = Refusal {
-                only: Some(name),
-                above: 0,
+            let refusing = |only: Option<&'static str>, c: &mut [f32]| {
+                let refusal = Refusal { only, above: 0 };
+                refusing_growth(&pool, refusal, || pool.install(|| run(live, c)))
             };
-            let mut c = vec![f32::NAN; m * n];
-            let refused = refusing_growth(&pool, refusal, || pool.install(|| run(live, &mut c)));
-            let err = refused.unwrap_err();
+            let mut c = c0.clone();
+            let err = refusing(Some(name), &mut c).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, Error::OutOfMemory { .. }), "{name}: {msg}");
             assert!(msg.contains(&format!("{name:?}")), "{name}: {msg}");
-            pool.install(|| run(live, &mut c)).unwrap();
-            for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
-                assert!(
-                    (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                    "{name} ({i}): {got} vs {w}"
-                );
+            assert!(msg.contains("fewer threads"), "{name}: {msg}");
+            assert!(
+                c.iter().zip(&c0).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: C written before the error"
+            );
+            match before {
+                // Put back grown: it needs no growth now.
+                Some(before) => refusing(Some(before), &mut c)
+                    .unwrap_or_else(|e| panic!("{name}: {before} not put back: {e}")),
+                None => pool.install(|| run(live, &mut c)).unwrap(),
             }
+            check(name, &c);
+            // Every buffer put back after a product: none grows again.
+            let mut c = c0.clone();
+            refusing(None, &mut c).unwrap_or_else(|e| panic!("{name}: a buffer not put back: {e}"));
+            check(name, &c);
+        }
+    }
+
+    /// A right operand packed whole ([`PackedB`]) but multiplied over part
+    /// of its columns has its last column block unpacked: [`gemm`] takes
+    /// its B buffer before writing the first block, so a refused B buffer
+    /// leaves `c` untouched (a take at the unpacked block came after the
+    /// first block's `NC` columns were accumulated).
+    #[test]
+    fn a_refused_b_buffer_leaves_c_untouched_over_part_of_a_packed_b() {
+        use crate::backend::cpu::scratch::{refusing_growth, Refusal};
+        if !SimdPath::Avx2.is_supported() {
+            eprintln!("SKIPPED: this CPU has no {} path", SimdPath::Avx2.name());
+            return;
+        }
+        // Columns 0..n of a k x n_all operand: one packed block of NC
+        // columns, then one of 8 that `packed` does not answer.
+        let (m, k, n_all, n) = (5, 20, NC + 16, NC + 8);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..k * n_all).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect();
+        let c0: Vec<f32> = (0..m * n).map(|i| (i % 5) as f32 - 2.0).collect();
+        let a_raw = Raw {
+            ptr: a.as_ptr(),
+            rs: k,
+            cs: 1,
+        };
+        let b_raw = Raw {
+            ptr: b.as_ptr(),
+            rs: n_all,
+            cs: 1,
+        };
+        let mut buf = vec![0.0; PackedB::len(k, n_all, Avx2::NR)];
+        // SAFETY: b_raw is k x n_all.
+        let packed = unsafe { PackedB::pack(&b_raw, k, n_all, Avx2::NR, &mut buf, false) };
+        assert!(packed.packed(0, k, 0, NC, Avx2::NR).is_some());
+        assert!(packed.packed(0, k, NC, n - NC, Avx2::NR).is_none());
+        let run = |c: &mut [f32]| {
+            // SAFETY: a is m x k, packed k x n_all (n <= n_all), c m x n
+            // with row stride n; the AVX2 kernel runs only where
+            // supported (above).
+            unsafe {
+                gemm::<Avx2, _, _>(&a_raw, (0, m), &packed, (0, n), k, 1.0, c.as_mut_ptr(), n)
+            }
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut c = c0.clone();
+        let refusal = Refusal {
+            only: Some("micro-kernel B packing"),
+            above: 0,
+        };
+        let err = refusing_growth(&pool, refusal, || pool.install(|| run(&mut c))).unwrap_err();
+        assert!(err.to_string().contains("micro-kernel B packing"), "{err}");
+        assert!(
+            c.iter().zip(&c0).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "C written before the error"
+        );
+        pool.install(|| run(&mut c)).unwrap();
+        for (idx, &got) in c.iter().enumerate() {
+            let (i, j) = (idx / n, idx % n);
+            let dot: f64 = (0..k)
+                .map(|p| a[i * k + p] as f64 * b[p * n_all + j] as f64)
+                .sum();
+            let w = (dot + c0[idx] as f64) as f32;
+            assert!(
+                (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "({i}, {j}): {got} vs {w}"
+            );
         }
     }
 

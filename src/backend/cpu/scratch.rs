@@ -14,8 +14,10 @@ pub(super) enum Slot {
     Columns,
     /// Whole-call buffers taken on the calling thread only: the input
     /// gradient's column buffers for every thread of a split call
-    /// (conv/input_grad.rs), Winograd's transformed input of all tiles and
-    /// its packing (conv/winograd.rs) and the weight gradient's partial
+    /// (conv/input_grad.rs), the Winograd channel split's transformed
+    /// input of all tiles, its packing and, on one thread, its input
+    /// transform's temporaries, in one request (conv/winograd.rs
+    /// `forward_by_channels`) and the weight gradient's partial
     /// sums (conv/winograd/weight_grad.rs, bounded by its rule). Its own
     /// slot, since such a size would otherwise become the largest
     /// `Columns` request, to which every worker's buffer grows.
@@ -234,7 +236,7 @@ pub(super) fn reserve_list<T>(
             }
             (len <= from || try_reserve_list(name, list, len)).then_some(len.max(from))
         })
-        .ok_or_else(|| out_of_memory(name, len, std::mem::size_of::<T>()))?;
+        .ok_or_else(|| out_of_memory(name, len, std::mem::size_of::<T>(), SIZED_REMEDY))?;
     // (Raised only by a request that was met, as in `with_scratch`.)
     raise_largest(largest, loaded, len);
     if list.capacity() == from {
@@ -311,14 +313,19 @@ fn thread_growths() -> Vec<Growth> {
     THREAD_GROWTHS.with(|g| g.borrow().clone())
 }
 
+/// What to do when a scratch buffer sized to the call cannot grow.
+const SIZED_REMEDY: &str = "a smaller batch, image size or thread count needs less";
+
+/// What to do when a fixed-size buffer ([`grow_fixed`]) cannot grow.
+const FIXED_SIZE_REMEDY: &str =
+    "of a fixed size on every thread: fewer threads need less, or free memory elsewhere";
+
 /// The error for a scratch request of `len` elements of `elem_bytes` bytes
-/// that the allocator refused: which buffer, how much, and what to do.
-fn out_of_memory(name: &str, len: usize, elem_bytes: usize) -> Error {
+/// that the allocator refused: which buffer, how much, and what to do
+/// (`remedy`).
+fn out_of_memory(name: &str, len: usize, elem_bytes: usize, remedy: &str) -> Error {
     Error::OutOfMemory {
-        what: format!(
-            "the CPU kernels' per-thread scratch buffer {name:?} (a smaller batch, \
-             image size or thread count needs less)"
-        ),
+        what: format!("the CPU kernels' per-thread scratch buffer {name:?} ({remedy})"),
         shape: vec![len],
         // (Two 64-bit factors: their product always fits a u128.)
         bytes: Some(len as u128 * elem_bytes as u128),
@@ -406,7 +413,12 @@ pub(super) fn with_scratch<R>(
         let Some(to) = grown else {
             IN_USE.with(|u| u[i].set(depth));
             put_back(i, buf);
-            return Err(out_of_memory(slot.name(), len, std::mem::size_of::<f32>()));
+            return Err(out_of_memory(
+                slot.name(),
+                len,
+                std::mem::size_of::<f32>(),
+                SIZED_REMEDY,
+            ));
         };
         if to > from {
             buf.resize(to, 0.0);
@@ -456,7 +468,14 @@ pub(super) fn grow_fixed<T: Clone>(
 ) -> Result<()> {
     if buf.len() < len {
         if !try_reserve_list(name, buf, len) {
-            return Err(out_of_memory(name, len, std::mem::size_of::<T>()));
+            // (These sizes are constants: batch and image sizes do not
+            // change them, only the thread count their total.)
+            return Err(out_of_memory(
+                name,
+                len,
+                std::mem::size_of::<T>(),
+                FIXED_SIZE_REMEDY,
+            ));
         }
         buf.resize(len, fill);
     }
@@ -478,7 +497,8 @@ fn try_reserve_list<T>(name: &'static str, list: &mut Vec<T>, to: usize) -> bool
 #[cfg(test)]
 #[derive(Clone, Copy)]
 pub(crate) struct Refusal {
-    /// The slot (or [`reserve_list`] list) name whose growths are refused;
+    /// The slot (or [`reserve_list`] list, or [`grow_fixed`] buffer) name
+    /// whose growths are refused;
     /// `None`: every one's.
     pub only: Option<&'static str>,
     /// Growth to more elements than this is refused.

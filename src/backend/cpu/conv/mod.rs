@@ -1117,8 +1117,24 @@ mod tests {
             // pack and lets them grow in place where refused; columns.rs).
             // (AVX-512 could not be run where this was written: only the
             // kernels' part is asserted there.)
+            // The route matters too: the live-row GEMM (microkernel.rs
+            // `gemm_live`) multiplies the padded column matrices of the
+            // stride-1 3x3 cases here, which `FROSTGRAD_CONV_WINOGRAD=1`
+            // sends through F(2x2, 3x3) instead (forward and input
+            // gradient; the weight gradient takes the shifted form), so
+            // no entry point asks for its tables then.
             use simd::SimdPath;
+            let winograd_forced = winograd_mode() == Some(true);
             let used: &[&str] = match path {
+                SimdPath::Avx2 if winograd_forced => &[
+                    "Columns",
+                    "SplitColumns",
+                    "Staging",
+                    "PackedLhs",
+                    "Tables",
+                    "micro-kernel A packing",
+                    "micro-kernel B packing",
+                ],
                 SimdPath::Avx2 => &[
                     "Columns",
                     "SplitColumns",

@@ -168,21 +168,15 @@ const BY_CHANNELS_TILES_PER_THREAD: usize = 64;
 /// ([`forward_by_channels`]), `rows` by tile rows, unset (or any other
 /// value) as [`split_by_channels`] says; for comparison (BENCHMARKS.md
 /// issue 9 item 50 compares the two splits). It decides the split only,
-/// not whether F(2x2, 3x3) runs (`FROSTGRAD_CONV_WINOGRAD`).
+/// not whether F(2x2, 3x3) runs (`FROSTGRAD_CONV_WINOGRAD`). Its memory
+/// cost: `channels` at any tile count, so the transformed input, its
+/// packing and each thread's products hold every tile, tens of MB at
+/// batch 8 on 56x56 (64@56: 6 272 tiles, V and its packing 25.7 MB each
+/// on the calling thread, each thread's products 19.3 MB with AVX2's
+/// 48-channel blocks), where the rule's split holds at most a few MB.
 fn split_forced() -> Option<bool> {
     static SPLIT: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    super::super::env_switch::choice(&SPLIT, "FROSTGRAD_WINOGRAD_SPLIT", split_by_value)
-}
-
-/// [`split_forced`]'s rule for a trimmed value: `Some(true)` (by output
-/// channels) at `channels`, `Some(false)` (by tile rows) at `rows`, `None`
-/// otherwise.
-fn split_by_value(value: Option<&str>) -> Option<bool> {
-    match value {
-        Some("channels") => Some(true),
-        Some("rows") => Some(false),
-        _ => None,
-    }
+    super::super::env_switch::forced(&SPLIT, "FROSTGRAD_WINOGRAD_SPLIT", "channels", "rows")
 }
 
 /// The block sizing of one call: bytes of `V` and `M` per block, and the
@@ -382,131 +376,128 @@ fn forward_by_channels(
     let mut y = buffer_pool::uninit(op, y_len)?;
     let out = SharedOut(y.as_mut_ptr());
     let out = &out;
-    with_scratch(Slot::Columns, v_len, |v| {
-        // On one thread the transform's temporaries follow the packed
-        // planes, on the calling thread (no broadcast before the GEMMs').
-        let inline_temp = if threads == 1 { temp_in } else { 0 };
-        let split_len = checked_sum(op, &[vp_len, inline_temp])?;
-        with_scratch(Slot::SplitColumns, split_len, |buf| {
-            let (vp, temp) = buf.split_at_mut(vp_len);
-            let run = |rhs: &[Rhs<'_>]| {
-                let parts = (0..threads)
-                    .map(|t| (t * units / threads * mr, (t + 1) * units / threads * mr))
-                    .collect();
-                part_per_thread(parts, |_, (lo, hi)| {
-                    with_scratch(Slot::Staging, staging_len, |buf| {
-                        let (u, rest) = buf.split_at_mut(u_len);
-                        let (m, temp) = rest.split_at_mut(m_len);
-                        for o0 in (lo..hi).step_by(cb) {
-                            let rows = cb.min(hi - o0);
-                            let u = &mut u[..16 * rows * c_in];
-                            let u_out = SharedOut(u.as_mut_ptr());
-                            for r in 0..rows {
-                                // SAFETY: `u` holds 16 * rows * c_in
-                                // floats, this thread's alone; each call
-                                // writes its own row `r` of each plane.
-                                unsafe {
-                                    weight_twin(cpu, wt, c_in, c_out, o0 + r, (rows, r), &u_out)
-                                };
-                            }
-                            let u = &*u;
-                            let lhs = Lhs::View(MatRef::row_major(u, c_in));
-                            let m = &mut m[..16 * rows * tiles];
-                            for (k, (mk, &vk)) in
-                                m.chunks_exact_mut(rows * tiles).zip(rhs).enumerate()
-                            {
-                                sgemm_rows(lhs, 16 * rows, (k * rows, rows), c_in, tiles, vk, mk)?;
-                            }
-                            // SAFETY: this part owns output channels
-                            // lo..hi (of every image and row), disjoint
-                            // from the other parts'; `y` (y_len floats)
-                            // outlives the broadcast and nothing reads
-                            // it meanwhile.
-                            unsafe {
-                                output_twin(
-                                    cpu,
-                                    m,
-                                    (rows, o0, o0 + rows),
-                                    bias,
-                                    g,
-                                    (0, tile_rows),
-                                    out,
-                                    temp,
-                                )
-                            };
+    // V of every tile, its packing and, on one thread, the transform's
+    // temporaries (on the calling thread: no broadcast before the GEMMs'),
+    // in one whole-call request of the calling thread's own slot: in
+    // `Columns`, V (all tiles, megabytes where the split is forced on a
+    // large layer) would become that slot's largest request, to which
+    // every worker's `Columns` grows in the other kernels.
+    let inline_temp = if threads == 1 { temp_in } else { 0 };
+    let split_len = checked_sum(op, &[v_len, vp_len, inline_temp])?;
+    with_scratch(Slot::SplitColumns, split_len, |buf| {
+        let (v, rest) = buf.split_at_mut(v_len);
+        let (vp, temp) = rest.split_at_mut(vp_len);
+        let run = |rhs: &[Rhs<'_>]| {
+            let parts = (0..threads)
+                .map(|t| (t * units / threads * mr, (t + 1) * units / threads * mr))
+                .collect();
+            part_per_thread(parts, |_, (lo, hi)| {
+                with_scratch(Slot::Staging, staging_len, |buf| {
+                    let (u, rest) = buf.split_at_mut(u_len);
+                    let (m, temp) = rest.split_at_mut(m_len);
+                    for o0 in (lo..hi).step_by(cb) {
+                        let rows = cb.min(hi - o0);
+                        let u = &mut u[..16 * rows * c_in];
+                        let u_out = SharedOut(u.as_mut_ptr());
+                        for r in 0..rows {
+                            // SAFETY: `u` holds 16 * rows * c_in
+                            // floats, this thread's alone; each call
+                            // writes its own row `r` of each plane.
+                            unsafe { weight_twin(cpu, wt, c_in, c_out, o0 + r, (rows, r), &u_out) };
                         }
-                        Ok(())
+                        let u = &*u;
+                        let lhs = Lhs::View(MatRef::row_major(u, c_in));
+                        let m = &mut m[..16 * rows * tiles];
+                        for (k, (mk, &vk)) in m.chunks_exact_mut(rows * tiles).zip(rhs).enumerate()
+                        {
+                            sgemm_rows(lhs, 16 * rows, (k * rows, rows), c_in, tiles, vk, mk)?;
+                        }
+                        // SAFETY: this part owns output channels
+                        // lo..hi (of every image and row), disjoint
+                        // from the other parts'; `y` (y_len floats)
+                        // outlives the broadcast and nothing reads
+                        // it meanwhile.
+                        unsafe {
+                            output_twin(
+                                cpu,
+                                m,
+                                (rows, o0, o0 + rows),
+                                bias,
+                                g,
+                                (0, tile_rows),
+                                out,
+                                temp,
+                            )
+                        };
+                    }
+                    Ok(())
+                })
+            })
+        };
+        let transform = Transform {
+            cpu,
+            x,
+            g,
+            tile_rows,
+            staging_len,
+            temp_in,
+        };
+        transform_split(transform, v, v_plane, temp)?;
+        let v = &*v;
+        #[cfg(target_arch = "x86_64")]
+        if nr > 0 {
+            use super::super::microkernel::{PackedB, Raw};
+            // Each V_k packed by one thread (consecutive planes per
+            // thread), read by every thread's GEMMs afterwards.
+            let raws: [Raw; 16] = std::array::from_fn(|k| Raw {
+                ptr: v[k * v_plane..][..v_plane].as_ptr(),
+                rs: tiles,
+                cs: 1,
+            });
+            let mut packed: [Option<PackedB<'_>>; 16] = std::array::from_fn(|_| None);
+            let mut parts: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+            let planes = raws.iter().zip(vp.chunks_exact_mut(vp_plane));
+            for (k, (plane, slot)) in planes.zip(packed.iter_mut()).enumerate() {
+                parts[k * threads / 16].push((plane, slot));
+            }
+            /// Packs each `raw` (a `c_in x tiles` V_k) into its
+            /// `dst` (`PackedB::len(c_in, tiles, nr)` floats).
+            type Plane<'a, 's> = ((&'a Raw, &'a mut [f32]), &'s mut Option<PackedB<'a>>);
+            fn pack(mine: Vec<Plane<'_, '_>>, (c_in, tiles, nr): (usize, usize, usize)) {
+                for ((raw, dst), slot) in mine {
+                    // SAFETY: `raw` views V_k, a row-major c_in x tiles
+                    // matrix (the caller's plane of `v`, borrowed shared
+                    // for as long as the packing); `dst` holds
+                    // PackedB::len(c_in, tiles, nr) floats (a plane of
+                    // `vp`, vp_plane long).
+                    *slot = Some(unsafe { PackedB::pack(raw, c_in, tiles, nr, dst, false) });
+                }
+            }
+            let shape = (c_in, tiles, nr);
+            if threads == 1 {
+                parts.into_iter().for_each(|mine| pack(mine, shape));
+            } else {
+                part_per_thread(parts, |_, mine| {
+                    pack(mine, shape);
+                    Ok(())
+                })?;
+            }
+            let rhs = packed
+                .iter()
+                .map(|p| {
+                    p.as_ref().map(|p| Rhs::Source(p)).ok_or_else(|| {
+                        crate::error::Error::invalid(op, "winograd: a plane of V was not packed")
                     })
                 })
-            };
-            let transform = Transform {
-                cpu,
-                x,
-                g,
-                tile_rows,
-                staging_len,
-                temp_in,
-            };
-            transform_split(transform, v, v_plane, temp)?;
-            let v = &*v;
-            #[cfg(target_arch = "x86_64")]
-            if nr > 0 {
-                use super::super::microkernel::{PackedB, Raw};
-                // Each V_k packed by one thread (consecutive planes per
-                // thread), read by every thread's GEMMs afterwards.
-                let raws: [Raw; 16] = std::array::from_fn(|k| Raw {
-                    ptr: v[k * v_plane..][..v_plane].as_ptr(),
-                    rs: tiles,
-                    cs: 1,
-                });
-                let mut packed: [Option<PackedB<'_>>; 16] = std::array::from_fn(|_| None);
-                let mut parts: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
-                let planes = raws.iter().zip(vp.chunks_exact_mut(vp_plane));
-                for (k, (plane, slot)) in planes.zip(packed.iter_mut()).enumerate() {
-                    parts[k * threads / 16].push((plane, slot));
-                }
-                /// Packs each `raw` (a `c_in x tiles` V_k) into its
-                /// `dst` (`PackedB::len(c_in, tiles, nr)` floats).
-                type Plane<'a, 's> = ((&'a Raw, &'a mut [f32]), &'s mut Option<PackedB<'a>>);
-                fn pack(mine: Vec<Plane<'_, '_>>, (c_in, tiles, nr): (usize, usize, usize)) {
-                    for ((raw, dst), slot) in mine {
-                        // SAFETY: `raw` views V_k, a row-major c_in x tiles
-                        // matrix (the caller's plane of `v`, borrowed shared
-                        // for as long as the packing); `dst` holds
-                        // PackedB::len(c_in, tiles, nr) floats (a plane of
-                        // `vp`, vp_plane long).
-                        *slot = Some(unsafe { PackedB::pack(raw, c_in, tiles, nr, dst, false) });
-                    }
-                }
-                let shape = (c_in, tiles, nr);
-                if threads == 1 {
-                    parts.into_iter().for_each(|mine| pack(mine, shape));
-                } else {
-                    part_per_thread(parts, |_, mine| {
-                        pack(mine, shape);
-                        Ok(())
-                    })?;
-                }
-                let rhs = packed
-                    .iter()
-                    .map(|p| {
-                        p.as_ref().map(|p| Rhs::Source(p)).ok_or_else(|| {
-                            crate::error::Error::invalid(
-                                op,
-                                "winograd: a plane of V was not packed",
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                return run(&rhs);
-            }
-            let _ = vp;
-            let rhs: Vec<Rhs<'_>> = v
-                .chunks_exact(v_plane)
-                .map(|vk| Rhs::View(MatRef::row_major(vk, tiles)))
-                .collect();
-            run(&rhs)
-        })
+                .collect::<Result<Vec<_>>>()?;
+            return run(&rhs);
+        }
+        let _ = vp;
+        let rhs: Vec<Rhs<'_>> = v
+            .chunks_exact(v_plane)
+            .map(|vk| Rhs::View(MatRef::row_major(vk, tiles)))
+            .collect();
+        run(&rhs)
     })?;
     Ok(y)
 }
@@ -531,9 +522,9 @@ struct Transform<'a> {
 /// plane. Split by channels, no work is done twice, and every value is
 /// computed as the whole transform computes it. (Split by planes, each
 /// thread computing only its planes' columns of `d B`, every thread still
-/// split every input row, and half of the planes took 0.76-0.80x of the
-/// whole transform's time on 256@14 and 512@7 at batch 1 and 2, against
-/// 0.49-0.50x for half of the channels; Zen 2, AVX2, under load, the
+/// split every input row, and half of the planes took 0.93-0.99x of the
+/// whole transform's fastest time (0.76-0.80x of its slowest) on 256@14
+/// and 512@7 at batch 1 and 2, half of the channels 0.49x (0.39-0.41x); Zen 2, AVX2, under load, the
 /// commit message of this change.) On one thread, on the calling thread
 /// with the temporaries `temp`.
 fn transform_split(
@@ -1423,22 +1414,6 @@ mod tests {
                 assert!(max_err(&y, &r.y) <= 1e-5, "{path:?} {w_px} y");
                 assert!(max_err(&dx, &r.dx) <= 1e-5, "{path:?} {w_px} dx");
             });
-        }
-    }
-
-    #[test]
-    fn split_by_value_maps_both_values_and_nothing_else() {
-        assert_eq!(split_by_value(Some("channels")), Some(true));
-        assert_eq!(split_by_value(Some("rows")), Some(false));
-        for v in [
-            None,
-            Some(""),
-            Some("Rows"),
-            Some("both"),
-            Some("1"),
-            Some("0"),
-        ] {
-            assert_eq!(split_by_value(v), None, "{v:?}");
         }
     }
 

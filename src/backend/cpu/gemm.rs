@@ -80,10 +80,7 @@ const PARALLEL_PACK_MIN: usize = 1 << 16;
 
 /// A right operand that packs itself: the convolutions' im2col, which
 /// writes the GEMM's `NR`-column panels straight from the image instead of
-/// filling a column matrix that the GEMM then copies again, and the
-/// Winograd weight gradient's `V_ξᵀ` (conv/winograd/weight_grad.rs
-/// `TransposedV`), which packs a transposed view through 8x8 register
-/// transposes.
+/// filling a column matrix that the GEMM then copies again.
 pub(super) trait PackB: Sync {
     /// Writes depth `pc..pc + kc` x columns `jc..jc + nc` as `nr`-column
     /// panels (zero padded), `kc * nr` floats each, into `out`. With `nr =

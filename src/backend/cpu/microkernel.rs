@@ -1022,6 +1022,15 @@ unsafe fn pack_b(
                 d[..cols].copy_from_slice(src);
                 d[cols..].fill(0.0);
             }
+        } else if rs == 1 && transposes(NR) {
+            // A transposed view (the weight gradients' pixels or tiles,
+            // `matmul` with a transposed right operand): 8x8 register
+            // transposes instead of one float at a time a panel width
+            // apart (13 % of the samples of the 64@56 Winograd weight
+            // gradient on one thread, see the commit message of fc49be0).
+            // SAFETY: p < kc, j0 + cols <= nc (caller's contract); AVX2 +
+            // FMA: `transposes`.
+            unsafe { pack_transposed(b.add(j0 * cs), cs, kc, cols, NR, dst) };
         } else {
             if cols < NR {
                 dst.fill(0.0);
@@ -1035,6 +1044,74 @@ unsafe fn pack_b(
             }
         }
     }
+}
+
+/// Whether [`pack_b`] packs a transposed view (`rs == 1`) of `nr`-wide
+/// panels through [`pack_transposed`]: for the AVX2 micro-kernel's panels
+/// on the AVX2 path only (the AVX-512 path keeps the scalar gather: not
+/// measured, the machine this was written on has no AVX-512).
+fn transposes(nr: usize) -> bool {
+    nr == <Avx2 as Kernel>::NR
+        && super::simd::active() == SimdPath::Avx2
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+}
+
+/// Depth `0..kc` x columns `0..cols` of the transposed view at `b`
+/// (element `(p, j)` at `b + p + j * cs`) into the `nr`-wide panel `dst`
+/// (row `p` at `p * nr`), zero past column `cols`: each 8 columns x 8
+/// depth steps (8 loads along the depth) transposed in registers and
+/// stored as 8 panel rows of 8 columns (contiguous 32-byte stores); the
+/// columns and depth steps past the multiples of 8 one float at a time.
+///
+/// # Safety
+/// Every `(p, j)` with `p < kc`, `j < cols` is readable at `b + p + j*cs`;
+/// `nr` is a multiple of 8, `cols <= nr`, `dst` holds `kc * nr` floats;
+/// the CPU runs AVX2 + FMA code.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_transposed(
+    b: *const f32,
+    cs: usize,
+    kc: usize,
+    cols: usize,
+    nr: usize,
+    dst: &mut [f32],
+) {
+    let dst = &mut dst[..kc * nr];
+    let (eights, deep) = (cols / 8 * 8, kc / 8 * 8);
+    let out = dst.as_mut_ptr();
+    for p in (0..deep).step_by(8) {
+        for g in (0..eights).step_by(8) {
+            // SAFETY: columns g + r < cols, depth p + 0..8 <= kc (the
+            // caller's contract).
+            let r = std::array::from_fn(|r| unsafe { _mm256_loadu_ps(b.add((g + r) * cs + p)) });
+            // SAFETY: AVX (the caller's contract).
+            let t = unsafe { super::simd::transpose8x8_avx(r) };
+            for (i, t) in t.into_iter().enumerate() {
+                // SAFETY: row p + i < kc, columns g..g + 8 <= cols <= nr:
+                // inside `dst`'s kc * nr floats, borrowed mutably.
+                unsafe { _mm256_storeu_ps(out.add((p + i) * nr + g), t) };
+            }
+        }
+    }
+    // The rest: columns eights..cols of depth 0..deep, all columns of depth
+    // deep..kc (one column's run at a time), zeros past `cols`.
+    let mut rest = |(lo, hi): (usize, usize), from: usize| {
+        for j in from..cols {
+            // SAFETY: j < cols, depth lo..hi <= kc (the caller's contract).
+            let src = unsafe { std::slice::from_raw_parts(b.add(j * cs + lo), hi - lo) };
+            for (p, &x) in (lo..hi).zip(src) {
+                dst[p * nr + j] = x;
+            }
+        }
+        if cols < nr {
+            for row in dst[lo * nr..hi * nr].chunks_exact_mut(nr) {
+                row[cols..].fill(0.0);
+            }
+        }
+    };
+    rest((0, deep), eights);
+    rest((deep, kc), 0);
 }
 
 /// Copies `kc` rows of `N` floats, row stride `rs`, from `b` into `dst`.
@@ -3094,5 +3171,134 @@ mod tests {
                 _ => check_live::<Avx2>(),
             }
         }
+    }
+
+    #[test]
+    fn a_transposed_view_packs_the_same_through_the_transposes() {
+        // `pack_b` of a transposed view (rs = 1) on the AVX2 path (8x8
+        // register transposes, `pack_transposed`) against the same request
+        // on the portable path (the one-float gather), bit for bit, on
+        // NaN-filled outputs: every block a GEMM asks for (depth blocks at
+        // 0, inside, and past KC = 256 with remainders; column blocks at any
+        // start; the AVX2 kernel's panel width 16 and others), so a float
+        // left unwritten, a wrong lane or a missing zero fails.
+        if !SimdPath::Avx2.is_supported() {
+            return;
+        }
+        let (k, n) = (301, 37);
+        let v = crate::backend::cpu::test_data::pseudo_random(k * n, 7);
+        let raw = Raw {
+            ptr: v.as_ptr(),
+            rs: 1,
+            cs: k,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for (pc, kc) in [
+            (0usize, 45usize),
+            (0, 40),
+            (8, 24),
+            (3, 17),
+            (40, 5),
+            (0, 7),
+            (0, 256),
+            (256, 45),
+            (256, 37),
+            (259, 42),
+        ] {
+            for (jc, nc) in [
+                (0usize, 37usize),
+                (0, 32),
+                (16, 21),
+                (5, 19),
+                (32, 5),
+                (8, 8),
+            ] {
+                for nr in [16usize, 32, 8, 6, 37] {
+                    let len = nc.div_ceil(nr) * nr * kc;
+                    let pack = |path| {
+                        crate::backend::cpu::simd::on_path(&pool, path, || {
+                            assert_eq!(transposes(nr), path == SimdPath::Avx2 && nr == 16);
+                            let mut out = vec![f32::NAN; len];
+                            // SAFETY: the block lies inside the 301 x 37
+                            // view, `out` holds its panels.
+                            unsafe { raw.pack(pc, kc, jc, nc, nr, &mut out) };
+                            out
+                        })
+                    };
+                    assert!(
+                        bits(&pack(SimdPath::Avx2)) == bits(&pack(SimdPath::Portable)),
+                        "depth {pc}+{kc}, columns {jc}+{nc}, nr {nr}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_transposed_right_operand_multiplies_as_its_row_major_copy() {
+        // Through the real AVX2 GEMM, the product with a transposed right
+        // operand (packed through the transposes) against the product with
+        // a row-major copy of it (packed by row copies): the same panels,
+        // so the same floats to the bit (a float64 comparison this deep
+        // would be float32 rounding's). The shapes reach the second and
+        // third depth blocks (pc = 256, 512) with remainders of 1 to 7,
+        // which accumulate onto the first (beta 1), a second column block
+        // (n = 2100 > NC = 2048), and columns past the groups of 8; beta =
+        // 1 on a random C checks the accumulation too.
+        use crate::backend::cpu::gemm::{sgemm, Lhs, MatRef, Par, Rhs};
+        use crate::backend::cpu::test_data::pseudo_random;
+        if !SimdPath::Avx2.is_supported() {
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        crate::backend::cpu::simd::on_path(&pool, SimdPath::Avx2, || {
+            assert!(transposes(<Avx2 as Kernel>::NR));
+            for &(m, k, n) in &[(6, 300, 21), (13, 517, 37), (3, 257, 8), (5, 263, 2100)] {
+                let a = pseudo_random(m * k, 3);
+                let bt = pseudo_random(n * k, 4);
+                let mut b = vec![0.0; k * n];
+                for (j, col) in bt.chunks_exact(k).enumerate() {
+                    for (p, &x) in col.iter().enumerate() {
+                        b[p * n + j] = x;
+                    }
+                }
+                let mut want = pseudo_random(m * n, 5);
+                let mut got = want.clone();
+                let lhs = || Lhs::View(MatRef::row_major(&a, k));
+                sgemm(
+                    Par::Serial,
+                    m,
+                    k,
+                    n,
+                    lhs(),
+                    Rhs::View(MatRef::row_major(&b, n)),
+                    1.0,
+                    &mut want,
+                    n,
+                )
+                .unwrap();
+                sgemm(
+                    Par::Serial,
+                    m,
+                    k,
+                    n,
+                    lhs(),
+                    Rhs::View(MatRef::transposed(&bt, k)),
+                    1.0,
+                    &mut got,
+                    n,
+                )
+                .unwrap();
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&got) == bits(&want), "{m} x {k} x {n}");
+            }
+        });
     }
 }

@@ -33,7 +33,7 @@ use super::{applies, checked_sum, input_twin, Avx2Fma, Blocks};
 use crate::backend::cpu::buffer_pool;
 use crate::backend::cpu::check::checked_numel;
 use crate::backend::cpu::conv::{part_per_thread, SharedOut};
-use crate::backend::cpu::gemm::{panels, sgemm, Lhs, MatRef, PackB, Par, Rhs, Source};
+use crate::backend::cpu::gemm::{sgemm, Lhs, MatRef, Par, Rhs};
 use crate::backend::cpu::scratch::{with_scratch, Slot};
 use crate::backend::cpu::simd::SimdPath;
 use crate::backend::Conv2dGeometry;
@@ -226,12 +226,6 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
     let staging_len = checked_sum(op, &[d_len, temp_len])?;
     let partials_len = checked_numel(op, &[groups, m_len])?;
     let cpu = Avx2Fma::detect();
-    // V_ξᵀ through the 8x8 transposes on the AVX2 micro-kernel's path only
-    // (see [`TransposedV`]; the AVX-512 path keeps the GEMM's own packing:
-    // not measured, the machine this was written on has no AVX-512; and
-    // AVX-512 reaches this form only with FROSTGRAD_CONV_WINOGRAD=1, the
-    // measured rule `pays` being AVX2's alone).
-    let transposer = cpu.filter(|_| crate::backend::cpu::simd::active() == SimdPath::Avx2);
     let mut dw = buffer_pool::uninit(op, dw_len)?;
     with_scratch(Slot::SplitColumns, partials_len, |partials| {
         let out = SharedOut(partials.as_mut_ptr());
@@ -284,20 +278,11 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
                         for xi in xi_lo..xi_hi {
                             let a =
                                 MatRef::row_major(&d[xi * c_out * tiles..][..c_out * tiles], tiles);
-                            let v_xi = &v[xi * c_in * tiles..][..c_in * tiles];
-                            let packing;
-                            let vt = match transposer {
-                                Some(cpu) => {
-                                    packing = TransposedV {
-                                        v: v_xi,
-                                        tiles,
-                                        c_in,
-                                        cpu,
-                                    };
-                                    Rhs::Source(&packing)
-                                }
-                                None => Rhs::View(MatRef::transposed(v_xi, tiles)),
-                            };
+                            // V_ξᵀ, a transposed view: the GEMM packs it
+                            // through 8x8 register transposes on the AVX2
+                            // path (microkernel.rs `pack_transposed`).
+                            let vt =
+                                MatRef::transposed(&v[xi * c_in * tiles..][..c_in * tiles], tiles);
                             let mk = &mut m[(xi - xi_lo) * plane..][..plane];
                             sgemm(
                                 Par::Serial,
@@ -305,7 +290,7 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
                                 tiles,
                                 c_in,
                                 Lhs::View(a),
-                                vt,
+                                Rhs::View(vt),
                                 beta,
                                 mk,
                                 c_in,
@@ -325,151 +310,6 @@ pub(in crate::backend::cpu::conv) fn weight_grad_winograd(
         Ok(())
     })?;
     Ok(dw)
-}
-
-/// `V_ξᵀ` of one block as the GEMM's right operand (`tiles x C_in`:
-/// element `(p, j)` at `v[j * tiles + p]`, `V_ξ` as [`transform_input`]
-/// writes it), packed into the micro-kernel's panels through 8x8 register
-/// transposes ([`transpose_eights`]): the GEMM's own packing of the
-/// transposed view (microkernel.rs `pack_b`) stores one float at a time,
-/// a panel width apart, and took 13 % of the samples of the 64@56 weight
-/// gradient at batch 8 on one thread (7 % at 128@28; `perf record`, Zen 2,
-/// see the commit message), as much as both transforms.
-///
-/// [`transform_input`]: super::transform_input
-struct TransposedV<'a> {
-    v: &'a [f32],
-    tiles: usize,
-    c_in: usize,
-    /// The transposes are AVX code.
-    cpu: Avx2Fma,
-}
-
-impl PackB for TransposedV<'_> {
-    unsafe fn pack(&self, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
-        // (Not relied on: every access below is bounds-checked, the
-        // transposes' once, up front, with checked arithmetic.)
-        for (j0, cols, panel) in panels(out, kc, jc, nc, nr) {
-            pack_panel(self, (pc, kc), (j0, cols), nr, panel);
-        }
-    }
-}
-
-impl Source for TransposedV<'_> {
-    fn shape(&self) -> (usize, usize) {
-        (self.tiles, self.c_in)
-    }
-}
-
-/// Depth rows `pc..pc + kc` (tiles) x columns `j0..j0 + cols` (input
-/// channels) of `V_ξᵀ` into the `nr`-wide panel `panel` (`kc * nr`
-/// floats, row `p` at `p * nr`), zero past column `cols`: whole groups of
-/// 8 channels and 8 tiles through [`transpose_eights`] where `nr` is a
-/// multiple of 8, the rest one float at a time.
-fn pack_panel(
-    vt: &TransposedV<'_>,
-    (pc, kc): (usize, usize),
-    (j0, cols): (usize, usize),
-    nr: usize,
-    panel: &mut [f32],
-) {
-    let (v, tiles) = (vt.v, vt.tiles);
-    // The proof that the transposes may run (AVX2 + FMA).
-    let _cpu: Avx2Fma = vt.cpu;
-    let panel = &mut panel[..kc * nr];
-    // Columns 0..eights at depth rows 0..deep go through the transposes.
-    let (eights, deep) = if cfg!(target_arch = "x86_64") && nr.is_multiple_of(8) {
-        (cols / 8 * 8, kc / 8 * 8)
-    } else {
-        (0, 0)
-    };
-    #[cfg(target_arch = "x86_64")]
-    if eights > 0 && deep > 0 {
-        // SAFETY: an `Avx2Fma` exists only where the CPU runs AVX2 + FMA
-        // code (`Avx2Fma::detect`).
-        unsafe { transpose_eights(v, tiles, (pc, deep), (j0, eights), nr, panel) };
-    }
-    // The rest: columns eights..cols of rows 0..deep, all columns of rows
-    // deep..kc (one channel's run of tiles at a time), zeros past `cols`.
-    let rest = |(lo, hi): (usize, usize), from: usize, panel: &mut [f32]| {
-        for j in from..cols {
-            let src = &v[(j0 + j) * tiles + pc..][lo..hi];
-            for (p, &x) in (lo..hi).zip(src) {
-                panel[p * nr + j] = x;
-            }
-        }
-        if cols < nr {
-            for row in panel[lo * nr..hi * nr].chunks_exact_mut(nr) {
-                row[cols..].fill(0.0);
-            }
-        }
-    };
-    rest((0, deep), eights, panel);
-    rest((deep, kc), 0, panel);
-}
-
-/// Depth rows `pc..pc + deep` x columns `j0..j0 + eights` of `V_ξᵀ` (both
-/// multiples of 8) into `panel` (row `p` at `p * nr`): each 8 channels x
-/// 8 tiles of `v` (8 loads along the tiles) transposed in registers and
-/// stored as 8 panel rows of 8 channels (contiguous 32-byte stores, a
-/// panel row's groups one after the other; the panel buffer is a plain
-/// `Vec<f32>`, so a row need not start a cache line). Bounds are checked
-/// once, up front: with a check per load and store the loop kept its 16
-/// row pointers on the stack (`perf annotate`).
-///
-/// # Safety
-/// The CPU runs AVX2 + FMA code.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transpose_eights(
-    v: &[f32],
-    tiles: usize,
-    (pc, deep): (usize, usize),
-    (j0, eights): (usize, usize),
-    nr: usize,
-    panel: &mut [f32],
-) {
-    use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
-    if eights == 0 || deep == 0 {
-        return;
-    }
-    // The last float read and the last written, as checked indices (with
-    // checked arithmetic: an overflow fails the check, not wraps past it).
-    let last_in = j0
-        .checked_add(eights - 1)
-        .and_then(|x| x.checked_mul(tiles))
-        .and_then(|x| x.checked_add(pc))
-        .and_then(|x| x.checked_add(deep - 1));
-    let last_out = (deep - 1)
-        .checked_mul(nr)
-        .and_then(|x| x.checked_add(eights - 1));
-    assert!(
-        eights.is_multiple_of(8)
-            && deep.is_multiple_of(8)
-            && eights <= nr
-            && last_in.is_some_and(|i| i < v.len())
-            && last_out.is_some_and(|i| i < panel.len()),
-        "winograd weight gradient: transpose out of bounds"
-    );
-    let src = v[j0 * tiles + pc..].as_ptr();
-    let dst = panel.as_mut_ptr();
-    for p in (0..deep).step_by(8) {
-        for g in (0..eights).step_by(8) {
-            // SAFETY: rows j0 + g + r < j0 + eights, tiles pc + p + 0..8 <=
-            // pc + deep: at most `last_in` (checked above); AVX the
-            // caller's contract.
-            let r =
-                std::array::from_fn(|r| unsafe { _mm256_loadu_ps(src.add((g + r) * tiles + p)) });
-            // SAFETY: AVX (the caller's contract).
-            let t = unsafe { crate::backend::cpu::simd::transpose8x8_avx(r) };
-            for (i, t) in t.into_iter().enumerate() {
-                // SAFETY: panel row p + i < deep, columns g..g + 8 <=
-                // eights: at most `last_out` (checked above); `panel` is
-                // borrowed mutably.
-                unsafe { _mm256_storeu_ps(dst.add((p + i) * nr + g), t) };
-            }
-        }
-    }
 }
 
 avx2_twin!(
@@ -757,168 +597,15 @@ mod tests {
                 (2, 17, 10, 6, 5),
                 (1, 1, 1, 3, 4),
                 (4, 9, 70, 4, 4),
-                // Enough input channels and tiles for the 8x8 transposes
-                // of `V_ξᵀ` (two groups of 8 channels and a remainder of
-                // 5; 9 tiles a row: 8 transposed, one left over).
+                // Enough input channels and tiles for the GEMM's 8x8
+                // transposes of `V_ξᵀ` (two groups of 8 channels and a
+                // remainder of 5; 9 tiles a row: 8 transposed, one left
+                // over).
                 (2, 21, 6, 9, 17),
             ] {
                 check(shape, blocks, partials, threads);
             }
         }
-    }
-
-    #[test]
-    fn transposed_v_packs_as_the_gemm_would() {
-        // Every block request the micro-kernels make (depth blocks at 0 or
-        // inside, past the GEMM's first depth block of 256 with a
-        // remainder, column blocks at any start, panel widths 16 and 32 and
-        // widths not a multiple of 8), against the GEMM's own packing of
-        // the transposed view TransposedV replaces (microkernel.rs
-        // `Raw::pack`, whatever layout the micro-kernels read), bit for bit,
-        // on a NaN-filled output: a float left unwritten, a transpose that
-        // swapped the wrong lanes or a missing zero fails. Once, on the
-        // AVX2 path: the packing does not depend on the path.
-        let (tiles, c_in) = (301, 37);
-        let v = pseudo_random(tiles * c_in, 7);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let ran = simd::on_path(&pool, SimdPath::Avx2, || {
-            let Some(cpu) = Avx2Fma::detect() else {
-                return false;
-            };
-            let vt = TransposedV {
-                v: &v,
-                tiles,
-                c_in,
-                cpu,
-            };
-            assert_eq!(Source::shape(&vt), (tiles, c_in));
-            let raw = crate::backend::cpu::microkernel::Raw {
-                ptr: v.as_ptr(),
-                rs: 1,
-                cs: tiles,
-            };
-            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            for (pc, kc) in [
-                (0usize, 45usize),
-                (0, 40),
-                (8, 24),
-                (3, 17),
-                (40, 5),
-                (0, 7),
-                (256, 45),
-                (256, 37),
-                (259, 42),
-            ] {
-                for (jc, nc) in [
-                    (0usize, 37usize),
-                    (0, 32),
-                    (16, 21),
-                    (5, 19),
-                    (32, 5),
-                    (8, 8),
-                ] {
-                    for nr in [16usize, 32, 8, 6, 37] {
-                        let len = nc.div_ceil(nr) * nr * kc;
-                        let mut out = vec![f32::NAN; len];
-                        let mut want = vec![f32::NAN; len];
-                        // SAFETY: the block lies inside the 301 x 37
-                        // operand (and view), `out` and `want` hold its
-                        // panels.
-                        unsafe {
-                            vt.pack(pc, kc, jc, nc, nr, &mut out);
-                            raw.pack(pc, kc, jc, nc, nr, &mut want);
-                        }
-                        assert!(
-                            bits(&out) == bits(&want),
-                            "depth {pc}+{kc}, columns {jc}+{nc}, nr {nr}"
-                        );
-                    }
-                }
-            }
-            true
-        });
-        #[cfg(target_arch = "x86_64")]
-        assert_eq!(
-            ran,
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        );
-        #[cfg(not(target_arch = "x86_64"))]
-        assert!(!ran);
-    }
-
-    #[test]
-    fn transposed_v_gemm_matches_the_view_bit_for_bit() {
-        // Through the real AVX2 GEMM, the product with TransposedV against
-        // the product with the transposed view it replaces: the same
-        // panels, so the same floats to the bit (an end-to-end comparison
-        // with float64 loops this deep is float32 rounding's: 2.4e-5 at 289
-        // tiles, the same for every packing and path). The shapes reach the
-        // GEMM's second and third depth blocks (pc = 256, 512) with
-        // remainders of 1 to 5 tiles, accumulate onto the first block
-        // (beta 1 from the second), a second column block (C_in 2100 > NC
-        // = 2048, jc = 2048), and channel counts with remainders past the
-        // groups of 8; beta = 1 on random `M` checks the accumulation too.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
-        let ran = simd::on_path(&pool, SimdPath::Avx2, || {
-            let Some(cpu) = Avx2Fma::detect() else {
-                return false;
-            };
-            for &(m, tiles, c_in) in &[(6, 300, 21), (13, 517, 37), (3, 257, 8), (5, 263, 2100)] {
-                let d = pseudo_random(m * tiles, 3);
-                let v = pseudo_random(c_in * tiles, 4);
-                let a = MatRef::row_major(&d, tiles);
-                let mut want = pseudo_random(m * c_in, 5);
-                let mut got = want.clone();
-                sgemm(
-                    Par::Serial,
-                    m,
-                    tiles,
-                    c_in,
-                    Lhs::View(a),
-                    Rhs::View(MatRef::transposed(&v, tiles)),
-                    1.0,
-                    &mut want,
-                    c_in,
-                )
-                .unwrap();
-                let vt = TransposedV {
-                    v: &v,
-                    tiles,
-                    c_in,
-                    cpu,
-                };
-                sgemm(
-                    Par::Serial,
-                    m,
-                    tiles,
-                    c_in,
-                    Lhs::View(a),
-                    Rhs::Source(&vt),
-                    1.0,
-                    &mut got,
-                    c_in,
-                )
-                .unwrap();
-                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert!(bits(&got) == bits(&want), "{m} x {tiles} x {c_in}");
-            }
-            true
-        });
-        #[cfg(target_arch = "x86_64")]
-        assert_eq!(
-            ran,
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        );
-        #[cfg(not(target_arch = "x86_64"))]
-        assert!(!ran);
     }
 
     #[test]

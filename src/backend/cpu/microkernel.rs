@@ -1028,8 +1028,11 @@ unsafe fn pack_b(
             // transposes instead of one float at a time a panel width
             // apart (13 % of the samples of the 64@56 Winograd weight
             // gradient on one thread, see the commit message of fc49be0).
-            // SAFETY: p < kc, j0 + cols <= nc (caller's contract); AVX2 +
-            // FMA: `transposes`.
+            debug_assert!(cols <= NR);
+            // SAFETY: p < kc, j0 + cols <= nc (caller's contract), so every
+            // load is one the scalar copy below would make; cols <= NR
+            // (`panels`) and `dst` holds kc x NR floats, so every store
+            // lies in the panel; AVX2 + FMA: `transposes`.
             unsafe { pack_transposed(b.add(j0 * cs), cs, kc, cols, NR, dst) };
         } else {
             if cols < NR {
@@ -3216,6 +3219,11 @@ mod tests {
                 (5, 19),
                 (32, 5),
                 (8, 8),
+                // Panels of 9 to 15 columns: one group of 8 through the
+                // transposes and the rest of the row one at a time.
+                (0, 13),
+                (3, 29),
+                (0, 31),
             ] {
                 for nr in [16usize, 32, 8, 6, 37] {
                     let len = nc.div_ceil(nr) * nr * kc;
@@ -3260,7 +3268,13 @@ mod tests {
             .unwrap();
         crate::backend::cpu::simd::on_path(&pool, SimdPath::Avx2, || {
             assert!(transposes(<Avx2 as Kernel>::NR));
-            for &(m, k, n) in &[(6, 300, 21), (13, 517, 37), (3, 257, 8), (5, 263, 2100)] {
+            for &(m, k, n) in &[
+                (6, 300, 21),
+                (13, 517, 37),
+                (3, 257, 8),
+                (7, 300, 29),
+                (5, 263, 2100),
+            ] {
                 let a = pseudo_random(m * k, 3);
                 let bt = pseudo_random(n * k, 4);
                 let mut b = vec![0.0; k * n];

@@ -3283,8 +3283,9 @@ mod tests {
                         b[p * n + j] = x;
                     }
                 }
-                let mut want = pseudo_random(m * n, 5);
-                let mut got = want.clone();
+                let c0 = pseudo_random(m * n, 5);
+                let mut want = c0.clone();
+                let mut got = c0.clone();
                 let lhs = || Lhs::View(MatRef::row_major(&a, k));
                 sgemm(
                     Par::Serial,
@@ -3312,6 +3313,24 @@ mod tests {
                 .unwrap();
                 let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert!(bits(&got) == bits(&want), "{m} x {k} x {n}");
+                // Both sides could share a mistake (a depth offset taken
+                // from the block, not `pc`): against float64 too, within
+                // the float32 bound of a k-term dot product, k x eps x
+                // (|c| + sum |a b|) (a wrong block is off by O(sum |a b|)).
+                for (idx, &g) in got.iter().enumerate() {
+                    let (i, j) = (idx / n, idx % n);
+                    let (mut dot, mut size) = (c0[idx] as f64, c0[idx].abs() as f64);
+                    for p in 0..k {
+                        let t = a[i * k + p] as f64 * bt[j * k + p] as f64;
+                        dot += t;
+                        size += t.abs();
+                    }
+                    let bound = (k + 1) as f64 * f32::EPSILON as f64 * size;
+                    assert!(
+                        (g as f64 - dot).abs() <= bound,
+                        "{m} x {k} x {n}: ({i}, {j}) {g} against {dot} (bound {bound})"
+                    );
+                }
             }
         });
     }

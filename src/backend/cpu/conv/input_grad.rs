@@ -398,8 +398,8 @@ fn input_grad_images(
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{
-        assert_close, case_data, col2im_limits, for_each_case, poison_scratch, thread_pool, Case,
-        Seeds,
+        assert_close, case_data, col2im_limits, for_each_case, poison_pooled, poison_scratch,
+        thread_pool, Case, Seeds,
     };
     use super::*;
 
@@ -676,9 +676,7 @@ mod tests {
                 } = limits;
                 for overwrite in [true, false] {
                     // A dirty buffer of dx's size for the pool to hand out.
-                    let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
-                    dirty.fill(f32::NAN);
-                    buffer_pool::recycle(dirty);
+                    poison_pooled(len);
                     let dx = pool
                         .install(|| input_grad_col2im(dy, w, g, limits, overwrite, true).unwrap());
                     let what = format!(

@@ -217,6 +217,15 @@ pub(super) fn poison_scratch(pool: &rayon::ThreadPool, slots: &[Slot], len: usiz
     });
 }
 
+/// Leaves a NaN-filled buffer of `len` floats in the buffer pool, for the
+/// next output of that size to be handed: a kernel that leaves part of its
+/// output unwritten then fails the comparison with the reference.
+pub(super) fn poison_pooled(len: usize) {
+    let mut dirty = crate::backend::cpu::buffer_pool::uninit::<f32>("test", len).unwrap();
+    dirty.fill(f32::NAN);
+    crate::backend::cpu::buffer_pool::recycle(dirty);
+}
+
 /// The column matrix's entry for tap `(c, kh, kw)` at output pixel
 /// `(n, oh, ow)`: the input value it reads, 0 in the padding.
 pub(super) fn column_entry(

@@ -1264,7 +1264,9 @@ pub(super) mod weight_grad;
 mod tests {
     use super::*;
     use crate::backend::cpu::conv::input_grad::flipped_geometry;
-    use crate::backend::cpu::conv::test_support::{max_err, poison_scratch, reference};
+    use crate::backend::cpu::conv::test_support::{
+        max_err, poison_pooled, poison_scratch, reference,
+    };
     use crate::backend::cpu::simd;
     use crate::backend::cpu::test_data::pseudo_random;
 
@@ -1284,9 +1286,7 @@ mod tests {
             ],
             1 << 16,
         );
-        let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
-        dirty.fill(f32::NAN);
-        buffer_pool::recycle(dirty);
+        poison_pooled(len);
     }
 
     /// The forward and flipped input gradient through F(2x2, 3x3) of

@@ -495,7 +495,9 @@ fn output_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::conv::test_support::{max_err, poison_scratch, reference};
+    use crate::backend::cpu::conv::test_support::{
+        max_err, poison_pooled, poison_scratch, reference,
+    };
     use crate::backend::cpu::simd;
     use crate::backend::cpu::test_data::pseudo_random;
 
@@ -514,9 +516,7 @@ mod tests {
             })
             .unwrap();
         }
-        let mut dirty = buffer_pool::uninit::<f32>("test", len).unwrap();
-        dirty.fill(f32::NAN);
-        buffer_pool::recycle(dirty);
+        poison_pooled(len);
     }
 
     /// `dW` through F(2x2, 3x3) of `[n, c, h, w]` -> `o` channels against

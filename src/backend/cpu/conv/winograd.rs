@@ -28,7 +28,7 @@
 use rayon::prelude::*;
 
 use super::super::buffer_pool;
-use super::super::check::checked_numel;
+use super::super::check::{checked_numel, checked_sum};
 use super::super::gemm::{sgemm_rows, with_packed_lhs, Lhs, MatRef, Rhs};
 use super::super::scratch::{with_scratch, Slot};
 use super::{part_per_thread, SharedOut};
@@ -588,16 +588,6 @@ fn transform_split(
                 temp,
             );
             Ok(())
-        })
-    })
-}
-
-/// `a + b + ...` with overflow reported as the crate's error, as
-/// [`checked_numel`] reports products.
-fn checked_sum(op: &'static str, terms: &[usize]) -> Result<usize> {
-    terms.iter().try_fold(0usize, |acc, &t| {
-        acc.checked_add(t).ok_or_else(|| {
-            crate::error::Error::shape(op, format!("the sum of {terms:?} overflows usize"))
         })
     })
 }

@@ -29,9 +29,9 @@
 
 use rayon::prelude::*;
 
-use super::{applies, checked_sum, input_twin, Avx2Fma, Blocks};
+use super::{applies, input_twin, Avx2Fma, Blocks};
 use crate::backend::cpu::buffer_pool;
-use crate::backend::cpu::check::checked_numel;
+use crate::backend::cpu::check::{checked_numel, checked_sum};
 use crate::backend::cpu::conv::{part_per_thread, SharedOut};
 use crate::backend::cpu::gemm::{sgemm, Lhs, MatRef, Par, Rhs};
 use crate::backend::cpu::scratch::{with_scratch, Slot};

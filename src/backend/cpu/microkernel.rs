@@ -3186,6 +3186,7 @@ mod tests {
         // start; the AVX2 kernel's panel width 16 and others), so a float
         // left unwritten, a wrong lane or a missing zero fails.
         if !SimdPath::Avx2.is_supported() {
+            eprintln!("SKIPPED: this CPU has no {} path", SimdPath::Avx2.name());
             return;
         }
         let (k, n) = (301, 37);
@@ -3260,6 +3261,7 @@ mod tests {
         use crate::backend::cpu::gemm::{sgemm, Lhs, MatRef, Par, Rhs};
         use crate::backend::cpu::test_data::pseudo_random;
         if !SimdPath::Avx2.is_supported() {
+            eprintln!("SKIPPED: this CPU has no {} path", SimdPath::Avx2.name());
             return;
         }
         let pool = rayon::ThreadPoolBuilder::new()
